@@ -1,0 +1,211 @@
+/* main.c: the `zp` command line. Each subcommand parses its own arguments and returns an exit
+ * status; usage errors print a one-line reason and the usage, status 2; run-time errors print
+ * "zp: <what failed and why>", status 1. Nothing here calls exit() below main. */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ckpt.h"
+#include "cmd.h"
+#include "comm.h"
+#include "config.h"
+#include "plugin.h"
+#include "runtime.h"
+#include "train.h"
+
+static void usage(FILE* f) {
+  fprintf(f,
+          "zeroplace %s — decides where every byte of training state lives\n"
+          "usage:\n"
+          "  zp train CONFIG.toml [--set key=value]...      train (one rank, or a rank under zp launch/torchrun/mpirun)\n"
+          "  zp launch -n N [--timeout S] CONFIG.toml [--set ...]  N local ranks\n"
+          "  zp plan CONFIG.toml [--world N] [--set ...]    placement and memory per rank, nothing allocated\n"
+          "  zp sample CONFIG.toml [--ckpt DIR] [--prompt TEXT] [--set ...]\n"
+          "  zp data prepare --out DIR [--split-on-percent] [--val-fraction F] [--bpe ENC VOCAB] INPUT...\n"
+          "  zp data info FILE...\n"
+          "  zp ckpt info DIR\n"
+          "  zp config CONFIG.toml [--set ...]             the effective configuration, with origins\n"
+          "  zp config --doc                               the configuration reference (docs/config.md)\n"
+          "  zp plugins                                    plugins found on the search path\n"
+          "  zp toml-decode                                TOML on stdin -> toml-test tagged JSON\n"
+          "  zp version\n",
+          ZP_VERSION_STRING);
+}
+
+typedef struct {
+  const char* config;
+  const char* sets[256];
+  int n_sets;
+  int world;
+  const char* ckpt;
+  const char* prompt;
+} args_t;
+
+static int parse_args(int argc, char** argv, args_t* a, int allow_world, int allow_sample) {
+  memset(a, 0, sizeof *a);
+  for (int i = 0; i < argc; i++) {
+    const char* s = argv[i];
+    if (strcmp(s, "--set") == 0 || strncmp(s, "--set=", 6) == 0) {
+      const char* v = s[5] == '=' ? s + 6 : (i + 1 < argc ? argv[++i] : NULL);
+      if (!v) { fprintf(stderr, "zp: --set needs key=value\n"); return 2; }
+      if (a->n_sets >= 256) { fprintf(stderr, "zp: too many --set\n"); return 2; }
+      a->sets[a->n_sets++] = v;
+    } else if (allow_world && strcmp(s, "--world") == 0 && i + 1 < argc) {
+      char* end;
+      long w = strtol(argv[++i], &end, 10);
+      if (*end || w < 1 || w > 1000000) { fprintf(stderr, "zp: --world needs a positive integer, got '%s'\n", argv[i]); return 2; }
+      a->world = (int)w;
+    } else if (allow_sample && strcmp(s, "--ckpt") == 0 && i + 1 < argc) {
+      a->ckpt = argv[++i];
+    } else if (allow_sample && strcmp(s, "--prompt") == 0 && i + 1 < argc) {
+      a->prompt = argv[++i];
+    } else if (s[0] == '-' && s[1]) {
+      fprintf(stderr, "zp: unknown option '%s'\n", s);
+      return 2;
+    } else if (!a->config) {
+      a->config = s;
+    } else {
+      fprintf(stderr, "zp: unexpected argument '%s'\n", s);
+      return 2;
+    }
+  }
+  if (!a->config) { fprintf(stderr, "zp: missing CONFIG.toml\n"); return 2; }
+  return 0;
+}
+
+static int load_cfg(const args_t* a, zp_config* c) {
+  char err[2048];
+  int rc = zp_config_load(c, a->config, a->sets, a->n_sets, err, sizeof err);
+  if (rc) {
+    fprintf(stderr, "zp: %s\n", err);
+    zp_config_free(c);
+    return 1;
+  }
+  return 0;
+}
+
+static int cmd_train(int argc, char** argv) {
+  args_t a;
+  int rc = parse_args(argc, argv, &a, 0, 0);
+  if (rc) return rc;
+  zp_config c;
+  if (load_cfg(&a, &c)) return 1;
+  char err[4096] = "";
+  zp_comm* comm = NULL;
+  if (zp_comm_from_env(&comm, err, sizeof err)) {
+    fprintf(stderr, "zp: %s\n", err);
+    zp_config_free(&c);
+    return 1;
+  }
+  rc = zp_train(&c, comm, err, sizeof err);
+  if (rc) {
+    int rank = comm ? zp_comm_rank(comm) : 0;
+    if (comm && zp_comm_size(comm) > 1) fprintf(stderr, "zp: rank %d: %s\n", rank, err);
+    else fprintf(stderr, "zp: %s\n", err);
+  }
+  zp_comm_destroy(comm);
+  zp_config_free(&c);
+  return rc ? 1 : 0;
+}
+
+static int cmd_plan(int argc, char** argv) {
+  args_t a;
+  int rc = parse_args(argc, argv, &a, 1, 0);
+  if (rc) return rc;
+  zp_config c;
+  if (load_cfg(&a, &c)) return 1;
+  zp_run r;
+  zp_run_opts o = {0};
+  o.dry_run = 1;
+  o.world = a.world ? a.world : 1;
+  rc = zp_run_open(&r, &c, &o);
+  if (rc) fprintf(stderr, "zp: %s\n", r.err);
+  else {
+    if (strcmp(zp_cfg_str(&c, "train.device"), "cuda") == 0)
+      printf("note: activation sizes estimated with the CPU backend's attention (the CUDA backend may store less)\n");
+    zp_run_print_plan(&r, stdout);
+  }
+  zp_run_close(&r);
+  zp_config_free(&c);
+  return rc ? 1 : 0;
+}
+
+static int cmd_sample(int argc, char** argv) {
+  args_t a;
+  int rc = parse_args(argc, argv, &a, 0, 1);
+  if (rc) return rc;
+  zp_config c;
+  if (load_cfg(&a, &c)) return 1;
+  char err[4096] = "";
+  if (a.prompt) {
+    char* s = malloc(strlen(a.prompt) * 2 + 32);
+    char* o = s + sprintf(s, "sample.prompt=\"");
+    for (const char* p = a.prompt; *p; p++) {
+      if (*p == '"' || *p == '\\') *o++ = '\\';
+      if (*p == '\n') { *o++ = '\\'; *o++ = 'n'; continue; }
+      *o++ = *p;
+    }
+    strcpy(o, "\"");
+    rc = zp_config_set(&c, s, err, sizeof err);
+    free(s);
+    if (rc) { fprintf(stderr, "zp: %s\n", err); zp_config_free(&c); return 1; }
+  }
+  rc = zp_sample(&c, a.ckpt, err, sizeof err);
+  if (rc) fprintf(stderr, "zp: %s\n", err);
+  zp_config_free(&c);
+  return rc ? 1 : 0;
+}
+
+static int cmd_config(int argc, char** argv) {
+  if (argc >= 1 && strcmp(argv[0], "--doc") == 0) {
+    zp_config_write_doc(stdout);
+    return 0;
+  }
+  args_t a;
+  int rc = parse_args(argc, argv, &a, 0, 0);
+  if (rc) return rc;
+  zp_config c;
+  if (load_cfg(&a, &c)) return 1;
+  zp_config_dump(&c, stdout);
+  zp_config_free(&c);
+  return 0;
+}
+
+static int cmd_ckpt(int argc, char** argv) {
+  if (argc != 2 || strcmp(argv[0], "info") != 0) {
+    fprintf(stderr, "zp: usage: zp ckpt info DIR\n");
+    return 2;
+  }
+  char err[2048];
+  int rc = zp_ckpt_info(argv[1], stdout, err, sizeof err);
+  if (rc) fprintf(stderr, "zp: %s\n", err);
+  return rc ? 1 : 0;
+}
+
+int main(int argc, char** argv) {
+  signal(SIGPIPE, SIG_IGN);
+  if (argc < 2 || strcmp(argv[1], "help") == 0 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
+    usage(argc < 2 ? stderr : stdout);
+    return argc < 2 ? 2 : 0;
+  }
+  const char* cmd = argv[1];
+  int n = argc - 2;
+  char** v = argv + 2;
+  if (strcmp(cmd, "train") == 0) return cmd_train(n, v);
+  if (strcmp(cmd, "plan") == 0) return cmd_plan(n, v);
+  if (strcmp(cmd, "sample") == 0) return cmd_sample(n, v);
+  if (strcmp(cmd, "launch") == 0) return zp_cmd_launch(n, v);
+  if (strcmp(cmd, "data") == 0) return zp_cmd_data(n, v);
+  if (strcmp(cmd, "ckpt") == 0) return cmd_ckpt(n, v);
+  if (strcmp(cmd, "config") == 0) return cmd_config(n, v);
+  if (strcmp(cmd, "toml-decode") == 0) return zp_cmd_toml_decode(n, v);
+  if (strcmp(cmd, "plugins") == 0) return zp_plugin_list(stdout) >= 0 ? 0 : 1;
+  if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {
+    printf("zp %s (plugin ABI %d.%d)\n", ZP_VERSION_STRING, ZP_ABI_MAJOR, ZP_ABI_MINOR);
+    return 0;
+  }
+  fprintf(stderr, "zp: unknown command '%s'\n", cmd);
+  usage(stderr);
+  return 2;
+}

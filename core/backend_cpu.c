@@ -1,0 +1,660 @@
+/* backend_cpu.c: the CPU device backend (zp_backend_ops), reference implementation of every op.
+ * Invariants:
+ * - Compute dtype F32 or F64: the model ops live in cpu_ops_impl.h, included here twice
+ *   (real = float / double); each entry point validates its arguments, then dispatches on the
+ *   backend's compute dtype. Errors: status code + message through host->set_error (when a host
+ *   with set_error was given); never abort or exit.
+ * - Memory is host memory from aligned_alloc(64) (not zeroed); copies are memcpy; every op is
+ *   synchronous, so synchronize() is a no-op.
+ * - cast/accumulate/fill/scale/sumsq take F32, F64 and BF16 in any combination. accumulate
+ *   computes in double when either side is F64 or dst is BF16, otherwise in float; BF16
+ *   results are rounded once (round to nearest even, bf16.h). sumsq sums in double over fixed
+ *   chunks that depend on n only.
+ * - Nothing depends on the number of OpenMP threads (bitwise): see cpu_ops_impl.h.
+ * - AdamW keeps fp32 state and computes in fp32 (bias corrections 1-beta^t in double). */
+#include "backend_cpu.h"
+
+#include <math.h>
+#include <omp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "bf16.h"
+#include "gemm_cpu.h"
+
+struct zp_backend {
+  zp_host host; /* copy of the host table (zeroed where the caller's is shorter) */
+  int has_set_error;
+  zp_dtype ct;
+  char name[128];
+};
+
+static int zp_cpu_cmp_u64(const void* a, const void* b) {
+  uint64_t x = *(const uint64_t*)a, y = *(const uint64_t*)b;
+  return x < y ? -1 : x > y;
+}
+
+/* ---- the model ops, twice ---- */
+#define real float
+#define ZR(name) name##_f32
+#define ZR_IS_F64 0
+#define ZR_GEMM zp_gemm_f32
+#define ZR_EXP expf
+#define ZR_LOG logf
+#define ZR_TANH tanhf
+#define ZR_SQRT sqrtf
+#include "cpu_ops_impl.h"
+#undef real
+#undef ZR
+#undef ZR_IS_F64
+#undef ZR_GEMM
+#undef ZR_EXP
+#undef ZR_LOG
+#undef ZR_TANH
+#undef ZR_SQRT
+
+#define real double
+#define ZR(name) name##_f64
+#define ZR_IS_F64 1
+#define ZR_GEMM zp_gemm_f64
+#define ZR_EXP exp
+#define ZR_LOG log
+#define ZR_TANH tanh
+#define ZR_SQRT sqrt
+#include "cpu_ops_impl.h"
+#undef real
+#undef ZR
+#undef ZR_IS_F64
+#undef ZR_GEMM
+#undef ZR_EXP
+#undef ZR_LOG
+#undef ZR_TANH
+#undef ZR_SQRT
+
+/* ---- errors ---- */
+
+static void zp_cpu_vreport(const zp_host* host, int usable, const char* fmt, va_list ap) {
+  if (!host || !usable || !host->set_error) return;
+  char buf[512];
+  vsnprintf(buf, sizeof buf, fmt, ap);
+  host->set_error(host->ctx, "%s", buf);
+}
+
+static int zp_host_has_set_error(const zp_host* host) {
+  return host && host->struct_size >= offsetof(zp_host, set_error) + sizeof(host->set_error) &&
+         host->set_error != NULL;
+}
+
+__attribute__((format(printf, 3, 4))) static int zp_cpu_fail(zp_backend* b, int code,
+                                                             const char* fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  if (b) zp_cpu_vreport(&b->host, b->has_set_error, fmt, ap);
+  va_end(ap);
+  return code;
+}
+
+__attribute__((format(printf, 3, 4))) static int zp_host_fail(const zp_host* host, int code,
+                                                              const char* fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  zp_cpu_vreport(host, zp_host_has_set_error(host), fmt, ap);
+  va_end(ap);
+  return code;
+}
+
+#define ZP_REQ(cond, ...)                                       \
+  do {                                                          \
+    if (!(cond)) return zp_cpu_fail(b, ZP_E_INVALID, __VA_ARGS__); \
+  } while (0)
+#define ZP_NEED_B() \
+  do {              \
+    if (!b) return ZP_E_INVALID; \
+  } while (0)
+
+static int zp_cpu_status(zp_backend* b, int st, const char* op) {
+  if (st == ZP_OK) return ZP_OK;
+  if (st == ZP_E_NOMEM) return zp_cpu_fail(b, st, "cpu backend: %s: out of host memory", op);
+  return zp_cpu_fail(b, st, "cpu backend: %s failed (status %d)", op, st);
+}
+
+#define ZP_DISPATCH(op, ...) \
+  zp_cpu_status(b, b->ct == ZP_F64 ? op##_f64(__VA_ARGS__) : op##_f32(__VA_ARGS__), #op)
+
+static const char* zp_cpu_dtype_name(zp_dtype t) {
+  switch (t) {
+    case ZP_F32: return "f32";
+    case ZP_F64: return "f64";
+    case ZP_BF16: return "bf16";
+    case ZP_I32: return "i32";
+    case ZP_U16: return "u16";
+  }
+  return "unknown";
+}
+
+static int zp_is_float(zp_dtype t) { return t == ZP_F32 || t == ZP_F64 || t == ZP_BF16; }
+
+/* ---- lifecycle ---- */
+
+static int cpu_create(const zp_host* host, const zp_backend_config* cfg, zp_backend** out) {
+  if (!out) return zp_host_fail(host, ZP_E_INVALID, "cpu backend: create: out is NULL");
+  *out = NULL;
+  if (!cfg) return zp_host_fail(host, ZP_E_INVALID, "cpu backend: create: no config");
+  zp_backend_config c;
+  memset(&c, 0, sizeof c);
+  size_t cs = cfg->struct_size == 0 || cfg->struct_size > sizeof c ? sizeof c : cfg->struct_size;
+  memcpy(&c, cfg, cs);
+  if (c.compute_dtype != ZP_F32 && c.compute_dtype != ZP_F64)
+    return zp_host_fail(host, ZP_E_INVALID,
+                        "cpu backend: compute dtype must be f32 or f64 (got %s)",
+                        zp_cpu_dtype_name(c.compute_dtype));
+  if (c.num_threads < 0)
+    return zp_host_fail(host, ZP_E_INVALID, "cpu backend: num_threads %d < 0", c.num_threads);
+  zp_backend* b = (zp_backend*)calloc(1, sizeof *b);
+  if (!b) return zp_host_fail(host, ZP_E_NOMEM, "cpu backend: out of memory");
+  if (host) {
+    size_t hs = host->struct_size > sizeof(zp_host) ? sizeof(zp_host) : host->struct_size;
+    memcpy(&b->host, host, hs);
+    b->has_set_error = zp_host_has_set_error(host);
+  }
+  b->ct = c.compute_dtype;
+  if (c.num_threads > 0) omp_set_num_threads(c.num_threads);
+  *out = b;
+  return ZP_OK;
+}
+
+static void cpu_destroy(zp_backend* b) { free(b); }
+
+static int cpu_info(zp_backend* b, zp_backend_info* out) {
+  ZP_NEED_B();
+  ZP_REQ(out, "cpu backend: info: out is NULL");
+  int nt = omp_get_max_threads();
+  snprintf(b->name, sizeof b->name, "cpu (%d thread%s, %s)", nt, nt == 1 ? "" : "s",
+           zp_gemm_name());
+  zp_backend_info i;
+  memset(&i, 0, sizeof i);
+  i.struct_size = sizeof i;
+  i.compute_dtype = b->ct;
+  i.device_name = b->name;
+  i.peak_flops = 0;
+  long pages = sysconf(_SC_PHYS_PAGES), avail = sysconf(_SC_AVPHYS_PAGES),
+       psz = sysconf(_SC_PAGESIZE);
+  if (pages > 0 && psz > 0) i.mem_total = (size_t)pages * (size_t)psz;
+  if (avail > 0 && psz > 0) i.mem_free = (size_t)avail * (size_t)psz;
+  /* caller's struct_size says how much it can take (0: all of ours) */
+  size_t n = out->struct_size == 0 || out->struct_size > sizeof i ? sizeof i : out->struct_size;
+  i.struct_size = n;
+  memcpy(out, &i, n);
+  return ZP_OK;
+}
+
+/* ---- memory ---- */
+
+static int cpu_alloc(zp_backend* b, size_t bytes, void** out) {
+  ZP_NEED_B();
+  ZP_REQ(out, "cpu backend: alloc: out is NULL");
+  *out = NULL;
+  if (bytes > SIZE_MAX - 64)
+    return zp_cpu_fail(b, ZP_E_NOMEM, "cpu backend: alloc of %zu bytes overflows", bytes);
+  size_t sz = bytes == 0 ? 64 : (bytes + 63) & ~(size_t)63;
+  void* p = aligned_alloc(64, sz);
+  if (!p) return zp_cpu_fail(b, ZP_E_NOMEM, "cpu backend: cannot allocate %zu bytes", bytes);
+  *out = p;
+  return ZP_OK;
+}
+
+static void cpu_free(zp_backend* b, void* p) {
+  (void)b;
+  free(p);
+}
+
+static int cpu_copy(zp_backend* b, void* dst, const void* src, size_t bytes, const char* what) {
+  ZP_NEED_B();
+  if (bytes == 0) return ZP_OK;
+  ZP_REQ(dst && src, "cpu backend: %s: NULL pointer", what);
+  if (dst != src) memmove(dst, src, bytes);
+  return ZP_OK;
+}
+static int cpu_copy_h2d(zp_backend* b, void* dst, const void* src, size_t bytes) {
+  return cpu_copy(b, dst, src, bytes, "copy_h2d");
+}
+static int cpu_copy_d2h(zp_backend* b, void* dst, const void* src, size_t bytes) {
+  return cpu_copy(b, dst, src, bytes, "copy_d2h");
+}
+static int cpu_copy_d2d(zp_backend* b, void* dst, const void* src, size_t bytes) {
+  return cpu_copy(b, dst, src, bytes, "copy_d2d");
+}
+
+static int cpu_memset0(zp_backend* b, void* dst, size_t bytes) {
+  ZP_NEED_B();
+  if (bytes == 0) return ZP_OK;
+  ZP_REQ(dst, "cpu backend: memset0: NULL pointer");
+  memset(dst, 0, bytes);
+  return ZP_OK;
+}
+
+static int cpu_synchronize(zp_backend* b) {
+  ZP_NEED_B();
+  return ZP_OK;
+}
+
+/* ---- dtype conversion, accumulate, fill, scale, sumsq ---- */
+
+#define ZP_EW_MIN 65536 /* elementwise loops below this run on one thread */
+/* loops over i in [0, nn): the caller names its element count `nn` (ptrdiff_t) */
+#define ZP_EW_FOR()                                                  \
+  _Pragma("omp parallel for schedule(static) if (nn > ZP_EW_MIN)") \
+  for (ptrdiff_t i = 0; i < nn; i++)
+
+static inline float ld_f32(const void* p, ptrdiff_t i) { return ((const float*)p)[i]; }
+static inline double ld_f64(const void* p, ptrdiff_t i) { return ((const double*)p)[i]; }
+static inline float ld_bf16(const void* p, ptrdiff_t i) {
+  return zp_bf16_to_f32(((const uint16_t*)p)[i]);
+}
+static inline void st_f32(void* p, ptrdiff_t i, double v) { ((float*)p)[i] = (float)v; }
+static inline void st_f32f(void* p, ptrdiff_t i, float v) { ((float*)p)[i] = v; }
+static inline void st_f64(void* p, ptrdiff_t i, double v) { ((double*)p)[i] = v; }
+static inline void st_bf16(void* p, ptrdiff_t i, double v) {
+  ((uint16_t*)p)[i] = zp_f64_to_bf16(v);
+}
+static inline void st_bf16f(void* p, ptrdiff_t i, float v) {
+  ((uint16_t*)p)[i] = zp_f32_to_bf16(v);
+}
+
+static int cpu_cast(zp_backend* b, void* dst, zp_dtype dt, const void* src, zp_dtype st,
+                    size_t n) {
+  ZP_NEED_B();
+  if (n == 0) return ZP_OK;
+  ZP_REQ(dst && src, "cpu backend: cast: NULL pointer");
+  if (dt == st) {
+    if (dst != src) memmove(dst, src, n * zp_dtype_size(dt));
+    return ZP_OK;
+  }
+  ZP_REQ(zp_is_float(dt) && zp_is_float(st), "cpu backend: cast %s -> %s not supported",
+         zp_cpu_dtype_name(st), zp_cpu_dtype_name(dt));
+  const ptrdiff_t nn = (ptrdiff_t)n;
+#define ZP_CAST(LD, ST) \
+  ZP_EW_FOR() { ST(dst, i, LD(src, i)); }
+  if (st == ZP_F64) {
+    if (dt == ZP_F32) ZP_CAST(ld_f64, st_f32)
+    else ZP_CAST(ld_f64, st_bf16)
+  } else if (st == ZP_F32) {
+    if (dt == ZP_F64) ZP_CAST(ld_f32, st_f64)
+    else ZP_CAST(ld_f32, st_bf16f)
+  } else {
+    if (dt == ZP_F32) ZP_CAST(ld_bf16, st_f32f)
+    else ZP_CAST(ld_bf16, st_f64)
+  }
+#undef ZP_CAST
+  return ZP_OK;
+}
+
+static int cpu_accumulate(zp_backend* b, void* dst, zp_dtype dt, const void* src, zp_dtype st,
+                          size_t n, float scale) {
+  ZP_NEED_B();
+  if (n == 0) return ZP_OK;
+  ZP_REQ(dst && src, "cpu backend: accumulate: NULL pointer");
+  ZP_REQ(zp_is_float(dt) && zp_is_float(st), "cpu backend: accumulate %s += %s not supported",
+         zp_cpu_dtype_name(dt), zp_cpu_dtype_name(st));
+  const ptrdiff_t nn = (ptrdiff_t)n;
+  const double sd = (double)scale;
+#define ZP_ACC(CT, LDD, LDS, ST) \
+  ZP_EW_FOR() { ST(dst, i, (CT)LDD(dst, i) + (CT)scale * (CT)LDS(src, i)); }
+#define ZP_ACCD(LDD, LDS, ST) \
+  ZP_EW_FOR() { ST(dst, i, (double)LDD(dst, i) + sd * (double)LDS(src, i)); }
+  switch (dt) {
+    case ZP_F32:
+      if (st == ZP_F32) ZP_ACC(float, ld_f32, ld_f32, st_f32f)
+      else if (st == ZP_BF16) ZP_ACC(float, ld_f32, ld_bf16, st_f32f)
+      else ZP_ACCD(ld_f32, ld_f64, st_f32)
+      break;
+    case ZP_F64:
+      if (st == ZP_F32) ZP_ACCD(ld_f64, ld_f32, st_f64)
+      else if (st == ZP_BF16) ZP_ACCD(ld_f64, ld_bf16, st_f64)
+      else ZP_ACCD(ld_f64, ld_f64, st_f64)
+      break;
+    default: /* BF16 */
+      if (st == ZP_F32) ZP_ACCD(ld_bf16, ld_f32, st_bf16)
+      else if (st == ZP_BF16) ZP_ACCD(ld_bf16, ld_bf16, st_bf16)
+      else ZP_ACCD(ld_bf16, ld_f64, st_bf16)
+      break;
+  }
+#undef ZP_ACC
+#undef ZP_ACCD
+  return ZP_OK;
+}
+
+/* Float dtypes get the value rounded once. Integer dtypes (I32, U16) get it truncated and
+ * clamped; a NaN fills them with all-ones bytes (-1 / 0xffff), the integer poison pattern. */
+static int cpu_fill(zp_backend* b, void* dst, zp_dtype dt, size_t n, double value) {
+  ZP_NEED_B();
+  if (n == 0) return ZP_OK;
+  ZP_REQ(dst, "cpu backend: fill: NULL pointer");
+  const ptrdiff_t nn = (ptrdiff_t)n;
+  switch (dt) {
+    case ZP_F32: {
+      const float v = (float)value;
+      float* d = (float*)dst;
+      ZP_EW_FOR() d[i] = v;
+      break;
+    }
+    case ZP_F64: {
+      double* d = (double*)dst;
+      ZP_EW_FOR() d[i] = value;
+      break;
+    }
+    case ZP_BF16: {
+      const uint16_t v = zp_f64_to_bf16(value);
+      uint16_t* d = (uint16_t*)dst;
+      ZP_EW_FOR() d[i] = v;
+      break;
+    }
+    case ZP_I32: {
+      int32_t v = -1;
+      if (!isnan(value))
+        v = value >= 2147483647.0 ? INT32_MAX : value <= -2147483648.0 ? INT32_MIN : (int32_t)value;
+      int32_t* d = (int32_t*)dst;
+      ZP_EW_FOR() d[i] = v;
+      break;
+    }
+    case ZP_U16: {
+      uint16_t v = 0xffff;
+      if (!isnan(value)) v = value >= 65535.0 ? 0xffff : value <= 0.0 ? 0 : (uint16_t)value;
+      uint16_t* d = (uint16_t*)dst;
+      ZP_EW_FOR() d[i] = v;
+      break;
+    }
+    default:
+      return zp_cpu_fail(b, ZP_E_INVALID, "cpu backend: fill: unknown dtype %d", (int)dt);
+  }
+  return ZP_OK;
+}
+
+static int cpu_scale(zp_backend* b, void* x, zp_dtype dt, size_t n, float s) {
+  ZP_NEED_B();
+  if (n == 0) return ZP_OK;
+  ZP_REQ(x, "cpu backend: scale: NULL pointer");
+  ZP_REQ(zp_is_float(dt), "cpu backend: scale: dtype %s not supported", zp_cpu_dtype_name(dt));
+  const ptrdiff_t nn = (ptrdiff_t)n;
+  if (dt == ZP_F32) {
+    float* d = (float*)x;
+    ZP_EW_FOR() d[i] *= s;
+  } else if (dt == ZP_F64) {
+    double* d = (double*)x;
+    const double sd = s;
+    ZP_EW_FOR() d[i] *= sd;
+  } else {
+    const double sd = s;
+    ZP_EW_FOR() st_bf16(x, i, (double)ld_bf16(x, i) * sd);
+  }
+  return ZP_OK;
+}
+
+enum { ZP_SUMSQ_MAXCHUNKS = 256, ZP_SUMSQ_MINCHUNK = 8192 };
+
+static double zp_sumsq_range(const void* x, zp_dtype dt, size_t lo, size_t hi) {
+  double s[4] = {0, 0, 0, 0};
+  size_t i = lo;
+#define ZP_SQ(LD)                                              \
+  for (; i + 4 <= hi; i += 4)                                  \
+    for (int l = 0; l < 4; l++) {                              \
+      const double v = (double)LD(x, (ptrdiff_t)(i + l));      \
+      s[l] += v * v;                                           \
+    }                                                          \
+  for (; i < hi; i++) {                                        \
+    const double v = (double)LD(x, (ptrdiff_t)i);              \
+    s[0] += v * v;                                             \
+  }
+  if (dt == ZP_F32) {
+    ZP_SQ(ld_f32)
+  } else if (dt == ZP_F64) {
+    ZP_SQ(ld_f64)
+  } else {
+    ZP_SQ(ld_bf16)
+  }
+#undef ZP_SQ
+  return (s[0] + s[1]) + (s[2] + s[3]);
+}
+
+static int cpu_sumsq(zp_backend* b, double* out_host, const void* x, zp_dtype dt, size_t n) {
+  ZP_NEED_B();
+  ZP_REQ(out_host, "cpu backend: sumsq: out is NULL");
+  *out_host = 0;
+  if (n == 0) return ZP_OK;
+  ZP_REQ(x, "cpu backend: sumsq: NULL pointer");
+  ZP_REQ(zp_is_float(dt), "cpu backend: sumsq: dtype %s not supported", zp_cpu_dtype_name(dt));
+  /* chunking depends on n only, so the summation order is fixed */
+  size_t chunk = (n + ZP_SUMSQ_MAXCHUNKS - 1) / ZP_SUMSQ_MAXCHUNKS;
+  if (chunk < ZP_SUMSQ_MINCHUNK) chunk = ZP_SUMSQ_MINCHUNK;
+  const int nch = (int)((n + chunk - 1) / chunk);
+  double part[ZP_SUMSQ_MAXCHUNKS];
+#pragma omp parallel for schedule(static) if (nch > 1)
+  for (int c = 0; c < nch; c++) {
+    const size_t lo = (size_t)c * chunk, hi = lo + chunk < n ? lo + chunk : n;
+    part[c] = zp_sumsq_range(x, dt, lo, hi);
+  }
+  double s = 0;
+  for (int c = 0; c < nch; c++) s += part[c];
+  *out_host = s;
+  return ZP_OK;
+}
+
+/* ---- model ops: validation + dispatch ---- */
+
+static int zp_check_ids(zp_backend* b, const int32_t* ids, size_t n, const char* op) {
+  for (size_t i = 0; i < n; i++)
+    if (ids[i] < 0)
+      return zp_cpu_fail(b, ZP_E_INVALID, "cpu backend: %s: token id %d at %zu is negative", op,
+                         (int)ids[i], i);
+  return ZP_OK;
+}
+
+static int cpu_encoder_fwd(zp_backend* b, void* out, const int32_t* inp, const void* wte,
+                           const void* wpe, int B, int T, int C) {
+  ZP_NEED_B();
+  ZP_REQ(B >= 0 && T >= 0 && C >= 0, "cpu backend: encoder_fwd: bad shape B=%d T=%d C=%d", B, T,
+         C);
+  if ((size_t)B * T * C == 0) return ZP_OK;
+  ZP_REQ(out && inp && wte && wpe, "cpu backend: encoder_fwd: NULL pointer");
+  int st = zp_check_ids(b, inp, (size_t)B * T, "encoder_fwd");
+  if (st) return st;
+  return ZP_DISPATCH(encoder_fwd, out, inp, wte, wpe, B, T, C);
+}
+
+static int cpu_encoder_bwd(zp_backend* b, void* dwte, void* dwpe, const void* dout,
+                           const int32_t* inp, int B, int T, int C) {
+  ZP_NEED_B();
+  ZP_REQ(B >= 0 && T >= 0 && C >= 0, "cpu backend: encoder_bwd: bad shape B=%d T=%d C=%d", B, T,
+         C);
+  if ((size_t)B * T * C == 0 || (!dwte && !dwpe)) return ZP_OK;
+  ZP_REQ(dout && inp, "cpu backend: encoder_bwd: NULL pointer");
+  ZP_REQ((uint64_t)B * (uint64_t)T < 0xffffffffull, "cpu backend: encoder_bwd: B*T too large");
+  int st = zp_check_ids(b, inp, (size_t)B * T, "encoder_bwd");
+  if (st) return st;
+  return ZP_DISPATCH(encoder_bwd, dwte, dwpe, dout, inp, B, T, C);
+}
+
+static int cpu_layernorm_fwd(zp_backend* b, void* out, float* mean, float* rstd, const void* inp,
+                             const void* w, const void* bias, int N, int C) {
+  ZP_NEED_B();
+  ZP_REQ(N >= 0 && C > 0, "cpu backend: layernorm_fwd: bad shape N=%d C=%d", N, C);
+  if (N == 0) return ZP_OK;
+  ZP_REQ(out && inp && w, "cpu backend: layernorm_fwd: NULL pointer");
+  return ZP_DISPATCH(layernorm_fwd, out, mean, rstd, inp, w, bias, N, C);
+}
+
+static int cpu_layernorm_bwd(zp_backend* b, void* dinp, void* dw, void* dbias, const void* dout,
+                             const void* inp, const void* w, const float* mean,
+                             const float* rstd, int N, int C) {
+  ZP_NEED_B();
+  ZP_REQ(N >= 0 && C > 0, "cpu backend: layernorm_bwd: bad shape N=%d C=%d", N, C);
+  if (N == 0 || (!dinp && !dw && !dbias)) return ZP_OK;
+  ZP_REQ(dout && inp && w && mean && rstd, "cpu backend: layernorm_bwd: NULL pointer");
+  return ZP_DISPATCH(layernorm_bwd, dinp, dw, dbias, dout, inp, w, mean, rstd, N, C);
+}
+
+static int cpu_matmul_fwd(zp_backend* b, void* out, const void* inp, const void* w,
+                          const void* bias, int N, int IC, int OC) {
+  ZP_NEED_B();
+  ZP_REQ(N >= 0 && IC > 0 && OC > 0, "cpu backend: matmul_fwd: bad shape N=%d IC=%d OC=%d", N,
+         IC, OC);
+  if (N == 0) return ZP_OK;
+  ZP_REQ(out && inp && w, "cpu backend: matmul_fwd: NULL pointer");
+  return ZP_DISPATCH(matmul_fwd, out, inp, w, bias, N, IC, OC);
+}
+
+static int cpu_matmul_bwd(zp_backend* b, void* dinp, void* dw, void* dbias, const void* dout,
+                          const void* inp, const void* w, int N, int IC, int OC) {
+  ZP_NEED_B();
+  ZP_REQ(N >= 0 && IC > 0 && OC > 0, "cpu backend: matmul_bwd: bad shape N=%d IC=%d OC=%d", N,
+         IC, OC);
+  if (N == 0) return ZP_OK;
+  ZP_REQ(dout, "cpu backend: matmul_bwd: dout is NULL");
+  ZP_REQ(!dinp || w, "cpu backend: matmul_bwd: dinp needs w");
+  ZP_REQ(!dw || inp, "cpu backend: matmul_bwd: dw needs inp");
+  return ZP_DISPATCH(matmul_bwd, dinp, dw, dbias, dout, inp, w, N, IC, OC);
+}
+
+static size_t cpu_attention_aux_bytes(zp_backend* b, int B, int T, int C, int NH) {
+  (void)C;
+  if (!b || B < 0 || T < 0 || NH < 0) return 0;
+  return (size_t)B * (size_t)NH * (size_t)T * (size_t)T * zp_dtype_size(b->ct);
+}
+
+static int cpu_attention_fwd(zp_backend* b, void* out, void* aux, const void* qkv, int B, int T,
+                             int C, int NH) {
+  ZP_NEED_B();
+  ZP_REQ(B >= 0 && T >= 0 && C > 0 && NH > 0 && C % NH == 0,
+         "cpu backend: attention_fwd: bad shape B=%d T=%d C=%d NH=%d", B, T, C, NH);
+  if ((size_t)B * T == 0) return ZP_OK;
+  ZP_REQ(out && aux && qkv, "cpu backend: attention_fwd: NULL pointer");
+  return ZP_DISPATCH(attention_fwd, out, aux, qkv, B, T, C, NH);
+}
+
+static int cpu_attention_bwd(zp_backend* b, void* dqkv, const void* dout, const void* qkv,
+                             const void* out, const void* aux, int B, int T, int C, int NH) {
+  ZP_NEED_B();
+  ZP_REQ(B >= 0 && T >= 0 && C > 0 && NH > 0 && C % NH == 0,
+         "cpu backend: attention_bwd: bad shape B=%d T=%d C=%d NH=%d", B, T, C, NH);
+  if ((size_t)B * T == 0) return ZP_OK;
+  ZP_REQ(dqkv && dout && qkv && aux, "cpu backend: attention_bwd: NULL pointer");
+  return ZP_DISPATCH(attention_bwd, dqkv, dout, qkv, out, aux, B, T, C, NH);
+}
+
+static int cpu_gelu_fwd(zp_backend* b, void* out, const void* inp, size_t n) {
+  ZP_NEED_B();
+  if (n == 0) return ZP_OK;
+  ZP_REQ(out && inp, "cpu backend: gelu_fwd: NULL pointer");
+  return ZP_DISPATCH(gelu_fwd, out, inp, n);
+}
+
+static int cpu_gelu_bwd(zp_backend* b, void* dinp, const void* inp, const void* dout, size_t n) {
+  ZP_NEED_B();
+  if (n == 0) return ZP_OK;
+  ZP_REQ(dinp && inp && dout, "cpu backend: gelu_bwd: NULL pointer");
+  return ZP_DISPATCH(gelu_bwd, dinp, inp, dout, n);
+}
+
+static int cpu_residual_fwd(zp_backend* b, void* out, const void* a, const void* c, size_t n) {
+  ZP_NEED_B();
+  if (n == 0) return ZP_OK;
+  ZP_REQ(out && a && c, "cpu backend: residual_fwd: NULL pointer");
+  return ZP_DISPATCH(residual_fwd, out, a, c, n);
+}
+
+static int cpu_softmax_xent(zp_backend* b, float* losses, void* logits, const int32_t* targets,
+                            int N, int V, int Vp, float dloss) {
+  ZP_NEED_B();
+  ZP_REQ(N >= 0 && V > 0 && Vp >= V, "cpu backend: softmax_xent: bad shape N=%d V=%d Vp=%d", N,
+         V, Vp);
+  if (N == 0) return ZP_OK;
+  ZP_REQ(logits && targets, "cpu backend: softmax_xent: NULL pointer");
+  for (int n = 0; n < N; n++)
+    ZP_REQ(targets[n] < V, "cpu backend: softmax_xent: target %d at row %d is >= V=%d",
+           (int)targets[n], n, V);
+  return ZP_DISPATCH(softmax_xent, losses, logits, targets, N, V, Vp, dloss);
+}
+
+/* ---- AdamW ---- */
+
+static int cpu_adamw(zp_backend* b, void* param, zp_dtype pdt, float* master, const void* grad,
+                     zp_dtype gdt, float* m, float* v, size_t n, float lr, float beta1,
+                     float beta2, float eps, float weight_decay, float grad_scale, int step_t) {
+  ZP_NEED_B();
+  ZP_REQ(step_t >= 1, "cpu backend: adamw: step_t %d < 1", step_t);
+  if (n == 0) return ZP_OK;
+  ZP_REQ(master && grad && m && v, "cpu backend: adamw: NULL pointer");
+  ZP_REQ(zp_is_float(gdt), "cpu backend: adamw: grad dtype %s not supported",
+         zp_cpu_dtype_name(gdt));
+  const int write_param = param != NULL && param != (void*)master;
+  ZP_REQ(!param || write_param || pdt == ZP_F32,
+         "cpu backend: adamw: param == master needs pdt f32 (got %s)", zp_cpu_dtype_name(pdt));
+  ZP_REQ(!write_param || zp_is_float(pdt), "cpu backend: adamw: param dtype %s not supported",
+         zp_cpu_dtype_name(pdt));
+  const float bc1 = (float)(1.0 - pow((double)beta1, (double)step_t));
+  const float bc2 = (float)(1.0 - pow((double)beta2, (double)step_t));
+  const float omb1 = 1.0f - beta1, omb2 = 1.0f - beta2;
+  const ptrdiff_t nn = (ptrdiff_t)n;
+#define ZP_ADAMW(GLOAD)                                                            \
+  ZP_EW_FOR() {                                                                  \
+    const float g = GLOAD;                                                         \
+    const float mi = beta1 * m[i] + omb1 * g;                                      \
+    const float vi = beta2 * v[i] + omb2 * g * g;                                  \
+    m[i] = mi;                                                                     \
+    v[i] = vi;                                                                     \
+    const float mhat = mi / bc1, vhat = vi / bc2;                                  \
+    float p = master[i];                                                           \
+    p -= lr * (mhat / (sqrtf(vhat) + eps) + weight_decay * p);                     \
+    master[i] = p;                                                                 \
+  }
+  if (gdt == ZP_F32) {
+    ZP_ADAMW(ld_f32(grad, i) * grad_scale)
+  } else if (gdt == ZP_BF16) {
+    ZP_ADAMW(ld_bf16(grad, i) * grad_scale)
+  } else {
+    ZP_ADAMW((float)(ld_f64(grad, i) * (double)grad_scale))
+  }
+#undef ZP_ADAMW
+  if (write_param) return cpu_cast(b, param, pdt, master, ZP_F32, n);
+  return ZP_OK;
+}
+
+static const zp_backend_ops zp_cpu_ops = {
+    .struct_size = sizeof(zp_backend_ops),
+    .create = cpu_create,
+    .destroy = cpu_destroy,
+    .info = cpu_info,
+    .alloc = cpu_alloc,
+    .free = cpu_free,
+    .copy_h2d = cpu_copy_h2d,
+    .copy_d2h = cpu_copy_d2h,
+    .copy_d2d = cpu_copy_d2d,
+    .memset0 = cpu_memset0,
+    .synchronize = cpu_synchronize,
+    .cast = cpu_cast,
+    .accumulate = cpu_accumulate,
+    .fill = cpu_fill,
+    .encoder_fwd = cpu_encoder_fwd,
+    .encoder_bwd = cpu_encoder_bwd,
+    .layernorm_fwd = cpu_layernorm_fwd,
+    .layernorm_bwd = cpu_layernorm_bwd,
+    .matmul_fwd = cpu_matmul_fwd,
+    .matmul_bwd = cpu_matmul_bwd,
+    .attention_aux_bytes = cpu_attention_aux_bytes,
+    .attention_fwd = cpu_attention_fwd,
+    .attention_bwd = cpu_attention_bwd,
+    .gelu_fwd = cpu_gelu_fwd,
+    .gelu_bwd = cpu_gelu_bwd,
+    .residual_fwd = cpu_residual_fwd,
+    .softmax_xent = cpu_softmax_xent,
+    .adamw = cpu_adamw,
+    .sumsq = cpu_sumsq,
+    .scale = cpu_scale,
+};
+
+const zp_backend_ops* zp_cpu_backend_ops(void) { return &zp_cpu_ops; }

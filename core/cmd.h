@@ -1,0 +1,9 @@
+/* cmd.h: entry points of the zp subcommands (argc/argv start at the subcommand name's
+ * arguments as passed by cli/main.c). Each returns the process exit status. */
+#ifndef ZP_CMD_H
+#define ZP_CMD_H
+
+int zp_cmd_toml_decode(int argc, char** argv);   /* toml-test decoder: stdin TOML -> tagged JSON */
+int zp_cmd_data(int argc, char** argv);         /* zp data prepare|info: text -> token shards (cmd_data.c) */
+
+#endif

@@ -1,0 +1,123 @@
+/* comm.h: the communicator interface (NCCL-like collectives, rendezvous send/recv, split)
+ * and its CPU implementation over POSIX shared memory for ranks (processes) on one host.
+ *
+ * Invariants:
+ * - `struct zp_comm` is the base of every implementation: an implementation's struct starts
+ *   with a `struct zp_comm` member, so a zp_comm* can be cast to it and back. ops is first.
+ * - All ranks of a communicator call its collectives in the same order with the same
+ *   arguments (count, dtype, op, root). Collectives are numbered per communicator (#1, #2,
+ *   ...) and error messages name the rank, the operation and that number.
+ * - Reductions run in a FIXED rank order (rank 0 + rank 1 + ... in that order; accumulation
+ *   in float for F32/BF16, bf16 rounded once at the end, double for F64), so results are
+ *   bitwise deterministic, independent of staging size, and identical on every rank.
+ *   ZP_RED_AVG divides the sum by size once at the end (floating dtypes only).
+ *   Reduction dtypes: F32, F64, BF16 (sum/avg/max) and I32 (sum/max, sum wraps modulo 2^32).
+ *   allgather, broadcast, send and recv take any dtype.
+ * - Every blocking wait has a deadline (timeout_s, per wait for a peer); a dead, departed or
+ *   stopped peer is detected (pid + out-of-band heartbeat) and reported as ZP_E_COMM /
+ *   ZP_E_TIMEOUT. After any failure the communicator (and every communicator of the same
+ *   shared-memory segment) is aborted: all further calls fail fast with the original message.
+ * - Failures return a zp_status; the message is in zp_comm_error(c). Nothing aborts/exits. */
+#ifndef ZP_COMM_H
+#define ZP_COMM_H
+#include <stddef.h>
+#include "zp/zp_plugin.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define ZP_COMM_ERR_LEN 512
+#define ZP_COMM_SPLIT_UNDEFINED (-1) /* split color: this rank joins no sub-communicator */
+
+typedef struct zp_comm_ops {
+  size_t struct_size;
+  /* in place: buf holds count elements on every rank; on return, the reduction of all */
+  int (*allreduce)(zp_comm* c, void* buf, size_t count, zp_dtype dt, zp_redop op);
+  /* send holds size*recv_count; rank r gets (the reduction of) block r */
+  int (*reduce_scatter)(zp_comm* c, void* recv, const void* send, size_t recv_count, zp_dtype dt,
+                        zp_redop op);
+  /* recv holds size*send_count; in-place allowed when send == recv + rank*send_count */
+  int (*allgather)(zp_comm* c, void* recv, const void* send, size_t send_count, zp_dtype dt);
+  int (*broadcast)(zp_comm* c, void* buf, size_t count, zp_dtype dt, int root);
+  /* rendezvous: returns only when the peer's matching recv has taken the data */
+  int (*send)(zp_comm* c, const void* buf, size_t count, zp_dtype dt, int peer);
+  int (*recv)(zp_comm* c, void* buf, size_t count, zp_dtype dt, int peer);
+  int (*barrier)(zp_comm* c);
+  /* MPI_Comm_split semantics; collective over c. Ranks of the new communicator are ordered by
+   * (key, rank in c). color ZP_COMM_SPLIT_UNDEFINED (< 0): *out = NULL. */
+  int (*split)(zp_comm* c, int color, int key, zp_comm** out);
+  void (*destroy)(zp_comm* c);
+} zp_comm_ops;
+
+/* The base struct (zp_plugin.h declares `typedef struct zp_comm zp_comm;`). */
+struct zp_comm {
+  const zp_comm_ops* ops;
+  int rank, size;
+  char err[ZP_COMM_ERR_LEN];
+};
+typedef struct zp_comm zp_comm_base;
+
+static inline int zp_comm_rank(const zp_comm* c) { return c->rank; }
+static inline int zp_comm_size(const zp_comm* c) { return c->size; }
+const char* zp_comm_error(const zp_comm* c); /* message of the last failure ("" if none) */
+
+/* Convenience wrappers over c->ops. */
+static inline int zp_comm_allreduce(zp_comm* c, void* buf, size_t n, zp_dtype dt, zp_redop op) {
+  return c->ops->allreduce(c, buf, n, dt, op);
+}
+static inline int zp_comm_reduce_scatter(zp_comm* c, void* recv, const void* send, size_t n,
+                                         zp_dtype dt, zp_redop op) {
+  return c->ops->reduce_scatter(c, recv, send, n, dt, op);
+}
+static inline int zp_comm_allgather(zp_comm* c, void* recv, const void* send, size_t n,
+                                    zp_dtype dt) {
+  return c->ops->allgather(c, recv, send, n, dt);
+}
+static inline int zp_comm_broadcast(zp_comm* c, void* buf, size_t n, zp_dtype dt, int root) {
+  return c->ops->broadcast(c, buf, n, dt, root);
+}
+static inline int zp_comm_send(zp_comm* c, const void* buf, size_t n, zp_dtype dt, int peer) {
+  return c->ops->send(c, buf, n, dt, peer);
+}
+static inline int zp_comm_recv(zp_comm* c, void* buf, size_t n, zp_dtype dt, int peer) {
+  return c->ops->recv(c, buf, n, dt, peer);
+}
+static inline int zp_comm_barrier(zp_comm* c) { return c->ops->barrier(c); }
+static inline int zp_comm_split(zp_comm* c, int color, int key, zp_comm** out) {
+  return c->ops->split(c, color, key, out);
+}
+static inline void zp_comm_destroy(zp_comm* c) {
+  if (c) c->ops->destroy(c);
+}
+
+/* ---- shared-memory implementation (ranks = processes on one host) ----
+ * The launcher creates the segment before forking (name "/zp-..."), each rank opens it with
+ * its rank; open waits (up to timeout_s) until all `size` ranks have attached. The segment
+ * holds the world communicator and room for ZP_SHM_MAX_COMMS-1 live sub-communicators. */
+#define ZP_SHM_MAX_RANKS 64
+#define ZP_SHM_MAX_COMMS 8
+int zp_comm_shm_open(const char* name, int rank, int size, double timeout_s, zp_comm** out,
+                     char* err, size_t errlen);
+int zp_comm_shm_create_segment(const char* name, int size, char* err, size_t errlen);
+/* As above with an explicit per-rank staging size of the world communicator in bytes (0 =
+ * default: 16 MiB / size clamped to [256 KiB, 4 MiB], or ZP_SHM_STAGING_KB from the env).
+ * Sub-communicators get 1/8 of it (at least 64 KiB). Buffers larger than the staging area are
+ * processed in pieces. */
+int zp_comm_shm_create_segment_ex(const char* name, int size, size_t stage_bytes, char* err,
+                                  size_t errlen);
+void zp_comm_shm_unlink(const char* name);
+
+/* A communicator of one rank (every collective is a local copy or a no-op). */
+int zp_comm_self_create(zp_comm** out, char* err, size_t errlen);
+
+/* The world communicator of this process from the launcher's environment: a shared-memory
+ * communicator when ZP_SHM_NAME is set (ZP_RANK, ZP_WORLD_SIZE, ZP_COMM_TIMEOUT seconds,
+ * default 300), a communicator of one rank when no launcher environment is present, and
+ * ZP_E_INVALID when an external launcher reports world > 1 without a segment. */
+int zp_comm_from_env(zp_comm** out, char* err, size_t errlen);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,581 @@
+/* config.c: loading, validation and typed access for the configuration (see config.h).
+ * Invariants: nothing is allocated for training before zp_config_load + zp_config_check have
+ * succeeded; every error message names where the bad value came from (file:line:col or
+ * "--set") and the full key path; values keep their origin for `zp config` dumps. */
+#include "config.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <libgen.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "toml.h"
+
+static void seterr(char* err, size_t n, const char* fmt, ...) __attribute__((format(printf, 3, 4)));
+static void seterr(char* err, size_t n, const char* fmt, ...) {
+  if (!err || !n) return;
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(err, n, fmt, ap);
+  va_end(ap);
+}
+
+int zp_edit_distance(const char* a, const char* b) {
+  size_t la = strlen(a), lb = strlen(b);
+  if (la > 64 || lb > 64) return 99;
+  int d[65][65];
+  for (size_t i = 0; i <= la; i++) d[i][0] = (int)i;
+  for (size_t j = 0; j <= lb; j++) d[0][j] = (int)j;
+  for (size_t i = 1; i <= la; i++)
+    for (size_t j = 1; j <= lb; j++) {
+      int c = a[i - 1] == b[j - 1] ? 0 : 1;
+      int m = d[i - 1][j] + 1;
+      if (d[i][j - 1] + 1 < m) m = d[i][j - 1] + 1;
+      if (d[i - 1][j - 1] + c < m) m = d[i - 1][j - 1] + c;
+      /* transposition */
+      if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] && d[i - 2][j - 2] + 1 < m)
+        m = d[i - 2][j - 2] + 1;
+      d[i][j] = m;
+    }
+  return d[la][lb];
+}
+
+static long find_key(const char* path) {
+  for (size_t i = 0; i < zp_config_schema_len; i++)
+    if (strcmp(zp_config_schema[i].path, path) == 0) return (long)i;
+  return -1;
+}
+
+const zc_key* zp_cfg_key(const char* path) {
+  long i = find_key(path);
+  return i < 0 ? NULL : &zp_config_schema[i];
+}
+
+/* Is `prefix` a section (a proper prefix of some key followed by '.')? */
+static int is_section(const char* prefix) {
+  size_t n = strlen(prefix);
+  for (size_t i = 0; i < zp_config_schema_len; i++)
+    if (strncmp(zp_config_schema[i].path, prefix, n) == 0 && zp_config_schema[i].path[n] == '.') return 1;
+  return 0;
+}
+
+/* " (did you mean 'train.micro_batch'?)" or "" */
+static void suggest(const char* path, int want_section, char* out, size_t n) {
+  out[0] = 0;
+  int best = 99;
+  char bestp[256] = "";
+  for (size_t i = 0; i < zp_config_schema_len; i++) {
+    char cand[256];
+    snprintf(cand, sizeof cand, "%s", zp_config_schema[i].path);
+    if (want_section) {
+      /* candidate sections: every prefix of the key */
+      for (char* dot = strchr(cand, '.'); dot; dot = strchr(dot + 1, '.')) {
+        char sec[256];
+        size_t k = (size_t)(dot - cand);
+        memcpy(sec, cand, k);
+        sec[k] = 0;
+        int d = zp_edit_distance(path, sec);
+        if (d < best) { best = d; snprintf(bestp, sizeof bestp, "%s", sec); }
+      }
+    } else {
+      int d = zp_edit_distance(path, cand);
+      /* also compare the last component within the same section */
+      const char* pl = strrchr(path, '.');
+      const char* cl = strrchr(cand, '.');
+      if (pl && cl) {
+        int d2 = zp_edit_distance(pl + 1, cl + 1);
+        if ((size_t)(pl - path) == (size_t)(cl - cand) && strncmp(path, cand, (size_t)(pl - path)) == 0 && d2 < d) d = d2;
+        if (d2 == 0 && d > 0) d = 1; /* right key, wrong section */
+      }
+      if (d < best) { best = d; snprintf(bestp, sizeof bestp, "%s", cand); }
+    }
+  }
+  size_t len = strlen(path);
+  int limit = len < 6 ? 2 : (int)(len / 3);
+  if (limit > 4) limit = 4;
+  if (best <= limit && bestp[0]) snprintf(out, n, " (did you mean '%s'?)", bestp);
+}
+
+static const char* type_name(zc_type t) {
+  switch (t) {
+    case ZC_INT: return "integer";
+    case ZC_FLOAT: return "float";
+    case ZC_BOOL: return "boolean";
+    case ZC_STRING: return "string";
+    case ZC_INT_LIST: return "array of integers";
+  }
+  return "?";
+}
+
+static void value_clear(zc_value* v) {
+  free(v->s);
+  free(v->list);
+  v->s = NULL;
+  v->list = NULL;
+  v->list_len = 0;
+}
+
+/* Convert a parsed TOML value into schema key k. origin names where it came from. */
+static int assign(zc_value* dst, const zc_key* k, const zt_value* tv, const char* origin,
+                  char* err, size_t errlen) {
+  zt_type t = zt_kind(tv);
+  zc_value nv;
+  memset(&nv, 0, sizeof nv);
+  nv.type = k->type;
+  switch (k->type) {
+    case ZC_INT:
+      if (t != ZT_INTEGER) {
+        seterr(err, errlen, "%s: %s must be an integer, got %s", origin, k->path, zt_type_name(t));
+        return ZP_E_INVALID;
+      }
+      nv.i = zt_int(tv);
+      nv.f = (double)nv.i;
+      break;
+    case ZC_FLOAT:
+      if (t == ZT_INTEGER) nv.f = (double)zt_int(tv);
+      else if (t == ZT_FLOAT) nv.f = zt_float(tv);
+      else {
+        seterr(err, errlen, "%s: %s must be a number, got %s", origin, k->path, zt_type_name(t));
+        return ZP_E_INVALID;
+      }
+      if (nv.f != nv.f) {
+        seterr(err, errlen, "%s: %s must be a finite number, got nan", origin, k->path);
+        return ZP_E_INVALID;
+      }
+      break;
+    case ZC_BOOL:
+      if (t != ZT_BOOL) {
+        seterr(err, errlen, "%s: %s must be true or false, got %s", origin, k->path, zt_type_name(t));
+        return ZP_E_INVALID;
+      }
+      nv.b = zt_bool(tv);
+      break;
+    case ZC_STRING:
+      if (t != ZT_STRING) {
+        seterr(err, errlen, "%s: %s must be a string, got %s", origin, k->path, zt_type_name(t));
+        return ZP_E_INVALID;
+      }
+      if (strlen(zt_string(tv)) != zt_string_len(tv)) {
+        seterr(err, errlen, "%s: %s must not contain NUL characters", origin, k->path);
+        return ZP_E_INVALID;
+      }
+      nv.s = strdup(zt_string(tv));
+      if (k->choices) {
+        int ok = 0;
+        const char* c = k->choices;
+        size_t sl = strlen(nv.s);
+        while (*c) {
+          const char* e = strchr(c, '|');
+          size_t cl = e ? (size_t)(e - c) : strlen(c);
+          if (cl == sl && strncmp(c, nv.s, cl) == 0) ok = 1;
+          c += cl + (e ? 1 : 0);
+        }
+        if (!ok) {
+          char choices[256];
+          snprintf(choices, sizeof choices, "%s", k->choices);
+          for (char* p = choices; *p; p++) if (*p == '|') *p = ',';
+          seterr(err, errlen, "%s: %s = \"%s\" is not one of: %s", origin, k->path, nv.s, choices);
+          free(nv.s);
+          return ZP_E_INVALID;
+        }
+      }
+      break;
+    case ZC_INT_LIST: {
+      if (t != ZT_ARRAY) {
+        seterr(err, errlen, "%s: %s must be an array of integers, got %s", origin, k->path, zt_type_name(t));
+        return ZP_E_INVALID;
+      }
+      size_t n = zt_array_len(tv);
+      nv.list = calloc(n ? n : 1, sizeof(int64_t));
+      nv.list_len = n;
+      for (size_t i = 0; i < n; i++) {
+        const zt_value* e = zt_array_at(tv, i);
+        if (zt_kind(e) != ZT_INTEGER) {
+          seterr(err, errlen, "%s: %s[%zu] must be an integer, got %s", origin, k->path, i, zt_type_name(zt_kind(e)));
+          free(nv.list);
+          return ZP_E_INVALID;
+        }
+        nv.list[i] = zt_int(e);
+      }
+      break;
+    }
+  }
+  if ((k->type == ZC_INT || k->type == ZC_FLOAT) && k->min <= k->max) {
+    double x = k->type == ZC_INT ? (double)nv.i : nv.f;
+    if (x < k->min || x > k->max) {
+      seterr(err, errlen, "%s: %s = %g is out of range [%g, %g]", origin, k->path, x, k->min, k->max);
+      value_clear(&nv);
+      return ZP_E_INVALID;
+    }
+  }
+  value_clear(dst);
+  nv.set = 1;
+  snprintf(nv.origin, sizeof nv.origin, "%s", origin);
+  *dst = nv;
+  return ZP_OK;
+}
+
+int zp_config_defaults(zp_config* c) {
+  memset(c, 0, sizeof *c);
+  c->v = calloc(zp_config_schema_len, sizeof(zc_value));
+  if (!c->v) return ZP_E_NOMEM;
+  for (size_t i = 0; i < zp_config_schema_len; i++) {
+    char e[256];
+    zt_value* tv = zt_parse_value(zp_config_schema[i].def, "default", e, sizeof e);
+    if (!tv || assign(&c->v[i], &zp_config_schema[i], tv, "default", e, sizeof e) != ZP_OK) {
+      fprintf(stderr, "zp: internal: bad default for %s: %s\n", zp_config_schema[i].path, e);
+      zt_free(tv);
+      return ZP_E_INTERNAL;
+    }
+    c->v[i].set = 0;
+    zt_free(tv);
+  }
+  return ZP_OK;
+}
+
+/* Walk a table; prefix is the dotted path so far. */
+static int walk(zp_config* c, const zt_value* t, const char* prefix, const char* file, char* err,
+                size_t errlen) {
+  size_t n = zt_table_len(t);
+  for (size_t i = 0; i < n; i++) {
+    const char* key = zt_table_key(t, i);
+    const zt_value* v = zt_table_at(t, i);
+    char path[512];
+    if (prefix[0]) snprintf(path, sizeof path, "%s.%s", prefix, key);
+    else snprintf(path, sizeof path, "%s", key);
+    char origin[600];
+    snprintf(origin, sizeof origin, "%s:%d:%d", file, zt_table_key_line(t, i), zt_table_key_col(t, i));
+    if (strcmp(path, "ext") == 0) {
+      if (zt_kind(v) != ZT_TABLE) {
+        seterr(err, errlen, "%s: [ext] must be a table", origin);
+        return ZP_E_INVALID;
+      }
+      continue; /* free form, kept in the tree */
+    }
+    long ki = find_key(path);
+    if (ki >= 0) {
+      int rc = assign(&c->v[ki], &zp_config_schema[ki], v, origin, err, errlen);
+      if (rc) return rc;
+      continue;
+    }
+    if (is_section(path)) {
+      if (zt_kind(v) != ZT_TABLE) {
+        seterr(err, errlen, "%s: %s is a section; expected a table, got %s", origin, path,
+               zt_type_name(zt_kind(v)));
+        return ZP_E_INVALID;
+      }
+      int rc = walk(c, v, path, file, err, errlen);
+      if (rc) return rc;
+      continue;
+    }
+    char sug[300];
+    int sec = zt_kind(v) == ZT_TABLE;
+    suggest(path, sec, sug, sizeof sug);
+    seterr(err, errlen, "%s: unknown %s '%s'%s", origin, sec ? "section" : "key", path, sug);
+    return ZP_E_INVALID;
+  }
+  return ZP_OK;
+}
+
+static int apply_sets(zp_config* c, const char* const* sets, int n_sets, char* err, size_t errlen) {
+  for (int i = 0; i < n_sets; i++) {
+    int rc = zp_config_set(c, sets[i], err, errlen);
+    if (rc) return rc;
+  }
+  return zp_config_check(c, err, errlen);
+}
+
+int zp_config_load_text(zp_config* c, const char* text, size_t len, const char* path,
+                        const char* const* sets, int n_sets, char* err, size_t errlen) {
+  int rc = zp_config_defaults(c);
+  if (rc) return rc;
+  snprintf(c->path, sizeof c->path, "%s", path ? path : "");
+  char tmp[1024];
+  snprintf(tmp, sizeof tmp, "%s", path ? path : ".");
+  snprintf(c->dir, sizeof c->dir, "%s", dirname(tmp));
+  char perr[1024];
+  zt_value* root = zt_parse(text, len, path, perr, sizeof perr);
+  if (!root) {
+    seterr(err, errlen, "%s", perr);
+    return ZP_E_INVALID;
+  }
+  rc = walk(c, root, "", path, err, errlen);
+  if (rc == ZP_OK) {
+    zt_value* ext = zt_table_get(root, "ext");
+    if (ext) {
+      /* keep the tree alive for plugins: the root owns everything */
+      c->ext = root;
+      root = NULL;
+    }
+  }
+  zt_free(root);
+  if (rc) return rc;
+  return apply_sets(c, sets, n_sets, err, errlen);
+}
+
+int zp_config_load(zp_config* c, const char* path, const char* const* sets, int n_sets,
+                   char* err, size_t errlen) {
+  FILE* f = fopen(path, "rb");
+  if (!f) {
+    seterr(err, errlen, "%s: cannot open config: %s", path, strerror(errno));
+    memset(c, 0, sizeof *c);
+    return ZP_E_IO;
+  }
+  size_t cap = 1 << 16, len = 0;
+  char* buf = malloc(cap);
+  for (;;) {
+    if (len == cap) {
+      cap *= 2;
+      if (cap > (64u << 20)) {
+        fclose(f);
+        free(buf);
+        seterr(err, errlen, "%s: config larger than 64 MiB", path);
+        memset(c, 0, sizeof *c);
+        return ZP_E_INVALID;
+      }
+      buf = realloc(buf, cap);
+    }
+    size_t r = fread(buf + len, 1, cap - len, f);
+    len += r;
+    if (r == 0) break;
+  }
+  int ioerr = ferror(f);
+  fclose(f);
+  if (ioerr) {
+    free(buf);
+    seterr(err, errlen, "%s: read error", path);
+    memset(c, 0, sizeof *c);
+    return ZP_E_IO;
+  }
+  int rc = zp_config_load_text(c, buf, len, path, sets, n_sets, err, errlen);
+  free(buf);
+  return rc;
+}
+
+int zp_config_set(zp_config* c, const char* assignment, char* err, size_t errlen) {
+  const char* eq = strchr(assignment, '=');
+  if (!eq || eq == assignment) {
+    seterr(err, errlen, "--set %s: expected section.key=value", assignment);
+    return ZP_E_INVALID;
+  }
+  char path[512];
+  size_t kl = (size_t)(eq - assignment);
+  if (kl >= sizeof path) kl = sizeof path - 1;
+  memcpy(path, assignment, kl);
+  path[kl] = 0;
+  /* trim spaces */
+  while (kl && isspace((unsigned char)path[kl - 1])) path[--kl] = 0;
+  const char* val = eq + 1;
+  while (isspace((unsigned char)*val)) val++;
+  long ki = find_key(path);
+  if (ki < 0) {
+    char sug[300];
+    suggest(path, 0, sug, sizeof sug);
+    seterr(err, errlen, "--set: unknown key '%s'%s", path, sug);
+    return ZP_E_INVALID;
+  }
+  const zc_key* k = &zp_config_schema[ki];
+  char origin[600];
+  snprintf(origin, sizeof origin, "--set %s", path);
+  char perr[512];
+  zt_value* tv = zt_parse_value(val, "--set", perr, sizeof perr);
+  if (!tv && k->type == ZC_STRING) {
+    /* bare words are strings: --set train.device=cuda */
+    size_t n = strlen(val);
+    char* q = malloc(n * 2 + 3);
+    size_t o = 0;
+    q[o++] = '"';
+    for (size_t i = 0; i < n; i++) {
+      if (val[i] == '"' || val[i] == '\\') q[o++] = '\\';
+      q[o++] = val[i];
+    }
+    q[o++] = '"';
+    q[o] = 0;
+    tv = zt_parse_value(q, "--set", perr, sizeof perr);
+    free(q);
+  }
+  if (!tv) {
+    seterr(err, errlen, "%s: cannot parse value '%s' as %s: %s", origin, val, type_name(k->type), perr);
+    return ZP_E_INVALID;
+  }
+  int rc = assign(&c->v[ki], k, tv, origin, err, errlen);
+  zt_free(tv);
+  return rc;
+}
+
+static int plugin_is(const zp_config* c, const char* key, const char* name) {
+  return strcmp(zp_cfg_str(c, key), name) == 0;
+}
+
+int zp_config_check(const zp_config* c, char* err, size_t errlen) {
+  int64_t d = zp_cfg_int(c, "model.d_model"), h = zp_cfg_int(c, "model.n_head");
+  if (d % h != 0) {
+    seterr(err, errlen, "%s: model.d_model = %lld is not divisible by model.n_head = %lld",
+           zp_cfg_get(c, "model.d_model")->origin, (long long)d, (long long)h);
+    return ZP_E_INVALID;
+  }
+  if (strcmp(zp_cfg_str(c, "offload.param.plugin"), "none") != 0 &&
+      !plugin_is(c, "zero.plugin", "stage3")) {
+    seterr(err, errlen,
+           "%s: offload.param.plugin = \"%s\" needs zero.plugin = \"stage3\" (parameters can only be "
+           "offloaded when they are sharded; zero.plugin is \"%s\")",
+           zp_cfg_get(c, "offload.param.plugin")->origin, zp_cfg_str(c, "offload.param.plugin"),
+           zp_cfg_str(c, "zero.plugin"));
+    return ZP_E_INVALID;
+  }
+  if (zp_cfg_int(c, "parallel.pp") > 1 && plugin_is(c, "zero.plugin", "stage3")) {
+    seterr(err, errlen,
+           "%s: zero.plugin = \"stage3\" cannot be combined with pipeline parallelism (parallel.pp = %lld): "
+           "stage 3 would gather every stage's parameters once per micro-batch; use stage1 or stage2",
+           zp_cfg_get(c, "zero.plugin")->origin, (long long)zp_cfg_int(c, "parallel.pp"));
+    return ZP_E_INVALID;
+  }
+  const char* nv[] = {"offload.optimizer.plugin", "offload.param.plugin"};
+  for (int i = 0; i < 2; i++) {
+    const char* p = zp_cfg_str(c, nv[i]);
+    if (strcmp(p, "offload_nvme") == 0) {
+      const char* pathkey = i == 0 ? "offload.optimizer.path" : "offload.param.path";
+      if (!zp_cfg_str(c, pathkey)[0]) {
+        seterr(err, errlen, "%s: %s = \"offload_nvme\" needs %s (a directory on a fast disk)",
+               zp_cfg_get(c, nv[i])->origin, nv[i], pathkey);
+        return ZP_E_INVALID;
+      }
+    }
+  }
+  if (zp_cfg_int(c, "offload.param.block_size") % 4096 != 0) {
+    seterr(err, errlen, "%s: offload.param.block_size = %lld must be a multiple of 4096 (O_DIRECT)",
+           zp_cfg_get(c, "offload.param.block_size")->origin, (long long)zp_cfg_int(c, "offload.param.block_size"));
+    return ZP_E_INVALID;
+  }
+  if (strcmp(zp_cfg_str(c, "train.precision"), "fp64") == 0 && strcmp(zp_cfg_str(c, "train.device"), "cpu") != 0) {
+    seterr(err, errlen, "%s: train.precision = \"fp64\" is for CPU checks only (train.device = \"%s\")",
+           zp_cfg_get(c, "train.precision")->origin, zp_cfg_str(c, "train.device"));
+    return ZP_E_INVALID;
+  }
+  if (strcmp(zp_cfg_str(c, "train.precision"), "fp32") == 0 && strcmp(zp_cfg_str(c, "train.device"), "cuda") == 0) {
+    seterr(err, errlen, "%s: the cuda backend computes in bf16: set train.precision = \"bf16\"",
+           zp_cfg_get(c, "train.precision")->origin);
+    return ZP_E_INVALID;
+  }
+  return ZP_OK;
+}
+
+void zp_config_free(zp_config* c) {
+  if (c->v)
+    for (size_t i = 0; i < zp_config_schema_len; i++) value_clear(&c->v[i]);
+  free(c->v);
+  c->v = NULL;
+  zt_free(c->ext);
+  c->ext = NULL;
+}
+
+const zc_value* zp_cfg_get(const zp_config* c, const char* path) {
+  long i = find_key(path);
+  if (i < 0 || !c->v) {
+    fprintf(stderr, "zp: internal: config key '%s' is not in the schema\n", path);
+    return NULL;
+  }
+  return &c->v[i];
+}
+
+int64_t zp_cfg_int(const zp_config* c, const char* path) {
+  const zc_value* v = zp_cfg_get(c, path);
+  return v ? v->i : 0;
+}
+double zp_cfg_float(const zp_config* c, const char* path) {
+  const zc_value* v = zp_cfg_get(c, path);
+  return v ? v->f : 0.0;
+}
+int zp_cfg_bool(const zp_config* c, const char* path) {
+  const zc_value* v = zp_cfg_get(c, path);
+  return v ? v->b : 0;
+}
+const char* zp_cfg_str(const zp_config* c, const char* path) {
+  const zc_value* v = zp_cfg_get(c, path);
+  return v && v->s ? v->s : "";
+}
+
+void zp_cfg_path(const zp_config* c, const char* key, char* out, size_t n) {
+  const char* s = zp_cfg_str(c, key);
+  const zc_value* v = zp_cfg_get(c, key);
+  if (!s[0] || s[0] == '/' || !v || !v->set || strncmp(v->origin, "--set", 5) == 0 || !c->dir[0])
+    snprintf(out, n, "%s", s);
+  else
+    snprintf(out, n, "%s/%s", c->dir, s);
+}
+
+void zp_config_write_doc(FILE* f) {
+  fprintf(f, "# Configuration reference\n\n");
+  fprintf(f, "Generated from `core/config_schema.c` by `zp config --doc`; a test keeps this file "
+             "in step with the code.\n\n");
+  fprintf(f, "A run is one TOML file. Unknown keys, wrong types, out-of-range values and impossible "
+             "combinations are errors naming the file, line, column and key path. Any key can be "
+             "overridden with `--set section.key=value` (checked the same way; bare words are "
+             "strings). Relative paths in the file resolve against the file's directory. Tables "
+             "under `[ext]` are free-form, for out-of-tree plugins.\n\n");
+  const char* sec = "";
+  size_t seclen = 0;
+  for (size_t i = 0; i < zp_config_schema_len; i++) {
+    const zc_key* k = &zp_config_schema[i];
+    const char* dot = strrchr(k->path, '.');
+    size_t sl = (size_t)(dot - k->path);
+    if (sl != seclen || strncmp(sec, k->path, sl) != 0) {
+      sec = k->path;
+      seclen = sl;
+      fprintf(f, "\n## [%.*s]\n\n| key | type | default | allowed | meaning |\n|---|---|---|---|---|\n", (int)sl, k->path);
+    }
+    char allowed[256] = "";
+    if (k->choices) {
+      snprintf(allowed, sizeof allowed, "%s", k->choices);
+      for (char* p = allowed; *p; p++) if (*p == '|') *p = ',';
+    } else if ((k->type == ZC_INT || k->type == ZC_FLOAT) && k->min <= k->max)
+      snprintf(allowed, sizeof allowed, "%g .. %g", k->min, k->max);
+    fprintf(f, "| `%s` | %s | `%s` | %s | %s |\n", dot + 1, type_name(k->type), k->def, allowed, k->doc);
+  }
+  fprintf(f, "\n## Combinations that are refused\n\n"
+             "- `offload.param.plugin` other than \"none\" needs `zero.plugin = \"stage3\"`.\n"
+             "- `zero.plugin = \"stage3\"` with `parallel.pp > 1`.\n"
+             "- `offload_nvme` without its `path`.\n"
+             "- `offload.param.block_size` not a multiple of 4096.\n"
+             "- `train.precision = \"fp64\"` on a device other than cpu; `fp32` on cuda.\n"
+             "- `model.d_model` not divisible by `model.n_head`.\n");
+}
+
+void zp_config_dump(const zp_config* c, FILE* f) {
+  const char* sec = "";
+  size_t seclen = 0;
+  for (size_t i = 0; i < zp_config_schema_len; i++) {
+    const zc_key* k = &zp_config_schema[i];
+    const zc_value* v = &c->v[i];
+    const char* dot = strrchr(k->path, '.');
+    size_t sl = (size_t)(dot - k->path);
+    if (sl != seclen || strncmp(sec, k->path, sl) != 0) {
+      sec = k->path;
+      seclen = sl;
+      fprintf(f, "%s[%.*s]\n", i ? "\n" : "", (int)sl, k->path);
+    }
+    fprintf(f, "%s = ", dot + 1);
+    switch (k->type) {
+      case ZC_INT: fprintf(f, "%lld", (long long)v->i); break;
+      case ZC_FLOAT: fprintf(f, "%.17g", v->f); break;
+      case ZC_BOOL: fprintf(f, "%s", v->b ? "true" : "false"); break;
+      case ZC_STRING: {
+        fputc('"', f);
+        for (const char* p = v->s ? v->s : ""; *p; p++) {
+          if (*p == '"' || *p == '\\') fputc('\\', f);
+          fputc(*p, f);
+        }
+        fputc('"', f);
+        break;
+      }
+      case ZC_INT_LIST:
+        fputc('[', f);
+        for (size_t j = 0; j < v->list_len; j++) fprintf(f, "%s%lld", j ? ", " : "", (long long)v->list[j]);
+        fputc(']', f);
+        break;
+    }
+    fprintf(f, "%s%s\n", v->set ? "  # " : "", v->set ? v->origin : "");
+  }
+}

@@ -1,0 +1,124 @@
+/* model.h: the GPT-2 family as groups of flat parameter buffers, and its forward/backward per
+ * group on any device backend (one model code; the backend supplies the ops).
+ *
+ * Invariants:
+ * - Groups in forward order: 0 = "embed" (wte, wpe), 1..L = "block.i", L+1 = "head" (ln_f).
+ *   The head also uses wte of group 0 (tied): layout.uses records it so placements can make
+ *   group 0's parameters present for the head too.
+ * - Inside a group, tensors sit at offsets aligned to ZP_TENSOR_ALIGN elements; the group's
+ *   padded size is a multiple of world_size * ZP_SHARD_ALIGN_ELEMS so that shards split evenly
+ *   and every shard starts 4 KiB-aligned.
+ * - Weight init is a pure function of (seed, tensor name, element index): any layout and any
+ *   world size starts from identical weights. Padded vocab rows and alignment gaps are zero.
+ * - The model reads parameters and accumulates gradients through per-group pointers the
+ *   runtime sets (param_ptr / grad_ptr, compute dtype): where they point is the placement's
+ *   business, never the model's.
+ */
+#ifndef ZP_MODEL_H
+#define ZP_MODEL_H
+#include <stddef.h>
+#include <stdint.h>
+
+#include "zp/zp_plugin.h"
+
+#define ZP_TENSOR_ALIGN 64 /* elements */
+
+typedef struct {
+  int L, NH, C, maxT, V, Vp;
+} zp_gpt2_shape;
+
+enum {
+  /* embed */
+  ZP_T_WTE = 0, ZP_T_WPE,
+  /* block (order inside each block group) */
+  ZP_T_LN1W, ZP_T_LN1B, ZP_T_QKVW, ZP_T_QKVB, ZP_T_ATTPROJW, ZP_T_ATTPROJB,
+  ZP_T_LN2W, ZP_T_LN2B, ZP_T_FCW, ZP_T_FCB, ZP_T_FCPROJW, ZP_T_FCPROJB,
+  /* head */
+  ZP_T_LNFW, ZP_T_LNFB
+};
+#define ZP_BLOCK_TENSORS 12
+
+typedef enum { ZP_INIT_NORMAL = 0, ZP_INIT_ONES = 1, ZP_INIT_ZEROS = 2 } zp_init_kind;
+
+typedef struct {
+  char name[64];       /* Hugging Face GPT-2 style: "h.3.attn.c_attn.weight" */
+  int kind;            /* ZP_T_* */
+  int group;
+  int layer;           /* block index or -1 */
+  uint64_t offset;     /* element offset inside the group's buffer */
+  uint64_t numel;      /* rows * cols */
+  int rows, cols;      /* cols = 1 for vectors */
+  int real_rows;       /* wte: V (rows beyond are vocab padding, kept zero) */
+  int decay;           /* weight decay applies (2-D weights) */
+  zp_init_kind init;
+  double std;
+} zp_tensor_desc;
+
+typedef struct {
+  zp_gpt2_shape s;
+  int n_groups;
+  int n_tensors;
+  zp_tensor_desc* tensors;
+  int* group_first_tensor; /* [n_groups + 1] */
+  uint64_t* group_numel;   /* real parameters per group */
+  uint64_t* group_span;    /* elements incl. alignment gaps (before world padding) */
+  int uses_head_wte;       /* head group uses group 0's wte */
+  uint64_t total_params;   /* real parameters (wte counted once) */
+} zp_model_layout;
+
+int zp_model_layout_init(zp_model_layout* m, const zp_gpt2_shape* s, char* err, size_t errlen);
+void zp_model_layout_free(zp_model_layout* m);
+/* Padded element count of a group for world size N. */
+uint64_t zp_group_padded(const zp_model_layout* m, int g, int world);
+const zp_tensor_desc* zp_model_tensor(const zp_model_layout* m, int g, int kind);
+/* Fill dst (host memory, fp32 or fp64, whole group buffer of `count` elements starting at
+ * element `first` of group g) with the initial values. */
+void zp_model_init_range(const zp_model_layout* m, uint64_t seed, int g, uint64_t first,
+                         uint64_t count, void* dst, zp_dtype dt);
+/* FLOPs per token for training (6N + 12 L C T, as PEERS.md) */
+double zp_model_flops_per_token(const zp_model_layout* m, int T);
+
+/* ---- activations ---- */
+typedef struct {
+  int B, T;             /* micro-batch and sequence length */
+  zp_dtype ct;          /* compute dtype */
+  size_t attn_aux_bytes;
+  /* per layer l (saved for backward) */
+  void** res;           /* [L+1] residual stream inputs: res[0] = embed output, res[l+1] = block l output */
+  void **ln1, **qkv, **atty, **attaux, **res2, **ln2, **fch, **fchg;
+  float **ln1_mean, **ln1_rstd, **ln2_mean, **ln2_rstd;
+  /* head */
+  void* lnf;
+  float *lnf_mean, *lnf_rstd;
+  void* logits;         /* [B*T, Vp]: dlogits after the fused loss */
+  float* losses;        /* [B*T] */
+  /* scratch for backward (BUFFER) */
+  void *dres, *d_a, *d_b;
+  int32_t *inputs, *targets; /* device copies [B*T] */
+  /* one allocation each, recorded for free */
+  void* block;
+  size_t act_bytes, buf_bytes;
+  void* buf_block;
+} zp_acts;
+
+struct zp_ledger;
+/* Sizes only (for plans); then allocate through the ledger (dry-run aware). */
+int zp_acts_alloc(zp_acts* a, const zp_model_layout* m, const zp_backend_ops* ops, zp_backend* b,
+                  struct zp_ledger* led, int B, int T, zp_dtype ct, char* err, size_t errlen);
+void zp_acts_free(zp_acts* a, struct zp_ledger* led);
+
+/* The parameter and gradient views the model computes with (compute dtype, per group). */
+typedef struct {
+  void** param;  /* [n_groups] */
+  void** grad;   /* [n_groups] */
+} zp_views;
+
+/* Forward of one group for the current micro-batch. For the head this also computes the loss
+ * and, when dloss != 0, dlogits in place (fused). */
+int zp_model_forward_group(const zp_model_layout* m, const zp_backend_ops* ops, zp_backend* b,
+                           zp_acts* a, const zp_views* v, int g, float dloss);
+/* Backward of one group (head first). Accumulates into v->grad[g] (and v->grad[0] for the
+ * head's tied wte). */
+int zp_model_backward_group(const zp_model_layout* m, const zp_backend_ops* ops, zp_backend* b,
+                            zp_acts* a, const zp_views* v, int g);
+#endif

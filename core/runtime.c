@@ -1,0 +1,724 @@
+/* runtime.c: opening a run (plan -> allocation -> views -> activations), the micro-batch
+ * (forward/backward through the strategy hooks) and the optimizer service. See runtime.h. */
+#include "runtime.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend_cpu.h"
+#include "comm.h"
+
+extern const zp_strategy_ops zp_replicated_strategy; /* replicated.c */
+
+struct zp_host_ctx {
+  zp_run* r;
+  char name[64];
+};
+
+const char* zp_dtype_name(zp_dtype t) {
+  switch (t) {
+    case ZP_F32: return "fp32";
+    case ZP_F64: return "fp64";
+    case ZP_BF16: return "bf16";
+    case ZP_I32: return "int32";
+    case ZP_U16: return "uint16";
+  }
+  return "?";
+}
+
+static void rerr(zp_run* r, const char* fmt, ...) __attribute__((format(printf, 2, 3)));
+static void rerr(zp_run* r, const char* fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(r->err, sizeof r->err, fmt, ap);
+  va_end(ap);
+}
+
+/* Prefix r->err with pre (truncating the tail). */
+static void rprefix(zp_run* r, const char* pre) {
+  size_t pl = strlen(pre), n = sizeof r->err;
+  if (pl >= n - 1) pl = n - 2;
+  size_t el = strnlen(r->err, n - 1);
+  if (pl + el > n - 1) el = n - 1 - pl;
+  memmove(r->err + pl, r->err, el);
+  memcpy(r->err, pre, pl);
+  r->err[pl + el] = 0;
+}
+
+/* ---------------- host services ---------------- */
+
+static void h_log(zp_host_ctx* c, zp_log_level lvl, const char* fmt, ...) {
+  if (lvl == ZP_LOG_DEBUG && !getenv("ZP_DEBUG")) return;
+  static const char* lv[] = {"error", "warning", "info", "debug"};
+  fprintf(stderr, "zp[%s] %s: ", c->name, lv[lvl]);
+  va_list ap;
+  va_start(ap, fmt);
+  vfprintf(stderr, fmt, ap);
+  va_end(ap);
+  fputc('\n', stderr);
+}
+
+static void h_set_error(zp_host_ctx* c, const char* fmt, ...) {
+  char buf[1536];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(buf, sizeof buf, fmt, ap);
+  va_end(ap);
+  snprintf(c->r->err, sizeof c->r->err, "%s: %s", c->name, buf);
+}
+
+static int h_cfg_int(zp_host_ctx* c, const char* path, int64_t* out) {
+  const zc_key* k = zp_cfg_key(path);
+  if (!k || k->type != ZC_INT) return ZP_E_INVALID;
+  *out = zp_cfg_int(c->r->cfg, path);
+  return ZP_OK;
+}
+static int h_cfg_float(zp_host_ctx* c, const char* path, double* out) {
+  const zc_key* k = zp_cfg_key(path);
+  if (!k || (k->type != ZC_FLOAT && k->type != ZC_INT)) return ZP_E_INVALID;
+  *out = zp_cfg_float(c->r->cfg, path);
+  return ZP_OK;
+}
+static int h_cfg_bool(zp_host_ctx* c, const char* path, int* out) {
+  const zc_key* k = zp_cfg_key(path);
+  if (!k || k->type != ZC_BOOL) return ZP_E_INVALID;
+  *out = zp_cfg_bool(c->r->cfg, path);
+  return ZP_OK;
+}
+static int h_cfg_string(zp_host_ctx* c, const char* path, const char** out) {
+  const zc_key* k = zp_cfg_key(path);
+  if (!k || k->type != ZC_STRING) return ZP_E_INVALID;
+  *out = zp_cfg_str(c->r->cfg, path);
+  return ZP_OK;
+}
+static int h_alloc(zp_host_ctx* c, zp_category cat, zp_tier tier, size_t bytes, const char* tag, void** out) {
+  int rc = zp_ledger_alloc(&c->r->ledger, cat, tier, bytes, tag, out);
+  if (rc) snprintf(c->r->err, sizeof c->r->err, "%s", c->r->ledger.last_error);
+  return rc;
+}
+static void h_free(zp_host_ctx* c, zp_category cat, zp_tier tier, void* p, size_t bytes) {
+  zp_ledger_free(&c->r->ledger, cat, tier, p, bytes);
+}
+static int h_group_info(zp_host_ctx* c, int g, zp_group_info* out) {
+  if (g < 0 || g >= c->r->layout.n_groups) return ZP_E_INVALID;
+  *out = c->r->groups[g].info;
+  return ZP_OK;
+}
+static int h_set_view(zp_host_ctx* c, int g, zp_category cat, void* p) {
+  if (g < 0 || g >= c->r->layout.n_groups || (cat != ZP_CAT_PARAM && cat != ZP_CAT_GRAD)) return ZP_E_INVALID;
+  c->r->groups[g].view[cat == ZP_CAT_PARAM ? 0 : 1] = p;
+  return ZP_OK;
+}
+static int comm_fail(zp_run* r, const char* op, int rc) {
+  snprintf(r->err, sizeof r->err, "%s failed: %s", op, r->comm ? zp_comm_error(r->comm) : "no communicator");
+  return rc;
+}
+static int h_allreduce(zp_host_ctx* c, void* buf, size_t n, zp_dtype dt, zp_redop op) {
+  zp_run* r = c->r;
+  if (r->world == 1 || !r->comm) return ZP_OK;
+  int rc = r->comm->ops->allreduce(r->comm, buf, n, dt, op);
+  return rc ? comm_fail(r, "allreduce", rc) : ZP_OK;
+}
+static int h_reduce_scatter(zp_host_ctx* c, void* recv, const void* send, size_t n, zp_dtype dt, zp_redop op) {
+  zp_run* r = c->r;
+  if (r->world == 1 || !r->comm) {
+    if (recv != send) return r->ops->copy_d2d(r->be, recv, send, n * zp_dtype_size(dt));
+    return ZP_OK;
+  }
+  int rc = r->comm->ops->reduce_scatter(r->comm, recv, send, n, dt, op);
+  return rc ? comm_fail(r, "reduce_scatter", rc) : ZP_OK;
+}
+static int h_allgather(zp_host_ctx* c, void* recv, const void* send, size_t n, zp_dtype dt) {
+  zp_run* r = c->r;
+  if (r->world == 1 || !r->comm) {
+    if (recv != send) return r->ops->copy_d2d(r->be, recv, send, n * zp_dtype_size(dt));
+    return ZP_OK;
+  }
+  int rc = r->comm->ops->allgather(r->comm, recv, send, n, dt);
+  return rc ? comm_fail(r, "allgather", rc) : ZP_OK;
+}
+static int h_sumsq(zp_host_ctx* c, const void* x, zp_dtype dt, size_t n, double* out) {
+  return c->r->ops->sumsq(c->r->be, out, x, dt, n);
+}
+static void h_poison(zp_host_ctx* c, void* p, zp_dtype dt, size_t n) {
+#ifdef ZP_TEST_POISON
+  if (p && n) c->r->ops->fill(c->r->be, p, dt, n, NAN);
+#else
+  (void)c; (void)p; (void)dt; (void)n;
+#endif
+}
+
+static int h_optim_begin(zp_host_ctx* c, double sumsq) {
+  zp_run* r = c->r;
+  double norm = sqrt(sumsq);
+  r->opt.grad_norm = norm;
+  double clip = zp_cfg_float(r->cfg, "train.grad_clip");
+  r->opt.clip_scale = (clip > 0 && norm > clip) ? (float)(clip / norm) : 1.0f;
+  if (!isfinite(norm)) {
+    snprintf(r->err, sizeof r->err, "gradient norm is %g at step %d: the run diverged (lower train.lr?)", norm, r->opt.step_t + 1);
+    return ZP_E_INVALID;
+  }
+  r->opt.step_t++;
+  return ZP_OK;
+}
+
+static int h_optim_update(zp_host_ctx* c, int g, uint64_t first, uint64_t count, const void* grad, zp_dtype gdt,
+                          void* param_out, zp_dtype pdt) {
+  zp_run* r = c->r;
+  zp_group_rt* G = &r->groups[g];
+  const zp_group_info* in = &G->info;
+  uint64_t base = in->place[ZP_CAT_OPTIM].sharded ? in->shard_off : 0;
+  uint64_t held = in->place[ZP_CAT_OPTIM].sharded ? in->shard_len : in->padded;
+  if (first < base || first + count > base + held) {
+    snprintf(r->err, sizeof r->err, "optim_update: group %d range [%llu,+%llu) outside this rank's optimizer state [%llu,+%llu)",
+             g, (unsigned long long)first, (unsigned long long)count, (unsigned long long)base, (unsigned long long)held);
+    return ZP_E_INVALID;
+  }
+  float* m = (float*)in->buf[ZP_CAT_OPTIM] + (first - base);
+  float* v = (float*)in->buf[ZP_CAT_OPTIM] + held + (first - base);
+  float* master;
+  if (in->buf[ZP_CAT_MASTER]) {
+    uint64_t mb = in->place[ZP_CAT_MASTER].sharded ? in->shard_off : 0;
+    master = (float*)in->buf[ZP_CAT_MASTER] + (first - mb);
+  } else {
+    if (pdt != ZP_F32 || !param_out) {
+      snprintf(r->err, sizeof r->err, "optim_update: no MASTER buffer and parameters are not fp32");
+      return ZP_E_INVALID;
+    }
+    master = param_out;
+    param_out = NULL;
+  }
+  double wd = zp_cfg_float(r->cfg, "train.weight_decay");
+  float b1 = (float)zp_cfg_float(r->cfg, "train.beta1"), b2 = (float)zp_cfg_float(r->cfg, "train.beta2");
+  float eps = (float)zp_cfg_float(r->cfg, "train.eps");
+  size_t gs = zp_dtype_size(gdt), ps = zp_dtype_size(pdt);
+  /* split [first, first+count) at tensor boundaries: decay only inside decayed tensors */
+  uint64_t pos = first, end = first + count;
+  const zp_model_layout* L = &r->layout;
+  int ti = L->group_first_tensor[g], te = L->group_first_tensor[g + 1];
+  while (pos < end) {
+    uint64_t seg_end = end;
+    int decay = 0;
+    for (int t = ti; t < te; t++) {
+      const zp_tensor_desc* d = &L->tensors[t];
+      if (pos >= d->offset && pos < d->offset + d->numel) {
+        decay = d->decay;
+        if (d->offset + d->numel < seg_end) seg_end = d->offset + d->numel;
+        break;
+      }
+      if (d->offset > pos && d->offset < seg_end) seg_end = d->offset;
+    }
+    uint64_t k = pos - first;
+    int rc = r->ops->adamw(r->be, param_out ? (char*)param_out + k * ps : NULL, pdt, master + k, (const char*)grad + k * gs,
+                           gdt, m + k, v + k, (size_t)(seg_end - pos), r->opt.lr, b1, b2, eps, decay ? (float)wd : 0.0f,
+                           r->opt.clip_scale, r->opt.step_t);
+    if (rc) return rc;
+    pos = seg_end;
+  }
+  return ZP_OK;
+}
+
+static void host_init(zp_run* r, const char* name) {
+  zp_host* h = &r->host;
+  memset(h, 0, sizeof *h);
+  r->hctx = calloc(1, sizeof *r->hctx);
+  r->hctx->r = r;
+  snprintf(r->hctx->name, sizeof r->hctx->name, "%s", name);
+  h->struct_size = sizeof *h;
+  h->abi_major = ZP_ABI_MAJOR;
+  h->abi_minor = ZP_ABI_MINOR;
+  h->ctx = r->hctx;
+  h->log = h_log;
+  h->set_error = h_set_error;
+  h->config_int = h_cfg_int;
+  h->config_float = h_cfg_float;
+  h->config_bool = h_cfg_bool;
+  h->config_string = h_cfg_string;
+  h->alloc = h_alloc;
+  h->free = h_free;
+  h->rank = r->rank;
+  h->world_size = r->world;
+  h->dev = r->ops;
+  h->devb = r->be;
+  h->n_groups = r->layout.n_groups;
+  h->group_info = h_group_info;
+  h->set_view = h_set_view;
+  h->allreduce = h_allreduce;
+  h->reduce_scatter = h_reduce_scatter;
+  h->allgather = h_allgather;
+  h->optim_begin = h_optim_begin;
+  h->optim_update = h_optim_update;
+  h->sumsq = h_sumsq;
+  h->poison = h_poison;
+}
+
+/* ---------------- opening a run ---------------- */
+
+static int open_named_plugin(zp_run* r, const char* key, zp_plugin_kind kind, zp_plugin* out) {
+  const char* name = zp_cfg_str(r->cfg, key);
+  char err[1536];
+  int rc = zp_plugin_open(name, kind, r->cfg->dir, out, err, sizeof err);
+  if (rc) rerr(r, "%s = \"%s\": %s", key, name, err);
+  return rc;
+}
+
+static int alloc_groups(zp_run* r) {
+  int G = r->layout.n_groups;
+  for (int g = 0; g < G; g++) {
+    zp_group_rt* gr = &r->groups[g];
+    zp_group_info* in = &gr->info;
+    char tag[96];
+    for (int c = ZP_CAT_PARAM; c <= ZP_CAT_OPTIM; c++) {
+      if (c == ZP_CAT_MASTER && r->param_dt == ZP_F32) continue; /* fp32 params are their own master */
+      uint64_t elems = in->place[c].sharded ? in->shard_len : in->padded;
+      size_t bytes = (size_t)elems * zp_dtype_size(in->dtype[c]) * (c == ZP_CAT_OPTIM ? 2 : 1);
+      if (in->place[c].tier == ZP_TIER_NVME) {
+        rerr(r, "the nvme tier is not implemented yet (group %s, %s)", r->gplans[g].name, zp_category_name((zp_category)c));
+        return ZP_E_NOT_IMPLEMENTED;
+      }
+      snprintf(tag, sizeof tag, "%s %s", r->gplans[g].name, zp_category_name((zp_category)c));
+      int rc = zp_ledger_alloc(&r->ledger, (zp_category)c, in->place[c].tier, bytes, tag, &in->buf[c]);
+      if (rc) {
+        rerr(r, "%s", r->ledger.last_error);
+        return rc;
+      }
+      in->bytes[c] = bytes;
+    }
+    /* compute copies when storage dtype differs from the compute dtype */
+    size_t cbytes = (size_t)in->padded * zp_dtype_size(r->ct);
+    if (r->param_dt != r->ct) {
+      snprintf(tag, sizeof tag, "%s compute copy of PARAM", r->gplans[g].name);
+      if (zp_ledger_alloc(&r->ledger, ZP_CAT_BUFFER, ZP_TIER_GPU, cbytes, tag, &gr->ccopy_param)) {
+        rerr(r, "%s", r->ledger.last_error);
+        return ZP_E_NOMEM;
+      }
+    }
+    if (r->grad_dt != r->ct) {
+      snprintf(tag, sizeof tag, "%s compute grad scratch", r->gplans[g].name);
+      if (zp_ledger_alloc(&r->ledger, ZP_CAT_BUFFER, ZP_TIER_GPU, cbytes, tag, &gr->ccopy_grad)) {
+        rerr(r, "%s", r->ledger.last_error);
+        return ZP_E_NOMEM;
+      }
+    }
+  }
+  return ZP_OK;
+}
+
+int zp_run_open(zp_run* r, zp_config* cfg, const zp_run_opts* o) {
+  memset(r, 0, sizeof *r);
+  r->cfg = cfg;
+  r->dry_run = o->dry_run;
+  r->comm = o->comm;
+  if (o->comm) {
+    r->rank = zp_comm_rank(o->comm);
+    r->world = zp_comm_size(o->comm);
+  } else {
+    r->rank = o->rank;
+    r->world = o->world > 0 ? o->world : 1;
+  }
+  zp_ledger_init(&r->ledger, r->rank, o->dry_run);
+  /* model shape */
+  zp_gpt2_shape s;
+  s.L = (int)zp_cfg_int(cfg, "model.n_layer");
+  s.NH = (int)zp_cfg_int(cfg, "model.n_head");
+  s.C = (int)zp_cfg_int(cfg, "model.d_model");
+  s.maxT = (int)zp_cfg_int(cfg, "model.seq_len");
+  s.V = (int)zp_cfg_int(cfg, "model.vocab_size");
+  int pad = (int)zp_cfg_int(cfg, "model.vocab_pad");
+  s.Vp = (s.V + pad - 1) / pad * pad;
+  int rc = zp_model_layout_init(&r->layout, &s, r->err, sizeof r->err);
+  if (rc) return rc;
+  /* dtypes */
+  const char* prec = zp_cfg_str(cfg, "train.precision");
+  const char* dev = zp_cfg_str(cfg, "train.device");
+  int cuda = strcmp(dev, "cuda") == 0;
+  if (strcmp(prec, "fp64") == 0) { r->ct = ZP_F64; r->param_dt = ZP_F64; }
+  else if (strcmp(prec, "bf16") == 0) { r->ct = cuda ? ZP_BF16 : ZP_F32; r->param_dt = ZP_BF16; }
+  else { r->ct = ZP_F32; r->param_dt = ZP_F32; }
+  r->grad_dt = strcmp(zp_cfg_str(cfg, "train.grad_accum_dtype"), "fp32") == 0 && r->param_dt != ZP_F64 ? ZP_F32 : r->param_dt;
+  if (r->param_dt == ZP_F64) r->grad_dt = ZP_F64;
+  /* backend */
+  if (cuda && !o->dry_run) {
+    rc = zp_plugin_open("cuda", ZP_KIND_BACKEND, cfg->dir, &r->backend_plugin, r->err, sizeof r->err);
+    if (rc) {
+      rprefix(r, "train.device = \"cuda\": ");
+      return rc;
+    }
+    r->ops = r->backend_plugin.desc->backend;
+  } else {
+    r->ops = zp_cpu_backend_ops();
+  }
+  zp_backend_config bc = {sizeof bc, r->ct == ZP_BF16 && !cuda ? ZP_F32 : r->ct, 0, (int)zp_cfg_int(cfg, "train.threads")};
+  if (cuda && o->dry_run) bc.compute_dtype = ZP_F32; /* sizing only */
+  {
+    const char* lr = getenv("ZP_LOCAL_RANK");
+    if (lr) bc.device_index = atoi(lr);
+  }
+  host_init(r, "core");
+  rc = r->ops->create(&r->host, &bc, &r->be);
+  if (rc) {
+    if (!r->err[0]) rerr(r, "cannot create the %s backend", dev);
+    return rc;
+  }
+  r->host.devb = r->be;
+  r->host.dev = r->ops;
+  memset(&r->binfo, 0, sizeof r->binfo);
+  r->binfo.struct_size = sizeof r->binfo;
+  r->ops->info(r->be, &r->binfo);
+  if (!o->dry_run) zp_ledger_set_device(&r->ledger, r->ops, r->be);
+  /* plan: default replicated on the device tier */
+  int G = r->layout.n_groups;
+  r->gplans = calloc((size_t)G, sizeof(zp_group_plan));
+  r->groups = calloc((size_t)G, sizeof(zp_group_rt));
+  r->vparam = calloc((size_t)G, sizeof(void*));
+  r->vgrad = calloc((size_t)G, sizeof(void*));
+  char* names = calloc((size_t)G, 32);
+  for (int g = 0; g < G; g++) {
+    zp_group_plan* gp = &r->gplans[g];
+    gp->index = g;
+    char* nm = names + 32 * g;
+    if (g == 0) snprintf(nm, 32, "embed");
+    else if (g == G - 1) snprintf(nm, 32, "head");
+    else snprintf(nm, 32, "block.%d", g - 1);
+    gp->name = nm;
+    gp->numel = r->layout.group_numel[g];
+    gp->padded = zp_group_padded(&r->layout, g, r->world);
+    for (int c = 0; c < ZP_CAT_COUNT; c++) { gp->place[c].sharded = 0; gp->place[c].tier = ZP_TIER_GPU; }
+  }
+  r->plan.world_size = r->world;
+  r->plan.n_groups = G;
+  r->plan.groups = r->gplans;
+  /* strategy */
+  const char* zname = zp_cfg_str(cfg, "zero.plugin");
+  if (strcmp(zname, "none") == 0 || !zname[0]) {
+    r->strategy = &zp_replicated_strategy;
+  } else {
+    rc = open_named_plugin(r, "zero.plugin", ZP_KIND_STRATEGY, &r->strategy_plugin);
+    if (rc) return rc;
+    r->strategy = r->strategy_plugin.desc->strategy;
+    snprintf(r->hctx->name, sizeof r->hctx->name, "%s", r->strategy_plugin.desc->name);
+  }
+  if (!r->strategy->plan) {
+    rerr(r, "strategy has no plan method");
+    return ZP_E_ABI;
+  }
+  rc = r->strategy->plan(&r->host, &r->plan);
+  if (rc) {
+    if (!r->err[0]) rerr(r, "strategy plan failed (status %d)", rc);
+    return rc;
+  }
+  /* tiers (offload) */
+  const char* tkeys[2] = {"offload.optimizer.plugin", "offload.param.plugin"};
+  for (int i = 0; i < 2; i++) {
+    if (strcmp(zp_cfg_str(cfg, tkeys[i]), "none") == 0) continue;
+    rc = open_named_plugin(r, tkeys[i], ZP_KIND_TIER, &r->tier_plugins[i]);
+    if (rc) return rc;
+    const zp_tier_ops* t = r->tier_plugins[i].desc->tier;
+    if (!t->plan) {
+      rerr(r, "%s: tier plugin has no plan method", tkeys[i]);
+      return ZP_E_ABI;
+    }
+    snprintf(r->hctx->name, sizeof r->hctx->name, "%s", r->tier_plugins[i].desc->name);
+    rc = t->plan(&r->host, &r->plan);
+    if (rc) {
+      if (!r->err[0]) rerr(r, "%s: plan failed (status %d)", tkeys[i], rc);
+      return rc;
+    }
+    if (!o->dry_run) {
+      void* ts = NULL;
+      rc = t->open(&r->host, &ts);
+      if (rc) {
+        char pre[256];
+        if (!r->err[0]) rerr(r, "open failed (status %d)", rc);
+        snprintf(pre, sizeof pre, "%s = \"%s\": ", tkeys[i], zp_cfg_str(cfg, tkeys[i]));
+        rprefix(r, pre);
+        return rc;
+      }
+      if (t->close) t->close(ts);
+    }
+  }
+  /* group infos */
+  for (int g = 0; g < G; g++) {
+    zp_group_info* in = &r->groups[g].info;
+    in->numel = r->gplans[g].numel;
+    in->padded = r->gplans[g].padded;
+    in->shard_len = in->padded / (uint64_t)r->world;
+    in->shard_off = in->shard_len * (uint64_t)r->rank;
+    in->tied_to = (g == G - 1 && r->layout.uses_head_wte) ? 0 : -1;
+    in->dtype[ZP_CAT_PARAM] = r->param_dt;
+    in->dtype[ZP_CAT_GRAD] = r->grad_dt;
+    in->dtype[ZP_CAT_MASTER] = ZP_F32;
+    in->dtype[ZP_CAT_OPTIM] = ZP_F32;
+    in->dtype[ZP_CAT_ACT] = r->ct;
+    in->dtype[ZP_CAT_BUFFER] = r->ct;
+    memcpy(in->place, r->gplans[g].place, sizeof in->place);
+    if (r->param_dt == ZP_F32) in->place[ZP_CAT_MASTER] = in->place[ZP_CAT_PARAM];
+  }
+  rc = alloc_groups(r);
+  if (rc) return rc;
+  /* activations */
+  r->B = o->B ? o->B : (int)zp_cfg_int(cfg, "train.micro_batch");
+  r->T = o->T ? o->T : (int)zp_cfg_int(cfg, "model.seq_len");
+  r->accum = (int)zp_cfg_int(cfg, "train.grad_accum");
+  if (!o->no_acts) {
+    rc = zp_acts_alloc(&r->acts, &r->layout, r->ops, r->be, &r->ledger, r->B, r->T, r->ct, r->err, sizeof r->err);
+    if (rc) return rc;
+  }
+  r->views.param = r->vparam;
+  r->views.grad = r->vgrad;
+  /* strategy runtime */
+  snprintf(r->hctx->name, sizeof r->hctx->name, "%s", r->strategy_plugin.desc ? r->strategy_plugin.desc->name : "none");
+  if (!o->dry_run) {
+    if (!r->strategy->open) {
+      rerr(r, "strategy has no open method");
+      return ZP_E_ABI;
+    }
+    rc = r->strategy->open(&r->host, &r->strategy_state);
+    if (rc) {
+      if (!r->err[0]) rerr(r, "strategy open failed (status %d)", rc);
+      return rc;
+    }
+  } else if (r->strategy->open && r->strategy_plugin.desc) {
+    /* dry run: let the strategy allocate its buffers (counted, nothing touched) */
+    rc = r->strategy->open(&r->host, &r->strategy_state);
+    if (rc == ZP_E_NOT_IMPLEMENTED) { r->err[0] = 0; rc = ZP_OK; }
+    if (rc) return rc;
+  }
+  return ZP_OK;
+}
+
+void zp_run_close(zp_run* r) {
+  if (r->strategy && r->strategy->close && r->strategy_state) r->strategy->close(r->strategy_state);
+  r->strategy_state = NULL;
+  if (r->groups) {
+    zp_acts_free(&r->acts, &r->ledger);
+    size_t cb;
+    for (int g = 0; g < r->layout.n_groups; g++) {
+      zp_group_rt* gr = &r->groups[g];
+      for (int c = 0; c < ZP_CAT_COUNT; c++)
+        if (gr->info.bytes[c]) zp_ledger_free(&r->ledger, (zp_category)c, gr->info.place[c].tier, gr->info.buf[c], gr->info.bytes[c]);
+      cb = (size_t)gr->info.padded * zp_dtype_size(r->ct);
+      if (r->param_dt != r->ct) zp_ledger_free(&r->ledger, ZP_CAT_BUFFER, ZP_TIER_GPU, gr->ccopy_param, cb);
+      if (r->grad_dt != r->ct) zp_ledger_free(&r->ledger, ZP_CAT_BUFFER, ZP_TIER_GPU, gr->ccopy_grad, cb);
+    }
+  }
+  if (r->be) r->ops->destroy(r->be);
+  r->be = NULL;
+  if (r->gplans) free((void*)r->gplans[0].name);
+  free(r->gplans);
+  free(r->groups);
+  free(r->vparam);
+  free(r->vgrad);
+  free(r->hctx);
+  zp_plugin_close(&r->strategy_plugin);
+  zp_plugin_close(&r->tier_plugins[0]);
+  zp_plugin_close(&r->tier_plugins[1]);
+  zp_plugin_close(&r->backend_plugin);
+  zp_model_layout_free(&r->layout);
+  r->groups = NULL;
+}
+
+/* ---------------- weights ---------------- */
+
+int zp_run_init_weights(zp_run* r) {
+  uint64_t seed = (uint64_t)zp_cfg_int(r->cfg, "model.seed");
+  for (int g = 0; g < r->layout.n_groups; g++) {
+    zp_group_info* in = &r->groups[g].info;
+    /* PARAM: whatever this rank holds (full or shard) */
+    for (int c = ZP_CAT_PARAM; c <= ZP_CAT_MASTER; c += 2) {
+      if (!in->buf[c]) continue;
+      uint64_t first = in->place[c].sharded ? in->shard_off : 0;
+      uint64_t n = in->place[c].sharded ? in->shard_len : in->padded;
+      int f64 = r->param_dt == ZP_F64 && c == ZP_CAT_PARAM;
+      void* host = malloc((size_t)n * (f64 ? 8 : 4));
+      if (!host) { rerr(r, "out of host memory initialising weights"); return ZP_E_NOMEM; }
+      zp_model_init_range(&r->layout, seed, g, first, n, host, f64 ? ZP_F64 : ZP_F32);
+      int rc;
+      zp_dtype dt = in->dtype[c];
+      if (dt == (f64 ? ZP_F64 : ZP_F32)) rc = r->ops->copy_h2d(r->be, in->buf[c], host, (size_t)n * zp_dtype_size(dt));
+      else {
+        /* cast on the host into a staging buffer: bf16 */
+        void* st = malloc((size_t)n * zp_dtype_size(dt));
+        const zp_backend_ops* cpu = zp_cpu_backend_ops();
+        cpu->cast(NULL, st, dt, host, ZP_F32, (size_t)n);
+        rc = r->ops->copy_h2d(r->be, in->buf[c], st, (size_t)n * zp_dtype_size(dt));
+        free(st);
+      }
+      free(host);
+      if (rc) return rc;
+    }
+    if (in->buf[ZP_CAT_OPTIM]) {
+      uint64_t n = in->place[ZP_CAT_OPTIM].sharded ? in->shard_len : in->padded;
+      int rc = r->ops->memset0(r->be, in->buf[ZP_CAT_OPTIM], (size_t)n * 8);
+      if (rc) return rc;
+    }
+  }
+  r->opt.step_t = 0;
+  return zp_run_zero_grads(r);
+}
+
+int zp_run_zero_grads(zp_run* r) {
+  for (int g = 0; g < r->layout.n_groups; g++) {
+    zp_group_info* in = &r->groups[g].info;
+    if (in->buf[ZP_CAT_GRAD]) {
+      int rc = r->ops->memset0(r->be, in->buf[ZP_CAT_GRAD], in->bytes[ZP_CAT_GRAD]);
+      if (rc) return rc;
+    }
+  }
+  return ZP_OK;
+}
+
+/* ---------------- micro-batch ---------------- */
+
+static int hook(zp_run* r, int (*fn)(void*, int), int g, const char* what) {
+  if (!fn) return ZP_OK;
+  int rc = fn(r->strategy_state, g);
+  if (rc && !r->err[0]) rerr(r, "%s(%d) failed with status %d", what, g, rc);
+  return rc;
+}
+
+static int param_view(zp_run* r, int g) {
+  zp_group_rt* G = &r->groups[g];
+  if (!G->view[0]) {
+    rerr(r, "internal: group %d has no PARAM view at compute time (the strategy did not gather it)", g);
+    return ZP_E_INTERNAL;
+  }
+  if (r->param_dt != r->ct) {
+    int rc = r->ops->cast(r->be, G->ccopy_param, r->ct, G->view[0], r->param_dt, (size_t)G->info.padded);
+    if (rc) return rc;
+    r->vparam[g] = G->ccopy_param;
+  } else {
+    r->vparam[g] = G->view[0];
+  }
+  return ZP_OK;
+}
+
+static int grad_view(zp_run* r, int g) {
+  zp_group_rt* G = &r->groups[g];
+  if (r->grad_dt != r->ct) { r->vgrad[g] = G->ccopy_grad; return ZP_OK; }
+  if (!G->view[1]) {
+    rerr(r, "internal: group %d has no GRAD view at backward time", g);
+    return ZP_E_INTERNAL;
+  }
+  r->vgrad[g] = G->view[1];
+  return ZP_OK;
+}
+
+static int run_forward(zp_run* r, const int32_t* inputs, const int32_t* targets, float dloss, double* loss_out) {
+  size_t N = (size_t)r->B * r->T;
+  int rc = r->ops->copy_h2d(r->be, r->acts.inputs, inputs, N * sizeof(int32_t));
+  if (!rc) rc = r->ops->copy_h2d(r->be, r->acts.targets, targets, N * sizeof(int32_t));
+  if (rc) return rc;
+  int G = r->layout.n_groups;
+  for (int g = 0; g < G; g++) {
+    if ((rc = hook(r, r->strategy->pre_forward, g, "pre_forward"))) return rc;
+    if ((rc = param_view(r, g))) return rc;
+    if (r->groups[g].info.tied_to >= 0 && (rc = param_view(r, r->groups[g].info.tied_to))) return rc;
+    if ((rc = zp_model_forward_group(&r->layout, r->ops, r->be, &r->acts, &r->views, g, dloss))) return rc;
+    if ((rc = hook(r, r->strategy->post_forward, g, "post_forward"))) return rc;
+  }
+  float* losses = malloc(N * sizeof(float));
+  rc = r->ops->copy_d2h(r->be, losses, r->acts.losses, N * sizeof(float));
+  double sum = 0;
+  int cnt = 0;
+  for (size_t i = 0; i < N; i++)
+    if (targets[i] >= 0) { sum += losses[i]; cnt++; }
+  free(losses);
+  *loss_out = cnt ? sum / cnt : 0.0;
+  return rc;
+}
+
+int zp_run_forward(zp_run* r, const int32_t* inputs, const int32_t* targets, double* loss_out) {
+  return run_forward(r, inputs, targets, 0.0f, loss_out);
+}
+
+int zp_run_micro_batch(zp_run* r, const int32_t* inputs, const int32_t* targets, float dloss, double* loss_out) {
+  int G = r->layout.n_groups;
+  int rc;
+  if (r->grad_dt != r->ct)
+    for (int g = 0; g < G; g++)
+      if ((rc = r->ops->memset0(r->be, r->groups[g].ccopy_grad, (size_t)r->groups[g].info.padded * zp_dtype_size(r->ct)))) return rc;
+  if ((rc = run_forward(r, inputs, targets, dloss, loss_out))) return rc;
+  for (int g = G - 1; g >= 0; g--) {
+    if ((rc = hook(r, r->strategy->pre_backward, g, "pre_backward"))) return rc;
+    if ((rc = param_view(r, g))) return rc;
+    if ((rc = grad_view(r, g))) return rc;
+    int t = r->groups[g].info.tied_to;
+    if (t >= 0 && ((rc = param_view(r, t)) || (rc = grad_view(r, t)))) return rc;
+    if ((rc = zp_model_backward_group(&r->layout, r->ops, r->be, &r->acts, &r->views, g))) return rc;
+    if (r->grad_dt != r->ct) {
+      zp_group_rt* Gr = &r->groups[g];
+      if (!Gr->view[1]) {
+        rerr(r, "internal: group %d has no GRAD view after backward", g);
+        return ZP_E_INTERNAL;
+      }
+      rc = r->ops->accumulate(r->be, Gr->view[1], r->grad_dt, Gr->ccopy_grad, r->ct, (size_t)Gr->info.padded, 1.0f);
+      if (rc) return rc;
+    }
+    if ((rc = hook(r, r->strategy->grads_ready, g, "grads_ready"))) return rc;
+  }
+  return ZP_OK;
+}
+
+int zp_run_step(zp_run* r, float lr) {
+  r->opt.lr = lr;
+  if (!r->strategy->step) {
+    rerr(r, "strategy has no step method");
+    return ZP_E_ABI;
+  }
+  int rc = r->strategy->step(r->strategy_state);
+  if (rc && !r->err[0]) rerr(r, "step failed with status %d", rc);
+  return rc;
+}
+
+int zp_run_get_group_params(zp_run* r, int g, float* out) {
+  zp_group_info* in = &r->groups[g].info;
+  int c = in->buf[ZP_CAT_MASTER] ? ZP_CAT_MASTER : ZP_CAT_PARAM;
+  zp_dtype dt = in->dtype[c];
+  uint64_t n = in->place[c].sharded ? in->shard_len : in->padded;
+  size_t es = zp_dtype_size(dt);
+  void* full = malloc((size_t)in->padded * es);
+  void* dev_full = NULL;
+  int rc = ZP_OK;
+  if (in->place[c].sharded) {
+    rc = r->ops->alloc(r->be, (size_t)in->padded * es, &dev_full);
+    if (!rc) rc = h_allgather(r->hctx, dev_full, in->buf[c], (size_t)n, dt);
+    if (!rc) rc = r->ops->copy_d2h(r->be, full, dev_full, (size_t)in->padded * es);
+    if (dev_full) r->ops->free(r->be, dev_full);
+  } else {
+    rc = r->ops->copy_d2h(r->be, full, in->buf[c], (size_t)in->padded * es);
+  }
+  if (!rc) zp_cpu_backend_ops()->cast(NULL, out, ZP_F32, full, dt, (size_t)in->padded);
+  free(full);
+  return rc;
+}
+
+void zp_run_print_plan(zp_run* r, FILE* f) {
+  char b[64];
+  fprintf(f, "model: GPT-2 L=%d heads=%d d=%d seq=%d vocab=%d (padded %d): %llu parameters (%s)\n", r->layout.s.L,
+          r->layout.s.NH, r->layout.s.C, r->layout.s.maxT, r->layout.s.V, r->layout.s.Vp,
+          (unsigned long long)r->layout.total_params, zp_fmt_bytes((double)r->layout.total_params, b, sizeof b));
+  fprintf(f, "world %d, rank %d, strategy %s, dtypes PARAM %s GRAD %s compute %s, micro-batch %d x %d\n", r->world, r->rank,
+          zp_cfg_str(r->cfg, "zero.plugin"), zp_dtype_name(r->param_dt), zp_dtype_name(r->grad_dt), zp_dtype_name(r->ct),
+          r->B, r->T);
+  fprintf(f, "placement (S = sharded over %d ranks, R = replicated; tier):\n", r->world);
+  fprintf(f, "  %-10s %12s %12s  %-10s %-10s %-10s %-10s\n", "group", "params", "padded", "PARAM", "GRAD", "MASTER", "OPTIM");
+  int G = r->layout.n_groups;
+  for (int g = 0; g < G; g++) {
+    if (G > 8 && g > 2 && g < G - 2) {
+      if (g == 3) fprintf(f, "  %-10s\n", "...");
+      continue;
+    }
+    zp_group_info* in = &r->groups[g].info;
+    char cell[4][16];
+    for (int c = 0; c < 4; c++) {
+      if (c == ZP_CAT_MASTER && !in->bytes[c]) snprintf(cell[c], 16, "-");
+      else snprintf(cell[c], 16, "%s/%s", in->place[c].sharded ? "S" : "R", zp_tier_name(in->place[c].tier));
+    }
+    fprintf(f, "  %-10s %12llu %12llu  %-10s %-10s %-10s %-10s\n", r->gplans[g].name, (unsigned long long)in->numel,
+            (unsigned long long)in->padded, cell[0], cell[1], cell[2], cell[3]);
+  }
+  zp_ledger_print(&r->ledger, f, "memory per rank");
+}

@@ -1,0 +1,105 @@
+/* runtime.h: one training (or planning) run on one rank: backend, plugins, placement plan,
+ * group buffers, views, activations, optimizer state, communicator.
+ *
+ * Invariants:
+ * - zp_run_open performs every allocation a run makes, in the same order, whether dry_run is
+ *   set (`zp plan`: counted by the ledger, nothing touched) or not. No allocation happens
+ *   inside a step (the ledger's n_allocs does not move; tests check it).
+ * - The training loop never asks which ZeRO stage it runs: it calls the strategy's hooks
+ *   (the built-in "none" strategy, plain data parallelism, goes through the same table).
+ * - Parameters the model reads and gradients it writes go through views (zp_views) that the
+ *   strategy sets; when PARAM/GRAD dtype differs from the compute dtype (bf16 storage on the
+ *   CPU backend) the runtime casts into per-group compute copies around each group.
+ */
+#ifndef ZP_RUNTIME_H
+#define ZP_RUNTIME_H
+#include <stdint.h>
+#include <stdio.h>
+
+#include "config.h"
+#include "ledger.h"
+#include "model.h"
+#include "plugin.h"
+#include "zp/zp_plugin.h"
+
+struct zp_lua;
+struct zp_dataset;
+
+typedef struct zp_group_rt {
+  zp_group_info info;
+  void* view[2];          /* PARAM, GRAD as set by the strategy (storage dtype) */
+  void* ccopy_param;      /* compute-dtype copy when PARAM dtype != compute dtype */
+  void* ccopy_grad;       /* compute-dtype grad scratch when GRAD dtype != compute dtype */
+} zp_group_rt;
+
+typedef struct zp_optim_state {
+  int step_t;             /* optimizer steps taken (Adam bias correction) */
+  float lr;               /* lr of the current step */
+  float clip_scale;       /* grad scale applied this step (1/accum folded into dloss) */
+  double grad_norm;
+} zp_optim_state;
+
+typedef struct zp_run {
+  zp_config* cfg;
+  int dry_run;
+  int rank, world;        /* data-parallel rank and size */
+  zp_model_layout layout;
+  zp_plan plan;
+  zp_group_plan* gplans;
+  zp_group_rt* groups;
+  zp_ledger ledger;
+  /* backend */
+  const zp_backend_ops* ops;
+  zp_backend* be;
+  zp_plugin backend_plugin;
+  zp_backend_info binfo;
+  zp_dtype ct, param_dt, grad_dt;
+  /* strategy */
+  zp_plugin strategy_plugin;     /* empty for the built-in "none" */
+  const zp_strategy_ops* strategy;
+  void* strategy_state;
+  zp_plugin tier_plugins[2];     /* optimizer, param offload */
+  zp_host host;                  /* the table handed to plugins */
+  struct zp_host_ctx* hctx;
+  /* communication (NULL for world 1) */
+  zp_comm* comm;
+  /* compute */
+  zp_views views;
+  void** vparam;
+  void** vgrad;
+  zp_acts acts;
+  int B, T, accum;
+  zp_optim_state opt;
+  char err[2048];
+} zp_run;
+
+typedef struct {
+  int dry_run;
+  int world;              /* dry run: pretend world size; else from the communicator */
+  int rank;
+  zp_comm* comm;          /* NULL = single rank */
+  int B, T;               /* activation shape; 0 = from config */
+  int no_acts;            /* skip activations (checkpoint tools) */
+} zp_run_opts;
+
+int zp_run_open(zp_run* r, zp_config* cfg, const zp_run_opts* o);
+void zp_run_close(zp_run* r);
+/* Initialise weights (counter-based) into the placement's PARAM and MASTER buffers. */
+int zp_run_init_weights(zp_run* r);
+/* One micro-batch: forward + backward of all groups through the hooks. inputs/targets are
+ * host arrays [B*T]. loss_out: mean loss of this micro-batch on this rank. */
+int zp_run_micro_batch(zp_run* r, const int32_t* inputs, const int32_t* targets, float dloss,
+                       double* loss_out);
+/* Forward only (validation / sampling): loss over the batch (targets may contain -1). */
+int zp_run_forward(zp_run* r, const int32_t* inputs, const int32_t* targets, double* loss_out);
+/* The optimizer step through the strategy (reduction, clipping, AdamW, gathers, zero grads). */
+int zp_run_step(zp_run* r, float lr);
+/* Zero the gradient accumulators (start of a step). */
+int zp_run_zero_grads(zp_run* r);
+/* Copy a full group parameter (fp32 values of the master copy where present, else PARAM) to
+ * host fp32 memory: used by tests and checkpoint export. Gathers shards (collective). */
+int zp_run_get_group_params(zp_run* r, int g, float* host_out);
+/* Print the plan table: per group placements and the ledger. */
+void zp_run_print_plan(zp_run* r, FILE* f);
+const char* zp_dtype_name(zp_dtype t);
+#endif

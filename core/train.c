@@ -1,0 +1,465 @@
+/* train.c: `zp train` — the training loop around a zp_run: data positions, LR schedule (Lua),
+ * step lines, validation, metrics JSONL, traces, checkpoints, resume, pre-emption signals.
+ *
+ * Invariants:
+ * - The global sample order does not depend on the number of data-parallel ranks: step s
+ *   consumes positions [s*GB, (s+1)*GB) of the dataset stream, GB = micro_batch*grad_accum*dp;
+ *   rank r, micro-batch m, row b reads position s*GB + (m*dp + r)*B + b.
+ * - Decisions that change the run (stop on a signal, lr from a hook) are taken on rank 0 and
+ *   broadcast (or agreed by a max-reduction), so ranks never diverge.
+ * - Resume continues exactly: optimizer state, step counter and data position come from the
+ *   checkpoint; nothing else carries state between steps.
+ */
+#include <errno.h>
+#include <math.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "ckpt.h"
+#include "comm.h"
+#include "config.h"
+#include "data.h"
+#include "lua_host.h"
+#include "runtime.h"
+#include "trace.h"
+#include "train.h"
+
+static volatile sig_atomic_t g_signal;
+static void on_signal(int s) { g_signal = s; }
+
+static int mkdir_p(const char* path) {
+  char tmp[1024];
+  snprintf(tmp, sizeof tmp, "%s", path);
+  for (char* p = tmp + 1; *p; p++)
+    if (*p == '/') {
+      *p = 0;
+      if (mkdir(tmp, 0755) && errno != EEXIST) return -1;
+      *p = '/';
+    }
+  if (mkdir(tmp, 0755) && errno != EEXIST) return -1;
+  return 0;
+}
+
+static int file_exists(const char* p) {
+  struct stat st;
+  return stat(p, &st) == 0 && S_ISREG(st.st_mode);
+}
+
+/* Shipped scripts: <exe>/../share/zp/scripts, the source tree, then relative to the config. */
+int zp_find_script(const zp_config* cfg, const char* sub, const char* name, char* out, size_t n) {
+  if (strchr(name, '/') || strstr(name, ".lua")) {
+    if (name[0] == '/') snprintf(out, n, "%s", name);
+    else snprintf(out, n, "%s/%s", cfg && cfg->dir[0] ? cfg->dir : ".", name);
+    return file_exists(out) ? 0 : -1;
+  }
+  char exe[1024];
+  ssize_t r = readlink("/proc/self/exe", exe, sizeof exe - 1);
+  if (r > 0) {
+    exe[r] = 0;
+    char* s = strrchr(exe, '/');
+    if (s) *s = 0;
+    snprintf(out, n, "%s/../share/zp/scripts/%s/%s.lua", exe, sub, name);
+    if (file_exists(out)) return 0;
+  }
+  snprintf(out, n, "%s/scripts/%s/%s.lua", ZP_SOURCE_DIR, sub, name);
+  return file_exists(out) ? 0 : -1;
+}
+
+typedef struct {
+  zp_lua* L;
+  int has_hook;
+} lua_ctx;
+
+static int setup_lua(const zp_config* cfg, lua_ctx* lc, char* err, size_t errlen) {
+  memset(lc, 0, sizeof *lc);
+  zp_lua_limits lim = {0, 0};
+  lc->L = zp_lua_new(&lim, err, errlen);
+  if (!lc->L) return ZP_E_INVALID;
+  char path[1024];
+  const char* sched = zp_cfg_str(cfg, "train.lr_schedule");
+  if (zp_find_script(cfg, "schedules", sched, path, sizeof path)) {
+    snprintf(err, errlen, "%s: train.lr_schedule = \"%s\": no such schedule (shipped: cosine, constant; or a .lua path)",
+             zp_cfg_get(cfg, "train.lr_schedule")->origin, sched);
+    return ZP_E_INVALID;
+  }
+  if (zp_lua_run_file(lc->L, path, err, errlen)) return ZP_E_INVALID;
+  if (!zp_lua_has_function(lc->L, "lr")) {
+    snprintf(err, errlen, "%s: does not define function lr(step, total_steps)", path);
+    return ZP_E_INVALID;
+  }
+  const char* keys[] = {"lr", "warmup_steps", "min_lr_ratio", "total_steps"};
+  double vals[] = {zp_cfg_float(cfg, "train.lr"), (double)zp_cfg_int(cfg, "train.warmup_steps"),
+                   zp_cfg_float(cfg, "train.min_lr_ratio"), (double)zp_cfg_int(cfg, "train.steps")};
+  if (zp_lua_set_global_numbers(lc->L, "config", keys, vals, 4, err, errlen)) return ZP_E_INVALID;
+  const char* hooks = zp_cfg_str(cfg, "train.hooks");
+  if (hooks[0]) {
+    if (zp_find_script(cfg, "hooks", hooks, path, sizeof path)) {
+      snprintf(err, errlen, "train.hooks = \"%s\": file not found", hooks);
+      return ZP_E_IO;
+    }
+    if (zp_lua_run_file(lc->L, path, err, errlen)) return ZP_E_INVALID;
+    lc->has_hook = zp_lua_has_function(lc->L, "on_step");
+    if (!lc->has_hook) {
+      snprintf(err, errlen, "%s: does not define function on_step(metrics)", path);
+      return ZP_E_INVALID;
+    }
+  }
+  return ZP_OK;
+}
+
+static int lr_at(lua_ctx* lc, int64_t step, int64_t total, double* out, char* err, size_t errlen) {
+  double args[2] = {(double)step, (double)total};
+  if (zp_lua_call_numbers(lc->L, "lr", args, 2, out, err, errlen)) return ZP_E_INVALID;
+  if (*out < 0) {
+    snprintf(err, errlen, "lr schedule returned a negative learning rate %g at step %lld", *out, (long long)step);
+    return ZP_E_INVALID;
+  }
+  return ZP_OK;
+}
+
+#include <lauxlib.h>
+#include <lua.h>
+/* Hook: on_step(metrics) may return a table {stop=bool, lr=number, save=bool}. */
+typedef struct {
+  int stop, save;
+  double lr_override; /* < 0: none */
+} hook_result;
+
+static int call_hook(lua_ctx* lc, int64_t step, double loss, double lr, double gnorm, double ms, hook_result* hr,
+                     char* err, size_t errlen) {
+  hr->stop = hr->save = 0;
+  hr->lr_override = -1;
+  lua_State* L = zp_lua_state(lc->L);
+  lua_getglobal(L, "on_step");
+  lua_createtable(L, 0, 5);
+  lua_pushinteger(L, (lua_Integer)step); lua_setfield(L, -2, "step");
+  lua_pushnumber(L, loss); lua_setfield(L, -2, "loss");
+  lua_pushnumber(L, lr); lua_setfield(L, -2, "lr");
+  lua_pushnumber(L, gnorm); lua_setfield(L, -2, "grad_norm");
+  lua_pushnumber(L, ms); lua_setfield(L, -2, "ms");
+  if (zp_lua_pcall(lc->L, 1, 1, err, errlen)) return ZP_E_INVALID;
+  if (lua_istable(L, -1)) {
+    lua_getfield(L, -1, "stop"); hr->stop = lua_toboolean(L, -1); lua_pop(L, 1);
+    lua_getfield(L, -1, "save"); hr->save = lua_toboolean(L, -1); lua_pop(L, 1);
+    lua_getfield(L, -1, "lr");
+    if (lua_isnumber(L, -1)) {
+      double v = lua_tonumber(L, -1);
+      if (!(v >= 0) || !isfinite(v)) {
+        snprintf(err, errlen, "on_step returned an invalid lr %g", v);
+        lua_pop(L, 2);
+        return ZP_E_INVALID;
+      }
+      hr->lr_override = v;
+    }
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+  return ZP_OK;
+}
+
+typedef struct {
+  zp_config* cfg;
+  zp_run run;
+  zp_comm* comm;
+  zp_dataset *train, *val;
+  lua_ctx lua;
+  FILE* metrics;
+  int rank, dp;
+  char out_dir[1024];
+  int32_t *inp, *tgt;
+} trainer;
+
+static void tlog(trainer* t, const char* fmt, ...) __attribute__((format(printf, 2, 3)));
+static void tlog(trainer* t, const char* fmt, ...) {
+  if (t->rank != 0) return;
+  va_list ap;
+  va_start(ap, fmt);
+  vprintf(fmt, ap);
+  va_end(ap);
+  fflush(stdout);
+}
+
+static int fetch(trainer* t, zp_dataset* ds, uint64_t first_pos, char* err, size_t errlen) {
+  int B = t->run.B, T = t->run.T;
+  for (int b = 0; b < B; b++) {
+    int rc = zp_dataset_get(ds, first_pos + (uint64_t)b, t->inp + (size_t)b * T, t->tgt + (size_t)b * T, err, errlen);
+    if (rc) return rc;
+  }
+  return ZP_OK;
+}
+
+static double allreduce_mean(trainer* t, double x) {
+  if (!t->comm || t->dp == 1) return x;
+  double v = x;
+  if (zp_comm_allreduce(t->comm, &v, 1, ZP_F64, ZP_RED_AVG)) return NAN;
+  return v;
+}
+
+static int validate(trainer* t, double* out, char* err, size_t errlen) {
+  int nb = (int)zp_cfg_int(t->cfg, "train.val_batches");
+  int B = t->run.B;
+  double sum = 0;
+  for (int i = 0; i < nb; i++) {
+    uint64_t pos = ((uint64_t)i * (uint64_t)t->dp + (uint64_t)t->rank) * (uint64_t)B;
+    int rc = fetch(t, t->val, pos, err, errlen);
+    if (rc) return rc;
+    double l;
+    rc = zp_run_forward(&t->run, t->inp, t->tgt, &l);
+    if (rc) { snprintf(err, errlen, "validation: %s", t->run.err); return rc; }
+    sum += l;
+  }
+  *out = allreduce_mean(t, sum / nb);
+  return ZP_OK;
+}
+
+static int save_ckpt(trainer* t, int64_t step, char* err, size_t errlen) {
+  char* dump = NULL;
+  size_t dl = 0;
+  FILE* mf = open_memstream(&dump, &dl);
+  if (mf) {
+    zp_config_dump(t->cfg, mf);
+    fclose(mf);
+  }
+  double t0 = zp_now_us();
+  uint64_t gb = (uint64_t)t->run.B * (uint64_t)t->run.accum * (uint64_t)t->dp;
+  int rc = zp_ckpt_save(&t->run, t->out_dir, step, (uint64_t)step * gb, (int)zp_cfg_int(t->cfg, "train.keep_checkpoints"),
+                        dump ? dump : "", err, errlen);
+  zp_trace_span(ZP_TR_IO, "checkpoint", (int)step, t0);
+  free(dump);
+  if (rc == ZP_OK) tlog(t, "saved checkpoint at step %lld to %s (%.0f ms)\n", (long long)step, t->out_dir, (zp_now_us() - t0) / 1000);
+  return rc;
+}
+
+int zp_train(zp_config* cfg, zp_comm* comm, char* err, size_t errlen) {
+  trainer tt;
+  trainer* t = &tt;
+  memset(t, 0, sizeof *t);
+  t->cfg = cfg;
+  t->comm = comm;
+  int world = comm ? zp_comm_size(comm) : 1;
+  t->rank = comm ? zp_comm_rank(comm) : 0;
+  int pp = (int)zp_cfg_int(cfg, "parallel.pp"), tp = (int)zp_cfg_int(cfg, "parallel.tp");
+  int dp = (int)zp_cfg_int(cfg, "parallel.dp");
+  if (dp == 0) dp = world / (pp * tp);
+  if (dp * pp * tp != world || dp < 1) {
+    snprintf(err, errlen, "parallel.dp %d x pp %d x tp %d = %d does not match the %d ranks launched", dp, pp, tp, dp * pp * tp, world);
+    return ZP_E_INVALID;
+  }
+  if (pp > 1 || tp > 1) {
+    snprintf(err, errlen, "pipeline/tensor parallelism (pp=%d, tp=%d) is not implemented yet: the pipeline and tensor plugins refuse to open", pp, tp);
+    return ZP_E_NOT_IMPLEMENTED;
+  }
+  t->dp = dp;
+  int rc = ZP_OK;
+  int T = (int)zp_cfg_int(cfg, "model.seq_len");
+  int V = (int)zp_cfg_int(cfg, "model.vocab_size");
+  char path[1024];
+  zp_cfg_path(cfg, "data.train", path, sizeof path);
+  if (!path[0]) {
+    snprintf(err, errlen, "%s: data.train is empty: set it to token shards (see `zp data prepare`)", cfg->path);
+    return ZP_E_INVALID;
+  }
+  uint64_t dseed = (uint64_t)zp_cfg_int(cfg, "data.seed");
+  int shuffle = zp_cfg_bool(cfg, "data.shuffle");
+  t->train = zp_dataset_open(path, T, V > 65536 ? 65536 : V, dseed, shuffle, err, errlen);
+  if (!t->train) return ZP_E_INVALID;
+  zp_cfg_path(cfg, "data.val", path, sizeof path);
+  if (path[0]) {
+    t->val = zp_dataset_open(path, T, V > 65536 ? 65536 : V, dseed + 1, 0, err, errlen);
+    if (!t->val) { rc = ZP_E_INVALID; goto done; }
+  }
+  if ((rc = setup_lua(cfg, &t->lua, err, errlen))) goto done;
+  snprintf(t->out_dir, sizeof t->out_dir, "%s", zp_cfg_str(cfg, "train.out_dir"));
+  if (mkdir_p(t->out_dir)) {
+    snprintf(err, errlen, "train.out_dir = \"%s\": cannot create: %s", t->out_dir, strerror(errno));
+    rc = ZP_E_IO;
+    goto done;
+  }
+  zp_run_opts ro = {0};
+  ro.comm = comm;
+  ro.world = world;
+  ro.rank = t->rank;
+  if ((rc = zp_run_open(&t->run, cfg, &ro))) {
+    snprintf(err, errlen, "%s", t->run.err);
+    goto done;
+  }
+  zp_run* r = &t->run;
+  int B = r->B, accum = r->accum;
+  t->inp = malloc((size_t)B * T * sizeof(int32_t));
+  t->tgt = malloc((size_t)B * T * sizeof(int32_t));
+  int64_t steps = zp_cfg_int(cfg, "train.steps");
+  uint64_t gb = (uint64_t)B * (uint64_t)accum * (uint64_t)dp;
+  if (t->rank == 0) {
+    printf("zp train: %s on %s, %d rank%s (dp %d), strategy %s\n", cfg->path[0] ? cfg->path : "(defaults)", r->binfo.device_name ? r->binfo.device_name : "?",
+           world, world > 1 ? "s" : "", dp, zp_cfg_str(cfg, "zero.plugin"));
+    printf("data: %llu tokens in %d shard(s), %llu samples of %d tokens; global batch %llu sequences (%llu tokens) per step\n",
+           (unsigned long long)zp_dataset_num_tokens(t->train), zp_dataset_num_shards(t->train),
+           (unsigned long long)zp_dataset_num_samples(t->train), T, (unsigned long long)gb, (unsigned long long)gb * T);
+    zp_run_print_plan(r, stdout);
+  }
+  /* weights: resume or init */
+  int64_t start = 0;
+  char ck[1024];
+  if (strcmp(zp_cfg_str(cfg, "train.resume"), "auto") == 0 && zp_ckpt_find_latest(t->out_dir, ck, sizeof ck) == 0) {
+    uint64_t dpos;
+    if ((rc = zp_ckpt_load(r, ck, &start, &dpos, err, errlen))) goto done;
+    tlog(t, "resumed from %s at step %lld\n", ck, (long long)start);
+    if ((rc = zp_run_zero_grads(r))) goto done;
+  } else {
+    if ((rc = zp_run_init_weights(r))) { snprintf(err, errlen, "%s", r->err); goto done; }
+  }
+  if (zp_cfg_bool(cfg, "train.metrics") && t->rank == 0) {
+    char mp[1100];
+    snprintf(mp, sizeof mp, "%s/metrics.jsonl", t->out_dir);
+    t->metrics = fopen(mp, start > 0 ? "a" : "w");
+    if (!t->metrics) {
+      snprintf(err, errlen, "%s: cannot write metrics: %s", mp, strerror(errno));
+      rc = ZP_E_IO;
+      goto done;
+    }
+  }
+  if (zp_cfg_bool(cfg, "train.trace")) zp_trace_enable(t->rank, 1u << 20);
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = on_signal;
+  sigaction(SIGTERM, &sa, NULL);
+  sigaction(SIGUSR1, &sa, NULL);
+  g_signal = 0;
+  double fpt = zp_model_flops_per_token(&r->layout, T);
+  int log_every = (int)zp_cfg_int(cfg, "train.log_every"), val_every = (int)zp_cfg_int(cfg, "train.val_every");
+  int64_t ck_every = zp_cfg_int(cfg, "train.checkpoint_every");
+  double first_loss = NAN, last_loss = NAN, sum_ms = 0;
+  int timed = 0;
+  long long allocs_before = -1;
+  int stopped_by = 0;
+  double lr_override = -1;
+  int64_t step;
+  for (step = start; step < steps; step++) {
+    double t0 = zp_now_us();
+    double lr;
+    if ((rc = lr_at(&t->lua, step, steps, &lr, err, errlen))) goto done;
+    if (lr_override >= 0) lr = lr_override;
+    if ((rc = zp_run_zero_grads(r))) goto fail_run;
+    double loss = 0;
+    for (int m = 0; m < accum; m++) {
+      uint64_t pos = (uint64_t)step * gb + ((uint64_t)m * dp + (uint64_t)t->rank) * (uint64_t)B;
+      double td = zp_now_us();
+      if ((rc = fetch(t, t->train, pos, err, errlen))) goto done;
+      zp_trace_span(ZP_TR_IO, "data", m, td);
+      double l;
+      if ((rc = zp_run_micro_batch(r, t->inp, t->tgt, 1.0f / ((float)B * (float)T * (float)accum), &l))) goto fail_run;
+      loss += l / accum;
+    }
+    double ts = zp_now_us();
+    if ((rc = zp_run_step(r, (float)lr))) goto fail_run;
+    r->ops->synchronize(r->be);
+    zp_trace_span(ZP_TR_COMPUTE, "optimizer step", (int)step, ts);
+    loss = allreduce_mean(t, loss);
+    double ms = (zp_now_us() - t0) / 1000.0;
+    zp_trace_span(ZP_TR_STEP, "step", (int)step, t0);
+    if (step == start) first_loss = loss;
+    last_loss = loss;
+    if (step > start) { sum_ms += ms; timed++; }
+    if (allocs_before < 0) allocs_before = r->ledger.n_allocs;
+    double tok_s = (double)gb * T / (ms / 1000.0);
+    double mfu = r->binfo.peak_flops > 0 ? fpt * tok_s / (r->binfo.peak_flops * world) : 0;
+    if (!isfinite(loss)) {
+      snprintf(err, errlen, "loss is %g at step %lld: the run diverged", loss, (long long)step + 1);
+      rc = ZP_E_INVALID;
+      goto done;
+    }
+    double vl = NAN;
+    int do_val = t->val && val_every > 0 && ((step + 1) % val_every == 0);
+    if (do_val && (rc = validate(t, &vl, err, errlen))) goto done;
+    if (t->rank == 0 && ((step + 1) % log_every == 0 || step + 1 == steps || do_val)) {
+      char mem[256];
+      zp_ledger_line(&r->ledger, mem, sizeof mem);
+      printf("step %5lld/%lld | loss %.4f | lr %.3e | norm %.3f | %.1f ms | %.0f tok/s", (long long)step + 1, (long long)steps, loss,
+             lr, r->opt.grad_norm, ms, tok_s);
+      if (mfu > 0) printf(" | MFU %.1f%%", 100 * mfu);
+      if (do_val) printf(" | val %.4f", vl);
+      printf(" | %s\n", mem);
+      fflush(stdout);
+    }
+    if (t->metrics) {
+      fprintf(t->metrics, "{\"step\":%lld,\"loss\":%.6f,\"lr\":%.6e,\"grad_norm\":%.6f,\"ms\":%.3f,\"tok_s\":%.1f,\"mfu\":%.4f",
+              (long long)step + 1, loss, lr, r->opt.grad_norm, ms, tok_s, mfu);
+      if (do_val) fprintf(t->metrics, ",\"val_loss\":%.6f", vl);
+      fprintf(t->metrics, ",\"mem\":{");
+      for (int c = 0; c < ZP_CAT_COUNT; c++)
+        fprintf(t->metrics, "%s\"%s\":%lld", c ? "," : "", zp_category_name((zp_category)c), r->ledger.cur[c][0] + r->ledger.cur[c][1]);
+      fprintf(t->metrics, "},\"peak_gpu\":%lld}\n", r->ledger.tier_peak[ZP_TIER_GPU]);
+      fflush(t->metrics);
+    }
+    /* hooks and signals: rank 0 decides, everyone follows */
+    double flags[3] = {0, 0, -1}; /* stop, save, lr */
+    if (t->lua.has_hook && t->rank == 0) {
+      hook_result hr;
+      if ((rc = call_hook(&t->lua, step + 1, loss, lr, r->opt.grad_norm, ms, &hr, err, errlen))) goto done;
+      flags[0] = hr.stop;
+      flags[1] = hr.save;
+      flags[2] = hr.lr_override;
+    }
+    double sig = g_signal ? 1 : 0;
+    if (t->comm && dp > 1) {
+      if (zp_comm_broadcast(t->comm, flags, 3, ZP_F64, 0) || zp_comm_allreduce(t->comm, &sig, 1, ZP_F64, ZP_RED_MAX)) {
+        snprintf(err, errlen, "%s", zp_comm_error(t->comm));
+        rc = ZP_E_COMM;
+        goto done;
+      }
+    }
+    if (flags[2] >= 0) lr_override = flags[2];
+    int final = step + 1 == steps;
+    int want_save = (ck_every > 0 && (step + 1) % ck_every == 0) || flags[1] > 0 || sig > 0 || flags[0] > 0;
+    if (want_save && !(final && zp_cfg_bool(cfg, "train.save_final"))) {
+      if ((rc = save_ckpt(t, step + 1, err, errlen))) goto done;
+    }
+    if (sig > 0) { stopped_by = 1; step++; break; }
+    if (flags[0] > 0) { stopped_by = 2; step++; break; }
+  }
+  if (step == steps && steps > start && zp_cfg_bool(cfg, "train.save_final")) {
+    if ((rc = save_ckpt(t, step, err, errlen))) goto done;
+  }
+  if (t->val && steps > start && !stopped_by) {
+    double vl;
+    if ((rc = validate(t, &vl, err, errlen))) goto done;
+    tlog(t, "val loss %.4f\n", vl);
+    if (t->metrics) fprintf(t->metrics, "{\"step\":%lld,\"val_loss\":%.6f}\n", (long long)step, vl);
+  }
+  if (t->rank == 0) {
+    if (stopped_by == 1) printf("stopped by signal %d after step %lld (checkpoint saved; run again to resume)\n", (int)g_signal, (long long)step);
+    if (stopped_by == 2) printf("stopped by on_step hook after step %lld\n", (long long)step);
+    if (steps > start)
+      printf("summary: steps %lld..%lld, loss %.4f -> %.4f, mean %.1f ms/step, %.0f tok/s, allocations inside steps: %lld\n",
+             (long long)start + 1, (long long)step, first_loss, last_loss, timed ? sum_ms / timed : 0,
+             timed ? (double)gb * T / (sum_ms / timed / 1000.0) : 0, r->ledger.n_allocs - (allocs_before < 0 ? r->ledger.n_allocs : allocs_before));
+    zp_ledger_print(&r->ledger, stdout, "memory at end");
+  }
+  if (zp_trace_enabled()) {
+    char tp_[1100];
+    snprintf(tp_, sizeof tp_, "%s/trace_rank%d.json", t->out_dir, t->rank);
+    if (zp_trace_write(tp_)) fprintf(stderr, "zp: cannot write %s\n", tp_);
+    else tlog(t, "trace: %s\n", tp_);
+    zp_trace_disable();
+  }
+  rc = ZP_OK;
+  goto done;
+fail_run:
+  snprintf(err, errlen, "%s", t->run.err[0] ? t->run.err : "training step failed");
+done:
+  signal(SIGTERM, SIG_DFL);
+  signal(SIGUSR1, SIG_DFL);
+  if (t->metrics) fclose(t->metrics);
+  free(t->inp);
+  free(t->tgt);
+  zp_run_close(&t->run);
+  if (t->lua.L) zp_lua_free(t->lua.L);
+  if (t->train) zp_dataset_close(t->train);
+  if (t->val) zp_dataset_close(t->val);
+  return rc;
+}

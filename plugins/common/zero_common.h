@@ -1,0 +1,147 @@
+/* zero_common.h: pieces the shipped ZeRO strategy plugins share, compiled into each plugin
+ * (header-only, static functions: plugins never link against each other or the core).
+ * Invariants: everything goes through the zp_host services; buffers come from the ledger at
+ * open and are never allocated inside a step; a released gather buffer is poisoned. */
+#ifndef ZP_ZERO_COMMON_H
+#define ZP_ZERO_COMMON_H
+#include <stdlib.h>
+#include <string.h>
+
+#include "zp/zp_plugin.h"
+
+typedef struct {
+  const zp_host* h;
+  int G;
+  zp_group_info* info;
+  /* scratch: one shard of the largest group, grad dtype (reduce-scatter destination) */
+  void* shard_scratch;
+  size_t shard_scratch_bytes;
+  /* transient full-size gradient buffers (stage 2/3): one for group 0 (tied embedding, lives
+   * from the head's backward to the embedding's), two rotating for the rest */
+  void* gfull0;
+  void* gfull[2];
+  size_t gfull0_bytes, gfull_bytes;
+  int gnext;
+  int g0_armed;
+  void** gview; /* [G] full gradient buffer armed for each group */
+} zero_common;
+
+#define ZC_TRY(x) do { int rc_ = (x); if (rc_) return rc_; } while (0)
+
+static inline size_t zc_dsize(zp_dtype t) { return zp_dtype_size(t); }
+
+static inline int zc_open(zero_common* z, const zp_host* h, int need_full_grads) {
+  memset(z, 0, sizeof *z);
+  z->h = h;
+  z->G = h->n_groups;
+  z->info = calloc((size_t)z->G, sizeof(zp_group_info));
+  z->gview = calloc((size_t)z->G, sizeof(void*));
+  if (!z->info || !z->gview) return ZP_E_NOMEM;
+  uint64_t max_shard = 0, max_full = 0;
+  for (int g = 0; g < z->G; g++) {
+    ZC_TRY(h->group_info(h->ctx, g, &z->info[g]));
+    if (z->info[g].shard_len > max_shard) max_shard = z->info[g].shard_len;
+    if (g > 0 && z->info[g].padded > max_full) max_full = z->info[g].padded;
+  }
+  zp_dtype gdt = z->info[0].dtype[ZP_CAT_GRAD];
+  z->shard_scratch_bytes = (size_t)max_shard * zc_dsize(gdt);
+  ZC_TRY(h->alloc(h->ctx, ZP_CAT_BUFFER, ZP_TIER_GPU, z->shard_scratch_bytes, "reduce-scatter scratch", &z->shard_scratch));
+  if (need_full_grads) {
+    z->gfull0_bytes = (size_t)z->info[0].padded * zc_dsize(gdt);
+    z->gfull_bytes = (size_t)max_full * zc_dsize(gdt);
+    ZC_TRY(h->alloc(h->ctx, ZP_CAT_BUFFER, ZP_TIER_GPU, z->gfull0_bytes, "full gradient (embed)", &z->gfull0));
+    ZC_TRY(h->alloc(h->ctx, ZP_CAT_BUFFER, ZP_TIER_GPU, z->gfull_bytes, "full gradient A", &z->gfull[0]));
+    ZC_TRY(h->alloc(h->ctx, ZP_CAT_BUFFER, ZP_TIER_GPU, z->gfull_bytes, "full gradient B", &z->gfull[1]));
+  }
+  return ZP_OK;
+}
+
+static inline void zc_close(zero_common* z) {
+  const zp_host* h = z->h;
+  if (!h) return;
+  h->free(h->ctx, ZP_CAT_BUFFER, ZP_TIER_GPU, z->shard_scratch, z->shard_scratch_bytes);
+  if (z->gfull0_bytes) {
+    h->free(h->ctx, ZP_CAT_BUFFER, ZP_TIER_GPU, z->gfull0, z->gfull0_bytes);
+    h->free(h->ctx, ZP_CAT_BUFFER, ZP_TIER_GPU, z->gfull[0], z->gfull_bytes);
+    h->free(h->ctx, ZP_CAT_BUFFER, ZP_TIER_GPU, z->gfull[1], z->gfull_bytes);
+  }
+  free(z->info);
+  free(z->gview);
+  memset(z, 0, sizeof *z);
+}
+
+/* Stage 2/3: give group g (and group 0 for the head) a zeroed full-size gradient buffer. */
+static inline int zc_arm_full_grad(zero_common* z, int g) {
+  const zp_host* h = z->h;
+  const zp_group_info* in = &z->info[g];
+  size_t bytes = (size_t)in->padded * zc_dsize(in->dtype[ZP_CAT_GRAD]);
+  void* buf;
+  if (g == 0) {
+    if (z->g0_armed) return ZP_OK; /* armed by the head already: holds the head's part */
+    buf = z->gfull0;
+    z->g0_armed = 1;
+  } else {
+    buf = z->gfull[z->gnext];
+    z->gnext ^= 1;
+  }
+  ZC_TRY(h->dev->memset0(h->devb, buf, bytes));
+  z->gview[g] = buf;
+  ZC_TRY(h->set_view(h->ctx, g, ZP_CAT_GRAD, buf));
+  if (in->tied_to >= 0) ZC_TRY(zc_arm_full_grad(z, in->tied_to));
+  return ZP_OK;
+}
+
+/* Stage 2/3: reduce-scatter group g's full gradient (averaged over ranks) and accumulate this
+ * rank's shard into its GRAD shard. */
+static inline int zc_reduce_full_grad(zero_common* z, int g) {
+  const zp_host* h = z->h;
+  const zp_group_info* in = &z->info[g];
+  zp_dtype gdt = in->dtype[ZP_CAT_GRAD];
+  void* full = z->gview[g];
+  if (!full) {
+    h->set_error(h->ctx, "internal: gradient of group %d reduced before it was armed", g);
+    return ZP_E_INTERNAL;
+  }
+  z->gview[g] = NULL;
+  ZC_TRY(h->reduce_scatter(h->ctx, z->shard_scratch, full, (size_t)in->shard_len, gdt, ZP_RED_AVG));
+  ZC_TRY(h->dev->accumulate(h->devb, in->buf[ZP_CAT_GRAD], gdt, z->shard_scratch, gdt, (size_t)in->shard_len, 1.0f));
+  h->poison(h->ctx, full, gdt, (size_t)in->padded);
+  ZC_TRY(h->set_view(h->ctx, g, ZP_CAT_GRAD, NULL));
+  if (g == 0) z->g0_armed = 0;
+  return ZP_OK;
+}
+
+/* The optimizer over this rank's shards. grad_of(g) gives the reduced shard gradient,
+ * param_of(g) where the updated parameter shard goes. Norm: sum of shard sumsq over ranks. */
+typedef void* (*zc_ptr_fn)(zero_common* z, int g);
+static inline int zc_step_shards(zero_common* z, zc_ptr_fn grad_of, zc_ptr_fn param_of) {
+  const zp_host* h = z->h;
+  double ss = 0;
+  for (int g = 0; g < z->G; g++) {
+    double x;
+    const zp_group_info* in = &z->info[g];
+    ZC_TRY(h->sumsq(h->ctx, grad_of(z, g), in->dtype[ZP_CAT_GRAD], (size_t)in->shard_len, &x));
+    ss += x;
+  }
+  ZC_TRY(h->allreduce(h->ctx, &ss, 1, ZP_F64, ZP_RED_SUM));
+  ZC_TRY(h->optim_begin(h->ctx, ss));
+  for (int g = 0; g < z->G; g++) {
+    const zp_group_info* in = &z->info[g];
+    ZC_TRY(h->optim_update(h->ctx, g, in->shard_off, in->shard_len, grad_of(z, g), in->dtype[ZP_CAT_GRAD], param_of(z, g),
+                           in->dtype[ZP_CAT_PARAM]));
+  }
+  return ZP_OK;
+}
+
+/* Full replicated PARAM buffer of g, at this rank's shard. */
+static inline void* zc_param_shard_in_full(zero_common* z, int g) {
+  const zp_group_info* in = &z->info[g];
+  return (char*)in->buf[ZP_CAT_PARAM] + (size_t)in->shard_off * zc_dsize(in->dtype[ZP_CAT_PARAM]);
+}
+/* All-gather PARAM shards into the full replicated buffer (in place). */
+static inline int zc_allgather_params_inplace(zero_common* z, int g) {
+  const zp_host* h = z->h;
+  const zp_group_info* in = &z->info[g];
+  return h->allgather(h->ctx, in->buf[ZP_CAT_PARAM], zc_param_shard_in_full(z, g), (size_t)in->shard_len, in->dtype[ZP_CAT_PARAM]);
+}
+#endif

@@ -1,0 +1,326 @@
+/* cuda_backend.cu: the CUDA backend plugin's descriptor, lifecycle, errors and memory.
+ *
+ * Invariants:
+ * - zp_plugin_entry is the only exported symbol; it returns a static const descriptor of kind
+ *   ZP_KIND_BACKEND, name "cuda", whose ops table is zpc_ops below.
+ * - create() makes the device current, creates one non-blocking compute stream (or uses the
+ *   legacy default stream when ZP_CUDA_STREAM=legacy, for event timing in tests), one cuBLASLt
+ *   handle and the 32 MiB cuBLASLt workspace; destroy() releases exactly those (plus scratch).
+ * - Memory is plain cudaMalloc/cudaFree (never managed). Copies run on the compute stream;
+ *   copy_h2d and copy_d2h return only once the copy is complete (the host buffer may be reused
+ *   or read at once); copy_d2d and memset0 are asynchronous like any op.
+ * - Errors: status code + message through host->set_error (stderr when host is NULL).
+ */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cuda_common.cuh"
+
+/* ---------------------------------------------------------------- errors */
+
+int zpc_err(const zp_host* host, int status, const char* fmt, ...) {
+  char msg[1024];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  if (host && host->set_error)
+    host->set_error(host->ctx, "%s", msg);
+  else
+    fprintf(stderr, "zp_cuda: %s\n", msg);
+  return status;
+}
+
+int zpc_cuda_fail(zp_backend* b, const char* what, cudaError_t e, const char* file, int line) {
+  const char* base = strrchr(file, '/');
+  return zpc_err(b ? b->host : NULL, ZP_E_DEVICE, "cuda: %s failed: %s (%s) at %s:%d", what,
+                 cudaGetErrorString(e), cudaGetErrorName(e), base ? base + 1 : file, line);
+}
+
+int zpc_lt_fail(zp_backend* b, const char* what, cublasStatus_t s, const char* file, int line) {
+  const char* base = strrchr(file, '/');
+  return zpc_err(b ? b->host : NULL, ZP_E_DEVICE, "cublasLt: %s failed: %s (%d) at %s:%d", what,
+                 cublasLtGetStatusString(s), (int)s, base ? base + 1 : file, line);
+}
+
+static void zpc_log(zp_backend* b, zp_log_level lvl, const char* msg) {
+  if (b->host && b->host->log)
+    b->host->log(b->host->ctx, lvl, "%s", msg);
+  else if (lvl <= ZP_LOG_WARN)
+    fprintf(stderr, "zp_cuda: %s\n", msg);
+}
+
+/* ---------------------------------------------------------------- scratch */
+
+int zpc_scratch(zp_backend* b, size_t bytes, void** out) {
+  if (bytes == 0) bytes = 256;
+  if (bytes > b->scratch_bytes) {
+    size_t want = zpc_round256(bytes + bytes / 8); /* some headroom: fewer regrowths */
+    if (b->scratch) {
+      ZPC_CUDA(b, cudaStreamSynchronize(b->stream)); /* the old block may still be in use */
+      ZPC_CUDA(b, cudaFree(b->scratch));
+      b->scratch = NULL;
+      b->scratch_bytes = 0;
+    }
+    cudaError_t e = cudaMalloc(&b->scratch, want);
+    if (e != cudaSuccess) {
+      b->scratch = NULL;
+      (void)cudaGetLastError();
+      return zpc_err(b->host, e == cudaErrorMemoryAllocation ? ZP_E_NOMEM : ZP_E_DEVICE,
+                     "cuda: cudaMalloc of %zu bytes of op scratch failed: %s", want,
+                     cudaGetErrorString(e));
+    }
+    b->scratch_bytes = want;
+    char msg[128];
+    snprintf(msg, sizeof msg, "cuda backend: op scratch grown to %.1f MiB",
+             (double)want / (1 << 20));
+    zpc_log(b, ZP_LOG_DEBUG, msg);
+  }
+  *out = b->scratch;
+  return ZP_OK;
+}
+
+/* ---------------------------------------------------------------- lifecycle */
+
+static void zpc_destroy(zp_backend* b);
+
+static int zpc_create(const zp_host* host, const zp_backend_config* cfg, zp_backend** out) {
+  if (!out) return zpc_err(host, ZP_E_INVALID, "cuda backend: create: out is NULL");
+  *out = NULL;
+  zp_dtype ct = cfg ? cfg->compute_dtype : ZP_BF16;
+  if (ct != ZP_BF16)
+    return zpc_err(host, ZP_E_NOT_IMPLEMENTED,
+                   "cuda backend: compute dtype %d requested; this backend computes in bf16 "
+                   "(precision = \"bf16\")",
+                   (int)ct);
+  int dev = cfg ? cfg->device_index : 0;
+  int ndev = 0;
+  cudaError_t e = cudaGetDeviceCount(&ndev);
+  if (e != cudaSuccess)
+    return zpc_err(host, ZP_E_DEVICE, "cuda: cudaGetDeviceCount failed: %s (%s)",
+                   cudaGetErrorString(e), cudaGetErrorName(e));
+  if (dev < 0 || dev >= ndev)
+    return zpc_err(host, ZP_E_INVALID, "cuda backend: device_index %d out of range (%d devices)",
+                   dev, ndev);
+
+  zp_backend* b = (zp_backend*)calloc(1, sizeof *b);
+  if (!b) return zpc_err(host, ZP_E_NOMEM, "cuda backend: out of host memory");
+  b->host = host;
+  b->device = dev;
+  const char* s = getenv("ZP_CUDA_STREAM");
+  b->legacy_stream = s && strcmp(s, "legacy") == 0;
+  const char* a = getenv("ZP_CUDA_ATTN");
+  b->attn_flash = a && strcmp(a, "flash") == 0;
+  if (a && strcmp(a, "flash") != 0 && strcmp(a, "naive") != 0) {
+    free(b);
+    return zpc_err(host, ZP_E_INVALID, "cuda backend: ZP_CUDA_ATTN=%s: expected flash or naive",
+                   a);
+  }
+
+  int rc = ZP_OK;
+#define TRY(call)                                                            \
+  do {                                                                       \
+    cudaError_t e_ = (call);                                                 \
+    if (e_ != cudaSuccess) {                                                 \
+      rc = zpc_cuda_fail(b, #call, e_, __FILE__, __LINE__);                  \
+      goto fail;                                                             \
+    }                                                                        \
+  } while (0)
+  {
+    TRY(cudaSetDevice(dev));
+    cudaDeviceProp prop;
+    TRY(cudaGetDeviceProperties(&prop, dev));
+    snprintf(b->device_name, sizeof b->device_name, "%s", prop.name);
+    b->sm_count = prop.multiProcessorCount;
+    b->cc_major = prop.major;
+    b->cc_minor = prop.minor;
+    b->peak_flops = (prop.major == 9 && prop.minor == 0) ? 989e12 : 0.0;
+    if (b->legacy_stream)
+      b->stream = 0;
+    else
+      TRY(cudaStreamCreateWithFlags(&b->stream, cudaStreamNonBlocking));
+    cublasStatus_t ls = cublasLtCreate(&b->lt);
+    if (ls != CUBLAS_STATUS_SUCCESS) {
+      b->lt = NULL;
+      rc = zpc_lt_fail(b, "cublasLtCreate", ls, __FILE__, __LINE__);
+      goto fail;
+    }
+    TRY(cudaMalloc(&b->workspace, ZPC_WORKSPACE_BYTES));
+    TRY(cudaMalloc((void**)&b->d_sumsq, (ZPC_SUMSQ_BLOCKS + 1) * sizeof(double)));
+    TRY(cudaMallocHost((void**)&b->h_sumsq, sizeof(double)));
+  }
+#undef TRY
+  {
+    char msg[512];
+    snprintf(msg, sizeof msg,
+             "cuda backend: device %d \"%s\" sm_%d%d, %d SMs, %s stream, attention %s, "
+             "cuBLASLt workspace %zu MiB",
+             dev, b->device_name, b->cc_major, b->cc_minor, b->sm_count,
+             b->legacy_stream ? "legacy default" : "non-blocking", b->attn_flash ? "flash" : "naive",
+             ZPC_WORKSPACE_BYTES >> 20);
+    zpc_log(b, ZP_LOG_INFO, msg);
+  }
+  *out = b;
+  return ZP_OK;
+fail:
+  zpc_destroy(b);
+  return rc;
+}
+
+static void zpc_destroy(zp_backend* b) {
+  if (!b) return;
+  if (b->stream || b->legacy_stream) (void)cudaStreamSynchronize(b->stream);
+  if (b->lt) cublasLtDestroy(b->lt);
+  if (b->workspace) cudaFree(b->workspace);
+  if (b->scratch) cudaFree(b->scratch);
+  if (b->d_sumsq) cudaFree(b->d_sumsq);
+  if (b->h_sumsq) cudaFreeHost(b->h_sumsq);
+  if (b->h_tok) cudaFreeHost(b->h_tok);
+  if (b->stream && !b->legacy_stream) cudaStreamDestroy(b->stream);
+  (void)cudaGetLastError();
+  free(b);
+}
+
+static int zpc_info(zp_backend* b, zp_backend_info* out) {
+  if (!out) return ZPC_INVALID(b, "cuda backend: info: out is NULL");
+  size_t fr = 0, tot = 0;
+  ZPC_CUDA(b, cudaMemGetInfo(&fr, &tot));
+  memset(out, 0, sizeof *out);
+  out->struct_size = sizeof *out;
+  out->compute_dtype = ZP_BF16;
+  out->device_name = b->device_name;
+  out->peak_flops = b->peak_flops;
+  out->mem_total = tot;
+  out->mem_free = fr;
+  return ZP_OK;
+}
+
+/* ---------------------------------------------------------------- memory */
+
+static int zpc_alloc(zp_backend* b, size_t bytes, void** out) {
+  if (!out) return ZPC_INVALID(b, "cuda backend: alloc: out is NULL");
+  *out = NULL;
+  if (bytes == 0) bytes = 1;
+  cudaError_t e = cudaMalloc(out, bytes);
+  if (e != cudaSuccess) {
+    *out = NULL;
+    (void)cudaGetLastError();
+    size_t fr = 0, tot = 0;
+    (void)cudaMemGetInfo(&fr, &tot);
+    (void)cudaGetLastError();
+    return zpc_err(b->host, e == cudaErrorMemoryAllocation ? ZP_E_NOMEM : ZP_E_DEVICE,
+                   "cuda: cudaMalloc(%zu bytes) failed: %s (device free %zu of %zu bytes)", bytes,
+                   cudaGetErrorString(e), fr, tot);
+  }
+  return ZP_OK;
+}
+
+static void zpc_free(zp_backend* b, void* p) {
+  if (!p) return;
+  /* ops queued on the stream may still read p: wait for them (cudaFree alone does not order
+   * against a non-blocking stream's pending work on every driver) */
+  cudaError_t e = cudaStreamSynchronize(b->stream);
+  if (e == cudaSuccess) e = cudaFree(p);
+  if (e != cudaSuccess) (void)zpc_cuda_fail(b, "cudaFree", e, __FILE__, __LINE__);
+}
+
+static int zpc_copy_h2d(zp_backend* b, void* dst, const void* src, size_t bytes) {
+  if (bytes == 0) return ZP_OK;
+  ZPC_CUDA(b, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, b->stream));
+  ZPC_CUDA(b, cudaStreamSynchronize(b->stream));
+  return ZP_OK;
+}
+
+static int zpc_copy_d2h(zp_backend* b, void* dst, const void* src, size_t bytes) {
+  if (bytes == 0) return ZP_OK;
+  ZPC_CUDA(b, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, b->stream));
+  ZPC_CUDA(b, cudaStreamSynchronize(b->stream));
+  return ZP_OK;
+}
+
+static int zpc_copy_d2d(zp_backend* b, void* dst, const void* src, size_t bytes) {
+  if (bytes == 0 || dst == src) return ZP_OK;
+  ZPC_CUDA(b, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, b->stream));
+  return ZP_OK;
+}
+
+static int zpc_memset0(zp_backend* b, void* dst, size_t bytes) {
+  if (bytes == 0) return ZP_OK;
+  ZPC_CUDA(b, cudaMemsetAsync(dst, 0, bytes, b->stream));
+  return ZP_OK;
+}
+
+static int zpc_synchronize(zp_backend* b) {
+  ZPC_CUDA(b, cudaStreamSynchronize(b->stream));
+  ZPC_CUDA(b, cudaGetLastError());
+  return ZP_OK;
+}
+
+/* ---------------------------------------------------------------- attention dispatch */
+
+static size_t zpc_attn_aux(zp_backend* b, int B, int T, int C, int NH) {
+  return b->attn_flash ? zpc_flash_aux_bytes(B, T, C, NH) : zpc_attention_aux_bytes(b, B, T, C, NH);
+}
+static int zpc_attn_fwd(zp_backend* b, void* out, void* aux, const void* qkv, int B, int T, int C,
+                        int NH) {
+  return b->attn_flash ? zpc_flash_fwd(b, out, aux, qkv, B, T, C, NH)
+                       : zpc_attention_fwd(b, out, aux, qkv, B, T, C, NH);
+}
+static int zpc_attn_bwd(zp_backend* b, void* dqkv, const void* dout, const void* qkv,
+                        const void* out, const void* aux, int B, int T, int C, int NH) {
+  return b->attn_flash ? zpc_flash_bwd(b, dqkv, dout, qkv, out, aux, B, T, C, NH)
+                       : zpc_attention_bwd(b, dqkv, dout, qkv, out, aux, B, T, C, NH);
+}
+
+/* ---------------------------------------------------------------- descriptor */
+
+static const zp_backend_ops zpc_ops = {
+    sizeof(zp_backend_ops),
+    zpc_create,
+    zpc_destroy,
+    zpc_info,
+    zpc_alloc,
+    zpc_free,
+    zpc_copy_h2d,
+    zpc_copy_d2h,
+    zpc_copy_d2d,
+    zpc_memset0,
+    zpc_synchronize,
+    zpc_cast,
+    zpc_accumulate,
+    zpc_fill,
+    zpc_encoder_fwd,
+    zpc_encoder_bwd,
+    zpc_layernorm_fwd,
+    zpc_layernorm_bwd,
+    zpc_matmul_fwd,
+    zpc_matmul_bwd,
+    zpc_attn_aux,
+    zpc_attn_fwd,
+    zpc_attn_bwd,
+    zpc_gelu_fwd,
+    zpc_gelu_bwd,
+    zpc_residual_fwd,
+    zpc_softmax_xent,
+    zpc_adamw,
+    zpc_sumsq,
+    zpc_scale,
+};
+
+static const zp_plugin_desc zpc_desc = {
+    sizeof(zp_plugin_desc),
+    ZP_ABI_MAJOR,
+    ZP_ABI_MINOR,
+    "cuda",
+    "0.1.0",
+    ZP_KIND_BACKEND,
+    "CUDA device backend: bf16 compute, cuBLASLt GEMMs, fp32 master AdamW (sm_90)",
+    NULL,
+    NULL,
+    NULL,
+    &zpc_ops,
+};
+
+extern "C" ZP_PLUGIN_EXPORT const zp_plugin_desc* zp_plugin_entry(void) { return &zpc_desc; }

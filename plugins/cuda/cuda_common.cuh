@@ -1,0 +1,211 @@
+/* cuda_common.cuh: what every file of the CUDA backend plugin shares (compute dtype bf16).
+ *
+ * Invariants:
+ * - Every op is issued on b->stream, in call order; only synchronize(), copy_h2d, copy_d2h,
+ *   sumsq, encoder_bwd (it bucket-sorts token ids on the host) and free() wait for the stream.
+ * - Every CUDA / cuBLASLt failure becomes ZP_E_DEVICE with a message naming the call and the
+ *   CUDA error string, through zpc_err (host->set_error, or stderr when host is NULL).
+ *   Nothing calls exit() or abort().
+ * - Device scratch (zpc_scratch) is grow-only and belongs to one op call at a time: an op may
+ *   use it only until it returns (later ops on the same stream may overwrite it).
+ * - Float kernels read bf16, compute in fp32 (fp64 where a dtype says so) and round to
+ *   nearest-even once when storing.
+ * - One backend = one device; the caller keeps that device current on its thread (create()
+ *   makes it current).
+ * Nothing declared here is visible outside the module (-fvisibility=hidden); the only exported
+ * symbol is zp_plugin_entry in cuda_backend.cu.
+ */
+#ifndef ZP_CUDA_COMMON_CUH
+#define ZP_CUDA_COMMON_CUH
+
+#include <cuda_runtime.h>
+#include <cuda_bf16.h>
+#include <cublasLt.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <type_traits>
+
+#include "zp/zp_plugin.h"
+
+typedef __nv_bfloat16 bf16;
+
+#define ZPC_WORKSPACE_BYTES ((size_t)32 << 20) /* cuBLASLt workspace, allocated at create */
+#define ZPC_SUMSQ_BLOCKS 1024                  /* fixed: keeps sumsq's summation order fixed */
+#define ZPC_ALGO_CACHE 128                     /* cached cuBLASLt heuristic answers */
+
+/* one cached cuBLASLt heuristic answer, keyed by everything that shapes the call */
+struct zpc_algo_entry {
+  int valid;
+  int64_t key[20];
+  cublasLtMatmulAlgo_t algo;
+};
+
+struct zp_backend {
+  const zp_host* host;
+  int device;
+  int legacy_stream;     /* ZP_CUDA_STREAM=legacy: ops go to the legacy default stream (tests) */
+  int attn_flash;        /* ZP_CUDA_ATTN=flash */
+  cudaStream_t stream;
+  cublasLtHandle_t lt;
+  void* workspace;       /* ZPC_WORKSPACE_BYTES for cuBLASLt */
+  void* scratch;         /* grow-only per-op scratch */
+  size_t scratch_bytes;
+  double* d_sumsq;       /* ZPC_SUMSQ_BLOCKS + 1 doubles */
+  double* h_sumsq;       /* pinned: 1 double */
+  int32_t* h_tok;        /* pinned staging for encoder_bwd: token ids, then bucket arrays */
+  size_t h_tok_cap;      /* in int32 elements */
+  int sm_count;
+  int cc_major, cc_minor;
+  double peak_flops;
+  char device_name[256];
+  struct zpc_algo_entry algo_cache[ZPC_ALGO_CACHE];
+  int algo_next;
+};
+
+/* ---- errors (cuda_backend.cu) ---- */
+int zpc_err(const zp_host* host, int status, const char* fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+int zpc_cuda_fail(zp_backend* b, const char* what, cudaError_t e, const char* file, int line);
+int zpc_lt_fail(zp_backend* b, const char* what, cublasStatus_t s, const char* file, int line);
+
+#define ZPC_CUDA(b, call)                                                          \
+  do {                                                                             \
+    cudaError_t zpc_e_ = (call);                                                   \
+    if (zpc_e_ != cudaSuccess) return zpc_cuda_fail((b), #call, zpc_e_, __FILE__, __LINE__); \
+  } while (0)
+#define ZPC_LT(b, call)                                                            \
+  do {                                                                             \
+    cublasStatus_t zpc_s_ = (call);                                                \
+    if (zpc_s_ != CUBLAS_STATUS_SUCCESS)                                           \
+      return zpc_lt_fail((b), #call, zpc_s_, __FILE__, __LINE__);                  \
+  } while (0)
+/* after a <<<>>> launch: reports launch-configuration errors (and earlier sticky errors) */
+#define ZPC_LAUNCHED(b, name)                                                      \
+  do {                                                                             \
+    cudaError_t zpc_e_ = cudaGetLastError();                                       \
+    if (zpc_e_ != cudaSuccess)                                                     \
+      return zpc_cuda_fail((b), "kernel launch " name, zpc_e_, __FILE__, __LINE__); \
+  } while (0)
+#define ZPC_INVALID(b, ...) zpc_err((b)->host, ZP_E_INVALID, __VA_ARGS__)
+
+/* grow-only scratch: *out points at >= bytes of device memory valid until the op returns.
+ * Growing synchronizes the stream first (the old block may still be in use). */
+int zpc_scratch(zp_backend* b, size_t bytes, void** out);
+/* carve a 256-byte aligned sub-block of `bytes` at *off of a scratch base */
+static inline void* zpc_carve(void* base, size_t* off, size_t bytes) {
+  size_t o = (*off + 255) & ~(size_t)255;
+  *off = o + bytes;
+  return (char*)base + o;
+}
+static inline size_t zpc_round256(size_t x) { return (x + 255) & ~(size_t)255; }
+
+/* grid for a grid-stride loop over n items with `threads` per block */
+static inline unsigned zpc_grid(const zp_backend* b, size_t n, int threads) {
+  size_t want = (n + (size_t)threads - 1) / (size_t)threads;
+  size_t cap = (size_t)(b->sm_count > 0 ? b->sm_count : 132) * 16;
+  if (want > cap) want = cap;
+  if (want < 1) want = 1;
+  return (unsigned)want;
+}
+
+/* ---- device conversion helpers: load as A (float or double), store with one rounding ---- */
+template <typename A> __device__ __forceinline__ A zpc_ld(const float* p) { return (A)*p; }
+template <typename A> __device__ __forceinline__ A zpc_ld(const double* p) { return (A)*p; }
+template <typename A> __device__ __forceinline__ A zpc_ld(const bf16* p) {
+  return (A)__bfloat162float(*p);
+}
+__device__ __forceinline__ void zpc_st(float* p, float v) { *p = v; }
+__device__ __forceinline__ void zpc_st(float* p, double v) { *p = (float)v; }
+__device__ __forceinline__ void zpc_st(double* p, float v) { *p = (double)v; }
+__device__ __forceinline__ void zpc_st(double* p, double v) { *p = v; }
+__device__ __forceinline__ void zpc_st(bf16* p, float v) { *p = __float2bfloat16(v); }
+__device__ __forceinline__ void zpc_st(bf16* p, double v) { *p = __double2bfloat16(v); }
+__device__ __forceinline__ float bf2f(bf16 x) { return __bfloat162float(x); }
+__device__ __forceinline__ bf16 f2bf(float x) { return __float2bfloat16(x); }
+
+__device__ __forceinline__ float zpc_warp_sum(float v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+__device__ __forceinline__ float zpc_warp_max(float v) {
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+/* host-side dtype dispatch: calls f((T*)nullptr) for T in float, bf16, double */
+template <typename F> static inline int zpc_with_dtype(zp_dtype dt, F&& f) {
+  switch (dt) {
+    case ZP_F32: return f((float*)nullptr);
+    case ZP_BF16: return f((bf16*)nullptr);
+    case ZP_F64: return f((double*)nullptr);
+    default: return -1;
+  }
+}
+
+/* ---- cuBLASLt GEMM in row-major terms (matmul_cublaslt.cu) ----
+ * D[M,N] = alpha * op(A)[M,K] @ op(B)[K,N] + beta * D  (+ bias[N] broadcast over rows),
+ * per batch item (strides in elements). A, B bf16; D bf16 or fp32; fp32 accumulation.
+ * op(A) = A^T when transa (A stored [K,M]), else A (stored [M,K]); same for B. */
+struct zpc_gemm {
+  int transa, transb;
+  int M, N, K;
+  const void* A; int64_t lda; int64_t strideA;
+  const void* B; int64_t ldb; int64_t strideB;
+  void* D; int64_t ldd; int64_t strideD;
+  int d_fp32;          /* 1: D is fp32, else bf16 */
+  int batch;           /* >= 1 */
+  float alpha, beta;
+  const void* bias;    /* bf16 [N] or NULL (only with d_fp32 == 0, batch == 1) */
+};
+int zpc_gemm_run(zp_backend* b, const struct zpc_gemm* g);
+
+/* ---- deterministic column sums (kernels_reduce.cu) ----
+ * dst[c] (bf16) += sum_{r<R} part[r*C + c] (fp32), summed in a fixed order. */
+int zpc_colsum_add(zp_backend* b, bf16* dst, const float* part, int R, int C);
+/* zpc_rowchunks(N) (<= 1024, a function of N only) row chunks; zpc_colsum_partials writes
+ * part[chunk*C + c] = sum of x[r*C + c] over the rows r of the chunk, so part must hold
+ * zpc_rowchunks(N) * C floats. */
+int zpc_rowchunks(int N);
+int zpc_colsum_partials(zp_backend* b, float* part, const bf16* x, int N, int C);
+
+/* ---- the ops (one file per concern) ---- */
+int zpc_cast(zp_backend* b, void* dst, zp_dtype dt, const void* src, zp_dtype st, size_t n);
+int zpc_accumulate(zp_backend* b, void* dst, zp_dtype dt, const void* src, zp_dtype st, size_t n,
+                   float scale);
+int zpc_fill(zp_backend* b, void* dst, zp_dtype dt, size_t n, double value);
+int zpc_scale(zp_backend* b, void* x, zp_dtype dt, size_t n, float s);
+int zpc_sumsq(zp_backend* b, double* out_host, const void* x, zp_dtype dt, size_t n);
+int zpc_gelu_fwd(zp_backend* b, void* out, const void* inp, size_t n);
+int zpc_gelu_bwd(zp_backend* b, void* dinp, const void* inp, const void* dout, size_t n);
+int zpc_residual_fwd(zp_backend* b, void* out, const void* a, const void* c, size_t n);
+int zpc_encoder_fwd(zp_backend* b, void* out, const int32_t* inp, const void* wte, const void* wpe,
+                    int B, int T, int C);
+int zpc_encoder_bwd(zp_backend* b, void* dwte, void* dwpe, const void* dout, const int32_t* inp,
+                    int B, int T, int C);
+int zpc_layernorm_fwd(zp_backend* b, void* out, float* mean, float* rstd, const void* inp,
+                      const void* w, const void* bias, int N, int C);
+int zpc_layernorm_bwd(zp_backend* b, void* dinp, void* dw, void* dbias, const void* dout,
+                      const void* inp, const void* w, const float* mean, const float* rstd, int N,
+                      int C);
+int zpc_matmul_fwd(zp_backend* b, void* out, const void* inp, const void* w, const void* bias,
+                   int N, int IC, int OC);
+int zpc_matmul_bwd(zp_backend* b, void* dinp, void* dw, void* dbias, const void* dout,
+                   const void* inp, const void* w, int N, int IC, int OC);
+size_t zpc_attention_aux_bytes(zp_backend* b, int B, int T, int C, int NH);
+int zpc_attention_fwd(zp_backend* b, void* out, void* aux, const void* qkv, int B, int T, int C,
+                      int NH);
+int zpc_attention_bwd(zp_backend* b, void* dqkv, const void* dout, const void* qkv,
+                      const void* out, const void* aux, int B, int T, int C, int NH);
+/* flash variant (attention_flash.cu); aux = logsumexp fp32 [B, NH, T] */
+size_t zpc_flash_aux_bytes(int B, int T, int C, int NH);
+int zpc_flash_fwd(zp_backend* b, void* out, void* aux, const void* qkv, int B, int T, int C,
+                  int NH);
+int zpc_flash_bwd(zp_backend* b, void* dqkv, const void* dout, const void* qkv, const void* out,
+                  const void* aux, int B, int T, int C, int NH);
+int zpc_softmax_xent(zp_backend* b, float* losses, void* logits, const int32_t* targets, int N,
+                     int V, int Vp, float dloss);
+int zpc_adamw(zp_backend* b, void* param, zp_dtype pdt, float* master, const void* grad,
+              zp_dtype gdt, float* m, float* v, size_t n, float lr, float beta1, float beta2,
+              float eps, float weight_decay, float grad_scale, int step_t);
+
+#endif

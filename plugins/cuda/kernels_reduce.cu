@@ -1,0 +1,131 @@
+/* kernels_reduce.cu: deterministic reductions: column sums (bias / layernorm parameter grads)
+ * and sumsq (gradient norm).
+ *
+ * Invariants: no floating-point atomics anywhere; every partition of the work (row chunks,
+ * blocks) is a function of the problem size only, never of the device, so a result is bitwise
+ * repeatable run to run on any GPU. Column sums accumulate in fp32, sumsq in fp64.
+ */
+#include "cuda_common.cuh"
+
+/* ---------------------------------------------------------------- column sums */
+
+#define ZPC_COLSUM_MAXCHUNKS 1024
+
+static int zpc_rows_per_chunk(int N) {
+  int r = (N + ZPC_COLSUM_MAXCHUNKS - 1) / ZPC_COLSUM_MAXCHUNKS;
+  return r < 32 ? 32 : r;
+}
+
+/* number of row chunks zpc_colsum_partials produces for N rows (<= 1024) */
+int zpc_rowchunks(int N) {
+  int rpc = zpc_rows_per_chunk(N);
+  return (N + rpc - 1) / rpc;
+}
+
+/* block (64, 4): x = column in a 64-column tile, y = row lane; grid (tiles, chunks) */
+__global__ void zpc_colsum_partials_kernel(float* part, const bf16* x, int N, int C, int rpc) {
+  __shared__ float sh[4][64];
+  int c = blockIdx.x * 64 + threadIdx.x;
+  int chunk = blockIdx.y;
+  int r0 = chunk * rpc;
+  int r1 = min(N, r0 + rpc);
+  float s = 0.0f;
+  if (c < C)
+    for (int r = r0 + threadIdx.y; r < r1; r += 4) s += bf2f(x[(size_t)r * C + c]);
+  sh[threadIdx.y][threadIdx.x] = s;
+  __syncthreads();
+  if (threadIdx.y == 0 && c < C)
+    part[(size_t)chunk * C + c] = ((sh[0][threadIdx.x] + sh[1][threadIdx.x]) + sh[2][threadIdx.x]) +
+                                  sh[3][threadIdx.x];
+}
+
+int zpc_colsum_partials(zp_backend* b, float* part, const bf16* x, int N, int C) {
+  int rpc = zpc_rows_per_chunk(N);
+  int R = (N + rpc - 1) / rpc;
+  dim3 grid((C + 63) / 64, R), block(64, 4);
+  zpc_colsum_partials_kernel<<<grid, block, 0, b->stream>>>(part, x, N, C, rpc);
+  ZPC_LAUNCHED(b, "colsum_partials");
+  return ZP_OK;
+}
+
+/* block (32, 32): x = column, y = lane over partial rows; grid = column tiles of 32 */
+__global__ void zpc_colsum_add_kernel(bf16* dst, const float* part, int R, int C) {
+  __shared__ float sh[32][33];
+  int c = blockIdx.x * 32 + threadIdx.x;
+  float s = 0.0f;
+  if (c < C)
+    for (int r = threadIdx.y; r < R; r += 32) s += part[(size_t)r * C + c];
+  sh[threadIdx.y][threadIdx.x] = s;
+  __syncthreads();
+  if (threadIdx.y == 0 && c < C) {
+    float t = 0.0f;
+    for (int k = 0; k < 32; k++) t += sh[k][threadIdx.x];
+    dst[c] = f2bf(bf2f(dst[c]) + t);
+  }
+}
+
+int zpc_colsum_add(zp_backend* b, bf16* dst, const float* part, int R, int C) {
+  dim3 grid((C + 31) / 32), block(32, 32);
+  zpc_colsum_add_kernel<<<grid, block, 0, b->stream>>>(dst, part, R, C);
+  ZPC_LAUNCHED(b, "colsum_add");
+  return ZP_OK;
+}
+
+/* ---------------------------------------------------------------- sumsq */
+
+template <typename T>
+__global__ void zpc_sumsq_partial_kernel(double* part, const T* x, size_t n) {
+  __shared__ double sh[256];
+  double s = 0.0;
+  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+       i += (size_t)gridDim.x * blockDim.x) {
+    double v = zpc_ld<double>(x + i);
+    s += v * v;
+  }
+  sh[threadIdx.x] = s;
+  __syncthreads();
+  for (int o = 128; o > 0; o >>= 1) {
+    if ((int)threadIdx.x < o) sh[threadIdx.x] += sh[threadIdx.x + o];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) part[blockIdx.x] = sh[0];
+}
+
+/* one block of 1024 threads: out = sum of part[0..G) in a fixed tree */
+__global__ void zpc_sumsq_final_kernel(double* out, const double* part, int G) {
+  __shared__ double sh[1024];
+  sh[threadIdx.x] = (int)threadIdx.x < G ? part[threadIdx.x] : 0.0;
+  __syncthreads();
+  for (int o = 512; o > 0; o >>= 1) {
+    if ((int)threadIdx.x < o) sh[threadIdx.x] += sh[threadIdx.x + o];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) *out = sh[0];
+}
+
+int zpc_sumsq(zp_backend* b, double* out_host, const void* x, zp_dtype dt, size_t n) {
+  if (!out_host) return ZPC_INVALID(b, "cuda backend: sumsq: out_host is NULL");
+  if (n == 0) {
+    *out_host = 0.0;
+    return ZP_OK;
+  }
+  size_t want = (n + 255) / 256;
+  int G = (int)(want < ZPC_SUMSQ_BLOCKS ? want : ZPC_SUMSQ_BLOCKS);
+  int rc = zpc_with_dtype(dt, [&](auto* tag) {
+    typedef typename std::remove_pointer<decltype(tag)>::type T;
+    zpc_sumsq_partial_kernel<T><<<G, 256, 0, b->stream>>>(b->d_sumsq, (const T*)x, n);
+    ZPC_LAUNCHED(b, "sumsq_partial");
+    return (int)ZP_OK;
+  });
+  if (rc == -1)
+    return zpc_err(b->host, ZP_E_NOT_IMPLEMENTED, "cuda backend: sumsq: dtype %d not supported",
+                   (int)dt);
+  if (rc) return rc;
+  zpc_sumsq_final_kernel<<<1, 1024, 0, b->stream>>>(b->d_sumsq + ZPC_SUMSQ_BLOCKS, b->d_sumsq, G);
+  ZPC_LAUNCHED(b, "sumsq_final");
+  ZPC_CUDA(b, cudaMemcpyAsync(b->h_sumsq, b->d_sumsq + ZPC_SUMSQ_BLOCKS, sizeof(double),
+                              cudaMemcpyDeviceToHost, b->stream));
+  ZPC_CUDA(b, cudaStreamSynchronize(b->stream));
+  *out_host = *b->h_sumsq;
+  return ZP_OK;
+}

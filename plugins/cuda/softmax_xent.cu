@@ -1,0 +1,121 @@
+/* softmax_xent.cu: fused softmax + cross-entropy over bf16 logits [N, Vp] (first V real).
+ *
+ * Per row (one block): one pass computes the running max and sum of exp in fp32 (online
+ * softmax, per thread, then combined across the block in a fixed order: deterministic);
+ * losses[i] = logsumexp(row[0..V)) - row[target] in fp32. If dloss != 0 a second pass
+ * overwrites the row in place with dloss * (softmax - onehot(target)) in bf16, and zeros in the
+ * padded columns [V, Vp). A target < 0 (or >= V) is ignored: loss 0 and, if dloss != 0, an
+ * all-zero gradient row. The target logit is read before the block's first write.
+ * A 16-byte vector path is taken when Vp % 8 == 0 and logits is 16-byte aligned.
+ */
+#include <math.h>
+
+#include "cuda_common.cuh"
+
+#define ZPC_XENT_THREADS 512
+
+__device__ __forceinline__ void zpc_online_add(float& m, float& s, float x) {
+  if (x > m) {
+    s = s * expf(m - x) + 1.0f; /* m = -inf: s is 0 and expf(-inf) = 0 */
+    m = x;
+  } else {
+    s += expf(x - m);
+  }
+}
+__device__ __forceinline__ void zpc_online_merge(float& m, float& s, float m2, float s2) {
+  if (m2 == -INFINITY) return;
+  if (m == -INFINITY) {
+    m = m2;
+    s = s2;
+    return;
+  }
+  float mx = fmaxf(m, m2);
+  s = s * expf(m - mx) + s2 * expf(m2 - mx);
+  m = mx;
+}
+
+template <bool VEC>
+__global__ void __launch_bounds__(ZPC_XENT_THREADS)
+zpc_softmax_xent_kernel(float* losses, bf16* logits, const int32_t* targets, int V, int Vp,
+                        float dloss) {
+  __shared__ float sh_m[ZPC_XENT_THREADS / 32], sh_s[ZPC_XENT_THREADS / 32];
+  __shared__ float sh_final[2];
+  const size_t row = blockIdx.x;
+  bf16* x = logits + row * (size_t)Vp;
+  const int tgt = targets[row];
+  const bool ignore = tgt < 0 || tgt >= V;
+  float m = -INFINITY, s = 0.0f;
+  if (VEC) {
+    const int n8 = Vp / 8;
+    for (int i = threadIdx.x; i < n8; i += blockDim.x) {
+      uint4 u = ((const uint4*)x)[i];
+      const bf16* e = (const bf16*)&u;
+#pragma unroll
+      for (int k = 0; k < 8; k++)
+        if (i * 8 + k < V) zpc_online_add(m, s, bf2f(e[k]));
+    }
+  } else {
+    for (int j = threadIdx.x; j < V; j += blockDim.x) zpc_online_add(m, s, bf2f(x[j]));
+  }
+  /* warp merge (butterfly: every lane ends with the same fixed-order result), then warps */
+  for (int o = 16; o > 0; o >>= 1) {
+    float m2 = __shfl_xor_sync(0xffffffffu, m, o);
+    float s2 = __shfl_xor_sync(0xffffffffu, s, o);
+    zpc_online_merge(m, s, m2, s2);
+  }
+  int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  if (lane == 0) {
+    sh_m[warp] = m;
+    sh_s[warp] = s;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    float M = sh_m[0], S = sh_s[0];
+    for (int w = 1; w < (int)(blockDim.x >> 5); w++) zpc_online_merge(M, S, sh_m[w], sh_s[w]);
+    float xt = ignore ? 0.0f : bf2f(x[tgt]);
+    losses[row] = ignore ? 0.0f : (logf(S) + M) - xt;
+    sh_final[0] = M;
+    sh_final[1] = 1.0f / S;
+  }
+  __syncthreads(); /* the target logit has been read: writes may start */
+  if (dloss == 0.0f) return;
+  const float M = sh_final[0], inv = sh_final[1];
+  if (VEC) {
+    const int n8 = Vp / 8;
+    for (int i = threadIdx.x; i < n8; i += blockDim.x) {
+      uint4 u = ((const uint4*)x)[i];
+      const bf16* e = (const bf16*)&u;
+      uint4 w;
+      bf16* o = (bf16*)&w;
+#pragma unroll
+      for (int k = 0; k < 8; k++) {
+        int j = i * 8 + k;
+        float g = 0.0f;
+        if (!ignore && j < V) g = dloss * (expf(bf2f(e[k]) - M) * inv - (j == tgt ? 1.0f : 0.0f));
+        o[k] = f2bf(g);
+      }
+      ((uint4*)x)[i] = w;
+    }
+  } else {
+    for (int j = threadIdx.x; j < Vp; j += blockDim.x) {
+      float g = 0.0f;
+      if (!ignore && j < V) g = dloss * (expf(bf2f(x[j]) - M) * inv - (j == tgt ? 1.0f : 0.0f));
+      x[j] = f2bf(g);
+    }
+  }
+}
+
+int zpc_softmax_xent(zp_backend* b, float* losses, void* logits, const int32_t* targets, int N,
+                     int V, int Vp, float dloss) {
+  if (N <= 0 || V <= 0 || Vp < V || !losses || !targets)
+    return ZPC_INVALID(b, "cuda backend: softmax_xent: bad arguments N=%d V=%d Vp=%d", N, V, Vp);
+  bool vec = (Vp % 8) == 0 && ((uintptr_t)logits & 15) == 0;
+  if (vec)
+    zpc_softmax_xent_kernel<true><<<N, ZPC_XENT_THREADS, 0, b->stream>>>(
+        losses, (bf16*)logits, targets, V, Vp, dloss);
+  else
+    zpc_softmax_xent_kernel<false><<<N, ZPC_XENT_THREADS, 0, b->stream>>>(
+        losses, (bf16*)logits, targets, V, Vp, dloss);
+  ZPC_LAUNCHED(b, "softmax_xent");
+  return ZP_OK;
+}

@@ -1,0 +1,180 @@
+/* stage3: ZeRO stage 3 — parameters, gradients and optimizer state all sharded.
+ * Each rank keeps only its shard of every group's PARAM. pre_forward/pre_backward all-gather
+ * the group into a gather buffer from a fixed pool (sized at open from the plan: no
+ * allocation inside a step) and point the model's view at it; post_forward/grads_ready drop
+ * it (the buffer is poisoned with NaN in test builds, so a missing gather cannot go
+ * unnoticed). The tied embedding (group 0) has its own gather buffer, valid from the first
+ * use in forward through the head's forward and backward to the embedding's backward.
+ * Groups under zero.persist_threshold parameters keep PARAM replicated (resident).
+ * Gradients follow stage 2 (reduce-scatter per group as its backward ends).
+ * Memory per rank: (P+G+K)Ψ/N + gather pool + gradient buffers.
+ * Communication per step: all-gather in forward and backward + reduce-scatter = 3Ψ. */
+#include "../common/zero_common.h"
+
+#define S3_MAX_POOL 66
+
+typedef struct {
+  zero_common z;
+  int64_t persist;
+  void* g0buf;
+  size_t g0bytes;
+  int g0_valid;
+  void* pool[S3_MAX_POOL];
+  int pool_used[S3_MAX_POOL];
+  int npool;
+  size_t pool_bytes;
+  int* owner; /* [G] pool slot holding group g, or -1 */
+} s3_t;
+
+static int persistent(s3_t* s, int g) { return !s->z.info[g].place[ZP_CAT_PARAM].sharded; }
+
+static int s3_plan(const zp_host* h, zp_plan* p) {
+  int64_t thr = 0;
+  if (h->config_int) h->config_int(h->ctx, "zero.persist_threshold", &thr);
+  for (int g = 0; g < p->n_groups; g++) {
+    p->groups[g].place[ZP_CAT_PARAM].sharded = (int64_t)p->groups[g].numel >= thr;
+    p->groups[g].place[ZP_CAT_GRAD].sharded = 1;
+    p->groups[g].place[ZP_CAT_MASTER].sharded = 1;
+    p->groups[g].place[ZP_CAT_OPTIM].sharded = 1;
+  }
+  return ZP_OK;
+}
+
+static int s3_open(const zp_host* h, void** state) {
+  s3_t* s = calloc(1, sizeof *s);
+  if (!s) return ZP_E_NOMEM;
+  *state = s;
+  ZC_TRY(zc_open(&s->z, h, 1));
+  zero_common* z = &s->z;
+  s->owner = malloc((size_t)z->G * sizeof(int));
+  if (!s->owner) return ZP_E_NOMEM;
+  int64_t prefetch = 1;
+  h->config_int(h->ctx, "zero.prefetch_groups", &prefetch);
+  s->npool = 1 + (int)(prefetch < 1 ? 1 : prefetch);
+  if (s->npool > S3_MAX_POOL) s->npool = S3_MAX_POOL;
+  zp_dtype pdt = z->info[0].dtype[ZP_CAT_PARAM];
+  uint64_t maxp = 0;
+  for (int g = 1; g < z->G; g++)
+    if (!persistent(s, g) && z->info[g].padded > maxp) maxp = z->info[g].padded;
+  s->pool_bytes = (size_t)maxp * zc_dsize(pdt);
+  for (int i = 0; i < s->npool && s->pool_bytes; i++)
+    ZC_TRY(h->alloc(h->ctx, ZP_CAT_BUFFER, ZP_TIER_GPU, s->pool_bytes, "stage3 gather buffer", &s->pool[i]));
+  if (!persistent(s, 0)) {
+    s->g0bytes = (size_t)z->info[0].padded * zc_dsize(pdt);
+    ZC_TRY(h->alloc(h->ctx, ZP_CAT_BUFFER, ZP_TIER_GPU, s->g0bytes, "stage3 gather buffer (embed)", &s->g0buf));
+  }
+  for (int g = 0; g < z->G; g++) {
+    s->owner[g] = -1;
+    ZC_TRY(h->set_view(h->ctx, g, ZP_CAT_PARAM, persistent(s, g) ? z->info[g].buf[ZP_CAT_PARAM] : NULL));
+    ZC_TRY(h->set_view(h->ctx, g, ZP_CAT_GRAD, NULL));
+  }
+  return ZP_OK;
+}
+
+static void s3_close(void* st) {
+  s3_t* s = st;
+  if (!s) return;
+  const zp_host* h = s->z.h;
+  if (h) {
+    for (int i = 0; i < s->npool; i++)
+      if (s->pool[i]) h->free(h->ctx, ZP_CAT_BUFFER, ZP_TIER_GPU, s->pool[i], s->pool_bytes);
+    if (s->g0buf) h->free(h->ctx, ZP_CAT_BUFFER, ZP_TIER_GPU, s->g0buf, s->g0bytes);
+  }
+  free(s->owner);
+  zc_close(&s->z);
+  free(s);
+}
+
+static int gather_into(s3_t* s, int g, void* dst) {
+  const zp_host* h = s->z.h;
+  const zp_group_info* in = &s->z.info[g];
+  return h->allgather(h->ctx, dst, in->buf[ZP_CAT_PARAM], (size_t)in->shard_len, in->dtype[ZP_CAT_PARAM]);
+}
+
+static int ensure_g0(s3_t* s) {
+  if (persistent(s, 0) || s->g0_valid) return ZP_OK;
+  ZC_TRY(gather_into(s, 0, s->g0buf));
+  s->g0_valid = 1;
+  return s->z.h->set_view(s->z.h->ctx, 0, ZP_CAT_PARAM, s->g0buf);
+}
+
+static int ensure(s3_t* s, int g) {
+  const zp_host* h = s->z.h;
+  if (g == 0) return ensure_g0(s);
+  if (persistent(s, g) || s->owner[g] >= 0) return ZP_OK;
+  int slot = -1;
+  for (int i = 0; i < s->npool; i++)
+    if (!s->pool_used[i]) { slot = i; break; }
+  if (slot < 0) {
+    h->set_error(h->ctx, "gather pool exhausted (%d buffers) at group %d", s->npool, g);
+    return ZP_E_INTERNAL;
+  }
+  ZC_TRY(gather_into(s, g, s->pool[slot]));
+  s->pool_used[slot] = 1;
+  s->owner[g] = slot;
+  return h->set_view(h->ctx, g, ZP_CAT_PARAM, s->pool[slot]);
+}
+
+static int release(s3_t* s, int g) {
+  const zp_host* h = s->z.h;
+  const zp_group_info* in = &s->z.info[g];
+  if (persistent(s, g)) return ZP_OK;
+  if (g == 0) {
+    if (!s->g0_valid) return ZP_OK;
+    h->poison(h->ctx, s->g0buf, in->dtype[ZP_CAT_PARAM], (size_t)in->padded);
+    s->g0_valid = 0;
+    return h->set_view(h->ctx, 0, ZP_CAT_PARAM, NULL);
+  }
+  int slot = s->owner[g];
+  if (slot < 0) return ZP_OK;
+  h->poison(h->ctx, s->pool[slot], in->dtype[ZP_CAT_PARAM], (size_t)in->padded);
+  s->pool_used[slot] = 0;
+  s->owner[g] = -1;
+  return h->set_view(h->ctx, g, ZP_CAT_PARAM, NULL);
+}
+
+static int s3_pre_forward(void* st, int g) {
+  s3_t* s = st;
+  ZC_TRY(ensure(s, g));
+  if (s->z.info[g].tied_to >= 0) ZC_TRY(ensure(s, s->z.info[g].tied_to));
+  return ZP_OK;
+}
+/* group 0 stays gathered: the head uses it next, then backward ends with it */
+static int s3_post_forward(void* st, int g) { return g == 0 ? ZP_OK : release((s3_t*)st, g); }
+static int s3_pre_backward(void* st, int g) {
+  s3_t* s = st;
+  ZC_TRY(s3_pre_forward(s, g));
+  return zc_arm_full_grad(&s->z, g);
+}
+static int s3_grads_ready(void* st, int g) {
+  s3_t* s = st;
+  ZC_TRY(zc_reduce_full_grad(&s->z, g));
+  return release(s, g);
+}
+
+static void* s3_grad_shard(zero_common* z, int g) { return z->info[g].buf[ZP_CAT_GRAD]; }
+static void* s3_param_shard(zero_common* z, int g) {
+  const zp_group_info* in = &z->info[g];
+  return in->place[ZP_CAT_PARAM].sharded ? in->buf[ZP_CAT_PARAM] : zc_param_shard_in_full(z, g);
+}
+
+static int s3_step(void* st) {
+  s3_t* s = st;
+  zero_common* z = &s->z;
+  /* parameters change: nothing gathered may outlive the step */
+  for (int g = 0; g < z->G; g++) ZC_TRY(release(s, g));
+  ZC_TRY(zc_step_shards(z, s3_grad_shard, s3_param_shard));
+  for (int g = 0; g < z->G; g++)
+    if (persistent(s, g)) ZC_TRY(zc_allgather_params_inplace(z, g));
+  return ZP_OK;
+}
+
+static const zp_strategy_ops s3_ops = {
+  sizeof(zp_strategy_ops), s3_plan, s3_open, s3_close, s3_pre_forward, s3_post_forward, s3_pre_backward, s3_grads_ready, s3_step,
+};
+static const zp_plugin_desc s3_desc = {
+  sizeof(zp_plugin_desc), ZP_ABI_MAJOR, ZP_ABI_MINOR, "stage3", "0.1.0", ZP_KIND_STRATEGY,
+  "ZeRO-3: parameters, gradients and optimizer state sharded; gather per group, drop after use",
+  &s3_ops, NULL, NULL, NULL,
+};
+ZP_PLUGIN_EXPORT const zp_plugin_desc* zp_plugin_entry(void) { return &s3_desc; }
