@@ -1,6 +1,8 @@
 /* gemm_cpu.c: row-major GEMM for the CPU backend (see gemm_cpu.h for the contract).
  * Invariants:
- * - BLAS (cblas_sgemm/dgemm) when built with ZP_HAVE_CBLAS and ZP_CPU_GEMM != "builtin".
+ * - BLAS (cblas_sgemm/dgemm) when built with ZP_HAVE_CBLAS and ZP_CPU_GEMM != "builtin",
+ *   as single-threaded calls on a fixed grid of output chunks (see ZP_BLAS_CHUNKED), so BLAS
+ *   results do not depend on the thread count either.
  * - The built-in GEMM is cache blocked (MC x KC panels of A, KC x NC panels of B packed into
  *   contiguous, zero-padded micro-panels) with an MR x NR register-tile micro-kernel whose
  *   inner loop over NR columns vectorises. OpenMP splits the independent MC x NC output tiles
@@ -81,6 +83,37 @@ static size_t zp_round_up(size_t x, size_t m) { return (x + m - 1) / m * m; }
 #undef ZG_MR
 #undef ZG_NR
 
+#ifdef ZP_HAVE_CBLAS
+/* BLAS path. A multi-threaded BLAS call partitions the work by its thread count, and its
+ * edge kernels sum K in a different grouping, so results would change with the number of
+ * threads. Instead the output is cut into a fixed grid of ZP_BLAS_MB x ZP_BLAS_NB chunks (a
+ * function of M and N only) and each chunk is one single-threaded BLAS call, the chunks
+ * spread over OpenMP threads. Inside the region every thread sets its own nthreads ICV to 1,
+ * which is what OpenBLAS (OpenMP build) reads to pick its thread count. */
+enum { ZP_BLAS_MB = 128, ZP_BLAS_NB = 256 };
+#define ZP_BLAS_CHUNKED(GEMM, real_t)                                                          \
+  do {                                                                                         \
+    const int mt = (M + ZP_BLAS_MB - 1) / ZP_BLAS_MB, nt = (N + ZP_BLAS_NB - 1) / ZP_BLAS_NB; \
+    const int nch = mt * nt;                                                                   \
+    int nthr = (double)M * N * K < 65536.0 ? 1 : omp_get_max_threads();                       \
+    if (nthr > nch) nthr = nch;                                                                \
+    _Pragma("omp parallel num_threads(nthr)")                                                 \
+    {                                                                                          \
+      omp_set_num_threads(1);                                                                  \
+      _Pragma("omp for schedule(dynamic, 1)")                                                 \
+      for (int t = 0; t < nch; t++) {                                                          \
+        const int i0 = (t / nt) * ZP_BLAS_MB, j0 = (t % nt) * ZP_BLAS_NB;                     \
+        const int mc = M - i0 < ZP_BLAS_MB ? M - i0 : ZP_BLAS_MB;                              \
+        const int nc = N - j0 < ZP_BLAS_NB ? N - j0 : ZP_BLAS_NB;                              \
+        const real_t* a = ta ? A + i0 : A + (size_t)i0 * lda;                                  \
+        const real_t* bb = tb ? B + (size_t)j0 * ldb : B + j0;                                 \
+        GEMM(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,    \
+             mc, nc, K, alpha, a, lda, bb, ldb, beta, C + (size_t)i0 * ldc + j0, ldc);         \
+      }                                                                                        \
+    }                                                                                          \
+  } while (0)
+#endif
+
 int zp_gemm_f32(int ta, int tb, int M, int N, int K, float alpha, const float* A, int lda,
                 const float* B, int ldb, float beta, float* C, int ldc) {
 #ifdef ZP_HAVE_CBLAS
@@ -89,8 +122,7 @@ int zp_gemm_f32(int ta, int tb, int M, int N, int K, float alpha, const float* A
     if (st) return st;
     if (M == 0 || N == 0) return ZP_OK;
     if (K == 0 || alpha == 0.0f) return zp_gemm_scale_c_f32(M, N, beta, C, ldc);
-    cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
-                M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    ZP_BLAS_CHUNKED(cblas_sgemm, float);
     return ZP_OK;
   }
 #endif
@@ -105,8 +137,7 @@ int zp_gemm_f64(int ta, int tb, int M, int N, int K, double alpha, const double*
     if (st) return st;
     if (M == 0 || N == 0) return ZP_OK;
     if (K == 0 || alpha == 0.0) return zp_gemm_scale_c_f64(M, N, beta, C, ldc);
-    cblas_dgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
-                M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    ZP_BLAS_CHUNKED(cblas_dgemm, double);
     return ZP_OK;
   }
 #endif

@@ -5,7 +5,9 @@
  * Invariants:
  * - beta == 0 never reads C (NaN-poisoned outputs are fine).
  * - Results never depend on the number of OpenMP threads: work is split over independent
- *   output tiles only, K is always summed in the same order.
+ *   output tiles only, K is always summed in the same order (BLAS: single-threaded calls on a
+ *   fixed grid of output chunks; a multi-threaded OpenBLAS call is not thread-count stable).
+ * - Calls from inside an active OpenMP parallel region run on the calling thread.
  * - zp_gemm_* uses cblas_?gemm when built with ZP_HAVE_CBLAS, unless the environment variable
  *   ZP_CPU_GEMM=builtin (read at every call) forces the built-in cache-blocked GEMM.
  *   zp_gemm_builtin_* always uses the built-in one. The built-in GEMM adds each finished

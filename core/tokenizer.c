@@ -10,10 +10,13 @@
  *   's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
  * over UTF-8, alternatives tried in order as the regex engine would. Character classes: ASCII is
  * exact (letters A-Z a-z, numbers 0-9, whitespace \t \n \v \f \r and space, everything else
- * "other"). APPROXIMATION: a non-ASCII code point is a letter unless it is Unicode White_Space
- * (U+0085, U+00A0, U+1680, U+2000-U+200A, U+2028, U+2029, U+202F, U+205F, U+3000); non-ASCII
- * digits and punctuation (U+00B2, U+2019, U+2014, ...) therefore join letter runs where Python's
- * `regex` would split them, which changes some token boundaries but never the decoded bytes.
+ * "other"); so are Unicode White_Space (U+0085, U+00A0, U+1680, U+2000-U+200A, U+2028, U+2029,
+ * U+202F, U+205F, U+3000) and a few blocks common in English web text (cls_nonascii: Latin-1,
+ * combining diacritics, general punctuation such as U+2019 and U+2014, super/subscripts,
+ * currency, arrows/math/box/dingbats, CJK punctuation, fullwidth ASCII, emoji).
+ * APPROXIMATION: any other non-ASCII code point counts as a letter (no Unicode tables), so e.g.
+ * Devanagari vowel signs (Mc/Mn) or Arabic punctuation join letter runs where Python's `regex`
+ * would split them. That changes some token boundaries, never the decoded bytes.
  * Invalid UTF-8 bytes are single "letters". */
 #define _GNU_SOURCE /* realpath */
 #include "tokenizer.h"
@@ -610,6 +613,39 @@ static int is_unicode_space(int32_t cp) {
          cp == 0x2029 || cp == 0x202F || cp == 0x205F || cp == 0x3000;
 }
 
+/* Class of a non-ASCII code point: exact for the blocks listed, "letter" elsewhere (see top). */
+static int cls_nonascii(int32_t cp) {
+  if (cp < 0) return C_L; /* invalid UTF-8 byte */
+  if (is_unicode_space(cp)) return C_S;
+  if (cp <= 0xFF) { /* Latin-1 Supplement, exact */
+    if (cp == 0xAA || cp == 0xB5 || cp == 0xBA || (cp >= 0xC0 && cp != 0xD7 && cp != 0xF7)) return C_L;
+    if (cp == 0xB2 || cp == 0xB3 || cp == 0xB9 || (cp >= 0xBC && cp <= 0xBE)) return C_N;
+    return C_O; /* C1 controls, punctuation, symbols, soft hyphen */
+  }
+  if (cp >= 0x0300 && cp <= 0x036F) return C_O; /* combining diacritical marks (Mn) */
+  if (cp >= 0x2000 && cp <= 0x206F) return C_O; /* general punctuation: ' " - ... ZWJ (spaces above) */
+  if (cp >= 0x2070 && cp <= 0x209F) /* superscripts and subscripts */
+    return (cp == 0x2071 || cp == 0x207F || (cp >= 0x2090 && cp <= 0x209C)) ? C_L
+           : (cp == 0x2070 || (cp >= 0x2074 && cp <= 0x2079) || (cp >= 0x2080 && cp <= 0x2089)) ? C_N : C_O;
+  if (cp >= 0x20A0 && cp <= 0x20CF) return C_O; /* currency symbols */
+  if (cp >= 0x2190 && cp <= 0x245F) return C_O; /* arrows, math operators, technical, control pictures */
+  if (cp >= 0x2500 && cp <= 0x27BF) /* box drawing .. dingbats; dingbat digits are numbers */
+    return (cp >= 0x2776 && cp <= 0x2793) ? C_N : C_O;
+  if (cp >= 0x3001 && cp <= 0x303F) { /* CJK symbols and punctuation */
+    if (cp == 0x3007 || (cp >= 0x3021 && cp <= 0x3029) || (cp >= 0x3038 && cp <= 0x303A)) return C_N;
+    if (cp == 0x3005 || cp == 0x3006 || (cp >= 0x3031 && cp <= 0x3035) || cp == 0x303B || cp == 0x303C) return C_L;
+    return C_O;
+  }
+  if (cp >= 0xFE00 && cp <= 0xFE0F) return C_O;   /* variation selectors (Mn) */
+  if (cp >= 0xFF01 && cp <= 0xFF5E) {              /* fullwidth ASCII, mirrors ASCII */
+    if (cp >= 0xFF10 && cp <= 0xFF19) return C_N;
+    if ((cp >= 0xFF21 && cp <= 0xFF3A) || (cp >= 0xFF41 && cp <= 0xFF5A)) return C_L;
+    return C_O;
+  }
+  if (cp >= 0x1F300 && cp <= 0x1FAFF) return C_O; /* emoji, pictographs, symbols */
+  return C_L;
+}
+
 /* class and byte length of the code point at s[i] */
 static int cls_at(const unsigned char* s, size_t n, size_t i, int* len) {
   unsigned c = s[i];
@@ -622,7 +658,7 @@ static int cls_at(const unsigned char* s, size_t n, size_t i, int* len) {
   }
   int32_t cp;
   *len = utf8_next(s, n, i, &cp);
-  return (cp >= 0 && is_unicode_space(cp)) ? C_S : C_L;
+  return cls_nonascii(cp);
 }
 
 /* end (exclusive) of the pre-token starting at i < n */

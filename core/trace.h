@@ -5,6 +5,7 @@
  * backend spans measure host-side issue unless the caller synchronised. */
 #ifndef ZP_TRACE_H
 #define ZP_TRACE_H
+#include <stddef.h>
 #include <stdint.h>
 
 typedef enum { ZP_TR_COMPUTE = 0, ZP_TR_COMM = 1, ZP_TR_IO = 2, ZP_TR_STEP = 3 } zp_trace_cat;

@@ -67,7 +67,9 @@ static float* to_f32(const double* x, size_t n) {
   return f;
 }
 
-/* ---- finite differences ---- */
+/* ---- finite differences ----
+ * Central differences with h = 1e-5 (relative) are good to ~1e-10 here; the check uses
+ * rel 1e-7 + abs 1e-9, tight enough to notice F64 layernorm backward using fp32 statistics. */
 typedef double (*loss_fn)(void* ctx);
 static void fd_check(const char* what, loss_fn f, void* ctx, double* x, size_t n,
                      const double* ana) {
@@ -80,7 +82,7 @@ static void fd_check(const char* what, loss_fn f, void* ctx, double* x, size_t n
     const double xm = x[i], lm = f(ctx);
     x[i] = s;
     const double num = (lp - lm) / (xp - xm);
-    if (!(fabs(ana[i] - num) <= 1e-8 + 1e-6 * fabs(num))) {
+    if (!(fabs(ana[i] - num) <= 1e-9 + 1e-7 * fabs(num))) {
       if (bad < 5)
         fprintf(stderr, "  %s[%zu]: analytic %.12g numeric %.12g\n", what, i, ana[i], num);
       bad++;
@@ -564,6 +566,11 @@ static void test_gemm(void) {
   float x = 0;
   CHECK_EQ_INT(zp_gemm_builtin_f32(0, 0, -1, 1, 1, 1, &x, 1, &x, 1, 0, &x, 1), ZP_E_INVALID);
   CHECK_EQ_INT(zp_gemm_builtin_f32(0, 0, 2, 2, 2, 1, &x, 1, &x, 2, 0, &x, 2), ZP_E_INVALID);
+  /* the BLAS path's per-thread ICV change does not leak to the caller */
+  const int mt = omp_get_max_threads();
+  float big[64 * 64] = {0};
+  zp_gemm_f32(0, 0, 64, 64, 64, 1, big, 64, big, 64, 0, big, 64);
+  CHECK_EQ_INT(omp_get_max_threads(), mt);
   /* K == 0: C = beta C */
   float c2[2] = {NAN, NAN};
   CHECK_EQ_INT(zp_gemm_f32(0, 0, 1, 2, 0, 1, &x, 1, &x, 2, 0, c2, 2), ZP_OK);
@@ -576,7 +583,7 @@ static void adamw_case(zp_dtype pdt, zp_dtype gdt, int param_is_master) {
   const size_t n = 1000;
   const float lr = 1e-2f, b1 = 0.9f, b2 = 0.95f, eps = 1e-8f, wd = 0.1f, gs = 0.5f;
   float *master = falloc(n), *m = falloc(n), *v = falloc(n);
-  double *rm = dalloc(n), *rmo = dalloc(n), *rv = dalloc(n);
+  double *rm = dalloc(n), *rmo = dalloc(n), *rv = dalloc(n), *mmag = dalloc(n);
   void* grad = calloc(n, 4);
   void* param = param_is_master ? (void*)master : calloc(n, 4);
   for (size_t i = 0; i < n; i++) rm[i] = master[i] = (float)(urand() * 2 - 1);
@@ -599,6 +606,7 @@ static void adamw_case(zp_dtype pdt, zp_dtype gdt, int param_is_master) {
     for (size_t i = 0; i < n; i++) {
       const double gg = g[i] * (double)gs;
       rmo[i] = (double)b1 * rmo[i] + (1 - (double)b1) * gg;
+      mmag[i] = (double)b1 * mmag[i] + (1 - (double)b1) * fabs(gg);
       rv[i] = (double)b2 * rv[i] + (1 - (double)b2) * gg * gg;
       const double mh = rmo[i] / (1 - pow(b1, t)), vh = rv[i] / (1 - pow(b2, t));
       rm[i] -= (double)lr * (mh / (sqrt(vh) + (double)eps) + (double)wd * rm[i]);
@@ -607,7 +615,7 @@ static void adamw_case(zp_dtype pdt, zp_dtype gdt, int param_is_master) {
   int bad = 0, badp = 0;
   for (size_t i = 0; i < n; i++) {
     if (!(fabs(master[i] - rm[i]) <= 1e-6 + 1e-5 * fabs(rm[i]))) bad++;
-    if (!(fabs(m[i] - rmo[i]) <= 1e-9 + 1e-5 * fabs(rmo[i]))) bad++;
+    if (!(fabs(m[i] - rmo[i]) <= 1e-6 * mmag[i] + 1e-30)) bad++; /* m may cancel to ~0 */
     if (!(fabs(v[i] - rv[i]) <= 1e-12 + 1e-5 * fabs(rv[i]))) bad++;
     if (!param_is_master) {
       if (pdt == ZP_BF16) badp += ((uint16_t*)param)[i] != zp_f32_to_bf16(master[i]);
@@ -616,7 +624,7 @@ static void adamw_case(zp_dtype pdt, zp_dtype gdt, int param_is_master) {
   }
   CHECK_MSG(bad == 0 && badp == 0, "adamw pdt=%d gdt=%d same=%d: %d state off, %d param off",
             (int)pdt, (int)gdt, param_is_master, bad, badp);
-  free(master), free(m), free(v), free(rm), free(rmo), free(rv), free(grad);
+  free(master), free(m), free(v), free(rm), free(rmo), free(rv), free(mmag), free(grad);
   if (!param_is_master) free(param);
 }
 
@@ -725,11 +733,12 @@ static void test_bf16_cast_accumulate(void) {
       O->cast(b32, sv, ZP_F64, sb, dts[s], NA);
       CHECK_EQ_INT(O->accumulate(b32, dst, dts[a], sb, dts[s], NA, -0.75f), ZP_OK);
       O->cast(b32, out, ZP_F64, dst, dts[a], NA);
-      const double tol = dts[a] == ZP_BF16 ? 1.0 / 256 : dts[a] == ZP_F32 ? 2e-7 : 1e-15;
+      /* relative to the terms' magnitude: the sum may cancel */
+      const double tol = dts[a] == ZP_BF16 ? 1.0 / 256 : dts[a] == ZP_F32 ? 2.5e-7 : 1e-15;
       int bad = 0;
       for (int i = 0; i < NA; i++) {
         const double ref = dv[i] - 0.75 * sv[i];
-        if (!(fabs(out[i] - ref) <= tol * fabs(ref) + 1e-30)) bad++;
+        if (!(fabs(out[i] - ref) <= tol * (fabs(dv[i]) + 0.75 * fabs(sv[i])))) bad++;
         if (dts[a] == ZP_BF16 && ((uint16_t*)dst)[i] != zp_f64_to_bf16(ref)) bad++;
       }
       CHECK_MSG(bad == 0, "accumulate %d += %d: %d off", (int)dts[a], (int)dts[s], bad);

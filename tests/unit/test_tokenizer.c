@@ -1,7 +1,7 @@
 /* test_tokenizer.c: byte-level and GPT-2 BPE tokenizers. The GPT-2 case uses a tiny hand-made
  * vocabulary written to a mkdtemp directory: the 256 byte tokens in GPT-2's own order (so byte
  * ids equal real GPT-2 ids: "!" = 0, "a" = 64, space "Ġ" = 220, "\n" = 198), GPT-2's first ten
- * merges (ids 256..265, as in the real vocab.bpe), and "<|endoftext|>" = 50256. Expected token
+ * merges (ids 256..265, as in the real vocab.bpe), one more ("' s" = 266) and "<|endoftext|>" = 50256. Expected token
  * sequences below are derived by hand from the pre-tokenizer pattern and the merge ranks. */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -19,8 +19,8 @@
 static char g_dir[256];
 static char g_enc[512], g_bpe[512];
 
-static const char* k_merges[] = {"Ġ t", "Ġ a", "h e", "i n", "r e", "o n", "Ġt he", "e r", "Ġ s", "a t"};
-enum { N_MERGES = 10 };
+static const char* k_merges[] = {"Ġ t", "Ġ a", "h e", "i n", "r e", "o n", "Ġt he", "e r", "Ġ s", "a t", "' s"};
+enum { N_MERGES = 11 };
 
 static void put_utf8(char** o, int cp) {
   if (cp < 0x80) {
@@ -158,13 +158,13 @@ static void test_gpt2_sequences(void) {
   CHECK(strcmp(zp_tokenizer_kind(t), "gpt2") == 0);
   CHECK_EQ_INT(zp_tokenizer_max_token_bytes(t), 13);
   /* Pre-tokens: "the" " cat" "'s" " in" " the" " hat" "\n" "\n" "there" "!!".
-     "the": (h,e) rank 2 -> [t, he]; " cat": (a,t) -> [Ġ, c, at]; " the": Ġt (0), he (2),
+     "the": (h,e) rank 2 -> [t, he]; " cat": (a,t) -> [Ġ, c, at]; "'s" -> 266; " the": Ġt (0), he (2),
      Ġt+he (6) -> [Ġthe]; "\n\n" before a letter is "\n","\n" (\s+(?!\S) then \s+);
      "there": he (2) beats re (4) and er (7), then re -> [t, he, re]. */
-  ENC_EQ(t, "the cat's in the hat\n\nthere!!", 83, 258, 220, 66, 265, 6, 82, 220, 259, 262, 220, 71, 265, 198, 198,
+  ENC_EQ(t, "the cat's in the hat\n\nthere!!", 83, 258, 220, 66, 265, 266, 220, 259, 262, 220, 71, 265, 198, 198,
          83, 258, 260, 0, 0);
   /* repeat: served from the cache */
-  ENC_EQ(t, "the cat's in the hat\n\nthere!!", 83, 258, 220, 66, 265, 6, 82, 220, 259, 262, 220, 71, 265, 198, 198,
+  ENC_EQ(t, "the cat's in the hat\n\nthere!!", 83, 258, 220, 66, 265, 266, 220, 259, 262, 220, 71, 265, 198, 198,
          83, 258, 260, 0, 0);
   /* two spaces before a word: the last one joins the word (" ", " the"); at the end, all stay together */
   ENC_EQ(t, "x  the", 87, 220, 262);
@@ -176,7 +176,12 @@ static void test_gpt2_sequences(void) {
   /* all occurrences of the best pair merge in one pass */
   ENC_EQ(t, "inin", 259, 259);
   /* contractions and " ?[^\s\p{L}\p{N}]+" */
-  ENC_EQ(t, "he's", 258, 6, 82);
+  ENC_EQ(t, "he's", 258, 266);
+  ENC_EQ(t, "!'s", 0, 6, 82); /* "!'" is one [^\s\p{L}\p{N}]+ run, then "s" */
+  /* class tables: U+2019 is punctuation (joins the "'" run), U+00BD a number, U+00E9 a letter */
+  ENC_EQ(t, "x\u2019's", 87, 158, 222, 247, 6, 82);
+  ENC_EQ(t, "\u00bd's", 126, 121, 266);
+  ENC_EQ(t, "\u00e9's", 127, 102, 266);
   ENC_EQ(t, "we're", 86, 68, 6, 260);
   ENC_EQ(t, " !?", 220, 0, 30);
   /* non-ASCII: é = C3 A9 -> ids 127, 102; ’ = E2 80 99 -> 158, 222, 247 */
@@ -259,12 +264,12 @@ static void test_gpt2_errors(void) {
   write_vocab(enc2, bpe2, 1, -1, "t he");
   err[0] = 0;
   CHECK(zp_tokenizer_gpt2_load(enc2, bpe2, err, sizeof err) == NULL);
-  CHECK_STR_CONTAINS(err, "bad_vocab.bpe:12: merge \"t he\"");
+  CHECK_STR_CONTAINS(err, "bad_vocab.bpe:13: merge \"t he\"");
 
   write_vocab(enc2, bpe2, 1, -1, "nospace");
   err[0] = 0;
   CHECK(zp_tokenizer_gpt2_load(enc2, bpe2, err, sizeof err) == NULL);
-  CHECK_STR_CONTAINS(err, "bad_vocab.bpe:12:");
+  CHECK_STR_CONTAINS(err, "bad_vocab.bpe:13:");
 
   write_vocab(enc2, bpe2, 1, -1, "a \xe4\xb8\xad");
   err[0] = 0;

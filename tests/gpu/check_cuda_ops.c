@@ -1,0 +1,1514 @@
+/* check_cuda_ops.c: the CUDA backend plugin (zp_cuda.so, bf16) against a CPU reference (fp32),
+ * op by op, on the same inputs; plus a first profile (CUDA events, median of 20 runs).
+ *
+ * Usage: check_cuda_ops [path/to/zp_cuda.so] [--filter SUBSTR] [--no-time] [--quick]
+ *   The plugin path defaults to $ZP_CUDA_PLUGIN, else the build's plugins/zp_cuda.so.
+ *   Exit status: 0 all passed, 1 a check failed, 2 harness error, 77 no CUDA device.
+ *
+ * Method. Inputs are generated in fp32 from a fixed seed and rounded to bf16; the rounded values
+ * feed both backends (bf16 on the GPU, the same values as fp32 on the CPU), so the only
+ * differences are the GPU's bf16 storage of intermediates/outputs and summation order.
+ * Outputs are compared as max |gpu - ref| and rel_l2 = ||gpu - ref||_2 / ||ref||_2.
+ * Tolerances (rel_l2 must be below; stated once here):
+ *   TOL_OUT   1e-2  bf16 outputs of forward ops (bf16 rounding alone gives ~2e-3)
+ *   TOL_GRAD  2e-2  bf16 gradients (several bf16-rounded intermediates in a row)
+ *   TOL_ROUND 1e-3  single-rounding ops into bf16 (cast/accumulate/scale: at most 1 ulp apart)
+ *   TOL_F32   1e-5  fp32 results computed in fp32 on both sides (LN stats, AdamW state)
+ *   TOL_SUM   1e-4  fp32/fp64 reductions over long rows (losses, sumsq)
+ *   exact     0     memory copies, casts into wider types, fill, determinism re-runs
+ * Accumulate-vs-overwrite is checked too: accumulated outputs (dweight, dbias, layernorm and
+ * encoder dinp) start from random values, overwritten ones (dinp of matmul, dqkv, gelu dinp)
+ * start as NaN on both sides.
+ *
+ * Reference backend: the core's CPU backend (zp_cpu_backend_ops, compute dtype F32) from
+ * libzpcore. Built with -DZP_CHECK_OWN_REF (tests/gpu/build_check.sh, for a GPU machine without
+ * the core's dependencies) a small independent fp32 reference in this file is used instead.
+ *
+ * Timing: a second instance of the CUDA backend is created with ZP_CUDA_STREAM=legacy, so its
+ * ops run on the legacy default stream and cudaEventRecord(…, 0) brackets them exactly. Both
+ * attention variants are checked: the default (naive) and ZP_CUDA_ATTN=flash (SKIP if the
+ * plugin does not implement it).
+ */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cuda_runtime.h>
+
+#include "zp/zp_plugin.h"
+#ifndef ZP_CHECK_OWN_REF
+#include "backend_cpu.h"
+#endif
+
+#define TOL_OUT 1e-2
+#define TOL_GRAD 2e-2
+#define TOL_ROUND 1e-3
+#define TOL_F32 1e-5
+#define TOL_SUM 1e-4
+#define TOL_EXACT 0.0
+#define TIME_REPS 20
+
+/* ================================================================ harness state */
+
+static const zp_backend_ops* G;  /* cuda */
+static const zp_backend_ops* R;  /* reference */
+static zp_backend* gb;           /* cuda, default (non-blocking stream) */
+static zp_backend* gfb;          /* cuda, ZP_CUDA_ATTN=flash */
+static zp_backend* tb;           /* cuda, legacy stream: timing */
+static zp_backend* tfb;          /* cuda, legacy stream + flash: timing */
+static zp_backend* rb;           /* reference */
+static int g_time = 1, g_quick = 0;
+static const char* g_filter = NULL;
+static int g_pass, g_fail, g_skip;
+static char g_last_error[1024];
+
+static void die(const char* fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
+static void die(const char* fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  fprintf(stderr, "check_cuda_ops: harness error: ");
+  vfprintf(stderr, fmt, ap);
+  va_end(ap);
+  if (g_last_error[0]) fprintf(stderr, " (last backend error: %s)", g_last_error);
+  fputc('\n', stderr);
+  exit(2);
+}
+
+/* ---------------------------------------------------------------- host services */
+
+static void h_log(zp_host_ctx* ctx, zp_log_level lvl, const char* fmt, ...) {
+  (void)ctx;
+  if (lvl > ZP_LOG_INFO) return;
+  va_list ap;
+  va_start(ap, fmt);
+  fprintf(stderr, "[backend log] ");
+  vfprintf(stderr, fmt, ap);
+  fputc('\n', stderr);
+  va_end(ap);
+}
+static void h_set_error(zp_host_ctx* ctx, const char* fmt, ...) {
+  (void)ctx;
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(g_last_error, sizeof g_last_error, fmt, ap);
+  va_end(ap);
+  fprintf(stderr, "[backend error] %s\n", g_last_error);
+}
+static int h_cfg_int(zp_host_ctx* c, const char* p, int64_t* o) { (void)c; (void)p; (void)o; return ZP_E_INVALID; }
+static int h_cfg_float(zp_host_ctx* c, const char* p, double* o) { (void)c; (void)p; (void)o; return ZP_E_INVALID; }
+static int h_cfg_bool(zp_host_ctx* c, const char* p, int* o) { (void)c; (void)p; (void)o; return ZP_E_INVALID; }
+static int h_cfg_string(zp_host_ctx* c, const char* p, const char** o) { (void)c; (void)p; (void)o; return ZP_E_INVALID; }
+static int h_alloc(zp_host_ctx* c, zp_category cat, zp_tier tier, size_t bytes, const char* tag,
+                   void** out) {
+  (void)c; (void)cat; (void)tier; (void)tag;
+  *out = malloc(bytes ? bytes : 1);
+  return *out ? ZP_OK : ZP_E_NOMEM;
+}
+static void h_free(zp_host_ctx* c, zp_category cat, zp_tier tier, void* p, size_t bytes) {
+  (void)c; (void)cat; (void)tier; (void)bytes;
+  free(p);
+}
+static zp_host g_host = {sizeof(zp_host), ZP_ABI_MAJOR, ZP_ABI_MINOR, NULL, h_log, h_set_error,
+                         h_cfg_int, h_cfg_float, h_cfg_bool, h_cfg_string, h_alloc, h_free, 0, 1};
+
+/* ---------------------------------------------------------------- bf16 on the host */
+
+static uint16_t f2bf(float f) {
+  uint32_t u;
+  memcpy(&u, &f, 4);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40); /* quiet NaN */
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return (uint16_t)(u >> 16);
+}
+static float bf2f(uint16_t h) {
+  uint32_t u = (uint32_t)h << 16;
+  float f;
+  memcpy(&f, &u, 4);
+  return f;
+}
+static float rbf(float f) { return bf2f(f2bf(f)); }
+
+/* ---------------------------------------------------------------- rng */
+
+static uint64_t g_seed = 0x5eed1234abcdULL;
+static uint64_t rng_u64(void) {
+  uint64_t z = (g_seed += 0x9e3779b97f4a7c15ULL);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+  return z ^ (z >> 31);
+}
+static double rng_unif(void) { return (double)(rng_u64() >> 11) * (1.0 / 9007199254740992.0); }
+static float rng_normal(void) {
+  double u1 = rng_unif(), u2 = rng_unif();
+  if (u1 < 1e-300) u1 = 1e-300;
+  return (float)(sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2));
+}
+
+/* ---------------------------------------------------------------- tracked allocations */
+
+#define MAXTRACK 512
+static struct { const zp_backend_ops* o; zp_backend* b; void* p; } g_dev[MAXTRACK];
+static int g_ndev;
+static void* g_host_blocks[MAXTRACK];
+static int g_nhost;
+
+static void* hmalloc(size_t bytes) {
+  void* p = malloc(bytes ? bytes : 1);
+  if (!p) die("out of host memory (%zu bytes)", bytes);
+  if (g_nhost == MAXTRACK) die("too many host blocks");
+  g_host_blocks[g_nhost++] = p;
+  return p;
+}
+static void* dalloc(const zp_backend_ops* o, zp_backend* b, size_t bytes) {
+  void* p = NULL;
+  if (o->alloc(b, bytes ? bytes : 1, &p) != ZP_OK || !p) die("alloc of %zu bytes failed", bytes);
+  if (g_ndev == MAXTRACK) die("too many device blocks");
+  g_dev[g_ndev].o = o;
+  g_dev[g_ndev].b = b;
+  g_dev[g_ndev].p = p;
+  g_ndev++;
+  return p;
+}
+static void release_all(void) {
+  for (int i = g_ndev - 1; i >= 0; i--) g_dev[i].o->free(g_dev[i].b, g_dev[i].p);
+  g_ndev = 0;
+  for (int i = 0; i < g_nhost; i++) free(g_host_blocks[i]);
+  g_nhost = 0;
+}
+
+#define CK(call)                                                              \
+  do {                                                                        \
+    int rc_ = (call);                                                         \
+    if (rc_ != ZP_OK) die("%s returned %d at line %d", #call, rc_, __LINE__); \
+  } while (0)
+
+/* host arrays */
+static float* hrand(size_t n, float scale, float shift) { /* bf16-representable values */
+  float* h = (float*)hmalloc(n * sizeof(float));
+  for (size_t i = 0; i < n; i++) h[i] = rbf(shift + scale * rng_normal());
+  return h;
+}
+static float* hrand_f32(size_t n, float scale) { /* full fp32 values */
+  float* h = (float*)hmalloc(n * sizeof(float));
+  for (size_t i = 0; i < n; i++) h[i] = scale * rng_normal();
+  return h;
+}
+static float* hconst(size_t n, float v) {
+  float* h = (float*)hmalloc(n * sizeof(float));
+  for (size_t i = 0; i < n; i++) h[i] = v;
+  return h;
+}
+
+/* pack floats into dtype bytes / unpack (host) */
+static void* pack(zp_dtype t, const float* v, size_t n) {
+  void* p = hmalloc(n * zp_dtype_size(t));
+  for (size_t i = 0; i < n; i++) {
+    if (t == ZP_F32) ((float*)p)[i] = v[i];
+    else if (t == ZP_F64) ((double*)p)[i] = v[i];
+    else ((uint16_t*)p)[i] = f2bf(v[i]);
+  }
+  return p;
+}
+static float* unpack(zp_dtype t, const void* p, size_t n) {
+  float* v = (float*)hmalloc(n * sizeof(float));
+  for (size_t i = 0; i < n; i++) {
+    if (t == ZP_F32) v[i] = ((const float*)p)[i];
+    else if (t == ZP_F64) v[i] = (float)((const double*)p)[i];
+    else v[i] = bf2f(((const uint16_t*)p)[i]);
+  }
+  return v;
+}
+
+/* uploads: gpu copies in bf16 (or a given dtype), reference copies in fp32 */
+static void* gup_t(zp_dtype t, const float* h, size_t n) {
+  void* d = dalloc(G, gb, n * zp_dtype_size(t));
+  CK(G->copy_h2d(gb, d, pack(t, h, n), n * zp_dtype_size(t)));
+  return d;
+}
+static void* gup(const float* h, size_t n) { return gup_t(ZP_BF16, h, n); }
+static void* gup_bytes(const void* h, size_t bytes) {
+  void* d = dalloc(G, gb, bytes);
+  CK(G->copy_h2d(gb, d, h, bytes));
+  return d;
+}
+static void* rup_t(zp_dtype t, const float* h, size_t n) {
+  void* d = dalloc(R, rb, n * zp_dtype_size(t));
+  CK(R->copy_h2d(rb, d, pack(t, h, n), n * zp_dtype_size(t)));
+  return d;
+}
+static void* rup(const float* h, size_t n) { return rup_t(ZP_F32, h, n); }
+static void* rup_bytes(const void* h, size_t bytes) {
+  void* d = dalloc(R, rb, bytes);
+  CK(R->copy_h2d(rb, d, h, bytes));
+  return d;
+}
+static float* gdown_t(zp_dtype t, const void* d, size_t n) {
+  void* h = hmalloc(n * zp_dtype_size(t));
+  CK(G->copy_d2h(gb, h, d, n * zp_dtype_size(t)));
+  return unpack(t, h, n);
+}
+static float* gdown(const void* d, size_t n) { return gdown_t(ZP_BF16, d, n); }
+static float* rdown_t(zp_dtype t, const void* d, size_t n) {
+  void* h = hmalloc(n * zp_dtype_size(t));
+  CK(R->copy_d2h(rb, h, d, n * zp_dtype_size(t)));
+  return unpack(t, h, n);
+}
+static float* rdown(const void* d, size_t n) { return rdown_t(ZP_F32, d, n); }
+
+/* ---------------------------------------------------------------- results */
+
+typedef struct {
+  char name[48], shape[48], note[48];
+  double max_abs, rel;
+  int pass, skip;
+} result_t;
+static result_t g_pend[64];
+static int g_npend;
+
+static int want(const char* name) { return !g_filter || strstr(name, g_filter) != NULL; }
+
+static result_t* pend(const char* name, const char* shape) {
+  if (g_npend == 64) die("too many pending results");
+  result_t* r = &g_pend[g_npend++];
+  memset(r, 0, sizeof *r);
+  snprintf(r->name, sizeof r->name, "%s", name);
+  snprintf(r->shape, sizeof r->shape, "%s", shape);
+  return r;
+}
+
+static void cmp(const char* name, const char* shape, const float* got, const float* ref, size_t n,
+                double tol) {
+  result_t* r = pend(name, shape);
+  double num = 0, den = 0, mx = 0;
+  size_t bad = 0;
+  for (size_t i = 0; i < n; i++) {
+    double g = got[i], e = ref[i];
+    if (isnan(g) != isnan(e) || isinf(g) != isinf(e)) {
+      bad++;
+      continue;
+    }
+    if (isnan(g) || isinf(g)) continue;
+    double d = fabs(g - e);
+    if (d > mx) mx = d;
+    num += d * d;
+    den += e * e;
+  }
+  r->max_abs = bad ? INFINITY : mx;
+  r->rel = bad ? INFINITY : (den > 0 ? sqrt(num / den) : sqrt(num));
+  r->pass = !bad && (tol == 0.0 ? mx == 0.0 : r->rel < tol);
+  if (bad) snprintf(r->note, sizeof r->note, "%zu nan/inf mismatches", bad);
+}
+static void cmp_d(const char* name, const char* shape, double got, double ref, double tol) {
+  result_t* r = pend(name, shape);
+  r->max_abs = fabs(got - ref);
+  r->rel = ref != 0 ? r->max_abs / fabs(ref) : r->max_abs;
+  r->pass = !isnan(got) && (tol == 0.0 ? r->max_abs == 0.0 : r->rel < tol);
+}
+static void cmp_bytes(const char* name, const char* shape, const void* a, const void* b,
+                      size_t bytes) {
+  result_t* r = pend(name, shape);
+  size_t bad = 0;
+  for (size_t i = 0; i < bytes; i++) bad += ((const uint8_t*)a)[i] != ((const uint8_t*)b)[i];
+  r->max_abs = (double)bad;
+  r->rel = bytes ? (double)bad / (double)bytes : 0;
+  r->pass = bad == 0;
+  if (bad) snprintf(r->note, sizeof r->note, "%zu bytes differ", bad);
+}
+static void skip_res(const char* name, const char* shape, const char* why) {
+  result_t* r = pend(name, shape);
+  r->skip = 1;
+  snprintf(r->note, sizeof r->note, "%s", why);
+}
+static void flush(double ms) {
+  for (int i = 0; i < g_npend; i++) {
+    result_t* r = &g_pend[i];
+    char t[32] = "       -";
+    if (!isnan(ms) && i == 0) snprintf(t, sizeof t, "%8.4f", ms);
+    if (r->skip) {
+      printf("%-30s %-28s %11s %10s %s  SKIP %s\n", r->name, r->shape, "-", "-", t, r->note);
+      g_skip++;
+    } else {
+      printf("%-30s %-28s %11.3e %10.3e %s  %s%s%s\n", r->name, r->shape, r->max_abs, r->rel, t,
+             r->pass ? "PASS" : "FAIL", r->note[0] ? "  " : "", r->note);
+      if (r->pass) g_pass++;
+      else g_fail++;
+    }
+  }
+  fflush(stdout);
+  g_npend = 0;
+}
+
+/* ---------------------------------------------------------------- op arguments and timing */
+
+typedef struct {
+  void *o1, *o2, *o3;
+  const void *i1, *i2, *i3, *i4;
+  float *f1, *f2, *f3;
+  const float *cf1, *cf2;
+  const int32_t* ids;
+  int B, T, C, NH, N, IC, OC, V, Vp, step;
+  size_t n;
+  float s, lr, b1, b2, eps, wd, gs;
+  zp_dtype dt, st;
+  double* dout_host;
+} args_t;
+typedef int (*runner_t)(const zp_backend_ops* o, zp_backend* b, const args_t* a);
+
+/* median of TIME_REPS event-timed runs on a legacy-stream instance (ms); NAN if off */
+static double gtime(zp_backend* timing_backend, runner_t f, const args_t* a) {
+  if (!g_time || !timing_backend) return NAN;
+  CK(G->synchronize(gb));
+  if (gfb) CK(G->synchronize(gfb));
+  for (int i = 0; i < 2; i++) CK(f(G, timing_backend, a));
+  cudaEvent_t ev[2 * TIME_REPS];
+  for (int i = 0; i < 2 * TIME_REPS; i++)
+    if (cudaEventCreate(&ev[i]) != cudaSuccess) die("cudaEventCreate failed");
+  for (int i = 0; i < TIME_REPS; i++) {
+    cudaEventRecord(ev[2 * i], 0);
+    CK(f(G, timing_backend, a));
+    cudaEventRecord(ev[2 * i + 1], 0);
+  }
+  if (cudaEventSynchronize(ev[2 * TIME_REPS - 1]) != cudaSuccess) die("cudaEventSynchronize failed");
+  float ms[TIME_REPS];
+  for (int i = 0; i < TIME_REPS; i++) cudaEventElapsedTime(&ms[i], ev[2 * i], ev[2 * i + 1]);
+  for (int i = 0; i < 2 * TIME_REPS; i++) cudaEventDestroy(ev[i]);
+  for (int i = 1; i < TIME_REPS; i++) /* insertion sort */
+    for (int j = i; j > 0 && ms[j] < ms[j - 1]; j--) {
+      float t = ms[j];
+      ms[j] = ms[j - 1];
+      ms[j - 1] = t;
+    }
+  CK(G->synchronize(timing_backend));
+  return 0.5 * (ms[TIME_REPS / 2 - 1] + ms[TIME_REPS / 2]);
+}
+
+/* ================================================================ tests */
+
+static void t_memory(void) {
+  if (!want("memory")) return;
+  size_t bytes = (1u << 20) + 3;
+  uint8_t* h = (uint8_t*)hmalloc(bytes);
+  for (size_t i = 0; i < bytes; i++) h[i] = (uint8_t)rng_u64();
+  void* d1 = gup_bytes(h, bytes);
+  void* d2 = dalloc(G, gb, bytes);
+  CK(G->copy_d2d(gb, d2, d1, bytes));
+  uint8_t* back = (uint8_t*)hmalloc(bytes);
+  CK(G->copy_d2h(gb, back, d2, bytes));
+  cmp_bytes("memory.h2d_d2d_d2h", "1MiB+3", h, back, bytes);
+  CK(G->memset0(gb, (uint8_t*)d2 + 5, 1000));
+  CK(G->copy_d2h(gb, back, d2, bytes));
+  memset(h + 5, 0, 1000);
+  cmp_bytes("memory.memset0", "1000 at +5", h, back, bytes);
+  zp_backend_info inf;
+  memset(&inf, 0, sizeof inf);
+  CK(G->info(gb, &inf));
+  printf("# device: %s, peak %.0f TFLOP/s, memory %.1f GiB free of %.1f GiB, compute dtype %d\n",
+         inf.device_name, inf.peak_flops / 1e12, inf.mem_free / 1073741824.0,
+         inf.mem_total / 1073741824.0, (int)inf.compute_dtype);
+  {
+    result_t* r = pend("info", "compute_dtype=bf16");
+    r->pass = inf.compute_dtype == ZP_BF16 && inf.device_name && inf.mem_total > 0 &&
+              inf.mem_free <= inf.mem_total;
+  }
+  flush(NAN);
+  release_all();
+}
+
+/* ---- cast / accumulate / fill / scale / sumsq ---- */
+
+static const char* dtn(zp_dtype t) { return t == ZP_F32 ? "f32" : t == ZP_BF16 ? "bf16" : "f64"; }
+
+static int r_cast(const zp_backend_ops* o, zp_backend* b, const args_t* a) {
+  return o->cast(b, a->o1, a->dt, a->i1, a->st, a->n);
+}
+static int r_accumulate(const zp_backend_ops* o, zp_backend* b, const args_t* a) {
+  return o->accumulate(b, a->o1, a->dt, a->i1, a->st, a->n, a->s);
+}
+static int r_fill(const zp_backend_ops* o, zp_backend* b, const args_t* a) {
+  return o->fill(b, a->o1, a->dt, a->n, (double)a->s);
+}
+static int r_scale(const zp_backend_ops* o, zp_backend* b, const args_t* a) {
+  return o->scale(b, a->o1, a->dt, a->n, a->s);
+}
+static int r_sumsq(const zp_backend_ops* o, zp_backend* b, const args_t* a) {
+  return o->sumsq(b, a->dout_host, a->i1, a->dt, a->n);
+}
+
+/* runs f on both sides with dtype-typed buffers; returns 0 if the reference lacks it */
+static int both_typed(runner_t f, args_t* ga, args_t* ra, const char* name, const char* shape) {
+  int rc = f(G, gb, ga);
+  if (rc != ZP_OK) die("%s: cuda returned %d", name, rc);
+  rc = f(R, rb, ra);
+  if (rc == ZP_E_NOT_IMPLEMENTED) {
+    skip_res(name, shape, "reference: not implemented");
+    return 0;
+  }
+  if (rc != ZP_OK) die("%s: reference returned %d", name, rc);
+  return 1;
+}
+
+static void t_dtype_ops(void) {
+  const zp_dtype ts[3] = {ZP_F32, ZP_BF16, ZP_F64};
+  size_t n = g_quick ? 100003 : 1000003;
+  char shape[48], name[48];
+  snprintf(shape, sizeof shape, "n=%zu", n);
+  for (int di = 0; di < 3; di++)
+    for (int si = 0; si < 3; si++) {
+      zp_dtype dt = ts[di], st = ts[si];
+      /* cast */
+      snprintf(name, sizeof name, "cast %s<-%s", dtn(dt), dtn(st));
+      if (want(name)) {
+        float* src = hrand_f32(n, 3.0f);
+        args_t ga = {0}, ra = {0};
+        ga.dt = ra.dt = dt;
+        ga.st = ra.st = st;
+        ga.n = ra.n = n;
+        ga.i1 = gup_t(st, src, n);
+        ra.i1 = rup_t(st, src, n);
+        ga.o1 = dalloc(G, gb, n * zp_dtype_size(dt));
+        ra.o1 = dalloc(R, rb, n * zp_dtype_size(dt));
+        if (both_typed(r_cast, &ga, &ra, name, shape)) {
+          double tol = (dt == ZP_BF16 && st != ZP_BF16) ? TOL_ROUND
+                       : (dt == ZP_F32 && st == ZP_F64) ? TOL_F32 : TOL_EXACT;
+          cmp(name, shape, gdown_t(dt, ga.o1, n), rdown_t(dt, ra.o1, n), n, tol);
+        }
+        flush(gtime(tb, r_cast, &ga));
+        release_all();
+      }
+      /* accumulate */
+      snprintf(name, sizeof name, "accumulate %s+=%s", dtn(dt), dtn(st));
+      if (want(name)) {
+        float* src = hrand_f32(n, 1.0f);
+        float* dst = hrand_f32(n, 1.0f);
+        args_t ga = {0}, ra = {0};
+        ga.dt = ra.dt = dt;
+        ga.st = ra.st = st;
+        ga.n = ra.n = n;
+        ga.s = ra.s = 0.5f;
+        ga.i1 = gup_t(st, src, n);
+        ra.i1 = rup_t(st, src, n);
+        ga.o1 = gup_t(dt, dst, n);
+        ra.o1 = rup_t(dt, dst, n);
+        if (both_typed(r_accumulate, &ga, &ra, name, shape)) {
+          double tol = dt == ZP_BF16 ? TOL_ROUND : TOL_F32;
+          cmp(name, shape, gdown_t(dt, ga.o1, n), rdown_t(dt, ra.o1, n), n, tol);
+        }
+        flush(gtime(tb, r_accumulate, &ga));
+        release_all();
+      }
+    }
+  for (int di = 0; di < 3; di++) {
+    zp_dtype dt = ts[di];
+    snprintf(name, sizeof name, "fill %s", dtn(dt));
+    if (want(name)) {
+      args_t ga = {0}, ra = {0};
+      ga.dt = ra.dt = dt;
+      ga.n = ra.n = n;
+      ga.s = ra.s = 1.5f;
+      ga.o1 = dalloc(G, gb, n * zp_dtype_size(dt));
+      ra.o1 = dalloc(R, rb, n * zp_dtype_size(dt));
+      if (both_typed(r_fill, &ga, &ra, name, shape))
+        cmp(name, shape, gdown_t(dt, ga.o1, n), rdown_t(dt, ra.o1, n), n, TOL_EXACT);
+      /* NaN fill (poisoning): every element must read back NaN */
+      CK(G->fill(gb, ga.o1, dt, n, (double)NAN));
+      float* g = gdown_t(dt, ga.o1, n);
+      size_t notnan = 0;
+      for (size_t i = 0; i < n; i++) notnan += !isnan(g[i]);
+      result_t* r = pend("fill nan", dtn(dt));
+      r->max_abs = (double)notnan;
+      r->pass = notnan == 0;
+      flush(gtime(tb, r_fill, &ga));
+      release_all();
+    }
+    snprintf(name, sizeof name, "scale %s", dtn(dt));
+    if (want(name)) {
+      float* x = hrand_f32(n, 1.0f);
+      args_t ga = {0}, ra = {0};
+      ga.dt = ra.dt = dt;
+      ga.n = ra.n = n;
+      ga.s = ra.s = 0.75f;
+      ga.o1 = gup_t(dt, x, n);
+      ra.o1 = rup_t(dt, x, n);
+      if (both_typed(r_scale, &ga, &ra, name, shape))
+        cmp(name, shape, gdown_t(dt, ga.o1, n), rdown_t(dt, ra.o1, n), n,
+            dt == ZP_BF16 ? TOL_ROUND : TOL_F32);
+      flush(gtime(tb, r_scale, &ga));
+      release_all();
+    }
+    snprintf(name, sizeof name, "sumsq %s", dtn(dt));
+    if (want(name)) {
+      size_t m = g_quick ? 300017 : 3000017;
+      char sh[48];
+      snprintf(sh, sizeof sh, "n=%zu", m);
+      float* x = hrand_f32(m, 1.0f);
+      double gr = -1, rr = -2, gr2 = -3;
+      args_t ga = {0}, ra = {0};
+      ga.dt = ra.dt = dt;
+      ga.n = ra.n = m;
+      ga.i1 = gup_t(dt, x, m);
+      ra.i1 = rup_t(dt, x, m);
+      ga.dout_host = &gr;
+      ra.dout_host = &rr;
+      if (both_typed(r_sumsq, &ga, &ra, name, sh)) cmp_d(name, sh, gr, rr, TOL_SUM);
+      ga.dout_host = &gr2;
+      CK(r_sumsq(G, gb, &ga));
+      cmp_bytes("sumsq.deterministic", dtn(dt), &gr, &gr2, sizeof gr);
+      double tmp;
+      ga.dout_host = &tmp;
+      flush(gtime(tb, r_sumsq, &ga));
+      release_all();
+    }
+  }
+}
+
+/* ---- encoder ---- */
+
+static int r_enc_fwd(const zp_backend_ops* o, zp_backend* b, const args_t* a) {
+  return o->encoder_fwd(b, a->o1, a->ids, a->i1, a->i2, a->B, a->T, a->C);
+}
+static int r_enc_bwd(const zp_backend_ops* o, zp_backend* b, const args_t* a) {
+  return o->encoder_bwd(b, a->o1, a->o2, a->i1, a->ids, a->B, a->T, a->C);
+}
+
+static void t_encoder(int B, int T, int C, int V) {
+  char shape[64];
+  snprintf(shape, sizeof shape, "B%d T%d C%d V%d", B, T, C, V);
+  size_t BT = (size_t)B * T;
+  int32_t* tok = (int32_t*)hmalloc(BT * sizeof(int32_t));
+  for (size_t i = 0; i < BT; i++) /* half random, half from a few ids: many repeats */
+    tok[i] = (i % 2) ? (int32_t)(rng_u64() % (uint64_t)V) : (int32_t)(rng_u64() % 17);
+  tok[BT - 1] = V - 1;
+  float* wte = hrand((size_t)V * C, 0.5f, 0.0f);
+  float* wpe = hrand((size_t)T * C, 0.5f, 0.0f);
+  args_t ga = {0}, ra = {0};
+  ga.B = ra.B = B;
+  ga.T = ra.T = T;
+  ga.C = ra.C = C;
+  ga.ids = (const int32_t*)gup_bytes(tok, BT * 4);
+  ra.ids = (const int32_t*)rup_bytes(tok, BT * 4);
+  if (want("encoder_fwd")) {
+    ga.i1 = gup(wte, (size_t)V * C);
+    ra.i1 = rup(wte, (size_t)V * C);
+    ga.i2 = gup(wpe, (size_t)T * C);
+    ra.i2 = rup(wpe, (size_t)T * C);
+    ga.o1 = dalloc(G, gb, BT * C * 2);
+    ra.o1 = dalloc(R, rb, BT * C * 4);
+    CK(r_enc_fwd(G, gb, &ga));
+    CK(r_enc_fwd(R, rb, &ra));
+    cmp("encoder_fwd", shape, gdown(ga.o1, BT * C), rdown(ra.o1, BT * C), BT * C, TOL_OUT);
+    flush(gtime(tb, r_enc_fwd, &ga));
+  }
+  if (want("encoder_bwd")) {
+    float* dout = hrand(BT * C, 1.0f, 0.0f);
+    float* dwte0 = hrand((size_t)V * C, 1.0f, 0.0f);
+    float* dwpe0 = hrand((size_t)T * C, 1.0f, 0.0f);
+    ga.i1 = gup(dout, BT * C);
+    ra.i1 = rup(dout, BT * C);
+    ga.o1 = gup(dwte0, (size_t)V * C);
+    ra.o1 = rup(dwte0, (size_t)V * C);
+    ga.o2 = gup(dwpe0, (size_t)T * C);
+    ra.o2 = rup(dwpe0, (size_t)T * C);
+    CK(r_enc_bwd(G, gb, &ga));
+    CK(r_enc_bwd(R, rb, &ra));
+    cmp("encoder_bwd.dwte", shape, gdown(ga.o1, (size_t)V * C), rdown(ra.o1, (size_t)V * C),
+        (size_t)V * C, TOL_GRAD);
+    cmp("encoder_bwd.dwpe", shape, gdown(ga.o2, (size_t)T * C), rdown(ra.o2, (size_t)T * C),
+        (size_t)T * C, TOL_GRAD);
+    /* determinism: twice from zero, bitwise equal */
+    size_t wb = (size_t)V * C * 2;
+    void* h1 = hmalloc(wb);
+    void* h2 = hmalloc(wb);
+    for (int k = 0; k < 2; k++) {
+      CK(G->memset0(gb, ga.o1, wb));
+      CK(G->memset0(gb, ga.o2, (size_t)T * C * 2));
+      CK(r_enc_bwd(G, gb, &ga));
+      CK(G->copy_d2h(gb, k ? h2 : h1, ga.o1, wb));
+    }
+    cmp_bytes("encoder_bwd.deterministic", shape, h1, h2, wb);
+    flush(gtime(tb, r_enc_bwd, &ga));
+  }
+  release_all();
+}
+
+/* ---- layernorm ---- */
+
+static int r_ln_fwd(const zp_backend_ops* o, zp_backend* b, const args_t* a) {
+  return o->layernorm_fwd(b, a->o1, a->f1, a->f2, a->i1, a->i2, a->i3, a->N, a->C);
+}
+static int r_ln_bwd(const zp_backend_ops* o, zp_backend* b, const args_t* a) {
+  return o->layernorm_bwd(b, a->o1, a->o2, a->o3, a->i4, a->i1, a->i2, a->cf1, a->cf2, a->N,
+                          a->C);
+}
+
+static void t_layernorm(int N, int C) {
+  if (!want("layernorm")) return;
+  char shape[64];
+  snprintf(shape, sizeof shape, "N%d C%d", N, C);
+  size_t NC = (size_t)N * C;
+  float* x = hrand(NC, 1.0f, 0.3f);
+  float* w = hrand(C, 0.1f, 1.0f);
+  float* bias = hrand(C, 0.1f, 0.0f);
+  args_t ga = {0}, ra = {0};
+  ga.N = ra.N = N;
+  ga.C = ra.C = C;
+  ga.i1 = gup(x, NC);
+  ra.i1 = rup(x, NC);
+  ga.i2 = gup(w, C);
+  ra.i2 = rup(w, C);
+  ga.i3 = gup(bias, C);
+  ra.i3 = rup(bias, C);
+  ga.o1 = dalloc(G, gb, NC * 2);
+  ra.o1 = dalloc(R, rb, NC * 4);
+  ga.f1 = (float*)dalloc(G, gb, N * 4);
+  ra.f1 = (float*)dalloc(R, rb, N * 4);
+  ga.f2 = (float*)dalloc(G, gb, N * 4);
+  ra.f2 = (float*)dalloc(R, rb, N * 4);
+  CK(r_ln_fwd(G, gb, &ga));
+  CK(r_ln_fwd(R, rb, &ra));
+  cmp("layernorm_fwd.out", shape, gdown(ga.o1, NC), rdown(ra.o1, NC), NC, TOL_OUT);
+  cmp("layernorm_fwd.mean", shape, gdown_t(ZP_F32, ga.f1, N), rdown(ra.f1, N), N, TOL_F32);
+  cmp("layernorm_fwd.rstd", shape, gdown_t(ZP_F32, ga.f2, N), rdown(ra.f2, N), N, TOL_F32);
+  flush(gtime(tb, r_ln_fwd, &ga));
+
+  float* dout = hrand(NC, 1.0f, 0.0f);
+  float* dinp0 = hrand(NC, 1.0f, 0.0f);
+  float* dw0 = hrand(C, 1.0f, 0.0f);
+  float* db0 = hrand(C, 1.0f, 0.0f);
+  ga.cf1 = ga.f1;
+  ga.cf2 = ga.f2;
+  ra.cf1 = ra.f1;
+  ra.cf2 = ra.f2;
+  ga.i4 = gup(dout, NC);
+  ra.i4 = rup(dout, NC);
+  ga.o1 = gup(dinp0, NC);
+  ra.o1 = rup(dinp0, NC);
+  ga.o2 = gup(dw0, C);
+  ra.o2 = rup(dw0, C);
+  ga.o3 = gup(db0, C);
+  ra.o3 = rup(db0, C);
+  CK(r_ln_bwd(G, gb, &ga));
+  CK(r_ln_bwd(R, rb, &ra));
+  cmp("layernorm_bwd.dinp(acc)", shape, gdown(ga.o1, NC), rdown(ra.o1, NC), NC, TOL_GRAD);
+  cmp("layernorm_bwd.dw(acc)", shape, gdown(ga.o2, C), rdown(ra.o2, C), C, TOL_GRAD);
+  cmp("layernorm_bwd.dbias(acc)", shape, gdown(ga.o3, C), rdown(ra.o3, C), C, TOL_GRAD);
+  /* determinism of the parameter-gradient reduction */
+  void* h1 = hmalloc((size_t)C * 2);
+  void* h2 = hmalloc((size_t)C * 2);
+  for (int k = 0; k < 2; k++) {
+    CK(G->memset0(gb, ga.o2, (size_t)C * 2));
+    CK(r_ln_bwd(G, gb, &ga));
+    CK(G->copy_d2h(gb, k ? h2 : h1, ga.o2, (size_t)C * 2));
+  }
+  cmp_bytes("layernorm_bwd.deterministic", shape, h1, h2, (size_t)C * 2);
+  flush(gtime(tb, r_ln_bwd, &ga));
+  release_all();
+}
+
+/* ---- matmul ---- */
+
+static int r_mm_fwd(const zp_backend_ops* o, zp_backend* b, const args_t* a) {
+  return o->matmul_fwd(b, a->o1, a->i1, a->i2, a->i3, a->N, a->IC, a->OC);
+}
+static int r_mm_bwd(const zp_backend_ops* o, zp_backend* b, const args_t* a) {
+  return o->matmul_bwd(b, a->o1, a->o2, a->o3, a->i4, a->i1, a->i2, a->N, a->IC, a->OC);
+}
+
+static void t_matmul(const char* tag, int N, int IC, int OC, int with_bias) {
+  char shape[64];
+  snprintf(shape, sizeof shape, "N%d IC%d OC%d%s", N, IC, OC, with_bias ? " +bias" : "");
+  char nf[48], nb[48];
+  snprintf(nf, sizeof nf, "matmul_fwd[%s]", tag);
+  snprintf(nb, sizeof nb, "matmul_bwd[%s]", tag);
+  if (!want(nf) && !want(nb) && !want("matmul")) return;
+  size_t NI = (size_t)N * IC, NO = (size_t)N * OC, W = (size_t)OC * IC;
+  float* x = hrand(NI, 1.0f, 0.0f);
+  float* w = hrand(W, 0.02f, 0.0f);
+  float* bias = hrand(OC, 0.1f, 0.0f);
+  args_t ga = {0}, ra = {0};
+  ga.N = ra.N = N;
+  ga.IC = ra.IC = IC;
+  ga.OC = ra.OC = OC;
+  ga.i1 = gup(x, NI);
+  ra.i1 = rup(x, NI);
+  ga.i2 = gup(w, W);
+  ra.i2 = rup(w, W);
+  if (with_bias) {
+    ga.i3 = gup(bias, OC);
+    ra.i3 = rup(bias, OC);
+  }
+  ga.o1 = dalloc(G, gb, NO * 2);
+  ra.o1 = dalloc(R, rb, NO * 4);
+  CK(r_mm_fwd(G, gb, &ga));
+  CK(r_mm_fwd(R, rb, &ra));
+  cmp(nf, shape, gdown(ga.o1, NO), rdown(ra.o1, NO), NO, TOL_OUT);
+  double ms = gtime(tb, r_mm_fwd, &ga);
+  flush(ms);
+  if (!isnan(ms))
+    printf("# %s: %.1f TFLOP/s\n", nf, 2.0 * N * IC * (double)OC / (ms * 1e-3) / 1e12);
+
+  float* dout = hrand(NO, 0.05f, 0.0f);
+  float* dw0 = hrand(W, 1.0f, 0.0f);
+  float* db0 = hrand(OC, 1.0f, 0.0f);
+  float* nanv = hconst(NI, NAN);
+  ga.i4 = gup(dout, NO);
+  ra.i4 = rup(dout, NO);
+  ga.o1 = gup(nanv, NI); /* dinp is overwritten: start from NaN */
+  ra.o1 = rup(nanv, NI);
+  ga.o2 = gup(dw0, W);
+  ra.o2 = rup(dw0, W);
+  if (with_bias) {
+    ga.o3 = gup(db0, OC);
+    ra.o3 = rup(db0, OC);
+  }
+  CK(r_mm_bwd(G, gb, &ga));
+  CK(r_mm_bwd(R, rb, &ra));
+  cmp("  .dinp(overwrite)", shape, gdown(ga.o1, NI), rdown(ra.o1, NI), NI, TOL_GRAD);
+  cmp("  .dw(acc)", shape, gdown(ga.o2, W), rdown(ra.o2, W), W, TOL_GRAD);
+  if (with_bias) cmp("  .dbias(acc)", shape, gdown(ga.o3, OC), rdown(ra.o3, OC), OC, TOL_GRAD);
+  /* rename the first pending line to the op */
+  snprintf(g_pend[0].name, sizeof g_pend[0].name, "%s.dinp(overwrite)", nb);
+  ms = gtime(tb, r_mm_bwd, &ga);
+  flush(ms);
+  if (!isnan(ms))
+    printf("# %s: %.1f TFLOP/s\n", nb, 4.0 * N * IC * (double)OC / (ms * 1e-3) / 1e12);
+  release_all();
+}
+
+/* ---- attention ---- */
+
+static int r_att_fwd(const zp_backend_ops* o, zp_backend* b, const args_t* a) {
+  return o->attention_fwd(b, a->o1, a->o2, a->i1, a->B, a->T, a->C, a->NH);
+}
+static int r_att_bwd(const zp_backend_ops* o, zp_backend* b, const args_t* a) {
+  return o->attention_bwd(b, a->o3, a->i4, a->i1, a->i2, a->i3, a->B, a->T, a->C, a->NH);
+}
+
+static void t_attention(int B, int T, int C, int NH) {
+  if (!want("attention")) return;
+  char shape[64];
+  snprintf(shape, sizeof shape, "B%d T%d C%d NH%d", B, T, C, NH);
+  size_t BTC = (size_t)B * T * C;
+  float* qkv = hrand(3 * BTC, 1.5f, 0.0f);
+  float* dout = hrand(BTC, 1.0f, 0.0f);
+  float* nanv = hconst(3 * BTC, NAN);
+  /* reference once */
+  args_t ra = {0};
+  ra.B = B;
+  ra.T = T;
+  ra.C = C;
+  ra.NH = NH;
+  ra.i1 = rup(qkv, 3 * BTC);
+  ra.o1 = dalloc(R, rb, BTC * 4);
+  size_t raux = R->attention_aux_bytes(rb, B, T, C, NH);
+  ra.o2 = dalloc(R, rb, raux);
+  CK(r_att_fwd(R, rb, &ra));
+  ra.i2 = ra.o1;
+  ra.i3 = ra.o2;
+  ra.i4 = rup(dout, BTC);
+  ra.o3 = rup(nanv, 3 * BTC);
+  CK(r_att_bwd(R, rb, &ra));
+  float* ref_out = rdown(ra.o1, BTC);
+  float* ref_dqkv = rdown(ra.o3, 3 * BTC);
+
+  for (int variant = 0; variant < 2; variant++) {
+    zp_backend* b = variant ? gfb : gb;
+    zp_backend* t = variant ? tfb : tb;
+    const char* vn = variant ? "flash" : "default";
+    char nf[48], nb2[48];
+    snprintf(nf, sizeof nf, "attention_fwd[%s]", vn);
+    snprintf(nb2, sizeof nb2, "attention_bwd[%s].dqkv", vn);
+    if (!b) {
+      skip_res(nf, shape, "backend instance not created");
+      flush(NAN);
+      continue;
+    }
+    size_t gaux = G->attention_aux_bytes(b, B, T, C, NH);
+    args_t ga = {0};
+    ga.B = B;
+    ga.T = T;
+    ga.C = C;
+    ga.NH = NH;
+    ga.i1 = gup(qkv, 3 * BTC);
+    ga.o1 = dalloc(G, gb, BTC * 2);
+    ga.o2 = dalloc(G, gb, gaux ? gaux : 1);
+    int rc = r_att_fwd(G, b, &ga);
+    if (rc == ZP_E_NOT_IMPLEMENTED || rc == ZP_E_INVALID) {
+      skip_res(nf, shape, rc == ZP_E_INVALID ? "shape not supported" : "not implemented");
+      flush(NAN);
+      continue;
+    }
+    if (rc) die("attention_fwd[%s] returned %d", vn, rc);
+    cmp(nf, shape, gdown(ga.o1, BTC), ref_out, BTC, TOL_OUT);
+    snprintf(g_pend[g_npend - 1].note, sizeof g_pend[0].note, "aux %.1f MiB",
+             gaux / 1048576.0);
+    double ms = gtime(t, r_att_fwd, &ga);
+    flush(ms);
+    ga.i2 = ga.o1;
+    ga.i3 = ga.o2;
+    ga.i4 = gup(dout, BTC);
+    ga.o3 = gup(nanv, 3 * BTC);
+    rc = r_att_bwd(G, b, &ga);
+    if (rc) die("attention_bwd[%s] returned %d", vn, rc);
+    cmp(nb2, shape, gdown(ga.o3, 3 * BTC), ref_dqkv, 3 * BTC, TOL_GRAD);
+    double msb = gtime(t, r_att_bwd, &ga);
+    flush(msb);
+    if (!isnan(ms)) {
+      double fl = 4.0 * B * NH * (double)T * T * (C / NH) / 2.0; /* causal half */
+      printf("# attention[%s] fwd %.1f, bwd %.1f TFLOP/s (causal FLOPs)\n", vn,
+             fl / (ms * 1e-3) / 1e12, 2.5 * fl / (msb * 1e-3) / 1e12);
+    }
+  }
+  release_all();
+}
+
+/* ---- gelu / residual ---- */
+
+static int r_gelu_fwd(const zp_backend_ops* o, zp_backend* b, const args_t* a) {
+  return o->gelu_fwd(b, a->o1, a->i1, a->n);
+}
+static int r_gelu_bwd(const zp_backend_ops* o, zp_backend* b, const args_t* a) {
+  return o->gelu_bwd(b, a->o1, a->i1, a->i2, a->n);
+}
+static int r_residual(const zp_backend_ops* o, zp_backend* b, const args_t* a) {
+  return o->residual_fwd(b, a->o1, a->i1, a->i2, a->n);
+}
+
+/* misalign = 1: GPU pointers are offset by one bf16 element (forces the scalar path) */
+static void t_pointwise(size_t n, int misalign) {
+  char shape[64];
+  snprintf(shape, sizeof shape, "n=%zu%s", n, misalign ? " misaligned" : "");
+  size_t off = misalign ? 1 : 0;
+  float* x = hrand(n, 2.0f, 0.0f);
+  float* c = hrand(n, 1.0f, 0.0f);
+  float* nanv = hconst(n, NAN);
+  args_t ga = {0}, ra = {0};
+  ga.n = ra.n = n;
+  float* xx = hrand(n + off, 1.0f, 0.0f);
+  float* cc = hrand(n + off, 1.0f, 0.0f);
+  memcpy(xx + off, x, n * 4);
+  memcpy(cc + off, c, n * 4);
+  ga.i1 = (uint16_t*)gup(xx, n + off) + off;
+  ra.i1 = rup(x, n);
+  ga.i2 = (uint16_t*)gup(cc, n + off) + off;
+  ra.i2 = rup(c, n);
+  if (want("gelu_fwd")) {
+    ga.o1 = (uint16_t*)gup(nanv, n + off) + off;
+    ra.o1 = dalloc(R, rb, n * 4);
+    CK(r_gelu_fwd(G, gb, &ga));
+    CK(r_gelu_fwd(R, rb, &ra));
+    cmp("gelu_fwd", shape, gdown(ga.o1, n), rdown(ra.o1, n), n, TOL_OUT);
+    flush(gtime(tb, r_gelu_fwd, &ga));
+  }
+  if (want("gelu_bwd")) {
+    ga.o1 = (uint16_t*)gup(nanv, n + off) + off; /* dinp overwritten */
+    ra.o1 = rup(nanv, n);
+    CK(r_gelu_bwd(G, gb, &ga));
+    CK(r_gelu_bwd(R, rb, &ra));
+    cmp("gelu_bwd.dinp(overwrite)", shape, gdown(ga.o1, n), rdown(ra.o1, n), n, TOL_GRAD);
+    flush(gtime(tb, r_gelu_bwd, &ga));
+  }
+  if (want("residual_fwd")) {
+    ga.o1 = (uint16_t*)gup(nanv, n + off) + off;
+    ra.o1 = dalloc(R, rb, n * 4);
+    CK(r_residual(G, gb, &ga));
+    CK(r_residual(R, rb, &ra));
+    cmp("residual_fwd", shape, gdown(ga.o1, n), rdown(ra.o1, n), n, TOL_OUT);
+    flush(gtime(tb, r_residual, &ga));
+  }
+  release_all();
+}
+
+/* ---- softmax + cross-entropy ---- */
+
+static int r_xent(const zp_backend_ops* o, zp_backend* b, const args_t* a) {
+  return o->softmax_xent(b, a->f1, a->o1, a->ids, a->N, a->V, a->Vp, a->s);
+}
+
+static void t_xent(int N, int V, int Vp) {
+  if (!want("softmax_xent")) return;
+  char shape[64];
+  snprintf(shape, sizeof shape, "N%d V%d Vp%d", N, V, Vp);
+  size_t NV = (size_t)N * Vp;
+  float* logits = hrand(NV, 2.0f, 0.0f);
+  for (int i = 0; i < N; i++) /* garbage in the padded columns: must be ignored, then zeroed */
+    for (int j = V; j < Vp; j++) logits[(size_t)i * Vp + j] = 5.0f;
+  int32_t* tg = (int32_t*)hmalloc((size_t)N * 4);
+  for (int i = 0; i < N; i++) tg[i] = (int32_t)(rng_u64() % (uint64_t)V);
+  for (int i = 0; i < N; i += 97) tg[i] = -1; /* ignored */
+  if (N > 1) tg[1] = V - 1;
+  args_t ga = {0}, ra = {0};
+  ga.N = ra.N = N;
+  ga.V = ra.V = V;
+  ga.Vp = ra.Vp = Vp;
+  ga.s = ra.s = 1.0f / (float)N;
+  ga.ids = (const int32_t*)gup_bytes(tg, (size_t)N * 4);
+  ra.ids = (const int32_t*)rup_bytes(tg, (size_t)N * 4);
+  ga.o1 = gup(logits, NV);
+  ra.o1 = rup(logits, NV);
+  ga.f1 = (float*)dalloc(G, gb, (size_t)N * 4);
+  ra.f1 = (float*)dalloc(R, rb, (size_t)N * 4);
+  CK(r_xent(G, gb, &ga));
+  CK(r_xent(R, rb, &ra));
+  cmp("softmax_xent.losses", shape, gdown_t(ZP_F32, ga.f1, N), rdown(ra.f1, N), N, TOL_SUM);
+  float* gd = gdown(ga.o1, NV);
+  cmp("softmax_xent.dlogits(inplace)", shape, gd, rdown(ra.o1, NV), NV, TOL_GRAD);
+  {
+    double mx = 0;
+    for (int i = 0; i < N; i++)
+      for (int j = V; j < Vp; j++) mx = fmax(mx, fabs(gd[(size_t)i * Vp + j]));
+    double mi = 0;
+    for (int j = 0; j < Vp; j++) mi = fmax(mi, fabs(gd[j])); /* row 0 has target -1 */
+    result_t* r = pend("softmax_xent.pad+ignored=0", shape);
+    r->max_abs = fmax(mx, mi);
+    r->pass = r->max_abs == 0.0;
+  }
+  flush(gtime(tb, r_xent, &ga));
+  /* dloss = 0: losses only, logits untouched */
+  ga.s = ra.s = 0.0f;
+  void* fresh = gup(logits, NV);
+  ga.o1 = fresh;
+  ra.o1 = rup(logits, NV);
+  CK(r_xent(G, gb, &ga));
+  CK(r_xent(R, rb, &ra));
+  cmp("softmax_xent(dloss=0).losses", shape, gdown_t(ZP_F32, ga.f1, N), rdown(ra.f1, N), N,
+      TOL_SUM);
+  cmp("softmax_xent(dloss=0).logits", shape, gdown(fresh, NV), logits, NV, TOL_EXACT);
+  flush(gtime(tb, r_xent, &ga));
+  release_all();
+}
+
+/* ---- AdamW ---- */
+
+static int r_adamw(const zp_backend_ops* o, zp_backend* b, const args_t* a) {
+  return o->adamw(b, a->o1, a->dt, a->f1, a->i1, a->st, a->f2, a->f3, a->n, a->lr, a->b1, a->b2,
+                  a->eps, a->wd, a->gs, a->step);
+}
+
+static void t_adamw(int bf16_param, int step) {
+  if (!want("adamw")) return;
+  size_t n = g_quick ? 100003 : 1000003;
+  char shape[64];
+  snprintf(shape, sizeof shape, "n=%zu t=%d %s", n, step, bf16_param ? "bf16 p,g" : "f32 p=master");
+  float* master = hrand_f32(n, 0.02f);
+  float* g = hrand(n, 0.01f, 0.0f);
+  float* m = hrand_f32(n, 1e-3f);
+  float* v = hrand_f32(n, 1e-3f);
+  for (size_t i = 0; i < n; i++) v[i] = v[i] * v[i];
+  args_t ga = {0}, ra = {0};
+  ga.n = ra.n = n;
+  ga.lr = ra.lr = 1e-3f;
+  ga.b1 = ra.b1 = 0.9f;
+  ga.b2 = ra.b2 = 0.95f;
+  ga.eps = ra.eps = 1e-8f;
+  ga.wd = ra.wd = 0.1f;
+  ga.gs = ra.gs = 0.5f;
+  ga.step = ra.step = step;
+  ga.dt = ra.dt = bf16_param ? ZP_BF16 : ZP_F32;
+  ga.st = ra.st = bf16_param ? ZP_BF16 : ZP_F32;
+  ga.f1 = (float*)gup_t(ZP_F32, master, n);
+  ra.f1 = (float*)rup_t(ZP_F32, master, n);
+  ga.f2 = (float*)gup_t(ZP_F32, m, n);
+  ra.f2 = (float*)rup_t(ZP_F32, m, n);
+  ga.f3 = (float*)gup_t(ZP_F32, v, n);
+  ra.f3 = (float*)rup_t(ZP_F32, v, n);
+  ga.i1 = gup_t(ga.st, g, n);
+  ra.i1 = rup_t(ra.st, g, n);
+  if (bf16_param) {
+    ga.o1 = dalloc(G, gb, n * 2);
+    ra.o1 = dalloc(R, rb, n * 2);
+  } else {
+    ga.o1 = ga.f1;
+    ra.o1 = ra.f1;
+  }
+  if (!both_typed(r_adamw, &ga, &ra, "adamw", shape)) {
+    flush(NAN);
+    release_all();
+    return;
+  }
+  cmp("adamw.master", shape, gdown_t(ZP_F32, ga.f1, n), rdown(ra.f1, n), n, TOL_F32);
+  cmp("adamw.m", shape, gdown_t(ZP_F32, ga.f2, n), rdown(ra.f2, n), n, TOL_F32);
+  cmp("adamw.v", shape, gdown_t(ZP_F32, ga.f3, n), rdown(ra.f3, n), n, TOL_F32);
+  if (bf16_param)
+    cmp("adamw.param(bf16)", shape, gdown(ga.o1, n), rdown_t(ZP_BF16, ra.o1, n), n, TOL_ROUND);
+  flush(gtime(tb, r_adamw, &ga));
+  release_all();
+}
+
+/* ================================================================ reference (standalone) */
+#ifdef ZP_CHECK_OWN_REF
+/* A deliberately plain fp32 implementation of the zp_backend_ops contract (compute dtype F32),
+ * sums in double where rows are long. Used when the core library is not available. */
+struct zp_backend {
+  int unused;
+};
+static int rf_create(const zp_host* h, const zp_backend_config* c, zp_backend** out) {
+  (void)h; (void)c;
+  *out = (zp_backend*)calloc(1, sizeof(struct zp_backend));
+  return *out ? ZP_OK : ZP_E_NOMEM;
+}
+static void rf_destroy(zp_backend* b) { free(b); }
+static int rf_info(zp_backend* b, zp_backend_info* o) {
+  (void)b;
+  memset(o, 0, sizeof *o);
+  o->struct_size = sizeof *o;
+  o->compute_dtype = ZP_F32;
+  o->device_name = "check_cuda_ops built-in fp32 reference";
+  return ZP_OK;
+}
+static int rf_alloc(zp_backend* b, size_t n, void** out) {
+  (void)b;
+  *out = malloc(n ? n : 1);
+  return *out ? ZP_OK : ZP_E_NOMEM;
+}
+static void rf_free(zp_backend* b, void* p) { (void)b; free(p); }
+static int rf_copy(zp_backend* b, void* d, const void* s, size_t n) { (void)b; memmove(d, s, n); return ZP_OK; }
+static int rf_memset0(zp_backend* b, void* d, size_t n) { (void)b; memset(d, 0, n); return ZP_OK; }
+static int rf_sync(zp_backend* b) { (void)b; return ZP_OK; }
+static double rf_get(zp_dtype t, const void* p, size_t i) {
+  if (t == ZP_F32) return ((const float*)p)[i];
+  if (t == ZP_F64) return ((const double*)p)[i];
+  return bf2f(((const uint16_t*)p)[i]);
+}
+static void rf_set(zp_dtype t, void* p, size_t i, double v) {
+  if (t == ZP_F32) ((float*)p)[i] = (float)v;
+  else if (t == ZP_F64) ((double*)p)[i] = v;
+  else ((uint16_t*)p)[i] = f2bf((float)v);
+}
+static int rf_okt(zp_dtype t) { return t == ZP_F32 || t == ZP_F64 || t == ZP_BF16; }
+static int rf_cast(zp_backend* b, void* d, zp_dtype dt, const void* s, zp_dtype st, size_t n) {
+  (void)b;
+  if (!rf_okt(dt) || !rf_okt(st)) return ZP_E_NOT_IMPLEMENTED;
+  for (size_t i = 0; i < n; i++) rf_set(dt, d, i, rf_get(st, s, i));
+  return ZP_OK;
+}
+static int rf_accumulate(zp_backend* b, void* d, zp_dtype dt, const void* s, zp_dtype st, size_t n,
+                         float scale) {
+  (void)b;
+  if (!rf_okt(dt) || !rf_okt(st)) return ZP_E_NOT_IMPLEMENTED;
+  int dbl = dt == ZP_F64 || st == ZP_F64;
+  for (size_t i = 0; i < n; i++) {
+    if (dbl) rf_set(dt, d, i, rf_get(dt, d, i) + (double)scale * rf_get(st, s, i));
+    else rf_set(dt, d, i, (float)rf_get(dt, d, i) + scale * (float)rf_get(st, s, i));
+  }
+  return ZP_OK;
+}
+static int rf_fill(zp_backend* b, void* d, zp_dtype dt, size_t n, double v) {
+  (void)b;
+  if (!rf_okt(dt)) return ZP_E_NOT_IMPLEMENTED;
+  for (size_t i = 0; i < n; i++) rf_set(dt, d, i, v);
+  return ZP_OK;
+}
+static int rf_scale(zp_backend* b, void* x, zp_dtype dt, size_t n, float s) {
+  (void)b;
+  if (!rf_okt(dt)) return ZP_E_NOT_IMPLEMENTED;
+  for (size_t i = 0; i < n; i++)
+    rf_set(dt, x, i, dt == ZP_F64 ? rf_get(dt, x, i) * s : (float)rf_get(dt, x, i) * s);
+  return ZP_OK;
+}
+static int rf_sumsq(zp_backend* b, double* out, const void* x, zp_dtype dt, size_t n) {
+  (void)b;
+  double s = 0;
+  for (size_t i = 0; i < n; i++) {
+    double v = rf_get(dt, x, i);
+    s += v * v;
+  }
+  *out = s;
+  return ZP_OK;
+}
+static int rf_enc_fwd(zp_backend* b, void* out, const int32_t* inp, const void* wte,
+                      const void* wpe, int B, int T, int C) {
+  (void)b;
+  float* o = (float*)out;
+  for (int p = 0; p < B * T; p++)
+    for (int c = 0; c < C; c++)
+      o[(size_t)p * C + c] = ((const float*)wte)[(size_t)inp[p] * C + c] +
+                             ((const float*)wpe)[(size_t)(p % T) * C + c];
+  return ZP_OK;
+}
+static int rf_enc_bwd(zp_backend* b, void* dwte, void* dwpe, const void* dout, const int32_t* inp,
+                      int B, int T, int C) {
+  (void)b;
+  const float* d = (const float*)dout;
+  for (int p = 0; p < B * T; p++)
+    for (int c = 0; c < C; c++) {
+      ((float*)dwte)[(size_t)inp[p] * C + c] += d[(size_t)p * C + c];
+      ((float*)dwpe)[(size_t)(p % T) * C + c] += d[(size_t)p * C + c];
+    }
+  return ZP_OK;
+}
+static int rf_ln_fwd(zp_backend* b, void* out, float* mean, float* rstd, const void* inp,
+                     const void* w, const void* bias, int N, int C) {
+  (void)b;
+  for (int r = 0; r < N; r++) {
+    const float* x = (const float*)inp + (size_t)r * C;
+    double m = 0, v = 0;
+    for (int c = 0; c < C; c++) m += x[c];
+    m /= C;
+    for (int c = 0; c < C; c++) v += (x[c] - m) * (x[c] - m);
+    v /= C;
+    double rs = 1.0 / sqrt(v + 1e-5);
+    for (int c = 0; c < C; c++)
+      ((float*)out)[(size_t)r * C + c] = (float)((x[c] - m) * rs * ((const float*)w)[c] +
+                                                 (bias ? ((const float*)bias)[c] : 0.0f));
+    if (mean) mean[r] = (float)m;
+    if (rstd) rstd[r] = (float)rs;
+  }
+  return ZP_OK;
+}
+static int rf_ln_bwd(zp_backend* b, void* dinp, void* dw, void* dbias, const void* dout,
+                     const void* inp, const void* w, const float* mean, const float* rstd, int N,
+                     int C) {
+  (void)b;
+  const float* W = (const float*)w;
+  for (int r = 0; r < N; r++) {
+    const float* x = (const float*)inp + (size_t)r * C;
+    const float* dy = (const float*)dout + (size_t)r * C;
+    double s1 = 0, s2 = 0;
+    for (int c = 0; c < C; c++) {
+      double xh = (x[c] - mean[r]) * rstd[r];
+      s1 += W[c] * dy[c];
+      s2 += W[c] * dy[c] * xh;
+    }
+    s1 /= C;
+    s2 /= C;
+    for (int c = 0; c < C; c++) {
+      double xh = (x[c] - mean[r]) * rstd[r];
+      if (dinp) ((float*)dinp)[(size_t)r * C + c] += (float)(rstd[r] * (W[c] * dy[c] - s1 - xh * s2));
+      if (dw) ((float*)dw)[c] += (float)(dy[c] * xh);
+      if (dbias) ((float*)dbias)[c] += dy[c];
+    }
+  }
+  return ZP_OK;
+}
+static int rf_mm_fwd(zp_backend* b, void* out, const void* inp, const void* w, const void* bias,
+                     int N, int IC, int OC) {
+  (void)b;
+  const float* x = (const float*)inp;
+  const float* W = (const float*)w;
+#pragma omp parallel for schedule(static)
+  for (int n = 0; n < N; n++)
+    for (int o = 0; o < OC; o++) {
+      float s = 0;
+      const float* xr = x + (size_t)n * IC;
+      const float* wr = W + (size_t)o * IC;
+#pragma omp simd reduction(+ : s)
+      for (int i = 0; i < IC; i++) s += xr[i] * wr[i];
+      ((float*)out)[(size_t)n * OC + o] = s + (bias ? ((const float*)bias)[o] : 0.0f);
+    }
+  return ZP_OK;
+}
+static int rf_mm_bwd(zp_backend* b, void* dinp, void* dw, void* dbias, const void* dout,
+                     const void* inp, const void* w, int N, int IC, int OC) {
+  (void)b;
+  const float* dy = (const float*)dout;
+  const float* x = (const float*)inp;
+  const float* W = (const float*)w;
+  if (dinp) {
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+      float* di = (float*)dinp + (size_t)n * IC;
+      for (int i = 0; i < IC; i++) di[i] = 0;
+      for (int o = 0; o < OC; o++) {
+        float g = dy[(size_t)n * OC + o];
+        const float* wr = W + (size_t)o * IC;
+#pragma omp simd
+        for (int i = 0; i < IC; i++) di[i] += g * wr[i];
+      }
+    }
+  }
+  if (dw) {
+#pragma omp parallel for schedule(static)
+    for (int o = 0; o < OC; o++) {
+      float* dr = (float*)dw + (size_t)o * IC;
+      for (int n = 0; n < N; n++) {
+        float g = dy[(size_t)n * OC + o];
+        const float* xr = x + (size_t)n * IC;
+#pragma omp simd
+        for (int i = 0; i < IC; i++) dr[i] += g * xr[i];
+      }
+    }
+  }
+  if (dbias)
+    for (int o = 0; o < OC; o++) {
+      double s = 0;
+      for (int n = 0; n < N; n++) s += dy[(size_t)n * OC + o];
+      ((float*)dbias)[o] += (float)s;
+    }
+  return ZP_OK;
+}
+static size_t rf_att_aux(zp_backend* b, int B, int T, int C, int NH) {
+  (void)b; (void)C;
+  return (size_t)B * NH * T * T * sizeof(float);
+}
+/* aux = P [B,NH,T,T] fp32 */
+static int rf_att_fwd(zp_backend* b, void* out, void* aux, const void* qkv, int B, int T, int C,
+                      int NH) {
+  (void)b;
+  int hs = C / NH;
+  float sc = 1.0f / sqrtf((float)hs);
+  const float* X = (const float*)qkv;
+#pragma omp parallel for collapse(2) schedule(static)
+  for (int bb = 0; bb < B; bb++)
+    for (int h = 0; h < NH; h++) {
+      double* row = (double*)malloc(sizeof(double) * T);
+      for (int t = 0; t < T; t++) {
+        const float* q = X + ((size_t)bb * T + t) * 3 * C + h * hs;
+        double mx = -1e300;
+        for (int j = 0; j <= t; j++) {
+          const float* k = X + ((size_t)bb * T + j) * 3 * C + C + h * hs;
+          double s = 0;
+          for (int d = 0; d < hs; d++) s += (double)q[d] * k[d];
+          row[j] = s * sc;
+          if (row[j] > mx) mx = row[j];
+        }
+        double sum = 0;
+        for (int j = 0; j <= t; j++) sum += (row[j] = exp(row[j] - mx));
+        float* P = (float*)aux + (((size_t)bb * NH + h) * T + t) * T;
+        for (int j = 0; j < T; j++) P[j] = j <= t ? (float)(row[j] / sum) : 0.0f;
+        float* o = (float*)out + ((size_t)bb * T + t) * C + h * hs;
+        for (int d = 0; d < hs; d++) {
+          double s = 0;
+          for (int j = 0; j <= t; j++) s += P[j] * (double)X[((size_t)bb * T + j) * 3 * C + 2 * C + h * hs + d];
+          o[d] = (float)s;
+        }
+      }
+      free(row);
+    }
+  return ZP_OK;
+}
+static int rf_att_bwd(zp_backend* b, void* dqkv, const void* dout, const void* qkv,
+                      const void* out, const void* aux, int B, int T, int C, int NH) {
+  (void)b; (void)out;
+  int hs = C / NH;
+  double sc = 1.0 / sqrt((double)hs);
+  const float* X = (const float*)qkv;
+  const float* dY = (const float*)dout;
+  float* dX = (float*)dqkv;
+  memset(dX, 0, sizeof(float) * (size_t)B * T * 3 * C);
+#pragma omp parallel for collapse(2) schedule(static)
+  for (int bb = 0; bb < B; bb++)
+    for (int h = 0; h < NH; h++) {
+      double* dp = (double*)malloc(sizeof(double) * T);
+      for (int t = 0; t < T; t++) {
+        const float* P = (const float*)aux + (((size_t)bb * NH + h) * T + t) * T;
+        const float* dy = dY + ((size_t)bb * T + t) * C + h * hs;
+        double acc = 0;
+        for (int j = 0; j <= t; j++) {
+          const float* v = X + ((size_t)bb * T + j) * 3 * C + 2 * C + h * hs;
+          float* dv = dX + ((size_t)bb * T + j) * 3 * C + 2 * C + h * hs;
+          double s = 0;
+          for (int d = 0; d < hs; d++) {
+            s += (double)dy[d] * v[d];
+            dv[d] += P[j] * dy[d];
+          }
+          dp[j] = s;
+          acc += P[j] * s;
+        }
+        const float* q = X + ((size_t)bb * T + t) * 3 * C + h * hs;
+        float* dq = dX + ((size_t)bb * T + t) * 3 * C + h * hs;
+        for (int j = 0; j <= t; j++) {
+          double ds = P[j] * (dp[j] - acc) * sc;
+          const float* k = X + ((size_t)bb * T + j) * 3 * C + C + h * hs;
+          float* dk = dX + ((size_t)bb * T + j) * 3 * C + C + h * hs;
+          for (int d = 0; d < hs; d++) {
+            dq[d] += (float)(ds * k[d]);
+            dk[d] += (float)(ds * q[d]);
+          }
+        }
+      }
+      free(dp);
+    }
+  return ZP_OK;
+}
+static float rf_gelu(float x) {
+  return 0.5f * x * (1.0f + tanhf(0.7978845608028654f * (x + 0.044715f * x * x * x)));
+}
+static int rf_gelu_fwd(zp_backend* b, void* out, const void* inp, size_t n) {
+  (void)b;
+  for (size_t i = 0; i < n; i++) ((float*)out)[i] = rf_gelu(((const float*)inp)[i]);
+  return ZP_OK;
+}
+static int rf_gelu_bwd(zp_backend* b, void* dinp, const void* inp, const void* dout, size_t n) {
+  (void)b;
+  for (size_t i = 0; i < n; i++) {
+    double x = ((const float*)inp)[i];
+    double u = 0.7978845608028654 * (x + 0.044715 * x * x * x);
+    double t = tanh(u);
+    double l = 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * 0.7978845608028654 * (1 + 3 * 0.044715 * x * x);
+    ((float*)dinp)[i] = (float)(l * ((const float*)dout)[i]);
+  }
+  return ZP_OK;
+}
+static int rf_residual(zp_backend* b, void* out, const void* a, const void* c, size_t n) {
+  (void)b;
+  for (size_t i = 0; i < n; i++) ((float*)out)[i] = ((const float*)a)[i] + ((const float*)c)[i];
+  return ZP_OK;
+}
+static int rf_xent(zp_backend* b, float* losses, void* logits, const int32_t* tg, int N, int V,
+                   int Vp, float dloss) {
+  (void)b;
+  for (int i = 0; i < N; i++) {
+    float* x = (float*)logits + (size_t)i * Vp;
+    int t = tg[i];
+    int ign = t < 0 || t >= V;
+    double mx = -1e300, s = 0;
+    for (int j = 0; j < V; j++) mx = x[j] > mx ? x[j] : mx;
+    for (int j = 0; j < V; j++) s += exp(x[j] - mx);
+    losses[i] = ign ? 0.0f : (float)(log(s) + mx - x[t]);
+    if (dloss != 0.0f)
+      for (int j = 0; j < Vp; j++)
+        x[j] = (ign || j >= V) ? 0.0f : (float)(dloss * (exp(x[j] - mx) / s - (j == t)));
+  }
+  return ZP_OK;
+}
+static int rf_adamw(zp_backend* b, void* param, zp_dtype pdt, float* master, const void* grad,
+                    zp_dtype gdt, float* m, float* v, size_t n, float lr, float b1, float b2,
+                    float eps, float wd, float gs, int t) {
+  (void)b;
+  float bc1 = (float)(1.0 - pow(b1, t)), bc2 = (float)(1.0 - pow(b2, t));
+  for (size_t i = 0; i < n; i++) {
+    float g = (float)rf_get(gdt, grad, i) * gs;
+    m[i] = b1 * m[i] + (1 - b1) * g;
+    v[i] = b2 * v[i] + (1 - b2) * g * g;
+    float p = master[i];
+    p -= lr * ((m[i] / bc1) / (sqrtf(v[i] / bc2) + eps) + wd * p);
+    master[i] = p;
+    if (param) rf_set(pdt, param, i, p);
+  }
+  return ZP_OK;
+}
+static const zp_backend_ops rf_ops = {
+    sizeof(zp_backend_ops), rf_create,   rf_destroy,  rf_info,     rf_alloc,    rf_free,
+    rf_copy,                rf_copy,     rf_copy,     rf_memset0,  rf_sync,     rf_cast,
+    rf_accumulate,          rf_fill,     rf_enc_fwd,  rf_enc_bwd,  rf_ln_fwd,   rf_ln_bwd,
+    rf_mm_fwd,              rf_mm_bwd,   rf_att_aux,  rf_att_fwd,  rf_att_bwd,  rf_gelu_fwd,
+    rf_gelu_bwd,            rf_residual, rf_xent,     rf_adamw,    rf_sumsq,    rf_scale};
+static const zp_backend_ops* reference_ops(void) { return &rf_ops; }
+#else
+static const zp_backend_ops* reference_ops(void) { return zp_cpu_backend_ops(); }
+#endif
+
+/* ================================================================ main */
+
+static zp_backend* make_cuda(const char* stream, const char* attn, int required) {
+  const char* old_s = getenv("ZP_CUDA_STREAM");
+  const char* old_a = getenv("ZP_CUDA_ATTN");
+  char* keep_s = old_s ? strdup(old_s) : NULL;
+  char* keep_a = old_a ? strdup(old_a) : NULL;
+  if (stream) setenv("ZP_CUDA_STREAM", stream, 1);
+  if (attn) setenv("ZP_CUDA_ATTN", attn, 1);
+  zp_backend_config cfg;
+  memset(&cfg, 0, sizeof cfg);
+  cfg.struct_size = sizeof cfg;
+  cfg.compute_dtype = ZP_BF16;
+  cfg.device_index = 0;
+  zp_backend* b = NULL;
+  int rc = G->create(&g_host, &cfg, &b);
+  if (keep_s) setenv("ZP_CUDA_STREAM", keep_s, 1);
+  else unsetenv("ZP_CUDA_STREAM");
+  if (keep_a) setenv("ZP_CUDA_ATTN", keep_a, 1);
+  else unsetenv("ZP_CUDA_ATTN");
+  free(keep_s);
+  free(keep_a);
+  if (rc != ZP_OK) {
+    if (required) die("cuda backend create failed (%d)", rc);
+    return NULL;
+  }
+  return b;
+}
+
+int main(int argc, char** argv) {
+  const char* path = getenv("ZP_CUDA_PLUGIN");
+#ifdef ZP_CUDA_PLUGIN_PATH
+  if (!path) path = ZP_CUDA_PLUGIN_PATH;
+#endif
+  for (int i = 1; i < argc; i++) {
+    if (!strcmp(argv[i], "--no-time")) g_time = 0;
+    else if (!strcmp(argv[i], "--quick")) g_quick = 1;
+    else if (!strcmp(argv[i], "--filter") && i + 1 < argc) g_filter = argv[++i];
+    else if (argv[i][0] != '-') path = argv[i];
+    else {
+      fprintf(stderr, "usage: %s [zp_cuda.so] [--filter SUBSTR] [--no-time] [--quick]\n", argv[0]);
+      return 2;
+    }
+  }
+  if (!path) die("no plugin path: pass it or set ZP_CUDA_PLUGIN");
+  int ndev = 0;
+  if (cudaGetDeviceCount(&ndev) != cudaSuccess || ndev == 0) {
+    printf("check_cuda_ops: no CUDA device: nothing checked\n");
+    return 77;
+  }
+  void* so = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+  if (!so) die("dlopen %s: %s", path, dlerror());
+  zp_plugin_entry_fn entry = (zp_plugin_entry_fn)dlsym(so, ZP_PLUGIN_ENTRY_NAME);
+  if (!entry) die("%s has no %s", path, ZP_PLUGIN_ENTRY_NAME);
+  const zp_plugin_desc* d = entry();
+  if (!d || d->abi_major != ZP_ABI_MAJOR || d->kind != ZP_KIND_BACKEND || !d->backend ||
+      strcmp(d->name, "cuda") != 0)
+    die("bad descriptor from %s", path);
+  G = d->backend;
+  if (G->struct_size < sizeof(zp_backend_ops)) die("ops table too small");
+  R = reference_ops();
+  printf("# plugin %s %s (abi %u.%u): %s\n", d->name, d->version, d->abi_major, d->abi_minor,
+         d->summary);
+
+  gb = make_cuda(NULL, "naive", 1);
+  gfb = make_cuda(NULL, "flash", 0);
+  if (g_time) {
+    tb = make_cuda("legacy", "naive", 1);
+    tfb = make_cuda("legacy", "flash", 0);
+  }
+  zp_backend_config rc;
+  memset(&rc, 0, sizeof rc);
+  rc.struct_size = sizeof rc;
+  rc.compute_dtype = ZP_F32;
+  CK(R->create(&g_host, &rc, &rb));
+  zp_backend_info ri;
+  memset(&ri, 0, sizeof ri);
+  if (R->info(rb, &ri) == ZP_OK) printf("# reference: %s\n", ri.device_name ? ri.device_name : "?");
+  printf("# tolerances (rel_l2 <): out %.0e, grad %.0e, bf16-round %.0e, fp32 %.0e, sums %.0e\n",
+         TOL_OUT, TOL_GRAD, TOL_ROUND, TOL_F32, TOL_SUM);
+  printf("%-30s %-28s %11s %10s %8s  %s\n", "op", "shape", "max_abs_err", "rel_l2", "ms",
+         "result");
+
+  /* GPT-2 124M-like shapes and odd ones */
+  const int B = 4, T = 256, C = 768, NH = 12, V = 50257, Vp = 50304, N = B * T;
+  t_memory();
+  t_dtype_ops();
+  t_encoder(B, T, C, V);
+  t_encoder(3, 37, 96, 1000);
+  t_layernorm(N, C);
+  t_layernorm(111, 96);
+  t_layernorm(512, 1600);
+  t_matmul("qkv", N, C, 3 * C, 1);
+  t_matmul("attproj", N, C, C, 1);
+  t_matmul("fc", N, C, 4 * C, 1);
+  t_matmul("fcproj", N, 4 * C, C, 1);
+  t_matmul("classifier", N, C, Vp, 0);
+  t_matmul("odd", 111, 96, 40, 1);
+  t_matmul("odd-nobias", 37, 24, 72, 0);
+  t_attention(B, T, C, NH);
+  t_attention(3, 37, 96, 4);
+  if (!g_quick) t_attention(1, 1024, 768, 12);
+  t_attention(2, 128, 256, 2); /* hs = 128 */
+  t_pointwise((size_t)N * 4 * C, 0);
+  t_pointwise(1001, 1);
+  t_xent(N, V, Vp);
+  t_xent(37, 1000, 1003);
+  t_adamw(1, 1);
+  t_adamw(1, 3);
+  t_adamw(0, 5);
+
+  printf("%d passed, %d failed, %d skipped\n", g_pass, g_fail, g_skip);
+  if (tfb) G->destroy(tfb);
+  if (tb) G->destroy(tb);
+  if (gfb) G->destroy(gfb);
+  G->destroy(gb);
+  R->destroy(rb);
+  return g_fail ? 1 : 0;
+}
