@@ -39,6 +39,13 @@ static int zp_cpu_cmp_u64(const void* a, const void* b) {
   return x < y ? -1 : x > y;
 }
 
+/* fp32 tanh through expf: absolute error < 1e-7 (fine inside GELU, where it is added to 1),
+ * several times faster than tanhf. */
+static inline float zp_tanh_f32(float u) {
+  const float e = expf(-2.0f * fabsf(u));
+  return copysignf((1.0f - e) / (1.0f + e), u);
+}
+
 /* ---- the model ops, twice ---- */
 #define real float
 #define ZR(name) name##_f32
@@ -46,8 +53,7 @@ static int zp_cpu_cmp_u64(const void* a, const void* b) {
 #define ZR_GEMM zp_gemm_f32
 #define ZR_EXP expf
 #define ZR_LOG logf
-#define ZR_TANH tanhf
-#define ZR_SQRT sqrtf
+#define ZR_TANH zp_tanh_f32
 #include "cpu_ops_impl.h"
 #undef real
 #undef ZR
@@ -56,7 +62,6 @@ static int zp_cpu_cmp_u64(const void* a, const void* b) {
 #undef ZR_EXP
 #undef ZR_LOG
 #undef ZR_TANH
-#undef ZR_SQRT
 
 #define real double
 #define ZR(name) name##_f64
@@ -65,7 +70,6 @@ static int zp_cpu_cmp_u64(const void* a, const void* b) {
 #define ZR_EXP exp
 #define ZR_LOG log
 #define ZR_TANH tanh
-#define ZR_SQRT sqrt
 #include "cpu_ops_impl.h"
 #undef real
 #undef ZR
@@ -74,7 +78,6 @@ static int zp_cpu_cmp_u64(const void* a, const void* b) {
 #undef ZR_EXP
 #undef ZR_LOG
 #undef ZR_TANH
-#undef ZR_SQRT
 
 /* ---- errors ---- */
 

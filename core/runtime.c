@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "backend_cpu.h"
+#include "bf16.h"
 #include "comm.h"
 
 extern const zp_strategy_ops zp_replicated_strategy; /* replicated.c */
@@ -522,6 +523,17 @@ void zp_run_close(zp_run* r) {
 
 /* ---------------- weights ---------------- */
 
+/* Host-side dtype conversion (init, export): f32/f64/bf16 in any direction. */
+static void host_cast(void* dst, zp_dtype dt, const void* src, zp_dtype st, size_t n) {
+  for (size_t i = 0; i < n; i++) {
+    double v = st == ZP_F64 ? ((const double*)src)[i]
+             : st == ZP_BF16 ? (double)zp_bf16_to_f32(((const uint16_t*)src)[i]) : (double)((const float*)src)[i];
+    if (dt == ZP_F64) ((double*)dst)[i] = v;
+    else if (dt == ZP_BF16) ((uint16_t*)dst)[i] = zp_f32_to_bf16((float)v);
+    else ((float*)dst)[i] = (float)v;
+  }
+}
+
 int zp_run_init_weights(zp_run* r) {
   uint64_t seed = (uint64_t)zp_cfg_int(r->cfg, "model.seed");
   for (int g = 0; g < r->layout.n_groups; g++) {
@@ -541,8 +553,7 @@ int zp_run_init_weights(zp_run* r) {
       else {
         /* cast on the host into a staging buffer: bf16 */
         void* st = malloc((size_t)n * zp_dtype_size(dt));
-        const zp_backend_ops* cpu = zp_cpu_backend_ops();
-        cpu->cast(NULL, st, dt, host, ZP_F32, (size_t)n);
+        host_cast(st, dt, host, ZP_F32, (size_t)n);
         rc = r->ops->copy_h2d(r->be, in->buf[c], st, (size_t)n * zp_dtype_size(dt));
         free(st);
       }
@@ -690,7 +701,7 @@ int zp_run_get_group_params(zp_run* r, int g, float* out) {
   } else {
     rc = r->ops->copy_d2h(r->be, full, in->buf[c], (size_t)in->padded * es);
   }
-  if (!rc) zp_cpu_backend_ops()->cast(NULL, out, ZP_F32, full, dt, (size_t)in->padded);
+  if (!rc) host_cast(out, ZP_F32, full, dt, (size_t)in->padded);
   free(full);
   return rc;
 }

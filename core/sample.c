@@ -86,6 +86,8 @@ int zp_sample(zp_config* cfg, const char* ckpt_dir, char* err, size_t errlen) {
   int topk = (int)zp_cfg_int(cfg, "sample.top_k");
   uint64_t seed = (uint64_t)zp_cfg_int(cfg, "train.seed");
   float* sorted = malloc((size_t)V * sizeof(float));
+  size_t tokbuf_len = (size_t)zp_tokenizer_max_token_bytes(tok) + 16;
+  char* tokbuf = malloc(tokbuf_len);
   size_t es = zp_dtype_size(r.ct);
   for (int k = 0; k < maxtok; k++) {
     int len = n; /* ctx holds the last n <= T tokens */
@@ -118,9 +120,8 @@ int zp_sample(zp_config* cfg, const char* ckpt_dir, char* err, size_t errlen) {
       if (next < 0) next = 0;
     }
     if (next == eot) break;
-    char buf[64];
-    int bl = zp_tokenizer_decode(tok, next, buf, sizeof buf);
-    if (bl > 0) fwrite(buf, 1, (size_t)bl, stdout);
+    int bl = zp_tokenizer_decode(tok, next, tokbuf, tokbuf_len);
+    if (bl > 0) fwrite(tokbuf, 1, (size_t)bl, stdout);
     fflush(stdout);
     if (n == T) {
       memmove(ctx, ctx + 1, (size_t)(T - 1) * sizeof(int32_t));
@@ -130,6 +131,7 @@ int zp_sample(zp_config* cfg, const char* ckpt_dir, char* err, size_t errlen) {
   }
   printf("\n---\n");
   free(sorted);
+  free(tokbuf);
 out2:
   free(ctx);
   free(tg);

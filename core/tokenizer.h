@@ -5,9 +5,10 @@
  * Invariants: every byte sequence encodes (byte-level alphabet: all 256 bytes have a token), and
  * decode(encode(x)) == x byte for byte, for any input including invalid UTF-8. encode never
  * emits eot by itself: "<|endoftext|>" in text is ordinary text; callers append eot.
- * Pre-tokenizer approximation (documented in tokenizer.c): ASCII classes are exact; non-ASCII
- * code points count as letters unless they are Unicode White_Space (so e.g. U+2019 or U+00B2
- * join letter runs where Python's `regex` would split them).
+ * Pre-tokenizer approximation (details in tokenizer.c): ASCII, Unicode White_Space and common
+ * punctuation/symbol/emoji blocks are classed exactly as Python's `regex` does; any other
+ * non-ASCII code point counts as a letter (no full Unicode tables), which can move some token
+ * boundaries in other scripts (e.g. at Devanagari vowel signs) but never changes decoded bytes.
  * Thread-compatible: encode updates a per-tokenizer word cache, so callers serialise encode on
  * one tokenizer (or use one tokenizer per thread). Load failures fill err (file, line/offset). */
 #ifndef ZP_TOKENIZER_H

@@ -32,8 +32,24 @@
 static volatile sig_atomic_t g_signal;
 static void on_signal(int s) { g_signal = s; }
 
+/* Fault injection for tests: ZP_FAULT="kill:STEP:RANK" or "stop:STEP:RANK" makes that rank
+ * SIGKILL or SIGSTOP itself at the start of that step (1-based), while the others proceed
+ * into the step's collectives: they must fail with a message naming the rank and operation. */
+static void maybe_fault(int64_t step1, int rank) {
+  const char* f = getenv("ZP_FAULT");
+  if (!f) return;
+  char kind[16];
+  long long st;
+  int rk;
+  if (sscanf(f, "%15[a-z]:%lld:%d", kind, &st, &rk) != 3 || st != step1 || rk != rank) return;
+  fprintf(stderr, "zp: ZP_FAULT: rank %d %s at step %lld\n", rank, kind, st);
+  fflush(stderr);
+  if (strcmp(kind, "kill") == 0) raise(SIGKILL);
+  if (strcmp(kind, "stop") == 0) raise(SIGSTOP);
+}
+
 static int mkdir_p(const char* path) {
-  char tmp[1024];
+  char tmp[2048];
   snprintf(tmp, sizeof tmp, "%s", path);
   for (char* p = tmp + 1; *p; p++)
     if (*p == '/') {
@@ -344,6 +360,7 @@ int zp_train(zp_config* cfg, zp_comm* comm, char* err, size_t errlen) {
     double lr;
     if ((rc = lr_at(&t->lua, step, steps, &lr, err, errlen))) goto done;
     if (lr_override >= 0) lr = lr_override;
+    maybe_fault(step + 1, t->rank);
     if ((rc = zp_run_zero_grads(r))) goto fail_run;
     double loss = 0;
     for (int m = 0; m < accum; m++) {

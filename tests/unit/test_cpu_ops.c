@@ -540,6 +540,14 @@ static void gemm_case(int M, int N, int K, int ta, int tb, double alpha, double 
               impl ? "dispatch" : "built-in", M, N, K, ta, tb, alpha, beta, bad32, bad64);
     if (impl == 0) memcpy(fC2, fC, nc * 4), memcpy(dC2, dC, nc * 8);
   }
+  /* built-in vs the dispatch (BLAS when compiled in), directly */
+  int badx = 0;
+  for (size_t i = 0; i < nc; i++) {
+    if (!(fabs((double)fC[i] - fC2[i]) <= 4e-6 * mag[i] + 1e-30)) badx++;
+    if (!(fabs(dC[i] - dC2[i]) <= 2e-14 * mag[i] + 1e-300)) badx++;
+  }
+  CHECK_MSG(badx == 0, "built-in vs %s differ: M=%d N=%d K=%d ta=%d tb=%d", zp_gemm_name(), M, N,
+            K, ta, tb);
   /* ZP_CPU_GEMM=builtin forces the built-in GEMM (bitwise the same as calling it) */
   setenv("ZP_CPU_GEMM", "builtin", 1);
   CHECK(!zp_gemm_uses_blas());
@@ -928,6 +936,7 @@ static void test_thread_independence(void) {
 }
 
 int main(void) {
+  unsetenv("ZP_CPU_GEMM"); /* the cases below set it themselves to cover both GEMMs */
   O = zp_cpu_backend_ops();
   memset(&host, 0, sizeof host);
   host.struct_size = sizeof host;

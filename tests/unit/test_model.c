@@ -170,6 +170,19 @@ static void t_bf16_storage(void) {
   zp_run r32, rb;
   if (open_run(&r32, &c32, "fp32") || open_run(&rb, &cb, "bf16")) return;
   CHECK(rb.param_dt == ZP_BF16 && rb.ct == ZP_F32 && rb.groups[1].info.buf[ZP_CAT_MASTER] != NULL);
+  /* init: every bf16 parameter is the rounded fp32 master value */
+  for (int g = 0; g < rb.layout.n_groups; g++) {
+    const float* ms = rb.groups[g].info.buf[ZP_CAT_MASTER];
+    const uint16_t* ps = rb.groups[g].info.buf[ZP_CAT_PARAM];
+    int bad = 0;
+    for (uint64_t e = 0; e < rb.groups[g].info.padded; e++) {
+      float x;
+      uint32_t bits = (uint32_t)ps[e] << 16;
+      memcpy(&x, &bits, 4);
+      if (fabsf(x - ms[e]) > fabsf(ms[e]) * (1.0f / 256)) bad++;
+    }
+    CHECK_MSG(bad == 0, "group %d: %d bf16 params differ from their master", g, bad);
+  }
   int32_t in[B_ * T_], tg[B_ * T_];
   batch(in, tg, 37);
   double a, b;
