@@ -31,6 +31,8 @@
 #include "crc32c.h"
 
 #define CK_STAGE_BYTES ((size_t)64 << 20) /* host staging chunk for writing */
+#define CK_DIR_MAX 3072                   /* longest checkpoint directory path accepted */
+#define CK_PATH (CK_DIR_MAX + 512)        /* buffers for paths inside a checkpoint directory */
 
 /* piece kinds, in file order within a group */
 enum { PK_MASTER = 0, PK_PARAM = 1, PK_M = 2, PK_V = 3, PK_COUNT = 4 };
@@ -160,7 +162,7 @@ static int write_text_file(const char* path, const char* text, size_t len, char*
 }
 
 static int mkdir_p(const char* path, char* err, size_t errlen) {
-  char tmp[2048];
+  char tmp[CK_PATH];
   if (snprintf(tmp, sizeof tmp, "%s", path) >= (int)sizeof tmp) {
     seterr(err, errlen, "%s: path too long", path);
     return ZP_E_INVALID;
@@ -300,7 +302,7 @@ typedef struct {
 } ck_tensor;
 
 typedef struct {
-  char dir[1024];
+  char dir[CK_DIR_MAX + 16];
   char label[256];
   int64_t step;
   uint64_t data_pos;
@@ -387,9 +389,13 @@ static void piece_desc(const ck_meta* m, const ck_piece* p, char* out, size_t n)
 /* Parse DIR/meta.json (not the rank indexes). */
 static int meta_load(const char* dir, ck_meta* m, char* err, size_t errlen) {
   memset(m, 0, sizeof *m);
+  if (!dir || strlen(dir) >= sizeof m->dir) {
+    seterr(err, errlen, "%.200s...: checkpoint directory path missing or too long", dir ? dir : "(null)");
+    return ZP_E_INVALID;
+  }
   snprintf(m->dir, sizeof m->dir, "%s", dir);
   dir_label(dir, m->label, sizeof m->label);
-  char path[1200], where[400];
+  char path[CK_PATH], where[512];
   snprintf(path, sizeof path, "%s/meta.json", dir);
   snprintf(where, sizeof where, "%s/meta.json", m->label);
   json_error_t je;
@@ -474,7 +480,7 @@ static int meta_load(const char* dir, ck_meta* m, char* err, size_t errlen) {
   }
   for (int g = 0; g < m->n_groups; g++) {
     json_t* go = json_array_get(ga, (size_t)g);
-    char gw[460];
+    char gw[600];
     snprintf(gw, sizeof gw, "%s: groups[%d]", where, g);
     if (!json_is_object(go)) {
       seterr(err, errlen, "%s: not an object", gw);
@@ -514,7 +520,7 @@ static int meta_load(const char* dir, ck_meta* m, char* err, size_t errlen) {
   }
   for (int i = 0; i < m->n_tensors; i++) {
     json_t* to = json_array_get(ta, (size_t)i);
-    char tw[460];
+    char tw[600];
     snprintf(tw, sizeof tw, "%s: tensors[%d]", where, i);
     if (!json_is_object(to)) {
       seterr(err, errlen, "%s: not an object", tw);
@@ -553,7 +559,7 @@ static int meta_load(const char* dir, ck_meta* m, char* err, size_t errlen) {
   }
   for (int i = 0; i < m->n_files; i++) {
     json_t* fo = json_array_get(fa, (size_t)i);
-    char fw[460];
+    char fw[600];
     snprintf(fw, sizeof fw, "%s: files[%d]", where, i);
     if (!json_is_object(fo)) {
       seterr(err, errlen, "%s: not an object", fw);
@@ -590,7 +596,7 @@ fail:
 
 /* Parse one rank index and check its .bin file exists with the recorded size. */
 static int index_load(ck_meta* m, ck_file* f, char* err, size_t errlen) {
-  char path[1200], where[400];
+  char path[CK_PATH], where[512];
   snprintf(path, sizeof path, "%s/%s", m->dir, f->index);
   snprintf(where, sizeof where, "%s/%s", m->label, f->index);
   json_error_t je;
@@ -604,13 +610,13 @@ static int index_load(ck_meta* m, ck_file* f, char* err, size_t errlen) {
   int rc = ZP_OK;
   int64_t x;
   const char* s;
-  char bw[400];
+  char bw[512];
   snprintf(bw, sizeof bw, "%s/%s", m->label, f->file);
   JTRY(jint(root, "rank", f->rank, f->rank, &x, where, err, errlen));
   JTRY(jint(root, "bytes", (int64_t)f->bytes, (int64_t)f->bytes, &x, where, err, errlen));
   JTRY(jint(root, "crc32c", f->crc, f->crc, &x, where, err, errlen));
   {
-    char bpath[1200];
+    char bpath[CK_PATH];
     snprintf(bpath, sizeof bpath, "%s/%s", m->dir, f->file);
     struct stat st;
     if (stat(bpath, &st) != 0) {
@@ -640,7 +646,7 @@ static int index_load(ck_meta* m, ck_file* f, char* err, size_t errlen) {
   }
   for (int i = 0; i < f->n_pieces; i++) {
     json_t* po = json_array_get(pa, (size_t)i);
-    char pw[460];
+    char pw[600];
     snprintf(pw, sizeof pw, "%s: pieces[%d]", where, i);
     if (!json_is_object(po)) {
       seterr(err, errlen, "%s: not an object", pw);
@@ -823,7 +829,7 @@ static int fill_range(const ck_meta* m, int g, int k, uint64_t a, uint64_t b, vo
       const ck_piece* p = &f->pieces[j];
       if (p->group != g || p->kind != k || p->end <= a || p->start >= b) continue;
       if (fd < 0) {
-        char path[1200];
+        char path[CK_PATH];
         snprintf(path, sizeof path, "%s/%s", m->dir, f->file);
         fd = open(path, O_RDONLY);
         if (fd < 0) {
@@ -898,7 +904,7 @@ static void layout_label(const zp_model_layout* L, int g, uint64_t a, uint64_t b
 
 /* Write this rank's file and index into tmp. */
 static int save_rank_file(zp_run* r, const char* tmp, const char* label, char* err, size_t errlen) {
-  char bin[1200], idx[1200], where[400], fname[64], iname[64];
+  char bin[CK_PATH], idx[CK_PATH], where[512], fname[64], iname[64];
   snprintf(fname, sizeof fname, "rank%05d.bin", r->rank);
   snprintf(iname, sizeof iname, "rank%05d.json", r->rank);
   snprintf(bin, sizeof bin, "%s/%s", tmp, fname);
@@ -1026,7 +1032,7 @@ static int save_meta(zp_run* r, const char* tmp, const char* label, int64_t step
   const zp_model_layout* L = &r->layout;
   int rc;
   if (config_toml) {
-    char cp[1200];
+    char cp[CK_PATH];
     snprintf(cp, sizeof cp, "%s/config.toml", tmp);
     if ((rc = write_text_file(cp, config_toml, strlen(config_toml), err, errlen))) return rc;
   }
@@ -1094,7 +1100,7 @@ static int save_meta(zp_run* r, const char* tmp, const char* label, int64_t step
   json_t* fa = json_array();
   rc = ZP_OK;
   for (int k = 0; k < r->world && !rc; k++) {
-    char ip[1200], bp[1200], iname[64], bname[64];
+    char ip[CK_PATH], bp[CK_PATH], iname[64], bname[64];
     snprintf(iname, sizeof iname, "rank%05d.json", k);
     snprintf(bname, sizeof bname, "rank%05d.bin", k);
     snprintf(ip, sizeof ip, "%s/%s", tmp, iname);
@@ -1133,7 +1139,7 @@ static int save_meta(zp_run* r, const char* tmp, const char* label, int64_t step
     seterr(err, errlen, "%s/meta.json: cannot encode", label);
     return ZP_E_NOMEM;
   }
-  char mp[1200];
+  char mp[CK_PATH];
   snprintf(mp, sizeof mp, "%s/meta.json", tmp);
   rc = write_text_file(mp, text, strlen(text), err, errlen);
   free(text);
@@ -1146,7 +1152,7 @@ static int save_meta(zp_run* r, const char* tmp, const char* label, int64_t step
 
 typedef struct {
   int64_t step;
-  char name[64];
+  char name[256];
 } ck_entry;
 
 static int entry_cmp(const void* a, const void* b) {
@@ -1163,7 +1169,7 @@ static void retention(const char* dir, int keep, int64_t just) {
   ck_entry* es = NULL;
   int n = 0, cap = 0;
   struct dirent* e;
-  char p[2200];
+  char p[CK_PATH];
   while ((e = readdir(d))) {
     int64_t s;
     size_t len = strlen(e->d_name);
@@ -1208,7 +1214,7 @@ int zp_ckpt_save(zp_run* r, const char* dir, int64_t step, uint64_t data_pos, in
     seterr(err, errlen, "checkpoint save: bad arguments (dir \"%s\", step %lld)", dir ? dir : "(null)", (long long)step);
     return ZP_E_INVALID;
   }
-  char label[64], final[1200], tmp[1300], old[1300];
+  char label[64], final[CK_DIR_MAX], tmp[CK_DIR_MAX + 16], old[CK_DIR_MAX + 16];
   snprintf(label, sizeof label, "ckpt_%08lld", (long long)step);
   if (snprintf(final, sizeof final, "%s/%s", dir, label) >= (int)sizeof final) {
     seterr(err, errlen, "%s: checkpoint directory path too long", dir);
@@ -1295,7 +1301,7 @@ int zp_ckpt_find_latest(const char* dir, char* path_out, size_t n) {
   if (cnt) qsort(es, (size_t)cnt, sizeof *es, entry_cmp);
   int rc = ZP_E_IO;
   for (int i = cnt - 1; i >= 0; i--) {
-    char p[2200];
+    char p[CK_PATH];
     snprintf(p, sizeof p, "%s/%s", dir, es[i].name);
     ck_meta m;
     char e2[256];
@@ -1521,7 +1527,7 @@ int zp_ckpt_info(const char* ckpt_dir, FILE* out, char* err, size_t errlen) {
   char first[1536] = "";
   for (int i = 0; i < m.n_files; i++) {
     ck_file* f = &m.files[i];
-    char path[1200];
+    char path[CK_PATH];
     snprintf(path, sizeof path, "%s/%s", m.dir, f->file);
     int fd = open(path, O_RDONLY);
     int fbad = 0;

@@ -6,4 +6,7 @@
 int zp_cmd_toml_decode(int argc, char** argv);   /* toml-test decoder: stdin TOML -> tagged JSON */
 int zp_cmd_data(int argc, char** argv);         /* zp data prepare|info: text -> token shards (cmd_data.c) */
 
+/* zp launch -n N [--timeout S] [--] CONFIG.toml|SUBCOMMAND|/path ARGS... (launch.c) */
+int zp_cmd_launch(int argc, char** argv);
+
 #endif

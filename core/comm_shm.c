@@ -1136,7 +1136,13 @@ int zp_comm_shm_open(const char* name, int rank, int size, double timeout_s, zp_
     return ZP_E_IO;
   }
   shm_header* h = p;
-  if (h->magic != SHM_MAGIC || h->version != SHM_VERSION || h->total_bytes != bytes) {
+  int layout_ok = h->magic == SHM_MAGIC && h->version == SHM_VERSION && h->total_bytes == bytes &&
+                  h->size >= 1 && h->size <= ZP_SHM_MAX_RANKS &&
+                  h->ranks_off + (uint64_t)h->size * CL <= bytes;
+  for (int i = 0; layout_ok && i < ZP_SHM_MAX_COMMS; i++)
+    layout_ok = h->slot_stage[i] >= PAGE && h->slot_stage[i] < bytes &&
+                h->slot_off[i] + slot_bytes(h->size, (size_t)h->slot_stage[i]) <= bytes;
+  if (!layout_ok) {
     munmap(p, bytes);
     set_err(err, errlen, "rank %d: %s is not a zp communicator segment of version %u", rank, name,
             SHM_VERSION);
@@ -1200,16 +1206,16 @@ int zp_comm_shm_open(const char* name, int rank, int size, double timeout_s, zp_
   /* wait until every rank attached */
   double t0 = now_s();
   for (;;) {
+    int missing = -1;
+    for (int j = 0; j < size && missing < 0; j++)
+      if (atomic_load(&s->ranks[j].pid) == 0) missing = j;
+    if (missing < 0) break; /* a later abort is reported by the first operation */
     if (atomic_load(&h->aborted) == 2) {
       set_err(err, errlen, "rank %d: opening %s aborted: rank %d reported: %s", rank, name,
               h->abort_rank, h->abort_msg);
       rc = h->abort_status ? h->abort_status : ZP_E_COMM;
       break;
     }
-    int missing = -1;
-    for (int j = 0; j < size && missing < 0; j++)
-      if (atomic_load(&s->ranks[j].pid) == 0) missing = j;
-    if (missing < 0) break;
     if (now_s() - t0 >= timeout_s) {
       snprintf(msg, sizeof msg,
                "rank %d did not attach to shared-memory segment %s within %.1f s (never started, "

@@ -10,7 +10,7 @@ jobs=$(nproc)
 echo "== release: build + ctest"
 cmake --preset release -G Ninja >/dev/null
 cmake --build --preset release
-ctest --test-dir build --output-on-failure -j"$jobs"
+ctest --test-dir build --output-on-failure -j"$jobs" -LE gpu
 echo "== asan+ubsan: unit tests"
 cmake --preset asan -G Ninja >/dev/null
 cmake --build --preset asan

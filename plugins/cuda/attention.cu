@@ -1,5 +1,6 @@
-/* attention.cu: causal multi-head self-attention, "naive" version (the default): cuBLASLt
- * strided-batched GEMMs plus permute and causal-softmax kernels.
+/* attention.cu: causal multi-head self-attention, "naive" version (ZP_CUDA_ATTN=naive, and the
+ * fallback for head sizes the flash kernels lack): cuBLASLt strided-batched GEMMs plus permute
+ * and causal-softmax kernels. Materialises T x T matrices: fast for short T, memory-hungry.
  *
  * Layout: qkv [B,T,3C] = q | k | v, each [NH, hs] with hs = C/NH; out [B,T,C] (heads
  * concatenated). Work arrays are [B*NH, T, hs] ("BH-major").

@@ -6,6 +6,8 @@
  * - create() makes the device current, creates one non-blocking compute stream (or uses the
  *   legacy default stream when ZP_CUDA_STREAM=legacy, for event timing in tests), one cuBLASLt
  *   handle and the 32 MiB cuBLASLt workspace; destroy() releases exactly those (plus scratch).
+ * - Attention: flash (attention_flash.cu) by default for head sizes 32/64/128; the cuBLASLt
+ *   path (attention.cu) for other head sizes or with ZP_CUDA_ATTN=naive. Read at create().
  * - Memory is plain cudaMalloc/cudaFree (never managed). Copies run on the compute stream;
  *   copy_h2d and copy_d2h return only once the copy is complete (the host buffer may be reused
  *   or read at once); copy_d2d and memset0 are asynchronous like any op.
@@ -111,8 +113,8 @@ static int zpc_create(const zp_host* host, const zp_backend_config* cfg, zp_back
   b->device = dev;
   const char* s = getenv("ZP_CUDA_STREAM");
   b->legacy_stream = s && strcmp(s, "legacy") == 0;
-  const char* a = getenv("ZP_CUDA_ATTN");
-  b->attn_flash = a && strcmp(a, "flash") == 0;
+  const char* a = getenv("ZP_CUDA_ATTN"); /* flash (default) | naive */
+  b->attn_flash = !(a && strcmp(a, "naive") == 0);
   if (a && strcmp(a, "flash") != 0 && strcmp(a, "naive") != 0) {
     free(b);
     return zpc_err(host, ZP_E_INVALID, "cuda backend: ZP_CUDA_ATTN=%s: expected flash or naive",
@@ -260,18 +262,24 @@ static int zpc_synchronize(zp_backend* b) {
 
 /* ---------------------------------------------------------------- attention dispatch */
 
+/* flash unless ZP_CUDA_ATTN=naive, where the head size is supported, else naive; the
+ * choice depends on (C, NH) only, so aux_bytes, fwd and bwd of one shape always agree. */
+static int zpc_flash_for(const zp_backend* b, int C, int NH) {
+  return b->attn_flash && zpc_flash_supported(C, NH);
+}
 static size_t zpc_attn_aux(zp_backend* b, int B, int T, int C, int NH) {
-  return b->attn_flash ? zpc_flash_aux_bytes(B, T, C, NH) : zpc_attention_aux_bytes(b, B, T, C, NH);
+  return zpc_flash_for(b, C, NH) ? zpc_flash_aux_bytes(B, T, C, NH)
+                                 : zpc_attention_aux_bytes(b, B, T, C, NH);
 }
 static int zpc_attn_fwd(zp_backend* b, void* out, void* aux, const void* qkv, int B, int T, int C,
                         int NH) {
-  return b->attn_flash ? zpc_flash_fwd(b, out, aux, qkv, B, T, C, NH)
-                       : zpc_attention_fwd(b, out, aux, qkv, B, T, C, NH);
+  return zpc_flash_for(b, C, NH) ? zpc_flash_fwd(b, out, aux, qkv, B, T, C, NH)
+                                 : zpc_attention_fwd(b, out, aux, qkv, B, T, C, NH);
 }
 static int zpc_attn_bwd(zp_backend* b, void* dqkv, const void* dout, const void* qkv,
                         const void* out, const void* aux, int B, int T, int C, int NH) {
-  return b->attn_flash ? zpc_flash_bwd(b, dqkv, dout, qkv, out, aux, B, T, C, NH)
-                       : zpc_attention_bwd(b, dqkv, dout, qkv, out, aux, B, T, C, NH);
+  return zpc_flash_for(b, C, NH) ? zpc_flash_bwd(b, dqkv, dout, qkv, out, aux, B, T, C, NH)
+                                 : zpc_attention_bwd(b, dqkv, dout, qkv, out, aux, B, T, C, NH);
 }
 
 /* ---------------------------------------------------------------- descriptor */

@@ -2,7 +2,8 @@
  *
  * Invariants:
  * - Every op is issued on b->stream, in call order; only synchronize(), copy_h2d, copy_d2h,
- *   sumsq, encoder_bwd (it bucket-sorts token ids on the host) and free() wait for the stream.
+ *   sumsq, encoder_bwd (it bucket-sorts token ids on the host), free() and a growth of the op
+ *   scratch wait for the stream.
  * - Every CUDA / cuBLASLt failure becomes ZP_E_DEVICE with a message naming the call and the
  *   CUDA error string, through zpc_err (host->set_error, or stderr when host is NULL).
  *   Nothing calls exit() or abort().
@@ -44,7 +45,7 @@ struct zp_backend {
   const zp_host* host;
   int device;
   int legacy_stream;     /* ZP_CUDA_STREAM=legacy: ops go to the legacy default stream (tests) */
-  int attn_flash;        /* ZP_CUDA_ATTN=flash */
+  int attn_flash;        /* 1 unless ZP_CUDA_ATTN=naive */
   cudaStream_t stream;
   cublasLtHandle_t lt;
   void* workspace;       /* ZPC_WORKSPACE_BYTES for cuBLASLt */
@@ -196,7 +197,8 @@ int zpc_attention_fwd(zp_backend* b, void* out, void* aux, const void* qkv, int 
                       int NH);
 int zpc_attention_bwd(zp_backend* b, void* dqkv, const void* dout, const void* qkv,
                       const void* out, const void* aux, int B, int T, int C, int NH);
-/* flash variant (attention_flash.cu); aux = logsumexp fp32 [B, NH, T] */
+/* flash variant (attention_flash.cu); aux = logsumexp fp32 [B, NH, T]; head sizes 32/64/128 */
+int zpc_flash_supported(int C, int NH);
 size_t zpc_flash_aux_bytes(int B, int T, int C, int NH);
 int zpc_flash_fwd(zp_backend* b, void* out, void* aux, const void* qkv, int B, int T, int C,
                   int NH);

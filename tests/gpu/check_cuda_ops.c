@@ -26,8 +26,9 @@
  *
  * Timing: a second instance of the CUDA backend is created with ZP_CUDA_STREAM=legacy, so its
  * ops run on the legacy default stream and cudaEventRecord(…, 0) brackets them exactly. Both
- * attention variants are checked: the default (naive) and ZP_CUDA_ATTN=flash (SKIP if the
- * plugin does not implement it).
+ * attention variants are checked, each on its own instance: ZP_CUDA_ATTN=naive (cuBLASLt) and
+ * ZP_CUDA_ATTN=flash (the plugin's default; head sizes 32/64/128, else it falls back to naive).
+ * Instances have separate streams: results of one are synchronized before another reads them.
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -823,7 +824,7 @@ static void t_attention(int B, int T, int C, int NH) {
   for (int variant = 0; variant < 2; variant++) {
     zp_backend* b = variant ? gfb : gb;
     zp_backend* t = variant ? tfb : tb;
-    const char* vn = variant ? "flash" : "default";
+    const char* vn = variant ? "flash" : "naive";
     char nf[48], nb2[48];
     snprintf(nf, sizeof nf, "attention_fwd[%s]", vn);
     snprintf(nb2, sizeof nb2, "attention_bwd[%s].dqkv", vn);
@@ -848,6 +849,7 @@ static void t_attention(int B, int T, int C, int NH) {
       continue;
     }
     if (rc) die("attention_fwd[%s] returned %d", vn, rc);
+    CK(G->synchronize(b)); /* b's stream is not ordered with gb's, which downloads */
     cmp(nf, shape, gdown(ga.o1, BTC), ref_out, BTC, TOL_OUT);
     snprintf(g_pend[g_npend - 1].note, sizeof g_pend[0].note, "aux %.1f MiB",
              gaux / 1048576.0);
@@ -859,7 +861,21 @@ static void t_attention(int B, int T, int C, int NH) {
     ga.o3 = gup(nanv, 3 * BTC);
     rc = r_att_bwd(G, b, &ga);
     if (rc) die("attention_bwd[%s] returned %d", vn, rc);
+    CK(G->synchronize(b));
     cmp(nb2, shape, gdown(ga.o3, 3 * BTC), ref_dqkv, 3 * BTC, TOL_GRAD);
+    { /* determinism: a second backward into a NaN-poisoned buffer is bitwise equal */
+      void* first = hmalloc(3 * BTC * 2);
+      void* second = hmalloc(3 * BTC * 2);
+      CK(G->copy_d2h(gb, first, ga.o3, 3 * BTC * 2));
+      args_t g2 = ga;
+      g2.o3 = gup(nanv, 3 * BTC);
+      CK(r_att_bwd(G, b, &g2));
+      CK(G->synchronize(b));
+      CK(G->copy_d2h(gb, second, g2.o3, 3 * BTC * 2));
+      char nd[64];
+      snprintf(nd, sizeof nd, "attention_bwd[%s].deterministic", vn);
+      cmp_bytes(nd, shape, first, second, 3 * BTC * 2);
+    }
     double msb = gtime(t, r_att_bwd, &ga);
     flush(msb);
     if (!isnan(ms)) {
@@ -1501,6 +1517,9 @@ int main(int argc, char** argv) {
   t_attention(3, 37, 96, 4);
   if (!g_quick) t_attention(1, 1024, 768, 12);
   t_attention(2, 128, 256, 2); /* hs = 128 */
+  t_attention(2, 100, 128, 2); /* hs = 64, T not a multiple of the 64-row tiles */
+  t_attention(2, 77, 128, 4);  /* hs = 32, ragged T */
+  if (!g_quick) t_attention(8, 1024, 768, 12); /* GPT-2 124M, micro-batch 8: timing shape */
   t_pointwise((size_t)N * 4 * C, 0);
   t_pointwise(1001, 1);
   t_xent(N, V, Vp);

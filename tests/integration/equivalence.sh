@@ -3,8 +3,11 @@
 # ranks (zp launch, shared-memory collectives), fp32 and bf16 storage, 2, 3 and 4 ranks (3
 # forces padding): per-step losses and final parameters must be bitwise identical (same
 # arithmetic: fixed-order reductions, grad_accum 1, no clipping). Then 1, 2 and 4 ranks with
-# the same global batch agree within 1e-5 (different summation order), and stage 2 with
-# grad_accum 2 agrees with the replicated run within 1e-5 (it reduces every micro-batch).
+# the same global batch agree within 1e-4 after 4 AdamW steps at lr 1e-2 (the gradient sums
+# run in another order, ~1e-7 relative; Adam's update m/sqrt(v) is insensitive to gradient
+# scale, so near-zero gradients turn those into parameter differences up to ~3e-5 measured),
+# and stage 2 with grad_accum 2 agrees with the replicated run within 1e-5 (it reduces every
+# micro-batch instead of once per step).
 set -euo pipefail
 build=$1; src=$2
 zp=$build/zp
@@ -45,8 +48,8 @@ for prec in fp32 bf16; do
 done
 # same global batch (8 sequences) on 1, 2, 4 ranks
 run gb-1 1 train.micro_batch=8 && run gb-2 2 train.micro_batch=4 && run gb-4 4 train.micro_batch=2 && {
-  compare gb-1 gb-2 1e-5 "1 vs 2 ranks, same global batch"
-  compare gb-1 gb-4 1e-5 "1 vs 4 ranks, same global batch"
+  compare gb-1 gb-2 1e-4 "1 vs 2 ranks, same global batch"
+  compare gb-1 gb-4 1e-4 "1 vs 4 ranks, same global batch"
 }
 # stage 3 with a persistent (resident) small group, and stage 2 with accumulation
 run s3-persist 2 zero.plugin=stage3 zero.persist_threshold=20000 && compare ref-fp32-2 s3-persist 0 "stage3 with resident groups vs replicated (bitwise)"

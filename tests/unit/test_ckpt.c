@@ -8,7 +8,7 @@
  * checkpoint behind; resharding: world 2 (stage3) -> world 1 (none) -> world 3 (stage1) and
  * world 2 (stage2), checked element by element against a pattern of global indices.
  * Fork-based cases run first, before the parent process touches OpenMP. */
-#define _DEFAULT_SOURCE
+#define _GNU_SOURCE
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -37,7 +37,11 @@ static int rm_cb(const char* p, const struct stat* sb, int flag, struct FTW* f) 
   (void)sb; (void)flag; (void)f;
   return remove(p);
 }
-static void rm_rf(const char* p) { nftw(p, rm_cb, 16, FTW_DEPTH | FTW_PHYS); }
+/* ZP_CKPT_TEST_KEEP=1 keeps the temporary directories for inspection */
+static void rm_rf(const char* p) {
+  if (getenv("ZP_CKPT_TEST_KEEP")) fprintf(stderr, "kept %s\n", p);
+  else nftw(p, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
+}
 
 static void make_tmpdir(char* out, size_t n) {
   snprintf(out, n, "/tmp/zp_ckpt_test_XXXXXX");
@@ -54,16 +58,21 @@ static int exists(const char* dir, const char* name) {
   return stat(p, &st) == 0;
 }
 
+/* ZP_CKPT_TEST_DEVICE=cuda runs the single-process cases on the CUDA backend (manual use on a
+ * GPU machine; the default and CI run the CPU backend and every case). */
+static const char* g_device = "cpu";
+
 static int make_cfg(zp_config* c, const char* prec, int n_layer, int d_model, const char* strategy) {
   char err[1024];
   int rc = zp_config_defaults(c);
-  char a[64], b[64], d[64], s[64];
+  char a[64], b[64], d[64], s[64], dv[64];
   snprintf(a, sizeof a, "train.precision=%s", prec);
   snprintf(b, sizeof b, "model.n_layer=%d", n_layer);
   snprintf(d, sizeof d, "model.d_model=%d", d_model);
   snprintf(s, sizeof s, "zero.plugin=%s", strategy);
   const char* sets[] = {b, "model.n_head=2", d, "model.seq_len=16", "model.vocab_size=64", "model.vocab_pad=64",
-                        "train.micro_batch=2", "train.threads=1", a, s};
+                        "train.micro_batch=2", "train.threads=1", a, s, dv};
+  snprintf(dv, sizeof dv, "train.device=%s", g_device);
   for (size_t i = 0; i < sizeof sets / sizeof sets[0] && !rc; i++) {
     rc = zp_config_set(c, sets[i], err, sizeof err);
     if (rc) fprintf(stderr, "config %s: %s\n", sets[i], err);
@@ -363,14 +372,480 @@ static void test_reshard(void) {
   rm_rf(c3);
 }
 
+/* save in a child, optionally dying at a crash point; returns the wait status */
+static int save_child(const char* dir, int64_t step, const char* crash_at) {
+  fflush(NULL);
+  pid_t p = fork();
+  if (p == 0) {
+    if (crash_at) setenv("ZP_CRASH_AT", crash_at, 1);
+    _exit(save_pattern_ckpt(dir, "fp32", 2, 32, 1, step, 5) ? 1 : 0);
+  }
+  int st = 0;
+  waitpid(p, &st, 0);
+  return st;
+}
+
 static void test_crashpoints(void) {
   const char* points[] = {"ckpt_after_shard", "ckpt_before_rename"};
   for (int i = 0; i < 2; i++) {
-    char d[256], found[512];
+    char d[256], found[512], want[512];
     make_tmpdir(d, sizeof d);
-    CHECK_EQ_INT(save_pattern_ckpt_fork_placeholder(d), 0);
-    (void)points;
-    (void)found;
+    int st = save_child(d, 1, NULL);
+    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    st = save_child(d, 2, points[i]);
+    CHECK_MSG(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL, "%s: the saver was not killed", points[i]);
+    CHECK(exists(d, "ckpt_00000002.tmp"));
+    CHECK(!exists(d, "ckpt_00000002"));
+    CHECK_EQ_INT(zp_ckpt_find_latest(d, found, sizeof found), 0);
+    snprintf(want, sizeof want, "%s/ckpt_00000001", d);
+    CHECK_STR_CONTAINS(found, want);
+    /* the next save succeeds and clears the stale temporary directory */
+    st = save_child(d, 3, NULL);
+    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    CHECK(!exists(d, "ckpt_00000002.tmp"));
+    CHECK_EQ_INT(zp_ckpt_find_latest(d, found, sizeof found), 0);
+    snprintf(want, sizeof want, "%s/ckpt_00000003", d);
+    CHECK_STR_CONTAINS(found, want);
     rm_rf(d);
   }
+}
+
+/* ---------------- single process ---------------- */
+
+static void roundtrip(const char* prec) {
+  zp_config c;
+  zp_run r, r2;
+  char d[256], err[2048], found[512], want[512];
+  make_tmpdir(d, sizeof d);
+  CHECK_EQ_INT(make_cfg(&c, prec, 2, 32, "none"), 0);
+  if (open_run(&r, &c, NULL)) { CHECK(0); zp_config_free(&c); return; }
+  CHECK_EQ_INT(zp_run_init_weights(&r), 0);
+  CHECK_EQ_INT(fill_pattern(&r, 1), 0);
+  r.opt.step_t = 5;
+  int rc = zp_ckpt_save(&r, d, 7, 12345, 3, "[model]\nn_layer = 2\n", err, sizeof err);
+  CHECK_MSG(rc == 0, "%s", err);
+  CHECK_EQ_INT(zp_ckpt_find_latest(d, found, sizeof found), 0);
+  snprintf(want, sizeof want, "%s/ckpt_00000007", d);
+  CHECK(strcmp(found, want) == 0);
+  CHECK(exists(found, "meta.json") && exists(found, "config.toml") && exists(found, "rank00000.bin") && exists(found, "rank00000.json"));
+  CHECK(!exists(d, "ckpt_00000007.tmp"));
+  CHECK_EQ_INT(open_run(&r2, &c, NULL), 0);
+  fill_garbage(&r2);
+  int64_t step = -1;
+  uint64_t dp = 0;
+  rc = zp_ckpt_load(&r2, found, &step, &dp, err, sizeof err);
+  CHECK_MSG(rc == 0, "%s", err);
+  CHECK_EQ_INT(step, 7);
+  CHECK_EQ_INT(dp, 12345);
+  CHECK_EQ_INT(r2.opt.step_t, 5);
+  CHECK_EQ_INT(compare_runs(&r, &r2), 0);
+  CHECK_EQ_INT(check_pattern(&r2, 1, prec), 0);
+  /* info verifies everything */
+  char* txt = NULL;
+  size_t tl = 0;
+  FILE* f = open_memstream(&txt, &tl);
+  rc = zp_ckpt_info(found, f, err, sizeof err);
+  fclose(f);
+  CHECK_MSG(rc == 0, "%s", err);
+  CHECK_STR_CONTAINS(txt, "all checksums match");
+  CHECK_STR_CONTAINS(txt, "step 7");
+  CHECK_STR_CONTAINS(txt, "n_layer 2 n_head 2 d_model 32");
+  free(txt);
+  /* full fp32 weights for export */
+  float* gp[8] = {0};
+  rc = zp_ckpt_read_full_params(found, &r.layout, gp, err, sizeof err);
+  CHECK_MSG(rc == 0, "%s", err);
+  int bad = 0;
+  for (int g = 0; g < r.layout.n_groups && !rc; g++) {
+    uint64_t n = zp_group_padded(&r.layout, g, 1);
+    for (uint64_t i = 0; i < n; i++) {
+      float w = i < r.layout.group_span[g] ? pat(1, g, 0, i) : 0.0f;
+      if (memcmp(&w, &gp[g][i], 4)) bad++;
+    }
+    free(gp[g]);
+  }
+  CHECK_EQ_INT(bad, 0);
+  zp_run_close(&r2);
+  zp_run_close(&r);
+  zp_config_free(&c);
+  rm_rf(d);
+}
+
+static void test_roundtrip_fp32(void) { roundtrip("fp32"); }
+static void test_roundtrip_bf16(void) { roundtrip("bf16"); }
+static void test_roundtrip_fp64(void) { roundtrip("fp64"); }
+
+/* a checkpoint saved in one precision loads into another: MASTER/weights exact, PARAM = cast */
+/* gpu: checkpoints saved on the CPU backend in each precision load into the device's bf16 */
+static void cross_precision(int gpu) {
+  const char* precs[] = {"fp32", "bf16", "fp64"};
+  for (int i = 0; i < 3; i++)
+    for (int j = 0; j < 3; j++) {
+      if (gpu ? j != 1 : i == j) continue;
+      char d[256], ck[512], err[2048];
+      make_tmpdir(d, sizeof d);
+      const char* dev = g_device;
+      g_device = "cpu";
+      CHECK_EQ_INT(save_pattern_ckpt(d, precs[i], 2, 32, 4, 11, 2), 0);
+      g_device = dev;
+      CHECK_EQ_INT(zp_ckpt_find_latest(d, ck, sizeof ck), 0);
+      zp_config c;
+      zp_run r;
+      CHECK_EQ_INT(make_cfg(&c, precs[j], 2, 32, "none"), 0);
+      if (open_run(&r, &c, NULL)) { CHECK(0); zp_config_free(&c); return; }
+      fill_garbage(&r);
+      int64_t step;
+      uint64_t dp;
+      int rc = zp_ckpt_load(&r, ck, &step, &dp, err, sizeof err);
+      CHECK_MSG(rc == 0, "%s -> %s: %s", precs[i], precs[j], err);
+      CHECK_MSG(check_pattern(&r, 4, precs[j]) == 0, "%s -> %s", precs[i], precs[j]);
+      CHECK_EQ_INT(r.opt.step_t, 111);
+      zp_run_close(&r);
+      zp_config_free(&c);
+      rm_rf(d);
+    }
+}
+
+static void test_cross_precision(void) { cross_precision(0); }
+static void test_cross_precision_gpu(void) { cross_precision(1); }
+
+static int count_ckpts(const char* dir, char names[][256], int max) {
+  DIR* dd = opendir(dir);
+  int n = 0;
+  struct dirent* e;
+  while (dd && (e = readdir(dd)))
+    if (e->d_name[0] != '.') {
+      if (n < max) snprintf(names[n], 256, "%s", e->d_name);
+      n++;
+    }
+  if (dd) closedir(dd);
+  return n;
+}
+
+static void test_retention(void) {
+  char d[256], names[16][256], p[512];
+  make_tmpdir(d, sizeof d);
+  zp_config c;
+  zp_run r;
+  char err[2048];
+  CHECK_EQ_INT(make_cfg(&c, "fp32", 2, 32, "none"), 0);
+  CHECK_EQ_INT(open_run(&r, &c, NULL), 0);
+  CHECK_EQ_INT(fill_pattern(&r, 2), 0);
+  for (int s = 1; s <= 5; s++) {
+    if (s == 5) { /* a stale temporary directory from a crashed save */
+      snprintf(p, sizeof p, "%s/ckpt_00000004.tmp", d);
+      mkdir(p, 0755);
+    }
+    int rc = zp_ckpt_save(&r, d, s * 10, (uint64_t)s, 2, NULL, err, sizeof err);
+    CHECK_MSG(rc == 0, "%s", err);
+  }
+  int n = count_ckpts(d, names, 16);
+  CHECK_EQ_INT(n, 2);
+  CHECK(exists(d, "ckpt_00000040") && exists(d, "ckpt_00000050"));
+  CHECK(!exists(d, "ckpt_00000004.tmp"));
+  /* saving the same step again replaces it */
+  CHECK_EQ_INT(fill_pattern(&r, 3), 0);
+  int rc = zp_ckpt_save(&r, d, 50, 77, 2, NULL, err, sizeof err);
+  CHECK_MSG(rc == 0, "%s", err);
+  CHECK_EQ_INT(count_ckpts(d, names, 16), 2);
+  zp_run r2;
+  CHECK_EQ_INT(open_run(&r2, &c, NULL), 0);
+  int64_t step;
+  uint64_t dp;
+  snprintf(p, sizeof p, "%s/ckpt_00000050", d);
+  rc = zp_ckpt_load(&r2, p, &step, &dp, err, sizeof err);
+  CHECK_MSG(rc == 0, "%s", err);
+  CHECK_EQ_INT(dp, 77);
+  CHECK_EQ_INT(check_pattern(&r2, 3, "resaved"), 0);
+  /* keep 1 removes all but the newest */
+  rc = zp_ckpt_save(&r, d, 60, 1, 1, NULL, err, sizeof err);
+  CHECK_MSG(rc == 0, "%s", err);
+  CHECK_EQ_INT(count_ckpts(d, names, 16), 1);
+  CHECK(exists(d, "ckpt_00000060"));
+  zp_run_close(&r2);
+  zp_run_close(&r);
+  zp_config_free(&c);
+  rm_rf(d);
+}
+
+static void write_file(const char* path, const char* text) {
+  FILE* f = fopen(path, "w");
+  if (f) {
+    fputs(text, f);
+    fclose(f);
+  }
+}
+
+static void test_find_latest(void) {
+  char d[256], p[512], q[600], found[512];
+  make_tmpdir(d, sizeof d);
+  CHECK(zp_ckpt_find_latest(d, found, sizeof found) != 0); /* empty */
+  CHECK(zp_ckpt_find_latest("/nonexistent/zp/dir", found, sizeof found) != 0);
+  CHECK_EQ_INT(save_pattern_ckpt(d, "fp32", 2, 32, 1, 3, 10), 0);
+  /* a .tmp directory with a valid meta.json */
+  snprintf(p, sizeof p, "%s/ckpt_00000009.tmp", d);
+  mkdir(p, 0755);
+  char src[512], dst[600];
+  snprintf(src, sizeof src, "%s/ckpt_00000003/meta.json", d);
+  snprintf(dst, sizeof dst, "%s/meta.json", p);
+  {
+    FILE* a = fopen(src, "rb");
+    FILE* b = fopen(dst, "wb");
+    char buf[4096];
+    size_t n;
+    while (a && b && (n = fread(buf, 1, sizeof buf, a)) > 0) fwrite(buf, 1, n, b);
+    if (a) fclose(a);
+    if (b) fclose(b);
+  }
+  /* corrupt meta.json, a wrong format, no meta.json, a name with a suffix */
+  snprintf(p, sizeof p, "%s/ckpt_00000008", d);
+  mkdir(p, 0755);
+  snprintf(q, sizeof q, "%s/meta.json", p);
+  write_file(q, "{\"format\": \"zeroplace-checkpoint\", \"version\": 1, \"step\": 8,");
+  snprintf(p, sizeof p, "%s/ckpt_00000012", d);
+  mkdir(p, 0755);
+  snprintf(q, sizeof q, "%s/meta.json", p);
+  write_file(q, "{\"format\": \"something-else\"}");
+  snprintf(p, sizeof p, "%s/ckpt_00000010", d);
+  mkdir(p, 0755);
+  snprintf(p, sizeof p, "%s/ckpt_00000011x", d);
+  mkdir(p, 0755);
+  CHECK_EQ_INT(zp_ckpt_find_latest(d, found, sizeof found), 0);
+  snprintf(p, sizeof p, "%s/ckpt_00000003", d);
+  CHECK(strcmp(found, p) == 0);
+  /* loading the corrupt one names its meta.json */
+  zp_config c;
+  zp_run r;
+  char err[2048];
+  CHECK_EQ_INT(make_cfg(&c, "fp32", 2, 32, "none"), 0);
+  CHECK_EQ_INT(open_run(&r, &c, NULL), 0);
+  int64_t step;
+  uint64_t dp;
+  snprintf(p, sizeof p, "%s/ckpt_00000008", d);
+  CHECK_EQ_INT(zp_ckpt_load(&r, p, &step, &dp, err, sizeof err), ZP_E_CORRUPT);
+  CHECK_STR_CONTAINS(err, "ckpt_00000008/meta.json");
+  zp_run_close(&r);
+  zp_config_free(&c);
+  rm_rf(d);
+}
+
+/* file offset of the piece (group, kind) in a rank index; -1 if none */
+static long long piece_offset(const char* ckpt, const char* index, int group, const char* kind, long long* bytes) {
+  char p[600];
+  snprintf(p, sizeof p, "%s/%s", ckpt, index);
+  json_error_t je;
+  json_t* root = json_load_file(p, 0, &je);
+  long long off = -1;
+  json_t* pa = json_object_get(root, "pieces");
+  for (size_t i = 0; i < json_array_size(pa); i++) {
+    json_t* po = json_array_get(pa, i);
+    if (json_integer_value(json_object_get(po, "group")) == group && !strcmp(json_string_value(json_object_get(po, "kind")), kind)) {
+      off = json_integer_value(json_object_get(po, "offset"));
+      *bytes = json_integer_value(json_object_get(po, "bytes"));
+    }
+  }
+  json_decref(root);
+  return off;
+}
+
+static void flip_byte(const char* path, long long off) {
+  int fd = open(path, O_RDWR);
+  unsigned char b = 0;
+  if (fd < 0) return;
+  if (pread(fd, &b, 1, off) == 1) {
+    b ^= 0x10;
+    if (pwrite(fd, &b, 1, off) != 1) perror("pwrite");
+  }
+  close(fd);
+}
+
+static void test_corrupt_and_truncated(void) {
+  char d[256], ck[512], bin[600], err[2048];
+  make_tmpdir(d, sizeof d);
+  CHECK_EQ_INT(save_pattern_ckpt(d, "bf16", 2, 32, 5, 7, 2), 0);
+  CHECK_EQ_INT(zp_ckpt_find_latest(d, ck, sizeof ck), 0);
+  snprintf(bin, sizeof bin, "%s/rank00000.bin", ck);
+  zp_config c;
+  zp_run r;
+  CHECK_EQ_INT(make_cfg(&c, "bf16", 2, 32, "none"), 0);
+  CHECK_EQ_INT(open_run(&r, &c, NULL), 0);
+  int64_t step;
+  uint64_t dp;
+  /* a flipped byte in block.1's m piece */
+  long long pb = 0, off = piece_offset(ck, "rank00000.json", 2, "m", &pb);
+  CHECK(off >= 0 && pb > 100);
+  flip_byte(bin, off + 77);
+  int rc = zp_ckpt_load(&r, ck, &step, &dp, err, sizeof err);
+  CHECK_EQ_INT(rc, ZP_E_CORRUPT);
+  CHECK_STR_CONTAINS(err, "ckpt_00000007/rank00000.bin: checksum mismatch in piece h.1.* (group block.1, m, elements 0..");
+  char* txt = NULL;
+  size_t tl = 0;
+  FILE* f = open_memstream(&txt, &tl);
+  rc = zp_ckpt_info(ck, f, err, sizeof err);
+  fclose(f);
+  CHECK_EQ_INT(rc, ZP_E_CORRUPT);
+  CHECK_STR_CONTAINS(err, "rank00000.bin: checksum mismatch in piece h.1.*");
+  CHECK_STR_CONTAINS(txt, "CORRUPT");
+  free(txt);
+  flip_byte(bin, off + 77); /* restore */
+  rc = zp_ckpt_load(&r, ck, &step, &dp, err, sizeof err);
+  CHECK_MSG(rc == 0, "%s", err);
+  /* a flipped byte in the embedding's master piece names wte */
+  off = piece_offset(ck, "rank00000.json", 0, "master", &pb);
+  flip_byte(bin, off + 8);
+  rc = zp_ckpt_load(&r, ck, &step, &dp, err, sizeof err);
+  CHECK_EQ_INT(rc, ZP_E_CORRUPT);
+  CHECK_STR_CONTAINS(err, "checksum mismatch in piece wte.weight..wpe.weight (group embed, master, elements 0..");
+  flip_byte(bin, off + 8);
+  /* alignment padding between pieces is covered by the whole-file checksum only */
+  off = piece_offset(ck, "rank00000.json", 0, "master", &pb);
+  if ((off + pb) % ZP_CKPT_ALIGN) {
+    flip_byte(bin, off + pb);
+    CHECK_EQ_INT(zp_ckpt_load(&r, ck, &step, &dp, err, sizeof err), 0);
+    f = fopen("/dev/null", "w");
+    CHECK_EQ_INT(zp_ckpt_info(ck, f, err, sizeof err), ZP_E_CORRUPT);
+    fclose(f);
+    CHECK_STR_CONTAINS(err, "whole-file checksum mismatch");
+    flip_byte(bin, off + pb);
+  }
+  /* truncated */
+  struct stat st;
+  CHECK_EQ_INT(stat(bin, &st), 0);
+  CHECK_EQ_INT(truncate(bin, st.st_size / 2), 0);
+  rc = zp_ckpt_load(&r, ck, &step, &dp, err, sizeof err);
+  CHECK(rc != 0);
+  CHECK_STR_CONTAINS(err, "ckpt_00000007/rank00000.bin: truncated");
+  /* missing */
+  unlink(bin);
+  rc = zp_ckpt_load(&r, ck, &step, &dp, err, sizeof err);
+  CHECK(rc != 0);
+  CHECK_STR_CONTAINS(err, "ckpt_00000007/rank00000.bin: missing");
+  zp_run_close(&r);
+  zp_config_free(&c);
+  rm_rf(d);
+}
+
+static void test_shape_mismatch(void) {
+  char d[256], ck[512], err[2048];
+  make_tmpdir(d, sizeof d);
+  CHECK_EQ_INT(save_pattern_ckpt(d, "bf16", 2, 32, 1, 1, 2), 0);
+  CHECK_EQ_INT(zp_ckpt_find_latest(d, ck, sizeof ck), 0);
+  zp_config c;
+  zp_run r;
+  int64_t step;
+  uint64_t dp;
+  CHECK_EQ_INT(make_cfg(&c, "bf16", 3, 64, "none"), 0);
+  CHECK_EQ_INT(open_run(&r, &c, NULL), 0);
+  int rc = zp_ckpt_load(&r, ck, &step, &dp, err, sizeof err);
+  CHECK_EQ_INT(rc, ZP_E_INVALID);
+  CHECK_STR_CONTAINS(err, "ckpt_00000001/meta.json: checkpoint has n_layer 2 n_head 2 d_model 32");
+  CHECK_STR_CONTAINS(err, "config has n_layer 3 n_head 2 d_model 64");
+  float* gp[8] = {0};
+  CHECK_EQ_INT(zp_ckpt_read_full_params(ck, &r.layout, gp, err, sizeof err), ZP_E_INVALID);
+  CHECK(gp[0] == NULL);
+  zp_run_close(&r);
+  zp_config_free(&c);
+  rm_rf(d);
+}
+
+/* Training resumes bitwise: 2 real steps, save, 1 more step; versus load + that step. */
+static int train_steps(zp_run* r, int from, int to) {
+  int N = r->B * r->T;
+  int32_t* in = malloc((size_t)N * sizeof(int32_t));
+  int32_t* tg = malloc((size_t)N * sizeof(int32_t));
+  int rc = 0;
+  for (int s = from; s < to && !rc; s++) {
+    for (int i = 0; i < N; i++) {
+      in[i] = (int32_t)((i * 7 + s * 13) % 64);
+      tg[i] = (int32_t)((i * 7 + s * 13 + 5) % 64);
+    }
+    double loss;
+    rc = zp_run_zero_grads(r);
+    if (!rc) rc = zp_run_micro_batch(r, in, tg, 1.0f / (float)N, &loss);
+    if (!rc) rc = zp_run_step(r, 1e-3f);
+    if (rc) fprintf(stderr, "step %d: %s\n", s, r->err);
+  }
+  free(in);
+  free(tg);
+  return rc;
+}
+
+static void resume(const char* prec) {
+  zp_config c;
+  zp_run r, r2;
+  zp_run_opts o;
+  memset(&o, 0, sizeof o);
+  o.world = 1;
+  char d[256], ck[512], err[2048];
+  make_tmpdir(d, sizeof d);
+  CHECK_EQ_INT(make_cfg(&c, prec, 2, 32, "none"), 0);
+  CHECK_EQ_INT(zp_run_open(&r, &c, &o), 0);
+  CHECK_EQ_INT(zp_run_open(&r2, &c, &o), 0);
+  CHECK_EQ_INT(zp_run_init_weights(&r), 0);
+  CHECK_EQ_INT(train_steps(&r, 0, 2), 0);
+  CHECK_EQ_INT(r.opt.step_t, 2);
+  int rc = zp_ckpt_save(&r, d, 2, 2, 2, NULL, err, sizeof err);
+  CHECK_MSG(rc == 0, "%s", err);
+  CHECK_EQ_INT(train_steps(&r, 2, 3), 0);
+  CHECK_EQ_INT(zp_ckpt_find_latest(d, ck, sizeof ck), 0);
+  int64_t step;
+  uint64_t dp;
+  fill_garbage(&r2);
+  rc = zp_ckpt_load(&r2, ck, &step, &dp, err, sizeof err);
+  CHECK_MSG(rc == 0, "%s", err);
+  CHECK_EQ_INT(r2.opt.step_t, 2);
+  CHECK_EQ_INT(train_steps(&r2, 2, 3), 0);
+  CHECK_EQ_INT(compare_runs(&r, &r2), 0);
+  zp_run_close(&r2);
+  zp_run_close(&r);
+  zp_config_free(&c);
+  rm_rf(d);
+}
+static void test_resume_bitwise_fp32(void) { resume("fp32"); }
+static void test_resume_bitwise_bf16(void) { resume("bf16"); }
+
+static void test_dry_run_refused(void) {
+  zp_config c;
+  zp_run r;
+  char err[1024];
+  CHECK_EQ_INT(make_cfg(&c, "bf16", 2, 32, "none"), 0);
+  zp_run_opts o;
+  memset(&o, 0, sizeof o);
+  o.dry_run = 1;
+  o.world = 4;
+  CHECK_EQ_INT(zp_run_open(&r, &c, &o), 0);
+  CHECK_EQ_INT(zp_ckpt_save(&r, "/tmp/zp_never_written", 1, 0, 1, NULL, err, sizeof err), ZP_E_INVALID);
+  CHECK_STR_CONTAINS(err, "dry run");
+  zp_run_close(&r);
+  zp_config_free(&c);
+}
+
+int main(void) {
+  setenv("ZP_PLUGIN_PATH", ZP_BUILD_DIR "/plugins", 0);
+  if (getenv("ZP_CKPT_TEST_DEVICE")) g_device = getenv("ZP_CKPT_TEST_DEVICE");
+  int cpu = strcmp(g_device, "cpu") == 0;
+  if (!cpu) { /* manual GPU mode: single-process round trips only */
+    fprintf(stderr, "device %s (bf16 only): fork-based, fp32/fp64 and bitwise-resume cases are CPU-only\n", g_device);
+    ZT_RUN(test_roundtrip_bf16);
+    ZT_RUN(test_cross_precision_gpu);
+    ZT_RUN(test_corrupt_and_truncated);
+    ZT_RUN(test_shape_mismatch);
+    return zt_done();
+  }
+  ZT_RUN(test_crc32c);
+  /* fork-based first: the parent has not started OpenMP yet */
+  ZT_RUN(test_crashpoints);
+  ZT_RUN(test_reshard);
+  ZT_RUN(test_roundtrip_fp32);
+  ZT_RUN(test_roundtrip_bf16);
+  ZT_RUN(test_roundtrip_fp64);
+  ZT_RUN(test_cross_precision);
+  ZT_RUN(test_retention);
+  ZT_RUN(test_find_latest);
+  ZT_RUN(test_corrupt_and_truncated);
+  ZT_RUN(test_shape_mismatch);
+  ZT_RUN(test_resume_bitwise_fp32);
+  ZT_RUN(test_resume_bitwise_bf16);
+  ZT_RUN(test_dry_run_refused);
+  return zt_done();
 }
