@@ -27,35 +27,8 @@
 extern "C" {
 #endif
 
-#define ZP_COMM_ERR_LEN 512
-#define ZP_COMM_SPLIT_UNDEFINED (-1) /* split color: this rank joins no sub-communicator */
-
-typedef struct zp_comm_ops {
-  size_t struct_size;
-  /* in place: buf holds count elements on every rank; on return, the reduction of all */
-  int (*allreduce)(zp_comm* c, void* buf, size_t count, zp_dtype dt, zp_redop op);
-  /* send holds size*recv_count; rank r gets (the reduction of) block r */
-  int (*reduce_scatter)(zp_comm* c, void* recv, const void* send, size_t recv_count, zp_dtype dt,
-                        zp_redop op);
-  /* recv holds size*send_count; in-place allowed when send == recv + rank*send_count */
-  int (*allgather)(zp_comm* c, void* recv, const void* send, size_t send_count, zp_dtype dt);
-  int (*broadcast)(zp_comm* c, void* buf, size_t count, zp_dtype dt, int root);
-  /* rendezvous: returns only when the peer's matching recv has taken the data */
-  int (*send)(zp_comm* c, const void* buf, size_t count, zp_dtype dt, int peer);
-  int (*recv)(zp_comm* c, void* buf, size_t count, zp_dtype dt, int peer);
-  int (*barrier)(zp_comm* c);
-  /* MPI_Comm_split semantics; collective over c. Ranks of the new communicator are ordered by
-   * (key, rank in c). color ZP_COMM_SPLIT_UNDEFINED (< 0): *out = NULL. */
-  int (*split)(zp_comm* c, int color, int key, zp_comm** out);
-  void (*destroy)(zp_comm* c);
-} zp_comm_ops;
-
-/* The base struct (zp_plugin.h declares `typedef struct zp_comm zp_comm;`). */
-struct zp_comm {
-  const zp_comm_ops* ops;
-  int rank, size;
-  char err[ZP_COMM_ERR_LEN];
-};
+/* ZP_COMM_ERR_LEN, ZP_COMM_SPLIT_UNDEFINED, zp_comm_ops and struct zp_comm are part of the
+ * plugin ABI (zp_plugin.h): a backend plugin may provide a communicator (NCCL). */
 typedef struct zp_comm zp_comm_base;
 
 static inline int zp_comm_rank(const zp_comm* c) { return c->rank; }

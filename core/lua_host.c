@@ -332,6 +332,39 @@ static int zl_setmetatable(lua_State* L) {
   return 1;
 }
 
+/* xpcall(f, msgh, ...) as the standard one, but the user's handler is skipped once the
+ * instruction budget is exhausted: an error raised from the count hook calls the handler
+ * while Lua still has hooks disabled, so a looping handler could never be stopped. */
+static int zl_xpcall_handler(lua_State* L) {
+  if (zl_host(L)->instr_exceeded) return 1; /* pass the error object through */
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_insert(L, 1);
+  lua_call(L, lua_gettop(L) - 1, 1);
+  return 1;
+}
+
+static int zl_finish_pcall(lua_State* L, int status, lua_KContext extra) {
+  if (status != LUA_OK && status != LUA_YIELD) {
+    lua_pushboolean(L, 0);
+    lua_pushvalue(L, -2);
+    return 2;
+  }
+  return lua_gettop(L) - (int)extra;
+}
+
+static int zl_xpcall(lua_State* L) {
+  int n = lua_gettop(L);
+  luaL_checktype(L, 2, LUA_TFUNCTION);
+  lua_pushvalue(L, 2);
+  lua_pushcclosure(L, zl_xpcall_handler, 1);
+  lua_replace(L, 2);
+  lua_pushboolean(L, 1);
+  lua_pushvalue(L, 1);
+  lua_rotate(L, 3, 2); /* true, f below f's arguments */
+  int status = lua_pcallk(L, n - 2, LUA_MULTRET, 2, 2, zl_finish_pcall);
+  return zl_finish_pcall(L, status, 2);
+}
+
 static int zl_open_sandbox(lua_State* L) {
   luaL_requiref(L, LUA_GNAME, luaopen_base, 1);
   luaL_requiref(L, LUA_TABLIBNAME, luaopen_table, 1);
@@ -350,6 +383,8 @@ static int zl_open_sandbox(lua_State* L) {
   lua_setglobal(L, "collectgarbage");
   lua_pushcfunction(L, zl_setmetatable);
   lua_setglobal(L, "setmetatable");
+  lua_pushcfunction(L, zl_xpcall);
+  lua_setglobal(L, "xpcall");
   lua_getglobal(L, LUA_STRLIBNAME);
   lua_pushnil(L);
   lua_setfield(L, -2, "dump");

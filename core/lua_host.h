@@ -11,6 +11,8 @@
  *   collectgarbage only accepts "collect", "count", "step" and "isrunning" (scripts cannot
  *   stop the collector or retune it). setmetatable refuses metatables with a __gc field
  *   (Lua runs finalizers with hooks off, so the instruction budget could not stop them).
+ *   xpcall skips the script's message handler once the instruction budget is exhausted
+ *   (Lua calls it with hooks off for errors raised from the hook).
  *   io, os, package, debug and coroutine are never opened.
  *   math.random is seeded with 0 at creation, so runs are reproducible (scripts may reseed).
  * - Memory: every byte Lua allocates goes through a counting allocator that refuses growth

@@ -10,6 +10,7 @@
 #include "backend_cpu.h"
 #include "bf16.h"
 #include "comm.h"
+#include "trace.h"
 
 extern const zp_strategy_ops zp_replicated_strategy; /* replicated.c */
 
@@ -112,14 +113,18 @@ static int h_set_view(zp_host_ctx* c, int g, zp_category cat, void* p) {
   c->r->groups[g].view[cat == ZP_CAT_PARAM ? 0 : 1] = p;
   return ZP_OK;
 }
+static zp_comm* data_comm(zp_run* r) { return r->dcomm ? r->dcomm : r->comm; }
 static int comm_fail(zp_run* r, const char* op, int rc) {
-  snprintf(r->err, sizeof r->err, "%s failed: %s", op, r->comm ? zp_comm_error(r->comm) : "no communicator");
+  snprintf(r->err, sizeof r->err, "%s failed: %s", op, data_comm(r) ? zp_comm_error(data_comm(r)) : "no communicator");
   return rc;
 }
 static int h_allreduce(zp_host_ctx* c, void* buf, size_t n, zp_dtype dt, zp_redop op) {
   zp_run* r = c->r;
   if (r->world == 1 || !r->comm) return ZP_OK;
-  int rc = r->comm->ops->allreduce(r->comm, buf, n, dt, op);
+  zp_comm* dc = data_comm(r);
+  double t0 = zp_now_us();
+  int rc = dc->ops->allreduce(dc, buf, n, dt, op);
+  zp_trace_span(ZP_TR_COMM, "allreduce", (int)n, t0);
   return rc ? comm_fail(r, "allreduce", rc) : ZP_OK;
 }
 static int h_reduce_scatter(zp_host_ctx* c, void* recv, const void* send, size_t n, zp_dtype dt, zp_redop op) {
@@ -128,7 +133,10 @@ static int h_reduce_scatter(zp_host_ctx* c, void* recv, const void* send, size_t
     if (recv != send) return r->ops->copy_d2d(r->be, recv, send, n * zp_dtype_size(dt));
     return ZP_OK;
   }
-  int rc = r->comm->ops->reduce_scatter(r->comm, recv, send, n, dt, op);
+  zp_comm* dc = data_comm(r);
+  double t0 = zp_now_us();
+  int rc = dc->ops->reduce_scatter(dc, recv, send, n, dt, op);
+  zp_trace_span(ZP_TR_COMM, "reduce_scatter", (int)n, t0);
   return rc ? comm_fail(r, "reduce_scatter", rc) : ZP_OK;
 }
 static int h_allgather(zp_host_ctx* c, void* recv, const void* send, size_t n, zp_dtype dt) {
@@ -137,7 +145,10 @@ static int h_allgather(zp_host_ctx* c, void* recv, const void* send, size_t n, z
     if (recv != send) return r->ops->copy_d2d(r->be, recv, send, n * zp_dtype_size(dt));
     return ZP_OK;
   }
-  int rc = r->comm->ops->allgather(r->comm, recv, send, n, dt);
+  zp_comm* dc = data_comm(r);
+  double t0 = zp_now_us();
+  int rc = dc->ops->allgather(dc, recv, send, n, dt);
+  zp_trace_span(ZP_TR_COMM, "allgather", (int)n, t0);
   return rc ? comm_fail(r, "allgather", rc) : ZP_OK;
 }
 static int h_sumsq(zp_host_ctx* c, const void* x, zp_dtype dt, size_t n, double* out) {
@@ -369,6 +380,30 @@ int zp_run_open(zp_run* r, zp_config* cfg, const zp_run_opts* o) {
   r->binfo.struct_size = sizeof r->binfo;
   r->ops->info(r->be, &r->binfo);
   if (!o->dry_run) zp_ledger_set_device(&r->ledger, r->ops, r->be);
+  /* device communicator (NCCL) where the backend has one: id from rank 0 over the host comm */
+  if (!o->dry_run && r->comm && r->world > 1 && r->ops->struct_size > offsetof(zp_backend_ops, comm_create) &&
+      r->ops->comm_unique_id && r->ops->comm_create) {
+    uint32_t msg[1 + 64]; /* [0] = id length, then the id */
+    memset(msg, 0, sizeof msg);
+    size_t idlen = 256;
+    if (r->rank == 0) {
+      if ((rc = r->ops->comm_unique_id(r->be, msg + 1, &idlen))) {
+        if (!r->err[0]) rerr(r, "cannot make a device communicator id (status %d)", rc);
+        return rc;
+      }
+      msg[0] = (uint32_t)idlen;
+    }
+    if ((rc = zp_comm_broadcast(r->comm, msg, sizeof msg / 4, ZP_I32, 0))) {
+      rerr(r, "broadcasting the device communicator id: %s", zp_comm_error(r->comm));
+      return rc;
+    }
+    idlen = msg[0];
+    const void* id = msg + 1;
+    if ((rc = r->ops->comm_create(r->be, id, idlen, r->rank, r->world, zp_cfg_float(cfg, "comm.timeout_s"), &r->dcomm))) {
+      if (!r->err[0]) rerr(r, "cannot create the device communicator (status %d)", rc);
+      return rc;
+    }
+  }
   /* plan: default replicated on the device tier */
   int G = r->layout.n_groups;
   r->gplans = calloc((size_t)G, sizeof(zp_group_plan));
@@ -505,6 +540,8 @@ void zp_run_close(zp_run* r) {
       if (r->grad_dt != r->ct) zp_ledger_free(&r->ledger, ZP_CAT_BUFFER, ZP_TIER_GPU, gr->ccopy_grad, cb);
     }
   }
+  if (r->dcomm) zp_comm_destroy(r->dcomm);
+  r->dcomm = NULL;
   if (r->be) r->ops->destroy(r->be);
   r->be = NULL;
   if (r->gplans) free((void*)r->gplans[0].name);

@@ -61,8 +61,10 @@ typedef struct zp_run {
   zp_plugin tier_plugins[2];     /* optimizer, param offload */
   zp_host host;                  /* the table handed to plugins */
   struct zp_host_ctx* hctx;
-  /* communication (NULL for world 1) */
+  /* communication (NULL for world 1): comm is the host (control) communicator; dcomm the
+   * device one where the backend provides it (NCCL), else comm carries the data too */
   zp_comm* comm;
+  zp_comm* dcomm;
   /* compute */
   zp_views views;
   void** vparam;

@@ -146,35 +146,52 @@ typedef struct {
   double lr_override; /* < 0: none */
 } hook_result;
 
+typedef struct {
+  int64_t step;
+  double loss, lr, gnorm, ms;
+  hook_result* hr;
+  char bad[128];
+} hook_call;
+
+/* Runs inside zp_lua_pcall (everything that may allocate must: a Lua memory error outside a
+ * protected call would abort the process). Builds the metrics table, calls on_step, reads the
+ * returned table. */
+static int hook_trampoline(lua_State* L) {
+  hook_call* hc = lua_touserdata(L, 1);
+  lua_settop(L, 0);
+  lua_getglobal(L, "on_step");
+  lua_createtable(L, 0, 5);
+  lua_pushinteger(L, (lua_Integer)hc->step); lua_setfield(L, -2, "step");
+  lua_pushnumber(L, hc->loss); lua_setfield(L, -2, "loss");
+  lua_pushnumber(L, hc->lr); lua_setfield(L, -2, "lr");
+  lua_pushnumber(L, hc->gnorm); lua_setfield(L, -2, "grad_norm");
+  lua_pushnumber(L, hc->ms); lua_setfield(L, -2, "ms");
+  lua_call(L, 1, 1);
+  if (lua_istable(L, -1)) {
+    lua_getfield(L, -1, "stop"); hc->hr->stop = lua_toboolean(L, -1); lua_pop(L, 1);
+    lua_getfield(L, -1, "save"); hc->hr->save = lua_toboolean(L, -1); lua_pop(L, 1);
+    lua_getfield(L, -1, "lr");
+    if (lua_isnumber(L, -1)) {
+      double v = lua_tonumber(L, -1);
+      if (!(v >= 0) || !isfinite(v)) return luaL_error(L, "on_step returned an invalid lr %f", v);
+      hc->hr->lr_override = v;
+    }
+    lua_pop(L, 1);
+  } else if (!lua_isnil(L, -1)) {
+    return luaL_error(L, "on_step must return nil or a table {stop=, save=, lr=}, got %s", luaL_typename(L, -1));
+  }
+  return 0;
+}
+
 static int call_hook(lua_ctx* lc, int64_t step, double loss, double lr, double gnorm, double ms, hook_result* hr,
                      char* err, size_t errlen) {
   hr->stop = hr->save = 0;
   hr->lr_override = -1;
+  hook_call hc = {step, loss, lr, gnorm, ms, hr, ""};
   lua_State* L = zp_lua_state(lc->L);
-  lua_getglobal(L, "on_step");
-  lua_createtable(L, 0, 5);
-  lua_pushinteger(L, (lua_Integer)step); lua_setfield(L, -2, "step");
-  lua_pushnumber(L, loss); lua_setfield(L, -2, "loss");
-  lua_pushnumber(L, lr); lua_setfield(L, -2, "lr");
-  lua_pushnumber(L, gnorm); lua_setfield(L, -2, "grad_norm");
-  lua_pushnumber(L, ms); lua_setfield(L, -2, "ms");
-  if (zp_lua_pcall(lc->L, 1, 1, err, errlen)) return ZP_E_INVALID;
-  if (lua_istable(L, -1)) {
-    lua_getfield(L, -1, "stop"); hr->stop = lua_toboolean(L, -1); lua_pop(L, 1);
-    lua_getfield(L, -1, "save"); hr->save = lua_toboolean(L, -1); lua_pop(L, 1);
-    lua_getfield(L, -1, "lr");
-    if (lua_isnumber(L, -1)) {
-      double v = lua_tonumber(L, -1);
-      if (!(v >= 0) || !isfinite(v)) {
-        snprintf(err, errlen, "on_step returned an invalid lr %g", v);
-        lua_pop(L, 2);
-        return ZP_E_INVALID;
-      }
-      hr->lr_override = v;
-    }
-    lua_pop(L, 1);
-  }
-  lua_pop(L, 1);
+  lua_pushcfunction(L, hook_trampoline);
+  lua_pushlightuserdata(L, &hc);
+  if (zp_lua_pcall(lc->L, 1, 0, err, errlen)) return ZP_E_INVALID;
   return ZP_OK;
 }
 

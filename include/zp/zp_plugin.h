@@ -81,6 +81,40 @@ struct zp_backend_ops;
 struct zp_backend;
 typedef struct zp_comm zp_comm;         /* opaque: a communicator (world or sub-group) */
 
+/* ---- communicators (core shared memory, or a backend plugin's, e.g. NCCL) ----
+ * NCCL-like semantics: every rank calls the same collectives in the same order. Buffers are
+ * device memory of the active backend; a communicator provided by a device backend must also
+ * accept host pointers for small control messages (it stages them). */
+#define ZP_COMM_ERR_LEN 512
+#define ZP_COMM_SPLIT_UNDEFINED (-1) /* split color: this rank joins no sub-communicator */
+
+typedef struct zp_comm_ops {
+  size_t struct_size;
+  /* in place: buf holds count elements on every rank; on return, the reduction of all */
+  int (*allreduce)(zp_comm* c, void* buf, size_t count, zp_dtype dt, zp_redop op);
+  /* send holds size*recv_count; rank r gets (the reduction of) block r */
+  int (*reduce_scatter)(zp_comm* c, void* recv, const void* send, size_t recv_count, zp_dtype dt,
+                        zp_redop op);
+  /* recv holds size*send_count; in-place allowed when send == recv + rank*send_count */
+  int (*allgather)(zp_comm* c, void* recv, const void* send, size_t send_count, zp_dtype dt);
+  int (*broadcast)(zp_comm* c, void* buf, size_t count, zp_dtype dt, int root);
+  /* rendezvous: returns only when the peer's matching recv has taken the data */
+  int (*send)(zp_comm* c, const void* buf, size_t count, zp_dtype dt, int peer);
+  int (*recv)(zp_comm* c, void* buf, size_t count, zp_dtype dt, int peer);
+  int (*barrier)(zp_comm* c);
+  /* MPI_Comm_split semantics; collective over c. Ranks of the new communicator are ordered by
+   * (key, rank in c). color ZP_COMM_SPLIT_UNDEFINED (< 0): *out = NULL. */
+  int (*split)(zp_comm* c, int color, int key, zp_comm** out);
+  void (*destroy)(zp_comm* c);
+} zp_comm_ops;
+
+/* The base struct (zp_plugin.h declares `typedef struct zp_comm zp_comm;`). */
+struct zp_comm {
+  const zp_comm_ops* ops;
+  int rank, size;
+  char err[ZP_COMM_ERR_LEN];
+};
+
 /* ---- placement plan: the data a strategy fills in ---- */
 typedef struct {
   int sharded;  /* 1: each rank holds 1/N of the group's padded buffer; 0: replicated */
@@ -301,6 +335,15 @@ typedef struct zp_backend_ops {
   int (*sumsq)(zp_backend* b, double* out_host, const void* x, zp_dtype dt, size_t n);
   /* x *= s */
   int (*scale)(zp_backend* b, void* x, zp_dtype dt, size_t n, float s);
+  /* ---- optional: a device communicator (NULL: the core's shared-memory one is used) ----
+   * comm_unique_id: on rank 0, writes an opaque id of *len <= 256 bytes, which the core
+   * broadcasts over its host communicator; comm_create: every rank builds the communicator
+   * (collective). Its collectives run on the backend's stream(s), ordered after the ops issued
+   * before them; every call has the deadline timeout_s, after which the communicator is
+   * aborted and the call fails naming the operation. */
+  int (*comm_unique_id)(zp_backend* b, void* id, size_t* len);
+  int (*comm_create)(zp_backend* b, const void* id, size_t len, int rank, int size,
+                     double timeout_s, zp_comm** out);
 } zp_backend_ops;
 
 /* ---- the descriptor: what the entry function returns ---- */
