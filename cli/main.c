@@ -95,6 +95,13 @@ static int cmd_train(int argc, char** argv) {
   if (load_cfg(&a, &c)) return 1;
   char err[4096] = "";
   zp_comm* comm = NULL;
+  /* comm.timeout_s, when given, is the deadline of every collective (the launcher's default
+   * otherwise) */
+  if (zp_cfg_get(&c, "comm.timeout_s")->set) {
+    char tb[64];
+    snprintf(tb, sizeof tb, "%g", zp_cfg_float(&c, "comm.timeout_s"));
+    setenv("ZP_COMM_TIMEOUT", tb, 1);
+  }
   if (zp_comm_from_env(&comm, err, sizeof err)) {
     fprintf(stderr, "zp: %s\n", err);
     zp_config_free(&c);

@@ -12,6 +12,8 @@
  *   copy_h2d and copy_d2h return only once the copy is complete (the host buffer may be reused
  *   or read at once); copy_d2d and memset0 are asynchronous like any op.
  * - Errors: status code + message through host->set_error (stderr when host is NULL).
+ * - comm_unique_id / comm_create: the NCCL device communicator (comm_nccl.cu) when built with
+ *   ZP_HAVE_NCCL, else NULL (the core then uses its shared-memory communicator).
  */
 #include <stdarg.h>
 #include <stdio.h>
@@ -315,6 +317,13 @@ static const zp_backend_ops zpc_ops = {
     zpc_adamw,
     zpc_sumsq,
     zpc_scale,
+#ifdef ZP_HAVE_NCCL
+    zpc_comm_unique_id, /* comm_nccl.cu */
+    zpc_comm_create,
+#else
+    NULL, /* built without NCCL: the core's shared-memory communicator is used */
+    NULL,
+#endif
 };
 
 static const zp_plugin_desc zpc_desc = {

@@ -210,4 +210,14 @@ int zpc_adamw(zp_backend* b, void* param, zp_dtype pdt, float* master, const voi
               zp_dtype gdt, float* m, float* v, size_t n, float lr, float beta1, float beta2,
               float eps, float weight_decay, float grad_scale, int step_t);
 
+/* ---- device communicator over NCCL (comm_nccl.cu; only when built with NCCL) ----
+ * The backend's optional comm_unique_id / comm_create (zp_plugin.h). Each communicator owns
+ * a non-blocking stream, two events and a 64 KiB host/device staging pair; its collectives
+ * are ordered after b->stream's queued work and b->stream waits for them. */
+#ifdef ZP_HAVE_NCCL
+int zpc_comm_unique_id(zp_backend* b, void* id, size_t* len);
+int zpc_comm_create(zp_backend* b, const void* id, size_t len, int rank, int size,
+                    double timeout_s, zp_comm** out);
+#endif
+
 #endif
