@@ -564,8 +564,12 @@ void zp_config_dump(const zp_config* c, FILE* f) {
       case ZC_STRING: {
         fputc('"', f);
         for (const char* p = v->s ? v->s : ""; *p; p++) {
-          if (*p == '"' || *p == '\\') fputc('\\', f);
-          fputc(*p, f);
+          unsigned char ch = (unsigned char)*p;
+          if (ch == '"' || ch == '\\') fprintf(f, "\\%c", ch);
+          else if (ch == '\n') fputs("\\n", f);
+          else if (ch == '\t') fputs("\\t", f);
+          else if (ch < 0x20 || ch == 0x7f) fprintf(f, "\\u%04X", ch);
+          else fputc(ch, f);
         }
         fputc('"', f);
         break;

@@ -25,14 +25,13 @@
  *   does not finish) and aborts a failed one.
  * - Host pointers (cudaPointerGetAttributes: unregistered or pinned host memory) are staged
  *   through a pinned host + device pair of ZPC_NCCL_STAGE_BYTES, in pieces when larger. A
- *   collective must see the same kind of buffer (host or device) on every rank, since NCCL
- *   must see the same counts (pieces) on every rank; the core's control messages are small
- *   (one piece), which is the same op as the device path.
+ *   collective larger than one piece must see the same kind of buffer (host or device) on
+ *   every rank, since NCCL must see the same counts (pieces) on every rank; one piece is the
+ *   same NCCL op as a device buffer, so the core's small control messages may mix kinds.
  * - Reductions: F32, BF16, F64, I32 with SUM, MAX, and AVG (floating dtypes only, as in
  *   comm.h). Data movement (allgather, broadcast, send, recv) takes any dtype. Results are
  *   NCCL's: with more than 2 ranks not bitwise equal to comm.h's fixed-order sums (NCCL rounds
- *   bf16 partial sums per step and picks its algorithm by size), though identical on all ranks
- *   of one allreduce.
+ *   bf16 partial sums per step and picks its algorithm by size).
  * - Nothing here exits or aborts the process; CUDA errors become ZP_E_DEVICE, NCCL errors
  *   ZP_E_COMM (ZP_E_INVALID for invalid arguments/usage), deadlines ZP_E_TIMEOUT, with the
  *   NCCL call and ncclGetErrorString / ncclGetLastError in the message.
@@ -533,7 +532,10 @@ static int nc_broadcast(zp_comm* zc, void* buf, size_t count, zp_dtype dt, int r
 
 /* send/recv: numbered per peer and direction, so "send #3 to rank 1" matches "recv #3 from
  * rank 0". Host-synchronous like everything here: send returns once NCCL completed it on
- * this side, which for NCCL's rendezvous protocols means the peer's recv took the data. */
+ * this side. That is weaker than comm.h's rendezvous for small messages, which NCCL may
+ * complete into the peer's pre-posted buffers before the peer calls recv; the data is
+ * delivered all the same, and the send buffer may be reused at once either way. Like NCCL,
+ * a send and a recv between two ranks must not both wait on each other (order them). */
 static int nc_p2p(zpc_ncomm* c, int is_send, void* buf, size_t count, zp_dtype dt, int peer) {
   zpc_nop op;
   const int N = c->base.size, me = c->base.rank;

@@ -25,7 +25,9 @@
  * measured bf16 tolerances per tensor are applied by torch_parity.py):
  *   --tol-loss   5e-3  |loss_B - loss_A| / |loss_A|
  *   --tol-logits 5e-2  rel-L2 of logits
- *   --tol-grad   1e-1  rel-L2 of each gradient tensor (abs L2 where the reference is all 0)
+ *   --tol-grad   3e-1  rel-L2 of each gradient tensor (abs L2 where the reference is all 0); PyTorch's
+ *                     own bf16 gradients of this model are 0.1-0.15 off on the LayerNorm biases of the
+ *                     first blocks (sums of many terms that nearly cancel), ~1e-2 on the weights
  * When both runs are fp32 (or fp64) the defaults tighten to 1e-5 / 1e-4 / 1e-4 unless given.
  */
 #define _GNU_SOURCE
@@ -215,7 +217,7 @@ int main(int argc, char** argv) {
   int both_wide = strcmp(S[0].prec, "bf16") && strcmp(S[1].prec, "bf16");
   if (tol_loss < 0) tol_loss = both_wide ? 1e-5 : 5e-3;
   if (tol_logits < 0) tol_logits = both_wide ? 1e-4 : 5e-2;
-  if (tol_grad < 0) tol_grad = both_wide ? 1e-4 : 1e-1;
+  if (tol_grad < 0) tol_grad = both_wide ? 1e-4 : 3e-1;
 
   /* ---- open both runs ---- */
   for (int s = 0; s < 2; s++) {
@@ -274,7 +276,7 @@ int main(int argc, char** argv) {
   float* wB = malloc(total * sizeof(float));
   if (!wA || !wB) harness("out of host memory");
   int init_ok = 1;
-  long long param_mismatch = 0;
+  long long param_mismatch = 0, param_checked = 0;
   for (int s = 0; s < 2; s++) {
     side* d = &S[s];
     zp_run* r = &d->run;
@@ -294,6 +296,7 @@ int main(int argc, char** argv) {
         if (r->ops->copy_d2h(r->be, p, in->buf[ZP_CAT_PARAM], (size_t)in->padded * 2)) harness("copy PARAM (%s)", d->label);
         for (uint64_t e = 0; e < in->padded; e++)
           if (p[e] != zp_f32_to_bf16(full[e])) param_mismatch++;
+        param_checked += (long long)in->padded;
         free(p);
       }
       free(full);
@@ -308,8 +311,11 @@ int main(int argc, char** argv) {
     char shp[32];
     snprintf(shp, sizeof shp, "[%llu]", (unsigned long long)total);
     result("init: fp32 weights A == B", shp, rn, rel, mx, 0.0, init_ok);
-    snprintf(shp, sizeof shp, "%lld diff", param_mismatch);
-    result("init: bf16 PARAM == bf16(master)", shp, 0, (double)param_mismatch, 0, 0.0, param_mismatch == 0);
+    if (param_checked) {
+      snprintf(shp, sizeof shp, "%lld diff", param_mismatch);
+      result("init: bf16 PARAM == bf16(master)", shp, 0, (double)param_mismatch / (double)param_checked, 0, 0.0,
+             param_mismatch == 0);
+    }
   }
 
   /* ---- tokens ---- */

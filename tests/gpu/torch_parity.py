@@ -31,7 +31,6 @@ import argparse
 import json
 import math
 import os
-import struct
 import sys
 import time
 

@@ -177,6 +177,29 @@ static void t_doc_in_sync(void) {
   free(buf);
 }
 
+/* the effective-config dump (written into every checkpoint) loads again, control chars included */
+static void t_dump_round_trip(void) {
+  zp_config c, d;
+  char err[1024] = "";
+  const char* text = "[sample]\nprompt = \"a\\nb\\t\\u007f\\\"q\\\\\"\n[train]\nlr = 0.25\n";
+  int rc = load(text, NULL, 0, err, sizeof err, &c);
+  CHECK_MSG(rc == 0, "%s", err);
+  char* buf = NULL;
+  size_t len = 0;
+  FILE* f = open_memstream(&buf, &len);
+  zp_config_dump(&c, f);
+  fclose(f);
+  rc = zp_config_load_text(&d, buf, len, "dump.toml", NULL, 0, err, sizeof err);
+  CHECK_MSG(rc == 0, "%s", err);
+  if (rc == 0) {
+    CHECK(strcmp(zp_cfg_str(&c, "sample.prompt"), zp_cfg_str(&d, "sample.prompt")) == 0);
+    CHECK(zp_cfg_float(&d, "train.lr") == 0.25);
+  }
+  free(buf);
+  zp_config_free(&c);
+  zp_config_free(&d);
+}
+
 static void t_edit_distance(void) {
   CHECK_EQ_INT(zp_edit_distance("abc", "abc"), 0);
   CHECK_EQ_INT(zp_edit_distance("micro_bach", "micro_batch"), 1);
@@ -194,6 +217,7 @@ int main(void) {
   ZT_RUN(t_missing_file);
   ZT_RUN(t_ext_and_paths);
   ZT_RUN(t_doc_in_sync);
+  ZT_RUN(t_dump_round_trip);
   ZT_RUN(t_edit_distance);
   return zt_done();
 }

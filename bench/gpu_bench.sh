@@ -1,0 +1,282 @@
+#!/usr/bin/env bash
+# gpu_bench.sh: zp training throughput and memory on a GPU machine, against the PyTorch peer
+# (../shared/PEERS.md), in one call: build, random-token shard, `zp train` for ~25 steps per
+# model, the PyTorch peer on the same machine, then one markdown table.
+#
+# Run (repo root, with .deps carried and, for the peer, ../shared/peers copied into .peers):
+#   bash bench/gpu_bench.sh [124m] [1.5b]          (default: both; one model per call on 2 GPUs)
+# Env: OUT (default /tmp/zp-out: 7 small files), ZP_WORK (shard, runs; default /tmp/zp-bench-work),
+#   ZP_BUILD (default build-gpu), STEPS (zp steps per model, default 25: median of steps 6..N),
+#   PEERS = auto (default: run_torch.sh's whole matrix when >= 2 GPUs are visible, else the
+#   single-GPU modes, eager and torch.compile) | single | all | none, SKIP_BUILD=1,
+#   ZP_RUN_TIMEOUT (s per zp run, default 420), PEER_TIMEOUT (s per model's peer set, default 540),
+#   ZP_EXTRA_SETS (more "--set k=v" words for zp train), ZP_PEER_DIR (default .peers).
+#   Without a GPU the plumbing can be exercised with ZP_EXTRA_SETS="--set train.device=cpu ..." and a
+#   stub peer directory (done so on the dev machine).
+# Rough duration, one H100: build ~1 min; 124M ~20 s; 1.5B ~2.5 min, most of it zp's weight init
+# on the host; peers ~1 min (124M) and ~2.5 min (1.5B, torch.compile included).
+# Numbers: ms/step = median of steps 6..N (metrics.jsonl "ms", which includes the optimizer step
+# and a device synchronize); tok/s = tokens per step / that median; MFU = zp's own (6N + 12 L d T
+# FLOPs per token against 989 TFLOP/s, PEERS.md's formula); peak GiB = the ledger's gpu-tier peak
+# (metrics.jsonl peak_gpu; comparable with PyTorch's max_memory_allocated); device GiB = zp does
+# not report cudaMemGetInfo, so this script samples nvidia-smi while zp runs (per-process memory
+# where the container shows it, else the GPU's used memory minus the value before the run).
+# Tokens are uniform random over the 50257-token vocabulary, as the peer's torch.randint.
+set -u -o pipefail
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
+
+SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+OUT=${OUT:-/tmp/zp-out}
+WORK=${ZP_WORK:-/tmp/zp-bench-work}
+BUILD=${ZP_BUILD:-$SRC/build-gpu}
+STEPS=${STEPS:-25}
+PEERS=${PEERS:-auto}
+ZP_RUN_TIMEOUT=${ZP_RUN_TIMEOUT:-420}
+PEER_TIMEOUT=${PEER_TIMEOUT:-540}
+EXTRA_SETS=${ZP_EXTRA_SETS:-}
+MODELS=("$@")
+[ ${#MODELS[@]} -eq 0 ] && MODELS=(124m 1.5b)
+mkdir -p "$OUT" "$WORK/runs" "$WORK/peers" || { echo "gpu_bench: cannot create $OUT or $WORK" >&2; exit 2; }
+: > "$OUT/zp_metrics.jsonl"
+: > "$OUT/torch.jsonl"
+: > "$OUT/torch_err.log"
+FAILED=0
+T_START=$(date +%s)
+note() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*"; }
+fail() { note "FAILED: $*"; FAILED=1; }
+
+for m in "${MODELS[@]}"; do
+  case $m in 124m | 1.5b) ;; *) echo "gpu_bench: unknown model '$m' (124m or 1.5b)" >&2; exit 2 ;; esac
+done
+
+NGPU=0
+if command -v nvidia-smi > /dev/null; then
+  NGPU=$(nvidia-smi -L 2> /dev/null | grep -c '^GPU ')
+  if [ -n "${CUDA_VISIBLE_DEVICES:-}" ]; then NGPU=$(tr ',' '\n' <<< "$CUDA_VISIBLE_DEVICES" | grep -c .); fi
+  GPU_NAME=$(nvidia-smi --query-gpu=name --format=csv,noheader 2> /dev/null | head -1)
+else
+  GPU_NAME="? (no nvidia-smi)"
+fi
+note "gpu_bench: ${NGPU} GPU(s): $GPU_NAME; models ${MODELS[*]}; $STEPS zp steps each; peers $PEERS"
+
+# ---- build (release, no NaN poisoning) ----
+if [ "${SKIP_BUILD:-0}" != 1 ]; then
+  export PATH=$PATH:/usr/local/cuda/bin
+  [ -d "$SRC/.deps" ] || pkg-config --exists lua5.4 jansson 2> /dev/null ||
+    note "no .deps/ and no Lua/jansson packages: run scripts/stage_deps.sh on the dev machine and carry .deps"
+  t0=$(date +%s)
+  if cmake -S "$SRC" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DZP_TEST_POISON=OFF \
+    -DCMAKE_CUDA_ARCHITECTURES="${CUDA_ARCH:-90}" > "$OUT/bench_build.log" 2>&1 &&
+    ninja -C "$BUILD" zp zp_cuda >> "$OUT/bench_build.log" 2>&1; then
+    note "build: ok ($(($(date +%s) - t0)) s) -> $BUILD"
+  else
+    tail -n 30 "$OUT/bench_build.log"
+    fail "build (see $OUT/bench_build.log)"
+  fi
+fi
+if [ ! -x "$BUILD/zp" ] || [ ! -f "$BUILD/plugins/zp_cuda.so" ]; then
+  fail "$BUILD/zp or $BUILD/plugins/zp_cuda.so missing: zp is not measured"
+  ZP_OK=0
+else
+  ZP_OK=1
+fi
+
+# ---- random-token shard (llm.c layout) ----
+SHARD=$WORK/random_train.bin
+NTOK=$(((STEPS + 2) * 16 * 1024 + 1))
+if ! python3 - "$SHARD" "$NTOK" << 'EOF'; then
+import os, sys
+import numpy as np
+path, n = sys.argv[1], int(sys.argv[2])
+if os.path.exists(path) and os.path.getsize(path) == 1024 + 2 * n:
+    sys.exit(0)
+hdr = np.zeros(256, dtype="<i4")
+hdr[:3] = (20240520, 1, n)
+toks = np.random.default_rng(1234).integers(0, 50257, size=n, dtype=np.uint16)
+with open(path + ".tmp", "wb") as f:
+    f.write(hdr.tobytes())
+    f.write(toks.astype("<u2").tobytes())
+os.replace(path + ".tmp", path)
+EOF
+  fail "cannot write the token shard $SHARD"
+  ZP_OK=0
+fi
+
+# ---- zp ----
+# sample device memory of one process: per-process rows when visible, else GPU used - baseline
+mem_sampler() { # mem_sampler PID FILE
+  local pid=$1 f=$2 base v
+  base=$(nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -i 0 2> /dev/null | head -1)
+  echo "baseline ${base:-0}" > "$f"
+  while kill -0 "$pid" 2> /dev/null; do
+    v=$(nvidia-smi --query-compute-apps=pid,used_memory --format=csv,noheader,nounits 2> /dev/null |
+      awk -F', *' -v p="$pid" '$1 == p { print $2 }')
+    [ -n "$v" ] && echo "proc $v" >> "$f"
+    v=$(nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -i 0 2> /dev/null | head -1)
+    [ -n "$v" ] && echo "gpu $v" >> "$f"
+    sleep 0.5
+  done
+}
+
+for m in "${MODELS[@]}"; do
+  [ "$ZP_OK" = 1 ] || break
+  cfg=$SRC/examples/gpt2-$m.toml
+  log=$OUT/zp_$m.log
+  run=$WORK/runs/$m
+  rm -rf "$run"
+  note "zp train $cfg: $STEPS steps"
+  t0=$(date +%s)
+  # shellcheck disable=SC2086  # EXTRA_SETS is a word list
+  timeout -k 10 "$ZP_RUN_TIMEOUT" "$BUILD/zp" train "$cfg" --set "data.train=$SHARD" --set "train.steps=$STEPS" \
+    --set "train.out_dir=$run" --set train.save_final=false --set train.checkpoint_every=0 --set train.resume=never \
+    --set train.metrics=true --set train.log_every=1 --set train.val_every=0 --set train.grad_accum=1 $EXTRA_SETS > "$log" 2>&1 &
+  zpid=$!
+  if command -v nvidia-smi > /dev/null; then
+    # the sampler needs zp's pid, which is timeout's child: find it (or fall back to timeout's)
+    sleep 1
+    child=$(pgrep -P "$zpid" 2> /dev/null | head -1)
+    mem_sampler "${child:-$zpid}" "$WORK/mem_$m.txt" &
+    spid=$!
+  else
+    spid=
+  fi
+  wait "$zpid"
+  rc=$?
+  [ -n "$spid" ] && wait "$spid"
+  note "zp $m: exit $rc after $(($(date +%s) - t0)) s"
+  if [ "$rc" -ne 0 ]; then
+    tail -n 20 "$log"
+    fail "zp train $m (exit $rc, see $log)"
+  fi
+  # metrics -> one line per model in $OUT/zp_metrics.jsonl (the rows) + summary
+  python3 - "$run/metrics.jsonl" "$m" "$WORK/mem_$m.txt" "$rc" >> "$OUT/zp_metrics.jsonl" << 'EOF' || fail "metrics of $m"
+import json, statistics, sys
+path, model, memf, rc = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+rows = []
+try:
+    with open(path) as f:
+        rows = [json.loads(l) for l in f if l.strip()]
+except OSError:
+    pass
+rows = [r for r in rows if "ms" in r]
+out = dict(system="zp", model=model, rc=rc, steps=len(rows))
+timed = [r for r in rows if r["step"] >= 6]
+if timed:
+    ms = statistics.median(r["ms"] for r in timed)
+    tok_step = timed[0]["tok_s"] * timed[0]["ms"] / 1000.0
+    out.update(ms_step=round(ms, 2), tok_s=round(tok_step / ms * 1000.0),
+               mfu=round(statistics.median(r["mfu"] for r in timed), 4),
+               peak_GiB=round(max(r["peak_gpu"] for r in rows) / 2**30, 2),
+               loss_first=rows[0]["loss"], loss_last=rows[-1]["loss"], timed_steps=len(timed))
+base, proc, gpu = 0, [], []
+try:
+    for l in open(memf):
+        k, v = l.split()
+        if k == "baseline": base = float(v)
+        elif k == "proc": proc.append(float(v))
+        elif k == "gpu": gpu.append(float(v))
+except OSError:
+    pass
+if proc:
+    out.update(device_GiB=round(max(proc) / 1024, 2), device_src="nvidia-smi process")
+elif gpu:
+    out.update(device_GiB=round((max(gpu) - base) / 1024, 2), device_src="nvidia-smi gpu minus baseline")
+print(json.dumps(out))
+EOF
+done
+
+# ---- the PyTorch peer ----
+PEER_DIR=${ZP_PEER_DIR:-$SRC/.peers}
+declare -A PM=([124m]=d12 [1.5b]=d48)
+declare -A PB=([124m]=16 [1.5b]=8)
+mode=$PEERS
+if [ "$mode" = auto ]; then if [ "$NGPU" -ge 2 ]; then mode=all; else mode=single; fi; fi
+if [ "$mode" != none ]; then
+  if [ ! -f "$PEER_DIR/torch_gpt2.py" ]; then
+    fail "peer: $PEER_DIR/torch_gpt2.py missing (copy ../shared/peers to .peers and carry it)"
+  elif ! python3 -c 'import torch' 2> /dev/null; then
+    fail "peer: python3 cannot import torch"
+  else
+    for m in "${MODELS[@]}"; do
+      pm=${PM[$m]} pb=${PB[$m]}
+      t0=$(date +%s)
+      if [ "$mode" = all ]; then
+        note "peer: run_torch.sh $pm $pb (single, compile, ddp, zero1, fsdp2_zero2, fsdp2_zero3)"
+        rm -rf "$WORK/peers/$m" && mkdir -p "$WORK/peers/$m"
+        OUT=$WORK/peers/$m timeout -k 10 "$PEER_TIMEOUT" bash "$PEER_DIR/run_torch.sh" "$pm" "$pb" > /dev/null 2>&1 ||
+          fail "peer $m: run_torch.sh exit $? (timeout ${PEER_TIMEOUT} s?)"
+        cat "$WORK/peers/$m/torch.jsonl" >> "$OUT/torch.jsonl" 2> /dev/null
+        { echo "== $m: run_torch.sh $pm $pb"; tail -n 40 "$WORK/peers/$m/err.log" 2> /dev/null; } >> "$OUT/torch_err.log"
+      else
+        for c in "" --compile; do
+          note "peer: torch_gpt2.py --mode single --model $pm --B $pb $c"
+          # shellcheck disable=SC2086  # $c is empty or one flag
+          timeout -k 10 "$PEER_TIMEOUT" python3 "$PEER_DIR/torch_gpt2.py" --mode single --model "$pm" --B "$pb" $c \
+            >> "$OUT/torch.jsonl" 2> "$WORK/peers/err_$m$c.log" ||
+            fail "peer $m single $c: exit $?"
+          { echo "== $m single $c"; tail -n 20 "$WORK/peers/err_$m$c.log"; } >> "$OUT/torch_err.log"
+        done
+      fi
+      note "peer $m: $(($(date +%s) - t0)) s"
+    done
+  fi
+fi
+
+# ---- table ----
+python3 - "$OUT/zp_metrics.jsonl" "$OUT/torch.jsonl" "$GPU_NAME" "$NGPU" "$STEPS" << 'EOF' | tee "$OUT/bench_summary.md"
+import json, sys
+zpf, tf, gpu, ngpu, steps = sys.argv[1:6]
+def load(p):
+    out = []
+    try:
+        for l in open(p):
+            l = l.strip()
+            if l.startswith("{"):
+                try: out.append(json.loads(l))
+                except ValueError: pass
+    except OSError:
+        pass
+    return out
+zp = {r["model"]: r for r in load(zpf)}
+peers = load(tf)
+pmap = {"124m": "d12", "1.5b": "d48"}
+names = {"single": "PyTorch eager", "ddp": "PyTorch DDP", "zero1": "PyTorch ZeroRedundancyOptimizer",
+         "fsdp2_zero2": "PyTorch FSDP2, no reshard", "fsdp2_zero3": "PyTorch FSDP2", "fsdp2_offload": "PyTorch FSDP2 + CPU offload"}
+modes = {"single": "single", "ddp": "plain DP", "zero1": "ZeRO-1", "fsdp2_zero2": "ZeRO-2", "fsdp2_zero3": "ZeRO-3",
+         "fsdp2_offload": "ZeRO-3 + CPU"}
+f = lambda v, fmt: ("—" if v is None else format(v, fmt))
+print(f"\n## zp vs PyTorch on {ngpu} x {gpu} (seq 1024, bf16, random tokens; zp: median of steps 6..{steps})\n")
+for m in ("124m", "1.5b"):
+    z = zp.get(m)
+    rows = [p for p in peers if p.get("model") == pmap[m]]
+    if not z and not rows:
+        continue
+    print(f"### GPT-2 {m.upper()}, micro-batch {'16' if m == '124m' else '8'} per GPU\n")
+    print("| system | GPUs | mode | ms/step | tok/s | MFU | peak GiB | device GiB | zp ÷ row (tok/s per GPU) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    zt = z.get("tok_s") if z else None
+    if z:
+        if zt:
+            print(f"| **zp** | 1 | single | {z['ms_step']:.1f} | {zt:,} | {z['mfu']*100:.0f}% | {z['peak_GiB']:.1f} | "
+                  f"{f(z.get('device_GiB'), '.1f')} | 1.00 |")
+        else:
+            print(f"| **zp** | 1 | single | failed (exit {z.get('rc')}, {z.get('steps')} steps) | | | | | |")
+    for p in rows:
+        sysname = names.get(p["mode"].split("+")[0], p["mode"]) + (" + torch.compile" if p.get("compile") else "")
+        per_gpu = p["tok_s"] / p["world"]
+        ratio = f"{zt / per_gpu:.2f}" if zt else "—"
+        print(f"| {sysname} | {p['world']} | {modes.get(p['mode'].split('+')[0], p['mode'])} | {p['ms_step']:.1f} | "
+              f"{p['tok_s']:,} | {p['mfu']*100:.0f}% | {p['peak_mem_GiB_rank0']:.1f} | {p.get('device_used_GiB_rank0', 0):.1f} | {ratio} |")
+    if z and zt:
+        print(f"\nzp {m}: loss {z['loss_first']:.3f} -> {z['loss_last']:.3f} over {z['steps']} steps; device GiB from "
+              f"{z.get('device_src', 'nothing (no nvidia-smi)')}; zp's ledger peak counts PARAM+GRAD+MASTER+OPTIM+ACT+BUFFER.\n")
+    else:
+        print()
+print("Ratio column: zp's tok/s per GPU divided by the row's (> 1: zp faster per GPU). PyTorch peak GiB = "
+      "max_memory_allocated (rank 0); device GiB = cudaMemGetInfo used at the end (rank 0).")
+EOF
+
+echo
+echo "gpu_bench: $(($(date +%s) - T_START)) s; files in $OUT: $(find "$OUT" -maxdepth 1 -type f -printf '%f ')"
+[ "$FAILED" = 0 ] && echo "GPU BENCH DONE" || echo "GPU BENCH: SOME STEPS FAILED (see above)"
+exit "$FAILED"

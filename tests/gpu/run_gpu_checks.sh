@@ -1,0 +1,205 @@
+#!/usr/bin/env bash
+# run_gpu_checks.sh: the one entry point for correctness on a GPU machine. In order:
+#   1. build (CMake + Ninja, Release, ZP_TEST_POISON=ON) into build-gpu-check: zp, the CUDA
+#      plugin, check_cuda_ops, check_model;
+#   2. check_cuda_ops: every op of the CUDA backend against the CPU backend;
+#   3. check_model: the whole GPT-2 (L4 C256 T256 V50257, B4), CUDA bf16 vs CPU fp32 (loss,
+#      logits, every gradient) + its reference dump;
+#   4. zp train, 10 AdamW steps (lr 1e-3 constant, wd 0.1, no clipping, no shuffle) of the same
+#      model on a structured token shard, on cuda (bf16) and on cpu (fp32);
+#   5. torch_parity.py: PyTorch on the same weights/tokens; the measured PyTorch bf16-vs-fp32
+#      error sets the bf16 tolerances; compares the gradients of step 3 and the losses of step 4;
+# then prints "GPU CHECK SUMMARY", one line per check with its numbers. A failing check does not
+# stop the others (except a failed build); the exit status is non-zero if anything failed.
+#
+# Run (repo root, .deps carried, ~3-5 minutes on one H100/H200):
+#   bash tests/gpu/run_gpu_checks.sh
+# Env: OUT (logs, default /tmp/zp-out), ZP_WORK (bulk data: reference dump, shard, runs;
+#   default /tmp/zp-gpu-work), ZP_BUILD (default build-gpu-check), SKIP_BUILD=1,
+#   CHECK_CUDA_OPS_ARGS (e.g. "--quick --no-time"), ZP_THREADS (CPU threads for the CPU side),
+#   SKIP_CUDA_OPS=1; and, to exercise this script without a GPU (tested so on the dev machine):
+#   ZP_CHECK_DEVICES=cpu,cpu:bf16 ZP_TRAIN_RUNS="cpu:bf16 cpu:fp32" SKIP_CUDA_OPS=1.
+# Only 8 small files go to $OUT (01_build.log ... 06_torch_parity.log, torch_parity.json,
+# summary.txt): the device tool returns at most 8 files of 16 MiB, so the 190 MiB reference
+# dump that check_model would write to $OUT/model_ref goes to $ZP_WORK/model_ref instead.
+set -u -o pipefail
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
+
+SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+OUT=${OUT:-/tmp/zp-out}
+WORK=${ZP_WORK:-/tmp/zp-gpu-work}
+BUILD=${ZP_BUILD:-$SRC/build-gpu-check}
+CHECK_CUDA_OPS_ARGS=${CHECK_CUDA_OPS_ARGS:-}
+CHECK_DEVICES=${ZP_CHECK_DEVICES:-cpu,cuda}           # check_model --devices (reference,test)
+TRAIN_RUNS=${ZP_TRAIN_RUNS:-cuda:bf16 cpu:fp32}      # zp train runs compared with PyTorch
+mkdir -p "$OUT" "$WORK" || { echo "run_gpu_checks: cannot create $OUT or $WORK" >&2; exit 2; }
+rm -rf "$WORK/model_ref" "$WORK/parity"
+mkdir -p "$WORK/parity"
+[ -n "${ZP_THREADS:-}" ] && export OMP_NUM_THREADS=$ZP_THREADS
+
+SUMMARY=()
+METRICS=()
+FAILED=0
+T_START=$(date +%s)
+
+note() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*"; }
+add() { # add STATUS NAME DETAILS
+  SUMMARY+=("$(printf '%-7s %-18s %s' "$1" "$2" "$3")")
+  [ "$1" = PASS ] || [ "$1" = SKIP ] || FAILED=1
+}
+# run_step LOG TIMEOUT CMD...: runs CMD with a deadline, output to $OUT/LOG; sets RC and SECS
+run_step() {
+  local name=$1 log=$OUT/$1 to=$2
+  shift 2
+  local t0
+  t0=$(date +%s.%N)
+  { echo "\$ $*"; echo; } > "$log"
+  timeout -k 10 "$to" "$@" >> "$log" 2>&1
+  RC=$?
+  SECS=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
+  if [ "$RC" -eq 124 ] || [ "$RC" -eq 137 ]; then echo "*** timed out after ${to} s" >> "$log"; fi
+  if [ "$RC" -ne 0 ]; then
+    note "$name: exit $RC after ${SECS} s; last lines:"
+    tail -n 25 "$log" | sed 's/^/    /'
+  else
+    note "$name: ok (${SECS} s)"
+  fi
+}
+lastline() { # the last non-blank line of a log, for a failure's summary
+  grep -v '^[[:space:]]*$' "$OUT/$1" | tail -n 1 | cut -c1-160
+}
+status_of() { # status_of RC -> PASS / FAIL / TIMEOUT
+  case $1 in 0) echo PASS ;; 124 | 137) echo TIMEOUT ;; *) echo FAIL ;; esac
+}
+
+# ---- machine facts ----
+{
+  echo "run_gpu_checks on $(hostname) at $(date -u +%Y-%m-%dT%H:%M:%SZ), source $SRC ($(git -C "$SRC" rev-parse --short HEAD 2>/dev/null || echo '?'))"
+  if command -v nvidia-smi > /dev/null; then
+    nvidia-smi --query-gpu=index,name,memory.total,driver_version --format=csv,noheader 2>&1 | sed 's/^/gpu: /'
+  else
+    echo "gpu: nvidia-smi not found"
+  fi
+  echo "nvcc: $(nvcc --version 2>/dev/null | tail -1 || echo 'not on PATH')"
+  echo "python: $(python3 -c 'import torch, numpy; print("torch", torch.__version__, "cuda", torch.cuda.is_available(), "numpy", numpy.__version__)' 2>&1 | tail -1)"
+  echo "cpu: $(nproc) cores; OMP_NUM_THREADS=${OMP_NUM_THREADS:-unset}; NCCL_NVLS_ENABLE=$NCCL_NVLS_ENABLE"
+} > "$OUT/summary.txt"
+cat "$OUT/summary.txt"
+
+# ---- 1. build ----
+if [ "${SKIP_BUILD:-0}" = 1 ]; then
+  note "build: skipped (SKIP_BUILD=1), using $BUILD"
+  add PASS build "skipped, using $BUILD"
+else
+  if [ ! -d "$SRC/.deps" ] && ! pkg-config --exists lua5.4 jansson 2>/dev/null; then
+    note "build: no .deps/ and no Lua/jansson packages: run scripts/stage_deps.sh on the dev machine and carry .deps"
+  fi
+  command -v nvcc > /dev/null || [ -x /usr/local/cuda/bin/nvcc ] || note "build: nvcc not on PATH (looking in /usr/local/cuda/bin too)"
+  export PATH=$PATH:/usr/local/cuda/bin
+  # shellcheck disable=SC2016  # $1..$3 expand inside the child shell
+  run_step 01_build.log 480 bash -c 'cmake -S "$1" -B "$2" -G Ninja -DCMAKE_BUILD_TYPE=Release -DZP_TEST_POISON=ON \
+      -DCMAKE_CUDA_ARCHITECTURES="$3" && ninja -C "$2" zp zp_cuda check_cuda_ops check_model' _ "$SRC" "$BUILD" "${CUDA_ARCH:-90}"
+  if [ "$RC" -ne 0 ]; then
+    add "$(status_of $RC)" build "exit $RC after ${SECS} s: see $OUT/01_build.log (no CUDA plugin target means nvcc was not found)"
+  else
+    add PASS build "${SECS} s, $(grep -c 'warning:' "$OUT/01_build.log") compiler warnings -> $BUILD"
+  fi
+fi
+if [ ! -x "$BUILD/check_model" ] || [ ! -x "$BUILD/zp" ] || [ ! -f "$BUILD/plugins/zp_cuda.so" ]; then
+  add FAIL prerequisites "missing $BUILD/{zp,check_model,plugins/zp_cuda.so}: nothing else can run"
+  SKIP_REST=1
+else
+  SKIP_REST=0
+fi
+
+if [ "$SKIP_REST" = 0 ]; then
+  # ---- 2. check_cuda_ops ----
+  if [ "${SKIP_CUDA_OPS:-0}" = 1 ]; then
+    add SKIP check_cuda_ops "skipped (SKIP_CUDA_OPS=1)"
+  else
+  # shellcheck disable=SC2086  # CHECK_CUDA_OPS_ARGS is a word list
+  run_step 02_check_cuda_ops.log 300 "$BUILD/check_cuda_ops" "$BUILD/plugins/zp_cuda.so" $CHECK_CUDA_OPS_ARGS
+  counts=$(grep -E '^[0-9]+ passed, [0-9]+ failed' "$OUT/02_check_cuda_ops.log" | tail -1)
+  if [ "$RC" -eq 77 ]; then add FAIL check_cuda_ops "no CUDA device visible"
+  else add "$(status_of $RC)" check_cuda_ops "${counts:-no result line (exit $RC)}, ${SECS} s"; fi
+  fi
+
+  # ---- 3. check_model ----
+  run_step 03_check_model.log 300 "$BUILD/check_model" --devices "$CHECK_DEVICES" --ref-dir "$WORK/model_ref"
+  line=$(grep -E '^CHECK_MODEL ' "$OUT/03_check_model.log" | tail -1)
+  fails=$(grep -E ' FAIL$' "$OUT/03_check_model.log" | awk '{print $1" "$2}' | head -3 | tr '\n' ';')
+  [ -n "$line" ] || line="exit $RC: $(lastline 03_check_model.log)"
+  add "$(status_of $RC)" check_model "${line#CHECK_MODEL }${fails:+ | failed: $fails}, ${SECS} s"
+
+  # ---- 4. zp train, 10 steps, cuda bf16 and cpu fp32 ----
+  if python3 "$SRC/tests/gpu/torch_parity.py" --make-shard "$WORK/parity/train.bin" --shard-tokens 65536 > /dev/null 2>"$WORK/parity/shard.err"; then
+    cat > "$WORK/parity/train.toml" << EOF
+# written by tests/gpu/run_gpu_checks.sh: check_model's model (same init) trained 10 steps
+[model]
+n_layer = 4
+n_head = 4
+d_model = 256
+seq_len = 256
+vocab_size = 50257
+vocab_pad = 128
+[data]
+train = "$WORK/parity/train.bin"
+shuffle = false
+[train]
+micro_batch = 4
+grad_accum = 1
+steps = 10
+lr = 1e-3
+lr_schedule = "constant"
+weight_decay = 0.1
+beta1 = 0.9
+beta2 = 0.95
+eps = 1e-8
+grad_clip = 0.0
+log_every = 1
+metrics = true
+save_final = false
+checkpoint_every = 0
+resume = "never"
+EOF
+    n=4
+    METRICS=()
+    for run in $TRAIN_RUNS; do
+      IFS=: read -r dev prec <<< "$run"
+      lab=${dev}_${prec}
+      run_step "0${n}_zp_train_${lab}.log" 240 "$BUILD/zp" train "$WORK/parity/train.toml" --set "train.device=$dev" \
+        --set "train.precision=$prec" --set "train.out_dir=$WORK/parity/run_$lab"
+      s=$(grep -E '^summary:' "$OUT/0${n}_zp_train_${lab}.log" | tail -1)
+      [ -n "$s" ] || s="exit $RC: $(lastline "0${n}_zp_train_${lab}.log")"
+      add "$(status_of $RC)" "zp_train_$lab" "${s#summary: } (${SECS} s)"
+      METRICS+=(--train-metrics "$lab=$WORK/parity/run_$lab/metrics.jsonl")
+      n=$((n + 1))
+    done
+  else
+    add FAIL zp_train "cannot write the shard: $(tail -1 "$WORK/parity/shard.err")"
+  fi
+
+  # ---- 5. torch_parity ----
+  if python3 -c 'import torch, numpy' > /dev/null 2>&1; then
+    run_step 06_torch_parity.log 360 python3 "$SRC/tests/gpu/torch_parity.py" --ref "$WORK/model_ref" --device auto \
+      --train-shard "$WORK/parity/train.bin" \
+      "${METRICS[@]}" \
+      --json "$OUT/torch_parity.json"
+    verdict=$(grep -E '^TORCH_PARITY ' "$OUT/06_torch_parity.log" | tail -1)
+    [ -n "$verdict" ] || verdict="exit $RC: $(lastline 06_torch_parity.log)"
+    add "$(status_of $RC)" torch_parity "${verdict#TORCH_PARITY }, ${SECS} s"
+    while IFS= read -r l; do SUMMARY+=("                           $l"); done < <(sed -n '/^TORCH PARITY SUMMARY/,/^TORCH_PARITY /p' "$OUT/06_torch_parity.log" | grep -E '^  \([abcd]\)' | sed 's/^  //')
+  else
+    add FAIL torch_parity "python3 cannot import torch and numpy"
+  fi
+fi
+
+# ---- summary ----
+T_ALL=$(($(date +%s) - T_START))
+{
+  echo
+  echo "GPU CHECK SUMMARY ($T_ALL s; logs in $OUT, data in $WORK)"
+  for l in "${SUMMARY[@]}"; do echo "  $l"; done
+  if [ "$FAILED" = 0 ]; then echo "ALL GPU CHECKS PASSED"; else echo "SOME GPU CHECKS FAILED"; fi
+} | tee -a "$OUT/summary.txt"
+exit "$FAILED"
