@@ -32,7 +32,7 @@ const zc_key zp_config_schema[] = {
   {"train.lr_schedule", ZC_STRING, "\"cosine\"", NR, NULL, "\"cosine\", \"constant\", or a Lua file defining lr(step, total_steps)."},
   {"train.warmup_steps", ZC_INT, "0", 0, 1e12, NULL, "Linear warm-up steps (shipped schedules)."},
   {"train.min_lr_ratio", ZC_FLOAT, "0.1", 0, 1, NULL, "Final lr as a fraction of lr (cosine)."},
-  {"train.weight_decay", ZC_FLOAT, "0.1", 0, 10, NULL, "AdamW decoupled weight decay (not applied to biases, norms, positions)."},
+  {"train.weight_decay", ZC_FLOAT, "0.1", 0, 10, NULL, "AdamW decoupled weight decay on 2-D weights (wte, wpe, linear weights); not on biases and norms."},
   {"train.beta1", ZC_FLOAT, "0.9", 0, 0.999999, NULL, "Adam beta1."},
   {"train.beta2", ZC_FLOAT, "0.95", 0, 0.9999999, NULL, "Adam beta2."},
   {"train.eps", ZC_FLOAT, "1e-8", 0, 1, NULL, "Adam epsilon."},

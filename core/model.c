@@ -124,6 +124,8 @@ void zp_model_init_range(const zp_model_layout* m, uint64_t seed, int g, uint64_
     uint64_t a = lo > first ? lo : first, z = hi < first + count ? hi : first + count;
     uint64_t stream = fnv1a(t->name);
     uint64_t real_end = (uint64_t)t->real_rows * (uint64_t)t->cols;
+    /* each element is a pure function of (seed, tensor, index): parallel and thread-count-free */
+#pragma omp parallel for schedule(static) if (z - a > 65536)
     for (uint64_t e = a; e < z; e++) {
       uint64_t k = e - lo;
       double v;

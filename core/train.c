@@ -417,7 +417,13 @@ int zp_train(zp_config* cfg, zp_comm* comm, char* err, size_t errlen) {
              lr, r->opt.grad_norm, ms, tok_s);
       if (mfu > 0) printf(" | MFU %.1f%%", 100 * mfu);
       if (do_val) printf(" | val %.4f", vl);
-      printf(" | %s\n", mem);
+      if (r->binfo.mem_total) {
+        zp_backend_info bi;
+        memset(&bi, 0, sizeof bi);
+        bi.struct_size = sizeof bi;
+        r->ops->info(r->be, &bi);
+        printf(" | %s | device used %.2f GiB\n", mem, (double)(bi.mem_total - bi.mem_free) / (1u << 30));
+      } else printf(" | %s\n", mem);
       fflush(stdout);
     }
     if (t->metrics) {
@@ -427,7 +433,15 @@ int zp_train(zp_config* cfg, zp_comm* comm, char* err, size_t errlen) {
       fprintf(t->metrics, ",\"mem\":{");
       for (int c = 0; c < ZP_CAT_COUNT; c++)
         fprintf(t->metrics, "%s\"%s\":%lld", c ? "," : "", zp_category_name((zp_category)c), r->ledger.cur[c][0] + r->ledger.cur[c][1]);
-      fprintf(t->metrics, "},\"peak_gpu\":%lld}\n", r->ledger.tier_peak[ZP_TIER_GPU]);
+      long long dev_used = 0;
+      if (r->binfo.mem_total) {
+        zp_backend_info bi;
+        memset(&bi, 0, sizeof bi);
+        bi.struct_size = sizeof bi;
+        r->ops->info(r->be, &bi);
+        dev_used = (long long)(bi.mem_total - bi.mem_free);
+      }
+      fprintf(t->metrics, "},\"peak_gpu\":%lld,\"device_used\":%lld}\n", r->ledger.tier_peak[ZP_TIER_GPU], dev_used);
       fflush(t->metrics);
     }
     /* hooks and signals: rank 0 decides, everyone follows */

@@ -117,11 +117,15 @@ if [ "$SKIP_REST" = 0 ]; then
   if [ "${SKIP_CUDA_OPS:-0}" = 1 ]; then
     add SKIP check_cuda_ops "skipped (SKIP_CUDA_OPS=1)"
   else
-  # shellcheck disable=SC2086  # CHECK_CUDA_OPS_ARGS is a word list
-  run_step 02_check_cuda_ops.log 300 "$BUILD/check_cuda_ops" "$BUILD/plugins/zp_cuda.so" $CHECK_CUDA_OPS_ARGS
-  counts=$(grep -E '^[0-9]+ passed, [0-9]+ failed' "$OUT/02_check_cuda_ops.log" | tail -1)
-  if [ "$RC" -eq 77 ]; then add FAIL check_cuda_ops "no CUDA device visible"
-  else add "$(status_of $RC)" check_cuda_ops "${counts:-no result line (exit $RC)}, ${SECS} s"; fi
+    # shellcheck disable=SC2086  # CHECK_CUDA_OPS_ARGS is a word list
+    run_step 02_check_cuda_ops.log 300 "$BUILD/check_cuda_ops" "$BUILD/plugins/zp_cuda.so" $CHECK_CUDA_OPS_ARGS
+    counts=$(grep -E '^[0-9]+ passed, [0-9]+ failed' "$OUT/02_check_cuda_ops.log" | tail -1)
+    fails=$(grep -E '  FAIL( |$)' "$OUT/02_check_cuda_ops.log" | awk '{print $1}' | head -4 | tr '\n' ' ')
+    if [ "$RC" -eq 77 ]; then
+      add FAIL check_cuda_ops "no CUDA device visible"
+    else
+      add "$(status_of $RC)" check_cuda_ops "${counts:-no result line, exit $RC: $(lastline 02_check_cuda_ops.log)}${fails:+ | failed: $fails}, ${SECS} s"
+    fi
   fi
 
   # ---- 3. check_model ----
