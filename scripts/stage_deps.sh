@@ -7,6 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 rm -rf .deps && mkdir -p .deps/include .deps/lib
 cp /usr/include/lua5.4/{lua.h,luaconf.h,lualib.h,lauxlib.h} .deps/include/
+cp /usr/include/x86_64-linux-gnu/lua5.4-deb-multiarch.h .deps/include/ 2>/dev/null || true
 cp /usr/include/jansson.h /usr/include/jansson_config.h .deps/include/
 cp -r /usr/include/liburing /usr/include/liburing.h .deps/include/
 cp /usr/lib/x86_64-linux-gnu/liblua5.4.a .deps/lib/

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# run_2gpu_checks.sh: correctness of data parallelism on 2 GPUs (NCCL), one call, ~5 min:
+#   1. build (Release, poison on) with the NCCL communicator in the CUDA plugin;
+#   2. check_nccl: every collective of the plugin's communicator vs host-computed values, the
+#      host-pointer path, and a peer that stalls past the deadline;
+#   3. zp launch -n 2 on tests/configs/equiv-gpu.toml for none (replicated), stage1, stage2,
+#      stage3: per-step losses and final fp32 master weights compared with the replicated run;
+#      and the replicated 2-GPU run vs 1 GPU with the same global batch;
+#   4. a rank killed at step 3 (ZP_FAULT): the other rank must fail naming rank and operation.
+# Prints "2-GPU CHECK SUMMARY". Run from the repo root with .deps carried.
+set -u -o pipefail
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+OUT=${OUT:-/tmp/zp-out}
+W=${ZP_WORK:-/tmp/zp-2gpu}
+B=${ZP_BUILD:-$SRC/build-gpu2}
+mkdir -p "$OUT" "$W"
+S=()
+FAILED=0
+add() { S+=("$(printf '%-6s %-28s %s' "$1" "$2" "$3")"); [ "$1" = PASS ] || FAILED=1; }
+nvidia-smi -L
+if cmake -S "$SRC" -B "$B" -G Ninja -DCMAKE_BUILD_TYPE=Release -DZP_TEST_POISON=ON > "$OUT/b_build.log" 2>&1 &&
+   cmake --build "$B" >> "$OUT/b_build.log" 2>&1; then add PASS build "$(grep -c warning "$OUT/b_build.log") warnings"
+else add FAIL build "see b_build.log"; tail -20 "$OUT/b_build.log"; printf '%s\n' "${S[@]}"; exit 1; fi
+if timeout 240 "$B/check_nccl" "$B/plugins/zp_cuda.so" --timeout 10 > "$OUT/b_nccl.log" 2>&1; then
+  add PASS check_nccl "$(tail -1 "$OUT/b_nccl.log")"
+else add FAIL check_nccl "$(tail -3 "$OUT/b_nccl.log" | tr '\n' ' ')"; fi
+python3 - "$W/tok.bin" <<'PY'
+import sys, numpy as np
+n = 4 * 256 * 64 + 1
+h = np.zeros(256, dtype="<i4"); h[:3] = (20240520, 1, n)
+t = np.random.default_rng(7).integers(0, 50257, size=n, dtype=np.uint16)
+open(sys.argv[1], "wb").write(h.tobytes() + t.astype("<u2").tobytes())
+PY
+cfg=$SRC/tests/configs/equiv-gpu.toml
+run() { # name n sets...
+  local name=$1 n=$2; shift 2
+  local a=()
+  for s in "$@"; do a+=(--set "$s"); done
+  timeout 180 "$B/zp" launch -n "$n" "$cfg" --set data.train="$W/tok.bin" --set train.out_dir="$W/$name" "${a[@]}" > "$OUT/b_$name.log" 2>&1
+}
+L() { grep -o '"loss":[0-9.]*' "$W/$1/metrics.jsonl" | sed 's/"loss"://' | tr '\n' ' '; }
+if run ref2 2; then
+  add PASS "replicated, 2 GPUs" "losses $(L ref2)"
+  for st in stage1 stage2 stage3; do
+    if run "$st" 2 zero.plugin=$st; then
+      c=$("$B/zp" ckpt compare "$W/ref2/ckpt_00000006" "$W/$st/ckpt_00000006" --tol 1e-3 2>&1); rc=$?
+      same=$([ "$(L ref2)" = "$(L "$st")" ] && echo "losses identical" || echo "losses $(L "$st")")
+      [ $rc = 0 ] && add PASS "$st vs replicated (2 GPUs)" "$same; $c" || add FAIL "$st vs replicated (2 GPUs)" "$same; $c"
+    else add FAIL "$st (2 GPUs)" "$(tail -2 "$OUT/b_$st.log" | tr '\n' ' ')"; fi
+  done
+  if run one 1 train.micro_batch=8; then
+    c=$("$B/zp" ckpt compare "$W/one/ckpt_00000006" "$W/ref2/ckpt_00000006" --tol 2e-3 2>&1); rc=$?
+    [ $rc = 0 ] && add PASS "1 GPU vs 2 GPUs, same batch" "losses $(L one); $c" || add FAIL "1 GPU vs 2 GPUs, same batch" "losses $(L one); $c"
+  else add FAIL "1 GPU run" "$(tail -2 "$OUT/b_one.log" | tr '\n' ' ')"; fi
+else add FAIL "replicated, 2 GPUs" "$(tail -3 "$OUT/b_ref2.log" | tr '\n' ' ')"; fi
+t0=$(date +%s)
+ZP_FAULT=kill:3:1 run dead 2 comm.timeout_s=15 zero.plugin=stage2
+took=$(( $(date +%s) - t0 ))
+msg=$(grep -E "rank 0\].*(rank 1|peer|NCCL|abort)" "$OUT/b_dead.log" | head -2 | tr '\n' ' ')
+[ -n "$msg" ] && add PASS "dead rank (SIGKILL at step 3)" "${took}s: $msg" || add FAIL "dead rank" "${took}s: $(tail -4 "$OUT/b_dead.log" | tr '\n' ' ')"
+echo; echo "2-GPU CHECK SUMMARY"; printf '  %s\n' "${S[@]}"
+[ $FAILED = 0 ] && echo "ALL 2-GPU CHECKS PASSED" || echo "SOME 2-GPU CHECKS FAILED"
+exit $FAILED
