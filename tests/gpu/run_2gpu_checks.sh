@@ -55,7 +55,7 @@ if run ref2 2; then
   else add FAIL "1 GPU run" "$(tail -2 "$OUT/b_one.log" | tr '\n' ' ')"; fi
 else add FAIL "replicated, 2 GPUs" "$(tail -3 "$OUT/b_ref2.log" | tr '\n' ' ')"; fi
 t0=$(date +%s)
-ZP_FAULT=kill:3:1 run dead 2 comm.timeout_s=15 zero.plugin=stage2
+ZP_FAULT=kill:3:1 run dead 2 comm.timeout_s=4 zero.plugin=stage2
 took=$(( $(date +%s) - t0 ))
 msg=$(grep -E "rank 0\].*(rank 1|peer|NCCL|abort)" "$OUT/b_dead.log" | head -2 | tr '\n' ' ')
 [ -n "$msg" ] && add PASS "dead rank (SIGKILL at step 3)" "${took}s: $msg" || add FAIL "dead rank" "${took}s: $(tail -4 "$OUT/b_dead.log" | tr '\n' ' ')"
