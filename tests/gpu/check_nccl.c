@@ -641,10 +641,12 @@ static void t_timeout(void) {
     double t0 = now_s();
     rc = c->ops->allreduce(c, d, n, ZP_BF16, ZP_RED_SUM);
     double el = now_s() - t0;
-    check(rc != 0 && el <= g_tmo + 2.0,
-          "late rank: allreduce #2 after its peers aborted fails within %.3g s (took %.2f s): "
-          "status %d, \"%s\"",
-          g_tmo + 2.0, el, rc, c->err);
+    /* Not a check: on real NCCL 2.28 (2 x H200, 2026-11-22) a late rank's collective after
+     * its only peer aborted can complete (status 0, undefined data) instead of failing. The
+     * job is torn down by the ranks that did fail (and by zp launch), so the result is never
+     * used; we only require that it returns within the deadline. */
+    check(el <= g_tmo + 2.0, "late rank: allreduce #2 after its peers aborted returns within %.3g s (took %.2f s; status %d%s%s)",
+          g_tmo + 2.0, el, rc, rc ? ", " : ", completed: NCCL does not report the peer's abort", rc ? c->err : "");
   } else {
     double t0 = now_s();
     rc = c->ops->allreduce(c, d, n, ZP_BF16, ZP_RED_SUM);
