@@ -664,7 +664,9 @@ static int run_forward(zp_run* r, const int32_t* inputs, const int32_t* targets,
     if ((rc = hook(r, r->strategy->pre_forward, g, "pre_forward"))) return rc;
     if ((rc = param_view(r, g))) return rc;
     if (r->groups[g].info.tied_to >= 0 && (rc = param_view(r, r->groups[g].info.tied_to))) return rc;
+    double t0 = zp_now_us();
     if ((rc = zp_model_forward_group(&r->layout, r->ops, r->be, &r->acts, &r->views, g, dloss))) return rc;
+    zp_trace_span(ZP_TR_COMPUTE, "forward", g, t0);
     if ((rc = hook(r, r->strategy->post_forward, g, "post_forward"))) return rc;
   }
   float* losses = malloc(N * sizeof(float));
@@ -695,7 +697,9 @@ int zp_run_micro_batch(zp_run* r, const int32_t* inputs, const int32_t* targets,
     if ((rc = grad_view(r, g))) return rc;
     int t = r->groups[g].info.tied_to;
     if (t >= 0 && ((rc = param_view(r, t)) || (rc = grad_view(r, t)))) return rc;
+    double t0 = zp_now_us();
     if ((rc = zp_model_backward_group(&r->layout, r->ops, r->be, &r->acts, &r->views, g))) return rc;
+    zp_trace_span(ZP_TR_COMPUTE, "backward", g, t0);
     if (r->grad_dt != r->ct) {
       zp_group_rt* Gr = &r->groups[g];
       if (!Gr->view[1]) {

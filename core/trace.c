@@ -54,7 +54,9 @@ int zp_trace_write(const char* path) {
   static const char* cats[] = {"compute", "comm", "io", "step"};
   fprintf(f, "{\"displayTimeUnit\":\"ms\",\"otherData\":{\"rank\":%d,\"dropped_events\":%zu},\"traceEvents\":[\n", g_rank, g_dropped);
   fprintf(f, "{\"name\":\"process_name\",\"ph\":\"M\",\"pid\":%d,\"args\":{\"name\":\"rank %d\"}}", g_rank, g_rank);
-  double t0 = g_n ? g_ev[0].ts : 0;
+  double t0 = g_n ? g_ev[0].ts : 0; /* spans are recorded when they end: take the earliest start */
+  for (size_t i = 1; i < g_n; i++)
+    if (g_ev[i].ts < t0) t0 = g_ev[i].ts;
   for (size_t i = 0; i < g_n; i++) {
     ev_t* e = &g_ev[i];
     fprintf(f, ",\n{\"name\":\"%s\",\"cat\":\"%s\",\"ph\":\"X\",\"pid\":%d,\"tid\":%d,\"ts\":%.3f,\"dur\":%.3f,\"args\":{\"i\":%d}}",
