@@ -1339,6 +1339,55 @@ int zp_comm_self_create(zp_comm** out, char* err, size_t errlen) {
 
 /* ---------------------------------------------------------------- from the environment ---- */
 
+/* Ranks started by torchrun / mpirun / srun on ONE host: rank 0 creates a fresh segment and
+ * hands its name to the others over TCP (MASTER_ADDR, MASTER_PORT + 17, or ZP_BOOTSTRAP_PORT:
+ * torchrun's own store owns MASTER_PORT); after everyone attached, the name is unlinked. Ranks
+ * on several hosts are refused with a message (no cross-host host communicator yet). */
+static int comm_from_external_launcher(int rank, int world, zp_comm** out, char* err, size_t errlen) {
+  const char* lws = getenv("LOCAL_WORLD_SIZE");
+  if (!lws) lws = getenv("OMPI_COMM_WORLD_LOCAL_SIZE");
+  if (!lws) lws = getenv("SLURM_NTASKS_PER_NODE");
+  if (lws && atoi(lws) != world) {
+    set_err(err, errlen,
+            "the %s launcher environment says %d ranks in all but %s on this host: zp runs ranks "
+            "of one host only so far (use zp launch -n N, or one host under %s)",
+            zp_bootstrap_env_source(), world, lws, zp_bootstrap_env_source());
+    return ZP_E_INVALID;
+  }
+  char addr[256];
+  int port = 0, rc;
+  if ((rc = zp_bootstrap_master(addr, sizeof addr, &port, err, errlen))) return rc;
+  const char* bp = getenv("ZP_BOOTSTRAP_PORT");
+  port = bp && *bp ? atoi(bp) : port + 17;
+  if (port <= 0 || port > 65535) {
+    set_err(err, errlen, "bootstrap port %d out of range (set ZP_BOOTSTRAP_PORT)", port);
+    return ZP_E_INVALID;
+  }
+  double timeout = 300.0;
+  const char* t = getenv("ZP_COMM_TIMEOUT");
+  if (t && *t && strtod(t, NULL) > 0) timeout = strtod(t, NULL);
+  char name[64];
+  memset(name, 0, sizeof name);
+  if (rank == 0) {
+    snprintf(name, sizeof name, "/zp-ext-%d-%ld", (int)getpid(), (long)time(NULL));
+    if ((rc = zp_comm_shm_create_segment(name, world, err, errlen))) return rc;
+  }
+  if ((rc = zp_tcp_bcast(addr, port, rank, world, name, sizeof name, timeout, err, errlen))) {
+    if (rank == 0) zp_comm_shm_unlink(name);
+    return rc;
+  }
+  name[sizeof name - 1] = 0;
+  rc = zp_comm_shm_open(name, rank, world, timeout, out, err, errlen);
+  if (rc == ZP_OK) rc = (*out)->ops->barrier(*out);
+  if (rank == 0) zp_comm_shm_unlink(name);
+  if (rc && *out) {
+    set_err(err, errlen, "%s", zp_comm_error(*out));
+    zp_comm_destroy(*out);
+    *out = NULL;
+  }
+  return rc;
+}
+
 int zp_comm_from_env(zp_comm** out, char* err, size_t errlen) {
   if (!out) {
     set_err(err, errlen, "zp_comm_from_env: NULL output");
@@ -1365,12 +1414,6 @@ int zp_comm_from_env(zp_comm** out, char* err, size_t errlen) {
     }
     return zp_comm_shm_open(shm, rank, world, timeout, out, err, errlen);
   }
-  if (world > 1) {
-    set_err(err, errlen,
-            "the %s launcher environment says rank %d of %d, but ZP_SHM_NAME is not set: the CPU "
-            "shared-memory communicator needs `zp launch -n %d` (multi-node GPU runs use NCCL)",
-            zp_bootstrap_env_source(), rank, world, world);
-    return ZP_E_INVALID;
-  }
+  if (world > 1) return comm_from_external_launcher(rank, world, out, err, errlen);
   return zp_comm_self_create(out, err, errlen);
 }
