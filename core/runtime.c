@@ -276,28 +276,47 @@ static int open_named_plugin(zp_run* r, const char* key, zp_plugin_kind kind, zp
   return rc;
 }
 
+/* Model-state buffers come from one arena per (category, tier), groups in forward order at
+ * 4 KiB-multiple offsets: consecutive groups are contiguous, so a bucket of groups is one
+ * collective, and the allocation count does not grow with the number of layers. */
 static int alloc_groups(zp_run* r) {
   int G = r->layout.n_groups;
-  for (int g = 0; g < G; g++) {
-    zp_group_rt* gr = &r->groups[g];
-    zp_group_info* in = &gr->info;
-    char tag[96];
-    for (int c = ZP_CAT_PARAM; c <= ZP_CAT_OPTIM; c++) {
-      if (c == ZP_CAT_MASTER && r->param_dt == ZP_F32) continue; /* fp32 params are their own master */
-      uint64_t elems = in->place[c].sharded ? in->shard_len : in->padded;
-      size_t bytes = (size_t)elems * zp_dtype_size(in->dtype[c]) * (c == ZP_CAT_OPTIM ? 2 : 1);
-      if (in->place[c].tier == ZP_TIER_NVME) {
-        rerr(r, "the nvme tier is not implemented yet (group %s, %s)", r->gplans[g].name, zp_category_name((zp_category)c));
+  char tag[96];
+  for (int c = ZP_CAT_PARAM; c <= ZP_CAT_OPTIM; c++) {
+    if (c == ZP_CAT_MASTER && r->param_dt == ZP_F32) continue; /* fp32 params are their own master */
+    for (int t = 0; t < ZP_TIER_COUNT; t++) {
+      size_t total = 0;
+      for (int g = 0; g < G; g++) {
+        zp_group_info* in = &r->groups[g].info;
+        if ((int)in->place[c].tier != t) continue;
+        uint64_t elems = in->place[c].sharded ? in->shard_len : in->padded;
+        in->bytes[c] = (size_t)elems * zp_dtype_size(in->dtype[c]) * (c == ZP_CAT_OPTIM ? 2 : 1);
+        total += in->bytes[c];
+      }
+      if (!total) continue;
+      if (t == ZP_TIER_NVME) {
+        rerr(r, "the nvme tier is not implemented yet (%s)", zp_category_name((zp_category)c));
         return ZP_E_NOT_IMPLEMENTED;
       }
-      snprintf(tag, sizeof tag, "%s %s", r->gplans[g].name, zp_category_name((zp_category)c));
-      int rc = zp_ledger_alloc(&r->ledger, (zp_category)c, in->place[c].tier, bytes, tag, &in->buf[c]);
+      snprintf(tag, sizeof tag, "%s arena (%d groups)", zp_category_name((zp_category)c), G);
+      int rc = zp_ledger_alloc(&r->ledger, (zp_category)c, (zp_tier)t, total, tag, &r->arena[c][t]);
       if (rc) {
         rerr(r, "%s", r->ledger.last_error);
         return rc;
       }
-      in->bytes[c] = bytes;
+      r->arena_bytes[c][t] = total;
+      size_t off = 0;
+      for (int g = 0; g < G; g++) {
+        zp_group_info* in = &r->groups[g].info;
+        if ((int)in->place[c].tier != t) continue;
+        in->buf[c] = r->arena[c][t] ? (char*)r->arena[c][t] + off : NULL;
+        off += in->bytes[c];
+      }
     }
+  }
+  for (int g = 0; g < G; g++) {
+    zp_group_rt* gr = &r->groups[g];
+    zp_group_info* in = &gr->info;
     /* compute copies when storage dtype differs from the compute dtype */
     size_t cbytes = (size_t)in->padded * zp_dtype_size(r->ct);
     if (r->param_dt != r->ct) {
@@ -306,6 +325,7 @@ static int alloc_groups(zp_run* r) {
         rerr(r, "%s", r->ledger.last_error);
         return ZP_E_NOMEM;
       }
+      gr->ccopy_bytes[0] = cbytes;
     }
     if (r->grad_dt != r->ct) {
       snprintf(tag, sizeof tag, "%s compute grad scratch", r->gplans[g].name);
@@ -313,6 +333,7 @@ static int alloc_groups(zp_run* r) {
         rerr(r, "%s", r->ledger.last_error);
         return ZP_E_NOMEM;
       }
+      gr->ccopy_bytes[1] = cbytes;
     }
   }
   return ZP_OK;
@@ -530,16 +551,15 @@ void zp_run_close(zp_run* r) {
   r->strategy_state = NULL;
   if (r->groups) {
     zp_acts_free(&r->acts, &r->ledger);
-    size_t cb;
     for (int g = 0; g < r->layout.n_groups; g++) {
       zp_group_rt* gr = &r->groups[g];
-      for (int c = 0; c < ZP_CAT_COUNT; c++)
-        if (gr->info.bytes[c]) zp_ledger_free(&r->ledger, (zp_category)c, gr->info.place[c].tier, gr->info.buf[c], gr->info.bytes[c]);
-      cb = (size_t)gr->info.padded * zp_dtype_size(r->ct);
-      if (r->param_dt != r->ct) zp_ledger_free(&r->ledger, ZP_CAT_BUFFER, ZP_TIER_GPU, gr->ccopy_param, cb);
-      if (r->grad_dt != r->ct) zp_ledger_free(&r->ledger, ZP_CAT_BUFFER, ZP_TIER_GPU, gr->ccopy_grad, cb);
+      if (gr->ccopy_bytes[0]) zp_ledger_free(&r->ledger, ZP_CAT_BUFFER, ZP_TIER_GPU, gr->ccopy_param, gr->ccopy_bytes[0]);
+      if (gr->ccopy_bytes[1]) zp_ledger_free(&r->ledger, ZP_CAT_BUFFER, ZP_TIER_GPU, gr->ccopy_grad, gr->ccopy_bytes[1]);
     }
   }
+  for (int c = 0; c < ZP_CAT_COUNT; c++)
+    for (int t = 0; t < ZP_TIER_COUNT; t++)
+      if (r->arena_bytes[c][t]) zp_ledger_free(&r->ledger, (zp_category)c, (zp_tier)t, r->arena[c][t], r->arena_bytes[c][t]);
   if (r->dcomm) zp_comm_destroy(r->dcomm);
   r->dcomm = NULL;
   if (r->be) r->ops->destroy(r->be);

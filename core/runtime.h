@@ -30,6 +30,7 @@ typedef struct zp_group_rt {
   void* view[2];          /* PARAM, GRAD as set by the strategy (storage dtype) */
   void* ccopy_param;      /* compute-dtype copy when PARAM dtype != compute dtype */
   void* ccopy_grad;       /* compute-dtype grad scratch when GRAD dtype != compute dtype */
+  size_t ccopy_bytes[2];  /* what the ledger counted for the two above (0 = none) */
 } zp_group_rt;
 
 typedef struct zp_optim_state {
@@ -47,6 +48,8 @@ typedef struct zp_run {
   zp_plan plan;
   zp_group_plan* gplans;
   zp_group_rt* groups;
+  void* arena[ZP_CAT_COUNT][ZP_TIER_COUNT]; /* model-state arenas (groups at offsets) */
+  size_t arena_bytes[ZP_CAT_COUNT][ZP_TIER_COUNT];
   zp_ledger ledger;
   /* backend */
   const zp_backend_ops* ops;
