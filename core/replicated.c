@@ -1,11 +1,13 @@
 /* replicated.c: the built-in "none" strategy — plain data parallelism, and the reference
  * every ZeRO plugin is compared with. It uses only the public host services, exactly like a
  * plugin would.
- * Invariants: every rank holds full PARAM, GRAD, MASTER and OPTIM; gradients are averaged
- * with one all-reduce per group bucket when the group's backward is done (grads_ready), so
- * the reduction of late groups overlaps the backward of earlier ones where the backend runs
- * communication asynchronously; the optimizer updates the full range on every rank, so
- * parameters stay identical without a gather. */
+ * Invariants: every rank holds full PARAM, GRAD, MASTER and OPTIM. Gradients are averaged on
+ * the last micro-batch of a step only (earlier ones accumulate locally, like DDP's no_sync),
+ * in buckets: consecutive groups whose GRAD buffers are contiguous (the core's arenas make
+ * them so) are reduced with one all-reduce once they reach zero.bucket_mb, as their backward
+ * completes (zero.overlap_comm) or all at once at the step (overlap_comm = false). The
+ * optimizer updates the full range on every rank, so parameters stay identical without a
+ * gather. Reductions are element-wise, so bucketing never changes the numbers. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -15,6 +17,10 @@ typedef struct {
   const zp_host* h;
   int G;
   zp_group_info* info;
+  size_t bucket_bytes;
+  int overlap;
+  int lo, hi;          /* pending bucket: groups lo..hi (lo <= hi), or lo = -1 */
+  size_t pending;      /* bytes in the pending bucket */
 } repl_t;
 
 static int repl_plan(const zp_host* h, zp_plan* p) {
@@ -30,6 +36,14 @@ static int repl_open(const zp_host* h, void** state) {
   s->h = h;
   s->G = h->n_groups;
   s->info = calloc((size_t)s->G, sizeof(zp_group_info));
+  if (!s->info) { free(s); return ZP_E_NOMEM; }
+  double mb = 25;
+  int ov = 1;
+  h->config_float(h->ctx, "zero.bucket_mb", &mb);
+  h->config_bool(h->ctx, "zero.overlap_comm", &ov);
+  s->bucket_bytes = (size_t)(mb * 1048576.0);
+  s->overlap = ov;
+  s->lo = s->hi = -1;
   for (int g = 0; g < s->G; g++) {
     h->group_info(h->ctx, g, &s->info[g]);
     h->set_view(h->ctx, g, ZP_CAT_PARAM, s->info[g].buf[ZP_CAT_PARAM]);
@@ -46,24 +60,56 @@ static void repl_close(void* st) {
   free(s);
 }
 
+static int flush(repl_t* s) {
+  if (s->lo < 0) return ZP_OK;
+  const zp_group_info* first = &s->info[s->lo];
+  size_t elems = s->pending / zp_dtype_size(first->dtype[ZP_CAT_GRAD]);
+  int rc = s->h->allreduce(s->h->ctx, first->buf[ZP_CAT_GRAD], elems, first->dtype[ZP_CAT_GRAD], ZP_RED_AVG);
+  s->lo = s->hi = -1;
+  s->pending = 0;
+  return rc;
+}
+
+/* add group g (called in reverse order) to the pending bucket; flush when full */
+static int add(repl_t* s, int g) {
+  const zp_group_info* in = &s->info[g];
+  size_t bytes = in->bytes[ZP_CAT_GRAD];
+  if (s->lo >= 0 && (char*)in->buf[ZP_CAT_GRAD] + bytes != (char*)s->info[s->lo].buf[ZP_CAT_GRAD]) {
+    int rc = flush(s); /* not contiguous with the bucket: reduce what is pending first */
+    if (rc) return rc;
+  }
+  if (s->lo < 0) s->hi = g;
+  s->lo = g;
+  s->pending += bytes;
+  if (s->pending >= s->bucket_bytes || g == 0) return flush(s);
+  return ZP_OK;
+}
+
 static int repl_grads_ready(void* st, int g) {
   repl_t* s = st;
-  const zp_group_info* in = &s->info[g];
-  /* the tied wte (group 0) also receives the head's gradient: reduce it when group 0 is done */
-  return s->h->allreduce(s->h->ctx, in->buf[ZP_CAT_GRAD], (size_t)in->padded, in->dtype[ZP_CAT_GRAD], ZP_RED_AVG);
+  const zp_host* h = s->h;
+  int last = h->micro_batches <= 0 || h->micro_batch == h->micro_batches - 1;
+  if (!last || !s->overlap) return ZP_OK;
+  /* the tied wte (group 0) also receives the head's gradient: it completes at g == 0 */
+  return add(s, g);
 }
 
 static int repl_step(void* st) {
   repl_t* s = st;
   const zp_host* h = s->h;
+  int rc;
+  if (!s->overlap)
+    for (int g = s->G - 1; g >= 0; g--)
+      if ((rc = add(s, g))) return rc;
+  if ((rc = flush(s))) return rc;
   double ss = 0;
   for (int g = 0; g < s->G; g++) {
     double x;
-    int rc = h->sumsq(h->ctx, s->info[g].buf[ZP_CAT_GRAD], s->info[g].dtype[ZP_CAT_GRAD], (size_t)s->info[g].padded, &x);
+    rc = h->sumsq(h->ctx, s->info[g].buf[ZP_CAT_GRAD], s->info[g].dtype[ZP_CAT_GRAD], (size_t)s->info[g].padded, &x);
     if (rc) return rc;
     ss += x;
   }
-  int rc = h->optim_begin(h->ctx, ss);
+  rc = h->optim_begin(h->ctx, ss);
   if (rc) return rc;
   for (int g = 0; g < s->G; g++) {
     const zp_group_info* in = &s->info[g];

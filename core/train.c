@@ -386,6 +386,8 @@ int zp_train(zp_config* cfg, zp_comm* comm, char* err, size_t errlen) {
       if ((rc = fetch(t, t->train, pos, err, errlen))) goto done;
       zp_trace_span(ZP_TR_IO, "data", m, td);
       double l;
+      r->host.micro_batch = m;
+      r->host.micro_batches = accum;
       if ((rc = zp_run_micro_batch(r, t->inp, t->tgt, 1.0f / ((float)B * (float)T * (float)accum), &l))) goto fail_run;
       loss += l / accum;
     }

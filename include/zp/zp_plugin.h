@@ -201,6 +201,9 @@ typedef struct zp_host {
   int (*sumsq)(zp_host_ctx* ctx, const void* x, zp_dtype dt, size_t n, double* out);
   /* poison a released buffer (NaN in test builds, no-op otherwise) */
   void (*poison)(zp_host_ctx* ctx, void* p, zp_dtype dt, size_t n);
+  /* the micro-batch being run (0-based) and how many make this step; micro_batches == 0
+   * when unknown (callers outside the training loop): treat every micro-batch as the last */
+  int micro_batch, micro_batches;
 } zp_host;
 
 
