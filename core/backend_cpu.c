@@ -11,7 +11,8 @@
  *   results are rounded once (round to nearest even, bf16.h). sumsq sums in double over fixed
  *   chunks that depend on n only.
  * - Nothing depends on the number of OpenMP threads (bitwise): see cpu_ops_impl.h.
- * - AdamW keeps fp32 state and computes in fp32 (bias corrections 1-beta^t in double). */
+ * - AdamW keeps fp32 state and computes in fp32 (bias corrections 1-beta^t in double); f32/bf16
+ *   grads go through the vectorised kernel of adamw_cpu.c (bitwise equal to the scalar loop). */
 #include "backend_cpu.h"
 
 #include <math.h>
@@ -24,6 +25,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "adamw_cpu.h"
 #include "bf16.h"
 #include "gemm_cpu.h"
 
@@ -599,6 +601,20 @@ static int cpu_adamw(zp_backend* b, void* param, zp_dtype pdt, float* master, co
          "cpu backend: adamw: param == master needs pdt f32 (got %s)", zp_cpu_dtype_name(pdt));
   ZP_REQ(!write_param || zp_is_float(pdt), "cpu backend: adamw: param dtype %s not supported",
          zp_cpu_dtype_name(pdt));
+  if (gdt != ZP_F64) {
+    /* f32/bf16 grads: the vectorised kernel (adamw_cpu.c; bitwise equal to the loop below),
+     * param written in the same pass unless it is f64 (then cast afterwards) */
+    const zp_adamw_hparams hp = {lr, beta1, beta2, eps, weight_decay, grad_scale, step_t};
+    const int fused = write_param && pdt != ZP_F64;
+    const int rc = zp_adamw_cpu(fused ? param : NULL, pdt, master, grad, gdt, m, v, n, &hp, 0);
+    if (rc) {
+      const char* ie = zp_adamw_isa_error(ZP_ISA_AUTO);
+      return zp_cpu_fail(b, rc, "cpu backend: adamw: %s", ie ? ie : "kernel refused its arguments");
+    }
+    if (write_param && !fused) return cpu_cast(b, param, pdt, master, ZP_F32, n);
+    return ZP_OK;
+  }
+  /* f64 grads: the reference loop (fp32 arithmetic on the grad rounded once to fp32) */
   const float bc1 = (float)(1.0 - pow((double)beta1, (double)step_t));
   const float bc2 = (float)(1.0 - pow((double)beta2, (double)step_t));
   const float omb1 = 1.0f - beta1, omb2 = 1.0f - beta2;
@@ -615,13 +631,7 @@ static int cpu_adamw(zp_backend* b, void* param, zp_dtype pdt, float* master, co
     p -= lr * (mhat / (sqrtf(vhat) + eps) + weight_decay * p);                     \
     master[i] = p;                                                                 \
   }
-  if (gdt == ZP_F32) {
-    ZP_ADAMW(ld_f32(grad, i) * grad_scale)
-  } else if (gdt == ZP_BF16) {
-    ZP_ADAMW(ld_bf16(grad, i) * grad_scale)
-  } else {
-    ZP_ADAMW((float)(ld_f64(grad, i) * (double)grad_scale))
-  }
+  ZP_ADAMW((float)(ld_f64(grad, i) * (double)grad_scale))
 #undef ZP_ADAMW
   if (write_param) return cpu_cast(b, param, pdt, master, ZP_F32, n);
   return ZP_OK;
