@@ -63,6 +63,7 @@ const zc_key zp_config_schema[] = {
   /* offload */
   {"offload.optimizer.plugin", ZC_STRING, "\"none\"", NR, NULL, "\"none\", \"offload_cpu\" or \"offload_nvme\": where MASTER and OPTIM live."},
   {"offload.optimizer.max_host_gb", ZC_FLOAT, "0", 0, 1e6, NULL, "Cap on host memory for offloaded state (0 = no cap)."},
+  {"offload.optimizer.threads", ZC_INT, "0", 0, 4096, NULL, "Host threads for the offloaded optimizer step (0 = OpenMP default)."},
   {"offload.optimizer.path", ZC_STRING, "\"\"", NR, NULL, "Directory for offload_nvme files."},
   {"offload.param.plugin", ZC_STRING, "\"none\"", NR, NULL, "\"none\", \"offload_cpu\" or \"offload_nvme\" (needs zero.plugin = stage3)."},
   {"offload.param.path", ZC_STRING, "\"\"", NR, NULL, "Directory for offload_nvme parameter files."},

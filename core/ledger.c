@@ -3,6 +3,7 @@
  * NaN-like bytes (0xFF) so nothing can rely on zero-initialisation. */
 #include "ledger.h"
 
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -21,6 +22,13 @@ void zp_ledger_init(zp_ledger* l, int rank, int dry_run) {
 void zp_ledger_set_device(zp_ledger* l, const zp_backend_ops* ops, zp_backend* b) {
   l->dev = ops;
   l->devb = b;
+}
+
+/* Host-tier BUFFER memory (offload staging) is page-locked when the backend can provide it. */
+static int pinned(const zp_ledger* l, zp_category cat, zp_tier tier) {
+  return tier == ZP_TIER_CPU && cat == ZP_CAT_BUFFER && l->dev &&
+         l->dev->struct_size >= offsetof(zp_backend_ops, host_free) + sizeof l->dev->host_free && l->dev->host_alloc &&
+         l->dev->host_free;
 }
 
 void zp_ledger_note(zp_ledger* l, zp_category cat, zp_tier tier, long long delta) {
@@ -42,6 +50,8 @@ int zp_ledger_alloc(zp_ledger* l, zp_category cat, zp_tier tier, size_t bytes, c
     void* p = NULL;
     if (tier == ZP_TIER_GPU && l->dev) {
       if (l->dev->alloc(l->devb, bytes, &p) != ZP_OK) p = NULL;
+    } else if (pinned(l, cat, tier)) {
+      if (l->dev->host_alloc(l->devb, bytes, &p) != ZP_OK) p = NULL;
     } else if (tier != ZP_TIER_NVME) {
       size_t sz = (bytes + 63) & ~(size_t)63;
       p = aligned_alloc(64, sz);
@@ -74,6 +84,7 @@ void zp_ledger_free(zp_ledger* l, zp_category cat, zp_tier tier, void* p, size_t
   if (bytes == 0 && !p) return;
   if (!l->dry_run && p) {
     if (tier == ZP_TIER_GPU && l->dev) l->dev->free(l->devb, p);
+    else if (pinned(l, cat, tier)) l->dev->host_free(l->devb, p);
     else free(p);
   }
   if ((long long)bytes > l->cur[cat][tier]) {

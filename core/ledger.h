@@ -13,6 +13,8 @@ typedef struct zp_ledger {
   long long peak[ZP_CAT_COUNT][ZP_TIER_COUNT];
   long long tier_cur[ZP_TIER_COUNT], tier_peak[ZP_TIER_COUNT]; /* sum over categories */
   long long n_allocs, n_frees;
+  /* transfers to/from a tier (offload traffic, file I/O): [tier][0 = read, 1 = write] */
+  unsigned long long io_bytes[ZP_TIER_COUNT][2], io_ops[ZP_TIER_COUNT][2];
   int dry_run;
   int rank;
   /* device allocator for the gpu tier (the active backend); NULL = host malloc */

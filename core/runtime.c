@@ -72,24 +72,28 @@ static void h_set_error(zp_host_ctx* c, const char* fmt, ...) {
 }
 
 static int h_cfg_int(zp_host_ctx* c, const char* path, int64_t* out) {
+  if (zp_cfg_is_ext(path)) return zp_cfg_ext_int(c->r->cfg, path, out, c->r->err, sizeof c->r->err); /* plugin options */
   const zc_key* k = zp_cfg_key(path);
   if (!k || k->type != ZC_INT) return ZP_E_INVALID;
   *out = zp_cfg_int(c->r->cfg, path);
   return ZP_OK;
 }
 static int h_cfg_float(zp_host_ctx* c, const char* path, double* out) {
+  if (zp_cfg_is_ext(path)) return zp_cfg_ext_float(c->r->cfg, path, out, c->r->err, sizeof c->r->err);
   const zc_key* k = zp_cfg_key(path);
   if (!k || (k->type != ZC_FLOAT && k->type != ZC_INT)) return ZP_E_INVALID;
   *out = zp_cfg_float(c->r->cfg, path);
   return ZP_OK;
 }
 static int h_cfg_bool(zp_host_ctx* c, const char* path, int* out) {
+  if (zp_cfg_is_ext(path)) return zp_cfg_ext_bool(c->r->cfg, path, out, c->r->err, sizeof c->r->err);
   const zc_key* k = zp_cfg_key(path);
   if (!k || k->type != ZC_BOOL) return ZP_E_INVALID;
   *out = zp_cfg_bool(c->r->cfg, path);
   return ZP_OK;
 }
 static int h_cfg_string(zp_host_ctx* c, const char* path, const char** out) {
+  if (zp_cfg_is_ext(path)) return zp_cfg_ext_string(c->r->cfg, path, out, c->r->err, sizeof c->r->err);
   const zc_key* k = zp_cfg_key(path);
   if (!k || k->type != ZC_STRING) return ZP_E_INVALID;
   *out = zp_cfg_str(c->r->cfg, path);
@@ -188,6 +192,70 @@ static int h_optim_update(zp_host_ctx* c, int g, uint64_t first, uint64_t count,
              g, (unsigned long long)first, (unsigned long long)count, (unsigned long long)base, (unsigned long long)held);
     return ZP_E_INVALID;
   }
+  double wd = zp_cfg_float(r->cfg, "train.weight_decay");
+  zp_optim_hparams hp = {r->opt.lr, (float)zp_cfg_float(r->cfg, "train.beta1"), (float)zp_cfg_float(r->cfg, "train.beta2"),
+                         (float)zp_cfg_float(r->cfg, "train.eps"), (float)wd, r->opt.clip_scale, r->opt.step_t};
+  /* split [first, first+count) at tensor boundaries: decay only inside decayed tensors */
+  int np = 0;
+  {
+    uint64_t pos = first, end = first + count;
+    const zp_model_layout* L = &r->layout;
+    int ti = L->group_first_tensor[g], te = L->group_first_tensor[g + 1];
+    while (pos < end) {
+      uint64_t seg_end = end;
+      int decay = 0;
+      for (int t = ti; t < te; t++) {
+        const zp_tensor_desc* d = &L->tensors[t];
+        if (pos >= d->offset && pos < d->offset + d->numel) {
+          decay = d->decay;
+          if (d->offset + d->numel < seg_end) seg_end = d->offset + d->numel;
+          break;
+        }
+        if (d->offset > pos && d->offset < seg_end) seg_end = d->offset;
+      }
+      r->piece_end[np] = seg_end;
+      r->piece_decay[np] = (unsigned char)decay;
+      np++;
+      pos = seg_end;
+    }
+  }
+  zp_tier ot = in->place[ZP_CAT_OPTIM].tier;
+  if (ot != ZP_TIER_GPU) {
+    /* the tier holding this group's optimizer state runs the update */
+    const zp_tier_ops* to = NULL;
+    void* ts = NULL;
+    for (int i = 0; i < 2; i++)
+      if (r->tier_ops[i] && r->tier_ops[i]->tier == ot) { to = r->tier_ops[i]; ts = r->tier_state[i]; break; }
+    if (!to) {
+      snprintf(r->err, sizeof r->err, "optim_update: group %d's optimizer state is on tier %s but no tier plugin serves it", g, zp_tier_name(ot));
+      return ZP_E_INTERNAL;
+    }
+    zp_optim_range u;
+    memset(&u, 0, sizeof u);
+    u.struct_size = sizeof u;
+    u.group = g;
+    u.first = first;
+    u.count = count;
+    u.state_off = first - base;
+    u.grad = grad;
+    u.gdt = gdt;
+    u.param_out = param_out;
+    u.pdt = pdt;
+    if (in->buf[ZP_CAT_OPTIM]) {
+      u.m = (float*)in->buf[ZP_CAT_OPTIM] + (first - base);
+      u.v = (float*)in->buf[ZP_CAT_OPTIM] + held + (first - base);
+    }
+    if (in->buf[ZP_CAT_MASTER]) u.master = (float*)in->buf[ZP_CAT_MASTER] + (first - (in->place[ZP_CAT_MASTER].sharded ? in->shard_off : 0));
+    u.n_pieces = np;
+    u.piece_end = r->piece_end;
+    u.piece_decay = r->piece_decay;
+    u.hp = hp;
+    double t0 = zp_now_us();
+    int rc = to->update(ts, &u);
+    zp_trace_span(ZP_TR_COMPUTE, "tier_update", g, t0);
+    if (rc && !r->err[0]) snprintf(r->err, sizeof r->err, "tier %s: update of group %d failed (status %d)", zp_tier_name(ot), g, rc);
+    return rc;
+  }
   float* m = (float*)in->buf[ZP_CAT_OPTIM] + (first - base);
   float* v = (float*)in->buf[ZP_CAT_OPTIM] + held + (first - base);
   float* master;
@@ -202,34 +270,26 @@ static int h_optim_update(zp_host_ctx* c, int g, uint64_t first, uint64_t count,
     master = param_out;
     param_out = NULL;
   }
-  double wd = zp_cfg_float(r->cfg, "train.weight_decay");
-  float b1 = (float)zp_cfg_float(r->cfg, "train.beta1"), b2 = (float)zp_cfg_float(r->cfg, "train.beta2");
-  float eps = (float)zp_cfg_float(r->cfg, "train.eps");
   size_t gs = zp_dtype_size(gdt), ps = zp_dtype_size(pdt);
-  /* split [first, first+count) at tensor boundaries: decay only inside decayed tensors */
-  uint64_t pos = first, end = first + count;
-  const zp_model_layout* L = &r->layout;
-  int ti = L->group_first_tensor[g], te = L->group_first_tensor[g + 1];
-  while (pos < end) {
-    uint64_t seg_end = end;
-    int decay = 0;
-    for (int t = ti; t < te; t++) {
-      const zp_tensor_desc* d = &L->tensors[t];
-      if (pos >= d->offset && pos < d->offset + d->numel) {
-        decay = d->decay;
-        if (d->offset + d->numel < seg_end) seg_end = d->offset + d->numel;
-        break;
-      }
-      if (d->offset > pos && d->offset < seg_end) seg_end = d->offset;
-    }
+  uint64_t pos = first;
+  for (int i = 0; i < np; i++) {
     uint64_t k = pos - first;
     int rc = r->ops->adamw(r->be, param_out ? (char*)param_out + k * ps : NULL, pdt, master + k, (const char*)grad + k * gs,
-                           gdt, m + k, v + k, (size_t)(seg_end - pos), r->opt.lr, b1, b2, eps, decay ? (float)wd : 0.0f,
-                           r->opt.clip_scale, r->opt.step_t);
+                           gdt, m + k, v + k, (size_t)(r->piece_end[i] - pos), hp.lr, hp.beta1, hp.beta2, hp.eps,
+                           r->piece_decay[i] ? hp.weight_decay : 0.0f, hp.grad_scale, hp.step_t);
     if (rc) return rc;
-    pos = seg_end;
+    pos = r->piece_end[i];
   }
   return ZP_OK;
+}
+
+static void h_note_io(zp_host_ctx* c, zp_tier tier, int write, uint64_t bytes) {
+  if ((unsigned)tier >= ZP_TIER_COUNT) return;
+  c->r->ledger.io_bytes[tier][write ? 1 : 0] += bytes;
+  c->r->ledger.io_ops[tier][write ? 1 : 0]++;
+}
+static void h_note_bytes(zp_host_ctx* c, zp_category cat, zp_tier tier, long long delta) {
+  if ((unsigned)cat < ZP_CAT_COUNT && (unsigned)tier < ZP_TIER_COUNT) zp_ledger_note(&c->r->ledger, cat, tier, delta);
 }
 
 static void host_init(zp_run* r, const char* name) {
@@ -264,9 +324,41 @@ static void host_init(zp_run* r, const char* name) {
   h->optim_update = h_optim_update;
   h->sumsq = h_sumsq;
   h->poison = h_poison;
+  h->note_io = h_note_io;
+  h->note_bytes = h_note_bytes;
 }
 
 /* ---------------- opening a run ---------------- */
+
+/* Open the runtime side of the tier plugins (after the group buffers exist). A plugin named by
+ * both offload keys is opened once. Dry runs open them too, so their staging is counted
+ * (host->alloc hands out NULL there; plugins must not touch memory then). */
+static int open_tiers(zp_run* r, int dry_run) {
+  static const char* tkeys[2] = {"offload.optimizer.plugin", "offload.param.plugin"};
+  for (int i = 0; i < 2; i++) {
+    if (!r->tier_plugins[i].desc) continue;
+    if (i == 1 && r->tier_plugins[0].desc && strcmp(r->tier_plugins[0].desc->name, r->tier_plugins[1].desc->name) == 0) continue;
+    const zp_tier_ops* t = r->tier_plugins[i].desc->tier;
+    if (t->struct_size < offsetof(zp_tier_ops, update) + sizeof t->update || !t->update || !t->open) {
+      if (dry_run) continue; /* plan-only plugins still plan */
+      rerr(r, "%s = \"%s\": this tier plugin only plans (it has no update method): it cannot run training", tkeys[i],
+           r->tier_plugins[i].desc->name);
+      return ZP_E_NOT_IMPLEMENTED;
+    }
+    snprintf(r->hctx->name, sizeof r->hctx->name, "%s", r->tier_plugins[i].desc->name);
+    int rc = t->open(&r->host, &r->tier_state[i]);
+    if (rc == ZP_E_NOT_IMPLEMENTED && dry_run) { r->err[0] = 0; continue; }
+    if (rc) {
+      char pre[256];
+      if (!r->err[0]) rerr(r, "open failed (status %d)", rc);
+      snprintf(pre, sizeof pre, "%s = \"%s\": ", tkeys[i], r->tier_plugins[i].desc->name);
+      rprefix(r, pre);
+      return rc;
+    }
+    r->tier_ops[i] = t;
+  }
+  return ZP_OK;
+}
 
 static int open_named_plugin(zp_run* r, const char* key, zp_plugin_kind kind, zp_plugin* out) {
   const char* name = zp_cfg_str(r->cfg, key);
@@ -279,25 +371,28 @@ static int open_named_plugin(zp_run* r, const char* key, zp_plugin_kind kind, zp
 /* Model-state buffers come from one arena per (category, tier), groups in forward order at
  * 4 KiB-multiple offsets: consecutive groups are contiguous, so a bucket of groups is one
  * collective, and the allocation count does not grow with the number of layers. */
+/* fp32 parameters on the device serve as their own master copy unless an offload tier keeps a
+ * separate fp32 master (ZeRO-Offload: the update runs where the master lives). */
+static int master_aliased(const zp_run* r, const zp_group_info* in) {
+  return r->param_dt == ZP_F32 && in->place[ZP_CAT_MASTER].tier == ZP_TIER_GPU;
+}
+
 static int alloc_groups(zp_run* r) {
   int G = r->layout.n_groups;
   char tag[96];
   for (int c = ZP_CAT_PARAM; c <= ZP_CAT_OPTIM; c++) {
-    if (c == ZP_CAT_MASTER && r->param_dt == ZP_F32) continue; /* fp32 params are their own master */
     for (int t = 0; t < ZP_TIER_COUNT; t++) {
       size_t total = 0;
       for (int g = 0; g < G; g++) {
         zp_group_info* in = &r->groups[g].info;
         if ((int)in->place[c].tier != t) continue;
+        if (c == ZP_CAT_MASTER && master_aliased(r, in)) continue; /* fp32 params are their own master */
         uint64_t elems = in->place[c].sharded ? in->shard_len : in->padded;
         in->bytes[c] = (size_t)elems * zp_dtype_size(in->dtype[c]) * (c == ZP_CAT_OPTIM ? 2 : 1);
         total += in->bytes[c];
       }
       if (!total) continue;
-      if (t == ZP_TIER_NVME) {
-        rerr(r, "the nvme tier is not implemented yet (%s)", zp_category_name((zp_category)c));
-        return ZP_E_NOT_IMPLEMENTED;
-      }
+      if (t == ZP_TIER_NVME) continue; /* the nvme tier plugin owns (and counts) this storage */
       snprintf(tag, sizeof tag, "%s arena (%d groups)", zp_category_name((zp_category)c), G);
       int rc = zp_ledger_alloc(&r->ledger, (zp_category)c, (zp_tier)t, total, tag, &r->arena[c][t]);
       if (rc) {
@@ -308,7 +403,7 @@ static int alloc_groups(zp_run* r) {
       size_t off = 0;
       for (int g = 0; g < G; g++) {
         zp_group_info* in = &r->groups[g].info;
-        if ((int)in->place[c].tier != t) continue;
+        if ((int)in->place[c].tier != t || (c == ZP_CAT_MASTER && master_aliased(r, in))) continue;
         in->buf[c] = r->arena[c][t] ? (char*)r->arena[c][t] + off : NULL;
         off += in->bytes[c];
       }
@@ -363,6 +458,16 @@ int zp_run_open(zp_run* r, zp_config* cfg, const zp_run_opts* o) {
   s.Vp = (s.V + pad - 1) / pad * pad;
   int rc = zp_model_layout_init(&r->layout, &s, r->err, sizeof r->err);
   if (rc) return rc;
+  {
+    int maxt = 0;
+    for (int g = 0; g < r->layout.n_groups; g++) {
+      int nt = r->layout.group_first_tensor[g + 1] - r->layout.group_first_tensor[g];
+      if (nt > maxt) maxt = nt;
+    }
+    r->piece_end = calloc((size_t)maxt * 2 + 2, sizeof(uint64_t));
+    r->piece_decay = calloc((size_t)maxt * 2 + 2, 1);
+    if (!r->piece_end || !r->piece_decay) { rerr(r, "out of host memory"); return ZP_E_NOMEM; }
+  }
   /* dtypes */
   const char* prec = zp_cfg_str(cfg, "train.precision");
   const char* dev = zp_cfg_str(cfg, "train.device");
@@ -483,18 +588,6 @@ int zp_run_open(zp_run* r, zp_config* cfg, const zp_run_opts* o) {
       if (!r->err[0]) rerr(r, "%s: plan failed (status %d)", tkeys[i], rc);
       return rc;
     }
-    if (!o->dry_run) {
-      void* ts = NULL;
-      rc = t->open(&r->host, &ts);
-      if (rc) {
-        char pre[256];
-        if (!r->err[0]) rerr(r, "open failed (status %d)", rc);
-        snprintf(pre, sizeof pre, "%s = \"%s\": ", tkeys[i], zp_cfg_str(cfg, tkeys[i]));
-        rprefix(r, pre);
-        return rc;
-      }
-      if (t->close) t->close(ts);
-    }
   }
   /* group infos */
   for (int g = 0; g < G; g++) {
@@ -511,10 +604,11 @@ int zp_run_open(zp_run* r, zp_config* cfg, const zp_run_opts* o) {
     in->dtype[ZP_CAT_ACT] = r->ct;
     in->dtype[ZP_CAT_BUFFER] = r->ct;
     memcpy(in->place, r->gplans[g].place, sizeof in->place);
-    if (r->param_dt == ZP_F32) in->place[ZP_CAT_MASTER] = in->place[ZP_CAT_PARAM];
+    if (master_aliased(r, in)) in->place[ZP_CAT_MASTER] = in->place[ZP_CAT_PARAM];
   }
   rc = alloc_groups(r);
   if (rc) return rc;
+  if ((rc = open_tiers(r, o->dry_run))) return rc;
   /* activations */
   r->B = o->B ? o->B : (int)zp_cfg_int(cfg, "train.micro_batch");
   r->T = o->T ? o->T : (int)zp_cfg_int(cfg, "model.seq_len");
@@ -549,6 +643,15 @@ int zp_run_open(zp_run* r, zp_config* cfg, const zp_run_opts* o) {
 void zp_run_close(zp_run* r) {
   if (r->strategy && r->strategy->close && r->strategy_state) r->strategy->close(r->strategy_state);
   r->strategy_state = NULL;
+  for (int i = 0; i < 2; i++) {
+    if (r->tier_ops[i] && r->tier_ops[i]->close) r->tier_ops[i]->close(r->tier_state[i]);
+    r->tier_ops[i] = NULL;
+    r->tier_state[i] = NULL;
+  }
+  free(r->piece_end);
+  free(r->piece_decay);
+  r->piece_end = NULL;
+  r->piece_decay = NULL;
   if (r->groups) {
     zp_acts_free(&r->acts, &r->ledger);
     for (int g = 0; g < r->layout.n_groups; g++) {
@@ -578,6 +681,48 @@ void zp_run_close(zp_run* r) {
   r->groups = NULL;
 }
 
+/* ---------------- tier-aware state access ---------------- */
+
+static const zp_tier_ops* tier_for(zp_run* r, zp_tier t, void** state) {
+  for (int i = 0; i < 2; i++)
+    if (r->tier_ops[i] && r->tier_ops[i]->tier == t) { *state = r->tier_state[i]; return r->tier_ops[i]; }
+  return NULL;
+}
+
+static int state_io(zp_run* r, int g, zp_category cat, uint64_t off, void* host, size_t bytes, int put) {
+  zp_group_info* in = &r->groups[g].info;
+  zp_tier t = in->place[cat].tier;
+  if (in->buf[cat]) {
+    char* p = (char*)in->buf[cat] + off;
+    if (t == ZP_TIER_GPU) return put ? r->ops->copy_h2d(r->be, p, host, bytes) : r->ops->copy_d2h(r->be, host, p, bytes);
+    if (put) memcpy(p, host, bytes);
+    else memcpy(host, p, bytes);
+    return ZP_OK;
+  }
+  void* ts = NULL;
+  const zp_tier_ops* to = tier_for(r, t, &ts);
+  if (!to || (put ? to->write == NULL : to->read == NULL)) {
+    rerr(r, "group %d %s: no buffer and no tier plugin to %s it on tier %s", g, zp_category_name(cat), put ? "write" : "read",
+         zp_tier_name(t));
+    return ZP_E_INTERNAL;
+  }
+  int rc = put ? to->write(ts, g, cat, off, host, bytes) : to->read(ts, g, cat, off, host, bytes);
+  if (rc && !r->err[0]) rerr(r, "tier %s: %s of group %d %s failed (status %d)", zp_tier_name(t), put ? "write" : "read", g,
+                             zp_category_name(cat), rc);
+  return rc;
+}
+int zp_run_state_get(zp_run* r, int g, zp_category cat, uint64_t off, void* host, size_t bytes) {
+  return state_io(r, g, cat, off, host, bytes, 0);
+}
+int zp_run_state_put(zp_run* r, int g, zp_category cat, uint64_t off, const void* host, size_t bytes) {
+  return state_io(r, g, cat, off, (void*)host, bytes, 1);
+}
+/* does this rank hold (g, cat) at all (a buffer, or tier-owned storage)? */
+static int holds(zp_run* r, zp_group_info* in, zp_category cat) {
+  if (in->buf[cat]) return 1;
+  return in->place[cat].tier == ZP_TIER_NVME && in->bytes[cat] > 0;
+}
+
 /* ---------------- weights ---------------- */
 
 /* Host-side dtype conversion (init, export): f32/f64/bf16 in any direction. */
@@ -597,7 +742,7 @@ int zp_run_init_weights(zp_run* r) {
     zp_group_info* in = &r->groups[g].info;
     /* PARAM: whatever this rank holds (full or shard) */
     for (int c = ZP_CAT_PARAM; c <= ZP_CAT_MASTER; c += 2) {
-      if (!in->buf[c]) continue;
+      if (!holds(r, in, (zp_category)c)) continue;
       uint64_t first = in->place[c].sharded ? in->shard_off : 0;
       uint64_t n = in->place[c].sharded ? in->shard_len : in->padded;
       int f64 = r->param_dt == ZP_F64 && c == ZP_CAT_PARAM;
@@ -606,20 +751,30 @@ int zp_run_init_weights(zp_run* r) {
       zp_model_init_range(&r->layout, seed, g, first, n, host, f64 ? ZP_F64 : ZP_F32);
       int rc;
       zp_dtype dt = in->dtype[c];
-      if (dt == (f64 ? ZP_F64 : ZP_F32)) rc = r->ops->copy_h2d(r->be, in->buf[c], host, (size_t)n * zp_dtype_size(dt));
+      if (dt == (f64 ? ZP_F64 : ZP_F32)) rc = zp_run_state_put(r, g, (zp_category)c, 0, host, (size_t)n * zp_dtype_size(dt));
       else {
         /* cast on the host into a staging buffer: bf16 */
         void* st = malloc((size_t)n * zp_dtype_size(dt));
         host_cast(st, dt, host, ZP_F32, (size_t)n);
-        rc = r->ops->copy_h2d(r->be, in->buf[c], st, (size_t)n * zp_dtype_size(dt));
+        rc = zp_run_state_put(r, g, (zp_category)c, 0, st, (size_t)n * zp_dtype_size(dt));
         free(st);
       }
       free(host);
       if (rc) return rc;
     }
-    if (in->buf[ZP_CAT_OPTIM]) {
+    if (in->buf[ZP_CAT_OPTIM] && in->place[ZP_CAT_OPTIM].tier == ZP_TIER_GPU) {
       uint64_t n = in->place[ZP_CAT_OPTIM].sharded ? in->shard_len : in->padded;
       int rc = r->ops->memset0(r->be, in->buf[ZP_CAT_OPTIM], (size_t)n * 8);
+      if (rc) return rc;
+    } else if (holds(r, in, ZP_CAT_OPTIM)) {
+      /* host or tier-owned moments: zero in chunks through the tier-aware path */
+      size_t total = in->bytes[ZP_CAT_OPTIM], chunk = total < (8u << 20) ? total : (8u << 20);
+      void* z = calloc(1, chunk);
+      if (!z) { rerr(r, "out of host memory initialising optimizer state"); return ZP_E_NOMEM; }
+      int rc = ZP_OK;
+      for (size_t off = 0; !rc && off < total; off += chunk)
+        rc = zp_run_state_put(r, g, ZP_CAT_OPTIM, off, z, total - off < chunk ? total - off : chunk);
+      free(z);
       if (rc) return rc;
     }
   }
@@ -742,25 +897,35 @@ int zp_run_step(zp_run* r, float lr) {
   }
   int rc = r->strategy->step(r->strategy_state);
   if (rc && !r->err[0]) rerr(r, "step failed with status %d", rc);
+  for (int i = 0; !rc && i < 2; i++)
+    if (r->tier_ops[i] && r->tier_ops[i]->step_end && (rc = r->tier_ops[i]->step_end(r->tier_state[i])) && !r->err[0])
+      rerr(r, "tier step_end failed with status %d", rc);
   return rc;
 }
 
 int zp_run_get_group_params(zp_run* r, int g, float* out) {
   zp_group_info* in = &r->groups[g].info;
-  int c = in->buf[ZP_CAT_MASTER] ? ZP_CAT_MASTER : ZP_CAT_PARAM;
+  int c = holds(r, in, ZP_CAT_MASTER) ? ZP_CAT_MASTER : ZP_CAT_PARAM;
   zp_dtype dt = in->dtype[c];
   uint64_t n = in->place[c].sharded ? in->shard_len : in->padded;
   size_t es = zp_dtype_size(dt);
   void* full = malloc((size_t)in->padded * es);
   void* dev_full = NULL;
-  int rc = ZP_OK;
-  if (in->place[c].sharded) {
+  int rc = full ? ZP_OK : ZP_E_NOMEM;
+  if (!rc && in->place[c].sharded) {
+    /* gather through device memory (collectives take device buffers) */
     rc = r->ops->alloc(r->be, (size_t)in->padded * es, &dev_full);
-    if (!rc) rc = h_allgather(r->hctx, dev_full, in->buf[c], (size_t)n, dt);
+    void* mine = dev_full ? (char*)dev_full + (size_t)in->shard_off * es : NULL;
+    if (!rc && in->place[c].tier == ZP_TIER_GPU) rc = r->ops->copy_d2d(r->be, mine, in->buf[c], (size_t)n * es);
+    else if (!rc) {
+      rc = zp_run_state_get(r, g, (zp_category)c, 0, full, (size_t)n * es);
+      if (!rc) rc = r->ops->copy_h2d(r->be, mine, full, (size_t)n * es);
+    }
+    if (!rc) rc = h_allgather(r->hctx, dev_full, mine, (size_t)n, dt);
     if (!rc) rc = r->ops->copy_d2h(r->be, full, dev_full, (size_t)in->padded * es);
     if (dev_full) r->ops->free(r->be, dev_full);
-  } else {
-    rc = r->ops->copy_d2h(r->be, full, in->buf[c], (size_t)in->padded * es);
+  } else if (!rc) {
+    rc = zp_run_state_get(r, g, (zp_category)c, 0, full, (size_t)in->padded * es);
   }
   if (!rc) host_cast(out, ZP_F32, full, dt, (size_t)in->padded);
   free(full);

@@ -62,6 +62,10 @@ typedef struct zp_run {
   const zp_strategy_ops* strategy;
   void* strategy_state;
   zp_plugin tier_plugins[2];     /* optimizer, param offload */
+  const zp_tier_ops* tier_ops[2];
+  void* tier_state[2];
+  uint64_t* piece_end;           /* optimizer-service scratch: tensor pieces of a range */
+  unsigned char* piece_decay;
   zp_host host;                  /* the table handed to plugins */
   struct zp_host_ctx* hctx;
   /* communication (NULL for world 1): comm is the host (control) communicator; dcomm the
@@ -104,6 +108,11 @@ int zp_run_zero_grads(zp_run* r);
 /* Copy a full group parameter (fp32 values of the master copy where present, else PARAM) to
  * host fp32 memory: used by tests and checkpoint export. Gathers shards (collective). */
 int zp_run_get_group_params(zp_run* r, int g, float* host_out);
+/* Tier-aware access to this rank's holding of (group, cat): device memory through the
+ * backend, host memory directly, tier-owned storage (nvme) through the tier plugin.
+ * off and bytes are byte offsets inside the holding. */
+int zp_run_state_get(zp_run* r, int g, zp_category cat, uint64_t off, void* host, size_t bytes);
+int zp_run_state_put(zp_run* r, int g, zp_category cat, uint64_t off, const void* host, size_t bytes);
 /* Print the plan table: per group placements and the ledger. */
 void zp_run_print_plan(zp_run* r, FILE* f);
 const char* zp_dtype_name(zp_dtype t);

@@ -443,6 +443,14 @@ int zp_train(zp_config* cfg, zp_comm* comm, char* err, size_t errlen) {
         r->ops->info(r->be, &bi);
         dev_used = (long long)(bi.mem_total - bi.mem_free);
       }
+      fprintf(t->metrics, "},\"tiers\":{");
+      for (int ti = 0; ti < ZP_TIER_COUNT; ti++) {
+        fprintf(t->metrics, "%s\"%s\":{", ti ? "," : "", zp_tier_name((zp_tier)ti));
+        for (int c = 0; c < ZP_CAT_COUNT; c++)
+          fprintf(t->metrics, "%s\"%s\":%lld", c ? "," : "", zp_category_name((zp_category)c), r->ledger.cur[c][ti]);
+        fprintf(t->metrics, ",\"io_read\":%llu,\"io_write\":%llu,\"io_ops\":%llu}", r->ledger.io_bytes[ti][0],
+                r->ledger.io_bytes[ti][1], r->ledger.io_ops[ti][0] + r->ledger.io_ops[ti][1]);
+      }
       fprintf(t->metrics, "},\"peak_gpu\":%lld,\"device_used\":%lld}\n", r->ledger.tier_peak[ZP_TIER_GPU], dev_used);
       fflush(t->metrics);
     }

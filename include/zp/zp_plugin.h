@@ -20,7 +20,7 @@ extern "C" {
 #endif
 
 #define ZP_ABI_MAJOR 0
-#define ZP_ABI_MINOR 1
+#define ZP_ABI_MINOR 2
 #define ZP_PLUGIN_ENTRY_NAME "zp_plugin_entry"
 #if defined(__GNUC__)
 #define ZP_PLUGIN_EXPORT __attribute__((visibility("default")))
@@ -204,6 +204,12 @@ typedef struct zp_host {
   /* the micro-batch being run (0-based) and how many make this step; micro_batches == 0
    * when unknown (callers outside the training loop): treat every micro-batch as the last */
   int micro_batch, micro_batches;
+  /* count bytes moved to (write = 1) or from (write = 0) a tier (offload transfers, file I/O);
+   * the ledger reports them per step so tests can tell state really moved */
+  void (*note_io)(zp_host_ctx* ctx, zp_tier tier, int write, uint64_t bytes);
+  /* change the ledger's count for a category on a tier by delta bytes without allocating
+   * (storage a tier owns outside memory, e.g. nvme files) */
+  void (*note_bytes)(zp_host_ctx* ctx, zp_category cat, zp_tier tier, long long delta);
 } zp_host;
 
 
@@ -222,13 +228,53 @@ typedef struct zp_strategy_ops {
   int (*step)(void* state);
 } zp_strategy_ops;
 
-/* ---- tier plugins (offload) ---- */
+/* ---- tier plugins (offload) ----
+ * A tier plugin moves categories to its tier in plan() (placements only). For every group
+ * whose OPTIM the plan puts on the plugin's tier, the core's optimizer service hands the
+ * update to the plugin (update()): the plugin moves the gradient range from the device,
+ * runs AdamW where its state lives and writes the new parameters back to the device.
+ * Storage: for the cpu tier the core allocates MASTER/OPTIM in host memory (the group's
+ * buf[] pointers); a tier that owns its storage (nvme: files) gets NULL buffers and serves
+ * the core's reads and writes (initialisation, checkpoints) through read()/write(). */
+typedef struct {
+  float lr, beta1, beta2, eps;
+  float weight_decay;  /* applied only to pieces whose decay flag is set */
+  float grad_scale;    /* multiply gradients by this first (clipping) */
+  int step_t;          /* >= 1: Adam bias correction */
+} zp_optim_hparams;
+
+typedef struct zp_optim_range {
+  size_t struct_size;
+  int group;
+  uint64_t first, count;      /* elements [first, first+count) of the group's padded buffer */
+  uint64_t state_off;         /* offset of `first` inside this rank's MASTER/OPTIM holding */
+  const void* grad;           /* device memory: count gradients (reduced, averaged) */
+  zp_dtype gdt;
+  void* param_out;            /* device memory: receives count updated parameters (pdt), or NULL */
+  zp_dtype pdt;
+  float *master, *m, *v;      /* the tier's host memory at state_off (NULL: the tier owns storage) */
+  int n_pieces;               /* tensor pieces covering the range in order */
+  const uint64_t* piece_end;  /* end element (exclusive, same numbering as first) of each piece */
+  const unsigned char* piece_decay; /* 1: weight decay applies to that piece */
+  zp_optim_hparams hp;
+} zp_optim_range;
+
 typedef struct zp_tier_ops {
   size_t struct_size;
   zp_tier tier;
   int (*open)(const zp_host* host, void** state);
   void (*close)(void* state);
   int (*plan)(const zp_host* host, zp_plan* plan); /* move categories to this tier */
+  /* ---- 0.2: the runtime side (NULL update: plan-only plugin, refused at open by the core) */
+  /* AdamW over a range; param_out holds the new values when the call returns (a delayed
+   * update may return the previous step's values: see the plugin's documentation) */
+  int (*update)(void* state, const zp_optim_range* u);
+  /* every update of the step has been issued: finish outstanding work (may be NULL) */
+  int (*step_end)(void* state);
+  /* storage this tier owns (NULL buf[] pointers): bytes at byte offset off of this rank's
+   * holding of (group, cat) to/from host memory (may be NULL for the cpu tier) */
+  int (*read)(void* state, int group, zp_category cat, uint64_t off, void* host, size_t bytes);
+  int (*write)(void* state, int group, zp_category cat, uint64_t off, const void* host, size_t bytes);
 } zp_tier_ops;
 
 /* ---- parallel plugins (pipeline, tensor) ---- */
@@ -347,6 +393,9 @@ typedef struct zp_backend_ops {
   int (*comm_unique_id)(zp_backend* b, void* id, size_t* len);
   int (*comm_create)(zp_backend* b, const void* id, size_t len, int rank, int size,
                      double timeout_s, zp_comm** out);
+  /* ---- optional (0.2): page-locked host memory for fast transfers (NULL: aligned malloc) */
+  int (*host_alloc)(zp_backend* b, size_t bytes, void** out);
+  void (*host_free)(zp_backend* b, void* p);
 } zp_backend_ops;
 
 /* ---- the descriptor: what the entry function returns ---- */

@@ -262,6 +262,23 @@ static int zpc_synchronize(zp_backend* b) {
   return ZP_OK;
 }
 
+/* page-locked host memory (offload staging): transfers run at full PCIe/NVLink-C2C speed */
+static int zpc_host_alloc(zp_backend* b, size_t bytes, void** out) {
+  *out = NULL;
+  cudaError_t e = cudaHostAlloc(out, bytes, cudaHostAllocDefault);
+  if (e != cudaSuccess) {
+    *out = NULL;
+    return zpc_cuda_fail(b, "cudaHostAlloc", e, __FILE__, __LINE__);
+  }
+  return ZP_OK;
+}
+static void zpc_host_free(zp_backend* b, void* p) {
+  if (!p) return;
+  cudaError_t e = cudaStreamSynchronize(b->stream);
+  if (e == cudaSuccess) e = cudaFreeHost(p);
+  if (e != cudaSuccess) (void)zpc_cuda_fail(b, "cudaFreeHost", e, __FILE__, __LINE__);
+}
+
 /* ---------------------------------------------------------------- attention dispatch */
 
 /* flash unless ZP_CUDA_ATTN=naive, where the head size is supported, else naive; the
@@ -324,6 +341,8 @@ static const zp_backend_ops zpc_ops = {
     NULL, /* built without NCCL: the core's shared-memory communicator is used */
     NULL,
 #endif
+    zpc_host_alloc,
+    zpc_host_free,
 };
 
 static const zp_plugin_desc zpc_desc = {
