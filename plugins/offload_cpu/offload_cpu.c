@@ -70,8 +70,8 @@ static int oc_plan(const zp_host* h, zp_plan* p) {
   double cap = 0;
   h->config_float(h->ctx, "offload.optimizer.max_host_gb", &cap);
   if (cap > 0 && host > cap * 1e9) {
-    h->set_error(h->ctx, "the optimizer state needs %.2f GB of host memory per rank (fp32 master + Adam m, v: 12 bytes x "
-                 "parameters held, plus %.2f GB staging), more than offload.optimizer.max_host_gb = %.2f",
+    h->set_error(h->ctx, "the optimizer state needs %.3g GB of host memory per rank (fp32 master + Adam m, v: 12 bytes x "
+                 "parameters held, plus %.3g GB staging), more than offload.optimizer.max_host_gb = %g",
                  host / 1e9, 8.0 * (double)stage_elems(p) / 1e9, cap);
     return ZP_E_NOMEM;
   }
