@@ -354,6 +354,135 @@ int zp_config_load(zp_config* c, const char* path, const char* const* sets, int 
   return rc;
 }
 
+/* ---- plugin options: [ext] ---- */
+
+int zp_cfg_is_ext(const char* path) { return strncmp(path, "ext", 3) == 0 && (path[3] == 0 || path[3] == '.'); }
+
+/* Parse a TOML value; a bare word that is not one is a string (--set ext.p.mode=fast). */
+static zt_value* parse_set_value(const char* val, char* perr, size_t n) {
+  zt_value* tv = zt_parse_value(val, "--set", perr, n);
+  if (tv) return tv;
+  size_t len = strlen(val);
+  char* q = malloc(len * 2 + 3);
+  if (!q) return NULL;
+  size_t o = 0;
+  q[o++] = '"';
+  for (size_t i = 0; i < len; i++) {
+    if (val[i] == '"' || val[i] == '\\') q[o++] = '\\';
+    q[o++] = val[i];
+  }
+  q[o++] = '"';
+  q[o] = 0;
+  tv = zt_parse_value(q, "--set", perr, n);
+  free(q);
+  return tv;
+}
+
+/* --set ext.<table>.<key>=value: kept in its own tree (looked up before the file's) so that
+ * messages can say the value came from --set. The core does not interpret it. */
+static int set_ext(zp_config* c, const char* path, const char* val, char* err, size_t errlen) {
+  if (strlen(path) < 5 || path[strlen(path) - 1] == '.') {
+    seterr(err, errlen, "--set %s: give a key under ext (ext.<plugin>.<key>=value)", path);
+    return ZP_E_INVALID;
+  }
+  char perr[512];
+  zt_value* tv = parse_set_value(val, perr, sizeof perr);
+  if (!tv) {
+    seterr(err, errlen, "--set %s: cannot parse value '%s': %s", path, val, perr);
+    return ZP_E_INVALID;
+  }
+  if (!c->ext_set) {
+    c->ext_set = zt_parse("", 0, "--set", perr, sizeof perr);
+    if (!c->ext_set) {
+      zt_free(tv);
+      seterr(err, errlen, "--set %s: %s", path, perr);
+      return ZP_E_NOMEM;
+    }
+  }
+  if (zt_table_set(c->ext_set, path, tv, perr, sizeof perr)) {
+    zt_free(tv);
+    seterr(err, errlen, "--set %s: %s", path, perr);
+    return ZP_E_INVALID;
+  }
+  return ZP_OK;
+}
+
+/* Walk a dotted path (plain segments) from a root table; NULL if any part is absent. */
+static const zt_value* tree_get(const zt_value* root, const char* path) {
+  const zt_value* t = root;
+  char seg[256];
+  const char* p = path;
+  while (t) {
+    const char* dot = strchr(p, '.');
+    size_t n = dot ? (size_t)(dot - p) : strlen(p);
+    if (n == 0 || n >= sizeof seg || zt_kind(t) != ZT_TABLE) return NULL;
+    memcpy(seg, p, n);
+    seg[n] = 0;
+    t = zt_table_get(t, seg);
+    if (!dot) return t;
+    p = dot + 1;
+  }
+  return NULL;
+}
+
+static const char* zt_article_name(zt_type t) {
+  return t == ZT_ARRAY || t == ZT_INTEGER ? "an" : "a";
+}
+
+/* The value at path (ext_set first) and where it came from; NULL when absent or not ext. */
+static const zt_value* ext_lookup(const zp_config* c, const char* path, char* origin, size_t n) {
+  if (!zp_cfg_is_ext(path)) return NULL;
+  const zt_value* v = c->ext_set ? tree_get(c->ext_set, path) : NULL;
+  if (v) {
+    snprintf(origin, n, "--set %s", path);
+    return v;
+  }
+  v = c->ext ? tree_get(c->ext, path) : NULL;
+  if (v) snprintf(origin, n, "%s:%d:%d", c->path[0] ? c->path : "<config>", zt_line(v), zt_col(v));
+  return v;
+}
+
+static int ext_typed(const zp_config* c, const char* path, zt_type want, int allow_int, const zt_value** out, char* err,
+                     size_t errlen) {
+  char origin[1300];
+  const zt_value* v = ext_lookup(c, path, origin, sizeof origin);
+  *out = NULL;
+  if (!v) return ZP_OK;
+  zt_type k = zt_kind(v);
+  if (k != want && !(allow_int && k == ZT_INTEGER)) {
+    seterr(err, errlen, "%s: plugin option %s is %s %s; the plugin reads it as %s %s", origin, path,
+           zt_article_name(k), zt_type_name(k), zt_article_name(want), zt_type_name(want));
+    return ZP_E_INVALID;
+  }
+  *out = v;
+  return ZP_OK;
+}
+
+int zp_cfg_ext_int(const zp_config* c, const char* path, int64_t* out, char* err, size_t errlen) {
+  const zt_value* v;
+  int rc = ext_typed(c, path, ZT_INTEGER, 0, &v, err, errlen);
+  if (!rc && v) *out = zt_int(v);
+  return rc;
+}
+int zp_cfg_ext_float(const zp_config* c, const char* path, double* out, char* err, size_t errlen) {
+  const zt_value* v;
+  int rc = ext_typed(c, path, ZT_FLOAT, 1, &v, err, errlen);
+  if (!rc && v) *out = zt_kind(v) == ZT_INTEGER ? (double)zt_int(v) : zt_float(v);
+  return rc;
+}
+int zp_cfg_ext_bool(const zp_config* c, const char* path, int* out, char* err, size_t errlen) {
+  const zt_value* v;
+  int rc = ext_typed(c, path, ZT_BOOL, 0, &v, err, errlen);
+  if (!rc && v) *out = zt_bool(v);
+  return rc;
+}
+int zp_cfg_ext_string(const zp_config* c, const char* path, const char** out, char* err, size_t errlen) {
+  const zt_value* v;
+  int rc = ext_typed(c, path, ZT_STRING, 0, &v, err, errlen);
+  if (!rc && v) *out = zt_string(v);
+  return rc;
+}
+
 int zp_config_set(zp_config* c, const char* assignment, char* err, size_t errlen) {
   const char* eq = strchr(assignment, '=');
   if (!eq || eq == assignment) {
@@ -369,6 +498,7 @@ int zp_config_set(zp_config* c, const char* assignment, char* err, size_t errlen
   while (kl && isspace((unsigned char)path[kl - 1])) path[--kl] = 0;
   const char* val = eq + 1;
   while (isspace((unsigned char)*val)) val++;
+  if (zp_cfg_is_ext(path)) return set_ext(c, path, val, err, errlen);
   long ki = find_key(path);
   if (ki < 0) {
     char sug[300];
@@ -469,6 +599,8 @@ void zp_config_free(zp_config* c) {
   c->v = NULL;
   zt_free(c->ext);
   c->ext = NULL;
+  zt_free(c->ext_set);
+  c->ext_set = NULL;
 }
 
 const zc_value* zp_cfg_get(const zp_config* c, const char* path) {

@@ -43,6 +43,7 @@ typedef struct zp_config {
   char path[1024];      /* the config file ("" when built from defaults only) */
   char dir[1024];       /* its directory: relative paths in the file resolve against it */
   struct zt_value* ext; /* [ext] table (may be NULL) */
+  struct zt_value* ext_set; /* ext.* values given with --set (looked up first; may be NULL) */
 } zp_config;
 
 /* Load and validate a file, then apply "--set" overrides ("section.key=value"). */
@@ -64,6 +65,18 @@ int zp_cfg_bool(const zp_config* c, const char* path);
 const char* zp_cfg_str(const zp_config* c, const char* path);
 const zc_value* zp_cfg_get(const zp_config* c, const char* path);
 const zc_key* zp_cfg_key(const char* path);
+/* Plugin options: values under [ext] (and --set ext.*=...), read by plugins through the host's
+ * config_* calls with paths "ext.<table>.<key>". The core checks only TOML syntax there; the
+ * plugin owns the meaning. Returns ZP_OK with *out set; ZP_OK with *out untouched when the key
+ * is absent (so the caller's default stands); ZP_E_INVALID when it is present with another
+ * type, with err naming the path, where it was given and both types. float accepts integers;
+ * a string stays valid as long as the config. */
+int zp_cfg_ext_int(const zp_config* c, const char* path, int64_t* out, char* err, size_t errlen);
+int zp_cfg_ext_float(const zp_config* c, const char* path, double* out, char* err, size_t errlen);
+int zp_cfg_ext_bool(const zp_config* c, const char* path, int* out, char* err, size_t errlen);
+int zp_cfg_ext_string(const zp_config* c, const char* path, const char** out, char* err, size_t errlen);
+/* 1 if path is "ext" or below it. */
+int zp_cfg_is_ext(const char* path);
 /* Resolve a path value relative to the config file's directory ("" stays ""). */
 void zp_cfg_path(const zp_config* c, const char* key, char* out, size_t n);
 /* Markdown reference generated from the schema (docs/config.md is this output). */
