@@ -216,7 +216,22 @@ __attribute__((target("avx512f"))) static void zp_adamw_range_avx512(const zp_ad
 
 /* ---- ISA choice ---- */
 
+/* ZP_ADAMW_HIDE=avx512[,avx2]: pretend the CPU lacks these (tests, benchmarks of fallbacks) */
+static int zp_adamw_hidden(zp_isa isa) {
+  const char* h = getenv("ZP_ADAMW_HIDE");
+  const char* name = zp_isa_name(isa);
+  const size_t len = strlen(name);
+  while (h && *h) {
+    const char* e = strchr(h, ',');
+    const size_t tl = e ? (size_t)(e - h) : strlen(h);
+    if (tl == len && strncmp(h, name, len) == 0) return 1;
+    h = e ? e + 1 : NULL;
+  }
+  return 0;
+}
+
 int zp_isa_supported(zp_isa isa) {
+  if ((isa == ZP_ISA_AVX2 || isa == ZP_ISA_AVX512) && zp_adamw_hidden(isa)) return 0;
   switch (isa) {
     case ZP_ISA_AUTO:
     case ZP_ISA_SCALAR: return 1;
@@ -285,13 +300,19 @@ const char* zp_adamw_isa_error(zp_isa isa) {
 
 typedef void (*zp_adamw_range_fn)(const zp_adamw_job*, size_t, size_t);
 
+static _Thread_local zp_isa zp_adamw_last = ZP_ISA_AUTO;
+zp_isa zp_adamw_last_isa(void) { return zp_adamw_last; }
+
 int zp_adamw_cpu_isa(zp_isa isa, void* param, zp_dtype pdt, float* master, const void* grad,
                      zp_dtype gdt, float* m, float* v, size_t n, const zp_adamw_hparams* hp,
                      int threads) {
   if (isa == ZP_ISA_AUTO) isa = zp_adamw_isa();
   if (zp_adamw_isa_error(isa)) return ZP_E_INVALID;
   if (!hp || hp->step_t < 1) return ZP_E_INVALID;
-  if (n == 0) return ZP_OK;
+  if (n == 0) {
+    zp_adamw_last = isa;
+    return ZP_OK;
+  }
   if (!master || !grad || !m || !v) return ZP_E_INVALID;
   if (gdt != ZP_F32 && gdt != ZP_BF16) return ZP_E_INVALID;
   int pmode = ZP_PW_NONE;
@@ -302,6 +323,7 @@ int zp_adamw_cpu_isa(zp_isa isa, void* param, zp_dtype pdt, float* master, const
     else if (pdt == ZP_BF16) pmode = ZP_PW_BF16;
     else return ZP_E_INVALID;
   }
+  zp_adamw_last = isa;
   zp_adamw_job j;
   memset(&j, 0, sizeof j);
   j.param = param;

@@ -47,8 +47,11 @@ int zp_adamw_cpu_isa(zp_isa isa, void* param, zp_dtype pdt, float* master, const
  * then zp_adamw_cpu fails), else the best available. ZP_ISA_AUTO when ZP_ADAMW_ISA holds an
  * unknown value. */
 zp_isa zp_adamw_isa(void);
-/* 1 when this CPU (and OS) can run the path; ZP_ISA_AUTO and ZP_ISA_SCALAR always 1. */
+/* 1 when this CPU (and OS) can run the path; ZP_ISA_AUTO and ZP_ISA_SCALAR always 1.
+ * ZP_ADAMW_HIDE=avx512[,avx2] in the environment hides paths (simulates an older CPU). */
 int zp_isa_supported(zp_isa isa);
+/* The path the calling thread's last accepted zp_adamw_cpu* call ran (ZP_ISA_AUTO: none yet). */
+zp_isa zp_adamw_last_isa(void);
 /* "auto", "scalar", "avx2", "avx512" ("?" for anything else) */
 const char* zp_isa_name(zp_isa isa);
 /* NULL when the ISA choice (environment or isa, ZP_ISA_AUTO: environment) is usable, else a
