@@ -31,6 +31,12 @@ static void exe_dir(char* buf, size_t n) {
   snprintf(buf, n, "%s", p);
 }
 
+/* The install's plugin directory relative to the directory of the zp executable (set by the
+ * build from the install layout; "../lib/zp/plugins" for the default one). */
+#ifndef ZP_PLUGIN_REL_DIR
+#define ZP_PLUGIN_REL_DIR "../lib/zp/plugins"
+#endif
+
 void zp_plugin_search_path(char* buf, size_t n) {
   size_t off = 0;
   buf[0] = 0;
@@ -38,7 +44,7 @@ void zp_plugin_search_path(char* buf, size_t n) {
   if (env && *env) off += (size_t)snprintf(buf + off, n - off, "%s", env);
   char d[PATH_MAX];
   exe_dir(d, sizeof d);
-  if (d[0] && off < n) off += (size_t)snprintf(buf + off, n - off, "%s%s/plugins:%s/../lib/zp/plugins", off ? ":" : "", d, d);
+  if (d[0] && off < n) off += (size_t)snprintf(buf + off, n - off, "%s%s/plugins:%s/" ZP_PLUGIN_REL_DIR, off ? ":" : "", d, d);
   if (off < n) snprintf(buf + off, n - off, "%s%s", off ? ":" : "", ZP_PLUGIN_INSTALL_DIR);
 }
 

@@ -2,7 +2,9 @@
  * Invariants: a plugin is searched for in (1) an explicit path given in the config (anything
  * with a '/' or ending in ".so"), (2) the directories of ZP_PLUGIN_PATH, (3) the install's
  * plugin directory next to the zp executable (<exe>/plugins in a build tree,
- * <exe>/../lib/zp/plugins when installed) — never the current directory implicitly. A loaded
+ * <exe>/../lib/zp/plugins when installed: the relative path comes from the install layout, so
+ * a relocated install still finds its plugins), (4) the configured install's absolute plugin
+ * directory (ZP_PLUGIN_INSTALL_DIR) — never the current directory implicitly. A loaded
  * descriptor has passed every check (entry symbol, struct size, ABI major, kind, method table);
  * otherwise nothing stays loaded and the error names the path and the reason. */
 #ifndef ZP_PLUGIN_LOADER_H
