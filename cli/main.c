@@ -29,6 +29,7 @@ static void usage(FILE* f) {
           "  zp ckpt info DIR | zp ckpt compare A B [--tol T]\n"
           "  zp config CONFIG.toml [--set ...]             the effective configuration, with origins\n"
           "  zp config --doc                               the configuration reference (docs/config.md)\n"
+          "  zp run SCRIPT.lua [--out DIR] [--set ...] [--arg name=value]  Lua experiment (docs/lua-api.md)\n"
           "  zp plugins                                    plugins found on the search path\n"
           "  zp nvme-bench DIR [--size GB] [--seconds S]   NVMe (O_DIRECT) bandwidth grid -> offload settings\n"
           "  zp toml-decode                                TOML on stdin -> toml-test tagged JSON\n"
@@ -279,6 +280,7 @@ int main(int argc, char** argv) {
   if (strcmp(cmd, "plan") == 0) return cmd_plan(n, v);
   if (strcmp(cmd, "sample") == 0) return cmd_sample(n, v);
   if (strcmp(cmd, "launch") == 0) return zp_cmd_launch(n, v);
+  if (strcmp(cmd, "run") == 0) return zp_cmd_run(n, v);
   if (strcmp(cmd, "data") == 0) return zp_cmd_data(n, v);
   if (strcmp(cmd, "ckpt") == 0) return cmd_ckpt(n, v);
   if (strcmp(cmd, "config") == 0) return cmd_config(n, v);

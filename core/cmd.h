@@ -9,6 +9,9 @@ int zp_cmd_data(int argc, char** argv);         /* zp data prepare|info: text ->
 /* zp launch -n N [--timeout S] [--] CONFIG.toml|SUBCOMMAND|/path ARGS... (launch.c) */
 int zp_cmd_launch(int argc, char** argv);
 
+/* zp run SCRIPT.lua [--out DIR] [--set k=v]... [--arg n=v]...: Lua experiment (cmd_run.c) */
+int zp_cmd_run(int argc, char** argv);
+
 /* zp nvme-bench DIR [--size GB] [--seconds S]: NVMe engine bandwidth grid (cmd_nvme_bench.c) */
 int zp_cmd_nvme_bench(int argc, char** argv);
 
