@@ -166,6 +166,14 @@ static void note(const zp_aio_opts* o, const char* msg) {
   else fprintf(stderr, "zp aio: %s\n", msg);
 }
 
+/* "3.2 MiB" / "1.50 GiB" for messages */
+static const char* human(char* b, size_t n, uint64_t v) {
+  if (v >= (1ull << 30)) snprintf(b, n, "%.2f GiB", (double)v / (1ull << 30));
+  else if (v >= (1ull << 20)) snprintf(b, n, "%.1f MiB", (double)v / (1ull << 20));
+  else snprintf(b, n, "%.1f KiB", (double)v / 1024.0);
+  return b;
+}
+
 static int is_aligned(uint64_t v) { return (v & (ZP_AIO_ALIGN - 1)) == 0; }
 
 static const char* fs_name(long type) {
@@ -610,10 +618,11 @@ static int prealloc(zp_aio* a, const zp_aio_opts* o, char* err, size_t errlen) {
   int vs_ok = fstatvfs(a->fd, &vs) == 0;
   if (vs_ok) avail = (uint64_t)vs.f_bavail * (uint64_t)vs.f_frsize;
   if (!o->sparse && vs_ok && need > avail) {
+    char h1[32], h2[32];
     seterr(err, errlen,
-           "%s: not enough space for a %" PRIu64 "-byte file (ENOSPC): it needs %" PRIu64 " more bytes (%.2f GiB), the "
-           "filesystem has %" PRIu64 " bytes (%.2f GiB) free",
-           a->path, a->size, need, need / 1073741824.0, avail, avail / 1073741824.0);
+           "%s: not enough space for a %" PRIu64 "-byte file (ENOSPC): it needs %" PRIu64 " more bytes (%s), the "
+           "filesystem has %" PRIu64 " bytes (%s) free",
+           a->path, a->size, need, human(h1, sizeof h1, need), avail, human(h2, sizeof h2, avail));
     return -ENOSPC;
   }
   if (o->sparse) {
@@ -634,10 +643,11 @@ static int prealloc(zp_aio* a, const zp_aio_opts* o, char* err, size_t errlen) {
   int e = errno;
   if (e == ENOSPC || e == EDQUOT) {
     if (fstatvfs(a->fd, &vs) == 0) avail = (uint64_t)vs.f_bavail * (uint64_t)vs.f_frsize;
+    char h1[32], h2[32];
     seterr(err, errlen,
-           "%s: preallocating %" PRIu64 " bytes failed: %s (%s): it needs %" PRIu64 " more bytes (%.2f GiB), the "
-           "filesystem has %" PRIu64 " bytes (%.2f GiB) free",
-           a->path, a->size, strerror(e), zp_aio_errno_name(e), need, need / 1073741824.0, avail, avail / 1073741824.0);
+           "%s: preallocating %" PRIu64 " bytes failed: %s (%s): it needs %" PRIu64 " more bytes (%s), the "
+           "filesystem has %" PRIu64 " bytes (%s) free",
+           a->path, a->size, strerror(e), zp_aio_errno_name(e), need, human(h1, sizeof h1, need), avail, human(h2, sizeof h2, avail));
     return -e;
   }
   if (e == EOPNOTSUPP || e == ENOSYS) {
