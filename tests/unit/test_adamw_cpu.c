@@ -222,12 +222,12 @@ static void test_simd_bitwise(void) {
   for (int k = 0; k < 2; k++) {
     const zp_isa isa = simd_isas[k];
     if (!zp_isa_supported(isa)) {
-      fprintf(stderr, "  SKIPPED: %s path (this CPU lacks it)\n", zp_isa_name(isa));
+      fprintf(stderr, "  SKIPPED: %s path (this CPU lacks it, or ZP_ADAMW_HIDE hides it)\n", zp_isa_name(isa));
       continue;
     }
     int runs = 0, bad = 0;
     for (size_t ni = 0; ni < sizeof ns / sizeof ns[0]; ni++)
-      for (size_t off = 0; off < 4; off += ns[ni] > 5000 ? 3 : 1)
+      for (size_t off = ns[ni] > 5000 ? 3 : 0; off < 4; off++) /* long: misaligned only */
         for (int gi = 0; gi < 2; gi++)
           for (int pm = PM_NULL; pm <= PM_BF16; pm++)
             for (int wd = 0; wd <= 1; wd++)
@@ -488,7 +488,8 @@ static void test_backend_op(void) {
 
 int main(void) {
   unsetenv("ZP_ADAMW_ISA");
-  unsetenv("ZP_ADAMW_HIDE");
+  /* ZP_ADAMW_HIDE from the environment is kept for the path tests (simulates an older CPU:
+   * those paths are reported SKIPPED); test_isa_env_and_errors clears it */
   ZT_RUN(test_scalar_equals_legacy);
   ZT_RUN(test_simd_bitwise);
   ZT_RUN(test_special_values);
