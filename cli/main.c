@@ -30,6 +30,8 @@ static void usage(FILE* f) {
           "  zp config CONFIG.toml [--set ...]             the effective configuration, with origins\n"
           "  zp config --doc                               the configuration reference (docs/config.md)\n"
           "  zp run SCRIPT.lua [--out DIR] [--set ...] [--arg name=value]  Lua experiment (docs/lua-api.md)\n"
+          "  zp schedule check SCRIPT --stages P --micro-batches M [--chunks V]  validate + simulate a pipeline schedule\n"
+          "  zp schedule split CONFIG.toml [--set ...]     groups per pipeline stage (balanced by FLOPs)\n"
           "  zp plugins                                    plugins found on the search path\n"
           "  zp nvme-bench DIR [--size GB] [--seconds S]   NVMe (O_DIRECT) bandwidth grid -> offload settings\n"
           "  zp toml-decode                                TOML on stdin -> toml-test tagged JSON\n"
@@ -286,6 +288,7 @@ int main(int argc, char** argv) {
   if (strcmp(cmd, "config") == 0) return cmd_config(n, v);
   if (strcmp(cmd, "toml-decode") == 0) return zp_cmd_toml_decode(n, v);
   if (strcmp(cmd, "nvme-bench") == 0) return zp_cmd_nvme_bench(n, v);
+  if (strcmp(cmd, "schedule") == 0) return zp_cmd_schedule(n, v);
   if (strcmp(cmd, "plugins") == 0) return zp_plugin_list(stdout) >= 0 ? 0 : 1;
   if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {
     printf("zp %s (plugin ABI %d.%d)\n", ZP_VERSION_STRING, ZP_ABI_MAJOR, ZP_ABI_MINOR);

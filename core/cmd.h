@@ -15,4 +15,8 @@ int zp_cmd_run(int argc, char** argv);
 /* zp nvme-bench DIR [--size GB] [--seconds S]: NVMe engine bandwidth grid (cmd_nvme_bench.c) */
 int zp_cmd_nvme_bench(int argc, char** argv);
 
+/* zp schedule check SCRIPT --stages P --micro-batches M [--chunks V] [--times ...] |
+ * zp schedule split CONFIG.toml: pipeline schedules and stage splits (cmd_schedule.c) */
+int zp_cmd_schedule(int argc, char** argv);
+
 #endif

@@ -77,7 +77,8 @@ const zc_key zp_config_schema[] = {
   {"pipeline.plugin", ZC_STRING, "\"none\"", NR, NULL, "\"none\" or \"pipeline\"."},
   {"pipeline.schedule", ZC_STRING, "\"1f1b\"", NR, NULL, "gpipe, 1f1b, interleaved_1f1b, zb_h1, or a Lua file."},
   {"pipeline.micro_batches", ZC_INT, "4", 1, 65536, NULL, "Micro-batches per step through the pipeline."},
-  {"pipeline.stages", ZC_INT_LIST, "[]", NR, NULL, "Explicit groups per stage (empty = balance by FLOPs)."},
+  {"pipeline.stages", ZC_INT_LIST, "[]", NR, NULL, "Explicit split: number of groups per (virtual) stage, in order, e.g. [5, 4, 5] for 14 groups on 3 stages (embed is group 0, head the last); must add up to n_layer + 2. Empty = balance by forward FLOPs."},
+  {"pipeline.chunks", ZC_INT, "1", 1, 64, NULL, "Model chunks per device (virtual stages, interleaved_1f1b): virtual stage chunk * pp + stage holds that slice of the groups."},
   /* comm */
   {"comm.timeout_s", ZC_FLOAT, "300", 0.1, 1e6, NULL, "Deadline on every collective; a dead or hung rank is reported after it."},
   /* sample */
