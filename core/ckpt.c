@@ -19,11 +19,14 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <jansson.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "bf16.h"
@@ -47,13 +50,36 @@ static void seterr(char* err, size_t n, const char* fmt, ...) {
   va_end(ap);
 }
 
-void zp_crashpoint(const char* name) {
+/* ZP_CRASH_AT = name[:n][@rank]; hits of the named point are counted (atomically: the
+ * async writer thread has points too). */
+static atomic_long g_crash_hits;
+
+void zp_crashpoint(const char* name, int rank) {
   const char* at = getenv("ZP_CRASH_AT");
-  if (at && name && strcmp(at, name) == 0) {
-    fprintf(stderr, "zp: crash point '%s' reached (ZP_CRASH_AT): killing myself\n", name);
-    fflush(stderr);
-    raise(SIGKILL);
+  if (!at || !name) return;
+  size_t nl = strcspn(at, ":@");
+  if (nl != strlen(name) || strncmp(at, name, nl) != 0) return;
+  long n = 1;
+  int want_rank = -1;
+  const char* p = at + nl;
+  if (*p == ':') {
+    n = strtol(p + 1, (char**)&p, 10);
+    if (n < 1) n = 1;
   }
+  if (*p == '@') want_rank = (int)strtol(p + 1, NULL, 10);
+  if (want_rank >= 0) {
+    if (rank < 0) {
+      const char* e = getenv("ZP_RANK");
+      if (!e) e = getenv("RANK");
+      rank = e ? atoi(e) : 0;
+    }
+    if (rank != want_rank) return;
+  }
+  long hit = atomic_fetch_add(&g_crash_hits, 1) + 1;
+  if (hit != n) return;
+  fprintf(stderr, "zp: crash point '%s' reached (ZP_CRASH_AT=%s, hit %ld): killing myself\n", name, at, hit);
+  fflush(stderr);
+  raise(SIGKILL);
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -248,6 +274,8 @@ static int ck_agree(zp_run* r, int rc, const char* what, char* err, size_t errle
   return (int)((uint32_t)v >> 16);
 }
 
+int zp_ckpt_agree(zp_run* r, int rc, const char* what, char* err, size_t errlen) { return ck_agree(r, rc, what, err, errlen); }
+
 /* ------------------------------------------------------------------------------------------ */
 /* buffer access (device or host tier)                                                        */
 /* ------------------------------------------------------------------------------------------ */
@@ -310,7 +338,8 @@ typedef struct {
   zp_gpt2_shape s;
   uint64_t total_params;
   int world;
-  char strategy[128], precision[32], dt_param[16], dt_master[16];
+  char strategy[128], precision[32], dt_param[16], dt_master[16], writer[16];
+  int version;
   int n_groups;
   uint64_t* span;         /* [n_groups] */
   int* wkind;             /* [n_groups] PK_MASTER or PK_PARAM */
@@ -386,7 +415,10 @@ static void piece_desc(const ck_meta* m, const ck_piece* p, char* out, size_t n)
   snprintf(out, n, "%s (group %s, %s, elements %" PRIu64 "..%" PRIu64 ")", lab, gn, pk_names[p->kind], p->start, p->end);
 }
 
-/* Parse DIR/meta.json (not the rank indexes). */
+static int pieces_parse(ck_meta* m, ck_file* f, json_t* pa, const char* where, char* err, size_t errlen);
+
+/* Parse DIR/meta.json (with version 2 the pieces of every rank file; version 1 keeps them in
+ * the rank indexes, read by meta_load_indexes). */
 static int meta_load(const char* dir, ck_meta* m, char* err, size_t errlen) {
   memset(m, 0, sizeof *m);
   if (!dir || strlen(dir) >= sizeof m->dir) {
@@ -421,11 +453,12 @@ static int meta_load(const char* dir, ck_meta* m, char* err, size_t errlen) {
     goto fail;
   }
   JTRY(jint(root, "version", 0, INT32_MAX, &x, where, err, errlen));
-  if (x != ZP_CKPT_VERSION) {
-    seterr(err, errlen, "%s: format version %" PRId64 " is not supported (this build reads version %d)", where, x, ZP_CKPT_VERSION);
+  if (x < 1 || x > ZP_CKPT_VERSION) {
+    seterr(err, errlen, "%s: format version %" PRId64 " is not supported (this build reads versions 1 to %d)", where, x, ZP_CKPT_VERSION);
     rc = ZP_E_CORRUPT;
     goto fail;
   }
+  m->version = (int)x;
   JTRY(jint(root, "step", 0, INT64_MAX, &m->step, where, err, errlen));
   JTRY(jint(root, "data_pos", 0, INT64_MAX, &x, where, err, errlen));
   m->data_pos = (uint64_t)x;
@@ -587,66 +620,51 @@ static int meta_load(const char* dir, ck_meta* m, char* err, size_t errlen) {
     f->bytes = (uint64_t)x;
     JTRY(jint(fo, "crc32c", 0, UINT32_MAX, &x, fw, err, errlen));
     f->crc = (uint32_t)x;
+    if (m->version >= 2) JTRY(pieces_parse(m, f, json_object_get(fo, "pieces"), fw, err, errlen));
   }
+  if (jstr(root, "writer", &s, where, NULL, 0) == 0) snprintf(m->writer, sizeof m->writer, "%s", s);
 fail:
   json_decref(root);
   if (rc) meta_free(m);
   return rc;
 }
 
-/* Parse one rank index and check its .bin file exists with the recorded size. */
-static int index_load(ck_meta* m, ck_file* f, char* err, size_t errlen) {
-  char path[CK_PATH], where[512];
-  snprintf(path, sizeof path, "%s/%s", m->dir, f->index);
-  snprintf(where, sizeof where, "%s/%s", m->label, f->index);
-  json_error_t je;
-  json_t* root = json_load_file(path, 0, &je);
-  if (!root) {
-    struct stat st;
-    if (stat(path, &st) != 0) seterr(err, errlen, "%s: missing: %s", where, strerror(errno));
-    else seterr(err, errlen, "%s: invalid JSON at line %d column %d: %s", where, je.line, je.column, je.text);
-    return ZP_E_CORRUPT;
-  }
+typedef struct {
+  uint64_t off, end;
+  int idx;
+} ck_span;
+
+static int span_cmp(const void* a, const void* b) {
+  const ck_span* x = a;
+  const ck_span* y = b;
+  return x->off < y->off ? -1 : x->off > y->off ? 1 : 0;
+}
+
+/* Parse a pieces array (meta.json v2: files[i].pieces; v1: the rank index) into f->pieces and
+ * check every piece against the file's recorded size: element range inside the group's span,
+ * bytes = elements x dtype size, [offset, offset + bytes) inside the file, pieces of one file
+ * not overlapping, weights of the kind meta.json names for the group. */
+static int pieces_parse(ck_meta* m, ck_file* f, json_t* pa, const char* where, char* err, size_t errlen) {
   int rc = ZP_OK;
   int64_t x;
   const char* s;
-  char bw[512];
-  snprintf(bw, sizeof bw, "%s/%s", m->label, f->file);
-  JTRY(jint(root, "rank", f->rank, f->rank, &x, where, err, errlen));
-  JTRY(jint(root, "bytes", (int64_t)f->bytes, (int64_t)f->bytes, &x, where, err, errlen));
-  JTRY(jint(root, "crc32c", f->crc, f->crc, &x, where, err, errlen));
-  {
-    char bpath[CK_PATH];
-    snprintf(bpath, sizeof bpath, "%s/%s", m->dir, f->file);
-    struct stat st;
-    if (stat(bpath, &st) != 0) {
-      seterr(err, errlen, "%s: missing: %s", bw, strerror(errno));
-      rc = ZP_E_IO;
-      goto fail;
-    }
-    if ((uint64_t)st.st_size != f->bytes) {
-      seterr(err, errlen, "%s: %s: %lld bytes, expected %" PRIu64, bw, (uint64_t)st.st_size < f->bytes ? "truncated" : "wrong size",
-             (long long)st.st_size, f->bytes);
-      rc = ZP_E_CORRUPT;
-      goto fail;
-    }
-  }
-  json_t* pa = json_object_get(root, "pieces");
+  ck_span* sp = NULL;
   if (!json_is_array(pa)) {
     seterr(err, errlen, "%s: \"pieces\" is missing or not an array", where);
-    rc = ZP_E_CORRUPT;
-    goto fail;
+    return ZP_E_CORRUPT;
   }
+  free(f->pieces);
   f->n_pieces = (int)json_array_size(pa);
   f->pieces = calloc((size_t)f->n_pieces + 1, sizeof *f->pieces);
-  if (!f->pieces) {
+  sp = calloc((size_t)f->n_pieces + 1, sizeof *sp);
+  if (!f->pieces || !sp) {
     seterr(err, errlen, "%s: out of host memory", where);
     rc = ZP_E_NOMEM;
     goto fail;
   }
   for (int i = 0; i < f->n_pieces; i++) {
     json_t* po = json_array_get(pa, (size_t)i);
-    char pw[600];
+    char pw[700];
     snprintf(pw, sizeof pw, "%s: pieces[%d]", where, i);
     if (!json_is_object(po)) {
       seterr(err, errlen, "%s: not an object", pw);
@@ -682,9 +700,10 @@ static int index_load(ck_meta* m, ck_file* f, char* err, size_t errlen) {
     p->bytes = (uint64_t)x;
     JTRY(jint(po, "crc32c", 0, UINT32_MAX, &x, pw, err, errlen));
     p->crc = (uint32_t)x;
-    if (p->bytes != (p->end - p->start) * zp_dtype_size(p->dtype) || p->offset + p->bytes > f->bytes) {
+    uint64_t ne = p->end - p->start;
+    if (ne > UINT64_MAX / 8 || p->bytes != ne * zp_dtype_size(p->dtype) || p->offset + p->bytes > f->bytes) {
       seterr(err, errlen, "%s: inconsistent piece: %" PRIu64 " bytes at offset %" PRIu64 " for elements %" PRIu64 "..%" PRIu64
-             " of %s in a file of %" PRIu64 " bytes", pw, p->bytes, p->offset, p->start, p->end, s, f->bytes);
+             " of %s in %s of %" PRIu64 " bytes", pw, p->bytes, p->offset, p->start, p->end, s, f->file, f->bytes);
       rc = ZP_E_CORRUPT;
       goto fail;
     }
@@ -694,10 +713,65 @@ static int index_load(ck_meta* m, ck_file* f, char* err, size_t errlen) {
       rc = ZP_E_CORRUPT;
       goto fail;
     }
+    sp[i] = (ck_span){p->offset, p->offset + p->bytes, i};
   }
+  qsort(sp, (size_t)f->n_pieces, sizeof *sp, span_cmp);
+  for (int i = 1; i < f->n_pieces; i++)
+    if (sp[i].off < sp[i - 1].end) {
+      seterr(err, errlen, "%s: pieces[%d] (bytes %" PRIu64 "..%" PRIu64 ") and pieces[%d] (bytes %" PRIu64 "..%" PRIu64
+             ") of %s overlap", where, sp[i - 1].idx, sp[i - 1].off, sp[i - 1].end, sp[i].idx, sp[i].off, sp[i].end, f->file);
+      rc = ZP_E_CORRUPT;
+      goto fail;
+    }
+fail:
+  free(sp);
+  return rc;
+}
+
+/* Version 1: parse one rank index (the pieces live there). */
+static int index_load(ck_meta* m, ck_file* f, char* err, size_t errlen) {
+  char path[CK_PATH], where[512];
+  snprintf(path, sizeof path, "%s/%s", m->dir, f->index);
+  snprintf(where, sizeof where, "%s/%s", m->label, f->index);
+  json_error_t je;
+  json_t* root = json_load_file(path, 0, &je);
+  if (!root) {
+    struct stat st;
+    if (stat(path, &st) != 0) seterr(err, errlen, "%s: missing: %s", where, strerror(errno));
+    else seterr(err, errlen, "%s: invalid JSON at line %d column %d: %s", where, je.line, je.column, je.text);
+    return ZP_E_CORRUPT;
+  }
+  int rc = ZP_OK;
+  int64_t x;
+  if (!json_is_object(root)) {
+    seterr(err, errlen, "%s: not a JSON object", where);
+    rc = ZP_E_CORRUPT;
+    goto fail;
+  }
+  JTRY(jint(root, "rank", f->rank, f->rank, &x, where, err, errlen));
+  JTRY(jint(root, "bytes", (int64_t)f->bytes, (int64_t)f->bytes, &x, where, err, errlen));
+  JTRY(jint(root, "crc32c", f->crc, f->crc, &x, where, err, errlen));
+  rc = pieces_parse(m, f, json_object_get(root, "pieces"), where, err, errlen);
 fail:
   json_decref(root);
   return rc;
+}
+
+/* The rank file exists with the size meta.json records. */
+static int file_check(const ck_meta* m, const ck_file* f, char* err, size_t errlen) {
+  char bpath[CK_PATH];
+  snprintf(bpath, sizeof bpath, "%s/%s", m->dir, f->file);
+  struct stat st;
+  if (stat(bpath, &st) != 0) {
+    seterr(err, errlen, "%s/%s: missing: %s", m->label, f->file, strerror(errno));
+    return ZP_E_IO;
+  }
+  if (!S_ISREG(st.st_mode) || (uint64_t)st.st_size != f->bytes) {
+    seterr(err, errlen, "%s/%s: %s: %lld bytes, expected %" PRIu64, m->label, f->file,
+           (uint64_t)st.st_size < f->bytes ? "truncated" : "wrong size", (long long)st.st_size, f->bytes);
+    return ZP_E_CORRUPT;
+  }
+  return ZP_OK;
 }
 
 typedef struct {
@@ -715,7 +789,8 @@ static int cov_cmp(const void* a, const void* b) {
 static int meta_load_indexes(ck_meta* m, char* err, size_t errlen) {
   int total = 0;
   for (int i = 0; i < m->n_files; i++) {
-    int rc = index_load(m, &m->files[i], err, errlen);
+    int rc = m->version >= 2 ? ZP_OK : index_load(m, &m->files[i], err, errlen);
+    if (!rc) rc = file_check(m, &m->files[i], err, errlen);
     if (rc) return rc;
     total += m->files[i].n_pieces;
   }
@@ -863,27 +938,28 @@ static int fill_range(const ck_meta* m, int g, int k, uint64_t a, uint64_t b, vo
 /* save                                                                                       */
 /* ------------------------------------------------------------------------------------------ */
 
+/* The pieces this rank writes, in file order, with their file offsets: the same plan for a
+ * synchronous and an asynchronous save, so both produce the same bytes. */
 typedef struct {
-  int fd;
-  uint64_t pos;
-  uint32_t crc;
-  const char* where;
-} ck_writer;
+  int g, kind, cat;
+  zp_tier tier;
+  uint64_t a, b;       /* element range in the group's buffer */
+  zp_dtype dt;
+  const char* src;     /* address of element a in this rank's buffer (device or host) */
+  uint64_t off, bytes; /* in the rank file */
+  uint32_t crc;        /* filled by the writer */
+  char gname[48], label[160];
+} ck_wpiece;
 
-static int w_write(ck_writer* w, const void* p, size_t n, char* err, size_t errlen) {
-  if (write_all(w->fd, p, n)) {
-    seterr(err, errlen, "%s: write failed at offset %" PRIu64 ": %s", w->where, w->pos, strerror(errno));
-    return ZP_E_IO;
-  }
-  w->crc = zp_crc32c(w->crc, p, n);
-  w->pos += n;
-  return ZP_OK;
-}
+typedef struct {
+  int n;
+  ck_wpiece* p;
+  uint64_t file_bytes;
+} ck_wplan;
 
-static int w_align(ck_writer* w, char* err, size_t errlen) {
-  static const char zeros[ZP_CKPT_ALIGN];
-  size_t pad = (size_t)((ZP_CKPT_ALIGN - w->pos % ZP_CKPT_ALIGN) % ZP_CKPT_ALIGN);
-  return pad ? w_write(w, zeros, pad, err, errlen) : ZP_OK;
+static void wplan_free(ck_wplan* w) {
+  free(w->p);
+  memset(w, 0, sizeof *w);
 }
 
 /* Label of a group range using the run's layout (same rule as piece_label). */
@@ -902,32 +978,24 @@ static void layout_label(const zp_model_layout* L, int g, uint64_t a, uint64_t b
   else snprintf(out, n, "%s..%s", L->tensors[first].name, L->tensors[last].name);
 }
 
-/* Write this rank's file and index into tmp. */
-static int save_rank_file(zp_run* r, const char* tmp, const char* label, char* err, size_t errlen) {
-  char bin[CK_PATH], idx[CK_PATH], where[512], fname[64], iname[64];
-  snprintf(fname, sizeof fname, "rank%05d.bin", r->rank);
-  snprintf(iname, sizeof iname, "rank%05d.json", r->rank);
-  snprintf(bin, sizeof bin, "%s/%s", tmp, fname);
-  snprintf(idx, sizeof idx, "%s/%s", tmp, iname);
-  snprintf(where, sizeof where, "%s/%s", label, fname);
-  int fd = open(bin, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  if (fd < 0) {
-    seterr(err, errlen, "%s: cannot create: %s", where, strerror(errno));
-    return ZP_E_IO;
-  }
-  ck_writer w = {fd, 0, 0, where};
-  json_t* pieces = json_array();
-  void* stage = NULL;
-  size_t stage_cap = 0;
-  int rc = ZP_OK;
+static uint64_t align_file(uint64_t x) { return (x + ZP_CKPT_ALIGN - 1) / ZP_CKPT_ALIGN * ZP_CKPT_ALIGN; }
+
+static int wplan_build(zp_run* r, ck_wplan* w, char* err, size_t errlen) {
+  memset(w, 0, sizeof *w);
   const zp_model_layout* L = &r->layout;
-  for (int g = 0; g < L->n_groups && !rc; g++) {
+  w->p = calloc((size_t)L->n_groups * 3 + 1, sizeof *w->p);
+  if (!w->p) {
+    seterr(err, errlen, "out of host memory planning the checkpoint pieces");
+    return ZP_E_NOMEM;
+  }
+  uint64_t pos = 0;
+  for (int g = 0; g < L->n_groups; g++) {
     const zp_group_info* in = &r->groups[g].info;
     uint64_t span = L->group_span[g];
     int wcat = in->buf[ZP_CAT_MASTER] ? ZP_CAT_MASTER : ZP_CAT_PARAM;
     struct { int cat, kind; uint64_t sub; } ent[3] = {
         {wcat, wcat == ZP_CAT_MASTER ? PK_MASTER : PK_PARAM, 0}, {ZP_CAT_OPTIM, PK_M, 0}, {ZP_CAT_OPTIM, PK_V, 1}};
-    for (int e = 0; e < 3 && !rc; e++) {
+    for (int e = 0; e < 3; e++) {
       int cat = ent[e].cat;
       uint64_t base, held;
       held_range(in, cat, &base, &held);
@@ -935,65 +1003,168 @@ static int save_rank_file(zp_run* r, const char* tmp, const char* label, char* e
       uint64_t a = base, b = base + held < span ? base + held : span;
       if (a >= b) continue;
       if (!in->buf[cat]) {
-        seterr(err, errlen, "%s: internal: group %s has no %s buffer on this rank", where, r->gplans[g].name,
-               zp_category_name((zp_category)cat));
-        rc = ZP_E_INTERNAL;
-        break;
+        seterr(err, errlen, "internal: group %s has no %s buffer on rank %d", r->gplans[g].name, zp_category_name((zp_category)cat), r->rank);
+        wplan_free(w);
+        return ZP_E_INTERNAL;
       }
       if (in->place[cat].tier == ZP_TIER_NVME) {
-        seterr(err, errlen, "%s: group %s %s lives on the nvme tier: checkpointing it is not implemented", where, r->gplans[g].name,
+        seterr(err, errlen, "group %s %s lives on the nvme tier: checkpointing it is not implemented", r->gplans[g].name,
                zp_category_name((zp_category)cat));
-        rc = ZP_E_NOT_IMPLEMENTED;
-        break;
+        wplan_free(w);
+        return ZP_E_NOT_IMPLEMENTED;
       }
-      zp_dtype dt = in->dtype[cat];
-      size_t es = zp_dtype_size(dt);
-      const char* src = (const char*)in->buf[cat] + (size_t)(ent[e].sub * held + (a - base)) * es;
-      size_t total = (size_t)(b - a) * es;
-      if ((rc = w_align(&w, err, errlen))) break;
-      uint64_t off = w.pos;
-      uint32_t pcrc = 0;
-      size_t want = total < CK_STAGE_BYTES ? total : CK_STAGE_BYTES;
-      if (want > stage_cap) {
-        void* ns = realloc(stage, want);
-        if (!ns) {
-          seterr(err, errlen, "%s: out of host memory for a %zu-byte staging buffer", where, want);
-          rc = ZP_E_NOMEM;
-          break;
-        }
-        stage = ns;
-        stage_cap = want;
-      }
-      for (size_t done = 0; done < total && !rc;) {
-        size_t n = total - done < stage_cap ? total - done : stage_cap;
-        rc = buf_get(r, in, cat, stage, src + done, n);
-        if (rc) {
-          seterr(err, errlen, "%s: reading group %s %s from the device failed (status %d)%s%s", where, r->gplans[g].name,
-                 zp_category_name((zp_category)cat), rc, r->err[0] ? ": " : "", r->err);
-          break;
-        }
-        pcrc = zp_crc32c(pcrc, stage, n);
-        rc = w_write(&w, stage, n, err, errlen);
-        done += n;
-      }
-      if (rc) break;
-      char lab[160];
-      layout_label(L, g, a, b, lab, sizeof lab);
-      json_t* po = json_object();
-      json_object_set_new(po, "group", json_integer(g));
-      json_object_set_new(po, "group_name", json_string(r->gplans[g].name));
-      json_object_set_new(po, "kind", json_string(pk_names[ent[e].kind]));
-      json_object_set_new(po, "tensors", json_string(lab));
-      json_object_set_new(po, "start", json_integer((json_int_t)a));
-      json_object_set_new(po, "end", json_integer((json_int_t)b));
-      json_object_set_new(po, "offset", json_integer((json_int_t)off));
-      json_object_set_new(po, "bytes", json_integer((json_int_t)total));
-      json_object_set_new(po, "dtype", json_string(zp_dtype_name(dt)));
-      json_object_set_new(po, "crc32c", json_integer((json_int_t)pcrc));
-      json_array_append_new(pieces, po);
+      ck_wpiece* p = &w->p[w->n++];
+      p->g = g;
+      p->kind = ent[e].kind;
+      p->cat = cat;
+      p->tier = in->place[cat].tier;
+      p->a = a;
+      p->b = b;
+      p->dt = in->dtype[cat];
+      size_t es = zp_dtype_size(p->dt);
+      p->src = (const char*)in->buf[cat] + (size_t)(ent[e].sub * held + (a - base)) * es;
+      p->off = align_file(pos);
+      p->bytes = (b - a) * es;
+      pos = p->off + p->bytes;
+      snprintf(p->gname, sizeof p->gname, "%s", r->gplans[g].name);
+      layout_label(L, g, a, b, p->label, sizeof p->label);
     }
   }
+  w->file_bytes = pos;
+  return ZP_OK;
+}
+
+/* This rank's record of its file: the same piece entries meta.json carries. */
+static json_t* index_json(const ck_wplan* w, int rank, int world, uint64_t bytes, uint32_t crc) {
+  json_t* pieces = json_array();
+  for (int i = 0; i < w->n; i++) {
+    const ck_wpiece* p = &w->p[i];
+    json_t* po = json_object();
+    json_object_set_new(po, "group", json_integer(p->g));
+    json_object_set_new(po, "group_name", json_string(p->gname));
+    json_object_set_new(po, "kind", json_string(pk_names[p->kind]));
+    json_object_set_new(po, "tensors", json_string(p->label));
+    json_object_set_new(po, "start", json_integer((json_int_t)p->a));
+    json_object_set_new(po, "end", json_integer((json_int_t)p->b));
+    json_object_set_new(po, "offset", json_integer((json_int_t)p->off));
+    json_object_set_new(po, "bytes", json_integer((json_int_t)p->bytes));
+    json_object_set_new(po, "dtype", json_string(zp_dtype_name(p->dt)));
+    json_object_set_new(po, "crc32c", json_integer((json_int_t)p->crc));
+    json_array_append_new(pieces, po);
+  }
+  char fname[64];
+  snprintf(fname, sizeof fname, "rank%05d.bin", rank);
+  json_t* root = json_object();
+  json_object_set_new(root, "format", json_string(ZP_CKPT_FORMAT "-rank"));
+  json_object_set_new(root, "version", json_integer(ZP_CKPT_VERSION));
+  json_object_set_new(root, "rank", json_integer(rank));
+  json_object_set_new(root, "world_size", json_integer(world));
+  json_object_set_new(root, "file", json_string(fname));
+  json_object_set_new(root, "bytes", json_integer((json_int_t)bytes));
+  json_object_set_new(root, "crc32c", json_integer((json_int_t)crc));
+  json_object_set_new(root, "pieces", pieces);
+  return root;
+}
+
+/* Write a JSON document to path atomically (path.part, fsync, rename): a reader (rank 0
+ * waiting for done markers) sees it whole or not at all. */
+static int write_json_atomic(const char* path, json_t* root, const char* where, char* err, size_t errlen) {
+  char* text = json_dumps(root, JSON_INDENT(1) | JSON_PRESERVE_ORDER);
+  if (!text) {
+    seterr(err, errlen, "%s: cannot encode", where);
+    return ZP_E_NOMEM;
+  }
+  char part[CK_PATH + 8];
+  snprintf(part, sizeof part, "%s.part", path);
+  int rc = write_text_file(part, text, strlen(text), err, errlen);
+  free(text);
+  if (!rc && rename(part, path) != 0) {
+    seterr(err, errlen, "%s: cannot rename %s.part to it: %s", where, where, strerror(errno));
+    rc = ZP_E_IO;
+  }
+  return rc;
+}
+
+/* Write this rank's file and index into tmp. Data comes from the run's buffers (image NULL:
+ * synchronous save, staged through a bounded host buffer) or from the staging image of an
+ * asynchronous save (the file's exact bytes). Fills the pieces' CRCs. */
+static int write_rank_file(zp_run* r, ck_wplan* w, const char* image, int rank, int world, const char* tmp, const char* label,
+                           char* err, size_t errlen) {
+  char bin[CK_PATH], idx[CK_PATH], where[512], fname[64];
+  snprintf(fname, sizeof fname, "rank%05d.bin", rank);
+  snprintf(bin, sizeof bin, "%s/%s", tmp, fname);
+  snprintf(idx, sizeof idx, "%s/rank%05d.json", tmp, rank);
+  snprintf(where, sizeof where, "%s/%s", label, fname);
+  int fd = open(bin, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) {
+    seterr(err, errlen, "%s: cannot create: %s", where, strerror(errno));
+    return ZP_E_IO;
+  }
+  static const char zeros[ZP_CKPT_ALIGN];
+  char* stage = NULL;
+  size_t stage_cap = 0;
+  uint64_t pos = 0;
+  uint32_t fcrc = 0;
+  int rc = ZP_OK;
+  for (int i = 0; i < w->n && !rc; i++) {
+    ck_wpiece* p = &w->p[i];
+    while (pos < p->off && !rc) { /* alignment padding: zeros */
+      size_t n = p->off - pos < sizeof zeros ? (size_t)(p->off - pos) : sizeof zeros;
+      if (write_all(fd, zeros, n)) {
+        seterr(err, errlen, "%s: write failed at offset %" PRIu64 ": %s", where, pos, strerror(errno));
+        rc = ZP_E_IO;
+      }
+      fcrc = zp_crc32c(fcrc, zeros, n);
+      pos += n;
+    }
+    uint32_t pcrc = 0;
+    for (uint64_t done = 0; done < p->bytes && !rc;) {
+      const char* chunk;
+      size_t n;
+      if (image) {
+        n = p->bytes - done < CK_STAGE_BYTES ? (size_t)(p->bytes - done) : CK_STAGE_BYTES;
+        chunk = image + p->off + done;
+      } else {
+        if (!stage) {
+          stage_cap = p->bytes < CK_STAGE_BYTES ? (size_t)p->bytes : CK_STAGE_BYTES;
+          for (int j = i + 1; j < w->n; j++)
+            if (w->p[j].bytes > stage_cap) stage_cap = w->p[j].bytes < CK_STAGE_BYTES ? (size_t)w->p[j].bytes : CK_STAGE_BYTES;
+          stage = malloc(stage_cap);
+          if (!stage) {
+            seterr(err, errlen, "%s: out of host memory for a %zu-byte staging buffer", where, stage_cap);
+            rc = ZP_E_NOMEM;
+            break;
+          }
+        }
+        n = p->bytes - done < stage_cap ? (size_t)(p->bytes - done) : stage_cap;
+        const zp_group_info* in = &r->groups[p->g].info;
+        int e = buf_get(r, in, p->cat, stage, p->src + done, n);
+        if (e) {
+          seterr(err, errlen, "%s: reading group %s %s from the device failed (status %d)%s%s", where, p->gname,
+                 zp_category_name((zp_category)p->cat), e, r->err[0] ? ": " : "", r->err);
+          rc = e;
+          break;
+        }
+        chunk = stage;
+      }
+      if (write_all(fd, chunk, n)) {
+        seterr(err, errlen, "%s: write failed at offset %" PRIu64 ": %s", where, pos, strerror(errno));
+        rc = ZP_E_IO;
+        break;
+      }
+      pcrc = zp_crc32c(pcrc, chunk, n);
+      fcrc = zp_crc32c(fcrc, chunk, n);
+      done += n;
+      pos += n;
+    }
+    p->crc = pcrc;
+    if (!rc) zp_crashpoint(image ? "async_write" : "after_shard_write", rank);
+  }
   free(stage);
+  if (!rc && pos != w->file_bytes) {
+    seterr(err, errlen, "%s: internal: wrote %" PRIu64 " bytes, planned %" PRIu64, where, pos, w->file_bytes);
+    rc = ZP_E_INTERNAL;
+  }
   if (!rc && fsync(fd) != 0) {
     seterr(err, errlen, "%s: fsync failed: %s", where, strerror(errno));
     rc = ZP_E_IO;
@@ -1002,40 +1173,20 @@ static int save_rank_file(zp_run* r, const char* tmp, const char* label, char* e
     seterr(err, errlen, "%s: close failed: %s", where, strerror(errno));
     rc = ZP_E_IO;
   }
-  if (rc) {
-    json_decref(pieces);
-    return rc;
-  }
-  json_t* root = json_object();
-  json_object_set_new(root, "format", json_string(ZP_CKPT_FORMAT "-rank"));
-  json_object_set_new(root, "version", json_integer(ZP_CKPT_VERSION));
-  json_object_set_new(root, "rank", json_integer(r->rank));
-  json_object_set_new(root, "world_size", json_integer(r->world));
-  json_object_set_new(root, "file", json_string(fname));
-  json_object_set_new(root, "bytes", json_integer((json_int_t)w.pos));
-  json_object_set_new(root, "crc32c", json_integer((json_int_t)w.crc));
-  json_object_set_new(root, "pieces", pieces);
-  char* text = json_dumps(root, JSON_INDENT(1) | JSON_PRESERVE_ORDER);
+  if (rc) return rc;
+  json_t* root = index_json(w, rank, world, pos, fcrc);
+  char iw[600];
+  snprintf(iw, sizeof iw, "%s/rank%05d.json", label, rank);
+  rc = write_json_atomic(idx, root, iw, err, errlen);
   json_decref(root);
-  if (!text) {
-    seterr(err, errlen, "%s/%s: cannot encode the piece index", label, iname);
-    return ZP_E_NOMEM;
-  }
-  rc = write_text_file(idx, text, strlen(text), err, errlen);
-  free(text);
+  if (!rc) zp_crashpoint("after_rank_file", rank);
   return rc;
 }
 
-/* Rank 0: meta.json from the run and the rank indexes just written. */
-static int save_meta(zp_run* r, const char* tmp, const char* label, int64_t step, uint64_t data_pos, const char* config_toml,
-                     char* err, size_t errlen) {
+/* meta.json without its "files" (they are added by meta_finish once every rank file exists):
+ * built on the main thread at the step boundary, so it describes that moment. */
+static json_t* meta_build(zp_run* r, int64_t step, uint64_t data_pos, const char* writer, int has_config) {
   const zp_model_layout* L = &r->layout;
-  int rc;
-  if (config_toml) {
-    char cp[CK_PATH];
-    snprintf(cp, sizeof cp, "%s/config.toml", tmp);
-    if ((rc = write_text_file(cp, config_toml, strlen(config_toml), err, errlen))) return rc;
-  }
   json_t* root = json_object();
   json_object_set_new(root, "format", json_string(ZP_CKPT_FORMAT));
   json_object_set_new(root, "version", json_integer(ZP_CKPT_VERSION));
@@ -1063,6 +1214,7 @@ static int save_meta(zp_run* r, const char* tmp, const char* label, int64_t step
   json_object_set_new(root, "dtypes", dt);
   json_object_set_new(root, "world_size", json_integer(r->world));
   json_object_set_new(root, "strategy", json_string(zp_cfg_str(r->cfg, "zero.plugin")));
+  json_object_set_new(root, "writer", json_string(writer));
   json_t* off = json_object();
   json_object_set_new(off, "optimizer", json_string(zp_cfg_str(r->cfg, "offload.optimizer.plugin")));
   json_object_set_new(off, "param", json_string(zp_cfg_str(r->cfg, "offload.param.plugin")));
@@ -1097,9 +1249,22 @@ static int save_meta(zp_run* r, const char* tmp, const char* label, int64_t step
     json_array_append_new(ta, to);
   }
   json_object_set_new(root, "tensors", ta);
+  if (has_config) json_object_set_new(root, "config", json_string("config.toml"));
+  return root;
+}
+
+/* Rank 0: complete meta.json from the rank records in tmp (each must exist, parse, and match
+ * its .bin file's size), write config.toml and meta.json, fsync the directory. */
+static int meta_finish(json_t* root, int world, const char* tmp, const char* label, const char* config_toml, char* err, size_t errlen) {
+  int rc;
+  if (config_toml) {
+    char cp[CK_PATH];
+    snprintf(cp, sizeof cp, "%s/config.toml", tmp);
+    if ((rc = write_text_file(cp, config_toml, strlen(config_toml), err, errlen))) return rc;
+  }
   json_t* fa = json_array();
   rc = ZP_OK;
-  for (int k = 0; k < r->world && !rc; k++) {
+  for (int k = 0; k < world && !rc; k++) {
     char ip[CK_PATH], bp[CK_PATH], iname[64], bname[64];
     snprintf(iname, sizeof iname, "rank%05d.json", k);
     snprintf(bname, sizeof bname, "rank%05d.bin", k);
@@ -1109,12 +1274,13 @@ static int save_meta(zp_run* r, const char* tmp, const char* label, int64_t step
     json_t* io = json_load_file(ip, 0, &je);
     json_t* bj = io ? json_object_get(io, "bytes") : NULL;
     json_t* cj = io ? json_object_get(io, "crc32c") : NULL;
+    json_t* pj = io ? json_object_get(io, "pieces") : NULL;
     struct stat st;
-    if (!io || !json_is_integer(bj) || !json_is_integer(cj)) {
-      seterr(err, errlen, "%s/%s: missing or unreadable after all ranks reported success: %s", label, iname, io ? "bad fields" : je.text);
+    if (!io || !json_is_integer(bj) || !json_is_integer(cj) || !json_is_array(pj)) {
+      seterr(err, errlen, "%s/%s: missing or unreadable after the rank reported success: %s", label, iname, io ? "bad fields" : je.text);
       rc = ZP_E_IO;
     } else if (stat(bp, &st) != 0 || (json_int_t)st.st_size != json_integer_value(bj)) {
-      seterr(err, errlen, "%s/%s: missing or of the wrong size after all ranks reported success", label, bname);
+      seterr(err, errlen, "%s/%s: missing or of the wrong size after the rank reported success", label, bname);
       rc = ZP_E_IO;
     } else {
       json_t* fo = json_object();
@@ -1123,26 +1289,17 @@ static int save_meta(zp_run* r, const char* tmp, const char* label, int64_t step
       json_object_set_new(fo, "index", json_string(iname));
       json_object_set_new(fo, "bytes", json_integer(json_integer_value(bj)));
       json_object_set_new(fo, "crc32c", json_integer(json_integer_value(cj)));
+      json_object_set(fo, "pieces", pj);
       json_array_append_new(fa, fo);
     }
     if (io) json_decref(io);
   }
   json_object_set_new(root, "files", fa);
-  if (config_toml) json_object_set_new(root, "config", json_string("config.toml"));
-  if (rc) {
-    json_decref(root);
-    return rc;
-  }
-  char* text = json_dumps(root, JSON_INDENT(1) | JSON_PRESERVE_ORDER);
-  json_decref(root);
-  if (!text) {
-    seterr(err, errlen, "%s/meta.json: cannot encode", label);
-    return ZP_E_NOMEM;
-  }
-  char mp[CK_PATH];
+  if (rc) return rc;
+  char mp[CK_PATH], mw[128];
   snprintf(mp, sizeof mp, "%s/meta.json", tmp);
-  rc = write_text_file(mp, text, strlen(text), err, errlen);
-  free(text);
+  snprintf(mw, sizeof mw, "%s/meta.json", label);
+  rc = write_json_atomic(mp, root, mw, err, errlen);
   if (!rc && fsync_path(tmp, 1) != 0) {
     seterr(err, errlen, "%s: fsync of the directory failed: %s", tmp, strerror(errno));
     rc = ZP_E_IO;
@@ -1161,19 +1318,25 @@ static int entry_cmp(const void* a, const void* b) {
   return x->step < y->step ? -1 : x->step > y->step ? 1 : 0;
 }
 
+static int is_tmp_name(const char* name) {
+  size_t len = strlen(name);
+  return strncmp(name, "ckpt_", 5) == 0 && len > 4 && strcmp(name + len - 4, ".tmp") == 0;
+}
+
 /* Rank 0, after a successful save of `just`: keep the newest `keep` checkpoints (never the one
- * just written), and drop stale ckpt_*.tmp directories. Failures here are warnings only. */
+ * just written), and drop stale ckpt_*.tmp directories. A doomed checkpoint is first renamed
+ * to ckpt_X.del.tmp, so a crash while deleting never leaves a half-deleted directory that
+ * looks complete. Failures here are warnings only. */
 static void retention(const char* dir, int keep, int64_t just) {
   DIR* d = opendir(dir);
   if (!d) return;
   ck_entry* es = NULL;
   int n = 0, cap = 0;
   struct dirent* e;
-  char p[CK_PATH];
+  char p[CK_PATH], q[CK_PATH + 16];
   while ((e = readdir(d))) {
     int64_t s;
-    size_t len = strlen(e->d_name);
-    if (strncmp(e->d_name, "ckpt_", 5) == 0 && len > 4 && strcmp(e->d_name + len - 4, ".tmp") == 0) {
+    if (is_tmp_name(e->d_name)) {
       snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
       if (rm_tree(p, 0)) fprintf(stderr, "zp: warning: cannot remove stale %s\n", p);
       continue;
@@ -1196,7 +1359,8 @@ static void retention(const char* dir, int keep, int64_t just) {
     for (int i = 0; i < n && drop > 0; i++) {
       if (es[i].step == just) continue;
       snprintf(p, sizeof p, "%s/%s", dir, es[i].name);
-      if (rm_tree(p, 0)) fprintf(stderr, "zp: warning: cannot remove old checkpoint %s\n", p);
+      snprintf(q, sizeof q, "%s/%s.del.tmp", dir, es[i].name);
+      if (rename(p, q) != 0 || rm_tree(q, 0)) fprintf(stderr, "zp: warning: cannot remove old checkpoint %s\n", p);
       drop--;
     }
   }
@@ -1204,8 +1368,41 @@ static void retention(const char* dir, int keep, int64_t just) {
   fsync_path(dir, 1);
 }
 
-int zp_ckpt_save(zp_run* r, const char* dir, int64_t step, uint64_t data_pos, int keep, const char* config_toml, char* err,
-                 size_t errlen) {
+/* Rank 0: finish meta.json (consumes root) and publish tmp as dir/label, then retention. */
+static int publish(const char* dir, const char* label, int64_t step, int keep, json_t* root, int world, const char* config_toml,
+                   char* err, size_t errlen) {
+  char final[CK_DIR_MAX + 80], tmp[CK_DIR_MAX + 96], old[CK_DIR_MAX + 96];
+  snprintf(final, sizeof final, "%s/%s", dir, label);
+  snprintf(tmp, sizeof tmp, "%s.tmp", final);
+  snprintf(old, sizeof old, "%s.old.tmp", final);
+  int rc = meta_finish(root, world, tmp, label, config_toml, err, errlen);
+  json_decref(root);
+  if (rc) return rc;
+  zp_crashpoint("before_rename", 0);
+  struct stat st;
+  int had_old = 0;
+  if (stat(final, &st) == 0) {
+    rm_tree(old, 0);
+    if (rename(final, old) != 0) {
+      seterr(err, errlen, "%s: cannot move the existing checkpoint aside: %s", final, strerror(errno));
+      return ZP_E_IO;
+    }
+    had_old = 1;
+  }
+  if (rename(tmp, final) != 0) {
+    seterr(err, errlen, "%s: cannot rename %s.tmp to it: %s", final, label, strerror(errno));
+    return ZP_E_IO;
+  }
+  if (fsync_path(dir, 1) != 0) {
+    seterr(err, errlen, "%s: fsync of the directory failed: %s", dir, strerror(errno));
+    return ZP_E_IO;
+  }
+  if (had_old) rm_tree(old, 0);
+  retention(dir, keep, step);
+  return ZP_OK;
+}
+
+static int save_args(zp_run* r, const char* dir, int64_t step, char* label, size_t ln, char* tmp, size_t tn, char* err, size_t errlen) {
   if (r->dry_run) {
     seterr(err, errlen, "%s: cannot save a checkpoint of a dry run (nothing is allocated)", dir ? dir : "(null)");
     return ZP_E_INVALID;
@@ -1214,71 +1411,291 @@ int zp_ckpt_save(zp_run* r, const char* dir, int64_t step, uint64_t data_pos, in
     seterr(err, errlen, "checkpoint save: bad arguments (dir \"%s\", step %lld)", dir ? dir : "(null)", (long long)step);
     return ZP_E_INVALID;
   }
-  char label[64], final[CK_DIR_MAX], tmp[CK_DIR_MAX + 16], old[CK_DIR_MAX + 16];
-  snprintf(label, sizeof label, "ckpt_%08lld", (long long)step);
-  if (snprintf(final, sizeof final, "%s/%s", dir, label) >= (int)sizeof final) {
-    seterr(err, errlen, "%s: checkpoint directory path too long", dir);
+  if (strlen(dir) >= CK_DIR_MAX) {
+    seterr(err, errlen, "%.200s...: checkpoint directory path too long", dir);
     return ZP_E_INVALID;
   }
-  snprintf(tmp, sizeof tmp, "%s.tmp", final);
-  snprintf(old, sizeof old, "%s.old.tmp", final);
-  int rc = ZP_OK;
-  /* 1: rank 0 prepares the temporary directory */
-  if (r->rank == 0) {
-    rc = mkdir_p(dir, err, errlen);
-    if (!rc && rm_tree(tmp, 0) != 0) {
-      seterr(err, errlen, "%s: cannot remove a stale temporary directory: %s", tmp, strerror(errno));
-      rc = ZP_E_IO;
-    }
-    if (!rc && mkdir(tmp, 0755) != 0) {
-      seterr(err, errlen, "%s: cannot create: %s", tmp, strerror(errno));
-      rc = ZP_E_IO;
-    }
+  snprintf(label, ln, "ckpt_%08lld", (long long)step);
+  snprintf(tmp, tn, "%s/%s.tmp", dir, label);
+  return ZP_OK;
+}
+
+/* Rank 0: an empty ckpt_X.tmp (a stale one from a crash is removed first). */
+static int prepare_tmp(const char* dir, const char* tmp, char* err, size_t errlen) {
+  int rc = mkdir_p(dir, err, errlen);
+  if (!rc && rm_tree(tmp, 0) != 0) {
+    seterr(err, errlen, "%s: cannot remove a stale temporary directory: %s", tmp, strerror(errno));
+    rc = ZP_E_IO;
   }
+  if (!rc && mkdir(tmp, 0755) != 0) {
+    seterr(err, errlen, "%s: cannot create: %s", tmp, strerror(errno));
+    rc = ZP_E_IO;
+  }
+  return rc;
+}
+
+int zp_ckpt_save(zp_run* r, const char* dir, int64_t step, uint64_t data_pos, int keep, const char* config_toml, char* err,
+                 size_t errlen) {
+  char label[64], tmp[CK_DIR_MAX + 96];
+  int rc = save_args(r, dir, step, label, sizeof label, tmp, sizeof tmp, err, errlen);
+  if (rc) return rc;
+  /* 1: rank 0 prepares the temporary directory */
+  if (r->rank == 0) rc = prepare_tmp(dir, tmp, err, errlen);
   if ((rc = ck_agree(r, rc, "checkpoint save (preparing the directory)", err, errlen))) return rc;
   /* 2: every rank writes its file */
+  ck_wplan w;
   int lrc = r->ops->synchronize ? r->ops->synchronize(r->be) : ZP_OK;
   if (lrc) seterr(err, errlen, "%s: device synchronize failed before saving (status %d)", label, lrc);
-  if (!lrc) lrc = save_rank_file(r, tmp, label, err, errlen);
-  if (!lrc) zp_crashpoint("ckpt_after_shard");
+  if (!lrc) {
+    char e2[1536];
+    lrc = wplan_build(r, &w, e2, sizeof e2);
+    if (lrc) seterr(err, errlen, "%s: %s", label, e2);
+  }
+  if (!lrc) {
+    lrc = write_rank_file(r, &w, NULL, r->rank, r->world, tmp, label, err, errlen);
+    wplan_free(&w);
+  }
   if ((rc = ck_agree(r, lrc, "checkpoint save (writing rank files)", err, errlen))) return rc;
   /* 3: rank 0 writes meta.json and publishes the directory */
-  if (r->rank == 0) {
-    rc = save_meta(r, tmp, label, step, data_pos, config_toml, err, errlen);
-    if (!rc) {
-      zp_crashpoint("ckpt_before_rename");
-      struct stat st;
-      int had_old = 0;
-      if (stat(final, &st) == 0) {
-        rm_tree(old, 0);
-        if (rename(final, old) != 0) {
-          seterr(err, errlen, "%s: cannot move the existing checkpoint aside: %s", final, strerror(errno));
-          rc = ZP_E_IO;
-        } else {
-          had_old = 1;
+  if (r->rank == 0)
+    rc = publish(dir, label, step, keep, meta_build(r, step, data_pos, "sync", config_toml != NULL), r->world, config_toml, err, errlen);
+  return ck_agree(r, rc, "checkpoint save (publishing)", err, errlen);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* asynchronous saving                                                                        */
+/* ------------------------------------------------------------------------------------------ */
+
+struct zp_ckpt_saver {
+  char dir[CK_DIR_MAX];
+  int keep, async, rank, world;
+  double timeout_s;
+  /* staging image (async): this rank's file, exactly */
+  char* image;
+  size_t image_bytes;
+  /* the save in flight */
+  pthread_t th;
+  int pending, threaded; /* a save was started (its status not yet collected); on a thread */
+  atomic_int abandon;
+  ck_wplan plan;
+  int64_t step;
+  char label[64], tmp[CK_DIR_MAX + 96];
+  json_t* meta; /* rank 0 */
+  char* config;
+  int rc;
+  char err[2048];
+};
+
+static double mono_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static int file_exists_at(const char* dir, const char* name) {
+  char p[CK_PATH + 64];
+  snprintf(p, sizeof p, "%s/%s", dir, name);
+  struct stat st;
+  return stat(p, &st) == 0;
+}
+
+/* Rank 0's writer: wait until every rank's done marker exists (or one failed, or the
+ * deadline passes, or the run gives up on the save). */
+static int wait_markers(zp_ckpt_saver* s) {
+  double t0 = mono_s();
+  long sleep_us = 200;
+  for (;;) {
+    int missing = -1;
+    for (int k = 0; k < s->world; k++) {
+      char nm[64];
+      snprintf(nm, sizeof nm, "rank%05d.failed", k);
+      if (file_exists_at(s->tmp, nm)) {
+        char p[CK_PATH + 64], why[512] = "";
+        snprintf(p, sizeof p, "%s/%s", s->tmp, nm);
+        FILE* f = fopen(p, "r");
+        if (f) {
+          size_t n = fread(why, 1, sizeof why - 1, f);
+          why[n] = 0;
+          fclose(f);
         }
+        seterr(s->err, sizeof s->err, "%s: rank %d's background writer failed: %s", s->label, k, why);
+        return ZP_E_IO;
       }
-      if (!rc && rename(tmp, final) != 0) {
-        seterr(err, errlen, "%s: cannot rename %s.tmp to it: %s", final, label, strerror(errno));
-        rc = ZP_E_IO;
-      }
-      if (!rc && fsync_path(dir, 1) != 0) {
-        seterr(err, errlen, "%s: fsync of the directory failed: %s", dir, strerror(errno));
-        rc = ZP_E_IO;
-      }
-      if (!rc && had_old) rm_tree(old, 0);
-      if (!rc) retention(dir, keep, step);
+      snprintf(nm, sizeof nm, "rank%05d.json", k);
+      if (missing < 0 && !file_exists_at(s->tmp, nm)) missing = k;
+    }
+    if (missing < 0) return ZP_OK;
+    if (atomic_load(&s->abandon)) {
+      seterr(s->err, sizeof s->err, "%s: abandoned: the run ended before rank %d finished writing its file", s->label, missing);
+      return ZP_E_COMM;
+    }
+    if (mono_s() - t0 > s->timeout_s) {
+      seterr(s->err, sizeof s->err, "%s: rank %d did not finish writing its file within %g s (ckpt.async)", s->label, missing, s->timeout_s);
+      return ZP_E_TIMEOUT;
+    }
+    usleep((useconds_t)sleep_us);
+    if (sleep_us < 20000) sleep_us *= 2;
+  }
+}
+
+static void* saver_thread(void* arg) {
+  zp_ckpt_saver* s = arg;
+  int rc = write_rank_file(NULL, &s->plan, s->image, s->rank, s->world, s->tmp, s->label, s->err, sizeof s->err);
+  if (rc) {
+    char p[CK_PATH + 64];
+    snprintf(p, sizeof p, "%s/rank%05d.failed", s->tmp, s->rank);
+    char e2[2048];
+    write_text_file(p, s->err, strlen(s->err), e2, sizeof e2);
+  }
+  if (!rc && s->rank == 0) {
+    rc = wait_markers(s);
+    if (!rc) {
+      json_t* m = s->meta;
+      s->meta = NULL;
+      rc = publish(s->dir, s->label, s->step, s->keep, m, s->world, s->config, s->err, sizeof s->err);
     }
   }
-  return ck_agree(r, rc, "checkpoint save (publishing)", err, errlen);
+  s->rc = rc;
+  return NULL;
+}
+
+int zp_ckpt_saver_open(zp_run* r, const char* dir, int keep, int async, double timeout_s, zp_ckpt_saver** out, char* err,
+                       size_t errlen) {
+  *out = NULL;
+  if (!dir || !dir[0] || strlen(dir) >= CK_DIR_MAX) {
+    seterr(err, errlen, "checkpoint directory \"%.200s\" is empty or too long", dir ? dir : "(null)");
+    return ZP_E_INVALID;
+  }
+  zp_ckpt_saver* s = calloc(1, sizeof *s);
+  if (!s) {
+    seterr(err, errlen, "out of host memory");
+    return ZP_E_NOMEM;
+  }
+  snprintf(s->dir, sizeof s->dir, "%s", dir);
+  s->keep = keep;
+  s->async = async && !r->dry_run;
+  s->rank = r->rank;
+  s->world = r->world;
+  s->timeout_s = timeout_s > 0 ? timeout_s : 300;
+  int rc = ZP_OK;
+  if (s->async) {
+    ck_wplan w;
+    rc = wplan_build(r, &w, err, errlen);
+    if (!rc) {
+      s->image_bytes = (size_t)w.file_bytes;
+      wplan_free(&w);
+      void* p = NULL;
+      rc = zp_ledger_alloc(&r->ledger, ZP_CAT_BUFFER, ZP_TIER_CPU, s->image_bytes ? s->image_bytes : 1, "checkpoint staging", &p);
+      if (rc) seterr(err, errlen, "ckpt.async: cannot allocate the %zu-byte host staging image: %s", s->image_bytes, r->ledger.last_error);
+      s->image = p;
+    }
+  }
+  if (rc) {
+    free(s);
+    return rc;
+  }
+  *out = s;
+  return ZP_OK;
+}
+
+/* join the writer (local) and take its status */
+static int saver_join(zp_ckpt_saver* s, char* err, size_t errlen) {
+  if (!s->pending) return ZP_OK;
+  if (s->threaded) pthread_join(s->th, NULL);
+  s->pending = s->threaded = 0;
+  wplan_free(&s->plan);
+  if (s->meta) json_decref(s->meta);
+  s->meta = NULL;
+  free(s->config);
+  s->config = NULL;
+  if (s->rc) seterr(err, errlen, "%s", s->err);
+  return s->rc;
+}
+
+int zp_ckpt_saver_wait(zp_ckpt_saver* s, zp_run* r, char* err, size_t errlen) {
+  int rc = s ? saver_join(s, err, errlen) : ZP_OK;
+  return ck_agree(r, rc, "asynchronous checkpoint save", err, errlen);
+}
+
+void zp_ckpt_saver_close(zp_ckpt_saver* s, zp_run* r) {
+  if (!s) return;
+  atomic_store(&s->abandon, 1);
+  char e[2048];
+  if (saver_join(s, e, sizeof e)) fprintf(stderr, "zp: rank %d: checkpoint not completed: %s\n", s->rank, e);
+  if (s->image) zp_ledger_free(&r->ledger, ZP_CAT_BUFFER, ZP_TIER_CPU, s->image, s->image_bytes ? s->image_bytes : 1);
+  free(s);
+}
+
+int zp_ckpt_saver_save(zp_ckpt_saver* s, zp_run* r, int64_t step, uint64_t data_pos, const char* config_toml, int blocking,
+                       double* staged_ms, char* err, size_t errlen) {
+  double t0 = mono_s();
+  if (staged_ms) *staged_ms = 0;
+  if (!s->async) {
+    int rc = zp_ckpt_save(r, s->dir, step, data_pos, s->keep, config_toml, err, errlen);
+    if (staged_ms) *staged_ms = 1e3 * (mono_s() - t0);
+    return rc;
+  }
+  int rc = zp_ckpt_saver_wait(s, r, err, errlen); /* one save in flight at a time */
+  if (rc) return rc;
+  rc = save_args(r, s->dir, step, s->label, sizeof s->label, s->tmp, sizeof s->tmp, err, errlen);
+  if (rc) return rc;
+  if (r->rank == 0) rc = prepare_tmp(s->dir, s->tmp, err, errlen);
+  if ((rc = ck_agree(r, rc, "checkpoint save (preparing the directory)", err, errlen))) return rc;
+  /* stage: a snapshot of this step boundary in host memory */
+  int lrc = r->ops->synchronize ? r->ops->synchronize(r->be) : ZP_OK;
+  if (lrc) seterr(err, errlen, "%s: device synchronize failed before staging (status %d)", s->label, lrc);
+  if (!lrc) {
+    char e2[1536];
+    lrc = wplan_build(r, &s->plan, e2, sizeof e2);
+    if (lrc) seterr(err, errlen, "%s: %s", s->label, e2);
+    else if (s->plan.file_bytes != s->image_bytes) {
+      seterr(err, errlen, "%s: internal: rank file of %" PRIu64 " bytes, staging image of %zu", s->label, s->plan.file_bytes, s->image_bytes);
+      lrc = ZP_E_INTERNAL;
+    }
+  }
+  uint64_t pos = 0;
+  for (int i = 0; i < s->plan.n && !lrc; i++) {
+    ck_wpiece* p = &s->plan.p[i];
+    if (p->off > pos) memset(s->image + pos, 0, (size_t)(p->off - pos));
+    lrc = buf_get(r, &r->groups[p->g].info, p->cat, s->image + p->off, p->src, (size_t)p->bytes);
+    if (lrc) seterr(err, errlen, "%s: staging group %s %s failed (status %d)%s%s", s->label, p->gname, zp_category_name((zp_category)p->cat),
+                    lrc, r->err[0] ? ": " : "", r->err);
+    pos = p->off + p->bytes;
+    if (!lrc) zp_crashpoint("async_staging", r->rank);
+  }
+  if (!lrc && r->ops->synchronize) lrc = r->ops->synchronize(r->be);
+  if (!lrc && config_toml && r->rank == 0) {
+    s->config = strdup(config_toml);
+    if (!s->config) lrc = ZP_E_NOMEM;
+  }
+  if (!lrc && r->rank == 0) s->meta = meta_build(r, step, data_pos, "async", config_toml != NULL);
+  if ((rc = ck_agree(r, lrc, "checkpoint save (staging)", err, errlen))) {
+    wplan_free(&s->plan);
+    if (s->meta) json_decref(s->meta);
+    s->meta = NULL;
+    free(s->config);
+    s->config = NULL;
+    return rc;
+  }
+  if (staged_ms) *staged_ms = 1e3 * (mono_s() - t0);
+  s->step = step;
+  s->rc = 0;
+  s->err[0] = 0;
+  atomic_store(&s->abandon, 0);
+  s->pending = 1;
+  s->threaded = pthread_create(&s->th, NULL, saver_thread, s) == 0;
+  if (!s->threaded) saver_thread(s); /* no thread: write here (same bytes, same protocol) */
+  return blocking ? zp_ckpt_saver_wait(s, r, err, errlen) : ZP_OK;
 }
 
 /* ------------------------------------------------------------------------------------------ */
 /* find                                                                                       */
 /* ------------------------------------------------------------------------------------------ */
 
-int zp_ckpt_find_latest(const char* dir, char* path_out, size_t n) {
-  if (!dir || !path_out || !n) return ZP_E_INVALID;
+/* Complete checkpoints in dir, sorted by step (ascending): names only, meta.json not read. */
+static int list_ckpts(const char* dir, ck_entry** out, int* count) {
+  *out = NULL;
+  *count = 0;
   DIR* d = opendir(dir);
   if (!d) return ZP_E_IO;
   ck_entry* es = NULL;
@@ -1299,8 +1716,19 @@ int zp_ckpt_find_latest(const char* dir, char* path_out, size_t n) {
   }
   closedir(d);
   if (cnt) qsort(es, (size_t)cnt, sizeof *es, entry_cmp);
+  *out = es;
+  *count = cnt;
+  return ZP_OK;
+}
+
+int zp_ckpt_find_before(const char* dir, int64_t before, char* path_out, size_t n) {
+  if (!dir || !path_out || !n) return ZP_E_INVALID;
+  ck_entry* es;
+  int cnt;
+  if (list_ckpts(dir, &es, &cnt)) return ZP_E_IO;
   int rc = ZP_E_IO;
   for (int i = cnt - 1; i >= 0; i--) {
+    if (es[i].step >= before) continue;
     char p[CK_PATH];
     snprintf(p, sizeof p, "%s/%s", dir, es[i].name);
     ck_meta m;
@@ -1315,6 +1743,8 @@ int zp_ckpt_find_latest(const char* dir, char* path_out, size_t n) {
   free(es);
   return rc;
 }
+
+int zp_ckpt_find_latest(const char* dir, char* path_out, size_t n) { return zp_ckpt_find_before(dir, INT64_MAX, path_out, n); }
 
 /* ------------------------------------------------------------------------------------------ */
 /* load                                                                                       */
@@ -1473,6 +1903,100 @@ int zp_ckpt_load(zp_run* r, const char* ckpt_dir, int64_t* step, uint64_t* data_
   return ck_agree(r, rc, "checkpoint load", err, errlen);
 }
 
+int zp_ckpt_resume(zp_run* r, const char* dir, int fallback, char* used, size_t usedlen, int64_t* step, uint64_t* data_pos, char* err,
+                   size_t errlen) {
+  if (used && usedlen) used[0] = 0;
+  char ck[CK_PATH];
+  int64_t before = INT64_MAX;
+  char first_err[2048] = "";
+  int first_rc = ZP_OK, tried = 0;
+  while (zp_ckpt_find_before(dir, before, ck, sizeof ck) == ZP_OK) {
+    tried++;
+    int rc = zp_ckpt_load(r, ck, step, data_pos, err, errlen);
+    if (rc == ZP_OK) {
+      if (used) snprintf(used, usedlen, "%s", ck);
+      if (tried > 1 && r->rank == 0)
+        fprintf(stderr, "zp: warning: ckpt.fallback: resumed from the older complete checkpoint %s because a newer one did not load: %s\n", ck,
+                first_err);
+      return ZP_OK;
+    }
+    if (!first_rc) {
+      first_rc = rc;
+      snprintf(first_err, sizeof first_err, "%s", err);
+    }
+    if (!fallback || (rc != ZP_E_CORRUPT && rc != ZP_E_IO)) {
+      if (!fallback && (rc == ZP_E_CORRUPT || rc == ZP_E_IO) && strlen(err) + 120 < errlen) {
+        size_t l = strlen(err);
+        snprintf(err + l, errlen - l, " (set ckpt.fallback = true to resume from the previous complete checkpoint instead)");
+      }
+      return rc;
+    }
+    if (r->rank == 0) fprintf(stderr, "zp: warning: ckpt.fallback: %s does not load: %s; trying an older checkpoint\n", ck, err);
+    /* the step of the one that failed, from its name */
+    const char* b = strrchr(ck, '/');
+    int64_t s = -1;
+    if (!b || !parse_ckpt_name(b + 1, &s)) return first_rc;
+    before = s;
+  }
+  if (tried) {
+    seterr(err, errlen, "%s; and no older complete checkpoint in %s loads either (ckpt.fallback)", first_err, dir);
+    return first_rc;
+  }
+  return ZP_OK; /* nothing to resume from */
+}
+
+int zp_ckpt_read_shape(const char* ckpt_dir, zp_gpt2_shape* s, int64_t* step, char* err, size_t errlen) {
+  ck_meta m;
+  int rc = meta_load(ckpt_dir, &m, err, errlen);
+  if (rc) return rc;
+  *s = m.s;
+  if (step) *step = m.step;
+  meta_free(&m);
+  return ZP_OK;
+}
+
+int zp_ckpt_set_full_params(zp_run* r, float* const* gp, char* err, size_t errlen) {
+  int rc = ZP_OK;
+  if (r->dry_run) {
+    seterr(err, errlen, "cannot set weights in a dry run");
+    rc = ZP_E_INVALID;
+  }
+  if (!rc && r->ops->synchronize) rc = r->ops->synchronize(r->be);
+  const zp_model_layout* L = &r->layout;
+  for (int g = 0; g < L->n_groups && !rc; g++) {
+    zp_group_info* in = &r->groups[g].info;
+    const char* gname = r->gplans[g].name;
+    uint64_t span = L->group_span[g];
+    for (int c = ZP_CAT_PARAM; c <= ZP_CAT_OPTIM && !rc; c++) {
+      if (c == ZP_CAT_GRAD || !in->buf[c]) continue;
+      if (in->place[c].tier == ZP_TIER_NVME) {
+        seterr(err, errlen, "group %s: %s lives on the nvme tier: setting it is not implemented", gname, zp_category_name((zp_category)c));
+        rc = ZP_E_NOT_IMPLEMENTED;
+        break;
+      }
+      uint64_t base, held;
+      held_range(in, c, &base, &held);
+      uint64_t n = c == ZP_CAT_OPTIM ? 2 * held : held;
+      float* h = calloc((size_t)n + 1, sizeof(float));
+      if (!h) {
+        seterr(err, errlen, "group %s: out of host memory (%" PRIu64 " floats)", gname, n);
+        rc = ZP_E_NOMEM;
+        break;
+      }
+      if (c != ZP_CAT_OPTIM && base < span) memcpy(h, gp[g] + base, (size_t)((base + held < span ? base + held : span) - base) * sizeof(float));
+      if (c == ZP_CAT_PARAM) rc = load_param(r, g, h, ZP_F32, held, 0, err, errlen);
+      else {
+        rc = buf_put(r, in, c, in->buf[c], h, (size_t)n * sizeof(float));
+        if (rc) seterr(err, errlen, "group %s: writing %s failed (status %d)", gname, zp_category_name((zp_category)c), rc);
+      }
+      free(h);
+    }
+  }
+  if (!rc && r->ops->synchronize) rc = r->ops->synchronize(r->be);
+  if (!rc) r->opt.step_t = 0;
+  return ck_agree(r, rc, "setting the weights", err, errlen);
+}
+
 /* ------------------------------------------------------------------------------------------ */
 /* read full params (export), info                                                            */
 /* ------------------------------------------------------------------------------------------ */
@@ -1503,7 +2027,81 @@ int zp_ckpt_read_full_params(const char* ckpt_dir, const zp_model_layout* L, flo
   return rc;
 }
 
-int zp_ckpt_info(const char* ckpt_dir, FILE* out, char* err, size_t errlen) {
+/* `zp ckpt info` of a run directory: every checkpoint and unfinished temporary directory. */
+static int info_run_dir(const char* dir, FILE* out, int verbose, char* err, size_t errlen) {
+  DIR* d = opendir(dir);
+  if (!d) {
+    seterr(err, errlen, "%s: cannot open: %s", dir, strerror(errno));
+    return ZP_E_IO;
+  }
+  fprintf(out, "run directory %s\n", dir);
+  int n_complete = 0, n_tmp = 0;
+  struct dirent* e;
+  while ((e = readdir(d))) {
+    char p[CK_PATH];
+    if (!is_tmp_name(e->d_name)) continue;
+    snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
+    int done = 0, failed = 0, has_meta = file_exists_at(p, "meta.json");
+    DIR* t = opendir(p);
+    struct dirent* f;
+    while (t && (f = readdir(t))) {
+      size_t l = strlen(f->d_name);
+      if (strncmp(f->d_name, "rank", 4) != 0) continue;
+      if (l > 5 && strcmp(f->d_name + l - 5, ".json") == 0) done++;
+      if (l > 7 && strcmp(f->d_name + l - 7, ".failed") == 0) failed++;
+    }
+    if (t) closedir(t);
+    n_tmp++;
+    fprintf(out, "  %-28s INCOMPLETE (in progress, or left by a crash; never loaded): %d rank file%s finished%s%s%s\n", e->d_name, done,
+            done == 1 ? "" : "s", failed ? ", writer failures: " : "", failed ? "yes" : "", has_meta ? ", meta.json written (not renamed)" : "");
+  }
+  closedir(d);
+  ck_entry* es;
+  int cnt;
+  if (list_ckpts(dir, &es, &cnt)) {
+    seterr(err, errlen, "%s: cannot list: %s", dir, strerror(errno));
+    return ZP_E_IO;
+  }
+  for (int i = 0; i < cnt; i++) {
+    char p[CK_PATH], e2[1024];
+    snprintf(p, sizeof p, "%s/%s", dir, es[i].name);
+    ck_meta m;
+    if (meta_load(p, &m, e2, sizeof e2)) {
+      fprintf(out, "  %-28s NOT A CHECKPOINT: %s\n", es[i].name, e2);
+      continue;
+    }
+    n_complete++;
+    fprintf(out, "  %-28s complete: step %lld, %d rank%s, %s, written %s\n", es[i].name, (long long)m.step, m.world, m.world > 1 ? "s" : "",
+            m.strategy, m.writer[0] ? (strcmp(m.writer, "async") ? "synchronously" : "asynchronously") : "(unknown)");
+    meta_free(&m);
+  }
+  free(es);
+  if (!n_complete) {
+    fprintf(out, "  no complete checkpoint%s\n", n_tmp ? " (only unfinished ones)" : "");
+    seterr(err, errlen, "%s: no complete checkpoint", dir);
+    return ZP_E_IO;
+  }
+  char latest[CK_PATH];
+  if (zp_ckpt_find_latest(dir, latest, sizeof latest)) {
+    seterr(err, errlen, "%s: no complete checkpoint with a valid meta.json", dir);
+    return ZP_E_CORRUPT;
+  }
+  fprintf(out, "newest complete (what a resume loads):\n");
+  return zp_ckpt_info(latest, out, verbose, err, errlen);
+}
+
+int zp_ckpt_info(const char* ckpt_dir, FILE* out, int verbose, char* err, size_t errlen) {
+  if (!ckpt_dir) {
+    seterr(err, errlen, "zp ckpt info: no directory");
+    return ZP_E_INVALID;
+  }
+  struct stat st;
+  if (stat(ckpt_dir, &st) == 0 && S_ISDIR(st.st_mode) && !file_exists_at(ckpt_dir, "meta.json")) {
+    char lab[256];
+    dir_label(ckpt_dir, lab, sizeof lab);
+    int64_t s;
+    if (!parse_ckpt_name(lab, &s) && !is_tmp_name(lab)) return info_run_dir(ckpt_dir, out, verbose, err, errlen);
+  }
   ck_meta m;
   int rc = meta_load(ckpt_dir, &m, err, errlen);
   if (rc) return rc;
@@ -1513,6 +2111,9 @@ int zp_ckpt_info(const char* ckpt_dir, FILE* out, char* err, size_t errlen) {
           m.s.C, m.s.maxT, m.s.V, m.s.Vp, (unsigned long long)m.total_params);
   fprintf(out, "  precision %s (param %s, master %s), saved by %d rank%s with strategy %s\n", m.precision, m.dt_param[0] ? m.dt_param : "?",
           m.dt_master[0] ? m.dt_master : "?", m.world, m.world > 1 ? "s" : "", m.strategy);
+  fprintf(out, "  format version %d, written %s; complete (meta.json present and renamed into place)\n", m.version,
+          m.writer[0] ? (strcmp(m.writer, "async") ? "synchronously" : "asynchronously (staged to host, written in the background)")
+                      : "(not recorded)");
   rc = meta_load_indexes(&m, err, errlen);
   if (rc) {
     fprintf(out, "  INCOMPLETE: %s\n", err);
@@ -1529,7 +2130,7 @@ int zp_ckpt_info(const char* ckpt_dir, FILE* out, char* err, size_t errlen) {
     ck_file* f = &m.files[i];
     char path[CK_PATH];
     snprintf(path, sizeof path, "%s/%s", m.dir, f->file);
-    int fd = open(path, O_RDONLY);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
     int fbad = 0;
     if (fd < 0) {
       fprintf(out, "    %-16s MISSING: %s\n", f->file, strerror(errno));
@@ -1553,10 +2154,16 @@ int zp_ckpt_info(const char* ckpt_dir, FILE* out, char* err, size_t errlen) {
       }
       char e2[1536];
       pieces++;
-      if (piece_read(&m, f, fd, p, buf, e2, sizeof e2)) {
+      int prc = piece_read(&m, f, fd, p, buf, e2, sizeof e2);
+      if (prc) {
         fprintf(out, "    BAD: %s\n", e2);
         if (!first[0]) snprintf(first, sizeof first, "%s", e2);
         fbad++;
+      } else if (verbose) {
+        char dsc[300];
+        piece_desc(&m, p, dsc, sizeof dsc);
+        fprintf(out, "      %s  %s  offset %llu, %llu bytes %s, crc32c %08x ok\n", f->file, dsc, (unsigned long long)p->offset,
+                (unsigned long long)p->bytes, zp_dtype_name(p->dtype), p->crc);
       }
     }
     /* whole-file checksum */
@@ -1575,7 +2182,8 @@ int zp_ckpt_info(const char* ckpt_dir, FILE* out, char* err, size_t errlen) {
       if (!first[0]) snprintf(first, sizeof first, "%s/%s: whole-file checksum mismatch", m.label, f->file);
       fbad++;
     }
-    fprintf(out, "    %-16s %12llu bytes  %3d pieces  %s\n", f->file, (unsigned long long)f->bytes, f->n_pieces, fbad ? "CORRUPT" : "ok");
+    fprintf(out, "    %-16s %12llu bytes  %3d pieces  %s\n", f->file, (unsigned long long)f->bytes, f->n_pieces,
+            fbad ? "CORRUPT" : "ok (every piece's CRC-32C and the file's match)");
     total += f->bytes;
     bad += fbad;
   }

@@ -26,6 +26,7 @@
 #include "data.h"
 #include "lua_host.h"
 #include "runtime.h"
+#include "safetensors.h"
 #include "trace.h"
 #include "train.h"
 
@@ -205,6 +206,7 @@ typedef struct {
   int rank, dp;
   char out_dir[1024];
   int32_t *inp, *tgt;
+  zp_ckpt_saver* saver; /* checkpoints: synchronous or ckpt.async (core/ckpt.c) */
 } trainer;
 
 static void tlog(trainer* t, const char* fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -250,7 +252,9 @@ static int validate(trainer* t, double* out, char* err, size_t errlen) {
   return ZP_OK;
 }
 
-static int save_ckpt(trainer* t, int64_t step, char* err, size_t errlen) {
+/* blocking: the checkpoint is complete on return (final and signal saves); otherwise with
+ * ckpt.async it is only staged here and written in the background. */
+static int save_ckpt(trainer* t, int64_t step, uint64_t data_pos, int blocking, char* err, size_t errlen) {
   char* dump = NULL;
   size_t dl = 0;
   FILE* mf = open_memstream(&dump, &dl);
@@ -258,13 +262,16 @@ static int save_ckpt(trainer* t, int64_t step, char* err, size_t errlen) {
     zp_config_dump(t->cfg, mf);
     fclose(mf);
   }
-  double t0 = zp_now_us();
-  uint64_t gb = (uint64_t)t->run.B * (uint64_t)t->run.accum * (uint64_t)t->dp;
-  int rc = zp_ckpt_save(&t->run, t->out_dir, step, (uint64_t)step * gb, (int)zp_cfg_int(t->cfg, "train.keep_checkpoints"),
-                        dump ? dump : "", err, errlen);
+  double t0 = zp_now_us(), staged_ms = 0;
+  int rc = zp_ckpt_saver_save(t->saver, &t->run, step, data_pos, dump ? dump : "", blocking, &staged_ms, err, errlen);
   zp_trace_span(ZP_TR_IO, "checkpoint", (int)step, t0);
   free(dump);
-  if (rc == ZP_OK) tlog(t, "saved checkpoint at step %lld to %s (%.0f ms)\n", (long long)step, t->out_dir, (zp_now_us() - t0) / 1000);
+  if (rc == ZP_OK) {
+    if (zp_cfg_bool(t->cfg, "ckpt.async") && !blocking)
+      tlog(t, "checkpoint at step %lld staged in %.0f ms, writing to %s in the background\n", (long long)step, staged_ms, t->out_dir);
+    else
+      tlog(t, "saved checkpoint at step %lld to %s (%.0f ms)\n", (long long)step, t->out_dir, (zp_now_us() - t0) / 1000);
+  }
   return rc;
 }
 
@@ -335,17 +342,32 @@ int zp_train(zp_config* cfg, zp_comm* comm, char* err, size_t errlen) {
            (unsigned long long)zp_dataset_num_samples(t->train), T, (unsigned long long)gb, (unsigned long long)gb * T);
     zp_run_print_plan(r, stdout);
   }
-  /* weights: resume or init */
+  /* weights: resume (ckpt.fallback: an older complete checkpoint when the newest is
+   * corrupt), else train.init_from (safetensors), else the counter-based init */
   int64_t start = 0;
-  char ck[1024];
-  if (strcmp(zp_cfg_str(cfg, "train.resume"), "auto") == 0 && zp_ckpt_find_latest(t->out_dir, ck, sizeof ck) == 0) {
-    uint64_t dpos;
-    if ((rc = zp_ckpt_load(r, ck, &start, &dpos, err, errlen))) goto done;
+  uint64_t data0 = 0; /* data position of step `start` (the checkpoint's: the global batch may differ) */
+  char ck[1024] = "";
+  if (strcmp(zp_cfg_str(cfg, "train.resume"), "auto") == 0 &&
+      (rc = zp_ckpt_resume(r, t->out_dir, zp_cfg_bool(cfg, "ckpt.fallback"), ck, sizeof ck, &start, &data0, err, errlen)))
+    goto done;
+  if (ck[0]) {
     tlog(t, "resumed from %s at step %lld\n", ck, (long long)start);
+    if (data0 != (uint64_t)start * gb)
+      tlog(t, "note: the checkpoint's data position %llu is not step %lld x global batch %llu: the data continues from the checkpoint's position\n",
+           (unsigned long long)data0, (long long)start, (unsigned long long)gb);
     if ((rc = zp_run_zero_grads(r))) goto done;
   } else {
     if ((rc = zp_run_init_weights(r))) { snprintf(err, errlen, "%s", r->err); goto done; }
+    char ip[1024];
+    zp_cfg_path(cfg, "train.init_from", ip, sizeof ip);
+    if (ip[0]) {
+      if ((rc = zp_st_init_run(r, ip, stdout, err, errlen))) goto done;
+      tlog(t, "initial weights from %s (train.init_from)\n", ip);
+    }
   }
+  if ((rc = zp_ckpt_saver_open(r, t->out_dir, (int)zp_cfg_int(cfg, "train.keep_checkpoints"), zp_cfg_bool(cfg, "ckpt.async"),
+                               zp_cfg_float(cfg, "comm.timeout_s"), &t->saver, err, errlen)))
+    goto done;
   if (zp_cfg_bool(cfg, "train.metrics") && t->rank == 0) {
     char mp[1100];
     snprintf(mp, sizeof mp, "%s/metrics.jsonl", t->out_dir);
@@ -381,7 +403,7 @@ int zp_train(zp_config* cfg, zp_comm* comm, char* err, size_t errlen) {
     if ((rc = zp_run_zero_grads(r))) goto fail_run;
     double loss = 0;
     for (int m = 0; m < accum; m++) {
-      uint64_t pos = (uint64_t)step * gb + ((uint64_t)m * dp + (uint64_t)t->rank) * (uint64_t)B;
+      uint64_t pos = data0 + (uint64_t)(step - start) * gb + ((uint64_t)m * dp + (uint64_t)t->rank) * (uint64_t)B;
       double td = zp_now_us();
       if ((rc = fetch(t, t->train, pos, err, errlen))) goto done;
       zp_trace_span(ZP_TR_IO, "data", m, td);
@@ -391,6 +413,7 @@ int zp_train(zp_config* cfg, zp_comm* comm, char* err, size_t errlen) {
       if ((rc = zp_run_micro_batch(r, t->inp, t->tgt, 1.0f / ((float)B * (float)T * (float)accum), &l))) goto fail_run;
       loss += l / accum;
     }
+    zp_crashpoint("mid_step", t->rank); /* crash tests: ZP_CRASH_AT=mid_step[:n][@rank] */
     double ts = zp_now_us();
     if ((rc = zp_run_step(r, (float)lr))) goto fail_run;
     r->ops->synchronize(r->be);
@@ -475,14 +498,15 @@ int zp_train(zp_config* cfg, zp_comm* comm, char* err, size_t errlen) {
     int final = step + 1 == steps;
     int want_save = (ck_every > 0 && (step + 1) % ck_every == 0) || flags[1] > 0 || sig > 0 || flags[0] > 0;
     if (want_save && !(final && zp_cfg_bool(cfg, "train.save_final"))) {
-      if ((rc = save_ckpt(t, step + 1, err, errlen))) goto done;
+      if ((rc = save_ckpt(t, step + 1, data0 + (uint64_t)(step + 1 - start) * gb, sig > 0 || flags[0] > 0 || final, err, errlen))) goto done;
     }
     if (sig > 0) { stopped_by = 1; step++; break; }
     if (flags[0] > 0) { stopped_by = 2; step++; break; }
   }
   if (step == steps && steps > start && zp_cfg_bool(cfg, "train.save_final")) {
-    if ((rc = save_ckpt(t, step, err, errlen))) goto done;
+    if ((rc = save_ckpt(t, step, data0 + (uint64_t)(step - start) * gb, 1, err, errlen))) goto done;
   }
+  if ((rc = zp_ckpt_saver_wait(t->saver, r, err, errlen))) goto done; /* an asynchronous save still in flight */
   if (t->val && steps > start && !stopped_by) {
     double vl;
     if ((rc = validate(t, &vl, err, errlen))) goto done;
@@ -512,6 +536,7 @@ fail_run:
 done:
   signal(SIGTERM, SIG_DFL);
   signal(SIGUSR1, SIG_DFL);
+  zp_ckpt_saver_close(t->saver, &t->run);
   if (t->metrics) fclose(t->metrics);
   free(t->inp);
   free(t->tgt);

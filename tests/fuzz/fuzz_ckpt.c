@@ -96,7 +96,7 @@ int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   write_file(g_bin, part[2], len[2]);
 
   char err[2048] = "";
-  int rc = zp_ckpt_info(g_dir, g_null, err, sizeof err);
+  int rc = zp_ckpt_info(g_dir, g_null, 0, err, sizeof err);
   if (rc != 0 && !err[0]) {
     fprintf(stderr, "fuzz_ckpt: zp_ckpt_info failed (%d) without a message\n", rc);
     abort();

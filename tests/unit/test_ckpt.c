@@ -386,7 +386,7 @@ static int save_child(const char* dir, int64_t step, const char* crash_at) {
 }
 
 static void test_crashpoints(void) {
-  const char* points[] = {"ckpt_after_shard", "ckpt_before_rename"};
+  const char* points[] = {"after_rank_file", "before_rename"};
   for (int i = 0; i < 2; i++) {
     char d[256], found[512], want[512];
     make_tmpdir(d, sizeof d);
@@ -444,7 +444,7 @@ static void roundtrip(const char* prec) {
   char* txt = NULL;
   size_t tl = 0;
   FILE* f = open_memstream(&txt, &tl);
-  rc = zp_ckpt_info(found, f, err, sizeof err);
+  rc = zp_ckpt_info(found, f, 0, err, sizeof err);
   fclose(f);
   CHECK_MSG(rc == 0, "%s", err);
   CHECK_STR_CONTAINS(txt, "all checksums match");
@@ -681,7 +681,7 @@ static void test_corrupt_and_truncated(void) {
   char* txt = NULL;
   size_t tl = 0;
   FILE* f = open_memstream(&txt, &tl);
-  rc = zp_ckpt_info(ck, f, err, sizeof err);
+  rc = zp_ckpt_info(ck, f, 0, err, sizeof err);
   fclose(f);
   CHECK_EQ_INT(rc, ZP_E_CORRUPT);
   CHECK_STR_CONTAINS(err, "rank00000.bin: checksum mismatch in piece h.1.*");
@@ -703,7 +703,7 @@ static void test_corrupt_and_truncated(void) {
     flip_byte(bin, off + pb);
     CHECK_EQ_INT(zp_ckpt_load(&r, ck, &step, &dp, err, sizeof err), 0);
     f = fopen("/dev/null", "w");
-    CHECK_EQ_INT(zp_ckpt_info(ck, f, err, sizeof err), ZP_E_CORRUPT);
+    CHECK_EQ_INT(zp_ckpt_info(ck, f, 0, err, sizeof err), ZP_E_CORRUPT);
     fclose(f);
     CHECK_STR_CONTAINS(err, "whole-file checksum mismatch");
     flip_byte(bin, off + pb);
