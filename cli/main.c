@@ -26,7 +26,9 @@ static void usage(FILE* f) {
           "  zp sample CONFIG.toml [--ckpt DIR] [--prompt TEXT] [--set ...]\n"
           "  zp data prepare --out DIR [--split-on-percent] [--val-fraction F] [--bpe ENC VOCAB] INPUT...\n"
           "  zp data info FILE...\n"
-          "  zp ckpt info DIR | zp ckpt compare A B [--tol T]\n"
+          "  zp ckpt info DIR [-v] | zp ckpt compare A B [--tol T] | zp ckpt logits CKPT --tokens LIST [--out F]\n"
+          "  zp export CKPT_DIR|RUN_DIR --out FILE.safetensors|DIR [--dtype fp32|bf16]   Hugging Face GPT-2 weights\n"
+          "  zp import FILE.safetensors --config CONFIG.toml [--out RUN_DIR]          start a run from them\n"
           "  zp config CONFIG.toml [--set ...]             the effective configuration, with origins\n"
           "  zp config --doc                               the configuration reference (docs/config.md)\n"
           "  zp run SCRIPT.lua [--out DIR] [--set ...] [--arg name=value]  Lua experiment (docs/lua-api.md)\n"
@@ -185,89 +187,6 @@ static int cmd_config(int argc, char** argv) {
   return 0;
 }
 
-/* The model shape recorded in a checkpoint's meta.json. */
-static int ckpt_layout(const char* dir, zp_model_layout* L, char* err, size_t errlen) {
-  char p[2048];
-  snprintf(p, sizeof p, "%s/meta.json", dir);
-  json_error_t je;
-  json_t* root = json_load_file(p, 0, &je);
-  if (!root) {
-    snprintf(err, errlen, "%.1024s: %s (line %d)", p, je.text, je.line);
-    return ZP_E_CORRUPT;
-  }
-  json_t* mo = json_object_get(root, "model");
-  zp_gpt2_shape s;
-  s.L = (int)json_integer_value(json_object_get(mo, "n_layer"));
-  s.NH = (int)json_integer_value(json_object_get(mo, "n_head"));
-  s.C = (int)json_integer_value(json_object_get(mo, "d_model"));
-  s.maxT = (int)json_integer_value(json_object_get(mo, "seq_len"));
-  s.V = (int)json_integer_value(json_object_get(mo, "vocab_size"));
-  s.Vp = (int)json_integer_value(json_object_get(mo, "vocab_padded"));
-  json_decref(root);
-  return zp_model_layout_init(L, &s, err, errlen);
-}
-
-/* zp ckpt compare A B [--tol T]: max abs difference of the full fp32 weights (0 = bitwise). */
-static int cmd_ckpt_compare(int argc, char** argv) {
-  double tol = 0;
-  if (argc == 4 && strcmp(argv[2], "--tol") == 0) tol = atof(argv[3]);
-  else if (argc != 2) {
-    fprintf(stderr, "zp: usage: zp ckpt compare A B [--tol T]\n");
-    return 2;
-  }
-  char err[2048];
-  zp_model_layout la, lb;
-  if (ckpt_layout(argv[0], &la, err, sizeof err) || ckpt_layout(argv[1], &lb, err, sizeof err)) {
-    fprintf(stderr, "zp: %s\n", err);
-    return 1;
-  }
-  if (memcmp(&la.s, &lb.s, sizeof la.s) != 0) {
-    fprintf(stderr, "zp: checkpoints have different model shapes\n");
-    return 1;
-  }
-  int G = la.n_groups, rc = 0;
-  float** a = calloc((size_t)G, sizeof(float*));
-  float** b = calloc((size_t)G, sizeof(float*));
-  if (zp_ckpt_read_full_params(argv[0], &la, a, err, sizeof err) || zp_ckpt_read_full_params(argv[1], &lb, b, err, sizeof err)) {
-    fprintf(stderr, "zp: %s\n", err);
-    rc = 1;
-  } else {
-    double maxd = 0, maxv = 0;
-    long long ndiff = 0;
-    const char* worst = "-";
-    for (int t = 0; t < la.n_tensors; t++) {
-      const zp_tensor_desc* d = &la.tensors[t];
-      for (uint64_t e = 0; e < d->numel; e++) {
-        float x = a[d->group][d->offset + e], y = b[d->group][d->offset + e];
-        double df = fabs((double)x - (double)y);
-        if (memcmp(&x, &y, sizeof x) != 0) ndiff++;
-        if (df > maxd || (df != df)) { maxd = df; worst = d->name; }
-        if (fabs(x) > maxv) maxv = fabs(x);
-      }
-    }
-    printf("%llu parameters, %lld differ, max |a-b| = %.3g (in %s), max |a| = %.3g\n", (unsigned long long)la.total_params, ndiff, maxd, worst, maxv);
-    if (!(maxd <= tol) || (tol == 0 && ndiff)) rc = 1;
-  }
-  for (int g = 0; g < G; g++) { free(a[g]); free(b[g]); }
-  free(a);
-  free(b);
-  zp_model_layout_free(&la);
-  zp_model_layout_free(&lb);
-  return rc;
-}
-
-static int cmd_ckpt(int argc, char** argv) {
-  if (argc >= 1 && strcmp(argv[0], "compare") == 0) return cmd_ckpt_compare(argc - 1, argv + 1);
-  if (argc != 2 || strcmp(argv[0], "info") != 0) {
-    fprintf(stderr, "zp: usage: zp ckpt info DIR | zp ckpt compare A B [--tol T]\n");
-    return 2;
-  }
-  char err[2048];
-  int rc = zp_ckpt_info(argv[1], stdout, err, sizeof err);
-  if (rc) fprintf(stderr, "zp: %s\n", err);
-  return rc ? 1 : 0;
-}
-
 int main(int argc, char** argv) {
   signal(SIGPIPE, SIG_IGN);
   if (getenv("ZP_RANK")) setvbuf(stdout, NULL, _IOLBF, 0); /* under zp launch stdout is a pipe */
@@ -284,7 +203,9 @@ int main(int argc, char** argv) {
   if (strcmp(cmd, "launch") == 0) return zp_cmd_launch(n, v);
   if (strcmp(cmd, "run") == 0) return zp_cmd_run(n, v);
   if (strcmp(cmd, "data") == 0) return zp_cmd_data(n, v);
-  if (strcmp(cmd, "ckpt") == 0) return cmd_ckpt(n, v);
+  if (strcmp(cmd, "ckpt") == 0) return zp_cmd_ckpt(n, v);
+  if (strcmp(cmd, "export") == 0) return zp_cmd_export(n, v);
+  if (strcmp(cmd, "import") == 0) return zp_cmd_import(n, v);
   if (strcmp(cmd, "config") == 0) return cmd_config(n, v);
   if (strcmp(cmd, "toml-decode") == 0) return zp_cmd_toml_decode(n, v);
   if (strcmp(cmd, "nvme-bench") == 0) return zp_cmd_nvme_bench(n, v);

@@ -19,4 +19,9 @@ int zp_cmd_nvme_bench(int argc, char** argv);
  * zp schedule split CONFIG.toml: pipeline schedules and stage splits (cmd_schedule.c) */
 int zp_cmd_schedule(int argc, char** argv);
 
+/* zp ckpt info|compare|logits, zp export, zp import (cmd_ckpt.c) */
+int zp_cmd_ckpt(int argc, char** argv);
+int zp_cmd_export(int argc, char** argv);
+int zp_cmd_import(int argc, char** argv);
+
 #endif

@@ -50,6 +50,7 @@ const zc_key zp_config_schema[] = {
   {"train.resume", ZC_STRING, "\"auto\"", NR, "auto|never", "auto: continue from the newest complete checkpoint in out_dir."},
   {"train.save_final", ZC_BOOL, "true", NR, NULL, "Save a checkpoint at the end of the run."},
   {"train.hooks", ZC_STRING, "\"\"", NR, NULL, "Lua file defining on_step(metrics) (log, change lr, save, stop)."},
+  {"train.init_from", ZC_STRING, "\"\"", NR, NULL, "Start from these weights instead of the random init when there is no checkpoint to resume from: a safetensors file with Hugging Face GPT-2 names (`zp export`'s output, or a model saved by transformers); relative to the config file. Optimizer state starts at zero."},
   /* parallel */
   {"parallel.dp", ZC_INT, "0", 0, 65536, NULL, "Data-parallel ranks (0 = world size / (pp*tp))."},
   {"parallel.pp", ZC_INT, "1", 1, 1024, NULL, "Pipeline stages."},
@@ -81,6 +82,9 @@ const zc_key zp_config_schema[] = {
   {"pipeline.chunks", ZC_INT, "1", 1, 64, NULL, "Model chunks per device (virtual stages, interleaved_1f1b): virtual stage chunk * pp + stage holds that slice of the groups."},
   /* comm */
   {"comm.timeout_s", ZC_FLOAT, "300", 0.1, 1e6, NULL, "Deadline on every collective; a dead or hung rank is reported after it."},
+  /* ckpt */
+  {"ckpt.async", ZC_BOOL, "false", NR, NULL, "Periodic checkpoints are staged into host memory at the step boundary (one image of each rank's file, counted as BUFFER on the cpu tier) and written by a background thread while training goes on; at most one in flight. The final and signal-triggered saves complete before the run ends. Same bytes as a synchronous save."},
+  {"ckpt.fallback", ZC_BOOL, "false", NR, NULL, "On resume, when the newest complete checkpoint is corrupt or incomplete (a checksum or size mismatch), warn and resume from the previous complete one instead of stopping with an error that names the file and tensor."},
   /* sample */
   {"sample.prompt", ZC_STRING, "\"\"", NR, NULL, "Prompt for `zp sample` (and end-of-run samples)."},
   {"sample.max_tokens", ZC_INT, "200", 0, 1e9, NULL, "Tokens to generate."},
