@@ -18,10 +18,13 @@
 static void run_usage(FILE* f) {
   fprintf(f,
           "usage: zp run SCRIPT.lua [--out DIR] [--set key=value]... [--arg name=value]... [--quiet]\n"
+          "              [--max-instructions N]\n"
           "  --out DIR           output directory (default runs/<script name>/); the script writes only there\n"
           "  --set key=value     config override applied to every zp.config() of the script\n"
           "  --arg name=value    script parameter: zp.args.name == \"value\"\n"
-          "  --quiet             no progress lines from zp.train\n");
+          "  --quiet             no progress lines from zp.train\n"
+          "  --max-instructions N  Lua instruction budget of the script (default 2e9; time spent\n"
+          "                      waiting for training runs does not count)\n");
 }
 
 static int valid_arg(const char* a) {
@@ -39,6 +42,7 @@ int zp_cmd_run(int argc, char** argv) {
   const char* sets[MAX_ITEMS];
   const char* args[MAX_ITEMS];
   int n_sets = 0, n_args = 0, quiet = 0;
+  long long instr = 0;
   for (int i = 0; i < argc; i++) {
     const char* s = argv[i];
     if (strcmp(s, "--out") == 0 || strcmp(s, "--set") == 0 || strcmp(s, "--arg") == 0) {
@@ -60,6 +64,15 @@ int zp_cmd_run(int argc, char** argv) {
         }
         args[n_args++] = v;
       }
+    } else if (strcmp(s, "--max-instructions") == 0) {
+      char* end = NULL;
+      double v = i + 1 < argc ? strtod(argv[i + 1], &end) : 0;
+      if (i + 1 >= argc || !end || *end || !(v >= 1000 && v <= 1e15)) {
+        fprintf(stderr, "zp run: --max-instructions needs a number between 1000 and 1e15\n");
+        return 2;
+      }
+      i++;
+      instr = (long long)v;
     } else if (strcmp(s, "--quiet") == 0) {
       quiet = 1;
     } else if (strcmp(s, "--help") == 0 || strcmp(s, "-h") == 0) {
@@ -117,6 +130,7 @@ int zp_cmd_run(int argc, char** argv) {
   o.args = args;
   o.n_args = n_args;
   o.quiet = quiet;
+  o.instr_limit = instr;
   char err[16384];
   if (zp_experiment_run(&o, err, sizeof err) != 0) {
     fprintf(stderr, "zp run: %s\n", err);

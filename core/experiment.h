@@ -41,6 +41,7 @@ typedef struct {
   int n_args;
   const char* exe;             /* zp binary for training runs; NULL = this process's binary */
   int quiet;                   /* 1: zp.train prints no progress lines */
+  long long instr_limit;       /* Lua instructions for the whole script; 0 = ZP_EXP_INSTR_LIMIT */
 } zp_exp_opts;
 
 /* Runs the script. 0 on success; -1 with "file:line: message" (+ traceback) or the reason

@@ -1,0 +1,2 @@
+-- must fail: the sandbox has no os library
+os.execute("touch " .. zp.args.target)

@@ -1,0 +1,3 @@
+-- must fail: require (and package) are not available
+local osl = require("os")
+osl.execute("touch " .. zp.args.target)
