@@ -10,7 +10,7 @@
 #   bench/gpu_bench.sh uses), SKIP_TORCH=1, ISAS (default "scalar,avx2,avx512").
 # Build: CMake target adamw_cpu_bench in ZP_BUILD (Release flags); if configuring fails (no
 #   Lua/jansson and no .deps on the machine), the same two sources are compiled directly with
-#   the Release flags (-O3 -march=x86-64-v2 -fopenmp -ffp-contract=off).
+#   the Release flags (-O3 -march=x86-64-v2 -fopenmp -ffp-contract=off -fno-math-errno).
 # Checks: the zp bench compares every ISA with the scalar path bitwise before timing, the torch
 #   script compares fused/foreach with default; a failed check or run makes the exit status 1.
 # Memory: about 4.3 GB per run at 256M (both sides allocate 16 B/param of arrays).
@@ -51,7 +51,7 @@ if cmake -S "$SRC" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DZP_WITH_CUD
 else
   BIN=/tmp/zp-adamw-bench/adamw_cpu_bench
   mkdir -p "$(dirname "$BIN")"
-  if ${CC:-cc} -O3 -march=x86-64-v2 -fopenmp -ffp-contract=off -Wall -Wextra -I"$SRC/include" -I"$SRC/core" \
+  if ${CC:-cc} -O3 -march=x86-64-v2 -fopenmp -ffp-contract=off -fno-math-errno -Wall -Wextra -I"$SRC/include" -I"$SRC/core" \
     "$SRC/bench/adamw_cpu_bench.c" "$SRC/core/adamw_cpu.c" -lm -o "$BIN" >> "$OUT/adamw_build.log" 2>&1; then
     note "build: CMake failed (see $OUT/adamw_build.log), compiled directly -> $BIN"
   else

@@ -1,12 +1,13 @@
 /* adamw_cpu.c: vectorised CPU AdamW (see adamw_cpu.h for the contract).
  * Invariants:
- * - One formula, written three times in the same operation order: zp_adamw_one (scalar; also
+ * - One formula, written three times in the same operation order: zp_adamw_scalar_t (also
  *   every path's head peel and tail), the AVX2 body (8 lanes) and the AVX-512F body (16 lanes):
  *     g = ld(grad) * gs; mi = b1*m + omb1*g; vi = b2*v + (omb2*g)*g;
  *     p -= lr * ((mi/bc1) / (sqrt(vi/bc2) + eps) + wd*p)
  *   Each lane does the same IEEE single-precision operations (mul, add, div, sqrt are
  *   correctly rounded), so the paths agree bit for bit. FMA contraction would break that:
- *   it is off for this file (pragmas below; CMake also passes -ffp-contract=off).
+ *   it is off for this file (pragmas below; CMake also passes -ffp-contract=off, and
+ *   -fno-math-errno, which lets GCC vectorise the scalar loop: errno only, no value changes).
  * - bf16 conversions are integer ops equal to bf16.h (widen: << 16; narrow: round to nearest
  *   even, NaN kept quiet with its sign), fused into the loop. AVX512_BF16's vcvtneps2bf16 is
  *   not used: it flushes denormals, bf16.h does not.
@@ -52,26 +53,35 @@ typedef struct {
 
 /* ---- scalar: the reference every path equals ---- */
 
-static inline __attribute__((always_inline)) void zp_adamw_one(const zp_adamw_job* j, size_t i,
-                                                               int gbf16, int pmode) {
-  const float gl = gbf16 ? zp_bf16_to_f32(((const uint16_t*)j->grad)[i]) : ((const float*)j->grad)[i];
-  const float g = gl * j->gs;
-  const float mi = j->b1 * j->m[i] + j->omb1 * g;
-  const float vi = j->b2 * j->v[i] + j->omb2 * g * g;
-  j->m[i] = mi;
-  j->v[i] = vi;
-  const float mhat = mi / j->bc1, vhat = vi / j->bc2;
-  float p = j->master[i];
-  p -= j->lr * (mhat / (sqrtf(vhat) + j->eps) + j->wd * p);
-  j->master[i] = p;
-  if (pmode == ZP_PW_F32) ((float*)j->param)[i] = p;
-  else if (pmode == ZP_PW_BF16) ((uint16_t*)j->param)[i] = zp_f32_to_bf16(p);
-}
-
-static inline __attribute__((always_inline)) void zp_adamw_scalar_t(const zp_adamw_job* j,
+/* The job is copied to a local and the arrays are restrict (they never overlap; param is not
+ * used when it is master): otherwise every store to m/v/master could alias the constants and
+ * the compiler reloads them per element and does not vectorise. Its auto-vectorisation (SSE
+ * under the x86-64-v2 baseline) does the same IEEE operations per lane, so it changes no bit. */
+static inline __attribute__((always_inline)) void zp_adamw_scalar_t(const zp_adamw_job* jp,
                                                                     size_t lo, size_t hi,
                                                                     int gbf16, int pmode) {
-  for (size_t i = lo; i < hi; i++) zp_adamw_one(j, i, gbf16, pmode);
+  const zp_adamw_job j = *jp;
+  float* restrict m = j.m;
+  float* restrict v = j.v;
+  float* restrict master = j.master;
+  const float* restrict gf = (const float*)j.grad;
+  const uint16_t* restrict gh = (const uint16_t*)j.grad;
+  float* restrict pf = (float*)j.param;
+  uint16_t* restrict ph = (uint16_t*)j.param;
+  for (size_t i = lo; i < hi; i++) {
+    const float gl = gbf16 ? zp_bf16_to_f32(gh[i]) : gf[i];
+    const float g = gl * j.gs;
+    const float mi = j.b1 * m[i] + j.omb1 * g;
+    const float vi = j.b2 * v[i] + j.omb2 * g * g;
+    m[i] = mi;
+    v[i] = vi;
+    const float mhat = mi / j.bc1, vhat = vi / j.bc2;
+    float p = master[i];
+    p -= j.lr * (mhat / (sqrtf(vhat) + j.eps) + j.wd * p);
+    master[i] = p;
+    if (pmode == ZP_PW_F32) pf[i] = p;
+    else if (pmode == ZP_PW_BF16) ph[i] = zp_f32_to_bf16(p);
+  }
 }
 
 /* the six (grad dtype, param mode) specialisations, constants folded by always_inline */
