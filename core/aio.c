@@ -75,7 +75,7 @@ struct zp_aio {
   size_t block, bufsize;
   int nbuf;
   int direct_in_use, uring, preallocated, remove;
-  char backend[512];
+  char backend[1024];
   char* bufmem;          /* nbuf * bufsize, one aligned allocation */
 
   pthread_mutex_t mu;
@@ -966,13 +966,15 @@ int zp_aio_submit_write(zp_aio* a, const void* buf, uint64_t off, size_t len, ui
 int zp_aio_wait(zp_aio* a, uint64_t ticket, char* err, size_t errlen) {
   if (!a) { seterr(err, errlen, "NVMe engine: wait on a NULL engine"); return -EINVAL; }
   pthread_mutex_lock(&a->mu);
-  aio_req* r = rec_lookup(a, ticket);
+  aio_req* r;
+  /* looked up again after every wake-up: another thread may have retired the ticket (a wait
+   * on the same ticket, a drain) and its record may already serve a newer request */
+  while ((r = rec_lookup(a, ticket)) != NULL && !r->done) pthread_cond_wait(&a->done_cv, &a->mu);
   if (!r) {
     pthread_mutex_unlock(&a->mu);
     seterr(err, errlen, "%s: wait on ticket %#" PRIx64 ", which is unknown or already retired", a->path, ticket);
     return -EINVAL;
   }
-  while (!r->done) pthread_cond_wait(&a->done_cv, &a->mu);
   int rc = 0;
   if (r->err) {
     describe_failure(a, r, err, errlen);

@@ -91,7 +91,7 @@ typedef struct {
   long long storage_read, engine_read;   /* evidence over all read measurements */
   long long storage_write, engine_write;
   int direct_seen, uring_seen, n_open;
-  char backend[600];
+  char backend[1100];
 } bench_t;
 
 static void pattern(char* p, size_t n, uint64_t seed) {

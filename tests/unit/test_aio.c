@@ -534,7 +534,7 @@ static void test_buffers_and_remove_modes(void) {
   CHECK(zp_aio_close(NULL, g_err, sizeof g_err) == 0);
 }
 
-/* Two threads submit and wait on one engine at once. */
+/* Two threads submit and wait on one engine at once; two threads wait on the same ticket. */
 typedef struct { zp_aio* a; int id; int bad; } thr_arg;
 static void* thr_main(void* p) {
   thr_arg* t = p;
@@ -551,6 +551,13 @@ static void* thr_main(void* p) {
   }
   zp_aio_free_aligned(b);
   zp_aio_free_aligned(c);
+  return NULL;
+}
+typedef struct { zp_aio* a; uint64_t t; int rc; } wait_arg;
+static void* waiter_main(void* p) {
+  wait_arg* w = p;
+  char e[1024];
+  w->rc = zp_aio_wait(w->a, w->t, e, sizeof e);
   return NULL;
 }
 static void test_threads_share_engine(void) {
@@ -571,6 +578,16 @@ static void test_threads_share_engine(void) {
     CHECK_EQ_INT(s.writes, 80);
     CHECK_EQ_INT(s.reads, 80);
     CHECK_EQ_INT(s.write_ops, 320);
+    /* two threads wait on one ticket: exactly one gets the result, the other "retired" */
+    char* big = zp_aio_alloc_aligned(16 * MiB);
+    wait_arg w = {a, 0, 99};
+    CHECK(zp_aio_submit_read(a, big, 0, 16 * MiB, &w.t, g_err, sizeof g_err) == 0);
+    pthread_t wt;
+    pthread_create(&wt, NULL, waiter_main, &w);
+    int rc = zp_aio_wait(a, w.t, g_err, sizeof g_err);
+    pthread_join(wt, NULL);
+    CHECK_MSG((rc == 0 && w.rc == -EINVAL) || (rc == -EINVAL && w.rc == 0), "waits returned %d and %d", rc, w.rc);
+    zp_aio_free_aligned(big);
     CHECK(zp_aio_close(a, g_err, sizeof g_err) == 0);
   }
 }
