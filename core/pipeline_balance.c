@@ -158,8 +158,11 @@ int zp_pipeline_split_lists(const int* const* lists, const int* len, int S, int 
     }
   }
   if (next != G) {
-    seterr(err, errlen, "pipeline stages cover groups 0 .. %d but the model has %d: group%s %d .. %d on no stage", next - 1, G,
-           G - next > 1 ? "s" : "", next, G - 1);
+    if (G - next == 1)
+      seterr(err, errlen, "pipeline stages cover groups 0 .. %d but the model has %d: group %d is on no stage", next - 1, G, next);
+    else
+      seterr(err, errlen, "pipeline stages cover groups 0 .. %d but the model has %d: groups %d .. %d are on no stage",
+             next - 1, G, next, G - 1);
     return ZP_E_INVALID;
   }
   first[S] = G;
@@ -186,7 +189,7 @@ void zp_pipeline_split_print(FILE* f, const int* first, int S, const double* cos
   if (params) fprintf(f, " %14s", "params");
   fputc('\n', f);
   for (int k = 0; k < S; k++) {
-    char gr[96], a[40], b[40];
+    char gr[128], a[40], b[40];
     int g0 = first[k], g1 = first[k + 1] - 1;
     if (names) snprintf(a, sizeof a, "%s", names[g0]);
     else snprintf(a, sizeof a, "group %d", g0);

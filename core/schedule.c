@@ -1101,13 +1101,16 @@ static int try_pair(engine* e, int st, int* paired) {
             (snd->op == ZP_SOP_SEND_GRAD && rcv->op == ZP_SOP_RECV_GRAD)) &&
            snd->mb == rcv->mb && snd->peer_chunk == rcv->chunk && rcv->peer_chunk == snd->chunk;
   if (!ok) {
+    /* sender first, whichever side arrived last */
+    int ss = is_send(a->op) ? st : d, si = is_send(a->op) ? i : j;
+    int rs = is_send(a->op) ? d : st, ri = is_send(a->op) ? j : i;
     char da[160], db[160];
-    zp_sched_instr_describe(e->s, a, da, sizeof da);
-    zp_sched_instr_describe(e->s, b, db, sizeof db);
+    zp_sched_instr_describe(e->s, snd, da, sizeof da);
+    zp_sched_instr_describe(e->s, rcv, db, sizeof db);
     seterr(e->err, e->errlen,
            "stage %d instruction #%d (%s) meets stage %d instruction #%d (%s): transfers between two stages pair in "
            "the order they are posted, so these two would pair although they do not match",
-           st, i + 1, da, d, j + 1, db);
+           ss, si + 1, da, rs, ri + 1, db);
     return ZP_E_INVALID;
   }
   double t0 = e->clock[st] > e->clock[d] ? e->clock[st] : e->clock[d];
