@@ -1323,7 +1323,7 @@ static int l_train(lua_State* L) {
     if (pid < 0) {
       lua_pushfstring(L, "cannot start or wait for the training process: %s", strerror(spawn_errno));
     } else if (timed_out) {
-      lua_pushfstring(L, "timed out after %d s (zp.train timeout)", (int)timeout);
+      lua_pushfstring(L, "timed out after %f s (zp.train timeout)", timeout);
     } else {
       char* log;
       size_t n = push_file_tail(L, rundir, "log.txt", 65536, &log);
