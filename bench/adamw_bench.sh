@@ -14,6 +14,8 @@
 # Checks: the zp bench compares every ISA with the scalar path bitwise before timing, the torch
 #   script compares fused/foreach with default; a failed check or run makes the exit status 1.
 # Memory: about 4.3 GB per run at 256M (both sides allocate 16 B/param of arrays).
+# Numbers: G params/s and GB/s from the median; ratios of medians. On a loaded machine compare
+#   the best column too.
 # Ratios: zp fp32 vs torch fp32 (default, fused); zp mixed (bf16 grad in, bf16 param out,
 #   fp32 master/m/v) vs torch fused-mixed (the same dtypes done with torch: cast, fused step,
 #   cast back) and vs torch default fp32. params/s over params/s at the same thread count.
@@ -98,7 +100,7 @@ def load(f):
 zp, tr = load(zpf), load(tf)
 tv = next((r.get("torch") for r in tr if r.get("torch")), "?")
 print(f"\n### CPU AdamW, n = {int(n):,} parameters ({cpu}; nproc = {nproc}; torch {tv}; median of {iters} steps)\n")
-print("| threads | impl | dtypes | path | ms/step | G params/s | GB/s (28 B/param) | zp / torch-fused | zp / torch-default |")
+print("| threads | impl | dtypes | path | ms/step (median / best) | G params/s | GB/s (28 B/param) | zp / torch-fused | zp / torch-default |")
 print("|---:|---|---|---|---:|---:|---:|---:|---:|")
 def find(t, impl):
     return next((r for r in tr if r["threads"] == t and r["impl"] == impl), None)
@@ -113,10 +115,10 @@ for t in sorted({r["threads"] for r in zp + tr}):
         de = find(t, "torch-default")
         rf = f"{r['params_per_s'] / fu['params_per_s']:.2f}x" + (" (vs fused-mixed)" if r["mode"] == "mixed" else "") if fu else "-"
         rd = f"{r['params_per_s'] / de['params_per_s']:.2f}x" if de else "-"
-        print(f"| {t}{over} | zp | {dt[r['mode']]} | {r['isa']} | {r['ms']:.2f} | {r['params_per_s'] / 1e9:.3f} | {r['gb_per_s']:.1f} | {rf} | {rd} |")
+        print(f"| {t}{over} | zp | {dt[r['mode']]} | {r['isa']} | {r['ms']:.2f} / {r['ms_best']:.2f} | {r['params_per_s'] / 1e9:.3f} | {r['gb_per_s']:.1f} | {rf} | {rd} |")
     for r in [r for r in tr if r["threads"] == t]:
         d = "bf16 grad, bf16 param, fp32 master (casts)" if r["mode"] == "mixed" else "fp32"
-        print(f"| {t}{over} | {r['impl']} | {d} | {r['isa']} | {r['ms']:.2f} | {r['params_per_s'] / 1e9:.3f} | {r['gb_per_s']:.1f} | | |")
+        print(f"| {t}{over} | {r['impl']} | {d} | {r['isa']} | {r['ms']:.2f} / {r['ms_best']:.2f} | {r['params_per_s'] / 1e9:.3f} | {r['gb_per_s']:.1f} | | |")
 # targets: the default path (best ISA measured), fp32, per thread count
 print()
 for t in sorted({r["threads"] for r in zp if "skipped" not in r}):
