@@ -306,7 +306,7 @@ const char* zp_adamw_isa_error(zp_isa isa) {
 /* ---- entry ---- */
 
 #define ZP_ADAMW_UNIT 32          /* elements between thread boundaries */
-#define ZP_ADAMW_MIN_PER_THREAD 32768 /* smaller ranges are not worth a thread */
+#define ZP_ADAMW_MIN_PER_THREAD 65536 /* elements; fewer are not worth waking a thread */
 
 typedef void (*zp_adamw_range_fn)(const zp_adamw_job*, size_t, size_t);
 
