@@ -14,8 +14,9 @@
 # Run (repo root; carry .deps where Lua/jansson/liburing are not installed):
 #   bash bench/nvme_bench.sh
 # Env: OUT (default /tmp/zp-out: nvme_bench.md, zp_nvme_bench.log, dd.log, build.log),
-#   ZP_BUILD (default $SRC/build-nvme), SKIP_BUILD=1, NVME_DIR, SIZE_GIB, SECONDS_PER, GRID
-#   (full|quick, default full).
+#   ZP_BUILD (default $SRC/build-nvme), SKIP_BUILD=1, NVME_DIR (never tmpfs: a $TMPDIR in
+#   memory is replaced by $SRC/.nvme-bench), SIZE_GIB, SECONDS_PER, GRID (full|quick, default
+#   full), ZP_TIMEOUT (s for zp nvme-bench, default 420).
 # Exit status: 0 = measured, ratios >= 90 % and the page cache bypassed; 3 = measured but a
 #   ratio below target or the evidence missing; 1 = something failed (message says what).
 # Rough duration on a 64 GiB NVMe disk: build ~1 min, dd ~10-20 s, zp ~2-3 min (33 settings x
@@ -49,9 +50,16 @@ note "zp: $URING"
 
 # ---- directory and size ----
 DIR=${NVME_DIR:-${TMPDIR:-$SRC/.nvme-bench}}
+mkdir -p "$DIR" || die "cannot create $DIR"
+case $(stat -f -c %T "$DIR") in
+  tmpfs | ramfs)
+    [ -n "${NVME_DIR:-}" ] && die "NVME_DIR=$NVME_DIR is on $(stat -f -c %T "$DIR") (memory): give a directory on the disk"
+    note "$DIR is in memory ($(stat -f -c %T "$DIR")): using $SRC/.nvme-bench instead"
+    DIR=$SRC/.nvme-bench ;;
+esac
 DIR=$DIR/zp-nvme-bench.$$
 mkdir -p "$DIR" || die "cannot create $DIR"
-trap 'rm -rf "$DIR"' EXIT
+trap 'rm -rf "$DIR"; rmdir "$SRC/.nvme-bench" 2> /dev/null' EXIT
 FS=$(stat -f -c %T "$DIR")
 SRCDEV=$(df --output=source "$DIR" | tail -1)
 AVAIL=$(df -B1 --output=avail "$DIR" | tail -1 | tr -d ' ')
@@ -109,7 +117,7 @@ note "dd: write $DDW GB/s ($DDW_S s), read $DDR GB/s ($DDR_S s); device read $DD
 read r3 w3 < <(disk_bytes)
 c2=$(cached)
 t0=$(date +%s)
-if ! timeout 590 "$ZP" nvme-bench "$DIR" --size "$(awk -v b=$BYTES 'BEGIN { printf "%.6f", b / 1e9 }')" \
+if ! timeout "${ZP_TIMEOUT:-420}" "$ZP" nvme-bench "$DIR" --size "$(awk -v b=$BYTES 'BEGIN { printf "%.6f", b / 1e9 }')" \
   --seconds "$SECONDS_PER" --grid "$GRID" > "$OUT/zp_nvme_bench.log" 2>&1; then
   tail -n 30 "$OUT/zp_nvme_bench.log"; die "zp nvme-bench (see $OUT/zp_nvme_bench.log)"
 fi

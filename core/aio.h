@@ -117,7 +117,8 @@ int zp_aio_submit_write(zp_aio* a, const void* buf, uint64_t off, size_t len,
                         uint64_t* ticket, char* err, size_t errlen);
 /* Blocks until that request has completed and retires its ticket; returns its error (the first
  * failing operation, with file, offset, length, strerror and errno name). Tickets may be
- * waited in any order; an unknown or already retired ticket is -EINVAL. */
+ * waited in any order; an unknown or already retired ticket is -EINVAL (so when two threads
+ * wait on one ticket, one gets the result and the other -EINVAL). */
 int zp_aio_wait(zp_aio* a, uint64_t ticket, char* err, size_t errlen);
 /* 1 when the request has completed (it still has to be waited), 0 while it runs, -EINVAL for
  * an unknown ticket. Never blocks. */
