@@ -18,12 +18,13 @@
 static void usage(FILE* f) {
   fprintf(f,
           "usage: zp schedule check SCRIPT --stages P --micro-batches M [--chunks V]\n"
-          "                         [--times fwd=1,bwd_input=1,bwd_weight=1,comm=0] [--width N]\n"
+          "                         [--times fwd=1,bwd_input=1,bwd_weight=1,comm=0] [--width N] [--summary]\n"
           "       zp schedule split CONFIG.toml [--set key=value]...\n"
           "SCRIPT is a shipped name (gpipe, 1f1b, interleaved_1f1b, zb_h1) or a .lua path.\n"
           "--times are per device stage (its whole slice of the model); with --chunks V each\n"
           "chunk's FWD/BWD takes 1/V of them. Keys: fwd bwd bwd_input bwd_weight comm load reduce\n"
-          "step; bwd defaults to bwd_input + bwd_weight.\n");
+          "step; bwd defaults to bwd_input + bwd_weight. --summary leaves out the instruction lists.\n"
+          "Exit status: 0 valid, 1 rejected (the reason names stage and instruction), 2 usage.\n");
 }
 
 static int parse_int(const char* opt, const char* s, int lo, int hi, int* out) {
@@ -71,7 +72,7 @@ static int parse_times(const char* s, zp_op_times* t, int* bwd_set) {
 
 static int cmd_check(int argc, char** argv) {
   const char* script = NULL;
-  int P = 0, M = 0, V = 1, width = 100, bwd_set = 0;
+  int P = 0, M = 0, V = 1, width = 100, bwd_set = 0, summary = 0;
   zp_op_times t;
   zp_op_times_default(&t);
   t.bwd = 0;
@@ -83,6 +84,7 @@ static int cmd_check(int argc, char** argv) {
     else if (!strcmp(a, "--chunks") && v) { if (parse_int(a, v, 1, ZP_SCHED_MAX_CHUNKS, &V)) return 2; i++; }
     else if (!strcmp(a, "--width") && v) { if (parse_int(a, v, 20, 100000, &width)) return 2; i++; }
     else if (!strcmp(a, "--times") && v) { if (parse_times(v, &t, &bwd_set)) return 2; i++; }
+    else if (!strcmp(a, "--summary")) summary = 1;
     else if (a[0] == '-' && a[1]) { fprintf(stderr, "zp: unknown or incomplete option '%s'\n", a); usage(stderr); return 2; }
     else if (!script) script = a;
     else { fprintf(stderr, "zp: unexpected argument '%s'\n", a); return 2; }
@@ -105,8 +107,8 @@ static int cmd_check(int argc, char** argv) {
   }
   printf("schedule %s: %d stage%s, %d micro-batch%s, %d chunk%s\n", path, P, P > 1 ? "s" : "", M, M > 1 ? "es" : "", V,
          V > 1 ? "s" : "");
-  zp_schedule_print(s, stdout, width);
-  printf("tokens: L load, F fwd, B bwd, I bwd_input, W bwd_weight, sa/ra send/recv act, sg/rg send/recv grad, "
+  if (!summary) zp_schedule_print(s, stdout, width);
+  if (!summary) printf("tokens: L load, F fwd, B bwd, I bwd_input, W bwd_weight, sa/ra send/recv act, sg/rg send/recv grad, "
          "R reduce_grads, S step; mb%s[buffer]\n", V > 1 ? ".chunk" : "");
   if (zp_schedule_validate(s, err, sizeof err)) {
     printf("validation: REJECTED\n");

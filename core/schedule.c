@@ -27,7 +27,9 @@
 #include <lauxlib.h>
 #include <lua.h>
 
+#include "config.h"
 #include "lua_host.h"
+#include "train.h"
 #include "zp/zp_plugin.h"
 
 static const char* const op_names[ZP_SOP_COUNT] = {
@@ -762,6 +764,36 @@ int zp_schedule_load(const char* path, int P, int M, int V, zp_schedule** out, c
 int zp_schedule_load_string(const char* code, const char* chunkname, int P, int M, int V,
                             zp_schedule** out, char* err, size_t errlen) {
   return load_any(0, code, chunkname ? chunkname : "(schedule)", P, M, V, out, err, errlen);
+}
+
+int zp_schedule_from_config(const zp_config* c, zp_schedule** out, char* err, size_t errlen) {
+  if (!c || !out) {
+    seterr(err, errlen, "zp_schedule_from_config: invalid arguments");
+    return ZP_E_INVALID;
+  }
+  *out = NULL;
+  const char* name = zp_cfg_str(c, "pipeline.schedule");
+  const char* origin = zp_cfg_get(c, "pipeline.schedule")->origin;
+  char path[1024];
+  if (zp_find_script(c, "schedules", name, path, sizeof path)) {
+    seterr(err, errlen, "%s: pipeline.schedule = \"%s\": no such schedule (shipped: gpipe, 1f1b, interleaved_1f1b, zb_h1; "
+           "or a .lua path relative to the config file)", origin, name);
+    return ZP_E_INVALID;
+  }
+  int P = (int)zp_cfg_int(c, "parallel.pp"), M = (int)zp_cfg_int(c, "pipeline.micro_batches");
+  int V = (int)zp_cfg_int(c, "pipeline.chunks");
+  char e[4096];
+  zp_schedule* s = NULL;
+  int rc = zp_schedule_load(path, P, M, V, &s, e, sizeof e);
+  if (rc == ZP_OK) rc = zp_schedule_validate(s, e, sizeof e);
+  if (rc) {
+    seterr(err, errlen, "%s: pipeline.schedule = \"%s\" (pp %d, micro_batches %d, chunks %d) is rejected: %s", origin, name,
+           P, M, V, e);
+    zp_schedule_free(s);
+    return rc;
+  }
+  *out = s;
+  return ZP_OK;
 }
 
 /* ---------------------------------------------------------------- formatting */

@@ -101,6 +101,12 @@ int zp_schedule_buffers(const zp_schedule* s, int stage);
  * one chunk's saved activations); -1 until zp_schedule_validate succeeded. */
 int zp_schedule_peak_buffers(const zp_schedule* s, int stage);
 
+/* The schedule a run uses: pipeline.schedule (a shipped name or a .lua path relative to the
+ * config file) for parallel.pp stages, pipeline.micro_batches and pipeline.chunks, loaded
+ * and validated (zp_schedule_validate). Messages name the key's origin. */
+struct zp_config;
+int zp_schedule_from_config(const struct zp_config* c, zp_schedule** out, char* err, size_t errlen);
+
 /* Simulates all stages together with rendezvous (unbuffered) sends: a SEND completes only
  * together with the peer's matching RECV. Rejects, naming stage, instruction and reason:
  * deadlocks (the cycle of waiting stages), unmatched sends/receives (the peer finished),
@@ -199,7 +205,6 @@ void zp_pipeline_split_print(FILE* f, const int* first, int n_stages, const doub
 /* The split a run uses: parallel.pp x pipeline.chunks virtual stages, from pipeline.stages
  * (counts) when set, else balanced by forward FLOPs (zp_pipeline_group_flops at
  * model.seq_len). first needs pp * chunks + 1 entries (n_first says how many it has). */
-struct zp_config;
 int zp_pipeline_split_for_config(const struct zp_config* c, int L, int C, int T, int Vp,
                                  int* first, int n_first, char* err, size_t errlen);
 #endif

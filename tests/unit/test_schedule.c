@@ -13,12 +13,17 @@
  */
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 
+#include "config.h"
 #include "schedule.h"
 #include "zt.h"
 
 #ifndef ZP_SOURCE_DIR
 #define ZP_SOURCE_DIR "."
+#endif
+#ifndef ZP_BUILD_DIR
+#define ZP_BUILD_DIR "."
 #endif
 
 static char err[8192];
@@ -508,6 +513,77 @@ static void test_balance(void) {
   CHECK_STR_CONTAINS(err, "pipeline stage 2 is empty");
 }
 
+static int cfg(zp_config* c, const char* text) {
+  return zp_config_load_text(c, text, strlen(text), "p.toml", NULL, 0, err, sizeof err);
+}
+
+static void test_config(void) {
+  zp_config c;
+  CHECK_MSG(cfg(&c, "[parallel]\npp = 4\n[pipeline]\nschedule = \"zb_h1\"\nmicro_batches = 6\n") == 0, "%s", err);
+  zp_schedule* s = NULL;
+  CHECK_MSG(zp_schedule_from_config(&c, &s, err, sizeof err) == 0, "%s", err);
+  CHECK(s && zp_schedule_stages(s) == 4 && zp_schedule_micro_batches(s) == 6 && zp_schedule_chunks(s) == 1);
+  CHECK(s && zp_schedule_peak_buffers(s, 0) == 4); /* validated */
+  zp_schedule_free(s);
+  /* 14 groups (12 layers) by FLOPs on 4 stages: the head alone on the last */
+  int first[5];
+  CHECK_MSG(zp_pipeline_split_for_config(&c, 12, 768, 1024, 50304, first, 5, err, sizeof err) == 0, "%s", err);
+  CHECK(first[0] == 0 && first[1] == 5 && first[2] == 9 && first[3] == 13 && first[4] == 14);
+  zp_config_free(&c);
+  CHECK(cfg(&c, "[parallel]\npp = 4\n[pipeline]\nschedule = \"interleaved_1f1b\"\nchunks = 2\nmicro_batches = 6\n") == 0);
+  CHECK(zp_schedule_from_config(&c, &s, err, sizeof err) != 0);
+  CHECK_STR_CONTAINS(err, "p.toml:4:1: pipeline.schedule = \"interleaved_1f1b\" (pp 4, micro_batches 6, chunks 2) is rejected");
+  CHECK_STR_CONTAINS(err, "multiple of stages");
+  CHECK(s == NULL);
+  zp_config_free(&c);
+  CHECK(cfg(&c, "[parallel]\npp = 3\n[pipeline]\nstages = [5, 5, 3]\n") == 0);
+  CHECK(zp_pipeline_split_for_config(&c, 12, 768, 1024, 50304, first, 5, err, sizeof err) != 0);
+  CHECK_STR_CONTAINS(err, "p.toml:4:1: pipeline.stages covers 13 groups but the model has 14");
+  zp_config_free(&c);
+  CHECK(cfg(&c, "[parallel]\npp = 2\n[pipeline]\nschedule = \"nope\"\n") == 0);
+  CHECK(zp_schedule_from_config(&c, &s, err, sizeof err) != 0);
+  CHECK_STR_CONTAINS(err, "pipeline.schedule = \"nope\": no such schedule");
+  zp_config_free(&c);
+}
+
+/* `zp schedule check` end to end: exit status and the printed numbers. */
+static int run_zp(const char* args, char* out, size_t n) {
+  char cmd[2048];
+  snprintf(cmd, sizeof cmd, "%s/zp schedule %s 2>&1", ZP_BUILD_DIR, args);
+  FILE* p = popen(cmd, "r");
+  if (!p) return -1;
+  size_t got = fread(out, 1, n - 1, p);
+  out[got] = 0;
+  int st = pclose(p);
+  return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static void test_cli(void) {
+  static char out[65536];
+  CHECK_EQ_INT(run_zp("check 1f1b --stages 4 --micro-batches 8", out, sizeof out), 0);
+  CHECK_STR_CONTAINS(out, "stage 3 (42, 2 buffers): L0 ra0[0] F0[0] B0[0] L1 ra1[1] sg0[0]");
+  CHECK_STR_CONTAINS(out, "validation: ok; peak buffers in use per stage: 4 4 3 2");
+  CHECK_STR_CONTAINS(out, "mean bubble 0.2727");
+  CHECK_STR_CONTAINS(out, "textbook (p-1)/m = 0.3750 of ideal compute -> 0.2727 of wall");
+  CHECK_EQ_INT(run_zp("check zb_h1 --stages 4 --micro-batches 8 --summary --times fwd=1,bwd_input=1,bwd_weight=1", out, sizeof out), 0);
+  CHECK_STR_CONTAINS(out, "mean bubble 0.1111");
+  CHECK(strstr(out, "stage 0 (") == NULL);
+  CHECK_EQ_INT(run_zp("check interleaved_1f1b --stages 4 --micro-batches 8 --chunks 2 --summary", out, sizeof out), 0);
+  CHECK_STR_CONTAINS(out, "mean bubble 0.1579");
+  CHECK_STR_CONTAINS(out, "textbook (p-1)/(v*m) = 0.1875 of ideal compute -> 0.1579 of wall");
+  CHECK_EQ_INT(run_zp("check " ZP_SOURCE_DIR "/tests/schedules/deadlock.lua --stages 2 --micro-batches 4", out, sizeof out), 1);
+  CHECK_STR_CONTAINS(out, "validation: REJECTED");
+  CHECK_STR_CONTAINS(out, "zp: rejected: deadlock: stage 0 instruction #6");
+  CHECK_EQ_INT(run_zp("check " ZP_SOURCE_DIR "/tests/schedules/lua_error.lua --stages 2 --micro-batches 4", out, sizeof out), 1);
+  CHECK_STR_CONTAINS(out, "lua_error.lua:7: attempt to call a nil value (global 'FWDD')");
+  CHECK_EQ_INT(run_zp("check interleaved_1f1b --stages 4 --micro-batches 6 --chunks 2", out, sizeof out), 1);
+  CHECK_STR_CONTAINS(out, "multiple of stages");
+  CHECK_EQ_INT(run_zp("check 1f1b --stages 4", out, sizeof out), 2);
+  CHECK_EQ_INT(run_zp("check 1f1b --stages 4 --micro-batches 8 --times fwd=x", out, sizeof out), 2);
+  CHECK_EQ_INT(run_zp("check nosuch --stages 4 --micro-batches 8", out, sizeof out), 1);
+  CHECK_STR_CONTAINS(out, "no such file or shipped schedule");
+}
+
 int main(void) {
   ZT_RUN(test_gpipe_1f1b_exact);
   ZT_RUN(test_interleaved);
@@ -517,5 +593,7 @@ int main(void) {
   ZT_RUN(test_rules);
   ZT_RUN(test_timing);
   ZT_RUN(test_balance);
+  ZT_RUN(test_config);
+  ZT_RUN(test_cli);
   return zt_done();
 }
