@@ -207,7 +207,7 @@ static membuf* push_buf(lua_State* L, size_t limit) {
 }
 
 static void buf_add(lua_State* L, membuf* b, const char* s, size_t n) {
-  if (b->len + n + 1 > b->limit) luaL_error(L, "output larger than %d MiB", (int)(b->limit >> 20));
+  if (b->len + n + 1 > b->limit) luaL_error(L, "output file larger than %d MiB (the limit per file)", (int)(b->limit >> 20));
   if (b->len + n + 1 > b->cap) {
     size_t nc = b->cap ? b->cap : 4096;
     while (nc < b->len + n + 1) nc *= 2;

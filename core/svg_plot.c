@@ -314,8 +314,32 @@ static void legend_entry(sb* b, const frame* f, int i, const char* label, int as
     sb_printf(b, "<rect x=\"%.1f\" y=\"%.1f\" width=\"14\" height=\"12\" fill=\"%s\"/>\n", x,
               y - 6, col);
   }
+  /* the legend column is ~150 px wide: cut long labels at a character boundary (the full
+   * label stays in a <title> tooltip) */
+  const char* lab = label ? label : "";
+  size_t cut = 0, chars = 0, n = strlen(lab);
+  while (cut < n && chars < 24) {
+    cut++;
+    while (cut < n && ((unsigned char)lab[cut] & 0xC0) == 0x80) cut++;
+    chars++;
+  }
   sb_printf(b, "<text x=\"%.1f\" y=\"%.1f\">", x + 28, y + 4);
-  sb_esc(b, label ? label : "");
+  if (cut < n) {
+    char* shortl = malloc(cut + 4);
+    if (!shortl) {
+      b->failed = 1;
+      return;
+    }
+    memcpy(shortl, lab, cut);
+    memcpy(shortl + cut, "...", 4);
+    sb_esc(b, shortl);
+    free(shortl);
+    sb_printf(b, "<title>");
+    sb_esc(b, lab);
+    sb_printf(b, "</title>");
+  } else {
+    sb_esc(b, lab);
+  }
   sb_printf(b, "</text>\n");
 }
 

@@ -157,6 +157,18 @@ static void test_bars(void) {
   svg = zp_svg_bars(NULL, longg, 4, sl, 1, 0, NULL, err, sizeof err);
   CHECK(svg && balanced(svg) && strstr(svg, "rotate(-35"));
   free(svg);
+  /* a long legend label is cut (at a UTF-8 boundary) and kept whole in a tooltip */
+  const char* lbl = "\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9 a very long legend label";
+  zp_svg_bar_series sll[1] = {{lbl, v2}};
+  svg = zp_svg_bars(NULL, groups, 4, sll, 1, 0, NULL, err, sizeof err);
+  CHECK(svg && balanced(svg));
+  if (svg) {
+    char want[128];
+    snprintf(want, sizeof want, "<title>%s</title></text>", lbl);
+    CHECK_STR_CONTAINS(svg, want);
+    CHECK_STR_CONTAINS(svg, "\xc3\xa9 a very long...<title>");
+  }
+  free(svg);
   svg = zp_svg_bars(NULL, NULL, 0, NULL, 0, 1, NULL, err, sizeof err);
   CHECK(svg && balanced(svg) && strstr(svg, "no data"));
   free(svg);
