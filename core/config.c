@@ -7,6 +7,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <libgen.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -675,6 +676,145 @@ void zp_config_write_doc(FILE* f) {
              "- `model.d_model` not divisible by `model.n_head`.\n");
 }
 
+/* ---- [ext] in the dump: the plugin options as given (file, then --set), so the effective
+ * config (and the copy in every checkpoint) keeps them. Leaves are written as dotted keys
+ * under one [ext] header; arrays and tables inside arrays as inline values. A --set value
+ * replaces the file's at its path (and everything below it). */
+static void dump_tstr(FILE* f, const char* s, size_t n) {
+  fputc('"', f);
+  for (size_t i = 0; i < n; i++) {
+    unsigned char ch = (unsigned char)s[i];
+    if (ch == '"' || ch == '\\') fprintf(f, "\\%c", ch);
+    else if (ch == '\n') fputs("\\n", f);
+    else if (ch == '\t') fputs("\\t", f);
+    else if (ch < 0x20 || ch == 0x7f) fprintf(f, "\\u%04X", ch);
+    else fputc(ch, f);
+  }
+  fputc('"', f);
+}
+
+static void dump_tkey(FILE* f, const char* k, size_t n) {
+  int bare = n > 0;
+  for (size_t i = 0; i < n && bare; i++)
+    bare = isalnum((unsigned char)k[i]) || k[i] == '_' || k[i] == '-';
+  if (bare) fwrite(k, 1, n, f);
+  else dump_tstr(f, k, n);
+}
+
+static void dump_tval(FILE* f, const zt_value* v) {
+  switch (zt_kind(v)) {
+    case ZT_STRING: dump_tstr(f, zt_string(v), zt_string_len(v)); break;
+    case ZT_INTEGER: fprintf(f, "%lld", (long long)zt_int(v)); break;
+    case ZT_BOOL: fputs(zt_bool(v) ? "true" : "false", f); break;
+    case ZT_FLOAT: {
+      double x = zt_float(v);
+      char b[64];
+      if (isnan(x)) snprintf(b, sizeof b, "nan");
+      else if (isinf(x)) snprintf(b, sizeof b, x > 0 ? "inf" : "-inf");
+      else {
+        snprintf(b, sizeof b, "%.17g", x);
+        if (!strpbrk(b, ".eEn")) strcat(b, ".0"); /* stays a float */
+      }
+      fputs(b, f);
+      break;
+    }
+    case ZT_DATETIME:
+    case ZT_DATETIME_LOCAL:
+    case ZT_DATE_LOCAL:
+    case ZT_TIME_LOCAL: {
+      const zt_datetime* d = zt_dt(v);
+      zt_type k = zt_kind(v);
+      if (k != ZT_TIME_LOCAL) fprintf(f, "%04d-%02d-%02d", d->year, d->month, d->day);
+      if (k == ZT_DATE_LOCAL) break;
+      if (k != ZT_TIME_LOCAL) fputc('T', f);
+      fprintf(f, "%02d:%02d:%02d", d->hour, d->minute, d->second);
+      if (d->frac_digits > 0) {
+        char fr[16];
+        snprintf(fr, sizeof fr, "%09ld", (long)d->nanos);
+        fprintf(f, ".%.*s", d->frac_digits > 9 ? 9 : d->frac_digits, fr);
+      }
+      if (k == ZT_DATETIME) {
+        int m = d->offset_min < 0 ? -d->offset_min : d->offset_min;
+        if (d->offset_min == 0) fputc('Z', f);
+        else fprintf(f, "%c%02d:%02d", d->offset_min < 0 ? '-' : '+', m / 60, m % 60);
+      }
+      break;
+    }
+    case ZT_ARRAY:
+      fputc('[', f);
+      for (size_t i = 0; i < zt_array_len(v); i++) {
+        if (i) fputs(", ", f);
+        dump_tval(f, zt_array_at(v, i));
+      }
+      fputc(']', f);
+      break;
+    case ZT_TABLE:
+      fputc('{', f);
+      for (size_t i = 0; i < zt_table_len(v); i++) {
+        fputs(i ? ", " : " ", f);
+        dump_tkey(f, zt_table_key(v, i), zt_table_key_len(v, i));
+        fputs(" = ", f);
+        dump_tval(f, zt_table_at(v, i));
+      }
+      fputs(zt_table_len(v) ? " }" : "}", f);
+      break;
+  }
+}
+
+typedef struct ext_seg {
+  const char* k;
+  size_t n;
+  const struct ext_seg* up;
+} ext_seg;
+
+static void dump_tpath(FILE* f, const ext_seg* s) {
+  if (s->up) {
+    dump_tpath(f, s->up);
+    fputc('.', f);
+  }
+  dump_tkey(f, s->k, s->n);
+}
+
+/* the entry of table t with key (k, n), comparing whole keys (they may hold NUL bytes) */
+static const zt_value* tget(const zt_value* t, const char* k, size_t n) {
+  if (!t || zt_kind(t) != ZT_TABLE) return NULL;
+  for (size_t i = 0; i < zt_table_len(t); i++)
+    if (zt_table_key_len(t, i) == n && memcmp(zt_table_key(t, i), k, n) == 0) return zt_table_at(t, i);
+  return NULL;
+}
+
+/* Leaves of table t (at path up); over: the --set tree at the same path (NULL: none), whose
+ * values win. file: the config's path for origins, NULL for the --set tree itself. */
+static void dump_ext_tree(FILE* f, const zt_value* t, const zt_value* over, const ext_seg* up, const char* file) {
+  for (size_t i = 0; i < zt_table_len(t); i++) {
+    ext_seg me = {zt_table_key(t, i), zt_table_key_len(t, i), up};
+    const zt_value* v = zt_table_at(t, i);
+    const zt_value* o = tget(over, me.k, me.n);
+    if (o && zt_kind(o) != ZT_TABLE) continue; /* replaced by --set */
+    if (zt_kind(v) == ZT_TABLE && zt_table_len(v) > 0) {
+      dump_ext_tree(f, v, o, &me, file);
+      continue;
+    }
+    if (o) continue; /* --set made a table here */
+    dump_tpath(f, &me);
+    fputs(" = ", f);
+    dump_tval(f, v);
+    if (file) fprintf(f, "  # %s:%d:%d\n", file, zt_line(v), zt_col(v));
+    else fputs("  # --set\n", f);
+  }
+}
+
+static void dump_ext(const zp_config* c, FILE* f) {
+  const zt_value* fe = c->ext ? zt_table_get(c->ext, "ext") : NULL;
+  const zt_value* se = c->ext_set ? zt_table_get(c->ext_set, "ext") : NULL;
+  if (fe && zt_kind(fe) != ZT_TABLE) fe = NULL;
+  if (se && zt_kind(se) != ZT_TABLE) se = NULL;
+  if (!fe && !se) return;
+  fprintf(f, "\n[ext]\n");
+  if (fe) dump_ext_tree(f, fe, se, NULL, c->path[0] ? c->path : "<config>");
+  if (se) dump_ext_tree(f, se, NULL, NULL, NULL);
+}
+
 void zp_config_dump(const zp_config* c, FILE* f) {
   const char* sec = "";
   size_t seclen = 0;
@@ -714,4 +854,5 @@ void zp_config_dump(const zp_config* c, FILE* f) {
     }
     fprintf(f, "%s%s\n", v->set ? "  # " : "", v->set ? v->origin : "");
   }
+  dump_ext(c, f);
 }

@@ -4,8 +4,13 @@
  * default untouched; present with another type -> ZP_E_INVALID and a message naming the path,
  * file:line:col (or --set) and both types. --set ext.*=... works for any such key and wins
  * over the file; a bare word is a string. Checked on the config layer and through the real
- * host table of a (dry-run) zp_run, the path plugins use. */
+ * host table of a (dry-run) zp_run, the path plugins use. The effective-config dump keeps them
+ * (types, odd keys, datetimes, nested arrays/tables; --set replacing the file's values) and
+ * loads again. */
+#define _GNU_SOURCE /* open_memstream */
+#include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "config.h"
@@ -103,6 +108,67 @@ static void t_ext_set(void) {
   zp_config_free(&c);
 }
 
+/* the effective-config dump (zp config, checkpoints) keeps the plugin options, --set ones
+ * replacing the file's, and loads again with the same values and types */
+static void t_ext_dump(void) {
+  zp_config c, d;
+  char err[1024] = "";
+  const char* text =
+      "[ext.p]\nn = -7\nx = 1.0\ny = 2.5e-300\nz = inf\nb = false\ns = \"a\\\"b\\u0001\\n\"\n"
+      "when = 1979-05-27T07:32:00.25-07:00\nday = 1979-05-27\nlist = [1, [\"x\", {k = 2}], {}]\n"
+      "\"odd key\" = 3\nempty = {}\n[ext.p.sub]\ndeep = true\nrepl = 1\n[[ext.q]]\nv = 1\n[[ext.q]]\nv = 2\n";
+  const char* sets[] = {"ext.p.n=5", "ext.p.sub=word", "ext.r.t=1.5"};
+  int rc = zp_config_load_text(&c, text, strlen(text), "d.toml", sets, 3, err, sizeof err);
+  CHECK_MSG(rc == 0, "%s", err);
+  char* buf = NULL;
+  size_t len = 0;
+  FILE* m = open_memstream(&buf, &len);
+  zp_config_dump(&c, m);
+  fclose(m);
+  CHECK_STR_CONTAINS(buf, "\n[ext]\n");
+  CHECK_STR_CONTAINS(buf, "p.x = 1.0  # d.toml:3:5");
+  CHECK_STR_CONTAINS(buf, "p.n = 5  # --set");
+  rc = zp_config_load_text(&d, buf, len, "dump.toml", NULL, 0, err, sizeof err);
+  CHECK_MSG(rc == 0, "%s\n%s", err, buf);
+  if (rc == 0) {
+    int64_t i = 0;
+    double f = 0;
+    const char* s = NULL;
+    int b = 1;
+    CHECK_EQ_INT(zp_cfg_ext_int(&d, "ext.p.n", &i, err, sizeof err), ZP_OK);
+    CHECK_EQ_INT(i, 5);
+    CHECK_EQ_INT(zp_cfg_ext_int(&d, "ext.p.x", &i, err, sizeof err), ZP_E_INVALID); /* still a float */
+    CHECK_EQ_INT(zp_cfg_ext_float(&d, "ext.p.y", &f, err, sizeof err), ZP_OK);
+    CHECK(f == 2.5e-300);
+    CHECK_EQ_INT(zp_cfg_ext_float(&d, "ext.p.z", &f, err, sizeof err), ZP_OK);
+    CHECK(isinf(f) && f > 0);
+    CHECK_EQ_INT(zp_cfg_ext_bool(&d, "ext.p.b", &b, err, sizeof err), ZP_OK);
+    CHECK_EQ_INT(b, 0);
+    CHECK_EQ_INT(zp_cfg_ext_string(&d, "ext.p.s", &s, err, sizeof err), ZP_OK);
+    CHECK(s && strcmp(s, "a\"b\001\n") == 0);
+    CHECK_EQ_INT(zp_cfg_ext_string(&d, "ext.p.sub", &s, err, sizeof err), ZP_OK); /* --set replaced the table */
+    CHECK(s && strcmp(s, "word") == 0);
+    CHECK_EQ_INT(zp_cfg_ext_float(&d, "ext.r.t", &f, err, sizeof err), ZP_OK);
+    CHECK(f == 1.5);
+    /* a second dump of the reloaded config is identical apart from origins */
+    char* buf2 = NULL;
+    size_t len2 = 0;
+    m = open_memstream(&buf2, &len2);
+    zp_config_dump(&d, m);
+    fclose(m);
+    CHECK_STR_CONTAINS(buf2, "p.when = 1979-05-27T07:32:00.25-07:00");
+    CHECK_STR_CONTAINS(buf2, "p.day = 1979-05-27");
+    CHECK_STR_CONTAINS(buf2, "p.list = [1, [\"x\", { k = 2 }], {}]");
+    CHECK_STR_CONTAINS(buf2, "p.\"odd key\" = 3");
+    CHECK_STR_CONTAINS(buf2, "p.empty = {}");
+    CHECK_STR_CONTAINS(buf2, "q = [{ v = 1 }, { v = 2 }]");
+    free(buf2);
+    zp_config_free(&d);
+  }
+  free(buf);
+  zp_config_free(&c);
+}
+
 /* through the host table a plugin gets: the same answers, and the error lands in the run */
 static void t_host_table(void) {
   zp_config c;
@@ -149,6 +215,7 @@ static void t_host_table(void) {
 int main(void) {
   ZT_RUN(t_ext_values);
   ZT_RUN(t_ext_set);
+  ZT_RUN(t_ext_dump);
   ZT_RUN(t_host_table);
   return zt_done();
 }
