@@ -647,7 +647,9 @@ void zp_config_write_doc(FILE* f) {
              "combinations are errors naming the file, line, column and key path. Any key can be "
              "overridden with `--set section.key=value` (checked the same way; bare words are "
              "strings). Relative paths in the file resolve against the file's directory. Tables "
-             "under `[ext]` are free-form, for out-of-tree plugins.\n\n");
+             "under `[ext]` are free-form plugin options: a plugin reads and checks its `[ext.<plugin>]` "
+             "keys itself (docs/plugin-guide.md), and `--set ext.<plugin>.<key>=value` works for them "
+             "too.\n\n");
   const char* sec = "";
   size_t seclen = 0;
   for (size_t i = 0; i < zp_config_schema_len; i++) {
