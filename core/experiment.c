@@ -899,7 +899,7 @@ static void push_mem_table(lua_State* L, const mrec* m) {
 /* Reads OUT/runs/<name>/metrics.jsonl into the result table at res. */
 static void read_metrics(lua_State* L, int rundir, int res) {
   char* data;
-  size_t n = push_file_tail(L, rundir, "metrics.jsonl", (size_t)1 << 30, &data);
+  size_t n = push_file_tail(L, rundir, "metrics.jsonl", (size_t)64 << 20, &data); /* the last 64 MiB */
   int buf = lua_gettop(L);
   static const char* const arrs[] = {"step", "loss", "lr", "grad_norm", "ms", "tok_s"};
   for (int i = 0; i < 6; i++) lua_newtable(L); /* buf+1 .. buf+6: parallel arrays */
