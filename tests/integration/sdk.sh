@@ -51,7 +51,9 @@ export PKG_CONFIG_PATH=$P/lib/pkgconfig
 pcdir=$(pkg-config --variable=plugindir zp)
 [ "$(cd "$pcdir" && pwd)" = "$P/lib/zp/plugins" ] || bad "pkg-config --variable=plugindir zp = $pcdir, want $P/lib/zp/plugins"
 [ "$(pkg-config --variable=abi_major zp).$(pkg-config --variable=abi_minor zp)" = "$abi" ] || bad "zp.pc ABI differs from zp --version ($abi)"
-[ "$(pkg-config --modversion zp)" = "$("$zp" --version | awk '{print $2}')" ] || bad "zp.pc version differs from zp --version"
+ver=$("$zp" --version | awk '{print $2}')
+[ "$(pkg-config --modversion zp)" = "$ver" ] || bad "zp.pc version differs from zp --version ($ver)"
+grep -q "set(PACKAGE_VERSION \"$ver\")" "$P/lib/cmake/zp/zp-config-version.cmake" || bad "zp-config-version.cmake does not say $ver"
 
 # ---- 2. build the skeleton out of tree, both ways ----
 cp -r "$P/share/zp/examples/plugin-skeleton" "$work/skel"
