@@ -308,10 +308,17 @@ static void held_range(const zp_group_info* in, int cat, uint64_t* base, uint64_
 /* ------------------------------------------------------------------------------------------ */
 
 typedef struct {
+  uint64_t start, end; /* elements, inside the piece's range */
+  uint32_t crc;
+} ck_seg;
+
+typedef struct {
   int group, kind;
   uint64_t start, end, offset, bytes;
   zp_dtype dtype;
   uint32_t crc;
+  int n_seg;   /* per-tensor CRCs ("segments"; 0 if the writer stored none) */
+  ck_seg* seg;
 } ck_piece;
 
 typedef struct {
@@ -357,7 +364,10 @@ static void meta_free(ck_meta* m) {
   free(m->wdtype);
   free(m->tensors);
   if (m->files)
-    for (int i = 0; i < m->n_files; i++) free(m->files[i].pieces);
+    for (int i = 0; i < m->n_files; i++) {
+      for (int j = 0; m->files[i].pieces && j < m->files[i].n_pieces; j++) free(m->files[i].pieces[j].seg);
+      free(m->files[i].pieces);
+    }
   free(m->files);
   memset(m, 0, sizeof *m);
 }
@@ -653,6 +663,8 @@ static int pieces_parse(ck_meta* m, ck_file* f, json_t* pa, const char* where, c
     seterr(err, errlen, "%s: \"pieces\" is missing or not an array", where);
     return ZP_E_CORRUPT;
   }
+  if (f->pieces)
+    for (int j = 0; j < f->n_pieces; j++) free(f->pieces[j].seg);
   free(f->pieces);
   f->n_pieces = (int)json_array_size(pa);
   f->pieces = calloc((size_t)f->n_pieces + 1, sizeof *f->pieces);
@@ -712,6 +724,42 @@ static int pieces_parse(ck_meta* m, ck_file* f, json_t* pa, const char* where, c
              pk_names[m->wkind[p->group]]);
       rc = ZP_E_CORRUPT;
       goto fail;
+    }
+    json_t* sa = json_object_get(po, "segments");
+    if (sa) {
+      /* [[start, end, crc32c], ...]: contiguous, covering [start, end) of the piece */
+      size_t ns = json_array_size(sa);
+      if (!json_is_array(sa) || ns == 0 || ns > ne) {
+        seterr(err, errlen, "%s: \"segments\" must be a non-empty array of at most %" PRIu64 " [start, end, crc32c]", pw, ne);
+        rc = ZP_E_CORRUPT;
+        goto fail;
+      }
+      p->seg = calloc(ns, sizeof *p->seg);
+      if (!p->seg) {
+        seterr(err, errlen, "%s: out of host memory", pw);
+        rc = ZP_E_NOMEM;
+        goto fail;
+      }
+      p->n_seg = (int)ns;
+      uint64_t at = p->start;
+      for (size_t k = 0; k < ns; k++) {
+        json_t* e = json_array_get(sa, k);
+        json_t *e0 = json_array_get(e, 0), *e1 = json_array_get(e, 1), *e2 = json_array_get(e, 2);
+        if (!json_is_array(e) || json_array_size(e) != 3 || !json_is_integer(e0) || !json_is_integer(e1) || !json_is_integer(e2) ||
+            json_integer_value(e0) != (json_int_t)at || json_integer_value(e1) <= json_integer_value(e0) ||
+            (uint64_t)json_integer_value(e1) > p->end || json_integer_value(e2) < 0 || json_integer_value(e2) > (json_int_t)UINT32_MAX) {
+          seterr(err, errlen, "%s: segments[%zu] is not [%" PRIu64 ", end <= %" PRIu64 ", crc32c]", pw, k, at, p->end);
+          rc = ZP_E_CORRUPT;
+          goto fail;
+        }
+        p->seg[k] = (ck_seg){at, (uint64_t)json_integer_value(e1), (uint32_t)json_integer_value(e2)};
+        at = p->seg[k].end;
+      }
+      if (at != p->end) {
+        seterr(err, errlen, "%s: segments end at element %" PRIu64 ", the piece at %" PRIu64, pw, at, p->end);
+        rc = ZP_E_CORRUPT;
+        goto fail;
+      }
     }
     sp[i] = (ck_span){p->offset, p->offset + p->bytes, i};
   }
@@ -886,6 +934,19 @@ static int piece_read(const ck_meta* m, const ck_file* f, int fd, const ck_piece
   if (c != p->crc) {
     char d[300];
     piece_desc(m, p, d, sizeof d);
+    /* the per-tensor CRCs say which tensor holds the damage */
+    size_t es = zp_dtype_size(p->dtype);
+    for (int k = 0; k < p->n_seg; k++) {
+      const ck_seg* sg = &p->seg[k];
+      if (zp_crc32c(0, (const char*)buf + (size_t)(sg->start - p->start) * es, (size_t)(sg->end - sg->start) * es) == sg->crc) continue;
+      char lab[160];
+      piece_label(m, p->group, sg->start, sg->end, lab, sizeof lab);
+      char gn[32];
+      group_name(p->group, m->n_groups, gn, sizeof gn);
+      seterr(err, errlen, "%s/%s: checksum mismatch in tensor %s (group %s, %s, elements %" PRIu64 "..%" PRIu64 "; piece %s)", m->label,
+             f->file, lab, gn, pk_names[p->kind], sg->start, sg->end, d);
+      return ZP_E_CORRUPT;
+    }
     seterr(err, errlen, "%s/%s: checksum mismatch in piece %s", m->label, f->file, d);
     return ZP_E_CORRUPT;
   }
@@ -949,6 +1010,9 @@ typedef struct {
   uint64_t off, bytes; /* in the rank file */
   uint32_t crc;        /* filled by the writer */
   char gname[48], label[160];
+  int n_seg;           /* per-tensor segments: cut at every tensor boundary inside [a, b) */
+  uint64_t* seg_end;   /* [n_seg] element end of each segment */
+  uint32_t* seg_crc;   /* [n_seg] filled by the writer */
 } ck_wpiece;
 
 typedef struct {
@@ -958,6 +1022,10 @@ typedef struct {
 } ck_wplan;
 
 static void wplan_free(ck_wplan* w) {
+  for (int i = 0; w->p && i < w->n; i++) {
+    free(w->p[i].seg_end);
+    free(w->p[i].seg_crc);
+  }
   free(w->p);
   memset(w, 0, sizeof *w);
 }
@@ -1028,6 +1096,20 @@ static int wplan_build(zp_run* r, ck_wplan* w, char* err, size_t errlen) {
       pos = p->off + p->bytes;
       snprintf(p->gname, sizeof p->gname, "%s", r->gplans[g].name);
       layout_label(L, g, a, b, p->label, sizeof p->label);
+      int nt = L->group_first_tensor[g + 1] - L->group_first_tensor[g];
+      p->seg_end = calloc((size_t)2 * nt + 2, sizeof *p->seg_end);
+      p->seg_crc = calloc((size_t)2 * nt + 2, sizeof *p->seg_crc);
+      if (!p->seg_end || !p->seg_crc) {
+        seterr(err, errlen, "out of host memory planning the checkpoint pieces");
+        wplan_free(w);
+        return ZP_E_NOMEM;
+      }
+      for (int ti = L->group_first_tensor[g]; ti < L->group_first_tensor[g + 1]; ti++) {
+        uint64_t cut[2] = {L->tensors[ti].offset, L->tensors[ti].offset + L->tensors[ti].numel};
+        for (int c = 0; c < 2; c++)
+          if (cut[c] > a && cut[c] < b && (p->n_seg == 0 || cut[c] > p->seg_end[p->n_seg - 1])) p->seg_end[p->n_seg++] = cut[c];
+      }
+      p->seg_end[p->n_seg++] = b;
     }
   }
   w->file_bytes = pos;
@@ -1050,6 +1132,17 @@ static json_t* index_json(const ck_wplan* w, int rank, int world, uint64_t bytes
     json_object_set_new(po, "bytes", json_integer((json_int_t)p->bytes));
     json_object_set_new(po, "dtype", json_string(zp_dtype_name(p->dt)));
     json_object_set_new(po, "crc32c", json_integer((json_int_t)p->crc));
+    json_t* sa = json_array();
+    uint64_t at = p->a;
+    for (int k = 0; k < p->n_seg; k++) {
+      json_t* e = json_array();
+      json_array_append_new(e, json_integer((json_int_t)at));
+      json_array_append_new(e, json_integer((json_int_t)p->seg_end[k]));
+      json_array_append_new(e, json_integer((json_int_t)p->seg_crc[k]));
+      json_array_append_new(sa, e);
+      at = p->seg_end[k];
+    }
+    json_object_set_new(po, "segments", sa);
     json_array_append_new(pieces, po);
   }
   char fname[64];
@@ -1118,6 +1211,9 @@ static int write_rank_file(zp_run* r, ck_wplan* w, const char* image, int rank, 
       pos += n;
     }
     uint32_t pcrc = 0;
+    size_t pes = zp_dtype_size(p->dt);
+    int sk = 0;
+    uint32_t scrc = 0;
     for (uint64_t done = 0; done < p->bytes && !rc;) {
       const char* chunk;
       size_t n;
@@ -1154,6 +1250,16 @@ static int write_rank_file(zp_run* r, ck_wplan* w, const char* image, int rank, 
       }
       pcrc = zp_crc32c(pcrc, chunk, n);
       fcrc = zp_crc32c(fcrc, chunk, n);
+      for (size_t u = 0; u < n && sk < p->n_seg;) { /* per-tensor CRCs: split the chunk at segment ends */
+        uint64_t seg_end_b = (p->seg_end[sk] - p->a) * pes, here = done + u;
+        size_t take = seg_end_b - here < n - u ? (size_t)(seg_end_b - here) : n - u;
+        scrc = zp_crc32c(scrc, chunk + u, take);
+        u += take;
+        if (done + u == seg_end_b) {
+          p->seg_crc[sk++] = scrc;
+          scrc = 0;
+        }
+      }
       done += n;
       pos += n;
     }
@@ -2001,8 +2107,12 @@ int zp_ckpt_set_full_params(zp_run* r, float* const* gp, char* err, size_t errle
 /* read full params (export), info                                                            */
 /* ------------------------------------------------------------------------------------------ */
 
-int zp_ckpt_read_full_params(const char* ckpt_dir, const zp_model_layout* L, float** gp, char* err, size_t errlen) {
+int zp_ckpt_read_full_state(const char* ckpt_dir, const zp_model_layout* L, int which, float** gp, char* err, size_t errlen) {
   for (int g = 0; g < L->n_groups; g++) gp[g] = NULL;
+  if (which < 0 || which > 2) {
+    seterr(err, errlen, "internal: zp_ckpt_read_full_state: which = %d", which);
+    return ZP_E_INVALID;
+  }
   ck_meta m;
   int rc = meta_load(ckpt_dir, &m, err, errlen);
   if (rc) return rc;
@@ -2016,7 +2126,7 @@ int zp_ckpt_read_full_params(const char* ckpt_dir, const zp_model_layout* L, flo
       rc = ZP_E_NOMEM;
       break;
     }
-    rc = fill_range(&m, g, m.wkind[g], 0, m.span[g], gp[g], ZP_F32, err, errlen);
+    rc = fill_range(&m, g, which == 0 ? m.wkind[g] : which == 1 ? PK_M : PK_V, 0, m.span[g], gp[g], ZP_F32, err, errlen);
   }
   if (rc)
     for (int g = 0; g < L->n_groups; g++) {
@@ -2025,6 +2135,10 @@ int zp_ckpt_read_full_params(const char* ckpt_dir, const zp_model_layout* L, flo
     }
   meta_free(&m);
   return rc;
+}
+
+int zp_ckpt_read_full_params(const char* ckpt_dir, const zp_model_layout* L, float** gp, char* err, size_t errlen) {
+  return zp_ckpt_read_full_state(ckpt_dir, L, 0, gp, err, errlen);
 }
 
 /* `zp ckpt info` of a run directory: every checkpoint and unfinished temporary directory. */

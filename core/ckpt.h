@@ -87,6 +87,9 @@ int zp_ckpt_info(const char* ckpt_dir, FILE* out, int verbose, char* err, size_t
  * entries are NULL. */
 int zp_ckpt_read_full_params(const char* ckpt_dir, const zp_model_layout* m, float** group_params,
                              char* err, size_t errlen);
+/* The same for which = 0 (weights, as above), 1 (Adam m) or 2 (Adam v), fp32. */
+int zp_ckpt_read_full_state(const char* ckpt_dir, const zp_model_layout* m, int which, float** group_params, char* err,
+                            size_t errlen);
 
 /* All ranks call with their local status; returns the same non-zero status on every rank if
  * any failed (the failing rank keeps its message, the others get one naming it). */

@@ -84,7 +84,7 @@ static int shape_config(zp_config* c, const zp_gpt2_shape* s, const char* const*
 
 /* ---------------- zp ckpt compare ---------------- */
 
-static int read_ckpt_params(const char* dir, zp_model_layout* L, float*** gp, char* err, size_t errlen) {
+static int read_ckpt_state(const char* dir, int which, zp_model_layout* L, float*** gp, char* err, size_t errlen) {
   zp_gpt2_shape s;
   *gp = NULL;
   int rc = zp_ckpt_read_shape(dir, &s, NULL, err, errlen);
@@ -96,13 +96,17 @@ static int read_ckpt_params(const char* dir, zp_model_layout* L, float*** gp, ch
     snprintf(err, errlen, "out of host memory");
     return ZP_E_NOMEM;
   }
-  rc = zp_ckpt_read_full_params(dir, L, *gp, err, errlen);
+  rc = zp_ckpt_read_full_state(dir, L, which, *gp, err, errlen);
   if (rc) {
     free(*gp);
     *gp = NULL;
     zp_model_layout_free(L);
   }
   return rc;
+}
+
+static int read_ckpt_params(const char* dir, zp_model_layout* L, float*** gp, char* err, size_t errlen) {
+  return read_ckpt_state(dir, 0, L, gp, err, errlen);
 }
 
 static void free_params(zp_model_layout* L, float** gp) {
@@ -112,37 +116,26 @@ static void free_params(zp_model_layout* L, float** gp) {
   zp_model_layout_free(L);
 }
 
-/* zp ckpt compare A B [--tol T]: max abs difference of the full fp32 weights (0 = bitwise). */
-static int cmd_compare(int argc, char** argv) {
-  double tol = 0;
-  if (argc == 4 && strcmp(argv[2], "--tol") == 0) {
-    char* end;
-    tol = strtod(argv[3], &end);
-    if (*end || !(tol >= 0)) {
-      fprintf(stderr, "zp: --tol needs a non-negative number, got '%s'\n", argv[3]);
-      return 2;
-    }
-  } else if (argc != 2) {
-    fprintf(stderr, "zp: usage: zp ckpt compare A B [--tol T]\n");
-    return 2;
-  }
-  char err[2048], da[2048], db[2048];
-  if (resolve_ckpt(argv[0], da, sizeof da) || resolve_ckpt(argv[1], db, sizeof db)) return 1;
+/* one of weights / m / v of two checkpoints: prints a line, returns 0 if within tol (0 =
+ * bitwise), 1 if not, -1 on error */
+static int compare_one(const char* da, const char* db, int which, double tol) {
+  static const char* what[] = {"weights", "Adam m", "Adam v"};
+  char err[2048];
   zp_model_layout la, lb;
   float **a = NULL, **b = NULL;
-  if (read_ckpt_params(da, &la, &a, err, sizeof err)) {
+  if (read_ckpt_state(da, which, &la, &a, err, sizeof err)) {
     fprintf(stderr, "zp: %s\n", err);
-    return 1;
+    return -1;
   }
-  if (read_ckpt_params(db, &lb, &b, err, sizeof err)) {
+  if (read_ckpt_state(db, which, &lb, &b, err, sizeof err)) {
     fprintf(stderr, "zp: %s\n", err);
     free_params(&la, a);
-    return 1;
+    return -1;
   }
   int rc = 0;
   if (memcmp(&la.s, &lb.s, sizeof la.s) != 0) {
     fprintf(stderr, "zp: %s and %s have different model shapes\n", da, db);
-    rc = 1;
+    rc = -1;
   } else {
     double maxd = 0, maxv = 0;
     long long ndiff = 0;
@@ -160,13 +153,51 @@ static int cmd_compare(int argc, char** argv) {
         if (fabs(x) > maxv) maxv = fabs(x);
       }
     }
-    printf("%llu parameters, %lld differ, max |a-b| = %.3g (in %s), max |a| = %.3g\n", (unsigned long long)la.total_params, ndiff, maxd, worst,
-           maxv);
+    printf("%s%s%llu %s, %lld differ, max |a-b| = %.3g (in %s), max |a| = %.3g\n", which ? what[which] : "", which ? ": " : "",
+           (unsigned long long)la.total_params, which ? "values" : "parameters", ndiff, maxd, worst, maxv);
     if (!(maxd <= tol) || (tol == 0 && ndiff)) rc = 1;
   }
   free_params(&la, a);
   free_params(&lb, b);
   return rc;
+}
+
+/* zp ckpt compare A B [--tol T] [--state]: max abs difference of the full fp32 weights (0 =
+ * bitwise); with --state also of Adam's m and v. A and B may be run directories (newest). */
+static int cmd_compare(int argc, char** argv) {
+  double tol = 0;
+  int state = 0;
+  const char* d[2] = {NULL, NULL};
+  int nd = 0;
+  for (int i = 0; i < argc; i++) {
+    if (!strcmp(argv[i], "--tol") && i + 1 < argc) {
+      char* end;
+      tol = strtod(argv[++i], &end);
+      if (*end || !(tol >= 0)) {
+        fprintf(stderr, "zp: --tol needs a non-negative number, got '%s'\n", argv[i]);
+        return 2;
+      }
+    } else if (!strcmp(argv[i], "--state")) {
+      state = 1;
+    } else if (argv[i][0] != '-' && nd < 2) {
+      d[nd++] = argv[i];
+    } else {
+      nd = 3;
+      break;
+    }
+  }
+  if (nd != 2) {
+    fprintf(stderr, "zp: usage: zp ckpt compare A B [--tol T] [--state]\n");
+    return 2;
+  }
+  char da[2048], db[2048];
+  if (resolve_ckpt(d[0], da, sizeof da) || resolve_ckpt(d[1], db, sizeof db)) return 1;
+  int rc = compare_one(da, db, 0, tol);
+  for (int w = 1; w <= 2 && state && rc >= 0; w++) {
+    int r2 = compare_one(da, db, w, tol);
+    if (r2) rc = r2;
+  }
+  return rc ? 1 : 0;
 }
 
 /* ---------------- zp ckpt logits ---------------- */

@@ -268,7 +268,8 @@ static int save_ckpt(trainer* t, int64_t step, uint64_t data_pos, int blocking, 
   free(dump);
   if (rc == ZP_OK) {
     if (zp_cfg_bool(t->cfg, "ckpt.async") && !blocking)
-      tlog(t, "checkpoint at step %lld staged in %.0f ms, writing to %s in the background\n", (long long)step, staged_ms, t->out_dir);
+      tlog(t, "checkpoint at step %lld staged (training paused %.0f ms), writing to %s in the background\n", (long long)step, staged_ms,
+           t->out_dir);
     else
       tlog(t, "saved checkpoint at step %lld to %s (%.0f ms)\n", (long long)step, t->out_dir, (zp_now_us() - t0) / 1000);
   }

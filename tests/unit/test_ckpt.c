@@ -3,7 +3,7 @@
  * the input is split; save + load round-trips every byte of MASTER/PARAM/OPTIM and step_t,
  * step, data_pos (fp32, bf16, and across precisions); retention keeps the newest K;
  * find_latest ignores *.tmp, directories without meta.json and corrupt meta.json; a flipped
- * byte is ZP_E_CORRUPT naming the file and piece; a truncated or missing rank file is named;
+ * byte is ZP_E_CORRUPT naming the file and the tensor (per-tensor CRCs) and piece; a truncated or missing rank file is named;
  * another model shape is refused naming both shapes; a crash at a crash point leaves no
  * checkpoint behind; resharding: world 2 (stage3) -> world 1 (none) -> world 3 (stage1) and
  * world 2 (stage2), checked element by element against a pattern of global indices.
@@ -677,14 +677,15 @@ static void test_corrupt_and_truncated(void) {
   flip_byte(bin, off + 77);
   int rc = zp_ckpt_load(&r, ck, &step, &dp, err, sizeof err);
   CHECK_EQ_INT(rc, ZP_E_CORRUPT);
-  CHECK_STR_CONTAINS(err, "ckpt_00000007/rank00000.bin: checksum mismatch in piece h.1.* (group block.1, m, elements 0..");
+  CHECK_STR_CONTAINS(err, "ckpt_00000007/rank00000.bin: checksum mismatch in tensor h.1.ln_1.weight (group block.1, m, elements 0..32; "
+                          "piece h.1.* (group block.1, m, elements 0..");
   char* txt = NULL;
   size_t tl = 0;
   FILE* f = open_memstream(&txt, &tl);
   rc = zp_ckpt_info(ck, f, 0, err, sizeof err);
   fclose(f);
   CHECK_EQ_INT(rc, ZP_E_CORRUPT);
-  CHECK_STR_CONTAINS(err, "rank00000.bin: checksum mismatch in piece h.1.*");
+  CHECK_STR_CONTAINS(err, "rank00000.bin: checksum mismatch in tensor h.1.ln_1.weight");
   CHECK_STR_CONTAINS(txt, "CORRUPT");
   free(txt);
   flip_byte(bin, off + 77); /* restore */
@@ -695,7 +696,7 @@ static void test_corrupt_and_truncated(void) {
   flip_byte(bin, off + 8);
   rc = zp_ckpt_load(&r, ck, &step, &dp, err, sizeof err);
   CHECK_EQ_INT(rc, ZP_E_CORRUPT);
-  CHECK_STR_CONTAINS(err, "checksum mismatch in piece wte.weight..wpe.weight (group embed, master, elements 0..");
+  CHECK_STR_CONTAINS(err, "checksum mismatch in tensor wte.weight (group embed, master, elements 0..2048; piece wte.weight..wpe.weight");
   flip_byte(bin, off + 8);
   /* alignment padding between pieces is covered by the whole-file checksum only */
   off = piece_offset(ck, "rank00000.json", 0, "master", &pb);
