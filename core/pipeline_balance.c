@@ -9,7 +9,8 @@
  *   stage (first[0] = 0 < first[1] < ... < first[n] = n_groups); explicit splits that are
  *   not are rejected with the reason, never repaired, so no layer is silently dropped.
  * - zp_pipeline_balance returns a split whose largest stage cost is minimal (to float
- *   rounding of the bisection), deterministic for given costs.
+ *   rounding of the bisection), and among those one whose other stages are close to even;
+ *   deterministic for given costs.
  * - No abort/exit; status codes + messages.
  */
 #include <math.h>
@@ -79,18 +80,38 @@ int zp_pipeline_balance(const double* cost, int G, int S, int* first, char* err,
     if (min_parts(cost, G, mid) <= S) hi = mid;
     else lo = mid;
   }
-  /* greedy with the bound hi, leaving at least one group for every later stage */
+  /* Build a split with every stage <= hi. Stage k may end at any cut p that keeps the rest
+   * splittable (feasible cuts form an interval: a later cut only leaves less to do); among
+   * those, take the one closest to an even share of what is left, so the stages that are
+   * not the bottleneck come out even too. */
   int pos = 0;
-  for (int k = 0; k < S; k++) {
+  for (int k = 0; k < S - 1; k++) {
     first[k] = pos;
-    int keep = S - 1 - k;
-    if (keep == 0) {
-      pos = G;
-      break;
+    int rest = S - 1 - k; /* stages after this one */
+    double acc = cost[pos], remaining = 0;
+    for (int g = pos; g < G; g++) remaining += cost[g];
+    int pmax = pos + 1;
+    while (pmax < G - rest && acc + cost[pmax] <= hi) acc += cost[pmax++];
+    int lo_p = pos + 1, hi_p = pmax; /* smallest feasible cut in [pos+1, pmax] */
+    while (lo_p < hi_p) {
+      int mid = lo_p + (hi_p - lo_p) / 2;
+      if (min_parts(cost + mid, G - mid, hi) <= rest) hi_p = mid;
+      else lo_p = mid + 1;
     }
-    double acc = cost[pos++];
-    while (pos < G - keep && acc + cost[pos] <= hi) acc += cost[pos++];
+    double target = remaining / (rest + 1), best = -1, a = 0;
+    int bestp = pmax;
+    for (int p = pos; p < pmax; p++) {
+      a += cost[p];
+      if (p + 1 < lo_p) continue;
+      double d = fabs(a - target);
+      if (best < 0 || d < best) {
+        best = d;
+        bestp = p + 1;
+      }
+    }
+    pos = bestp;
   }
+  first[S - 1] = pos;
   first[S] = G;
   return ZP_OK;
 }

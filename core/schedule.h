@@ -180,8 +180,9 @@ void zp_schedule_print(const zp_schedule* s, FILE* f, int width);
 int zp_pipeline_group_flops(int L, int C, int T, int Vp, double* out, int n_out);
 
 /* The contiguous split of n_groups costs into n_stages non-empty stages that minimises the
- * largest stage cost (exact up to float rounding: bisection on the bound + a greedy that
- * keeps enough groups for the remaining stages). first has n_stages + 1 entries. */
+ * largest stage cost (exact up to float rounding: bisection on the bound), and among such
+ * splits cuts each stage near an even share of what is left, so stages other than the
+ * bottleneck are even too. first has n_stages + 1 entries. */
 int zp_pipeline_balance(const double* cost, int n_groups, int n_stages, int* first,
                         char* err, size_t errlen);
 /* An explicit split given as group counts per stage (the config key pipeline.stages):
