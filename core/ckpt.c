@@ -2307,7 +2307,8 @@ int zp_ckpt_info(const char* ckpt_dir, FILE* out, int verbose, char* err, size_t
     seterr(err, errlen, "%s", first);
     rc = ZP_E_CORRUPT;
   } else {
-    fprintf(out, "  verified: %d pieces in %d files, %llu bytes, all checksums match\n", pieces, m.n_files, (unsigned long long)total);
+    fprintf(out, "  verified: %d pieces in %d file%s, %llu bytes, all checksums match\n", pieces, m.n_files, m.n_files == 1 ? "" : "s",
+            (unsigned long long)total);
   }
   meta_free(&m);
   return rc;

@@ -224,7 +224,7 @@ static void test_async_bytes(void) {
   json_t* m = json_load_file(ma, 0, &je);
   CHECK(m && !strcmp(json_string_value(json_object_get(m, "writer")), "async") && json_integer_value(json_object_get(m, "step_t")) == 4);
   json_decref(m);
-  char found[600];
+  char found[600] = "";
   CHECK_EQ_INT(zp_ckpt_find_latest(c, found, sizeof found), 0);
   CHECK_STR_CONTAINS(found, "ckpt_00000016");
   CHECK(exists(c, "ckpt_00000012") && exists(c, "ckpt_00000016") && !exists(c, "ckpt_00000008") && !exists(c, "ckpt_00000004"));
@@ -239,7 +239,7 @@ static void test_async_kill(void) {
   int failed = run_ranks(2, &j, &killed);
   CHECK_EQ_INT(killed, 2);   /* rank 1 died at the crash point */
   CHECK_EQ_INT(failed, 0);   /* rank 0 saw a failure with a message */
-  char found[600];
+  char found[600] = "";
   CHECK_EQ_INT(zp_ckpt_find_latest(a, found, sizeof found), 0);
   CHECK_STR_CONTAINS(found, "ckpt_00000002");
   CHECK(exists(a, "ckpt_00000004.tmp") && !exists(a, "ckpt_00000004"));
