@@ -13,11 +13,13 @@ vocab 50257 padded to 50304 inside zp), fp32, on the CPU:
      `zp ckpt logits` computes logits on the same tokens.
 
 Reference: transformers' GPT2LMHeadModel (eager attention, fp32, CPU) when transformers and
-torch import; otherwise (said loudly in the output) a float64 numpy implementation of GPT-2 in
-Hugging Face's layout (Conv1D weights [in, out], tanh GELU, LayerNorm eps 1e-5, tied
-classifier) reading the safetensors files with its own parser. In numpy mode direction B's
-file is written by this script in HF's layout with a "transformer." prefix, an old-style
-h.0.attn.bias mask buffer and a tied lm_head.weight, which zp import must accept.
+torch import. Otherwise (said loudly in the output) GPT-2 written out here in Hugging Face's
+layout (Conv1D weights [in, out], tanh GELU, LayerNorm eps 1e-5, tied classifier) reading the
+safetensors files with this script's own parser: with plain torch ops in fp32 (F.layer_norm,
+F.gelu(approximate="tanh"), softmax) when torch imports, else in float64 numpy. Without
+transformers direction B's file is written by this script in HF's layout with a
+"transformer." prefix, an old-style h.0.attn.bias mask buffer and a tied lm_head.weight,
+which zp import must accept.
 
 Tolerance (stated, checked): max |logit_zp - logit_ref| <= 1e-4 * max(1, max |logit_ref|) and
 the same argmax at every position. Both sides compute in fp32 (the numpy reference in fp64);
@@ -140,6 +142,34 @@ def gpt2_forward(w, n_head, tokens):
     return x @ w["wte.weight"].T
 
 
+def gpt2_forward_torch(torch, w, n_head, tokens):
+    """The same GPT-2 with torch's own fp32 ops (CPU)."""
+    F = torch.nn.functional
+    w = {k: torch.from_numpy(v.astype(np.float32)) for k, v in strip(w).items()}
+    T = len(tokens)
+    idx = torch.tensor(tokens, dtype=torch.long)
+    x = w["wte.weight"][idx] + w["wpe.weight"][:T]
+    C = x.shape[1]
+    hd = C // n_head
+    L = 1 + max(int(k.split(".")[1]) for k in w if k.startswith("h."))
+    causal = torch.ones(T, T, dtype=torch.bool).tril()
+    with torch.no_grad():
+        for i in range(L):
+            p = f"h.{i}."
+            h = F.layer_norm(x, (C,), w[p + "ln_1.weight"], w[p + "ln_1.bias"], 1e-5)
+            qkv = h @ w[p + "attn.c_attn.weight"] + w[p + "attn.c_attn.bias"]
+            q, k, v = (t.view(T, n_head, hd).transpose(0, 1) for t in qkv.split(C, dim=1))
+            att = (q @ k.transpose(1, 2)) / (hd ** 0.5)
+            att = att.masked_fill(~causal, float("-inf")).softmax(-1)
+            y = (att @ v).transpose(0, 1).reshape(T, C)
+            x = x + y @ w[p + "attn.c_proj.weight"] + w[p + "attn.c_proj.bias"]
+            h = F.layer_norm(x, (C,), w[p + "ln_2.weight"], w[p + "ln_2.bias"], 1e-5)
+            h = F.gelu(h @ w[p + "mlp.c_fc.weight"] + w[p + "mlp.c_fc.bias"], approximate="tanh")
+            x = x + h @ w[p + "mlp.c_proj.weight"] + w[p + "mlp.c_proj.bias"]
+        x = F.layer_norm(x, (C,), w["ln_f.weight"], w["ln_f.bias"], 1e-5)
+        return (x @ w["wte.weight"].T).double().numpy()
+
+
 # ----------------------------------------------------------------------------- helpers
 
 RESULTS = []
@@ -211,18 +241,22 @@ metrics = false
 
 
 def load_reference(mode):
+    """-> (torch or None, transformers or None)"""
     if mode == "numpy":
         return None, None
+    torch = None
     try:
-        import torch  # noqa: F401
+        import torch as _torch
+        torch = _torch
         import transformers
         return torch, transformers
     except Exception as e:  # noqa: BLE001
         if mode == "transformers":
             raise
-        print(f"NOTE: transformers/torch not importable ({type(e).__name__}: {e}); the reference is this script's float64 numpy "
-              "GPT-2 in Hugging Face's layout, NOT transformers. Run where transformers is installed for the full check.", flush=True)
-        return None, None
+        what = "plain torch ops (fp32)" if torch else "float64 numpy"
+        print(f"NOTE: transformers not importable ({type(e).__name__}: {e}); the reference is this script's GPT-2 in Hugging "
+              f"Face's layout with {what}, NOT transformers. Run where transformers is installed for the full check.", flush=True)
+        return torch, None
 
 
 def hf_logits(torch, transformers, model_dir, tokens):
@@ -248,8 +282,15 @@ def main():
     os.makedirs(work, exist_ok=True)
     log = os.path.join(work, "zp.log")
     torch, transformers = load_reference(a.reference)
-    ref_name = f"transformers {transformers.__version__} GPT2LMHeadModel (torch {torch.__version__}, fp32, CPU, eager)" if transformers \
-        else "numpy float64 GPT-2 (HF layout)"
+    if transformers:
+        ref_name = f"transformers {transformers.__version__} GPT2LMHeadModel (torch {torch.__version__}, fp32, CPU, eager)"
+    elif torch:
+        ref_name = f"torch-ops GPT-2 (HF layout, torch {torch.__version__}, fp32, CPU)"
+    else:
+        ref_name = "numpy float64 GPT-2 (HF layout)"
+
+    def own_reference(weights, toks):
+        return gpt2_forward_torch(torch, weights, N_HEAD, toks) if torch else gpt2_forward(weights, N_HEAD, toks)
     print(f"reference: {ref_name}", flush=True)
     tokens = [int(t) for t in np.random.default_rng(7).integers(0, VOCAB, size=SEQ)]
     tokens[0], tokens[-1] = 50256, 0  # the last real token and token 0
@@ -277,7 +318,10 @@ def main():
     if transformers:
         ref = hf_logits(torch, transformers, exp32, tokens)
     else:
-        ref = gpt2_forward(w, N_HEAD, tokens)
+        ref = own_reference(w, tokens)
+        if torch:  # the two written-out references agree with each other too
+            d = float(np.abs(gpt2_forward(w, N_HEAD, tokens) - ref).max())
+            print(f"      (torch-ops vs numpy float64 reference: max |dlogit| {d:.3g})", flush=True)
     compare(f"A zp->HF fp32: zp logits vs {ref_name.split(' (')[0]} on the export", l_zp, ref)
     imp16 = os.path.join(work, "import_bf16")
     run([zp, "import", os.path.join(exp16, "model.safetensors"), "--config", cfg, "--out", imp16], log)
@@ -285,7 +329,7 @@ def main():
     if transformers:
         ref16 = hf_logits(torch, transformers, exp16, tokens)
     else:
-        ref16 = gpt2_forward(st_read(os.path.join(exp16, "model.safetensors"))[0], N_HEAD, tokens)
+        ref16 = own_reference(st_read(os.path.join(exp16, "model.safetensors"))[0], tokens)
     compare("A zp->HF bf16 export (fp32 compute on the bf16 weights)", l_zp16, ref16)
     d16 = float(np.abs(l_zp16 - l_zp).max())
     print(f"      (bf16 rounding of the weights moves the logits by up to {d16:.3g})", flush=True)
@@ -325,7 +369,7 @@ def main():
         tens.append(("transformer.h.0.attn.bias", np.tril(np.ones((1, 1, SEQ, SEQ), dtype=np.uint8)), "U8"))
         src = os.path.join(src_dir, "model.safetensors")
         st_write(src, tens, {"format": "pt"})
-        ref_b = gpt2_forward({n: v.astype(np.float64) for n, v, d in tens if d == "F32" and n != "lm_head.weight"}, N_HEAD, tokens)
+        ref_b = own_reference({n: v.astype(np.float64) for n, v, d in tens if d == "F32" and n != "lm_head.weight"}, tokens)
     impb = os.path.join(work, "import_hf")
     run([zp, "import", src, "--config", cfg, "--out", impb], log)
     l_b = zp_logits(zp, os.path.join(impb, "ckpt_00000000"), tokens, os.path.join(work, "zp_logits_b.bin"), log)
@@ -338,7 +382,7 @@ def main():
           f"{REL_TOL:g} x max(1, max|logit|), argmax equal")
     for name, ok, detail in RESULTS:
         print(f"  {'PASS' if ok else 'FAIL'}  {name}: {detail}")
-    print(f"{'ALL PASS' if not bad else f'{len(bad)} FAILED'}" + ("" if transformers else "  (numpy reference: transformers was not available)"))
+    print(f"{'ALL PASS' if not bad else f'{len(bad)} FAILED'}" + ("" if transformers else "  (transformers was not available: see the reference line)"))
     return 1 if bad else 0
 
 
