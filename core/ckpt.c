@@ -815,8 +815,24 @@ static int file_check(const ck_meta* m, const ck_file* f, char* err, size_t errl
     return ZP_E_IO;
   }
   if (!S_ISREG(st.st_mode) || (uint64_t)st.st_size != f->bytes) {
-    seterr(err, errlen, "%s/%s: %s: %lld bytes, expected %" PRIu64, m->label, f->file,
-           (uint64_t)st.st_size < f->bytes ? "truncated" : "wrong size", (long long)st.st_size, f->bytes);
+    /* name the first piece (tensor) the truncation cuts into */
+    char cut[640] = "";
+    const ck_piece* first = NULL;
+    for (int j = 0; j < f->n_pieces; j++) {
+      const ck_piece* p = &f->pieces[j];
+      if (p->offset + p->bytes > (uint64_t)st.st_size && (!first || p->offset < first->offset)) first = p;
+    }
+    if (first && (uint64_t)st.st_size < f->bytes) {
+      char d[300];
+      uint64_t es = zp_dtype_size(first->dtype);
+      uint64_t at = (uint64_t)st.st_size > first->offset ? first->start + ((uint64_t)st.st_size - first->offset) / es : first->start;
+      char lab[160];
+      piece_label(m, first->group, at, at + 1 <= first->end ? at + 1 : first->end, lab, sizeof lab);
+      piece_desc(m, first, d, sizeof d);
+      snprintf(cut, sizeof cut, "; the data is cut in tensor %s, piece %s", lab, d);
+    }
+    seterr(err, errlen, "%s/%s: %s: %lld bytes, expected %" PRIu64 "%s", m->label, f->file,
+           (uint64_t)st.st_size < f->bytes ? "truncated" : "wrong size", (long long)st.st_size, f->bytes, cut);
     return ZP_E_CORRUPT;
   }
   return ZP_OK;
