@@ -96,9 +96,10 @@ static void t_open_error_reaches_user(void) {
   rc = open_with("zero.plugin=" TP "zp_bad_abi.so", NULL, msg, sizeof msg);
   CHECK_EQ_INT(rc, ZP_E_ABI);
   CHECK_STR_CONTAINS(msg, "zero.plugin");
-  rc = open_with("offload.optimizer.plugin=offload_cpu", NULL, msg, sizeof msg);
-  CHECK_EQ_INT(rc, ZP_E_NOT_IMPLEMENTED);
-  CHECK_STR_CONTAINS(msg, "offload_cpu tier is not implemented yet");
+  /* a tier's plan refusal (host cap) reaches the user with its numbers */
+  rc = open_with("offload.optimizer.plugin=offload_cpu", "offload.optimizer.max_host_gb=1e-9", msg, sizeof msg);
+  CHECK_EQ_INT(rc, ZP_E_NOMEM);
+  CHECK_STR_CONTAINS(msg, "more than offload.optimizer.max_host_gb = 1e-09");
 }
 
 static void t_list(void) {
