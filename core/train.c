@@ -296,6 +296,16 @@ int zp_train(zp_config* cfg, zp_comm* comm, char* err, size_t errlen) {
     return ZP_E_NOT_IMPLEMENTED;
   }
   t->dp = dp;
+  /* SIGTERM/SIGUSR1 only set a flag from here on (also while resuming and after an error):
+   * the launcher stops the other ranks with SIGTERM when one fails, and a rank must still get
+   * to print its own message (e.g. which tensor of its checkpoint shard is damaged). The step
+   * loop checks the flag; the handler stays installed until the process exits. */
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = on_signal;
+  sigaction(SIGTERM, &sa, NULL);
+  sigaction(SIGUSR1, &sa, NULL);
+  g_signal = 0;
   int rc = ZP_OK;
   int T = (int)zp_cfg_int(cfg, "model.seq_len");
   int V = (int)zp_cfg_int(cfg, "model.vocab_size");
@@ -380,12 +390,6 @@ int zp_train(zp_config* cfg, zp_comm* comm, char* err, size_t errlen) {
     }
   }
   if (zp_cfg_bool(cfg, "train.trace")) zp_trace_enable(t->rank, 1u << 20);
-  struct sigaction sa;
-  memset(&sa, 0, sizeof sa);
-  sa.sa_handler = on_signal;
-  sigaction(SIGTERM, &sa, NULL);
-  sigaction(SIGUSR1, &sa, NULL);
-  g_signal = 0;
   double fpt = zp_model_flops_per_token(&r->layout, T);
   int log_every = (int)zp_cfg_int(cfg, "train.log_every"), val_every = (int)zp_cfg_int(cfg, "train.val_every");
   int64_t ck_every = zp_cfg_int(cfg, "train.checkpoint_every");
@@ -535,8 +539,6 @@ int zp_train(zp_config* cfg, zp_comm* comm, char* err, size_t errlen) {
 fail_run:
   snprintf(err, errlen, "%s", t->run.err[0] ? t->run.err : "training step failed");
 done:
-  signal(SIGTERM, SIG_DFL);
-  signal(SIGUSR1, SIG_DFL);
   zp_ckpt_saver_close(t->saver, &t->run);
   if (t->metrics) fclose(t->metrics);
   free(t->inp);
