@@ -689,7 +689,49 @@ static const zp_tier_ops* tier_for(zp_run* r, zp_tier t, void** state) {
   return NULL;
 }
 
+static int tier_sync(zp_run* r, int flush, int* wrote) {
+  for (int i = 0; i < 2; i++) {
+    const zp_tier_ops* t = r->tier_ops[i];
+    if (!t || t->struct_size < offsetof(zp_tier_ops, sync) + sizeof t->sync || !t->sync) continue;
+    int w = 0;
+    int rc = t->sync(r->tier_state[i], flush, &w);
+    if (rc) {
+      if (!r->err[0]) rerr(r, "tier %s: sync failed (status %d)", zp_tier_name(t->tier), rc);
+      return rc;
+    }
+    if (w) *wrote = 1;
+  }
+  return ZP_OK;
+}
+
+int zp_run_flush(zp_run* r) {
+  int wrote = 0;
+  int rc = tier_sync(r, 1, &wrote);
+  if (rc) return rc;
+  if (r->world > 1 && r->comm) {
+    int32_t v = wrote;
+    if ((rc = zp_comm_allreduce(r->comm, &v, 1, ZP_I32, ZP_RED_MAX))) {
+      rerr(r, "flush: %s", zp_comm_error(r->comm));
+      return rc;
+    }
+    wrote = v;
+  }
+  if (!wrote) return ZP_OK;
+  /* a rank that updated only its shard of a replicated parameter buffer: re-gather it */
+  for (int g = 0; g < r->layout.n_groups && !rc; g++) {
+    zp_group_info* in = &r->groups[g].info;
+    if (in->place[ZP_CAT_PARAM].sharded || !in->place[ZP_CAT_OPTIM].sharded || !in->buf[ZP_CAT_PARAM]) continue;
+    size_t es = zp_dtype_size(in->dtype[ZP_CAT_PARAM]);
+    rc = h_allgather(r->hctx, in->buf[ZP_CAT_PARAM], (char*)in->buf[ZP_CAT_PARAM] + (size_t)in->shard_off * es,
+                     (size_t)in->shard_len, in->dtype[ZP_CAT_PARAM]);
+  }
+  return rc;
+}
+
 static int state_io(zp_run* r, int g, zp_category cat, uint64_t off, void* host, size_t bytes, int put) {
+  int quiet = 0;
+  int src = tier_sync(r, 0, &quiet);
+  if (src) return src;
   zp_group_info* in = &r->groups[g].info;
   zp_tier t = in->place[cat].tier;
   if (in->buf[cat]) {

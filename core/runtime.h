@@ -111,6 +111,10 @@ int zp_run_get_group_params(zp_run* r, int g, float* host_out);
 /* Tier-aware access to this rank's holding of (group, cat): device memory through the
  * backend, host memory directly, tier-owned storage (nvme) through the tier plugin.
  * off and bytes are byte offsets inside the holding. */
+/* Settle tiers that update in the background (offload.optimizer.delayed_update): pending
+ * parameter updates reach the device and replicated parameters are re-gathered. Collective.
+ * Called before checkpoints, validation and at the end of training. */
+int zp_run_flush(zp_run* r);
 int zp_run_state_get(zp_run* r, int g, zp_category cat, uint64_t off, void* host, size_t bytes);
 int zp_run_state_put(zp_run* r, int g, zp_category cat, uint64_t off, const void* host, size_t bytes);
 /* Print the plan table: per group placements and the ledger. */

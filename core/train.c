@@ -239,6 +239,8 @@ static int validate(trainer* t, double* out, char* err, size_t errlen) {
   int nb = (int)zp_cfg_int(t->cfg, "train.val_batches");
   int B = t->run.B;
   double sum = 0;
+  /* a delayed parameter update is applied first: validation sees the parameters of the last step */
+  if (zp_run_flush(&t->run)) { snprintf(err, errlen, "validation: %s", t->run.err); return ZP_E_INTERNAL; }
   for (int i = 0; i < nb; i++) {
     uint64_t pos = ((uint64_t)i * (uint64_t)t->dp + (uint64_t)t->rank) * (uint64_t)B;
     int rc = fetch(t, t->val, pos, err, errlen);
@@ -263,7 +265,15 @@ static int save_ckpt(trainer* t, int64_t step, uint64_t data_pos, int blocking, 
     fclose(mf);
   }
   double t0 = zp_now_us(), staged_ms = 0;
-  int rc = zp_ckpt_saver_save(t->saver, &t->run, step, data_pos, dump ? dump : "", blocking, &staged_ms, err, errlen);
+  /* pending delayed updates are applied before saving, so a resumed run starts from exactly the
+   * state the uninterrupted run continues from */
+  int rc = zp_run_flush(&t->run);
+  if (rc) {
+    free(dump);
+    snprintf(err, errlen, "checkpoint at step %lld: %s", (long long)step, t->run.err);
+    return rc;
+  }
+  rc = zp_ckpt_saver_save(t->saver, &t->run, step, data_pos, dump ? dump : "", blocking, &staged_ms, err, errlen);
   zp_trace_span(ZP_TR_IO, "checkpoint", (int)step, t0);
   free(dump);
   if (rc == ZP_OK) {

@@ -275,6 +275,14 @@ typedef struct zp_tier_ops {
    * holding of (group, cat) to/from host memory (may be NULL for the cpu tier) */
   int (*read)(void* state, int group, zp_category cat, uint64_t off, void* host, size_t bytes);
   int (*write)(void* state, int group, zp_category cat, uint64_t off, const void* host, size_t bytes);
+  /* A tier that works in the background (a delayed parameter update) settles it (may be NULL):
+   * flush 0: wait for in-flight work, so the state read() / the core's host buffers see is
+   *          final for the last step (device parameters may still be one update behind);
+   * flush 1: also write every pending parameter update to its param_out and set *wrote = 1 if
+   *          any was written (the core then re-gathers replicated parameters of which this
+   *          rank updated only its shard). Called by the core before checkpoints, validation,
+   *          reads of the state and at the end of training; collective where flush is 1. */
+  int (*sync)(void* state, int flush, int* wrote);
 } zp_tier_ops;
 
 /* ---- parallel plugins (pipeline, tensor) ---- */

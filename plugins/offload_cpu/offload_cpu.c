@@ -4,14 +4,24 @@
  *   gradient range device -> page-locked staging (chunks of `chunk_elems`), vectorised AdamW
  *   on the host (core/adamw_cpu.c compiled into this plugin: AVX-512 / AVX2 / scalar, OpenMP,
  *   bf16 conversions fused), new parameters staging -> device.
+ * Delayed parameter update (offload.optimizer.delayed_update, after delayed_update_warmup
+ * steps): update(g) of step t first waits for group g's host AdamW of step t-1 and copies its
+ * parameters to the device, then copies step t's gradient to per-group host staging and queues
+ * its AdamW on a worker thread, which runs while step t+1 computes (on parameters one update
+ * behind: P_t = AdamW(P_t-1, g(P_t-2))). sync() waits (flush 0) or also applies the pending
+ * parameters (flush 1: checkpoints, validation).
  * Invariants:
  * - The arithmetic is the CPU backend's AdamW bit for bit, so an offloaded run on the CPU
- *   backend equals the run without offload exactly (tests/integration/offload.sh).
+ *   backend equals the run without offload exactly (tests/integration/offload.sh), and a
+ *   delayed run equals the reference recurrence above exactly (tests/unit/test_offload_dpu.c).
  * - Host memory is capped by offload.optimizer.max_host_gb: plan() refuses a placement whose
  *   host bytes (state + staging) exceed it, with the numbers, before anything is allocated.
  * - Every transfer is reported to the ledger (note_io), so a tier that leaves state in place
  *   cannot pass the tests.
- * - update() is synchronous: param_out holds the new values when it returns. */
+ * - Only the worker thread touches a queued group's master/m/v; the core reads them only after
+ *   sync() (state reads, checkpoints go through it). The host table is used from the calling
+ *   thread only (errors of the worker are reported at the next update/sync). */
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,12 +31,38 @@
 
 #define CHUNK_ELEMS ((uint64_t)16 << 20) /* 16M elements per staged transfer */
 
+enum { J_IDLE, J_QUEUED, J_PENDING }; /* PENDING: parameters computed, not yet on the device */
+
+typedef struct {
+  int state;
+  zp_optim_range u;      /* copy of the update (pieces point at the arrays below) */
+  uint64_t* piece_end;
+  unsigned char* piece_decay;
+  int piece_cap;
+  void* gbuf;            /* host gradient (held elements, at most fp32) */
+  void* pbuf;            /* host parameters out (held elements, at most fp32) */
+  size_t buf_bytes;
+} oc_job;
+
 typedef struct {
   const zp_host* h;
   int threads;
   void* gstage;    /* page-locked staging: gradients (gdt), then parameters (pdt) */
   void* pstage;
   size_t stage_bytes;
+  /* delayed update */
+  int dpu;
+  int64_t warmup;
+  int n_groups;
+  oc_job* jobs;
+  int* queue;      /* ring of group indices, capacity n_groups */
+  int qhead, qlen;
+  pthread_t worker;
+  int worker_on, stop;
+  pthread_mutex_t mu;
+  pthread_cond_t cv_work, cv_done;
+  int werr;        /* first worker failure (status) and its message */
+  char werr_msg[512];
 } oc_t;
 
 static int which(const zp_host* h, int* opt, int* par) {
@@ -67,20 +103,130 @@ static int oc_plan(const zp_host* h, zp_plan* p) {
     }
   }
   host += 2.0 * 4.0 * (double)stage_elems(p); /* staging, at most fp32 each */
+  int dpu = 0;
+  h->config_bool(h->ctx, "offload.optimizer.delayed_update", &dpu);
+  double dpu_bytes = 0;
+  for (int g = 0; opt && dpu && g < p->n_groups; g++)
+    dpu_bytes += 8.0 * (p->groups[g].place[ZP_CAT_OPTIM].sharded ? (double)p->groups[g].padded / p->world_size
+                                                                  : (double)p->groups[g].padded);
+  host += dpu_bytes;
   double cap = 0;
   h->config_float(h->ctx, "offload.optimizer.max_host_gb", &cap);
   if (cap > 0 && host > cap * 1e9) {
     h->set_error(h->ctx, "the optimizer state needs %.3g GB of host memory per rank (fp32 master + Adam m, v: 12 bytes x "
-                 "parameters held, plus %.3g GB staging), more than offload.optimizer.max_host_gb = %g",
-                 host / 1e9, 8.0 * (double)stage_elems(p) / 1e9, cap);
+                 "parameters held, plus %.3g GB staging%s), more than offload.optimizer.max_host_gb = %g",
+                 host / 1e9, (8.0 * (double)stage_elems(p) + dpu_bytes) / 1e9,
+                 dpu ? ", of which 8 bytes x parameters held for the delayed update" : "", cap);
     return ZP_E_NOMEM;
   }
   return ZP_OK;
 }
 
+/* ---------------- the AdamW over staged data ---------------- */
+
+/* AdamW over elements [c0, c0+n) of range u: grad at g (gdt), new parameters to pout (pdt) */
+static int adam_span(const oc_t* s, const zp_optim_range* u, uint64_t c0, uint64_t n, const void* g, void* pout,
+                     char* msg, size_t msglen) {
+  size_t gs = zp_dtype_size(u->gdt), ps = zp_dtype_size(u->pdt);
+  uint64_t pos = u->first + c0, end = pos + n;
+  int piece = 0;
+  while (pos < end) {
+    while (piece < u->n_pieces && u->piece_end[piece] <= pos) piece++;
+    uint64_t pe = piece < u->n_pieces && u->piece_end[piece] < end ? u->piece_end[piece] : end;
+    int decay = piece < u->n_pieces ? u->piece_decay[piece] : 0;
+    zp_adamw_hparams hp = {u->hp.lr, u->hp.beta1, u->hp.beta2, u->hp.eps, decay ? u->hp.weight_decay : 0.0f,
+                           u->hp.grad_scale, u->hp.step_t};
+    uint64_t k = pos - u->first; /* offset in the range */
+    uint64_t kc = k - c0;         /* offset in the span */
+    int rc = zp_adamw_cpu(pout ? (char*)pout + kc * ps : NULL, pout ? u->pdt : ZP_F32, u->master + k,
+                          (const char*)g + kc * gs, u->gdt, u->m + k, u->v + k, (size_t)(pe - pos), &hp, s->threads);
+    if (rc) {
+      const char* e = zp_adamw_isa_error(ZP_ISA_AUTO);
+      snprintf(msg, msglen, "%s", e ? e : "CPU AdamW failed");
+      return rc;
+    }
+    pos = pe;
+  }
+  return ZP_OK;
+}
+
+/* ---------------- delayed update: the worker ---------------- */
+
+static void* worker_main(void* arg) {
+  oc_t* s = arg;
+  pthread_mutex_lock(&s->mu);
+  for (;;) {
+    while (!s->stop && s->qlen == 0) pthread_cond_wait(&s->cv_work, &s->mu);
+    if (s->qlen == 0) break; /* stop, nothing left */
+    int g = s->queue[s->qhead];
+    s->qhead = (s->qhead + 1) % s->n_groups;
+    s->qlen--;
+    oc_job* j = &s->jobs[g];
+    pthread_mutex_unlock(&s->mu);
+    char msg[512] = "";
+    int rc = adam_span(s, &j->u, 0, j->u.count, j->gbuf, j->u.param_out ? j->pbuf : NULL, msg, sizeof msg);
+    pthread_mutex_lock(&s->mu);
+    if (rc && !s->werr) {
+      s->werr = rc;
+      snprintf(s->werr_msg, sizeof s->werr_msg, "delayed update of group %d: %s", g, msg);
+    }
+    j->state = J_PENDING;
+    pthread_cond_broadcast(&s->cv_done);
+  }
+  pthread_mutex_unlock(&s->mu);
+  return NULL;
+}
+
+/* wait until group g (or every group, g < 0) has no queued work; report a worker failure */
+static int wait_jobs(oc_t* s, int g) {
+  pthread_mutex_lock(&s->mu);
+  for (;;) {
+    int busy = 0;
+    for (int i = g < 0 ? 0 : g; i < (g < 0 ? s->n_groups : g + 1); i++) busy |= s->jobs[i].state == J_QUEUED;
+    if (!busy) break;
+    pthread_cond_wait(&s->cv_done, &s->mu);
+  }
+  int rc = s->werr;
+  pthread_mutex_unlock(&s->mu);
+  if (rc) s->h->set_error(s->h->ctx, "%s", s->werr_msg);
+  return rc;
+}
+
+/* the pending parameters of group g go to the device */
+static int apply_pending(oc_t* s, oc_job* j) {
+  if (j->state != J_PENDING) return ZP_OK;
+  j->state = J_IDLE;
+  if (!j->u.param_out) return ZP_OK;
+  size_t bytes = (size_t)j->u.count * zp_dtype_size(j->u.pdt);
+  int rc = s->h->dev->copy_h2d(s->h->devb, j->u.param_out, j->pbuf, bytes);
+  if (!rc) s->h->note_io(s->h->ctx, ZP_TIER_CPU, 0, bytes);
+  return rc;
+}
+
 static void oc_close(void* st) {
   oc_t* s = st;
   if (!s) return;
+  if (s->worker_on) {
+    pthread_mutex_lock(&s->mu);
+    s->stop = 1;
+    pthread_cond_broadcast(&s->cv_work);
+    pthread_mutex_unlock(&s->mu);
+    pthread_join(s->worker, NULL);
+  }
+  if (s->dpu) {
+    pthread_mutex_destroy(&s->mu);
+    pthread_cond_destroy(&s->cv_work);
+    pthread_cond_destroy(&s->cv_done);
+  }
+  for (int g = 0; s->jobs && g < s->n_groups; g++) {
+    oc_job* j = &s->jobs[g];
+    if (j->gbuf) s->h->free(s->h->ctx, ZP_CAT_BUFFER, ZP_TIER_CPU, j->gbuf, j->buf_bytes);
+    if (j->pbuf) s->h->free(s->h->ctx, ZP_CAT_BUFFER, ZP_TIER_CPU, j->pbuf, j->buf_bytes);
+    free(j->piece_end);
+    free(j->piece_decay);
+  }
+  free(s->jobs);
+  free(s->queue);
   if (s->gstage) s->h->free(s->h->ctx, ZP_CAT_BUFFER, ZP_TIER_CPU, s->gstage, s->stage_bytes);
   if (s->pstage) s->h->free(s->h->ctx, ZP_CAT_BUFFER, ZP_TIER_CPU, s->pstage, s->stage_bytes);
   free(s);
@@ -94,19 +240,100 @@ static int oc_open(const zp_host* h, void** state) {
   int64_t th = 0;
   h->config_int(h->ctx, "offload.optimizer.threads", &th);
   s->threads = (int)th;
+  h->config_bool(h->ctx, "offload.optimizer.delayed_update", &s->dpu);
+  h->config_int(h->ctx, "offload.optimizer.delayed_update_warmup", &s->warmup);
+  s->n_groups = h->n_groups;
   /* staging sized for the largest range one update can get, capped at one chunk */
   uint64_t mx = 0;
+  if (s->dpu && (!(s->jobs = calloc((size_t)s->n_groups, sizeof *s->jobs)) ||
+                 !(s->queue = calloc((size_t)s->n_groups, sizeof *s->queue))))
+    return ZP_E_NOMEM;
   for (int g = 0; g < h->n_groups; g++) {
     zp_group_info in;
     int rc = h->group_info(h->ctx, g, &in);
     if (rc) return rc;
     uint64_t n = in.place[ZP_CAT_OPTIM].sharded ? in.shard_len : in.padded;
     if (n > mx) mx = n;
+    if (s->dpu && in.place[ZP_CAT_OPTIM].tier == ZP_TIER_CPU) {
+      oc_job* j = &s->jobs[g];
+      j->buf_bytes = (size_t)n * 4;
+      rc = h->alloc(h->ctx, ZP_CAT_BUFFER, ZP_TIER_CPU, j->buf_bytes, "offload_cpu delayed-update gradients", &j->gbuf);
+      if (!rc) rc = h->alloc(h->ctx, ZP_CAT_BUFFER, ZP_TIER_CPU, j->buf_bytes, "offload_cpu delayed-update parameters", &j->pbuf);
+      if (rc) return rc;
+    }
   }
   if (mx > CHUNK_ELEMS) mx = CHUNK_ELEMS;
   s->stage_bytes = (size_t)mx * 4;
   int rc = h->alloc(h->ctx, ZP_CAT_BUFFER, ZP_TIER_CPU, s->stage_bytes, "offload_cpu gradient staging", &s->gstage);
   if (!rc) rc = h->alloc(h->ctx, ZP_CAT_BUFFER, ZP_TIER_CPU, s->stage_bytes, "offload_cpu parameter staging", &s->pstage);
+  if (rc || !s->dpu) return rc;
+  pthread_mutex_init(&s->mu, NULL);
+  pthread_cond_init(&s->cv_work, NULL);
+  pthread_cond_init(&s->cv_done, NULL);
+  if (pthread_create(&s->worker, NULL, worker_main, s)) {
+    h->set_error(h->ctx, "cannot start the delayed-update thread");
+    return ZP_E_NOMEM;
+  }
+  s->worker_on = 1;
+  return ZP_OK;
+}
+
+/* queue the AdamW of range u on the worker; the device keeps its parameters until the next call */
+static int update_delayed(oc_t* s, const zp_optim_range* u) {
+  const zp_host* h = s->h;
+  oc_job* j = &s->jobs[u->group];
+  if (!j->gbuf || (size_t)u->count * 4 > j->buf_bytes) {
+    h->set_error(h->ctx, "group %d: delayed update of %llu elements does not fit its staging", u->group,
+                 (unsigned long long)u->count);
+    return ZP_E_INTERNAL;
+  }
+  int rc = wait_jobs(s, u->group);
+  if (!rc) rc = apply_pending(s, j); /* step t-1's parameters reach the device now */
+  if (rc) return rc;
+  size_t gb = (size_t)u->count * zp_dtype_size(u->gdt);
+  if ((rc = h->dev->copy_d2h(h->devb, j->gbuf, u->grad, gb))) return rc;
+  h->note_io(h->ctx, ZP_TIER_CPU, 1, gb);
+  if (u->n_pieces > j->piece_cap) {
+    uint64_t* pe = realloc(j->piece_end, (size_t)u->n_pieces * sizeof *pe);
+    if (pe) j->piece_end = pe;
+    unsigned char* pd = realloc(j->piece_decay, (size_t)u->n_pieces);
+    if (pd) j->piece_decay = pd;
+    if (!pe || !pd) return ZP_E_NOMEM;
+    j->piece_cap = u->n_pieces;
+  }
+  memcpy(j->piece_end, u->piece_end, (size_t)u->n_pieces * sizeof *j->piece_end);
+  memcpy(j->piece_decay, u->piece_decay, (size_t)u->n_pieces);
+  j->u = *u;
+  j->u.piece_end = j->piece_end;
+  j->u.piece_decay = j->piece_decay;
+  j->u.grad = NULL; /* device pointer: the worker uses gbuf */
+  pthread_mutex_lock(&s->mu);
+  j->state = J_QUEUED;
+  s->queue[(s->qhead + s->qlen) % s->n_groups] = u->group;
+  s->qlen++;
+  pthread_cond_signal(&s->cv_work);
+  pthread_mutex_unlock(&s->mu);
+  return ZP_OK;
+}
+
+static int oc_sync(void* st, int flush, int* wrote) {
+  oc_t* s = st;
+  if (!s->dpu) return ZP_OK;
+  int rc = wait_jobs(s, -1);
+  for (int g = 0; !rc && flush && g < s->n_groups; g++) {
+    if (s->jobs[g].state == J_PENDING && s->jobs[g].u.param_out) *wrote = 1;
+    rc = apply_pending(s, &s->jobs[g]);
+  }
+  return rc;
+}
+
+static int oc_step_end(void* st) {
+  oc_t* s = st;
+  if (!s->dpu) return ZP_OK;
+  pthread_mutex_lock(&s->mu);
+  int rc = s->werr;
+  pthread_mutex_unlock(&s->mu);
+  if (rc) s->h->set_error(s->h->ctx, "%s", s->werr_msg);
   return rc;
 }
 
@@ -117,31 +344,23 @@ static int oc_update(void* st, const zp_optim_range* u) {
     h->set_error(h->ctx, "group %d: optimizer state is not in host memory", u->group);
     return ZP_E_INTERNAL;
   }
+  if (s->dpu && (int64_t)u->hp.step_t > s->warmup) return update_delayed(s, u);
+  if (s->dpu) { /* warm-up step: nothing may be pending, but make sure */
+    int rc = wait_jobs(s, u->group);
+    if (!rc) rc = apply_pending(s, &s->jobs[u->group]);
+    if (rc) return rc;
+  }
   size_t gs = zp_dtype_size(u->gdt), ps = zp_dtype_size(u->pdt);
   uint64_t chunk = s->stage_bytes / 4;
-  int piece = 0;
   for (uint64_t c0 = 0; c0 < u->count; c0 += chunk) {
     uint64_t n = u->count - c0 < chunk ? u->count - c0 : chunk;
     int rc = h->dev->copy_d2h(h->devb, s->gstage, (const char*)u->grad + c0 * gs, (size_t)n * gs);
     if (rc) return rc;
     h->note_io(h->ctx, ZP_TIER_CPU, 1, (uint64_t)n * gs);
-    /* AdamW per tensor piece inside this chunk (decay differs per piece) */
-    uint64_t pos = u->first + c0, end = pos + n;
-    while (pos < end) {
-      while (piece < u->n_pieces && u->piece_end[piece] <= pos) piece++;
-      uint64_t pe = piece < u->n_pieces && u->piece_end[piece] < end ? u->piece_end[piece] : end;
-      int decay = piece < u->n_pieces ? u->piece_decay[piece] : 0;
-      zp_adamw_hparams hp = {u->hp.lr, u->hp.beta1, u->hp.beta2, u->hp.eps, decay ? u->hp.weight_decay : 0.0f,
-                             u->hp.grad_scale, u->hp.step_t};
-      uint64_t k = pos - u->first; /* offset in the range */
-      uint64_t kc = k - c0;         /* offset in the chunk */
-      rc = zp_adamw_cpu(u->param_out ? (char*)s->pstage + kc * ps : NULL, u->param_out ? u->pdt : ZP_F32, u->master + k,
-                        (const char*)s->gstage + kc * gs, u->gdt, u->m + k, u->v + k, (size_t)(pe - pos), &hp, s->threads);
-      if (rc) {
-        h->set_error(h->ctx, "%s", zp_adamw_isa_error(ZP_ISA_AUTO) ? zp_adamw_isa_error(ZP_ISA_AUTO) : "CPU AdamW failed");
-        return rc;
-      }
-      pos = pe;
+    char msg[512];
+    if ((rc = adam_span(s, u, c0, n, s->gstage, u->param_out ? s->pstage : NULL, msg, sizeof msg))) {
+      h->set_error(h->ctx, "%s", msg);
+      return rc;
     }
     if (u->param_out) {
       rc = h->dev->copy_h2d(h->devb, (char*)u->param_out + c0 * ps, s->pstage, (size_t)n * ps);
@@ -153,10 +372,10 @@ static int oc_update(void* st, const zp_optim_range* u) {
 }
 
 static const zp_tier_ops oc_ops = {
-  sizeof(zp_tier_ops), ZP_TIER_CPU, oc_open, oc_close, oc_plan, oc_update, NULL, NULL, NULL,
+  sizeof(zp_tier_ops), ZP_TIER_CPU, oc_open, oc_close, oc_plan, oc_update, oc_step_end, NULL, NULL, oc_sync,
 };
 static const zp_plugin_desc oc_desc = {
-  sizeof(zp_plugin_desc), ZP_ABI_MAJOR, ZP_ABI_MINOR, "offload_cpu", "0.2.0", ZP_KIND_TIER,
+  sizeof(zp_plugin_desc), ZP_ABI_MAJOR, ZP_ABI_MINOR, "offload_cpu", "0.3.0", ZP_KIND_TIER,
   "host-RAM tier: fp32 master + Adam moments in host memory, vectorised CPU AdamW",
   NULL, &oc_ops, NULL, NULL,
 };

@@ -29,7 +29,7 @@ static int on_open(const zp_host* h, void** state) {
 }
 static void on_close(void* s) { (void)s; }
 
-static const zp_tier_ops on_ops = {sizeof(zp_tier_ops), ZP_TIER_NVME, on_open, on_close, on_plan, NULL, NULL, NULL, NULL};
+static const zp_tier_ops on_ops = {sizeof(zp_tier_ops), ZP_TIER_NVME, on_open, on_close, on_plan, NULL, NULL, NULL, NULL, NULL};
 static const zp_plugin_desc on_desc = {
   sizeof(zp_plugin_desc), ZP_ABI_MAJOR, ZP_ABI_MINOR, "offload_nvme", "0.0.1", ZP_KIND_TIER,
   "NVMe tier via io_uring + O_DIRECT (plan only so far)", NULL, &on_ops, NULL, NULL,
