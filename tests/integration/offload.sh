@@ -8,6 +8,9 @@
 #   reference holds on the device tier; fp32 runs get a separate fp32 master), none left on
 #   the device tier, and the cpu tier saw exactly one gradient transfer in and one parameter
 #   transfer out per step (bytes = elements held x dtype size);
+# - the delayed parameter update: stages 1-3 equal stage none bitwise, the same transfers, a
+#   different schedule than the synchronous update, and bitwise resume (its reference
+#   recurrence is checked in tests/unit/test_offload_dpu.c);
 # - offload.optimizer.max_host_gb below the need is refused before allocation, with numbers.
 set -euo pipefail
 build=$1; src=$2
@@ -38,12 +41,12 @@ compare() { # a b what
   fi
 }
 # tiers: the offloaded run's ledger and I/O counters against the reference's (last metrics line)
-tiers() { # ref off prec steps
-  python3 - "$work/$1/metrics.jsonl" "$work/$2/metrics.jsonl" "$3" "$4" <<'EOF' || fail=1
+tiers() { # ref off prec steps [parameter transfers seen at the last metrics line]
+  python3 - "$work/$1/metrics.jsonl" "$work/$2/metrics.jsonl" "$3" "$4" "${5:-$4}" <<'EOF' || fail=1
 import json, sys
 ref = json.loads(open(sys.argv[1]).read().splitlines()[-1])["tiers"]
 off = json.loads(open(sys.argv[2]).read().splitlines()[-1])["tiers"]
-prec, steps = sys.argv[3], int(sys.argv[4])
+prec, steps, psteps = sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
 g, c = off["gpu"], off["cpu"]
 held = c["OPTIM"] // 8                      # elements of m (and v) this rank holds
 gs = ps = 2 if prec == "bf16" else 4         # gradient and parameter dtype size
@@ -53,7 +56,7 @@ if g["MASTER"] or g["OPTIM"]: errs.append(f"device tier still holds MASTER {g['M
 if c["OPTIM"] != ref["gpu"]["OPTIM"]: errs.append(f"cpu OPTIM {c['OPTIM']} != reference device OPTIM {ref['gpu']['OPTIM']}")
 if c["MASTER"] != want_master: errs.append(f"cpu MASTER {c['MASTER']} != {want_master}")
 if c["io_write"] != steps * held * gs: errs.append(f"gradient bytes to host {c['io_write']} != {steps} x {held} x {gs}")
-if c["io_read"] != steps * held * ps: errs.append(f"parameter bytes from host {c['io_read']} != {steps} x {held} x {ps}")
+if c["io_read"] != psteps * held * ps: errs.append(f"parameter bytes from host {c['io_read']} != {psteps} x {held} x {ps}")
 if g["PARAM"] != ref["gpu"]["PARAM"]: errs.append(f"device PARAM {g['PARAM']} != reference {ref['gpu']['PARAM']}")
 if errs:
     print("FAIL: " + sys.argv[2] + ": " + "; ".join(errs)); sys.exit(1)
@@ -75,6 +78,29 @@ done
 # the scalar AdamW path gives the same bits as the vectorised default
 ZP_ADAMW_ISA=scalar run cpu-scalar 2 train.precision=bf16 zero.plugin=stage2 offload.optimizer.plugin=offload_cpu &&
   compare ref-bf16 cpu-scalar "offload_cpu, ZP_ADAMW_ISA=scalar vs no offload (bitwise)"
+# delayed parameter update (warm-up 1 step, so steps 3.. compute on parameters one update behind):
+# every stage gives the same bits as stage none (the flush re-gathers shards of replicated
+# parameters), the transfers are still one in and one out per step, the schedule really
+# changed (losses differ from the synchronous run), and a resume from a checkpoint (taken
+# after a flush) continues exactly as the uninterrupted run with the same checkpoint.
+dpu=(offload.optimizer.plugin=offload_cpu offload.optimizer.delayed_update=true offload.optimizer.delayed_update_warmup=1)
+if run dpu-none 2 train.precision=bf16 zero.plugin=none "${dpu[@]}"; then
+  # at the last step's metrics one update is still pending (it reaches the device at the flush)
+  tiers ref-bf16 dpu-none bf16 $steps $((steps - 1))
+  if cmp -s "$work/dpu-none.losses" "$work/cpu-none-bf16.losses"; then
+    echo "FAIL: delayed update: losses equal the synchronous run's"; fail=1
+  else
+    echo "ok   delayed update changes the schedule: step 3+ losses $(tail -2 "$work/dpu-none.losses" | tr '\n' ' ')vs synchronous $(tail -2 "$work/cpu-none-bf16.losses" | tr '\n' ' ')"
+  fi
+  for st in stage1 stage2 stage3; do
+    run "dpu-$st" 2 train.precision=bf16 zero.plugin=$st "${dpu[@]}" &&
+      compare dpu-none "dpu-$st" "delayed update: $st vs none, bf16, 2 ranks (bitwise)"
+  done
+fi
+run dpu-full 2 train.precision=bf16 zero.plugin=stage2 train.steps=6 train.checkpoint_every=3 "${dpu[@]}" &&
+  run dpu-res 2 train.precision=bf16 zero.plugin=stage2 train.steps=3 "${dpu[@]}" &&
+  run dpu-res 2 train.precision=bf16 zero.plugin=stage2 train.steps=6 train.resume=auto "${dpu[@]}" &&
+  compare dpu-full dpu-res "delayed update: resumed at step 3 vs uninterrupted, stage2 (bitwise)"
 # a host-memory cap below the need: refused at plan time with the numbers
 if out=$("$zp" plan "$cfg" --set offload.optimizer.plugin=offload_cpu --set offload.optimizer.max_host_gb=0.0001 2>&1); then
   echo "FAIL: max_host_gb below the need was accepted"; fail=1
