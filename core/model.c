@@ -164,6 +164,13 @@ static int acts_layout(zp_acts* a, const zp_model_layout* m, char* act, char* bu
   carve_t ca = {0, 0}, cb = {0, 0};
   for (int l = 0; l <= L; l++) a->res[l] = carve(act, &ca, N * C * es);
   for (int l = 0; l < L; l++) {
+    if (a->recompute && l > 0) { /* one slot shared by every block */
+      a->ln1[l] = a->ln1[0], a->ln1_mean[l] = a->ln1_mean[0], a->ln1_rstd[l] = a->ln1_rstd[0];
+      a->qkv[l] = a->qkv[0], a->atty[l] = a->atty[0], a->attaux[l] = a->attaux[0], a->res2[l] = a->res2[0];
+      a->ln2[l] = a->ln2[0], a->ln2_mean[l] = a->ln2_mean[0], a->ln2_rstd[l] = a->ln2_rstd[0];
+      a->fch[l] = a->fch[0], a->fchg[l] = a->fchg[0];
+      continue;
+    }
     a->ln1[l] = carve(act, &ca, N * C * es);
     a->ln1_mean[l] = carve(act, &ca, N * sizeof(float));
     a->ln1_rstd[l] = carve(act, &ca, N * sizeof(float));
@@ -195,7 +202,13 @@ static int acts_layout(zp_acts* a, const zp_model_layout* m, char* act, char* bu
 
 int zp_acts_alloc(zp_acts* a, const zp_model_layout* m, const zp_backend_ops* ops, zp_backend* b,
                   struct zp_ledger* led, int B, int T, zp_dtype ct, char* err, size_t errlen) {
+  return zp_acts_alloc_ex(a, m, ops, b, led, B, T, ct, 0, err, errlen);
+}
+
+int zp_acts_alloc_ex(zp_acts* a, const zp_model_layout* m, const zp_backend_ops* ops, zp_backend* b,
+                     struct zp_ledger* led, int B, int T, zp_dtype ct, int recompute, char* err, size_t errlen) {
   memset(a, 0, sizeof *a);
+  a->recompute = recompute;
   int L = m->s.L;
   if (T > m->s.maxT) {
     snprintf(err, errlen, "sequence length %d exceeds model.seq_len %d", T, m->s.maxT);
@@ -211,7 +224,7 @@ int zp_acts_alloc(zp_acts* a, const zp_model_layout* m, const zp_backend_ops* op
   float*** fl[] = {&a->ln1_mean, &a->ln1_rstd, &a->ln2_mean, &a->ln2_rstd};
   for (size_t i = 0; i < 4; i++) *fl[i] = calloc((size_t)L, sizeof(float*));
   acts_layout(a, m, NULL, NULL);
-  int rc = zp_ledger_alloc(led, ZP_CAT_ACT, ZP_TIER_GPU, a->act_bytes, "activations", &a->block);
+  int rc = zp_ledger_alloc(led, ZP_CAT_ACT, ZP_TIER_GPU, a->act_bytes, recompute ? "activations (block inputs + one block, recompute)" : "activations", &a->block);
   if (rc == ZP_OK) rc = zp_ledger_alloc(led, ZP_CAT_BUFFER, ZP_TIER_GPU, a->buf_bytes, "logits+scratch", &a->buf_block);
   if (rc) {
     snprintf(err, errlen, "%s", led->last_error);

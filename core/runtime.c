@@ -614,7 +614,8 @@ int zp_run_open(zp_run* r, zp_config* cfg, const zp_run_opts* o) {
   r->T = o->T ? o->T : (int)zp_cfg_int(cfg, "model.seq_len");
   r->accum = (int)zp_cfg_int(cfg, "train.grad_accum");
   if (!o->no_acts) {
-    rc = zp_acts_alloc(&r->acts, &r->layout, r->ops, r->be, &r->ledger, r->B, r->T, r->ct, r->err, sizeof r->err);
+    rc = zp_acts_alloc_ex(&r->acts, &r->layout, r->ops, r->be, &r->ledger, r->B, r->T, r->ct,
+                          zp_cfg_bool(cfg, "train.recompute"), r->err, sizeof r->err);
     if (rc) return rc;
   }
   r->views.param = r->vparam;
@@ -915,6 +916,11 @@ int zp_run_micro_batch(zp_run* r, const int32_t* inputs, const int32_t* targets,
     int t = r->groups[g].info.tied_to;
     if (t >= 0 && ((rc = param_view(r, t)) || (rc = grad_view(r, t)))) return rc;
     double t0 = zp_now_us();
+    if (r->acts.recompute && g >= 1 && g <= r->layout.s.L) { /* refill the block's slot from its saved input */
+      if ((rc = zp_model_forward_group(&r->layout, r->ops, r->be, &r->acts, &r->views, g, 0.0f))) return rc;
+      zp_trace_span(ZP_TR_COMPUTE, "recompute", g, t0);
+      t0 = zp_now_us();
+    }
     if ((rc = zp_model_backward_group(&r->layout, r->ops, r->be, &r->acts, &r->views, g))) return rc;
     zp_trace_span(ZP_TR_COMPUTE, "backward", g, t0);
     if (r->grad_dt != r->ct) {
