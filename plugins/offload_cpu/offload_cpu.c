@@ -84,6 +84,18 @@ static size_t stage_elems(const zp_plan* p) {
   return (size_t)(mx < CHUNK_ELEMS ? mx : CHUNK_ELEMS);
 }
 
+/* MemAvailable from /proc/meminfo in bytes (0 if unknown) */
+static double mem_available(void) {
+  FILE* f = fopen("/proc/meminfo", "r");
+  if (!f) return 0;
+  char line[256];
+  double kb = 0;
+  while (fgets(line, sizeof line, f))
+    if (sscanf(line, "MemAvailable: %lf kB", &kb) == 1) break;
+  fclose(f);
+  return kb * 1024.0;
+}
+
 static int oc_plan(const zp_host* h, zp_plan* p) {
   int opt, par;
   which(h, &opt, &par);
@@ -110,6 +122,16 @@ static int oc_plan(const zp_host* h, zp_plan* p) {
     dpu_bytes += 8.0 * (p->groups[g].place[ZP_CAT_OPTIM].sharded ? (double)p->groups[g].padded / p->world_size
                                                                   : (double)p->groups[g].padded);
   host += dpu_bytes;
+  /* every rank of a run lives on this host (the launcher is single-host): all of them together
+   * must fit in the memory available now */
+  double avail = mem_available();
+  if (avail > 0 && host * p->world_size > avail) {
+    h->set_error(h->ctx, "the optimizer state needs %.3g GB of host memory per rank x %d rank%s = %.3g GB (fp32 master + "
+                 "Adam m, v: 12 bytes x parameters held, plus staging), but this machine has %.3g GB available "
+                 "(MemAvailable in /proc/meminfo): use more ranks with a sharding stage, a smaller model, or offload_nvme",
+                 host / 1e9, p->world_size, p->world_size == 1 ? "" : "s", host * p->world_size / 1e9, avail / 1e9);
+    return ZP_E_NOMEM;
+  }
   double cap = 0;
   h->config_float(h->ctx, "offload.optimizer.max_host_gb", &cap);
   if (cap > 0 && host > cap * 1e9) {

@@ -98,7 +98,7 @@ else
   export PATH=$PATH:/usr/local/cuda/bin
   # shellcheck disable=SC2016  # $1..$3 expand inside the child shell
   run_step 01_build.log 480 bash -c 'cmake -S "$1" -B "$2" -G Ninja -DCMAKE_BUILD_TYPE=Release -DZP_TEST_POISON=ON \
-      -DCMAKE_CUDA_ARCHITECTURES="$3" && ninja -C "$2" zp zp_cuda check_cuda_ops check_model' _ "$SRC" "$BUILD" "${CUDA_ARCH:-90}"
+      -DCMAKE_CUDA_ARCHITECTURES="$3" && ninja -C "$2" zp zp_cuda zp_offload_cpu zp_stage3 check_cuda_ops check_model' _ "$SRC" "$BUILD" "${CUDA_ARCH:-90}"
   if [ "$RC" -ne 0 ]; then
     add "$(status_of $RC)" build "exit $RC after ${SECS} s: see $OUT/01_build.log (no CUDA plugin target means nvcc was not found)"
   else
@@ -181,6 +181,43 @@ EOF
     done
   else
     add FAIL zp_train "cannot write the shard: $(tail -1 "$WORK/parity/shard.err")"
+  fi
+
+  # ---- 5b. recompute and the host-RAM tier on the CUDA backend (the same 10-step run) ----
+  # train.recompute must give the no-recompute losses (same kernels re-run: bitwise unless a
+  # kernel is non-deterministic); offload_cpu (pinned staging, CPU AdamW) must track the CUDA
+  # AdamW run (rounding differs: rel 2e-3 over 10 steps), also with stage3; the delayed update
+  # (warm-up 3) must equal it through step 4 and then train (loss falls) with the transfers counted.
+  if [ -f "$WORK/parity/run_cuda_bf16/metrics.jsonl" ]; then
+    n=10
+    for v in "recompute:train.recompute=true" "offload_cpu:offload.optimizer.plugin=offload_cpu" \
+      "offload_cpu_stage3:offload.optimizer.plugin=offload_cpu zero.plugin=stage3" \
+      "offload_dpu:offload.optimizer.plugin=offload_cpu offload.optimizer.delayed_update=true offload.optimizer.delayed_update_warmup=3"; do
+      lab=${v%%:*}
+      sets=()
+      for kv in ${v#*:}; do sets+=(--set "$kv"); done
+      run_step "${n}_zp_train_${lab}.log" 240 "$BUILD/zp" train "$WORK/parity/train.toml" --set train.device=cuda \
+        --set train.precision=bf16 --set "train.out_dir=$WORK/parity/run_$lab" "${sets[@]}"
+      if [ "$RC" -ne 0 ]; then add "$(status_of $RC)" "cuda_$lab" "exit $RC: $(lastline "${n}_zp_train_${lab}.log")"; n=$((n + 1)); continue; fi
+      verdict=$(python3 - "$WORK/parity/run_cuda_bf16/metrics.jsonl" "$WORK/parity/run_$lab/metrics.jsonl" "$lab" << 'PYEOF'
+import json, sys
+def rows(p): return [json.loads(l) for l in open(p) if '"loss"' in l]
+ref, run, lab = rows(sys.argv[1]), rows(sys.argv[2]), sys.argv[3]
+rel = [abs(a["loss"] - b["loss"]) / abs(a["loss"]) for a, b in zip(ref, run)]
+cpu = run[-1].get("tiers", {}).get("cpu", {})
+io = f"; cpu tier MASTER {cpu.get('MASTER', 0)} OPTIM {cpu.get('OPTIM', 0)} B, {cpu.get('io_write', 0)} B in, {cpu.get('io_read', 0)} B out" if cpu else ""
+ok = len(run) == len(ref)
+if lab == "recompute": ok = ok and max(rel) <= 1e-3; what = f"max rel loss diff vs no recompute {max(rel):.2e} ({'bitwise' if max(rel) == 0 else 'not bitwise'})"
+elif lab == "offload_dpu":
+    ok = ok and max(rel[:4]) <= 2e-3 and run[-1]["loss"] < run[0]["loss"] - 0.5 and cpu.get("io_write", 0) > 0
+    what = f"steps 1-4 max rel diff {max(rel[:4]):.2e}; loss {run[0]['loss']:.4f} -> {run[-1]['loss']:.4f} (synchronous: {ref[-1]['loss']:.4f})"
+else: ok = ok and max(rel) <= 2e-3 and cpu.get("io_write", 0) > 0; what = f"max rel loss diff vs CUDA AdamW {max(rel):.2e}"
+print(("PASS " if ok else "FAIL ") + what + io)
+PYEOF
+)
+      add "${verdict%% *}" "cuda_$lab" "${verdict#* } (${SECS} s)"
+      n=$((n + 1))
+    done
   fi
 
   # ---- 5. torch_parity ----

@@ -11,7 +11,8 @@
 # - the delayed parameter update: stages 1-3 equal stage none bitwise, the same transfers, a
 #   different schedule than the synchronous update, and bitwise resume (its reference
 #   recurrence is checked in tests/unit/test_offload_dpu.c);
-# - offload.optimizer.max_host_gb below the need is refused before allocation, with numbers.
+# - offload.optimizer.max_host_gb below the need is refused before allocation, with numbers;
+#   so is a plan needing more host memory than the machine has available.
 set -euo pipefail
 build=$1; src=$2
 zp=$build/zp
@@ -108,6 +109,15 @@ elif grep -q "GB of host memory per rank.*max_host_gb = 0.0001" <<<"$out"; then
   echo "ok   max_host_gb: $(grep -o 'offload_cpu.*' <<<"$out" | head -1)"
 else
   echo "FAIL: max_host_gb message: $out"; fail=1
+fi
+# more than this machine has (MemAvailable): refused by the plan with the numbers (a ~820B model, 9.8 TB)
+if out=$("$zp" plan "$cfg" --set offload.optimizer.plugin=offload_cpu --set model.n_layer=1024 --set model.d_model=8192 \
+    --set model.n_head=64 2>&1); then
+  echo "FAIL: a plan needing ~10 TB of host memory was accepted"; fail=1
+elif grep -q "GB of host memory per rank x 1 rank = .* GB available (MemAvailable" <<<"$out"; then
+  echo "ok   host memory: $(grep -o 'the optimizer state.*' <<<"$out" | head -1)"
+else
+  echo "FAIL: host memory message: $out"; fail=1
 fi
 # zp plan shows the split
 if "$zp" plan "$cfg" --set offload.optimizer.plugin=offload_cpu --set zero.plugin=stage2 --world 2 2>&1 | grep -q "S/cpu"; then

@@ -1,0 +1,139 @@
+#!/usr/bin/env bash
+# offload_bench.sh: the host-RAM tier on a GPU machine, in one call: GPT-2 1.5B (micro-batch 8,
+# seq 1024, bf16) without offload, with offload_cpu (synchronous update) and with the delayed
+# update, at grad_accum 1 and 4, then optionally the largest model run (offload + recompute,
+# 2 steps). Prints one markdown table with ratios to the no-offload run of the same grad_accum.
+#
+# Run (repo root, .deps carried; reuses an existing build):
+#   bash bench/offload_bench.sh [matrix] [largest]      (default: matrix)
+# Env: OUT (default /tmp/zp-out), ZP_WORK (default /tmp/zp-offload-work), ZP_BUILD (default
+#   build-gpu), SKIP_BUILD=1, STEPS (per matrix run, default 12; median of steps 5..N),
+#   ZP_STAGE (zero.plugin for the matrix, default none: one GPU), THREADS (offload.optimizer.threads,
+#   default nproc), LARGEST_CANDIDATES (LxDxH list, largest first; default 56x4096x32 (11.5B) down
+#   to 40x4096x32 (8.3B)),
+#   LARGEST_MB (micro-batch, default 1), ZP_RUN_TIMEOUT (s per run, default 300).
+# Numbers: ms/step = median of the step times in metrics.jsonl (optimizer step included);
+#   tok/s from it; host GiB = the ledger's cpu-tier bytes; peak GiB = the ledger's gpu-tier peak.
+set -u -o pipefail
+SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+OUT=${OUT:-/tmp/zp-out}
+WORK=${ZP_WORK:-/tmp/zp-offload-work}
+BUILD=${ZP_BUILD:-$SRC/build-gpu}
+STEPS=${STEPS:-12}
+STAGE=${ZP_STAGE:-none}
+THREADS=${THREADS:-$(nproc)}
+LARGEST_CANDIDATES=${LARGEST_CANDIDATES:-56x4096x32 52x4096x32 50x4096x32 48x4096x32 44x4096x32 40x4096x32}
+LMB=${LARGEST_MB:-1}
+TO=${ZP_RUN_TIMEOUT:-300}
+WHAT=("$@")
+[ ${#WHAT[@]} -eq 0 ] && WHAT=(matrix)
+mkdir -p "$OUT" "$WORK/runs"
+: > "$OUT/offload_rows.jsonl"
+note() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*"; }
+FAILED=0
+
+if [ "${SKIP_BUILD:-0}" != 1 ]; then
+  export PATH=$PATH:/usr/local/cuda/bin
+  t0=$(date +%s)
+  if cmake -S "$SRC" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DZP_TEST_POISON=OFF \
+    -DCMAKE_CUDA_ARCHITECTURES="${CUDA_ARCH:-90}" > "$OUT/offload_build.log" 2>&1 &&
+    ninja -C "$BUILD" zp zp_cuda zp_stage1 zp_stage2 zp_stage3 zp_offload_cpu >> "$OUT/offload_build.log" 2>&1; then
+    note "build ok ($(($(date +%s) - t0)) s)"
+  else
+    tail -20 "$OUT/offload_build.log"; echo "offload_bench: build failed"; exit 1
+  fi
+fi
+
+SHARD=$WORK/random_train.bin
+python3 - "$SHARD" $(((STEPS + 2) * 4 * 8 * 1024 + 1)) << 'PYEOF' || { echo "offload_bench: cannot write the shard"; exit 1; }
+import os, sys
+import numpy as np
+path, n = sys.argv[1], int(sys.argv[2])
+if not (os.path.exists(path) and os.path.getsize(path) == 1024 + 2 * n):
+    hdr = np.zeros(256, dtype="<i4"); hdr[:3] = (20240520, 1, n)
+    toks = np.random.default_rng(1234).integers(0, 50257, size=n, dtype=np.uint16)
+    with open(path + ".tmp", "wb") as f:
+        f.write(hdr.tobytes()); f.write(toks.astype("<u2").tobytes())
+    os.replace(path + ".tmp", path)
+PYEOF
+
+# run TAG STEPS SETS...: one zp train, one row in offload_rows.jsonl
+run() {
+  local tag=$1 steps=$2; shift 2
+  local dir=$WORK/runs/$tag log=$OUT/offload_$tag.log t0 rc
+  rm -rf "$dir"
+  t0=$(date +%s)
+  timeout -k 10 "$TO" "$BUILD/zp" train "$SRC/examples/gpt2-1.5b.toml" --set "data.train=$SHARD" --set "train.steps=$steps" \
+    --set "train.out_dir=$dir" --set train.save_final=false --set train.checkpoint_every=0 --set train.resume=never \
+    --set train.log_every=1 --set train.val_every=0 --set train.lr_schedule=constant --set "offload.optimizer.threads=$THREADS" \
+    "$@" > "$log" 2>&1
+  rc=$?
+  note "$tag: exit $rc after $(($(date +%s) - t0)) s"
+  [ $rc -eq 0 ] || { tail -15 "$log"; FAILED=1; }
+  python3 - "$dir/metrics.jsonl" "$tag" "$rc" "$(($(date +%s) - t0))" "$*" >> "$OUT/offload_rows.jsonl" << 'PYEOF'
+import json, statistics, sys
+path, tag, rc, wall, sets = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+try: rows = [json.loads(l) for l in open(path) if '"ms"' in l]
+except OSError: rows = []
+out = dict(tag=tag, rc=rc, wall_s=wall, sets=sets, steps=len(rows))
+if rows:
+    timed = [r for r in rows if r["step"] >= 5] or rows
+    ms = statistics.median(r["ms"] for r in timed)
+    tok = rows[-1]["tok_s"] * rows[-1]["ms"] / 1000.0
+    t = rows[-1].get("tiers", {})
+    out.update(ms=round(ms, 1), tok_s=round(tok / ms * 1000), mfu=round(statistics.median(r["mfu"] for r in timed), 4),
+               peak_gpu_GiB=round(max(r.get("peak_gpu", 0) for r in rows) / 2**30, 2),
+               host_GiB=round(sum(v for k, v in t.get("cpu", {}).items() if k.isupper()) / 2**30, 2),
+               loss=[rows[0]["loss"], rows[-1]["loss"]], step_ms=[round(r["ms"]) for r in rows])
+print(json.dumps(out))
+PYEOF
+}
+
+OFF=(--set offload.optimizer.plugin=offload_cpu)
+DPU=("${OFF[@]}" --set offload.optimizer.delayed_update=true --set offload.optimizer.delayed_update_warmup=2)
+for w in "${WHAT[@]}"; do
+  case $w in
+    matrix)
+      for ga in 1 4; do
+        s=$STEPS; [ $ga = 4 ] && s=$((STEPS / 2 + 2))
+        run "ga${ga}_none" $s --set train.grad_accum=$ga --set zero.plugin=$STAGE
+        run "ga${ga}_offload" $s --set train.grad_accum=$ga --set zero.plugin=$STAGE "${OFF[@]}"
+        run "ga${ga}_offload_dpu" $s --set train.grad_accum=$ga --set zero.plugin=$STAGE "${DPU[@]}"
+      done ;;
+    largest)
+      # the largest candidate `zp plan` accepts (it refuses what the host's MemAvailable or the
+      # device cannot hold), then 2 real steps of it
+      pick=
+      for c in $LARGEST_CANDIDATES; do
+        IFS=x read -r LL LD LH <<< "$c"
+        if "$BUILD/zp" plan "$SRC/examples/gpt2-1.5b.toml" --set model.n_layer=$LL --set model.d_model=$LD --set model.n_head=$LH \
+          --set train.micro_batch=$LMB --set train.recompute=true --set zero.plugin=$STAGE "${OFF[@]}" > "$OUT/offload_plan_$c.txt" 2>&1; then
+          pick=$c; note "largest: zp plan accepts $c: $(grep -m1 -o '[0-9,]* parameters' "$OUT/offload_plan_$c.txt")"; break
+        fi
+        note "largest: zp plan refuses $c: $(tail -1 "$OUT/offload_plan_$c.txt" | cut -c1-220)"
+      done
+      [ -n "$pick" ] || { echo "offload_bench: no candidate fits"; FAILED=1; continue; }
+      IFS=x read -r LL LD LH <<< "$pick"
+      free -g | head -2
+      run "largest_L${LL}_d${LD}" 2 --set model.n_layer=$LL --set model.d_model=$LD --set model.n_head=$LH \
+        --set train.micro_batch=$LMB --set train.recompute=true --set zero.plugin=$STAGE "${OFF[@]}"
+      grep -B2 -A12 "memory at end" "$OUT/offload_largest_L${LL}_d${LD}.log" | head -16 ;;
+    *) echo "offload_bench: unknown part '$w' (matrix, largest)"; exit 2 ;;
+  esac
+done
+
+python3 - "$OUT/offload_rows.jsonl" << 'PYEOF' | tee "$OUT/offload_summary.md"
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+base = {r["tag"].split("_")[0]: r for r in rows if r["tag"].endswith("_none") and "tok_s" in r}
+print("| run | ms/step | tok/s | MFU | ÷ no offload (same grad_accum) | GPU peak GiB | host GiB | loss first -> last | wall s | step ms |")
+print("|---|---|---|---|---|---|---|---|---|---|")
+for r in rows:
+    if "tok_s" not in r:
+        print(f"| {r['tag']} | failed (exit {r['rc']}) | | | | | | | {r['wall_s']} | |"); continue
+    b = base.get(r["tag"].split("_")[0])
+    ratio = f"{r['tok_s'] / b['tok_s']:.2f}" if b and not r["tag"].startswith("largest") else ""
+    print(f"| {r['tag']} | {r['ms']} | {r['tok_s']:,} | {r['mfu']:.1%} | {ratio} | {r['peak_gpu_GiB']} | {r['host_GiB']} | "
+          f"{r['loss'][0]:.3f} -> {r['loss'][1]:.3f} | {r['wall_s']} | {' '.join(map(str, r['step_ms'][:14]))} |")
+PYEOF
+exit $FAILED
