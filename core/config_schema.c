@@ -45,6 +45,7 @@ const zc_key zp_config_schema[] = {
   {"train.out_dir", ZC_STRING, "\"runs/default\"", NR, NULL, "Run directory: metrics.jsonl, checkpoints, traces (relative to the current directory)."},
   {"train.metrics", ZC_BOOL, "true", NR, NULL, "Write out_dir/metrics.jsonl."},
   {"train.recompute", ZC_BOOL, "false", NR, NULL, "Activation recompute: each block keeps only its input and re-runs its forward just before its backward (about one third more compute; activations shrink to the residual stream plus one block's)."},
+  {"train.profile_ops", ZC_BOOL, "false", NR, NULL, "Time every backend op (issue + synchronize: slower, times include launch) and print a table per op and matmul shape at the end: ms per step, share, TFLOP/s against the peak."},
   {"train.trace", ZC_BOOL, "false", NR, NULL, "Write a per-rank Chrome trace (out_dir/trace_rankN.json)."},
   {"train.checkpoint_every", ZC_INT, "0", 0, 1e12, NULL, "Save a checkpoint every N steps (0 = only at the end and on SIGTERM/SIGUSR1)."},
   {"train.keep_checkpoints", ZC_INT, "2", 1, 1e6, NULL, "Keep the last K checkpoints."},

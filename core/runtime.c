@@ -1,6 +1,7 @@
 /* runtime.c: opening a run (plan -> allocation -> views -> activations), the micro-batch
  * (forward/backward through the strategy hooks) and the optimizer service. See runtime.h. */
 #include "runtime.h"
+#include "op_profile.h"
 
 #include <math.h>
 #include <stdarg.h>
@@ -488,6 +489,7 @@ int zp_run_open(zp_run* r, zp_config* cfg, const zp_run_opts* o) {
   } else {
     r->ops = zp_cpu_backend_ops();
   }
+  if (zp_cfg_bool(cfg, "train.profile_ops") && !o->dry_run) r->ops = zp_op_profile_wrap(r->ops);
   zp_backend_config bc = {sizeof bc, r->ct == ZP_BF16 && !cuda ? ZP_F32 : r->ct, 0, (int)zp_cfg_int(cfg, "train.threads")};
   if (cuda && o->dry_run) bc.compute_dtype = ZP_F32; /* sizing only */
   {

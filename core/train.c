@@ -29,6 +29,7 @@
 #include "safetensors.h"
 #include "trace.h"
 #include "train.h"
+#include "op_profile.h"
 
 static volatile sig_atomic_t g_signal;
 static void on_signal(int s) { g_signal = s; }
@@ -411,6 +412,7 @@ int zp_train(zp_config* cfg, zp_comm* comm, char* err, size_t errlen) {
   int64_t step;
   for (step = start; step < steps; step++) {
     double t0 = zp_now_us();
+    zp_op_profile_enable(1); /* (no-op without train.profile_ops) only the step's ops count */
     double lr;
     if ((rc = lr_at(&t->lua, step, steps, &lr, err, errlen))) goto done;
     if (lr_override >= 0) lr = lr_override;
@@ -432,6 +434,7 @@ int zp_train(zp_config* cfg, zp_comm* comm, char* err, size_t errlen) {
     double ts = zp_now_us();
     if ((rc = zp_run_step(r, (float)lr))) goto fail_run;
     r->ops->synchronize(r->be);
+    zp_op_profile_enable(0);
     zp_trace_span(ZP_TR_COMPUTE, "optimizer step", (int)step, ts);
     loss = allreduce_mean(t, loss);
     double ms = (zp_now_us() - t0) / 1000.0;
@@ -439,6 +442,7 @@ int zp_train(zp_config* cfg, zp_comm* comm, char* err, size_t errlen) {
     if (step == start) first_loss = loss;
     last_loss = loss;
     if (step > start) { sum_ms += ms; timed++; }
+    if (step == start && zp_cfg_bool(cfg, "train.profile_ops")) zp_op_profile_reset(); /* the first step warms up */
     if (allocs_before < 0) allocs_before = r->ledger.n_allocs;
     double tok_s = (double)gb * T / (ms / 1000.0);
     double mfu = r->binfo.peak_flops > 0 ? fpt * tok_s / (r->binfo.peak_flops * world) : 0;
@@ -536,6 +540,7 @@ int zp_train(zp_config* cfg, zp_comm* comm, char* err, size_t errlen) {
              (long long)start + 1, (long long)step, first_loss, last_loss, timed ? sum_ms / timed : 0,
              timed ? (double)gb * T / (sum_ms / timed / 1000.0) : 0, r->ledger.n_allocs - (allocs_before < 0 ? r->ledger.n_allocs : allocs_before));
     zp_ledger_print(&r->ledger, stdout, "memory at end");
+    if (zp_cfg_bool(cfg, "train.profile_ops") && timed) zp_op_profile_print(stdout, timed, sum_ms / timed, r->binfo.peak_flops);
   }
   if (zp_trace_enabled()) {
     char tp_[1100];
