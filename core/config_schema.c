@@ -67,6 +67,8 @@ const zc_key zp_config_schema[] = {
   {"offload.optimizer.plugin", ZC_STRING, "\"none\"", NR, NULL, "\"none\", \"offload_cpu\" or \"offload_nvme\": where MASTER and OPTIM live."},
   {"offload.optimizer.max_host_gb", ZC_FLOAT, "0", 0, 1e6, NULL, "Cap on host memory for offloaded state (0 = no cap)."},
   {"offload.optimizer.threads", ZC_INT, "0", 0, 4096, NULL, "Host threads for the offloaded optimizer step (0 = OpenMP default)."},
+  {"offload.optimizer.overlap", ZC_BOOL, "true", NR, NULL, "offload_cpu: in the synchronous update, copy the next chunk's gradient in and the previous chunk's parameters out while the host AdamW runs (false: one after the other)."},
+  {"offload.optimizer.chunk_elems", ZC_INT, "4194304", 1, 1073741824, NULL, "offload_cpu: elements per staged transfer in the synchronous update (two page-locked slots each way, at most 4 bytes per element)."},
   {"offload.optimizer.delayed_update", ZC_BOOL, "false", NR, NULL, "offload_cpu: delayed parameter update (ZeRO-Offload DPU): the host AdamW of step t runs while step t+1 computes, which then uses the parameters of step t-1 (gradients one step stale). Checkpoints and validation apply the pending update first."},
   {"offload.optimizer.delayed_update_warmup", ZC_INT, "10", 0, 1e9, NULL, "offload_cpu: steps run with the synchronous update before the delayed one starts (the paper uses 40)."},
   {"offload.optimizer.path", ZC_STRING, "\"\"", NR, NULL, "Directory for offload_nvme files."},

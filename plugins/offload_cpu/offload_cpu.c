@@ -29,7 +29,6 @@
 #include "adamw_cpu.h"
 #include "zp/zp_plugin.h"
 
-#define CHUNK_ELEMS ((uint64_t)16 << 20) /* 16M elements per staged transfer */
 
 enum { J_IDLE, J_QUEUED, J_PENDING }; /* PENDING: parameters computed, not yet on the device */
 
@@ -44,19 +43,32 @@ typedef struct {
   size_t buf_bytes;
 } oc_job;
 
+/* one AdamW for the worker: elements [c0, c0+n) of range u, gradient at g, parameters to p;
+ * group >= 0: a delayed update (the group's job becomes PENDING), else a pipeline chunk */
+typedef struct {
+  int group;
+  const zp_optim_range* u;
+  uint64_t c0, n;
+  const void* g;
+  void* p;
+} oc_task;
+
 typedef struct {
   const zp_host* h;
   int threads;
-  void* gstage;    /* page-locked staging: gradients (gdt), then parameters (pdt) */
-  void* pstage;
+  int overlap;     /* synchronous update: transfers of chunk k+-1 run while the worker updates chunk k */
+  void* gstage[2]; /* page-locked staging slots: gradients (gdt) */
+  void* pstage[2]; /* and parameters (pdt) */
   size_t stage_bytes;
   /* delayed update */
   int dpu;
   int64_t warmup;
   int n_groups;
   oc_job* jobs;
-  int* queue;      /* ring of group indices, capacity n_groups */
-  int qhead, qlen;
+  /* the worker thread and its task queue */
+  oc_task* queue;  /* ring, capacity qcap */
+  int qcap, qhead, qlen;
+  long long chunks_done;
   pthread_t worker;
   int worker_on, stop;
   pthread_mutex_t mu;
@@ -75,13 +87,20 @@ static int which(const zp_host* h, int* opt, int* par) {
   return ZP_OK;
 }
 
-static size_t stage_elems(const zp_plan* p) {
-  uint64_t mx = 0;
+/* elements per staged transfer (offload.optimizer.chunk_elems; two slots each way) */
+static uint64_t chunk_elems(const zp_host* h) {
+  int64_t c = 4 << 20;
+  h->config_int(h->ctx, "offload.optimizer.chunk_elems", &c);
+  return c > 0 ? (uint64_t)c : 1;
+}
+
+static size_t stage_elems(const zp_host* h, const zp_plan* p) {
+  uint64_t mx = 0, ch = chunk_elems(h);
   for (int g = 0; g < p->n_groups; g++) {
     uint64_t n = p->groups[g].place[ZP_CAT_OPTIM].sharded ? p->groups[g].padded / (uint64_t)p->world_size : p->groups[g].padded;
     if (n > mx) mx = n;
   }
-  return (size_t)(mx < CHUNK_ELEMS ? mx : CHUNK_ELEMS);
+  return (size_t)(mx < ch ? mx : ch);
 }
 
 /* MemAvailable from /proc/meminfo in bytes (0 if unknown) */
@@ -114,7 +133,7 @@ static int oc_plan(const zp_host* h, zp_plan* p) {
       host += 12.0 * n; /* fp32 master + m + v */
     }
   }
-  host += 2.0 * 4.0 * (double)stage_elems(p); /* staging, at most fp32 each */
+  host += 4.0 * 4.0 * (double)stage_elems(h, p); /* staging: two slots each way, at most fp32 */
   int dpu = 0;
   h->config_bool(h->ctx, "offload.optimizer.delayed_update", &dpu);
   double dpu_bytes = 0;
@@ -137,7 +156,7 @@ static int oc_plan(const zp_host* h, zp_plan* p) {
   if (cap > 0 && host > cap * 1e9) {
     h->set_error(h->ctx, "the optimizer state needs %.3g GB of host memory per rank (fp32 master + Adam m, v: 12 bytes x "
                  "parameters held, plus %.3g GB staging%s), more than offload.optimizer.max_host_gb = %g",
-                 host / 1e9, (8.0 * (double)stage_elems(p) + dpu_bytes) / 1e9,
+                 host / 1e9, (16.0 * (double)stage_elems(h, p) + dpu_bytes) / 1e9,
                  dpu ? ", of which 8 bytes x parameters held for the delayed update" : "", cap);
     return ZP_E_NOMEM;
   }
@@ -172,7 +191,7 @@ static int adam_span(const oc_t* s, const zp_optim_range* u, uint64_t c0, uint64
   return ZP_OK;
 }
 
-/* ---------------- delayed update: the worker ---------------- */
+/* ---------------- the worker: AdamW off the calling thread ---------------- */
 
 static void* worker_main(void* arg) {
   oc_t* s = arg;
@@ -180,23 +199,42 @@ static void* worker_main(void* arg) {
   for (;;) {
     while (!s->stop && s->qlen == 0) pthread_cond_wait(&s->cv_work, &s->mu);
     if (s->qlen == 0) break; /* stop, nothing left */
-    int g = s->queue[s->qhead];
-    s->qhead = (s->qhead + 1) % s->n_groups;
+    oc_task t = s->queue[s->qhead];
+    s->qhead = (s->qhead + 1) % s->qcap;
     s->qlen--;
-    oc_job* j = &s->jobs[g];
     pthread_mutex_unlock(&s->mu);
     char msg[512] = "";
-    int rc = adam_span(s, &j->u, 0, j->u.count, j->gbuf, j->u.param_out ? j->pbuf : NULL, msg, sizeof msg);
+    int rc = adam_span(s, t.u, t.c0, t.n, t.g, t.p, msg, sizeof msg);
     pthread_mutex_lock(&s->mu);
     if (rc && !s->werr) {
       s->werr = rc;
-      snprintf(s->werr_msg, sizeof s->werr_msg, "delayed update of group %d: %s", g, msg);
+      snprintf(s->werr_msg, sizeof s->werr_msg, "%s update of group %d: %s", t.group >= 0 ? "delayed" : "host", t.u->group, msg);
     }
-    j->state = J_PENDING;
+    if (t.group >= 0) s->jobs[t.group].state = J_PENDING;
+    else s->chunks_done++;
     pthread_cond_broadcast(&s->cv_done);
   }
   pthread_mutex_unlock(&s->mu);
   return NULL;
+}
+
+/* queue a task (the queue holds at most one delayed job per group plus one pipeline chunk) */
+static void push_task(oc_t* s, oc_task t) {
+  pthread_mutex_lock(&s->mu);
+  s->queue[(s->qhead + s->qlen) % s->qcap] = t;
+  s->qlen++;
+  pthread_cond_signal(&s->cv_work);
+  pthread_mutex_unlock(&s->mu);
+}
+
+/* wait until `want` pipeline chunks are done in total; report a worker failure */
+static int wait_chunks(oc_t* s, long long want) {
+  pthread_mutex_lock(&s->mu);
+  while (s->chunks_done < want && !s->werr) pthread_cond_wait(&s->cv_done, &s->mu);
+  int rc = s->werr;
+  pthread_mutex_unlock(&s->mu);
+  if (rc) s->h->set_error(s->h->ctx, "%s", s->werr_msg);
+  return rc;
 }
 
 /* wait until group g (or every group, g < 0) has no queued work; report a worker failure */
@@ -235,7 +273,7 @@ static void oc_close(void* st) {
     pthread_mutex_unlock(&s->mu);
     pthread_join(s->worker, NULL);
   }
-  if (s->dpu) {
+  if (s->worker_on) {
     pthread_mutex_destroy(&s->mu);
     pthread_cond_destroy(&s->cv_work);
     pthread_cond_destroy(&s->cv_done);
@@ -249,8 +287,10 @@ static void oc_close(void* st) {
   }
   free(s->jobs);
   free(s->queue);
-  if (s->gstage) s->h->free(s->h->ctx, ZP_CAT_BUFFER, ZP_TIER_CPU, s->gstage, s->stage_bytes);
-  if (s->pstage) s->h->free(s->h->ctx, ZP_CAT_BUFFER, ZP_TIER_CPU, s->pstage, s->stage_bytes);
+  for (int i = 0; i < 2; i++) {
+    if (s->gstage[i]) s->h->free(s->h->ctx, ZP_CAT_BUFFER, ZP_TIER_CPU, s->gstage[i], s->stage_bytes);
+    if (s->pstage[i]) s->h->free(s->h->ctx, ZP_CAT_BUFFER, ZP_TIER_CPU, s->pstage[i], s->stage_bytes);
+  }
   free(s);
 }
 
@@ -267,9 +307,11 @@ static int oc_open(const zp_host* h, void** state) {
   s->n_groups = h->n_groups;
   /* staging sized for the largest range one update can get, capped at one chunk */
   uint64_t mx = 0;
-  if (s->dpu && (!(s->jobs = calloc((size_t)s->n_groups, sizeof *s->jobs)) ||
-                 !(s->queue = calloc((size_t)s->n_groups, sizeof *s->queue))))
-    return ZP_E_NOMEM;
+  s->overlap = 1;
+  h->config_bool(h->ctx, "offload.optimizer.overlap", &s->overlap);
+  s->qcap = s->n_groups + 2;
+  if (!(s->queue = calloc((size_t)s->qcap, sizeof *s->queue))) return ZP_E_NOMEM;
+  if (s->dpu && !(s->jobs = calloc((size_t)s->n_groups, sizeof *s->jobs))) return ZP_E_NOMEM;
   for (int g = 0; g < h->n_groups; g++) {
     zp_group_info in;
     int rc = h->group_info(h->ctx, g, &in);
@@ -284,16 +326,19 @@ static int oc_open(const zp_host* h, void** state) {
       if (rc) return rc;
     }
   }
-  if (mx > CHUNK_ELEMS) mx = CHUNK_ELEMS;
+  if (mx > chunk_elems(h)) mx = chunk_elems(h);
   s->stage_bytes = (size_t)mx * 4;
-  int rc = h->alloc(h->ctx, ZP_CAT_BUFFER, ZP_TIER_CPU, s->stage_bytes, "offload_cpu gradient staging", &s->gstage);
-  if (!rc) rc = h->alloc(h->ctx, ZP_CAT_BUFFER, ZP_TIER_CPU, s->stage_bytes, "offload_cpu parameter staging", &s->pstage);
-  if (rc || !s->dpu) return rc;
+  int rc = ZP_OK;
+  for (int i = 0; i < 2 && !rc; i++) {
+    rc = h->alloc(h->ctx, ZP_CAT_BUFFER, ZP_TIER_CPU, s->stage_bytes, "offload_cpu gradient staging", &s->gstage[i]);
+    if (!rc) rc = h->alloc(h->ctx, ZP_CAT_BUFFER, ZP_TIER_CPU, s->stage_bytes, "offload_cpu parameter staging", &s->pstage[i]);
+  }
+  if (rc) return rc;
   pthread_mutex_init(&s->mu, NULL);
   pthread_cond_init(&s->cv_work, NULL);
   pthread_cond_init(&s->cv_done, NULL);
   if (pthread_create(&s->worker, NULL, worker_main, s)) {
-    h->set_error(h->ctx, "cannot start the delayed-update thread");
+    h->set_error(h->ctx, "cannot start the host AdamW thread");
     return ZP_E_NOMEM;
   }
   s->worker_on = 1;
@@ -329,12 +374,9 @@ static int update_delayed(oc_t* s, const zp_optim_range* u) {
   j->u.piece_end = j->piece_end;
   j->u.piece_decay = j->piece_decay;
   j->u.grad = NULL; /* device pointer: the worker uses gbuf */
-  pthread_mutex_lock(&s->mu);
   j->state = J_QUEUED;
-  s->queue[(s->qhead + s->qlen) % s->n_groups] = u->group;
-  s->qlen++;
-  pthread_cond_signal(&s->cv_work);
-  pthread_mutex_unlock(&s->mu);
+  oc_task t = {u->group, &j->u, 0, u->count, j->gbuf, u->param_out ? j->pbuf : NULL};
+  push_task(s, t);
   return ZP_OK;
 }
 
@@ -372,23 +414,38 @@ static int oc_update(void* st, const zp_optim_range* u) {
     if (!rc) rc = apply_pending(s, &s->jobs[u->group]);
     if (rc) return rc;
   }
+  /* chunk k: gradient D2H into slot k%2, AdamW on the worker into parameter slot k%2, H2D.
+   * While the worker updates chunk k this thread copies chunk k+1's gradient in and chunk k-1's
+   * parameters out (overlap 0: strictly one after the other). */
   size_t gs = zp_dtype_size(u->gdt), ps = zp_dtype_size(u->pdt);
   uint64_t chunk = s->stage_bytes / 4;
-  for (uint64_t c0 = 0; c0 < u->count; c0 += chunk) {
-    uint64_t n = u->count - c0 < chunk ? u->count - c0 : chunk;
-    int rc = h->dev->copy_d2h(h->devb, s->gstage, (const char*)u->grad + c0 * gs, (size_t)n * gs);
-    if (rc) return rc;
-    h->note_io(h->ctx, ZP_TIER_CPU, 1, (uint64_t)n * gs);
-    char msg[512];
-    if ((rc = adam_span(s, u, c0, n, s->gstage, u->param_out ? s->pstage : NULL, msg, sizeof msg))) {
-      h->set_error(h->ctx, "%s", msg);
-      return rc;
-    }
-    if (u->param_out) {
-      rc = h->dev->copy_h2d(h->devb, (char*)u->param_out + c0 * ps, s->pstage, (size_t)n * ps);
-      if (rc) return rc;
-      h->note_io(h->ctx, ZP_TIER_CPU, 0, (uint64_t)n * ps);
-    }
+  uint64_t nch = (u->count + chunk - 1) / chunk;
+  long long base = s->chunks_done; /* no other chunk is in flight between updates */
+  long long pushed = 0;
+  int rc = ZP_OK;
+#define CH_N(k) (u->count - (k) * chunk < chunk ? u->count - (k) * chunk : chunk)
+#define D2H(k) (rc = h->dev->copy_d2h(h->devb, s->gstage[(k) % 2], (const char*)u->grad + (k) * chunk * gs, (size_t)CH_N(k) * gs), \
+                rc ? 0 : (h->note_io(h->ctx, ZP_TIER_CPU, 1, (uint64_t)CH_N(k) * gs), 0))
+#define H2D(k) (u->param_out ? (rc = h->dev->copy_h2d(h->devb, (char*)u->param_out + (k) * chunk * ps, s->pstage[(k) % 2], (size_t)CH_N(k) * ps), \
+                rc ? 0 : (h->note_io(h->ctx, ZP_TIER_CPU, 0, (uint64_t)CH_N(k) * ps), 0)) : 0)
+  if (nch) D2H(0);
+  for (uint64_t k = 0; k < nch && !rc; k++) {
+    oc_task t = {-1, u, k * chunk, CH_N(k), s->gstage[k % 2], u->param_out ? s->pstage[k % 2] : NULL};
+    push_task(s, t);
+    pushed++;
+    if (!s->overlap && (rc = wait_chunks(s, base + (long long)k + 1))) break;
+    if (k + 1 < nch) D2H(k + 1);    /* slot (k+1)%2: chunk k-1's AdamW is done */
+    if (!rc && k >= 1) H2D(k - 1); /* before chunk k+1's AdamW reuses its slot */
+    int wrc = wait_chunks(s, base + (long long)k + 1);
+    if (!rc) rc = wrc;
+  }
+  if (!rc && nch) H2D(nch - 1);
+#undef CH_N
+#undef D2H
+#undef H2D
+  if (rc) {
+    wait_chunks(s, base + pushed); /* nothing may stay queued on staging we reuse */
+    return rc;
   }
   return ZP_OK;
 }

@@ -8,6 +8,7 @@
 #   reference holds on the device tier; fp32 runs get a separate fp32 master), none left on
 #   the device tier, and the cpu tier saw exactly one gradient transfer in and one parameter
 #   transfer out per step (bytes = elements held x dtype size);
+# - the chunked transfer pipeline (1000-element chunks, with and without overlap) bitwise too;
 # - the delayed parameter update: stages 1-3 equal stage none bitwise, the same transfers, a
 #   different schedule than the synchronous update, and bitwise resume (its reference
 #   recurrence is checked in tests/unit/test_offload_dpu.c);
@@ -79,6 +80,12 @@ done
 # the scalar AdamW path gives the same bits as the vectorised default
 ZP_ADAMW_ISA=scalar run cpu-scalar 2 train.precision=bf16 zero.plugin=stage2 offload.optimizer.plugin=offload_cpu &&
   compare ref-bf16 cpu-scalar "offload_cpu, ZP_ADAMW_ISA=scalar vs no offload (bitwise)"
+# the chunked pipeline (many odd-sized chunks per update), overlapped and not: the same bits
+for ov in true false; do
+  run "cpu-chunks-$ov" 2 train.precision=bf16 zero.plugin=stage1 offload.optimizer.plugin=offload_cpu \
+    offload.optimizer.chunk_elems=1000 offload.optimizer.overlap=$ov &&
+    compare ref-bf16 "cpu-chunks-$ov" "offload_cpu, 1000-element chunks, overlap $ov vs no offload (bitwise)"
+done
 # delayed parameter update (warm-up 1 step, so steps 3.. compute on parameters one update behind):
 # every stage gives the same bits as stage none (the flush re-gathers shards of replicated
 # parameters), the transfers are still one in and one out per step, the schedule really
