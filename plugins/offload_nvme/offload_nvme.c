@@ -149,7 +149,13 @@ static int which(const zp_host* h, int* opt, int* par) {
   return ZP_OK;
 }
 
-static double gb(double b) { return b / 1e9; }
+/* "16700.7 GB", "2.1 GB", "0.000516 GB" */
+static const char* gbs(char* buf, size_t n, double bytes) {
+  double v = bytes / 1e9;
+  if (v >= 1) snprintf(buf, n, "%.1f GB", v);
+  else snprintf(buf, n, "%.3g GB", v);
+  return buf;
+}
 
 /* ---------------- plan ---------------- */
 
@@ -188,6 +194,7 @@ static int nv_plan(const zp_host* h, zp_plan* p) {
   }
   int world = p->world_size > 0 ? p->world_size : 1;
   double disk = per_rank * world;
+  char b1[48], b2[48], b3[48];
   /* the directory: exists, is a writable directory on a real disk, has the space */
   const char* path = c.path;
   struct stat st;
@@ -196,9 +203,9 @@ static int nv_plan(const zp_host* h, zp_plan* p) {
     return ZP_E_INVALID;
   }
   if (stat(path, &st) != 0) {
-    h->set_error(h->ctx, "offload.optimizer.path = \"%s\": %s: create the directory on a fast local disk (the tier "
-                 "needs %.3g GB there: %d rank%s x %.3g GB)", path, strerror(errno), gb(disk), world, world > 1 ? "s" : "",
-                 gb(per_rank));
+    h->set_error(h->ctx, "offload.optimizer.path = \"%s\": %s: create the directory on a fast local disk (the tier needs %s "
+                 "there: %d rank%s x %s)", path, strerror(errno), gbs(b1, sizeof b1, disk), world, world > 1 ? "s" : "",
+                 gbs(b2, sizeof b2, per_rank));
     return ZP_E_INVALID;
   }
   if (!S_ISDIR(st.st_mode)) {
@@ -221,29 +228,30 @@ static int nv_plan(const zp_host* h, zp_plan* p) {
   if (!(skip && skip[0] == '1') && statvfs(path, &vf) == 0) {
     double avail = (double)vf.f_bavail * (double)vf.f_frsize;
     if (avail < disk) {
-      h->set_error(h->ctx, "offload.optimizer.path = \"%s\": the nvme tier needs %.3g GB (%.0f bytes) on that filesystem, "
-                   "%d rank%s x %.3g GB (fp32 master + Adam m, v: 12 bytes x parameters held per rank), but it has %.3g GB "
-                   "(%.0f bytes) free (statvfs): free space, or use a larger disk", path, gb(disk), disk, world,
-                   world > 1 ? "s" : "", gb(per_rank), gb(avail), avail);
+      h->set_error(h->ctx, "offload.optimizer.path = \"%s\": the nvme tier needs %s (%.0f bytes) on that filesystem, "
+                   "%d rank%s x %s (fp32 master + Adam m, v: 12 bytes x parameters held per rank), but it has %s "
+                   "(%.0f bytes) free (statvfs): free space, or use a larger disk", path, gbs(b1, sizeof b1, disk), disk,
+                   world, world > 1 ? "s" : "", gbs(b2, sizeof b2, per_rank), gbs(b3, sizeof b3, avail), avail);
       return ZP_E_NOMEM;
     }
   }
   /* host memory: the staging slots */
+  uint64_t S = c.S < max_held ? c.S : max_held;
   double host = staging_bytes(&c, max_held);
   double cap = 0;
   h->config_float(h->ctx, "offload.optimizer.max_host_gb", &cap);
   if (cap > 0 && host > cap * 1e9) {
-    h->set_error(h->ctx, "the nvme tier's page-locked staging needs %.3g GB of host memory per rank (buffer_count %d x "
-                 "12 bytes x %llu-element sub-groups + gradient/parameter staging), more than offload.optimizer.max_host_gb "
-                 "= %g: lower offload.optimizer.buffer_count, block_size or queue_depth", gb(host), c.nslots,
-                 (unsigned long long)c.S, cap);
+    h->set_error(h->ctx, "the nvme tier's page-locked staging needs %s of host memory per rank (buffer_count %d x 12 bytes "
+                 "x %llu-element sub-groups + gradient/parameter staging), more than offload.optimizer.max_host_gb = %g: "
+                 "lower offload.optimizer.buffer_count, block_size or queue_depth", gbs(b1, sizeof b1, host), c.nslots,
+                 (unsigned long long)S, cap);
     return ZP_E_NOMEM;
   }
   long pages = sysconf(_SC_PHYS_PAGES), psz = sysconf(_SC_PAGESIZE);
   if (pages > 0 && psz > 0 && host * world > (double)pages * (double)psz) {
-    h->set_error(h->ctx, "the nvme tier's staging needs %.3g GB of host memory (%d rank%s x %.3g GB), more than this "
-                 "machine's %.3g GB: lower offload.optimizer.buffer_count, block_size or queue_depth", gb(host * world),
-                 world, world > 1 ? "s" : "", gb(host), gb((double)pages * (double)psz));
+    h->set_error(h->ctx, "the nvme tier's staging needs %s of host memory (%d rank%s x %s), more than this machine's %s: "
+                 "lower offload.optimizer.buffer_count, block_size or queue_depth", gbs(b1, sizeof b1, host * world), world,
+                 world > 1 ? "s" : "", gbs(b2, sizeof b2, host), gbs(b3, sizeof b3, (double)pages * (double)psz));
     return ZP_E_NOMEM;
   }
   return ZP_OK;
@@ -291,9 +299,10 @@ static int wait_slot(nv_t* s, nv_slot* sl) {
   char e[1024];
   int rc = zp_aio_wait(s->aio, sl->ticket, e, sizeof e);
   if (rc) {
+    int g = sl->g;
+    unsigned long long k = (unsigned long long)sl->k;
     drain_all(s);
-    return fail(s, ZP_E_IO, "%s of group %d sub-group %llu: %s", sl->state == SL_WRITING ? "write-back" : "read", sl->g,
-                (unsigned long long)sl->k, e);
+    return fail(s, ZP_E_IO, "optimizer state of group %d, sub-group %llu: %s", g, k, e);
   }
   sl->state = sl->state == SL_WRITING ? SL_FREE : SL_READY;
   return ZP_OK;
@@ -313,7 +322,7 @@ static int submit_read(nv_t* s, nv_slot* sl, int g, uint64_t k) {
   int rc = zp_aio_submit_read(s->aio, sl->buf, sub_off(s, g, k), (size_t)bytes, &sl->ticket, e, sizeof e);
   if (rc) {
     drain_all(s);
-    return fail(s, ZP_E_IO, "read of group %d sub-group %llu: %s", g, (unsigned long long)k, e);
+    return fail(s, ZP_E_IO, "optimizer state of group %d, sub-group %llu: %s", g, (unsigned long long)k, e);
   }
   sl->state = SL_READING;
   s->h->note_io(s->h->ctx, ZP_TIER_NVME, 0, bytes);
@@ -326,7 +335,7 @@ static int submit_write(nv_t* s, nv_slot* sl) {
   int rc = zp_aio_submit_write(s->aio, sl->buf, sub_off(s, sl->g, sl->k), (size_t)bytes, &sl->ticket, e, sizeof e);
   if (rc) {
     drain_all(s);
-    return fail(s, ZP_E_IO, "write-back of group %d sub-group %llu: %s", sl->g, (unsigned long long)sl->k, e);
+    return fail(s, ZP_E_IO, "optimizer state of group %d, sub-group %llu: %s", sl->g, (unsigned long long)sl->k, e);
   }
   s->grp[sl->g].fresh[sl->k] = 0;
   sl->state = SL_WRITING;
@@ -642,12 +651,34 @@ static int nv_step_end(void* st) {
 
 /* ---------------- read / write: init, checkpoints, get_group_params ---------------- */
 
+/* One synchronous aligned request (read()/write() path), counted like the pipeline's. */
+static int sync_io(nv_t* s, int g, uint64_t k, char* buf, uint64_t off, size_t bytes, int put) {
+  char e[1024];
+  uint64_t t;
+  int rc = put ? zp_aio_submit_write(s->aio, buf, off, bytes, &t, e, sizeof e)
+               : zp_aio_submit_read(s->aio, buf, off, bytes, &t, e, sizeof e);
+  if (!rc) {
+    s->h->note_io(s->h->ctx, ZP_TIER_NVME, put, bytes);
+    rc = zp_aio_wait(s->aio, t, e, sizeof e);
+  }
+  if (rc) {
+    drain_all(s);
+    return fail(s, ZP_E_IO, "optimizer state of group %d, sub-group %llu: %s", g, (unsigned long long)k, e);
+  }
+  return ZP_OK;
+}
+
+/* Bytes [off, off+bytes) of this rank's MASTER (fp32) or OPTIM (m then v, fp32) of group g.
+ * Each piece that falls in one region (master, m or v) of one sub-group is moved with one
+ * request over its 4 KiB-aligned window: a write covering whole 4 KiB blocks is written
+ * directly, a partial one reads the window first; a never-written sub-group reads as zeros. */
 static int state_io(nv_t* s, int g, zp_category cat, uint64_t off, char* host, size_t bytes, int put) {
   const zp_host* h = s->h;
   int rc = check_failed(s);
   if (rc) return rc;
   if (g < 0 || g >= s->G || !s->grp[g].held || !s->aio || (cat != ZP_CAT_MASTER && cat != ZP_CAT_OPTIM)) {
-    h->set_error(h->ctx, "group %d %s: not held on the nvme tier", g, cat == ZP_CAT_PARAM ? "PARAM" : cat == ZP_CAT_MASTER ? "MASTER" : cat == ZP_CAT_OPTIM ? "OPTIM" : "?");
+    h->set_error(h->ctx, "group %d %s: not held on the nvme tier", g,
+                 cat == ZP_CAT_PARAM ? "PARAM" : cat == ZP_CAT_MASTER ? "MASTER" : cat == ZP_CAT_OPTIM ? "OPTIM" : "?");
     return ZP_E_INVALID;
   }
   nv_group* G = &s->grp[g];
@@ -659,36 +690,36 @@ static int state_io(nv_t* s, int g, zp_category cat, uint64_t off, char* host, s
   }
   if (!bytes) return ZP_OK;
   if ((rc = quiesce(s))) return rc;
-  /* element range [e0, e1) of the category: MASTER -> region 0; OPTIM -> m (region 1) then v (2) */
+  /* element range [e0, e1) of the category: MASTER -> region 0; OPTIM -> m (region 1), v (2) */
   uint64_t e0 = off / 4, e1 = (off + bytes) / 4;
-  nv_slot* sl = &s->slots[0];
-  for (uint64_t k = 0; k < G->nsub; k++) {
-    uint64_t L = sub_len(s, g, k), kb = k * s->S;
-    int touched = 0;
-    for (int r = 0; r < 2; r++) { /* r: 0 = first half of the category, 1 = v (OPTIM only) */
-      if (r == 1 && cat == ZP_CAT_MASTER) break;
-      uint64_t lo = r * H + kb, hi = lo + L;
-      if (e0 < hi && e1 > lo) touched = 1;
+  char* buf = s->slots[0].buf;
+  for (int r = 0; r < (cat == ZP_CAT_MASTER ? 1 : 2); r++) {
+    int region = cat == ZP_CAT_MASTER ? 0 : 1 + r;
+    uint64_t ra = e0 > r * H ? e0 - r * H : 0, rb = e1 - r * H; /* range inside this region's H elements */
+    if (e1 <= r * H || ra >= H) continue;
+    if (rb > H) rb = H;
+    for (uint64_t k = ra / s->S; k * s->S < rb; k++) {
+      uint64_t L = sub_len(s, g, k), kb = k * s->S;
+      uint64_t a = (ra > kb ? ra : kb) - kb, b = (rb < kb + L ? rb : kb + L) - kb; /* inside the sub-group */
+      uint64_t wa = a / NV_SUB_ALIGN * NV_SUB_ALIGN, wb = (b + NV_SUB_ALIGN - 1) / NV_SUB_ALIGN * NV_SUB_ALIGN;
+      uint64_t foff = sub_off(s, g, k) + ((uint64_t)region * L + wa) * 4;
+      size_t wbytes = (size_t)(wb - wa) * 4;
+      char* sp = buf + (a - wa) * 4;
+      char* hp = host + (r * H + kb + a - e0) * 4;
+      size_t n = (size_t)(b - a) * 4;
+      int whole = put && a == wa && b == wb;
+      if (!whole) {
+        if (G->fresh[k]) memset(buf, 0, wbytes);
+        else if ((rc = sync_io(s, g, k, buf, foff, wbytes, 0))) return rc;
+      }
+      if (!put) {
+        memcpy(hp, sp, n);
+        continue;
+      }
+      memcpy(sp, hp, n);
+      if ((rc = sync_io(s, g, k, buf, foff, wbytes, 1))) return rc;
+      G->fresh[k] = 0;
     }
-    if (!touched) continue;
-    if ((rc = submit_read(s, sl, g, k))) return rc;
-    if (sl->state == SL_READING && (rc = wait_slot(s, sl))) return rc;
-    for (int r = 0; r < 2; r++) {
-      if (r == 1 && cat == ZP_CAT_MASTER) break;
-      uint64_t lo = r * H + kb, hi = lo + L;
-      uint64_t a = e0 > lo ? e0 : lo, b = e1 < hi ? e1 : hi;
-      if (a >= b) continue;
-      int region = cat == ZP_CAT_MASTER ? 0 : 1 + r;
-      char* sp = sl->buf + ((uint64_t)region * L + (a - lo)) * 4;
-      char* hp = host + (a - e0) * 4;
-      if (put) memcpy(sp, hp, (size_t)(b - a) * 4);
-      else memcpy(hp, sp, (size_t)(b - a) * 4);
-    }
-    if (put) {
-      if ((rc = submit_write(s, sl))) return rc;
-      if ((rc = wait_slot(s, sl))) return rc;
-    }
-    sl->state = SL_FREE;
   }
   return ZP_OK;
 }
