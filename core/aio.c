@@ -96,6 +96,7 @@ struct zp_aio {
   /* fault injection (ZP_AIO_FAULT) */
   int fault_short, fault_eintr, fault_open_einval;
   int64_t fault_eio_at;
+  int fault_eio_dir;     /* 0: reads and writes, 1: reads only (eio_read@), 2: writes only (eio_write@) */
 
   /* threads backend */
   pthread_t* threads;
@@ -333,8 +334,10 @@ static void op_done(zp_aio* a, aio_req* r, int err, int eof, uint64_t off, size_
   maybe_done(a, r);
 }
 
-/* Fault injection: does [off, off+len) cover the configured EIO offset? */
-static int fault_eio_hits(const zp_aio* a, uint64_t off, size_t len) {
+/* Fault injection: does an operation of this direction over [off, off+len) cover the configured
+ * EIO offset? */
+static int fault_eio_hits(const zp_aio* a, uint64_t off, size_t len, int is_write) {
+  if (a->fault_eio_dir && a->fault_eio_dir != (is_write ? 2 : 1)) return 0;
   return a->fault_eio_at >= 0 && (uint64_t)a->fault_eio_at >= off && (uint64_t)a->fault_eio_at < off + len;
 }
 /* Length of the next transfer attempt of an operation with `left` bytes left. */
@@ -363,7 +366,7 @@ static void* worker_main(void* p) {
     size_t moved = 0;
     int err = 0, eof = 0, attempts = 0, retries = 0;
     uint64_t resumed = 0;
-    if (fault_eio_hits(a, off, len)) err = EIO;
+    if (fault_eio_hits(a, off, len, is_write)) err = EIO;
     while (!err && moved < len) {
       size_t want = attempt_len(a, len - moved);
       ssize_t n;
@@ -488,7 +491,7 @@ static int uring_complete(zp_aio* a, int si, int res) {
   aio_slot* s = &a->slots[si];
   if (s->attempts++ == 0) {
     if (a->fault_eintr) res = -EINTR;
-    else if (fault_eio_hits(a, s->off, s->len)) res = -EIO;
+    else if (fault_eio_hits(a, s->off, s->len, s->req->is_write)) res = -EIO;
   }
   if (res == -EINTR || res == -EAGAIN) {
     a->st.resumed++;
@@ -672,6 +675,8 @@ static void parse_faults(zp_aio* a) {
   if (strcmp(f, "short") == 0) a->fault_short = 1;
   else if (strcmp(f, "eintr") == 0) a->fault_eintr = 1;
   else if (strncmp(f, "eio@", 4) == 0) a->fault_eio_at = strtoll(f + 4, NULL, 0);
+  else if (strncmp(f, "eio_read@", 9) == 0) a->fault_eio_at = strtoll(f + 9, NULL, 0), a->fault_eio_dir = 1;
+  else if (strncmp(f, "eio_write@", 10) == 0) a->fault_eio_at = strtoll(f + 10, NULL, 0), a->fault_eio_dir = 2;
   else if (strcmp(f, "open_einval") == 0) a->fault_open_einval = 1;
 }
 

@@ -93,8 +93,9 @@ void zp_aio_opts_default(zp_aio_opts* o);
  * Fault injection for tests (environment, read at open): ZP_AIO_FAULT=short (every operation
  * transfers at most half of what is left, at least 4096 bytes), =eintr (the first attempt of
  * every operation returns EINTR), =eio@OFFSET (operations covering byte OFFSET fail with
- * EIO), =open_einval (opening with O_DIRECT fails with EINVAL, as on filesystems that refuse
- * it). A file on tmpfs/ramfs counts as refusing O_DIRECT (it bypasses nothing there). */
+ * EIO; =eio_read@OFFSET and =eio_write@OFFSET only reads / only writes), =open_einval
+ * (opening with O_DIRECT fails with EINVAL, as on filesystems that refuse it). A file on
+ * tmpfs/ramfs counts as refusing O_DIRECT (it bypasses nothing there). */
 int zp_aio_open(zp_aio** out, const char* path, uint64_t bytes, const zp_aio_opts* o,
                 char* err, size_t errlen);
 

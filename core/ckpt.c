@@ -280,16 +280,29 @@ int zp_ckpt_agree(zp_run* r, int rc, const char* what, char* err, size_t errlen)
 /* buffer access (device or host tier)                                                        */
 /* ------------------------------------------------------------------------------------------ */
 
-static int buf_get(zp_run* r, const zp_group_info* in, int cat, void* host, const void* src, size_t bytes) {
+/* bytes at byte offset off of this rank's holding of (g, cat): device and host buffers
+ * directly, tier-owned storage (nvme: no buffer) through the tier (zp_run_state_get/put) */
+static int buf_get(zp_run* r, int g, int cat, void* host, uint64_t off, size_t bytes) {
+  const zp_group_info* in = &r->groups[g].info;
+  if (!in->buf[cat]) return zp_run_state_get(r, g, (zp_category)cat, off, host, bytes);
+  const char* src = (const char*)in->buf[cat] + off;
   if (in->place[cat].tier == ZP_TIER_GPU) return r->ops->copy_d2h(r->be, host, src, bytes);
   memcpy(host, src, bytes);
   return ZP_OK;
 }
 
-static int buf_put(zp_run* r, const zp_group_info* in, int cat, void* dst, const void* host, size_t bytes) {
+static int buf_put(zp_run* r, int g, int cat, uint64_t off, const void* host, size_t bytes) {
+  const zp_group_info* in = &r->groups[g].info;
+  if (!in->buf[cat]) return zp_run_state_put(r, g, (zp_category)cat, off, host, bytes);
+  char* dst = (char*)in->buf[cat] + off;
   if (in->place[cat].tier == ZP_TIER_GPU) return r->ops->copy_h2d(r->be, dst, host, bytes);
   memcpy(dst, host, bytes);
   return ZP_OK;
+}
+
+/* does this rank hold (g, cat): a buffer, or storage the nvme tier owns */
+static int has_state(const zp_group_info* in, int cat) {
+  return in->buf[cat] != NULL || (in->place[cat].tier == ZP_TIER_NVME && in->bytes[cat] > 0);
 }
 
 /* held range of a category on this rank: [*base, *base + *held) of the group's padded buffer */
@@ -1022,7 +1035,7 @@ typedef struct {
   zp_tier tier;
   uint64_t a, b;       /* element range in the group's buffer */
   zp_dtype dt;
-  const char* src;     /* address of element a in this rank's buffer (device or host) */
+  uint64_t src_off;    /* byte offset of element a in this rank's holding of (g, cat) */
   uint64_t off, bytes; /* in the rank file */
   uint32_t crc;        /* filled by the writer */
   char gname[48], label[160];
@@ -1076,7 +1089,7 @@ static int wplan_build(zp_run* r, ck_wplan* w, char* err, size_t errlen) {
   for (int g = 0; g < L->n_groups; g++) {
     const zp_group_info* in = &r->groups[g].info;
     uint64_t span = L->group_span[g];
-    int wcat = in->buf[ZP_CAT_MASTER] ? ZP_CAT_MASTER : ZP_CAT_PARAM;
+    int wcat = has_state(in, ZP_CAT_MASTER) ? ZP_CAT_MASTER : ZP_CAT_PARAM;
     struct { int cat, kind; uint64_t sub; } ent[3] = {
         {wcat, wcat == ZP_CAT_MASTER ? PK_MASTER : PK_PARAM, 0}, {ZP_CAT_OPTIM, PK_M, 0}, {ZP_CAT_OPTIM, PK_V, 1}};
     for (int e = 0; e < 3; e++) {
@@ -1086,16 +1099,10 @@ static int wplan_build(zp_run* r, ck_wplan* w, char* err, size_t errlen) {
       if (!in->place[cat].sharded && r->rank != 0) continue;
       uint64_t a = base, b = base + held < span ? base + held : span;
       if (a >= b) continue;
-      if (!in->buf[cat]) {
+      if (!has_state(in, cat)) {
         seterr(err, errlen, "internal: group %s has no %s buffer on rank %d", r->gplans[g].name, zp_category_name((zp_category)cat), r->rank);
         wplan_free(w);
         return ZP_E_INTERNAL;
-      }
-      if (in->place[cat].tier == ZP_TIER_NVME) {
-        seterr(err, errlen, "group %s %s lives on the nvme tier: checkpointing it is not implemented", r->gplans[g].name,
-               zp_category_name((zp_category)cat));
-        wplan_free(w);
-        return ZP_E_NOT_IMPLEMENTED;
       }
       ck_wpiece* p = &w->p[w->n++];
       p->g = g;
@@ -1106,7 +1113,7 @@ static int wplan_build(zp_run* r, ck_wplan* w, char* err, size_t errlen) {
       p->b = b;
       p->dt = in->dtype[cat];
       size_t es = zp_dtype_size(p->dt);
-      p->src = (const char*)in->buf[cat] + (size_t)(ent[e].sub * held + (a - base)) * es;
+      p->src_off = (ent[e].sub * held + (a - base)) * es;
       p->off = align_file(pos);
       p->bytes = (b - a) * es;
       pos = p->off + p->bytes;
@@ -1249,8 +1256,7 @@ static int write_rank_file(zp_run* r, ck_wplan* w, const char* image, int rank, 
           }
         }
         n = p->bytes - done < stage_cap ? (size_t)(p->bytes - done) : stage_cap;
-        const zp_group_info* in = &r->groups[p->g].info;
-        int e = buf_get(r, in, p->cat, stage, p->src + done, n);
+        int e = buf_get(r, p->g, p->cat, stage, p->src_off + done, n);
         if (e) {
           seterr(err, errlen, "%s: reading group %s %s from the device failed (status %d)%s%s", where, p->gname,
                  zp_category_name((zp_category)p->cat), e, r->err[0] ? ": " : "", r->err);
@@ -1326,7 +1332,7 @@ static json_t* meta_build(zp_run* r, int64_t step, uint64_t data_pos, const char
   json_object_set_new(root, "model", mo);
   json_object_set_new(root, "total_params", json_integer((json_int_t)L->total_params));
   json_object_set_new(root, "precision", json_string(zp_cfg_str(r->cfg, "train.precision")));
-  int have_master = r->groups[0].info.buf[ZP_CAT_MASTER] != NULL;
+  int have_master = has_state(&r->groups[0].info, ZP_CAT_MASTER);
   json_t* dt = json_object();
   json_object_set_new(dt, "param", json_string(zp_dtype_name(r->param_dt)));
   json_object_set_new(dt, "grad", json_string(zp_dtype_name(r->grad_dt)));
@@ -1344,7 +1350,7 @@ static json_t* meta_build(zp_run* r, int64_t step, uint64_t data_pos, const char
   json_t* ga = json_array();
   for (int g = 0; g < L->n_groups; g++) {
     const zp_group_info* in = &r->groups[g].info;
-    int m = in->buf[ZP_CAT_MASTER] != NULL;
+    int m = has_state(in, ZP_CAT_MASTER);
     json_t* go = json_object();
     json_object_set_new(go, "index", json_integer(g));
     json_object_set_new(go, "name", json_string(r->gplans[g].name));
@@ -1779,7 +1785,7 @@ int zp_ckpt_saver_save(zp_ckpt_saver* s, zp_run* r, int64_t step, uint64_t data_
   for (int i = 0; i < s->plan.n && !lrc; i++) {
     ck_wpiece* p = &s->plan.p[i];
     if (p->off > pos) memset(s->image + pos, 0, (size_t)(p->off - pos));
-    lrc = buf_get(r, &r->groups[p->g].info, p->cat, s->image + p->off, p->src, (size_t)p->bytes);
+    lrc = buf_get(r, p->g, p->cat, s->image + p->off, p->src_off, (size_t)p->bytes);
     if (lrc) seterr(err, errlen, "%s: staging group %s %s failed (status %d)%s%s", s->label, p->gname, zp_category_name((zp_category)p->cat),
                     lrc, r->err[0] ? ": " : "", r->err);
     pos = p->off + p->bytes;
@@ -1887,7 +1893,7 @@ static int load_param(zp_run* r, int g, const void* host, zp_dtype hdt, uint64_t
     return rc;
   }
   if (pdt == hdt) {
-    rc = buf_put(r, in, ZP_CAT_PARAM, dst, host, (size_t)n * zp_dtype_size(pdt));
+    rc = buf_put(r, g, ZP_CAT_PARAM, 0, host, (size_t)n * zp_dtype_size(pdt));
     if (rc) seterr(err, errlen, "group %s: writing PARAM to the device failed (status %d)", gname, rc);
     return rc;
   }
@@ -1907,7 +1913,7 @@ static int load_param(zp_run* r, int g, const void* host, zp_dtype hdt, uint64_t
     return ZP_E_NOMEM;
   }
   host_cast(st, pdt, host, hdt, (size_t)n);
-  rc = buf_put(r, in, ZP_CAT_PARAM, dst, st, (size_t)n * zp_dtype_size(pdt));
+  rc = buf_put(r, g, ZP_CAT_PARAM, 0, st, (size_t)n * zp_dtype_size(pdt));
   free(st);
   if (rc) seterr(err, errlen, "group %s: writing PARAM failed (status %d)", gname, rc);
   return rc;
@@ -1920,16 +1926,12 @@ static int load_group(zp_run* r, const ck_meta* m, int g, char* err, size_t errl
   int wk = m->wkind[g];
   zp_dtype wdt = m->wdtype[g];
   size_t wes = zp_dtype_size(wdt);
-  int has_master = in->buf[ZP_CAT_MASTER] != NULL;
+  int has_master = has_state(in, ZP_CAT_MASTER);
   for (int c = ZP_CAT_PARAM; c <= ZP_CAT_OPTIM; c++) {
     if (c == ZP_CAT_GRAD || (c == ZP_CAT_MASTER && !has_master)) continue;
-    if (!in->buf[c]) {
+    if (!has_state(in, c)) {
       seterr(err, errlen, "group %s: internal: no %s buffer on this rank", gname, zp_category_name((zp_category)c));
       return ZP_E_INTERNAL;
-    }
-    if (in->place[c].tier == ZP_TIER_NVME) {
-      seterr(err, errlen, "group %s: %s lives on the nvme tier: loading it is not implemented", gname, zp_category_name((zp_category)c));
-      return ZP_E_NOT_IMPLEMENTED;
     }
   }
   /* weights: one host staging over the hull of the PARAM and MASTER ranges */
@@ -1963,7 +1965,7 @@ static int load_group(zp_run* r, const ck_meta* m, int g, char* err, size_t errl
       }
     }
     if (!rc) {
-      rc = buf_put(r, in, ZP_CAT_MASTER, in->buf[ZP_CAT_MASTER], src, (size_t)mh * 4);
+      rc = buf_put(r, g, ZP_CAT_MASTER, 0, src, (size_t)mh * 4);
       if (rc) seterr(err, errlen, "group %s: writing MASTER to the device failed (status %d)", gname, rc);
     }
     free(conv);
@@ -1985,7 +1987,7 @@ static int load_group(zp_run* r, const ck_meta* m, int g, char* err, size_t errl
   rc = fill_range(m, g, PK_M, oa, oe, O, ZP_F32, err, errlen);
   if (!rc) rc = fill_range(m, g, PK_V, oa, oe, O + oh, ZP_F32, err, errlen);
   if (!rc) {
-    rc = buf_put(r, in, ZP_CAT_OPTIM, in->buf[ZP_CAT_OPTIM], O, (size_t)oh * 2 * sizeof(float));
+    rc = buf_put(r, g, ZP_CAT_OPTIM, 0, O, (size_t)oh * 2 * sizeof(float));
     if (rc) seterr(err, errlen, "group %s: writing OPTIM to the device failed (status %d)", gname, rc);
   }
   free(O);
@@ -2090,12 +2092,7 @@ int zp_ckpt_set_full_params(zp_run* r, float* const* gp, char* err, size_t errle
     const char* gname = r->gplans[g].name;
     uint64_t span = L->group_span[g];
     for (int c = ZP_CAT_PARAM; c <= ZP_CAT_OPTIM && !rc; c++) {
-      if (c == ZP_CAT_GRAD || !in->buf[c]) continue;
-      if (in->place[c].tier == ZP_TIER_NVME) {
-        seterr(err, errlen, "group %s: %s lives on the nvme tier: setting it is not implemented", gname, zp_category_name((zp_category)c));
-        rc = ZP_E_NOT_IMPLEMENTED;
-        break;
-      }
+      if (c == ZP_CAT_GRAD || !has_state(in, c)) continue;
       uint64_t base, held;
       held_range(in, c, &base, &held);
       uint64_t n = c == ZP_CAT_OPTIM ? 2 * held : held;
@@ -2108,7 +2105,7 @@ int zp_ckpt_set_full_params(zp_run* r, float* const* gp, char* err, size_t errle
       if (c != ZP_CAT_OPTIM && base < span) memcpy(h, gp[g] + base, (size_t)((base + held < span ? base + held : span) - base) * sizeof(float));
       if (c == ZP_CAT_PARAM) rc = load_param(r, g, h, ZP_F32, held, 0, err, errlen);
       else {
-        rc = buf_put(r, in, c, in->buf[c], h, (size_t)n * sizeof(float));
+        rc = buf_put(r, g, c, 0, h, (size_t)n * sizeof(float));
         if (rc) seterr(err, errlen, "group %s: writing %s failed (status %d)", gname, zp_category_name((zp_category)c), rc);
       }
       free(h);

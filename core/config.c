@@ -575,11 +575,13 @@ int zp_config_check(const zp_config* c, char* err, size_t errlen) {
       }
     }
   }
-  if (zp_cfg_int(c, "offload.param.block_size") % 4096 != 0) {
-    seterr(err, errlen, "%s: offload.param.block_size = %lld must be a multiple of 4096 (O_DIRECT)",
-           zp_cfg_get(c, "offload.param.block_size")->origin, (long long)zp_cfg_int(c, "offload.param.block_size"));
-    return ZP_E_INVALID;
-  }
+  const char* bsk[] = {"offload.optimizer.block_size", "offload.param.block_size"};
+  for (int i = 0; i < 2; i++)
+    if (zp_cfg_int(c, bsk[i]) % 4096 != 0) {
+      seterr(err, errlen, "%s: %s = %lld must be a multiple of 4096 (O_DIRECT)", zp_cfg_get(c, bsk[i])->origin, bsk[i],
+             (long long)zp_cfg_int(c, bsk[i]));
+      return ZP_E_INVALID;
+    }
   if (strcmp(zp_cfg_str(c, "train.precision"), "fp64") == 0 && strcmp(zp_cfg_str(c, "train.device"), "cpu") != 0) {
     seterr(err, errlen, "%s: train.precision = \"fp64\" is for CPU checks only (train.device = \"%s\")",
            zp_cfg_get(c, "train.precision")->origin, zp_cfg_str(c, "train.device"));
@@ -673,7 +675,7 @@ void zp_config_write_doc(FILE* f) {
              "- `offload.param.plugin` other than \"none\" needs `zero.plugin = \"stage3\"`.\n"
              "- `zero.plugin = \"stage3\"` with `parallel.pp > 1`.\n"
              "- `offload_nvme` without its `path`.\n"
-             "- `offload.param.block_size` not a multiple of 4096.\n"
+             "- `offload.optimizer.block_size` or `offload.param.block_size` not a multiple of 4096.\n"
              "- `train.precision = \"fp64\"` on a device other than cpu; `fp32` on cuda.\n"
              "- `model.d_model` not divisible by `model.n_head`.\n");
 }

@@ -225,8 +225,14 @@ static int h_optim_update(zp_host_ctx* c, int g, uint64_t first, uint64_t count,
     /* the tier holding this group's optimizer state runs the update */
     const zp_tier_ops* to = NULL;
     void* ts = NULL;
+    const char* tname = NULL;
     for (int i = 0; i < 2; i++)
-      if (r->tier_ops[i] && r->tier_ops[i]->tier == ot) { to = r->tier_ops[i]; ts = r->tier_state[i]; break; }
+      if (r->tier_ops[i] && r->tier_ops[i]->tier == ot) {
+        to = r->tier_ops[i];
+        ts = r->tier_state[i];
+        tname = r->tier_plugins[i].desc ? r->tier_plugins[i].desc->name : NULL;
+        break;
+      }
     if (!to) {
       snprintf(r->err, sizeof r->err, "optim_update: group %d's optimizer state is on tier %s but no tier plugin serves it", g, zp_tier_name(ot));
       return ZP_E_INTERNAL;
@@ -252,7 +258,11 @@ static int h_optim_update(zp_host_ctx* c, int g, uint64_t first, uint64_t count,
     u.piece_decay = r->piece_decay;
     u.hp = hp;
     double t0 = zp_now_us();
+    char caller[sizeof c->name]; /* the tier's own name on its messages, then the caller's again */
+    memcpy(caller, c->name, sizeof caller);
+    if (tname) snprintf(c->name, sizeof c->name, "%s", tname);
     int rc = to->update(ts, &u);
+    memcpy(c->name, caller, sizeof caller);
     zp_trace_span(ZP_TR_COMPUTE, "tier_update", g, t0);
     if (rc && !r->err[0]) snprintf(r->err, sizeof r->err, "tier %s: update of group %d failed (status %d)", zp_tier_name(ot), g, rc);
     return rc;
@@ -751,7 +761,12 @@ static int state_io(zp_run* r, int g, zp_category cat, uint64_t off, void* host,
          zp_tier_name(t));
     return ZP_E_INTERNAL;
   }
+  char caller[sizeof r->hctx->name]; /* the tier's own name on its messages */
+  memcpy(caller, r->hctx->name, sizeof caller);
+  for (int i = 0; i < 2; i++)
+    if (r->tier_ops[i] == to && r->tier_plugins[i].desc) snprintf(r->hctx->name, sizeof r->hctx->name, "%s", r->tier_plugins[i].desc->name);
   int rc = put ? to->write(ts, g, cat, off, host, bytes) : to->read(ts, g, cat, off, host, bytes);
+  memcpy(r->hctx->name, caller, sizeof caller);
   if (rc && !r->err[0]) rerr(r, "tier %s: %s of group %d %s failed (status %d)", zp_tier_name(t), put ? "write" : "read", g,
                              zp_category_name(cat), rc);
   return rc;

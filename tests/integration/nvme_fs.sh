@@ -17,9 +17,7 @@ T=$build/tests/test_aio
 work=$(mktemp -d "${TMPDIR:-/tmp}/zp-nvme-fs.XXXXXX")
 mounts=()
 cleanup() {
-  for m in "${mounts[@]}"; do
-    umount "$m" 2> /dev/null || fusermount -u "$m" 2> /dev/null || umount -l "$m" 2> /dev/null
-  done
+  unmount_all
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -29,26 +27,8 @@ ok() { echo "ok   $*"; }
 [ -x "$T" ] || { echo "FAIL: $T missing (build the tests)"; exit 1; }
 [ -x "$build/zp" ] || { echo "FAIL: $build/zp missing"; exit 1; }
 
-MKFS=$(command -v mkfs.ext4 || ls /sbin/mkfs.ext4 /usr/sbin/mkfs.ext4 2> /dev/null | head -1)
-# make_ext4 IMG MNT SIZE: sets $how to the way it was mounted (loop|fuse2fs), or returns 1 with
-# the reason in $how (not run in a subshell: $mounts must see the mount point)
-make_ext4() {
-  local img=$1 mnt=$2 size=$3 why
-  how=""
-  [ -n "$MKFS" ] || { how="mkfs.ext4 not installed (e2fsprogs)"; return 1; }
-  mkdir -p "$mnt"
-  if ! { truncate -s "$size" "$img" && "$MKFS" -q -F -b 4096 -E nodiscard "$img" > "$work/mkfs.log" 2>&1; }; then
-    how="mkfs.ext4 failed: $(tail -1 "$work/mkfs.log")"; return 1
-  fi
-  if why=$(mount -o loop "$img" "$mnt" 2>&1); then
-    mounts+=("$mnt"); how=loop; return 0
-  fi
-  if command -v fuse2fs > /dev/null && fuse2fs -o fakeroot "$img" "$mnt" > "$work/fuse.log" 2>&1; then
-    mounts+=("$mnt"); how=fuse2fs; return 0
-  fi
-  how="mount -o loop failed ($why) and fuse2fs is $(command -v fuse2fs > /dev/null && echo "failing: $(tail -1 "$work/fuse.log")" || echo "not installed")"
-  return 1
-}
+# make_ext4 IMG MNT SIZE (shared with offload_nvme.sh)
+. "$src/tests/integration/lib/ext4.sh"
 if [ -z "$MKFS" ] && [ "${CI:-}" = true ]; then fail "mkfs.ext4 missing under CI=true"; fi
 
 # ---- (a) round-trips on ext4 in a loop file ----
