@@ -1083,7 +1083,9 @@ static int wplan_build(zp_run* r, ck_wplan* w, char* err, size_t errlen) {
       int cat = ent[e].cat;
       uint64_t base, held;
       held_range(in, cat, &base, &held);
-      if (!in->place[cat].sharded && r->rank != 0) continue;
+      /* a replicated category is written once, by the rank holding shard 0 of the group (rank 0
+       * of the data-parallel group; with pipeline stages, one rank per stage: train.c) */
+      if (!in->place[cat].sharded && in->shard_off != 0) continue;
       uint64_t a = base, b = base + held < span ? base + held : span;
       if (a >= b) continue;
       if (!in->buf[cat]) {

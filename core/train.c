@@ -261,6 +261,27 @@ static int validate(trainer* t, double* out, char* err, size_t errlen) {
   return ZP_OK;
 }
 
+/* Checkpoint scope. A checkpoint is one directory for the whole job: its collectives and file
+ * numbering run over every rank. Without pipeline parallelism that is the run's (data-parallel)
+ * communicator; with it, each stage's run holds only its groups and its communicator is the
+ * data-parallel one, so around checkpoint calls the run's communicator, rank and size are the
+ * world's (each rank writes the pieces of the groups it holds; a replicated category is written
+ * by the holder of shard 0 of the group: one writer per stage; the last stage's tied-wte copy is
+ * not a group of its run and is not written). */
+typedef struct {
+  zp_comm* comm;
+  int rank, world;
+} ck_scope;
+static void ck_enter(trainer* t, ck_scope* s) {
+  zp_run* r = &t->run;
+  s->comm = r->comm, s->rank = r->rank, s->world = r->world;
+  if (t->pipe) r->comm = t->comm, r->rank = t->rank, r->world = zp_comm_size(t->comm);
+}
+static void ck_leave(trainer* t, const ck_scope* s) {
+  zp_run* r = &t->run;
+  r->comm = s->comm, r->rank = s->rank, r->world = s->world;
+}
+
 /* blocking: the checkpoint is complete on return (final and signal saves); otherwise with
  * ckpt.async it is only staged here and written in the background. */
 static int save_ckpt(trainer* t, int64_t step, uint64_t data_pos, int blocking, char* err, size_t errlen) {
@@ -272,7 +293,10 @@ static int save_ckpt(trainer* t, int64_t step, uint64_t data_pos, int blocking, 
     fclose(mf);
   }
   double t0 = zp_now_us(), staged_ms = 0;
+  ck_scope cs;
+  ck_enter(t, &cs);
   int rc = zp_ckpt_saver_save(t->saver, &t->run, step, data_pos, dump ? dump : "", blocking, &staged_ms, err, errlen);
+  ck_leave(t, &cs);
   zp_trace_span(ZP_TR_IO, "checkpoint", (int)step, t0);
   free(dump);
   if (rc == ZP_OK) {
@@ -477,9 +501,14 @@ int zp_train(zp_config* cfg, zp_comm* comm, char* err, size_t errlen) {
   int64_t start = 0;
   uint64_t data0 = 0; /* data position of step `start` (the checkpoint's: the global batch may differ) */
   char ck[1024] = "";
+  ck_scope cs;
+  ck_enter(t, &cs);
   if (strcmp(zp_cfg_str(cfg, "train.resume"), "auto") == 0 &&
-      (rc = zp_ckpt_resume(r, t->out_dir, zp_cfg_bool(cfg, "ckpt.fallback"), ck, sizeof ck, &start, &data0, err, errlen)))
+      (rc = zp_ckpt_resume(r, t->out_dir, zp_cfg_bool(cfg, "ckpt.fallback"), ck, sizeof ck, &start, &data0, err, errlen))) {
+    ck_leave(t, &cs);
     goto done;
+  }
+  ck_leave(t, &cs);
   if (ck[0]) {
     tlog(t, "resumed from %s at step %lld\n", ck, (long long)start);
     if (data0 != (uint64_t)start * gb)
@@ -491,14 +520,19 @@ int zp_train(zp_config* cfg, zp_comm* comm, char* err, size_t errlen) {
     char ip[1024];
     zp_cfg_path(cfg, "train.init_from", ip, sizeof ip);
     if (ip[0]) {
-      if ((rc = zp_st_init_run(r, ip, stdout, err, errlen))) goto done;
+      ck_enter(t, &cs);
+      rc = zp_st_init_run(r, ip, stdout, err, errlen);
+      ck_leave(t, &cs);
+      if (rc) goto done;
       tlog(t, "initial weights from %s (train.init_from)\n", ip);
     }
   }
   if (t->pipe && (rc = zp_pipe_sync_tied(t->pipe, err, errlen))) goto done; /* the last stage's wte copy */
-  if ((rc = zp_ckpt_saver_open(r, t->out_dir, (int)zp_cfg_int(cfg, "train.keep_checkpoints"), zp_cfg_bool(cfg, "ckpt.async"),
-                               zp_cfg_float(cfg, "comm.timeout_s"), &t->saver, err, errlen)))
-    goto done;
+  ck_enter(t, &cs);
+  rc = zp_ckpt_saver_open(r, t->out_dir, (int)zp_cfg_int(cfg, "train.keep_checkpoints"), zp_cfg_bool(cfg, "ckpt.async"),
+                          zp_cfg_float(cfg, "comm.timeout_s"), &t->saver, err, errlen);
+  ck_leave(t, &cs);
+  if (rc) goto done;
   if (zp_cfg_bool(cfg, "train.metrics") && t->rank == 0) {
     char mp[1100];
     snprintf(mp, sizeof mp, "%s/metrics.jsonl", t->out_dir);
@@ -641,7 +675,10 @@ int zp_train(zp_config* cfg, zp_comm* comm, char* err, size_t errlen) {
   if (step == steps && steps > start && zp_cfg_bool(cfg, "train.save_final")) {
     if ((rc = save_ckpt(t, step, data0 + (uint64_t)(step - start) * gb, 1, err, errlen))) goto done;
   }
-  if ((rc = zp_ckpt_saver_wait(t->saver, r, err, errlen))) goto done; /* an asynchronous save still in flight */
+  ck_enter(t, &cs);
+  rc = zp_ckpt_saver_wait(t->saver, r, err, errlen); /* an asynchronous save still in flight */
+  ck_leave(t, &cs);
+  if (rc) goto done;
   if (t->val && steps > start && !stopped_by) {
     double vl;
     if ((rc = validate(t, &vl, err, errlen))) goto done;
@@ -671,7 +708,12 @@ fail_run:
 done:
   signal(SIGTERM, SIG_DFL);
   signal(SIGUSR1, SIG_DFL);
-  zp_ckpt_saver_close(t->saver, &t->run);
+  {
+    ck_scope cs2;
+    ck_enter(t, &cs2);
+    zp_ckpt_saver_close(t->saver, &t->run);
+    ck_leave(t, &cs2);
+  }
   if (t->metrics) fclose(t->metrics);
   free(t->inp);
   free(t->tgt);
