@@ -1923,6 +1923,7 @@ static int load_group(zp_run* r, const ck_meta* m, int g, char* err, size_t errl
   zp_dtype wdt = m->wdtype[g];
   size_t wes = zp_dtype_size(wdt);
   int has_master = in->buf[ZP_CAT_MASTER] != NULL;
+  if (!in->padded) return ZP_OK; /* another pipeline stage's group: nothing of it lives here */
   for (int c = ZP_CAT_PARAM; c <= ZP_CAT_OPTIM; c++) {
     if (c == ZP_CAT_GRAD || (c == ZP_CAT_MASTER && !has_master)) continue;
     if (!in->buf[c]) {

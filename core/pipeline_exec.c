@@ -390,6 +390,7 @@ static int fwd_group(zp_pipe* p, zp_acts* a, int g, float dloss) {
   double t0 = zp_now_us();
   if ((rc = zp_model_forward_group(&r->layout, r->ops, r->be, a, &r->views, g, dloss))) return rc;
   zp_trace_span(ZP_TR_COMPUTE, "forward", g, t0);
+  p->busy_ms += (zp_now_us() - t0) / 1000; /* busy = the compute spans the trace records */
   if (r->strategy->post_forward && (rc = r->strategy->post_forward(r->strategy_state, g))) return rc;
   return ZP_OK;
 }
@@ -456,6 +457,7 @@ static int do_bwd(zp_pipe* p, const zp_sched_instr* in, int phase) {
     if ((rc = zp_model_backward_group_phase(&r->layout, r->ops, r->be, a, &r->views, g, phase))) return rc;
     zp_trace_span(ZP_TR_COMPUTE, phase == ZP_BWD_FULL ? "backward" : phase == ZP_BWD_INPUT ? "backward input" : "backward weight",
                   g, t0);
+    p->busy_ms += (zp_now_us() - t0) / 1000;
     if ((rc = gflush(p, g))) return rc;
     if (tied && (rc = gflush(p, 0))) return rc;
   }
@@ -598,6 +600,7 @@ int zp_pipe_step(zp_pipe* p, float lr, zp_pipe_load_fn load, void* ctx, double* 
       }
       case ZP_SOP_REDUCE_GRADS:
         p->wall_ms = (t0 - p->t_step0) / 1000;
+        zp_trace_span(ZP_TR_STEP, "pipeline to REDUCE_GRADS", p->stage, p->t_step0); /* the bubble's wall */
         rc = reduce_grads(p, err, errlen);
         if (rc) return rc;
         zp_trace_span(ZP_TR_COMM, "REDUCE_GRADS", 0, t0);
@@ -605,6 +608,7 @@ int zp_pipe_step(zp_pipe* p, float lr, zp_pipe_load_fn load, void* ctx, double* 
       case ZP_SOP_STEP:
         if ((rc = zp_run_step(r, lr))) return run_err(p, rc, err, errlen, "optimizer step");
         if ((rc = zp_pipe_sync_tied(p, err, errlen))) return rc;
+        zp_trace_span(ZP_TR_COMPUTE, "optimizer step", p->stage, t0);
         continue;
       default:
         seterr(err, errlen, "internal: pipeline stage %d instruction #%d: unknown op %d", p->stage, i + 1, in->op);
@@ -618,7 +622,6 @@ int zp_pipe_step(zp_pipe* p, float lr, zp_pipe_load_fn load, void* ctx, double* 
       return rc;
     }
     double ms = (zp_now_us() - t0) / 1000;
-    p->busy_ms += ms;
     int k = op_slot(in->op);
     p->op_ms[in->chunk * 4 + k] += ms;
     p->op_n[in->chunk * 4 + k]++;

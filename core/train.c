@@ -423,6 +423,21 @@ static int pipeline_print(trainer* t, const zp_config* cfg, const zp_layout* lay
   return ZP_OK;
 }
 
+/* End of a pipeline run (rank 0): per stage the measured bubble over the timed steps (1 -
+ * busy / wall from the executor's compute spans, the same spans the trace records), the
+ * simulator's prediction with the measured op times, and the ideal (unit op times). */
+static void pipeline_bubble_report(trainer* t) {
+  const zp_pipe_bubble* pb = NULL;
+  char e[256];
+  if (t->rank != 0 || zp_pipe_bubble_get(t->pipe, &pb, e, sizeof e) || !pb) return;
+  printf("pipeline bubble (1 - busy/wall per stage, mean over steps after the first; wall %.2f ms to REDUCE_GRADS):\n", pb->mean_wall_ms);
+  printf("  %-6s %10s %10s %10s\n", "stage", "measured", "predicted", "ideal");
+  for (int d = 0; d < pb->stages; d++)
+    printf("  %-6d %10.4f %10.4f %10.4f\n", d, pb->mean_bubble[d], pb->pred_bubble[d], pb->ideal_bubble[d]);
+  printf("  (predicted: the schedule simulated with the measured mean op times per virtual stage; ideal: unit op times)\n");
+  fflush(stdout);
+}
+
 int zp_train(zp_config* cfg, zp_comm* comm, char* err, size_t errlen) {
   trainer tt;
   trainer* t = &tt;
@@ -588,6 +603,8 @@ int zp_train(zp_config* cfg, zp_comm* comm, char* err, size_t errlen) {
     r->ops->synchronize(r->be);
     if (!t->pipe) zp_trace_span(ZP_TR_COMPUTE, "optimizer step", (int)step, ts);
     loss = allreduce_mean(t, loss);
+    const zp_pipe_bubble* pb = NULL; /* pipeline: measured and predicted bubble per stage */
+    if (t->pipe && (rc = zp_pipe_bubble_get(t->pipe, &pb, err, errlen))) goto done;
     double ms = (zp_now_us() - t0) / 1000.0;
     zp_trace_span(ZP_TR_STEP, "step", (int)step, t0);
     if (step == start) first_loss = loss;
@@ -624,6 +641,17 @@ int zp_train(zp_config* cfg, zp_comm* comm, char* err, size_t errlen) {
       fprintf(t->metrics, "{\"step\":%lld,\"loss\":%.6f,\"lr\":%.6e,\"grad_norm\":%.6f,\"ms\":%.3f,\"tok_s\":%.1f,\"mfu\":%.4f",
               (long long)step + 1, loss, lr, r->opt.grad_norm, ms, tok_s, mfu);
       if (do_val) fprintf(t->metrics, ",\"val_loss\":%.6f", vl);
+      if (pb) {
+        fprintf(t->metrics, ",\"pipeline\":{\"wall_ms\":%.3f", pb->step_wall_ms);
+        const char* keys[3] = {"bubble", "bubble_mean", "bubble_pred"};
+        const double* vals[3] = {pb->step_bubble, pb->mean_bubble, pb->pred_bubble};
+        for (int k = 0; k < 3; k++) {
+          fprintf(t->metrics, ",\"%s\":[", keys[k]);
+          for (int d = 0; d < pb->stages; d++) fprintf(t->metrics, "%s%.4f", d ? "," : "", vals[k][d]);
+          fprintf(t->metrics, "]");
+        }
+        fprintf(t->metrics, "}");
+      }
       fprintf(t->metrics, ",\"mem\":{");
       for (int c = 0; c < ZP_CAT_COUNT; c++)
         fprintf(t->metrics, "%s\"%s\":%lld", c ? "," : "", zp_category_name((zp_category)c), r->ledger.cur[c][0] + r->ledger.cur[c][1]);
@@ -694,6 +722,7 @@ int zp_train(zp_config* cfg, zp_comm* comm, char* err, size_t errlen) {
              timed ? (double)gb * T / (sum_ms / timed / 1000.0) : 0, r->ledger.n_allocs - (allocs_before < 0 ? r->ledger.n_allocs : allocs_before));
     zp_ledger_print(&r->ledger, stdout, "memory at end");
   }
+  if (t->pipe && steps > start) pipeline_bubble_report(t);
   if (zp_trace_enabled()) {
     char tp_[1100];
     snprintf(tp_, sizeof tp_, "%s/trace_rank%d.json", t->out_dir, t->rank);
