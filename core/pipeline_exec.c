@@ -19,7 +19,10 @@ typedef struct {
 struct zp_pipe {
   zp_run* r;
   const zp_schedule* s;
-  zp_comm* pp;
+  zp_comm* pp;              /* host pipeline communicator: control (loss, bubble), and data on the CPU */
+  zp_comm* dpp;             /* data: activations, gradients, the tied wte (device comm where the
+                             * backend has one, e.g. NCCL; else pp) */
+  zp_comm* dpp_own;
   int P, V, M, stage, G, L;
   int B, T;
   size_t N;                 /* B * T */
@@ -103,6 +106,38 @@ static int lalloc(zp_pipe* p, zp_category cat, size_t bytes, const char* tag, vo
   return rc;
 }
 
+/* A device communicator over the pipeline ranks where the backend provides one (NCCL): the id
+ * from stage 0 over the host pipeline communicator, as the runtime does for the dp one.
+ * Not exercised on this CPU-only CI (see docs/schedules.md, limits). */
+static int device_comm(zp_pipe* p, const zp_config* cfg, char* err, size_t errlen) {
+  zp_run* r = p->r;
+  p->dpp = p->pp;
+  if (r->dry_run || r->ops->struct_size <= offsetof(zp_backend_ops, comm_create) || !r->ops->comm_unique_id ||
+      !r->ops->comm_create)
+    return ZP_OK;
+  uint32_t msg[1 + 64];
+  memset(msg, 0, sizeof msg);
+  size_t idlen = 256;
+  int rc;
+  if (p->stage == 0) {
+    if ((rc = r->ops->comm_unique_id(r->be, msg + 1, &idlen))) {
+      seterr(err, errlen, "pipeline: cannot make a device communicator id (status %d)", rc);
+      return rc;
+    }
+    msg[0] = (uint32_t)idlen;
+  }
+  if ((rc = zp_comm_broadcast(p->pp, msg, sizeof msg / 4, ZP_I32, 0))) {
+    seterr(err, errlen, "pipeline: broadcasting the device communicator id: %s", zp_comm_error(p->pp));
+    return rc;
+  }
+  if ((rc = r->ops->comm_create(r->be, msg + 1, msg[0], p->stage, p->P, zp_cfg_float(cfg, "comm.timeout_s"), &p->dpp_own))) {
+    seterr(err, errlen, "pipeline: cannot create the device communicator (status %d)%s%s", rc, r->err[0] ? ": " : "", r->err);
+    return rc;
+  }
+  p->dpp = p->dpp_own;
+  return ZP_OK;
+}
+
 static int chunk_of_group(const zp_pipe* p, int g) {
   for (int c = 0; c < p->V; c++)
     if (g >= p->ch[c].g0 && g < p->ch[c].g1) return c;
@@ -164,6 +199,7 @@ int zp_pipe_open(zp_run* r, const zp_config* cfg, const zp_layout* lay, zp_comm*
   free(first);
   free(held);
   if (rc) goto fail;
+  if ((rc = device_comm(p, cfg, err, errlen))) goto fail;
   p->ins = zp_schedule_stage(s, p->stage, &p->n_ins);
   p->nbuf = zp_schedule_buffers(s, p->stage);
   for (int i = 0; i < p->n_ins; i++)
@@ -296,6 +332,7 @@ fail:
 void zp_pipe_close(zp_pipe* p) {
   if (!p) return;
   zp_ledger* led = &p->r->ledger;
+  if (p->dpp_own) zp_comm_destroy(p->dpp_own);
   if (p->acts) {
     for (int i = 0; i < (p->nbuf ? p->nbuf : 1) * p->V; i++) zp_acts_arrays_free(&p->acts[i]);
     free(p->acts);
@@ -468,7 +505,7 @@ static int do_bwd(zp_pipe* p, const zp_sched_instr* in, int phase) {
 static int comm_err(zp_pipe* p, const zp_sched_instr* in, int idx, char* err, size_t errlen, int rc) {
   char d[160];
   zp_sched_instr_describe(p->s, in, d, sizeof d);
-  seterr(err, errlen, "pipeline stage %d instruction #%d (%s): %s", p->stage, idx + 1, d, zp_comm_error(p->pp));
+  seterr(err, errlen, "pipeline stage %d instruction #%d (%s): %s", p->stage, idx + 1, d, zp_comm_error(p->dpp));
   return rc;
 }
 
@@ -478,10 +515,10 @@ static int do_comm(zp_pipe* p, const zp_sched_instr* in) {
   const pchunk* c = &p->ch[in->chunk];
   size_t n = p->N * (size_t)r->layout.s.C;
   switch (in->op) {
-    case ZP_SOP_SEND_ACT: return zp_comm_send(p->pp, a->res[c->g1 - 1], n, r->ct, in->peer);
-    case ZP_SOP_RECV_ACT: return zp_comm_recv(p->pp, a->res[c->g0 - 1], n, r->ct, in->peer);
-    case ZP_SOP_SEND_GRAD: return zp_comm_send(p->pp, a->dres, n, r->ct, in->peer);
-    case ZP_SOP_RECV_GRAD: return zp_comm_recv(p->pp, a->dres, n, r->ct, in->peer);
+    case ZP_SOP_SEND_ACT: return zp_comm_send(p->dpp, a->res[c->g1 - 1], n, r->ct, in->peer);
+    case ZP_SOP_RECV_ACT: return zp_comm_recv(p->dpp, a->res[c->g0 - 1], n, r->ct, in->peer);
+    case ZP_SOP_SEND_GRAD: return zp_comm_send(p->dpp, a->dres, n, r->ct, in->peer);
+    case ZP_SOP_RECV_GRAD: return zp_comm_recv(p->dpp, a->dres, n, r->ct, in->peer);
   }
   return ZP_E_INTERNAL;
 }
@@ -491,16 +528,16 @@ static int reduce_grads(zp_pipe* p, char* err, size_t errlen) {
   zp_run* r = p->r;
   int rc;
   if (p->is_first_tied) {
-    if ((rc = zp_comm_recv(p->pp, p->tie_scratch, (size_t)p->wte_n, r->grad_dt, p->P - 1))) {
+    if ((rc = zp_comm_recv(p->dpp, p->tie_scratch, (size_t)p->wte_n, r->grad_dt, p->P - 1))) {
       seterr(err, errlen, "pipeline stage %d: receiving the tied wte gradient from stage %d: %s", p->stage, p->P - 1,
-             zp_comm_error(p->pp));
+             zp_comm_error(p->dpp));
       return rc;
     }
     if ((rc = r->ops->accumulate(r->be, p->acc[0], r->grad_dt, p->tie_scratch, r->grad_dt, (size_t)p->wte_n, 1.0f)))
       return run_err(p, rc, err, errlen, "tied wte gradient");
   } else if (p->has_copy) {
-    if ((rc = zp_comm_send(p->pp, p->copy_grad, (size_t)p->wte_n, r->grad_dt, 0))) {
-      seterr(err, errlen, "pipeline stage %d: sending the tied wte gradient to stage 0: %s", p->stage, zp_comm_error(p->pp));
+    if ((rc = zp_comm_send(p->dpp, p->copy_grad, (size_t)p->wte_n, r->grad_dt, 0))) {
+      seterr(err, errlen, "pipeline stage %d: sending the tied wte gradient to stage 0: %s", p->stage, zp_comm_error(p->dpp));
       return rc;
     }
   }
@@ -530,11 +567,11 @@ int zp_pipe_sync_tied(zp_pipe* p, char* err, size_t errlen) {
   zp_run* r = p->r;
   int rc = ZP_OK;
   if (p->is_first_tied) {
-    if ((rc = zp_comm_send(p->pp, r->groups[0].info.buf[ZP_CAT_PARAM], (size_t)p->wte_n, r->param_dt, p->P - 1)))
-      seterr(err, errlen, "pipeline stage %d: sending the tied wte to stage %d: %s", p->stage, p->P - 1, zp_comm_error(p->pp));
+    if ((rc = zp_comm_send(p->dpp, r->groups[0].info.buf[ZP_CAT_PARAM], (size_t)p->wte_n, r->param_dt, p->P - 1)))
+      seterr(err, errlen, "pipeline stage %d: sending the tied wte to stage %d: %s", p->stage, p->P - 1, zp_comm_error(p->dpp));
   } else if (p->has_copy) {
-    if ((rc = zp_comm_recv(p->pp, p->copy_param, (size_t)p->wte_n, r->param_dt, 0)))
-      seterr(err, errlen, "pipeline stage %d: receiving the tied wte from stage 0: %s", p->stage, zp_comm_error(p->pp));
+    if ((rc = zp_comm_recv(p->dpp, p->copy_param, (size_t)p->wte_n, r->param_dt, 0)))
+      seterr(err, errlen, "pipeline stage %d: receiving the tied wte from stage 0: %s", p->stage, zp_comm_error(p->dpp));
   }
   return rc;
 }
@@ -654,17 +691,17 @@ int zp_pipe_forward(zp_pipe* p, const int32_t* inputs, const int32_t* targets, d
     zp_acts* a = &p->acts[c]; /* slot 0: no step is in flight */
     const pchunk* ch = &p->ch[c];
     int k = ch->vstage;
-    if (k > 0 && (rc = zp_comm_recv(p->pp, a->res[ch->g0 - 1], n, r->ct, (k - 1) % p->P))) break;
+    if (k > 0 && (rc = zp_comm_recv(p->dpp, a->res[ch->g0 - 1], n, r->ct, (k - 1) % p->P))) break;
     if (ch->g0 == 0 && (rc = h2d_tokens(p, a, 0, 1))) goto run_fail;
     if (ch->g1 == p->G && (rc = h2d_tokens(p, a, 0, 0))) goto run_fail;
     for (int g = ch->g0; g < ch->g1; g++)
       if ((rc = fwd_group(p, a, g, 0.0f))) goto run_fail;
     if (ch->g1 == p->G && (rc = read_loss(p, a, targets, &loss))) goto run_fail;
-    if (k < K - 1 && (rc = zp_comm_send(p->pp, a->res[ch->g1 - 1], n, r->ct, (k + 1) % p->P))) break;
+    if (k < K - 1 && (rc = zp_comm_send(p->dpp, a->res[ch->g1 - 1], n, r->ct, (k + 1) % p->P))) break;
   }
   if (!rc) rc = zp_comm_allreduce(p->pp, &loss, 1, ZP_F64, ZP_RED_SUM);
   if (rc) {
-    seterr(err, errlen, "pipeline stage %d, forward only: %s", p->stage, zp_comm_error(p->pp));
+    seterr(err, errlen, "pipeline stage %d, forward only: %s", p->stage, zp_comm_error(p->dpp)[0] ? zp_comm_error(p->dpp) : zp_comm_error(p->pp));
     return rc;
   }
   p->logits_owner = -1;
