@@ -1347,6 +1347,9 @@ static json_t* meta_build(zp_run* r, int64_t step, uint64_t data_pos, const char
   for (int g = 0; g < L->n_groups; g++) {
     const zp_group_info* in = &r->groups[g].info;
     int m = in->buf[ZP_CAT_MASTER] != NULL;
+    /* a group another pipeline stage holds: whether it has a MASTER buffer there follows the
+     * runtime's rule (fp32 parameters on the device are their own master) */
+    if (!in->padded) m = !(in->dtype[ZP_CAT_PARAM] == ZP_F32 && in->place[ZP_CAT_MASTER].tier == ZP_TIER_GPU);
     json_t* go = json_object();
     json_object_set_new(go, "index", json_integer(g));
     json_object_set_new(go, "name", json_string(r->gplans[g].name));
