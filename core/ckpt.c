@@ -1096,7 +1096,9 @@ static int wplan_build(zp_run* r, ck_wplan* w, char* err, size_t errlen) {
       int cat = ent[e].cat;
       uint64_t base, held;
       held_range(in, cat, &base, &held);
-      if (!in->place[cat].sharded && r->rank != 0) continue;
+      /* a replicated category is written once, by the rank holding shard 0 of the group (rank 0
+       * of the data-parallel group; with pipeline stages, one rank per stage: train.c) */
+      if (!in->place[cat].sharded && in->shard_off != 0) continue;
       uint64_t a = base, b = base + held < span ? base + held : span;
       if (a >= b) continue;
       if (!has_state(in, cat)) {
@@ -1351,6 +1353,9 @@ static json_t* meta_build(zp_run* r, int64_t step, uint64_t data_pos, const char
   for (int g = 0; g < L->n_groups; g++) {
     const zp_group_info* in = &r->groups[g].info;
     int m = has_state(in, ZP_CAT_MASTER);
+    /* a group another pipeline stage holds: whether it has a MASTER buffer there follows the
+     * runtime's rule (fp32 parameters on the device are their own master) */
+    if (!in->padded) m = !(in->dtype[ZP_CAT_PARAM] == ZP_F32 && in->place[ZP_CAT_MASTER].tier == ZP_TIER_GPU);
     json_t* go = json_object();
     json_object_set_new(go, "index", json_integer(g));
     json_object_set_new(go, "name", json_string(r->gplans[g].name));
@@ -1927,6 +1932,7 @@ static int load_group(zp_run* r, const ck_meta* m, int g, char* err, size_t errl
   zp_dtype wdt = m->wdtype[g];
   size_t wes = zp_dtype_size(wdt);
   int has_master = has_state(in, ZP_CAT_MASTER);
+  if (!in->padded) return ZP_OK; /* another pipeline stage's group: nothing of it lives here */
   for (int c = ZP_CAT_PARAM; c <= ZP_CAT_OPTIM; c++) {
     if (c == ZP_CAT_GRAD || (c == ZP_CAT_MASTER && !has_master)) continue;
     if (!has_state(in, c)) {

@@ -563,6 +563,13 @@ int zp_config_check(const zp_config* c, char* err, size_t errlen) {
            zp_cfg_get(c, "zero.plugin")->origin, (long long)zp_cfg_int(c, "parallel.pp"));
     return ZP_E_INVALID;
   }
+  if (zp_cfg_int(c, "parallel.pp") > 1 && zp_cfg_bool(c, "train.recompute")) {
+    seterr(err, errlen,
+           "%s: train.recompute is not implemented for pipeline parallelism yet (parallel.pp = %lld): the pipeline "
+           "keeps one activation slot per micro-batch in flight; set train.recompute = false",
+           zp_cfg_get(c, "train.recompute")->origin, (long long)zp_cfg_int(c, "parallel.pp"));
+    return ZP_E_INVALID;
+  }
   const char* nv[] = {"offload.optimizer.plugin", "offload.param.plugin"};
   for (int i = 0; i < 2; i++) {
     const char* p = zp_cfg_str(c, nv[i]);

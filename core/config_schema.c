@@ -54,9 +54,9 @@ const zc_key zp_config_schema[] = {
   {"train.hooks", ZC_STRING, "\"\"", NR, NULL, "Lua file defining on_step(metrics) (log, change lr, save, stop)."},
   {"train.init_from", ZC_STRING, "\"\"", NR, NULL, "Start from these weights instead of the random init when there is no checkpoint to resume from: a safetensors file with Hugging Face GPT-2 names (`zp export`'s output, or a model saved by transformers); relative to the config file. Optimizer state starts at zero."},
   /* parallel */
-  {"parallel.dp", ZC_INT, "0", 0, 65536, NULL, "Data-parallel ranks (0 = world size / (pp*tp))."},
-  {"parallel.pp", ZC_INT, "1", 1, 1024, NULL, "Pipeline stages."},
-  {"parallel.tp", ZC_INT, "1", 1, 1024, NULL, "Tensor-parallel ranks."},
+  {"parallel.dp", ZC_INT, "0", 0, 65536, NULL, "Data-parallel ranks (0 = world size / (pp*tp)). Ranks are laid out as rank = (dp_i * pp + pp_i) * tp + tp_i (core/layout.h); ZeRO strategies reduce over the ranks with the same (pp_i, tp_i)."},
+  {"parallel.pp", ZC_INT, "1", 1, 1024, NULL, "Pipeline stages (> 1: the pipeline executor runs [pipeline].schedule; train.grad_accum must be 1, pipeline.micro_batches is the accumulation; zero.plugin none, stage1 or stage2)."},
+  {"parallel.tp", ZC_INT, "1", 1, 1024, NULL, "Tensor-parallel ranks (> 1 is refused until tensor parallelism lands; its communicator exists)."},
   /* zero */
   {"zero.plugin", ZC_STRING, "\"none\"", NR, NULL, "\"none\" (replicated, plain data parallel), \"stage1\", \"stage2\", \"stage3\", or a plugin path."},
   {"zero.prefetch_groups", ZC_INT, "1", 0, 64, NULL, "stage3: groups gathered ahead of use."},
@@ -81,9 +81,9 @@ const zc_key zp_config_schema[] = {
   {"offload.param.block_size", ZC_INT, "1048576", 4096, 1073741824, NULL, "I/O block size in bytes (multiple of 4096)."},
   {"offload.param.buffer_count", ZC_INT, "4", 1, 1024, NULL, "Pinned staging buffers."},
   /* pipeline */
-  {"pipeline.plugin", ZC_STRING, "\"none\"", NR, NULL, "\"none\" or \"pipeline\"."},
+  {"pipeline.plugin", ZC_STRING, "\"none\"", NR, NULL, "\"none\" or \"pipeline\" (the registration plugin; parallel.pp > 1 runs the core's pipeline executor either way)."},
   {"pipeline.schedule", ZC_STRING, "\"1f1b\"", NR, NULL, "gpipe, 1f1b, interleaved_1f1b, zb_h1, or a Lua file."},
-  {"pipeline.micro_batches", ZC_INT, "4", 1, 65536, NULL, "Micro-batches per step through the pipeline."},
+  {"pipeline.micro_batches", ZC_INT, "4", 1, 65536, NULL, "Micro-batches per step through the pipeline (global batch = train.micro_batch * micro_batches * dp; the loss is averaged over them as grad_accum would)."},
   {"pipeline.stages", ZC_INT_LIST, "[]", NR, NULL, "Explicit split: number of groups per (virtual) stage, in order, e.g. [5, 4, 5] for 14 groups on 3 stages (embed is group 0, head the last); must add up to n_layer + 2. Empty = balance by forward FLOPs."},
   {"pipeline.chunks", ZC_INT, "1", 1, 64, NULL, "Model chunks per device (virtual stages, interleaved_1f1b): virtual stage chunk * pp + stage holds that slice of the groups."},
   /* comm */

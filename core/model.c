@@ -320,3 +320,107 @@ int zp_model_backward_group(const zp_model_layout* m, const zp_backend_ops* ops,
   }
   return ops->encoder_bwd(b, G(m, v, 0, ZP_T_WTE, es), G(m, v, 0, ZP_T_WPE, es), a->dres, a->inputs, B, T, C);
 }
+
+/* ---------------- pipeline chunks ---------------- */
+
+int zp_acts_arrays_alloc(zp_acts* a, const zp_model_layout* m, int B, int T, zp_dtype ct, size_t attn_aux_bytes) {
+  memset(a, 0, sizeof *a);
+  int L = m->s.L;
+  a->B = B;
+  a->T = T;
+  a->ct = ct;
+  a->attn_aux_bytes = attn_aux_bytes;
+  void*** lists[] = {&a->ln1, &a->qkv, &a->atty, &a->attaux, &a->res2, &a->ln2, &a->fch, &a->fchg,
+                     &a->zb_dfcproj, &a->zb_dfc, &a->zb_dattproj, &a->zb_dqkv};
+  int bad = 0;
+  for (size_t i = 0; i < sizeof lists / sizeof lists[0]; i++) bad |= !(*lists[i] = calloc((size_t)L, sizeof(void*)));
+  bad |= !(a->res = calloc((size_t)L + 1, sizeof(void*)));
+  float*** fl[] = {&a->ln1_mean, &a->ln1_rstd, &a->ln2_mean, &a->ln2_rstd};
+  for (size_t i = 0; i < 4; i++) bad |= !(*fl[i] = calloc((size_t)L, sizeof(float*)));
+  if (bad) {
+    zp_acts_arrays_free(a);
+    return ZP_E_NOMEM;
+  }
+  return ZP_OK;
+}
+
+void zp_acts_arrays_free(zp_acts* a) {
+  void** lists[] = {(void*)a->ln1, (void*)a->qkv, (void*)a->atty, (void*)a->attaux, (void*)a->res2,
+                    (void*)a->ln2, (void*)a->fch, (void*)a->fchg, (void*)a->res, (void*)a->ln1_mean,
+                    (void*)a->ln1_rstd, (void*)a->ln2_mean, (void*)a->ln2_rstd, (void*)a->zb_dfcproj,
+                    (void*)a->zb_dfc, (void*)a->zb_dattproj, (void*)a->zb_dqkv};
+  for (size_t i = 0; i < sizeof lists / sizeof lists[0]; i++) free(lists[i]);
+  memset(a, 0, sizeof *a);
+}
+
+size_t zp_acts_chunk_layout(zp_acts* a, const zp_model_layout* m, int g0, int g1, int zb, char* base) {
+  int L = m->s.L, C = m->s.C;
+  size_t N = (size_t)a->B * (size_t)a->T, es = zp_dtype_size(a->ct);
+  carve_t ca = {0, 0};
+  int r0 = g0 - 1 < 0 ? 0 : g0 - 1, r1 = g1 - 1 > L ? L : g1 - 1;
+  for (int i = r0; i <= r1; i++) a->res[i] = carve(base, &ca, N * C * es);
+  for (int g = g0; g < g1; g++) {
+    if (g < 1 || g > L) continue;
+    int l = g - 1;
+    a->ln1[l] = carve(base, &ca, N * C * es);
+    a->ln1_mean[l] = carve(base, &ca, N * sizeof(float));
+    a->ln1_rstd[l] = carve(base, &ca, N * sizeof(float));
+    a->qkv[l] = carve(base, &ca, N * 3 * C * es);
+    a->atty[l] = carve(base, &ca, N * C * es);
+    a->attaux[l] = carve(base, &ca, a->attn_aux_bytes);
+    a->res2[l] = carve(base, &ca, N * C * es);
+    a->ln2[l] = carve(base, &ca, N * C * es);
+    a->ln2_mean[l] = carve(base, &ca, N * sizeof(float));
+    a->ln2_rstd[l] = carve(base, &ca, N * sizeof(float));
+    a->fch[l] = carve(base, &ca, N * 4 * C * es);
+    a->fchg[l] = carve(base, &ca, N * 4 * C * es);
+    if (zb) {
+      a->zb_dfcproj[l] = carve(base, &ca, N * C * es);
+      a->zb_dfc[l] = carve(base, &ca, N * 4 * C * es);
+      a->zb_dattproj[l] = carve(base, &ca, N * C * es);
+      a->zb_dqkv[l] = carve(base, &ca, N * 3 * C * es);
+    }
+  }
+  if (g1 == L + 2) {
+    a->lnf = carve(base, &ca, N * C * es);
+    a->lnf_mean = carve(base, &ca, N * sizeof(float));
+    a->lnf_rstd = carve(base, &ca, N * sizeof(float));
+    a->losses = carve(base, &ca, N * sizeof(float));
+  }
+  return ca.off;
+}
+
+int zp_model_backward_group_phase(const zp_model_layout* m, const zp_backend_ops* ops, zp_backend* b,
+                                  zp_acts* a, const zp_views* v, int g, int phase) {
+  int B = a->B, T = a->T, C = m->s.C, NH = m->s.NH, L = m->s.L;
+  int N = B * T;
+  size_t es = zp_dtype_size(a->ct);
+  if (phase == ZP_BWD_FULL) return zp_model_backward_group(m, ops, b, a, v, g);
+  if (g < 1 || g > L) return phase == ZP_BWD_INPUT ? zp_model_backward_group(m, ops, b, a, v, g) : ZP_OK;
+  int l = g - 1;
+  if (!a->zb_dfcproj[l]) return ZP_E_INVALID; /* the chunk was laid out without zb buffers */
+  if (phase == ZP_BWD_INPUT) {
+    /* as zp_model_backward_group, with each matmul's weight half left out and its output
+     * gradient kept for ZP_BWD_WEIGHT */
+    TRY(ops->copy_d2d(b, a->zb_dfcproj[l], a->dres, (size_t)N * C * es));
+    TRY(ops->matmul_bwd(b, a->d_b, NULL, NULL, a->dres, a->fchg[l], P(m, v, g, ZP_T_FCPROJW, es), N, 4 * C, C));
+    TRY(ops->gelu_bwd(b, a->zb_dfc[l], a->fch[l], a->d_b, (size_t)N * 4 * C));
+    TRY(ops->matmul_bwd(b, a->d_b, NULL, NULL, a->zb_dfc[l], a->ln2[l], P(m, v, g, ZP_T_FCW, es), N, C, 4 * C));
+    TRY(ops->layernorm_bwd(b, a->dres, G(m, v, g, ZP_T_LN2W, es), G(m, v, g, ZP_T_LN2B, es), a->d_b, a->res2[l],
+                           P(m, v, g, ZP_T_LN2W, es), a->ln2_mean[l], a->ln2_rstd[l], N, C));
+    TRY(ops->copy_d2d(b, a->zb_dattproj[l], a->dres, (size_t)N * C * es));
+    TRY(ops->matmul_bwd(b, a->d_a, NULL, NULL, a->dres, a->atty[l], P(m, v, g, ZP_T_ATTPROJW, es), N, C, C));
+    TRY(ops->attention_bwd(b, a->zb_dqkv[l], a->d_a, a->qkv[l], a->atty[l], a->attaux[l], B, T, C, NH));
+    TRY(ops->matmul_bwd(b, a->d_a, NULL, NULL, a->zb_dqkv[l], a->ln1[l], P(m, v, g, ZP_T_QKVW, es), N, C, 3 * C));
+    return ops->layernorm_bwd(b, a->dres, G(m, v, g, ZP_T_LN1W, es), G(m, v, g, ZP_T_LN1B, es), a->d_a, a->res[l],
+                              P(m, v, g, ZP_T_LN1W, es), a->ln1_mean[l], a->ln1_rstd[l], N, C);
+  }
+  TRY(ops->matmul_bwd(b, NULL, G(m, v, g, ZP_T_FCPROJW, es), G(m, v, g, ZP_T_FCPROJB, es), a->zb_dfcproj[l], a->fchg[l],
+                      NULL, N, 4 * C, C));
+  TRY(ops->matmul_bwd(b, NULL, G(m, v, g, ZP_T_FCW, es), G(m, v, g, ZP_T_FCB, es), a->zb_dfc[l], a->ln2[l], NULL, N, C,
+                      4 * C));
+  TRY(ops->matmul_bwd(b, NULL, G(m, v, g, ZP_T_ATTPROJW, es), G(m, v, g, ZP_T_ATTPROJB, es), a->zb_dattproj[l], a->atty[l],
+                      NULL, N, C, C));
+  return ops->matmul_bwd(b, NULL, G(m, v, g, ZP_T_QKVW, es), G(m, v, g, ZP_T_QKVB, es), a->zb_dqkv[l], a->ln1[l], NULL, N,
+                         C, 3 * C);
+}

@@ -102,6 +102,9 @@ typedef struct {
   void* block;
   size_t act_bytes, buf_bytes;
   void* buf_block;
+  /* pipeline, split backward (BWD_INPUT then BWD_WEIGHT): per layer, the output gradients the
+   * weight half needs, saved by the input half (NULL unless zp_acts_chunk_layout(zb = 1)) */
+  void **zb_dfcproj, **zb_dfc, **zb_dattproj, **zb_dqkv;
 } zp_acts;
 
 struct zp_ledger;
@@ -127,4 +130,25 @@ int zp_model_forward_group(const zp_model_layout* m, const zp_backend_ops* ops, 
  * head's tied wte). */
 int zp_model_backward_group(const zp_model_layout* m, const zp_backend_ops* ops, zp_backend* b,
                             zp_acts* a, const zp_views* v, int g);
+
+/* ---- pipeline chunks (core/pipeline_exec.c) ----
+ * A chunk holds groups [g0, g1). Its saved activations: the residual stream tensors it reads
+ * and writes (res[max(g0-1,0)] .. res[min(g1-1,L)]: the input it receives is res[g0-1], the
+ * output it sends res[g1-1]), every block's saved tensors, and for the head lnf, its stats and
+ * the losses; with zb the split-backward gradients too. */
+/* Allocates the pointer arrays of a (no tensor memory); sets B, T, ct, attn_aux_bytes. */
+int zp_acts_arrays_alloc(zp_acts* a, const zp_model_layout* m, int B, int T, zp_dtype ct, size_t attn_aux_bytes);
+void zp_acts_arrays_free(zp_acts* a);
+/* Points a's chunk tensors into base (NULL: sizing only); returns the bytes the chunk needs. */
+size_t zp_acts_chunk_layout(zp_acts* a, const zp_model_layout* m, int g0, int g1, int zb, char* base);
+
+/* Backward of one group in phases: ZP_BWD_FULL is zp_model_backward_group. ZP_BWD_INPUT
+ * computes the input gradient (and the LayerNorm weight gradients) of a block, saving the
+ * output gradients of its four matmuls in a->zb_*; ZP_BWD_WEIGHT then accumulates the matmul
+ * weight and bias gradients from them. Same ops on the same values as the full backward, so
+ * the results are bitwise identical. The embedding and the head have no split: their INPUT
+ * phase is the full backward and their WEIGHT phase does nothing. */
+enum { ZP_BWD_FULL = 0, ZP_BWD_INPUT = 1, ZP_BWD_WEIGHT = 2 };
+int zp_model_backward_group_phase(const zp_model_layout* m, const zp_backend_ops* ops, zp_backend* b,
+                                  zp_acts* a, const zp_views* v, int g, int phase);
 #endif

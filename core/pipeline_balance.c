@@ -210,14 +210,16 @@ void zp_pipeline_split_print(FILE* f, const int* first, int S, const double* cos
   if (params) fprintf(f, " %14s", "params");
   fputc('\n', f);
   for (int k = 0; k < S; k++) {
+    /* names are cut at 39 characters each (precision), so gr always has room:
+     * 39 + 4 + 39 + 2 + 11 (an int) + 1 + NUL < 128 */
     char gr[128], a[40], b[40];
     int g0 = first[k], g1 = first[k + 1] - 1;
-    if (names) snprintf(a, sizeof a, "%s", names[g0]);
+    if (names) snprintf(a, sizeof a, "%.39s", names[g0]);
     else snprintf(a, sizeof a, "group %d", g0);
-    if (names) snprintf(b, sizeof b, "%s", names[g1]);
+    if (names) snprintf(b, sizeof b, "%.39s", names[g1]);
     else snprintf(b, sizeof b, "group %d", g1);
-    if (g0 == g1) snprintf(gr, sizeof gr, "%s", a);
-    else snprintf(gr, sizeof gr, "%s .. %s (%d)", a, b, g1 - g0 + 1);
+    if (g0 == g1) snprintf(gr, sizeof gr, "%.39s", a);
+    else snprintf(gr, sizeof gr, "%.39s .. %.39s (%d)", a, b, g1 - g0 + 1);
     double c = 0;
     uint64_t pr = 0;
     for (int g = g0; g <= g1; g++) {

@@ -125,7 +125,7 @@ static int comm_fail(zp_run* r, const char* op, int rc) {
 }
 static int h_allreduce(zp_host_ctx* c, void* buf, size_t n, zp_dtype dt, zp_redop op) {
   zp_run* r = c->r;
-  if (r->world == 1 || !r->comm) return ZP_OK;
+  if (r->world == 1 || !r->comm || n == 0) return ZP_OK; /* n == 0: a group another pipeline stage holds */
   zp_comm* dc = data_comm(r);
   double t0 = zp_now_us();
   int rc = dc->ops->allreduce(dc, buf, n, dt, op);
@@ -134,6 +134,7 @@ static int h_allreduce(zp_host_ctx* c, void* buf, size_t n, zp_dtype dt, zp_redo
 }
 static int h_reduce_scatter(zp_host_ctx* c, void* recv, const void* send, size_t n, zp_dtype dt, zp_redop op) {
   zp_run* r = c->r;
+  if (n == 0) return ZP_OK;
   if (r->world == 1 || !r->comm) {
     if (recv != send) return r->ops->copy_d2d(r->be, recv, send, n * zp_dtype_size(dt));
     return ZP_OK;
@@ -146,6 +147,7 @@ static int h_reduce_scatter(zp_host_ctx* c, void* recv, const void* send, size_t
 }
 static int h_allgather(zp_host_ctx* c, void* recv, const void* send, size_t n, zp_dtype dt) {
   zp_run* r = c->r;
+  if (n == 0) return ZP_OK;
   if (r->world == 1 || !r->comm) {
     if (recv != send) return r->ops->copy_d2d(r->be, recv, send, n * zp_dtype_size(dt));
     return ZP_OK;
@@ -157,6 +159,7 @@ static int h_allgather(zp_host_ctx* c, void* recv, const void* send, size_t n, z
   return rc ? comm_fail(r, "allgather", rc) : ZP_OK;
 }
 static int h_sumsq(zp_host_ctx* c, const void* x, zp_dtype dt, size_t n, double* out) {
+  if (n == 0) { *out = 0; return ZP_OK; }
   return c->r->ops->sumsq(c->r->be, out, x, dt, n);
 }
 static void h_poison(zp_host_ctx* c, void* p, zp_dtype dt, size_t n) {
@@ -169,6 +172,11 @@ static void h_poison(zp_host_ctx* c, void* p, zp_dtype dt, size_t n) {
 
 static int h_optim_begin(zp_host_ctx* c, double sumsq) {
   zp_run* r = c->r;
+  /* pipeline: each stage's strategy summed its own groups; the norm is over all stages */
+  if (r->pp_comm && zp_comm_size(r->pp_comm) > 1 && zp_comm_allreduce(r->pp_comm, &sumsq, 1, ZP_F64, ZP_RED_SUM)) {
+    snprintf(r->err, sizeof r->err, "gradient norm over the pipeline stages: %s", zp_comm_error(r->pp_comm));
+    return ZP_E_COMM;
+  }
   double norm = sqrt(sumsq);
   r->opt.grad_norm = norm;
   double clip = zp_cfg_float(r->cfg, "train.grad_clip");
@@ -184,6 +192,7 @@ static int h_optim_begin(zp_host_ctx* c, double sumsq) {
 static int h_optim_update(zp_host_ctx* c, int g, uint64_t first, uint64_t count, const void* grad, zp_dtype gdt,
                           void* param_out, zp_dtype pdt) {
   zp_run* r = c->r;
+  if (count == 0) return ZP_OK; /* an empty group (held by another pipeline stage) */
   zp_group_rt* G = &r->groups[g];
   const zp_group_info* in = &G->info;
   uint64_t base = in->place[ZP_CAT_OPTIM].sharded ? in->shard_off : 0;
@@ -396,7 +405,7 @@ static int alloc_groups(zp_run* r) {
       size_t total = 0;
       for (int g = 0; g < G; g++) {
         zp_group_info* in = &r->groups[g].info;
-        if ((int)in->place[c].tier != t) continue;
+        if ((int)in->place[c].tier != t || !in->padded) continue; /* !padded: another pipeline stage's group */
         if (c == ZP_CAT_MASTER && master_aliased(r, in)) continue; /* fp32 params are their own master */
         uint64_t elems = in->place[c].sharded ? in->shard_len : in->padded;
         in->bytes[c] = (size_t)elems * zp_dtype_size(in->dtype[c]) * (c == ZP_CAT_OPTIM ? 2 : 1);
@@ -414,7 +423,7 @@ static int alloc_groups(zp_run* r) {
       size_t off = 0;
       for (int g = 0; g < G; g++) {
         zp_group_info* in = &r->groups[g].info;
-        if ((int)in->place[c].tier != t || (c == ZP_CAT_MASTER && master_aliased(r, in))) continue;
+        if ((int)in->place[c].tier != t || !in->padded || (c == ZP_CAT_MASTER && master_aliased(r, in))) continue;
         in->buf[c] = r->arena[c][t] ? (char*)r->arena[c][t] + off : NULL;
         off += in->bytes[c];
       }
@@ -423,6 +432,7 @@ static int alloc_groups(zp_run* r) {
   for (int g = 0; g < G; g++) {
     zp_group_rt* gr = &r->groups[g];
     zp_group_info* in = &gr->info;
+    if (!in->padded) continue; /* another pipeline stage's group */
     /* compute copies when storage dtype differs from the compute dtype */
     size_t cbytes = (size_t)in->padded * zp_dtype_size(r->ct);
     if (r->param_dt != r->ct) {
@@ -450,6 +460,7 @@ int zp_run_open(zp_run* r, zp_config* cfg, const zp_run_opts* o) {
   r->cfg = cfg;
   r->dry_run = o->dry_run;
   r->comm = o->comm;
+  r->pp_comm = o->pp_comm;
   if (o->comm) {
     r->rank = zp_comm_rank(o->comm);
     r->world = zp_comm_size(o->comm);
@@ -544,6 +555,11 @@ int zp_run_open(zp_run* r, zp_config* cfg, const zp_run_opts* o) {
   }
   /* plan: default replicated on the device tier */
   int G = r->layout.n_groups;
+  if (o->held) {
+    r->held = malloc((size_t)G);
+    if (!r->held) { rerr(r, "out of host memory"); return ZP_E_NOMEM; }
+    memcpy(r->held, o->held, (size_t)G);
+  }
   r->gplans = calloc((size_t)G, sizeof(zp_group_plan));
   r->groups = calloc((size_t)G, sizeof(zp_group_rt));
   r->vparam = calloc((size_t)G, sizeof(void*));
@@ -559,6 +575,7 @@ int zp_run_open(zp_run* r, zp_config* cfg, const zp_run_opts* o) {
     gp->name = nm;
     gp->numel = r->layout.group_numel[g];
     gp->padded = zp_group_padded(&r->layout, g, r->world);
+    if (o->held && !o->held[g]) gp->numel = gp->padded = 0; /* another pipeline stage holds it */
     for (int c = 0; c < ZP_CAT_COUNT; c++) { gp->place[c].sharded = 0; gp->place[c].tier = ZP_TIER_GPU; }
   }
   r->plan.world_size = r->world;
@@ -609,6 +626,8 @@ int zp_run_open(zp_run* r, zp_config* cfg, const zp_run_opts* o) {
     in->shard_len = in->padded / (uint64_t)r->world;
     in->shard_off = in->shard_len * (uint64_t)r->rank;
     in->tied_to = (g == G - 1 && r->layout.uses_head_wte) ? 0 : -1;
+    /* pipeline: the last stage's copy of the tied wte is the executor's, not the strategy's */
+    if (o->held && in->tied_to >= 0 && !o->held[in->tied_to]) in->tied_to = -1;
     in->dtype[ZP_CAT_PARAM] = r->param_dt;
     in->dtype[ZP_CAT_GRAD] = r->grad_dt;
     in->dtype[ZP_CAT_MASTER] = ZP_F32;
@@ -686,6 +705,8 @@ void zp_run_close(zp_run* r) {
   free(r->vparam);
   free(r->vgrad);
   free(r->hctx);
+  free(r->held);
+  r->held = NULL;
   zp_plugin_close(&r->strategy_plugin);
   zp_plugin_close(&r->tier_plugins[0]);
   zp_plugin_close(&r->tier_plugins[1]);
@@ -914,6 +935,8 @@ static int run_forward(zp_run* r, const int32_t* inputs, const int32_t* targets,
   *loss_out = cnt ? sum / cnt : 0.0;
   return rc;
 }
+
+int zp_run_param_view(zp_run* r, int g) { return param_view(r, g); }
 
 int zp_run_forward(zp_run* r, const int32_t* inputs, const int32_t* targets, double* loss_out) {
   return run_forward(r, inputs, targets, 0.0f, loss_out);

@@ -80,6 +80,11 @@ typedef struct zp_run {
   int B, T, accum;
   zp_optim_state opt;
   char err[2048];
+  /* pipeline parallelism (core/pipeline_exec.c): held[g] = 0 for groups another stage holds
+   * (no buffers, zero sizes in group_info: strategies see empty groups); pp_comm sums the
+   * gradient norm over the stages. Both NULL without pipeline parallelism. */
+  unsigned char* held;
+  zp_comm* pp_comm;
 } zp_run;
 
 typedef struct {
@@ -89,6 +94,9 @@ typedef struct {
   zp_comm* comm;          /* NULL = single rank */
   int B, T;               /* activation shape; 0 = from config */
   int no_acts;            /* skip activations (checkpoint tools) */
+  /* pipeline stage: held[g] != 0 for the groups this rank holds (NULL = all); copied */
+  const unsigned char* held;
+  zp_comm* pp_comm;       /* pipeline communicator (norm over stages), or NULL */
 } zp_run_opts;
 
 int zp_run_open(zp_run* r, zp_config* cfg, const zp_run_opts* o);
@@ -101,6 +109,9 @@ int zp_run_micro_batch(zp_run* r, const int32_t* inputs, const int32_t* targets,
                        double* loss_out);
 /* Forward only (validation / sampling): loss over the batch (targets may contain -1). */
 int zp_run_forward(zp_run* r, const int32_t* inputs, const int32_t* targets, double* loss_out);
+/* Point the model's PARAM view of group g at the compute-dtype parameters (casting from the
+ * storage dtype where they differ), as the micro-batch does before a group's compute. */
+int zp_run_param_view(zp_run* r, int g);
 /* The optimizer step through the strategy (reduction, clipping, AdamW, gathers, zero grads). */
 int zp_run_step(zp_run* r, float lr);
 /* Zero the gradient accumulators (start of a step). */

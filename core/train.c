@@ -24,7 +24,9 @@
 #include "comm.h"
 #include "config.h"
 #include "data.h"
+#include "layout.h"
 #include "lua_host.h"
+#include "pipeline_exec.h"
 #include "runtime.h"
 #include "safetensors.h"
 #include "trace.h"
@@ -205,6 +207,10 @@ typedef struct {
   lua_ctx lua;
   FILE* metrics;
   int rank, dp;
+  int dpr;              /* data-parallel rank (= rank without pipeline/tensor parallelism) */
+  zp_comm* dpc;         /* data-parallel communicator (loss means) */
+  zp_pipe* pipe;        /* pipeline executor (parallel.pp > 1), else NULL */
+  uint64_t step_pos;    /* pipeline: data position of the step being run */
   char out_dir[1024];
   int32_t *inp, *tgt;
   zp_ckpt_saver* saver; /* checkpoints: synchronous or ckpt.async (core/ckpt.c) */
@@ -230,9 +236,9 @@ static int fetch(trainer* t, zp_dataset* ds, uint64_t first_pos, char* err, size
 }
 
 static double allreduce_mean(trainer* t, double x) {
-  if (!t->comm || t->dp == 1) return x;
+  if (!t->dpc || t->dp == 1) return x;
   double v = x;
-  if (zp_comm_allreduce(t->comm, &v, 1, ZP_F64, ZP_RED_AVG)) return NAN;
+  if (zp_comm_allreduce(t->dpc, &v, 1, ZP_F64, ZP_RED_AVG)) return NAN;
   return v;
 }
 
@@ -243,16 +249,40 @@ static int validate(trainer* t, double* out, char* err, size_t errlen) {
   /* a delayed parameter update is applied first: validation sees the parameters of the last step */
   if (zp_run_flush(&t->run)) { snprintf(err, errlen, "validation: %s", t->run.err); return ZP_E_INTERNAL; }
   for (int i = 0; i < nb; i++) {
-    uint64_t pos = ((uint64_t)i * (uint64_t)t->dp + (uint64_t)t->rank) * (uint64_t)B;
+    uint64_t pos = ((uint64_t)i * (uint64_t)t->dp + (uint64_t)t->dpr) * (uint64_t)B;
     int rc = fetch(t, t->val, pos, err, errlen);
     if (rc) return rc;
     double l;
+    if (t->pipe) {
+      if ((rc = zp_pipe_forward(t->pipe, t->inp, t->tgt, &l, err, errlen))) return rc;
+    } else
     rc = zp_run_forward(&t->run, t->inp, t->tgt, &l);
     if (rc) { snprintf(err, errlen, "validation: %s", t->run.err); return rc; }
     sum += l;
   }
   *out = allreduce_mean(t, sum / nb);
   return ZP_OK;
+}
+
+/* Checkpoint scope. A checkpoint is one directory for the whole job: its collectives and file
+ * numbering run over every rank. Without pipeline parallelism that is the run's (data-parallel)
+ * communicator; with it, each stage's run holds only its groups and its communicator is the
+ * data-parallel one, so around checkpoint calls the run's communicator, rank and size are the
+ * world's (each rank writes the pieces of the groups it holds; a replicated category is written
+ * by the holder of shard 0 of the group: one writer per stage; the last stage's tied-wte copy is
+ * not a group of its run and is not written). */
+typedef struct {
+  zp_comm* comm;
+  int rank, world;
+} ck_scope;
+static void ck_enter(trainer* t, ck_scope* s) {
+  zp_run* r = &t->run;
+  s->comm = r->comm, s->rank = r->rank, s->world = r->world;
+  if (t->pipe) r->comm = t->comm, r->rank = t->rank, r->world = zp_comm_size(t->comm);
+}
+static void ck_leave(trainer* t, const ck_scope* s) {
+  zp_run* r = &t->run;
+  r->comm = s->comm, r->rank = s->rank, r->world = s->world;
 }
 
 /* blocking: the checkpoint is complete on return (final and signal saves); otherwise with
@@ -274,7 +304,10 @@ static int save_ckpt(trainer* t, int64_t step, uint64_t data_pos, int blocking, 
     snprintf(err, errlen, "checkpoint at step %lld: %s", (long long)step, t->run.err);
     return rc;
   }
+  ck_scope cs;
+  ck_enter(t, &cs);
   rc = zp_ckpt_saver_save(t->saver, &t->run, step, data_pos, dump ? dump : "", blocking, &staged_ms, err, errlen);
+  ck_leave(t, &cs);
   zp_trace_span(ZP_TR_IO, "checkpoint", (int)step, t0);
   free(dump);
   if (rc == ZP_OK) {
@@ -287,6 +320,135 @@ static int save_ckpt(trainer* t, int64_t step, uint64_t data_pos, int blocking, 
   return rc;
 }
 
+/* ---- parallel layout and pipeline (core/layout.h, core/pipeline_exec.h) ---- */
+
+/* The rank layout, its communicators and, with parallel.pp > 1, the schedule (loaded and
+ * validated here, before any compute: a rejected schedule names stage, instruction and
+ * reason) and the groups this stage holds. */
+static int pipeline_setup(trainer* t, const zp_config* cfg, zp_comm* comm, int world, zp_layout* lay, zp_layout_comms* lc,
+                          zp_schedule** sched, unsigned char** held, char* err, size_t errlen) {
+  int pp = (int)zp_cfg_int(cfg, "parallel.pp"), tp = (int)zp_cfg_int(cfg, "parallel.tp");
+  int rc = zp_layout_init(lay, world, t->rank, (int)zp_cfg_int(cfg, "parallel.dp"), pp, tp, err, errlen);
+  if (rc) return rc;
+  if (tp > 1) {
+    snprintf(err, errlen, "%s: parallel.tp = %d: tensor parallelism is not implemented yet (the tensor plugin refuses to "
+             "open); the rank layout and its communicators exist (core/layout.h)", zp_cfg_get(cfg, "parallel.tp")->origin, tp);
+    return ZP_E_NOT_IMPLEMENTED;
+  }
+  t->dpr = lay->dp_i;
+  if (pp > 1) {
+    if (zp_cfg_int(cfg, "train.grad_accum") != 1) {
+      snprintf(err, errlen, "%s: train.grad_accum = %lld with parallel.pp = %d: a pipeline step runs pipeline.micro_batches "
+               "micro-batches (the accumulation); set train.grad_accum = 1 and pipeline.micro_batches instead",
+               zp_cfg_get(cfg, "train.grad_accum")->origin, (long long)zp_cfg_int(cfg, "train.grad_accum"), pp);
+      return ZP_E_INVALID;
+    }
+    if ((rc = zp_schedule_from_config(cfg, sched, err, errlen))) return rc;
+    int K = pp * (int)zp_cfg_int(cfg, "pipeline.chunks"), G = (int)zp_cfg_int(cfg, "model.n_layer") + 2;
+    int* first = calloc((size_t)K + 1, sizeof(int));
+    *held = calloc((size_t)G, 1);
+    if (!first || !*held) {
+      free(first);
+      snprintf(err, errlen, "out of host memory");
+      return ZP_E_NOMEM;
+    }
+    rc = zp_pipe_held(cfg, lay->pp_i, *held, first, K + 1, err, errlen);
+    free(first);
+    if (rc) return rc;
+  } else if (zp_cfg_int(cfg, "pipeline.chunks") > 1) {
+    snprintf(err, errlen, "%s: pipeline.chunks = %lld needs parallel.pp > 1", zp_cfg_get(cfg, "pipeline.chunks")->origin,
+             (long long)zp_cfg_int(cfg, "pipeline.chunks"));
+    return ZP_E_INVALID;
+  }
+  if ((rc = zp_layout_split(lay, comm, lc, err, errlen))) return rc;
+  t->dpc = lc->dp;
+  return ZP_OK;
+}
+
+/* LOAD mb: micro-batch mb of the step: rank dp_i reads position step_pos + (mb*dp + dp_i)*B */
+static int pipe_load(void* ctx, int mb, int32_t* inputs, int32_t* targets, char* err, size_t errlen) {
+  trainer* t = ctx;
+  int B = t->run.B, T = t->run.T;
+  uint64_t pos = t->step_pos + ((uint64_t)mb * (uint64_t)t->dp + (uint64_t)t->dpr) * (uint64_t)B;
+  for (int b = 0; b < B; b++) {
+    int rc = zp_dataset_get(t->train, pos + (uint64_t)b, inputs + (size_t)b * T, targets + (size_t)b * T, err, errlen);
+    if (rc) return rc;
+  }
+  return ZP_OK;
+}
+
+/* Rank 0 prints the split (balanced or explicit, unevenness stated) and each stage's line,
+ * gathered over its pipeline communicator (every replica gathers its own: same code path). */
+static int pipeline_print(trainer* t, const zp_config* cfg, const zp_layout* lay, char* err, size_t errlen) {
+  enum { LINE = 512 };
+  char line[LINE];
+  memset(line, 0, sizeof line);
+  FILE* m = fmemopen(line, sizeof line - 1, "w");
+  if (m) {
+    zp_pipe_print(t->pipe, m);
+    fclose(m);
+  }
+  int P = lay->pp;
+  char* all = calloc((size_t)P, LINE);
+  if (!all) {
+    snprintf(err, errlen, "out of host memory");
+    return ZP_E_NOMEM;
+  }
+  if (zp_comm_allgather(t->run.pp_comm, all, line, LINE / 4, ZP_I32)) {
+    snprintf(err, errlen, "gathering the pipeline stages' descriptions: %s", zp_comm_error(t->run.pp_comm));
+    free(all);
+    return ZP_E_COMM;
+  }
+  if (t->rank == 0) {
+    const zp_model_layout* L = &t->run.layout;
+    int K = P * (int)zp_cfg_int(cfg, "pipeline.chunks"), G = L->n_groups;
+    int* first = calloc((size_t)K + 1, sizeof(int));
+    double* cost = calloc((size_t)G, sizeof(double));
+    char** names = calloc((size_t)G, sizeof(char*));
+    char* nb = calloc((size_t)G, 32);
+    unsigned char* h = calloc((size_t)G, 1);
+    if (first && cost && names && nb && h && !zp_pipe_held(cfg, 0, h, first, K + 1, err, errlen) &&
+        !zp_pipeline_group_flops(L->s.L, L->s.C, t->run.T, L->s.Vp, cost, G)) {
+      for (int g = 0; g < G; g++) {
+        names[g] = nb + 32 * g;
+        if (g == 0) snprintf(names[g], 32, "embed");
+        else if (g == G - 1) snprintf(names[g], 32, "head");
+        else snprintf(names[g], 32, "block.%d", g - 1);
+      }
+      const zc_value* v = zp_cfg_get(cfg, "pipeline.stages");
+      printf("pipeline: %d stages x %d chunk(s), schedule %s, %lld micro-batches per step; split %s:\n", P,
+             (int)zp_cfg_int(cfg, "pipeline.chunks"), zp_cfg_str(cfg, "pipeline.schedule"),
+             (long long)zp_cfg_int(cfg, "pipeline.micro_batches"),
+             v && v->list_len ? "from pipeline.stages" : "balanced by forward FLOPs");
+      zp_pipeline_split_print(stdout, first, K, cost, L->group_numel, (const char* const*)names);
+    }
+    free(first);
+    free(cost);
+    free(names);
+    free(nb);
+    free(h);
+    for (int d = 0; d < P; d++) fputs(all + (size_t)d * LINE, stdout);
+    fflush(stdout);
+  }
+  free(all);
+  return ZP_OK;
+}
+
+/* End of a pipeline run (rank 0): per stage the measured bubble over the timed steps (1 -
+ * busy / wall from the executor's compute spans, the same spans the trace records), the
+ * simulator's prediction with the measured op times, and the ideal (unit op times). */
+static void pipeline_bubble_report(trainer* t) {
+  const zp_pipe_bubble* pb = NULL;
+  char e[256];
+  if (t->rank != 0 || zp_pipe_bubble_get(t->pipe, &pb, e, sizeof e) || !pb) return;
+  printf("pipeline bubble (1 - busy/wall per stage, mean over steps after the first; wall %.2f ms to REDUCE_GRADS):\n", pb->mean_wall_ms);
+  printf("  %-6s %10s %10s %10s\n", "stage", "measured", "predicted", "ideal");
+  for (int d = 0; d < pb->stages; d++)
+    printf("  %-6d %10.4f %10.4f %10.4f\n", d, pb->mean_bubble[d], pb->pred_bubble[d], pb->ideal_bubble[d]);
+  printf("  (predicted: the schedule simulated with the measured mean op times per virtual stage; ideal: unit op times)\n");
+  fflush(stdout);
+}
+
 int zp_train(zp_config* cfg, zp_comm* comm, char* err, size_t errlen) {
   trainer tt;
   trainer* t = &tt;
@@ -295,17 +457,15 @@ int zp_train(zp_config* cfg, zp_comm* comm, char* err, size_t errlen) {
   t->comm = comm;
   int world = comm ? zp_comm_size(comm) : 1;
   t->rank = comm ? zp_comm_rank(comm) : 0;
-  int pp = (int)zp_cfg_int(cfg, "parallel.pp"), tp = (int)zp_cfg_int(cfg, "parallel.tp");
-  int dp = (int)zp_cfg_int(cfg, "parallel.dp");
-  if (dp == 0) dp = world / (pp * tp);
-  if (dp * pp * tp != world || dp < 1) {
-    snprintf(err, errlen, "parallel.dp %d x pp %d x tp %d = %d does not match the %d ranks launched", dp, pp, tp, dp * pp * tp, world);
-    return ZP_E_INVALID;
-  }
-  if (pp > 1 || tp > 1) {
-    snprintf(err, errlen, "pipeline/tensor parallelism (pp=%d, tp=%d) is not implemented yet: the pipeline and tensor plugins refuse to open", pp, tp);
-    return ZP_E_NOT_IMPLEMENTED;
-  }
+  int pp = (int)zp_cfg_int(cfg, "parallel.pp");
+  zp_layout lay;
+  zp_layout_comms lc;
+  memset(&lc, 0, sizeof lc);
+  zp_schedule* sched = NULL;
+  unsigned char* held = NULL;
+  int rc = pipeline_setup(t, cfg, comm, world, &lay, &lc, &sched, &held, err, errlen);
+  if (rc) return rc;
+  int dp = lay.dp;
   t->dp = dp;
   /* SIGTERM/SIGUSR1 only set a flag from here on (also while resuming and after an error):
    * the launcher stops the other ranks with SIGTERM when one fails, and a rank must still get
@@ -317,19 +477,19 @@ int zp_train(zp_config* cfg, zp_comm* comm, char* err, size_t errlen) {
   sigaction(SIGTERM, &sa, NULL);
   sigaction(SIGUSR1, &sa, NULL);
   g_signal = 0;
-  int rc = ZP_OK;
   int T = (int)zp_cfg_int(cfg, "model.seq_len");
   int V = (int)zp_cfg_int(cfg, "model.vocab_size");
   char path[1024];
   zp_cfg_path(cfg, "data.train", path, sizeof path);
   if (!path[0]) {
     snprintf(err, errlen, "%s: data.train is empty: set it to token shards (see `zp data prepare`)", cfg->path);
-    return ZP_E_INVALID;
+    rc = ZP_E_INVALID;
+    goto done;
   }
   uint64_t dseed = (uint64_t)zp_cfg_int(cfg, "data.seed");
   int shuffle = zp_cfg_bool(cfg, "data.shuffle");
   t->train = zp_dataset_open(path, T, V > 65536 ? 65536 : V, dseed, shuffle, err, errlen);
-  if (!t->train) return ZP_E_INVALID;
+  if (!t->train) { rc = ZP_E_INVALID; goto done; }
   zp_cfg_path(cfg, "data.val", path, sizeof path);
   if (path[0]) {
     t->val = zp_dataset_open(path, T, V > 65536 ? 65536 : V, dseed + 1, 0, err, errlen);
@@ -343,15 +503,22 @@ int zp_train(zp_config* cfg, zp_comm* comm, char* err, size_t errlen) {
     goto done;
   }
   zp_run_opts ro = {0};
-  ro.comm = comm;
-  ro.world = world;
-  ro.rank = t->rank;
+  ro.comm = t->dpc;
+  ro.world = dp;
+  ro.rank = t->dpr;
+  ro.held = held;
+  ro.pp_comm = pp > 1 ? lc.pp : NULL;
+  ro.no_acts = pp > 1; /* the pipeline executor allocates activations per in-flight micro-batch */
   if ((rc = zp_run_open(&t->run, cfg, &ro))) {
     snprintf(err, errlen, "%s", t->run.err);
     goto done;
   }
   zp_run* r = &t->run;
   int B = r->B, accum = r->accum;
+  if (pp > 1) {
+    if ((rc = zp_pipe_open(r, cfg, &lay, lc.pp, sched, &t->pipe, err, errlen))) goto done;
+    accum = zp_schedule_micro_batches(sched);
+  }
   t->inp = malloc((size_t)B * T * sizeof(int32_t));
   t->tgt = malloc((size_t)B * T * sizeof(int32_t));
   int64_t steps = zp_cfg_int(cfg, "train.steps");
@@ -364,14 +531,20 @@ int zp_train(zp_config* cfg, zp_comm* comm, char* err, size_t errlen) {
            (unsigned long long)zp_dataset_num_samples(t->train), T, (unsigned long long)gb, (unsigned long long)gb * T);
     zp_run_print_plan(r, stdout);
   }
+  if (t->pipe && (rc = pipeline_print(t, cfg, &lay, err, errlen))) goto done;
   /* weights: resume (ckpt.fallback: an older complete checkpoint when the newest is
    * corrupt), else train.init_from (safetensors), else the counter-based init */
   int64_t start = 0;
   uint64_t data0 = 0; /* data position of step `start` (the checkpoint's: the global batch may differ) */
   char ck[1024] = "";
+  ck_scope cs;
+  ck_enter(t, &cs);
   if (strcmp(zp_cfg_str(cfg, "train.resume"), "auto") == 0 &&
-      (rc = zp_ckpt_resume(r, t->out_dir, zp_cfg_bool(cfg, "ckpt.fallback"), ck, sizeof ck, &start, &data0, err, errlen)))
+      (rc = zp_ckpt_resume(r, t->out_dir, zp_cfg_bool(cfg, "ckpt.fallback"), ck, sizeof ck, &start, &data0, err, errlen))) {
+    ck_leave(t, &cs);
     goto done;
+  }
+  ck_leave(t, &cs);
   if (ck[0]) {
     tlog(t, "resumed from %s at step %lld\n", ck, (long long)start);
     if (data0 != (uint64_t)start * gb)
@@ -383,13 +556,19 @@ int zp_train(zp_config* cfg, zp_comm* comm, char* err, size_t errlen) {
     char ip[1024];
     zp_cfg_path(cfg, "train.init_from", ip, sizeof ip);
     if (ip[0]) {
-      if ((rc = zp_st_init_run(r, ip, stdout, err, errlen))) goto done;
+      ck_enter(t, &cs);
+      rc = zp_st_init_run(r, ip, stdout, err, errlen);
+      ck_leave(t, &cs);
+      if (rc) goto done;
       tlog(t, "initial weights from %s (train.init_from)\n", ip);
     }
   }
-  if ((rc = zp_ckpt_saver_open(r, t->out_dir, (int)zp_cfg_int(cfg, "train.keep_checkpoints"), zp_cfg_bool(cfg, "ckpt.async"),
-                               zp_cfg_float(cfg, "comm.timeout_s"), &t->saver, err, errlen)))
-    goto done;
+  if (t->pipe && (rc = zp_pipe_sync_tied(t->pipe, err, errlen))) goto done; /* the last stage's wte copy */
+  ck_enter(t, &cs);
+  rc = zp_ckpt_saver_open(r, t->out_dir, (int)zp_cfg_int(cfg, "train.keep_checkpoints"), zp_cfg_bool(cfg, "ckpt.async"),
+                          zp_cfg_float(cfg, "comm.timeout_s"), &t->saver, err, errlen);
+  ck_leave(t, &cs);
+  if (rc) goto done;
   if (zp_cfg_bool(cfg, "train.metrics") && t->rank == 0) {
     char mp[1100];
     snprintf(mp, sizeof mp, "%s/metrics.jsonl", t->out_dir);
@@ -419,8 +598,12 @@ int zp_train(zp_config* cfg, zp_comm* comm, char* err, size_t errlen) {
     maybe_fault(step + 1, t->rank);
     if ((rc = zp_run_zero_grads(r))) goto fail_run;
     double loss = 0;
-    for (int m = 0; m < accum; m++) {
-      uint64_t pos = data0 + (uint64_t)(step - start) * gb + ((uint64_t)m * dp + (uint64_t)t->rank) * (uint64_t)B;
+    if (t->pipe) {
+      t->step_pos = data0 + (uint64_t)(step - start) * gb;
+      if ((rc = zp_pipe_step(t->pipe, (float)lr, pipe_load, t, &loss, err, errlen))) goto done;
+    }
+    for (int m = 0; !t->pipe && m < accum; m++) {
+      uint64_t pos = data0 + (uint64_t)(step - start) * gb + ((uint64_t)m * dp + (uint64_t)t->dpr) * (uint64_t)B;
       double td = zp_now_us();
       if ((rc = fetch(t, t->train, pos, err, errlen))) goto done;
       zp_trace_span(ZP_TR_IO, "data", m, td);
@@ -432,11 +615,13 @@ int zp_train(zp_config* cfg, zp_comm* comm, char* err, size_t errlen) {
     }
     zp_crashpoint("mid_step", t->rank); /* crash tests: ZP_CRASH_AT=mid_step[:n][@rank] */
     double ts = zp_now_us();
-    if ((rc = zp_run_step(r, (float)lr))) goto fail_run;
+    if (!t->pipe && (rc = zp_run_step(r, (float)lr))) goto fail_run; /* the pipeline ran its STEP */
     r->ops->synchronize(r->be);
     zp_op_profile_enable(0);
-    zp_trace_span(ZP_TR_COMPUTE, "optimizer step", (int)step, ts);
+    if (!t->pipe) zp_trace_span(ZP_TR_COMPUTE, "optimizer step", (int)step, ts);
     loss = allreduce_mean(t, loss);
+    const zp_pipe_bubble* pb = NULL; /* pipeline: measured and predicted bubble per stage */
+    if (t->pipe && (rc = zp_pipe_bubble_get(t->pipe, &pb, err, errlen))) goto done;
     double ms = (zp_now_us() - t0) / 1000.0;
     zp_trace_span(ZP_TR_STEP, "step", (int)step, t0);
     if (step == start) first_loss = loss;
@@ -474,6 +659,17 @@ int zp_train(zp_config* cfg, zp_comm* comm, char* err, size_t errlen) {
       fprintf(t->metrics, "{\"step\":%lld,\"loss\":%.6f,\"lr\":%.6e,\"grad_norm\":%.6f,\"ms\":%.3f,\"tok_s\":%.1f,\"mfu\":%.4f",
               (long long)step + 1, loss, lr, r->opt.grad_norm, ms, tok_s, mfu);
       if (do_val) fprintf(t->metrics, ",\"val_loss\":%.6f", vl);
+      if (pb) {
+        fprintf(t->metrics, ",\"pipeline\":{\"wall_ms\":%.3f", pb->step_wall_ms);
+        const char* keys[3] = {"bubble", "bubble_mean", "bubble_pred"};
+        const double* vals[3] = {pb->step_bubble, pb->mean_bubble, pb->pred_bubble};
+        for (int k = 0; k < 3; k++) {
+          fprintf(t->metrics, ",\"%s\":[", keys[k]);
+          for (int d = 0; d < pb->stages; d++) fprintf(t->metrics, "%s%.4f", d ? "," : "", vals[k][d]);
+          fprintf(t->metrics, "]");
+        }
+        fprintf(t->metrics, "}");
+      }
       fprintf(t->metrics, ",\"mem\":{");
       for (int c = 0; c < ZP_CAT_COUNT; c++)
         fprintf(t->metrics, "%s\"%s\":%lld", c ? "," : "", zp_category_name((zp_category)c), r->ledger.cur[c][0] + r->ledger.cur[c][1]);
@@ -506,7 +702,7 @@ int zp_train(zp_config* cfg, zp_comm* comm, char* err, size_t errlen) {
       flags[2] = hr.lr_override;
     }
     double sig = g_signal ? 1 : 0;
-    if (t->comm && dp > 1) {
+    if (t->comm && world > 1) {
       if (zp_comm_broadcast(t->comm, flags, 3, ZP_F64, 0) || zp_comm_allreduce(t->comm, &sig, 1, ZP_F64, ZP_RED_MAX)) {
         snprintf(err, errlen, "%s", zp_comm_error(t->comm));
         rc = ZP_E_COMM;
@@ -525,7 +721,10 @@ int zp_train(zp_config* cfg, zp_comm* comm, char* err, size_t errlen) {
   if (step == steps && steps > start && zp_cfg_bool(cfg, "train.save_final")) {
     if ((rc = save_ckpt(t, step, data0 + (uint64_t)(step - start) * gb, 1, err, errlen))) goto done;
   }
-  if ((rc = zp_ckpt_saver_wait(t->saver, r, err, errlen))) goto done; /* an asynchronous save still in flight */
+  ck_enter(t, &cs);
+  rc = zp_ckpt_saver_wait(t->saver, r, err, errlen); /* an asynchronous save still in flight */
+  ck_leave(t, &cs);
+  if (rc) goto done;
   if (t->val && steps > start && !stopped_by) {
     double vl;
     if ((rc = validate(t, &vl, err, errlen))) goto done;
@@ -542,6 +741,7 @@ int zp_train(zp_config* cfg, zp_comm* comm, char* err, size_t errlen) {
     zp_ledger_print(&r->ledger, stdout, "memory at end");
     if (zp_cfg_bool(cfg, "train.profile_ops") && timed) zp_op_profile_print(stdout, timed, sum_ms / timed, r->binfo.peak_flops);
   }
+  if (t->pipe && steps > start) pipeline_bubble_report(t);
   if (zp_trace_enabled()) {
     char tp_[1100];
     snprintf(tp_, sizeof tp_, "%s/trace_rank%d.json", t->out_dir, t->rank);
@@ -554,7 +754,12 @@ int zp_train(zp_config* cfg, zp_comm* comm, char* err, size_t errlen) {
 fail_run:
   snprintf(err, errlen, "%s", t->run.err[0] ? t->run.err : "training step failed");
 done:
-  zp_ckpt_saver_close(t->saver, &t->run);
+  {
+    ck_scope cs2;
+    ck_enter(t, &cs2);
+    zp_ckpt_saver_close(t->saver, &t->run);
+    ck_leave(t, &cs2);
+  }
   if (t->metrics) fclose(t->metrics);
   free(t->inp);
   free(t->tgt);
@@ -562,5 +767,9 @@ done:
   if (t->lua.L) zp_lua_free(t->lua.L);
   if (t->train) zp_dataset_close(t->train);
   if (t->val) zp_dataset_close(t->val);
+  zp_pipe_close(t->pipe);
+  zp_schedule_free(sched);
+  free(held);
+  zp_layout_comms_free(&lc);
   return rc;
 }
