@@ -8,6 +8,7 @@
 #   reference holds on the device tier; fp32 runs get a separate fp32 master), none left on
 #   the device tier, and the cpu tier saw exactly one gradient transfer in and one parameter
 #   transfer out per step (bytes = elements held x dtype size);
+# - with pipeline parallelism (pp=2) too;
 # - the chunked transfer pipeline (1000-element chunks, with and without overlap) bitwise too;
 # - the delayed parameter update: stages 1-3 equal stage none bitwise, the same transfers, a
 #   different schedule than the synchronous update, and bitwise resume (its reference
@@ -86,6 +87,10 @@ for ov in true false; do
     offload.optimizer.chunk_elems=1000 offload.optimizer.overlap=$ov &&
     compare ref-bf16 "cpu-chunks-$ov" "offload_cpu, 1000-element chunks, overlap $ov vs no offload (bitwise)"
 done
+# with pipeline parallelism (2 stages, 1f1b): the tier serves each stage's groups
+run pp-ref 2 train.precision=bf16 parallel.pp=2 pipeline.micro_batches=2 &&
+  run pp-cpu 2 train.precision=bf16 parallel.pp=2 pipeline.micro_batches=2 offload.optimizer.plugin=offload_cpu &&
+  compare pp-ref pp-cpu "offload_cpu with pp=2 vs pp=2 without offload, bf16 (bitwise)"
 # delayed parameter update (warm-up 1 step, so steps 3.. compute on parameters one update behind):
 # every stage gives the same bits as stage none (the flush re-gathers shards of replicated
 # parameters), the transfers are still one in and one out per step, the schedule really
