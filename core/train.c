@@ -204,6 +204,8 @@ typedef struct {
   lua_ctx lua;
   FILE* metrics;
   int rank, dp;
+  int dp_rank;    /* data-parallel rank: selects the samples (rank = dp_rank * tp + tp_rank) */
+  zp_comm* dcomm; /* data-parallel communicator (the world's without tensor parallelism) */
   char out_dir[1024];
   int32_t *inp, *tgt;
   zp_ckpt_saver* saver; /* checkpoints: synchronous or ckpt.async (core/ckpt.c) */
@@ -229,9 +231,9 @@ static int fetch(trainer* t, zp_dataset* ds, uint64_t first_pos, char* err, size
 }
 
 static double allreduce_mean(trainer* t, double x) {
-  if (!t->comm || t->dp == 1) return x;
+  if (!t->dcomm || t->dp == 1) return x;
   double v = x;
-  if (zp_comm_allreduce(t->comm, &v, 1, ZP_F64, ZP_RED_AVG)) return NAN;
+  if (zp_comm_allreduce(t->dcomm, &v, 1, ZP_F64, ZP_RED_AVG)) return NAN;
   return v;
 }
 
@@ -240,7 +242,7 @@ static int validate(trainer* t, double* out, char* err, size_t errlen) {
   int B = t->run.B;
   double sum = 0;
   for (int i = 0; i < nb; i++) {
-    uint64_t pos = ((uint64_t)i * (uint64_t)t->dp + (uint64_t)t->rank) * (uint64_t)B;
+    uint64_t pos = ((uint64_t)i * (uint64_t)t->dp + (uint64_t)t->dp_rank) * (uint64_t)B;
     int rc = fetch(t, t->val, pos, err, errlen);
     if (rc) return rc;
     double l;
@@ -291,8 +293,8 @@ int zp_train(zp_config* cfg, zp_comm* comm, char* err, size_t errlen) {
     snprintf(err, errlen, "parallel.dp %d x pp %d x tp %d = %d does not match the %d ranks launched", dp, pp, tp, dp * pp * tp, world);
     return ZP_E_INVALID;
   }
-  if (pp > 1 || tp > 1) {
-    snprintf(err, errlen, "pipeline/tensor parallelism (pp=%d, tp=%d) is not implemented yet: the pipeline and tensor plugins refuse to open", pp, tp);
+  if (pp > 1) {
+    snprintf(err, errlen, "pipeline parallelism (pp=%d) is not implemented yet: the pipeline plugin refuses to open", pp);
     return ZP_E_NOT_IMPLEMENTED;
   }
   t->dp = dp;
@@ -330,14 +332,18 @@ int zp_train(zp_config* cfg, zp_comm* comm, char* err, size_t errlen) {
     goto done;
   }
   zp_run* r = &t->run;
+  t->dp_rank = r->rank; /* with tensor parallelism the run's comm is the data-parallel one */
+  t->dcomm = r->comm;
   int B = r->B, accum = r->accum;
   t->inp = malloc((size_t)B * T * sizeof(int32_t));
   t->tgt = malloc((size_t)B * T * sizeof(int32_t));
   int64_t steps = zp_cfg_int(cfg, "train.steps");
   uint64_t gb = (uint64_t)B * (uint64_t)accum * (uint64_t)dp;
   if (t->rank == 0) {
-    printf("zp train: %s on %s, %d rank%s (dp %d), strategy %s\n", cfg->path[0] ? cfg->path : "(defaults)", r->binfo.device_name ? r->binfo.device_name : "?",
-           world, world > 1 ? "s" : "", dp, zp_cfg_str(cfg, "zero.plugin"));
+    printf("zp train: %s on %s, %d rank%s (dp %d", cfg->path[0] ? cfg->path : "(defaults)", r->binfo.device_name ? r->binfo.device_name : "?",
+           world, world > 1 ? "s" : "", dp);
+    if (tp > 1) printf(" x tp %d", tp);
+    printf("), strategy %s\n", zp_cfg_str(cfg, "zero.plugin"));
     printf("data: %llu tokens in %d shard(s), %llu samples of %d tokens; global batch %llu sequences (%llu tokens) per step\n",
            (unsigned long long)zp_dataset_num_tokens(t->train), zp_dataset_num_shards(t->train),
            (unsigned long long)zp_dataset_num_samples(t->train), T, (unsigned long long)gb, (unsigned long long)gb * T);
@@ -404,7 +410,7 @@ int zp_train(zp_config* cfg, zp_comm* comm, char* err, size_t errlen) {
     if ((rc = zp_run_zero_grads(r))) goto fail_run;
     double loss = 0;
     for (int m = 0; m < accum; m++) {
-      uint64_t pos = data0 + (uint64_t)(step - start) * gb + ((uint64_t)m * dp + (uint64_t)t->rank) * (uint64_t)B;
+      uint64_t pos = data0 + (uint64_t)(step - start) * gb + ((uint64_t)m * dp + (uint64_t)t->dp_rank) * (uint64_t)B;
       double td = zp_now_us();
       if ((rc = fetch(t, t->train, pos, err, errlen))) goto done;
       zp_trace_span(ZP_TR_IO, "data", m, td);
@@ -488,7 +494,7 @@ int zp_train(zp_config* cfg, zp_comm* comm, char* err, size_t errlen) {
       flags[2] = hr.lr_override;
     }
     double sig = g_signal ? 1 : 0;
-    if (t->comm && dp > 1) {
+    if (t->comm && world > 1) {
       if (zp_comm_broadcast(t->comm, flags, 3, ZP_F64, 0) || zp_comm_allreduce(t->comm, &sig, 1, ZP_F64, ZP_RED_MAX)) {
         snprintf(err, errlen, "%s", zp_comm_error(t->comm));
         rc = ZP_E_COMM;
