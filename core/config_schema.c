@@ -54,7 +54,7 @@ const zc_key zp_config_schema[] = {
   /* parallel */
   {"parallel.dp", ZC_INT, "0", 0, 65536, NULL, "Data-parallel ranks (0 = world size / (pp*tp))."},
   {"parallel.pp", ZC_INT, "1", 1, 1024, NULL, "Pipeline stages."},
-  {"parallel.tp", ZC_INT, "1", 1, 1024, NULL, "Tensor-parallel ranks."},
+  {"parallel.tp", ZC_INT, "1", 1, 1024, NULL, "Tensor-parallel ranks (Megatron-style, plugin `tensor`): each holds n_head/tp heads, 4*d_model/tp MLP columns and padded_vocab/tp embedding rows; tp must divide model.n_head; ranks are numbered dp_rank * tp + tp_rank. See docs/tensor.md."},
   /* zero */
   {"zero.plugin", ZC_STRING, "\"none\"", NR, NULL, "\"none\" (replicated, plain data parallel), \"stage1\", \"stage2\", \"stage3\", or a plugin path."},
   {"zero.prefetch_groups", ZC_INT, "1", 0, 64, NULL, "stage3: groups gathered ahead of use."},
