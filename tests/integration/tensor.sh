@@ -3,7 +3,7 @@
 # against the single-rank run with the same global batch (tests/configs/equiv.toml: 2 layers,
 # d_model 32, vocab 257 padded to 320, 4 AdamW steps at lr 1e-2, no clipping):
 #   tp 2 (n_head 2), tp 4 (n_head 4), dp 2 x tp 2 with ZeRO-1, tp 2 with bf16 storage,
-#   accumulation and clipping -- and ZeRO-2/3 at dp 2 x tp 2
+#   accumulation and clipping -- and ZeRO-2/3 and ZeRO-1 + offload_cpu at dp 2 x tp 2
 #   bitwise equal to ZeRO-1 there; a tp run resumed from its checkpoint equals the
 #   uninterrupted one bitwise; n_head not divisible by tp is refused with a message.
 # Tolerances (the all-reduces add partial sums over heads / MLP columns / vocabulary slices
@@ -82,6 +82,8 @@ run ref-bf16 1 train.precision=bf16 train.grad_accum=2 train.grad_clip=0.5 &&
 # the other strategies over the data-parallel ranks of each slice: bitwise equal to ZeRO-1
 run dp2tp2-s2 4 train.micro_batch=4 parallel.tp=2 zero.plugin=stage2 && bitwise dp2tp2-s1 dp2tp2-s2 "dp 2 x tp 2: ZeRO-2 vs ZeRO-1"
 run dp2tp2-s3 4 train.micro_batch=4 parallel.tp=2 zero.plugin=stage3 && bitwise dp2tp2-s1 dp2tp2-s3 "dp 2 x tp 2: ZeRO-3 vs ZeRO-1"
+run dp2tp2-off 4 train.micro_batch=4 parallel.tp=2 zero.plugin=stage1 offload.optimizer.plugin=offload_cpu &&
+  bitwise dp2tp2-s1 dp2tp2-off "dp 2 x tp 2: ZeRO-1 with the optimizer on the CPU tier (offload_cpu) vs on the device"
 # resume: 2 steps, then the same run directory to 4 steps == 4 steps straight (tp2 above)
 run res 2 parallel.tp=2 train.steps=2 train.resume=auto &&
   run res 2 parallel.tp=2 train.steps=4 train.resume=auto && {
