@@ -3,7 +3,7 @@
 # against the single-rank run with the same global batch (tests/configs/equiv.toml: 2 layers,
 # d_model 32, vocab 257 padded to 320, 4 AdamW steps at lr 1e-2, no clipping):
 #   tp 2 (n_head 2), tp 4 (n_head 4), dp 2 x tp 2 with ZeRO-1, tp 2 with bf16 storage,
-#   accumulation and clipping -- and ZeRO-2/3 and ZeRO-1 + offload_cpu at dp 2 x tp 2
+#   accumulation and clipping -- and ZeRO-2/3 and ZeRO-1 + offload_cpu at dp 2 x tp 2; model-state bytes per rank vs formula
 #   bitwise equal to ZeRO-1 there; a tp run resumed from its checkpoint equals the
 #   uninterrupted one bitwise; n_head not divisible by tp is refused with a message.
 # Tolerances (the all-reduces add partial sums over heads / MLP columns / vocabulary slices
@@ -93,6 +93,25 @@ run res 2 parallel.tp=2 train.steps=2 train.resume=auto &&
       echo "ok   tp 2 resumed at step 2 vs uninterrupted (bitwise): $(echo "$out" | head -1)"
     else echo "FAIL: tp resume: $out"; fail=1; fi
   }
+# memory: model state per rank (rank 0's ledger after step 1, from metrics.jsonl) against
+# (P+G)·Ψ_rank + K·Ψ_rank/dp (K over dp only with ZeRO-1), Ψ_rank = Ψ_split/tp + Ψ_rep, within
+# 1% (padding: vocabulary rows and the per-group shard padding). bf16: P=2 G=2 K=12. Ψ_rep (whole
+# on every tp rank) = 6·C per block (LayerNorms, row-parallel biases) + 2·C (ln_f) + seq_len·C (wpe).
+for spec in "1 2 none" "2 2 stage1" "1 4 none"; do
+  set -- $spec; dpn=$1; tpn=$2; st=$3; name=mem-dp$dpn-tp$tpn
+  run "$name" $((dpn * tpn)) parallel.tp=$tpn zero.plugin=$st train.precision=bf16 model.d_model=512 model.n_head=8 \
+    model.seq_len=16 train.steps=1 train.micro_batch=1 || continue
+  line=$(grep '"step":1,' "$work/$name/metrics.jsonl")
+  got=$(echo "$line" | python3 -c 'import json,sys; m=json.loads(sys.stdin.read())["mem"]; print(m["PARAM"]+m["GRAD"]+m["MASTER"]+m["OPTIM"])')
+  psi=$(grep -o '[0-9]* parameters' "$work/$name.log" | head -1 | grep -o '[0-9]*')
+  want=$(awk -v p="$psi" -v tp=$tpn -v dp=$dpn -v s=$st 'BEGIN{C=512; L=2; T=16; rep=6*C*L+2*C+T*C; r=(p-rep)/tp+rep;
+    w=(s=="stage1") ? 4*r+12*r/dp : 16*r; printf "%.0f", w}')
+  if awk -v g="$got" -v w="$want" 'BEGIN{r=(g-w)/w; exit !(r>=0 && r<0.01)}'; then
+    echo "ok   memory dp $dpn x tp $tpn ($st): $got bytes of model state per rank vs formula $want"
+  else
+    echo "FAIL: memory dp $dpn x tp $tpn ($st): $got bytes vs formula $want"; fail=1
+  fi
+done
 # refusal: n_head 3 cannot be split over 2 ranks
 if "$zp" launch -n 2 "$cfg" --set train.out_dir="$work/bad" --set model.n_head=3 --set model.d_model=48 --set parallel.tp=2 > "$work/bad.log" 2>&1; then
   echo "FAIL: n_head 3 with tp 2 was accepted"; fail=1
