@@ -226,8 +226,14 @@ int zp_run_tp_gather_global(zp_run* r, const zp_model_layout* gl, int g, zp_cate
       for (int ti = L->group_first_tensor[g]; ti < L->group_first_tensor[g + 1]; ti++) {
         const zp_tensor_desc* t = &L->tensors[ti];
         const zp_tensor_desc* gt = &gl->tensors[ti];
-        if (!t->tp_split && q != 0) continue;
         const double* src = all + (size_t)pl * q + t->offset;
+        if (!t->tp_split && q != 0) { /* whole on every tp rank: must be the same bits everywhere */
+          if (!rc && memcmp(src, all + t->offset, (size_t)t->numel * sizeof(double)) != 0) {
+            tperr(r, "internal: %s (whole on every tensor-parallel rank) differs between tp ranks 0 and %d", t->name, q);
+            rc = ZP_E_INTERNAL;
+          }
+          continue;
+        }
         for (uint64_t k = 0; k < t->numel; k++) out[gt->offset + zp_tp_global_index(t, tp, q, k)] = src[k];
       }
   }
