@@ -585,6 +585,41 @@ static int cpu_softmax_xent(zp_backend* b, float* losses, void* logits, const in
   return ZP_DISPATCH(softmax_xent, losses, logits, targets, N, V, Vp, dloss);
 }
 
+/* ---- tensor parallelism: masked embedding, vocab-parallel cross-entropy ---- */
+
+static int cpu_encoder_masked_fwd(zp_backend* b, void* out, const int32_t* ids, const void* wte,
+                                  const void* wpe, int B, int T, int C) {
+  ZP_NEED_B();
+  ZP_REQ(B >= 0 && T >= 0 && C >= 0, "cpu backend: encoder_masked_fwd: bad shape B=%d T=%d C=%d",
+         B, T, C);
+  if ((size_t)B * T * C == 0) return ZP_OK;
+  ZP_REQ(out && ids && wte, "cpu backend: encoder_masked_fwd: NULL pointer");
+  return ZP_DISPATCH(encoder_fwd_masked, out, ids, wte, wpe, B, T, C);
+}
+
+static int cpu_encoder_masked_bwd(zp_backend* b, void* dwte, void* dwpe, const void* dout,
+                                  const int32_t* ids, int B, int T, int C) {
+  ZP_NEED_B();
+  ZP_REQ(B >= 0 && T >= 0 && C >= 0, "cpu backend: encoder_masked_bwd: bad shape B=%d T=%d C=%d",
+         B, T, C);
+  if ((size_t)B * T * C == 0 || (!dwte && !dwpe)) return ZP_OK;
+  ZP_REQ(dout && ids, "cpu backend: encoder_masked_bwd: NULL pointer");
+  ZP_REQ((uint64_t)B * (uint64_t)T < 0xffffffffull, "cpu backend: encoder_masked_bwd: B*T too large");
+  return ZP_DISPATCH(encoder_bwd_masked, dwte, dwpe, dout, ids, B, T, C);
+}
+
+static int cpu_softmax_xent_vp(zp_backend* b, int phase, float* losses, void* logits, void* stats,
+                               const int32_t* targets, int N, int Vl, int nreal, int v0,
+                               float dloss) {
+  ZP_NEED_B();
+  ZP_REQ(phase >= 0 && phase <= 2, "cpu backend: softmax_xent_vp: phase %d not 0, 1 or 2", phase);
+  ZP_REQ(N >= 0 && Vl > 0 && nreal >= 0 && nreal <= Vl && v0 >= 0,
+         "cpu backend: softmax_xent_vp: bad shape N=%d Vl=%d nreal=%d v0=%d", N, Vl, nreal, v0);
+  if (N == 0) return ZP_OK;
+  ZP_REQ(logits && stats && targets, "cpu backend: softmax_xent_vp: NULL pointer");
+  return ZP_DISPATCH(softmax_xent_vp, phase, losses, logits, stats, targets, N, Vl, nreal, v0, dloss);
+}
+
 /* ---- AdamW ---- */
 
 static int cpu_adamw(zp_backend* b, void* param, zp_dtype pdt, float* master, const void* grad,
@@ -668,6 +703,9 @@ static const zp_backend_ops zp_cpu_ops = {
     .adamw = cpu_adamw,
     .sumsq = cpu_sumsq,
     .scale = cpu_scale,
+    .encoder_masked_fwd = cpu_encoder_masked_fwd,
+    .encoder_masked_bwd = cpu_encoder_masked_bwd,
+    .softmax_xent_vp = cpu_softmax_xent_vp,
 };
 
 const zp_backend_ops* zp_cpu_backend_ops(void) { return &zp_cpu_ops; }

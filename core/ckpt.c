@@ -1706,7 +1706,7 @@ int zp_ckpt_saver_open(zp_run* r, const char* dir, int keep, int async, double t
   }
   snprintf(s->dir, sizeof s->dir, "%s", dir);
   s->keep = keep;
-  s->async = async && !r->dry_run;
+  s->async = async && !r->dry_run && r->tp.size <= 1; /* tp: synchronous (ckpt_tp.c) */
   s->rank = r->rank;
   s->world = r->world;
   s->timeout_s = timeout_s > 0 ? timeout_s : 300;
@@ -1763,6 +1763,11 @@ int zp_ckpt_saver_save(zp_ckpt_saver* s, zp_run* r, int64_t step, uint64_t data_
                        double* staged_ms, char* err, size_t errlen) {
   double t0 = mono_s();
   if (staged_ms) *staged_ms = 0;
+  if (r->tp.size > 1) { /* tensor parallelism: global tensors gathered, one writer (ckpt_tp.c) */
+    int rc = zp_ckpt_tp_save(r, s->dir, step, data_pos, s->keep, config_toml, err, errlen);
+    if (staged_ms) *staged_ms = 1e3 * (mono_s() - t0);
+    return rc;
+  }
   if (!s->async) {
     int rc = zp_ckpt_save(r, s->dir, step, data_pos, s->keep, config_toml, err, errlen);
     if (staged_ms) *staged_ms = 1e3 * (mono_s() - t0);
@@ -2001,6 +2006,7 @@ static int load_group(zp_run* r, const ck_meta* m, int g, char* err, size_t errl
 }
 
 int zp_ckpt_load(zp_run* r, const char* ckpt_dir, int64_t* step, uint64_t* data_pos, char* err, size_t errlen) {
+  if (r->tp.size > 1 && !r->dry_run) return zp_ckpt_tp_load(r, ckpt_dir, step, data_pos, err, errlen); /* ckpt_tp.c */
   ck_meta m;
   int rc;
   if (r->dry_run) {
@@ -2075,6 +2081,17 @@ int zp_ckpt_resume(zp_run* r, const char* dir, int fallback, char* used, size_t 
   return ZP_OK; /* nothing to resume from */
 }
 
+int zp_ckpt_read_counters(const char* ckpt_dir, int64_t* step, uint64_t* data_pos, int* step_t, char* err, size_t errlen) {
+  ck_meta m;
+  int rc = meta_load(ckpt_dir, &m, err, errlen);
+  if (rc) return rc;
+  *step = m.step;
+  *data_pos = m.data_pos;
+  *step_t = m.step_t;
+  meta_free(&m);
+  return ZP_OK;
+}
+
 int zp_ckpt_read_shape(const char* ckpt_dir, zp_gpt2_shape* s, int64_t* step, char* err, size_t errlen) {
   ck_meta m;
   int rc = meta_load(ckpt_dir, &m, err, errlen);
@@ -2086,6 +2103,10 @@ int zp_ckpt_read_shape(const char* ckpt_dir, zp_gpt2_shape* s, int64_t* step, ch
 }
 
 int zp_ckpt_set_full_params(zp_run* r, float* const* gp, char* err, size_t errlen) {
+  return zp_ckpt_set_full_state(r, gp, NULL, NULL, err, errlen);
+}
+
+int zp_ckpt_set_full_state(zp_run* r, float* const* gp, float* const* gm, float* const* gv, char* err, size_t errlen) {
   int rc = ZP_OK;
   if (r->dry_run) {
     seterr(err, errlen, "cannot set weights in a dry run");
@@ -2109,6 +2130,11 @@ int zp_ckpt_set_full_params(zp_run* r, float* const* gp, char* err, size_t errle
         break;
       }
       if (c != ZP_CAT_OPTIM && base < span) memcpy(h, gp[g] + base, (size_t)((base + held < span ? base + held : span) - base) * sizeof(float));
+      if (c == ZP_CAT_OPTIM && gm && gv && base < span) { /* Adam moments given (tensor-parallel resume) */
+        size_t k = (size_t)((base + held < span ? base + held : span) - base);
+        memcpy(h, gm[g] + base, k * sizeof(float));
+        memcpy(h + held, gv[g] + base, k * sizeof(float));
+      }
       if (c == ZP_CAT_PARAM) rc = load_param(r, g, h, ZP_F32, held, 0, err, errlen);
       else {
         rc = buf_put(r, g, c, 0, h, (size_t)n * sizeof(float));

@@ -95,6 +95,20 @@ int zp_ckpt_read_full_state(const char* ckpt_dir, const zp_model_layout* m, int 
  * any failed (the failing rank keeps its message, the others get one naming it). */
 int zp_ckpt_agree(zp_run* r, int rc, const char* what, char* err, size_t errlen);
 
+/* As zp_ckpt_set_full_params, also setting Adam's m and v from gm, gv (NULL: zero). */
+int zp_ckpt_set_full_state(zp_run* r, float* const* gp, float* const* gm, float* const* gv, char* err, size_t errlen);
+/* step, data position and Adam's step count recorded in DIR/meta.json */
+int zp_ckpt_read_counters(const char* ckpt_dir, int64_t* step, uint64_t* data_pos, int* step_t, char* err, size_t errlen);
+
+/* ---- tensor parallelism (core/ckpt_tp.c): the same format, global tensors ----
+ * Save (collective over the world): every rank's slices (dp shards gathered) are assembled into
+ * the global tensors and world rank 0 writes them as one replicated writer (meta.json says
+ * world_size 1): any layout, tp or not, loads the result. Synchronous (ckpt.async is ignored
+ * with tp). Load (collective): every rank reads the global tensors and keeps its slices. */
+int zp_ckpt_tp_save(zp_run* r, const char* dir, int64_t step, uint64_t data_pos, int keep, const char* config_toml, char* err,
+                    size_t errlen);
+int zp_ckpt_tp_load(zp_run* r, const char* ckpt_dir, int64_t* step, uint64_t* data_pos, char* err, size_t errlen);
+
 /* Model shape, step and world size recorded in DIR/meta.json (validated like a load does). */
 int zp_ckpt_read_shape(const char* ckpt_dir, zp_gpt2_shape* s, int64_t* step, char* err, size_t errlen);
 

@@ -547,6 +547,14 @@ int zp_config_check(const zp_config* c, char* err, size_t errlen) {
            zp_cfg_get(c, "model.d_model")->origin, (long long)d, (long long)h);
     return ZP_E_INVALID;
   }
+  { /* tensor parallelism splits the attention heads (docs/tensor.md) */
+    int64_t tp = zp_cfg_int(c, "parallel.tp"), nh = zp_cfg_int(c, "model.n_head");
+    if (tp > 1 && nh % tp) {
+      seterr(err, errlen, "%s: parallel.tp = %lld does not divide model.n_head = %lld: each tensor-parallel rank holds n_head/tp attention heads",
+             zp_cfg_get(c, "parallel.tp")->origin, (long long)tp, (long long)nh);
+      return ZP_E_INVALID;
+    }
+  }
   if (strcmp(zp_cfg_str(c, "offload.param.plugin"), "none") != 0 &&
       !plugin_is(c, "zero.plugin", "stage3")) {
     seterr(err, errlen,
@@ -684,7 +692,8 @@ void zp_config_write_doc(FILE* f) {
              "- `offload_nvme` without its `path`.\n"
              "- `offload.optimizer.block_size` or `offload.param.block_size` not a multiple of 4096.\n"
              "- `train.precision = \"fp64\"` on a device other than cpu; `fp32` on cuda.\n"
-             "- `model.d_model` not divisible by `model.n_head`.\n");
+             "- `model.d_model` not divisible by `model.n_head`.\n"
+             "- `parallel.tp` not dividing `model.n_head` (tensor parallelism splits the heads).\n");
 }
 
 /* ---- [ext] in the dump: the plugin options as given (file, then --set), so the effective

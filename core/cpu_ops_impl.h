@@ -54,8 +54,39 @@ static int ZR(encoder_fwd)(real* out, const int32_t* inp, const real* wte, const
 /* dwte rows: tokens sorted by (id, position); each distinct id's rows are summed in token
  * order into a scratch row and added to dwte once. dwpe: per position, summed over b in
  * order. */
+static int ZR(encoder_fwd_masked)(real* out, const int32_t* ids, const real* wte, const real* wpe,
+                                  int B, int T, int C) {
+  const ptrdiff_t BT = (ptrdiff_t)B * T;
+#pragma omp parallel for schedule(static) if (BT * C > ZP_CPU_PAR_MIN)
+  for (ptrdiff_t bt = 0; bt < BT; bt++) {
+    const int t = (int)(bt % T);
+    real* o = out + bt * C;
+    const real* pe = wpe ? wpe + (size_t)t * C : NULL;
+    if (ids[bt] >= 0) {
+      const real* we = wte + (size_t)ids[bt] * C;
+      if (pe) for (int c = 0; c < C; c++) o[c] = we[c] + pe[c];
+      else for (int c = 0; c < C; c++) o[c] = we[c];
+    } else {
+      if (pe) for (int c = 0; c < C; c++) o[c] = pe[c];
+      else for (int c = 0; c < C; c++) o[c] = 0;
+    }
+  }
+  return ZP_OK;
+}
+
+/* masked: positions with a negative id add nothing to dwte (tensor-parallel vocabulary) */
+static int ZR(encoder_bwd_ids)(real* dwte, real* dwpe, const real* dout, const int32_t* inp, int B,
+                               int T, int C, int masked);
 static int ZR(encoder_bwd)(real* dwte, real* dwpe, const real* dout, const int32_t* inp, int B,
                            int T, int C) {
+  return ZR(encoder_bwd_ids)(dwte, dwpe, dout, inp, B, T, C, 0);
+}
+static int ZR(encoder_bwd_masked)(real* dwte, real* dwpe, const real* dout, const int32_t* inp,
+                                  int B, int T, int C) {
+  return ZR(encoder_bwd_ids)(dwte, dwpe, dout, inp, B, T, C, 1);
+}
+static int ZR(encoder_bwd_ids)(real* dwte, real* dwpe, const real* dout, const int32_t* inp, int B,
+                               int T, int C, int masked) {
   const ptrdiff_t BT = (ptrdiff_t)B * T;
   if (dwpe) {
 #pragma omp parallel for schedule(static) if (BT * C > ZP_CPU_PAR_MIN)
@@ -77,11 +108,13 @@ static int ZR(encoder_bwd)(real* dwte, real* dwpe, const real* dout, const int32
     free(rows);
     return ZP_E_NOMEM;
   }
-  for (ptrdiff_t i = 0; i < BT; i++) keys[i] = ((uint64_t)(uint32_t)inp[i] << 32) | (uint64_t)i;
-  qsort(keys, (size_t)BT, sizeof(uint64_t), zp_cpu_cmp_u64);
+  ptrdiff_t nk = 0;
+  for (ptrdiff_t i = 0; i < BT; i++)
+    if (!masked || inp[i] >= 0) keys[nk++] = ((uint64_t)(uint32_t)inp[i] << 32) | (uint64_t)i;
+  qsort(keys, (size_t)nk, sizeof(uint64_t), zp_cpu_cmp_u64);
   /* starts[g] = index in keys of the first token of the g-th distinct id */
   ptrdiff_t ngroups = 0;
-  for (ptrdiff_t i = 0; i < BT; i++)
+  for (ptrdiff_t i = 0; i < nk; i++)
     if (i == 0 || (keys[i] >> 32) != (keys[i - 1] >> 32)) ngroups++;
   ptrdiff_t* starts = (ptrdiff_t*)malloc(sizeof(ptrdiff_t) * (size_t)(ngroups + 1));
   if (!starts) {
@@ -90,9 +123,9 @@ static int ZR(encoder_bwd)(real* dwte, real* dwpe, const real* dout, const int32
     return ZP_E_NOMEM;
   }
   ngroups = 0;
-  for (ptrdiff_t i = 0; i < BT; i++)
+  for (ptrdiff_t i = 0; i < nk; i++)
     if (i == 0 || (keys[i] >> 32) != (keys[i - 1] >> 32)) starts[ngroups++] = i;
-  starts[ngroups] = BT;
+  starts[ngroups] = nk;
 #pragma omp parallel for schedule(dynamic, 16) if (BT * C > ZP_CPU_PAR_MIN)
   for (ptrdiff_t g = 0; g < ngroups; g++) {
     real* acc = rows + (size_t)C * (size_t)omp_get_thread_num();
@@ -442,6 +475,51 @@ static int ZR(softmax_xent)(float* losses, real* logits, const int32_t* targets,
       for (int j = 0; j < V; j++) x[j] = dl * (x[j] * inv);
       x[tg] = dl * (pt - (real)1);
       for (int j = V; j < Vp; j++) x[j] = 0;
+    }
+  }
+  return ZP_OK;
+}
+
+/* ---------------- vocab-parallel softmax + cross-entropy (tensor parallelism) ----------------
+ * Same arithmetic as softmax_xent per rank, with the row max and the sum of exp combined over
+ * ranks by the caller between the phases (zp_plugin.h). Statistics in `real`. */
+static int ZR(softmax_xent_vp)(int phase, float* losses, real* logits, real* st,
+                               const int32_t* targets, int N, int Vl, int nreal, int v0,
+                               float dloss) {
+  real* mxs = st;
+  real* sums = st + N;
+  real* tls = st + 2 * (size_t)N;
+#pragma omp parallel for schedule(static) if ((ptrdiff_t)N * Vl > ZP_CPU_PAR_MIN)
+  for (int n = 0; n < N; n++) {
+    real* x = logits + (size_t)n * Vl;
+    const int tg = targets[n];
+    const int own = tg >= v0 && tg < v0 + nreal;
+    if (phase == 0) {
+      real mx = -(real)INFINITY;
+      for (int j = 0; j < nreal; j++)
+        if (x[j] > mx) mx = x[j];
+      mxs[n] = mx;
+    } else if (phase == 1) {
+      const real mx = mxs[n];
+      real s = 0;
+      for (int j = 0; j < nreal; j++) s += ZR_EXP(x[j] - mx);
+      sums[n] = s;
+      tls[n] = own ? x[tg - v0] : (real)0;
+    } else {
+      if (tg < 0) {
+        if (losses) losses[n] = 0.0f;
+        if (dloss != 0.0f)
+          for (int j = 0; j < Vl; j++) x[j] = 0;
+        continue;
+      }
+      const real mx = mxs[n], s = sums[n];
+      if (losses) losses[n] = (float)(ZR_LOG(s) - (tls[n] - mx));
+      if (dloss != 0.0f) {
+        const real inv = (real)1 / s, dl = (real)dloss;
+        for (int j = 0; j < nreal; j++) x[j] = dl * (ZR_EXP(x[j] - mx) * inv);
+        if (own) x[tg - v0] = dl * (ZR_EXP(tls[n] - mx) * inv - (real)1);
+        for (int j = nreal; j < Vl; j++) x[j] = 0;
+      }
     }
   }
   return ZP_OK;

@@ -50,11 +50,13 @@ int zp_model_layout_init(zp_model_layout* m, const zp_gpt2_shape* s, char* err, 
     t->real_rows = R; t->numel = (uint64_t)(R) * (uint64_t)(COLS);               \
     off = align_up(off, ZP_TENSOR_ALIGN); t->offset = off; off += t->numel;      \
     t->decay = DECAY; t->init = INIT; t->std = STD;                              \
+    t->g_rows = R; t->g_cols = COLS; t->g_real_rows = R;                         \
     m->group_numel[g] += t->numel;                                               \
   } while (0)
   m->group_first_tensor[0] = 0;
   ADD(ZP_T_WTE, "wte.weight", -1, s->Vp, C, 1, ZP_INIT_NORMAL, std);
   m->tensors[ti - 1].real_rows = s->V;
+  m->tensors[ti - 1].g_real_rows = s->V;
   m->group_numel[0] -= (uint64_t)(s->Vp - s->V) * (uint64_t)C; /* padding rows are not parameters */
   ADD(ZP_T_WPE, "wpe.weight", -1, s->maxT, C, 1, ZP_INIT_NORMAL, 0.01);
   m->group_span[0] = align_up(off, ZP_TENSOR_ALIGN);
@@ -88,6 +90,7 @@ int zp_model_layout_init(zp_model_layout* m, const zp_gpt2_shape* s, char* err, 
   m->group_first_tensor[m->n_groups] = ti;
 #undef ADD
   m->uses_head_wte = 1;
+  m->tp = 1;
   for (int i = 0; i < m->n_groups; i++) m->total_params += m->group_numel[i];
   return ZP_OK;
 }
@@ -128,8 +131,13 @@ void zp_model_init_range(const zp_model_layout* m, uint64_t seed, int g, uint64_
 #pragma omp parallel for schedule(static) if (z - a > 65536)
     for (uint64_t e = a; e < z; e++) {
       uint64_t k = e - lo;
+      int real = k < real_end;
+      if (t->tp_split) { /* a tensor-parallel slice: the value of its global element */
+        k = zp_tp_global_index(t, m->tp, m->tp_rank, k);
+        real = k / (uint64_t)t->g_cols < (uint64_t)t->g_real_rows;
+      }
       double v;
-      if (k >= real_end) v = 0.0;
+      if (!real) v = 0.0;
       else if (t->init == ZP_INIT_ONES) v = 1.0;
       else if (t->init == ZP_INIT_ZEROS) v = 0.0;
       else v = t->std * zp_rng_normal(seed, stream, k);
@@ -161,6 +169,10 @@ static void* carve(char* base, carve_t* c, size_t bytes) {
 static int acts_layout(zp_acts* a, const zp_model_layout* m, char* act, char* buf) {
   int L = m->s.L, C = m->s.C, Vp = m->s.Vp;
   size_t N = (size_t)a->B * (size_t)a->T, es = zp_dtype_size(a->ct);
+  /* tensor parallelism: this rank's heads, MLP columns and vocabulary rows (tp = 1: all) */
+  const int tp = m->tp > 1 ? m->tp : 1;
+  const size_t Cl = (size_t)C / tp, C4l = (size_t)4 * C / tp, Vl = (size_t)Vp / tp;
+  const size_t Dw = C4l > (size_t)C ? C4l : (size_t)C; /* backward scratch width */
   carve_t ca = {0, 0}, cb = {0, 0};
   for (int l = 0; l <= L; l++) a->res[l] = carve(act, &ca, N * C * es);
   for (int l = 0; l < L; l++) {
@@ -174,27 +186,31 @@ static int acts_layout(zp_acts* a, const zp_model_layout* m, char* act, char* bu
     a->ln1[l] = carve(act, &ca, N * C * es);
     a->ln1_mean[l] = carve(act, &ca, N * sizeof(float));
     a->ln1_rstd[l] = carve(act, &ca, N * sizeof(float));
-    a->qkv[l] = carve(act, &ca, N * 3 * C * es);
-    a->atty[l] = carve(act, &ca, N * C * es);
+    a->qkv[l] = carve(act, &ca, N * 3 * Cl * es);
+    a->atty[l] = carve(act, &ca, N * Cl * es);
     a->attaux[l] = carve(act, &ca, a->attn_aux_bytes);
     a->res2[l] = carve(act, &ca, N * C * es);
     a->ln2[l] = carve(act, &ca, N * C * es);
     a->ln2_mean[l] = carve(act, &ca, N * sizeof(float));
     a->ln2_rstd[l] = carve(act, &ca, N * sizeof(float));
-    a->fch[l] = carve(act, &ca, N * 4 * C * es);
-    a->fchg[l] = carve(act, &ca, N * 4 * C * es);
+    a->fch[l] = carve(act, &ca, N * C4l * es);
+    a->fchg[l] = carve(act, &ca, N * C4l * es);
   }
   a->lnf = carve(act, &ca, N * C * es);
   a->lnf_mean = carve(act, &ca, N * sizeof(float));
   a->lnf_rstd = carve(act, &ca, N * sizeof(float));
   a->losses = carve(act, &ca, N * sizeof(float));
   /* BUFFER: logits (recomputed each micro-batch, dlogits in place), scratch, token ids */
-  a->logits = carve(buf, &cb, N * (size_t)Vp * es);
+  a->logits = carve(buf, &cb, N * Vl * es);
   a->dres = carve(buf, &cb, N * C * es);
-  a->d_a = carve(buf, &cb, N * 4 * C * es);
-  a->d_b = carve(buf, &cb, N * 4 * C * es);
+  a->d_a = carve(buf, &cb, N * Dw * es);
+  a->d_b = carve(buf, &cb, N * Dw * es);
   a->inputs = carve(buf, &cb, N * sizeof(int32_t));
   a->targets = carve(buf, &cb, N * sizeof(int32_t));
+  if (tp > 1) { /* vocab-parallel embedding ids and cross-entropy statistics */
+    a->tp_ids = carve(buf, &cb, N * sizeof(int32_t));
+    a->tp_stats = carve(buf, &cb, 3 * N * sizeof(double));
+  }
   a->act_bytes = ca.off;
   a->buf_bytes = cb.off;
   return ZP_OK;
@@ -217,7 +233,8 @@ int zp_acts_alloc_ex(zp_acts* a, const zp_model_layout* m, const zp_backend_ops*
   a->B = B;
   a->T = T;
   a->ct = ct;
-  a->attn_aux_bytes = ops->attention_aux_bytes(b, B, T, m->s.C, m->s.NH);
+  const int tp = m->tp > 1 ? m->tp : 1;
+  a->attn_aux_bytes = ops->attention_aux_bytes(b, B, T, m->s.C / tp, m->s.NH / tp);
   void*** lists[] = {&a->ln1, &a->qkv, &a->atty, &a->attaux, &a->res2, &a->ln2, &a->fch, &a->fchg};
   for (size_t i = 0; i < sizeof lists / sizeof lists[0]; i++) *lists[i] = calloc((size_t)L, sizeof(void*));
   a->res = calloc((size_t)L + 1, sizeof(void*));

@@ -52,7 +52,15 @@ typedef struct {
   int decay;           /* weight decay applies (2-D weights) */
   zp_init_kind init;
   double std;
+  /* tensor parallelism (core/model_tp.c): how this tensor is a slice of the global one.
+   * tp_split 0: whole (replicated over tp ranks); ZP_TP_ROWS: rows split, in tp_parts blocks
+   * of equal size (q|k|v: 3) each cut into tp equal pieces, this rank's pieces stacked;
+   * ZP_TP_COLS: columns split into tp equal pieces. g_rows/g_cols/g_real_rows: the global
+   * shape (equal to rows/cols/real_rows when tp_split is 0). */
+  int tp_split, tp_parts;
+  int g_rows, g_cols, g_real_rows;
 } zp_tensor_desc;
+enum { ZP_TP_NONE = 0, ZP_TP_ROWS = 1, ZP_TP_COLS = 2 };
 
 typedef struct {
   zp_gpt2_shape s;
@@ -64,6 +72,9 @@ typedef struct {
   uint64_t* group_span;    /* elements incl. alignment gaps (before world padding) */
   int uses_head_wte;       /* head group uses group 0's wte */
   uint64_t total_params;   /* real parameters (wte counted once) */
+  /* tensor parallelism: this layout holds tp rank tp_rank's slices (tp <= 1: the whole
+   * model; zp_model_layout_shard_tp in core/model_tp.c). total_params stays the global count. */
+  int tp, tp_rank;
 } zp_model_layout;
 
 int zp_model_layout_init(zp_model_layout* m, const zp_gpt2_shape* s, char* err, size_t errlen);
@@ -75,6 +86,9 @@ const zp_tensor_desc* zp_model_tensor(const zp_model_layout* m, int g, int kind)
  * element `first` of group g) with the initial values. */
 void zp_model_init_range(const zp_model_layout* m, uint64_t seed, int g, uint64_t first,
                          uint64_t count, void* dst, zp_dtype dt);
+/* Tensor parallelism: the global element index (row-major in the global shape) of element k
+ * of tensor slice t held by tp rank tp_rank (k itself for a whole tensor). core/model_tp.c. */
+uint64_t zp_tp_global_index(const zp_tensor_desc* t, int tp, int tp_rank, uint64_t k);
 /* FLOPs per token for training (6N + 12 L C T, as PEERS.md) */
 double zp_model_flops_per_token(const zp_model_layout* m, int T);
 
@@ -98,6 +112,10 @@ typedef struct {
   /* scratch for backward (BUFFER) */
   void *dres, *d_a, *d_b;
   int32_t *inputs, *targets; /* device copies [B*T] */
+  /* tensor parallelism only (NULL otherwise): token ids of this rank's vocabulary rows
+   * (local row, or -1 where another rank owns the token) and cross-entropy statistics */
+  int32_t* tp_ids;
+  void* tp_stats;       /* [3 * B*T] fp32 (fp64 for an F64 compute dtype) */
   /* one allocation each, recorded for free */
   void* block;
   size_t act_bytes, buf_bytes;

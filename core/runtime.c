@@ -160,6 +160,7 @@ static int h_allgather(zp_host_ctx* c, void* recv, const void* send, size_t n, z
 }
 static int h_sumsq(zp_host_ctx* c, const void* x, zp_dtype dt, size_t n, double* out) {
   if (n == 0) { *out = 0; return ZP_OK; }
+  if (c->r->tp.size > 1) return zp_run_tp_sumsq(c->r, x, dt, n, out); /* whole tensors counted once */
   return c->r->ops->sumsq(c->r->be, out, x, dt, n);
 }
 static void h_poison(zp_host_ctx* c, void* p, zp_dtype dt, size_t n) {
@@ -176,6 +177,10 @@ static int h_optim_begin(zp_host_ctx* c, double sumsq) {
   if (r->pp_comm && zp_comm_size(r->pp_comm) > 1 && zp_comm_allreduce(r->pp_comm, &sumsq, 1, ZP_F64, ZP_RED_SUM)) {
     snprintf(r->err, sizeof r->err, "gradient norm over the pipeline stages: %s", zp_comm_error(r->pp_comm));
     return ZP_E_COMM;
+  }
+  if (r->tp.size > 1) { /* tensor parallelism: sliced tensors summed over the tp ranks */
+    int rc = zp_run_tp_norm_total(r, &sumsq);
+    if (rc) return rc;
   }
   double norm = sqrt(sumsq);
   r->opt.grad_norm = norm;
@@ -461,9 +466,15 @@ int zp_run_open(zp_run* r, zp_config* cfg, const zp_run_opts* o) {
   r->dry_run = o->dry_run;
   r->comm = o->comm;
   r->pp_comm = o->pp_comm;
-  if (o->comm) {
-    r->rank = zp_comm_rank(o->comm);
-    r->world = zp_comm_size(o->comm);
+  int rc;
+  { /* tensor parallelism: data- and tensor-parallel communicators (core/runtime_tp.c) */
+    int tpn = (int)zp_cfg_int(cfg, "parallel.tp");
+    if (tpn > 1 && o->dry_run) r->tp.size = tpn;
+    else if (tpn > 1 && o->comm && (rc = zp_run_tp_comms(r, o->comm, tpn))) return rc;
+  }
+  if (r->comm) {
+    r->rank = zp_comm_rank(r->comm);
+    r->world = zp_comm_size(r->comm);
   } else {
     r->rank = o->rank;
     r->world = o->world > 0 ? o->world : 1;
@@ -478,8 +489,20 @@ int zp_run_open(zp_run* r, zp_config* cfg, const zp_run_opts* o) {
   s.V = (int)zp_cfg_int(cfg, "model.vocab_size");
   int pad = (int)zp_cfg_int(cfg, "model.vocab_pad");
   s.Vp = (s.V + pad - 1) / pad * pad;
-  int rc = zp_model_layout_init(&r->layout, &s, r->err, sizeof r->err);
+  if (r->tp.size > 1 && s.Vp % r->tp.size) { /* vocab-parallel: every tp rank holds Vp/tp rows */
+    int unit = pad, a = pad, b = r->tp.size;
+    while (b) { int t = a % b; a = b; b = t; }
+    unit = pad / a * r->tp.size;
+    int vp = (s.V + unit - 1) / unit * unit;
+    if (r->rank == 0 && r->tp.rank == 0)
+      fprintf(stderr, "zp: note: parallel.tp = %d: vocabulary padded to %d rows (not %d) so that it splits evenly; "
+              "checkpoints then differ in wte's padding from tp = 1 runs: a model.vocab_pad that is a multiple of tp avoids it\n",
+              r->tp.size, vp, s.Vp);
+    s.Vp = vp;
+  }
+  rc = zp_model_layout_init(&r->layout, &s, r->err, sizeof r->err);
   if (rc) return rc;
+  if (r->tp.size > 1 && (rc = zp_run_tp_layout(r))) return rc;
   {
     int maxt = 0;
     for (int g = 0; g < r->layout.n_groups; g++) {
@@ -651,6 +674,10 @@ int zp_run_open(zp_run* r, zp_config* cfg, const zp_run_opts* o) {
   }
   r->views.param = r->vparam;
   r->views.grad = r->vgrad;
+  if (r->tp.size > 1) { /* the tensor plugin validates; tp device communicator, scratch */
+    snprintf(r->hctx->name, sizeof r->hctx->name, "tensor");
+    if ((rc = zp_run_tp_open(r))) return rc;
+  }
   /* strategy runtime */
   snprintf(r->hctx->name, sizeof r->hctx->name, "%s", r->strategy_plugin.desc ? r->strategy_plugin.desc->name : "none");
   if (!o->dry_run) {
@@ -697,6 +724,7 @@ void zp_run_close(zp_run* r) {
       if (r->arena_bytes[c][t]) zp_ledger_free(&r->ledger, (zp_category)c, (zp_tier)t, r->arena[c][t], r->arena_bytes[c][t]);
   if (r->dcomm) zp_comm_destroy(r->dcomm);
   r->dcomm = NULL;
+  zp_run_tp_close(r);
   if (r->be) r->ops->destroy(r->be);
   r->be = NULL;
   if (r->gplans) free((void*)r->gplans[0].name);
@@ -916,12 +944,15 @@ static int run_forward(zp_run* r, const int32_t* inputs, const int32_t* targets,
   if (!rc) rc = r->ops->copy_h2d(r->be, r->acts.targets, targets, N * sizeof(int32_t));
   if (rc) return rc;
   int G = r->layout.n_groups;
+  if (r->tp.size > 1 && (rc = zp_tp_prepare_ids(&r->tp, r->ops, r->be, &r->acts, inputs))) return rc;
   for (int g = 0; g < G; g++) {
     if ((rc = hook(r, r->strategy->pre_forward, g, "pre_forward"))) return rc;
     if ((rc = param_view(r, g))) return rc;
     if (r->groups[g].info.tied_to >= 0 && (rc = param_view(r, r->groups[g].info.tied_to))) return rc;
     double t0 = zp_now_us();
-    if ((rc = zp_model_forward_group(&r->layout, r->ops, r->be, &r->acts, &r->views, g, dloss))) return rc;
+    if ((rc = r->tp.size > 1 ? zp_model_tp_forward_group(&r->layout, r->ops, r->be, &r->acts, &r->views, g, dloss, &r->tp)
+                             : zp_model_forward_group(&r->layout, r->ops, r->be, &r->acts, &r->views, g, dloss)))
+      return rc;
     zp_trace_span(ZP_TR_COMPUTE, "forward", g, t0);
     if ((rc = hook(r, r->strategy->post_forward, g, "post_forward"))) return rc;
   }
@@ -957,11 +988,15 @@ int zp_run_micro_batch(zp_run* r, const int32_t* inputs, const int32_t* targets,
     if (t >= 0 && ((rc = param_view(r, t)) || (rc = grad_view(r, t)))) return rc;
     double t0 = zp_now_us();
     if (r->acts.recompute && g >= 1 && g <= r->layout.s.L) { /* refill the block's slot from its saved input */
-      if ((rc = zp_model_forward_group(&r->layout, r->ops, r->be, &r->acts, &r->views, g, 0.0f))) return rc;
+      if ((rc = r->tp.size > 1 ? zp_model_tp_forward_group(&r->layout, r->ops, r->be, &r->acts, &r->views, g, 0.0f, &r->tp)
+                               : zp_model_forward_group(&r->layout, r->ops, r->be, &r->acts, &r->views, g, 0.0f)))
+        return rc;
       zp_trace_span(ZP_TR_COMPUTE, "recompute", g, t0);
       t0 = zp_now_us();
     }
-    if ((rc = zp_model_backward_group(&r->layout, r->ops, r->be, &r->acts, &r->views, g))) return rc;
+    if ((rc = r->tp.size > 1 ? zp_model_tp_backward_group(&r->layout, r->ops, r->be, &r->acts, &r->views, g, &r->tp)
+                             : zp_model_backward_group(&r->layout, r->ops, r->be, &r->acts, &r->views, g)))
+      return rc;
     zp_trace_span(ZP_TR_COMPUTE, "backward", g, t0);
     if (r->grad_dt != r->ct) {
       zp_group_rt* Gr = &r->groups[g];
@@ -1028,6 +1063,10 @@ void zp_run_print_plan(zp_run* r, FILE* f) {
   fprintf(f, "world %d, rank %d, strategy %s, dtypes PARAM %s GRAD %s compute %s, micro-batch %d x %d\n", r->world, r->rank,
           zp_cfg_str(r->cfg, "zero.plugin"), zp_dtype_name(r->param_dt), zp_dtype_name(r->grad_dt), zp_dtype_name(r->ct),
           r->B, r->T);
+  if (r->tp.size > 1)
+    fprintf(f, "tensor parallel: tp %d (this is tp rank %d): %d of %d heads, %d of %d MLP columns, vocabulary rows [%d, %d) of %d; "
+            "group sizes below are this rank's slices\n", r->tp.size, r->tp.rank, r->layout.s.NH / r->tp.size, r->layout.s.NH,
+            4 * r->layout.s.C / r->tp.size, 4 * r->layout.s.C, r->tp.v0, r->tp.v0 + r->tp.Vl, r->layout.s.Vp);
   fprintf(f, "placement (S = sharded over %d ranks, R = replicated; tier):\n", r->world);
   fprintf(f, "  %-10s %12s %12s  %-10s %-10s %-10s %-10s\n", "group", "params", "padded", "PARAM", "GRAD", "MASTER", "OPTIM");
   int G = r->layout.n_groups;

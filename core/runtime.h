@@ -19,6 +19,7 @@
 #include "config.h"
 #include "ledger.h"
 #include "model.h"
+#include "model_tp.h"
 #include "plugin.h"
 #include "zp/zp_plugin.h"
 
@@ -85,6 +86,12 @@ typedef struct zp_run {
    * gradient norm over the stages. Both NULL without pipeline parallelism. */
   unsigned char* held;
   zp_comm* pp_comm;
+  /* tensor parallelism (core/runtime_tp.c; tp.size <= 1: off). With tp, comm is the
+   * data-parallel communicator split from tp_world, and rank/world are data-parallel. */
+  zp_tp tp;
+  zp_comm* tp_world;             /* the world communicator handed to zp_run_open */
+  zp_plugin tp_plugin;           /* the `tensor` parallel plugin (validates the split) */
+  void* tp_state;
 } zp_run;
 
 typedef struct {
@@ -130,5 +137,29 @@ int zp_run_state_get(zp_run* r, int g, zp_category cat, uint64_t off, void* host
 int zp_run_state_put(zp_run* r, int g, zp_category cat, uint64_t off, const void* host, size_t bytes);
 /* Print the plan table: per group placements and the ledger. */
 void zp_run_print_plan(zp_run* r, FILE* f);
+
+/* ---- tensor parallelism (core/runtime_tp.c), called by runtime.c ---- */
+/* Split the world into data-parallel and tensor-parallel communicators (rank = dp_i * tp +
+ * tp_i; collective over world) and make the data-parallel one the run's comm. The layout
+ * module of pipeline parallelism is expected to replace this split. */
+int zp_run_tp_comms(zp_run* r, zp_comm* world, int tp);
+/* Re-lay r->layout as this tp rank's slices (after zp_model_layout_init). */
+int zp_run_tp_layout(zp_run* r);
+/* After the backend exists: check its tp ops, open the `tensor` plugin (validation), make the
+ * tp device communicator, vocabulary slice, scratch. */
+int zp_run_tp_open(zp_run* r);
+void zp_run_tp_close(zp_run* r);
+/* Gradient-norm pieces with tp: sum of squares of n gradient elements at x (inside a group's
+ * GRAD holding) counting the tp-whole tensors on tp rank 0 only; the total over tp ranks. */
+int zp_run_tp_sumsq(zp_run* r, const void* x, zp_dtype dt, size_t n, double* out);
+int zp_run_tp_norm_total(zp_run* r, double* sumsq);
+/* Collective over the world: group g's parameters as the global tensors (fp32, the
+ * single-rank layout zp_model_layout_init gives, zp_group_padded(global, g, 1) elements). */
+int zp_run_tp_get_global_params(zp_run* r, const zp_model_layout* global, int g, float* out);
+/* Collective over the world: (g, cat) (sub 1: Adam v of OPTIM) as global tensors, doubles. */
+int zp_run_tp_gather_global(zp_run* r, const zp_model_layout* global, int g, zp_category cat, int sub, double* out);
+/* Local: this tp rank's slices of group g (its layout order, info.padded floats) from the
+ * global group buffer. */
+void zp_run_tp_slice_global(const zp_run* r, const zp_model_layout* global, int g, const float* gbuf, float* local);
 const char* zp_dtype_name(zp_dtype t);
 #endif

@@ -721,8 +721,26 @@ int zp_st_import_gpt2_file(const zp_st_file* f, const zp_model_layout* L, float*
 
 int zp_st_init_run(struct zp_run* r, const char* path, FILE* notes, char* err, size_t errlen) {
   float** gp = calloc((size_t)r->layout.n_groups + 1, sizeof(float*));
-  int rc = gp ? zp_st_import_gpt2(path, &r->layout, gp, r->rank == 0 ? notes : NULL, err, errlen) : ZP_E_NOMEM;
+  /* tensor parallelism: read the global tensors, keep this rank's slices (runtime_tp.c) */
+  zp_model_layout gl;
+  memset(&gl, 0, sizeof gl);
+  int tp = r->tp.size > 1;
+  int rc = tp ? zp_model_layout_init(&gl, &r->layout.s, err, errlen) : ZP_OK;
+  if (!rc) rc = gp ? zp_st_import_gpt2(path, tp ? &gl : &r->layout, gp, r->rank == 0 && r->tp.rank == 0 ? notes : NULL, err, errlen)
+                   : ZP_E_NOMEM;
   if (!gp) seterr(err, errlen, "out of host memory");
+  for (int g = 0; tp && !rc && g < r->layout.n_groups; g++) {
+    float* loc = malloc((size_t)r->groups[g].info.padded * sizeof(float) + 1);
+    if (!loc) {
+      seterr(err, errlen, "out of host memory");
+      rc = ZP_E_NOMEM;
+      break;
+    }
+    zp_run_tp_slice_global(r, &gl, g, gp[g], loc);
+    free(gp[g]);
+    gp[g] = loc;
+  }
+  if (tp) zp_model_layout_free(&gl);
   rc = zp_ckpt_agree(r, rc, "reading the initial weights (train.init_from)", err, errlen);
   if (!rc) rc = zp_ckpt_set_full_params(r, gp, err, errlen);
   if (gp)

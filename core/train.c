@@ -330,12 +330,15 @@ static int pipeline_setup(trainer* t, const zp_config* cfg, zp_comm* comm, int w
   int pp = (int)zp_cfg_int(cfg, "parallel.pp"), tp = (int)zp_cfg_int(cfg, "parallel.tp");
   int rc = zp_layout_init(lay, world, t->rank, (int)zp_cfg_int(cfg, "parallel.dp"), pp, tp, err, errlen);
   if (rc) return rc;
-  if (tp > 1) {
-    snprintf(err, errlen, "%s: parallel.tp = %d: tensor parallelism is not implemented yet (the tensor plugin refuses to "
-             "open); the rank layout and its communicators exist (core/layout.h)", zp_cfg_get(cfg, "parallel.tp")->origin, tp);
+  if (tp > 1 && pp > 1) {
+    snprintf(err, errlen, "%s: parallel.tp = %d with parallel.pp = %d: pipeline and tensor parallelism together are not "
+             "implemented yet (each works alone)", zp_cfg_get(cfg, "parallel.tp")->origin, tp, pp);
     return ZP_E_NOT_IMPLEMENTED;
   }
   t->dpr = lay->dp_i;
+  /* tensor parallelism: the run splits the world into data- and tensor-parallel communicators
+   * itself (core/runtime_tp.c, the same rank order: rank = dp_i * tp + tp_i) */
+  if (tp > 1) return ZP_OK;
   if (pp > 1) {
     if (zp_cfg_int(cfg, "train.grad_accum") != 1) {
       snprintf(err, errlen, "%s: train.grad_accum = %lld with parallel.pp = %d: a pipeline step runs pipeline.micro_batches "
@@ -457,7 +460,7 @@ int zp_train(zp_config* cfg, zp_comm* comm, char* err, size_t errlen) {
   t->comm = comm;
   int world = comm ? zp_comm_size(comm) : 1;
   t->rank = comm ? zp_comm_rank(comm) : 0;
-  int pp = (int)zp_cfg_int(cfg, "parallel.pp");
+  int pp = (int)zp_cfg_int(cfg, "parallel.pp"), tp = (int)zp_cfg_int(cfg, "parallel.tp");
   zp_layout lay;
   zp_layout_comms lc;
   memset(&lc, 0, sizeof lc);
@@ -503,9 +506,9 @@ int zp_train(zp_config* cfg, zp_comm* comm, char* err, size_t errlen) {
     goto done;
   }
   zp_run_opts ro = {0};
-  ro.comm = t->dpc;
-  ro.world = dp;
-  ro.rank = t->dpr;
+  ro.comm = tp > 1 ? comm : t->dpc;
+  ro.world = tp > 1 ? world : dp;
+  ro.rank = tp > 1 ? t->rank : t->dpr;
   ro.held = held;
   ro.pp_comm = pp > 1 ? lc.pp : NULL;
   ro.no_acts = pp > 1; /* the pipeline executor allocates activations per in-flight micro-batch */
@@ -514,6 +517,8 @@ int zp_train(zp_config* cfg, zp_comm* comm, char* err, size_t errlen) {
     goto done;
   }
   zp_run* r = &t->run;
+  t->dpr = r->rank; /* the run's comm is the data-parallel one (tensor parallelism splits it in zp_run_open) */
+  t->dpc = r->comm;
   int B = r->B, accum = r->accum;
   if (pp > 1) {
     if ((rc = zp_pipe_open(r, cfg, &lay, lc.pp, sched, &t->pipe, err, errlen))) goto done;
@@ -524,8 +529,10 @@ int zp_train(zp_config* cfg, zp_comm* comm, char* err, size_t errlen) {
   int64_t steps = zp_cfg_int(cfg, "train.steps");
   uint64_t gb = (uint64_t)B * (uint64_t)accum * (uint64_t)dp;
   if (t->rank == 0) {
-    printf("zp train: %s on %s, %d rank%s (dp %d), strategy %s\n", cfg->path[0] ? cfg->path : "(defaults)", r->binfo.device_name ? r->binfo.device_name : "?",
-           world, world > 1 ? "s" : "", dp, zp_cfg_str(cfg, "zero.plugin"));
+    printf("zp train: %s on %s, %d rank%s (dp %d", cfg->path[0] ? cfg->path : "(defaults)", r->binfo.device_name ? r->binfo.device_name : "?",
+           world, world > 1 ? "s" : "", dp);
+    if (tp > 1) printf(" x tp %d", tp);
+    printf("), strategy %s\n", zp_cfg_str(cfg, "zero.plugin"));
     printf("data: %llu tokens in %d shard(s), %llu samples of %d tokens; global batch %llu sequences (%llu tokens) per step\n",
            (unsigned long long)zp_dataset_num_tokens(t->train), zp_dataset_num_shards(t->train),
            (unsigned long long)zp_dataset_num_samples(t->train), T, (unsigned long long)gb, (unsigned long long)gb * T);

@@ -20,7 +20,7 @@ extern "C" {
 #endif
 
 #define ZP_ABI_MAJOR 0
-#define ZP_ABI_MINOR 2
+#define ZP_ABI_MINOR 3
 #define ZP_PLUGIN_ENTRY_NAME "zp_plugin_entry"
 #if defined(__GNUC__)
 #define ZP_PLUGIN_EXPORT __attribute__((visibility("default")))
@@ -404,6 +404,29 @@ typedef struct zp_backend_ops {
   /* ---- optional (0.2): page-locked host memory for fast transfers (NULL: aligned malloc) */
   int (*host_alloc)(zp_backend* b, size_t bytes, void** out);
   void (*host_free)(zp_backend* b, void* p);
+  /* ---- optional (0.3): tensor parallelism (NULL: the core refuses parallel.tp > 1) ----
+   * Vocab-parallel embedding: each tensor-parallel rank holds a slice of wte's rows; ids[p] is
+   * the row of this rank's slice holding token p, or < 0 where another rank owns the token
+   * (the row then contributes zero). out[b,t,:] = (ids >= 0 ? wte[ids,:] : 0) + (wpe ? wpe[t,:] : 0) */
+  int (*encoder_masked_fwd)(zp_backend* b, void* out, const int32_t* ids, const void* wte,
+                            const void* wpe, int B, int T, int C);
+  /* as encoder_bwd (accumulates, deterministic order); positions with ids < 0 add nothing to
+   * dwte; dwte or dwpe may be NULL */
+  int (*encoder_masked_bwd)(zp_backend* b, void* dwte, void* dwpe, const void* dout,
+                            const int32_t* ids, int B, int T, int C);
+  /* Vocab-parallel softmax + cross-entropy in three phases, the caller all-reducing between
+   * them over the tensor-parallel ranks. logits [N, Vl] hold this rank's columns
+   * [v0, v0 + Vl) of the full logits, the first nreal of them real vocabulary (0 <= nreal <=
+   * Vl); targets are global token ids (< 0: ignored row). stats [3N]: max | sum of exp |
+   * target logit, fp32 (fp64 when the compute dtype is F64).
+   * phase 0: stats[0,N) = max of the real local columns (-inf if none); caller: MAX over ranks.
+   * phase 1: stats[N,2N) = sum over real local columns of exp(x - max); stats[2N,3N) = the
+   *          target's logit where v0 <= target < v0 + nreal, else 0; caller: SUM over ranks.
+   * phase 2: losses[i] (fp32) = log(sum) - (target logit - max) (0 for ignored rows); if
+   *          dloss != 0, logits are overwritten with dloss * (softmax - onehot) (padded and
+   *          ignored rows' columns 0). */
+  int (*softmax_xent_vp)(zp_backend* b, int phase, float* losses, void* logits, void* stats,
+                         const int32_t* targets, int N, int Vl, int nreal, int v0, float dloss);
 } zp_backend_ops;
 
 /* ---- the descriptor: what the entry function returns ---- */

@@ -343,6 +343,9 @@ static const zp_backend_ops zpc_ops = {
 #endif
     zpc_host_alloc,
     zpc_host_free,
+    zpc_encoder_masked_fwd, /* tensor parallelism (0.3) */
+    zpc_encoder_masked_bwd,
+    zpc_softmax_xent_vp,
 };
 
 static const zp_plugin_desc zpc_desc = {

@@ -206,6 +206,13 @@ int zpc_flash_bwd(zp_backend* b, void* dqkv, const void* dout, const void* qkv, 
                   const void* aux, int B, int T, int C, int NH);
 int zpc_softmax_xent(zp_backend* b, float* losses, void* logits, const int32_t* targets, int N,
                      int V, int Vp, float dloss);
+/* tensor parallelism (0.3): kernels_encoder.cu, softmax_xent.cu */
+int zpc_encoder_masked_fwd(zp_backend* b, void* out, const int32_t* ids, const void* wte,
+                           const void* wpe, int B, int T, int C);
+int zpc_encoder_masked_bwd(zp_backend* b, void* dwte, void* dwpe, const void* dout,
+                           const int32_t* ids, int B, int T, int C);
+int zpc_softmax_xent_vp(zp_backend* b, int phase, float* losses, void* logits, void* stats,
+                        const int32_t* targets, int N, int Vl, int nreal, int v0, float dloss);
 int zpc_adamw(zp_backend* b, void* param, zp_dtype pdt, float* master, const void* grad,
               zp_dtype gdt, float* m, float* v, size_t n, float lr, float beta1, float beta2,
               float eps, float weight_decay, float grad_scale, int step_t);

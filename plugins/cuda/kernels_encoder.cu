@@ -154,3 +154,37 @@ int zpc_encoder_bwd(zp_backend* b, void* dwte, void* dwpe, const void* dout, con
   ZPC_LAUNCHED(b, "encoder_bwd_wte");
   return ZP_OK;
 }
+
+/* ---- tensor parallelism: masked embedding (vocab-parallel) ----
+ * out[b,t,:] = (ids >= 0 ? wte[ids,:] : 0) + (wpe ? wpe[t,:] : 0), one fp32 add, one rounding.
+ * Backward: encoder_bwd already skips negative ids (this rank does not own the token). */
+__global__ void zpc_encoder_masked_fwd_kernel(bf16* out, const int32_t* ids, const bf16* wte,
+                                              const bf16* wpe, int BT, int T, int C) {
+  size_t n = (size_t)BT * C;
+  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+       i += (size_t)gridDim.x * blockDim.x) {
+    size_t p = i / C;
+    int c = (int)(i - p * C);
+    int t = (int)(p % T);
+    int tok = ids[p];
+    float v = tok >= 0 ? bf2f(wte[(size_t)tok * C + c]) : 0.0f;
+    if (wpe) v += bf2f(wpe[(size_t)t * C + c]);
+    out[i] = f2bf(v);
+  }
+}
+
+int zpc_encoder_masked_fwd(zp_backend* b, void* out, const int32_t* ids, const void* wte,
+                           const void* wpe, int B, int T, int C) {
+  if (B <= 0 || T <= 0 || C <= 0)
+    return ZPC_INVALID(b, "cuda backend: encoder_masked_fwd: bad shape B=%d T=%d C=%d", B, T, C);
+  size_t n = (size_t)B * T * C;
+  zpc_encoder_masked_fwd_kernel<<<zpc_grid(b, n, 256), 256, 0, b->stream>>>(
+      (bf16*)out, ids, (const bf16*)wte, (const bf16*)wpe, B * T, T, C);
+  ZPC_LAUNCHED(b, "encoder_masked_fwd");
+  return ZP_OK;
+}
+
+int zpc_encoder_masked_bwd(zp_backend* b, void* dwte, void* dwpe, const void* dout,
+                           const int32_t* ids, int B, int T, int C) {
+  return zpc_encoder_bwd(b, dwte, dwpe, dout, ids, B, T, C);
+}

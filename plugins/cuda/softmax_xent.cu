@@ -119,3 +119,75 @@ int zpc_softmax_xent(zp_backend* b, float* losses, void* logits, const int32_t* 
   ZPC_LAUNCHED(b, "softmax_xent");
   return ZP_OK;
 }
+
+/* ---- tensor parallelism: vocab-parallel softmax + cross-entropy (zp_plugin.h) ----
+ * One block per row over this rank's slice [N, Vl] of bf16 logits (first nreal real); stats
+ * fp32 [3N] (max | sum of exp | target logit), combined across ranks by the caller between
+ * the phases. Block reductions run in a fixed order (deterministic). */
+__device__ float zpc_block_reduce(float v, bool is_max, float* sh) {
+  for (int o = 16; o > 0; o >>= 1) {
+    float w = __shfl_xor_sync(0xffffffffu, v, o);
+    v = is_max ? fmaxf(v, w) : v + w;
+  }
+  int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  __syncthreads();
+  if (lane == 0) sh[warp] = v;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    float r = sh[0];
+    for (int w = 1; w < (int)(blockDim.x >> 5); w++) r = is_max ? fmaxf(r, sh[w]) : r + sh[w];
+    sh[0] = r;
+  }
+  __syncthreads();
+  return sh[0];
+}
+
+__global__ void __launch_bounds__(ZPC_XENT_THREADS)
+zpc_xent_vp_kernel(int phase, float* losses, bf16* logits, float* st, const int32_t* targets,
+                   int N, int Vl, int nreal, int v0, float dloss) {
+  __shared__ float sh[ZPC_XENT_THREADS / 32];
+  const int row = blockIdx.x;
+  bf16* x = logits + (size_t)row * Vl;
+  const int tg = targets[row];
+  const bool own = tg >= v0 && tg < v0 + nreal;
+  if (phase == 0) {
+    float m = -INFINITY;
+    for (int j = threadIdx.x; j < nreal; j += blockDim.x) m = fmaxf(m, bf2f(x[j]));
+    m = zpc_block_reduce(m, true, sh);
+    if (threadIdx.x == 0) st[row] = m;
+  } else if (phase == 1) {
+    const float M = st[row];
+    float s = 0.0f;
+    for (int j = threadIdx.x; j < nreal; j += blockDim.x) s += expf(bf2f(x[j]) - M);
+    s = zpc_block_reduce(s, false, sh);
+    if (threadIdx.x == 0) {
+      st[N + row] = s;
+      st[2 * (size_t)N + row] = own ? bf2f(x[tg - v0]) : 0.0f;
+    }
+  } else {
+    const bool ignore = tg < 0;
+    const float M = st[row], S = st[N + row], xt = st[2 * (size_t)N + row];
+    if (threadIdx.x == 0) losses[row] = ignore ? 0.0f : logf(S) - (xt - M);
+    if (dloss == 0.0f) return;
+    const float inv = 1.0f / S;
+    for (int j = threadIdx.x; j < Vl; j += blockDim.x) {
+      float g = 0.0f;
+      if (!ignore && j < nreal) g = dloss * (expf(bf2f(x[j]) - M) * inv - (own && j == tg - v0 ? 1.0f : 0.0f));
+      x[j] = f2bf(g);
+    }
+  }
+}
+
+int zpc_softmax_xent_vp(zp_backend* b, int phase, float* losses, void* logits, void* stats,
+                        const int32_t* targets, int N, int Vl, int nreal, int v0, float dloss) {
+  if (phase < 0 || phase > 2 || N < 0 || Vl <= 0 || nreal < 0 || nreal > Vl || v0 < 0 || !stats ||
+      !targets || (phase == 2 && !losses))
+    return ZPC_INVALID(b, "cuda backend: softmax_xent_vp: bad arguments phase=%d N=%d Vl=%d nreal=%d v0=%d",
+                       phase, N, Vl, nreal, v0);
+  if (N == 0) return ZP_OK;
+  zpc_xent_vp_kernel<<<N, ZPC_XENT_THREADS, 0, b->stream>>>(phase, losses, (bf16*)logits,
+                                                           (float*)stats, targets, N, Vl, nreal,
+                                                           v0, dloss);
+  ZPC_LAUNCHED(b, "softmax_xent_vp");
+  return ZP_OK;
+}

@@ -1003,6 +1003,98 @@ static void t_xent(int N, int V, int Vp) {
   release_all();
 }
 
+/* ---- tensor parallelism (ABI 0.3): vocab-parallel cross-entropy and masked embedding ----
+ * Checked against the CUDA backend's own full ops on the same bf16 inputs (no reference
+ * backend needed): the logits are cut into tp column slices, the three softmax_xent_vp phases
+ * run per slice with the all-reduces done on the host (max, then sums in rank order), and the
+ * losses and the concatenated dlogits are compared with softmax_xent on the whole rows; the
+ * masked embedding summed over the tp slices (wpe on slice 0) with encoder_fwd. */
+static void t_tp(int N, int V, int Vp, int tp, int B, int T, int C) {
+  if (!want("tp")) return;
+  char shape[64];
+  snprintf(shape, sizeof shape, "N%d V%d Vp%d tp%d", N, V, Vp, tp);
+  if (G->struct_size < offsetof(zp_backend_ops, softmax_xent_vp) + sizeof(void*) || !G->softmax_xent_vp ||
+      !G->encoder_masked_fwd || !G->encoder_masked_bwd) {
+    skip_res("tp", shape, "plugin has no tensor-parallel ops");
+    flush(NAN);
+    return;
+  }
+  int Vl = Vp / tp;
+  size_t NV = (size_t)N * Vp;
+  float* logits = hrand(NV, 2.0f, 0.0f);
+  int32_t* tg = (int32_t*)hmalloc((size_t)N * 4);
+  for (int i = 0; i < N; i++) tg[i] = (int32_t)(rng_u64() % (uint64_t)V);
+  for (int i = 0; i < N; i += 97) tg[i] = -1;
+  if (N > 1) tg[1] = V - 1;
+  const int32_t* dtg = (const int32_t*)gup_bytes(tg, (size_t)N * 4);
+  float dloss = 1.0f / (float)N;
+  /* full */
+  void* full = gup(logits, NV);
+  float* lfull = (float*)dalloc(G, gb, (size_t)N * 4);
+  CK(G->softmax_xent(gb, lfull, full, dtg, N, V, Vp, dloss));
+  float* ref_l = gdown_t(ZP_F32, lfull, N);
+  float* ref_d = gdown(full, NV);
+  /* slices */
+  void* sl[16];
+  float* st[16];
+  float* ls[16];
+  float* hs = (float*)hmalloc((size_t)3 * N * 4 * tp);
+  for (int q = 0; q < tp; q++) {
+    float* h = (float*)hmalloc((size_t)N * Vl * 4);
+    for (int i = 0; i < N; i++) memcpy(h + (size_t)i * Vl, logits + (size_t)i * Vp + (size_t)q * Vl, (size_t)Vl * 4);
+    sl[q] = gup(h, (size_t)N * Vl);
+    st[q] = (float*)dalloc(G, gb, (size_t)3 * N * 4);
+    ls[q] = (float*)dalloc(G, gb, (size_t)N * 4);
+  }
+  for (int ph = 0; ph < 3; ph++) {
+    for (int q = 0; q < tp; q++) {
+      int nreal = V - q * Vl < 0 ? 0 : V - q * Vl > Vl ? Vl : V - q * Vl;
+      CK(G->softmax_xent_vp(gb, ph, ls[q], sl[q], st[q], dtg, N, Vl, nreal, q * Vl, dloss));
+    }
+    if (ph == 2) break;
+    for (int q = 0; q < tp; q++) CK(G->copy_d2h(gb, hs + (size_t)3 * N * q, st[q], (size_t)3 * N * 4));
+    for (int i = ph == 0 ? 0 : N; i < (ph == 0 ? N : 3 * N); i++) {
+      float v = hs[i];
+      for (int q = 1; q < tp; q++) v = ph == 0 ? fmaxf(v, hs[(size_t)3 * N * q + i]) : v + hs[(size_t)3 * N * q + i];
+      for (int q = 0; q < tp; q++) hs[(size_t)3 * N * q + i] = v;
+    }
+    for (int q = 0; q < tp; q++) CK(G->copy_h2d(gb, st[q], hs + (size_t)3 * N * q, (size_t)3 * N * 4));
+  }
+  float* got_d = (float*)hmalloc(NV * 4);
+  for (int q = 0; q < tp; q++) {
+    float* d = gdown(sl[q], (size_t)N * Vl);
+    for (int i = 0; i < N; i++) memcpy(got_d + (size_t)i * Vp + (size_t)q * Vl, d + (size_t)i * Vl, (size_t)Vl * 4);
+  }
+  cmp("tp.softmax_xent_vp.losses", shape, gdown_t(ZP_F32, ls[0], N), ref_l, N, TOL_SUM);
+  cmp("tp.softmax_xent_vp.dlogits", shape, got_d, ref_d, NV, TOL_GRAD);
+  flush(NAN);
+  /* masked embedding */
+  snprintf(shape, sizeof shape, "B%d T%d C%d V%d tp%d", B, T, C, Vp, tp);
+  size_t BT = (size_t)B * T;
+  int32_t* tok = (int32_t*)hmalloc(BT * 4);
+  for (size_t i = 0; i < BT; i++) tok[i] = (int32_t)(rng_u64() % (uint64_t)V);
+  float* wte = hrand((size_t)Vp * C, 0.5f, 0.0f);
+  float* wpe = hrand((size_t)T * C, 0.5f, 0.0f);
+  void* dwte = gup(wte, (size_t)Vp * C);
+  void* dwpe = gup(wpe, (size_t)T * C);
+  void* out = dalloc(G, gb, BT * C * 2);
+  CK(G->encoder_fwd(gb, out, (const int32_t*)gup_bytes(tok, BT * 4), dwte, dwpe, B, T, C));
+  float* ref_e = gdown(out, BT * C);
+  float* sum = (float*)hmalloc(BT * C * 4);
+  memset(sum, 0, BT * C * 4);
+  int32_t* ids = (int32_t*)hmalloc(BT * 4);
+  for (int q = 0; q < tp; q++) {
+    for (size_t i = 0; i < BT; i++) ids[i] = tok[i] >= q * Vl && tok[i] < (q + 1) * Vl ? tok[i] - q * Vl : -1;
+    CK(G->encoder_masked_fwd(gb, out, (const int32_t*)gup_bytes(ids, BT * 4), (const char*)dwte + (size_t)q * Vl * C * 2,
+                             q == 0 ? dwpe : NULL, B, T, C));
+    float* part = gdown(out, BT * C);
+    for (size_t i = 0; i < BT * C; i++) sum[i] += part[i];
+  }
+  cmp("tp.encoder_masked_fwd(sum over slices)", shape, sum, ref_e, BT * C, TOL_OUT);
+  flush(NAN);
+  release_all();
+}
+
 /* ---- AdamW ---- */
 
 static int r_adamw(const zp_backend_ops* o, zp_backend* b, const args_t* a) {
@@ -1524,6 +1616,8 @@ int main(int argc, char** argv) {
   t_pointwise(1001, 1);
   t_xent(N, V, Vp);
   t_xent(37, 1000, 1003);
+  t_tp(N, V, Vp, 2, B, T, C);
+  t_tp(37, 1000, 1024, 4, 3, 37, 96); /* the last slice holds only padding columns */
   t_adamw(1, 1);
   t_adamw(1, 3);
   t_adamw(0, 5);

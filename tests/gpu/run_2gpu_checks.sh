@@ -6,6 +6,7 @@
 #   3. zp launch -n 2 on tests/configs/equiv-gpu.toml for none (replicated), stage1, stage2,
 #      stage3: per-step losses and final fp32 master weights compared with the replicated run;
 #      and the replicated 2-GPU run vs 1 GPU with the same global batch;
+#      and tensor parallelism: tp 2 vs 1 GPU with the same global batch;
 #   4. a rank killed at step 3 (ZP_FAULT): the other rank must fail naming rank and operation.
 # Prints "2-GPU CHECK SUMMARY". Run from the repo root with .deps carried.
 set -u -o pipefail
@@ -56,6 +57,12 @@ if run ref2 2; then
     c=$("$B/zp" ckpt compare "$W/one/ckpt_00000006" "$W/ref2/ckpt_00000006" --tol 1.2e-2 2>&1); rc=$?
     [ $rc = 0 ] && add PASS "1 GPU vs 2 GPUs, same batch" "losses $(L one); $c" || add FAIL "1 GPU vs 2 GPUs, same batch" "losses $(L one); $c"
   else add FAIL "1 GPU run" "$(tail -2 "$OUT/b_one.log" | tr '\n' ' ')"; fi
+  # tensor parallelism over NCCL: tp 2 (dp 1) against the 1-GPU run with the same batch (8
+  # sequences); the same bf16 reasoning and tolerance as the line above
+  if run tp2 2 parallel.tp=2 train.micro_batch=8; then
+    c=$("$B/zp" ckpt compare "$W/one/ckpt_00000006" "$W/tp2/ckpt_00000006" --tol 1.2e-2 2>&1); rc=$?
+    [ $rc = 0 ] && add PASS "tp 2 vs 1 GPU, same batch" "losses $(L tp2) vs $(L one); $c" || add FAIL "tp 2 vs 1 GPU, same batch" "losses $(L tp2) vs $(L one); $c"
+  else add FAIL "tp 2 (2 GPUs)" "$(tail -3 "$OUT/b_tp2.log" | tr '\n' ' ')"; fi
 else add FAIL "replicated, 2 GPUs" "$(tail -3 "$OUT/b_ref2.log" | tr '\n' ' ')"; fi
 t0=$(date +%s)
 ZP_FAULT=kill:3:1 run dead 2 comm.timeout_s=4 zero.plugin=stage2

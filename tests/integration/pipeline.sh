@@ -101,7 +101,7 @@ reject rej-missing "stage 0 instruction #20 (REDUCE_GRADS): micro-batch 1 has no
 reject rej-lua "lua_error.lua:7: attempt to call a nil value (global 'FWDD')" 2 parallel.pp=2 $M=4 pipeline.schedule=$S/lua_error.lua
 reject rej-split "pipeline.stages covers 7 groups but the model has 8" 2 parallel.pp=2 $M=4 'pipeline.stages=[3,4]' model.n_layer=6
 reject rej-accum "train.grad_accum = 2 with parallel.pp = 2" 2 parallel.pp=2 train.grad_accum=2
-reject rej-tp "parallel.tp = 2: tensor parallelism is not implemented yet" 2 parallel.tp=2
+reject rej-pptp "pipeline and tensor parallelism together are not implemented yet" 4 parallel.pp=2 parallel.tp=2
 reject rej-stage3 "cannot be combined with pipeline parallelism" 2 parallel.pp=2 zero.plugin=stage3
 reject rej-world "parallel.dp 3 x pp 2 x tp 1 = 6 does not match the 4 ranks" 4 parallel.pp=2 parallel.dp=3
 # bubble: in metrics.jsonl per stage, and 1 - busy/wall from the trace agrees

@@ -3,7 +3,8 @@
 # Claims checked:
 # - recompute gives the same losses and parameters bit for bit as keeping every activation
 #   (the re-run forward is the same arithmetic), for stage none at 1 rank and stage3 at 2
-#   ranks (where the block's parameters must be gathered again for the recompute), bf16;
+#   ranks (where the block's parameters must be gathered again for the recompute) and with
+#   tensor parallelism (tp=2: the recomputed block repeats its all-reduces), bf16;
 # - the activation bytes (ledger ACT, device tier) with recompute grow with depth by exactly
 #   one residual-stream tensor per block (B*T*d_model*4 bytes: L=4 minus L=2 = 2 tensors),
 #   while without recompute they grow by a whole block's saved activations.
@@ -25,14 +26,14 @@ run() { # name nranks sets...
   grep -o '"step":[0-9]*,"loss":[0-9.e+-]*' "$work/$name/metrics.jsonl" > "$work/$name.losses"
 }
 act() { python3 -c 'import json,sys; print(json.loads(open(sys.argv[1]).read().splitlines()[-1])["tiers"]["gpu"]["ACT"])' "$work/$1/metrics.jsonl"; }
-for spec in "none 1" "stage3 2"; do
+for spec in "none 1" "stage3 2" "stage1 2 parallel.tp=2"; do
   set -- $spec
-  run "full-$1" "$2" zero.plugin=$1 train.recompute=false && run "rc-$1" "$2" zero.plugin=$1 train.recompute=true || continue
+  run "full-$1" "$2" zero.plugin=$1 train.recompute=false ${3:-} && run "rc-$1" "$2" zero.plugin=$1 train.recompute=true ${3:-} || continue
   if ! cmp -s "$work/full-$1.losses" "$work/rc-$1.losses"; then
     echo "FAIL: $1: losses differ with recompute"; paste "$work/full-$1.losses" "$work/rc-$1.losses"; fail=1; continue
   fi
   if out=$("$zp" ckpt compare "$(ls -d "$work/full-$1"/ckpt_* | tail -1)" "$(ls -d "$work/rc-$1"/ckpt_* | tail -1)" --tol 0 2>&1); then
-    echo "ok   recompute vs full activations, $1 at $2 rank(s), bf16 (bitwise): $out"
+    echo "ok   recompute vs full activations, $1 at $2 rank(s)${3:+ ($3)}, bf16 (bitwise): $out"
   else
     echo "FAIL: $1: $out"; fail=1
   fi
