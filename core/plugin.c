@@ -151,6 +151,17 @@ int zp_plugin_open(const char* name, zp_plugin_kind want_kind, const char* base_
     dlclose(h);
     return ZP_E_ABI;
   }
+  /* a table of major 1 holds at least the 1.0 members (later 1.x members are checked where used) */
+  size_t min1 = d->kind == ZP_KIND_STRATEGY ? offsetof(zp_strategy_ops, step) + sizeof(void*)
+              : d->kind == ZP_KIND_TIER     ? offsetof(zp_tier_ops, sync) + sizeof(void*)
+              : d->kind == ZP_KIND_PARALLEL ? offsetof(zp_parallel_ops, close) + sizeof(void*)
+                                            : offsetof(zp_backend_ops, softmax_xent_vp) + sizeof(void*);
+  if (tsize < min1) {
+    snprintf(err, errlen, "plugin %s: its %s table is %zu bytes, smaller than the ABI 1.0 table (%zu bytes): it was not built "
+             "against a 1.x zp_plugin.h", out->path, zp_plugin_kind_name(d->kind), tsize, min1);
+    dlclose(h);
+    return ZP_E_ABI;
+  }
   if (want_kind && d->kind != want_kind) {
     snprintf(err, errlen, "plugin %s ('%s') is a %s plugin, but a %s plugin is needed here", out->path, d->name,
              zp_plugin_kind_name(d->kind), zp_plugin_kind_name(want_kind));

@@ -8,7 +8,11 @@
  *   both sides can tell which members exist. A NULL optional method means "core default".
  * - A descriptor whose abi_major differs from ZP_ABI_MAJOR is refused with both versions named.
  * - Errors are status codes plus a message (host->set_error); never exit() or abort().
- * The ABI is 0.x while the first wave is built; it will be frozen as 1.0 with the SDK.
+ * - ABI 1.0 is frozen (tests/abi/zp_plugin_1_0.h): within major 1, tables only grow at the end
+ *   (readers check struct_size: ZP_TABLE_HAS), fixed structs never change size (their
+ *   `reserved` members are zero and may gain a meaning in a later 1.x), enumerators keep their
+ *   values. Every member present in 1.0 is part of the 1.0 table of its kind; members marked
+ *   "optional" may be NULL.
  */
 #ifndef ZP_PLUGIN_H
 #define ZP_PLUGIN_H
@@ -19,9 +23,12 @@
 extern "C" {
 #endif
 
-#define ZP_ABI_MAJOR 0
-#define ZP_ABI_MINOR 3
+#define ZP_ABI_MAJOR 1
+#define ZP_ABI_MINOR 0
 #define ZP_PLUGIN_ENTRY_NAME "zp_plugin_entry"
+/* does table t (whose first member is size_t struct_size) have member m, and is it set? */
+#define ZP_TABLE_HAS(t, m) \
+  ((t)->struct_size >= offsetof(__typeof__(*(t)), m) + sizeof((t)->m) && (t)->m != NULL)
 #if defined(__GNUC__)
 #define ZP_PLUGIN_EXPORT __attribute__((visibility("default")))
 #else
@@ -128,6 +135,7 @@ typedef struct {
   uint64_t padded;    /* padded count: divisible by world_size * ZP_SHARD_ALIGN_ELEMS */
   int decay;          /* unused by strategies; the optimizer's business */
   zp_placement place[ZP_CAT_COUNT]; /* filled by the strategy's plan() (ACT/BUFFER ignored) */
+  uint64_t reserved[4]; /* zero; a later 1.x may give these a meaning */
 } zp_group_plan;
 
 #define ZP_SHARD_ALIGN_ELEMS 2048 /* shard offsets are multiples of this many elements (4 KiB in bf16) */
@@ -136,6 +144,7 @@ typedef struct {
   int world_size;
   int n_groups;
   zp_group_plan* groups;
+  uint64_t reserved[4]; /* zero; a later 1.x may give these a meaning */
 } zp_plan;
 
 /* What a strategy may know about a group at run time. */
@@ -149,6 +158,7 @@ typedef struct zp_group_info {
   zp_placement place[ZP_CAT_COUNT];
   void* buf[ZP_CAT_COUNT];  /* this rank's resident buffer (full if replicated, shard if sharded; NULL if none) */
   size_t bytes[ZP_CAT_COUNT];
+  uint64_t reserved[4]; /* zero; a later 1.x may give these a meaning */
 } zp_group_info;
 
 /* ---- host services, handed to a plugin at open ---- */
@@ -265,7 +275,7 @@ typedef struct zp_tier_ops {
   int (*open)(const zp_host* host, void** state);
   void (*close)(void* state);
   int (*plan)(const zp_host* host, zp_plan* plan); /* move categories to this tier */
-  /* ---- 0.2: the runtime side (NULL update: plan-only plugin, refused at open by the core) */
+  /* ---- the runtime side (NULL update: plan-only plugin, refused at open by the core) */
   /* AdamW over a range; param_out holds the new values when the call returns (a delayed
    * update may return the previous step's values: see the plugin's documentation) */
   int (*update)(void* state, const zp_optim_range* u);
@@ -401,10 +411,10 @@ typedef struct zp_backend_ops {
   int (*comm_unique_id)(zp_backend* b, void* id, size_t* len);
   int (*comm_create)(zp_backend* b, const void* id, size_t len, int rank, int size,
                      double timeout_s, zp_comm** out);
-  /* ---- optional (0.2): page-locked host memory for fast transfers (NULL: aligned malloc) */
+  /* ---- optional: page-locked host memory for fast transfers (NULL: aligned malloc) */
   int (*host_alloc)(zp_backend* b, size_t bytes, void** out);
   void (*host_free)(zp_backend* b, void* p);
-  /* ---- optional (0.3): tensor parallelism (NULL: the core refuses parallel.tp > 1) ----
+  /* ---- optional: tensor parallelism (NULL: the core refuses parallel.tp > 1) ----
    * Vocab-parallel embedding: each tensor-parallel rank holds a slice of wte's rows; ids[p] is
    * the row of this rank's slice holding token p, or < 0 where another rank owns the token
    * (the row then contributes zero). out[b,t,:] = (ids >= 0 ? wte[ids,:] : 0) + (wpe ? wpe[t,:] : 0) */

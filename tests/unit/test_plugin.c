@@ -19,7 +19,7 @@ static void t_bad_abi(void) {
   int rc = zp_plugin_open(TP "zp_bad_abi.so", 0, NULL, &p, err, sizeof err);
   CHECK_EQ_INT(rc, ZP_E_ABI);
   CHECK_STR_CONTAINS(err, "built for plugin ABI 99.3");
-  CHECK_STR_CONTAINS(err, "this zp provides ABI 0.");
+  CHECK_STR_CONTAINS(err, "this zp provides ABI 1.");
   CHECK(p.handle == NULL);
 }
 
