@@ -1929,7 +1929,7 @@ int zp_experiment_run(const zp_exp_opts* o, char* err, size_t errlen) {
     snprintf(err, errlen, "output directory %s: %s", X->out_abs, strerror(errno));
     goto done;
   }
-  zp_lua_limits lim = {ZP_EXP_MEM_LIMIT, o->instr_limit > 0 ? o->instr_limit : ZP_EXP_INSTR_LIMIT};
+  zp_lua_limits lim = {ZP_EXP_MEM_LIMIT, o->instr_limit > 0 ? o->instr_limit : ZP_EXP_INSTR_LIMIT, 0};
   Z = zp_lua_new(&lim, err, errlen);
   if (!Z) goto done;
   lua_State* L = zp_lua_state(Z);

@@ -31,6 +31,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <lauxlib.h>
 #include <lua.h>
@@ -49,7 +50,17 @@ struct zp_lua {
   long long instr_used; /* instructions counted in the current outermost call */
   int instr_exceeded;   /* sticky until the outermost call returns */
   int depth;            /* nesting of zp_lua_pcall */
+  double time_limit;    /* seconds per outermost call, 0 = none */
+  double deadline;      /* CLOCK_MONOTONIC seconds of the current outermost call */
+  size_t alloc_since;   /* bytes allocated since the clock was last read */
+  int time_exceeded;    /* sticky until the outermost call returns */
 };
+
+static double zl_now(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
 
 /* ---------------------------------------------------------------- small helpers */
 
@@ -90,6 +101,18 @@ static void* zl_alloc(void* ud, void* ptr, size_t osize, size_t nsize) {
     size_t cap = Z->mem_limit + (Z->in_handler ? ZP_LUA_HANDLER_SLACK : 0);
     if (Z->mem_used > cap || nsize - old > cap - Z->mem_used) return NULL;
   }
+  if (nsize > old && Z->time_limit > 0 && Z->depth > 0) {
+    /* library calls that allocate (string.rep, concatenation, table growth) run no
+     * instructions: the clock is read here too, once per MiB */
+    Z->alloc_since += nsize - old;
+    if (Z->alloc_since >= ((size_t)1 << 20)) {
+      Z->alloc_since = 0;
+      if (Z->time_exceeded || zl_now() > Z->deadline) {
+        Z->time_exceeded = 1;
+        return NULL; /* a memory error, reported as the time limit by zl_take_error */
+      }
+    }
+  }
   void* p = realloc(ptr, nsize);
   if (!p) return NULL;
   Z->mem_used = Z->mem_used - old + nsize;
@@ -112,6 +135,16 @@ static void zl_count_hook(lua_State* L, lua_Debug* ar) {
   (void)ar;
   zp_lua* Z = zl_host(L);
   Z->instr_used += Z->instr_exceeded ? 1 : ZP_LUA_HOOK_EVERY;
+  if (Z->time_limit > 0 && (Z->time_exceeded || zl_now() > Z->deadline)) {
+    if (!Z->time_exceeded) {
+      Z->time_exceeded = 1;
+      lua_sethook(L, zl_count_hook, LUA_MASKCOUNT, 1); /* sticky: raise on every instruction */
+    }
+    luaL_where(L, 0);
+    lua_pushfstring(L, "time limit exceeded (%f s)", Z->time_limit);
+    lua_concat(L, 2);
+    lua_error(L);
+  }
   if (!Z->instr_exceeded && Z->instr_used <= Z->instr_limit) return;
   if (!Z->instr_exceeded) {
     Z->instr_exceeded = 1;
@@ -128,6 +161,9 @@ static void zl_budget_enter(zp_lua* Z) {
   if (Z->depth++ == 0) {
     Z->instr_used = 0;
     Z->instr_exceeded = 0;
+    Z->time_exceeded = 0;
+    Z->alloc_since = 0;
+    if (Z->time_limit > 0) Z->deadline = zl_now() + Z->time_limit;
     lua_sethook(Z->L, zl_count_hook, LUA_MASKCOUNT, ZP_LUA_HOOK_EVERY); /* resets the count */
   }
 }
@@ -159,7 +195,9 @@ static int zl_msgh(lua_State* L) {
 static void zl_take_error(zp_lua* Z, int status, char* err, size_t errlen) {
   lua_State* L = Z->L;
   const char* msg = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
-  if (status == LUA_ERRMEM) {
+  if (status == LUA_ERRMEM && Z->time_exceeded) {
+    zl_seterr(err, errlen, "time limit exceeded (%g s) inside a library call", Z->time_limit);
+  } else if (status == LUA_ERRMEM) {
     char lim[64];
     zl_fmt_bytes(lim, sizeof lim, Z->mem_limit);
     zl_seterr(err, errlen, "%s (Lua memory limit of %s reached)",
@@ -414,6 +452,7 @@ zp_lua* zp_lua_new(const zp_lua_limits* lim, char* err, size_t errlen) {
   }
   Z->mem_limit = lim && lim->mem_limit_bytes ? lim->mem_limit_bytes : ZP_LUA_DEFAULT_MEM_LIMIT;
   Z->instr_limit = lim && lim->instr_limit ? lim->instr_limit : ZP_LUA_DEFAULT_INSTR_LIMIT;
+  Z->time_limit = lim && lim->time_limit_s > 0 ? lim->time_limit_s : 0;
   char limtxt[64];
   zl_fmt_bytes(limtxt, sizeof limtxt, Z->mem_limit);
   Z->L = lua_newstate(zl_alloc, Z);

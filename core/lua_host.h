@@ -45,6 +45,10 @@ typedef struct zp_lua zp_lua;
 typedef struct {
   size_t mem_limit_bytes; /* 0 = 64 MiB */
   long long instr_limit;  /* per (outermost) protected call, 0 = 100M; negative is refused */
+  double time_limit_s;    /* wall clock per (outermost) protected call, 0 = none. Checked
+                           * every 1000 instructions and every MiB allocated, so a library
+                           * call that neither runs Lua nor allocates (a pattern match) can
+                           * overrun it; instructions and memory are bounded anyway */
 } zp_lua_limits;
 
 #define ZP_LUA_DEFAULT_MEM_LIMIT ((size_t)64 << 20)

@@ -739,7 +739,7 @@ static int load_any(int from_file, const char* src, const char* chunkname, int P
   *out = NULL;
   int rc = check_shape(P, M, V, err, errlen);
   if (rc) return rc;
-  zp_lua_limits lim = {(size_t)256 << 20, 0};
+  zp_lua_limits lim = {(size_t)256 << 20, 0, 120.0};
   char e[1024];
   zp_lua* Z = zp_lua_new(&lim, e, sizeof e);
   if (!Z) {

@@ -97,7 +97,7 @@ typedef struct {
 
 static int setup_lua(const zp_config* cfg, lua_ctx* lc, char* err, size_t errlen) {
   memset(lc, 0, sizeof *lc);
-  zp_lua_limits lim = {0, 0};
+  zp_lua_limits lim = {0, 0, 60.0};
   lc->L = zp_lua_new(&lim, err, errlen);
   if (!lc->L) return ZP_E_INVALID;
   char path[1024];

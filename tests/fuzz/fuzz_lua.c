@@ -79,7 +79,7 @@ static void check_sandbox(zp_lua* L) {
 
 int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   char err[4096];
-  zp_lua_limits lim = {MEM_LIMIT, INSTR_LIMIT};
+  zp_lua_limits lim = {MEM_LIMIT, INSTR_LIMIT, 2.0};
   zp_lua* L = zp_lua_new(&lim, err, sizeof err);
   CHECK(L != NULL, "zp_lua_new: %s", err);
   CHECK(zp_lua_mem_limit(L) == MEM_LIMIT, "limit %zu", zp_lua_mem_limit(L));

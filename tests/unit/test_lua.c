@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "lua_host.h"
@@ -22,7 +23,7 @@
 static char err[4096];
 
 static zp_lua* new_state(size_t mem, long long instr) {
-  zp_lua_limits lim = {mem, instr};
+  zp_lua_limits lim = {mem, instr, 0};
   zp_lua* L = zp_lua_new(&lim, err, sizeof err);
   CHECK_MSG(L != NULL, "zp_lua_new: %s", err);
   return L;
@@ -46,13 +47,13 @@ static void test_new_defaults_and_limits(void) {
   zp_lua_free(L);
   zp_lua_free(NULL);
 
-  zp_lua_limits tiny = {1024, 0};
+  zp_lua_limits tiny = {1024, 0, 0};
   L = zp_lua_new(&tiny, err, sizeof err);
   CHECK(L == NULL);
   CHECK_STR_CONTAINS(err, "memory limit of 1024 bytes");
   zp_lua_free(L);
 
-  zp_lua_limits neg = {0, -5};
+  zp_lua_limits neg = {0, -5, 0};
   L = zp_lua_new(&neg, err, sizeof err);
   CHECK(L == NULL);
   CHECK_STR_CONTAINS(err, "instruction limit must be >= 0");
@@ -434,8 +435,35 @@ static void test_call_numbers_refuses_bad_results(void) {
   zp_lua_free(L);
 }
 
+
+/* the wall-clock limit: a Lua loop, and library calls that only allocate (string.rep of 4 MiB
+ * per iteration: few instructions, much work), stop near the limit with a clear message; the
+ * state stays usable for the next call, which gets a fresh budget */
+static void test_time_limit(void) {
+  zp_lua_limits lim = {(size_t)16 << 20, (long long)1 << 60, 0.3};
+  zp_lua* L = zp_lua_new(&lim, err, sizeof err);
+  CHECK_MSG(L != NULL, "%s", err);
+  if (!L) return;
+  struct timespec a, b;
+  clock_gettime(CLOCK_MONOTONIC, &a);
+  CHECK_EQ_INT(zp_lua_run_string(L, "local x = 0\nwhile true do x = x + 1 end\n", "spin.lua", err, sizeof err), -1);
+  clock_gettime(CLOCK_MONOTONIC, &b);
+  double s = (double)(b.tv_sec - a.tv_sec) + (double)(b.tv_nsec - a.tv_nsec) * 1e-9;
+  CHECK_STR_CONTAINS(err, "spin.lua:2: time limit exceeded");
+  CHECK_MSG(s >= 0.3 && s < 2.0, "loop stopped after %.3f s", s);
+  clock_gettime(CLOCK_MONOTONIC, &a);
+  CHECK_EQ_INT(zp_lua_run_string(L, "for i = 1, 1e9 do local s = string.rep('a', 4 << 20) end\n", "rep.lua", err, sizeof err), -1);
+  clock_gettime(CLOCK_MONOTONIC, &b);
+  s = (double)(b.tv_sec - a.tv_sec) + (double)(b.tv_nsec - a.tv_nsec) * 1e-9;
+  CHECK_STR_CONTAINS(err, "time limit exceeded");
+  CHECK_MSG(s >= 0.3 && s < 2.0, "string.rep loop stopped after %.3f s", s);
+  CHECK(eval_num(L, "return 40 + 2") == 42.0);
+  zp_lua_free(L);
+}
+
 int main(void) {
   ZT_RUN(test_new_defaults_and_limits);
+  ZT_RUN(test_time_limit);
   ZT_RUN(test_syntax_error_has_chunk_and_line);
   ZT_RUN(test_runtime_error_traceback);
   ZT_RUN(test_instruction_budget);
