@@ -107,7 +107,7 @@ if rows:
     ms = statistics.median(r["ms"] for r in t)
     tok = rows[-1]["tok_s"] * rows[-1]["ms"] / 1000.0
     out.update(tok_s=tok / ms * 1000.0, peak_GiB=max(r.get("peak_gpu", 0) for r in rows) / 2**30,
-               loss=[rows[0]["loss"], rows[-1]["loss"]])
+               loss=[rows[0]["loss"], rows[-1]["loss"]], losses=[r["loss"] for r in rows])
 print(json.dumps(out))
 PYEOF
 }
@@ -143,9 +143,9 @@ if [ "${maxn:-0}" -ge 8 ]; then
   [ "$DEVICE" = cuda ] && SETS+=(--set train.precision=bf16)
   if why=$("$BUILD/zp" plan "$CFG" "${SETS[@]}" --world 8 --set parallel.dp=2 --set parallel.pp=2 --set parallel.tp=2 \
       --set zero.plugin=stage1 2>&1); then
-    zp_run 3d-ref 1 none
-    zp_run 3d 8 stage1 --set parallel.dp=2 --set parallel.pp=2 --set parallel.tp=2 --set train.micro_batch=$((MBR)) \
-      --set pipeline.micro_batches=2
+    # the same global batch: dp 2 x 2 pipeline micro-batches x MB = 1 rank x grad_accum 4 x MB
+    zp_run 3d-ref 1 none --set train.grad_accum=4
+    zp_run 3d 8 stage1 --set parallel.dp=2 --set parallel.pp=2 --set parallel.tp=2 --set pipeline.micro_batches=2
   else
     note "3D skipped: zp plan refuses dp2 x pp2 x tp2: $(tail -1 <<< "$why")"
     echo "{\"system\": \"zp\", \"model\": \"3d\", \"mode\": \"skipped\", \"n\": 8, \"rc\": 0, \"why\": $(python3 -c 'import json,sys; print(json.dumps(sys.argv[1]))' "$(tail -1 <<< "$why")")}" >> "$ROWS"
@@ -162,7 +162,11 @@ print("| system | model | mode | ranks | tok/s | efficiency vs 1 rank | peak GiB
 print("|---|---|---|---|---|---|---|---|---|")
 peer = {("zero1", "stage1"), ("fsdp2_zero2", "stage2"), ("fsdp2_zero3", "stage3")}
 tor = {(r["model"], r["mode"], r["n"]): r.get("tok_s") for r in rows if r["system"] == "torch"}
+ref = next((r for r in rows if r["model"] == "3d-ref" and r.get("losses")), None)
 for r in rows:
+    if r["model"] == "3d" and ref and r.get("losses"):
+        d = max(abs(a - b) / abs(b) for a, b in zip(r["losses"], ref["losses"]))
+        print(f"| zp | 3D dp2 x pp2 x tp2 vs 1 rank | losses | 8 | max relative difference {d:.2e} over {len(r['losses'])} steps | | | | |")
     if r["mode"] == "skipped":
         print(f"| zp | 3D | skipped | 8 | | | | | {r['why']} |"); continue
     if not r.get("tok_s"):
