@@ -836,6 +836,7 @@ static int holds(zp_run* r, zp_group_info* in, zp_category cat) {
 
 /* Host-side dtype conversion (init, export): f32/f64/bf16 in any direction. */
 static void host_cast(void* dst, zp_dtype dt, const void* src, zp_dtype st, size_t n) {
+#pragma omp parallel for schedule(static) if (n > 65536)
   for (size_t i = 0; i < n; i++) {
     double v = st == ZP_F64 ? ((const double*)src)[i]
              : st == ZP_BF16 ? (double)zp_bf16_to_f32(((const uint16_t*)src)[i]) : (double)((const float*)src)[i];
@@ -849,38 +850,58 @@ int zp_run_init_weights(zp_run* r) {
   uint64_t seed = (uint64_t)zp_cfg_int(r->cfg, "model.seed");
   for (int g = 0; g < r->layout.n_groups; g++) {
     zp_group_info* in = &r->groups[g].info;
-    /* PARAM: whatever this rank holds (full or shard) */
-    for (int c = ZP_CAT_PARAM; c <= ZP_CAT_MASTER; c += 2) {
+    /* PARAM, then MASTER: whatever this rank holds (full or shard). The initial values of the
+     * PARAM range are generated once; MASTER takes its range from them when it lies inside
+     * (the usual case: the same range, or a shard of replicated parameters). */
+    float* pvals = NULL; /* fp32 values of PARAM's range [pfirst, pfirst + pn) */
+    uint64_t pfirst = 0, pn = 0;
+    int rc = ZP_OK;
+    for (int c = ZP_CAT_PARAM; c <= ZP_CAT_MASTER && !rc; c += 2) {
       if (!holds(r, in, (zp_category)c)) continue;
       uint64_t first = in->place[c].sharded ? in->shard_off : 0;
       uint64_t n = in->place[c].sharded ? in->shard_len : in->padded;
       int f64 = r->param_dt == ZP_F64 && c == ZP_CAT_PARAM;
-      void* host = malloc((size_t)n * (f64 ? 8 : 4));
-      if (!host) { rerr(r, "out of host memory initialising weights"); return ZP_E_NOMEM; }
-      zp_model_init_range(&r->layout, seed, g, first, n, host, f64 ? ZP_F64 : ZP_F32);
-      int rc;
+      void* host = NULL;
+      int reuse = c == ZP_CAT_MASTER && pvals && first >= pfirst && first + n <= pfirst + pn;
+      if (reuse) {
+        host = pvals + (first - pfirst);
+      } else {
+        host = malloc((size_t)n * (f64 ? 8 : 4));
+        if (!host) { free(pvals); rerr(r, "out of host memory initialising weights"); return ZP_E_NOMEM; }
+        zp_model_init_range(&r->layout, seed, g, first, n, host, f64 ? ZP_F64 : ZP_F32);
+      }
       zp_dtype dt = in->dtype[c];
       if (dt == (f64 ? ZP_F64 : ZP_F32)) rc = zp_run_state_put(r, g, (zp_category)c, 0, host, (size_t)n * zp_dtype_size(dt));
       else {
         /* cast on the host into a staging buffer: bf16 */
         void* st = malloc((size_t)n * zp_dtype_size(dt));
-        host_cast(st, dt, host, ZP_F32, (size_t)n);
-        rc = zp_run_state_put(r, g, (zp_category)c, 0, st, (size_t)n * zp_dtype_size(dt));
-        free(st);
+        if (!st) rc = ZP_E_NOMEM, rerr(r, "out of host memory initialising weights");
+        else {
+          host_cast(st, dt, host, ZP_F32, (size_t)n);
+          rc = zp_run_state_put(r, g, (zp_category)c, 0, st, (size_t)n * zp_dtype_size(dt));
+          free(st);
+        }
       }
-      free(host);
-      if (rc) return rc;
+      if (c == ZP_CAT_PARAM && !f64) pvals = host, pfirst = first, pn = n;
+      else if (!reuse) free(host);
     }
+    free(pvals);
+    if (rc) return rc;
     if (in->buf[ZP_CAT_OPTIM] && in->place[ZP_CAT_OPTIM].tier == ZP_TIER_GPU) {
       uint64_t n = in->place[ZP_CAT_OPTIM].sharded ? in->shard_len : in->padded;
-      int rc = r->ops->memset0(r->be, in->buf[ZP_CAT_OPTIM], (size_t)n * 8);
-      if (rc) return rc;
+      if ((rc = r->ops->memset0(r->be, in->buf[ZP_CAT_OPTIM], (size_t)n * 8))) return rc;
+    } else if (in->buf[ZP_CAT_OPTIM]) {
+      /* host memory: zeroed in place by all threads (the first touch of its pages, too) */
+      char* o = in->buf[ZP_CAT_OPTIM];
+      size_t total = in->bytes[ZP_CAT_OPTIM], piece = (size_t)4 << 20;
+      long np = (long)((total + piece - 1) / piece);
+#pragma omp parallel for schedule(static)
+      for (long k = 0; k < np; k++) memset(o + (size_t)k * piece, 0, total - (size_t)k * piece < piece ? total - (size_t)k * piece : piece);
     } else if (holds(r, in, ZP_CAT_OPTIM)) {
       /* host or tier-owned moments: zero in chunks through the tier-aware path */
       size_t total = in->bytes[ZP_CAT_OPTIM], chunk = total < (8u << 20) ? total : (8u << 20);
       void* z = calloc(1, chunk);
       if (!z) { rerr(r, "out of host memory initialising optimizer state"); return ZP_E_NOMEM; }
-      int rc = ZP_OK;
       for (size_t off = 0; !rc && off < total; off += chunk)
         rc = zp_run_state_put(r, g, ZP_CAT_OPTIM, off, z, total - off < chunk ? total - off : chunk);
       free(z);
