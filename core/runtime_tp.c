@@ -125,12 +125,13 @@ void zp_run_tp_close(zp_run* r) {
   r->tp_state = NULL;
   zp_plugin_close(&r->tp_plugin);
   if (r->tp.dcomm) zp_comm_destroy(r->tp.dcomm);
-  if (r->tp.comm) zp_comm_destroy(r->tp.comm);
+  if (r->tp.comm && !r->tp_borrowed) zp_comm_destroy(r->tp.comm);
   if (r->tp_world && r->comm && r->comm != r->tp_world) zp_comm_destroy(r->comm);
   free(r->tp.host_ids);
   if (r->tp_world) r->comm = r->tp_world;
   memset(&r->tp, 0, sizeof r->tp);
   r->tp_world = NULL;
+  r->tp_borrowed = 0;
 }
 
 /* ---------------- gradient norm ---------------- */
