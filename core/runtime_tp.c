@@ -247,6 +247,7 @@ int zp_run_tp_gather_global(zp_run* r, const zp_model_layout* gl, int g, zp_cate
 void zp_run_tp_slice_global(const zp_run* r, const zp_model_layout* gl, int g, const float* global, float* local) {
   const zp_model_layout* L = &r->layout;
   memset(local, 0, (size_t)r->groups[g].info.padded * sizeof(float));
+  if (!r->groups[g].info.padded) return; /* held by another pipeline stage */
   for (int ti = L->group_first_tensor[g]; ti < L->group_first_tensor[g + 1]; ti++) {
     const zp_tensor_desc* t = &L->tensors[ti];
     const zp_tensor_desc* gt = &gl->tensors[ti];

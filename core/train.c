@@ -343,6 +343,18 @@ static int pipeline_setup(trainer* t, const zp_config* cfg, zp_comm* comm, int w
       return ZP_E_INVALID;
     }
     if ((rc = zp_schedule_from_config(cfg, sched, err, errlen))) return rc;
+    for (int d = 0; tp > 1 && d < pp; d++) { /* before any compute (the executor checks again) */
+      int n = 0;
+      const zp_sched_instr* si = zp_schedule_stage(*sched, d, &n);
+      for (int i = 0; i < n; i++)
+        if (si[i].op == ZP_SOP_BWD_INPUT || si[i].op == ZP_SOP_BWD_WEIGHT) {
+          snprintf(err, errlen, "%s: pipeline.schedule = \"%s\" splits the backward (BWD_INPUT / BWD_WEIGHT), which is not "
+                   "implemented with parallel.tp = %d (the tensor-parallel backward runs whole): use gpipe, 1f1b or "
+                   "interleaved_1f1b with tensor parallelism", zp_cfg_get(cfg, "pipeline.schedule")->origin,
+                   zp_cfg_str(cfg, "pipeline.schedule"), tp);
+          return ZP_E_NOT_IMPLEMENTED;
+        }
+    }
     int K = pp * (int)zp_cfg_int(cfg, "pipeline.chunks"), G = (int)zp_cfg_int(cfg, "model.n_layer") + 2;
     int* first = calloc((size_t)K + 1, sizeof(int));
     *held = calloc((size_t)G, 1);
