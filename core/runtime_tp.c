@@ -3,7 +3,8 @@
  *
  * Invariants:
  * - Ranks are numbered rank = dp_i * tp + tp_i (pp = 1): the tp ranks of one data-parallel
- *   replica are consecutive. r->comm becomes the data-parallel communicator, so every strategy
+ *   replica are consecutive. With pipeline parallelism the caller hands in the layout's tp and
+ *   dp communicators (zp_run_opts.tp_comm; borrowed, tp_world NULL) and nothing is split here. r->comm becomes the data-parallel communicator, so every strategy
  *   (ZeRO stages, replicated) reduces, shards and gathers over dp only, each tp rank over its
  *   own slices; r->rank/r->world are the data-parallel rank and size.
  * - Tensors whole on every tp rank (LayerNorms, wpe, row-parallel biases) have identical
