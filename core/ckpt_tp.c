@@ -17,14 +17,25 @@
 #include "ckpt.h"
 #include "comm.h"
 
-static int world_agree(zp_run* r, int rc, const char* what, char* err, size_t errlen) {
-  zp_comm* w = r->tp_world;
-  if (!w || zp_comm_size(w) <= 1) return rc;
-  int32_t v = rc ? (int32_t)(((uint32_t)(rc & 0x7fff) << 16) | ((uint32_t)zp_comm_rank(w) & 0xffffu)) : 0;
-  if (zp_comm_allreduce(w, &v, 1, ZP_I32, ZP_RED_MAX)) {
-    snprintf(err, errlen, "%s: agreement between ranks failed: %s", what, zp_comm_error(w));
+/* Over r->tp_world, or (pipeline x tensor parallelism: no tp_world) over the tp, dp and
+ * pipeline communicators in turn, so every rank of the job returns the same status (the rank
+ * named is then the rank within the first communicator that differs). */
+static int agree_over(zp_comm* c, int32_t* v, const char* what, char* err, size_t errlen) {
+  if (!c || zp_comm_size(c) <= 1) return ZP_OK;
+  if (zp_comm_allreduce(c, v, 1, ZP_I32, ZP_RED_MAX)) {
+    snprintf(err, errlen, "%s: agreement between ranks failed: %s", what, zp_comm_error(c));
     return ZP_E_COMM;
   }
+  return ZP_OK;
+}
+static int world_agree(zp_run* r, int rc, const char* what, char* err, size_t errlen) {
+  zp_comm* w = r->tp_world;
+  zp_comm* cs[3] = {w, NULL, NULL};
+  if (!w) cs[0] = r->tp.comm, cs[1] = r->comm, cs[2] = r->pp_comm;
+  int me = w ? zp_comm_rank(w) : r->tp.comm ? zp_comm_rank(r->tp.comm) : 0;
+  int32_t v = rc ? (int32_t)(((uint32_t)(rc & 0x7fff) << 16) | ((uint32_t)me & 0xffffu)) : 0;
+  for (int i = 0; i < 3; i++)
+    if (agree_over(cs[i], &v, what, err, errlen)) return ZP_E_COMM;
   if (rc) return rc;
   if (v == 0) return ZP_OK;
   snprintf(err, errlen, "%s failed on rank %d (its message is in its output)", what, (int)(v & 0xffff));
@@ -37,7 +48,14 @@ int zp_ckpt_tp_save(zp_run* r, const char* dir, int64_t step, uint64_t data_pos,
   int rc = zp_model_layout_init(&gl, &r->layout.s, err, errlen);
   if (rc) return world_agree(r, rc, "checkpoint save", err, errlen);
   const int G = gl.n_groups;
-  const int writer = r->rank == 0 && r->tp.rank == 0;
+  /* pipeline stages (r->pp_comm): each stage gathers the groups it holds to its (dp 0, tp 0)
+   * rank, which sends them to stage 0's, the one writer */
+  zp_comm* pc = r->pp_comm && zp_comm_size(r->pp_comm) > 1 ? r->pp_comm : NULL;
+  const int stage = pc ? zp_comm_rank(pc) : 0;
+  const int gatherer = r->rank == 0 && r->tp.rank == 0;
+  const int writer = gatherer && stage == 0;
+  int32_t* holder = calloc((size_t)G * (pc ? (size_t)zp_comm_size(pc) : 1) + 1, sizeof(int32_t));
+  int32_t* mine = calloc((size_t)G + 1, sizeof(int32_t));
   const zp_group_info* in0 = &r->groups[0].info;
   const int have_master = in0->buf[ZP_CAT_MASTER] != NULL;
   const zp_category wcat = have_master ? ZP_CAT_MASTER : ZP_CAT_PARAM;
@@ -50,15 +68,31 @@ int zp_ckpt_tp_save(zp_run* r, const char* dir, int64_t step, uint64_t data_pos,
   for (int g = 0; g < G; g++)
     if (zp_group_padded(&gl, g, 1) > maxp) maxp = zp_group_padded(&gl, g, 1);
   tmp = malloc((size_t)maxp * sizeof(double) + 1);
-  if (!W || !O || !tmp || (writer && !P)) {
+  if (!W || !O || !tmp || (writer && !P) || !holder || !mine) {
     snprintf(err, errlen, "checkpoint save: out of host memory");
     rc = ZP_E_NOMEM;
+  }
+  for (int g = 0; g < G && !rc; g++) mine[g] = r->groups[g].info.padded > 0;
+  if (!rc && pc && zp_comm_allgather(pc, holder, mine, (size_t)G, ZP_I32)) {
+    snprintf(err, errlen, "checkpoint save: gathering which stage holds which group: %s", zp_comm_error(pc));
+    rc = ZP_E_COMM;
   }
   if (!rc && r->ops->synchronize) rc = r->ops->synchronize(r->be);
   /* gather (collective: every rank takes part in every group, error or not, in the same order) */
   for (int g = 0; g < G && !rc; g++) {
     uint64_t n = zp_group_padded(&gl, g, 1);
-    if (writer) {
+    if (pc && !mine[g]) { /* another stage's group: stage 0's writer receives it below */
+      if (writer) {
+        W[g] = calloc((size_t)n + 1, zp_dtype_size(wdt));
+        O[g] = calloc((size_t)n * 2 + 1, sizeof(float));
+        if (!W[g] || !O[g]) {
+          snprintf(err, errlen, "checkpoint save: out of host memory (group %d)", g);
+          rc = ZP_E_NOMEM;
+        }
+      }
+      continue;
+    }
+    if (gatherer) {
       W[g] = calloc((size_t)n + 1, zp_dtype_size(wdt));
       O[g] = calloc((size_t)n * 2 + 1, sizeof(float));
       if (!W[g] || !O[g]) {
@@ -73,7 +107,7 @@ int zp_ckpt_tp_save(zp_run* r, const char* dir, int64_t step, uint64_t data_pos,
         snprintf(err, errlen, "checkpoint save: %s", r->err);
         break;
       }
-      if (!writer) continue;
+      if (!gatherer) continue;
       for (uint64_t i = 0; i < n; i++) {
         if (part == 0 && wdt == ZP_F64) ((double*)W[g])[i] = tmp[i];
         else if (part == 0) ((float*)W[g])[i] = (float)tmp[i];
@@ -82,6 +116,21 @@ int zp_ckpt_tp_save(zp_run* r, const char* dir, int64_t step, uint64_t data_pos,
     }
   }
   rc = world_agree(r, rc, "checkpoint save (gathering the tensor-parallel slices)", err, errlen);
+  /* pipeline: every group not on stage 0 from its stage's gatherer to the writer, in group order */
+  for (int g = 0; pc && g < G && !rc; g++) {
+    int src = -1;
+    for (int d = 0; d < zp_comm_size(pc) && src < 0; d++)
+      if (holder[(size_t)d * G + g]) src = d;
+    if (src <= 0 || !gatherer || (stage != 0 && stage != src)) continue;
+    uint64_t n = zp_group_padded(&gl, g, 1);
+    int crc = stage == 0 ? zp_comm_recv(pc, W[g], (size_t)n, wdt, src) : zp_comm_send(pc, W[g], (size_t)n, wdt, 0);
+    if (!crc) crc = stage == 0 ? zp_comm_recv(pc, O[g], (size_t)n * 2, ZP_F32, src) : zp_comm_send(pc, O[g], (size_t)n * 2, ZP_F32, 0);
+    if (crc) {
+      snprintf(err, errlen, "checkpoint save: group %d from pipeline stage %d to stage 0: %s", g, src, zp_comm_error(pc));
+      rc = ZP_E_COMM;
+    }
+  }
+  rc = world_agree(r, rc, "checkpoint save (collecting the pipeline stages' groups)", err, errlen);
   if (!rc && writer) {
     /* a one-rank, replicated, host-tier view of the global model for the ordinary writer */
     P->cfg = r->cfg;
@@ -132,6 +181,8 @@ int zp_ckpt_tp_save(zp_run* r, const char* dir, int64_t step, uint64_t data_pos,
   free(W);
   free(O);
   free(tmp);
+  free(holder);
+  free(mine);
   zp_model_layout_free(&gl);
   return rc;
 }

@@ -69,7 +69,7 @@ static inline void zp_comm_destroy(zp_comm* c) {
  * its rank; open waits (up to timeout_s) until all `size` ranks have attached. The segment
  * holds the world communicator and room for ZP_SHM_MAX_COMMS-1 live sub-communicators. */
 #define ZP_SHM_MAX_RANKS 64
-#define ZP_SHM_MAX_COMMS 8
+#define ZP_SHM_MAX_COMMS 16 /* dp x pp x tp needs dp*pp + dp*tp + pp*tp groups (13 at 2 x 2 x 2) */
 int zp_comm_shm_open(const char* name, int rank, int size, double timeout_s, zp_comm** out,
                      char* err, size_t errlen);
 int zp_comm_shm_create_segment(const char* name, int size, char* err, size_t errlen);

@@ -55,8 +55,8 @@ const zc_key zp_config_schema[] = {
   {"train.init_from", ZC_STRING, "\"\"", NR, NULL, "Start from these weights instead of the random init when there is no checkpoint to resume from: a safetensors file with Hugging Face GPT-2 names (`zp export`'s output, or a model saved by transformers); relative to the config file. Optimizer state starts at zero."},
   /* parallel */
   {"parallel.dp", ZC_INT, "0", 0, 65536, NULL, "Data-parallel ranks (0 = world size / (pp*tp)). Ranks are laid out as rank = (dp_i * pp + pp_i) * tp + tp_i (core/layout.h); ZeRO strategies reduce over the ranks with the same (pp_i, tp_i)."},
-  {"parallel.pp", ZC_INT, "1", 1, 1024, NULL, "Pipeline stages (> 1: the pipeline executor runs [pipeline].schedule; train.grad_accum must be 1, pipeline.micro_batches is the accumulation; zero.plugin none, stage1 or stage2; not with tp > 1 yet)."},
-  {"parallel.tp", ZC_INT, "1", 1, 1024, NULL, "Tensor-parallel ranks (Megatron-style, plugin `tensor`): each holds n_head/tp heads, 4*d_model/tp MLP columns and padded_vocab/tp embedding rows; tp must divide model.n_head; ranks are numbered dp_rank * tp + tp_rank. See docs/tensor.md."},
+  {"parallel.pp", ZC_INT, "1", 1, 1024, NULL, "Pipeline stages (> 1: the pipeline executor runs [pipeline].schedule; train.grad_accum must be 1, pipeline.micro_batches is the accumulation; zero.plugin none, stage1 or stage2; with tp > 1 each stage is tp-sliced, zb schedules are refused)."},
+  {"parallel.tp", ZC_INT, "1", 1, 1024, NULL, "Tensor-parallel ranks (Megatron-style, plugin `tensor`): each holds n_head/tp heads, 4*d_model/tp MLP columns and padded_vocab/tp embedding rows; tp must divide model.n_head; ranks are numbered (dp_i * pp + pp_i) * tp + tp_i. See docs/tensor.md."},
   /* zero */
   {"zero.plugin", ZC_STRING, "\"none\"", NR, NULL, "\"none\" (replicated, plain data parallel), \"stage1\", \"stage2\", \"stage3\", or a plugin path."},
   {"zero.prefetch_groups", ZC_INT, "1", 0, 64, NULL, "stage3: groups gathered ahead of use."},

@@ -9,6 +9,7 @@
 #include "comm.h"
 #include "ledger.h"
 #include "model.h"
+#include "model_tp.h"
 #include "trace.h"
 
 typedef struct {
@@ -204,6 +205,24 @@ int zp_pipe_open(zp_run* r, const zp_config* cfg, const zp_layout* lay, zp_comm*
   p->nbuf = zp_schedule_buffers(s, p->stage);
   for (int i = 0; i < p->n_ins; i++)
     if (p->ins[i].op == ZP_SOP_BWD_INPUT) p->zb = 1;
+  {
+    /* the split backward (BWD_INPUT / BWD_WEIGHT) has no tensor-parallel form yet: refused on
+     * every stage alike (any stage of a zb schedule has a BWD_INPUT) */
+    int zb_any = 0;
+    for (int d = 0; d < p->P && !zb_any; d++) {
+      int n = 0;
+      const zp_sched_instr* si = zp_schedule_stage(s, d, &n);
+      for (int i = 0; i < n; i++)
+        if (si[i].op == ZP_SOP_BWD_INPUT || si[i].op == ZP_SOP_BWD_WEIGHT) zb_any = 1;
+    }
+    if (zb_any && r->tp.size > 1) {
+      seterr(err, errlen, "pipeline.schedule = \"%s\" splits the backward (BWD_INPUT / BWD_WEIGHT), which is not implemented with "
+             "parallel.tp = %d (the tensor-parallel backward runs whole): use gpipe, 1f1b or interleaved_1f1b with tensor parallelism",
+             zp_cfg_str(cfg, "pipeline.schedule"), r->tp.size);
+      rc = ZP_E_NOT_IMPLEMENTED;
+      goto fail;
+    }
+  }
   /* activation slots */
   {
     size_t aux = r->ops->attention_aux_bytes(r->be, p->B, p->T, r->layout.s.C, r->layout.s.NH);
@@ -237,7 +256,9 @@ int zp_pipe_open(zp_run* r, const zp_config* cfg, const zp_layout* lay, zp_comm*
     size_t o_db = o_da + ((p->N * 4 * C * es + 255) & ~(size_t)255);
     size_t o_in = o_db + ((p->N * 4 * C * es + 255) & ~(size_t)255);
     size_t o_tg = o_in + ((p->N * 4 + 255) & ~(size_t)255);
-    p->buf_bytes = o_tg + p->N * 4;
+    size_t o_ti = o_tg + ((p->N * 4 + 255) & ~(size_t)255); /* tensor parallelism: ids, xent stats */
+    size_t o_ts = o_ti + ((p->N * 4 + 255) & ~(size_t)255);
+    p->buf_bytes = r->tp.size > 1 ? o_ts + 3 * p->N * sizeof(double) : o_tg + p->N * 4;
     if ((rc = lalloc(p, ZP_CAT_BUFFER, p->buf_bytes, "pipeline logits+scratch", &p->buf_block, err, errlen))) goto fail;
     char* bb = p->buf_block;
     for (int b = 0; b < p->nbuf; b++) {
@@ -255,6 +276,10 @@ int zp_pipe_open(zp_run* r, const zp_config* cfg, const zp_layout* lay, zp_comm*
         a->d_b = bb ? bb + o_db : NULL;
         a->inputs = bb ? (int32_t*)(bb + o_in) : NULL;
         a->targets = bb ? (int32_t*)(bb + o_tg) : NULL;
+        if (r->tp.size > 1) {
+          a->tp_ids = bb ? (int32_t*)(bb + o_ti) : NULL;
+          a->tp_stats = bb ? bb + o_ts : NULL;
+        }
       }
     }
   }
@@ -414,6 +439,10 @@ static int gflush(zp_pipe* p, int g) {
 
 static int h2d_tokens(zp_pipe* p, zp_acts* a, int mb, int inputs) {
   zp_run* r = p->r;
+  if (inputs && r->tp.size > 1) { /* this rank's vocabulary rows of the ids (shared scratch) */
+    int rc = zp_tp_prepare_ids(&r->tp, r->ops, r->be, a, p->h_inp + (size_t)mb * p->N);
+    if (rc) return rc;
+  }
   if (inputs) return r->ops->copy_h2d(r->be, a->inputs, p->h_inp + (size_t)mb * p->N, p->N * sizeof(int32_t));
   return r->ops->copy_h2d(r->be, a->targets, p->h_tgt + (size_t)mb * p->N, p->N * sizeof(int32_t));
 }
@@ -425,7 +454,9 @@ static int fwd_group(zp_pipe* p, zp_acts* a, int g, float dloss) {
   if ((rc = pview(p, g))) return rc;
   if (g == p->G - 1 && r->layout.uses_head_wte && (rc = pview(p, 0))) return rc;
   double t0 = zp_now_us();
-  if ((rc = zp_model_forward_group(&r->layout, r->ops, r->be, a, &r->views, g, dloss))) return rc;
+  if ((rc = r->tp.size > 1 ? zp_model_tp_forward_group(&r->layout, r->ops, r->be, a, &r->views, g, dloss, &r->tp)
+                           : zp_model_forward_group(&r->layout, r->ops, r->be, a, &r->views, g, dloss)))
+    return rc;
   zp_trace_span(ZP_TR_COMPUTE, "forward", g, t0);
   p->busy_ms += (zp_now_us() - t0) / 1000; /* busy = the compute spans the trace records */
   if (r->strategy->post_forward && (rc = r->strategy->post_forward(r->strategy_state, g))) return rc;
@@ -491,7 +522,10 @@ static int do_bwd(zp_pipe* p, const zp_sched_instr* in, int phase) {
     if ((rc = pview(p, g)) || (rc = gview(p, g))) return rc;
     if (tied && ((rc = pview(p, 0)) || (rc = gview(p, 0)))) return rc;
     double t0 = zp_now_us();
-    if ((rc = zp_model_backward_group_phase(&r->layout, r->ops, r->be, a, &r->views, g, phase))) return rc;
+    if (r->tp.size > 1 && phase != ZP_BWD_FULL) return ZP_E_NOT_IMPLEMENTED; /* refused at open */
+    if ((rc = r->tp.size > 1 ? zp_model_tp_backward_group(&r->layout, r->ops, r->be, a, &r->views, g, &r->tp)
+                             : zp_model_backward_group_phase(&r->layout, r->ops, r->be, a, &r->views, g, phase)))
+      return rc;
     zp_trace_span(ZP_TR_COMPUTE, phase == ZP_BWD_FULL ? "backward" : phase == ZP_BWD_INPUT ? "backward input" : "backward weight",
                   g, t0);
     p->busy_ms += (zp_now_us() - t0) / 1000;

@@ -25,6 +25,11 @@
  *   grad_accum = M.
  * - Activation memory: zp_schedule_buffers(stage) slots, each as large as the largest chunk's
  *   saved activations plus the residual gradient (ledger ACT); no allocation inside a step.
+ * - Tensor parallelism (r->tp.size > 1): the held groups are tp-sliced and run through the tp
+ *   forward/backward (model_tp.h); the residual stream, its gradient and the loss are whole and
+ *   identical on a stage's tp ranks, and every transfer (activations, the tied wte slice and
+ *   its gradient) pairs the same tp rank of two stages (pp is the communicator of one (dp_i,
+ *   tp_i)). Split-backward schedules are refused with tp.
  * - Nothing aborts; errors name the stage and instruction.
  */
 #ifndef ZP_PIPELINE_EXEC_H

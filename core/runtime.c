@@ -470,7 +470,16 @@ int zp_run_open(zp_run* r, zp_config* cfg, const zp_run_opts* o) {
   { /* tensor parallelism: data- and tensor-parallel communicators (core/runtime_tp.c) */
     int tpn = (int)zp_cfg_int(cfg, "parallel.tp");
     if (tpn > 1 && o->dry_run) r->tp.size = tpn;
-    else if (tpn > 1 && o->comm && (rc = zp_run_tp_comms(r, o->comm, tpn))) return rc;
+    else if (tpn > 1 && o->tp_comm) {
+      if (zp_comm_size(o->tp_comm) != tpn) {
+        rerr(r, "internal: tensor-parallel communicator of %d ranks for parallel.tp = %d", zp_comm_size(o->tp_comm), tpn);
+        return ZP_E_INTERNAL;
+      }
+      r->tp.comm = o->tp_comm;
+      r->tp.size = tpn;
+      r->tp.rank = zp_comm_rank(o->tp_comm);
+      r->tp_borrowed = 1;
+    } else if (tpn > 1 && o->comm && (rc = zp_run_tp_comms(r, o->comm, tpn))) return rc;
   }
   if (r->comm) {
     r->rank = zp_comm_rank(r->comm);

@@ -89,7 +89,9 @@ typedef struct zp_run {
   /* tensor parallelism (core/runtime_tp.c; tp.size <= 1: off). With tp, comm is the
    * data-parallel communicator split from tp_world, and rank/world are data-parallel. */
   zp_tp tp;
-  zp_comm* tp_world;             /* the world communicator handed to zp_run_open */
+  zp_comm* tp_world;             /* the world communicator handed to zp_run_open (NULL when
+                                  * the tp and dp communicators were handed in: opts.tp_comm) */
+  int tp_borrowed;               /* tp.comm and comm belong to the caller (opts.tp_comm) */
   zp_plugin tp_plugin;           /* the `tensor` parallel plugin (validates the split) */
   void* tp_state;
 } zp_run;
@@ -104,6 +106,10 @@ typedef struct {
   /* pipeline stage: held[g] != 0 for the groups this rank holds (NULL = all); copied */
   const unsigned char* held;
   zp_comm* pp_comm;       /* pipeline communicator (norm over stages), or NULL */
+  /* tensor parallelism with communicators made by the caller (pipeline x tensor parallelism:
+   * core/layout.h): comm is then the data-parallel one and tp_comm the tensor-parallel one
+   * (rank = tp_i); both borrowed. NULL: zp_run_open splits comm itself (runtime_tp.c). */
+  zp_comm* tp_comm;
 } zp_run_opts;
 
 int zp_run_open(zp_run* r, zp_config* cfg, const zp_run_opts* o);

@@ -3,7 +3,8 @@
  *
  * Invariants:
  * - Ranks are numbered rank = dp_i * tp + tp_i (pp = 1): the tp ranks of one data-parallel
- *   replica are consecutive. r->comm becomes the data-parallel communicator, so every strategy
+ *   replica are consecutive. With pipeline parallelism the caller hands in the layout's tp and
+ *   dp communicators (zp_run_opts.tp_comm; borrowed, tp_world NULL) and nothing is split here. r->comm becomes the data-parallel communicator, so every strategy
  *   (ZeRO stages, replicated) reduces, shards and gathers over dp only, each tp rank over its
  *   own slices; r->rank/r->world are the data-parallel rank and size.
  * - Tensors whole on every tp rank (LayerNorms, wpe, row-parallel biases) have identical
@@ -125,12 +126,13 @@ void zp_run_tp_close(zp_run* r) {
   r->tp_state = NULL;
   zp_plugin_close(&r->tp_plugin);
   if (r->tp.dcomm) zp_comm_destroy(r->tp.dcomm);
-  if (r->tp.comm) zp_comm_destroy(r->tp.comm);
+  if (r->tp.comm && !r->tp_borrowed) zp_comm_destroy(r->tp.comm);
   if (r->tp_world && r->comm && r->comm != r->tp_world) zp_comm_destroy(r->comm);
   free(r->tp.host_ids);
   if (r->tp_world) r->comm = r->tp_world;
   memset(&r->tp, 0, sizeof r->tp);
   r->tp_world = NULL;
+  r->tp_borrowed = 0;
 }
 
 /* ---------------- gradient norm ---------------- */
@@ -246,6 +248,7 @@ int zp_run_tp_gather_global(zp_run* r, const zp_model_layout* gl, int g, zp_cate
 void zp_run_tp_slice_global(const zp_run* r, const zp_model_layout* gl, int g, const float* global, float* local) {
   const zp_model_layout* L = &r->layout;
   memset(local, 0, (size_t)r->groups[g].info.padded * sizeof(float));
+  if (!r->groups[g].info.padded) return; /* held by another pipeline stage */
   for (int ti = L->group_first_tensor[g]; ti < L->group_first_tensor[g + 1]; ti++) {
     const zp_tensor_desc* t = &L->tensors[ti];
     const zp_tensor_desc* gt = &gl->tensors[ti];

@@ -278,7 +278,8 @@ typedef struct {
 static void ck_enter(trainer* t, ck_scope* s) {
   zp_run* r = &t->run;
   s->comm = r->comm, s->rank = r->rank, s->world = r->world;
-  if (t->pipe) r->comm = t->comm, r->rank = t->rank, r->world = zp_comm_size(t->comm);
+  /* (with tensor parallelism the checkpoint code uses the run's own communicators: ckpt_tp.c) */
+  if (t->pipe && r->tp.size <= 1) r->comm = t->comm, r->rank = t->rank, r->world = zp_comm_size(t->comm);
 }
 static void ck_leave(trainer* t, const ck_scope* s) {
   zp_run* r = &t->run;
@@ -330,15 +331,10 @@ static int pipeline_setup(trainer* t, const zp_config* cfg, zp_comm* comm, int w
   int pp = (int)zp_cfg_int(cfg, "parallel.pp"), tp = (int)zp_cfg_int(cfg, "parallel.tp");
   int rc = zp_layout_init(lay, world, t->rank, (int)zp_cfg_int(cfg, "parallel.dp"), pp, tp, err, errlen);
   if (rc) return rc;
-  if (tp > 1 && pp > 1) {
-    snprintf(err, errlen, "%s: parallel.tp = %d with parallel.pp = %d: pipeline and tensor parallelism together are not "
-             "implemented yet (each works alone)", zp_cfg_get(cfg, "parallel.tp")->origin, tp, pp);
-    return ZP_E_NOT_IMPLEMENTED;
-  }
   t->dpr = lay->dp_i;
-  /* tensor parallelism: the run splits the world into data- and tensor-parallel communicators
-   * itself (core/runtime_tp.c, the same rank order: rank = dp_i * tp + tp_i) */
-  if (tp > 1) return ZP_OK;
+  /* tensor parallelism alone: the run splits the world into data- and tensor-parallel
+   * communicators itself (core/runtime_tp.c, the same rank order: rank = dp_i * tp + tp_i) */
+  if (tp > 1 && pp <= 1) return ZP_OK;
   if (pp > 1) {
     if (zp_cfg_int(cfg, "train.grad_accum") != 1) {
       snprintf(err, errlen, "%s: train.grad_accum = %lld with parallel.pp = %d: a pipeline step runs pipeline.micro_batches "
@@ -347,6 +343,18 @@ static int pipeline_setup(trainer* t, const zp_config* cfg, zp_comm* comm, int w
       return ZP_E_INVALID;
     }
     if ((rc = zp_schedule_from_config(cfg, sched, err, errlen))) return rc;
+    for (int d = 0; tp > 1 && d < pp; d++) { /* before any compute (the executor checks again) */
+      int n = 0;
+      const zp_sched_instr* si = zp_schedule_stage(*sched, d, &n);
+      for (int i = 0; i < n; i++)
+        if (si[i].op == ZP_SOP_BWD_INPUT || si[i].op == ZP_SOP_BWD_WEIGHT) {
+          snprintf(err, errlen, "%s: pipeline.schedule = \"%s\" splits the backward (BWD_INPUT / BWD_WEIGHT), which is not "
+                   "implemented with parallel.tp = %d (the tensor-parallel backward runs whole): use gpipe, 1f1b or "
+                   "interleaved_1f1b with tensor parallelism", zp_cfg_get(cfg, "pipeline.schedule")->origin,
+                   zp_cfg_str(cfg, "pipeline.schedule"), tp);
+          return ZP_E_NOT_IMPLEMENTED;
+        }
+    }
     int K = pp * (int)zp_cfg_int(cfg, "pipeline.chunks"), G = (int)zp_cfg_int(cfg, "model.n_layer") + 2;
     int* first = calloc((size_t)K + 1, sizeof(int));
     *held = calloc((size_t)G, 1);
@@ -506,9 +514,12 @@ int zp_train(zp_config* cfg, zp_comm* comm, char* err, size_t errlen) {
     goto done;
   }
   zp_run_opts ro = {0};
-  ro.comm = tp > 1 ? comm : t->dpc;
-  ro.world = tp > 1 ? world : dp;
-  ro.rank = tp > 1 ? t->rank : t->dpr;
+  /* pipeline x tensor parallelism: the layout's dp and tp communicators (layout.h) go to the
+   * run as they are (the run does not split again); tp alone: the run splits the world */
+  ro.comm = tp > 1 && pp <= 1 ? comm : t->dpc;
+  ro.world = tp > 1 && pp <= 1 ? world : dp;
+  ro.rank = tp > 1 && pp <= 1 ? t->rank : t->dpr;
+  ro.tp_comm = tp > 1 && pp > 1 ? lc.tp : NULL;
   ro.held = held;
   ro.pp_comm = pp > 1 ? lc.pp : NULL;
   ro.no_acts = pp > 1; /* the pipeline executor allocates activations per in-flight micro-batch */
@@ -531,6 +542,7 @@ int zp_train(zp_config* cfg, zp_comm* comm, char* err, size_t errlen) {
   if (t->rank == 0) {
     printf("zp train: %s on %s, %d rank%s (dp %d", cfg->path[0] ? cfg->path : "(defaults)", r->binfo.device_name ? r->binfo.device_name : "?",
            world, world > 1 ? "s" : "", dp);
+    if (pp > 1) printf(" x pp %d", pp);
     if (tp > 1) printf(" x tp %d", tp);
     printf("), strategy %s\n", zp_cfg_str(cfg, "zero.plugin"));
     printf("data: %llu tokens in %d shard(s), %llu samples of %d tokens; global batch %llu sequences (%llu tokens) per step\n",

@@ -25,7 +25,7 @@
 # Then: schedules that deadlock, miss a backward or raise a Lua error are rejected by `zp train`
 # before any compute (non-zero exit, the validator's message, no output directory); the bubble
 # per stage is in metrics.jsonl and equals 1 - busy/wall recomputed from the trace; layout
-# errors (tp > 1, grad_accum with pp, stage3 with pp, a bad pipeline.stages) are clear errors.
+# errors (zb_h1 with tp > 1 (pp x tp itself: pptp.sh), grad_accum with pp, stage3 with pp, a bad pipeline.stages) are clear errors.
 set -euo pipefail
 build=$1; src=$2
 zp=$build/zp
@@ -101,7 +101,7 @@ reject rej-missing "stage 0 instruction #20 (REDUCE_GRADS): micro-batch 1 has no
 reject rej-lua "lua_error.lua:7: attempt to call a nil value (global 'FWDD')" 2 parallel.pp=2 $M=4 pipeline.schedule=$S/lua_error.lua
 reject rej-split "pipeline.stages covers 7 groups but the model has 8" 2 parallel.pp=2 $M=4 'pipeline.stages=[3,4]' model.n_layer=6
 reject rej-accum "train.grad_accum = 2 with parallel.pp = 2" 2 parallel.pp=2 train.grad_accum=2
-reject rej-pptp "pipeline and tensor parallelism together are not implemented yet" 4 parallel.pp=2 parallel.tp=2
+reject rej-pptp-zb "which is not implemented with parallel.tp = 2" 4 parallel.pp=2 parallel.tp=2 $M=4 pipeline.schedule=zb_h1
 reject rej-stage3 "cannot be combined with pipeline parallelism" 2 parallel.pp=2 zero.plugin=stage3
 reject rej-world "parallel.dp 3 x pp 2 x tp 1 = 6 does not match the 4 ranks" 4 parallel.pp=2 parallel.dp=3
 # bubble: in metrics.jsonl per stage, and 1 - busy/wall from the trace agrees
