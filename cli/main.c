@@ -133,10 +133,24 @@ static int cmd_plan(int argc, char** argv) {
   zp_run r;
   zp_run_opts o = {0};
   o.dry_run = 1;
-  o.world = a.world ? a.world : 1;
+  /* --world counts every rank; the run (and its sharding) spans the data-parallel ones */
+  int world = a.world ? a.world : 1, pp = (int)zp_cfg_int(&c, "parallel.pp"), tp = (int)zp_cfg_int(&c, "parallel.tp");
+  int dp = (int)zp_cfg_int(&c, "parallel.dp");
+  if (dp == 0) dp = world / (pp * tp);
+  if (dp < 1 || dp * pp * tp != world) {
+    fprintf(stderr, "zp: parallel.dp %d x pp %d x tp %d does not match --world %d\n", dp, pp, tp, world);
+    zp_config_free(&c);
+    return 1;
+  }
+  o.world = dp;
   rc = zp_run_open(&r, &c, &o);
   if (rc) fprintf(stderr, "zp: %s\n", r.err);
   else {
+    if (pp > 1 || tp > 1)
+      printf("layout: %d ranks = dp %d x pp %d x tp %d; the plan below is one %s rank%s\n", world, dp, pp, tp,
+             tp > 1 ? "tensor-parallel" : "data-parallel",
+             pp > 1 ? " holding the whole model: a pipeline stage holds only its groups and keeps one activation slot per "
+                      "micro-batch in flight (the run prints its stage split and ledger)" : "");
     if (strcmp(zp_cfg_str(&c, "train.device"), "cuda") == 0)
       printf("note: activation sizes estimated with the CPU backend's attention (the CUDA backend may store less)\n");
     zp_run_print_plan(&r, stdout);

@@ -90,5 +90,19 @@ elif grep -qF -- "$pat" "$work/zb.log" && ! grep -qi "abort\|segmentation\|core 
 else
   echo "FAIL: zb_h1 with tp: unexpected output"; head -5 "$work/zb.log"; fail=1
 fi
+# zp plan --world counts every rank: sharding spans the data-parallel ones only
+out=$("$zp" plan "$cfg" --world 8 --set parallel.pp=2 --set parallel.tp=2 --set zero.plugin=stage1 2>&1) || true
+if grep -q "layout: 8 ranks = dp 2 x pp 2 x tp 2" <<<"$out" && grep -q "S = sharded over 2 ranks" <<<"$out"; then
+  echo "ok   zp plan --world 8 with pp 2 x tp 2: $(grep -m1 -o 'layout: 8 ranks = dp 2 x pp 2 x tp 2' <<<"$out"), sharded over the 2 data-parallel ranks"
+else
+  echo "FAIL: zp plan with pp x tp: $out" | head -5; fail=1
+fi
+if out=$("$zp" plan "$cfg" --world 6 --set parallel.pp=2 --set parallel.tp=2 2>&1); then
+  echo "FAIL: zp plan accepted 6 ranks for pp 2 x tp 2"; fail=1
+elif grep -q "does not match --world 6" <<<"$out"; then
+  echo "ok   zp plan refuses 6 ranks for pp 2 x tp 2: $out"
+else
+  echo "FAIL: zp plan --world 6: $out"; fail=1
+fi
 [ $fail = 0 ] && echo "pptp: all passed"
 exit $fail
