@@ -332,9 +332,6 @@ static int pipeline_setup(trainer* t, const zp_config* cfg, zp_comm* comm, int w
   int rc = zp_layout_init(lay, world, t->rank, (int)zp_cfg_int(cfg, "parallel.dp"), pp, tp, err, errlen);
   if (rc) return rc;
   t->dpr = lay->dp_i;
-  /* tensor parallelism alone: the run splits the world into data- and tensor-parallel
-   * communicators itself (core/runtime_tp.c, the same rank order: rank = dp_i * tp + tp_i) */
-  if (tp > 1 && pp <= 1) return ZP_OK;
   if (pp > 1) {
     if (zp_cfg_int(cfg, "train.grad_accum") != 1) {
       snprintf(err, errlen, "%s: train.grad_accum = %lld with parallel.pp = %d: a pipeline step runs pipeline.micro_batches "
@@ -514,12 +511,12 @@ int zp_train(zp_config* cfg, zp_comm* comm, char* err, size_t errlen) {
     goto done;
   }
   zp_run_opts ro = {0};
-  /* pipeline x tensor parallelism: the layout's dp and tp communicators (layout.h) go to the
-   * run as they are (the run does not split again); tp alone: the run splits the world */
-  ro.comm = tp > 1 && pp <= 1 ? comm : t->dpc;
-  ro.world = tp > 1 && pp <= 1 ? world : dp;
-  ro.rank = tp > 1 && pp <= 1 ? t->rank : t->dpr;
-  ro.tp_comm = tp > 1 && pp > 1 ? lc.tp : NULL;
+  /* the layout's dp and tp communicators (layout.h) go to the run as they are (it does not
+   * split again) */
+  ro.comm = t->dpc;
+  ro.world = dp;
+  ro.rank = t->dpr;
+  ro.tp_comm = tp > 1 ? lc.tp : NULL;
   ro.held = held;
   ro.pp_comm = pp > 1 ? lc.pp : NULL;
   ro.no_acts = pp > 1; /* the pipeline executor allocates activations per in-flight micro-batch */
