@@ -15,6 +15,7 @@
  * too. */
 #define _GNU_SOURCE
 #include "aio.h"
+#include "seterr.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -116,14 +117,6 @@ struct zp_aio {
 
 /* ---------------------------------------------------------------- helpers */
 
-static void seterr(char* err, size_t errlen, const char* fmt, ...) __attribute__((format(printf, 3, 4)));
-static void seterr(char* err, size_t errlen, const char* fmt, ...) {
-  if (!err || !errlen) return;
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(err, errlen, fmt, ap);
-  va_end(ap);
-}
 
 const char* zp_aio_errno_name(int e) {
   switch (e) {

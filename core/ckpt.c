@@ -13,6 +13,7 @@
  * - Nothing here aborts on bad input; every message names the file (and piece). */
 #define _DEFAULT_SOURCE
 #include "ckpt.h"
+#include "seterr.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -41,14 +42,6 @@
 enum { PK_MASTER = 0, PK_PARAM = 1, PK_M = 2, PK_V = 3, PK_COUNT = 4 };
 static const char* const pk_names[PK_COUNT] = {"master", "param", "m", "v"};
 
-static void seterr(char* err, size_t n, const char* fmt, ...) __attribute__((format(printf, 3, 4)));
-static void seterr(char* err, size_t n, const char* fmt, ...) {
-  if (!err || !n) return;
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(err, n, fmt, ap);
-  va_end(ap);
-}
 
 /* ZP_CRASH_AT = name[:n][@rank]; hits of the named point are counted (atomically: the
  * async writer thread has points too). */

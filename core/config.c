@@ -3,6 +3,7 @@
  * succeeded; every error message names where the bad value came from (file:line:col or
  * "--set") and the full key path; values keep their origin for `zp config` dumps. */
 #include "config.h"
+#include "seterr.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -14,14 +15,6 @@
 
 #include "toml.h"
 
-static void seterr(char* err, size_t n, const char* fmt, ...) __attribute__((format(printf, 3, 4)));
-static void seterr(char* err, size_t n, const char* fmt, ...) {
-  if (!err || !n) return;
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(err, n, fmt, ap);
-  va_end(ap);
-}
 
 int zp_edit_distance(const char* a, const char* b) {
   size_t la = strlen(a), lb = strlen(b);

@@ -3,6 +3,7 @@
  * read. The permutation of an epoch is a pure function of (seed, epoch, N); only the current
  * epoch's permutation is cached. Byte order is little-endian (as llm.c writes it). */
 #include "data.h"
+#include "seterr.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -22,13 +23,6 @@
 #error "zp data shards are little-endian; this build targets a big-endian machine"
 #endif
 
-static void seterr(char* err, size_t errlen, const char* fmt, ...) {
-  if (!err || !errlen) return;
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(err, errlen, fmt, ap);
-  va_end(ap);
-}
 
 /* ---------------------------------------------------------------- writing ---- */
 

@@ -1,5 +1,6 @@
 /* layout.c: rank layout over dp x pp x tp and the per-dimension communicators (layout.h). */
 #include "layout.h"
+#include "seterr.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -7,14 +8,6 @@
 
 #include "comm.h"
 
-static void seterr(char* err, size_t n, const char* fmt, ...) __attribute__((format(printf, 3, 4)));
-static void seterr(char* err, size_t n, const char* fmt, ...) {
-  if (!err || !n) return;
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(err, n, fmt, ap);
-  va_end(ap);
-}
 
 int zp_layout_init(zp_layout* l, int world, int rank, int dp, int pp, int tp, char* err, size_t errlen) {
   memset(l, 0, sizeof *l);

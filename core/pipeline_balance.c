@@ -19,16 +19,9 @@
 #include <string.h>
 
 #include "config.h"
+#include "seterr.h"
 #include "schedule.h"
 
-static void seterr(char* err, size_t errlen, const char* fmt, ...) __attribute__((format(printf, 3, 4)));
-static void seterr(char* err, size_t errlen, const char* fmt, ...) {
-  if (!err || errlen == 0) return;
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(err, errlen, fmt, ap);
-  va_end(ap);
-}
 
 int zp_pipeline_group_flops(int L, int C, int T, int Vp, double* out, int n_out) {
   if (L < 1 || C < 1 || T < 1 || Vp < 1 || !out || n_out != L + 2) return ZP_E_INVALID;

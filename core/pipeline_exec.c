@@ -1,5 +1,6 @@
 /* pipeline_exec.c: the pipeline executor (see pipeline_exec.h for the invariants). */
 #include "pipeline_exec.h"
+#include "seterr.h"
 
 #include <math.h>
 #include <stdarg.h>
@@ -68,14 +69,6 @@ struct zp_pipe {
   int bubble_ready;
 };
 
-static void seterr(char* err, size_t n, const char* fmt, ...) __attribute__((format(printf, 3, 4)));
-static void seterr(char* err, size_t n, const char* fmt, ...) {
-  if (!err || !n) return;
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(err, n, fmt, ap);
-  va_end(ap);
-}
 
 static void group_label(int g, int G, char* out, size_t n) {
   if (g == 0) snprintf(out, n, "embed");

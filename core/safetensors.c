@@ -10,6 +10,7 @@
  *   it reads any data, so a wrong file fails fast and names what is wrong. */
 #define _DEFAULT_SOURCE
 #include "safetensors.h"
+#include "seterr.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -25,14 +26,6 @@
 #include "ckpt.h"
 #include "runtime.h"
 
-static void seterr(char* err, size_t n, const char* fmt, ...) __attribute__((format(printf, 3, 4)));
-static void seterr(char* err, size_t n, const char* fmt, ...) {
-  if (!err || !n) return;
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(err, n, fmt, ap);
-  va_end(ap);
-}
 
 static const struct {
   const char* name;

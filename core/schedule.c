@@ -18,6 +18,7 @@
  *   inside a C function called through zp_lua_pcall.
  */
 #include "schedule.h"
+#include "seterr.h"
 
 #include <math.h>
 #include <stdarg.h>
@@ -56,15 +57,6 @@ static int op_uses_unit(int op) {
   return op != ZP_SOP_LOAD && op != ZP_SOP_REDUCE_GRADS && op != ZP_SOP_STEP;
 }
 
-static void seterr(char* err, size_t errlen, const char* fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void seterr(char* err, size_t errlen, const char* fmt, ...) {
-  if (!err || errlen == 0) return;
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(err, errlen, fmt, ap);
-  va_end(ap);
-}
 
 struct zp_schedule {
   int P, M, V;

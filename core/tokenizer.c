@@ -20,6 +20,7 @@
  * Invalid UTF-8 bytes are single "letters". */
 #define _GNU_SOURCE /* realpath */
 #include "tokenizer.h"
+#include "seterr.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -38,13 +39,6 @@ enum { TOK_BYTES = 0, TOK_GPT2 = 1 };
 #define CACHE_MAX_ENTRIES (1u << 17)
 #define CACHE_MAX_WORD 256
 
-static void seterr(char* err, size_t errlen, const char* fmt, ...) {
-  if (!err || !errlen) return;
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(err, errlen, fmt, ap);
-  va_end(ap);
-}
 
 /* ---------------------------------------------------- string -> value hash map ---- */
 
