@@ -90,20 +90,7 @@ fi
 # ---- random-token shard (llm.c layout), enough for STEPS steps of 16 x 1024 ----
 SHARD=$WORK/random_train.bin
 NTOK=$(((STEPS + 2) * 16 * 1024 * (NGPU > 1 ? NGPU : 1) + 1))
-if ! python3 - "$SHARD" "$NTOK" << 'PYEOF'; then
-import os, sys
-import numpy as np
-path, n = sys.argv[1], int(sys.argv[2])
-if os.path.exists(path) and os.path.getsize(path) == 1024 + 2 * n:
-    sys.exit(0)
-hdr = np.zeros(256, dtype="<i4")
-hdr[:3] = (20240520, 1, n)
-toks = np.random.default_rng(1234).integers(0, 50257, size=n, dtype=np.uint16)
-with open(path + ".tmp", "wb") as f:
-    f.write(hdr.tobytes())
-    f.write(toks.astype("<u2").tobytes())
-os.replace(path + ".tmp", path)
-PYEOF
+if ! python3 "$SRC/bench/random_shard.py" "$SHARD" "$NTOK"; then
   fail "cannot write the token shard $SHARD"
   ZP_OK=0
 fi

@@ -68,17 +68,7 @@ model_args() {
 
 SHARD=$WORK/random_train.bin
 if [ "$DEVICE" = cuda ]; then
-  python3 - "$SHARD" $(((STEPS + 2) * 16 * 1024 * 8 + 1)) << 'PYEOF' || { echo "scaling: cannot write the shard"; exit 1; }
-import os, sys
-import numpy as np
-path, n = sys.argv[1], int(sys.argv[2])
-if not (os.path.exists(path) and os.path.getsize(path) == 1024 + 2 * n):
-    hdr = np.zeros(256, dtype="<i4"); hdr[:3] = (20240520, 1, n)
-    toks = np.random.default_rng(1234).integers(0, 50257, size=n, dtype=np.uint16)
-    with open(path + ".tmp", "wb") as f:
-        f.write(hdr.tobytes()); f.write(toks.astype("<u2").tobytes())
-    os.replace(path + ".tmp", path)
-PYEOF
+  python3 "$SRC/bench/random_shard.py" "$SHARD" $(((STEPS + 2) * 16 * 1024 * 8 + 1)) || { echo "scaling: cannot write the shard"; exit 1; }
 fi
 
 # zp_run MODEL N STAGE [extra sets...]: one row
