@@ -23,15 +23,7 @@ cfg=$src/tests/configs/equiv.toml
 work=$(mktemp -d /tmp/zp-offload.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 fail=0
-run() { # name nranks sets...
-  local name=$1 n=$2; shift 2
-  local sets=()
-  for s in "$@"; do sets+=(--set "$s"); done
-  if ! "$zp" launch -n "$n" "$cfg" --set train.out_dir="$work/$name" "${sets[@]}" > "$work/$name.log" 2>&1; then
-    echo "FAIL: run $name"; cat "$work/$name.log"; fail=1; return 1
-  fi
-  grep -o '"step":[0-9]*,"loss":[0-9.e+-]*' "$work/$name/metrics.jsonl" > "$work/$name.losses"
-}
+. "$src/tests/integration/lib/runs.sh" # run, close
 compare() { # a b what
   local a=$1 b=$2 what=$3 out
   if ! cmp -s "$work/$a.losses" "$work/$b.losses"; then

@@ -25,35 +25,7 @@ cmp_py=$src/tests/integration/tp_compare.py
 work=$(mktemp -d /tmp/zp-pptp.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 fail=0
-run() { # name nranks sets...
-  local name=$1 n=$2; shift 2
-  local sets=()
-  for s in "$@"; do sets+=(--set "$s"); done
-  if ! "$zp" launch -n "$n" "$cfg" --set train.out_dir="$work/$name" "${sets[@]}" > "$work/$name.log" 2>&1; then
-    echo "FAIL: run $name"; tail -30 "$work/$name.log"; fail=1; return 1
-  fi
-  grep -o '"step":[0-9]*,"loss":[0-9.e+-]*,"lr":[0-9.e+-]*,"grad_norm":[0-9.e+-]*' "$work/$name/metrics.jsonl" > "$work/$name.steps"
-}
-close() { # a b what
-  local a=$1 b=$2 what=$3 out pout
-  if ! out=$(python3 - "$work/$a.steps" "$work/$b.steps" 1e-5 <<'PY'
-import re, sys
-def rd(p): return [tuple(float(x) for x in re.findall(r':([0-9.e+-]+)', l)) for l in open(p)]
-a, b, tol = rd(sys.argv[1]), rd(sys.argv[2]), float(sys.argv[3])
-assert len(a) == len(b) == 4, "step counts differ: %d vs %d" % (len(a), len(b))
-worst = max(max(abs(x[1] - y[1]) / abs(x[1]), abs(x[3] - y[3]) / abs(x[3])) for x, y in zip(a, b))
-print("losses/grad norms of %d steps: max relative difference %.2g (tolerance %g)" % (len(a), worst, tol))
-sys.exit(0 if worst <= tol else 1)
-PY
-  ); then echo "FAIL: $what: $out"; paste "$work/$a.steps" "$work/$b.steps"; fail=1; return; fi
-  "$zp" export "$work/$a" --out "$work/$a.safetensors" > /dev/null && "$zp" export "$work/$b" --out "$work/$b.safetensors" > /dev/null || {
-    echo "FAIL: $what: export"; fail=1; return; }
-  if pout=$(python3 "$cmp_py" "$work/$a.safetensors" "$work/$b.safetensors" 5e-5); then
-    echo "ok   $what: $out; parameters: $pout"
-  else
-    echo "FAIL: $what: $out; parameters: $pout"; fail=1
-  fi
-}
+. "$src/tests/integration/lib/runs.sh" # run, close
 bitwise() { # a b what
   local a=$1 b=$2 what=$3 out
   if cmp -s "$work/$a.steps" "$work/$b.steps" &&
@@ -65,13 +37,13 @@ bitwise() { # a b what
 }
 M=pipeline.micro_batches
 run ref 1 train.grad_accum=8
-run p2t2 4 parallel.pp=2 parallel.tp=2 $M=8 pipeline.schedule=1f1b && close ref p2t2 "pp 2 x tp 2 1f1b vs 1 rank"
-run tp2 2 parallel.tp=2 train.grad_accum=8 && close tp2 p2t2 "pp 2 x tp 2 vs tp 2 alone (same slices)"
+run p2t2 4 parallel.pp=2 parallel.tp=2 $M=8 pipeline.schedule=1f1b && close ref p2t2 "pp 2 x tp 2 1f1b vs 1 rank" 5e-5 1e-5 4
+run tp2 2 parallel.tp=2 train.grad_accum=8 && close tp2 p2t2 "pp 2 x tp 2 vs tp 2 alone (same slices)" 5e-5 1e-5 4
 grep -q "dp 1 x pp 2 x tp 2" "$work/p2t2.log" || { echo "FAIL: pp 2 x tp 2 layout line missing"; fail=1; }
 run p2t2-gpipe 4 parallel.pp=2 parallel.tp=2 $M=8 pipeline.schedule=gpipe && bitwise p2t2 p2t2-gpipe "pp 2 x tp 2 gpipe vs 1f1b"
 run p2t2-il 4 parallel.pp=2 parallel.tp=2 $M=8 pipeline.schedule=interleaved_1f1b pipeline.chunks=2 &&
   bitwise p2t2 p2t2-il "pp 2 x tp 2 interleaved_1f1b (chunks 2) vs 1f1b"
-run d2p2t2 8 parallel.pp=2 parallel.tp=2 $M=4 zero.plugin=stage1 && close ref d2p2t2 "dp 2 x pp 2 x tp 2 ZeRO-1 vs 1 rank"
+run d2p2t2 8 parallel.pp=2 parallel.tp=2 $M=4 zero.plugin=stage1 && close ref d2p2t2 "dp 2 x pp 2 x tp 2 ZeRO-1 vs 1 rank" 5e-5 1e-5 4
 # resume: 2 steps, then the same directory to 4 steps == 4 steps straight
 run res 4 parallel.pp=2 parallel.tp=2 $M=8 train.steps=2 train.resume=auto &&
   run res 4 parallel.pp=2 parallel.tp=2 $M=8 train.steps=4 train.resume=auto && {

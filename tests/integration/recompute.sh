@@ -16,15 +16,8 @@ cfg=$src/tests/configs/equiv.toml
 work=$(mktemp -d /tmp/zp-recompute.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 fail=0
-run() { # name nranks sets...
-  local name=$1 n=$2; shift 2
-  local sets=()
-  for s in "$@"; do sets+=(--set "$s"); done
-  if ! "$zp" launch -n "$n" "$cfg" --set train.out_dir="$work/$name" --set train.precision=bf16 "${sets[@]}" > "$work/$name.log" 2>&1; then
-    echo "FAIL: run $name"; tail -20 "$work/$name.log"; fail=1; return 1
-  fi
-  grep -o '"step":[0-9]*,"loss":[0-9.e+-]*' "$work/$name/metrics.jsonl" > "$work/$name.losses"
-}
+. "$src/tests/integration/lib/runs.sh" # run, close
+RUN_SETS=(train.precision=bf16)
 act() { python3 -c 'import json,sys; print(json.loads(open(sys.argv[1]).read().splitlines()[-1])["tiers"]["gpu"]["ACT"])' "$work/$1/metrics.jsonl"; }
 for spec in "none 1" "stage3 2" "stage1 2 parallel.tp=2"; do
   set -- $spec

@@ -28,36 +28,7 @@ cmp_py=$src/tests/integration/tp_compare.py
 work=$(mktemp -d /tmp/zp-tensor.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 fail=0
-run() { # name nranks sets...
-  local name=$1 n=$2; shift 2
-  local sets=()
-  for s in "$@"; do sets+=(--set "$s"); done
-  if ! "$zp" launch -n "$n" "$cfg" --set train.out_dir="$work/$name" "${sets[@]}" > "$work/$name.log" 2>&1; then
-    echo "FAIL: run $name"; tail -30 "$work/$name.log"; fail=1; return 1
-  fi
-  grep -o '"step":[0-9]*,"loss":[0-9.e+-]*,"lr":[0-9.e+-]*,"grad_norm":[0-9.e+-]*' "$work/$name/metrics.jsonl" > "$work/$name.steps"
-}
-close() { # a b what [param tolerance, default 5e-5] [loss/norm tolerance, default 1e-5]
-  local a=$1 b=$2 what=$3 ptol=${4:-5e-5} ltol=${5:-1e-5} out
-  if ! out=$(python3 - "$work/$a.steps" "$work/$b.steps" "$ltol" <<'PY'
-import re, sys
-def rd(p): return [tuple(float(x) for x in re.findall(r':([0-9.e+-]+)', l)) for l in open(p)]
-a, b, tol = rd(sys.argv[1]), rd(sys.argv[2]), float(sys.argv[3])
-assert len(a) == len(b) and len(a) > 0, "step counts differ: %d vs %d" % (len(a), len(b))
-worst = max(max(abs(x[1] - y[1]) / abs(x[1]), abs(x[3] - y[3]) / abs(x[3])) for x, y in zip(a, b))
-print("losses/grad norms of %d steps: max relative difference %.2g (tolerance %g)" % (len(a), worst, tol))
-sys.exit(0 if worst <= tol else 1)
-PY
-  ); then echo "FAIL: $what: $out"; paste "$work/$a.steps" "$work/$b.steps"; fail=1; return; fi
-  local pout
-  "$zp" export "$work/$a" --out "$work/$a.safetensors" > /dev/null && "$zp" export "$work/$b" --out "$work/$b.safetensors" > /dev/null || {
-    echo "FAIL: $what: export"; fail=1; return; }
-  if pout=$(python3 "$cmp_py" "$work/$a.safetensors" "$work/$b.safetensors" "$ptol"); then
-    echo "ok   $what: $out; parameters: $pout"
-  else
-    echo "FAIL: $what: $out; parameters: $pout"; fail=1
-  fi
-}
+. "$src/tests/integration/lib/runs.sh" # run, close
 bitwise() { # a b what
   local a=$1 b=$2 what=$3 out
   if cmp -s "$work/$a.steps" "$work/$b.steps" &&
