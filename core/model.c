@@ -166,6 +166,23 @@ static void* carve(char* base, carve_t* c, size_t bytes) {
   return base ? base + o : NULL;
 }
 
+/* one block's saved activations (l), C the residual width, Cl / C4l this rank's attention and
+ * MLP widths (tensor parallelism; C and 4C otherwise) */
+static void carve_block(zp_acts* a, int l, char* base, carve_t* ca, size_t N, size_t es, size_t C, size_t Cl, size_t C4l) {
+  a->ln1[l] = carve(base, ca, N * C * es);
+  a->ln1_mean[l] = carve(base, ca, N * sizeof(float));
+  a->ln1_rstd[l] = carve(base, ca, N * sizeof(float));
+  a->qkv[l] = carve(base, ca, N * 3 * Cl * es);
+  a->atty[l] = carve(base, ca, N * Cl * es);
+  a->attaux[l] = carve(base, ca, a->attn_aux_bytes);
+  a->res2[l] = carve(base, ca, N * C * es);
+  a->ln2[l] = carve(base, ca, N * C * es);
+  a->ln2_mean[l] = carve(base, ca, N * sizeof(float));
+  a->ln2_rstd[l] = carve(base, ca, N * sizeof(float));
+  a->fch[l] = carve(base, ca, N * C4l * es);
+  a->fchg[l] = carve(base, ca, N * C4l * es);
+}
+
 static int acts_layout(zp_acts* a, const zp_model_layout* m, char* act, char* buf) {
   int L = m->s.L, C = m->s.C, Vp = m->s.Vp;
   size_t N = (size_t)a->B * (size_t)a->T, es = zp_dtype_size(a->ct);
@@ -183,18 +200,7 @@ static int acts_layout(zp_acts* a, const zp_model_layout* m, char* act, char* bu
       a->fch[l] = a->fch[0], a->fchg[l] = a->fchg[0];
       continue;
     }
-    a->ln1[l] = carve(act, &ca, N * C * es);
-    a->ln1_mean[l] = carve(act, &ca, N * sizeof(float));
-    a->ln1_rstd[l] = carve(act, &ca, N * sizeof(float));
-    a->qkv[l] = carve(act, &ca, N * 3 * Cl * es);
-    a->atty[l] = carve(act, &ca, N * Cl * es);
-    a->attaux[l] = carve(act, &ca, a->attn_aux_bytes);
-    a->res2[l] = carve(act, &ca, N * C * es);
-    a->ln2[l] = carve(act, &ca, N * C * es);
-    a->ln2_mean[l] = carve(act, &ca, N * sizeof(float));
-    a->ln2_rstd[l] = carve(act, &ca, N * sizeof(float));
-    a->fch[l] = carve(act, &ca, N * C4l * es);
-    a->fchg[l] = carve(act, &ca, N * C4l * es);
+    carve_block(a, l, act, &ca, N, es, (size_t)C, Cl, C4l);
   }
   a->lnf = carve(act, &ca, N * C * es);
   a->lnf_mean = carve(act, &ca, N * sizeof(float));
@@ -379,18 +385,7 @@ size_t zp_acts_chunk_layout(zp_acts* a, const zp_model_layout* m, int g0, int g1
   for (int g = g0; g < g1; g++) {
     if (g < 1 || g > L) continue;
     int l = g - 1;
-    a->ln1[l] = carve(base, &ca, N * C * es);
-    a->ln1_mean[l] = carve(base, &ca, N * sizeof(float));
-    a->ln1_rstd[l] = carve(base, &ca, N * sizeof(float));
-    a->qkv[l] = carve(base, &ca, N * 3 * C * es);
-    a->atty[l] = carve(base, &ca, N * C * es);
-    a->attaux[l] = carve(base, &ca, a->attn_aux_bytes);
-    a->res2[l] = carve(base, &ca, N * C * es);
-    a->ln2[l] = carve(base, &ca, N * C * es);
-    a->ln2_mean[l] = carve(base, &ca, N * sizeof(float));
-    a->ln2_rstd[l] = carve(base, &ca, N * sizeof(float));
-    a->fch[l] = carve(base, &ca, N * 4 * C * es);
-    a->fchg[l] = carve(base, &ca, N * 4 * C * es);
+    carve_block(a, l, base, &ca, N, es, (size_t)C, (size_t)C, (size_t)4 * C);
     if (zb) {
       a->zb_dfcproj[l] = carve(base, &ca, N * C * es);
       a->zb_dfc[l] = carve(base, &ca, N * 4 * C * es);
