@@ -2,9 +2,10 @@
  * the `tensor` plugin, the gradient norm with tp, and reassembling global tensors.
  *
  * Invariants:
- * - Ranks are numbered rank = dp_i * tp + tp_i (pp = 1): the tp ranks of one data-parallel
- *   replica are consecutive. With pipeline parallelism the caller hands in the layout's tp and
- *   dp communicators (zp_run_opts.tp_comm; borrowed, tp_world NULL) and nothing is split here. r->comm becomes the data-parallel communicator, so every strategy
+ * - zp_train hands in the layout's tp and dp communicators (core/layout.h; zp_run_opts.tp_comm;
+ *   borrowed, tp_world NULL) and nothing is split here. A caller that opens a run with the
+ *   world communicator and parallel.tp > 1 instead gets it split by zp_run_tp_comms in the same
+ *   order, rank = dp_i * tp + tp_i. r->comm becomes the data-parallel communicator, so every strategy
  *   (ZeRO stages, replicated) reduces, shards and gathers over dp only, each tp rank over its
  *   own slices; r->rank/r->world are the data-parallel rank and size.
  * - Tensors whole on every tp rank (LayerNorms, wpe, row-parallel biases) have identical

@@ -525,7 +525,7 @@ int zp_train(zp_config* cfg, zp_comm* comm, char* err, size_t errlen) {
     goto done;
   }
   zp_run* r = &t->run;
-  t->dpr = r->rank; /* the run's comm is the data-parallel one (tensor parallelism splits it in zp_run_open) */
+  t->dpr = r->rank; /* the run's comm is the layout's data-parallel one */
   t->dpc = r->comm;
   int B = r->B, accum = r->accum;
   if (pp > 1) {
