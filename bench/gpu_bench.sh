@@ -9,7 +9,7 @@
 #   /tmp/zp-bench-work), ZP_BUILD (default build-gpu), STEPS (zp steps per run, default 25: the
 #   median is over steps 6..N), SKIP_BUILD=1,
 #   PEERS = auto (default: run_torch.sh's whole matrix when >= 2 GPUs are visible, else the
-#   single-GPU modes, eager and torch.compile) | single | all | none,
+#   single-GPU modes, eager and torch.compile) | single | compile (torch.compile only) | all | none,
 #   ZP_RUN_TIMEOUT (s per zp run, default 420), PEER_TIMEOUT (s per model's peer set, default 540),
 #   ZP_MULTI (optional, with >= 2 GPUs: zero.plugin values to also run under `zp launch -n NGPU`,
 #   e.g. "none stage1 stage2 stage3"; default empty; each run repeats zp's host-side weight
@@ -211,7 +211,9 @@ if [ "$mode" != none ]; then
         cat "$WORK/peers/$m/torch.jsonl" >> "$OUT/torch.jsonl" 2> /dev/null
         { echo "== $m: run_torch.sh $pm $pb"; tail -n 40 "$WORK/peers/$m/err.log" 2> /dev/null; } >> "$OUT/torch_err.log"
       else
-        for c in "" --compile; do
+        cs=("" --compile)
+        [ "$mode" = compile ] && cs=(--compile)
+        for c in "${cs[@]}"; do
           note "peer: torch_gpt2.py --mode single --model $pm --B $pb${c:+ $c}"
           # shellcheck disable=SC2086  # $c is empty or one flag
           timeout -k 10 "$PEER_TIMEOUT" python3 "$PEER_DIR/torch_gpt2.py" --mode single --model "$pm" --B "$pb" $c \

@@ -6,8 +6,11 @@
  * - create() makes the device current, creates one non-blocking compute stream (or uses the
  *   legacy default stream when ZP_CUDA_STREAM=legacy, for event timing in tests), one cuBLASLt
  *   handle and the 32 MiB cuBLASLt workspace; destroy() releases exactly those (plus scratch).
- * - Attention: flash (attention_flash.cu) by default for head sizes 32/64/128; the cuBLASLt
- *   path (attention.cu) for other head sizes or with ZP_CUDA_ATTN=naive. Read at create().
+ * - Attention (ZP_CUDA_ATTN, read at create()): flash (default) = the mma.sync kernels of
+ *   attention_fa2.cu where head size (32/64/128) and 16-byte alignment allow, else the WMMA
+ *   kernels of attention_flash.cu (same aux), else the cuBLASLt path of attention.cu;
+ *   flash_wmma skips attention_fa2.cu (the previous kernels, kept as a reference); naive
+ *   always takes attention.cu.
  * - Memory is plain cudaMalloc/cudaFree (never managed). Copies run on the compute stream;
  *   copy_h2d and copy_d2h return only once the copy is complete (the host buffer may be reused
  *   or read at once); copy_d2d and memset0 are asynchronous like any op.
@@ -115,12 +118,14 @@ static int zpc_create(const zp_host* host, const zp_backend_config* cfg, zp_back
   b->device = dev;
   const char* s = getenv("ZP_CUDA_STREAM");
   b->legacy_stream = s && strcmp(s, "legacy") == 0;
-  const char* a = getenv("ZP_CUDA_ATTN"); /* flash (default) | naive */
-  b->attn_flash = !(a && strcmp(a, "naive") == 0);
-  if (a && strcmp(a, "flash") != 0 && strcmp(a, "naive") != 0) {
+  const char* a = getenv("ZP_CUDA_ATTN"); /* flash (default) | flash_wmma | naive */
+  b->attn_flash = 2;
+  if (a && strcmp(a, "naive") == 0) b->attn_flash = 0;
+  else if (a && strcmp(a, "flash_wmma") == 0) b->attn_flash = 1;
+  else if (a && strcmp(a, "flash") != 0) {
     free(b);
-    return zpc_err(host, ZP_E_INVALID, "cuda backend: ZP_CUDA_ATTN=%s: expected flash or naive",
-                   a);
+    return zpc_err(host, ZP_E_INVALID,
+                   "cuda backend: ZP_CUDA_ATTN=%s: expected flash, flash_wmma or naive", a);
   }
 
   int rc = ZP_OK;
@@ -162,7 +167,9 @@ static int zpc_create(const zp_host* host, const zp_backend_config* cfg, zp_back
              "cuda backend: device %d \"%s\" sm_%d%d, %d SMs, %s stream, attention %s, "
              "cuBLASLt workspace %zu MiB",
              dev, b->device_name, b->cc_major, b->cc_minor, b->sm_count,
-             b->legacy_stream ? "legacy default" : "non-blocking", b->attn_flash ? "flash" : "naive",
+             b->legacy_stream ? "legacy default" : "non-blocking", b->attn_flash == 2   ? "flash (fa2)"
+             : b->attn_flash == 1 ? "flash_wmma"
+                                  : "naive",
              ZPC_WORKSPACE_BYTES >> 20);
     zpc_log(b, ZP_LOG_INFO, msg);
   }
@@ -282,7 +289,8 @@ static void zpc_host_free(zp_backend* b, void* p) {
 /* ---------------------------------------------------------------- attention dispatch */
 
 /* flash unless ZP_CUDA_ATTN=naive, where the head size is supported, else naive; the
- * choice depends on (C, NH) only, so aux_bytes, fwd and bwd of one shape always agree. */
+ * choice depends on (C, NH) only, so aux_bytes, fwd and bwd of one shape always agree. Within
+ * flash, fa2 or WMMA is chosen per call (alignment): both write and read the same aux. */
 static int zpc_flash_for(const zp_backend* b, int C, int NH) {
   return b->attn_flash && zpc_flash_supported(C, NH);
 }
@@ -292,11 +300,15 @@ static size_t zpc_attn_aux(zp_backend* b, int B, int T, int C, int NH) {
 }
 static int zpc_attn_fwd(zp_backend* b, void* out, void* aux, const void* qkv, int B, int T, int C,
                         int NH) {
+  if (b->attn_flash == 2 && zpc_fa2_usable(C, NH, out, aux, qkv, qkv))
+    return zpc_fa2_fwd(b, out, aux, qkv, B, T, C, NH);
   return zpc_flash_for(b, C, NH) ? zpc_flash_fwd(b, out, aux, qkv, B, T, C, NH)
                                  : zpc_attention_fwd(b, out, aux, qkv, B, T, C, NH);
 }
 static int zpc_attn_bwd(zp_backend* b, void* dqkv, const void* dout, const void* qkv,
                         const void* out, const void* aux, int B, int T, int C, int NH) {
+  if (b->attn_flash == 2 && zpc_fa2_usable(C, NH, dqkv, dout, qkv, out))
+    return zpc_fa2_bwd(b, dqkv, dout, qkv, out, aux, B, T, C, NH);
   return zpc_flash_for(b, C, NH) ? zpc_flash_bwd(b, dqkv, dout, qkv, out, aux, B, T, C, NH)
                                  : zpc_attention_bwd(b, dqkv, dout, qkv, out, aux, B, T, C, NH);
 }

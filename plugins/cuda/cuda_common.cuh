@@ -45,7 +45,7 @@ struct zp_backend {
   const zp_host* host;
   int device;
   int legacy_stream;     /* ZP_CUDA_STREAM=legacy: ops go to the legacy default stream (tests) */
-  int attn_flash;        /* 1 unless ZP_CUDA_ATTN=naive */
+  int attn_flash;        /* 2 flash (fa2, default), 1 flash_wmma, 0 naive (ZP_CUDA_ATTN) */
   cudaStream_t stream;
   cublasLtHandle_t lt;
   void* workspace;       /* ZPC_WORKSPACE_BYTES for cuBLASLt */
@@ -204,6 +204,13 @@ int zpc_flash_fwd(zp_backend* b, void* out, void* aux, const void* qkv, int B, i
                   int NH);
 int zpc_flash_bwd(zp_backend* b, void* dqkv, const void* dout, const void* qkv, const void* out,
                   const void* aux, int B, int T, int C, int NH);
+/* mma.sync variant (attention_fa2.cu): same aux as the flash variant; usable when the head
+ * size is 32/64/128, C % 8 == 0 and the four pointers are 16-byte aligned */
+int zpc_fa2_usable(int C, int NH, const void* p0, const void* p1, const void* p2, const void* p3);
+int zpc_fa2_fwd(zp_backend* b, void* out, void* aux, const void* qkv, int B, int T, int C,
+                int NH);
+int zpc_fa2_bwd(zp_backend* b, void* dqkv, const void* dout, const void* qkv, const void* out,
+                const void* aux, int B, int T, int C, int NH);
 int zpc_softmax_xent(zp_backend* b, float* losses, void* logits, const int32_t* targets, int N,
                      int V, int Vp, float dloss);
 /* tensor parallelism (0.3): kernels_encoder.cu, softmax_xent.cu */

@@ -25,9 +25,11 @@
  * the core's dependencies) a small independent fp32 reference in this file is used instead.
  *
  * Timing: a second instance of the CUDA backend is created with ZP_CUDA_STREAM=legacy, so its
- * ops run on the legacy default stream and cudaEventRecord(…, 0) brackets them exactly. Both
- * attention variants are checked, each on its own instance: ZP_CUDA_ATTN=naive (cuBLASLt) and
- * ZP_CUDA_ATTN=flash (the plugin's default; head sizes 32/64/128, else it falls back to naive).
+ * ops run on the legacy default stream and cudaEventRecord(…, 0) brackets them exactly. Three
+ * attention variants are checked, each on its own instance: ZP_CUDA_ATTN=naive (cuBLASLt),
+ * ZP_CUDA_ATTN=flash_wmma (the previous flash kernels) and ZP_CUDA_ATTN=flash (the plugin's
+ * default, mma.sync; head sizes 32/64/128, else it falls back to naive), and flash is also
+ * compared with flash_wmma directly.
  * Instances have separate streams: results of one are synchronized before another reads them.
  */
 #define _GNU_SOURCE
@@ -59,7 +61,9 @@
 static const zp_backend_ops* G;  /* cuda */
 static const zp_backend_ops* R;  /* reference */
 static zp_backend* gb;           /* cuda, default (non-blocking stream) */
-static zp_backend* gfb;          /* cuda, ZP_CUDA_ATTN=flash */
+static zp_backend* gfb;          /* cuda, ZP_CUDA_ATTN=flash (the mma.sync kernels) */
+static zp_backend* gwb;          /* cuda, ZP_CUDA_ATTN=flash_wmma (the previous flash kernels) */
+static zp_backend* twb;          /* cuda, legacy stream + flash_wmma: timing */
 static zp_backend* tb;           /* cuda, legacy stream: timing */
 static zp_backend* tfb;          /* cuda, legacy stream + flash: timing */
 static zp_backend* rb;           /* reference */
@@ -368,6 +372,7 @@ static double gtime(zp_backend* timing_backend, runner_t f, const args_t* a) {
   if (!g_time || !timing_backend) return NAN;
   CK(G->synchronize(gb));
   if (gfb) CK(G->synchronize(gfb));
+  if (gwb) CK(G->synchronize(gwb));
   for (int i = 0; i < 2; i++) CK(f(G, timing_backend, a));
   cudaEvent_t ev[2 * TIME_REPS];
   for (int i = 0; i < 2 * TIME_REPS; i++)
@@ -821,10 +826,12 @@ static void t_attention(int B, int T, int C, int NH) {
   float* ref_out = rdown(ra.o1, BTC);
   float* ref_dqkv = rdown(ra.o3, 3 * BTC);
 
-  for (int variant = 0; variant < 2; variant++) {
-    zp_backend* b = variant ? gfb : gb;
-    zp_backend* t = variant ? tfb : tb;
-    const char* vn = variant ? "flash" : "naive";
+  float* prev_out = NULL; /* flash_wmma's results, for flash against the previous kernel */
+  float* prev_dqkv = NULL;
+  for (int variant = 0; variant < 3; variant++) { /* naive, flash_wmma, flash */
+    zp_backend* b = variant == 2 ? gfb : variant == 1 ? gwb : gb;
+    zp_backend* t = variant == 2 ? tfb : variant == 1 ? twb : tb;
+    const char* vn = variant == 2 ? "flash" : variant == 1 ? "flash_wmma" : "naive";
     char nf[48], nb2[48];
     snprintf(nf, sizeof nf, "attention_fwd[%s]", vn);
     snprintf(nb2, sizeof nb2, "attention_bwd[%s].dqkv", vn);
@@ -850,11 +857,17 @@ static void t_attention(int B, int T, int C, int NH) {
     }
     if (rc) die("attention_fwd[%s] returned %d", vn, rc);
     CK(G->synchronize(b)); /* b's stream is not ordered with gb's, which downloads */
-    cmp(nf, shape, gdown(ga.o1, BTC), ref_out, BTC, TOL_OUT);
+    float* got_out = gdown(ga.o1, BTC);
+    cmp(nf, shape, got_out, ref_out, BTC, TOL_OUT);
     snprintf(g_pend[g_npend - 1].note, sizeof g_pend[0].note, "aux %.1f MiB",
              gaux / 1048576.0);
+    if (variant == 1) prev_out = got_out;
     double ms = gtime(t, r_att_fwd, &ga);
     flush(ms);
+    if (variant == 2 && prev_out) {
+      cmp("attention_fwd[flash vs flash_wmma]", shape, got_out, prev_out, BTC, TOL_OUT);
+      flush(NAN);
+    }
     ga.i2 = ga.o1;
     ga.i3 = ga.o2;
     ga.i4 = gup(dout, BTC);
@@ -862,7 +875,9 @@ static void t_attention(int B, int T, int C, int NH) {
     rc = r_att_bwd(G, b, &ga);
     if (rc) die("attention_bwd[%s] returned %d", vn, rc);
     CK(G->synchronize(b));
-    cmp(nb2, shape, gdown(ga.o3, 3 * BTC), ref_dqkv, 3 * BTC, TOL_GRAD);
+    float* got_dqkv = gdown(ga.o3, 3 * BTC);
+    cmp(nb2, shape, got_dqkv, ref_dqkv, 3 * BTC, TOL_GRAD);
+    if (variant == 1) prev_dqkv = got_dqkv;
     { /* determinism: a second backward into a NaN-poisoned buffer is bitwise equal */
       void* first = hmalloc(3 * BTC * 2);
       void* second = hmalloc(3 * BTC * 2);
@@ -878,6 +893,10 @@ static void t_attention(int B, int T, int C, int NH) {
     }
     double msb = gtime(t, r_att_bwd, &ga);
     flush(msb);
+    if (variant == 2 && prev_dqkv) {
+      cmp("attention_bwd[flash vs flash_wmma]", shape, got_dqkv, prev_dqkv, 3 * BTC, TOL_GRAD);
+      flush(NAN);
+    }
     if (!isnan(ms)) {
       double fl = 4.0 * B * NH * (double)T * T * (C / NH) / 2.0; /* causal half */
       printf("# attention[%s] fwd %.1f, bwd %.1f TFLOP/s (causal FLOPs)\n", vn,
@@ -1500,7 +1519,8 @@ static const zp_backend_ops rf_ops = {
     rf_copy,                rf_copy,     rf_copy,     rf_memset0,  rf_sync,     rf_cast,
     rf_accumulate,          rf_fill,     rf_enc_fwd,  rf_enc_bwd,  rf_ln_fwd,   rf_ln_bwd,
     rf_mm_fwd,              rf_mm_bwd,   rf_att_aux,  rf_att_fwd,  rf_att_bwd,  rf_gelu_fwd,
-    rf_gelu_bwd,            rf_residual, rf_xent,     rf_adamw,    rf_sumsq,    rf_scale};
+    rf_gelu_bwd,            rf_residual, rf_xent,     rf_adamw,    rf_sumsq,    rf_scale,
+    .comm_unique_id = NULL};
 static const zp_backend_ops* reference_ops(void) { return &rf_ops; }
 #else
 static const zp_backend_ops* reference_ops(void) { return zp_cpu_backend_ops(); }
@@ -1572,9 +1592,11 @@ int main(int argc, char** argv) {
 
   gb = make_cuda(NULL, "naive", 1);
   gfb = make_cuda(NULL, "flash", 0);
+  gwb = make_cuda(NULL, "flash_wmma", 0);
   if (g_time) {
     tb = make_cuda("legacy", "naive", 1);
     tfb = make_cuda("legacy", "flash", 0);
+    twb = make_cuda("legacy", "flash_wmma", 0);
   }
   zp_backend_config rc;
   memset(&rc, 0, sizeof rc);
@@ -1611,7 +1633,10 @@ int main(int argc, char** argv) {
   t_attention(2, 128, 256, 2); /* hs = 128 */
   t_attention(2, 100, 128, 2); /* hs = 64, T not a multiple of the 64-row tiles */
   t_attention(2, 77, 128, 4);  /* hs = 32, ragged T */
+  t_attention(1, 200, 128, 2); /* hs = 64, two 128-row forward tiles, the second ragged */
+  t_attention(1, 333, 256, 2); /* hs = 128, ragged over several 64-row tiles */
   if (!g_quick) t_attention(8, 1024, 768, 12); /* GPT-2 124M, micro-batch 8: timing shape */
+  if (!g_quick) t_attention(4, 1024, 1600, 25); /* GPT-2 1.5B, micro-batch 4: timing shape */
   t_pointwise((size_t)N * 4 * C, 0);
   t_pointwise(1001, 1);
   t_xent(N, V, Vp);
@@ -1624,6 +1649,8 @@ int main(int argc, char** argv) {
 
   printf("%d passed, %d failed, %d skipped\n", g_pass, g_fail, g_skip);
   if (tfb) G->destroy(tfb);
+  if (twb) G->destroy(twb);
+  if (gwb) G->destroy(gwb);
   if (tb) G->destroy(tb);
   if (gfb) G->destroy(gfb);
   G->destroy(gb);

@@ -1,0 +1,594 @@
+/* attention_fa2.cu: causal attention on mma.sync tensor cores, FlashAttention-2 style (the
+ * default; ZP_CUDA_ATTN=flash_wmma selects the previous WMMA kernels of attention_flash.cu,
+ * ZP_CUDA_ATTN=naive the cuBLASLt path of attention.cu).
+ *
+ * Same contract as attention_flash.cu, so the two are interchangeable call by call: qkv is
+ * [B, T, 3C] (q | k | v, head h at columns h*HS..), out [B, T, C], aux = logsumexp
+ * L[b,h,t] = log sum_{j<=t} exp(s_tj) (natural log, s = q.k / sqrt(HS)) as fp32 [B, NH, T].
+ *
+ * Forward (grid: query tiles of 16*MW*4 rows x heads; 4 warps, warp w owns MW m16 row tiles):
+ * one pass over 64-key tiles j in increasing order with the online softmax held in registers
+ * (row max and partial sums in the log2 domain); S and P never leave registers: the S
+ * accumulator fragments of two adjacent n8 tiles are exactly the A fragment of the P.V product.
+ * K/V tiles are double-buffered through cp.async (zero-filled past T).
+ * Backward, deterministic (no atomics; every output element written once by one thread):
+ *   D[t] = sum_d dO[t,d] O[t,d]                                   (prep kernel)
+ *   kv kernel, per 64-key tile (warp w: keys 16w..16w+15), over query tiles i >= j:
+ *     S^T = K Q^T, P^T = exp(S^T - L), dP^T = V dO^T, dS^T = P^T (dP^T - D),
+ *     dV += P^T dO, dK += dS^T Q                      (registers; scaled by 1/sqrt(HS) at the end)
+ *   q kernel, per 64-query tile (warp w: rows 16w..), over key tiles j <= i:
+ *     S = Q K^T, P, dP = dO V^T, dS, dQ += dS K
+ *   (P and dS are recomputed in both kernels: 7 tile products instead of 5, the price of no
+ *   atomics.)
+ * Needs: HS in {32, 64, 128}; every pointer 16-byte aligned and C % 8 == 0 (zpc_fa2_usable);
+ * otherwise the caller uses attention_flash.cu, whose aux has the same meaning.
+ * Invariants: 128 threads; fragment layouts are those of mma.m16n8k16 (row.col) and ldmatrix,
+ * with lane = 4g + t: C/D regs {0,1} at (row g, cols 2t, 2t+1), {2,3} at row g + 8. Shared
+ * tiles have rows of HS + 8 bf16 (a 16-byte pad: ldmatrix rows fall in distinct banks).
+ * Masking: key > query gives P = 0; key tiles start at 0, so every row's running max is finite
+ * after the first tile and fully masked later tiles add exact zeros. Rows t >= T are zero
+ * loaded, never stored; their L reads as +inf in the backward, so their P is exactly 0.
+ */
+#include <math.h>
+#include <stdint.h>
+
+#include "cuda_common.cuh"
+
+#define F2_THREADS 128
+#define F2_BC 64 /* keys per tile (forward and q kernel), queries per tile (kv kernel) */
+#define F2_LOG2E 1.4426950408889634f
+#define F2_LN2 0.6931471805599453f
+
+/* ---------------------------------------------------------------- PTX helpers */
+
+__device__ __forceinline__ uint32_t f2_smem(const void* p) {
+  return (uint32_t)__cvta_generic_to_shared(p);
+}
+__device__ __forceinline__ void f2_cp16(void* dst, const void* src, bool valid) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(f2_smem(dst)), "l"(src),
+               "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void f2_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N> __device__ __forceinline__ void f2_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+__device__ __forceinline__ void f2_ldm4(uint32_t (&r)[4], const bf16* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(f2_smem(p)));
+}
+__device__ __forceinline__ void f2_ldm4t(uint32_t (&r)[4], const bf16* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(f2_smem(p)));
+}
+__device__ __forceinline__ void f2_mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
+                                       uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+      "{%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+__device__ __forceinline__ uint32_t f2_pack(float lo, float hi) {
+  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *(uint32_t*)&v;
+}
+
+/* ldmatrix lane addresses. A operand (16 rows x 16 k, row-major [row][k]) and the transposed
+ * B operand (16 k x 16 n stored [k][n]): row r0 + (lane & 15), column c0 + 8 (lane >> 4).
+ * B operand stored [n][k] (non-transposed): row n0 + (lane & 7) + 8 (lane >> 4),
+ * column k0 + 8 ((lane >> 3) & 1). Either x4 load gives {b0, b1} of n tile 0 in r[0], r[1] and
+ * of n tile 1 (n0 + 8) in r[2], r[3]; the A load gives a0..a3. */
+template <int LD>
+__device__ __forceinline__ const bf16* f2_at_a(const bf16* s, int r0, int c0, int lane) {
+  return s + (r0 + (lane & 15)) * LD + c0 + ((lane >> 4) << 3);
+}
+template <int LD>
+__device__ __forceinline__ const bf16* f2_at_bn(const bf16* s, int n0, int k0, int lane) {
+  return s + (n0 + (lane & 7) + ((lane >> 4) << 3)) * LD + k0 + (((lane >> 3) & 1) << 3);
+}
+
+/* acc[16 rows][64 cols] (8 n8 tiles) += A[16 rows of sa at r0][HS] . Bm[64 rows of sb][HS]^T */
+template <int HS, int LD>
+__device__ __forceinline__ void f2_abt(float (&acc)[8][4], const bf16* sa, int r0, const bf16* sb,
+                                       int lane) {
+#pragma unroll
+  for (int kk = 0; kk < HS / 16; kk++) {
+    uint32_t a[4];
+    f2_ldm4(a, f2_at_a<LD>(sa, r0, kk * 16, lane));
+#pragma unroll
+    for (int np = 0; np < 4; np++) {
+      uint32_t b[4];
+      f2_ldm4(b, f2_at_bn<LD>(sb, np * 16, kk * 16, lane));
+      f2_mma(acc[2 * np], a, b[0], b[1]);
+      f2_mma(acc[2 * np + 1], a, b[2], b[3]);
+    }
+  }
+}
+
+/* acc[16][HS] += P[16][64] (register fragments p, fp32, rounded to bf16 here) . Z[64][HS] (smem,
+ * stored [k][n]) */
+template <int HS, int LD>
+__device__ __forceinline__ void f2_pv(float (&acc)[HS / 8][4], const float (&p)[8][4],
+                                      const bf16* sz, int lane) {
+#pragma unroll
+  for (int kk = 0; kk < 4; kk++) {
+    uint32_t a[4] = {f2_pack(p[2 * kk][0], p[2 * kk][1]), f2_pack(p[2 * kk][2], p[2 * kk][3]),
+                     f2_pack(p[2 * kk + 1][0], p[2 * kk + 1][1]),
+                     f2_pack(p[2 * kk + 1][2], p[2 * kk + 1][3])};
+#pragma unroll
+    for (int dp = 0; dp < HS / 16; dp++) {
+      uint32_t b[4];
+      f2_ldm4t(b, f2_at_a<LD>(sz, kk * 16, dp * 16, lane));
+      f2_mma(acc[2 * dp], a, b[0], b[1]);
+      f2_mma(acc[2 * dp + 1], a, b[2], b[3]);
+    }
+  }
+}
+
+/* ROWS rows of a head slice (row t at base + t*stride) into s[ROWS][HS + 8], zeros past T */
+template <int HS, int ROWS>
+__device__ __forceinline__ void f2_load(bf16* s, const bf16* base, size_t stride, int row0,
+                                        int T) {
+  constexpr int V8 = HS / 8;
+#pragma unroll
+  for (int idx = threadIdx.x; idx < ROWS * V8; idx += F2_THREADS) {
+    const int r = idx / V8, c8 = idx - r * V8, t = row0 + r;
+    const bool ok = t < T;
+    f2_cp16(s + r * (HS + 8) + c8 * 8, base + (size_t)(ok ? t : 0) * stride + c8 * 8, ok);
+  }
+}
+
+/* 16 rows (row0 + 0..15 of a warp's fragment rows g, g + 8) of an fp32 accumulator to bf16 */
+template <int HS>
+__device__ __forceinline__ void f2_store(bf16* base, size_t stride, int row0, int T,
+                                         const float (&acc)[HS / 8][4], float mul0, float mul1,
+                                         int lane) {
+  const int g = lane >> 2, t = lane & 3;
+#pragma unroll
+  for (int h = 0; h < 2; h++) {
+    const int row = row0 + g + 8 * h;
+    if (row >= T) continue;
+    const float mul = h ? mul1 : mul0;
+    bf16* dst = base + (size_t)row * stride + 2 * t;
+#pragma unroll
+    for (int nt = 0; nt < HS / 8; nt++)
+      *(uint32_t*)(dst + nt * 8) = f2_pack(acc[nt][2 * h] * mul, acc[nt][2 * h + 1] * mul);
+  }
+}
+
+/* ---------------------------------------------------------------- forward */
+
+template <int HS, int MW> struct F2Fwd {
+  static constexpr int LD = HS + 8;
+  static constexpr int BR = 16 * MW * 4;
+  static constexpr size_t q = (size_t)BR * LD * 2;
+  static constexpr size_t kv = (size_t)F2_BC * LD * 2;
+  static constexpr size_t bytes = q + 4 * kv; /* Q, then (K, V) x 2 buffers */
+};
+
+template <int HS, int MW>
+__global__ void __launch_bounds__(F2_THREADS)
+zpc_fa2_fwd_kernel(bf16* out, float* lse_out, const bf16* qkv, int T, int NH, float scale_log2) {
+  typedef F2Fwd<HS, MW> L;
+  constexpr int LD = L::LD, BR = L::BR;
+  extern __shared__ __align__(128) unsigned char f2_sm[];
+  bf16* Qs = (bf16*)f2_sm;
+  bf16* Ks0 = (bf16*)(f2_sm + L::q);
+
+  const int C = NH * HS;
+  const int nq = (T + BR - 1) / BR;
+  const int qt = nq - 1 - (int)blockIdx.x; /* heavy (late) tiles first */
+  const int bh = blockIdx.y, bb = bh / NH, h = bh % NH;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t4 = lane & 3;
+  const int q0 = qt * BR;
+  const size_t stride = 3 * (size_t)C;
+  const bf16* qbase = qkv + (size_t)bb * T * stride + h * HS;
+  const bf16* kbase = qbase + C;
+  const bf16* vbase = qbase + 2 * C;
+  const int nk = (min(q0 + BR, T) + F2_BC - 1) / F2_BC; /* key tiles 0..nk-1 */
+
+  f2_load<HS, BR>(Qs, qbase, stride, q0, T);
+  f2_load<HS, F2_BC>(Ks0, kbase, stride, 0, T);
+  f2_load<HS, F2_BC>(Ks0 + F2_BC * LD, vbase, stride, 0, T);
+  f2_commit();
+
+  float o[MW][HS / 8][4];
+  float mrow[MW][2], lrow[MW][2];
+  uint32_t qf[MW][HS / 16][4];
+#pragma unroll
+  for (int mi = 0; mi < MW; mi++) {
+    mrow[mi][0] = mrow[mi][1] = -INFINITY;
+    lrow[mi][0] = lrow[mi][1] = 0.0f;
+#pragma unroll
+    for (int nt = 0; nt < HS / 8; nt++) o[mi][nt][0] = o[mi][nt][1] = o[mi][nt][2] = o[mi][nt][3] = 0.0f;
+  }
+
+  for (int j = 0; j < nk; j++) {
+    if (j + 1 < nk) {
+      bf16* nb = Ks0 + ((j + 1) & 1) * 2 * F2_BC * LD;
+      f2_load<HS, F2_BC>(nb, kbase, stride, (j + 1) * F2_BC, T);
+      f2_load<HS, F2_BC>(nb + F2_BC * LD, vbase, stride, (j + 1) * F2_BC, T);
+      f2_commit();
+      f2_wait<1>();
+    } else {
+      f2_wait<0>();
+    }
+    __syncthreads();
+    const bf16* Ks = Ks0 + (j & 1) * 2 * F2_BC * LD;
+    const bf16* Vs = Ks + F2_BC * LD;
+    if (j == 0) {
+#pragma unroll
+      for (int mi = 0; mi < MW; mi++)
+#pragma unroll
+        for (int kk = 0; kk < HS / 16; kk++)
+          f2_ldm4(qf[mi][kk], f2_at_a<LD>(Qs, (warp * MW + mi) * 16, kk * 16, lane));
+    }
+    const int k0 = j * F2_BC;
+#pragma unroll
+    for (int mi = 0; mi < MW; mi++) {
+      const int r0 = q0 + (warp * MW + mi) * 16; /* first query row of this m tile */
+      if (k0 > r0 + 15) continue;                /* whole tile masked for these rows */
+      float s[8][4];
+#pragma unroll
+      for (int nt = 0; nt < 8; nt++) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+#pragma unroll
+      for (int kk = 0; kk < HS / 16; kk++)
+#pragma unroll
+        for (int np = 0; np < 4; np++) {
+          uint32_t b[4];
+          f2_ldm4(b, f2_at_bn<LD>(Ks, np * 16, kk * 16, lane));
+          f2_mma(s[2 * np], qf[mi][kk], b[0], b[1]);
+          f2_mma(s[2 * np + 1], qf[mi][kk], b[2], b[3]);
+        }
+      const bool diag = k0 + F2_BC - 1 > r0;
+      float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+      for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+          float x = s[nt][e] * scale_log2;
+          if (diag && k0 + nt * 8 + 2 * t4 + (e & 1) > r0 + g + 8 * (e >> 1)) x = -INFINITY;
+          s[nt][e] = x;
+          mx[e >> 1] = fmaxf(mx[e >> 1], x);
+        }
+      float alpha[2];
+#pragma unroll
+      for (int hh = 0; hh < 2; hh++) {
+        mx[hh] = fmaxf(mx[hh], __shfl_xor_sync(0xffffffffu, mx[hh], 1));
+        mx[hh] = fmaxf(mx[hh], __shfl_xor_sync(0xffffffffu, mx[hh], 2));
+        const float mn = fmaxf(mrow[mi][hh], mx[hh]);
+        alpha[hh] = exp2f(mrow[mi][hh] - mn);
+        mrow[mi][hh] = mn;
+        lrow[mi][hh] *= alpha[hh];
+      }
+#pragma unroll
+      for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+          const float p = exp2f(s[nt][e] - mrow[mi][e >> 1]);
+          s[nt][e] = p;
+          lrow[mi][e >> 1] += p;
+        }
+#pragma unroll
+      for (int nt = 0; nt < HS / 8; nt++) {
+        o[mi][nt][0] *= alpha[0];
+        o[mi][nt][1] *= alpha[0];
+        o[mi][nt][2] *= alpha[1];
+        o[mi][nt][3] *= alpha[1];
+      }
+      f2_pv<HS, LD>(o[mi], s, Vs, lane);
+    }
+    __syncthreads(); /* every warp is done with buffer j & 1 before it is refilled */
+  }
+
+  bf16* obase = out + (size_t)bb * T * C + h * HS;
+#pragma unroll
+  for (int mi = 0; mi < MW; mi++) {
+    const int r0 = q0 + (warp * MW + mi) * 16;
+    float inv[2];
+#pragma unroll
+    for (int hh = 0; hh < 2; hh++) {
+      float l = lrow[mi][hh];
+      l += __shfl_xor_sync(0xffffffffu, l, 1);
+      l += __shfl_xor_sync(0xffffffffu, l, 2);
+      inv[hh] = 1.0f / l;
+      const int row = r0 + g + 8 * hh;
+      if (t4 == 0 && row < T) lse_out[(size_t)bh * T + row] = (mrow[mi][hh] + log2f(l)) * F2_LN2;
+    }
+    f2_store<HS>(obase, C, r0, T, o[mi], inv[0], inv[1], lane);
+  }
+}
+
+/* ---------------------------------------------------------------- backward */
+
+/* D[b,h,t] = sum_d dO . O over the head's HS columns; HS/8 lanes per (b, t, h), 16-byte loads */
+template <int HS>
+__global__ void zpc_fa2_bwd_prep_kernel(float* D, const bf16* dout, const bf16* out, int B, int T,
+                                        int NH) {
+  constexpr int G = HS / 8;
+  const size_t gid = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
+  const size_t row = gid / G; /* (b*T + t)*NH + h */
+  const int part = (int)(gid % G);
+  const bool ok = row < (size_t)B * T * NH;
+  float s = 0.0f;
+  if (ok) {
+    uint4 a = *(const uint4*)(dout + row * HS + part * 8);
+    uint4 o = *(const uint4*)(out + row * HS + part * 8);
+    const bf16* pa = (const bf16*)&a;
+    const bf16* po = (const bf16*)&o;
+#pragma unroll
+    for (int e = 0; e < 8; e++) s += bf2f(pa[e]) * bf2f(po[e]);
+  }
+#pragma unroll
+  for (int off = G / 2; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off, G);
+  if (ok && part == 0) {
+    const int h = (int)(row % NH);
+    const size_t bt = row / NH;
+    const int t = (int)(bt % T);
+    const size_t b = bt / T;
+    D[(b * NH + h) * T + t] = s;
+  }
+}
+
+template <int HS> struct F2Bwd {
+  static constexpr int LD = HS + 8;
+  static constexpr size_t tile = (size_t)F2_BC * LD * 2;
+  /* 2 resident tiles, 2 buffers x 2 streamed tiles, 2 buffers x (L, D) x 64 floats */
+  static constexpr size_t bytes = 6 * tile + 4 * F2_BC * sizeof(float);
+};
+
+/* L (log2 domain, +inf past T) and D of rows row0..row0+63 into s[0..63], s[64..127] */
+__device__ __forceinline__ void f2_load_ld(float* s, const float* lse, const float* D, int row0,
+                                           int T) {
+  const int i = threadIdx.x;
+  if (i < F2_BC) {
+    const int t = row0 + i;
+    s[i] = t < T ? lse[t] * F2_LOG2E : INFINITY;
+  } else if (i < 2 * F2_BC) {
+    const int t = row0 + i - F2_BC;
+    s[i] = t < T ? D[t] : 0.0f;
+  }
+}
+
+/* one 64-key tile per block; warp w: keys k0 + 16w .. +15; dK, dV written once */
+template <int HS>
+__global__ void __launch_bounds__(F2_THREADS)
+zpc_fa2_bwd_kv_kernel(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse,
+                      const float* Dv, int T, int NH, float scale_log2, float scale) {
+  typedef F2Bwd<HS> L;
+  constexpr int LD = L::LD;
+  extern __shared__ __align__(128) unsigned char f2_sm[];
+  bf16* Ks = (bf16*)f2_sm;
+  bf16* Vs = Ks + F2_BC * LD;
+  bf16* Qb = Vs + F2_BC * LD; /* buffer x: Q at Qb + 2x tiles, dO right after */
+  float* LDs = (float*)(f2_sm + 6 * L::tile); /* buffer x at LDs + 128x */
+
+  const int C = NH * HS;
+  const int nt_all = (T + F2_BC - 1) / F2_BC;
+  const int j = (int)blockIdx.x; /* low key tiles see the most query tiles: first */
+  const int bh = blockIdx.y, bb = bh / NH, h = bh % NH;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t4 = lane & 3;
+  const int k0 = j * F2_BC;
+  const size_t stride = 3 * (size_t)C;
+  const bf16* qbase = qkv + (size_t)bb * T * stride + h * HS;
+  const bf16* kbase = qbase + C;
+  const bf16* vbase = qbase + 2 * C;
+  const bf16* dobase = dout + (size_t)bb * T * C + h * HS;
+  const float* lrow = lse + (size_t)bh * T;
+  const float* drow = Dv + (size_t)bh * T;
+
+  f2_load<HS, F2_BC>(Ks, kbase, stride, k0, T);
+  f2_load<HS, F2_BC>(Vs, vbase, stride, k0, T);
+  f2_load<HS, F2_BC>(Qb, qbase, stride, k0, T);
+  f2_load<HS, F2_BC>(Qb + F2_BC * LD, dobase, C, k0, T);
+  f2_commit();
+  f2_load_ld(LDs, lrow, drow, k0, T);
+
+  float dk[HS / 8][4], dv[HS / 8][4];
+#pragma unroll
+  for (int nt = 0; nt < HS / 8; nt++)
+#pragma unroll
+    for (int e = 0; e < 4; e++) dk[nt][e] = dv[nt][e] = 0.0f;
+
+  const int kr = 16 * warp + g; /* local key rows kr, kr + 8 */
+  for (int i = j; i < nt_all; i++) {
+    const int x = (i - j) & 1;
+    if (i + 1 < nt_all) {
+      bf16* nb = Qb + (x ^ 1) * 2 * F2_BC * LD;
+      f2_load<HS, F2_BC>(nb, qbase, stride, (i + 1) * F2_BC, T);
+      f2_load<HS, F2_BC>(nb + F2_BC * LD, dobase, C, (i + 1) * F2_BC, T);
+      f2_commit();
+      f2_load_ld(LDs + (x ^ 1) * 2 * F2_BC, lrow, drow, (i + 1) * F2_BC, T);
+      f2_wait<1>();
+    } else {
+      f2_wait<0>();
+    }
+    __syncthreads();
+    const bf16* Qs = Qb + x * 2 * F2_BC * LD;
+    const bf16* dOs = Qs + F2_BC * LD;
+    const float* Ls = LDs + x * 2 * F2_BC;
+    const float* Ds = Ls + F2_BC;
+    const bool diag = i == j;
+
+    float p[8][4], dp[8][4];
+#pragma unroll
+    for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) p[nt][e] = dp[nt][e] = 0.0f;
+    f2_abt<HS, LD>(p, Ks, 16 * warp, Qs, lane);   /* S^T */
+    f2_abt<HS, LD>(dp, Vs, 16 * warp, dOs, lane); /* dP^T */
+#pragma unroll
+    for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) {
+        const int qc = nt * 8 + 2 * t4 + (e & 1); /* local query column */
+        float pv = exp2f(p[nt][e] * scale_log2 - Ls[qc]);
+        if (diag && kr + 8 * (e >> 1) > qc) pv = 0.0f;
+        p[nt][e] = pv;
+        dp[nt][e] = pv * (dp[nt][e] - Ds[qc]); /* dS^T */
+      }
+    f2_pv<HS, LD>(dv, p, dOs, lane);
+    f2_pv<HS, LD>(dk, dp, Qs, lane);
+    __syncthreads(); /* buffer x is refilled next iteration */
+  }
+  bf16* dkb = dqkv + (size_t)bb * T * stride + C + h * HS;
+  f2_store<HS>(dkb, stride, k0 + 16 * warp, T, dk, scale, scale, lane);
+  f2_store<HS>(dkb + C, stride, k0 + 16 * warp, T, dv, 1.0f, 1.0f, lane);
+}
+
+/* one 64-query tile per block; warp w: rows q0 + 16w .. +15; dQ written once */
+template <int HS>
+__global__ void __launch_bounds__(F2_THREADS)
+zpc_fa2_bwd_q_kernel(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse,
+                     const float* Dv, int T, int NH, float scale_log2, float scale) {
+  typedef F2Bwd<HS> L;
+  constexpr int LD = L::LD;
+  extern __shared__ __align__(128) unsigned char f2_sm[];
+  bf16* Qs = (bf16*)f2_sm;
+  bf16* dOs = Qs + F2_BC * LD;
+  bf16* Kb = dOs + F2_BC * LD; /* buffer x: K at Kb + 2x tiles, V right after */
+
+  const int C = NH * HS;
+  const int nq = (T + F2_BC - 1) / F2_BC;
+  const int i = nq - 1 - (int)blockIdx.x; /* heavy (late) tiles first */
+  const int bh = blockIdx.y, bb = bh / NH, h = bh % NH;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t4 = lane & 3;
+  const int q0 = i * F2_BC;
+  const size_t stride = 3 * (size_t)C;
+  const bf16* qbase = qkv + (size_t)bb * T * stride + h * HS;
+  const bf16* kbase = qbase + C;
+  const bf16* vbase = qbase + 2 * C;
+  const bf16* dobase = dout + (size_t)bb * T * C + h * HS;
+
+  f2_load<HS, F2_BC>(Qs, qbase, stride, q0, T);
+  f2_load<HS, F2_BC>(dOs, dobase, C, q0, T);
+  f2_load<HS, F2_BC>(Kb, kbase, stride, 0, T);
+  f2_load<HS, F2_BC>(Kb + F2_BC * LD, vbase, stride, 0, T);
+  f2_commit();
+
+  const int qr = 16 * warp + g; /* local query rows qr, qr + 8 */
+  float lr[2], dr[2];
+#pragma unroll
+  for (int hh = 0; hh < 2; hh++) {
+    const int t = q0 + qr + 8 * hh;
+    lr[hh] = t < T ? lse[(size_t)bh * T + t] * F2_LOG2E : INFINITY;
+    dr[hh] = t < T ? Dv[(size_t)bh * T + t] : 0.0f;
+  }
+  float dq[HS / 8][4];
+#pragma unroll
+  for (int nt = 0; nt < HS / 8; nt++) dq[nt][0] = dq[nt][1] = dq[nt][2] = dq[nt][3] = 0.0f;
+
+  for (int j = 0; j <= i; j++) {
+    const int x = j & 1;
+    if (j + 1 <= i) {
+      bf16* nb = Kb + (x ^ 1) * 2 * F2_BC * LD;
+      f2_load<HS, F2_BC>(nb, kbase, stride, (j + 1) * F2_BC, T);
+      f2_load<HS, F2_BC>(nb + F2_BC * LD, vbase, stride, (j + 1) * F2_BC, T);
+      f2_commit();
+      f2_wait<1>();
+    } else {
+      f2_wait<0>();
+    }
+    __syncthreads();
+    const bf16* Ks = Kb + x * 2 * F2_BC * LD;
+    const bf16* Vs = Ks + F2_BC * LD;
+    const bool diag = i == j;
+    float p[8][4], dp[8][4];
+#pragma unroll
+    for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) p[nt][e] = dp[nt][e] = 0.0f;
+    f2_abt<HS, LD>(p, Qs, 16 * warp, Ks, lane);   /* S */
+    f2_abt<HS, LD>(dp, dOs, 16 * warp, Vs, lane); /* dP */
+#pragma unroll
+    for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) {
+        const int kc = nt * 8 + 2 * t4 + (e & 1); /* local key column */
+        float pv = exp2f(p[nt][e] * scale_log2 - lr[e >> 1]);
+        if (diag && kc > qr + 8 * (e >> 1)) pv = 0.0f;
+        dp[nt][e] = pv * (dp[nt][e] - dr[e >> 1]); /* dS */
+      }
+    f2_pv<HS, LD>(dq, dp, Ks, lane);
+    __syncthreads();
+  }
+  f2_store<HS>(dqkv + (size_t)bb * T * stride + h * HS, stride, q0 + 16 * warp, T, dq, scale,
+               scale, lane);
+}
+
+/* ---------------------------------------------------------------- launchers */
+
+int zpc_fa2_usable(int C, int NH, const void* p0, const void* p1, const void* p2,
+                   const void* p3) {
+  if (NH <= 0 || C % NH || C % 8) return 0;
+  const int hs = C / NH;
+  if (hs != 32 && hs != 64 && hs != 128) return 0;
+  return ((uintptr_t)p0 | (uintptr_t)p1 | (uintptr_t)p2 | (uintptr_t)p3) % 16 == 0;
+}
+
+template <int HS, int MW>
+static int f2_fwd(zp_backend* b, void* out, void* aux, const void* qkv, int B, int T, int NH) {
+  const size_t smem = F2Fwd<HS, MW>::bytes;
+  ZPC_CUDA(b, cudaFuncSetAttribute(zpc_fa2_fwd_kernel<HS, MW>,
+                                   cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+  constexpr int BR = F2Fwd<HS, MW>::BR;
+  dim3 grid((T + BR - 1) / BR, B * NH);
+  zpc_fa2_fwd_kernel<HS, MW><<<grid, F2_THREADS, smem, b->stream>>>(
+      (bf16*)out, (float*)aux, (const bf16*)qkv, T, NH, F2_LOG2E / sqrtf((float)HS));
+  ZPC_LAUNCHED(b, "fa2_fwd");
+  return ZP_OK;
+}
+
+template <int HS>
+static int f2_bwd(zp_backend* b, void* dqkv, const void* dout, const void* qkv, const void* out,
+                  const void* aux, int B, int T, int NH) {
+  void* Dv = NULL;
+  int rc = zpc_scratch(b, (size_t)B * NH * T * sizeof(float), &Dv);
+  if (rc) return rc;
+  const size_t threads = (size_t)B * T * NH * (HS / 8);
+  zpc_fa2_bwd_prep_kernel<HS><<<(unsigned)((threads + 255) / 256), 256, 0, b->stream>>>(
+      (float*)Dv, (const bf16*)dout, (const bf16*)out, B, T, NH);
+  ZPC_LAUNCHED(b, "fa2_bwd_prep");
+  const size_t smem = F2Bwd<HS>::bytes;
+  ZPC_CUDA(b, cudaFuncSetAttribute(zpc_fa2_bwd_kv_kernel<HS>,
+                                   cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+  ZPC_CUDA(b, cudaFuncSetAttribute(zpc_fa2_bwd_q_kernel<HS>,
+                                   cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+  const float scale = 1.0f / sqrtf((float)HS);
+  dim3 grid((T + F2_BC - 1) / F2_BC, B * NH);
+  zpc_fa2_bwd_kv_kernel<HS><<<grid, F2_THREADS, smem, b->stream>>>(
+      (bf16*)dqkv, (const bf16*)dout, (const bf16*)qkv, (const float*)aux, (const float*)Dv, T,
+      NH, scale * F2_LOG2E, scale);
+  ZPC_LAUNCHED(b, "fa2_bwd_kv");
+  zpc_fa2_bwd_q_kernel<HS><<<grid, F2_THREADS, smem, b->stream>>>(
+      (bf16*)dqkv, (const bf16*)dout, (const bf16*)qkv, (const float*)aux, (const float*)Dv, T,
+      NH, scale * F2_LOG2E, scale);
+  ZPC_LAUNCHED(b, "fa2_bwd_q");
+  return ZP_OK;
+}
+
+int zpc_fa2_fwd(zp_backend* b, void* out, void* aux, const void* qkv, int B, int T, int C,
+                int NH) {
+  if (B <= 0 || T <= 0 || !zpc_fa2_usable(C, NH, out, aux, qkv, qkv))
+    return ZPC_INVALID(b, "cuda backend: fa2 attention: unsupported shape or alignment B=%d "
+                          "T=%d C=%d NH=%d", B, T, C, NH);
+  switch (C / NH) {
+    case 32: return f2_fwd<32, 2>(b, out, aux, qkv, B, T, NH);
+    case 64: return f2_fwd<64, 2>(b, out, aux, qkv, B, T, NH);
+    default: return f2_fwd<128, 1>(b, out, aux, qkv, B, T, NH);
+  }
+}
+
+int zpc_fa2_bwd(zp_backend* b, void* dqkv, const void* dout, const void* qkv, const void* out,
+                const void* aux, int B, int T, int C, int NH) {
+  if (B <= 0 || T <= 0 || !zpc_fa2_usable(C, NH, dqkv, dout, qkv, out))
+    return ZPC_INVALID(b, "cuda backend: fa2 attention: unsupported shape or alignment B=%d "
+                          "T=%d C=%d NH=%d", B, T, C, NH);
+  switch (C / NH) {
+    case 32: return f2_bwd<32>(b, dqkv, dout, qkv, out, aux, B, T, NH);
+    case 64: return f2_bwd<64>(b, dqkv, dout, qkv, out, aux, B, T, NH);
+    default: return f2_bwd<128>(b, dqkv, dout, qkv, out, aux, B, T, NH);
+  }
+}
