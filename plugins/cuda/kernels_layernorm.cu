@@ -1,115 +1,492 @@
 /* kernels_layernorm.cu: LayerNorm forward and backward over rows of C (bf16 data, fp32 stats).
  *
  * Forward: out = (x - mean) * rstd * w + bias, mean and rstd (= 1/sqrt(var + 1e-5), biased
- * variance) stored as fp32 [N] (skipped when NULL). One warp per row, two-pass statistics in
- * fp32 (mean first, then the centred sum of squares: no cancellation).
- * Backward (accumulates dinp, dw, dbias): per row, with xhat = (x - mean) * rstd and
- * g = w * dout: dinp += rstd * (g - mean(g) - xhat * mean(g * xhat)).
- * dw += sum_rows dout * xhat, dbias += sum_rows dout: each of W = min(N, 1024) warps owns one
- * fp32 partial row in scratch (rows r = warp, warp + W, ...), then a fixed-order column sum adds
- * them into dw/dbias: deterministic, no atomics.
+ * variance) stored as fp32 [N] (each skipped when NULL; bias may be NULL). Two-pass statistics
+ * in fp32 (mean first, then the centred sum of squares: no cancellation), one rounding to bf16.
+ * Backward (accumulates dinp, dw, dbias; each may be NULL, then it is skipped): per row, with
+ * xhat = (x - mean) * rstd and g = w * dout: dinp += rstd * (g - mean(g) - xhat * mean(g * xhat));
+ * dw += sum_rows dout * xhat, dbias += sum_rows dout.
+ *
+ * Layout: one block works on a few rows at a time; its threads split a row's columns and every
+ * thread owns the same columns in every row, so it keeps its share of dw / dbias in registers.
+ * Row sums go through zpc_ln_block_sum (warp shuffles, then the warps in order: one barrier).
+ * - Vector path (C % 8 == 0 and every pointer 16-byte aligned): 16-byte loads of 8 bf16; the
+ *   block has T = 32 * ceil(C / (8 * VPT * 32)) <= 512 threads, thread t owns the 8-column
+ *   vectors t, t + T, ... (VPT of them: 1 up to C = 4096, 2 up to C = 8192) and holds the raw
+ *   data of ROWS rows in registers (4 rows at VPT 1, 2 at VPT 2; loaded up front, reused by
+ *   every pass). The backward needs up to 128 registers per thread (sm_90), no spills.
+ * - Any other C or alignment (and C > 8192): scalar loads, 256 threads, one row at a time,
+ *   the row re-read from cache for each pass; its dw / dbias partials live in the scratch rows.
+ * Deterministic, no atomics: the backward splits the rows into P = ceil(N / rpc) chunks of
+ * rpc = max(32, ceil(N / 1024)) rows (a function of N only); each chunk is done by one block,
+ * in row order, and leaves one fp32 partial row of dw and of dbias in scratch ([P, C] each);
+ * zpc_colsum_add then sums the P rows in a fixed order into dw / dbias. The grid (how many
+ * blocks, from the device's occupancy) only decides which block takes which chunk, and T, VPT
+ * and ROWS are functions of C only, so every sum's order is a function of (N, C): results are
+ * bitwise repeatable run to run and across devices.
  */
 #include "cuda_common.cuh"
 
 #define ZPC_LN_EPS 1e-5f
-#define ZPC_LN_WARPS 8 /* warps per block */
-#define ZPC_LN_MAX_PARTIALS 1024
+#define ZPC_LN_MAX_THREADS 512 /* vector path block size limit */
+#define ZPC_LN_MAX_WARPS (ZPC_LN_MAX_THREADS / 32)
+#define ZPC_LN_ANY_THREADS 256 /* scalar path block size */
+#define ZPC_LN_MAX_CHUNKS 1024 /* partial rows of dw / dbias, at most */
+#define ZPC_LN_MIN_CHUNK 32    /* rows per chunk, at least */
 
-__global__ void zpc_layernorm_fwd_kernel(bf16* out, float* mean, float* rstd, const bf16* inp,
-                                         const bf16* w, const bf16* bias, int N, int C) {
-  int lane = threadIdx.x & 31;
-  int row = blockIdx.x * ZPC_LN_WARPS + (threadIdx.x >> 5);
-  if (row >= N) return;
-  const bf16* x = inp + (size_t)row * C;
-  bf16* o = out + (size_t)row * C;
-  float s = 0.0f;
-  for (int c = lane; c < C; c += 32) s += bf2f(x[c]);
-  float m = zpc_warp_sum(s) / (float)C;
-  float v = 0.0f;
-  for (int c = lane; c < C; c += 32) {
-    float d = bf2f(x[c]) - m;
-    v += d * d;
-  }
-  float r = rsqrtf(zpc_warp_sum(v) / (float)C + ZPC_LN_EPS);
-  for (int c = lane; c < C; c += 32) {
-    float n = (bf2f(x[c]) - m) * r;
-    o[c] = f2bf(n * bf2f(w[c]) + (bias ? bf2f(bias[c]) : 0.0f));
-  }
+/* ---------------------------------------------------------------- device helpers */
+
+/* Block-wide sums of v[0..K), returned in v in every thread (identical bits everywhere): the
+ * xor-shuffle tree in each warp, then the warp sums added in warp order. blockDim.x must be a
+ * multiple of 32 and every thread of the block must call it the same number of times.
+ * buf holds 2 * ZPC_LN_MAX_WARPS * K floats, used in alternate halves (parity flips each call):
+ * one barrier per call suffices, since a thread that rewrites a half in call i + 2 has passed
+ * the barrier of call i + 1, which every thread reaches only after its reads of call i. */
+template <int K>
+__device__ __forceinline__ void zpc_ln_block_sum(float (&v)[K], float* buf, int& parity) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  float* sh = buf + parity * (ZPC_LN_MAX_WARPS * K);
+  parity ^= 1;
+#pragma unroll
+  for (int k = 0; k < K; k++) v[k] = zpc_warp_sum(v[k]);
   if (lane == 0) {
-    if (mean) mean[row] = m;
-    if (rstd) rstd[row] = r;
+#pragma unroll
+    for (int k = 0; k < K; k++) sh[warp * K + k] = v[k];
+  }
+  __syncthreads();
+#pragma unroll
+  for (int k = 0; k < K; k++) {
+    float t = 0.0f;
+    for (int i = 0; i < nw; i++) t += sh[i * K + k];
+    v[k] = t;
   }
 }
 
-int zpc_layernorm_fwd(zp_backend* b, void* out, float* mean, float* rstd, const void* inp,
-                      const void* w, const void* bias, int N, int C) {
-  if (N <= 0 || C <= 0 || !w)
-    return ZPC_INVALID(b, "cuda backend: layernorm_fwd: bad arguments N=%d C=%d w=%p", N, C, w);
-  unsigned grid = (unsigned)((N + ZPC_LN_WARPS - 1) / ZPC_LN_WARPS);
-  zpc_layernorm_fwd_kernel<<<grid, 32 * ZPC_LN_WARPS, 0, b->stream>>>(
-      (bf16*)out, mean, rstd, (const bf16*)inp, (const bf16*)w, (const bf16*)bias, N, C);
+/* 8 bf16 (one 16-byte vector; element 0 in the low half of .x) <-> 8 floats */
+__device__ __forceinline__ void zpc_ln_unpack(uint4 u, float (&f)[8]) {
+  const uint32_t q[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+  for (int i = 0; i < 4; i++) {
+    f[2 * i] = __uint_as_float(q[i] << 16);
+    f[2 * i + 1] = __uint_as_float(q[i] & 0xffff0000u);
+  }
+}
+__device__ __forceinline__ uint32_t zpc_ln_pack2(float lo, float hi) {
+  __nv_bfloat162_raw h = __floats2bfloat162_rn(lo, hi); /* one cvt, round to nearest even */
+  return (uint32_t)h.x | ((uint32_t)h.y << 16);
+}
+__device__ __forceinline__ uint4 zpc_ln_pack(const float (&f)[8]) {
+  return make_uint4(zpc_ln_pack2(f[0], f[1]), zpc_ln_pack2(f[2], f[3]), zpc_ln_pack2(f[4], f[5]),
+                    zpc_ln_pack2(f[6], f[7]));
+}
+
+/* ---------------------------------------------------------------- forward */
+
+/* vector path: row groups g = blockIdx.x, + gridDim.x, ... of ROWS rows (ngroups in all) */
+template <int VPT, int ROWS>
+__global__ void __launch_bounds__(ZPC_LN_MAX_THREADS)
+    zpc_ln_fwd_vec_kernel(bf16* out, float* mean, float* rstd, const bf16* inp, const bf16* w,
+                          const bf16* bias, int N, int C, int ngroups) {
+  __shared__ float red[2 * ZPC_LN_MAX_WARPS * ROWS];
+  int parity = 0;
+  const int nvec = C >> 3;
+  const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
+  uint4 wv[VPT], bv[VPT];
+#pragma unroll
+  for (int k = 0; k < VPT; k++) {
+    const int v = threadIdx.x + k * blockDim.x;
+    wv[k] = v < nvec ? __ldg((const uint4*)w + v) : zero;
+    bv[k] = (bias && v < nvec) ? __ldg((const uint4*)bias + v) : zero;
+  }
+  for (int g = blockIdx.x; g < ngroups; g += gridDim.x) {
+    const int row0 = g * ROWS; /* < N */
+    uint4 xv[ROWS][VPT];
+    float s[ROWS];
+#pragma unroll
+    for (int i = 0; i < ROWS; i++) {
+      const bool rowok = i < N - row0;
+      const uint4* x = (const uint4*)(inp + (size_t)(rowok ? row0 + i : row0) * C);
+#pragma unroll
+      for (int k = 0; k < VPT; k++) {
+        const int v = threadIdx.x + k * blockDim.x;
+        xv[i][k] = (rowok && v < nvec) ? x[v] : zero;
+      }
+    }
+    /* pass 1: mean (padding lanes and rows hold zeros) */
+#pragma unroll
+    for (int i = 0; i < ROWS; i++) {
+      s[i] = 0.0f;
+#pragma unroll
+      for (int k = 0; k < VPT; k++) {
+        float f[8];
+        zpc_ln_unpack(xv[i][k], f);
+#pragma unroll
+        for (int j = 0; j < 8; j++) s[i] += f[j];
+      }
+    }
+    zpc_ln_block_sum<ROWS>(s, red, parity);
+    float m[ROWS];
+#pragma unroll
+    for (int i = 0; i < ROWS; i++) {
+      m[i] = s[i] / (float)C;
+      s[i] = 0.0f;
+    }
+    /* pass 2: centred sum of squares over the real columns only */
+#pragma unroll
+    for (int i = 0; i < ROWS; i++)
+#pragma unroll
+      for (int k = 0; k < VPT; k++) {
+        if ((int)threadIdx.x + k * (int)blockDim.x >= nvec) continue;
+        float f[8];
+        zpc_ln_unpack(xv[i][k], f);
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+          const float d = f[j] - m[i];
+          s[i] += d * d;
+        }
+      }
+    zpc_ln_block_sum<ROWS>(s, red, parity);
+    /* normalize and store */
+#pragma unroll
+    for (int i = 0; i < ROWS; i++) {
+      if (i >= N - row0) continue;
+      const int row = row0 + i;
+      const float r = rsqrtf(s[i] / (float)C + ZPC_LN_EPS);
+      uint4* o = (uint4*)(out + (size_t)row * C);
+#pragma unroll
+      for (int k = 0; k < VPT; k++) {
+        const int v = threadIdx.x + k * blockDim.x;
+        if (v >= nvec) continue;
+        float f[8], fw[8], fb[8];
+        zpc_ln_unpack(xv[i][k], f);
+        zpc_ln_unpack(wv[k], fw);
+        zpc_ln_unpack(bv[k], fb);
+#pragma unroll
+        for (int j = 0; j < 8; j++) f[j] = (f[j] - m[i]) * r * fw[j] + fb[j];
+        o[v] = zpc_ln_pack(f);
+      }
+      if (threadIdx.x == 0) {
+        if (mean) mean[row] = m[i];
+        if (rstd) rstd[row] = r;
+      }
+    }
+  }
+}
+
+/* scalar path: one row at a time, rows blockIdx.x, + gridDim.x, ...; ZPC_LN_ANY_THREADS */
+__global__ void __launch_bounds__(ZPC_LN_ANY_THREADS)
+    zpc_ln_fwd_any_kernel(bf16* out, float* mean, float* rstd, const bf16* inp, const bf16* w,
+                          const bf16* bias, int N, int C) {
+  __shared__ float red[2 * ZPC_LN_MAX_WARPS];
+  int parity = 0;
+  for (long long row = blockIdx.x; row < N; row += gridDim.x) {
+    const bf16* x = inp + (size_t)row * C;
+    bf16* o = out + (size_t)row * C;
+    float s[1] = {0.0f};
+    for (int c = threadIdx.x; c < C; c += blockDim.x) s[0] += bf2f(x[c]);
+    zpc_ln_block_sum<1>(s, red, parity);
+    const float m = s[0] / (float)C;
+    s[0] = 0.0f;
+    for (int c = threadIdx.x; c < C; c += blockDim.x) {
+      const float d = bf2f(x[c]) - m;
+      s[0] += d * d;
+    }
+    zpc_ln_block_sum<1>(s, red, parity);
+    const float r = rsqrtf(s[0] / (float)C + ZPC_LN_EPS);
+    for (int c = threadIdx.x; c < C; c += blockDim.x) {
+      const float n = (bf2f(x[c]) - m) * r;
+      o[c] = f2bf(n * bf2f(w[c]) + (bias ? bf2f(bias[c]) : 0.0f));
+    }
+    if (threadIdx.x == 0) {
+      if (mean) mean[row] = m;
+      if (rstd) rstd[row] = r;
+    }
+  }
+}
+
+/* ---------------------------------------------------------------- backward */
+
+/* vector path: chunks ch = blockIdx.x, + gridDim.x, ... of rpc rows (nchunks in all); chunk ch
+ * writes partial row ch of pdw / pdb ([nchunks, C] fp32 each; NULL: not wanted) */
+template <int VPT, int ROWS>
+__global__ void __launch_bounds__(ZPC_LN_MAX_THREADS)
+    zpc_ln_bwd_vec_kernel(bf16* dinp, float* pdw, float* pdb, const bf16* dout, const bf16* inp,
+                          const bf16* w, const float* mean, const float* rstd, int N, int C,
+                          int rpc, int nchunks) {
+  __shared__ float red[2 * ZPC_LN_MAX_WARPS * 2 * ROWS];
+  int parity = 0;
+  const int nvec = C >> 3;
+  const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
+  uint4 wv[VPT];
+#pragma unroll
+  for (int k = 0; k < VPT; k++) {
+    const int v = threadIdx.x + k * blockDim.x;
+    wv[k] = v < nvec ? __ldg((const uint4*)w + v) : zero;
+  }
+  for (int ch = blockIdx.x; ch < nchunks; ch += gridDim.x) {
+    const int r0 = ch * rpc; /* < N */
+    const int nr = min(rpc, N - r0);
+    float adw[VPT][8], adb[VPT][8];
+#pragma unroll
+    for (int k = 0; k < VPT; k++)
+#pragma unroll
+      for (int j = 0; j < 8; j++) adw[k][j] = adb[k][j] = 0.0f;
+
+    for (int i0 = 0; i0 < nr; i0 += ROWS) {
+      /* load ROWS rows up front (zeros past the chunk's end and in padding lanes) */
+      float m[ROWS], r[ROWS];
+      uint4 xv[ROWS][VPT], dyv[ROWS][VPT], dxv[ROWS][VPT];
+#pragma unroll
+      for (int i = 0; i < ROWS; i++) {
+        const bool rowok = i0 + i < nr;
+        const int row = rowok ? r0 + i0 + i : r0;
+        const size_t base = (size_t)row * C;
+        m[i] = rowok ? mean[row] : 0.0f;
+        r[i] = rowok ? rstd[row] : 0.0f;
+#pragma unroll
+        for (int k = 0; k < VPT; k++) {
+          const int v = threadIdx.x + k * blockDim.x;
+          const bool ok = rowok && v < nvec;
+          xv[i][k] = ok ? __ldcs((const uint4*)(inp + base) + v) : zero;
+          dyv[i][k] = ok ? __ldcs((const uint4*)(dout + base) + v) : zero;
+          dxv[i][k] = (ok && dinp) ? *((const uint4*)(dinp + base) + v) : zero;
+        }
+      }
+      /* s[2i], s[2i+1]: mean over row i of g and of g * xhat (only needed for dinp) */
+      float s[2 * ROWS];
+#pragma unroll
+      for (int i = 0; i < 2 * ROWS; i++) s[i] = 0.0f;
+      if (dinp) { /* uniform over the block */
+#pragma unroll
+        for (int i = 0; i < ROWS; i++) {
+#pragma unroll
+          for (int k = 0; k < VPT; k++) {
+            float fx[8], fdy[8], fw[8];
+            zpc_ln_unpack(xv[i][k], fx);
+            zpc_ln_unpack(dyv[i][k], fdy);
+            zpc_ln_unpack(wv[k], fw);
+#pragma unroll
+            for (int j = 0; j < 8; j++) {
+              const float xhat = (fx[j] - m[i]) * r[i];
+              const float g = fw[j] * fdy[j];
+              s[2 * i] += g;
+              s[2 * i + 1] += g * xhat;
+            }
+          }
+        }
+        zpc_ln_block_sum<2 * ROWS>(s, red, parity);
+#pragma unroll
+        for (int i = 0; i < 2 * ROWS; i++) s[i] /= (float)C;
+      }
+      /* dinp update and this thread's dw / dbias partials, rows in order */
+#pragma unroll
+      for (int i = 0; i < ROWS; i++) {
+        if (i0 + i >= nr) continue;
+        uint4* dx = dinp ? (uint4*)(dinp + (size_t)(r0 + i0 + i) * C) : NULL;
+#pragma unroll
+        for (int k = 0; k < VPT; k++) {
+          const int v = threadIdx.x + k * blockDim.x;
+          if (v >= nvec) continue;
+          float fx[8], fdy[8], fw[8], fdx[8];
+          zpc_ln_unpack(xv[i][k], fx);
+          zpc_ln_unpack(dyv[i][k], fdy);
+          zpc_ln_unpack(wv[k], fw);
+          zpc_ln_unpack(dxv[i][k], fdx);
+#pragma unroll
+          for (int j = 0; j < 8; j++) {
+            const float xhat = (fx[j] - m[i]) * r[i];
+            fdx[j] += r[i] * (fw[j] * fdy[j] - s[2 * i] - xhat * s[2 * i + 1]);
+            adw[k][j] += fdy[j] * xhat;
+            adb[k][j] += fdy[j];
+          }
+          if (dx) dx[v] = zpc_ln_pack(fdx);
+        }
+      }
+    }
+    /* this chunk's partial row (fp32, 32-byte aligned: C % 8 == 0, scratch 256-aligned) */
+#pragma unroll
+    for (int k = 0; k < VPT; k++) {
+      const int v = threadIdx.x + k * blockDim.x;
+      if (v >= nvec) continue;
+      const size_t o = (size_t)ch * C + (size_t)v * 8;
+      if (pdw) {
+        ((float4*)(pdw + o))[0] = make_float4(adw[k][0], adw[k][1], adw[k][2], adw[k][3]);
+        ((float4*)(pdw + o))[1] = make_float4(adw[k][4], adw[k][5], adw[k][6], adw[k][7]);
+      }
+      if (pdb) {
+        ((float4*)(pdb + o))[0] = make_float4(adb[k][0], adb[k][1], adb[k][2], adb[k][3]);
+        ((float4*)(pdb + o))[1] = make_float4(adb[k][4], adb[k][5], adb[k][6], adb[k][7]);
+      }
+    }
+  }
+}
+
+/* scalar path: as the vector path, one row at a time; thread t owns columns t, t + T, ... of
+ * the chunk's partial rows and accumulates into them in place (the first row stores) */
+__global__ void __launch_bounds__(ZPC_LN_ANY_THREADS)
+    zpc_ln_bwd_any_kernel(bf16* dinp, float* pdw, float* pdb, const bf16* dout, const bf16* inp,
+                          const bf16* w, const float* mean, const float* rstd, int N, int C,
+                          int rpc, int nchunks) {
+  __shared__ float red[2 * ZPC_LN_MAX_WARPS * 2];
+  int parity = 0;
+  for (int ch = blockIdx.x; ch < nchunks; ch += gridDim.x) {
+    const int r0 = ch * rpc;
+    const int nr = min(rpc, N - r0);
+    float* my_dw = pdw ? pdw + (size_t)ch * C : NULL;
+    float* my_db = pdb ? pdb + (size_t)ch * C : NULL;
+    for (int i = 0; i < nr; i++) {
+      const size_t base = (size_t)(r0 + i) * C;
+      const bf16* x = inp + base;
+      const bf16* dy = dout + base;
+      const float m = mean[r0 + i], r = rstd[r0 + i];
+      float s[2] = {0.0f, 0.0f};
+      if (dinp) { /* uniform over the block */
+        for (int c = threadIdx.x; c < C; c += blockDim.x) {
+          const float xhat = (bf2f(x[c]) - m) * r;
+          const float g = bf2f(w[c]) * bf2f(dy[c]);
+          s[0] += g;
+          s[1] += g * xhat;
+        }
+        zpc_ln_block_sum<2>(s, red, parity);
+        s[0] /= (float)C;
+        s[1] /= (float)C;
+      }
+      for (int c = threadIdx.x; c < C; c += blockDim.x) {
+        const float xhat = (bf2f(x[c]) - m) * r;
+        const float d = bf2f(dy[c]);
+        if (dinp) {
+          bf16* dx = dinp + base;
+          dx[c] = f2bf(bf2f(dx[c]) + r * (bf2f(w[c]) * d - s[0] - xhat * s[1]));
+        }
+        if (my_dw) my_dw[c] = i ? my_dw[c] + d * xhat : d * xhat;
+        if (my_db) my_db[c] = i ? my_db[c] + d : d;
+      }
+    }
+  }
+}
+
+/* ---------------------------------------------------------------- host side */
+
+static inline bool zpc_ln_al16(const void* p) { return ((uintptr_t)p & 15u) == 0; }
+
+/* blocks to launch for `work` independent items: at most what fits on the device at once */
+template <typename K>
+static int zpc_ln_grid(zp_backend* b, K kernel, int threads, int work, unsigned* grid) {
+  int per_sm = 0;
+  ZPC_CUDA(b, cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, 0));
+  long long cap = (long long)(per_sm > 0 ? per_sm : 1) * (b->sm_count > 0 ? b->sm_count : 132);
+  *grid = (unsigned)(work < cap ? work : cap);
+  return ZP_OK;
+}
+
+/* the vector path's shape for C (C % 8 == 0): VPT (1 or 2) vectors per thread and T threads;
+ * 0 when C is too wide for it */
+static int zpc_ln_vpt(int C, int* T) {
+  int nvec = C / 8;
+  for (int vpt = 1; vpt <= 2; vpt++) {
+    int per = (nvec + vpt - 1) / vpt;
+    if (per <= ZPC_LN_MAX_THREADS) {
+      *T = (per + 31) / 32 * 32;
+      return vpt;
+    }
+  }
+  return 0;
+}
+
+template <int VPT, int ROWS>
+static int zpc_ln_fwd_vec(zp_backend* b, int T, bf16* out, float* mean, float* rstd,
+                          const bf16* inp, const bf16* w, const bf16* bias, int N, int C) {
+  int ngroups = N / ROWS + (N % ROWS != 0);
+  unsigned grid = 1;
+  int rc = zpc_ln_grid(b, zpc_ln_fwd_vec_kernel<VPT, ROWS>, T, ngroups, &grid);
+  if (rc) return rc;
+  zpc_ln_fwd_vec_kernel<VPT, ROWS>
+      <<<grid, T, 0, b->stream>>>(out, mean, rstd, inp, w, bias, N, C, ngroups);
   ZPC_LAUNCHED(b, "layernorm_fwd");
   return ZP_OK;
 }
 
-/* W warps in total; warp gw handles rows gw, gw + W, ...; pdw/pdb: [W, C] fp32 partials */
-__global__ void zpc_layernorm_bwd_kernel(bf16* dinp, float* pdw, float* pdb, const bf16* dout,
-                                         const bf16* inp, const bf16* w, const float* mean,
-                                         const float* rstd, int N, int C, int W) {
-  int lane = threadIdx.x & 31;
-  int gw = blockIdx.x * ZPC_LN_WARPS + (threadIdx.x >> 5);
-  if (gw >= W) return;
-  float* my_dw = pdw ? pdw + (size_t)gw * C : NULL;
-  float* my_db = pdb ? pdb + (size_t)gw * C : NULL;
-  bool first = true;
-  for (int row = gw; row < N; row += W, first = false) {
-    const bf16* x = inp + (size_t)row * C;
-    const bf16* dy = dout + (size_t)row * C;
-    bf16* dx = dinp + (size_t)row * C;
-    float m = mean[row], r = rstd[row];
-    float s1 = 0.0f, s2 = 0.0f;
-    for (int c = lane; c < C; c += 32) {
-      float xhat = (bf2f(x[c]) - m) * r;
-      float g = bf2f(w[c]) * bf2f(dy[c]);
-      s1 += g;
-      s2 += g * xhat;
-    }
-    s1 = zpc_warp_sum(s1) / (float)C;
-    s2 = zpc_warp_sum(s2) / (float)C;
-    for (int c = lane; c < C; c += 32) {
-      float xhat = (bf2f(x[c]) - m) * r;
-      float d = bf2f(dy[c]);
-      float g = bf2f(w[c]) * d;
-      if (dinp) dx[c] = f2bf(bf2f(dx[c]) + r * (g - s1 - xhat * s2));
-      if (my_dw) my_dw[c] = first ? d * xhat : my_dw[c] + d * xhat;
-      if (my_db) my_db[c] = first ? d : my_db[c] + d;
-    }
-  }
+int zpc_layernorm_fwd(zp_backend* b, void* out, float* mean, float* rstd, const void* inp,
+                      const void* w, const void* bias, int N, int C) {
+  if (N <= 0 || C <= 0 || !w || !out || !inp)
+    return ZPC_INVALID(b, "cuda backend: layernorm_fwd: bad arguments N=%d C=%d w=%p", N, C, w);
+  bf16* o = (bf16*)out;
+  const bf16* x = (const bf16*)inp;
+  const bf16* wb = (const bf16*)w;
+  const bf16* bb = (const bf16*)bias;
+  int T = 0;
+  int vpt = (C % 8 == 0 && zpc_ln_al16(out) && zpc_ln_al16(inp) && zpc_ln_al16(w) &&
+             zpc_ln_al16(bias))
+                ? zpc_ln_vpt(C, &T)
+                : 0;
+  if (vpt == 1) return zpc_ln_fwd_vec<1, 4>(b, T, o, mean, rstd, x, wb, bb, N, C);
+  if (vpt == 2) return zpc_ln_fwd_vec<2, 2>(b, T, o, mean, rstd, x, wb, bb, N, C);
+  unsigned grid = 1;
+  int rc = zpc_ln_grid(b, zpc_ln_fwd_any_kernel, ZPC_LN_ANY_THREADS, N, &grid);
+  if (rc) return rc;
+  zpc_ln_fwd_any_kernel<<<grid, ZPC_LN_ANY_THREADS, 0, b->stream>>>(o, mean, rstd, x, wb, bb, N,
+                                                                     C);
+  ZPC_LAUNCHED(b, "layernorm_fwd");
+  return ZP_OK;
+}
+
+template <int VPT, int ROWS>
+static int zpc_ln_bwd_vec(zp_backend* b, int T, bf16* dinp, float* pdw, float* pdb,
+                          const bf16* dout, const bf16* inp, const bf16* w, const float* mean,
+                          const float* rstd, int N, int C, int rpc, int nchunks) {
+  unsigned grid = 1;
+  int rc = zpc_ln_grid(b, zpc_ln_bwd_vec_kernel<VPT, ROWS>, T, nchunks, &grid);
+  if (rc) return rc;
+  zpc_ln_bwd_vec_kernel<VPT, ROWS><<<grid, T, 0, b->stream>>>(dinp, pdw, pdb, dout, inp, w, mean,
+                                                              rstd, N, C, rpc, nchunks);
+  ZPC_LAUNCHED(b, "layernorm_bwd");
+  return ZP_OK;
 }
 
 int zpc_layernorm_bwd(zp_backend* b, void* dinp, void* dw, void* dbias, const void* dout,
                       const void* inp, const void* w, const float* mean, const float* rstd, int N,
                       int C) {
-  if (N <= 0 || C <= 0 || !w || !mean || !rstd)
+  if (N <= 0 || C <= 0 || !w || !mean || !rstd || !dout || !inp)
     return ZPC_INVALID(b, "cuda backend: layernorm_bwd: bad arguments N=%d C=%d", N, C);
-  int W = N < ZPC_LN_MAX_PARTIALS ? N : ZPC_LN_MAX_PARTIALS;
+  if (!dinp && !dw && !dbias) return ZP_OK;
+  /* row chunks: a function of N only (see the top) */
+  int rpc = N / ZPC_LN_MAX_CHUNKS + (N % ZPC_LN_MAX_CHUNKS != 0);
+  if (rpc < ZPC_LN_MIN_CHUNK) rpc = ZPC_LN_MIN_CHUNK;
+  int nchunks = N / rpc + (N % rpc != 0);
   float* pdw = NULL;
   float* pdb = NULL;
   if (dw || dbias) {
     void* s = NULL;
-    size_t one = zpc_round256((size_t)W * C * sizeof(float));
+    size_t one = zpc_round256((size_t)nchunks * C * sizeof(float));
     int rc = zpc_scratch(b, 2 * one, &s);
     if (rc) return rc;
     if (dw) pdw = (float*)s;
     if (dbias) pdb = (float*)((char*)s + one);
   }
-  unsigned grid = (unsigned)((W + ZPC_LN_WARPS - 1) / ZPC_LN_WARPS);
-  zpc_layernorm_bwd_kernel<<<grid, 32 * ZPC_LN_WARPS, 0, b->stream>>>(
-      (bf16*)dinp, pdw, pdb, (const bf16*)dout, (const bf16*)inp, (const bf16*)w, mean, rstd, N, C,
-      W);
-  ZPC_LAUNCHED(b, "layernorm_bwd");
+  bf16* dx = (bf16*)dinp;
+  const bf16* dy = (const bf16*)dout;
+  const bf16* x = (const bf16*)inp;
+  const bf16* wb = (const bf16*)w;
+  int T = 0;
+  int vpt = (C % 8 == 0 && zpc_ln_al16(dinp) && zpc_ln_al16(dout) && zpc_ln_al16(inp) &&
+             zpc_ln_al16(w))
+                ? zpc_ln_vpt(C, &T)
+                : 0;
   int rc;
-  if (dw && (rc = zpc_colsum_add(b, (bf16*)dw, pdw, W, C))) return rc;
-  if (dbias && (rc = zpc_colsum_add(b, (bf16*)dbias, pdb, W, C))) return rc;
+  if (vpt == 1)
+    rc = zpc_ln_bwd_vec<1, 4>(b, T, dx, pdw, pdb, dy, x, wb, mean, rstd, N, C, rpc, nchunks);
+  else if (vpt == 2)
+    rc = zpc_ln_bwd_vec<2, 2>(b, T, dx, pdw, pdb, dy, x, wb, mean, rstd, N, C, rpc, nchunks);
+  else {
+    unsigned grid = 1;
+    rc = zpc_ln_grid(b, zpc_ln_bwd_any_kernel, ZPC_LN_ANY_THREADS, nchunks, &grid);
+    if (rc) return rc;
+    zpc_ln_bwd_any_kernel<<<grid, ZPC_LN_ANY_THREADS, 0, b->stream>>>(
+        dx, pdw, pdb, dy, x, wb, mean, rstd, N, C, rpc, nchunks);
+    ZPC_LAUNCHED(b, "layernorm_bwd");
+  }
+  if (rc) return rc;
+  if (dw && (rc = zpc_colsum_add(b, (bf16*)dw, pdw, nchunks, C))) return rc;
+  if (dbias && (rc = zpc_colsum_add(b, (bf16*)dbias, pdb, nchunks, C))) return rc;
   return ZP_OK;
 }

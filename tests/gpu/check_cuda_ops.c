@@ -682,7 +682,8 @@ static void t_layernorm(int N, int C) {
   cmp("layernorm_fwd.out", shape, gdown(ga.o1, NC), rdown(ra.o1, NC), NC, TOL_OUT);
   cmp("layernorm_fwd.mean", shape, gdown_t(ZP_F32, ga.f1, N), rdown(ra.f1, N), N, TOL_F32);
   cmp("layernorm_fwd.rstd", shape, gdown_t(ZP_F32, ga.f2, N), rdown(ra.f2, N), N, TOL_F32);
-  flush(gtime(tb, r_ln_fwd, &ga));
+  double ms_fwd = gtime(tb, r_ln_fwd, &ga);
+  flush(ms_fwd);
 
   float* dout = hrand(NC, 1.0f, 0.0f);
   float* dinp0 = hrand(NC, 1.0f, 0.0f);
@@ -714,7 +715,32 @@ static void t_layernorm(int N, int C) {
     CK(G->copy_d2h(gb, k ? h2 : h1, ga.o2, (size_t)C * 2));
   }
   cmp_bytes("layernorm_bwd.deterministic", shape, h1, h2, (size_t)C * 2);
-  flush(gtime(tb, r_ln_bwd, &ga));
+  { /* dw, dbias NULL (skipped): dinp alone; then dinp NULL: dw, dbias alone */
+    args_t g2 = ga, r2 = ra;
+    g2.o1 = gup(dinp0, NC);
+    r2.o1 = rup(dinp0, NC);
+    g2.o2 = g2.o3 = r2.o2 = r2.o3 = NULL;
+    CK(r_ln_bwd(G, gb, &g2));
+    CK(r_ln_bwd(R, rb, &r2));
+    cmp("layernorm_bwd.dinp(dw,db NULL)", shape, gdown(g2.o1, NC), rdown(r2.o1, NC), NC,
+        TOL_GRAD);
+    g2.o1 = r2.o1 = NULL;
+    g2.o2 = gup(dw0, C);
+    r2.o2 = rup(dw0, C);
+    g2.o3 = gup(db0, C);
+    r2.o3 = rup(db0, C);
+    CK(r_ln_bwd(G, gb, &g2));
+    CK(r_ln_bwd(R, rb, &r2));
+    cmp("layernorm_bwd.dw(dinp NULL)", shape, gdown(g2.o2, C), rdown(r2.o2, C), C, TOL_GRAD);
+    cmp("layernorm_bwd.dbias(dinp NULL)", shape, gdown(g2.o3, C), rdown(r2.o3, C), C, TOL_GRAD);
+  }
+  double ms_bwd = gtime(tb, r_ln_bwd, &ga);
+  flush(ms_bwd);
+  /* bytes moved: fwd reads x and writes out; bwd reads x, dout, dinp and writes dinp */
+  if (!isnan(ms_fwd) && !isnan(ms_bwd))
+    printf("# layernorm N%d C%d: fwd %.1f us (%.0f GB/s), bwd %.1f us (%.0f GB/s)\n", N, C,
+           ms_fwd * 1e3, 2.0 * NC * 2 / (ms_fwd * 1e-3) / 1e9, ms_bwd * 1e3,
+           4.0 * NC * 2 / (ms_bwd * 1e-3) / 1e9);
   release_all();
 }
 
@@ -1620,6 +1646,14 @@ int main(int argc, char** argv) {
   t_layernorm(N, C);
   t_layernorm(111, 96);
   t_layernorm(512, 1600);
+  t_layernorm(37, 200);  /* vector path, C / 8 = 25 vectors: a partial warp, a ragged chunk */
+  t_layernorm(40, 4104); /* vector path, 2 vectors per thread (C > 4096) */
+  t_layernorm(45, 130);  /* C % 8 != 0: the scalar path */
+  t_layernorm(5, 8200);  /* C > 8192: the scalar path, 33 columns per thread */
+  if (!g_quick) {        /* timing shapes: GPT-2 1.5B micro-batch 8, GPT-2 124M micro-batch 16 */
+    t_layernorm(8192, 1600);
+    t_layernorm(16384, 768);
+  }
   t_matmul("qkv", N, C, 3 * C, 1);
   t_matmul("attproj", N, C, C, 1);
   t_matmul("fc", N, C, 4 * C, 1);
