@@ -12,7 +12,7 @@
 # Run (repo root, .deps carried; for the peer, ../shared/peers copied to .peers and carried):
 #   bash bench/speed.sh [124m] [1.5b]
 # Env: OUT (default /tmp/zp-out), ZP_BUILD (default build-gpu), SKIP_BUILD=1, PROFILE=1,
-#   PROFILE_STEPS (default 6), CHECK_FILTERS (default "attention layernorm adamw"), and every
+#   PROFILE_STEPS (default 6), CHECK_FILTERS (default "attention layernorm matmul_gelu adamw"), and every
 #   variable of gpu_bench.sh (PEERS, STEPS, ZP_MULTI, ZP_EXTRA_SETS, ...), passed through.
 # Files in $OUT: speed_checks.log, profile_<model>.txt, and gpu_bench.sh's files.
 set -u -o pipefail
@@ -43,10 +43,10 @@ fi
 # ---- correctness first ----
 : > "$OUT/speed_checks.log"
 bad=0
-for f in ${CHECK_FILTERS:-attention layernorm adamw}; do
+for f in ${CHECK_FILTERS:-attention layernorm matmul_gelu adamw}; do
   "$BUILD/check_cuda_ops" "$BUILD/plugins/zp_cuda.so" --filter "$f" >> "$OUT/speed_checks.log" 2>&1 || bad=1
 done
-grep -E '^(attention|layernorm|adamw)|^# (attention|layernorm)' "$OUT/speed_checks.log" | grep -v ' PASS$' | head -60
+grep -E '^(attention|layernorm|matmul_|adamw)|^# (attention|layernorm|matmul_)' "$OUT/speed_checks.log" | grep -v ' PASS$' | head -60
 note "checks: $(grep -c ' PASS' "$OUT/speed_checks.log") PASS, $(grep -c ' FAIL' "$OUT/speed_checks.log") FAIL"
 if [ "$bad" != 0 ]; then
   grep ' FAIL' "$OUT/speed_checks.log" | head -20

@@ -12,6 +12,8 @@
 include(CMakePackageConfigHelpers)
 
 # ABI version from the header (the header is the single source of truth).
+# the ABI version is read from the header: re-configure when it changes (zp.pc, zp-config)
+set_property(DIRECTORY APPEND PROPERTY CMAKE_CONFIGURE_DEPENDS "${CMAKE_SOURCE_DIR}/include/zp/zp_plugin.h")
 file(STRINGS "${CMAKE_SOURCE_DIR}/include/zp/zp_plugin.h" _zp_abi REGEX "^#define ZP_ABI_(MAJOR|MINOR) ")
 string(REGEX REPLACE ".*ZP_ABI_MAJOR ([0-9]+).*" "\\1" ZP_ABI_MAJOR "${_zp_abi}")
 string(REGEX REPLACE ".*ZP_ABI_MINOR ([0-9]+).*" "\\1" ZP_ABI_MINOR "${_zp_abi}")

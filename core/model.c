@@ -299,8 +299,13 @@ int zp_model_forward_group(const zp_model_layout* m, const zp_backend_ops* ops, 
     TRY(ops->residual_fwd(b, a->res2[l], a->res[l], a->d_a, (size_t)N * C));
     TRY(ops->layernorm_fwd(b, a->ln2[l], a->ln2_mean[l], a->ln2_rstd[l], a->res2[l], P(m, v, g, ZP_T_LN2W, es),
                            P(m, v, g, ZP_T_LN2B, es), N, C));
-    TRY(ops->matmul_fwd(b, a->fch[l], a->ln2[l], P(m, v, g, ZP_T_FCW, es), P(m, v, g, ZP_T_FCB, es), N, C, 4 * C));
-    TRY(ops->gelu_fwd(b, a->fchg[l], a->fch[l], (size_t)N * 4 * C));
+    if (ZP_TABLE_HAS(ops, matmul_gelu_fwd)) {
+      TRY(ops->matmul_gelu_fwd(b, a->fchg[l], a->fch[l], a->ln2[l], P(m, v, g, ZP_T_FCW, es), P(m, v, g, ZP_T_FCB, es), N, C,
+                               4 * C));
+    } else {
+      TRY(ops->matmul_fwd(b, a->fch[l], a->ln2[l], P(m, v, g, ZP_T_FCW, es), P(m, v, g, ZP_T_FCB, es), N, C, 4 * C));
+      TRY(ops->gelu_fwd(b, a->fchg[l], a->fch[l], (size_t)N * 4 * C));
+    }
     TRY(ops->matmul_fwd(b, a->d_a, a->fchg[l], P(m, v, g, ZP_T_FCPROJW, es), P(m, v, g, ZP_T_FCPROJB, es), N, 4 * C, C));
     return ops->residual_fwd(b, a->res[l + 1], a->res2[l], a->d_a, (size_t)N * C);
   }
@@ -325,10 +330,15 @@ int zp_model_backward_group(const zp_model_layout* m, const zp_backend_ops* ops,
   }
   if (g >= 1) {
     int l = g - 1;
-    /* fcproj: dfchg -> d_b */
-    TRY(ops->matmul_bwd(b, a->d_b, G(m, v, g, ZP_T_FCPROJW, es), G(m, v, g, ZP_T_FCPROJB, es), a->dres, a->fchg[l],
-                        P(m, v, g, ZP_T_FCPROJW, es), N, 4 * C, C));
-    TRY(ops->gelu_bwd(b, a->d_a, a->fch[l], a->d_b, (size_t)N * 4 * C));
+    /* fcproj: dfchg -> d_b, then GELU's backward -> d_a (one op when the backend fuses them) */
+    if (ZP_TABLE_HAS(ops, matmul_dgelu_bwd)) {
+      TRY(ops->matmul_dgelu_bwd(b, a->d_a, G(m, v, g, ZP_T_FCPROJW, es), G(m, v, g, ZP_T_FCPROJB, es), a->dres, a->fchg[l],
+                                P(m, v, g, ZP_T_FCPROJW, es), a->fch[l], N, 4 * C, C));
+    } else {
+      TRY(ops->matmul_bwd(b, a->d_b, G(m, v, g, ZP_T_FCPROJW, es), G(m, v, g, ZP_T_FCPROJB, es), a->dres, a->fchg[l],
+                          P(m, v, g, ZP_T_FCPROJW, es), N, 4 * C, C));
+      TRY(ops->gelu_bwd(b, a->d_a, a->fch[l], a->d_b, (size_t)N * 4 * C));
+    }
     TRY(ops->matmul_bwd(b, a->d_b, G(m, v, g, ZP_T_FCW, es), G(m, v, g, ZP_T_FCB, es), a->d_a, a->ln2[l],
                         P(m, v, g, ZP_T_FCW, es), N, C, 4 * C));
     TRY(ops->layernorm_bwd(b, a->dres, G(m, v, g, ZP_T_LN2W, es), G(m, v, g, ZP_T_LN2B, es), a->d_b, a->res2[l],

@@ -100,6 +100,18 @@ static int w_matmul_bwd(zp_backend* b, void* dinp, void* dw, void* dbias, const 
 }
 /* causal attention: QK^T and PV over the lower triangle, 2 FLOPs per multiply-add */
 static double att_flops(int B, int T, int C) { return 2.0 * B * (double)T * T * C; }
+static int w_matmul_gelu_fwd(zp_backend* b, void* out, void* pre, const void* inp, const void* w, const void* bias, int N, int IC,
+                             int OC) {
+  char k[64];
+  snprintf(k, sizeof k, "matmul_gelu_fwd %dx%d", IC, OC);
+  TIMED(b, k, 2.0 * N * IC * OC, g_real->matmul_gelu_fwd(b, out, pre, inp, w, bias, N, IC, OC));
+}
+static int w_matmul_dgelu_bwd(zp_backend* b, void* dinp, void* dw, void* dbias, const void* dout, const void* inp, const void* w,
+                              const void* pre, int N, int IC, int OC) {
+  char k[64];
+  snprintf(k, sizeof k, "matmul_dgelu_bwd %dx%d", IC, OC);
+  TIMED(b, k, 4.0 * N * IC * OC, g_real->matmul_dgelu_bwd(b, dinp, dw, dbias, dout, inp, w, pre, N, IC, OC));
+}
 static int w_attention_fwd(zp_backend* b, void* out, void* aux, const void* qkv, int B, int T, int C, int NH) {
   TIMED(b, "attention_fwd", att_flops(B, T, C), g_real->attention_fwd(b, out, aux, qkv, B, T, C, NH));
 }
@@ -135,6 +147,8 @@ const zp_backend_ops* zp_op_profile_wrap(const zp_backend_ops* real) {
   W(attention_fwd); W(attention_bwd); W(gelu_fwd); W(gelu_bwd); W(residual_fwd); W(softmax_xent);
   W(adamw); W(sumsq); W(scale);
 #undef W
+  if (ZP_TABLE_HAS(real, matmul_gelu_fwd)) g_wrap.matmul_gelu_fwd = w_matmul_gelu_fwd;
+  if (ZP_TABLE_HAS(real, matmul_dgelu_bwd)) g_wrap.matmul_dgelu_bwd = w_matmul_dgelu_bwd;
   zp_op_profile_reset();
   return &g_wrap;
 }

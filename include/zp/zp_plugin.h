@@ -24,7 +24,7 @@ extern "C" {
 #endif
 
 #define ZP_ABI_MAJOR 1
-#define ZP_ABI_MINOR 0
+#define ZP_ABI_MINOR 1
 #define ZP_PLUGIN_ENTRY_NAME "zp_plugin_entry"
 /* does table t (whose first member is size_t struct_size) have member m, and is it set? */
 #define ZP_TABLE_HAS(t, m) \
@@ -437,6 +437,16 @@ typedef struct zp_backend_ops {
    *          ignored rows' columns 0). */
   int (*softmax_xent_vp)(zp_backend* b, int phase, float* losses, void* logits, void* stats,
                          const int32_t* targets, int N, int Vl, int nreal, int v0, float dloss);
+  /* ---- optional (1.1): the MLP's GELU fused into its GEMMs (NULL: matmul + gelu ops) ----
+   * matmul_gelu_fwd: pre[N,OC] = inp[N,IC] @ w[OC,IC]^T (+ bias[OC]); out[N,OC] = gelu(pre)
+   *   (tanh approximation, as gelu_fwd).
+   * matmul_dgelu_bwd: as matmul_bwd, except that dinp = (dout @ w) * gelu'(pre), where
+   *   pre[N,IC] is the pre-activation whose GELU is inp; dinp must not be NULL. */
+  int (*matmul_gelu_fwd)(zp_backend* b, void* out, void* pre, const void* inp, const void* w,
+                         const void* bias, int N, int IC, int OC);
+  int (*matmul_dgelu_bwd)(zp_backend* b, void* dinp, void* dw, void* dbias, const void* dout,
+                          const void* inp, const void* w, const void* pre, int N, int IC,
+                          int OC);
 } zp_backend_ops;
 
 /* ---- the descriptor: what the entry function returns ---- */

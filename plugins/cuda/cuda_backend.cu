@@ -358,6 +358,8 @@ static const zp_backend_ops zpc_ops = {
     zpc_encoder_masked_fwd, /* tensor parallelism (0.3) */
     zpc_encoder_masked_bwd,
     zpc_softmax_xent_vp,
+    zpc_matmul_gelu_fwd, /* 1.1: GELU in the GEMM epilogue (matmul_cublaslt.cu) */
+    zpc_matmul_dgelu_bwd,
 };
 
 static const zp_plugin_desc zpc_desc = {

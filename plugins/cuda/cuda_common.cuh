@@ -157,6 +157,8 @@ struct zpc_gemm {
   int batch;           /* >= 1 */
   float alpha, beta;
   const void* bias;    /* bf16 [N] or NULL (only with d_fp32 == 0, batch == 1) */
+  int epi_gelu;        /* 0; 1: D = gelu(AB + bias), aux = AB + bias; 2: D = AB * gelu'(aux) */
+  void* aux;           /* bf16, same shape and ld as D (epi_gelu != 0; bf16 D, batch 1) */
 };
 int zpc_gemm_run(zp_backend* b, const struct zpc_gemm* g);
 
@@ -192,6 +194,10 @@ int zpc_matmul_fwd(zp_backend* b, void* out, const void* inp, const void* w, con
                    int N, int IC, int OC);
 int zpc_matmul_bwd(zp_backend* b, void* dinp, void* dw, void* dbias, const void* dout,
                    const void* inp, const void* w, int N, int IC, int OC);
+int zpc_matmul_gelu_fwd(zp_backend* b, void* out, void* pre, const void* inp, const void* w,
+                        const void* bias, int N, int IC, int OC);
+int zpc_matmul_dgelu_bwd(zp_backend* b, void* dinp, void* dw, void* dbias, const void* dout,
+                         const void* inp, const void* w, const void* pre, int N, int IC, int OC);
 size_t zpc_attention_aux_bytes(zp_backend* b, int B, int T, int C, int NH);
 int zpc_attention_fwd(zp_backend* b, void* out, void* aux, const void* qkv, int B, int T, int C,
                       int NH);

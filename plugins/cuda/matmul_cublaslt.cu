@@ -15,6 +15,11 @@
  *             dW[OC,IC] += dout[N,OC]^T @ inp[N,IC]       (beta = 1: accumulate, in bf16)
  *             dbias[OC] += column sums of dout             (deterministic two-pass kernel)
  *
+ * matmul_gelu_fwd: matmul_fwd through CUBLASLT_EPILOGUE_GELU_AUX(_BIAS): D = gelu(pre), the
+ *   aux output = pre (cuBLASLt's GELU is the tanh approximation, as gelu_fwd).
+ * matmul_dgelu_bwd: matmul_bwd whose dinp GEMM ends in CUBLASLT_EPILOGUE_DGELU with aux = pre:
+ *   dinp = (dout @ W) * gelu'(pre), one pass instead of a GEMM plus gelu_bwd's three.
+ *
  * Invariants: fp32 compute and scale type; the 32 MiB workspace made at create; the alignment
  * of every pointer (and batch stride) is told to the heuristic, so unaligned views are legal;
  * heuristic answers are cached per (shape, layout, alignment, epilogue).
@@ -36,6 +41,10 @@ int zpc_gemm_run(zp_backend* b, const struct zpc_gemm* g) {
                        g->K, g->batch);
   if (g->bias && (g->d_fp32 || g->batch != 1))
     return zpc_err(b->host, ZP_E_INTERNAL, "cuda backend: gemm bias needs bf16 D and batch 1");
+  if (g->epi_gelu && (g->d_fp32 || g->batch != 1 || !g->aux || (g->epi_gelu == 2 && g->bias)))
+    return zpc_err(b->host, ZP_E_INTERNAL,
+                   "cuda backend: gemm GELU epilogue needs bf16 D, batch 1 and aux (no bias "
+                   "with dgelu)");
 
   const uint64_t m = (uint64_t)g->N, n = (uint64_t)g->M, k = (uint64_t)g->K;
   const cublasOperation_t opA = g->transb ? CUBLAS_OP_T : CUBLAS_OP_N; /* ours B */
@@ -71,13 +80,29 @@ int zpc_gemm_run(zp_backend* b, const struct zpc_gemm* g) {
     LT(cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
     LT(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &opA, sizeof opA));
     LT(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &opB, sizeof opB));
-    if (g->bias) {
-      cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BIAS;
-      cudaDataType_t bdt = CUDA_R_16BF;
+    if (g->bias || g->epi_gelu) {
+      cublasLtEpilogue_t epi = g->epi_gelu == 1 ? (g->bias ? CUBLASLT_EPILOGUE_GELU_AUX_BIAS
+                                                           : CUBLASLT_EPILOGUE_GELU_AUX)
+                               : g->epi_gelu == 2 ? CUBLASLT_EPILOGUE_DGELU
+                                                  : CUBLASLT_EPILOGUE_BIAS;
       LT(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi));
-      LT(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &g->bias,
-                                        sizeof g->bias));
-      LT(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bdt, sizeof bdt));
+      if (g->bias) {
+        cudaDataType_t bdt = CUDA_R_16BF;
+        LT(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &g->bias,
+                                          sizeof g->bias));
+        LT(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bdt,
+                                          sizeof bdt));
+      }
+      if (g->epi_gelu) {
+        int64_t ald = g->ldd;
+        cudaDataType_t adt = CUDA_R_16BF;
+        LT(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &g->aux,
+                                          sizeof g->aux));
+        LT(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &ald,
+                                          sizeof ald));
+        LT(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_DATA_TYPE, &adt,
+                                          sizeof adt));
+      }
     }
     LT(cublasLtMatrixLayoutCreate(&la, CUDA_R_16BF, a_rows, a_cols, g->ldb));
     LT(cublasLtMatrixLayoutCreate(&lb, CUDA_R_16BF, b_rows, b_cols, g->lda));
@@ -99,7 +124,7 @@ int zpc_gemm_run(zp_backend* b, const struct zpc_gemm* g) {
     /* heuristic, cached */
     int64_t key[20] = {g->transa,  g->transb, g->M,      g->N,    g->K,     g->lda, g->ldb,
                        g->ldd,     g->strideA, g->strideB, g->strideD, g->batch, g->d_fp32,
-                       g->bias != NULL, al_a, al_b,     al_d,   al_bias,  1,      0};
+                       g->bias != NULL, al_a, al_b,     al_d,   al_bias,  1,      g->epi_gelu};
     for (int i = 0; i < ZPC_ALGO_CACHE; i++) {
       struct zpc_algo_entry* e = &b->algo_cache[i];
       if (e->valid && memcmp(e->key, key, sizeof key) == 0) {
@@ -175,6 +200,9 @@ int zpc_matmul_fwd(zp_backend* b, void* out, const void* inp, const void* w, con
   return zpc_gemm_run(b, &g);
 }
 
+static int zpc_matmul_dinp(zp_backend* b, void* dinp, const void* dout, const void* w,
+                           const void* pre, int N, int IC, int OC);
+
 int zpc_matmul_bwd(zp_backend* b, void* dinp, void* dw, void* dbias, const void* dout,
                    const void* inp, const void* w, int N, int IC, int OC) {
   if (N <= 0 || IC <= 0 || OC <= 0)
@@ -206,7 +234,50 @@ int zpc_matmul_bwd(zp_backend* b, void* dinp, void* dw, void* dbias, const void*
     g.beta = 1.0f;
     if ((rc = zpc_gemm_run(b, &g))) return rc;
   }
-  if (dinp) { /* dinp[N,IC] = dout[N,OC] @ W[OC,IC] */
+  return zpc_matmul_dinp(b, dinp, dout, w, NULL, N, IC, OC);
+}
+
+int zpc_matmul_gelu_fwd(zp_backend* b, void* out, void* pre, const void* inp, const void* w,
+                        const void* bias, int N, int IC, int OC) {
+  if (N <= 0 || IC <= 0 || OC <= 0 || !out || !pre)
+    return ZPC_INVALID(b, "cuda backend: matmul_gelu_fwd: bad arguments N=%d IC=%d OC=%d", N, IC,
+                       OC);
+  struct zpc_gemm g;
+  memset(&g, 0, sizeof g);
+  g.transa = 0;
+  g.transb = 1;
+  g.M = N;
+  g.N = OC;
+  g.K = IC;
+  g.A = inp;
+  g.lda = IC;
+  g.B = w;
+  g.ldb = IC;
+  g.D = out;
+  g.ldd = OC;
+  g.batch = 1;
+  g.alpha = 1.0f;
+  g.beta = 0.0f;
+  g.bias = bias;
+  g.epi_gelu = 1;
+  g.aux = pre;
+  return zpc_gemm_run(b, &g);
+}
+
+int zpc_matmul_dgelu_bwd(zp_backend* b, void* dinp, void* dw, void* dbias, const void* dout,
+                         const void* inp, const void* w, const void* pre, int N, int IC, int OC) {
+  if (!dinp || !pre)
+    return ZPC_INVALID(b, "cuda backend: matmul_dgelu_bwd: dinp and pre must be set");
+  int rc = zpc_matmul_bwd(b, NULL, dw, dbias, dout, inp, w, N, IC, OC);
+  if (rc) return rc;
+  return zpc_matmul_dinp(b, dinp, dout, w, pre, N, IC, OC);
+}
+
+/* dinp[N,IC] = dout[N,OC] @ W[OC,IC], times gelu'(pre) when pre is set */
+static int zpc_matmul_dinp(zp_backend* b, void* dinp, const void* dout, const void* w,
+                           const void* pre, int N, int IC, int OC) {
+  int rc;
+  if (dinp) {
     struct zpc_gemm g;
     memset(&g, 0, sizeof g);
     g.transa = 0;
@@ -223,6 +294,8 @@ int zpc_matmul_bwd(zp_backend* b, void* dinp, void* dw, void* dbias, const void*
     g.batch = 1;
     g.alpha = 1.0f;
     g.beta = 0.0f;
+    g.epi_gelu = pre ? 2 : 0;
+    g.aux = (void*)pre;
     if ((rc = zpc_gemm_run(b, &g))) return rc;
   }
   return ZP_OK;

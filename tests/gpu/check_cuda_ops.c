@@ -816,6 +816,83 @@ static void t_matmul(const char* tag, int N, int IC, int OC, int with_bias) {
   release_all();
 }
 
+/* ---- GELU fused into the MLP's GEMMs (1.1 ops) against matmul + gelu on the reference ---- */
+
+static int r_mmg_fwd(const zp_backend_ops* o, zp_backend* b, const args_t* a) {
+  return o->matmul_gelu_fwd(b, a->o1, a->o2, a->i1, a->i2, a->i3, a->N, a->IC, a->OC);
+}
+static int r_mmg_bwd(const zp_backend_ops* o, zp_backend* b, const args_t* a) {
+  return o->matmul_dgelu_bwd(b, a->o1, a->o2, a->o3, a->i4, a->i1, a->i2, a->i3, a->N, a->IC,
+                             a->OC);
+}
+
+static void t_matmul_gelu(int N, int IC, int OC) {
+  char shape[64];
+  snprintf(shape, sizeof shape, "N%d IC%d OC%d +bias", N, IC, OC);
+  if (!want("matmul_gelu") && !want("matmul_dgelu") && !want("matmul")) return;
+  if (!ZP_TABLE_HAS(G, matmul_gelu_fwd) || !ZP_TABLE_HAS(G, matmul_dgelu_bwd)) {
+    skip_res("matmul_gelu_fwd", shape, "plugin has no fused GELU ops");
+    flush(NAN);
+    return;
+  }
+  /* forward, the fc layer: pre = x @ w^T + bias, out = gelu(pre) */
+  size_t NI = (size_t)N * IC, NO = (size_t)N * OC, W = (size_t)OC * IC;
+  float* x = hrand(NI, 1.0f, 0.0f);
+  float* w = hrand(W, 0.05f, 0.0f);
+  float* bias = hrand(OC, 0.1f, 0.0f);
+  args_t ga = {0};
+  ga.N = N;
+  ga.IC = IC;
+  ga.OC = OC;
+  ga.i1 = gup(x, NI);
+  ga.i2 = gup(w, W);
+  ga.i3 = gup(bias, OC);
+  ga.o1 = dalloc(G, gb, NO * 2);
+  ga.o2 = dalloc(G, gb, NO * 2);
+  CK(r_mmg_fwd(G, gb, &ga));
+  void* rpre = dalloc(R, rb, NO * 4);
+  void* rout = dalloc(R, rb, NO * 4);
+  CK(R->matmul_fwd(rb, rpre, rup(x, NI), rup(w, W), rup(bias, OC), N, IC, OC));
+  CK(R->gelu_fwd(rb, rout, rpre, NO));
+  cmp("matmul_gelu_fwd.out", shape, gdown(ga.o1, NO), rdown(rout, NO), NO, TOL_OUT);
+  cmp("matmul_gelu_fwd.pre", shape, gdown(ga.o2, NO), rdown(rpre, NO), NO, TOL_OUT);
+  double ms = gtime(tb, r_mmg_fwd, &ga);
+  flush(ms);
+  if (!isnan(ms))
+    printf("# matmul_gelu_fwd: %.1f TFLOP/s\n", 2.0 * N * IC * (double)OC / (ms * 1e-3) / 1e12);
+
+  /* backward, the fcproj layer (its input is a GELU output): IC is the GELU side */
+  float* inp = hrand(NI, 0.5f, 0.0f);
+  float* pre = hrand(NI, 1.5f, 0.0f);
+  float* dout = hrand(NO, 0.05f, 0.0f);
+  float* dw0 = hrand(W, 1.0f, 0.0f);
+  float* db0 = hrand(OC, 1.0f, 0.0f);
+  float* nanv = hconst(NI, NAN);
+  args_t gb2 = ga;
+  gb2.i1 = gup(inp, NI);
+  gb2.i3 = gup(pre, NI);
+  gb2.i4 = gup(dout, NO);
+  gb2.o1 = gup(nanv, NI);
+  gb2.o2 = gup(dw0, W);
+  gb2.o3 = gup(db0, OC);
+  CK(r_mmg_bwd(G, gb, &gb2));
+  void* rdinp = dalloc(R, rb, NI * 4);
+  void* rdg = dalloc(R, rb, NI * 4);
+  void* rdw = rup(dw0, W);
+  void* rdb = rup(db0, OC);
+  CK(R->matmul_bwd(rb, rdg, rdw, rdb, rup(dout, NO), rup(inp, NI), rup(w, W), N, IC, OC));
+  CK(R->gelu_bwd(rb, rdinp, rup(pre, NI), rdg, NI));
+  cmp("matmul_dgelu_bwd.dinp(overwrite)", shape, gdown(gb2.o1, NI), rdown(rdinp, NI), NI,
+      TOL_GRAD);
+  cmp("matmul_dgelu_bwd.dw(acc)", shape, gdown(gb2.o2, W), rdown(rdw, W), W, TOL_GRAD);
+  cmp("matmul_dgelu_bwd.dbias(acc)", shape, gdown(gb2.o3, OC), rdown(rdb, OC), OC, TOL_GRAD);
+  ms = gtime(tb, r_mmg_bwd, &gb2);
+  flush(ms);
+  if (!isnan(ms))
+    printf("# matmul_dgelu_bwd: %.1f TFLOP/s\n", 4.0 * N * IC * (double)OC / (ms * 1e-3) / 1e12);
+  release_all();
+}
+
 /* ---- attention ---- */
 
 static int r_att_fwd(const zp_backend_ops* o, zp_backend* b, const args_t* a) {
@@ -1661,6 +1738,9 @@ int main(int argc, char** argv) {
   t_matmul("classifier", N, C, Vp, 0);
   t_matmul("odd", 111, 96, 40, 1);
   t_matmul("odd-nobias", 37, 24, 72, 0);
+  t_matmul_gelu(N, C, 4 * C);
+  t_matmul_gelu(64, 96, 40);
+  if (!g_quick) t_matmul_gelu(8192, 1600, 6400); /* GPT-2 1.5B fc, micro-batch 8 */
   t_attention(B, T, C, NH);
   t_attention(3, 37, 96, 4);
   if (!g_quick) t_attention(1, 1024, 768, 12);
