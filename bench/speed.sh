@@ -12,7 +12,8 @@
 # Run (repo root, .deps carried; for the peer, ../shared/peers copied to .peers and carried):
 #   bash bench/speed.sh [124m] [1.5b]
 # Env: OUT (default /tmp/zp-out), ZP_BUILD (default build-gpu), SKIP_BUILD=1, PROFILE=1,
-#   PROFILE_STEPS (default 6), CHECK_FILTERS (default "attention layernorm matmul_gelu adamw"), and every
+#   PROFILE_STEPS (default 6), CONTINUE_ON_FAIL=1 (diagnosis: time anyway; failing mma.sync
+#   attention is then replaced by ZP_CUDA_ATTN=flash_wmma), CHECK_FILTERS (default "attention layernorm matmul_gelu adamw"), and every
 #   variable of gpu_bench.sh (PEERS, STEPS, ZP_MULTI, ZP_EXTRA_SETS, ...), passed through.
 # Files in $OUT: speed_checks.log, profile_<model>.txt, and gpu_bench.sh's files.
 set -u -o pipefail
@@ -50,8 +51,16 @@ grep -E '^(attention|layernorm|matmul_|adamw)|^# (attention|layernorm|matmul_)' 
 note "checks: $(grep -c ' PASS' "$OUT/speed_checks.log") PASS, $(grep -c ' FAIL' "$OUT/speed_checks.log") FAIL"
 if [ "$bad" != 0 ]; then
   grep ' FAIL' "$OUT/speed_checks.log" | head -20
-  note "correctness checks FAILED: no timing"
-  exit 1
+  if [ "${CONTINUE_ON_FAIL:-0}" != 1 ]; then
+    note "correctness checks FAILED: no timing"
+    exit 1
+  fi
+  # diagnosis mode: time what passed; failing mma.sync attention falls back to the WMMA kernels
+  if grep ' FAIL' "$OUT/speed_checks.log" | grep -q '^attention.*\[flash'; then
+    export ZP_CUDA_ATTN=flash_wmma
+    note "CONTINUE_ON_FAIL: attention[flash] failed: timing with ZP_CUDA_ATTN=flash_wmma"
+  fi
+  note "CONTINUE_ON_FAIL=1: timing despite failed checks (numbers are not a result)"
 fi
 
 # ---- where the time goes ----
