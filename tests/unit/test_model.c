@@ -1,7 +1,7 @@
 /* test_model.c: the whole GPT-2 model on the CPU backend against finite differences in fp64
  * (every tensor kind, tied embedding included), fp32 vs fp64 forward, counter-based init
- * that does not depend on how a group is split, bf16 storage path, and no allocation inside
- * a step. */
+ * that does not depend on how a group is split, bf16 storage path, no allocation inside
+ * a step, and the fused-GELU ops' branch of the model (bitwise equal to matmul + gelu). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -221,11 +221,67 @@ static void t_no_alloc_in_step(void) {
   zp_config_free(&c);
 }
 
+/* The model's fused-GELU branch (ABI 1.1 matmul_gelu_fwd / matmul_dgelu_bwd): a table whose
+ * fused ops are the CPU backend's matmul + gelu composed gives the same loss and gradients, bit
+ * for bit, as the table without them, and the model really calls them (once per block each way). */
+static const zp_backend_ops* g_base;
+static int g_fused_fwd_calls, g_fused_bwd_calls;
+static int fused_fwd(zp_backend* b, void* out, void* pre, const void* inp, const void* w, const void* bias, int N, int IC,
+                     int OC) {
+  g_fused_fwd_calls++;
+  int rc = g_base->matmul_fwd(b, pre, inp, w, bias, N, IC, OC);
+  return rc ? rc : g_base->gelu_fwd(b, out, pre, (size_t)N * OC);
+}
+static int fused_bwd(zp_backend* b, void* dinp, void* dw, void* dbias, const void* dout, const void* inp, const void* w,
+                     const void* pre, int N, int IC, int OC) {
+  g_fused_bwd_calls++;
+  size_t n = (size_t)N * IC;
+  float* tmp = malloc(n * sizeof(float));
+  if (!tmp) return ZP_E_NOMEM;
+  int rc = g_base->matmul_bwd(b, tmp, dw, dbias, dout, inp, w, N, IC, OC);
+  if (!rc) rc = g_base->gelu_bwd(b, dinp, pre, tmp, n);
+  free(tmp);
+  return rc;
+}
+
+static void t_fused_gelu_path(void) {
+  zp_config c1, c2;
+  zp_run r1, r2;
+  if (open_run(&r1, &c1, "fp32") || open_run(&r2, &c2, "fp32")) return;
+  static zp_backend_ops fused;
+  g_base = r2.ops;
+  fused = *r2.ops;
+  fused.struct_size = sizeof fused;
+  fused.matmul_gelu_fwd = fused_fwd;
+  fused.matmul_dgelu_bwd = fused_bwd;
+  r2.ops = &fused;
+  int32_t in[B_ * T_], tg[B_ * T_];
+  batch(in, tg, 37);
+  double l1, l2;
+  g_fused_fwd_calls = g_fused_bwd_calls = 0;
+  CHECK(zp_run_micro_batch(&r1, in, tg, 1.0f / (B_ * T_), &l1) == 0);
+  CHECK(zp_run_micro_batch(&r2, in, tg, 1.0f / (B_ * T_), &l2) == 0);
+  CHECK_EQ_INT(g_fused_fwd_calls, r2.layout.s.L);
+  CHECK_EQ_INT(g_fused_bwd_calls, r2.layout.s.L);
+  CHECK(l1 == l2);
+  size_t differ = 0;
+  for (int g = 0; g < r1.layout.n_groups; g++)
+    differ += memcmp(r1.groups[g].info.buf[ZP_CAT_GRAD], r2.groups[g].info.buf[ZP_CAT_GRAD],
+                     r1.groups[g].info.padded * sizeof(float)) != 0;
+  CHECK_MSG(differ == 0, "%zu groups' gradients differ between the fused and the plain GELU path", differ);
+  r2.ops = g_base;
+  zp_run_close(&r1);
+  zp_run_close(&r2);
+  zp_config_free(&c1);
+  zp_config_free(&c2);
+}
+
 int main(void) {
   ZT_RUN(t_gradcheck_fp64);
   ZT_RUN(t_fp32_vs_fp64);
   ZT_RUN(t_init_split_invariant);
   ZT_RUN(t_bf16_storage);
   ZT_RUN(t_no_alloc_in_step);
+  ZT_RUN(t_fused_gelu_path);
   return zt_done();
 }
