@@ -5,13 +5,13 @@
 #   2. correctness first: check_cuda_ops for the ops this issue rewrites (attention: the mma.sync
 #      kernels against the CPU reference AND against the previous WMMA kernels; layernorm;
 #      adamw), with their per-op timings; a failure stops the bench (exit 1);
-#   3. PROFILE=1: one `train.profile_ops` run per model (each op issued then synchronized, so
+#   3. PROFILE=1 (or PROFILE=after: behind step 4): one `train.profile_ops` run per model (each op issued then synchronized, so
 #      the step is slower than the timed one): where the step's time goes, by op and GEMM shape;
 #   4. timing: bench/gpu_bench.sh (zp, then the PyTorch peer in the same call, one table with
 #      ratios, MFU, ledger peak and device memory).
 # Run (repo root, .deps carried; for the peer, ../shared/peers copied to .peers and carried):
 #   bash bench/speed.sh [124m] [1.5b]
-# Env: OUT (default /tmp/zp-out), ZP_BUILD (default build-gpu), SKIP_BUILD=1, PROFILE=1,
+# Env: OUT (default /tmp/zp-out), ZP_BUILD (default build-gpu), SKIP_BUILD=1, PROFILE=1|after,
 #   PROFILE_STEPS (default 6), CONTINUE_ON_FAIL=1 (diagnosis: time anyway; failing mma.sync
 #   attention is then replaced by ZP_CUDA_ATTN=flash_wmma), CHECK_FILTERS (default "attention layernorm matmul_gelu adamw"), and every
 #   variable of gpu_bench.sh (PEERS, STEPS, ZP_MULTI, ZP_EXTRA_SETS, ...), passed through.
@@ -63,8 +63,7 @@ if [ "$bad" != 0 ]; then
   note "CONTINUE_ON_FAIL=1: timing despite failed checks (numbers are not a result)"
 fi
 
-# ---- where the time goes ----
-if [ "${PROFILE:-0}" = 1 ]; then
+profile() {
   python3 "$SRC/bench/random_shard.py" "$WORK/prof_shard.bin" $((16 * 1024 * 12)) > /dev/null || exit 1
   for m in "${MODELS[@]}"; do
     note "profile $m (${PROFILE_STEPS:-6} steps, train.profile_ops)"
@@ -75,7 +74,13 @@ if [ "${PROFILE:-0}" = 1 ]; then
       note "profile $m: exit $?"
     sed -n '/op profile/,$p' "$OUT/profile_$m.txt" | head -40
   done
-fi
+}
+
+# ---- where the time goes (PROFILE=1 before the timing, PROFILE=after behind it) ----
+[ "${PROFILE:-0}" = 1 ] && profile
 
 # ---- timing against the peer ----
 bash "$SRC/bench/gpu_bench.sh" "${MODELS[@]}"
+rc=$?
+[ "${PROFILE:-0}" = after ] && profile
+exit $rc
