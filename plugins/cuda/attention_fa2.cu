@@ -6,7 +6,8 @@
  * [B, T, 3C] (q | k | v, head h at columns h*HS..), out [B, T, C], aux = logsumexp
  * L[b,h,t] = log sum_{j<=t} exp(s_tj) (natural log, s = q.k / sqrt(HS)) as fp32 [B, NH, T].
  *
- * Forward (grid: query tiles of 16*MW*4 rows x heads; 4 warps, warp w owns MW m16 row tiles):
+ * Forward (grid: query tiles of 16*MW*4 rows x heads; 4 warps, warp w owns MW m16 row tiles,
+ * and every K / V fragment read from shared memory feeds all MW of them):
  * one pass over 64-key tiles j in increasing order with the online softmax held in registers
  * (row max and partial sums in the log2 domain); S and P never leave registers: the S
  * accumulator fragments of two adjacent n8 tiles are exactly the A fragment of the P.V product.
@@ -226,59 +227,90 @@ zpc_fa2_fwd_kernel(bf16* out, float* lse_out, const bf16* qkv, int T, int NH, fl
           f2_ldm4(qf[mi][kk], f2_at_a<LD>(Qs, (warp * MW + mi) * 16, kk * 16, lane));
     }
     const int k0 = j * F2_BC;
+    /* warp-uniform: a key tile entirely above this warp's rows adds nothing */
+    if (k0 <= q0 + (warp + 1) * MW * 16 - 1) {
+      /* S for all MW row tiles: each K fragment read from shared memory feeds MW products */
+      float s[MW][8][4];
 #pragma unroll
-    for (int mi = 0; mi < MW; mi++) {
-      const int r0 = q0 + (warp * MW + mi) * 16; /* first query row of this m tile */
-      if (k0 > r0 + 15) continue;                /* whole tile masked for these rows */
-      float s[8][4];
+      for (int mi = 0; mi < MW; mi++)
 #pragma unroll
-      for (int nt = 0; nt < 8; nt++) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+        for (int nt = 0; nt < 8; nt++) s[mi][nt][0] = s[mi][nt][1] = s[mi][nt][2] = s[mi][nt][3] = 0.0f;
 #pragma unroll
       for (int kk = 0; kk < HS / 16; kk++)
 #pragma unroll
         for (int np = 0; np < 4; np++) {
           uint32_t b[4];
           f2_ldm4(b, f2_at_bn<LD>(Ks, np * 16, kk * 16, lane));
-          f2_mma(s[2 * np], qf[mi][kk], b[0], b[1]);
-          f2_mma(s[2 * np + 1], qf[mi][kk], b[2], b[3]);
+#pragma unroll
+          for (int mi = 0; mi < MW; mi++) {
+            f2_mma(s[mi][2 * np], qf[mi][kk], b[0], b[1]);
+            f2_mma(s[mi][2 * np + 1], qf[mi][kk], b[2], b[3]);
+          }
         }
-      const bool diag = k0 + F2_BC - 1 > r0;
-      float mx[2] = {-INFINITY, -INFINITY};
+      /* online softmax per row tile (a fully masked row keeps its finite running max: tile 0
+       * always holds key 0, so p = exp2(-inf - m) = 0 there) */
 #pragma unroll
-      for (int nt = 0; nt < 8; nt++)
+      for (int mi = 0; mi < MW; mi++) {
+        const int r0 = q0 + (warp * MW + mi) * 16; /* first query row of this m tile */
+        const bool diag = k0 + F2_BC - 1 > r0;
+        float mx[2] = {-INFINITY, -INFINITY};
 #pragma unroll
-        for (int e = 0; e < 4; e++) {
-          float x = s[nt][e] * scale_log2;
-          if (diag && k0 + nt * 8 + 2 * t4 + (e & 1) > r0 + g + 8 * (e >> 1)) x = -INFINITY;
-          s[nt][e] = x;
-          mx[e >> 1] = fmaxf(mx[e >> 1], x);
+        for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+          for (int e = 0; e < 4; e++) {
+            float x = s[mi][nt][e] * scale_log2;
+            if (diag && k0 + nt * 8 + 2 * t4 + (e & 1) > r0 + g + 8 * (e >> 1)) x = -INFINITY;
+            s[mi][nt][e] = x;
+            mx[e >> 1] = fmaxf(mx[e >> 1], x);
+          }
+        float alpha[2];
+#pragma unroll
+        for (int hh = 0; hh < 2; hh++) {
+          mx[hh] = fmaxf(mx[hh], __shfl_xor_sync(0xffffffffu, mx[hh], 1));
+          mx[hh] = fmaxf(mx[hh], __shfl_xor_sync(0xffffffffu, mx[hh], 2));
+          const float mn = fmaxf(mrow[mi][hh], mx[hh]);
+          alpha[hh] = exp2f(mrow[mi][hh] - mn);
+          mrow[mi][hh] = mn;
+          lrow[mi][hh] *= alpha[hh];
         }
-      float alpha[2];
 #pragma unroll
-      for (int hh = 0; hh < 2; hh++) {
-        mx[hh] = fmaxf(mx[hh], __shfl_xor_sync(0xffffffffu, mx[hh], 1));
-        mx[hh] = fmaxf(mx[hh], __shfl_xor_sync(0xffffffffu, mx[hh], 2));
-        const float mn = fmaxf(mrow[mi][hh], mx[hh]);
-        alpha[hh] = exp2f(mrow[mi][hh] - mn);
-        mrow[mi][hh] = mn;
-        lrow[mi][hh] *= alpha[hh];
+        for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+          for (int e = 0; e < 4; e++) {
+            const float p = exp2f(s[mi][nt][e] - mrow[mi][e >> 1]);
+            s[mi][nt][e] = p;
+            lrow[mi][e >> 1] += p;
+          }
+#pragma unroll
+        for (int nt = 0; nt < HS / 8; nt++) {
+          o[mi][nt][0] *= alpha[0];
+          o[mi][nt][1] *= alpha[0];
+          o[mi][nt][2] *= alpha[1];
+          o[mi][nt][3] *= alpha[1];
+        }
       }
+      /* O += P V: each V fragment feeds MW products */
 #pragma unroll
-      for (int nt = 0; nt < 8; nt++)
+      for (int kk = 0; kk < 4; kk++) {
+        uint32_t a[MW][4];
 #pragma unroll
-        for (int e = 0; e < 4; e++) {
-          const float p = exp2f(s[nt][e] - mrow[mi][e >> 1]);
-          s[nt][e] = p;
-          lrow[mi][e >> 1] += p;
+        for (int mi = 0; mi < MW; mi++) {
+          a[mi][0] = f2_pack(s[mi][2 * kk][0], s[mi][2 * kk][1]);
+          a[mi][1] = f2_pack(s[mi][2 * kk][2], s[mi][2 * kk][3]);
+          a[mi][2] = f2_pack(s[mi][2 * kk + 1][0], s[mi][2 * kk + 1][1]);
+          a[mi][3] = f2_pack(s[mi][2 * kk + 1][2], s[mi][2 * kk + 1][3]);
         }
 #pragma unroll
-      for (int nt = 0; nt < HS / 8; nt++) {
-        o[mi][nt][0] *= alpha[0];
-        o[mi][nt][1] *= alpha[0];
-        o[mi][nt][2] *= alpha[1];
-        o[mi][nt][3] *= alpha[1];
+        for (int dp = 0; dp < HS / 16; dp++) {
+          uint32_t b[4];
+          f2_ldm4t(b, f2_at_a<LD>(Vs, kk * 16, dp * 16, lane));
+#pragma unroll
+          for (int mi = 0; mi < MW; mi++) {
+            f2_mma(o[mi][2 * dp], a[mi], b[0], b[1]);
+            f2_mma(o[mi][2 * dp + 1], a[mi], b[2], b[3]);
+          }
+        }
       }
-      f2_pv<HS, LD>(o[mi], s, Vs, lane);
     }
     __syncthreads(); /* every warp is done with buffer j & 1 before it is refilled */
   }
