@@ -13,7 +13,9 @@
 #   bash bench/speed.sh [124m] [1.5b]
 # Env: OUT (default /tmp/zp-out), ZP_BUILD (default build-gpu), SKIP_BUILD=1, PROFILE=1|after,
 #   PROFILE_STEPS (default 6), CONTINUE_ON_FAIL=1 (diagnosis: time anyway; failing mma.sync
-#   attention is then replaced by ZP_CUDA_ATTN=flash_wmma), CHECK_FILTERS (default "attention layernorm matmul_gelu adamw"), and every
+#   attention is then replaced by ZP_CUDA_ATTN=flash), KERNELS = new (default: exports
+#   ZP_CUDA_ATTN=fa2 ZP_CUDA_FUSE_GELU=1 ZP_CUDA_LN=fast for the runs, each unless already set)
+#   | default (the plugin's defaults), CHECK_FILTERS (default "attention layernorm matmul_gelu adamw"), and every
 #   variable of gpu_bench.sh (PEERS, STEPS, ZP_MULTI, ZP_EXTRA_SETS, ...), passed through.
 # Files in $OUT: speed_checks.log, profile_<model>.txt, and gpu_bench.sh's files.
 set -u -o pipefail
@@ -25,7 +27,11 @@ WORK=${ZP_WORK:-/tmp/zp-bench-work}
 MODELS=("$@")
 [ ${#MODELS[@]} -eq 0 ] && MODELS=(124m 1.5b)
 mkdir -p "$OUT" "$WORK" || { echo "speed: cannot create $OUT or $WORK" >&2; exit 2; }
+if [ "${KERNELS:-new}" = new ]; then
+  export ZP_CUDA_ATTN=${ZP_CUDA_ATTN:-fa2} ZP_CUDA_FUSE_GELU=${ZP_CUDA_FUSE_GELU:-1} ZP_CUDA_LN=${ZP_CUDA_LN:-fast}
+fi
 note() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*"; }
+note "kernels: ZP_CUDA_ATTN=${ZP_CUDA_ATTN:-(plugin default)} ZP_CUDA_FUSE_GELU=${ZP_CUDA_FUSE_GELU:-(default)} ZP_CUDA_LN=${ZP_CUDA_LN:-(default)}"
 export PATH=$PATH:/usr/local/cuda/bin
 
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
@@ -56,9 +62,9 @@ if [ "$bad" != 0 ]; then
     exit 1
   fi
   # diagnosis mode: time what passed; failing mma.sync attention falls back to the WMMA kernels
-  if grep ' FAIL' "$OUT/speed_checks.log" | grep -q '^attention.*\[flash'; then
-    export ZP_CUDA_ATTN=flash_wmma
-    note "CONTINUE_ON_FAIL: attention[flash] failed: timing with ZP_CUDA_ATTN=flash_wmma"
+  if grep ' FAIL' "$OUT/speed_checks.log" | grep -q '^attention.*\[fa2'; then
+    export ZP_CUDA_ATTN=flash
+    note "CONTINUE_ON_FAIL: attention[fa2] failed: timing with ZP_CUDA_ATTN=flash"
   fi
   note "CONTINUE_ON_FAIL=1: timing despite failed checks (numbers are not a result)"
 fi

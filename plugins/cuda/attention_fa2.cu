@@ -1,6 +1,6 @@
-/* attention_fa2.cu: causal attention on mma.sync tensor cores, FlashAttention-2 style (the
- * default; ZP_CUDA_ATTN=flash_wmma selects the previous WMMA kernels of attention_flash.cu,
- * ZP_CUDA_ATTN=naive the cuBLASLt path of attention.cu).
+/* attention_fa2.cu: causal attention on mma.sync tensor cores, FlashAttention-2 style
+ * (ZP_CUDA_ATTN=fa2; flash selects the WMMA kernels of attention_flash.cu, naive the cuBLASLt
+ * path of attention.cu; cuda_backend.cu says which one is the default).
  *
  * Same contract as attention_flash.cu, so the two are interchangeable call by call: qkv is
  * [B, T, 3C] (q | k | v, head h at columns h*HS..), out [B, T, C], aux = logsumexp

@@ -6,11 +6,14 @@
  * - create() makes the device current, creates one non-blocking compute stream (or uses the
  *   legacy default stream when ZP_CUDA_STREAM=legacy, for event timing in tests), one cuBLASLt
  *   handle and the 32 MiB cuBLASLt workspace; destroy() releases exactly those (plus scratch).
- * - Attention (ZP_CUDA_ATTN, read at create()): flash (default) = the mma.sync kernels of
- *   attention_fa2.cu where head size (32/64/128) and 16-byte alignment allow, else the WMMA
- *   kernels of attention_flash.cu (same aux), else the cuBLASLt path of attention.cu;
- *   flash_wmma skips attention_fa2.cu (the previous kernels, kept as a reference); naive
- *   always takes attention.cu.
+ * - Kernel choices, read at create() (defaults: ZPC_DEFAULT_* below):
+ *   ZP_CUDA_ATTN = fa2: the mma.sync kernels of attention_fa2.cu where head size (32/64/128)
+ *   and 16-byte alignment allow, else the WMMA kernels (same aux), else attention.cu;
+ *   flash: the WMMA kernels of attention_flash.cu (head sizes 32/64/128, else attention.cu);
+ *   naive: always the cuBLASLt path of attention.cu.
+ *   ZP_CUDA_FUSE_GELU = 1: matmul_gelu_fwd / matmul_dgelu_bwd use cuBLASLt's GELU epilogues;
+ *   0: they run matmul and the gelu kernel separately (same contract).
+ *   ZP_CUDA_LN = fast (kernels_layernorm.cu) | legacy (kernels_layernorm_legacy.cu).
  * - Memory is plain cudaMalloc/cudaFree (never managed). Copies run on the compute stream;
  *   copy_h2d and copy_d2h return only once the copy is complete (the host buffer may be reused
  *   or read at once); copy_d2d and memset0 are asynchronous like any op.
@@ -18,6 +21,13 @@
  * - comm_unique_id / comm_create: the NCCL device communicator (comm_nccl.cu) when built with
  *   ZP_HAVE_NCCL, else NULL (the core then uses its shared-memory communicator).
  */
+/* Defaults of the kernel choices. The newer kernels (fa2 attention, fused GELU, fast
+ * layernorm) become the defaults once tests/gpu/run_gpu_checks.sh has passed with them on a
+ * GPU; until then they are opt-in (see docs/perf.md). */
+#define ZPC_DEFAULT_ATTN 1      /* flash (WMMA) */
+#define ZPC_DEFAULT_FUSE_GELU 0 /* separate gelu kernels */
+#define ZPC_DEFAULT_LN_FAST 0   /* legacy layernorm */
+
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -118,14 +128,30 @@ static int zpc_create(const zp_host* host, const zp_backend_config* cfg, zp_back
   b->device = dev;
   const char* s = getenv("ZP_CUDA_STREAM");
   b->legacy_stream = s && strcmp(s, "legacy") == 0;
-  const char* a = getenv("ZP_CUDA_ATTN"); /* flash (default) | flash_wmma | naive */
-  b->attn_flash = 2;
+  const char* a = getenv("ZP_CUDA_ATTN"); /* fa2 | flash | naive */
+  b->attn_flash = ZPC_DEFAULT_ATTN;
   if (a && strcmp(a, "naive") == 0) b->attn_flash = 0;
-  else if (a && strcmp(a, "flash_wmma") == 0) b->attn_flash = 1;
-  else if (a && strcmp(a, "flash") != 0) {
+  else if (a && strcmp(a, "flash") == 0) b->attn_flash = 1;
+  else if (a && strcmp(a, "fa2") == 0) b->attn_flash = 2;
+  else if (a) {
     free(b);
-    return zpc_err(host, ZP_E_INVALID,
-                   "cuda backend: ZP_CUDA_ATTN=%s: expected flash, flash_wmma or naive", a);
+    return zpc_err(host, ZP_E_INVALID, "cuda backend: ZP_CUDA_ATTN=%s: expected fa2, flash or naive",
+                   a);
+  }
+  const char* fg = getenv("ZP_CUDA_FUSE_GELU"); /* 1 | 0 */
+  b->fuse_gelu = ZPC_DEFAULT_FUSE_GELU;
+  if (fg && (strcmp(fg, "0") == 0 || strcmp(fg, "1") == 0)) b->fuse_gelu = fg[0] == '1';
+  else if (fg) {
+    free(b);
+    return zpc_err(host, ZP_E_INVALID, "cuda backend: ZP_CUDA_FUSE_GELU=%s: expected 0 or 1", fg);
+  }
+  const char* ln = getenv("ZP_CUDA_LN"); /* fast | legacy */
+  b->ln_fast = ZPC_DEFAULT_LN_FAST;
+  if (ln && strcmp(ln, "fast") == 0) b->ln_fast = 1;
+  else if (ln && strcmp(ln, "legacy") == 0) b->ln_fast = 0;
+  else if (ln) {
+    free(b);
+    return zpc_err(host, ZP_E_INVALID, "cuda backend: ZP_CUDA_LN=%s: expected fast or legacy", ln);
   }
 
   int rc = ZP_OK;
@@ -165,11 +191,12 @@ static int zpc_create(const zp_host* host, const zp_backend_config* cfg, zp_back
     char msg[512];
     snprintf(msg, sizeof msg,
              "cuda backend: device %d \"%s\" sm_%d%d, %d SMs, %s stream, attention %s, "
-             "cuBLASLt workspace %zu MiB",
+             "GELU %s, layernorm %s, cuBLASLt workspace %zu MiB",
              dev, b->device_name, b->cc_major, b->cc_minor, b->sm_count,
-             b->legacy_stream ? "legacy default" : "non-blocking", b->attn_flash == 2   ? "flash (fa2)"
-             : b->attn_flash == 1 ? "flash_wmma"
+             b->legacy_stream ? "legacy default" : "non-blocking", b->attn_flash == 2   ? "fa2"
+             : b->attn_flash == 1 ? "flash"
                                   : "naive",
+             b->fuse_gelu ? "fused into the GEMMs" : "separate", b->ln_fast ? "fast" : "legacy",
              ZPC_WORKSPACE_BYTES >> 20);
     zpc_log(b, ZP_LOG_INFO, msg);
   }
@@ -284,6 +311,20 @@ static void zpc_host_free(zp_backend* b, void* p) {
   cudaError_t e = cudaStreamSynchronize(b->stream);
   if (e == cudaSuccess) e = cudaFreeHost(p);
   if (e != cudaSuccess) (void)zpc_cuda_fail(b, "cudaFreeHost", e, __FILE__, __LINE__);
+}
+
+/* ---------------------------------------------------------------- layernorm dispatch */
+
+static int zpc_layernorm_fwd(zp_backend* b, void* out, float* mean, float* rstd, const void* inp,
+                             const void* w, const void* bias, int N, int C) {
+  return b->ln_fast ? zpc_layernorm_fwd_fast(b, out, mean, rstd, inp, w, bias, N, C)
+                    : zpc_layernorm_fwd_legacy(b, out, mean, rstd, inp, w, bias, N, C);
+}
+static int zpc_layernorm_bwd(zp_backend* b, void* dinp, void* dw, void* dbias, const void* dout,
+                             const void* inp, const void* w, const float* mean, const float* rstd,
+                             int N, int C) {
+  return b->ln_fast ? zpc_layernorm_bwd_fast(b, dinp, dw, dbias, dout, inp, w, mean, rstd, N, C)
+                    : zpc_layernorm_bwd_legacy(b, dinp, dw, dbias, dout, inp, w, mean, rstd, N, C);
 }
 
 /* ---------------------------------------------------------------- attention dispatch */

@@ -45,7 +45,9 @@ struct zp_backend {
   const zp_host* host;
   int device;
   int legacy_stream;     /* ZP_CUDA_STREAM=legacy: ops go to the legacy default stream (tests) */
-  int attn_flash;        /* 2 flash (fa2, default), 1 flash_wmma, 0 naive (ZP_CUDA_ATTN) */
+  int attn_flash;        /* ZP_CUDA_ATTN: 2 fa2 (mma.sync), 1 flash (WMMA), 0 naive */
+  int fuse_gelu;         /* ZP_CUDA_FUSE_GELU: 1 GELU in the GEMM epilogues, 0 separate kernels */
+  int ln_fast;           /* ZP_CUDA_LN: 1 fast (vectorized), 0 legacy */
   cudaStream_t stream;
   cublasLtHandle_t lt;
   void* workspace;       /* ZPC_WORKSPACE_BYTES for cuBLASLt */
@@ -185,11 +187,18 @@ int zpc_encoder_fwd(zp_backend* b, void* out, const int32_t* inp, const void* wt
                     int B, int T, int C);
 int zpc_encoder_bwd(zp_backend* b, void* dwte, void* dwpe, const void* dout, const int32_t* inp,
                     int B, int T, int C);
-int zpc_layernorm_fwd(zp_backend* b, void* out, float* mean, float* rstd, const void* inp,
-                      const void* w, const void* bias, int N, int C);
-int zpc_layernorm_bwd(zp_backend* b, void* dinp, void* dw, void* dbias, const void* dout,
-                      const void* inp, const void* w, const float* mean, const float* rstd, int N,
-                      int C);
+/* LayerNorm: _fast (kernels_layernorm.cu, vectorized) and _legacy (kernels_layernorm_legacy.cu);
+ * the backend's op picks one by b->ln_fast (ZP_CUDA_LN) */
+int zpc_layernorm_fwd_fast(zp_backend* b, void* out, float* mean, float* rstd, const void* inp,
+                           const void* w, const void* bias, int N, int C);
+int zpc_layernorm_bwd_fast(zp_backend* b, void* dinp, void* dw, void* dbias, const void* dout,
+                           const void* inp, const void* w, const float* mean, const float* rstd,
+                           int N, int C);
+int zpc_layernorm_fwd_legacy(zp_backend* b, void* out, float* mean, float* rstd, const void* inp,
+                             const void* w, const void* bias, int N, int C);
+int zpc_layernorm_bwd_legacy(zp_backend* b, void* dinp, void* dw, void* dbias, const void* dout,
+                             const void* inp, const void* w, const float* mean, const float* rstd,
+                             int N, int C);
 int zpc_matmul_fwd(zp_backend* b, void* out, const void* inp, const void* w, const void* bias,
                    int N, int IC, int OC);
 int zpc_matmul_bwd(zp_backend* b, void* dinp, void* dw, void* dbias, const void* dout,

@@ -1,4 +1,5 @@
-/* kernels_layernorm.cu: LayerNorm forward and backward over rows of C (bf16 data, fp32 stats).
+/* kernels_layernorm.cu: LayerNorm forward and backward over rows of C (bf16 data, fp32 stats),
+ * vectorized (ZP_CUDA_LN=fast; kernels_layernorm_legacy.cu has the previous kernels).
  *
  * Forward: out = (x - mean) * rstd * w + bias, mean and rstd (= 1/sqrt(var + 1e-5), biased
  * variance) stored as fp32 [N] (each skipped when NULL; bias may be NULL). Two-pass statistics
@@ -406,7 +407,7 @@ static int zpc_ln_fwd_vec(zp_backend* b, int T, bf16* out, float* mean, float* r
   return ZP_OK;
 }
 
-int zpc_layernorm_fwd(zp_backend* b, void* out, float* mean, float* rstd, const void* inp,
+int zpc_layernorm_fwd_fast(zp_backend* b, void* out, float* mean, float* rstd, const void* inp,
                       const void* w, const void* bias, int N, int C) {
   if (N <= 0 || C <= 0 || !w || !out || !inp)
     return ZPC_INVALID(b, "cuda backend: layernorm_fwd: bad arguments N=%d C=%d w=%p", N, C, w);
@@ -443,7 +444,7 @@ static int zpc_ln_bwd_vec(zp_backend* b, int T, bf16* dinp, float* pdw, float* p
   return ZP_OK;
 }
 
-int zpc_layernorm_bwd(zp_backend* b, void* dinp, void* dw, void* dbias, const void* dout,
+int zpc_layernorm_bwd_fast(zp_backend* b, void* dinp, void* dw, void* dbias, const void* dout,
                       const void* inp, const void* w, const float* mean, const float* rstd, int N,
                       int C) {
   if (N <= 0 || C <= 0 || !w || !mean || !rstd || !dout || !inp)

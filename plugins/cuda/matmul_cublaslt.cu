@@ -242,6 +242,10 @@ int zpc_matmul_gelu_fwd(zp_backend* b, void* out, void* pre, const void* inp, co
   if (N <= 0 || IC <= 0 || OC <= 0 || !out || !pre)
     return ZPC_INVALID(b, "cuda backend: matmul_gelu_fwd: bad arguments N=%d IC=%d OC=%d", N, IC,
                        OC);
+  if (!b->fuse_gelu) { /* ZP_CUDA_FUSE_GELU=0: the same contract in two passes */
+    int rc = zpc_matmul_fwd(b, pre, inp, w, bias, N, IC, OC);
+    return rc ? rc : zpc_gelu_fwd(b, out, pre, (size_t)N * OC);
+  }
   struct zpc_gemm g;
   memset(&g, 0, sizeof g);
   g.transa = 0;
@@ -268,6 +272,10 @@ int zpc_matmul_dgelu_bwd(zp_backend* b, void* dinp, void* dw, void* dbias, const
                          const void* inp, const void* w, const void* pre, int N, int IC, int OC) {
   if (!dinp || !pre)
     return ZPC_INVALID(b, "cuda backend: matmul_dgelu_bwd: dinp and pre must be set");
+  if (!b->fuse_gelu) { /* ZP_CUDA_FUSE_GELU=0: dinp = dout @ W, then gelu_bwd in place */
+    int rc = zpc_matmul_bwd(b, dinp, dw, dbias, dout, inp, w, N, IC, OC);
+    return rc ? rc : zpc_gelu_bwd(b, dinp, pre, dinp, (size_t)N * IC);
+  }
   int rc = zpc_matmul_bwd(b, NULL, dw, dbias, dout, inp, w, N, IC, OC);
   if (rc) return rc;
   return zpc_matmul_dinp(b, dinp, dout, w, pre, N, IC, OC);

@@ -27,9 +27,11 @@
  * Timing: a second instance of the CUDA backend is created with ZP_CUDA_STREAM=legacy, so its
  * ops run on the legacy default stream and cudaEventRecord(…, 0) brackets them exactly. Three
  * attention variants are checked, each on its own instance: ZP_CUDA_ATTN=naive (cuBLASLt),
- * ZP_CUDA_ATTN=flash_wmma (the previous flash kernels) and ZP_CUDA_ATTN=flash (the plugin's
- * default, mma.sync; head sizes 32/64/128, else it falls back to naive), and flash is also
- * compared with flash_wmma directly.
+ * ZP_CUDA_ATTN=flash (the WMMA kernels) and ZP_CUDA_ATTN=fa2 (mma.sync; head sizes 32/64/128,
+ * else they fall back to naive), and fa2 is also compared with flash directly. Unless set in
+ * the environment, ZP_CUDA_LN=fast and ZP_CUDA_FUSE_GELU=1 are set for every instance: the
+ * newer kernels are what this file checks (the plugin's defaults run in run_gpu_checks.sh's
+ * model-level checks).
  * Instances have separate streams: results of one are synchronized before another reads them.
  */
 #define _GNU_SOURCE
@@ -61,11 +63,11 @@
 static const zp_backend_ops* G;  /* cuda */
 static const zp_backend_ops* R;  /* reference */
 static zp_backend* gb;           /* cuda, default (non-blocking stream) */
-static zp_backend* gfb;          /* cuda, ZP_CUDA_ATTN=flash (the mma.sync kernels) */
-static zp_backend* gwb;          /* cuda, ZP_CUDA_ATTN=flash_wmma (the previous flash kernels) */
-static zp_backend* twb;          /* cuda, legacy stream + flash_wmma: timing */
+static zp_backend* gfb;          /* cuda, ZP_CUDA_ATTN=fa2 (the mma.sync kernels) */
+static zp_backend* gwb;          /* cuda, ZP_CUDA_ATTN=flash (the WMMA kernels) */
+static zp_backend* twb;          /* cuda, legacy stream + flash: timing */
 static zp_backend* tb;           /* cuda, legacy stream: timing */
-static zp_backend* tfb;          /* cuda, legacy stream + flash: timing */
+static zp_backend* tfb;          /* cuda, legacy stream + fa2: timing */
 static zp_backend* rb;           /* reference */
 static int g_time = 1, g_quick = 0;
 static const char* g_filter = NULL;
@@ -929,12 +931,12 @@ static void t_attention(int B, int T, int C, int NH) {
   float* ref_out = rdown(ra.o1, BTC);
   float* ref_dqkv = rdown(ra.o3, 3 * BTC);
 
-  float* prev_out = NULL; /* flash_wmma's results, for flash against the previous kernel */
+  float* prev_out = NULL; /* flash's results, for fa2 against the previous kernel */
   float* prev_dqkv = NULL;
-  for (int variant = 0; variant < 3; variant++) { /* naive, flash_wmma, flash */
+  for (int variant = 0; variant < 3; variant++) { /* naive, flash, fa2 */
     zp_backend* b = variant == 2 ? gfb : variant == 1 ? gwb : gb;
     zp_backend* t = variant == 2 ? tfb : variant == 1 ? twb : tb;
-    const char* vn = variant == 2 ? "flash" : variant == 1 ? "flash_wmma" : "naive";
+    const char* vn = variant == 2 ? "fa2" : variant == 1 ? "flash" : "naive";
     char nf[48], nb2[48];
     snprintf(nf, sizeof nf, "attention_fwd[%s]", vn);
     snprintf(nb2, sizeof nb2, "attention_bwd[%s].dqkv", vn);
@@ -968,7 +970,7 @@ static void t_attention(int B, int T, int C, int NH) {
     double ms = gtime(t, r_att_fwd, &ga);
     flush(ms);
     if (variant == 2 && prev_out) {
-      cmp("attention_fwd[flash vs flash_wmma]", shape, got_out, prev_out, BTC, TOL_OUT);
+      cmp("attention_fwd[fa2 vs flash]", shape, got_out, prev_out, BTC, TOL_OUT);
       flush(NAN);
     }
     ga.i2 = ga.o1;
@@ -997,7 +999,7 @@ static void t_attention(int B, int T, int C, int NH) {
     double msb = gtime(t, r_att_bwd, &ga);
     flush(msb);
     if (variant == 2 && prev_dqkv) {
-      cmp("attention_bwd[flash vs flash_wmma]", shape, got_dqkv, prev_dqkv, 3 * BTC, TOL_GRAD);
+      cmp("attention_bwd[fa2 vs flash]", shape, got_dqkv, prev_dqkv, 3 * BTC, TOL_GRAD);
       flush(NAN);
     }
     if (!isnan(ms)) {
@@ -1693,13 +1695,16 @@ int main(int argc, char** argv) {
   printf("# plugin %s %s (abi %u.%u): %s\n", d->name, d->version, d->abi_major, d->abi_minor,
          d->summary);
 
+  setenv("ZP_CUDA_LN", "fast", 0); /* the newer kernels, unless the caller chose */
+  setenv("ZP_CUDA_FUSE_GELU", "1", 0);
+  printf("# ZP_CUDA_LN=%s ZP_CUDA_FUSE_GELU=%s\n", getenv("ZP_CUDA_LN"), getenv("ZP_CUDA_FUSE_GELU"));
   gb = make_cuda(NULL, "naive", 1);
-  gfb = make_cuda(NULL, "flash", 0);
-  gwb = make_cuda(NULL, "flash_wmma", 0);
+  gfb = make_cuda(NULL, "fa2", 0);
+  gwb = make_cuda(NULL, "flash", 0);
   if (g_time) {
     tb = make_cuda("legacy", "naive", 1);
-    tfb = make_cuda("legacy", "flash", 0);
-    twb = make_cuda("legacy", "flash_wmma", 0);
+    tfb = make_cuda("legacy", "fa2", 0);
+    twb = make_cuda("legacy", "flash", 0);
   }
   zp_backend_config rc;
   memset(&rc, 0, sizeof rc);
