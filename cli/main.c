@@ -12,7 +12,11 @@
 #include "cmd.h"
 #include "comm.h"
 #include "config.h"
+#include "layout.h"
+#include "ledger.h"
+#include "pipeline_exec.h"
 #include "plugin.h"
+#include "schedule.h"
 #include "runtime.h"
 #include "train.h"
 
@@ -124,6 +128,96 @@ static int cmd_train(int argc, char** argv) {
   return rc ? 1 : 0;
 }
 
+/* zp plan with parallel.pp > 1: each stage's run (its groups) and its pipeline executor
+ * (activation slots the schedule keeps in flight, gradient accumulators, the tied
+ * embedding's copy), opened dry so the ledger counts exactly what a real stage allocates. */
+static int plan_stages(zp_config* c, const zp_run_opts* o0, int world, int dp, int pp, int tp) {
+  char err[2048] = "";
+  zp_schedule* sched = NULL;
+  int rc = zp_schedule_from_config(c, &sched, err, sizeof err);
+  if (rc) {
+    fprintf(stderr, "zp: %s\n", err);
+    return rc;
+  }
+  int L = (int)zp_cfg_int(c, "model.n_layer"), G = L + 2, K = pp * zp_schedule_chunks(sched);
+  int* first = calloc((size_t)K + 1, sizeof(int));
+  unsigned char* held = calloc((size_t)G, 1);
+  long long (*tot)[ZP_CAT_COUNT] = calloc((size_t)pp, sizeof *tot);
+  long long* peak = calloc((size_t)pp, sizeof *peak);
+  int* slots = calloc((size_t)pp, sizeof *slots);
+  if (!first || !held || !tot || !peak || !slots) {
+    fprintf(stderr, "zp: out of host memory\n");
+    rc = ZP_E_NOMEM;
+  }
+  printf("layout: %d ranks = dp %d x pp %d x tp %d, schedule %s, %d micro-batches%s; per stage, one %s rank:\n", world, dp, pp,
+         tp, zp_cfg_str(c, "pipeline.schedule"), zp_schedule_micro_batches(sched),
+         zp_schedule_chunks(sched) > 1 ? " (interleaved chunks)" : "", tp > 1 ? "tensor-parallel" : "data-parallel");
+  for (int st = 0; !rc && st < pp; st++) {
+    zp_layout lay;
+    if ((rc = zp_layout_init(&lay, world, 0, dp, pp, tp, err, sizeof err)) ||
+        (rc = zp_layout_init(&lay, world, zp_layout_rank_of(&lay, 0, st, 0), dp, pp, tp, err, sizeof err)) ||
+        (rc = zp_pipe_held(c, st, held, first, K + 1, err, sizeof err))) {
+      fprintf(stderr, "zp: %s\n", err);
+      break;
+    }
+    zp_run r;
+    zp_run_opts o = *o0;
+    o.held = held;
+    o.no_acts = 1; /* the executor allocates the stage's activation slots */
+    if ((rc = zp_run_open(&r, c, &o))) {
+      fprintf(stderr, "zp: stage %d: %s\n", st, r.err);
+      zp_run_close(&r);
+      break;
+    }
+    zp_pipe* p = NULL;
+    if ((rc = zp_pipe_open(&r, c, &lay, NULL, sched, &p, err, sizeof err))) {
+      fprintf(stderr, "zp: stage %d: %s\n", st, err);
+    } else {
+      int nheld = 0, g0 = -1, g1 = -1;
+      for (int g = 0; g < G; g++)
+        if (held[g]) {
+          nheld++;
+          if (g0 < 0) g0 = g;
+          g1 = g;
+        }
+      char line[1024];
+      zp_ledger_line(&r.ledger, line, sizeof line);
+      printf("  stage %d: %d group(s) %d..%d; %s\n", st, nheld, g0, g1, line);
+      for (int k = 0; k < ZP_CAT_COUNT; k++) tot[st][k] = r.ledger.cur[k][ZP_TIER_GPU];
+      peak[st] = zp_ledger_total_peak(&r.ledger, ZP_TIER_GPU);
+      slots[st] = zp_schedule_buffers(sched, st);
+      if (st == pp - 1) {
+        printf("\n");
+        zp_run_print_plan(&r, stdout);
+      }
+    }
+    zp_pipe_close(p);
+    zp_run_close(&r);
+  }
+  if (!rc) {
+    char b[32];
+    printf("\ngpu memory per stage (the stage's own groups, its activation slots and pipeline buffers):\n");
+    printf("  %-6s", "stage");
+    for (int k = 0; k < ZP_CAT_COUNT; k++) printf(" %11s", zp_category_name((zp_category)k));
+    printf(" %11s %6s\n", "peak", "slots");
+    int worst = 0;
+    for (int st = 0; st < pp; st++) {
+      printf("  %-6d", st);
+      for (int k = 0; k < ZP_CAT_COUNT; k++) printf(" %11s", zp_fmt_bytes((double)tot[st][k], b, sizeof b));
+      printf(" %11s %6d\n", zp_fmt_bytes((double)peak[st], b, sizeof b), slots[st]);
+      if (peak[st] > peak[worst]) worst = st;
+    }
+    printf("largest: stage %d, %s per GPU\n", worst, zp_fmt_bytes((double)peak[worst], b, sizeof b));
+  }
+  free(first);
+  free(held);
+  free(tot);
+  free(peak);
+  free(slots);
+  zp_schedule_free(sched);
+  return rc;
+}
+
 static int cmd_plan(int argc, char** argv) {
   args_t a;
   int rc = parse_args(argc, argv, &a, 1, 0);
@@ -143,14 +237,16 @@ static int cmd_plan(int argc, char** argv) {
     return 1;
   }
   o.world = dp;
+  if (pp > 1) {
+    rc = plan_stages(&c, &o, world, dp, pp, tp);
+    zp_config_free(&c);
+    return rc ? 1 : 0;
+  }
   rc = zp_run_open(&r, &c, &o);
   if (rc) fprintf(stderr, "zp: %s\n", r.err);
   else {
-    if (pp > 1 || tp > 1)
-      printf("layout: %d ranks = dp %d x pp %d x tp %d; the plan below is one %s rank%s\n", world, dp, pp, tp,
-             tp > 1 ? "tensor-parallel" : "data-parallel",
-             pp > 1 ? " holding the whole model: a pipeline stage holds only its groups and keeps one activation slot per "
-                      "micro-batch in flight (the run prints its stage split and ledger)" : "");
+    if (tp > 1)
+      printf("layout: %d ranks = dp %d x pp %d x tp %d; the plan below is one tensor-parallel rank\n", world, dp, pp, tp);
     if (strcmp(zp_cfg_str(&c, "train.device"), "cuda") == 0)
       printf("note: activation sizes estimated with the CPU backend's attention (the CUDA backend may store less)\n");
     zp_run_print_plan(&r, stdout);

@@ -161,9 +161,11 @@ int zp_pipe_open(zp_run* r, const zp_config* cfg, const zp_layout* lay, zp_comm*
   p->logits_owner = -1;
   p->dloss = 1.0f / ((float)r->B * (float)r->T * (float)p->M);
   int rc = ZP_OK;
-  if (p->P != lay->pp || zp_comm_size(pp) != p->P || zp_comm_rank(pp) != p->stage) {
+  /* zp plan opens the executor of each stage on a dry run without a communicator: every
+   * allocation goes through the ledger, which only counts */
+  if (p->P != lay->pp || (pp ? zp_comm_size(pp) != p->P || zp_comm_rank(pp) != p->stage : !r->dry_run)) {
     seterr(err, errlen, "internal: schedule for %d stages, layout pp %d, pipeline communicator %d ranks (rank %d, stage %d)", p->P,
-           lay->pp, zp_comm_size(pp), zp_comm_rank(pp), p->stage);
+           lay->pp, pp ? zp_comm_size(pp) : 0, pp ? zp_comm_rank(pp) : -1, p->stage);
     rc = ZP_E_INTERNAL;
     goto fail;
   }
@@ -302,7 +304,7 @@ int zp_pipe_open(zp_run* r, const zp_config* cfg, const zp_layout* lay, zp_comm*
   for (int g = 0; g < p->G; g++) {
     zp_group_info* in = &r->groups[g].info;
     if (!in->padded) continue;
-    if (!in->place[ZP_CAT_GRAD].sharded && in->place[ZP_CAT_GRAD].tier == ZP_TIER_GPU && in->buf[ZP_CAT_GRAD]) {
+    if (!in->place[ZP_CAT_GRAD].sharded && in->place[ZP_CAT_GRAD].tier == ZP_TIER_GPU && (in->buf[ZP_CAT_GRAD] || r->dry_run)) {
       p->acc[g] = in->buf[ZP_CAT_GRAD];
       continue;
     }

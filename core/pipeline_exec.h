@@ -55,7 +55,8 @@ typedef int (*zp_pipe_load_fn)(void* ctx, int mb, int32_t* inputs, int32_t* targ
 
 /* r: this stage's run (opened with held from zp_pipe_held, communicator = the dp one);
  * pp: the pipeline communicator (rank = device stage); s: the validated schedule (borrowed,
- * must outlive the executor). Allocates slots and accumulators through r's ledger. */
+ * must outlive the executor). Allocates slots and accumulators through r's ledger. On a dry
+ * run pp may be NULL (zp plan): the ledger then counts what the stage would allocate. */
 int zp_pipe_open(zp_run* r, const zp_config* cfg, const zp_layout* lay, zp_comm* pp, const zp_schedule* s,
                  zp_pipe** out, char* err, size_t errlen);
 void zp_pipe_close(zp_pipe* p);

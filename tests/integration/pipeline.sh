@@ -25,7 +25,8 @@
 # Then: schedules that deadlock, miss a backward or raise a Lua error are rejected by `zp train`
 # before any compute (non-zero exit, the validator's message, no output directory); the bubble
 # per stage is in metrics.jsonl and equals 1 - busy/wall recomputed from the trace; layout
-# errors (zb_h1 with tp > 1 (pp x tp itself: pptp.sh), grad_accum with pp, stage3 with pp, a bad pipeline.stages) are clear errors.
+# errors (zb_h1 with tp > 1 (pp x tp itself: pptp.sh), grad_accum with pp, stage3 with pp, a bad pipeline.stages) are clear errors;
+# `zp plan` with pp prints each stage's memory, and stage 0's equals the real rank 0's ledger.
 set -euo pipefail
 build=$1; src=$2
 zp=$build/zp
@@ -76,7 +77,21 @@ run p2-split 2 parallel.pp=2 $M=8 'pipeline.stages=[3,5]' && bitwise p2 p2-split
 grep -q "split from pipeline.stages" "$work/p2-split.log" && grep -q "uneven split" "$work/p2-split.log" || { echo "FAIL: explicit uneven split not reported"; fail=1; }
 # dp 2 x pp 2 with ZeRO over the data-parallel dimension
 run d2p2-none 4 parallel.pp=2 $M=4 zero.plugin=none && close ref d2p2-none "dp 2 x pp 2 (replicated) vs single rank"
+# zp plan with pp: each stage's memory comes from the same allocation path as the real stage
+# (dry run); stage 0's ledger must equal what rank 0 (stage 0) of the real run reports
+planmatch() { # run-name world sets...
+  local name=$1 n=$2; shift 2
+  local sets=(--set model.n_layer=6) planned real
+  for s in "$@"; do sets+=(--set "$s"); done
+  planned=$("$zp" plan "$cfg" --world "$n" "${sets[@]}" 2>&1 | grep -o 'stage 0: .*' | grep -o 'PARAM .* BUFFER [0-9.]* [KMGT]*i*B' || true)
+  real=$(grep -o '| PARAM .* BUFFER [0-9.]* [KMGT]*i*B' "$work/$name.log" | head -1 | sed 's/^| //')
+  if [ -n "$planned" ] && [ "$planned" = "$real" ]; then echo "ok   zp plan stage 0 of $name = the run's rank 0: $real"
+  else echo "FAIL: zp plan stage 0 of $name: '$planned' vs the run's '$real'"; fail=1; fi
+}
+planmatch p2 2 parallel.pp=2 $M=8 pipeline.schedule=1f1b train.trace=true
+planmatch d2p2-none 4 parallel.pp=2 $M=4 zero.plugin=none
 for st in stage1 stage2; do run d2p2-$st 4 parallel.pp=2 $M=4 zero.plugin=$st && bitwise d2p2-none d2p2-$st "dp 2 x pp 2 $st vs replicated"; done
+planmatch d2p2-stage2 4 parallel.pp=2 $M=4 zero.plugin=stage2 # sharded GRAD: the executor's accumulators
 # resume: 2 steps, then continue to 4 from the checkpoint
 run p2-res 2 parallel.pp=2 $M=8 train.steps=2 && \
   run p2-res 2 parallel.pp=2 $M=8 train.resume=auto && {
