@@ -94,14 +94,12 @@ int zpc_gemm_run(zp_backend* b, const struct zpc_gemm* g) {
                                           sizeof bdt));
       }
       if (g->epi_gelu) {
+        /* the aux type is left unset: it defaults to D's (bf16); setting it is meant for fp8 */
         int64_t ald = g->ldd;
-        cudaDataType_t adt = CUDA_R_16BF;
         LT(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &g->aux,
                                           sizeof g->aux));
         LT(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &ald,
                                           sizeof ald));
-        LT(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_DATA_TYPE, &adt,
-                                          sizeof adt));
       }
     }
     LT(cublasLtMatrixLayoutCreate(&la, CUDA_R_16BF, a_rows, a_cols, g->ldb));
@@ -242,7 +240,9 @@ int zpc_matmul_gelu_fwd(zp_backend* b, void* out, void* pre, const void* inp, co
   if (N <= 0 || IC <= 0 || OC <= 0 || !out || !pre)
     return ZPC_INVALID(b, "cuda backend: matmul_gelu_fwd: bad arguments N=%d IC=%d OC=%d", N, IC,
                        OC);
-  if (!b->fuse_gelu) { /* ZP_CUDA_FUSE_GELU=0: the same contract in two passes */
+  /* ZP_CUDA_FUSE_GELU=0, or an aux leading dimension cuBLASLt refuses (a multiple of 8): the
+   * same contract in two passes */
+  if (!b->fuse_gelu || OC % 8 != 0) {
     int rc = zpc_matmul_fwd(b, pre, inp, w, bias, N, IC, OC);
     return rc ? rc : zpc_gelu_fwd(b, out, pre, (size_t)N * OC);
   }
@@ -272,7 +272,7 @@ int zpc_matmul_dgelu_bwd(zp_backend* b, void* dinp, void* dw, void* dbias, const
                          const void* inp, const void* w, const void* pre, int N, int IC, int OC) {
   if (!dinp || !pre)
     return ZPC_INVALID(b, "cuda backend: matmul_dgelu_bwd: dinp and pre must be set");
-  if (!b->fuse_gelu) { /* ZP_CUDA_FUSE_GELU=0: dinp = dout @ W, then gelu_bwd in place */
+  if (!b->fuse_gelu || IC % 8 != 0) { /* as above: dinp = dout @ W, then gelu_bwd in place */
     int rc = zpc_matmul_bwd(b, dinp, dw, dbias, dout, inp, w, N, IC, OC);
     return rc ? rc : zpc_gelu_bwd(b, dinp, pre, dinp, (size_t)N * IC);
   }

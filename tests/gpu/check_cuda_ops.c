@@ -1745,6 +1745,7 @@ int main(int argc, char** argv) {
   t_matmul("odd-nobias", 37, 24, 72, 0);
   t_matmul_gelu(N, C, 4 * C);
   t_matmul_gelu(64, 96, 40);
+  t_matmul_gelu(37, 20, 44); /* IC, OC not multiples of 8: the two-pass path */
   if (!g_quick) t_matmul_gelu(8192, 1600, 6400); /* GPT-2 1.5B fc, micro-batch 8 */
   t_attention(B, T, C, NH);
   t_attention(3, 37, 96, 4);
