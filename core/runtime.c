@@ -212,7 +212,7 @@ static int h_optim_update(zp_host_ctx* c, int g, uint64_t first, uint64_t count,
                          (float)zp_cfg_float(r->cfg, "train.eps"), (float)wd, r->opt.clip_scale, r->opt.step_t};
   /* split [first, first+count) where the decay changes: decay only inside decayed tensors
    * (AdamW is elementwise, so merging neighbours of equal decay changes no bit and saves
-   * launches: a GPT-2 block's 13 tensors are 8 pieces) */
+   * launches: a GPT-2 block's 13 tensors are 9 pieces) */
   int np = 0;
   {
     uint64_t pos = first, end = first + count;
