@@ -92,6 +92,7 @@ planmatch p2 2 parallel.pp=2 $M=8 pipeline.schedule=1f1b train.trace=true
 planmatch d2p2-none 4 parallel.pp=2 $M=4 zero.plugin=none
 for st in stage1 stage2; do run d2p2-$st 4 parallel.pp=2 $M=4 zero.plugin=$st && bitwise d2p2-none d2p2-$st "dp 2 x pp 2 $st vs replicated"; done
 planmatch d2p2-stage2 4 parallel.pp=2 $M=4 zero.plugin=stage2 # sharded GRAD: the executor's accumulators
+run p2t2 4 parallel.pp=2 parallel.tp=2 $M=4 train.steps=1 && planmatch p2t2 4 parallel.pp=2 parallel.tp=2 $M=4 # tensor-parallel stages
 # resume: 2 steps, then continue to 4 from the checkpoint
 run p2-res 2 parallel.pp=2 $M=8 train.steps=2 && \
   run p2-res 2 parallel.pp=2 $M=8 train.resume=auto && {
