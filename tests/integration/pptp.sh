@@ -25,16 +25,7 @@ cmp_py=$src/tests/integration/tp_compare.py
 work=$(mktemp -d /tmp/zp-pptp.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 fail=0
-. "$src/tests/integration/lib/runs.sh" # run, close
-bitwise() { # a b what
-  local a=$1 b=$2 what=$3 out
-  if cmp -s "$work/$a.steps" "$work/$b.steps" &&
-     out=$("$zp" ckpt compare "$(ls -d "$work/$a"/ckpt_* | tail -1)" "$(ls -d "$work/$b"/ckpt_* | tail -1)" --state 2>&1); then
-    echo "ok   $what (bitwise): $(echo "$out" | head -1)"
-  else
-    echo "FAIL: $what: not bitwise: ${out:-losses differ}"; paste "$work/$a.steps" "$work/$b.steps"; fail=1
-  fi
-}
+. "$src/tests/integration/lib/runs.sh" # run, close, bitwise
 M=pipeline.micro_batches
 run ref 1 train.grad_accum=8
 run p2t2 4 parallel.pp=2 parallel.tp=2 $M=8 pipeline.schedule=1f1b && close ref p2t2 "pp 2 x tp 2 1f1b vs 1 rank" 5e-5 1e-5 4

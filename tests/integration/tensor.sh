@@ -28,16 +28,7 @@ cmp_py=$src/tests/integration/tp_compare.py
 work=$(mktemp -d /tmp/zp-tensor.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 fail=0
-. "$src/tests/integration/lib/runs.sh" # run, close
-bitwise() { # a b what
-  local a=$1 b=$2 what=$3 out
-  if cmp -s "$work/$a.steps" "$work/$b.steps" &&
-     out=$("$zp" ckpt compare "$(ls -d "$work/$a"/ckpt_* | tail -1)" "$(ls -d "$work/$b"/ckpt_* | tail -1)" --state 2>&1); then
-    echo "ok   $what (bitwise): $(echo "$out" | head -1)"
-  else
-    echo "FAIL: $what: not bitwise: ${out:-losses differ}"; paste "$work/$a.steps" "$work/$b.steps"; fail=1
-  fi
-}
+. "$src/tests/integration/lib/runs.sh" # run, close, bitwise
 # tp 2 and tp 4 (dp 1): the same 2 sequences per step as one rank
 run ref 1 && run tp2 2 parallel.tp=2 && close ref tp2 "tp 2 vs 1 rank"
 run ref-h4 1 model.n_head=4 && run tp4 4 model.n_head=4 parallel.tp=4 && close ref-h4 tp4 "tp 4 vs 1 rank (n_head 4)"

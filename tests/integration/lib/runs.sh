@@ -15,6 +15,17 @@ run() {
   grep -o '"step":[0-9]*,"loss":[0-9.e+-]*' "$work/$name/metrics.jsonl" > "$work/$name.losses"
   grep -o '"step":[0-9]*,"loss":[0-9.e+-]*,"lr":[0-9.e+-]*,"grad_norm":[0-9.e+-]*' "$work/$name/metrics.jsonl" > "$work/$name.steps"
 }
+# bitwise A B WHAT: per-step losses, lrs and gradient norms identical and the last checkpoints'
+#   whole state equal (zp ckpt compare --state).
+bitwise() { # a b what
+  local a=$1 b=$2 what=$3 out
+  if cmp -s "$work/$a.steps" "$work/$b.steps" &&
+     out=$("$zp" ckpt compare "$(ls -d "$work/$a"/ckpt_* | tail -1)" "$(ls -d "$work/$b"/ckpt_* | tail -1)" --state 2>&1); then
+    echo "ok   $what (bitwise): $(echo "$out" | head -1)"
+  else
+    echo "FAIL: $what: not bitwise: ${out:-losses differ}"; paste "$work/$a.steps" "$work/$b.steps"; fail=1
+  fi
+}
 # close A B WHAT [param tolerance, default 5e-5] [loss/norm tolerance, default 1e-5] [steps]:
 #   per-step losses and gradient norms within the relative tolerance (and, given STEPS, exactly
 #   that many steps), then both runs exported and their global parameters compared by cmp_py.
