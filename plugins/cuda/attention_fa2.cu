@@ -141,6 +141,34 @@ __device__ __forceinline__ void f2_load(bf16* s, const bf16* base, size_t stride
   }
 }
 
+/* two 64-row tiles back to back (K then V, or Q then dO): s and s + 64 rows, rows row0.. of
+ * a (row stride sa) and of b (row stride sb), as one cp.async group */
+template <int HS>
+__device__ __forceinline__ void f2_load2(bf16* s, const bf16* a, size_t sa, const bf16* b,
+                                         size_t sb, int row0, int T) {
+  f2_load<HS, F2_BC>(s, a, sa, row0, T);
+  f2_load<HS, F2_BC>(s + F2_BC * (HS + 8), b, sb, row0, T);
+  f2_commit();
+}
+
+/* where head h of sequence bb lives in qkv [B, T, 3C] (row stride 3C) */
+struct F2Head {
+  int bh, bb, h;
+  size_t stride;
+  const bf16 *q, *k, *v;
+};
+__device__ __forceinline__ F2Head f2_head(const bf16* qkv, int T, int NH, int HS) {
+  F2Head r;
+  r.bh = blockIdx.y;
+  r.bb = r.bh / NH;
+  r.h = r.bh % NH;
+  r.stride = 3 * (size_t)NH * HS;
+  r.q = qkv + (size_t)r.bb * T * r.stride + r.h * HS;
+  r.k = r.q + (size_t)NH * HS;
+  r.v = r.q + 2 * (size_t)NH * HS;
+  return r;
+}
+
 /* 16 rows (row0 + 0..15 of a warp's fragment rows g, g + 8) of an fp32 accumulator to bf16 */
 template <int HS>
 __device__ __forceinline__ void f2_store(bf16* base, size_t stride, int row0, int T,
@@ -181,19 +209,14 @@ zpc_fa2_fwd_kernel(bf16* out, float* lse_out, const bf16* qkv, int T, int NH, fl
   const int C = NH * HS;
   const int nq = (T + BR - 1) / BR;
   const int qt = nq - 1 - (int)blockIdx.x; /* heavy (late) tiles first */
-  const int bh = blockIdx.y, bb = bh / NH, h = bh % NH;
+  const F2Head hd = f2_head(qkv, T, NH, HS);
+  const int bh = hd.bh, bb = hd.bb, h = hd.h;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t4 = lane & 3;
   const int q0 = qt * BR;
-  const size_t stride = 3 * (size_t)C;
-  const bf16* qbase = qkv + (size_t)bb * T * stride + h * HS;
-  const bf16* kbase = qbase + C;
-  const bf16* vbase = qbase + 2 * C;
   const int nk = (min(q0 + BR, T) + F2_BC - 1) / F2_BC; /* key tiles 0..nk-1 */
 
-  f2_load<HS, BR>(Qs, qbase, stride, q0, T);
-  f2_load<HS, F2_BC>(Ks0, kbase, stride, 0, T);
-  f2_load<HS, F2_BC>(Ks0 + F2_BC * LD, vbase, stride, 0, T);
-  f2_commit();
+  f2_load<HS, BR>(Qs, hd.q, hd.stride, q0, T); /* committed with K0 / V0 */
+  f2_load2<HS>(Ks0, hd.k, hd.stride, hd.v, hd.stride, 0, T);
 
   float o[MW][HS / 8][4];
   float mrow[MW][2], lrow[MW][2];
@@ -208,10 +231,8 @@ zpc_fa2_fwd_kernel(bf16* out, float* lse_out, const bf16* qkv, int T, int NH, fl
 
   for (int j = 0; j < nk; j++) {
     if (j + 1 < nk) {
-      bf16* nb = Ks0 + ((j + 1) & 1) * 2 * F2_BC * LD;
-      f2_load<HS, F2_BC>(nb, kbase, stride, (j + 1) * F2_BC, T);
-      f2_load<HS, F2_BC>(nb + F2_BC * LD, vbase, stride, (j + 1) * F2_BC, T);
-      f2_commit();
+      f2_load2<HS>(Ks0 + ((j + 1) & 1) * 2 * F2_BC * LD, hd.k, hd.stride, hd.v, hd.stride,
+                   (j + 1) * F2_BC, T);
       f2_wait<1>();
     } else {
       f2_wait<0>();
@@ -400,22 +421,17 @@ zpc_fa2_bwd_kv_kernel(bf16* dqkv, const bf16* dout, const bf16* qkv, const float
   const int C = NH * HS;
   const int nt_all = (T + F2_BC - 1) / F2_BC;
   const int j = (int)blockIdx.x; /* low key tiles see the most query tiles: first */
-  const int bh = blockIdx.y, bb = bh / NH, h = bh % NH;
+  const F2Head hd = f2_head(qkv, T, NH, HS);
+  const int bh = hd.bh, bb = hd.bb, h = hd.h;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t4 = lane & 3;
   const int k0 = j * F2_BC;
-  const size_t stride = 3 * (size_t)C;
-  const bf16* qbase = qkv + (size_t)bb * T * stride + h * HS;
-  const bf16* kbase = qbase + C;
-  const bf16* vbase = qbase + 2 * C;
+  const size_t stride = hd.stride;
   const bf16* dobase = dout + (size_t)bb * T * C + h * HS;
   const float* lrow = lse + (size_t)bh * T;
   const float* drow = Dv + (size_t)bh * T;
 
-  f2_load<HS, F2_BC>(Ks, kbase, stride, k0, T);
-  f2_load<HS, F2_BC>(Vs, vbase, stride, k0, T);
-  f2_load<HS, F2_BC>(Qb, qbase, stride, k0, T);
-  f2_load<HS, F2_BC>(Qb + F2_BC * LD, dobase, C, k0, T);
-  f2_commit();
+  f2_load2<HS>(Ks, hd.k, stride, hd.v, stride, k0, T); /* Vs follows Ks */
+  f2_load2<HS>(Qb, hd.q, stride, dobase, C, k0, T);
   f2_load_ld(LDs, lrow, drow, k0, T);
 
   float dk[HS / 8][4], dv[HS / 8][4];
@@ -428,10 +444,7 @@ zpc_fa2_bwd_kv_kernel(bf16* dqkv, const bf16* dout, const bf16* qkv, const float
   for (int i = j; i < nt_all; i++) {
     const int x = (i - j) & 1;
     if (i + 1 < nt_all) {
-      bf16* nb = Qb + (x ^ 1) * 2 * F2_BC * LD;
-      f2_load<HS, F2_BC>(nb, qbase, stride, (i + 1) * F2_BC, T);
-      f2_load<HS, F2_BC>(nb + F2_BC * LD, dobase, C, (i + 1) * F2_BC, T);
-      f2_commit();
+      f2_load2<HS>(Qb + (x ^ 1) * 2 * F2_BC * LD, hd.q, stride, dobase, C, (i + 1) * F2_BC, T);
       f2_load_ld(LDs + (x ^ 1) * 2 * F2_BC, lrow, drow, (i + 1) * F2_BC, T);
       f2_wait<1>();
     } else {
@@ -485,20 +498,15 @@ zpc_fa2_bwd_q_kernel(bf16* dqkv, const bf16* dout, const bf16* qkv, const float*
   const int C = NH * HS;
   const int nq = (T + F2_BC - 1) / F2_BC;
   const int i = nq - 1 - (int)blockIdx.x; /* heavy (late) tiles first */
-  const int bh = blockIdx.y, bb = bh / NH, h = bh % NH;
+  const F2Head hd = f2_head(qkv, T, NH, HS);
+  const int bh = hd.bh, bb = hd.bb, h = hd.h;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t4 = lane & 3;
   const int q0 = i * F2_BC;
-  const size_t stride = 3 * (size_t)C;
-  const bf16* qbase = qkv + (size_t)bb * T * stride + h * HS;
-  const bf16* kbase = qbase + C;
-  const bf16* vbase = qbase + 2 * C;
+  const size_t stride = hd.stride;
   const bf16* dobase = dout + (size_t)bb * T * C + h * HS;
 
-  f2_load<HS, F2_BC>(Qs, qbase, stride, q0, T);
-  f2_load<HS, F2_BC>(dOs, dobase, C, q0, T);
-  f2_load<HS, F2_BC>(Kb, kbase, stride, 0, T);
-  f2_load<HS, F2_BC>(Kb + F2_BC * LD, vbase, stride, 0, T);
-  f2_commit();
+  f2_load2<HS>(Qs, hd.q, stride, dobase, C, q0, T); /* dOs follows Qs */
+  f2_load2<HS>(Kb, hd.k, stride, hd.v, stride, 0, T);
 
   const int qr = 16 * warp + g; /* local query rows qr, qr + 8 */
   float lr[2], dr[2];
@@ -515,10 +523,7 @@ zpc_fa2_bwd_q_kernel(bf16* dqkv, const bf16* dout, const bf16* qkv, const float*
   for (int j = 0; j <= i; j++) {
     const int x = j & 1;
     if (j + 1 <= i) {
-      bf16* nb = Kb + (x ^ 1) * 2 * F2_BC * LD;
-      f2_load<HS, F2_BC>(nb, kbase, stride, (j + 1) * F2_BC, T);
-      f2_load<HS, F2_BC>(nb + F2_BC * LD, vbase, stride, (j + 1) * F2_BC, T);
-      f2_commit();
+      f2_load2<HS>(Kb + (x ^ 1) * 2 * F2_BC * LD, hd.k, stride, hd.v, stride, (j + 1) * F2_BC, T);
       f2_wait<1>();
     } else {
       f2_wait<0>();

@@ -174,10 +174,9 @@ done:
   return rc;
 }
 
-int zpc_matmul_fwd(zp_backend* b, void* out, const void* inp, const void* w, const void* bias,
-                   int N, int IC, int OC) {
-  if (N <= 0 || IC <= 0 || OC <= 0)
-    return ZPC_INVALID(b, "cuda backend: matmul_fwd: bad shape N=%d IC=%d OC=%d", N, IC, OC);
+/* out[N,OC] = inp[N,IC] @ W[OC,IC]^T + bias; epi_gelu 1: out = gelu(.), aux = pre-activation */
+static int zpc_matmul_fwd_epi(zp_backend* b, void* out, const void* inp, const void* w,
+                              const void* bias, int N, int IC, int OC, int epi_gelu, void* aux) {
   struct zpc_gemm g;
   memset(&g, 0, sizeof g);
   g.transa = 0;
@@ -195,7 +194,16 @@ int zpc_matmul_fwd(zp_backend* b, void* out, const void* inp, const void* w, con
   g.alpha = 1.0f;
   g.beta = 0.0f;
   g.bias = bias;
+  g.epi_gelu = epi_gelu;
+  g.aux = aux;
   return zpc_gemm_run(b, &g);
+}
+
+int zpc_matmul_fwd(zp_backend* b, void* out, const void* inp, const void* w, const void* bias,
+                   int N, int IC, int OC) {
+  if (N <= 0 || IC <= 0 || OC <= 0)
+    return ZPC_INVALID(b, "cuda backend: matmul_fwd: bad shape N=%d IC=%d OC=%d", N, IC, OC);
+  return zpc_matmul_fwd_epi(b, out, inp, w, bias, N, IC, OC, 0, NULL);
 }
 
 static int zpc_matmul_dinp(zp_backend* b, void* dinp, const void* dout, const void* w,
@@ -246,26 +254,7 @@ int zpc_matmul_gelu_fwd(zp_backend* b, void* out, void* pre, const void* inp, co
     int rc = zpc_matmul_fwd(b, pre, inp, w, bias, N, IC, OC);
     return rc ? rc : zpc_gelu_fwd(b, out, pre, (size_t)N * OC);
   }
-  struct zpc_gemm g;
-  memset(&g, 0, sizeof g);
-  g.transa = 0;
-  g.transb = 1;
-  g.M = N;
-  g.N = OC;
-  g.K = IC;
-  g.A = inp;
-  g.lda = IC;
-  g.B = w;
-  g.ldb = IC;
-  g.D = out;
-  g.ldd = OC;
-  g.batch = 1;
-  g.alpha = 1.0f;
-  g.beta = 0.0f;
-  g.bias = bias;
-  g.epi_gelu = 1;
-  g.aux = pre;
-  return zpc_gemm_run(b, &g);
+  return zpc_matmul_fwd_epi(b, out, inp, w, bias, N, IC, OC, 1, pre);
 }
 
 int zpc_matmul_dgelu_bwd(zp_backend* b, void* dinp, void* dw, void* dbias, const void* dout,
