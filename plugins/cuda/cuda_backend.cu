@@ -21,12 +21,12 @@
  * - comm_unique_id / comm_create: the NCCL device communicator (comm_nccl.cu) when built with
  *   ZP_HAVE_NCCL, else NULL (the core then uses its shared-memory communicator).
  */
-/* Defaults of the kernel choices. The newer kernels (fa2 attention, fused GELU, fast
- * layernorm) become the defaults once tests/gpu/run_gpu_checks.sh has passed with them on a
- * GPU; until then they are opt-in (see docs/perf.md). */
-#define ZPC_DEFAULT_ATTN 1      /* flash (WMMA) */
-#define ZPC_DEFAULT_FUSE_GELU 0 /* separate gelu kernels */
-#define ZPC_DEFAULT_LN_FAST 0   /* legacy layernorm */
+/* Defaults of the kernel choices: the newer kernels (fa2 attention, fused GELU, fast
+ * layernorm), made the defaults after tests/gpu/run_gpu_checks.sh passed with them on an H100
+ * (2026-12-07, docs/perf.md). The previous kernels stay selectable for comparison. */
+#define ZPC_DEFAULT_ATTN 2      /* fa2 (mma.sync) */
+#define ZPC_DEFAULT_FUSE_GELU 1 /* GELU in the cuBLASLt epilogues */
+#define ZPC_DEFAULT_LN_FAST 1   /* vectorized layernorm */
 
 #include <stdarg.h>
 #include <stdio.h>
