@@ -14,6 +14,7 @@
  *   ZP_CUDA_FUSE_GELU = 1: matmul_gelu_fwd / matmul_dgelu_bwd use cuBLASLt's GELU epilogues;
  *   0: they run matmul and the gelu kernel separately (same contract).
  *   ZP_CUDA_LN = fast (kernels_layernorm.cu) | legacy (kernels_layernorm_legacy.cu).
+ *   ZP_CUDA_XENT = reg (softmax_xent keeps the row in registers: one read) | twopass.
  * - Memory is plain cudaMalloc/cudaFree (never managed). Copies run on the compute stream;
  *   copy_h2d and copy_d2h return only once the copy is complete (the host buffer may be reused
  *   or read at once); copy_d2d and memset0 are asynchronous like any op.
@@ -27,6 +28,7 @@
 #define ZPC_DEFAULT_ATTN 2      /* fa2 (mma.sync) */
 #define ZPC_DEFAULT_FUSE_GELU 1 /* GELU in the cuBLASLt epilogues */
 #define ZPC_DEFAULT_LN_FAST 1   /* vectorized layernorm */
+#define ZPC_DEFAULT_XENT_REG 0  /* softmax_xent reads the row twice (register-cached: not yet run) */
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -153,6 +155,14 @@ static int zpc_create(const zp_host* host, const zp_backend_config* cfg, zp_back
     free(b);
     return zpc_err(host, ZP_E_INVALID, "cuda backend: ZP_CUDA_LN=%s: expected fast or legacy", ln);
   }
+  const char* xe = getenv("ZP_CUDA_XENT"); /* reg | twopass */
+  b->xent_reg = ZPC_DEFAULT_XENT_REG;
+  if (xe && strcmp(xe, "reg") == 0) b->xent_reg = 1;
+  else if (xe && strcmp(xe, "twopass") == 0) b->xent_reg = 0;
+  else if (xe) {
+    free(b);
+    return zpc_err(host, ZP_E_INVALID, "cuda backend: ZP_CUDA_XENT=%s: expected reg or twopass", xe);
+  }
 
   int rc = ZP_OK;
 #define TRY(call)                                                            \
@@ -191,13 +201,13 @@ static int zpc_create(const zp_host* host, const zp_backend_config* cfg, zp_back
     char msg[512];
     snprintf(msg, sizeof msg,
              "cuda backend: device %d \"%s\" sm_%d%d, %d SMs, %s stream, attention %s, "
-             "GELU %s, layernorm %s, cuBLASLt workspace %zu MiB",
+             "GELU %s, layernorm %s, softmax_xent %s, cuBLASLt workspace %zu MiB",
              dev, b->device_name, b->cc_major, b->cc_minor, b->sm_count,
              b->legacy_stream ? "legacy default" : "non-blocking", b->attn_flash == 2   ? "fa2"
              : b->attn_flash == 1 ? "flash"
                                   : "naive",
              b->fuse_gelu ? "fused into the GEMMs" : "separate", b->ln_fast ? "fast" : "legacy",
-             ZPC_WORKSPACE_BYTES >> 20);
+             b->xent_reg ? "reg" : "twopass", ZPC_WORKSPACE_BYTES >> 20);
     zpc_log(b, ZP_LOG_INFO, msg);
   }
   *out = b;

@@ -48,6 +48,7 @@ struct zp_backend {
   int attn_flash;        /* ZP_CUDA_ATTN: 2 fa2 (mma.sync), 1 flash (WMMA), 0 naive */
   int fuse_gelu;         /* ZP_CUDA_FUSE_GELU: 1 GELU in the GEMM epilogues, 0 separate kernels */
   int ln_fast;           /* ZP_CUDA_LN: 1 fast (vectorized), 0 legacy */
+  int xent_reg;          /* ZP_CUDA_XENT: 1 row cached in registers, 0 two reads */
   cudaStream_t stream;
   cublasLtHandle_t lt;
   void* workspace;       /* ZPC_WORKSPACE_BYTES for cuBLASLt */

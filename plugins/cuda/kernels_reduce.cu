@@ -5,6 +5,8 @@
  * blocks) is a function of the problem size only, never of the device, so a result is bitwise
  * repeatable run to run on any GPU. Column sums accumulate in fp32, sumsq in fp64.
  */
+#include <stdint.h>
+
 #include "cuda_common.cuh"
 
 /* ---------------------------------------------------------------- column sums */
@@ -73,12 +75,30 @@ int zpc_colsum_add(zp_backend* b, bf16* dst, const float* part, int R, int C) {
 
 /* ---------------------------------------------------------------- sumsq */
 
+/* G blocks of 256 threads; thread t of the grid owns a fixed set of elements (16-byte vectors
+ * of 16 / sizeof(T) elements when x is 16-byte aligned, then the tail), so the order of the
+ * fp64 summation depends on n and G only. */
 template <typename T>
 __global__ void zpc_sumsq_partial_kernel(double* part, const T* x, size_t n) {
   __shared__ double sh[256];
+  constexpr int V = 16 / sizeof(T);
   double s = 0.0;
-  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
-       i += (size_t)gridDim.x * blockDim.x) {
+  const size_t tid = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
+  const size_t nthr = (size_t)gridDim.x * blockDim.x;
+  size_t nv = ((uintptr_t)x % 16 == 0) ? n / V : 0;
+  for (size_t q = tid; q < nv; q += nthr) {
+    union {
+      uint4 u;
+      T e[V];
+    } w;
+    w.u = *(const uint4*)(x + q * V);
+#pragma unroll
+    for (int k = 0; k < V; k++) {
+      double v = zpc_ld<double>(&w.e[k]);
+      s += v * v;
+    }
+  }
+  for (size_t i = nv * V + tid; i < n; i += nthr) {
     double v = zpc_ld<double>(x + i);
     s += v * v;
   }

@@ -569,6 +569,18 @@ static void t_dtype_ops(void) {
       ga.dout_host = &gr2;
       CK(r_sumsq(G, gb, &ga));
       cmp_bytes("sumsq.deterministic", dtn(dt), &gr, &gr2, sizeof gr);
+      /* not 16-byte aligned (one element in): the scalar path, against the reference */
+      const size_t es = dt == ZP_F64 ? 8 : dt == ZP_F32 ? 4 : 2;
+      ga.i1 = (char*)ga.i1 + es;
+      ra.i1 = (char*)ra.i1 + es;
+      ga.n = ra.n = m - 1;
+      ga.dout_host = &gr;
+      ra.dout_host = &rr;
+      char sh1[64];
+      snprintf(sh1, sizeof sh1, "n=%zu, x+1 (unaligned)", m - 1);
+      if (both_typed(r_sumsq, &ga, &ra, name, sh1)) cmp_d(name, sh1, gr, rr, TOL_SUM);
+      ga.i1 = (char*)ga.i1 - es;
+      ga.n = m;
       double tmp;
       ga.dout_host = &tmp;
       flush(gtime(tb, r_sumsq, &ga));
@@ -1276,6 +1288,48 @@ static void t_adamw(int bf16_param, int step) {
   release_all();
 }
 
+/* The vector path (4 elements per thread) and the scalar path give bitwise equal results:
+ * the same update once with every array aligned (vector body) and once with m, v and grad
+ * stored one element off (out of phase with master: scalar throughout). */
+static void t_adamw_paths(int bf16_param) {
+  if (!want("adamw")) return;
+  const size_t n = 40037;
+  char shape[64];
+  snprintf(shape, sizeof shape, "n=%zu %s", n, bf16_param ? "bf16 p,g" : "f32 p=master");
+  const zp_dtype gt = bf16_param ? ZP_BF16 : ZP_F32;
+  float* master = hrand_f32(n, 0.02f);
+  float* g = hrand(n + 1, 0.01f, 0.0f);
+  float* m = hrand_f32(n + 1, 1e-3f);
+  float* v = hrand_f32(n + 1, 1e-3f);
+  for (size_t i = 0; i <= n; i++) v[i] = v[i] * v[i];
+  float* res[2][4];
+  for (int run = 0; run < 2; run++) {
+    const size_t off = (size_t)run; /* run 1: m, v, grad one element off */
+    float* dmaster = (float*)gup_t(ZP_F32, master, n);
+    float* dm = (float*)gup_t(ZP_F32, m, n + 1) + off;
+    float* dv = (float*)gup_t(ZP_F32, v, n + 1) + off;
+    char* dg = (char*)gup_t(gt, g, n + 1) + off * (bf16_param ? 2 : 4);
+    void* dp = bf16_param ? dalloc(G, gb, n * 2) : (void*)dmaster;
+    CK(G->adamw(gb, dp, gt, dmaster, dg, gt, dm, dv, n, 1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, 0.5f, 2));
+    res[run][0] = gdown_t(ZP_F32, dmaster, n);
+    res[run][1] = gdown_t(ZP_F32, dm, n);
+    res[run][2] = gdown_t(ZP_F32, dv, n);
+    res[run][3] = bf16_param ? gdown(dp, n) : res[run][0];
+    /* run 1 must see the same inputs as run 0: shift m, v, g by one for it */
+    if (run == 0) {
+      memmove(m + 1, m, n * sizeof *m);
+      memmove(v + 1, v, n * sizeof *v);
+      memmove(g + 1, g, n * sizeof *g);
+    }
+  }
+  cmp("adamw.master[vector vs scalar path]", shape, res[1][0], res[0][0], n, 0.0);
+  cmp("adamw.m[vector vs scalar path]", shape, res[1][1], res[0][1], n, 0.0);
+  cmp("adamw.v[vector vs scalar path]", shape, res[1][2], res[0][2], n, 0.0);
+  cmp("adamw.param[vector vs scalar path]", shape, res[1][3], res[0][3], n, 0.0);
+  flush(NAN);
+  release_all();
+}
+
 /* ================================================================ reference (standalone) */
 #ifdef ZP_CHECK_OWN_REF
 /* A deliberately plain fp32 implementation of the zp_backend_ops contract (compute dtype F32),
@@ -1761,11 +1815,14 @@ int main(int argc, char** argv) {
   t_pointwise(1001, 1);
   t_xent(N, V, Vp);
   t_xent(37, 1000, 1003);
+  if (!g_quick) t_xent(2048, 50257, 50304); /* GPT-2's vocabulary: timing shape */
   t_tp(N, V, Vp, 2, B, T, C);
   t_tp(37, 1000, 1024, 4, 3, 37, 96); /* the last slice holds only padding columns */
   t_adamw(1, 1);
   t_adamw(1, 3);
   t_adamw(0, 5);
+  t_adamw_paths(1);
+  t_adamw_paths(0);
 
   printf("%d passed, %d failed, %d skipped\n", g_pass, g_fail, g_skip);
   if (tfb) G->destroy(tfb);
