@@ -1797,6 +1797,7 @@ int main(int argc, char** argv) {
   t_matmul("classifier", N, C, Vp, 0);
   t_matmul("odd", 111, 96, 40, 1);
   t_matmul("odd-nobias", 37, 24, 72, 0);
+  t_matmul("odd-oc36", 53, 40, 36, 1); /* OC % 8 != 0: the scalar column-sum kernel for dbias */
   t_matmul_gelu(N, C, 4 * C);
   t_matmul_gelu(64, 96, 40);
   t_matmul_gelu(37, 20, 44); /* IC, OC not multiples of 8: the two-pass path */
