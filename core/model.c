@@ -280,6 +280,15 @@ static void* G(const zp_model_layout* m, const zp_views* v, int g, int kind, siz
 
 #define TRY(x) do { int rc_ = (x); if (rc_) return rc_; } while (0)
 
+/* out = res + inp @ w^T + bias: the backend's fused op (ABI 1.2) where it has one, else the
+ * projection into scratch, then the residual */
+static int proj_res(const zp_backend_ops* ops, zp_backend* b, void* out, const void* inp, const void* w, const void* bias,
+                    const void* res, void* scratch, int N, int IC, int OC) {
+  if (ZP_TABLE_HAS(ops, matmul_res_fwd)) return ops->matmul_res_fwd(b, out, inp, w, bias, res, N, IC, OC);
+  TRY(ops->matmul_fwd(b, scratch, inp, w, bias, N, IC, OC));
+  return ops->residual_fwd(b, out, res, scratch, (size_t)N * OC);
+}
+
 int zp_model_forward_group(const zp_model_layout* m, const zp_backend_ops* ops, zp_backend* b,
                            zp_acts* a, const zp_views* v, int g, float dloss) {
   int B = a->B, T = a->T, C = m->s.C, NH = m->s.NH, L = m->s.L;
@@ -294,9 +303,10 @@ int zp_model_forward_group(const zp_model_layout* m, const zp_backend_ops* ops, 
                            P(m, v, g, ZP_T_LN1B, es), N, C));
     TRY(ops->matmul_fwd(b, a->qkv[l], a->ln1[l], P(m, v, g, ZP_T_QKVW, es), P(m, v, g, ZP_T_QKVB, es), N, C, 3 * C));
     TRY(ops->attention_fwd(b, a->atty[l], a->attaux[l], a->qkv[l], B, T, C, NH));
-    /* attproj output goes to d_a as scratch, then residual */
-    TRY(ops->matmul_fwd(b, a->d_a, a->atty[l], P(m, v, g, ZP_T_ATTPROJW, es), P(m, v, g, ZP_T_ATTPROJB, es), N, C, C));
-    TRY(ops->residual_fwd(b, a->res2[l], a->res[l], a->d_a, (size_t)N * C));
+    /* res2 = res + attproj(atty): one op where the backend fuses it, else attproj's output
+     * goes to d_a as scratch, then the residual */
+    TRY(proj_res(ops, b, a->res2[l], a->atty[l], P(m, v, g, ZP_T_ATTPROJW, es), P(m, v, g, ZP_T_ATTPROJB, es), a->res[l],
+                 a->d_a, N, C, C));
     TRY(ops->layernorm_fwd(b, a->ln2[l], a->ln2_mean[l], a->ln2_rstd[l], a->res2[l], P(m, v, g, ZP_T_LN2W, es),
                            P(m, v, g, ZP_T_LN2B, es), N, C));
     if (ZP_TABLE_HAS(ops, matmul_gelu_fwd)) {
@@ -306,8 +316,8 @@ int zp_model_forward_group(const zp_model_layout* m, const zp_backend_ops* ops, 
       TRY(ops->matmul_fwd(b, a->fch[l], a->ln2[l], P(m, v, g, ZP_T_FCW, es), P(m, v, g, ZP_T_FCB, es), N, C, 4 * C));
       TRY(ops->gelu_fwd(b, a->fchg[l], a->fch[l], (size_t)N * 4 * C));
     }
-    TRY(ops->matmul_fwd(b, a->d_a, a->fchg[l], P(m, v, g, ZP_T_FCPROJW, es), P(m, v, g, ZP_T_FCPROJB, es), N, 4 * C, C));
-    return ops->residual_fwd(b, a->res[l + 1], a->res2[l], a->d_a, (size_t)N * C);
+    return proj_res(ops, b, a->res[l + 1], a->fchg[l], P(m, v, g, ZP_T_FCPROJW, es), P(m, v, g, ZP_T_FCPROJB, es),
+                    a->res2[l], a->d_a, N, 4 * C, C);
   }
   /* head */
   TRY(ops->layernorm_fwd(b, a->lnf, a->lnf_mean, a->lnf_rstd, a->res[L], P(m, v, g, ZP_T_LNFW, es),

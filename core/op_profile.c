@@ -106,6 +106,12 @@ static int w_matmul_gelu_fwd(zp_backend* b, void* out, void* pre, const void* in
   snprintf(k, sizeof k, "matmul_gelu_fwd %dx%d", IC, OC);
   TIMED(b, k, 2.0 * N * IC * OC, g_real->matmul_gelu_fwd(b, out, pre, inp, w, bias, N, IC, OC));
 }
+static int w_matmul_res_fwd(zp_backend* b, void* out, const void* inp, const void* w, const void* bias, const void* res, int N,
+                            int IC, int OC) {
+  char k[64];
+  snprintf(k, sizeof k, "matmul_res_fwd %dx%d", IC, OC);
+  TIMED(b, k, 2.0 * N * IC * OC, g_real->matmul_res_fwd(b, out, inp, w, bias, res, N, IC, OC));
+}
 static int w_matmul_dgelu_bwd(zp_backend* b, void* dinp, void* dw, void* dbias, const void* dout, const void* inp, const void* w,
                               const void* pre, int N, int IC, int OC) {
   char k[64];
@@ -149,6 +155,7 @@ const zp_backend_ops* zp_op_profile_wrap(const zp_backend_ops* real) {
 #undef W
   if (ZP_TABLE_HAS(real, matmul_gelu_fwd)) g_wrap.matmul_gelu_fwd = w_matmul_gelu_fwd;
   if (ZP_TABLE_HAS(real, matmul_dgelu_bwd)) g_wrap.matmul_dgelu_bwd = w_matmul_dgelu_bwd;
+  if (ZP_TABLE_HAS(real, matmul_res_fwd)) g_wrap.matmul_res_fwd = w_matmul_res_fwd;
   zp_op_profile_reset();
   return &g_wrap;
 }

@@ -24,7 +24,7 @@ extern "C" {
 #endif
 
 #define ZP_ABI_MAJOR 1
-#define ZP_ABI_MINOR 1
+#define ZP_ABI_MINOR 2
 #define ZP_PLUGIN_ENTRY_NAME "zp_plugin_entry"
 /* does table t (whose first member is size_t struct_size) have member m, and is it set? */
 #define ZP_TABLE_HAS(t, m) \
@@ -447,6 +447,12 @@ typedef struct zp_backend_ops {
   int (*matmul_dgelu_bwd)(zp_backend* b, void* dinp, void* dw, void* dbias, const void* dout,
                           const void* inp, const void* w, const void* pre, int N, int IC,
                           int OC);
+  /* ---- optional (1.2): the residual add fused into the projection GEMM (NULL: matmul_fwd
+   * then residual_fwd) ----
+   * matmul_res_fwd: out[N,OC] = res[N,OC] + inp[N,IC] @ w[OC,IC]^T (+ bias[OC]); out may be res,
+   *   never inp or w. The backward is matmul_bwd's (the residual's gradient passes through). */
+  int (*matmul_res_fwd)(zp_backend* b, void* out, const void* inp, const void* w,
+                        const void* bias, const void* res, int N, int IC, int OC);
 } zp_backend_ops;
 
 /* ---- the descriptor: what the entry function returns ---- */

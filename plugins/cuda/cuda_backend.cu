@@ -15,6 +15,7 @@
  *   0: they run matmul and the gelu kernel separately (same contract).
  *   ZP_CUDA_LN = fast (kernels_layernorm.cu) | legacy (kernels_layernorm_legacy.cu).
  *   ZP_CUDA_XENT = reg (softmax_xent keeps the row in registers: one read) | twopass.
+ *   ZP_CUDA_FUSE_RES = 1 (matmul_res_fwd: the residual is the GEMM's C) | 0 (two passes).
  * - Memory is plain cudaMalloc/cudaFree (never managed). Copies run on the compute stream;
  *   copy_h2d and copy_d2h return only once the copy is complete (the host buffer may be reused
  *   or read at once); copy_d2d and memset0 are asynchronous like any op.
@@ -29,6 +30,7 @@
 #define ZPC_DEFAULT_FUSE_GELU 1 /* GELU in the cuBLASLt epilogues */
 #define ZPC_DEFAULT_LN_FAST 1   /* vectorized layernorm */
 #define ZPC_DEFAULT_XENT_REG 0  /* softmax_xent reads the row twice (register-cached: not yet run) */
+#define ZPC_DEFAULT_FUSE_RES 0  /* matmul_res_fwd in two passes (residual as GEMM C: not yet run) */
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -163,6 +165,13 @@ static int zpc_create(const zp_host* host, const zp_backend_config* cfg, zp_back
     free(b);
     return zpc_err(host, ZP_E_INVALID, "cuda backend: ZP_CUDA_XENT=%s: expected reg or twopass", xe);
   }
+  const char* fr = getenv("ZP_CUDA_FUSE_RES"); /* 1 | 0 */
+  b->fuse_res = ZPC_DEFAULT_FUSE_RES;
+  if (fr && (strcmp(fr, "0") == 0 || strcmp(fr, "1") == 0)) b->fuse_res = fr[0] == '1';
+  else if (fr) {
+    free(b);
+    return zpc_err(host, ZP_E_INVALID, "cuda backend: ZP_CUDA_FUSE_RES=%s: expected 0 or 1", fr);
+  }
 
   int rc = ZP_OK;
 #define TRY(call)                                                            \
@@ -201,12 +210,13 @@ static int zpc_create(const zp_host* host, const zp_backend_config* cfg, zp_back
     char msg[512];
     snprintf(msg, sizeof msg,
              "cuda backend: device %d \"%s\" sm_%d%d, %d SMs, %s stream, attention %s, "
-             "GELU %s, layernorm %s, softmax_xent %s, cuBLASLt workspace %zu MiB",
+             "GELU %s, residual %s, layernorm %s, softmax_xent %s, cuBLASLt workspace %zu MiB",
              dev, b->device_name, b->cc_major, b->cc_minor, b->sm_count,
              b->legacy_stream ? "legacy default" : "non-blocking", b->attn_flash == 2   ? "fa2"
              : b->attn_flash == 1 ? "flash"
                                   : "naive",
-             b->fuse_gelu ? "fused into the GEMMs" : "separate", b->ln_fast ? "fast" : "legacy",
+             b->fuse_gelu ? "fused into the GEMMs" : "separate",
+             b->fuse_res ? "fused into the GEMMs" : "separate", b->ln_fast ? "fast" : "legacy",
              b->xent_reg ? "reg" : "twopass", ZPC_WORKSPACE_BYTES >> 20);
     zpc_log(b, ZP_LOG_INFO, msg);
   }
@@ -411,6 +421,7 @@ static const zp_backend_ops zpc_ops = {
     zpc_softmax_xent_vp,
     zpc_matmul_gelu_fwd, /* 1.1: GELU in the GEMM epilogue (matmul_cublaslt.cu) */
     zpc_matmul_dgelu_bwd,
+    zpc_matmul_res_fwd, /* 1.2: the residual as the GEMM's C */
 };
 
 static const zp_plugin_desc zpc_desc = {

@@ -49,6 +49,7 @@ struct zp_backend {
   int fuse_gelu;         /* ZP_CUDA_FUSE_GELU: 1 GELU in the GEMM epilogues, 0 separate kernels */
   int ln_fast;           /* ZP_CUDA_LN: 1 fast (vectorized), 0 legacy */
   int xent_reg;          /* ZP_CUDA_XENT: 1 row cached in registers, 0 two reads */
+  int fuse_res;          /* ZP_CUDA_FUSE_RES: 1 residual as the GEMM's C (beta 1), 0 two passes */
   cudaStream_t stream;
   cublasLtHandle_t lt;
   void* workspace;       /* ZPC_WORKSPACE_BYTES for cuBLASLt */
@@ -162,6 +163,7 @@ struct zpc_gemm {
   const void* bias;    /* bf16 [N] or NULL (only with d_fp32 == 0, batch == 1) */
   int epi_gelu;        /* 0; 1: D = gelu(AB + bias), aux = AB + bias; 2: D = AB * gelu'(aux) */
   void* aux;           /* bf16, same shape and ld as D (epi_gelu != 0; bf16 D, batch 1) */
+  const void* C;       /* beta != 0: the addend, same type and layout as D; NULL: D itself */
 };
 int zpc_gemm_run(zp_backend* b, const struct zpc_gemm* g);
 
@@ -204,6 +206,8 @@ int zpc_matmul_fwd(zp_backend* b, void* out, const void* inp, const void* w, con
                    int N, int IC, int OC);
 int zpc_matmul_bwd(zp_backend* b, void* dinp, void* dw, void* dbias, const void* dout,
                    const void* inp, const void* w, int N, int IC, int OC);
+int zpc_matmul_res_fwd(zp_backend* b, void* out, const void* inp, const void* w,
+                       const void* bias, const void* res, int N, int IC, int OC);
 int zpc_matmul_gelu_fwd(zp_backend* b, void* out, void* pre, const void* inp, const void* w,
                         const void* bias, int N, int IC, int OC);
 int zpc_matmul_dgelu_bwd(zp_backend* b, void* dinp, void* dw, void* dbias, const void* dout,

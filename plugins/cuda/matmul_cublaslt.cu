@@ -15,6 +15,8 @@
  *             dW[OC,IC] += dout[N,OC]^T @ inp[N,IC]       (beta = 1: accumulate, in bf16)
  *             dbias[OC] += column sums of dout             (deterministic two-pass kernel)
  *
+ * matmul_res_fwd: matmul_fwd with the residual as cuBLASLt's C (beta = 1, C != D allowed):
+ *   out = res + inp @ W^T + bias, rounded to bf16 once (ZP_CUDA_FUSE_RES=1).
  * matmul_gelu_fwd: matmul_fwd through CUBLASLT_EPILOGUE_GELU_AUX(_BIAS): D = gelu(pre), the
  *   aux output = pre (cuBLASLt's GELU is the tanh approximation, as gelu_fwd).
  * matmul_dgelu_bwd: matmul_bwd whose dinp GEMM ends in CUBLASLT_EPILOGUE_DGELU with aux = pre:
@@ -55,7 +57,11 @@ int zpc_gemm_run(zp_backend* b, const struct zpc_gemm* g) {
   const size_t dsz = g->d_fp32 ? 4 : 2;
   const uint32_t al_a = zpc_alignment(g->B, g->strideB * 2, g->batch);
   const uint32_t al_b = zpc_alignment(g->A, g->strideA * 2, g->batch);
-  const uint32_t al_d = zpc_alignment(g->D, g->strideD * (int64_t)dsz, g->batch);
+  uint32_t al_d = zpc_alignment(g->D, g->strideD * (int64_t)dsz, g->batch);
+  if (g->C) { /* C shares D's layout: one alignment for both, the smaller */
+    const uint32_t al_c = zpc_alignment(g->C, g->strideD * (int64_t)dsz, g->batch);
+    if (al_c < al_d) al_d = al_c;
+  }
   const uint32_t al_bias = g->bias ? zpc_alignment(g->bias, 0, 1) : 256;
 
   int rc = ZP_OK;
@@ -122,7 +128,7 @@ int zpc_gemm_run(zp_backend* b, const struct zpc_gemm* g) {
     /* heuristic, cached */
     int64_t key[20] = {g->transa,  g->transb, g->M,      g->N,    g->K,     g->lda, g->ldb,
                        g->ldd,     g->strideA, g->strideB, g->strideD, g->batch, g->d_fp32,
-                       g->bias != NULL, al_a, al_b,     al_d,   al_bias,  1,      g->epi_gelu};
+                       g->bias != NULL, al_a, al_b,     al_d,   al_bias,  g->beta != 0.0f ? 2 : 1, g->epi_gelu};
     for (int i = 0; i < ZPC_ALGO_CACHE; i++) {
       struct zpc_algo_entry* e = &b->algo_cache[i];
       if (e->valid && memcmp(e->key, key, sizeof key) == 0) {
@@ -160,7 +166,8 @@ int zpc_gemm_run(zp_backend* b, const struct zpc_gemm* g) {
       e->valid = 1;
       algo = &e->algo;
     }
-    LT(cublasLtMatmul(b->lt, op, &g->alpha, g->B, la, g->A, lb, &g->beta, g->D, ld, g->D, ld, algo,
+    LT(cublasLtMatmul(b->lt, op, &g->alpha, g->B, la, g->A, lb, &g->beta, g->C ? g->C : g->D, ld,
+                      g->D, ld, algo,
                       b->workspace, ZPC_WORKSPACE_BYTES, b->stream));
   }
 #undef LT
@@ -204,6 +211,40 @@ int zpc_matmul_fwd(zp_backend* b, void* out, const void* inp, const void* w, con
   if (N <= 0 || IC <= 0 || OC <= 0)
     return ZPC_INVALID(b, "cuda backend: matmul_fwd: bad shape N=%d IC=%d OC=%d", N, IC, OC);
   return zpc_matmul_fwd_epi(b, out, inp, w, bias, N, IC, OC, 0, NULL);
+}
+
+/* out = res + inp @ W^T + bias: res is the GEMM's C with beta = 1 (one rounding to bf16), or,
+ * with ZP_CUDA_FUSE_RES=0, matmul_fwd into scratch and the residual kernel */
+int zpc_matmul_res_fwd(zp_backend* b, void* out, const void* inp, const void* w,
+                       const void* bias, const void* res, int N, int IC, int OC) {
+  if (N <= 0 || IC <= 0 || OC <= 0 || !out || !res)
+    return ZPC_INVALID(b, "cuda backend: matmul_res_fwd: bad arguments N=%d IC=%d OC=%d", N, IC,
+                       OC);
+  if (!b->fuse_res) {
+    void* tmp = NULL;
+    int rc = zpc_scratch(b, (size_t)N * OC * 2, &tmp);
+    if (!rc) rc = zpc_matmul_fwd_epi(b, tmp, inp, w, bias, N, IC, OC, 0, NULL);
+    return rc ? rc : zpc_residual_fwd(b, out, res, tmp, (size_t)N * OC);
+  }
+  struct zpc_gemm g;
+  memset(&g, 0, sizeof g);
+  g.transa = 0;
+  g.transb = 1;
+  g.M = N;
+  g.N = OC;
+  g.K = IC;
+  g.A = inp;
+  g.lda = IC;
+  g.B = w;
+  g.ldb = IC;
+  g.D = out;
+  g.ldd = OC;
+  g.batch = 1;
+  g.alpha = 1.0f;
+  g.beta = 1.0f;
+  g.C = res;
+  g.bias = bias;
+  return zpc_gemm_run(b, &g);
 }
 
 static int zpc_matmul_dinp(zp_backend* b, void* dinp, const void* dout, const void* w,

@@ -1231,6 +1231,48 @@ static void t_tp(int N, int V, int Vp, int tp, int B, int T, int C) {
   release_all();
 }
 
+/* ---- matmul_res_fwd (ABI 1.2): out = res + inp @ W^T + bias, fused (ZP_CUDA_FUSE_RES=1: the
+ * residual as cuBLASLt's C) and in two passes (0), each against the reference's matmul_fwd +
+ * residual_fwd, and in place (out == res) ---- */
+static zp_backend* make_cuda_env(const char* var, const char* val);
+static void t_matmul_res(int N, int IC, int OC) {
+  if (!want("matmul_res")) return;
+  if (!G->matmul_res_fwd) die("the cuda backend has no matmul_res_fwd (ABI 1.2)");
+  size_t NI = (size_t)N * IC, NO = (size_t)N * OC, W = (size_t)OC * IC;
+  float* x = hrand(NI, 1.0f, 0.0f);
+  float* w = hrand(W, 0.02f, 0.0f);
+  float* bias = hrand(OC, 0.1f, 0.0f);
+  float* res = hrand(NO, 1.0f, 0.0f);
+  void* rx = rup(x, NI);
+  void* rw = rup(w, W);
+  void* rbias = rup(bias, OC);
+  void* rres = rup(res, NO);
+  void* rtmp = dalloc(R, rb, NO * 4);
+  void* rout = dalloc(R, rb, NO * 4);
+  CK(R->matmul_fwd(rb, rtmp, rx, rw, rbias, N, IC, OC));
+  CK(R->residual_fwd(rb, rout, rres, rtmp, NO));
+  float* ref = rdown(rout, NO);
+  for (int fused = 0; fused < 2; fused++) {
+    zp_backend* b = make_cuda_env("ZP_CUDA_FUSE_RES", fused ? "1" : "0");
+    char shape[80];
+    snprintf(shape, sizeof shape, "N%d IC%d OC%d +bias, %s", N, IC, OC, fused ? "fused" : "two passes");
+    void* gx = gup(x, NI);
+    void* gw = gup(w, W);
+    void* gbias = gup(bias, OC);
+    void* gres = gup(res, NO);
+    void* gout = dalloc(G, gb, NO * 2); /* memory from the main instance: same device */
+    CK(G->matmul_res_fwd(b, gout, gx, gw, gbias, gres, N, IC, OC));
+    CK(G->synchronize(b));
+    cmp("matmul_res_fwd", shape, gdown(gout, NO), ref, NO, TOL_OUT);
+    CK(G->matmul_res_fwd(b, gres, gx, gw, gbias, gres, N, IC, OC)); /* out == res */
+    CK(G->synchronize(b));
+    cmp("matmul_res_fwd(in place)", shape, gdown(gres, NO), ref, NO, TOL_OUT);
+    flush(NAN);
+    G->destroy(b);
+  }
+  release_all();
+}
+
 /* ---- AdamW ---- */
 
 static int r_adamw(const zp_backend_ops* o, zp_backend* b, const args_t* a) {
@@ -1714,6 +1756,18 @@ static zp_backend* make_cuda(const char* stream, const char* attn, int required)
   return b;
 }
 
+/* an instance created with one more environment switch set (restored after) */
+static zp_backend* make_cuda_env(const char* var, const char* val) {
+  const char* old = getenv(var);
+  char* keep = old ? strdup(old) : NULL;
+  setenv(var, val, 1);
+  zp_backend* b = make_cuda(NULL, "naive", 1);
+  if (keep) setenv(var, keep, 1);
+  else unsetenv(var);
+  free(keep);
+  return b;
+}
+
 int main(int argc, char** argv) {
   const char* path = getenv("ZP_CUDA_PLUGIN");
 #ifdef ZP_CUDA_PLUGIN_PATH
@@ -1798,6 +1852,9 @@ int main(int argc, char** argv) {
   t_matmul("odd", 111, 96, 40, 1);
   t_matmul("odd-nobias", 37, 24, 72, 0);
   t_matmul("odd-oc36", 53, 40, 36, 1); /* OC % 8 != 0: the scalar column-sum kernel for dbias */
+  t_matmul_res(N, C, C);
+  t_matmul_res(N, 4 * C, C);
+  t_matmul_res(37, 24, 70); /* leading dimensions not multiples of 8 */
   t_matmul_gelu(N, C, 4 * C);
   t_matmul_gelu(64, 96, 40);
   t_matmul_gelu(37, 20, 44); /* IC, OC not multiples of 8: the two-pass path */

@@ -221,11 +221,24 @@ static void t_no_alloc_in_step(void) {
   zp_config_free(&c);
 }
 
-/* The model's fused-GELU branch (ABI 1.1 matmul_gelu_fwd / matmul_dgelu_bwd): a table whose
- * fused ops are the CPU backend's matmul + gelu composed gives the same loss and gradients, bit
- * for bit, as the table without them, and the model really calls them (once per block each way). */
+/* The model's fused branches (ABI 1.1 matmul_gelu_fwd / matmul_dgelu_bwd, ABI 1.2
+ * matmul_res_fwd): a table whose fused ops are the CPU backend's matmul + gelu (+ residual)
+ * composed gives the same loss and gradients, bit for bit, as the table without them, and the
+ * model really calls them (GELU once per block each way, the residual projection twice per
+ * block). */
 static const zp_backend_ops* g_base;
-static int g_fused_fwd_calls, g_fused_bwd_calls;
+static int g_fused_fwd_calls, g_fused_bwd_calls, g_res_calls;
+static int res_fwd(zp_backend* b, void* out, const void* inp, const void* w, const void* bias, const void* res, int N, int IC,
+                   int OC) {
+  g_res_calls++;
+  size_t n = (size_t)N * OC;
+  float* tmp = malloc(n * sizeof(float));
+  if (!tmp) return ZP_E_NOMEM;
+  int rc = g_base->matmul_fwd(b, tmp, inp, w, bias, N, IC, OC);
+  if (!rc) rc = g_base->residual_fwd(b, out, res, tmp, n);
+  free(tmp);
+  return rc;
+}
 static int fused_fwd(zp_backend* b, void* out, void* pre, const void* inp, const void* w, const void* bias, int N, int IC,
                      int OC) {
   g_fused_fwd_calls++;
@@ -244,7 +257,7 @@ static int fused_bwd(zp_backend* b, void* dinp, void* dw, void* dbias, const voi
   return rc;
 }
 
-static void t_fused_gelu_path(void) {
+static void t_fused_paths(void) {
   zp_config c1, c2;
   zp_run r1, r2;
   if (open_run(&r1, &c1, "fp32") || open_run(&r2, &c2, "fp32")) return;
@@ -254,21 +267,23 @@ static void t_fused_gelu_path(void) {
   fused.struct_size = sizeof fused;
   fused.matmul_gelu_fwd = fused_fwd;
   fused.matmul_dgelu_bwd = fused_bwd;
+  fused.matmul_res_fwd = res_fwd;
   r2.ops = &fused;
   int32_t in[B_ * T_], tg[B_ * T_];
   batch(in, tg, 37);
   double l1, l2;
-  g_fused_fwd_calls = g_fused_bwd_calls = 0;
+  g_fused_fwd_calls = g_fused_bwd_calls = g_res_calls = 0;
   CHECK(zp_run_micro_batch(&r1, in, tg, 1.0f / (B_ * T_), &l1) == 0);
   CHECK(zp_run_micro_batch(&r2, in, tg, 1.0f / (B_ * T_), &l2) == 0);
   CHECK_EQ_INT(g_fused_fwd_calls, r2.layout.s.L);
   CHECK_EQ_INT(g_fused_bwd_calls, r2.layout.s.L);
+  CHECK_EQ_INT(g_res_calls, 2 * r2.layout.s.L);
   CHECK(l1 == l2);
   size_t differ = 0;
   for (int g = 0; g < r1.layout.n_groups; g++)
     differ += memcmp(r1.groups[g].info.buf[ZP_CAT_GRAD], r2.groups[g].info.buf[ZP_CAT_GRAD],
                      r1.groups[g].info.padded * sizeof(float)) != 0;
-  CHECK_MSG(differ == 0, "%zu groups' gradients differ between the fused and the plain GELU path", differ);
+  CHECK_MSG(differ == 0, "%zu groups' gradients differ between the fused and the plain paths", differ);
   r2.ops = g_base;
   zp_run_close(&r1);
   zp_run_close(&r2);
@@ -282,6 +297,6 @@ int main(void) {
   ZT_RUN(t_init_split_invariant);
   ZT_RUN(t_bf16_storage);
   ZT_RUN(t_no_alloc_in_step);
-  ZT_RUN(t_fused_gelu_path);
+  ZT_RUN(t_fused_paths);
   return zt_done();
 }
