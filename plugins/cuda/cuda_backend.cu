@@ -14,6 +14,10 @@
  *   ZP_CUDA_FUSE_GELU = 1: matmul_gelu_fwd / matmul_dgelu_bwd use cuBLASLt's GELU epilogues;
  *   0: they run matmul and the gelu kernel separately (same contract).
  *   ZP_CUDA_LN = fast (kernels_layernorm.cu) | legacy (kernels_layernorm_legacy.cu).
+ *   ZP_CUDA_GEMM_TUNE = 0 (default): each GEMM shape runs the cuBLASLt heuristic's first
+ *   answer; 1: the first use of a shape times up to 8 heuristic answers and keeps the fastest
+ *   (matmul_cublaslt.cu); 2: as 1 and prints one line per tuned shape to stderr. Opt-in
+ *   because the choice depends on timings, so it may differ between processes.
  * - Memory is plain cudaMalloc/cudaFree (never managed). Copies run on the compute stream;
  *   copy_h2d and copy_d2h return only once the copy is complete (the host buffer may be reused
  *   or read at once); copy_d2d and memset0 are asynchronous like any op.
@@ -62,7 +66,7 @@ int zpc_lt_fail(zp_backend* b, const char* what, cublasStatus_t s, const char* f
                  cublasLtGetStatusString(s), (int)s, base ? base + 1 : file, line);
 }
 
-static void zpc_log(zp_backend* b, zp_log_level lvl, const char* msg) {
+void zpc_log(zp_backend* b, zp_log_level lvl, const char* msg) {
   if (b->host && b->host->log)
     b->host->log(b->host->ctx, lvl, "%s", msg);
   else if (lvl <= ZP_LOG_WARN)
@@ -153,6 +157,17 @@ static int zpc_create(const zp_host* host, const zp_backend_config* cfg, zp_back
     free(b);
     return zpc_err(host, ZP_E_INVALID, "cuda backend: ZP_CUDA_LN=%s: expected fast or legacy", ln);
   }
+  const char* gt = getenv("ZP_CUDA_GEMM_TUNE"); /* 0 | 1 | 2 */
+  b->gemm_tune = 0;
+  if (gt && (strcmp(gt, "0") == 0 || strcmp(gt, "1") == 0 || strcmp(gt, "2") == 0))
+    b->gemm_tune = gt[0] - '0';
+  else if (gt) {
+    free(b);
+    return zpc_err(host, ZP_E_INVALID,
+                   "cuda backend: ZP_CUDA_GEMM_TUNE=%s: expected 0 (off), 1 (tune) or 2 (tune "
+                   "and print each choice)",
+                   gt);
+  }
 
   int rc = ZP_OK;
 #define TRY(call)                                                            \
@@ -188,15 +203,18 @@ static int zpc_create(const zp_host* host, const zp_backend_config* cfg, zp_back
   }
 #undef TRY
   {
-    char msg[512];
+    char msg[640];
     snprintf(msg, sizeof msg,
              "cuda backend: device %d \"%s\" sm_%d%d, %d SMs, %s stream, attention %s, "
-             "GELU %s, layernorm %s, cuBLASLt workspace %zu MiB",
+             "GELU %s, layernorm %s, GEMM tuning %s, cuBLASLt workspace %zu MiB",
              dev, b->device_name, b->cc_major, b->cc_minor, b->sm_count,
              b->legacy_stream ? "legacy default" : "non-blocking", b->attn_flash == 2   ? "fa2"
              : b->attn_flash == 1 ? "flash"
                                   : "naive",
              b->fuse_gelu ? "fused into the GEMMs" : "separate", b->ln_fast ? "fast" : "legacy",
+             b->gemm_tune == 2   ? "on (printed)"
+             : b->gemm_tune == 1 ? "on"
+                                 : "off",
              ZPC_WORKSPACE_BYTES >> 20);
     zpc_log(b, ZP_LOG_INFO, msg);
   }
