@@ -16,6 +16,10 @@
  *   ZP_CUDA_LN = fast (kernels_layernorm.cu) | legacy (kernels_layernorm_legacy.cu).
  *   ZP_CUDA_XENT = reg (softmax_xent keeps the row in registers: one read) | twopass.
  *   ZP_CUDA_FUSE_RES = 1 (matmul_res_fwd: the residual is the GEMM's C) | 0 (two passes).
+ *   ZP_CUDA_GEMM_TUNE = 0 (default): each GEMM shape runs the cuBLASLt heuristic's first
+ *   answer; 1: the first use of a shape times up to 8 heuristic answers and keeps the fastest
+ *   (matmul_cublaslt.cu); 2: as 1 and prints one line per tuned shape to stderr. Opt-in
+ *   because the choice depends on timings, so it may differ between processes.
  * - Memory is plain cudaMalloc/cudaFree (never managed). Copies run on the compute stream;
  *   copy_h2d and copy_d2h return only once the copy is complete (the host buffer may be reused
  *   or read at once); copy_d2d and memset0 are asynchronous like any op.
@@ -33,6 +37,7 @@
 #define ZPC_DEFAULT_FUSE_RES 0  /* matmul_res_fwd in two passes (residual as GEMM C: not yet run) */
 
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -66,7 +71,7 @@ int zpc_lt_fail(zp_backend* b, const char* what, cublasStatus_t s, const char* f
                  cublasLtGetStatusString(s), (int)s, base ? base + 1 : file, line);
 }
 
-static void zpc_log(zp_backend* b, zp_log_level lvl, const char* msg) {
+void zpc_log(zp_backend* b, zp_log_level lvl, const char* msg) {
   if (b->host && b->host->log)
     b->host->log(b->host->ctx, lvl, "%s", msg);
   else if (lvl <= ZP_LOG_WARN)
@@ -107,6 +112,46 @@ int zpc_scratch(zp_backend* b, size_t bytes, void** out) {
 
 static void zpc_destroy(zp_backend* b);
 
+/* ---------------------------------------------------------------- kernel-choice switches */
+
+/* One environment variable per choice, read at create: the value's index in names is what the
+ * field holds (so names[0] is 0). Unset: def. Any other value: ZP_E_INVALID naming the choices. */
+struct zpc_switch {
+  const char* var;
+  size_t off; /* int field in zp_backend */
+  int def;
+  const char* names[4];
+};
+static const struct zpc_switch zpc_switches[] = {
+    {"ZP_CUDA_ATTN", offsetof(zp_backend, attn_flash), ZPC_DEFAULT_ATTN, {"naive", "flash", "fa2"}},
+    {"ZP_CUDA_FUSE_GELU", offsetof(zp_backend, fuse_gelu), ZPC_DEFAULT_FUSE_GELU, {"0", "1"}},
+    {"ZP_CUDA_FUSE_RES", offsetof(zp_backend, fuse_res), ZPC_DEFAULT_FUSE_RES, {"0", "1"}},
+    {"ZP_CUDA_LN", offsetof(zp_backend, ln_fast), ZPC_DEFAULT_LN_FAST, {"legacy", "fast"}},
+    {"ZP_CUDA_XENT", offsetof(zp_backend, xent_reg), ZPC_DEFAULT_XENT_REG, {"twopass", "reg"}},
+    {"ZP_CUDA_GEMM_TUNE", offsetof(zp_backend, gemm_tune), 0, {"0", "1", "2"}},
+};
+
+static int* zpc_switch_field(const struct zpc_switch* w, zp_backend* b) {
+  return (int*)((char*)b + w->off);
+}
+
+static int zpc_switch_read(const zp_host* host, const struct zpc_switch* w, zp_backend* b) {
+  const char* v = getenv(w->var);
+  int* f = zpc_switch_field(w, b);
+  *f = w->def;
+  if (!v) return ZP_OK;
+  char list[128] = "";
+  for (int k = 0; k < 4 && w->names[k]; k++) {
+    if (strcmp(v, w->names[k]) == 0) {
+      *f = k;
+      return ZP_OK;
+    }
+    size_t n = strlen(list);
+    snprintf(list + n, sizeof list - n, "%s%s", k ? ", " : "", w->names[k]);
+  }
+  return zpc_err(host, ZP_E_INVALID, "cuda backend: %s=%s: expected one of %s", w->var, v, list);
+}
+
 static int zpc_create(const zp_host* host, const zp_backend_config* cfg, zp_backend** out) {
   if (!out) return zpc_err(host, ZP_E_INVALID, "cuda backend: create: out is NULL");
   *out = NULL;
@@ -132,45 +177,12 @@ static int zpc_create(const zp_host* host, const zp_backend_config* cfg, zp_back
   b->device = dev;
   const char* s = getenv("ZP_CUDA_STREAM");
   b->legacy_stream = s && strcmp(s, "legacy") == 0;
-  const char* a = getenv("ZP_CUDA_ATTN"); /* fa2 | flash | naive */
-  b->attn_flash = ZPC_DEFAULT_ATTN;
-  if (a && strcmp(a, "naive") == 0) b->attn_flash = 0;
-  else if (a && strcmp(a, "flash") == 0) b->attn_flash = 1;
-  else if (a && strcmp(a, "fa2") == 0) b->attn_flash = 2;
-  else if (a) {
-    free(b);
-    return zpc_err(host, ZP_E_INVALID, "cuda backend: ZP_CUDA_ATTN=%s: expected fa2, flash or naive",
-                   a);
-  }
-  const char* fg = getenv("ZP_CUDA_FUSE_GELU"); /* 1 | 0 */
-  b->fuse_gelu = ZPC_DEFAULT_FUSE_GELU;
-  if (fg && (strcmp(fg, "0") == 0 || strcmp(fg, "1") == 0)) b->fuse_gelu = fg[0] == '1';
-  else if (fg) {
-    free(b);
-    return zpc_err(host, ZP_E_INVALID, "cuda backend: ZP_CUDA_FUSE_GELU=%s: expected 0 or 1", fg);
-  }
-  const char* ln = getenv("ZP_CUDA_LN"); /* fast | legacy */
-  b->ln_fast = ZPC_DEFAULT_LN_FAST;
-  if (ln && strcmp(ln, "fast") == 0) b->ln_fast = 1;
-  else if (ln && strcmp(ln, "legacy") == 0) b->ln_fast = 0;
-  else if (ln) {
-    free(b);
-    return zpc_err(host, ZP_E_INVALID, "cuda backend: ZP_CUDA_LN=%s: expected fast or legacy", ln);
-  }
-  const char* xe = getenv("ZP_CUDA_XENT"); /* reg | twopass */
-  b->xent_reg = ZPC_DEFAULT_XENT_REG;
-  if (xe && strcmp(xe, "reg") == 0) b->xent_reg = 1;
-  else if (xe && strcmp(xe, "twopass") == 0) b->xent_reg = 0;
-  else if (xe) {
-    free(b);
-    return zpc_err(host, ZP_E_INVALID, "cuda backend: ZP_CUDA_XENT=%s: expected reg or twopass", xe);
-  }
-  const char* fr = getenv("ZP_CUDA_FUSE_RES"); /* 1 | 0 */
-  b->fuse_res = ZPC_DEFAULT_FUSE_RES;
-  if (fr && (strcmp(fr, "0") == 0 || strcmp(fr, "1") == 0)) b->fuse_res = fr[0] == '1';
-  else if (fr) {
-    free(b);
-    return zpc_err(host, ZP_E_INVALID, "cuda backend: ZP_CUDA_FUSE_RES=%s: expected 0 or 1", fr);
+  for (size_t i = 0; i < sizeof zpc_switches / sizeof zpc_switches[0]; i++) {
+    int rc = zpc_switch_read(host, &zpc_switches[i], b);
+    if (rc) {
+      free(b);
+      return rc;
+    }
   }
 
   int rc = ZP_OK;
@@ -207,17 +219,20 @@ static int zpc_create(const zp_host* host, const zp_backend_config* cfg, zp_back
   }
 #undef TRY
   {
-    char msg[512];
-    snprintf(msg, sizeof msg,
-             "cuda backend: device %d \"%s\" sm_%d%d, %d SMs, %s stream, attention %s, "
-             "GELU %s, residual %s, layernorm %s, softmax_xent %s, cuBLASLt workspace %zu MiB",
-             dev, b->device_name, b->cc_major, b->cc_minor, b->sm_count,
-             b->legacy_stream ? "legacy default" : "non-blocking", b->attn_flash == 2   ? "fa2"
-             : b->attn_flash == 1 ? "flash"
-                                  : "naive",
-             b->fuse_gelu ? "fused into the GEMMs" : "separate",
-             b->fuse_res ? "fused into the GEMMs" : "separate", b->ln_fast ? "fast" : "legacy",
-             b->xent_reg ? "reg" : "twopass", ZPC_WORKSPACE_BYTES >> 20);
+    char msg[640];
+    int n = snprintf(msg, sizeof msg, "cuda backend: device %d \"%s\" sm_%d%d, %d SMs, %s stream,",
+                     dev, b->device_name, b->cc_major, b->cc_minor, b->sm_count,
+                     b->legacy_stream ? "legacy default" : "non-blocking");
+    for (size_t i = 0; i < sizeof zpc_switches / sizeof zpc_switches[0] && n > 0 &&
+                       (size_t)n < sizeof msg;
+         i++) {
+      const struct zpc_switch* w = &zpc_switches[i];
+      n += snprintf(msg + n, sizeof msg - (size_t)n, " %s=%s", w->var + 8,
+                    w->names[*zpc_switch_field(w, b)]);
+    }
+    if (n > 0 && (size_t)n < sizeof msg)
+      snprintf(msg + n, sizeof msg - (size_t)n, ", cuBLASLt workspace %d MiB",
+               (int)(ZPC_WORKSPACE_BYTES >> 20));
     zpc_log(b, ZP_LOG_INFO, msg);
   }
   *out = b;

@@ -33,6 +33,7 @@ typedef __nv_bfloat16 bf16;
 #define ZPC_WORKSPACE_BYTES ((size_t)32 << 20) /* cuBLASLt workspace, allocated at create */
 #define ZPC_SUMSQ_BLOCKS 1024                  /* fixed: keeps sumsq's summation order fixed */
 #define ZPC_ALGO_CACHE 128                     /* cached cuBLASLt heuristic answers */
+#define ZPC_TUNE_CANDIDATES 8                  /* heuristic answers timed with ZP_CUDA_GEMM_TUNE */
 
 /* one cached cuBLASLt heuristic answer, keyed by everything that shapes the call */
 struct zpc_algo_entry {
@@ -50,6 +51,9 @@ struct zp_backend {
   int ln_fast;           /* ZP_CUDA_LN: 1 fast (vectorized), 0 legacy */
   int xent_reg;          /* ZP_CUDA_XENT: 1 row cached in registers, 0 two reads */
   int fuse_res;          /* ZP_CUDA_FUSE_RES: 1 residual as the GEMM's C (beta 1), 0 two passes */
+  int gemm_tune;         /* ZP_CUDA_GEMM_TUNE: 0 heuristic's first answer, 1 time up to
+                            ZPC_TUNE_CANDIDATES answers per new GEMM key, 2 also print each */
+  int tune_evict_warned; /* a tuned algo_cache entry was overwritten (warned once) */
   cudaStream_t stream;
   cublasLtHandle_t lt;
   void* workspace;       /* ZPC_WORKSPACE_BYTES for cuBLASLt */
@@ -72,6 +76,8 @@ int zpc_err(const zp_host* host, int status, const char* fmt, ...)
     __attribute__((format(printf, 3, 4)));
 int zpc_cuda_fail(zp_backend* b, const char* what, cudaError_t e, const char* file, int line);
 int zpc_lt_fail(zp_backend* b, const char* what, cublasStatus_t s, const char* file, int line);
+/* a message through host->log (stderr for WARN and worse when there is no host log) */
+void zpc_log(zp_backend* b, zp_log_level lvl, const char* msg);
 
 #define ZPC_CUDA(b, call)                                                          \
   do {                                                                             \

@@ -24,8 +24,34 @@
  *
  * Invariants: fp32 compute and scale type; the 32 MiB workspace made at create; the alignment
  * of every pointer (and batch stride) is told to the heuristic, so unaligned views are legal;
- * heuristic answers are cached per (shape, layout, alignment, epilogue).
+ * heuristic answers are cached per (shape, layout, alignment, epilogue) in b->algo_cache, so
+ * every later call with the same key runs the same algorithm.
+ *
+ * Tuning (ZP_CUDA_GEMM_TUNE=1 or 2, opt-in; default 0 runs the heuristic's first answer). On
+ * the first use of a cache key the heuristic is asked for up to ZPC_TUNE_CANDIDATES (8)
+ * answers whose workspace fits ZPC_WORKSPACE_BYTES; each is run on the call's own A, B (bias,
+ * and DGELU's aux input) but writes to a tuning buffer, never to the caller's D or GELU aux:
+ * one warm-up, then 3 runs bracketed by two cudaEvents on b->stream; the stream is then
+ * synchronized, the mean of the 3 is the candidate's time, the fastest is cached, and the
+ * real call runs with it. An accumulating GEMM (beta != 0) first gets a copy of the real D in
+ * the tuning buffer, so the timed runs read what the real call reads. A candidate that fails
+ * to launch is skipped. The tuning buffer is a cudaMalloc of D's extent (plus the GELU aux
+ * output), at the same offset modulo 256 bytes as the real pointers (the alignment the
+ * heuristic was told), freed when the tuning ends, so tuning keeps no memory afterwards; it
+ * is not the op scratch (zpc_scratch), which callers such as attention.cu hold the GEMM's own
+ * operands in, and whose growth would free them. If the buffer cannot be allocated, the key
+ * keeps the heuristic's first answer (a warning is logged). Tuning synchronizes the stream
+ * once per new key. ZP_CUDA_GEMM_TUNE=2 prints one line per tuned key to stderr (shape,
+ * epilogue, heuristic-first and best times, the chosen candidate's index).
+ * Determinism with tuning on: the choice is made once per backend instance per key, so all
+ * later calls of a shape run one algorithm and are bitwise reproducible within the process;
+ * but timings differ between runs, so another process (or another rank, or the same shape
+ * in another instance) may choose another algorithm and round differently. Bitwise
+ * run-to-run and cross-layout comparisons therefore need tuning off, which is why it is
+ * opt-in. (More than ZPC_ALGO_CACHE keys would evict and re-tune a key: warned once.)
  */
+#include <math.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "cuda_common.cuh"
@@ -35,6 +61,144 @@ static uint32_t zpc_alignment(const void* p, int64_t stride_bytes, int batch) {
   uint64_t a = (uint64_t)(uintptr_t)p | 256u;
   if (batch > 1) a |= (uint64_t)stride_bytes;
   return (uint32_t)(a & (~a + 1));
+}
+
+static const char* zpc_epi_name(const struct zpc_gemm* g) {
+  if (g->epi_gelu == 2) return "dgelu";
+  if (g->epi_gelu == 1) return g->bias ? "gelu_aux_bias" : "gelu_aux";
+  return g->bias ? "bias" : "none";
+}
+
+#define ZPC_TUNE_REPS 3
+
+/* Times heur[0..found) on g's inputs writing to a tuning buffer (see the header) and sets
+ * *pick to the fastest's index (0 when none could be timed or the buffer is unavailable).
+ * Leaves op's aux pointer at g->aux. Returns ZP_OK, or ZP_E_DEVICE for a CUDA failure outside
+ * the candidates themselves (event, copy, synchronize). */
+static int zpc_gemm_tune(zp_backend* b, const struct zpc_gemm* g, cublasLtMatmulDesc_t op,
+                         cublasLtMatrixLayout_t la, cublasLtMatrixLayout_t lb,
+                         cublasLtMatrixLayout_t ld, const cublasLtMatmulHeuristicResult_t* heur,
+                         int found, int* pick) {
+  *pick = 0;
+  if (found > ZPC_TUNE_CANDIDATES) found = ZPC_TUNE_CANDIDATES;
+  float ms[ZPC_TUNE_CANDIDATES];
+  for (int i = 0; i < ZPC_TUNE_CANDIDATES; i++) ms[i] = NAN;
+  int timed = 0;
+  int rc = ZP_OK;
+  cudaError_t e = cudaSuccess;
+  const char* what = "";
+  void* buf = NULL;
+  int aux_moved = 0;
+  cudaEvent_t ev[2 * ZPC_TUNE_CANDIDATES];
+  int nev = 0;
+
+  if (found > 1) {
+    /* D's extent in elements: column-major m = N rows, n = M columns, ld ldd, per batch item */
+    const size_t dsz = g->d_fp32 ? 4 : 2;
+    const size_t d_elems = (size_t)(g->batch - 1) * (size_t)g->strideD +
+                           (size_t)(g->M - 1) * (size_t)g->ldd + (size_t)g->N;
+    const size_t d_off = (uintptr_t)g->D & 255, d_bytes = d_elems * dsz;
+    const int aux_out = g->epi_gelu == 1; /* GELU_AUX writes aux; DGELU only reads it */
+    const size_t a_off = aux_out ? ((uintptr_t)g->aux & 255) : 0;
+    const size_t a_bytes = aux_out ? d_elems * 2 : 0; /* bf16, D's shape and ld, batch 1 */
+    const size_t a_base = zpc_round256(d_off + d_bytes);
+    e = cudaMalloc(&buf, a_base + a_off + a_bytes);
+    if (e != cudaSuccess) {
+      buf = NULL;
+      (void)cudaGetLastError();
+      char msg[256];
+      snprintf(msg, sizeof msg,
+               "cuda backend: GEMM tuning skipped for M=%d N=%d K=%d (no %zu bytes for its "
+               "output buffer: %s); the heuristic's first answer is used",
+               g->M, g->N, g->K, a_base + a_off + a_bytes, cudaGetErrorString(e));
+      zpc_log(b, ZP_LOG_WARN, msg);
+      e = cudaSuccess;
+      goto report;
+    }
+    void* sd = (char*)buf + d_off;
+    if (aux_out) {
+      void* sa = (char*)buf + a_base + a_off;
+      cublasStatus_t st =
+          cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &sa,
+                                         sizeof sa);
+      if (st != CUBLAS_STATUS_SUCCESS) {
+        rc = zpc_lt_fail(b, "cublasLtMatmulDescSetAttribute(aux pointer)", st, __FILE__,
+                         __LINE__);
+        goto out;
+      }
+      aux_moved = 1;
+    }
+    if (g->beta != 0.0f) { /* accumulating: time on a copy of what the real call reads */
+      what = "cudaMemcpyAsync(tuning copy of D)";
+      if ((e = cudaMemcpyAsync(sd, g->D, d_bytes, cudaMemcpyDeviceToDevice, b->stream)))
+        goto out;
+    }
+    what = "cudaEventCreate";
+    for (; nev < 2 * found; nev++)
+      if ((e = cudaEventCreate(&ev[nev]))) goto out;
+    for (int i = 0; i < found; i++) {
+      if (heur[i].state != CUBLAS_STATUS_SUCCESS || heur[i].workspaceSize > ZPC_WORKSPACE_BYTES)
+        continue;
+      int ok = 1;
+      for (int r = 0; r <= ZPC_TUNE_REPS && ok; r++) { /* r == 0: warm-up */
+        if (r == 1) {
+          what = "cudaEventRecord";
+          if ((e = cudaEventRecord(ev[2 * i], b->stream))) goto out;
+        }
+        ok = cublasLtMatmul(b->lt, op, &g->alpha, g->B, la, g->A, lb, &g->beta, sd, ld, sd, ld,
+                            &heur[i].algo, b->workspace, ZPC_WORKSPACE_BYTES,
+                            b->stream) == CUBLAS_STATUS_SUCCESS;
+      }
+      if (!ok) { /* not run: skip it (and drop a launch error it may have left) */
+        (void)cudaGetLastError();
+        continue;
+      }
+      what = "cudaEventRecord";
+      if ((e = cudaEventRecord(ev[2 * i + 1], b->stream))) goto out;
+      ms[i] = 0.0f; /* timed; the value comes after the synchronize */
+    }
+    what = "cudaStreamSynchronize(GEMM tuning)";
+    if ((e = cudaStreamSynchronize(b->stream))) goto out;
+    for (int i = 0; i < found; i++) {
+      if (isnan(ms[i])) continue;
+      float t = 0.0f;
+      what = "cudaEventElapsedTime";
+      if ((e = cudaEventElapsedTime(&t, ev[2 * i], ev[2 * i + 1]))) goto out;
+      ms[i] = t / ZPC_TUNE_REPS;
+      if (!timed || ms[i] < ms[*pick]) *pick = i;
+      timed++;
+    }
+  }
+report:
+  if (b->gemm_tune >= 2) {
+    const double flop = 2.0 * g->M * (double)g->N * g->K * g->batch;
+    char first[32] = "-", best[32] = "-";
+    if (!isnan(ms[0])) snprintf(first, sizeof first, "%.1f us", ms[0] * 1e3);
+    if (timed) snprintf(best, sizeof best, "%.1f us", ms[*pick] * 1e3);
+    fprintf(stderr,
+            "zp_cuda: gemm tune M=%d N=%d K=%d batch=%d trans=%d%d beta=%g epilogue=%s: "
+            "heuristic-first %s, best %s (%.1f TFLOP/s, x%.3f), index %d of %d timed / %d "
+            "offered\n",
+            g->M, g->N, g->K, g->batch, g->transa, g->transb, (double)g->beta, zpc_epi_name(g),
+            first, best, timed ? flop / (ms[*pick] * 1e-3) / 1e12 : 0.0,
+            timed && !isnan(ms[0]) ? (double)ms[0] / ms[*pick] : 1.0, *pick, timed, found);
+  }
+out:
+  if (e != cudaSuccess) rc = zpc_cuda_fail(b, what, e, __FILE__, __LINE__);
+  if (aux_moved) { /* the real call writes the caller's aux */
+    cublasStatus_t st = cublasLtMatmulDescSetAttribute(
+        op, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &g->aux, sizeof g->aux);
+    if (st != CUBLAS_STATUS_SUCCESS && rc == ZP_OK)
+      rc = zpc_lt_fail(b, "cublasLtMatmulDescSetAttribute(aux pointer)", st, __FILE__, __LINE__);
+  }
+  if (buf) { /* the timed runs must be done before the buffer goes */
+    cudaError_t e2 = cudaStreamSynchronize(b->stream);
+    if (e2 == cudaSuccess) e2 = cudaFree(buf);
+    if (e2 != cudaSuccess && rc == ZP_OK)
+      rc = zpc_cuda_fail(b, "cudaFree(GEMM tuning buffer)", e2, __FILE__, __LINE__);
+  }
+  for (int i = 0; i < nev; i++) cudaEventDestroy(ev[i]);
+  return rc;
 }
 
 int zpc_gemm_run(zp_backend* b, const struct zpc_gemm* g) {
@@ -71,8 +235,8 @@ int zpc_gemm_run(zp_backend* b, const struct zpc_gemm* g) {
   cublasLtMatrixLayout_t la = NULL, lb = NULL, ld = NULL;
   cublasLtMatmulPreference_t pref = NULL;
   const cublasLtMatmulAlgo_t* algo = NULL;
-  cublasLtMatmulHeuristicResult_t heur;
-  memset(&heur, 0, sizeof heur);
+  cublasLtMatmulHeuristicResult_t heur[ZPC_TUNE_CANDIDATES];
+  memset(heur, 0, sizeof heur);
 
 #define LT(call)                           \
   do {                                     \
@@ -150,8 +314,9 @@ int zpc_gemm_run(zp_backend* b, const struct zpc_gemm* g) {
       LT(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
                                               &al_d, sizeof al_d));
       int found = 0;
-      LT(cublasLtMatmulAlgoGetHeuristic(b->lt, op, la, lb, ld, ld, pref, 1, &heur, &found));
-      if (found < 1 || heur.state != CUBLAS_STATUS_SUCCESS) {
+      LT(cublasLtMatmulAlgoGetHeuristic(b->lt, op, la, lb, ld, ld, pref,
+                                        b->gemm_tune ? ZPC_TUNE_CANDIDATES : 1, heur, &found));
+      if (found < 1 || heur[0].state != CUBLAS_STATUS_SUCCESS) {
         rc = zpc_err(b->host, ZP_E_DEVICE,
                      "cublasLt: no algorithm for GEMM M=%d N=%d K=%d batch=%d transa=%d "
                      "transb=%d lda=%lld ldb=%lld ldd=%lld (alignments %u/%u/%u)",
@@ -159,10 +324,19 @@ int zpc_gemm_run(zp_backend* b, const struct zpc_gemm* g) {
                      (long long)g->ldb, (long long)g->ldd, al_a, al_b, al_d);
         goto done;
       }
+      int pick = 0;
+      if (b->gemm_tune && (rc = zpc_gemm_tune(b, g, op, la, lb, ld, heur, found, &pick)))
+        goto done;
       struct zpc_algo_entry* e = &b->algo_cache[b->algo_next];
       b->algo_next = (b->algo_next + 1) % ZPC_ALGO_CACHE;
+      if (b->gemm_tune && e->valid && !b->tune_evict_warned) {
+        b->tune_evict_warned = 1;
+        zpc_log(b, ZP_LOG_WARN,
+                "cuda backend: more GEMM shapes than the algorithm cache holds: an evicted "
+                "shape is tuned again on its next use and may get another algorithm");
+      }
       memcpy(e->key, key, sizeof key);
-      e->algo = heur.algo;
+      e->algo = heur[pick].algo;
       e->valid = 1;
       algo = &e->algo;
     }

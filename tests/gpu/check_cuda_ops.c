@@ -32,6 +32,12 @@
  * the environment, ZP_CUDA_LN=fast and ZP_CUDA_FUSE_GELU=1 are set for every instance: the
  * newer kernels are what this file checks (the plugin's defaults run in run_gpu_checks.sh's
  * model-level checks).
+ * GEMM tuning (ZP_CUDA_GEMM_TUNE): one more instance with tuning on (2: it prints each choice
+ * to stderr) runs every matmul shape again: its results must meet the same tolerances against
+ * the reference (the accumulating dweight shows the timed candidates never wrote the real
+ * output), and a second call on the same shape must be bitwise equal to the first (the
+ * algorithm is chosen once per shape). Unless --quick, the GPT-2 1.5B GEMM shapes (N 8192) are
+ * timed with tuning off and on, each on its own legacy-stream instance.
  * Instances have separate streams: results of one are synchronized before another reads them.
  */
 #define _GNU_SOURCE
@@ -68,6 +74,9 @@ static zp_backend* gwb;          /* cuda, ZP_CUDA_ATTN=flash (the WMMA kernels) 
 static zp_backend* twb;          /* cuda, legacy stream + flash: timing */
 static zp_backend* tb;           /* cuda, legacy stream: timing */
 static zp_backend* tfb;          /* cuda, legacy stream + fa2: timing */
+static zp_backend* gtb;          /* cuda, ZP_CUDA_GEMM_TUNE=2: tuned GEMMs */
+static zp_backend* t0b;          /* cuda, legacy stream, ZP_CUDA_GEMM_TUNE=0: timing */
+static zp_backend* ttb;          /* cuda, legacy stream, ZP_CUDA_GEMM_TUNE=2: timing */
 static zp_backend* rb;           /* reference */
 static int g_time = 1, g_quick = 0;
 static const char* g_filter = NULL;
@@ -263,6 +272,11 @@ static float* gdown_t(zp_dtype t, const void* d, size_t n) {
   return unpack(t, h, n);
 }
 static float* gdown(const void* d, size_t n) { return gdown_t(ZP_BF16, d, n); }
+static void* gdown_bytes(const void* d, size_t bytes) {
+  void* h = hmalloc(bytes);
+  CK(G->copy_d2h(gb, h, d, bytes));
+  return h;
+}
 static float* rdown_t(zp_dtype t, const void* d, size_t n) {
   void* h = hmalloc(n * zp_dtype_size(t));
   CK(R->copy_d2h(rb, h, d, n * zp_dtype_size(t)));
@@ -375,6 +389,7 @@ static double gtime(zp_backend* timing_backend, runner_t f, const args_t* a) {
   CK(G->synchronize(gb));
   if (gfb) CK(G->synchronize(gfb));
   if (gwb) CK(G->synchronize(gwb));
+  if (gtb) CK(G->synchronize(gtb));
   for (int i = 0; i < 2; i++) CK(f(G, timing_backend, a));
   cudaEvent_t ev[2 * TIME_REPS];
   for (int i = 0; i < 2 * TIME_REPS; i++)
@@ -795,6 +810,21 @@ static void t_matmul(const char* tag, int N, int IC, int OC, int with_bias) {
   CK(r_mm_fwd(G, gb, &ga));
   CK(r_mm_fwd(R, rb, &ra));
   cmp(nf, shape, gdown(ga.o1, NO), rdown(ra.o1, NO), NO, TOL_OUT);
+  if (gtb) { /* tuning on: same tolerance; the second call bitwise equal to the first */
+    args_t t = ga;
+    void* h[2];
+    for (int k = 0; k < 2; k++) {
+      t.o1 = dalloc(G, gb, NO * 2);
+      CK(r_mm_fwd(G, gtb, &t));
+      CK(G->synchronize(gtb));
+      h[k] = gdown_bytes(t.o1, NO * 2);
+    }
+    char nm[64];
+    snprintf(nm, sizeof nm, "%s.tuned", nf);
+    cmp(nm, shape, unpack(ZP_BF16, h[0], NO), rdown(ra.o1, NO), NO, TOL_OUT);
+    snprintf(nm, sizeof nm, "%s.tuned.repeat", nf);
+    cmp_bytes(nm, shape, h[0], h[1], NO * 2);
+  }
   double ms = gtime(tb, r_mm_fwd, &ga);
   flush(ms);
   if (!isnan(ms))
@@ -816,13 +846,37 @@ static void t_matmul(const char* tag, int N, int IC, int OC, int with_bias) {
   }
   CK(r_mm_bwd(G, gb, &ga));
   CK(r_mm_bwd(R, rb, &ra));
-  char nm[64];
+  char nm[96];
   snprintf(nm, sizeof nm, "%s.dinp(overwrite)", nb);
   cmp(nm, shape, gdown(ga.o1, NI), rdown(ra.o1, NI), NI, TOL_GRAD);
   snprintf(nm, sizeof nm, "%s.dw(acc)", nb);
   cmp(nm, shape, gdown(ga.o2, W), rdown(ra.o2, W), W, TOL_GRAD);
   snprintf(nm, sizeof nm, "%s.dbias(acc)", nb);
   if (with_bias) cmp(nm, shape, gdown(ga.o3, OC), rdown(ra.o3, OC), OC, TOL_GRAD);
+  if (gtb) { /* tuning on, from the same starting values: dinp overwritten, dw accumulated */
+    args_t t = ga;
+    void *hi[2], *hw[2], *hb = NULL;
+    for (int k = 0; k < 2; k++) {
+      t.o1 = gup(nanv, NI);
+      t.o2 = gup(dw0, W);
+      t.o3 = with_bias ? gup(db0, OC) : NULL;
+      CK(r_mm_bwd(G, gtb, &t));
+      CK(G->synchronize(gtb));
+      hi[k] = gdown_bytes(t.o1, NI * 2);
+      hw[k] = gdown_bytes(t.o2, W * 2);
+      if (k == 0 && with_bias) hb = gdown_bytes(t.o3, (size_t)OC * 2);
+    }
+    snprintf(nm, sizeof nm, "%s.tuned.dinp(overwrite)", nb);
+    cmp(nm, shape, unpack(ZP_BF16, hi[0], NI), rdown(ra.o1, NI), NI, TOL_GRAD);
+    snprintf(nm, sizeof nm, "%s.tuned.dw(acc)", nb);
+    cmp(nm, shape, unpack(ZP_BF16, hw[0], W), rdown(ra.o2, W), W, TOL_GRAD);
+    snprintf(nm, sizeof nm, "%s.tuned.dbias(acc)", nb);
+    if (with_bias) cmp(nm, shape, unpack(ZP_BF16, hb, OC), rdown(ra.o3, OC), OC, TOL_GRAD);
+    snprintf(nm, sizeof nm, "%s.tuned.repeat.dinp", nb);
+    cmp_bytes(nm, shape, hi[0], hi[1], NI * 2);
+    snprintf(nm, sizeof nm, "%s.tuned.repeat.dw", nb);
+    cmp_bytes(nm, shape, hw[0], hw[1], W * 2);
+  }
   ms = gtime(tb, r_mm_bwd, &ga);
   flush(ms);
   if (!isnan(ms))
@@ -870,6 +924,24 @@ static void t_matmul_gelu(int N, int IC, int OC) {
   CK(R->gelu_fwd(rb, rout, rpre, NO));
   cmp("matmul_gelu_fwd.out", shape, gdown(ga.o1, NO), rdown(rout, NO), NO, TOL_OUT);
   cmp("matmul_gelu_fwd.pre", shape, gdown(ga.o2, NO), rdown(rpre, NO), NO, TOL_OUT);
+  if (gtb) { /* tuning on (the GELU aux output goes to the tuning buffer while timing) */
+    args_t t = ga;
+    void *ho[2], *hp[2];
+    for (int k = 0; k < 2; k++) {
+      t.o1 = dalloc(G, gb, NO * 2);
+      t.o2 = dalloc(G, gb, NO * 2);
+      CK(r_mmg_fwd(G, gtb, &t));
+      CK(G->synchronize(gtb));
+      ho[k] = gdown_bytes(t.o1, NO * 2);
+      hp[k] = gdown_bytes(t.o2, NO * 2);
+    }
+    cmp("matmul_gelu_fwd.tuned.out", shape, unpack(ZP_BF16, ho[0], NO), rdown(rout, NO), NO,
+        TOL_OUT);
+    cmp("matmul_gelu_fwd.tuned.pre", shape, unpack(ZP_BF16, hp[0], NO), rdown(rpre, NO), NO,
+        TOL_OUT);
+    cmp_bytes("matmul_gelu_fwd.tuned.repeat.out", shape, ho[0], ho[1], NO * 2);
+    cmp_bytes("matmul_gelu_fwd.tuned.repeat.pre", shape, hp[0], hp[1], NO * 2);
+  }
   double ms = gtime(tb, r_mmg_fwd, &ga);
   flush(ms);
   if (!isnan(ms))
@@ -900,10 +972,79 @@ static void t_matmul_gelu(int N, int IC, int OC) {
       TOL_GRAD);
   cmp("matmul_dgelu_bwd.dw(acc)", shape, gdown(gb2.o2, W), rdown(rdw, W), W, TOL_GRAD);
   cmp("matmul_dgelu_bwd.dbias(acc)", shape, gdown(gb2.o3, OC), rdown(rdb, OC), OC, TOL_GRAD);
+  if (gtb) { /* tuning on, from the same starting values */
+    args_t t = gb2;
+    void *hi[2], *hw[2], *hb = NULL;
+    for (int k = 0; k < 2; k++) {
+      t.o1 = gup(nanv, NI);
+      t.o2 = gup(dw0, W);
+      t.o3 = gup(db0, OC);
+      CK(r_mmg_bwd(G, gtb, &t));
+      CK(G->synchronize(gtb));
+      hi[k] = gdown_bytes(t.o1, NI * 2);
+      hw[k] = gdown_bytes(t.o2, W * 2);
+      if (k == 0) hb = gdown_bytes(t.o3, (size_t)OC * 2);
+    }
+    cmp("matmul_dgelu_bwd.tuned.dinp(overwrite)", shape, unpack(ZP_BF16, hi[0], NI),
+        rdown(rdinp, NI), NI, TOL_GRAD);
+    cmp("matmul_dgelu_bwd.tuned.dw(acc)", shape, unpack(ZP_BF16, hw[0], W), rdown(rdw, W), W,
+        TOL_GRAD);
+    cmp("matmul_dgelu_bwd.tuned.dbias(acc)", shape, unpack(ZP_BF16, hb, OC), rdown(rdb, OC), OC,
+        TOL_GRAD);
+    cmp_bytes("matmul_dgelu_bwd.tuned.repeat.dinp", shape, hi[0], hi[1], NI * 2);
+    cmp_bytes("matmul_dgelu_bwd.tuned.repeat.dw", shape, hw[0], hw[1], W * 2);
+  }
   ms = gtime(tb, r_mmg_bwd, &gb2);
   flush(ms);
   if (!isnan(ms))
     printf("# matmul_dgelu_bwd: %.1f TFLOP/s\n", 4.0 * N * IC * (double)OC / (ms * 1e-3) / 1e12);
+  release_all();
+}
+
+/* ---- GEMM tuning: tune off vs on at the GPT-2 1.5B shapes (N 8192), timing only ---- */
+
+/* parts: 1 fwd, 2 bwd, 3 both; gelu: the fused ops (matmul_gelu_fwd, matmul_dgelu_bwd) */
+static void t_gemm_tune_time(const char* tag, int N, int IC, int OC, int gelu, int parts) {
+  const char* op = gelu ? "matmul_gelu" : "matmul";
+  if (!g_time || !t0b || !ttb || (!want(op) && !want("tune"))) return;
+  if (gelu && (!ZP_TABLE_HAS(G, matmul_gelu_fwd) || !ZP_TABLE_HAS(G, matmul_dgelu_bwd))) return;
+  size_t NI = (size_t)N * IC, NO = (size_t)N * OC, W = (size_t)OC * IC;
+  args_t a = {0};
+  a.N = N;
+  a.IC = IC;
+  a.OC = OC;
+  a.i1 = gup(hrand(NI, gelu ? 0.5f : 1.0f, 0.0f), NI);
+  a.i2 = gup(hrand(W, 0.02f, 0.0f), W);
+  a.i3 = gup(hrand(gelu ? NI : (size_t)OC, gelu ? 1.5f : 0.1f, 0.0f), gelu ? NI : (size_t)OC);
+  a.i4 = gup(hrand(NO, 0.05f, 0.0f), NO);
+  a.o1 = dalloc(G, gb, (NO > NI ? NO : NI) * 2);
+  a.o2 = dalloc(G, gb, (gelu ? NO : W) * 2);
+  a.o3 = dalloc(G, gb, (size_t)OC * 2);
+  CK(G->memset0(gb, a.o2, (gelu ? NO : W) * 2));
+  CK(G->memset0(gb, a.o3, (size_t)OC * 2));
+  /* fwd: matmul_fwd (bias i3), or matmul_gelu_fwd (out o1, pre o2, bias: the first OC of i3);
+   * bwd: matmul_bwd (dinp o1, dw o2, dbias o3), or matmul_dgelu_bwd (pre i3) with dw in o2 */
+  args_t af = a, ab = a;
+  if (gelu) {
+    void* dw = dalloc(G, gb, W * 2);
+    CK(G->memset0(gb, dw, W * 2));
+    ab.o2 = dw;
+  }
+  runner_t rf = gelu ? r_mmg_fwd : r_mm_fwd, rb_ = gelu ? r_mmg_bwd : r_mm_bwd;
+  const char* nf = gelu ? "matmul_gelu_fwd" : "matmul_fwd";
+  const char* nb = gelu ? "matmul_dgelu_bwd" : "matmul_bwd";
+  const double ff = 2.0 * N * IC * (double)OC, fb = 2.0 * ff;
+  if (parts & 1) {
+    double t0 = gtime(t0b, rf, &af), t1 = gtime(ttb, rf, &af);
+    printf("# %s[%s N%d IC%d OC%d]: tune off %.1f, on %.1f TFLOP/s (x%.3f)\n", nf, tag, N, IC,
+           OC, ff / (t0 * 1e-3) / 1e12, ff / (t1 * 1e-3) / 1e12, t0 / t1);
+  }
+  if (parts & 2) {
+    double t0 = gtime(t0b, rb_, &ab), t1 = gtime(ttb, rb_, &ab);
+    printf("# %s[%s N%d IC%d OC%d]: tune off %.1f, on %.1f TFLOP/s (x%.3f)\n", nb, tag, N, IC,
+           OC, fb / (t0 * 1e-3) / 1e12, fb / (t1 * 1e-3) / 1e12, t0 / t1);
+  }
+  fflush(stdout);
   release_all();
 }
 
@@ -1729,13 +1870,19 @@ static const zp_backend_ops* reference_ops(void) { return zp_cpu_backend_ops(); 
 
 /* ================================================================ main */
 
-static zp_backend* make_cuda(const char* stream, const char* attn, int required) {
+/* an instance with ZP_CUDA_STREAM / ZP_CUDA_ATTN / ZP_CUDA_GEMM_TUNE set where not NULL (the
+ * environment is restored afterwards) */
+static zp_backend* make_cuda(const char* stream, const char* attn, const char* tune,
+                             int required) {
   const char* old_s = getenv("ZP_CUDA_STREAM");
   const char* old_a = getenv("ZP_CUDA_ATTN");
+  const char* old_t = getenv("ZP_CUDA_GEMM_TUNE");
   char* keep_s = old_s ? strdup(old_s) : NULL;
   char* keep_a = old_a ? strdup(old_a) : NULL;
+  char* keep_t = old_t ? strdup(old_t) : NULL;
   if (stream) setenv("ZP_CUDA_STREAM", stream, 1);
   if (attn) setenv("ZP_CUDA_ATTN", attn, 1);
+  if (tune) setenv("ZP_CUDA_GEMM_TUNE", tune, 1);
   zp_backend_config cfg;
   memset(&cfg, 0, sizeof cfg);
   cfg.struct_size = sizeof cfg;
@@ -1747,8 +1894,11 @@ static zp_backend* make_cuda(const char* stream, const char* attn, int required)
   else unsetenv("ZP_CUDA_STREAM");
   if (keep_a) setenv("ZP_CUDA_ATTN", keep_a, 1);
   else unsetenv("ZP_CUDA_ATTN");
+  if (keep_t) setenv("ZP_CUDA_GEMM_TUNE", keep_t, 1);
+  else unsetenv("ZP_CUDA_GEMM_TUNE");
   free(keep_s);
   free(keep_a);
+  free(keep_t);
   if (rc != ZP_OK) {
     if (required) die("cuda backend create failed (%d)", rc);
     return NULL;
@@ -1761,7 +1911,7 @@ static zp_backend* make_cuda_env(const char* var, const char* val) {
   const char* old = getenv(var);
   char* keep = old ? strdup(old) : NULL;
   setenv(var, val, 1);
-  zp_backend* b = make_cuda(NULL, "naive", 1);
+  zp_backend* b = make_cuda(NULL, "naive", NULL, 1);
   if (keep) setenv(var, keep, 1);
   else unsetenv(var);
   free(keep);
@@ -1806,13 +1956,18 @@ int main(int argc, char** argv) {
   setenv("ZP_CUDA_LN", "fast", 0); /* the newer kernels, unless the caller chose */
   setenv("ZP_CUDA_FUSE_GELU", "1", 0);
   printf("# ZP_CUDA_LN=%s ZP_CUDA_FUSE_GELU=%s\n", getenv("ZP_CUDA_LN"), getenv("ZP_CUDA_FUSE_GELU"));
-  gb = make_cuda(NULL, "naive", 1);
-  gfb = make_cuda(NULL, "fa2", 0);
-  gwb = make_cuda(NULL, "flash", 0);
+  gb = make_cuda(NULL, "naive", NULL, 1);
+  gfb = make_cuda(NULL, "fa2", NULL, 0);
+  gwb = make_cuda(NULL, "flash", NULL, 0);
+  gtb = make_cuda(NULL, "naive", "2", 1);
   if (g_time) {
-    tb = make_cuda("legacy", "naive", 1);
-    tfb = make_cuda("legacy", "fa2", 0);
-    twb = make_cuda("legacy", "flash", 0);
+    tb = make_cuda("legacy", "naive", NULL, 1);
+    tfb = make_cuda("legacy", "fa2", NULL, 0);
+    twb = make_cuda("legacy", "flash", NULL, 0);
+    if (!g_quick) {
+      t0b = make_cuda("legacy", "naive", "0", 1);
+      ttb = make_cuda("legacy", "naive", "2", 1);
+    }
   }
   zp_backend_config rc;
   memset(&rc, 0, sizeof rc);
@@ -1859,6 +2014,14 @@ int main(int argc, char** argv) {
   t_matmul_gelu(64, 96, 40);
   t_matmul_gelu(37, 20, 44); /* IC, OC not multiples of 8: the two-pass path */
   if (!g_quick) t_matmul_gelu(8192, 1600, 6400); /* GPT-2 1.5B fc, micro-batch 8 */
+  if (!g_quick) { /* GEMM tuning off vs on, GPT-2 1.5B micro-batch 8 (N 8192) */
+    t_gemm_tune_time("attproj", 8192, 1600, 1600, 0, 3);
+    t_gemm_tune_time("qkv", 8192, 1600, 4800, 0, 3);
+    t_gemm_tune_time("fc", 8192, 1600, 6400, 0, 3);
+    t_gemm_tune_time("fcproj", 8192, 6400, 1600, 0, 3);
+    t_gemm_tune_time("fc", 8192, 1600, 6400, 1, 1);     /* matmul_gelu_fwd, as in the model */
+    t_gemm_tune_time("fcproj", 8192, 6400, 1600, 1, 2); /* matmul_dgelu_bwd, as in the model */
+  }
   t_attention(B, T, C, NH);
   t_attention(3, 37, 96, 4);
   if (!g_quick) t_attention(1, 1024, 768, 12);
@@ -1883,6 +2046,9 @@ int main(int argc, char** argv) {
   t_adamw_paths(0);
 
   printf("%d passed, %d failed, %d skipped\n", g_pass, g_fail, g_skip);
+  if (ttb) G->destroy(ttb);
+  if (t0b) G->destroy(t0b);
+  if (gtb) G->destroy(gtb);
   if (tfb) G->destroy(tfb);
   if (twb) G->destroy(twb);
   if (gwb) G->destroy(gwb);
