@@ -46,6 +46,8 @@ struct zp_backend {
   int device;
   int legacy_stream;     /* ZP_CUDA_STREAM=legacy: ops go to the legacy default stream (tests) */
   int attn_flash;        /* ZP_CUDA_ATTN: 2 fa2 (mma.sync), 1 flash (WMMA), 0 naive */
+  int fa2_fwd;           /* ZP_CUDA_FA2_FWD: 0 base, 1 fast, 2 w8 (attention_fa2.cu) */
+  int fa2_bwd;           /* ZP_CUDA_FA2_BWD: 0 base, 1 kv2 */
   int fuse_gelu;         /* ZP_CUDA_FUSE_GELU: 1 GELU in the GEMM epilogues, 0 separate kernels */
   int ln_fast;           /* ZP_CUDA_LN: 1 fast (vectorized), 0 legacy */
   cudaStream_t stream;
@@ -226,6 +228,9 @@ int zpc_fa2_fwd(zp_backend* b, void* out, void* aux, const void* qkv, int B, int
                 int NH);
 int zpc_fa2_bwd(zp_backend* b, void* dqkv, const void* dout, const void* qkv, const void* out,
                 const void* aux, int B, int T, int C, int NH);
+/* the names of the fa2 kernel variants b->fa2_fwd / b->fa2_bwd (for the create message) */
+const char* zpc_fa2_fwd_name(int v);
+const char* zpc_fa2_bwd_name(int v);
 int zpc_softmax_xent(zp_backend* b, float* losses, void* logits, const int32_t* targets, int N,
                      int V, int Vp, float dloss);
 /* tensor parallelism (0.3): kernels_encoder.cu, softmax_xent.cu */
