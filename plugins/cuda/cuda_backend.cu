@@ -14,6 +14,9 @@
  *   ZP_CUDA_FUSE_GELU = 1: matmul_gelu_fwd / matmul_dgelu_bwd use cuBLASLt's GELU epilogues;
  *   0: they run matmul and the gelu kernel separately (same contract).
  *   ZP_CUDA_LN = fast (kernels_layernorm.cu) | legacy (kernels_layernorm_legacy.cu).
+ *   ZP_CUDA_FA2_FWD = base | fast | w8, ZP_CUDA_FA2_BWD = base | kv2: kernel variants of the
+ *   fa2 attention (attention_fa2.cu's header says what each does); default base (the kernels
+ *   verified on an H100). Any mix is valid: every variant writes / reads the same aux.
  * - Memory is plain cudaMalloc/cudaFree (never managed). Copies run on the compute stream;
  *   copy_h2d and copy_d2h return only once the copy is complete (the host buffer may be reused
  *   or read at once); copy_d2d and memset0 are asynchronous like any op.
@@ -138,6 +141,25 @@ static int zpc_create(const zp_host* host, const zp_backend_config* cfg, zp_back
     return zpc_err(host, ZP_E_INVALID, "cuda backend: ZP_CUDA_ATTN=%s: expected fa2, flash or naive",
                    a);
   }
+  const char* ff = getenv("ZP_CUDA_FA2_FWD"); /* base | fast | w8 */
+  b->fa2_fwd = 0;
+  if (ff && strcmp(ff, "base") == 0) b->fa2_fwd = 0;
+  else if (ff && strcmp(ff, "fast") == 0) b->fa2_fwd = 1;
+  else if (ff && strcmp(ff, "w8") == 0) b->fa2_fwd = 2;
+  else if (ff) {
+    free(b);
+    return zpc_err(host, ZP_E_INVALID,
+                   "cuda backend: ZP_CUDA_FA2_FWD=%s: expected base, fast or w8", ff);
+  }
+  const char* fb = getenv("ZP_CUDA_FA2_BWD"); /* base | kv2 */
+  b->fa2_bwd = 0;
+  if (fb && strcmp(fb, "base") == 0) b->fa2_bwd = 0;
+  else if (fb && strcmp(fb, "kv2") == 0) b->fa2_bwd = 1;
+  else if (fb) {
+    free(b);
+    return zpc_err(host, ZP_E_INVALID, "cuda backend: ZP_CUDA_FA2_BWD=%s: expected base or kv2",
+                   fb);
+  }
   const char* fg = getenv("ZP_CUDA_FUSE_GELU"); /* 1 | 0 */
   b->fuse_gelu = ZPC_DEFAULT_FUSE_GELU;
   if (fg && (strcmp(fg, "0") == 0 || strcmp(fg, "1") == 0)) b->fuse_gelu = fg[0] == '1';
@@ -188,15 +210,18 @@ static int zpc_create(const zp_host* host, const zp_backend_config* cfg, zp_back
   }
 #undef TRY
   {
-    char msg[512];
+    char msg[640], fa2v[64] = "";
+    if (b->attn_flash == 2)
+      snprintf(fa2v, sizeof fa2v, " (fwd %s, bwd %s)", zpc_fa2_fwd_name(b->fa2_fwd),
+               zpc_fa2_bwd_name(b->fa2_bwd));
     snprintf(msg, sizeof msg,
-             "cuda backend: device %d \"%s\" sm_%d%d, %d SMs, %s stream, attention %s, "
+             "cuda backend: device %d \"%s\" sm_%d%d, %d SMs, %s stream, attention %s%s, "
              "GELU %s, layernorm %s, cuBLASLt workspace %zu MiB",
              dev, b->device_name, b->cc_major, b->cc_minor, b->sm_count,
              b->legacy_stream ? "legacy default" : "non-blocking", b->attn_flash == 2   ? "fa2"
              : b->attn_flash == 1 ? "flash"
                                   : "naive",
-             b->fuse_gelu ? "fused into the GEMMs" : "separate", b->ln_fast ? "fast" : "legacy",
+             fa2v, b->fuse_gelu ? "fused into the GEMMs" : "separate", b->ln_fast ? "fast" : "legacy",
              ZPC_WORKSPACE_BYTES >> 20);
     zpc_log(b, ZP_LOG_INFO, msg);
   }
