@@ -21,6 +21,19 @@
  *     S = Q K^T, P, dP = dO V^T, dS, dQ += dS K
  *   (P and dS are recomputed in both kernels: 7 tile products instead of 5, the price of no
  *   atomics.)
+ * Variants (chosen at backend creation: ZP_CUDA_FA2_FWD, ZP_CUDA_FA2_BWD; default base = the
+ * kernels above, verified on an H100; any fwd variant mixes with any bwd variant, all write and
+ * read the same aux; all deterministic, every output element written once):
+ *   fwd fast: zpc_fa2_fwdv_kernel with the base tiling (4 warps x MW m16 tiles), a shorter
+ *     softmax (running max in raw score units, p = ex2.approx.ftz(fma(s, scale_log2, -m'))
+ *     instead of a scale, a subtract and exp2f's denormal fix-up per score) and a grid of
+ *     (heads, query tiles) so that the heavy (late) tiles of all heads are issued first.
+ *   fwd w8: the same kernel with 8 warps x 1 m16 tile (128 query rows per block, 256
+ *     threads, <= 128 registers at HS <= 64: 2 blocks = 16 warps per SM instead of 8).
+ *   bwd kv2 (HS 32 / 64; base at 128): zpc_fa2_bwd_kv2_kernel, 128 keys per block (warp w: two
+ *     m16 key tiles, keys 32w..32w+31) over 32-query tiles, so each Q / dO fragment read from
+ *     shared memory feeds two key tiles; then the base q kernel with V2 = true (grid (heads,
+ *     tiles), heavy first, ex2.approx.ftz).
  * Needs: HS in {32, 64, 128}; every pointer 16-byte aligned and C % 8 == 0 (zpc_fa2_usable);
  * otherwise the caller uses attention_flash.cu, whose aux has the same meaning.
  * Invariants: 128 threads; fragment layouts are those of mma.m16n8k16 (row.col) and ldmatrix,
