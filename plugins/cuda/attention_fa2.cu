@@ -21,6 +21,19 @@
  *     S = Q K^T, P, dP = dO V^T, dS, dQ += dS K
  *   (P and dS are recomputed in both kernels: 7 tile products instead of 5, the price of no
  *   atomics.)
+ * Variants (chosen at backend creation: ZP_CUDA_FA2_FWD, ZP_CUDA_FA2_BWD; default base = the
+ * kernels above, verified on an H100; any fwd variant mixes with any bwd variant, all write and
+ * read the same aux; all deterministic, every output element written once):
+ *   fwd fast: zpc_fa2_fwdv_kernel with the base tiling (4 warps x MW m16 tiles), a shorter
+ *     softmax (running max in raw score units, p = ex2.approx.ftz(fma(s, scale_log2, -m'))
+ *     instead of a scale, a subtract and exp2f's denormal fix-up per score) and a grid of
+ *     (heads, query tiles) so that the heavy (late) tiles of all heads are issued first.
+ *   fwd w8: the same kernel with 8 warps x 1 m16 tile (128 query rows per block, 256
+ *     threads, <= 128 registers at HS <= 64: 2 blocks = 16 warps per SM instead of 8).
+ *   bwd kv2 (HS 32 / 64; base at 128): zpc_fa2_bwd_kv2_kernel, 128 keys per block (warp w: two
+ *     m16 key tiles, keys 32w..32w+31) over 32-query tiles, so each Q / dO fragment read from
+ *     shared memory feeds two key tiles; then the base q kernel with V2 = true (grid (heads,
+ *     tiles), heavy first, ex2.approx.ftz).
  * Needs: HS in {32, 64, 128}; every pointer 16-byte aligned and C % 8 == 0 (zpc_fa2_usable);
  * otherwise the caller uses attention_flash.cu, whose aux has the same meaning.
  * Invariants: 128 threads; fragment layouts are those of mma.m16n8k16 (row.col) and ldmatrix,
@@ -70,6 +83,13 @@ __device__ __forceinline__ void f2_mma(float (&d)[4], const uint32_t (&a)[4], ui
       "{%8,%9}, {%0,%1,%2,%3};\n"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+/* 2^x in one MUFU op (flushes results below 2^-126 to 0; ex2(-inf) = 0); the variant
+ * kernels use it where the base kernels call exp2f (which adds a denormal range fix-up) */
+__device__ __forceinline__ float f2_ex2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
 }
 __device__ __forceinline__ uint32_t f2_pack(float lo, float hi) {
   __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
@@ -157,9 +177,9 @@ struct F2Head {
   size_t stride;
   const bf16 *q, *k, *v;
 };
-__device__ __forceinline__ F2Head f2_head(const bf16* qkv, int T, int NH, int HS) {
+__device__ __forceinline__ F2Head f2_head_bh(const bf16* qkv, int T, int NH, int HS, int bh) {
   F2Head r;
-  r.bh = blockIdx.y;
+  r.bh = bh;
   r.bb = r.bh / NH;
   r.h = r.bh % NH;
   r.stride = 3 * (size_t)NH * HS;
@@ -167,6 +187,10 @@ __device__ __forceinline__ F2Head f2_head(const bf16* qkv, int T, int NH, int HS
   r.k = r.q + (size_t)NH * HS;
   r.v = r.q + 2 * (size_t)NH * HS;
   return r;
+}
+/* base kernels: head (b, h) = blockIdx.y */
+__device__ __forceinline__ F2Head f2_head(const bf16* qkv, int T, int NH, int HS) {
+  return f2_head_bh(qkv, T, NH, HS, (int)blockIdx.y);
 }
 
 /* 16 rows (row0 + 0..15 of a warp's fragment rows g, g + 8) of an fp32 accumulator to bf16 */
@@ -483,8 +507,10 @@ zpc_fa2_bwd_kv_kernel(bf16* dqkv, const bf16* dout, const bf16* qkv, const float
   f2_store<HS>(dkb + C, stride, k0 + 16 * warp, T, dv, 1.0f, 1.0f, lane);
 }
 
-/* one 64-query tile per block; warp w: rows q0 + 16w .. +15; dQ written once */
-template <int HS>
+/* one 64-query tile per block; warp w: rows q0 + 16w .. +15; dQ written once.
+ * V2 (bwd variant kv2): grid (heads, query tiles) so that the heavy tiles of every head are
+ * issued first, and P = ex2.approx.ftz(fma(s, scale_log2, -L)); V2 = false is the base kernel. */
+template <int HS, bool V2 = false>
 __global__ void __launch_bounds__(F2_THREADS)
 zpc_fa2_bwd_q_kernel(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse,
                      const float* Dv, int T, int NH, float scale_log2, float scale) {
@@ -497,8 +523,8 @@ zpc_fa2_bwd_q_kernel(bf16* dqkv, const bf16* dout, const bf16* qkv, const float*
 
   const int C = NH * HS;
   const int nq = (T + F2_BC - 1) / F2_BC;
-  const int i = nq - 1 - (int)blockIdx.x; /* heavy (late) tiles first */
-  const F2Head hd = f2_head(qkv, T, NH, HS);
+  const int i = nq - 1 - (int)(V2 ? blockIdx.y : blockIdx.x); /* heavy (late) tiles first */
+  const F2Head hd = f2_head_bh(qkv, T, NH, HS, (int)(V2 ? blockIdx.x : blockIdx.y));
   const int bh = hd.bh, bb = hd.bb, h = hd.h;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t4 = lane & 3;
   const int q0 = i * F2_BC;
@@ -544,7 +570,8 @@ zpc_fa2_bwd_q_kernel(bf16* dqkv, const bf16* dout, const bf16* qkv, const float*
 #pragma unroll
       for (int e = 0; e < 4; e++) {
         const int kc = nt * 8 + 2 * t4 + (e & 1); /* local key column */
-        float pv = exp2f(p[nt][e] * scale_log2 - lr[e >> 1]);
+        float pv = V2 ? f2_ex2(fmaf(p[nt][e], scale_log2, -lr[e >> 1]))
+                      : exp2f(p[nt][e] * scale_log2 - lr[e >> 1]);
         if (diag && kc > qr + 8 * (e >> 1)) pv = 0.0f;
         dp[nt][e] = pv * (dp[nt][e] - dr[e >> 1]); /* dS */
       }
@@ -553,6 +580,377 @@ zpc_fa2_bwd_q_kernel(bf16* dqkv, const bf16* dout, const bf16* qkv, const float*
   }
   f2_store<HS>(dqkv + (size_t)bb * T * stride + h * HS, stride, q0 + 16 * warp, T, dq, scale,
                scale, lane);
+}
+
+/* ---------------------------------------------------------------- variants (ZP_CUDA_FA2_FWD,
+ * ZP_CUDA_FA2_BWD; see the header comment) */
+
+/* f2_load for a block of NT threads */
+template <int HS, int ROWS, int NT>
+__device__ __forceinline__ void f2_loadn(bf16* s, const bf16* base, size_t stride, int row0,
+                                         int T) {
+  constexpr int V8 = HS / 8;
+#pragma unroll
+  for (int idx = threadIdx.x; idx < ROWS * V8; idx += NT) {
+    const int r = idx / V8, c8 = idx - r * V8, t = row0 + r;
+    const bool ok = t < T;
+    f2_cp16(s + r * (HS + 8) + c8 * 8, base + (size_t)(ok ? t : 0) * stride + c8 * 8, ok);
+  }
+}
+
+template <int HS, int MW, int NW> struct F2FwdV {
+  static constexpr int LD = HS + 8;
+  static constexpr int BR = 16 * MW * NW;
+  static constexpr size_t q = (size_t)BR * LD * 2;
+  static constexpr size_t kv = (size_t)F2_BC * LD * 2;
+  static constexpr size_t bytes = q + 4 * kv; /* Q, then (K, V) x 2 buffers */
+};
+
+/* Forward variants fast (NW = 4, MW as base) and w8 (NW = 8 warps, MW = 1): the base kernel's
+ * tiling with NW warps, grid (heads, query tiles) so the heavy tiles of all heads go first,
+ * and a shorter softmax: the running max is kept in raw score units and
+ * p = ex2.approx.ftz(fma(s, scale_log2, -max * scale_log2)) (2 instructions per score instead
+ * of ~6), masking only on tiles that cross the diagonal. */
+template <int HS, int MW, int NW>
+__global__ void __launch_bounds__(NW * 32, (NW == 8 && HS <= 64) ? 2 : 1)
+zpc_fa2_fwdv_kernel(bf16* out, float* lse_out, const bf16* qkv, int T, int NH, float scale_log2) {
+  typedef F2FwdV<HS, MW, NW> L;
+  constexpr int LD = L::LD, BR = L::BR, NT = NW * 32;
+  extern __shared__ __align__(128) unsigned char f2_sm[];
+  bf16* Qs = (bf16*)f2_sm;
+  bf16* Ks0 = (bf16*)(f2_sm + L::q);
+
+  const int C = NH * HS;
+  const int nq = (T + BR - 1) / BR;
+  const int qt = nq - 1 - (int)blockIdx.y; /* heavy (late) tiles first, over all heads */
+  const F2Head hd = f2_head_bh(qkv, T, NH, HS, (int)blockIdx.x);
+  const int bh = hd.bh, bb = hd.bb, h = hd.h;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t4 = lane & 3;
+  const int q0 = qt * BR;
+  const int nk = (min(q0 + BR, T) + F2_BC - 1) / F2_BC; /* key tiles 0..nk-1 */
+
+  f2_loadn<HS, BR, NT>(Qs, hd.q, hd.stride, q0, T); /* committed with K0 / V0 */
+  f2_loadn<HS, F2_BC, NT>(Ks0, hd.k, hd.stride, 0, T);
+  f2_loadn<HS, F2_BC, NT>(Ks0 + F2_BC * LD, hd.v, hd.stride, 0, T);
+  f2_commit();
+
+  float o[MW][HS / 8][4];
+  float mrow[MW][2], lrow[MW][2]; /* running max in raw score units; partial sums */
+  uint32_t qf[MW][HS / 16][4];
+#pragma unroll
+  for (int mi = 0; mi < MW; mi++) {
+    mrow[mi][0] = mrow[mi][1] = -INFINITY;
+    lrow[mi][0] = lrow[mi][1] = 0.0f;
+#pragma unroll
+    for (int nt = 0; nt < HS / 8; nt++) o[mi][nt][0] = o[mi][nt][1] = o[mi][nt][2] = o[mi][nt][3] = 0.0f;
+  }
+
+  for (int j = 0; j < nk; j++) {
+    if (j + 1 < nk) {
+      bf16* nb = Ks0 + ((j + 1) & 1) * 2 * F2_BC * LD;
+      f2_loadn<HS, F2_BC, NT>(nb, hd.k, hd.stride, (j + 1) * F2_BC, T);
+      f2_loadn<HS, F2_BC, NT>(nb + F2_BC * LD, hd.v, hd.stride, (j + 1) * F2_BC, T);
+      f2_commit();
+      f2_wait<1>();
+    } else {
+      f2_wait<0>();
+    }
+    __syncthreads();
+    const bf16* Ks = Ks0 + (j & 1) * 2 * F2_BC * LD;
+    const bf16* Vs = Ks + F2_BC * LD;
+    if (j == 0) {
+#pragma unroll
+      for (int mi = 0; mi < MW; mi++)
+#pragma unroll
+        for (int kk = 0; kk < HS / 16; kk++)
+          f2_ldm4(qf[mi][kk], f2_at_a<LD>(Qs, (warp * MW + mi) * 16, kk * 16, lane));
+    }
+    const int k0 = j * F2_BC;
+    if (k0 <= q0 + (warp + 1) * MW * 16 - 1) { /* warp-uniform causal skip, as in base */
+      float s[MW][8][4];
+#pragma unroll
+      for (int mi = 0; mi < MW; mi++)
+#pragma unroll
+        for (int nt = 0; nt < 8; nt++) s[mi][nt][0] = s[mi][nt][1] = s[mi][nt][2] = s[mi][nt][3] = 0.0f;
+#pragma unroll
+      for (int kk = 0; kk < HS / 16; kk++)
+#pragma unroll
+        for (int np = 0; np < 4; np++) {
+          uint32_t b[4];
+          f2_ldm4(b, f2_at_bn<LD>(Ks, np * 16, kk * 16, lane));
+#pragma unroll
+          for (int mi = 0; mi < MW; mi++) {
+            f2_mma(s[mi][2 * np], qf[mi][kk], b[0], b[1]);
+            f2_mma(s[mi][2 * np + 1], qf[mi][kk], b[2], b[3]);
+          }
+        }
+#pragma unroll
+      for (int mi = 0; mi < MW; mi++) {
+        const int r0 = q0 + (warp * MW + mi) * 16;
+        if (k0 + F2_BC - 1 > r0) { /* crosses the diagonal: mask key > query to -inf */
+#pragma unroll
+          for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+            for (int e = 0; e < 4; e++)
+              if (k0 + nt * 8 + 2 * t4 + (e & 1) > r0 + g + 8 * (e >> 1)) s[mi][nt][e] = -INFINITY;
+        }
+        float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+        for (int nt = 0; nt < 8; nt++) {
+          mx[0] = fmaxf(mx[0], fmaxf(s[mi][nt][0], s[mi][nt][1]));
+          mx[1] = fmaxf(mx[1], fmaxf(s[mi][nt][2], s[mi][nt][3]));
+        }
+        float alpha[2], ms[2];
+#pragma unroll
+        for (int hh = 0; hh < 2; hh++) {
+          mx[hh] = fmaxf(mx[hh], __shfl_xor_sync(0xffffffffu, mx[hh], 1));
+          mx[hh] = fmaxf(mx[hh], __shfl_xor_sync(0xffffffffu, mx[hh], 2));
+          /* finite from tile 0 on (key 0 is unmasked for every row): no -inf - -inf */
+          const float mn = fmaxf(mrow[mi][hh], mx[hh]);
+          alpha[hh] = f2_ex2((mrow[mi][hh] - mn) * scale_log2); /* 0 on the first tile */
+          mrow[mi][hh] = mn;
+          ms[hh] = -mn * scale_log2;
+          lrow[mi][hh] *= alpha[hh];
+        }
+#pragma unroll
+        for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+          for (int e = 0; e < 4; e++) {
+            const float p = f2_ex2(fmaf(s[mi][nt][e], scale_log2, ms[e >> 1]));
+            s[mi][nt][e] = p;
+            lrow[mi][e >> 1] += p;
+          }
+#pragma unroll
+        for (int nt = 0; nt < HS / 8; nt++) {
+          o[mi][nt][0] *= alpha[0];
+          o[mi][nt][1] *= alpha[0];
+          o[mi][nt][2] *= alpha[1];
+          o[mi][nt][3] *= alpha[1];
+        }
+      }
+#pragma unroll
+      for (int kk = 0; kk < 4; kk++) {
+        uint32_t a[MW][4];
+#pragma unroll
+        for (int mi = 0; mi < MW; mi++) {
+          a[mi][0] = f2_pack(s[mi][2 * kk][0], s[mi][2 * kk][1]);
+          a[mi][1] = f2_pack(s[mi][2 * kk][2], s[mi][2 * kk][3]);
+          a[mi][2] = f2_pack(s[mi][2 * kk + 1][0], s[mi][2 * kk + 1][1]);
+          a[mi][3] = f2_pack(s[mi][2 * kk + 1][2], s[mi][2 * kk + 1][3]);
+        }
+#pragma unroll
+        for (int dp = 0; dp < HS / 16; dp++) {
+          uint32_t b[4];
+          f2_ldm4t(b, f2_at_a<LD>(Vs, kk * 16, dp * 16, lane));
+#pragma unroll
+          for (int mi = 0; mi < MW; mi++) {
+            f2_mma(o[mi][2 * dp], a[mi], b[0], b[1]);
+            f2_mma(o[mi][2 * dp + 1], a[mi], b[2], b[3]);
+          }
+        }
+      }
+    }
+    __syncthreads(); /* every warp is done with buffer j & 1 before it is refilled */
+  }
+
+  bf16* obase = out + (size_t)bb * T * C + h * HS;
+#pragma unroll
+  for (int mi = 0; mi < MW; mi++) {
+    const int r0 = q0 + (warp * MW + mi) * 16;
+    float inv[2];
+#pragma unroll
+    for (int hh = 0; hh < 2; hh++) {
+      float l = lrow[mi][hh];
+      l += __shfl_xor_sync(0xffffffffu, l, 1);
+      l += __shfl_xor_sync(0xffffffffu, l, 2);
+      inv[hh] = 1.0f / l;
+      const int row = r0 + g + 8 * hh;
+      if (t4 == 0 && row < T)
+        lse_out[(size_t)bh * T + row] = (mrow[mi][hh] * scale_log2 + log2f(l)) * F2_LN2;
+    }
+    f2_store<HS>(obase, C, r0, T, o[mi], inv[0], inv[1], lane);
+  }
+}
+
+/* Backward variant kv2, kv kernel: 128 keys per block, warp w owns keys k0 + 32w .. +31 as two
+ * m16 tiles, query tiles of 32 rows (double-buffered Q / dO / L / D). Every B fragment (Q, dO
+ * rows for S^T / dP^T; dO, Q columns for dV / dK) read from shared memory feeds both m16 key
+ * tiles, so shared-memory bytes per mma drop by ~1.4x against base (the K / V A fragments are
+ * still read per tile: holding them would not fit in registers), and each Q / dO tile is
+ * loaded once per 128 keys instead of once per 64. Grid (heads, key blocks): the heavy low key
+ * blocks of every head go first. HS 32 and 64 (at 128 the accumulators cannot fit). */
+#define F2_KB 128 /* keys per kv2 block */
+#define F2_QB 32  /* queries per kv2 tile */
+template <int HS> struct F2BwdKV2 {
+  static constexpr int LD = HS + 8;
+  static constexpr size_t kt = (size_t)F2_KB * LD * 2; /* K or V */
+  static constexpr size_t qt = (size_t)F2_QB * LD * 2; /* Q or dO */
+  /* K, V resident; 2 buffers x (Q, dO); 2 buffers x (L, D) x 32 floats */
+  static constexpr size_t bytes = 2 * kt + 4 * qt + 4 * F2_QB * sizeof(float);
+};
+
+template <int HS>
+__global__ void __launch_bounds__(F2_THREADS)
+zpc_fa2_bwd_kv2_kernel(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse,
+                       const float* Dv, int T, int NH, float scale_log2, float scale) {
+  typedef F2BwdKV2<HS> L;
+  constexpr int LD = L::LD;
+  extern __shared__ __align__(128) unsigned char f2_sm[];
+  bf16* Ks = (bf16*)f2_sm;
+  bf16* Vs = Ks + F2_KB * LD;
+  bf16* Qb = Vs + F2_KB * LD; /* buffer x: Q at Qb + 2x * F2_QB rows, dO right after */
+  float* LDs = (float*)(f2_sm + 2 * L::kt + 4 * L::qt); /* buffer x: L at LDs + 64x, D + 32 */
+
+  const int C = NH * HS;
+  const int nqt = (T + F2_QB - 1) / F2_QB;
+  const int k0 = (int)blockIdx.y * F2_KB; /* low key blocks see the most query tiles: first */
+  const F2Head hd = f2_head_bh(qkv, T, NH, HS, (int)blockIdx.x);
+  const int bh = hd.bh, bb = hd.bb, h = hd.h;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t4 = lane & 3;
+  const size_t stride = hd.stride;
+  const bf16* dobase = dout + (size_t)bb * T * C + h * HS;
+  const float* lrow = lse + (size_t)bh * T;
+  const float* drow = Dv + (size_t)bh * T;
+  const int i0 = k0 / F2_QB; /* first query tile holding a query >= k0 */
+
+  f2_load<HS, F2_KB>(Ks, hd.k, stride, k0, T);
+  f2_load<HS, F2_KB>(Vs, hd.v, stride, k0, T);
+  f2_load<HS, F2_QB>(Qb, hd.q, stride, i0 * F2_QB, T);
+  f2_load<HS, F2_QB>(Qb + F2_QB * LD, dobase, C, i0 * F2_QB, T);
+  f2_commit();
+  if (threadIdx.x < 2 * F2_QB) { /* L (log2 domain, +inf past T) and D of tile i0 */
+    const int r = threadIdx.x & (F2_QB - 1), t = i0 * F2_QB + r;
+    LDs[threadIdx.x] = threadIdx.x < F2_QB ? (t < T ? lrow[t] * F2_LOG2E : INFINITY)
+                                           : (t < T ? drow[t] : 0.0f);
+  }
+
+  float dk[2][HS / 8][4], dv[2][HS / 8][4];
+#pragma unroll
+  for (int mi = 0; mi < 2; mi++)
+#pragma unroll
+    for (int nt = 0; nt < HS / 8; nt++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) dk[mi][nt][e] = dv[mi][nt][e] = 0.0f;
+
+  const int kw = 32 * warp; /* this warp's first local key row */
+  for (int i = i0; i < nqt; i++) {
+    const int x = (i - i0) & 1;
+    if (i + 1 < nqt) {
+      bf16* nb = Qb + (x ^ 1) * 2 * F2_QB * LD;
+      f2_load<HS, F2_QB>(nb, hd.q, stride, (i + 1) * F2_QB, T);
+      f2_load<HS, F2_QB>(nb + F2_QB * LD, dobase, C, (i + 1) * F2_QB, T);
+      f2_commit();
+      if (threadIdx.x < 2 * F2_QB) {
+        const int r = threadIdx.x & (F2_QB - 1), t = (i + 1) * F2_QB + r;
+        LDs[(x ^ 1) * 2 * F2_QB + threadIdx.x] =
+            threadIdx.x < F2_QB ? (t < T ? lrow[t] * F2_LOG2E : INFINITY) : (t < T ? drow[t] : 0.0f);
+      }
+      f2_wait<1>();
+    } else {
+      f2_wait<0>();
+    }
+    __syncthreads();
+    const bf16* Qs = Qb + x * 2 * F2_QB * LD;
+    const bf16* dOs = Qs + F2_QB * LD;
+    const float* Ls = LDs + x * 2 * F2_QB;
+    const float* Ds = Ls + F2_QB;
+    const int q0 = i * F2_QB;
+    /* warp-uniform: skip when every key of the warp lies above every query of the tile */
+    if (k0 + kw <= q0 + F2_QB - 1) {
+      const bool diag = k0 + kw + 31 > q0; /* some key > some query: mask */
+      float p[2][4][4], dp[2][4][4]; /* [key m tile][query n8 tile][frag] */
+#pragma unroll
+      for (int mi = 0; mi < 2; mi++)
+#pragma unroll
+        for (int nt = 0; nt < 4; nt++)
+#pragma unroll
+          for (int e = 0; e < 4; e++) p[mi][nt][e] = dp[mi][nt][e] = 0.0f;
+      /* S^T = K Q^T, dP^T = V dO^T: each Q / dO fragment feeds both key tiles */
+#pragma unroll
+      for (int kk = 0; kk < HS / 16; kk++) {
+        uint32_t ka[2][4], va[2][4];
+#pragma unroll
+        for (int mi = 0; mi < 2; mi++) {
+          f2_ldm4(ka[mi], f2_at_a<LD>(Ks, kw + 16 * mi, kk * 16, lane));
+          f2_ldm4(va[mi], f2_at_a<LD>(Vs, kw + 16 * mi, kk * 16, lane));
+        }
+#pragma unroll
+        for (int np = 0; np < 2; np++) {
+          uint32_t b[4];
+          f2_ldm4(b, f2_at_bn<LD>(Qs, np * 16, kk * 16, lane));
+#pragma unroll
+          for (int mi = 0; mi < 2; mi++) {
+            f2_mma(p[mi][2 * np], ka[mi], b[0], b[1]);
+            f2_mma(p[mi][2 * np + 1], ka[mi], b[2], b[3]);
+          }
+          f2_ldm4(b, f2_at_bn<LD>(dOs, np * 16, kk * 16, lane));
+#pragma unroll
+          for (int mi = 0; mi < 2; mi++) {
+            f2_mma(dp[mi][2 * np], va[mi], b[0], b[1]);
+            f2_mma(dp[mi][2 * np + 1], va[mi], b[2], b[3]);
+          }
+        }
+      }
+      /* P^T = exp2(S^T scale_log2 - L), dS^T = P^T (dP^T - D); query column qc = 8nt + 2t4 +
+       * (e & 1), key row kw + 16mi + g + 8 (e >> 1) */
+#pragma unroll
+      for (int nt = 0; nt < 4; nt++) {
+        const float2 lq = *(const float2*)(Ls + nt * 8 + 2 * t4);
+        const float2 dq = *(const float2*)(Ds + nt * 8 + 2 * t4);
+#pragma unroll
+        for (int mi = 0; mi < 2; mi++)
+#pragma unroll
+          for (int e = 0; e < 4; e++) {
+            const int qc = nt * 8 + 2 * t4 + (e & 1);
+            const int kr = kw + 16 * mi + g + 8 * (e >> 1);
+            float pv = f2_ex2(fmaf(p[mi][nt][e], scale_log2, (e & 1) ? -lq.y : -lq.x));
+            if (diag && k0 + kr > q0 + qc) pv = 0.0f;
+            p[mi][nt][e] = pv;
+            dp[mi][nt][e] = pv * (dp[mi][nt][e] - ((e & 1) ? dq.y : dq.x));
+          }
+      }
+      /* dV += P^T dO, dK += dS^T Q: k = the tile's 32 queries; each dO / Q fragment feeds both
+       * key tiles. A fragments from the accumulators of n8 tiles 2kk, 2kk + 1 (as in f2_pv). */
+#pragma unroll
+      for (int kk = 0; kk < F2_QB / 16; kk++) {
+        uint32_t pa[2][4], sa[2][4];
+#pragma unroll
+        for (int mi = 0; mi < 2; mi++) {
+          pa[mi][0] = f2_pack(p[mi][2 * kk][0], p[mi][2 * kk][1]);
+          pa[mi][1] = f2_pack(p[mi][2 * kk][2], p[mi][2 * kk][3]);
+          pa[mi][2] = f2_pack(p[mi][2 * kk + 1][0], p[mi][2 * kk + 1][1]);
+          pa[mi][3] = f2_pack(p[mi][2 * kk + 1][2], p[mi][2 * kk + 1][3]);
+          sa[mi][0] = f2_pack(dp[mi][2 * kk][0], dp[mi][2 * kk][1]);
+          sa[mi][1] = f2_pack(dp[mi][2 * kk][2], dp[mi][2 * kk][3]);
+          sa[mi][2] = f2_pack(dp[mi][2 * kk + 1][0], dp[mi][2 * kk + 1][1]);
+          sa[mi][3] = f2_pack(dp[mi][2 * kk + 1][2], dp[mi][2 * kk + 1][3]);
+        }
+#pragma unroll
+        for (int d = 0; d < HS / 16; d++) {
+          uint32_t b[4];
+          f2_ldm4t(b, f2_at_a<LD>(dOs, kk * 16, d * 16, lane));
+#pragma unroll
+          for (int mi = 0; mi < 2; mi++) {
+            f2_mma(dv[mi][2 * d], pa[mi], b[0], b[1]);
+            f2_mma(dv[mi][2 * d + 1], pa[mi], b[2], b[3]);
+          }
+          f2_ldm4t(b, f2_at_a<LD>(Qs, kk * 16, d * 16, lane));
+#pragma unroll
+          for (int mi = 0; mi < 2; mi++) {
+            f2_mma(dk[mi][2 * d], sa[mi], b[0], b[1]);
+            f2_mma(dk[mi][2 * d + 1], sa[mi], b[2], b[3]);
+          }
+        }
+      }
+    }
+    __syncthreads(); /* buffer x is refilled next iteration */
+  }
+  bf16* dkb = dqkv + (size_t)bb * T * stride + C + h * HS;
+#pragma unroll
+  for (int mi = 0; mi < 2; mi++) {
+    f2_store<HS>(dkb, stride, k0 + kw + 16 * mi, T, dk[mi], scale, scale, lane);
+    f2_store<HS>(dkb + C, stride, k0 + kw + 16 * mi, T, dv[mi], 1.0f, 1.0f, lane);
+  }
 }
 
 /* ---------------------------------------------------------------- launchers */
@@ -606,11 +1004,64 @@ static int f2_bwd(zp_backend* b, void* dqkv, const void* dout, const void* qkv, 
   return ZP_OK;
 }
 
+template <int HS, int MW, int NW>
+static int f2_fwdv(zp_backend* b, void* out, void* aux, const void* qkv, int B, int T, int NH) {
+  const size_t smem = F2FwdV<HS, MW, NW>::bytes;
+  ZPC_CUDA(b, cudaFuncSetAttribute(zpc_fa2_fwdv_kernel<HS, MW, NW>,
+                                   cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+  constexpr int BR = F2FwdV<HS, MW, NW>::BR;
+  dim3 grid(B * NH, (T + BR - 1) / BR);
+  zpc_fa2_fwdv_kernel<HS, MW, NW><<<grid, NW * 32, smem, b->stream>>>(
+      (bf16*)out, (float*)aux, (const bf16*)qkv, T, NH, F2_LOG2E / sqrtf((float)HS));
+  ZPC_LAUNCHED(b, "fa2_fwdv");
+  return ZP_OK;
+}
+
+/* bwd variant kv2: prep, the kv2 kernel, the q kernel with V2 (grids (heads, tiles)) */
+template <int HS>
+static int f2_bwd_kv2(zp_backend* b, void* dqkv, const void* dout, const void* qkv,
+                      const void* out, const void* aux, int B, int T, int NH) {
+  void* Dv = NULL;
+  int rc = zpc_scratch(b, (size_t)B * NH * T * sizeof(float), &Dv);
+  if (rc) return rc;
+  const size_t threads = (size_t)B * T * NH * (HS / 8);
+  zpc_fa2_bwd_prep_kernel<HS><<<(unsigned)((threads + 255) / 256), 256, 0, b->stream>>>(
+      (float*)Dv, (const bf16*)dout, (const bf16*)out, B, T, NH);
+  ZPC_LAUNCHED(b, "fa2_bwd_prep");
+  const size_t smem_kv = F2BwdKV2<HS>::bytes, smem_q = F2Bwd<HS>::bytes;
+  ZPC_CUDA(b, cudaFuncSetAttribute(zpc_fa2_bwd_kv2_kernel<HS>,
+                                   cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem_kv));
+  ZPC_CUDA(b, cudaFuncSetAttribute(zpc_fa2_bwd_q_kernel<HS, true>,
+                                   cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem_q));
+  const float scale = 1.0f / sqrtf((float)HS);
+  zpc_fa2_bwd_kv2_kernel<HS><<<dim3(B * NH, (T + F2_KB - 1) / F2_KB), F2_THREADS, smem_kv,
+                               b->stream>>>(
+      (bf16*)dqkv, (const bf16*)dout, (const bf16*)qkv, (const float*)aux, (const float*)Dv, T,
+      NH, scale * F2_LOG2E, scale);
+  ZPC_LAUNCHED(b, "fa2_bwd_kv2");
+  zpc_fa2_bwd_q_kernel<HS, true><<<dim3(B * NH, (T + F2_BC - 1) / F2_BC), F2_THREADS, smem_q,
+                                   b->stream>>>(
+      (bf16*)dqkv, (const bf16*)dout, (const bf16*)qkv, (const float*)aux, (const float*)Dv, T,
+      NH, scale * F2_LOG2E, scale);
+  ZPC_LAUNCHED(b, "fa2_bwd_q");
+  return ZP_OK;
+}
+
 int zpc_fa2_fwd(zp_backend* b, void* out, void* aux, const void* qkv, int B, int T, int C,
                 int NH) {
   if (B <= 0 || T <= 0 || !zpc_fa2_usable(C, NH, out, aux, qkv, qkv))
     return ZPC_INVALID(b, "cuda backend: fa2 attention: unsupported shape or alignment B=%d "
                           "T=%d C=%d NH=%d", B, T, C, NH);
+  if (b->fa2_fwd == 1) switch (C / NH) { /* fast: base tiling */
+      case 32: return f2_fwdv<32, 2, 4>(b, out, aux, qkv, B, T, NH);
+      case 64: return f2_fwdv<64, 2, 4>(b, out, aux, qkv, B, T, NH);
+      default: return f2_fwdv<128, 1, 4>(b, out, aux, qkv, B, T, NH);
+    }
+  if (b->fa2_fwd == 2) switch (C / NH) { /* w8: 8 warps x 16 rows */
+      case 32: return f2_fwdv<32, 1, 8>(b, out, aux, qkv, B, T, NH);
+      case 64: return f2_fwdv<64, 1, 8>(b, out, aux, qkv, B, T, NH);
+      default: return f2_fwdv<128, 1, 8>(b, out, aux, qkv, B, T, NH);
+    }
   switch (C / NH) {
     case 32: return f2_fwd<32, 2>(b, out, aux, qkv, B, T, NH);
     case 64: return f2_fwd<64, 2>(b, out, aux, qkv, B, T, NH);
@@ -623,7 +1074,9 @@ int zpc_fa2_bwd(zp_backend* b, void* dqkv, const void* dout, const void* qkv, co
   if (B <= 0 || T <= 0 || !zpc_fa2_usable(C, NH, dqkv, dout, qkv, out))
     return ZPC_INVALID(b, "cuda backend: fa2 attention: unsupported shape or alignment B=%d "
                           "T=%d C=%d NH=%d", B, T, C, NH);
-  switch (C / NH) {
+  if (b->fa2_bwd == 1 && C / NH == 32) return f2_bwd_kv2<32>(b, dqkv, dout, qkv, out, aux, B, T, NH);
+  if (b->fa2_bwd == 1 && C / NH == 64) return f2_bwd_kv2<64>(b, dqkv, dout, qkv, out, aux, B, T, NH);
+  switch (C / NH) { /* base (and kv2 at HS 128) */
     case 32: return f2_bwd<32>(b, dqkv, dout, qkv, out, aux, B, T, NH);
     case 64: return f2_bwd<64>(b, dqkv, dout, qkv, out, aux, B, T, NH);
     default: return f2_bwd<128>(b, dqkv, dout, qkv, out, aux, B, T, NH);

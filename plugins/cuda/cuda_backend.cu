@@ -20,6 +20,9 @@
  *   answer; 1: the first use of a shape times up to 8 heuristic answers and keeps the fastest
  *   (matmul_cublaslt.cu); 2: as 1 and prints one line per tuned shape to stderr. Opt-in
  *   because the choice depends on timings, so it may differ between processes.
+ *   ZP_CUDA_FA2_FWD = base | fast | w8, ZP_CUDA_FA2_BWD = base | kv2: kernel variants of the
+ *   fa2 attention (attention_fa2.cu's header says what each does); default base (the kernels
+ *   verified on an H100). Any mix is valid: every variant writes / reads the same aux.
  * - Memory is plain cudaMalloc/cudaFree (never managed). Copies run on the compute stream;
  *   copy_h2d and copy_d2h return only once the copy is complete (the host buffer may be reused
  *   or read at once); copy_d2d and memset0 are asynchronous like any op.
@@ -124,6 +127,8 @@ struct zpc_switch {
 };
 static const struct zpc_switch zpc_switches[] = {
     {"ZP_CUDA_ATTN", offsetof(zp_backend, attn_flash), ZPC_DEFAULT_ATTN, {"naive", "flash", "fa2"}},
+    {"ZP_CUDA_FA2_FWD", offsetof(zp_backend, fa2_fwd), 0, {"base", "fast", "w8"}},
+    {"ZP_CUDA_FA2_BWD", offsetof(zp_backend, fa2_bwd), 0, {"base", "kv2"}},
     {"ZP_CUDA_FUSE_GELU", offsetof(zp_backend, fuse_gelu), ZPC_DEFAULT_FUSE_GELU, {"0", "1"}},
     {"ZP_CUDA_FUSE_RES", offsetof(zp_backend, fuse_res), ZPC_DEFAULT_FUSE_RES, {"0", "1"}},
     {"ZP_CUDA_LN", offsetof(zp_backend, ln_fast), ZPC_DEFAULT_LN_FAST, {"legacy", "fast"}},

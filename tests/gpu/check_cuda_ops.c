@@ -28,7 +28,10 @@
  * ops run on the legacy default stream and cudaEventRecord(…, 0) brackets them exactly. Three
  * attention variants are checked, each on its own instance: ZP_CUDA_ATTN=naive (cuBLASLt),
  * ZP_CUDA_ATTN=flash (the WMMA kernels) and ZP_CUDA_ATTN=fa2 (mma.sync; head sizes 32/64/128,
- * else they fall back to naive), and fa2 is also compared with flash directly. Unless set in
+ * else they fall back to naive), and fa2 is also compared with flash directly. The fa2 kernel
+ * variants are chosen by ZP_CUDA_FA2_FWD / ZP_CUDA_FA2_BWD in the caller's environment (one
+ * variant per run: bench/attn_sweep.sh runs them all; the backend's create message in the log
+ * names the variants in use). Unless set in
  * the environment, ZP_CUDA_LN=fast and ZP_CUDA_FUSE_GELU=1 are set for every instance: the
  * newer kernels are what this file checks (the plugin's defaults run in run_gpu_checks.sh's
  * model-level checks).
@@ -1955,7 +1958,10 @@ int main(int argc, char** argv) {
 
   setenv("ZP_CUDA_LN", "fast", 0); /* the newer kernels, unless the caller chose */
   setenv("ZP_CUDA_FUSE_GELU", "1", 0);
-  printf("# ZP_CUDA_LN=%s ZP_CUDA_FUSE_GELU=%s\n", getenv("ZP_CUDA_LN"), getenv("ZP_CUDA_FUSE_GELU"));
+  printf("# ZP_CUDA_LN=%s ZP_CUDA_FUSE_GELU=%s ZP_CUDA_FA2_FWD=%s ZP_CUDA_FA2_BWD=%s\n",
+         getenv("ZP_CUDA_LN"), getenv("ZP_CUDA_FUSE_GELU"),
+         getenv("ZP_CUDA_FA2_FWD") ? getenv("ZP_CUDA_FA2_FWD") : "(unset: base)",
+         getenv("ZP_CUDA_FA2_BWD") ? getenv("ZP_CUDA_FA2_BWD") : "(unset: base)");
   gb = make_cuda(NULL, "naive", NULL, 1);
   gfb = make_cuda(NULL, "fa2", NULL, 0);
   gwb = make_cuda(NULL, "flash", NULL, 0);
