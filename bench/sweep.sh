@@ -9,7 +9,7 @@
 # ratios; repeating it last shows the run-to-run drift.
 #
 # Run (repo root, after a build; .deps carried):
-#   ZP_BUILD=build-gpu bash bench/sweep.sh "base||" "xent|ZP_CUDA_XENT=reg|softmax_xent" "base2||"
+#   ZP_BUILD=build-gpu bash bench/sweep.sh "base||" "res0|ZP_CUDA_FUSE_RES=0|matmul_res" "base2||"
 # Env: ZP_BUILD (default build-gpu; must hold zp, plugins/zp_cuda.so, check_cuda_ops), OUT
 #   (default /tmp/zp-out: sweep.md, sweep.log), MODELS (default "124m 1.5b"), STEPS (default
 #   25), ZP_WORK (default /tmp/zp-sweep-work).

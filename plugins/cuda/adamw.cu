@@ -20,13 +20,16 @@ struct zpc_adamw_hp {
   float lr, beta1, beta2, eps, wd, grad_scale, bc1, bc2;
 };
 
+/* every operation spelled as an _rn intrinsic: the compiler may not contract differently in the
+ * two kernels, so the scalar and the vector path round identically */
 __device__ __forceinline__ void zpc_adamw_elem(float g, float& mi, float& vi, float& p,
                                                const zpc_adamw_hp& h) {
-  g *= h.grad_scale;
-  mi = h.beta1 * mi + (1.0f - h.beta1) * g;
-  vi = h.beta2 * vi + (1.0f - h.beta2) * g * g;
-  float mhat = mi / h.bc1, vhat = vi / h.bc2;
-  p -= h.lr * (mhat / (sqrtf(vhat) + h.eps) + h.wd * p);
+  g = __fmul_rn(g, h.grad_scale);
+  mi = __fmaf_rn(h.beta1, mi, __fmul_rn(1.0f - h.beta1, g));
+  vi = __fmaf_rn(h.beta2, vi, __fmul_rn(__fmul_rn(1.0f - h.beta2, g), g));
+  const float mhat = __fdiv_rn(mi, h.bc1), vhat = __fdiv_rn(vi, h.bc2);
+  const float upd = __fmaf_rn(h.wd, p, __fdiv_rn(mhat, __fadd_rn(__fsqrt_rn(vhat), h.eps)));
+  p = __fmaf_rn(-h.lr, upd, p);
 }
 
 /* 4 consecutive elements of a grad / param array: fp32 as float4, bf16 as 8 bytes */

@@ -21,9 +21,10 @@
  *     S = Q K^T, P, dP = dO V^T, dS, dQ += dS K
  *   (P and dS are recomputed in both kernels: 7 tile products instead of 5, the price of no
  *   atomics.)
- * Variants (chosen at backend creation: ZP_CUDA_FA2_FWD, ZP_CUDA_FA2_BWD; default base = the
- * kernels above, verified on an H100; any fwd variant mixes with any bwd variant, all write and
- * read the same aux; all deterministic, every output element written once):
+ * Variants (chosen at backend creation: ZP_CUDA_FA2_FWD, ZP_CUDA_FA2_BWD; base = the kernels
+ * above; the defaults are fast and kv2, the fastest in the H100 sweep (docs/perf.md); any fwd
+ * variant mixes with any bwd variant, all write and read the same aux; all deterministic,
+ * every output element written once):
  *   fwd fast: zpc_fa2_fwdv_kernel with the base tiling (4 warps x MW m16 tiles), a shorter
  *     softmax (running max in raw score units, p = ex2.approx.ftz(fma(s, scale_log2, -m'))
  *     instead of a scale, a subtract and exp2f's denormal fix-up per score) and a grid of

@@ -14,15 +14,14 @@
  *   ZP_CUDA_FUSE_GELU = 1: matmul_gelu_fwd / matmul_dgelu_bwd use cuBLASLt's GELU epilogues;
  *   0: they run matmul and the gelu kernel separately (same contract).
  *   ZP_CUDA_LN = fast (kernels_layernorm.cu) | legacy (kernels_layernorm_legacy.cu).
- *   ZP_CUDA_XENT = reg (softmax_xent keeps the row in registers: one read) | twopass.
  *   ZP_CUDA_FUSE_RES = 1 (matmul_res_fwd: the residual is the GEMM's C) | 0 (two passes).
  *   ZP_CUDA_GEMM_TUNE = 0 (default): each GEMM shape runs the cuBLASLt heuristic's first
  *   answer; 1: the first use of a shape times up to 8 heuristic answers and keeps the fastest
  *   (matmul_cublaslt.cu); 2: as 1 and prints one line per tuned shape to stderr. Opt-in
  *   because the choice depends on timings, so it may differ between processes.
  *   ZP_CUDA_FA2_FWD = base | fast | w8, ZP_CUDA_FA2_BWD = base | kv2: kernel variants of the
- *   fa2 attention (attention_fa2.cu's header says what each does); default base (the kernels
- *   verified on an H100). Any mix is valid: every variant writes / reads the same aux.
+ *   fa2 attention (attention_fa2.cu's header says what each does); defaults fast and kv2 (the
+ *   fastest in the H100 sweep of docs/perf.md). Any mix is valid: all share one aux.
  * - Memory is plain cudaMalloc/cudaFree (never managed). Copies run on the compute stream;
  *   copy_h2d and copy_d2h return only once the copy is complete (the host buffer may be reused
  *   or read at once); copy_d2d and memset0 are asynchronous like any op.
@@ -36,8 +35,9 @@
 #define ZPC_DEFAULT_ATTN 2      /* fa2 (mma.sync) */
 #define ZPC_DEFAULT_FUSE_GELU 1 /* GELU in the cuBLASLt epilogues */
 #define ZPC_DEFAULT_LN_FAST 1   /* vectorized layernorm */
-#define ZPC_DEFAULT_XENT_REG 0  /* softmax_xent reads the row twice (register-cached: not yet run) */
-#define ZPC_DEFAULT_FUSE_RES 0  /* matmul_res_fwd in two passes (residual as GEMM C: not yet run) */
+#define ZPC_DEFAULT_FUSE_RES 1  /* the residual as the GEMM's C (measured: docs/perf.md) */
+#define ZPC_DEFAULT_FA2_FWD 1   /* fast (measured: docs/perf.md) */
+#define ZPC_DEFAULT_FA2_BWD 1   /* kv2 (measured: docs/perf.md) */
 
 #include <stdarg.h>
 #include <stddef.h>
@@ -127,12 +127,11 @@ struct zpc_switch {
 };
 static const struct zpc_switch zpc_switches[] = {
     {"ZP_CUDA_ATTN", offsetof(zp_backend, attn_flash), ZPC_DEFAULT_ATTN, {"naive", "flash", "fa2"}},
-    {"ZP_CUDA_FA2_FWD", offsetof(zp_backend, fa2_fwd), 0, {"base", "fast", "w8"}},
-    {"ZP_CUDA_FA2_BWD", offsetof(zp_backend, fa2_bwd), 0, {"base", "kv2"}},
+    {"ZP_CUDA_FA2_FWD", offsetof(zp_backend, fa2_fwd), ZPC_DEFAULT_FA2_FWD, {"base", "fast", "w8"}},
+    {"ZP_CUDA_FA2_BWD", offsetof(zp_backend, fa2_bwd), ZPC_DEFAULT_FA2_BWD, {"base", "kv2"}},
     {"ZP_CUDA_FUSE_GELU", offsetof(zp_backend, fuse_gelu), ZPC_DEFAULT_FUSE_GELU, {"0", "1"}},
     {"ZP_CUDA_FUSE_RES", offsetof(zp_backend, fuse_res), ZPC_DEFAULT_FUSE_RES, {"0", "1"}},
     {"ZP_CUDA_LN", offsetof(zp_backend, ln_fast), ZPC_DEFAULT_LN_FAST, {"legacy", "fast"}},
-    {"ZP_CUDA_XENT", offsetof(zp_backend, xent_reg), ZPC_DEFAULT_XENT_REG, {"twopass", "reg"}},
     {"ZP_CUDA_GEMM_TUNE", offsetof(zp_backend, gemm_tune), 0, {"0", "1", "2"}},
 };
 

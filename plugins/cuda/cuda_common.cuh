@@ -51,7 +51,6 @@ struct zp_backend {
   int fa2_bwd;           /* ZP_CUDA_FA2_BWD: 0 base, 1 kv2 */
   int fuse_gelu;         /* ZP_CUDA_FUSE_GELU: 1 GELU in the GEMM epilogues, 0 separate kernels */
   int ln_fast;           /* ZP_CUDA_LN: 1 fast (vectorized), 0 legacy */
-  int xent_reg;          /* ZP_CUDA_XENT: 1 row cached in registers, 0 two reads */
   int fuse_res;          /* ZP_CUDA_FUSE_RES: 1 residual as the GEMM's C (beta 1), 0 two passes */
   int gemm_tune;         /* ZP_CUDA_GEMM_TUNE: 0 heuristic's first answer, 1 time up to
                             ZPC_TUNE_CANDIDATES answers per new GEMM key, 2 also print each */

@@ -6,17 +6,13 @@
  * overwrites the row in place with dloss * (softmax - onehot(target)) in bf16, and zeros in the
  * padded columns [V, Vp). A target < 0 (or >= V) is ignored: loss 0 and, if dloss != 0, an
  * all-zero gradient row. The target logit is read before the block's first write.
- * A 16-byte vector path is taken when Vp % 8 == 0 and logits is 16-byte aligned; when also
- * Vp <= 8 * 512 * ZPC_XENT_REGS (65536: GPT-2's 50304 fits) and ZP_CUDA_XENT=reg, each thread keeps its 16-byte
- * chunks of the row in registers: the row is read from memory once (max, then sum of exp, then
- * the gradient from the registers) instead of twice.
+ * A 16-byte vector path is taken when Vp % 8 == 0 and logits is 16-byte aligned.
  */
 #include <math.h>
 
 #include "cuda_common.cuh"
 
 #define ZPC_XENT_THREADS 512
-#define ZPC_XENT_REGS 16 /* 16-byte chunks per thread in the register-cached kernel */
 
 __device__ __forceinline__ void zpc_online_add(float& m, float& s, float x) {
   if (x > m) {
@@ -109,7 +105,25 @@ zpc_softmax_xent_kernel(float* losses, bf16* logits, const int32_t* targets, int
   }
 }
 
-/* fixed-order block reduction (max or sum); every thread gets the result */
+int zpc_softmax_xent(zp_backend* b, float* losses, void* logits, const int32_t* targets, int N,
+                     int V, int Vp, float dloss) {
+  if (N <= 0 || V <= 0 || Vp < V || !losses || !targets)
+    return ZPC_INVALID(b, "cuda backend: softmax_xent: bad arguments N=%d V=%d Vp=%d", N, V, Vp);
+  bool vec = (Vp % 8) == 0 && ((uintptr_t)logits & 15) == 0;
+  if (vec)
+    zpc_softmax_xent_kernel<true><<<N, ZPC_XENT_THREADS, 0, b->stream>>>(
+        losses, (bf16*)logits, targets, V, Vp, dloss);
+  else
+    zpc_softmax_xent_kernel<false><<<N, ZPC_XENT_THREADS, 0, b->stream>>>(
+        losses, (bf16*)logits, targets, V, Vp, dloss);
+  ZPC_LAUNCHED(b, "softmax_xent");
+  return ZP_OK;
+}
+
+/* ---- tensor parallelism: vocab-parallel softmax + cross-entropy (zp_plugin.h) ----
+ * One block per row over this rank's slice [N, Vl] of bf16 logits (first nreal real); stats
+ * fp32 [3N] (max | sum of exp | target logit), combined across ranks by the caller between
+ * the phases. Block reductions run in a fixed order (deterministic). */
 __device__ float zpc_block_reduce(float v, bool is_max, float* sh) {
   for (int o = 16; o > 0; o >>= 1) {
     float w = __shfl_xor_sync(0xffffffffu, v, o);
@@ -128,92 +142,6 @@ __device__ float zpc_block_reduce(float v, bool is_max, float* sh) {
   return sh[0];
 }
 
-/* the register-cached variant: thread t owns chunks t, t + 512, ... (at most ZPC_XENT_REGS) */
-__global__ void __launch_bounds__(ZPC_XENT_THREADS)
-zpc_softmax_xent_reg_kernel(float* losses, bf16* logits, const int32_t* targets, int V, int Vp,
-                            float dloss) {
-  __shared__ float sh[ZPC_XENT_THREADS / 32];
-  __shared__ float sh_final[2];
-  const size_t row = blockIdx.x;
-  uint4* x = (uint4*)(logits + row * (size_t)Vp);
-  const int tgt = targets[row];
-  const bool ignore = tgt < 0 || tgt >= V;
-  const int n8 = Vp / 8;
-  uint4 c[ZPC_XENT_REGS];
-  float m = -INFINITY;
-#pragma unroll
-  for (int r = 0; r < ZPC_XENT_REGS; r++) {
-    const int i = threadIdx.x + r * ZPC_XENT_THREADS;
-    if (i < n8) {
-      c[r] = x[i];
-      const bf16* e = (const bf16*)&c[r];
-#pragma unroll
-      for (int k = 0; k < 8; k++)
-        if (i * 8 + k < V) m = fmaxf(m, bf2f(e[k]));
-    }
-  }
-  const float M = zpc_block_reduce(m, true, sh); /* every row has V >= 1 real logit */
-  float s = 0.0f;
-#pragma unroll
-  for (int r = 0; r < ZPC_XENT_REGS; r++) {
-    const int i = threadIdx.x + r * ZPC_XENT_THREADS;
-    if (i < n8) {
-      const bf16* e = (const bf16*)&c[r];
-#pragma unroll
-      for (int k = 0; k < 8; k++)
-        if (i * 8 + k < V) s += expf(bf2f(e[k]) - M);
-    }
-  }
-  const float S = zpc_block_reduce(s, false, sh);
-  if (threadIdx.x == 0) {
-    const float xt = ignore ? 0.0f : bf2f(logits[row * (size_t)Vp + tgt]);
-    losses[row] = ignore ? 0.0f : (logf(S) + M) - xt;
-    sh_final[1] = 1.0f / S;
-  }
-  __syncthreads(); /* the target logit has been read: writes may start */
-  if (dloss == 0.0f) return;
-  const float inv = sh_final[1];
-#pragma unroll
-  for (int r = 0; r < ZPC_XENT_REGS; r++) {
-    const int i = threadIdx.x + r * ZPC_XENT_THREADS;
-    if (i < n8) {
-      const bf16* e = (const bf16*)&c[r];
-      uint4 w;
-      bf16* o = (bf16*)&w;
-#pragma unroll
-      for (int k = 0; k < 8; k++) {
-        const int j = i * 8 + k;
-        float g = 0.0f;
-        if (!ignore && j < V) g = dloss * (expf(bf2f(e[k]) - M) * inv - (j == tgt ? 1.0f : 0.0f));
-        o[k] = f2bf(g);
-      }
-      x[i] = w;
-    }
-  }
-}
-
-int zpc_softmax_xent(zp_backend* b, float* losses, void* logits, const int32_t* targets, int N,
-                     int V, int Vp, float dloss) {
-  if (N <= 0 || V <= 0 || Vp < V || !losses || !targets)
-    return ZPC_INVALID(b, "cuda backend: softmax_xent: bad arguments N=%d V=%d Vp=%d", N, V, Vp);
-  bool vec = (Vp % 8) == 0 && ((uintptr_t)logits & 15) == 0;
-  if (vec && b->xent_reg && Vp / 8 <= ZPC_XENT_THREADS * ZPC_XENT_REGS)
-    zpc_softmax_xent_reg_kernel<<<N, ZPC_XENT_THREADS, 0, b->stream>>>(
-        losses, (bf16*)logits, targets, V, Vp, dloss);
-  else if (vec)
-    zpc_softmax_xent_kernel<true><<<N, ZPC_XENT_THREADS, 0, b->stream>>>(
-        losses, (bf16*)logits, targets, V, Vp, dloss);
-  else
-    zpc_softmax_xent_kernel<false><<<N, ZPC_XENT_THREADS, 0, b->stream>>>(
-        losses, (bf16*)logits, targets, V, Vp, dloss);
-  ZPC_LAUNCHED(b, "softmax_xent");
-  return ZP_OK;
-}
-
-/* ---- tensor parallelism: vocab-parallel softmax + cross-entropy (zp_plugin.h) ----
- * One block per row over this rank's slice [N, Vl] of bf16 logits (first nreal real); stats
- * fp32 [3N] (max | sum of exp | target logit), combined across ranks by the caller between
- * the phases. Block reductions run in a fixed order (deterministic). */
 __global__ void __launch_bounds__(ZPC_XENT_THREADS)
 zpc_xent_vp_kernel(int phase, float* losses, bf16* logits, float* st, const int32_t* targets,
                    int N, int Vl, int nreal, int v0, float dloss) {

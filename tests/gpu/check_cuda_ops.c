@@ -1960,8 +1960,8 @@ int main(int argc, char** argv) {
   setenv("ZP_CUDA_FUSE_GELU", "1", 0);
   printf("# ZP_CUDA_LN=%s ZP_CUDA_FUSE_GELU=%s ZP_CUDA_FA2_FWD=%s ZP_CUDA_FA2_BWD=%s\n",
          getenv("ZP_CUDA_LN"), getenv("ZP_CUDA_FUSE_GELU"),
-         getenv("ZP_CUDA_FA2_FWD") ? getenv("ZP_CUDA_FA2_FWD") : "(unset: base)",
-         getenv("ZP_CUDA_FA2_BWD") ? getenv("ZP_CUDA_FA2_BWD") : "(unset: base)");
+         getenv("ZP_CUDA_FA2_FWD") ? getenv("ZP_CUDA_FA2_FWD") : "(unset: default)",
+         getenv("ZP_CUDA_FA2_BWD") ? getenv("ZP_CUDA_FA2_BWD") : "(unset: default)");
   gb = make_cuda(NULL, "naive", NULL, 1);
   gfb = make_cuda(NULL, "fa2", NULL, 0);
   gwb = make_cuda(NULL, "flash", NULL, 0);
