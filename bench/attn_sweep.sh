@@ -8,7 +8,7 @@
 # Run (repo root):  bash bench/attn_sweep.sh
 # Env: ZP_BUILD (build dir holding check_cuda_ops and plugins/zp_cuda.so; default
 #   build-gpu-check), OUT (logs: attn_sweep_<fwd>_<bwd>.log and attn_sweep.txt; default
-#   /tmp/zp-out), FWDS (default "base fast w8"), BWDS (default "base kv2").
+#   /tmp/zp-out), FWDS (default "fast w8"), BWDS (default "base kv2").
 # Columns: pass / fail counts of the run (all attention checks of all three kernels: naive,
 #   flash, fa2), then the fa2 TFLOP/s (causal FLOPs; bwd counted as 2.5x fwd) at the last two
 #   shapes of check_cuda_ops.c that print timings: GPT-2 124M (B8 T1024 C768 NH12), then GPT-2
@@ -18,7 +18,7 @@ SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BUILD=${ZP_BUILD:-$SRC/build-gpu-check}
 case $BUILD in /*) ;; *) BUILD=$PWD/$BUILD ;; esac
 OUT=${OUT:-/tmp/zp-out}
-FWDS=${FWDS:-base fast w8}
+FWDS=${FWDS:-fast w8}
 BWDS=${BWDS:-base kv2}
 CHECK=$BUILD/check_cuda_ops
 PLUGIN=$BUILD/plugins/zp_cuda.so

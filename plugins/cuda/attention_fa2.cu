@@ -6,12 +6,13 @@
  * [B, T, 3C] (q | k | v, head h at columns h*HS..), out [B, T, C], aux = logsumexp
  * L[b,h,t] = log sum_{j<=t} exp(s_tj) (natural log, s = q.k / sqrt(HS)) as fp32 [B, NH, T].
  *
- * Forward (grid: query tiles of 16*MW*4 rows x heads; 4 warps, warp w owns MW m16 row tiles,
- * and every K / V fragment read from shared memory feeds all MW of them):
- * one pass over 64-key tiles j in increasing order with the online softmax held in registers
- * (row max and partial sums in the log2 domain); S and P never leave registers: the S
- * accumulator fragments of two adjacent n8 tiles are exactly the A fragment of the P.V product.
- * K/V tiles are double-buffered through cp.async (zero-filled past T).
+ * Forward (zpc_fa2_fwdv_kernel; grid (heads, query tiles of 16*MW*NW rows), the heavy late
+ * tiles of all heads first; NW warps, warp w owns MW m16 row tiles, and every K / V fragment
+ * read from shared memory feeds all MW of them): one pass over 64-key tiles in increasing
+ * order with the online softmax in registers: the running max is kept in raw score units and
+ * p = ex2.approx.ftz(fma(s, scale_log2, -max * scale_log2)); S and P never leave registers (the
+ * S accumulator fragments of two adjacent n8 tiles are exactly the A fragment of the P.V
+ * product); K/V tiles are double-buffered through cp.async (zero-filled past T).
  * Backward, deterministic (no atomics; every output element written once by one thread):
  *   D[t] = sum_d dO[t,d] O[t,d]                                   (prep kernel)
  *   kv kernel, per 64-key tile (warp w: keys 16w..16w+15), over query tiles i >= j:
@@ -21,23 +22,22 @@
  *     S = Q K^T, P, dP = dO V^T, dS, dQ += dS K
  *   (P and dS are recomputed in both kernels: 7 tile products instead of 5, the price of no
  *   atomics.)
- * Variants (chosen at backend creation: ZP_CUDA_FA2_FWD, ZP_CUDA_FA2_BWD; base = the kernels
- * above; the defaults are fast and kv2, the fastest in the H100 sweep (docs/perf.md); any fwd
- * variant mixes with any bwd variant, all write and read the same aux; all deterministic,
- * every output element written once):
- *   fwd fast: zpc_fa2_fwdv_kernel with the base tiling (4 warps x MW m16 tiles), a shorter
- *     softmax (running max in raw score units, p = ex2.approx.ftz(fma(s, scale_log2, -m'))
- *     instead of a scale, a subtract and exp2f's denormal fix-up per score) and a grid of
- *     (heads, query tiles) so that the heavy (late) tiles of all heads are issued first.
- *   fwd w8: the same kernel with 8 warps x 1 m16 tile (128 query rows per block, 256
- *     threads, <= 128 registers at HS <= 64: 2 blocks = 16 warps per SM instead of 8).
+ * Variants (chosen at backend creation: ZP_CUDA_FA2_FWD, ZP_CUDA_FA2_BWD; defaults fast and
+ * kv2, the fastest in the H100 sweep of docs/perf.md; any fwd variant mixes with any bwd
+ * variant, all write and read the same aux; all deterministic, every output element written
+ * once):
+ *   fwd fast: NW = 4 warps x MW (2 at HS <= 64, 1 at 128) m16 tiles. (It replaced the first
+ *     fa2 forward, which scaled, subtracted and called exp2f per score: 144 -> 192 TFLOP/s.)
+ *   fwd w8: NW = 8 warps x 1 m16 tile (128 query rows per block, 256 threads, <= 128 registers
+ *     at HS <= 64: 2 blocks = 16 warps per SM instead of 8); 184 TFLOP/s on the H100.
+ *   bwd base: the kv and q kernels above.
  *   bwd kv2 (HS 32 / 64; base at 128): zpc_fa2_bwd_kv2_kernel, 128 keys per block (warp w: two
  *     m16 key tiles, keys 32w..32w+31) over 32-query tiles, so each Q / dO fragment read from
  *     shared memory feeds two key tiles; then the base q kernel with V2 = true (grid (heads,
  *     tiles), heavy first, ex2.approx.ftz).
  * Needs: HS in {32, 64, 128}; every pointer 16-byte aligned and C % 8 == 0 (zpc_fa2_usable);
  * otherwise the caller uses attention_flash.cu, whose aux has the same meaning.
- * Invariants: 128 threads; fragment layouts are those of mma.m16n8k16 (row.col) and ldmatrix,
+ * Invariants: 128 threads (256 for w8); fragment layouts are those of mma.m16n8k16 (row.col) and ldmatrix,
  * with lane = 4g + t: C/D regs {0,1} at (row g, cols 2t, 2t+1), {2,3} at row g + 8. Shared
  * tiles have rows of HS + 8 bf16 (a 16-byte pad: ldmatrix rows fall in distinct banks).
  * Masking: key > query gives P = 0; key tiles start at 0, so every row's running max is finite
@@ -209,173 +209,6 @@ __device__ __forceinline__ void f2_store(bf16* base, size_t stride, int row0, in
 #pragma unroll
     for (int nt = 0; nt < HS / 8; nt++)
       *(uint32_t*)(dst + nt * 8) = f2_pack(acc[nt][2 * h] * mul, acc[nt][2 * h + 1] * mul);
-  }
-}
-
-/* ---------------------------------------------------------------- forward */
-
-template <int HS, int MW> struct F2Fwd {
-  static constexpr int LD = HS + 8;
-  static constexpr int BR = 16 * MW * 4;
-  static constexpr size_t q = (size_t)BR * LD * 2;
-  static constexpr size_t kv = (size_t)F2_BC * LD * 2;
-  static constexpr size_t bytes = q + 4 * kv; /* Q, then (K, V) x 2 buffers */
-};
-
-template <int HS, int MW>
-__global__ void __launch_bounds__(F2_THREADS)
-zpc_fa2_fwd_kernel(bf16* out, float* lse_out, const bf16* qkv, int T, int NH, float scale_log2) {
-  typedef F2Fwd<HS, MW> L;
-  constexpr int LD = L::LD, BR = L::BR;
-  extern __shared__ __align__(128) unsigned char f2_sm[];
-  bf16* Qs = (bf16*)f2_sm;
-  bf16* Ks0 = (bf16*)(f2_sm + L::q);
-
-  const int C = NH * HS;
-  const int nq = (T + BR - 1) / BR;
-  const int qt = nq - 1 - (int)blockIdx.x; /* heavy (late) tiles first */
-  const F2Head hd = f2_head(qkv, T, NH, HS);
-  const int bh = hd.bh, bb = hd.bb, h = hd.h;
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t4 = lane & 3;
-  const int q0 = qt * BR;
-  const int nk = (min(q0 + BR, T) + F2_BC - 1) / F2_BC; /* key tiles 0..nk-1 */
-
-  f2_load<HS, BR>(Qs, hd.q, hd.stride, q0, T); /* committed with K0 / V0 */
-  f2_load2<HS>(Ks0, hd.k, hd.stride, hd.v, hd.stride, 0, T);
-
-  float o[MW][HS / 8][4];
-  float mrow[MW][2], lrow[MW][2];
-  uint32_t qf[MW][HS / 16][4];
-#pragma unroll
-  for (int mi = 0; mi < MW; mi++) {
-    mrow[mi][0] = mrow[mi][1] = -INFINITY;
-    lrow[mi][0] = lrow[mi][1] = 0.0f;
-#pragma unroll
-    for (int nt = 0; nt < HS / 8; nt++) o[mi][nt][0] = o[mi][nt][1] = o[mi][nt][2] = o[mi][nt][3] = 0.0f;
-  }
-
-  for (int j = 0; j < nk; j++) {
-    if (j + 1 < nk) {
-      f2_load2<HS>(Ks0 + ((j + 1) & 1) * 2 * F2_BC * LD, hd.k, hd.stride, hd.v, hd.stride,
-                   (j + 1) * F2_BC, T);
-      f2_wait<1>();
-    } else {
-      f2_wait<0>();
-    }
-    __syncthreads();
-    const bf16* Ks = Ks0 + (j & 1) * 2 * F2_BC * LD;
-    const bf16* Vs = Ks + F2_BC * LD;
-    if (j == 0) {
-#pragma unroll
-      for (int mi = 0; mi < MW; mi++)
-#pragma unroll
-        for (int kk = 0; kk < HS / 16; kk++)
-          f2_ldm4(qf[mi][kk], f2_at_a<LD>(Qs, (warp * MW + mi) * 16, kk * 16, lane));
-    }
-    const int k0 = j * F2_BC;
-    /* warp-uniform: a key tile entirely above this warp's rows adds nothing */
-    if (k0 <= q0 + (warp + 1) * MW * 16 - 1) {
-      /* S for all MW row tiles: each K fragment read from shared memory feeds MW products */
-      float s[MW][8][4];
-#pragma unroll
-      for (int mi = 0; mi < MW; mi++)
-#pragma unroll
-        for (int nt = 0; nt < 8; nt++) s[mi][nt][0] = s[mi][nt][1] = s[mi][nt][2] = s[mi][nt][3] = 0.0f;
-#pragma unroll
-      for (int kk = 0; kk < HS / 16; kk++)
-#pragma unroll
-        for (int np = 0; np < 4; np++) {
-          uint32_t b[4];
-          f2_ldm4(b, f2_at_bn<LD>(Ks, np * 16, kk * 16, lane));
-#pragma unroll
-          for (int mi = 0; mi < MW; mi++) {
-            f2_mma(s[mi][2 * np], qf[mi][kk], b[0], b[1]);
-            f2_mma(s[mi][2 * np + 1], qf[mi][kk], b[2], b[3]);
-          }
-        }
-      /* online softmax per row tile (a fully masked row keeps its finite running max: tile 0
-       * always holds key 0, so p = exp2(-inf - m) = 0 there) */
-#pragma unroll
-      for (int mi = 0; mi < MW; mi++) {
-        const int r0 = q0 + (warp * MW + mi) * 16; /* first query row of this m tile */
-        const bool diag = k0 + F2_BC - 1 > r0;
-        float mx[2] = {-INFINITY, -INFINITY};
-#pragma unroll
-        for (int nt = 0; nt < 8; nt++)
-#pragma unroll
-          for (int e = 0; e < 4; e++) {
-            float x = s[mi][nt][e] * scale_log2;
-            if (diag && k0 + nt * 8 + 2 * t4 + (e & 1) > r0 + g + 8 * (e >> 1)) x = -INFINITY;
-            s[mi][nt][e] = x;
-            mx[e >> 1] = fmaxf(mx[e >> 1], x);
-          }
-        float alpha[2];
-#pragma unroll
-        for (int hh = 0; hh < 2; hh++) {
-          mx[hh] = fmaxf(mx[hh], __shfl_xor_sync(0xffffffffu, mx[hh], 1));
-          mx[hh] = fmaxf(mx[hh], __shfl_xor_sync(0xffffffffu, mx[hh], 2));
-          const float mn = fmaxf(mrow[mi][hh], mx[hh]);
-          alpha[hh] = exp2f(mrow[mi][hh] - mn);
-          mrow[mi][hh] = mn;
-          lrow[mi][hh] *= alpha[hh];
-        }
-#pragma unroll
-        for (int nt = 0; nt < 8; nt++)
-#pragma unroll
-          for (int e = 0; e < 4; e++) {
-            const float p = exp2f(s[mi][nt][e] - mrow[mi][e >> 1]);
-            s[mi][nt][e] = p;
-            lrow[mi][e >> 1] += p;
-          }
-#pragma unroll
-        for (int nt = 0; nt < HS / 8; nt++) {
-          o[mi][nt][0] *= alpha[0];
-          o[mi][nt][1] *= alpha[0];
-          o[mi][nt][2] *= alpha[1];
-          o[mi][nt][3] *= alpha[1];
-        }
-      }
-      /* O += P V: each V fragment feeds MW products */
-#pragma unroll
-      for (int kk = 0; kk < 4; kk++) {
-        uint32_t a[MW][4];
-#pragma unroll
-        for (int mi = 0; mi < MW; mi++) {
-          a[mi][0] = f2_pack(s[mi][2 * kk][0], s[mi][2 * kk][1]);
-          a[mi][1] = f2_pack(s[mi][2 * kk][2], s[mi][2 * kk][3]);
-          a[mi][2] = f2_pack(s[mi][2 * kk + 1][0], s[mi][2 * kk + 1][1]);
-          a[mi][3] = f2_pack(s[mi][2 * kk + 1][2], s[mi][2 * kk + 1][3]);
-        }
-#pragma unroll
-        for (int dp = 0; dp < HS / 16; dp++) {
-          uint32_t b[4];
-          f2_ldm4t(b, f2_at_a<LD>(Vs, kk * 16, dp * 16, lane));
-#pragma unroll
-          for (int mi = 0; mi < MW; mi++) {
-            f2_mma(o[mi][2 * dp], a[mi], b[0], b[1]);
-            f2_mma(o[mi][2 * dp + 1], a[mi], b[2], b[3]);
-          }
-        }
-      }
-    }
-    __syncthreads(); /* every warp is done with buffer j & 1 before it is refilled */
-  }
-
-  bf16* obase = out + (size_t)bb * T * C + h * HS;
-#pragma unroll
-  for (int mi = 0; mi < MW; mi++) {
-    const int r0 = q0 + (warp * MW + mi) * 16;
-    float inv[2];
-#pragma unroll
-    for (int hh = 0; hh < 2; hh++) {
-      float l = lrow[mi][hh];
-      l += __shfl_xor_sync(0xffffffffu, l, 1);
-      l += __shfl_xor_sync(0xffffffffu, l, 2);
-      inv[hh] = 1.0f / l;
-      const int row = r0 + g + 8 * hh;
-      if (t4 == 0 && row < T) lse_out[(size_t)bh * T + row] = (mrow[mi][hh] + log2f(l)) * F2_LN2;
-    }
-    f2_store<HS>(obase, C, r0, T, o[mi], inv[0], inv[1], lane);
   }
 }
 
@@ -607,11 +440,8 @@ template <int HS, int MW, int NW> struct F2FwdV {
   static constexpr size_t bytes = q + 4 * kv; /* Q, then (K, V) x 2 buffers */
 };
 
-/* Forward variants fast (NW = 4, MW as base) and w8 (NW = 8 warps, MW = 1): the base kernel's
- * tiling with NW warps, grid (heads, query tiles) so the heavy tiles of all heads go first,
- * and a shorter softmax: the running max is kept in raw score units and
- * p = ex2.approx.ftz(fma(s, scale_log2, -max * scale_log2)) (2 instructions per score instead
- * of ~6), masking only on tiles that cross the diagonal. */
+/* The forward (fast: NW = 4; w8: NW = 8, MW = 1); see the header. Masking only on tiles that
+ * cross the diagonal. */
 template <int HS, int MW, int NW>
 __global__ void __launch_bounds__(NW * 32, (NW == 8 && HS <= 64) ? 2 : 1)
 zpc_fa2_fwdv_kernel(bf16* out, float* lse_out, const bf16* qkv, int T, int NH, float scale_log2) {
@@ -964,16 +794,16 @@ int zpc_fa2_usable(int C, int NH, const void* p0, const void* p1, const void* p2
   return ((uintptr_t)p0 | (uintptr_t)p1 | (uintptr_t)p2 | (uintptr_t)p3) % 16 == 0;
 }
 
-template <int HS, int MW>
-static int f2_fwd(zp_backend* b, void* out, void* aux, const void* qkv, int B, int T, int NH) {
-  const size_t smem = F2Fwd<HS, MW>::bytes;
-  ZPC_CUDA(b, cudaFuncSetAttribute(zpc_fa2_fwd_kernel<HS, MW>,
-                                   cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-  constexpr int BR = F2Fwd<HS, MW>::BR;
-  dim3 grid((T + BR - 1) / BR, B * NH);
-  zpc_fa2_fwd_kernel<HS, MW><<<grid, F2_THREADS, smem, b->stream>>>(
-      (bf16*)out, (float*)aux, (const bf16*)qkv, T, NH, F2_LOG2E / sqrtf((float)HS));
-  ZPC_LAUNCHED(b, "fa2_fwd");
+/* D = rowsum(dO * O) into scratch (both backward variants start with it) */
+template <int HS>
+static int f2_bwd_prep(zp_backend* b, void** Dv, const void* dout, const void* out, int B, int T,
+                       int NH) {
+  int rc = zpc_scratch(b, (size_t)B * NH * T * sizeof(float), Dv);
+  if (rc) return rc;
+  const size_t threads = (size_t)B * T * NH * (HS / 8);
+  zpc_fa2_bwd_prep_kernel<HS><<<(unsigned)((threads + 255) / 256), 256, 0, b->stream>>>(
+      (float*)*Dv, (const bf16*)dout, (const bf16*)out, B, T, NH);
+  ZPC_LAUNCHED(b, "fa2_bwd_prep");
   return ZP_OK;
 }
 
@@ -981,12 +811,8 @@ template <int HS>
 static int f2_bwd(zp_backend* b, void* dqkv, const void* dout, const void* qkv, const void* out,
                   const void* aux, int B, int T, int NH) {
   void* Dv = NULL;
-  int rc = zpc_scratch(b, (size_t)B * NH * T * sizeof(float), &Dv);
+  int rc = f2_bwd_prep<HS>(b, &Dv, dout, out, B, T, NH);
   if (rc) return rc;
-  const size_t threads = (size_t)B * T * NH * (HS / 8);
-  zpc_fa2_bwd_prep_kernel<HS><<<(unsigned)((threads + 255) / 256), 256, 0, b->stream>>>(
-      (float*)Dv, (const bf16*)dout, (const bf16*)out, B, T, NH);
-  ZPC_LAUNCHED(b, "fa2_bwd_prep");
   const size_t smem = F2Bwd<HS>::bytes;
   ZPC_CUDA(b, cudaFuncSetAttribute(zpc_fa2_bwd_kv_kernel<HS>,
                                    cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
@@ -1023,12 +849,8 @@ template <int HS>
 static int f2_bwd_kv2(zp_backend* b, void* dqkv, const void* dout, const void* qkv,
                       const void* out, const void* aux, int B, int T, int NH) {
   void* Dv = NULL;
-  int rc = zpc_scratch(b, (size_t)B * NH * T * sizeof(float), &Dv);
+  int rc = f2_bwd_prep<HS>(b, &Dv, dout, out, B, T, NH);
   if (rc) return rc;
-  const size_t threads = (size_t)B * T * NH * (HS / 8);
-  zpc_fa2_bwd_prep_kernel<HS><<<(unsigned)((threads + 255) / 256), 256, 0, b->stream>>>(
-      (float*)Dv, (const bf16*)dout, (const bf16*)out, B, T, NH);
-  ZPC_LAUNCHED(b, "fa2_bwd_prep");
   const size_t smem_kv = F2BwdKV2<HS>::bytes, smem_q = F2Bwd<HS>::bytes;
   ZPC_CUDA(b, cudaFuncSetAttribute(zpc_fa2_bwd_kv2_kernel<HS>,
                                    cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem_kv));
@@ -1053,20 +875,15 @@ int zpc_fa2_fwd(zp_backend* b, void* out, void* aux, const void* qkv, int B, int
   if (B <= 0 || T <= 0 || !zpc_fa2_usable(C, NH, out, aux, qkv, qkv))
     return ZPC_INVALID(b, "cuda backend: fa2 attention: unsupported shape or alignment B=%d "
                           "T=%d C=%d NH=%d", B, T, C, NH);
-  if (b->fa2_fwd == 1) switch (C / NH) { /* fast: base tiling */
-      case 32: return f2_fwdv<32, 2, 4>(b, out, aux, qkv, B, T, NH);
-      case 64: return f2_fwdv<64, 2, 4>(b, out, aux, qkv, B, T, NH);
-      default: return f2_fwdv<128, 1, 4>(b, out, aux, qkv, B, T, NH);
-    }
-  if (b->fa2_fwd == 2) switch (C / NH) { /* w8: 8 warps x 16 rows */
+  if (b->fa2_fwd == 1) switch (C / NH) { /* w8: 8 warps x 16 rows */
       case 32: return f2_fwdv<32, 1, 8>(b, out, aux, qkv, B, T, NH);
       case 64: return f2_fwdv<64, 1, 8>(b, out, aux, qkv, B, T, NH);
       default: return f2_fwdv<128, 1, 8>(b, out, aux, qkv, B, T, NH);
     }
-  switch (C / NH) {
-    case 32: return f2_fwd<32, 2>(b, out, aux, qkv, B, T, NH);
-    case 64: return f2_fwd<64, 2>(b, out, aux, qkv, B, T, NH);
-    default: return f2_fwd<128, 1>(b, out, aux, qkv, B, T, NH);
+  switch (C / NH) { /* fast: 4 warps x MW m16 tiles */
+    case 32: return f2_fwdv<32, 2, 4>(b, out, aux, qkv, B, T, NH);
+    case 64: return f2_fwdv<64, 2, 4>(b, out, aux, qkv, B, T, NH);
+    default: return f2_fwdv<128, 1, 4>(b, out, aux, qkv, B, T, NH);
   }
 }
 

@@ -19,7 +19,7 @@
  *   answer; 1: the first use of a shape times up to 8 heuristic answers and keeps the fastest
  *   (matmul_cublaslt.cu); 2: as 1 and prints one line per tuned shape to stderr. Opt-in
  *   because the choice depends on timings, so it may differ between processes.
- *   ZP_CUDA_FA2_FWD = base | fast | w8, ZP_CUDA_FA2_BWD = base | kv2: kernel variants of the
+ *   ZP_CUDA_FA2_FWD = fast | w8, ZP_CUDA_FA2_BWD = kv2 | base: kernel variants of the
  *   fa2 attention (attention_fa2.cu's header says what each does); defaults fast and kv2 (the
  *   fastest in the H100 sweep of docs/perf.md). Any mix is valid: all share one aux.
  * - Memory is plain cudaMalloc/cudaFree (never managed). Copies run on the compute stream;
@@ -36,7 +36,7 @@
 #define ZPC_DEFAULT_FUSE_GELU 1 /* GELU in the cuBLASLt epilogues */
 #define ZPC_DEFAULT_LN_FAST 1   /* vectorized layernorm */
 #define ZPC_DEFAULT_FUSE_RES 1  /* the residual as the GEMM's C (measured: docs/perf.md) */
-#define ZPC_DEFAULT_FA2_FWD 1   /* fast (measured: docs/perf.md) */
+#define ZPC_DEFAULT_FA2_FWD 0   /* fast (measured: docs/perf.md) */
 #define ZPC_DEFAULT_FA2_BWD 1   /* kv2 (measured: docs/perf.md) */
 
 #include <stdarg.h>
@@ -127,7 +127,7 @@ struct zpc_switch {
 };
 static const struct zpc_switch zpc_switches[] = {
     {"ZP_CUDA_ATTN", offsetof(zp_backend, attn_flash), ZPC_DEFAULT_ATTN, {"naive", "flash", "fa2"}},
-    {"ZP_CUDA_FA2_FWD", offsetof(zp_backend, fa2_fwd), ZPC_DEFAULT_FA2_FWD, {"base", "fast", "w8"}},
+    {"ZP_CUDA_FA2_FWD", offsetof(zp_backend, fa2_fwd), ZPC_DEFAULT_FA2_FWD, {"fast", "w8"}},
     {"ZP_CUDA_FA2_BWD", offsetof(zp_backend, fa2_bwd), ZPC_DEFAULT_FA2_BWD, {"base", "kv2"}},
     {"ZP_CUDA_FUSE_GELU", offsetof(zp_backend, fuse_gelu), ZPC_DEFAULT_FUSE_GELU, {"0", "1"}},
     {"ZP_CUDA_FUSE_RES", offsetof(zp_backend, fuse_res), ZPC_DEFAULT_FUSE_RES, {"0", "1"}},
