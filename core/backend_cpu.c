@@ -23,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "adamw_cpu.h"
@@ -34,6 +35,8 @@ struct zp_backend {
   int has_set_error;
   zp_dtype ct;
   char name[128];
+  double* marks; /* timer slots: host clock in ms (ops are synchronous here), grown on use */
+  int n_marks;
 };
 
 static int zp_cpu_cmp_u64(const void* a, const void* b) {
@@ -173,7 +176,39 @@ static int cpu_create(const zp_host* host, const zp_backend_config* cfg, zp_back
   return ZP_OK;
 }
 
-static void cpu_destroy(zp_backend* b) { free(b); }
+static void cpu_destroy(zp_backend* b) {
+  if (b) free(b->marks);
+  free(b);
+}
+
+/* ---- timers (1.3): the host clock; every op has finished when it returns ---- */
+static int cpu_timer_mark(zp_backend* b, int slot) {
+  ZP_NEED_B();
+  ZP_REQ(slot >= 0 && slot < ZP_TIMER_SLOTS, "cpu backend: timer_mark: slot %d outside 0..%d", slot, ZP_TIMER_SLOTS - 1);
+  if (slot >= b->n_marks) {
+    int n = b->n_marks ? b->n_marks : 256;
+    while (n <= slot) n *= 2;
+    if (n > ZP_TIMER_SLOTS) n = ZP_TIMER_SLOTS;
+    double* m = (double*)realloc(b->marks, (size_t)n * sizeof *m);
+    if (!m) return zp_cpu_fail(b, ZP_E_NOMEM, "cpu backend: timer_mark: out of memory for %d slots", n);
+    for (int i = b->n_marks; i < n; i++) m[i] = NAN;
+    b->marks = m;
+    b->n_marks = n;
+  }
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  b->marks[slot] = (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+  return ZP_OK;
+}
+
+static int cpu_timer_ms(zp_backend* b, int a, int c, double* ms) {
+  ZP_NEED_B();
+  ZP_REQ(ms, "cpu backend: timer_ms: ms is NULL");
+  ZP_REQ(a >= 0 && a < b->n_marks && c >= 0 && c < b->n_marks && !isnan(b->marks[a]) && !isnan(b->marks[c]),
+         "cpu backend: timer_ms: slot %d or %d was never marked", a, c);
+  *ms = b->marks[c] - b->marks[a];
+  return ZP_OK;
+}
 
 static int cpu_info(zp_backend* b, zp_backend_info* out) {
   ZP_NEED_B();
@@ -706,6 +741,8 @@ static const zp_backend_ops zp_cpu_ops = {
     .encoder_masked_fwd = cpu_encoder_masked_fwd,
     .encoder_masked_bwd = cpu_encoder_masked_bwd,
     .softmax_xent_vp = cpu_softmax_xent_vp,
+    .timer_mark = cpu_timer_mark,
+    .timer_ms = cpu_timer_ms,
 };
 
 const zp_backend_ops* zp_cpu_backend_ops(void) { return &zp_cpu_ops; }

@@ -1,8 +1,14 @@
 /* op_profile.c: where a training step's time goes, per backend op (train.profile_ops).
- * A wrapper table around the active backend's ops: every compute and copy op is timed as
- * (issue + synchronize) on the host clock, so ops issued back to back no longer overlap and
- * each op's time includes its launch; the sum is therefore an upper bound of the busy time and
- * the run is slower than without profiling (one synchronize per op). Ops are keyed by name
+ * A wrapper table around the active backend's ops, timing every compute and copy op in one of
+ * two ways:
+ * - device timestamps (backends with the ABI 1.3 timer ops, unless train.profile_sync): a
+ *   timestamp before and after each op, nothing synchronized, so the step runs as it would
+ *   unprofiled (plus two timestamps per op). After the step (the trainer synchronizes) the op
+ *   times are the device's, and the gap between one op's end and the next one's start is time
+ *   the device waited for the host ("idle before" that op: launches, host work, syncs).
+ * - issue + synchronize on the host clock (no timers, or train.profile_sync): ops issued back
+ *   to back no longer overlap and each op's time includes its launch; the sum is an upper bound
+ *   of the busy time and the run is slower than unprofiled (one synchronize per op). Ops are keyed by name
  * and shape (matmuls by IC x OC, which tells qkv / attproj / fc / fcproj / classifier apart), with
  * FLOPs for matmul and attention so the table shows achieved TFLOP/s against the peak.
  * Only ops issued while enabled count (the trainer enables it around each step, so validation
@@ -24,13 +30,23 @@ typedef struct {
   long long calls;
   double ms;
   double flops;
+  double idle_ms; /* device timestamps: the device's wait before this op started */
 } op_stat;
+
+#define MAX_REC (ZP_TIMER_SLOTS / 2) /* ops per step with timestamps (slots 2i, 2i + 1) */
 
 static const zp_backend_ops* g_real;
 static zp_backend_ops g_wrap;
 static op_stat g_stats[MAX_KEYS];
 static int g_n;
 static int g_on;
+static int g_dev;              /* 1: device timestamps */
+static zp_backend* g_b;        /* the backend the ops run on (device mode) */
+static int g_rec[MAX_REC];     /* this step's ops, in issue order: their g_stats index */
+static int g_nrec;
+static long long g_untimed;    /* ops beyond MAX_REC in a step: counted, not timed */
+static double g_busy, g_idle;  /* device timestamps, summed over flushed steps */
+static int g_err;              /* a timer op failed: the device-mode times are incomplete */
 
 static double now_ms(void) {
   struct timespec ts;
@@ -38,8 +54,8 @@ static double now_ms(void) {
   return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
 }
 
-static void add(const char* name, double ms, double flops) {
-  if (!g_on) return;
+static int add(const char* name, double ms, double flops) {
+  if (!g_on) return -1;
   int i = 0;
   for (; i < g_n; i++)
     if (strcmp(g_stats[i].name, name) == 0) break;
@@ -50,16 +66,38 @@ static void add(const char* name, double ms, double flops) {
   g_stats[i].calls++;
   g_stats[i].ms += ms;
   g_stats[i].flops += flops;
+  return i;
 }
 
-/* time one op: issue, then wait for it */
-#define TIMED(b, name, flops, call)                   \
-  do {                                                \
-    double t0_ = now_ms();                            \
-    int rc_ = (call);                                 \
-    if (!rc_) rc_ = g_real->synchronize(b);           \
-    add((name), now_ms() - t0_, (flops));             \
-    return rc_;                                       \
+/* device mode: timestamps around the op, its stat recorded for the flush */
+static int timed_dev(zp_backend* b, const char* name, double flops, int slot_ok) {
+  g_b = b;
+  int k = add(name, 0.0, flops);
+  if (k < 0) return 0;
+  if (!slot_ok) {
+    g_untimed++;
+    return 0;
+  }
+  g_rec[g_nrec] = k;
+  return 1;
+}
+
+/* time one op: device timestamps before and after, or issue and wait for it */
+#define TIMED(b, name, flops, call)                                                   \
+  do {                                                                              \
+    if (g_dev) {                                                                    \
+      int rec_ = g_on && timed_dev((b), (name), (flops), g_nrec < MAX_REC);         \
+      if (rec_ && g_real->timer_mark(b, 2 * g_nrec)) g_err = 1;                     \
+      int rc_ = (call);                                                             \
+      if (rec_ && g_real->timer_mark(b, 2 * g_nrec + 1)) g_err = 1;                 \
+      if (rec_) g_nrec++;                                                           \
+      return rc_;                                                                   \
+    }                                                                               \
+    double t0_ = now_ms();                                                          \
+    int rc_ = (call);                                                               \
+    if (!rc_) rc_ = g_real->synchronize(b);                                         \
+    add((name), now_ms() - t0_, (flops));                                           \
+    return rc_;                                                                     \
   } while (0)
 
 static int w_copy_h2d(zp_backend* b, void* d, const void* s, size_t n) { TIMED(b, "copy_h2d", 0, g_real->copy_h2d(b, d, s, n)); }
@@ -142,8 +180,9 @@ static int w_adamw(zp_backend* b, void* param, zp_dtype pdt, float* master, cons
 static int w_sumsq(zp_backend* b, double* out, const void* x, zp_dtype dt, size_t n) { TIMED(b, "sumsq", 0, g_real->sumsq(b, out, x, dt, n)); }
 static int w_scale(zp_backend* b, void* x, zp_dtype dt, size_t n, float s) { TIMED(b, "scale", 0, g_real->scale(b, x, dt, n, s)); }
 
-const zp_backend_ops* zp_op_profile_wrap(const zp_backend_ops* real) {
+const zp_backend_ops* zp_op_profile_wrap(const zp_backend_ops* real, int sync) {
   g_real = real;
+  g_dev = !sync && ZP_TABLE_HAS(real, timer_mark) && ZP_TABLE_HAS(real, timer_ms);
   memset(&g_wrap, 0, sizeof g_wrap);
   memcpy(&g_wrap, real, real->struct_size < sizeof g_wrap ? real->struct_size : sizeof g_wrap);
   g_wrap.struct_size = sizeof g_wrap;
@@ -160,9 +199,39 @@ const zp_backend_ops* zp_op_profile_wrap(const zp_backend_ops* real) {
   return &g_wrap;
 }
 
-void zp_op_profile_enable(int on) { g_on = on; }
+/* device mode: read this step's timestamps (the device has finished: synchronize first) */
+static void flush(void) {
+  if (!g_dev || !g_b || g_nrec == 0) return;
+  if (g_real->synchronize(g_b)) g_err = 1;
+  for (int i = 0; i < g_nrec && !g_err; i++) {
+    double ms = 0, gap = 0;
+    if (g_real->timer_ms(g_b, 2 * i, 2 * i + 1, &ms) ||
+        (i > 0 && g_real->timer_ms(g_b, 2 * i - 1, 2 * i, &gap))) {
+      g_err = 1;
+      break;
+    }
+    if (gap < 0) gap = 0;
+    g_stats[g_rec[i]].ms += ms;
+    g_stats[g_rec[i]].idle_ms += gap;
+    g_busy += ms;
+    g_idle += gap;
+  }
+  g_nrec = 0;
+}
 
-void zp_op_profile_reset(void) { g_n = 0; memset(g_stats, 0, sizeof g_stats); }
+void zp_op_profile_enable(int on) {
+  if (!on && g_on) flush();
+  g_on = on;
+}
+
+void zp_op_profile_reset(void) {
+  g_n = 0;
+  memset(g_stats, 0, sizeof g_stats);
+  g_nrec = 0;
+  g_untimed = 0;
+  g_busy = g_idle = 0;
+  g_err = 0;
+}
 
 static int by_ms(const void* a, const void* b) {
   double x = ((const op_stat*)a)->ms, y = ((const op_stat*)b)->ms;
@@ -176,18 +245,33 @@ void zp_op_profile_print(FILE* f, int steps, double step_ms, double peak_flops) 
   qsort(s, (size_t)g_n, sizeof s[0], by_ms);
   double tot = 0;
   for (int i = 0; i < g_n; i++) tot += s[i].ms;
-  fprintf(f, "op profile over %d step(s) (each op issued then synchronized: times include launch; "
-             "the profiled step takes %.1f ms):\n", steps, step_ms);
-  fprintf(f, "| op | calls/step | ms/step | %% of ops | TFLOP/s | %% of peak |\n|---|---|---|---|---|---|\n");
+  if (g_dev) {
+    fprintf(f, "op profile over %d step(s) (device timestamps before and after each op, nothing synchronized: "
+               "op times are device times; 'idle before' is the device waiting for the host before that op; "
+               "the profiled step takes %.1f ms):\n", steps, step_ms);
+    if (g_err) fprintf(f, "warning: a timer op failed: the times below are incomplete\n");
+    if (g_untimed) fprintf(f, "warning: %lld op calls beyond %d per step were counted but not timed\n", g_untimed, MAX_REC);
+    fprintf(f, "| op | calls/step | ms/step | %% of ops | TFLOP/s | %% of peak | idle before ms/step |\n"
+               "|---|---|---|---|---|---|---|\n");
+  } else {
+    fprintf(f, "op profile over %d step(s) (each op issued then synchronized: times include launch; "
+               "the profiled step takes %.1f ms):\n", steps, step_ms);
+    fprintf(f, "| op | calls/step | ms/step | %% of ops | TFLOP/s | %% of peak |\n|---|---|---|---|---|---|\n");
+  }
   for (int i = 0; i < g_n; i++) {
     double ms = s[i].ms / steps;
     double tf = s[i].flops > 0 && s[i].ms > 0 ? s[i].flops / (s[i].ms / 1e3) / 1e12 : 0;
-    char tfs[32] = "", pk[32] = "";
+    char tfs[32] = "", pk[32] = "", idle[32] = "";
     if (tf > 0) snprintf(tfs, sizeof tfs, "%.3g", tf);
     if (tf > 0 && peak_flops > 0) snprintf(pk, sizeof pk, "%.0f%%", 100.0 * tf * 1e12 / peak_flops);
-    fprintf(f, "| %s | %.1f | %.2f | %.1f%% | %s | %s |\n", s[i].name, (double)s[i].calls / steps, ms,
-            tot > 0 ? 100.0 * s[i].ms / tot : 0, tfs, pk);
+    if (g_dev) snprintf(idle, sizeof idle, " %.2f |", s[i].idle_ms / steps);
+    fprintf(f, "| %s | %.1f | %.2f | %.1f%% | %s | %s |%s\n", s[i].name, (double)s[i].calls / steps, ms,
+            tot > 0 ? 100.0 * s[i].ms / tot : 0, tfs, pk, idle);
   }
+  if (g_dev)
+    fprintf(f, "device: busy %.1f ms/step in ops, idle %.1f ms/step between them (%.0f%% of the span from the step's "
+               "first op to its last)\n",
+            g_busy / steps, g_idle / steps, g_busy + g_idle > 0 ? 100.0 * g_idle / (g_busy + g_idle) : 0);
   fprintf(f, "ops total %.1f ms/step; the rest of the step (%.1f ms) is host work, communication and waits\n", tot / steps,
           step_ms - tot / steps);
 }

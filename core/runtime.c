@@ -548,7 +548,8 @@ int zp_run_open(zp_run* r, zp_config* cfg, const zp_run_opts* o) {
   } else {
     r->ops = zp_cpu_backend_ops();
   }
-  if (zp_cfg_bool(cfg, "train.profile_ops") && !o->dry_run) r->ops = zp_op_profile_wrap(r->ops);
+  if (zp_cfg_bool(cfg, "train.profile_ops") && !o->dry_run)
+    r->ops = zp_op_profile_wrap(r->ops, zp_cfg_bool(cfg, "train.profile_sync"));
   zp_backend_config bc = {sizeof bc, r->ct == ZP_BF16 && !cuda ? ZP_F32 : r->ct, 0, (int)zp_cfg_int(cfg, "train.threads")};
   if (cuda && o->dry_run) bc.compute_dtype = ZP_F32; /* sizing only */
   {

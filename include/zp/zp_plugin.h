@@ -24,7 +24,7 @@ extern "C" {
 #endif
 
 #define ZP_ABI_MAJOR 1
-#define ZP_ABI_MINOR 2
+#define ZP_ABI_MINOR 3
 #define ZP_PLUGIN_ENTRY_NAME "zp_plugin_entry"
 /* does table t (whose first member is size_t struct_size) have member m, and is it set? */
 #define ZP_TABLE_HAS(t, m) \
@@ -453,7 +453,16 @@ typedef struct zp_backend_ops {
    *   never inp or w. The backward is matmul_bwd's (the residual's gradient passes through). */
   int (*matmul_res_fwd)(zp_backend* b, void* out, const void* inp, const void* w,
                         const void* bias, const void* res, int N, int IC, int OC);
+  /* ---- optional (1.3): device timestamps, for the op profile (NULL: the profile
+   * synchronizes after every op instead) ----
+   * timer_mark: take a timestamp in slot (0 <= slot < ZP_TIMER_SLOTS) when the device reaches
+   *   this point of the issue order: asynchronous, like an op; a slot may be marked again.
+   * timer_ms: after synchronize, the milliseconds from slot a's latest mark to slot c's (both
+   *   marked; negative if c was reached first). */
+  int (*timer_mark)(zp_backend* b, int slot);
+  int (*timer_ms)(zp_backend* b, int a, int c, double* ms);
 } zp_backend_ops;
+#define ZP_TIMER_SLOTS 65536
 
 /* ---- the descriptor: what the entry function returns ---- */
 typedef struct zp_plugin_desc {

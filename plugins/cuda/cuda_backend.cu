@@ -255,9 +255,43 @@ static void zpc_destroy(zp_backend* b) {
   if (b->d_sumsq) cudaFree(b->d_sumsq);
   if (b->h_sumsq) cudaFreeHost(b->h_sumsq);
   if (b->h_tok) cudaFreeHost(b->h_tok);
+  for (int i = 0; i < b->n_timer_ev; i++)
+    if (b->timer_ev[i]) cudaEventDestroy(b->timer_ev[i]);
+  free(b->timer_ev);
   if (b->stream && !b->legacy_stream) cudaStreamDestroy(b->stream);
   (void)cudaGetLastError();
   free(b);
+}
+
+/* ---------------------------------------------------------------- timers (1.3) */
+
+/* slot -> an event recorded on the compute stream (created on first use; timing enabled) */
+static int zpc_timer_mark(zp_backend* b, int slot) {
+  if (slot < 0 || slot >= ZP_TIMER_SLOTS)
+    return ZPC_INVALID(b, "cuda backend: timer_mark: slot %d outside 0..%d", slot, ZP_TIMER_SLOTS - 1);
+  if (slot >= b->n_timer_ev) {
+    int n = b->n_timer_ev ? b->n_timer_ev : 256;
+    while (n <= slot) n *= 2;
+    if (n > ZP_TIMER_SLOTS) n = ZP_TIMER_SLOTS;
+    cudaEvent_t* e = (cudaEvent_t*)realloc(b->timer_ev, (size_t)n * sizeof *e);
+    if (!e) return zpc_err(b->host, ZP_E_NOMEM, "cuda backend: timer_mark: out of host memory");
+    memset(e + b->n_timer_ev, 0, (size_t)(n - b->n_timer_ev) * sizeof *e);
+    b->timer_ev = e;
+    b->n_timer_ev = n;
+  }
+  if (!b->timer_ev[slot]) ZPC_CUDA(b, cudaEventCreate(&b->timer_ev[slot]));
+  ZPC_CUDA(b, cudaEventRecord(b->timer_ev[slot], b->stream));
+  return ZP_OK;
+}
+
+static int zpc_timer_ms(zp_backend* b, int a, int c, double* ms) {
+  if (!ms || a < 0 || c < 0 || a >= b->n_timer_ev || c >= b->n_timer_ev || !b->timer_ev[a] ||
+      !b->timer_ev[c])
+    return ZPC_INVALID(b, "cuda backend: timer_ms: slot %d or %d was never marked", a, c);
+  float f = 0.0f;
+  ZPC_CUDA(b, cudaEventElapsedTime(&f, b->timer_ev[a], b->timer_ev[c]));
+  *ms = f;
+  return ZP_OK;
 }
 
 static int zpc_info(zp_backend* b, zp_backend_info* out) {
@@ -441,6 +475,8 @@ static const zp_backend_ops zpc_ops = {
     zpc_matmul_gelu_fwd, /* 1.1: GELU in the GEMM epilogue (matmul_cublaslt.cu) */
     zpc_matmul_dgelu_bwd,
     zpc_matmul_res_fwd, /* 1.2: the residual as the GEMM's C */
+    zpc_timer_mark,     /* 1.3: device timestamps (events) for the op profile */
+    zpc_timer_ms,
 };
 
 static const zp_plugin_desc zpc_desc = {

@@ -52,6 +52,8 @@ struct zp_backend {
   int fuse_gelu;         /* ZP_CUDA_FUSE_GELU: 1 GELU in the GEMM epilogues, 0 separate kernels */
   int ln_fast;           /* ZP_CUDA_LN: 1 fast (vectorized), 0 legacy */
   int fuse_res;          /* ZP_CUDA_FUSE_RES: 1 residual as the GEMM's C (beta 1), 0 two passes */
+  cudaEvent_t* timer_ev; /* timer slots (1.3): events created on first use */
+  int n_timer_ev;
   int gemm_tune;         /* ZP_CUDA_GEMM_TUNE: 0 heuristic's first answer, 1 time up to
                             ZPC_TUNE_CANDIDATES answers per new GEMM key, 2 also print each */
   int tune_evict_warned; /* a tuned algo_cache entry was overwritten (warned once) */

@@ -1417,6 +1417,32 @@ static void t_matmul_res(int N, int IC, int OC) {
   release_all();
 }
 
+/* ---- ABI 1.3 timers: events around a GEMM read its device time; bad slots are errors ---- */
+static void t_timers(void) {
+  if (!want("timer")) return;
+  if (!G->timer_mark || !G->timer_ms) die("the cuda backend has no timer ops (ABI 1.3)");
+  const int N = 4096, K = 1024;
+  void* x = gup(hrand((size_t)N * K, 1.0f, 0.0f), (size_t)N * K);
+  void* w = gup(hrand((size_t)K * K, 0.02f, 0.0f), (size_t)K * K);
+  void* y = dalloc(G, gb, (size_t)N * K * 2);
+  double ms = -1, back = 1;
+  CK(G->synchronize(gb));
+  CK(G->timer_mark(gb, 0));
+  for (int i = 0; i < 10; i++) CK(G->matmul_fwd(gb, y, x, w, NULL, N, K, K));
+  CK(G->timer_mark(gb, 5000)); /* grows the event array */
+  CK(G->synchronize(gb));
+  result_t* r = pend("timer_ms", "10 GEMMs 4096x1024x1024");
+  r->pass = G->timer_ms(gb, 0, 5000, &ms) == ZP_OK && G->timer_ms(gb, 5000, 0, &back) == ZP_OK &&
+            ms > 0 && ms < 1e4 && fabs(back + ms) < 1e-3;
+  r->max_abs = ms;
+  snprintf(r->note, sizeof r->note, "%.3f ms (reverse %.3f)", ms, back);
+  result_t* e = pend("timer errors", "slot -1, 65536, never marked");
+  e->pass = G->timer_mark(gb, -1) == ZP_E_INVALID && G->timer_mark(gb, ZP_TIMER_SLOTS) == ZP_E_INVALID &&
+            G->timer_ms(gb, 0, 1, &ms) == ZP_E_INVALID;
+  flush(NAN);
+  release_all();
+}
+
 /* ---- AdamW ---- */
 
 static int r_adamw(const zp_backend_ops* o, zp_backend* b, const args_t* a) {
@@ -2016,6 +2042,7 @@ int main(int argc, char** argv) {
   t_matmul_res(N, C, C);
   t_matmul_res(N, 4 * C, C);
   t_matmul_res(37, 24, 70); /* leading dimensions not multiples of 8 */
+  t_timers();
   t_matmul_gelu(N, C, 4 * C);
   t_matmul_gelu(64, 96, 40);
   t_matmul_gelu(37, 20, 44); /* IC, OC not multiples of 8: the two-pass path */

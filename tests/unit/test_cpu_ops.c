@@ -935,6 +935,26 @@ static void test_thread_independence(void) {
   free(x), free(w), free(dy), free(qkv), free(big);
 }
 
+/* ABI 1.3 timers: a later mark reads a non-negative interval (and its negation the other way);
+ * slots outside 0..ZP_TIMER_SLOTS-1 and never-marked slots are clear errors. */
+static void test_timers(void) {
+  CHECK(O->timer_mark && O->timer_ms);
+  CHECK_EQ_INT(O->timer_mark(b32, 3), ZP_OK);
+  volatile double x = 0;
+  for (int i = 0; i < 100000; i++) x += i;
+  CHECK_EQ_INT(O->timer_mark(b32, 1000), ZP_OK); /* grows the slot array */
+  double ms = -1, back = 1;
+  CHECK_EQ_INT(O->timer_ms(b32, 3, 1000, &ms), ZP_OK);
+  CHECK_EQ_INT(O->timer_ms(b32, 1000, 3, &back), ZP_OK);
+  CHECK(ms >= 0 && back == -ms);
+  CHECK_EQ_INT(O->timer_mark(b32, -1), ZP_E_INVALID);
+  CHECK(strstr(last_err, "outside") != NULL);
+  CHECK_EQ_INT(O->timer_mark(b32, ZP_TIMER_SLOTS), ZP_E_INVALID);
+  CHECK_EQ_INT(O->timer_ms(b32, 3, 4, &ms), ZP_E_INVALID); /* 4 never marked */
+  CHECK(strstr(last_err, "never marked") != NULL);
+  CHECK_EQ_INT(O->timer_ms(b32, 3, 1000, NULL), ZP_E_INVALID);
+}
+
 int main(void) {
   unsetenv("ZP_CPU_GEMM"); /* the cases below set it themselves to cover both GEMMs */
   O = zp_cpu_backend_ops();
@@ -961,6 +981,7 @@ int main(void) {
   ZT_RUN(test_adamw);
   ZT_RUN(test_bf16_cast_accumulate);
   ZT_RUN(test_thread_independence);
+  ZT_RUN(test_timers);
   O->destroy(b32);
   O->destroy(b64);
   return zt_done();
