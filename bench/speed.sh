@@ -5,7 +5,7 @@
 #   2. correctness first: check_cuda_ops for the ops this issue rewrites (attention: the mma.sync
 #      kernels against the CPU reference AND against the previous WMMA kernels; layernorm;
 #      adamw), with their per-op timings; a failure stops the bench (exit 1);
-#   3. PROFILE=1 (or PROFILE=after: behind step 4): one `train.profile_ops` run per model (each op issued then synchronized, so
+#   3. PROFILE=1 (or PROFILE=after: behind step 4): one `train.profile_ops` run per model (device timestamps around each op where the backend has timers, with the device's idle time; PROFILE_SYNC=1: each op issued then synchronized, so
 #      the step is slower than the timed one): where the step's time goes, by op and GEMM shape;
 #   4. timing: bench/gpu_bench.sh (zp, then the PyTorch peer in the same call, one table with
 #      ratios, MFU, ledger peak and device memory).
@@ -76,7 +76,8 @@ profile() {
     timeout -k 10 400 "$BUILD/zp" train "$SRC/examples/gpt2-$m.toml" --set "data.train=$WORK/prof_shard.bin" \
       --set "train.steps=${PROFILE_STEPS:-6}" --set "train.out_dir=$WORK/prof_$m" --set train.save_final=false \
       --set train.checkpoint_every=0 --set train.resume=never --set train.val_every=0 --set train.grad_accum=1 \
-      --set train.log_every=1 --set train.profile_ops=true > "$OUT/profile_$m.txt" 2>&1 ||
+      --set train.log_every=1 --set train.profile_ops=true --set "train.profile_sync=$([ "${PROFILE_SYNC:-0}" = 1 ] && echo true || echo false)" \
+      > "$OUT/profile_$m.txt" 2>&1 ||
       note "profile $m: exit $?"
     sed -n '/op profile/,$p' "$OUT/profile_$m.txt" | head -40
   done
