@@ -355,9 +355,11 @@ done:
   return rc;
 }
 
-/* out[N,OC] = inp[N,IC] @ W[OC,IC]^T + bias; epi_gelu 1: out = gelu(.), aux = pre-activation */
+/* out[N,OC] = inp[N,IC] @ W[OC,IC]^T + bias (+ res: cuBLASLt's C, beta 1, when not NULL);
+ * epi_gelu 1: out = gelu(.), aux = pre-activation */
 static int zpc_matmul_fwd_epi(zp_backend* b, void* out, const void* inp, const void* w,
-                              const void* bias, int N, int IC, int OC, int epi_gelu, void* aux) {
+                              const void* bias, int N, int IC, int OC, int epi_gelu, void* aux,
+                              const void* res = NULL) {
   struct zpc_gemm g;
   memset(&g, 0, sizeof g);
   g.transa = 0;
@@ -373,7 +375,8 @@ static int zpc_matmul_fwd_epi(zp_backend* b, void* out, const void* inp, const v
   g.ldd = OC;
   g.batch = 1;
   g.alpha = 1.0f;
-  g.beta = 0.0f;
+  g.beta = res ? 1.0f : 0.0f;
+  g.C = res;
   g.bias = bias;
   g.epi_gelu = epi_gelu;
   g.aux = aux;
@@ -400,25 +403,7 @@ int zpc_matmul_res_fwd(zp_backend* b, void* out, const void* inp, const void* w,
     if (!rc) rc = zpc_matmul_fwd_epi(b, tmp, inp, w, bias, N, IC, OC, 0, NULL);
     return rc ? rc : zpc_residual_fwd(b, out, res, tmp, (size_t)N * OC);
   }
-  struct zpc_gemm g;
-  memset(&g, 0, sizeof g);
-  g.transa = 0;
-  g.transb = 1;
-  g.M = N;
-  g.N = OC;
-  g.K = IC;
-  g.A = inp;
-  g.lda = IC;
-  g.B = w;
-  g.ldb = IC;
-  g.D = out;
-  g.ldd = OC;
-  g.batch = 1;
-  g.alpha = 1.0f;
-  g.beta = 1.0f;
-  g.C = res;
-  g.bias = bias;
-  return zpc_gemm_run(b, &g);
+  return zpc_matmul_fwd_epi(b, out, inp, w, bias, N, IC, OC, 0, NULL, res);
 }
 
 static int zpc_matmul_dinp(zp_backend* b, void* dinp, const void* dout, const void* w,
