@@ -15,7 +15,8 @@
 #   e.g. "none stage1 stage2 stage3"; default empty; each run repeats zp's host-side weight
 #   init, so use it with 124m), ZP_NGPU (override the GPU count), ZP_EXTRA_SETS (more
 #   "--set k=v" words for zp), ZP_PEER_DIR (default .peers). Without a GPU the plumbing runs with
-#   ZP_EXTRA_SETS="--set train.device=cpu ..." and a stub peer directory (done so on the dev machine).
+#   ZP_EXTRA_SETS="--set train.device=cpu ..." and a stub peer directory (done so on the dev machine,
+#   with a stub nvidia-smi on PATH for the clock / power columns).
 # Rough duration, one H100: build ~1 min; 124M ~20 s; 1.5B ~2 min, most of it zp's weight init
 # on the host (single-threaded, ~45 s per pass, PARAM and MASTER each take one); peers: single
 # modes ~1 min (124M) and ~2.5 min (1.5B, torch.compile included); the 2-GPU matrix ~3-4 min
@@ -65,6 +66,19 @@ if command -v nvidia-smi > /dev/null; then
 fi
 NGPU=${ZP_NGPU:-$NGPU}
 note "gpu_bench: ${NGPU} GPU(s): $GPU_NAME; models ${MODELS[*]}; $STEPS zp steps each; peers $PEERS${ZP_MULTI:+; zp multi-GPU: $ZP_MULTI}"
+
+# ---- clocks and power of GPU 0 every 250 ms for the whole bench; each run's window in RUNS ----
+POWER=$WORK/power.csv RUNS=$WORK/run_windows.txt
+: > "$POWER"
+: > "$RUNS"
+PSPID=
+if command -v nvidia-smi > /dev/null; then
+  nvidia-smi -i 0 --query-gpu=timestamp,clocks.sm,power.draw,utilization.gpu --format=csv,noheader,nounits -lms 250 \
+    > "$POWER" 2> /dev/null &
+  PSPID=$!
+  trap 'kill "$PSPID" 2> /dev/null' EXIT
+fi
+stamp() { date '+%Y/%m/%d %H:%M:%S.%N' | cut -c1-23; }
 
 # ---- build (release, no NaN poisoning) ----
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
@@ -123,6 +137,8 @@ run_zp() {
   note "zp $m: $world GPU(s), zero.plugin=$plugin, $STEPS steps"
   echo "==== zp $m, world $world, zero.plugin $plugin" >> "$log"
   t0=$(date +%s)
+  local w0
+  w0=$(stamp)
   # shellcheck disable=SC2086  # EXTRA_SETS is a word list
   timeout -k 10 "$ZP_RUN_TIMEOUT" "${cmd[@]}" --set "data.train=$SHARD" --set "train.steps=$STEPS" \
     --set "train.out_dir=$run" --set train.save_final=false --set train.checkpoint_every=0 --set train.resume=never \
@@ -137,6 +153,7 @@ run_zp() {
   fi
   wait "$zpid"
   rc=$?
+  echo "zp|$m|$world|$plugin|$w0|$(stamp)" >> "$RUNS"
   [ -n "$spid" ] && wait "$spid"
   note "zp $tag: exit $rc after $(($(date +%s) - t0)) s"
   if [ "$rc" -ne 0 ]; then
@@ -206,8 +223,10 @@ if [ "$mode" != none ]; then
       if [ "$mode" = all ]; then
         note "peer: run_torch.sh $pm $pb (single, compile, ddp, zero1, fsdp2_zero2, fsdp2_zero3)"
         rm -rf "$WORK/peers/$m" && mkdir -p "$WORK/peers/$m"
+        w0=$(stamp)
         OUT=$WORK/peers/$m timeout -k 10 "$PEER_TIMEOUT" bash "$PEER_DIR/run_torch.sh" "$pm" "$pb" > /dev/null 2>&1 ||
           fail "peer $m: run_torch.sh exit $? (timeout ${PEER_TIMEOUT} s?)"
+        echo "peer|$pm|all||$w0|$(stamp)" >> "$RUNS"
         cat "$WORK/peers/$m/torch.jsonl" >> "$OUT/torch.jsonl" 2> /dev/null
         { echo "== $m: run_torch.sh $pm $pb"; tail -n 40 "$WORK/peers/$m/err.log" 2> /dev/null; } >> "$OUT/torch_err.log"
       else
@@ -215,10 +234,12 @@ if [ "$mode" != none ]; then
         [ "$mode" = compile ] && cs=(--compile)
         for c in "${cs[@]}"; do
           note "peer: torch_gpt2.py --mode single --model $pm --B $pb${c:+ $c}"
+          w0=$(stamp)
           # shellcheck disable=SC2086  # $c is empty or one flag
           timeout -k 10 "$PEER_TIMEOUT" python3 "$PEER_DIR/torch_gpt2.py" --mode single --model "$pm" --B "$pb" $c \
             >> "$OUT/torch.jsonl" 2> "$WORK/peers/err_$m$c.log" ||
             fail "peer $m single $c: exit $?"
+          echo "peer|$pm|single|${c:+compile}|$w0|$(stamp)" >> "$RUNS"
           { echo "== $m single $c"; tail -n 20 "$WORK/peers/err_$m$c.log"; } >> "$OUT/torch_err.log"
         done
       fi
@@ -228,9 +249,37 @@ if [ "$mode" != none ]; then
 fi
 
 # ---- table ----
-python3 - "$OUT/zp_metrics.jsonl" "$OUT/torch.jsonl" "$GPU_NAME" "$NGPU" "$STEPS" << 'PYEOF' | tee "$OUT/bench_summary.md"
-import json, sys
-zpf, tf, gpu, ngpu, steps = sys.argv[1:6]
+[ -n "$PSPID" ] && kill "$PSPID" 2> /dev/null
+python3 - "$OUT/zp_metrics.jsonl" "$OUT/torch.jsonl" "$GPU_NAME" "$NGPU" "$STEPS" "$POWER" "$RUNS" << 'PYEOF' | tee "$OUT/bench_summary.md"
+import datetime, json, statistics, sys
+zpf, tf, gpu, ngpu, steps, powf, runsf = sys.argv[1:8]
+def parse_t(x):
+    return datetime.datetime.strptime(x.strip()[:23], "%Y/%m/%d %H:%M:%S.%f")
+samples = []  # (time, sm MHz, W) of GPU 0 while busy (utilization > 50 %)
+try:
+    for l in open(powf):
+        c = [v.strip() for v in l.split(",")]
+        try:
+            if len(c) >= 4 and float(c[3]) > 50:
+                samples.append((parse_t(c[0]), float(c[1]), float(c[2])))
+        except ValueError:
+            pass
+except OSError:
+    pass
+windows = {}  # (kind, model, a, b) -> (start, end)
+try:
+    for l in open(runsf):
+        k = l.rstrip("\n").split("|")
+        if len(k) == 6:
+            windows[tuple(k[:4])] = (parse_t(k[4]), parse_t(k[5]))
+except (OSError, ValueError):
+    pass
+def clk_pw(key):
+    w = windows.get(key)
+    sel = [s for s in samples if w and w[0] <= s[0] <= w[1]]
+    if not sel:
+        return "—", "—"
+    return f"{statistics.median(s[1] for s in sel):.0f}", f"{statistics.median(s[2] for s in sel):.0f}"
 def load(p):
     out = []
     try:
@@ -258,16 +307,17 @@ for m in ("124m", "1.5b"):
     if not zr and not rows:
         continue
     print(f"### GPT-2 {m.upper()}, micro-batch {'16' if m == '124m' else '8'} per GPU\n")
-    print("| system | GPUs | mode | ms/step | tok/s | MFU | peak GiB | device GiB | zp ÷ row (tok/s per GPU) |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| system | GPUs | mode | ms/step | tok/s | MFU | peak GiB | device GiB | SM MHz | W | zp ÷ row (tok/s per GPU) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     zper = {zmode_of(z): z["tok_s"] / z["world"] for z in zr if z.get("tok_s")}  # mode -> zp tok/s per GPU
     zsingle = zper.get("single")
     for z in zr:
+        clk, pw = clk_pw(("zp", m, str(z["world"]), z["zero"]))
         if z.get("tok_s"):
             print(f"| **zp** | {z['world']} | {zmode_of(z)} | {z['ms_step']:.1f} | {z['tok_s']:,} | {z['mfu']*100:.0f}% | "
-                  f"{z['peak_GiB']:.1f} | {f(z.get('device_GiB'), '.1f')} | {'1.00' if z['world'] == 1 else '—'} |")
+                  f"{z['peak_GiB']:.1f} | {f(z.get('device_GiB'), '.1f')} | {clk} | {pw} | {'1.00' if z['world'] == 1 else '—'} |")
         else:
-            print(f"| **zp** | {z['world']} | {zmode_of(z)} | failed (exit {z.get('rc')}, {z.get('steps')} steps) | | | | | |")
+            print(f"| **zp** | {z['world']} | {zmode_of(z)} | failed (exit {z.get('rc')}, {z.get('steps')} steps) | | | | | | | |")
     for p in rows:
         base = p["mode"].split("+")[0]
         mode = modes.get(base, p["mode"])
@@ -276,8 +326,10 @@ for m in ("124m", "1.5b"):
         ratio = f(zt / (p["tok_s"] / p["world"]) if zt else None, ".2f")
         if zt and mode not in zper:
             ratio += " (zp single)"
+        key = ("peer", pmap[m], "single", "compile" if p.get("compile") else "")
+        clk, pw = clk_pw(key if key in windows else ("peer", pmap[m], "all", ""))
         print(f"| {sysname} | {p['world']} | {mode} | {p['ms_step']:.1f} | {p['tok_s']:,} | {p['mfu']*100:.0f}% | "
-              f"{p['peak_mem_GiB_rank0']:.1f} | {f(p.get('device_used_GiB_rank0'), '.1f')} | {ratio} |")
+              f"{p['peak_mem_GiB_rank0']:.1f} | {f(p.get('device_used_GiB_rank0'), '.1f')} | {clk} | {pw} | {ratio} |")
     print()
     for z in zr:
         if z.get("tok_s"):
@@ -287,7 +339,9 @@ for m in ("124m", "1.5b"):
 print("zp ÷ row: zp's tok/s per GPU in the row's mode (zp single where zp did not run that mode) over the row's "
       "(> 1: zp faster). peak GiB: zp = ledger gpu-tier peak (rank 0), PyTorch = max_memory_allocated (rank 0); "
       "device GiB: zp = nvidia-smi samples, PyTorch = cudaMemGetInfo used at its end (rank 0). MFU: 6N + 12·L·d·T "
-      "FLOPs per token against 989 TFLOP/s.")
+      "FLOPs per token against 989 TFLOP/s. SM MHz, W: GPU 0's median SM clock and board power over the run's samples "
+      "with utilization > 50 % (nvidia-smi every 250 ms; with run_torch.sh's matrix, one window for all its modes); "
+      "the H100 SXM's power limit is 700 W, at which the clock drops below its 1980 MHz boost.")
 PYEOF
 
 echo
