@@ -6,7 +6,8 @@
 #   3. zp launch -n 2 on tests/configs/equiv-gpu.toml for none (replicated), stage1, stage2,
 #      stage3: per-step losses and final fp32 master weights compared with the replicated run;
 #      and the replicated 2-GPU run vs 1 GPU with the same global batch;
-#      and tensor parallelism: tp 2 vs 1 GPU with the same global batch;
+#      and tensor parallelism: tp 2 vs 1 GPU with the same global batch; and pipeline
+#      parallelism: pp 2 (1F1B, 2 micro-batches of 4) vs 1 GPU with the same global batch;
 #   4. a rank killed at step 3 (ZP_FAULT): the other rank must fail naming rank and operation.
 # Prints "2-GPU CHECK SUMMARY". Run from the repo root with .deps carried.
 set -u -o pipefail
@@ -63,6 +64,12 @@ if run ref2 2; then
     c=$("$B/zp" ckpt compare "$W/one/ckpt_00000006" "$W/tp2/ckpt_00000006" --tol 1.2e-2 2>&1); rc=$?
     [ $rc = 0 ] && add PASS "tp 2 vs 1 GPU, same batch" "losses $(L tp2) vs $(L one); $c" || add FAIL "tp 2 vs 1 GPU, same batch" "losses $(L tp2) vs $(L one); $c"
   else add FAIL "tp 2 (2 GPUs)" "$(tail -3 "$OUT/b_tp2.log" | tr '\n' ' ')"; fi
+  # pipeline parallelism over NCCL point-to-point: pp 2, 2 micro-batches of 4 sequences (the
+  # 1-GPU run's 8), 1F1B; the same bf16 reasoning and tolerance
+  if run pp2 2 parallel.pp=2 pipeline.micro_batches=2 train.micro_batch=4; then
+    c=$("$B/zp" ckpt compare "$W/one/ckpt_00000006" "$W/pp2/ckpt_00000006" --tol 1.2e-2 2>&1); rc=$?
+    [ $rc = 0 ] && add PASS "pp 2 vs 1 GPU, same batch" "losses $(L pp2) vs $(L one); $c" || add FAIL "pp 2 vs 1 GPU, same batch" "losses $(L pp2) vs $(L one); $c"
+  else add FAIL "pp 2 (2 GPUs)" "$(tail -3 "$OUT/b_pp2.log" | tr '\n' ' ')"; fi
 else add FAIL "replicated, 2 GPUs" "$(tail -3 "$OUT/b_ref2.log" | tr '\n' ' ')"; fi
 t0=$(date +%s)
 ZP_FAULT=kill:3:1 run dead 2 comm.timeout_s=4 zero.plugin=stage2
