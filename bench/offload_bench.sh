@@ -11,7 +11,13 @@
 #   ZP_STAGE (zero.plugin for the matrix, default none: one GPU), THREADS (offload.optimizer.threads,
 #   default nproc), LARGEST_CANDIDATES (LxDxH list, largest first; default 56x4096x32 (11.5B) down
 #   to 40x4096x32 (8.3B)),
-#   LARGEST_MB (micro-batch, default 1), ZP_RUN_TIMEOUT (s per run, default 300).
+#   LARGEST_MB (micro-batch, default 1), ZP_RUN_TIMEOUT (s per run, default 300),
+#   ZP_NGPU (ranks: default 1; > 1 runs `zp launch -n ZP_NGPU` and ZP_STAGE defaults to stage2,
+#   the issue's 2-GPU setting), PEER=1 (with ZP_NGPU > 1: the PyTorch peer in the same call,
+#   FSDP2 (no reshard: ZeRO-2) and FSDP2 + CPUOffloadPolicy with fused CPU AdamW and
+#   PEER_THREADS (default 16) threads per rank, from .peers/torch_gpt2.py via torchrun; its
+#   offload ÷ no-offload ratio sits beside ours), ZP_EXTRA_SETS (more "--set k=v" words; with
+#   "--set train.device=cpu ..." and a tiny model the plumbing runs on CPU ranks).
 # Numbers: ms/step = median of the step times in metrics.jsonl (optimizer step included);
 #   tok/s from it; host GiB = the ledger's cpu-tier bytes; peak GiB = the ledger's gpu-tier peak.
 set -u -o pipefail
@@ -20,7 +26,9 @@ OUT=${OUT:-/tmp/zp-out}
 WORK=${ZP_WORK:-/tmp/zp-offload-work}
 BUILD=${ZP_BUILD:-$SRC/build-gpu}
 STEPS=${STEPS:-12}
-STAGE=${ZP_STAGE:-none}
+NG=${ZP_NGPU:-1}
+STAGE=${ZP_STAGE:-$([ "$NG" -gt 1 ] && echo stage2 || echo none)}
+EXTRA=${ZP_EXTRA_SETS:-}
 THREADS=${THREADS:-$(nproc)}
 LARGEST_CANDIDATES=${LARGEST_CANDIDATES:-56x4096x32 52x4096x32 50x4096x32 48x4096x32 44x4096x32 40x4096x32}
 LMB=${LARGEST_MB:-1}
@@ -45,7 +53,7 @@ if [ "${SKIP_BUILD:-0}" != 1 ]; then
 fi
 
 SHARD=$WORK/random_train.bin
-python3 "$SRC/bench/random_shard.py" "$SHARD" $(((STEPS + 2) * 4 * 8 * 1024 + 1)) || { echo "offload_bench: cannot write the shard"; exit 1; }
+python3 "$SRC/bench/random_shard.py" "$SHARD" $(((STEPS + 2) * 4 * 8 * 1024 * NG + 1)) || { echo "offload_bench: cannot write the shard"; exit 1; }
 
 # run TAG STEPS SETS...: one zp train, one row in offload_rows.jsonl
 run() {
@@ -53,10 +61,13 @@ run() {
   local dir=$WORK/runs/$tag log=$OUT/offload_$tag.log t0 rc
   rm -rf "$dir"
   t0=$(date +%s)
-  timeout -k 10 "$TO" "$BUILD/zp" train "$SRC/examples/gpt2-1.5b.toml" --set "data.train=$SHARD" --set "train.steps=$steps" \
+  local -a cmd=("$BUILD/zp" train)
+  [ "$NG" -gt 1 ] && cmd=("$BUILD/zp" launch -n "$NG")
+  # shellcheck disable=SC2086  # EXTRA is a word list
+  timeout -k 10 "$TO" "${cmd[@]}" "$SRC/examples/gpt2-1.5b.toml" --set "data.train=$SHARD" --set "train.steps=$steps" \
     --set "train.out_dir=$dir" --set train.save_final=false --set train.checkpoint_every=0 --set train.resume=never \
     --set train.log_every=1 --set train.val_every=0 --set train.lr_schedule=constant --set "offload.optimizer.threads=$THREADS" \
-    "$@" > "$log" 2>&1
+    "$@" $EXTRA > "$log" 2>&1
   rc=$?
   note "$tag: exit $rc after $(($(date +%s) - t0)) s"
   [ $rc -eq 0 ] || { tail -15 "$log"; FAILED=1; }
@@ -112,9 +123,26 @@ for w in "${WHAT[@]}"; do
   esac
 done
 
-python3 - "$OUT/offload_rows.jsonl" << 'PYEOF' | tee "$OUT/offload_summary.md"
+# the PyTorch peer (ZP_NGPU > 1, PEER=1): FSDP2 ZeRO-2 and FSDP2 + CPU offload, fused CPU AdamW
+: > "$OUT/offload_peer.jsonl"
+if [ "${PEER:-0}" = 1 ] && [ "$NG" -gt 1 ]; then
+  PD=${ZP_PEER_DIR:-$SRC/.peers}
+  for mode in fsdp2_zero2 fsdp2_offload; do
+    t0=$(date +%s)
+    extra=()
+    [ $mode = fsdp2_offload ] && extra=(--cpu_fused --steps 6 --warmup 2)
+    OMP_NUM_THREADS=${PEER_THREADS:-16} timeout -k 10 "${PEER_TIMEOUT:-400}" torchrun --standalone --nproc_per_node "$NG" \
+      "$PD/torch_gpt2.py" --mode $mode --model d48 --B 8 "${extra[@]}" >> "$OUT/offload_peer.jsonl" 2>> "$OUT/offload_peer_err.log" ||
+      { note "peer $mode: exit $?"; FAILED=1; }
+    note "peer $mode: $(($(date +%s) - t0)) s"
+  done
+fi
+
+python3 - "$OUT/offload_rows.jsonl" "$OUT/offload_peer.jsonl" "$NG" "$STAGE" "$EXTRA" << 'PYEOF' | tee "$OUT/offload_summary.md"
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+ng, stage, extra = sys.argv[3], sys.argv[4], sys.argv[5]
+print(f"examples/gpt2-1.5b.toml{' with ' + extra if extra else ''}, {ng} rank(s), zero.plugin {stage}\n")
 base = {r["tag"].split("_")[0]: r for r in rows if r["tag"].endswith("_none") and "tok_s" in r}
 print("| run | ms/step | tok/s | MFU | ÷ no offload (same grad_accum) | GPU peak GiB | host GiB | loss first -> last | wall s | step ms |")
 print("|---|---|---|---|---|---|---|---|---|---|")
@@ -125,5 +153,24 @@ for r in rows:
     ratio = f"{r['tok_s'] / b['tok_s']:.2f}" if b and not r["tag"].startswith("largest") else ""
     print(f"| {r['tag']} | {r['ms']} | {r['tok_s']:,} | {r['mfu']:.1%} | {ratio} | {r['peak_gpu_GiB']} | {r['host_GiB']} | "
           f"{r['loss'][0]:.3f} -> {r['loss'][1]:.3f} | {r['wall_s']} | {' '.join(map(str, r['step_ms'][:14]))} |")
+peer = {}
+try:
+    for l in open(sys.argv[2]):
+        if l.strip().startswith("{"):
+            p = json.loads(l)
+            peer[p["mode"].split("+")[0]] = p
+except (OSError, ValueError):
+    pass
+if peer:
+    print("\n| PyTorch peer | ms/step | tok/s | ÷ its no-offload | zp's ÷ (synchronous / delayed update, grad_accum 1) |")
+    print("|---|---|---|---|---|")
+    nb, no = peer.get("fsdp2_zero2"), peer.get("fsdp2_offload")
+    ours = {r["tag"]: r for r in rows if "tok_s" in r}
+    zb = ours.get("ga1_none")
+    zr = " / ".join(f"{ours[t]['tok_s'] / zb['tok_s']:.2f}" for t in ("ga1_offload", "ga1_offload_dpu") if zb and t in ours)
+    for name, p in (("FSDP2 (ZeRO-2)", nb), ("FSDP2 + CPUOffloadPolicy, fused CPU AdamW", no)):
+        if p:
+            r = f"{p['tok_s'] / nb['tok_s']:.2f}" if nb and p is no else "1.00"
+            print(f"| {name} | {p['ms_step']:.1f} | {p['tok_s']:,} | {r} | {zr if p is no else ''} |")
 PYEOF
 exit $FAILED
