@@ -564,6 +564,13 @@ int zp_config_check(const zp_config* c, char* err, size_t errlen) {
            zp_cfg_get(c, "zero.plugin")->origin, (long long)zp_cfg_int(c, "parallel.pp"));
     return ZP_E_INVALID;
   }
+  if (zp_cfg_int(c, "parallel.pp") > 1 && zp_cfg_bool(c, "train.recompute_gelu")) {
+    seterr(err, errlen,
+           "%s: train.recompute_gelu is not implemented for pipeline parallelism yet (parallel.pp = %lld): the "
+           "pipeline keeps one activation slot per micro-batch in flight; set train.recompute_gelu = false",
+           zp_cfg_get(c, "train.recompute_gelu")->origin, (long long)zp_cfg_int(c, "parallel.pp"));
+    return ZP_E_INVALID;
+  }
   if (zp_cfg_int(c, "parallel.pp") > 1 && zp_cfg_bool(c, "train.recompute")) {
     seterr(err, errlen,
            "%s: train.recompute is not implemented for pipeline parallelism yet (parallel.pp = %lld): the pipeline "

@@ -180,7 +180,8 @@ static void carve_block(zp_acts* a, int l, char* base, carve_t* ca, size_t N, si
   a->ln2_mean[l] = carve(base, ca, N * sizeof(float));
   a->ln2_rstd[l] = carve(base, ca, N * sizeof(float));
   a->fch[l] = carve(base, ca, N * C4l * es);
-  a->fchg[l] = carve(base, ca, N * C4l * es);
+  if (a->recompute_gelu && l > 0) a->fchg[l] = a->fchg[0]; /* one slot, refilled per block */
+  else a->fchg[l] = carve(base, ca, N * C4l * es);
 }
 
 static int acts_layout(zp_acts* a, const zp_model_layout* m, char* act, char* buf) {
@@ -230,7 +231,8 @@ int zp_acts_alloc(zp_acts* a, const zp_model_layout* m, const zp_backend_ops* op
 int zp_acts_alloc_ex(zp_acts* a, const zp_model_layout* m, const zp_backend_ops* ops, zp_backend* b,
                      struct zp_ledger* led, int B, int T, zp_dtype ct, int recompute, char* err, size_t errlen) {
   memset(a, 0, sizeof *a);
-  a->recompute = recompute;
+  a->recompute = (recompute & ZP_RECOMPUTE_BLOCK) != 0;
+  a->recompute_gelu = (recompute & ZP_RECOMPUTE_GELU) != 0 && !a->recompute; /* BLOCK recomputes it anyway */
   int L = m->s.L;
   if (T > m->s.maxT) {
     snprintf(err, errlen, "sequence length %d exceeds model.seq_len %d", T, m->s.maxT);
@@ -247,7 +249,11 @@ int zp_acts_alloc_ex(zp_acts* a, const zp_model_layout* m, const zp_backend_ops*
   float*** fl[] = {&a->ln1_mean, &a->ln1_rstd, &a->ln2_mean, &a->ln2_rstd};
   for (size_t i = 0; i < 4; i++) *fl[i] = calloc((size_t)L, sizeof(float*));
   acts_layout(a, m, NULL, NULL);
-  int rc = zp_ledger_alloc(led, ZP_CAT_ACT, ZP_TIER_GPU, a->act_bytes, recompute ? "activations (block inputs + one block, recompute)" : "activations", &a->block);
+  int rc = zp_ledger_alloc(led, ZP_CAT_ACT, ZP_TIER_GPU, a->act_bytes,
+                           a->recompute        ? "activations (block inputs + one block, recompute)"
+                           : a->recompute_gelu ? "activations (GELU output recomputed)"
+                                               : "activations",
+                           &a->block);
   if (rc == ZP_OK) rc = zp_ledger_alloc(led, ZP_CAT_BUFFER, ZP_TIER_GPU, a->buf_bytes, "logits+scratch", &a->buf_block);
   if (rc) {
     snprintf(err, errlen, "%s", led->last_error);
@@ -340,6 +346,8 @@ int zp_model_backward_group(const zp_model_layout* m, const zp_backend_ops* ops,
   }
   if (g >= 1) {
     int l = g - 1;
+    /* train.recompute_gelu: the shared slot holds another block's GELU output: refill it */
+    if (a->recompute_gelu) TRY(ops->gelu_fwd(b, a->fchg[l], a->fch[l], (size_t)N * 4 * C));
     /* fcproj: dfchg -> d_b, then GELU's backward -> d_a (one op when the backend fuses them) */
     if (ZP_TABLE_HAS(ops, matmul_dgelu_bwd)) {
       TRY(ops->matmul_dgelu_bwd(b, a->d_a, G(m, v, g, ZP_T_FCPROJW, es), G(m, v, g, ZP_T_FCPROJB, es), a->dres, a->fchg[l],

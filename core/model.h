@@ -100,6 +100,8 @@ typedef struct {
   int recompute;        /* train.recompute: blocks keep only their input res[l]; the per-layer
                          * pointers below all alias one slot, refilled by re-running the
                          * block's forward just before its backward */
+  int recompute_gelu;   /* train.recompute_gelu: fchg[l] (the MLP's GELU output) all alias one
+                         * slot, recomputed from fch[l] just before the block's backward */
   /* per layer l (saved for backward) */
   void** res;           /* [L+1] residual stream inputs: res[0] = embed output, res[l+1] = block l output */
   void **ln1, **qkv, **atty, **attaux, **res2, **ln2, **fch, **fchg;
@@ -129,7 +131,10 @@ struct zp_ledger;
 /* Sizes only (for plans); then allocate through the ledger (dry-run aware). */
 int zp_acts_alloc(zp_acts* a, const zp_model_layout* m, const zp_backend_ops* ops, zp_backend* b,
                   struct zp_ledger* led, int B, int T, zp_dtype ct, char* err, size_t errlen);
-/* the same with activation recompute (recompute = 1: ACT holds res[0..L] + one block's slot) */
+/* the same with activation recompute, recompute = a set of ZP_RECOMPUTE_* flags: BLOCK: ACT holds
+ * res[0..L] + one block's slot; GELU: one fchg slot for every block */
+#define ZP_RECOMPUTE_BLOCK 1
+#define ZP_RECOMPUTE_GELU 2
 int zp_acts_alloc_ex(zp_acts* a, const zp_model_layout* m, const zp_backend_ops* ops, zp_backend* b,
                      struct zp_ledger* led, int B, int T, zp_dtype ct, int recompute, char* err, size_t errlen);
 void zp_acts_free(zp_acts* a, struct zp_ledger* led);

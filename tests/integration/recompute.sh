@@ -7,7 +7,12 @@
 #   tensor parallelism (tp=2: the recomputed block repeats its all-reduces), bf16;
 # - the activation bytes (ledger ACT, device tier) with recompute grow with depth by exactly
 #   one residual-stream tensor per block (B*T*d_model*4 bytes: L=4 minus L=2 = 2 tensors),
-#   while without recompute they grow by a whole block's saved activations.
+#   while without recompute they grow by a whole block's saved activations;
+# - selective recompute (train.recompute_gelu: one GELU-output slot for every block, refilled
+#   before each block's backward) is bitwise equal to keeping every activation (the CPU backend's
+#   GELU is the same op both times), at 1 rank and with tp=2 (model_tp.c's backward), and saves
+#   exactly (L - 1) GELU outputs of B*T*4*d_model*4 bytes; with pipeline parallelism it is
+#   refused with a message.
 set -euo pipefail
 build=$1; src=$2
 zp=$build/zp
@@ -42,5 +47,20 @@ if [ "$d_rc" = $((2 * res)) ] && [ "$d_full" -gt $((8 * res)) ]; then
 else
   echo "FAIL: ACT growth L=2 -> 4: recompute $d_rc B (want $((2 * res))), full $d_full B"; fail=1
 fi
+# selective recompute of the GELU output
+for spec in "none 1" "stage1 2 parallel.tp=2"; do
+  set -- $spec
+  run "gelu-$1" "$2" zero.plugin=$1 train.recompute_gelu=true ${3:-} && bitwise "full-$1" "gelu-$1" "recompute_gelu vs full activations, $1 at $2 rank(s)${3:+ ($3)}"
+done
+run act-gelu-4 1 model.n_layer=4 train.recompute_gelu=true train.steps=1
+fc=$((2 * 16 * 128 * 4)) # B*T*4*d_model*fp32
+saved=$(( $(act act-full-4) - $(act act-gelu-4) ))
+if [ "$saved" = $((3 * fc)) ]; then echo "ok   recompute_gelu at L=4 saves $saved B of ACT (3 GELU outputs of $fc B)"
+else echo "FAIL: recompute_gelu saves $saved B at L=4, want $((3 * fc))"; fail=1; fi
+if out=$("$zp" launch -n 2 "$cfg" --set train.out_dir="$work/gelu-pp" --set parallel.pp=2 --set train.recompute_gelu=true 2>&1); then
+  echo "FAIL: recompute_gelu with pp 2 accepted"; fail=1
+elif grep -q "train.recompute_gelu is not implemented for pipeline parallelism" <<< "$out"; then
+  echo "ok   recompute_gelu with pp 2 refused: $(grep -m1 -o 'train.recompute_gelu is not implemented[^;]*' <<< "$out")"
+else echo "FAIL: recompute_gelu with pp 2: $(tail -3 <<< "$out")"; fail=1; fi
 [ $fail = 0 ] && echo "recompute: all passed"
 exit $fail
