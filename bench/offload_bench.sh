@@ -40,16 +40,9 @@ mkdir -p "$OUT" "$WORK/runs"
 note() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*"; }
 FAILED=0
 
+. "$SRC/bench/lib.sh"
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
-  export PATH=$PATH:/usr/local/cuda/bin
-  t0=$(date +%s)
-  if cmake -S "$SRC" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DZP_TEST_POISON=OFF \
-    -DCMAKE_CUDA_ARCHITECTURES="${CUDA_ARCH:-90}" > "$OUT/offload_build.log" 2>&1 &&
-    ninja -C "$BUILD" zp zp_cuda zp_stage1 zp_stage2 zp_stage3 zp_offload_cpu >> "$OUT/offload_build.log" 2>&1; then
-    note "build ok ($(($(date +%s) - t0)) s)"
-  else
-    tail -20 "$OUT/offload_build.log"; echo "offload_bench: build failed"; exit 1
-  fi
+  bench_build "$SRC" "$BUILD" "$OUT/offload_build.log" zp zp_cuda zp_stage1 zp_stage2 zp_stage3 zp_offload_cpu || exit 1
 fi
 
 SHARD=$WORK/random_train.bin

@@ -39,19 +39,9 @@ mkdir -p "$OUT" "$WORK" || { echo "pipeline_bench: cannot create $OUT or $WORK" 
 note() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*"; }
 FAILED=0
 
+. "$SRC/bench/lib.sh"
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
-  export PATH=$PATH:/usr/local/cuda/bin
-  t0=$(date +%s)
-  if cmake -S "$SRC" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DZP_TEST_POISON=OFF \
-    -DCMAKE_CUDA_ARCHITECTURES="${CUDA_ARCH:-90}" > "$OUT/pipeline_build.log" 2>&1 &&
-    cmake --build "$BUILD" --target zp >> "$OUT/pipeline_build.log" 2>&1 &&
-    { cmake --build "$BUILD" --target zp_cuda >> "$OUT/pipeline_build.log" 2>&1 || true; }; then
-    note "build: ok ($(($(date +%s) - t0)) s) -> $BUILD"
-  else
-    tail -n 20 "$OUT/pipeline_build.log"
-    note "build FAILED"
-    exit 1
-  fi
+  bench_build "$SRC" "$BUILD" "$OUT/pipeline_build.log" zp '?zp_cuda' || exit 1
 fi
 [ -x "$BUILD/zp" ] || { echo "pipeline_bench: $BUILD/zp missing (build first or unset SKIP_BUILD)" >&2; exit 2; }
 
