@@ -248,7 +248,8 @@ static int cmd_plan(int argc, char** argv) {
     if (tp > 1)
       printf("layout: %d ranks = dp %d x pp %d x tp %d; the plan below is one tensor-parallel rank\n", world, dp, pp, tp);
     if (strcmp(zp_cfg_str(&c, "train.device"), "cuda") == 0)
-      printf("note: activation sizes estimated with the CPU backend's attention (the CUDA backend may store less)\n");
+      printf("note: train.device = \"cuda\": activations sized with the CUDA backend's attention storage (the logsumexp "
+             "for head sizes 32/64/128, as its flash / fa2 kernels keep), without loading the plugin\n");
     zp_run_print_plan(&r, stdout);
   }
   zp_run_close(&r);

@@ -364,6 +364,20 @@ static void host_init(zp_run* r, const char* name) {
 /* Open the runtime side of the tier plugins (after the group buffers exist). A plugin named by
  * both offload keys is opened once. Dry runs open them too, so their staging is counted
  * (host->alloc hands out NULL there; plugins must not touch memory then). */
+/* Dry runs for train.device = "cuda" size activations with the CPU backend's op table, whose
+ * attention keeps the T x T probabilities. The CUDA plugin keeps less (plugins/cuda, its
+ * attention_aux_bytes): the logsumexp, B*NH*T fp32, wherever its flash / fa2 kernels serve the
+ * head size (32, 64, 128) and ZP_CUDA_ATTN is not "naive"; else B*NH*T*T bf16. The plan uses
+ * that rule without loading the plugin (plans are made on machines without a GPU too). */
+static size_t cuda_aux_estimate(zp_backend* b, int B, int T, int C, int NH) {
+  (void)b;
+  const char* a = getenv("ZP_CUDA_ATTN");
+  int hs = NH > 0 && C % NH == 0 ? C / NH : 0;
+  if ((hs == 32 || hs == 64 || hs == 128) && !(a && strcmp(a, "naive") == 0)) return (size_t)B * NH * T * sizeof(float);
+  return (size_t)B * NH * T * T * 2;
+}
+static zp_backend_ops g_cuda_sizing;
+
 static int open_tiers(zp_run* r, int dry_run) {
   static const char* tkeys[2] = {"offload.optimizer.plugin", "offload.param.plugin"};
   for (int i = 0; i < 2; i++) {
@@ -545,6 +559,10 @@ int zp_run_open(zp_run* r, zp_config* cfg, const zp_run_opts* o) {
       return rc;
     }
     r->ops = r->backend_plugin.desc->backend;
+  } else if (cuda) { /* dry run: the CPU ops, with the CUDA backend's attention storage */
+    g_cuda_sizing = *zp_cpu_backend_ops();
+    g_cuda_sizing.attention_aux_bytes = cuda_aux_estimate;
+    r->ops = &g_cuda_sizing;
   } else {
     r->ops = zp_cpu_backend_ops();
   }
