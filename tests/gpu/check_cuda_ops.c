@@ -1443,6 +1443,38 @@ static void t_timers(void) {
   release_all();
 }
 
+/* ---- the kernel-choice switches: every bad value is refused at create with a message that
+ * names the variable and the accepted values (user input: never a crash or a silent default) */
+static void t_switch_errors(void) {
+  if (!want("switch")) return;
+  static const char* const bad[][2] = {
+      {"ZP_CUDA_ATTN", "flash2"},  {"ZP_CUDA_FA2_FWD", "base"}, {"ZP_CUDA_FA2_BWD", "kv3"},
+      {"ZP_CUDA_FUSE_GELU", "yes"}, {"ZP_CUDA_FUSE_RES", "2"},   {"ZP_CUDA_LN", "Fast"},
+      {"ZP_CUDA_GEMM_TUNE", "3"}};
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    const char* old = getenv(bad[i][0]);
+    char* keep = old ? strdup(old) : NULL;
+    setenv(bad[i][0], bad[i][1], 1);
+    g_last_error[0] = 0;
+    zp_backend_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.struct_size = sizeof cfg;
+    cfg.compute_dtype = ZP_BF16;
+    zp_backend* b = NULL;
+    int rc = G->create(&g_host, &cfg, &b);
+    if (keep) setenv(bad[i][0], keep, 1);
+    else unsetenv(bad[i][0]);
+    free(keep);
+    char shape[48];
+    snprintf(shape, sizeof shape, "%s=%s", bad[i][0], bad[i][1]);
+    result_t* r = pend("switch refused", shape);
+    r->pass = rc == ZP_E_INVALID && !b && strstr(g_last_error, bad[i][0]) && strstr(g_last_error, "expected one of");
+    snprintf(r->note, sizeof r->note, "rc %d", rc);
+    if (b) G->destroy(b);
+  }
+  flush(NAN);
+}
+
 /* ---- AdamW ---- */
 
 static int r_adamw(const zp_backend_ops* o, zp_backend* b, const args_t* a) {
@@ -2043,6 +2075,7 @@ int main(int argc, char** argv) {
   t_matmul_res(N, 4 * C, C);
   t_matmul_res(37, 24, 70); /* leading dimensions not multiples of 8 */
   t_timers();
+  t_switch_errors();
   t_matmul_gelu(N, C, 4 * C);
   t_matmul_gelu(64, 96, 40);
   t_matmul_gelu(37, 20, 44); /* IC, OC not multiples of 8: the two-pass path */
