@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
-PKGS="build-essential cmake ninja-build pkg-config clang libclang-rt-14-dev python3
+PKGS="build-essential cmake ninja-build pkg-config clang libclang-rt-14-dev python3 python3-numpy
       liblua5.4-dev liburing-dev libjansson-dev libopenblas-openmp-dev fortunes fortunes-min"
 missing=""
 for p in $PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
