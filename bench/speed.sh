@@ -13,10 +13,10 @@
 #   bash bench/speed.sh [124m] [1.5b]
 # Env: OUT (default /tmp/zp-out), ZP_BUILD (default build-gpu), SKIP_BUILD=1, PROFILE=1|after,
 #   PROFILE_STEPS (default 6), CONTINUE_ON_FAIL=1 (diagnosis: time anyway; failing mma.sync
-#   attention is then replaced by ZP_CUDA_ATTN=flash), KERNELS = new (default: exports
-#   ZP_CUDA_ATTN=fa2 ZP_CUDA_FUSE_GELU=1 ZP_CUDA_LN=fast for the runs, each unless already set)
-#   | default (the plugin's defaults), CHECK_FILTERS (default "attention layernorm matmul_gelu adamw"), and every
-#   variable of gpu_bench.sh (PEERS, STEPS, ZP_MULTI, ZP_EXTRA_SETS, ...), passed through.
+#   attention is then replaced by ZP_CUDA_ATTN=flash), CHECK_FILTERS (default "attention
+#   layernorm matmul_gelu adamw"), the plugin's kernel switches (ZP_CUDA_*, see
+#   docs/architecture.md; unset: its defaults), and every variable of gpu_bench.sh (PEERS,
+#   STEPS, ZP_MULTI, ZP_EXTRA_SETS, ...), passed through.
 # Files in $OUT: speed_checks.log, profile_<model>.txt, and gpu_bench.sh's files.
 set -u -o pipefail
 SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -27,24 +27,13 @@ WORK=${ZP_WORK:-/tmp/zp-bench-work}
 MODELS=("$@")
 [ ${#MODELS[@]} -eq 0 ] && MODELS=(124m 1.5b)
 mkdir -p "$OUT" "$WORK" || { echo "speed: cannot create $OUT or $WORK" >&2; exit 2; }
-if [ "${KERNELS:-new}" = new ]; then
-  export ZP_CUDA_ATTN=${ZP_CUDA_ATTN:-fa2} ZP_CUDA_FUSE_GELU=${ZP_CUDA_FUSE_GELU:-1} ZP_CUDA_LN=${ZP_CUDA_LN:-fast}
-fi
 note() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*"; }
-note "kernels: ZP_CUDA_ATTN=${ZP_CUDA_ATTN:-(plugin default)} ZP_CUDA_FUSE_GELU=${ZP_CUDA_FUSE_GELU:-(default)} ZP_CUDA_LN=${ZP_CUDA_LN:-(default)}"
-export PATH=$PATH:/usr/local/cuda/bin
-
+note "kernel switches set: $(env | grep '^ZP_CUDA_' | tr '\n' ' ')(the rest: the plugin's defaults; its create line in the logs names all)"
+. "$SRC/bench/lib.sh"
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
-  t0=$(date +%s)
-  if cmake -S "$SRC" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DZP_TEST_POISON=OFF \
-    -DCMAKE_CUDA_ARCHITECTURES="${CUDA_ARCH:-90}" > "$OUT/speed_build.log" 2>&1 &&
-    ninja -C "$BUILD" zp zp_cuda zp_stage1 zp_stage2 zp_stage3 check_cuda_ops >> "$OUT/speed_build.log" 2>&1; then
-    note "build: ok ($(($(date +%s) - t0)) s, $(grep -c 'warning' "$OUT/speed_build.log") warning lines) -> $BUILD"
-  else
-    tail -n 30 "$OUT/speed_build.log"
-    note "build FAILED"
-    exit 1
-  fi
+  msg=$(bench_build "$SRC" "$BUILD" "$OUT/speed_build.log" zp zp_cuda zp_stage1 zp_stage2 zp_stage3 check_cuda_ops) ||
+    { echo "$msg"; exit 1; }
+  note "$msg, $(grep -c 'warning' "$OUT/speed_build.log") warning lines"
 fi
 
 # ---- correctness first ----

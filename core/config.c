@@ -564,20 +564,16 @@ int zp_config_check(const zp_config* c, char* err, size_t errlen) {
            zp_cfg_get(c, "zero.plugin")->origin, (long long)zp_cfg_int(c, "parallel.pp"));
     return ZP_E_INVALID;
   }
-  if (zp_cfg_int(c, "parallel.pp") > 1 && zp_cfg_bool(c, "train.recompute_gelu")) {
-    seterr(err, errlen,
-           "%s: train.recompute_gelu is not implemented for pipeline parallelism yet (parallel.pp = %lld): the "
-           "pipeline keeps one activation slot per micro-batch in flight; set train.recompute_gelu = false",
-           zp_cfg_get(c, "train.recompute_gelu")->origin, (long long)zp_cfg_int(c, "parallel.pp"));
-    return ZP_E_INVALID;
-  }
-  if (zp_cfg_int(c, "parallel.pp") > 1 && zp_cfg_bool(c, "train.recompute")) {
-    seterr(err, errlen,
-           "%s: train.recompute is not implemented for pipeline parallelism yet (parallel.pp = %lld): the pipeline "
-           "keeps one activation slot per micro-batch in flight; set train.recompute = false",
-           zp_cfg_get(c, "train.recompute")->origin, (long long)zp_cfg_int(c, "parallel.pp"));
-    return ZP_E_INVALID;
-  }
+  static const char* const recompute_keys[] = {"train.recompute", "train.recompute_gelu"};
+  for (int i = 0; i < 2; i++)
+    if (zp_cfg_int(c, "parallel.pp") > 1 && zp_cfg_bool(c, recompute_keys[i])) {
+      seterr(err, errlen,
+             "%s: %s is not implemented for pipeline parallelism yet (parallel.pp = %lld): the pipeline keeps one "
+             "activation slot per micro-batch in flight; set %s = false",
+             zp_cfg_get(c, recompute_keys[i])->origin, recompute_keys[i], (long long)zp_cfg_int(c, "parallel.pp"),
+             recompute_keys[i]);
+      return ZP_E_INVALID;
+    }
   const char* nv[] = {"offload.optimizer.plugin", "offload.param.plugin"};
   for (int i = 0; i < 2; i++) {
     const char* p = zp_cfg_str(c, nv[i]);

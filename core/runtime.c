@@ -361,9 +361,6 @@ static void host_init(zp_run* r, const char* name) {
 
 /* ---------------- opening a run ---------------- */
 
-/* Open the runtime side of the tier plugins (after the group buffers exist). A plugin named by
- * both offload keys is opened once. Dry runs open them too, so their staging is counted
- * (host->alloc hands out NULL there; plugins must not touch memory then). */
 /* Dry runs for train.device = "cuda" size activations with the CPU backend's op table, whose
  * attention keeps the T x T probabilities. The CUDA plugin keeps less (plugins/cuda, its
  * attention_aux_bytes): the logsumexp, B*NH*T fp32, wherever its flash / fa2 kernels serve the
@@ -378,6 +375,9 @@ static size_t cuda_aux_estimate(zp_backend* b, int B, int T, int C, int NH) {
 }
 static zp_backend_ops g_cuda_sizing;
 
+/* Open the runtime side of the tier plugins (after the group buffers exist). A plugin named by
+ * both offload keys is opened once. Dry runs open them too, so their staging is counted
+ * (host->alloc hands out NULL there; plugins must not touch memory then). */
 static int open_tiers(zp_run* r, int dry_run) {
   static const char* tkeys[2] = {"offload.optimizer.plugin", "offload.param.plugin"};
   for (int i = 0; i < 2; i++) {

@@ -47,7 +47,7 @@ struct zp_backend {
   int device;
   int legacy_stream;     /* ZP_CUDA_STREAM=legacy: ops go to the legacy default stream (tests) */
   int attn_flash;        /* ZP_CUDA_ATTN: 2 fa2 (mma.sync), 1 flash (WMMA), 0 naive */
-  int fa2_fwd;           /* ZP_CUDA_FA2_FWD: 0 base, 1 fast, 2 w8 (attention_fa2.cu) */
+  int fa2_fwd;           /* ZP_CUDA_FA2_FWD: 0 fast, 1 w8 (attention_fa2.cu) */
   int fa2_bwd;           /* ZP_CUDA_FA2_BWD: 0 base, 1 kv2 */
   int fuse_gelu;         /* ZP_CUDA_FUSE_GELU: 1 GELU in the GEMM epilogues, 0 separate kernels */
   int ln_fast;           /* ZP_CUDA_LN: 1 fast (vectorized), 0 legacy */

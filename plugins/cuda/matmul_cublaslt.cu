@@ -33,8 +33,9 @@
  * and DGELU's aux input) but writes to a tuning buffer, never to the caller's D or GELU aux:
  * one warm-up, then 3 runs bracketed by two cudaEvents on b->stream; the stream is then
  * synchronized, the mean of the 3 is the candidate's time, the fastest is cached, and the
- * real call runs with it. An accumulating GEMM (beta != 0) first gets a copy of the real D in
- * the tuning buffer, so the timed runs read what the real call reads. A candidate that fails
+ * real call runs with it. An accumulating GEMM (beta != 0) first gets a copy of its C (the real
+ * D where C is not separate) in the tuning buffer, so the timed runs read what the real call
+ * reads. A candidate that fails
  * to launch is skipped. The tuning buffer is a cudaMalloc of D's extent (plus the GELU aux
  * output), at the same offset modulo 256 bytes as the real pointers (the alignment the
  * heuristic was told), freed when the tuning ends, so tuning keeps no memory afterwards; it
@@ -128,9 +129,10 @@ static int zpc_gemm_tune(zp_backend* b, const struct zpc_gemm* g, cublasLtMatmul
       }
       aux_moved = 1;
     }
-    if (g->beta != 0.0f) { /* accumulating: time on a copy of what the real call reads */
-      what = "cudaMemcpyAsync(tuning copy of D)";
-      if ((e = cudaMemcpyAsync(sd, g->D, d_bytes, cudaMemcpyDeviceToDevice, b->stream)))
+    if (g->beta != 0.0f) { /* accumulating: time on a copy of what the real call reads (C) */
+      what = "cudaMemcpyAsync(tuning copy of C)";
+      if ((e = cudaMemcpyAsync(sd, g->C ? g->C : g->D, d_bytes, cudaMemcpyDeviceToDevice,
+                               b->stream)))
         goto out;
     }
     what = "cudaEventCreate";
