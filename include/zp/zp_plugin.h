@@ -24,7 +24,7 @@ extern "C" {
 #endif
 
 #define ZP_ABI_MAJOR 1
-#define ZP_ABI_MINOR 3
+#define ZP_ABI_MINOR 4
 #define ZP_PLUGIN_ENTRY_NAME "zp_plugin_entry"
 /* does table t (whose first member is size_t struct_size) have member m, and is it set? */
 #define ZP_TABLE_HAS(t, m) \
@@ -461,6 +461,24 @@ typedef struct zp_backend_ops {
    *   marked; negative if c was reached first). */
   int (*timer_mark)(zp_backend* b, int slot);
   int (*timer_ms)(zp_backend* b, int a, int c, double* ms);
+  /* ---- optional (1.4): AdamW over several pieces in one call (NULL: one adamw() per piece) ----
+   * adamw_pieces: as n_pieces adamw() calls over consecutive pieces of one range, bit for bit:
+   *   piece i covers elements [piece_end[i-1], piece_end[i]) of the range (piece_end[-1] = 0,
+   *   piece_end increasing, piece_end[n_pieces-1] the range's length) with weight decay
+   *   piece_wd[i]. piece_end and piece_wd are host arrays, read before the call returns. */
+  int (*adamw_pieces)(zp_backend* b, void* param, zp_dtype pdt, float* master, const void* grad,
+                      zp_dtype gdt, float* m, float* v, int n_pieces, const uint64_t* piece_end,
+                      const float* piece_wd, float lr, float beta1, float beta2, float eps,
+                      float grad_scale, int step_t);
+  /* ---- optional (1.4): attention backward with a caller-provided workspace (NULL, or 0 bytes
+   * for the shape: attention_bwd) ----
+   * attention_bwd_ws_bytes: device bytes of workspace attention_bwd_ws needs for this shape.
+   * attention_bwd_ws: as attention_bwd; ws (that many bytes, 256-byte aligned) is scratch whose
+   *   contents on entry do not matter and are not needed after the call (one buffer serves every
+   *   layer). Results are deterministic (the same inputs give the same bits). */
+  size_t (*attention_bwd_ws_bytes)(zp_backend* b, int B, int T, int C, int NH);
+  int (*attention_bwd_ws)(zp_backend* b, void* dqkv, const void* dout, const void* qkv,
+                          const void* out, const void* aux, void* ws, int B, int T, int C, int NH);
 } zp_backend_ops;
 #define ZP_TIMER_SLOTS 65536
 
