@@ -461,6 +461,32 @@ static double zp_sumsq_range(const void* x, zp_dtype dt, size_t lo, size_t hi) {
   return (s[0] + s[1]) + (s[2] + s[3]);
 }
 
+static int cpu_adamw(zp_backend* b, void* param, zp_dtype pdt, float* master, const void* grad,
+                     zp_dtype gdt, float* m, float* v, size_t n, float lr, float beta1,
+                     float beta2, float eps, float weight_decay, float grad_scale, int step_t);
+/* ABI 1.4: one call for a range's pieces; here one cpu_adamw per piece (the same bits) */
+static int cpu_adamw_pieces(zp_backend* b, void* param, zp_dtype pdt, float* master,
+                            const void* grad, zp_dtype gdt, float* m, float* v, int n_pieces,
+                            const uint64_t* piece_end, const float* piece_wd, float lr,
+                            float beta1, float beta2, float eps, float grad_scale, int step_t) {
+  ZP_NEED_B();
+  ZP_REQ(n_pieces >= 0 && (n_pieces == 0 || (piece_end && piece_wd)),
+         "cpu backend: adamw_pieces: %d pieces without their table", n_pieces);
+  const size_t gs = zp_dtype_size(gdt), ps = zp_dtype_size(pdt);
+  const int self = param == (void*)master; /* fp32 training: the parameter is the master */
+  uint64_t pos = 0;
+  for (int k = 0; k < n_pieces; k++) {
+    ZP_REQ(piece_end[k] > pos, "cpu backend: adamw_pieces: piece %d ends at %llu, not after %llu", k,
+           (unsigned long long)piece_end[k], (unsigned long long)pos);
+    void* p = !param ? NULL : self ? (void*)(master + pos) : (char*)param + pos * ps;
+    int rc = cpu_adamw(b, p, pdt, master + pos, (const char*)grad + pos * gs, gdt, m + pos, v + pos,
+                       (size_t)(piece_end[k] - pos), lr, beta1, beta2, eps, piece_wd[k], grad_scale, step_t);
+    if (rc) return rc;
+    pos = piece_end[k];
+  }
+  return ZP_OK;
+}
+
 static int cpu_sumsq(zp_backend* b, double* out_host, const void* x, zp_dtype dt, size_t n) {
   ZP_NEED_B();
   ZP_REQ(out_host, "cpu backend: sumsq: out is NULL");
@@ -736,6 +762,7 @@ static const zp_backend_ops zp_cpu_ops = {
     .residual_fwd = cpu_residual_fwd,
     .softmax_xent = cpu_softmax_xent,
     .adamw = cpu_adamw,
+    .adamw_pieces = cpu_adamw_pieces,
     .sumsq = cpu_sumsq,
     .scale = cpu_scale,
     .encoder_masked_fwd = cpu_encoder_masked_fwd,

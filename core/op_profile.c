@@ -177,6 +177,11 @@ static int w_adamw(zp_backend* b, void* param, zp_dtype pdt, float* master, cons
                    size_t n, float lr, float b1, float b2, float eps, float wd, float gs, int t) {
   TIMED(b, "adamw", 0, g_real->adamw(b, param, pdt, master, grad, gdt, m, v, n, lr, b1, b2, eps, wd, gs, t));
 }
+static int w_adamw_pieces(zp_backend* b, void* param, zp_dtype pdt, float* master, const void* grad, zp_dtype gdt, float* m,
+                          float* v, int np, const uint64_t* pe, const float* pw, float lr, float b1, float b2, float eps, float gs,
+                          int t) {
+  TIMED(b, "adamw", 0, g_real->adamw_pieces(b, param, pdt, master, grad, gdt, m, v, np, pe, pw, lr, b1, b2, eps, gs, t));
+}
 static int w_sumsq(zp_backend* b, double* out, const void* x, zp_dtype dt, size_t n) { TIMED(b, "sumsq", 0, g_real->sumsq(b, out, x, dt, n)); }
 static int w_scale(zp_backend* b, void* x, zp_dtype dt, size_t n, float s) { TIMED(b, "scale", 0, g_real->scale(b, x, dt, n, s)); }
 
@@ -195,6 +200,7 @@ const zp_backend_ops* zp_op_profile_wrap(const zp_backend_ops* real, int sync) {
   if (ZP_TABLE_HAS(real, matmul_gelu_fwd)) g_wrap.matmul_gelu_fwd = w_matmul_gelu_fwd;
   if (ZP_TABLE_HAS(real, matmul_dgelu_bwd)) g_wrap.matmul_dgelu_bwd = w_matmul_dgelu_bwd;
   if (ZP_TABLE_HAS(real, matmul_res_fwd)) g_wrap.matmul_res_fwd = w_matmul_res_fwd;
+  if (ZP_TABLE_HAS(real, adamw_pieces)) g_wrap.adamw_pieces = w_adamw_pieces;
   zp_op_profile_reset();
   return &g_wrap;
 }

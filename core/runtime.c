@@ -302,6 +302,14 @@ static int h_optim_update(zp_host_ctx* c, int g, uint64_t first, uint64_t count,
     param_out = NULL;
   }
   size_t gs = zp_dtype_size(gdt), ps = zp_dtype_size(pdt);
+  if (ZP_TABLE_HAS(r->ops, adamw_pieces)) { /* ABI 1.4: the range's pieces in one call */
+    for (int i = 0; i < np; i++) {
+      r->piece_rel[i] = r->piece_end[i] - first;
+      r->piece_wd[i] = r->piece_decay[i] ? hp.weight_decay : 0.0f;
+    }
+    return r->ops->adamw_pieces(r->be, param_out, pdt, master, grad, gdt, m, v, np, r->piece_rel, r->piece_wd, hp.lr,
+                                hp.beta1, hp.beta2, hp.eps, hp.grad_scale, hp.step_t);
+  }
   uint64_t pos = first;
   for (int i = 0; i < np; i++) {
     uint64_t k = pos - first;
@@ -540,7 +548,9 @@ int zp_run_open(zp_run* r, zp_config* cfg, const zp_run_opts* o) {
     }
     r->piece_end = calloc((size_t)maxt * 2 + 2, sizeof(uint64_t));
     r->piece_decay = calloc((size_t)maxt * 2 + 2, 1);
-    if (!r->piece_end || !r->piece_decay) { rerr(r, "out of host memory"); return ZP_E_NOMEM; }
+    r->piece_rel = calloc((size_t)maxt * 2 + 2, sizeof(uint64_t));
+    r->piece_wd = calloc((size_t)maxt * 2 + 2, sizeof(float));
+    if (!r->piece_end || !r->piece_decay || !r->piece_rel || !r->piece_wd) { rerr(r, "out of host memory"); return ZP_E_NOMEM; }
   }
   /* dtypes */
   const char* prec = zp_cfg_str(cfg, "train.precision");
@@ -745,8 +755,12 @@ void zp_run_close(zp_run* r) {
   }
   free(r->piece_end);
   free(r->piece_decay);
+  free(r->piece_rel);
+  free(r->piece_wd);
   r->piece_end = NULL;
   r->piece_decay = NULL;
+  r->piece_rel = NULL;
+  r->piece_wd = NULL;
   if (r->groups) {
     zp_acts_free(&r->acts, &r->ledger);
     for (int g = 0; g < r->layout.n_groups; g++) {

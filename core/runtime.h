@@ -67,6 +67,8 @@ typedef struct zp_run {
   void* tier_state[2];
   uint64_t* piece_end;           /* optimizer-service scratch: tensor pieces of a range */
   unsigned char* piece_decay;
+  uint64_t* piece_rel;           /* the same pieces' ends relative to the range (adamw_pieces) */
+  float* piece_wd;               /* and their weight decay */
   zp_host host;                  /* the table handed to plugins */
   struct zp_host_ctx* hctx;
   /* communication (NULL for world 1): comm is the host (control) communicator; dcomm the

@@ -10,6 +10,10 @@
  * bound: 28 bytes per element with bf16 grad and param); a misaligned head and the n % 4 tail
  * take the scalar kernel. The arithmetic per element is the same expression in both, so the
  * results are bitwise equal whichever path an element takes.
+ * Pieces (ABI 1.4 adamw_pieces): one range of up to ZPC_PIECES pieces of their own weight decay
+ * is one set of launches; each element finds its piece's decay (the pieces are few and sorted:
+ * a scan from the piece of the element's group of 4), so one call equals one adamw() per piece
+ * bit for bit, with the small tensors (biases, LayerNorm) no longer costing a launch each.
  */
 #include <math.h>
 #include <stdint.h>
@@ -17,18 +21,31 @@
 #include "cuda_common.cuh"
 
 struct zpc_adamw_hp {
-  float lr, beta1, beta2, eps, wd, grad_scale, bc1, bc2;
+  float lr, beta1, beta2, eps, grad_scale, bc1, bc2;
 };
+
+/* the pieces of one launch: element i (relative to the launch's start) has weight decay wd[k]
+ * for the first k with i < end[k] */
+#define ZPC_PIECES 32
+struct zpc_pieces {
+  int n;
+  uint64_t end[ZPC_PIECES];
+  float wd[ZPC_PIECES];
+};
+__device__ __forceinline__ int zpc_piece_of(const zpc_pieces& P, uint64_t i, int k) {
+  while (k < P.n - 1 && i >= P.end[k]) k++;
+  return k;
+}
 
 /* every operation spelled as an _rn intrinsic: the compiler may not contract differently in the
  * two kernels, so the scalar and the vector path round identically */
 __device__ __forceinline__ void zpc_adamw_elem(float g, float& mi, float& vi, float& p,
-                                               const zpc_adamw_hp& h) {
+                                               const zpc_adamw_hp& h, float wd) {
   g = __fmul_rn(g, h.grad_scale);
   mi = __fmaf_rn(h.beta1, mi, __fmul_rn(1.0f - h.beta1, g));
   vi = __fmaf_rn(h.beta2, vi, __fmul_rn(__fmul_rn(1.0f - h.beta2, g), g));
   const float mhat = __fdiv_rn(mi, h.bc1), vhat = __fdiv_rn(vi, h.bc2);
-  const float upd = __fmaf_rn(h.wd, p, __fdiv_rn(mhat, __fadd_rn(__fsqrt_rn(vhat), h.eps)));
+  const float upd = __fmaf_rn(wd, p, __fdiv_rn(mhat, __fadd_rn(__fsqrt_rn(vhat), h.eps)));
   p = __fmaf_rn(-h.lr, upd, p);
 }
 
@@ -53,10 +70,11 @@ __device__ __forceinline__ void zpc_st4(bf16* p, const float (&r)[4]) {
   *(uint2*)p = x;
 }
 
-/* n4 groups of 4 elements; every pointer aligned for its 4-element access */
+/* n4 groups of 4 elements; every pointer aligned for its 4-element access; element i of the
+ * launch is element i0 + i of the pieces P */
 template <typename TP, typename TG>
 __global__ void zpc_adamw4_kernel(TP* param, float* master, const TG* grad, float* m, float* v,
-                                  size_t n4, zpc_adamw_hp h) {
+                                  size_t n4, zpc_adamw_hp h, zpc_pieces P, uint64_t i0) {
   for (size_t q = blockIdx.x * (size_t)blockDim.x + threadIdx.x; q < n4;
        q += (size_t)gridDim.x * blockDim.x) {
     const size_t i = 4 * q;
@@ -65,8 +83,12 @@ __global__ void zpc_adamw4_kernel(TP* param, float* master, const TG* grad, floa
     zpc_ld4(mi, m + i);
     zpc_ld4(vi, v + i);
     zpc_ld4(p, master + i);
+    int k = zpc_piece_of(P, i0 + i, 0);
 #pragma unroll
-    for (int e = 0; e < 4; e++) zpc_adamw_elem(g[e], mi[e], vi[e], p[e], h);
+    for (int e = 0; e < 4; e++) {
+      k = zpc_piece_of(P, i0 + i + e, k);
+      zpc_adamw_elem(g[e], mi[e], vi[e], p[e], h, P.wd[k]);
+    }
     zpc_st4(m + i, mi);
     zpc_st4(v + i, vi);
     zpc_st4(master + i, p);
@@ -76,11 +98,11 @@ __global__ void zpc_adamw4_kernel(TP* param, float* master, const TG* grad, floa
 
 template <typename TP, typename TG>
 __global__ void zpc_adamw_kernel(TP* param, float* master, const TG* grad, float* m, float* v,
-                                 size_t n, zpc_adamw_hp h) {
+                                 size_t n, zpc_adamw_hp h, zpc_pieces P, uint64_t i0) {
   for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
        i += (size_t)gridDim.x * blockDim.x) {
     float mi = m[i], vi = v[i], p = master[i];
-    zpc_adamw_elem(zpc_ld<float>(grad + i), mi, vi, p, h);
+    zpc_adamw_elem(zpc_ld<float>(grad + i), mi, vi, p, h, P.wd[zpc_piece_of(P, i0 + i, 0)]);
     m[i] = mi;
     v[i] = vi;
     master[i] = p;
@@ -91,7 +113,7 @@ __global__ void zpc_adamw_kernel(TP* param, float* master, const TG* grad, float
 /* scalar head (until master is 16-byte aligned), vector body, scalar tail */
 template <typename TP, typename TG>
 static void zpc_adamw_launch(zp_backend* b, TP* param, float* master, const TG* grad, float* m,
-                             float* v, size_t n, const zpc_adamw_hp& h) {
+                             float* v, size_t n, const zpc_adamw_hp& h, const zpc_pieces& P) {
   size_t head = ((16 - ((uintptr_t)master & 15)) & 15) / 4;
   if ((uintptr_t)master & 3) head = n; /* not even float-aligned: all scalar */
   if (head > n) head = n;
@@ -102,39 +124,94 @@ static void zpc_adamw_launch(zp_backend* b, TP* param, float* master, const TG* 
     n4 = 0; /* arrays out of phase with each other: scalar throughout */
   if (head)
     zpc_adamw_kernel<TP, TG><<<zpc_grid(b, head, 256), 256, 0, b->stream>>>(param, master, grad,
-                                                                            m, v, head, h);
+                                                                            m, v, head, h, P, 0);
   if (n4) {
     const size_t o = head;
     zpc_adamw4_kernel<TP, TG><<<zpc_grid(b, n4, 256), 256, 0, b->stream>>>(
-        param ? param + o : NULL, master + o, grad + o, m + o, v + o, n4, h);
+        param ? param + o : NULL, master + o, grad + o, m + o, v + o, n4, h, P, o);
   }
   const size_t done = head + 4 * n4;
   if (done < n)
     zpc_adamw_kernel<TP, TG><<<zpc_grid(b, n - done, 256), 256, 0, b->stream>>>(
-        param ? param + done : NULL, master + done, grad + done, m + done, v + done, n - done, h);
+        param ? param + done : NULL, master + done, grad + done, m + done, v + done, n - done, h, P,
+        done);
 }
 
-int zpc_adamw(zp_backend* b, void* param, zp_dtype pdt, float* master, const void* grad,
-              zp_dtype gdt, float* m, float* v, size_t n, float lr, float beta1, float beta2,
-              float eps, float weight_decay, float grad_scale, int step_t) {
+/* one launch set over pieces P (P.end relative to the start, P.end[P.n - 1] = n) */
+static int zpc_adamw_run(zp_backend* b, void* param, zp_dtype pdt, float* master, const void* grad,
+                         zp_dtype gdt, float* m, float* v, size_t n, const zpc_adamw_hp& h,
+                         const zpc_pieces& P) {
+  const bool pbf = param && pdt == ZP_BF16;
+  if (gdt == ZP_BF16) {
+    if (pbf) zpc_adamw_launch(b, (bf16*)param, master, (const bf16*)grad, m, v, n, h, P);
+    else zpc_adamw_launch(b, (float*)param, master, (const bf16*)grad, m, v, n, h, P);
+  } else {
+    if (pbf) zpc_adamw_launch(b, (bf16*)param, master, (const float*)grad, m, v, n, h, P);
+    else zpc_adamw_launch(b, (float*)param, master, (const float*)grad, m, v, n, h, P);
+  }
+  ZPC_LAUNCHED(b, "adamw");
+  return ZP_OK;
+}
+
+static int zpc_adamw_hparams(zp_backend* b, void* param, zp_dtype pdt, float* master,
+                             const void* grad, zp_dtype gdt, float* m, float* v, float lr,
+                             float beta1, float beta2, float eps, float grad_scale, int step_t,
+                             zpc_adamw_hp* h) {
   if (step_t < 1 || !master || !grad || !m || !v)
     return ZPC_INVALID(b, "cuda backend: adamw: bad arguments (step_t=%d)", step_t);
   if ((param && pdt != ZP_F32 && pdt != ZP_BF16) || (gdt != ZP_F32 && gdt != ZP_BF16))
     return zpc_err(b->host, ZP_E_NOT_IMPLEMENTED,
                    "cuda backend: adamw: param dtype %d / grad dtype %d not supported (F32, BF16)",
                    (int)pdt, (int)gdt);
-  if (n == 0) return ZP_OK;
-  float bc1 = (float)(1.0 - pow((double)beta1, (double)step_t));
-  float bc2 = (float)(1.0 - pow((double)beta2, (double)step_t));
-  const zpc_adamw_hp h = {lr, beta1, beta2, eps, weight_decay, grad_scale, bc1, bc2};
-  const bool pbf = param && pdt == ZP_BF16;
-  if (gdt == ZP_BF16) {
-    if (pbf) zpc_adamw_launch(b, (bf16*)param, master, (const bf16*)grad, m, v, n, h);
-    else zpc_adamw_launch(b, (float*)param, master, (const bf16*)grad, m, v, n, h);
-  } else {
-    if (pbf) zpc_adamw_launch(b, (bf16*)param, master, (const float*)grad, m, v, n, h);
-    else zpc_adamw_launch(b, (float*)param, master, (const float*)grad, m, v, n, h);
+  const float bc1 = (float)(1.0 - pow((double)beta1, (double)step_t));
+  const float bc2 = (float)(1.0 - pow((double)beta2, (double)step_t));
+  *h = {lr, beta1, beta2, eps, grad_scale, bc1, bc2};
+  return ZP_OK;
+}
+
+int zpc_adamw(zp_backend* b, void* param, zp_dtype pdt, float* master, const void* grad,
+              zp_dtype gdt, float* m, float* v, size_t n, float lr, float beta1, float beta2,
+              float eps, float weight_decay, float grad_scale, int step_t) {
+  zpc_adamw_hp h;
+  int rc = zpc_adamw_hparams(b, param, pdt, master, grad, gdt, m, v, lr, beta1, beta2, eps,
+                             grad_scale, step_t, &h);
+  if (rc || n == 0) return rc;
+  zpc_pieces P;
+  P.n = 1;
+  P.end[0] = n;
+  P.wd[0] = weight_decay;
+  return zpc_adamw_run(b, param, pdt, master, grad, gdt, m, v, n, h, P);
+}
+
+int zpc_adamw_pieces(zp_backend* b, void* param, zp_dtype pdt, float* master, const void* grad,
+                     zp_dtype gdt, float* m, float* v, int n_pieces, const uint64_t* piece_end,
+                     const float* piece_wd, float lr, float beta1, float beta2, float eps,
+                     float grad_scale, int step_t) {
+  zpc_adamw_hp h;
+  int rc = zpc_adamw_hparams(b, param, pdt, master, grad, gdt, m, v, lr, beta1, beta2, eps,
+                             grad_scale, step_t, &h);
+  if (rc) return rc;
+  if (n_pieces < 0 || (n_pieces > 0 && (!piece_end || !piece_wd)))
+    return ZPC_INVALID(b, "cuda backend: adamw_pieces: %d pieces, end %p, wd %p", n_pieces,
+                       (const void*)piece_end, (const void*)piece_wd);
+  const size_t ps = param ? (pdt == ZP_BF16 ? 2 : 4) : 0, gs = gdt == ZP_BF16 ? 2 : 4;
+  uint64_t start = 0;
+  for (int k0 = 0; k0 < n_pieces; k0 += ZPC_PIECES) { /* ZPC_PIECES pieces per launch set */
+    zpc_pieces P;
+    P.n = n_pieces - k0 < ZPC_PIECES ? n_pieces - k0 : ZPC_PIECES;
+    for (int k = 0; k < P.n; k++) {
+      const uint64_t prev = k0 + k == 0 ? 0 : piece_end[k0 + k - 1];
+      if (piece_end[k0 + k] <= prev)
+        return ZPC_INVALID(b, "cuda backend: adamw_pieces: piece %d ends at %llu, not after %llu",
+                           k0 + k, (unsigned long long)piece_end[k0 + k], (unsigned long long)prev);
+      P.end[k] = piece_end[k0 + k] - start;
+      P.wd[k] = piece_wd[k0 + k];
+    }
+    const size_t n = (size_t)P.end[P.n - 1];
+    rc = zpc_adamw_run(b, param ? (char*)param + start * ps : NULL, pdt, master + start,
+                       (const char*)grad + start * gs, gdt, m + start, v + start, n, h, P);
+    if (rc) return rc;
+    start += n;
   }
-  ZPC_LAUNCHED(b, "adamw");
   return ZP_OK;
 }

@@ -477,6 +477,9 @@ static const zp_backend_ops zpc_ops = {
     zpc_matmul_res_fwd, /* 1.2: the residual as the GEMM's C */
     zpc_timer_mark,     /* 1.3: device timestamps (events) for the op profile */
     zpc_timer_ms,
+    zpc_adamw_pieces, /* 1.4: a range's pieces in one launch set (adamw.cu) */
+    NULL, /* 1.4 attention_bwd_ws_bytes, attention_bwd_ws: not yet */
+    NULL,
 };
 
 static const zp_plugin_desc zpc_desc = {

@@ -252,6 +252,10 @@ int zpc_softmax_xent_vp(zp_backend* b, int phase, float* losses, void* logits, v
 int zpc_adamw(zp_backend* b, void* param, zp_dtype pdt, float* master, const void* grad,
               zp_dtype gdt, float* m, float* v, size_t n, float lr, float beta1, float beta2,
               float eps, float weight_decay, float grad_scale, int step_t);
+int zpc_adamw_pieces(zp_backend* b, void* param, zp_dtype pdt, float* master, const void* grad,
+                     zp_dtype gdt, float* m, float* v, int n_pieces, const uint64_t* piece_end,
+                     const float* piece_wd, float lr, float beta1, float beta2, float eps,
+                     float grad_scale, int step_t);
 
 /* ---- device communicator over NCCL (comm_nccl.cu; only when built with NCCL) ----
  * The backend's optional comm_unique_id / comm_create (zp_plugin.h). Each communicator owns

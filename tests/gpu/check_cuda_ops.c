@@ -1572,6 +1572,111 @@ static void t_adamw_paths(int bf16_param) {
   release_all();
 }
 
+/* ABI 1.4 adamw_pieces: one call over a range's pieces equals one adamw() per piece bit for bit
+ * (40 pieces of odd lengths, alternating decay: the 32-piece launch sets, pieces that start and
+ * end inside a group of 4, one-element pieces); then the 1.5B block's 9 pieces timed both ways. */
+static void t_adamw_pieces(int bf16_param) {
+  if (!want("adamw")) return;
+  if (!G->adamw_pieces) die("the cuda backend has no adamw_pieces (ABI 1.4)");
+  enum { NP = 40 };
+  uint64_t end[NP];
+  float wd[NP];
+  uint64_t pos = 0;
+  for (int k = 0; k < NP; k++) {
+    pos += k % 7 == 3 ? 1 : (uint64_t)(k * 997 % 1531 + 2); /* lengths 1 .. 1532 */
+    end[k] = pos;
+    wd[k] = k % 2 ? 0.0f : 0.1f;
+  }
+  const size_t n = (size_t)pos;
+  char shape[64];
+  snprintf(shape, sizeof shape, "%d pieces, n=%zu %s", NP, n, bf16_param ? "bf16 p,g" : "f32 p=master");
+  const zp_dtype gt = bf16_param ? ZP_BF16 : ZP_F32;
+  const size_t es = bf16_param ? 2 : 4;
+  float* master = hrand_f32(n, 0.02f);
+  float* g = hrand(n, 0.01f, 0.0f);
+  float* m = hrand_f32(n, 1e-3f);
+  float* v = hrand_f32(n, 1e-3f);
+  for (size_t i = 0; i < n; i++) v[i] = v[i] * v[i];
+  float* res[2][4];
+  for (int run = 0; run < 2; run++) {
+    float* dmaster = (float*)gup_t(ZP_F32, master, n);
+    float* dm = (float*)gup_t(ZP_F32, m, n);
+    float* dv = (float*)gup_t(ZP_F32, v, n);
+    char* dg = (char*)gup_t(gt, g, n);
+    char* dp = bf16_param ? (char*)dalloc(G, gb, n * 2) : (char*)dmaster;
+    if (run == 0) { /* one adamw() per piece */
+      uint64_t a = 0;
+      for (int k = 0; k < NP; k++) {
+        CK(G->adamw(gb, dp + a * es, gt, dmaster + a, dg + a * es, gt, dm + a, dv + a, (size_t)(end[k] - a), 1e-3f, 0.9f,
+                    0.95f, 1e-8f, wd[k], 0.5f, 2));
+        a = end[k];
+      }
+    } else {
+      CK(G->adamw_pieces(gb, dp, gt, dmaster, dg, gt, dm, dv, NP, end, wd, 1e-3f, 0.9f, 0.95f, 1e-8f, 0.5f, 2));
+    }
+    res[run][0] = gdown_t(ZP_F32, dmaster, n);
+    res[run][1] = gdown_t(ZP_F32, dm, n);
+    res[run][2] = gdown_t(ZP_F32, dv, n);
+    res[run][3] = bf16_param ? gdown(dp, n) : res[run][0];
+  }
+  cmp("adamw_pieces.master[vs per piece]", shape, res[1][0], res[0][0], n, 0.0);
+  cmp("adamw_pieces.m[vs per piece]", shape, res[1][1], res[0][1], n, 0.0);
+  cmp("adamw_pieces.v[vs per piece]", shape, res[1][2], res[0][2], n, 0.0);
+  cmp("adamw_pieces.param[vs per piece]", shape, res[1][3], res[0][3], n, 0.0);
+  uint64_t bad_end[2] = {5, 5};
+  result_t* e = pend("adamw_pieces errors", "pieces not increasing");
+  e->pass = G->adamw_pieces(gb, dalloc(G, gb, 64), ZP_BF16, (float*)dalloc(G, gb, 64), dalloc(G, gb, 64), ZP_BF16,
+                            (float*)dalloc(G, gb, 64), (float*)dalloc(G, gb, 64), 2, bad_end, wd, 1e-3f, 0.9f, 0.95f, 1e-8f,
+                            1.0f, 1) == ZP_E_INVALID;
+  flush(NAN);
+  release_all();
+  if (!bf16_param || !g_time || g_quick || !G->timer_mark) return;
+  /* timing: a GPT-2 1.5B block's optimizer range (C 1600), 9 pieces as the core merges them */
+  const uint64_t C = 1600, len[9] = {2 * C, 3 * C * C, 3 * C, C * C, 3 * C, 4 * C * C, 4 * C, 4 * C * C, C};
+  uint64_t tend[9];
+  float twd[9];
+  uint64_t t = 0;
+  for (int k = 0; k < 9; k++) t += len[k], tend[k] = t, twd[k] = k % 2 ? 0.1f : 0.0f;
+  const size_t tn = (size_t)t;
+  float* tm = (float*)dalloc(G, gb, tn * 4);
+  float* tv = (float*)dalloc(G, gb, tn * 4);
+  float* tmas = (float*)dalloc(G, gb, tn * 4);
+  char* tg = (char*)dalloc(G, gb, tn * 2);
+  char* tp = (char*)dalloc(G, gb, tn * 2);
+  CK(G->memset0(gb, tm, tn * 4));
+  CK(G->memset0(gb, tv, tn * 4));
+  CK(G->memset0(gb, tmas, tn * 4));
+  CK(G->memset0(gb, tg, tn * 2));
+  double ms[2] = {0, 0};
+  for (int way = 0; way < 2; way++) {
+    const int reps = 20;
+    CK(G->synchronize(gb));
+    CK(G->timer_mark(gb, 0));
+    for (int r = 0; r < reps; r++) {
+      if (way == 0) {
+        uint64_t a = 0;
+        for (int k = 0; k < 9; k++) {
+          CK(G->adamw(gb, tp + a * 2, ZP_BF16, tmas + a, tg + a * 2, ZP_BF16, tm + a, tv + a, (size_t)(tend[k] - a), 1e-3f,
+                      0.9f, 0.95f, 1e-8f, twd[k], 1.0f, 1));
+          a = tend[k];
+        }
+      } else {
+        CK(G->adamw_pieces(gb, tp, ZP_BF16, tmas, tg, ZP_BF16, tm, tv, 9, tend, twd, 1e-3f, 0.9f, 0.95f, 1e-8f, 1.0f, 1));
+      }
+    }
+    CK(G->timer_mark(gb, 1));
+    CK(G->synchronize(gb));
+    CK(G->timer_ms(gb, 0, 1, &ms[way]));
+    ms[way] /= reps;
+  }
+  result_t* r = pend("adamw_pieces timing", "1.5B block 9 pieces: per piece/one call");
+  r->pass = ms[0] > 0 && ms[1] > 0;
+  snprintf(r->note, sizeof r->note, "%.0f/%.0f us, %.0f/%.0f GB/s", fmin(ms[0] * 1e3, 1e6),
+           fmin(ms[1] * 1e3, 1e6), fmin(28.0 * tn / ms[0] / 1e6, 1e5), fmin(28.0 * tn / ms[1] / 1e6, 1e5));
+  flush(NAN);
+  release_all();
+}
+
 /* ================================================================ reference (standalone) */
 #ifdef ZP_CHECK_OWN_REF
 /* A deliberately plain fp32 implementation of the zp_backend_ops contract (compute dtype F32),
@@ -2106,6 +2211,8 @@ int main(int argc, char** argv) {
   t_adamw(1, 3);
   t_adamw(0, 5);
   t_adamw_paths(1);
+  t_adamw_pieces(1);
+  t_adamw_pieces(0);
   t_adamw_paths(0);
 
   printf("%d passed, %d failed, %d skipped\n", g_pass, g_fail, g_skip);
