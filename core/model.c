@@ -212,6 +212,7 @@ static int acts_layout(zp_acts* a, const zp_model_layout* m, char* act, char* bu
   a->dres = carve(buf, &cb, N * C * es);
   a->d_a = carve(buf, &cb, N * Dw * es);
   a->d_b = carve(buf, &cb, N * Dw * es);
+  if (a->attn_ws_bytes) a->attn_ws = carve(buf, &cb, a->attn_ws_bytes);
   a->inputs = carve(buf, &cb, N * sizeof(int32_t));
   a->targets = carve(buf, &cb, N * sizeof(int32_t));
   if (tp > 1) { /* vocab-parallel embedding ids and cross-entropy statistics */
@@ -243,6 +244,8 @@ int zp_acts_alloc_ex(zp_acts* a, const zp_model_layout* m, const zp_backend_ops*
   a->ct = ct;
   const int tp = m->tp > 1 ? m->tp : 1;
   a->attn_aux_bytes = ops->attention_aux_bytes(b, B, T, m->s.C / tp, m->s.NH / tp);
+  if (ZP_TABLE_HAS(ops, attention_bwd_ws_bytes) && ZP_TABLE_HAS(ops, attention_bwd_ws))
+    a->attn_ws_bytes = ops->attention_bwd_ws_bytes(b, B, T, m->s.C / tp, m->s.NH / tp);
   void*** lists[] = {&a->ln1, &a->qkv, &a->atty, &a->attaux, &a->res2, &a->ln2, &a->fch, &a->fchg};
   for (size_t i = 0; i < sizeof lists / sizeof lists[0]; i++) *lists[i] = calloc((size_t)L, sizeof(void*));
   a->res = calloc((size_t)L + 1, sizeof(void*));
@@ -332,6 +335,12 @@ int zp_model_forward_group(const zp_model_layout* m, const zp_backend_ops* ops, 
   return ops->softmax_xent(b, a->losses, a->logits, a->targets, N, m->s.V, m->s.Vp, dloss);
 }
 
+int zp_model_attention_bwd(const zp_backend_ops* ops, zp_backend* b, const zp_acts* a, int l, void* dqkv,
+                           const void* dout, int C, int NH) {
+  if (a->attn_ws) return ops->attention_bwd_ws(b, dqkv, dout, a->qkv[l], a->atty[l], a->attaux[l], a->attn_ws, a->B, a->T, C, NH);
+  return ops->attention_bwd(b, dqkv, dout, a->qkv[l], a->atty[l], a->attaux[l], a->B, a->T, C, NH);
+}
+
 int zp_model_backward_group(const zp_model_layout* m, const zp_backend_ops* ops, zp_backend* b,
                             zp_acts* a, const zp_views* v, int g) {
   int B = a->B, T = a->T, C = m->s.C, NH = m->s.NH, L = m->s.L;
@@ -363,7 +372,7 @@ int zp_model_backward_group(const zp_model_layout* m, const zp_backend_ops* ops,
                            P(m, v, g, ZP_T_LN2W, es), a->ln2_mean[l], a->ln2_rstd[l], N, C));
     TRY(ops->matmul_bwd(b, a->d_a, G(m, v, g, ZP_T_ATTPROJW, es), G(m, v, g, ZP_T_ATTPROJB, es), a->dres, a->atty[l],
                         P(m, v, g, ZP_T_ATTPROJW, es), N, C, C));
-    TRY(ops->attention_bwd(b, a->d_b, a->d_a, a->qkv[l], a->atty[l], a->attaux[l], B, T, C, NH));
+    TRY(zp_model_attention_bwd(ops, b, a, l, a->d_b, a->d_a, C, NH));
     TRY(ops->matmul_bwd(b, a->d_a, G(m, v, g, ZP_T_QKVW, es), G(m, v, g, ZP_T_QKVB, es), a->d_b, a->ln1[l],
                         P(m, v, g, ZP_T_QKVW, es), N, C, 3 * C));
     return ops->layernorm_bwd(b, a->dres, G(m, v, g, ZP_T_LN1W, es), G(m, v, g, ZP_T_LN1B, es), a->d_a, a->res[l],
@@ -450,7 +459,7 @@ int zp_model_backward_group_phase(const zp_model_layout* m, const zp_backend_ops
                            P(m, v, g, ZP_T_LN2W, es), a->ln2_mean[l], a->ln2_rstd[l], N, C));
     TRY(ops->copy_d2d(b, a->zb_dattproj[l], a->dres, (size_t)N * C * es));
     TRY(ops->matmul_bwd(b, a->d_a, NULL, NULL, a->dres, a->atty[l], P(m, v, g, ZP_T_ATTPROJW, es), N, C, C));
-    TRY(ops->attention_bwd(b, a->zb_dqkv[l], a->d_a, a->qkv[l], a->atty[l], a->attaux[l], B, T, C, NH));
+    TRY(zp_model_attention_bwd(ops, b, a, l, a->zb_dqkv[l], a->d_a, C, NH));
     TRY(ops->matmul_bwd(b, a->d_a, NULL, NULL, a->zb_dqkv[l], a->ln1[l], P(m, v, g, ZP_T_QKVW, es), N, C, 3 * C));
     return ops->layernorm_bwd(b, a->dres, G(m, v, g, ZP_T_LN1W, es), G(m, v, g, ZP_T_LN1B, es), a->d_a, a->res[l],
                               P(m, v, g, ZP_T_LN1W, es), a->ln1_mean[l], a->ln1_rstd[l], N, C);

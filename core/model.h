@@ -97,6 +97,8 @@ typedef struct {
   int B, T;             /* micro-batch and sequence length */
   zp_dtype ct;          /* compute dtype */
   size_t attn_aux_bytes;
+  size_t attn_ws_bytes; /* attention_bwd_ws's workspace (ABI 1.4; 0: plain attention_bwd) */
+  void* attn_ws;        /* one buffer (BUFFER) for every layer's attention backward */
   int recompute;        /* train.recompute: blocks keep only their input res[l]; the per-layer
                          * pointers below all alias one slot, refilled by re-running the
                          * block's forward just before its backward */
@@ -159,6 +161,10 @@ int zp_model_backward_group(const zp_model_layout* m, const zp_backend_ops* ops,
  * and writes (res[max(g0-1,0)] .. res[min(g1-1,L)]: the input it receives is res[g0-1], the
  * output it sends res[g1-1]), every block's saved tensors, and for the head lnf, its stats and
  * the losses; with zb the split-backward gradients too. */
+/* The attention backward of block l into dqkv: attention_bwd_ws with a->attn_ws where the
+ * backend asked for a workspace, else attention_bwd. */
+int zp_model_attention_bwd(const zp_backend_ops* ops, zp_backend* b, const zp_acts* a, int l, void* dqkv,
+                           const void* dout, int C, int NH);
 /* Allocates the pointer arrays of a (no tensor memory); sets B, T, ct, attn_aux_bytes. */
 int zp_acts_arrays_alloc(zp_acts* a, const zp_model_layout* m, int B, int T, zp_dtype ct, size_t attn_aux_bytes);
 void zp_acts_arrays_free(zp_acts* a);

@@ -191,7 +191,7 @@ int zp_model_tp_backward_group(const zp_model_layout* m, const zp_backend_ops* o
                            P(m, v, g, ZP_T_LN2W, es), a->ln2_mean[l], a->ln2_rstd[l], N, C));
     TRY(ops->matmul_bwd(b, a->d_a, G(m, v, g, ZP_T_ATTPROJW, es), G(m, v, g, ZP_T_ATTPROJB, es), a->dres, a->atty[l],
                         P(m, v, g, ZP_T_ATTPROJW, es), N, Cl, C));
-    TRY(ops->attention_bwd(b, a->d_b, a->d_a, a->qkv[l], a->atty[l], a->attaux[l], B, T, Cl, NHl));
+    TRY(zp_model_attention_bwd(ops, b, a, l, a->d_b, a->d_a, Cl, NHl));
     TRY(ops->matmul_bwd(b, a->d_a, G(m, v, g, ZP_T_QKVW, es), G(m, v, g, ZP_T_QKVB, es), a->d_b, a->ln1[l],
                         P(m, v, g, ZP_T_QKVW, es), N, C, 3 * Cl));
     TRY(tp_allreduce(tp, a->d_a, NC, a->ct, ZP_RED_SUM, "attention input gradient"));

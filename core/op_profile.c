@@ -163,6 +163,10 @@ static int w_attention_bwd(zp_backend* b, void* dqkv, const void* dout, const vo
                            int T, int C, int NH) {
   TIMED(b, "attention_bwd", 2.5 * att_flops(B, T, C), g_real->attention_bwd(b, dqkv, dout, qkv, out, aux, B, T, C, NH));
 }
+static int w_attention_bwd_ws(zp_backend* b, void* dqkv, const void* dout, const void* qkv, const void* out, const void* aux,
+                              void* ws, int B, int T, int C, int NH) {
+  TIMED(b, "attention_bwd", 2.5 * att_flops(B, T, C), g_real->attention_bwd_ws(b, dqkv, dout, qkv, out, aux, ws, B, T, C, NH));
+}
 static int w_gelu_fwd(zp_backend* b, void* out, const void* inp, size_t n) { TIMED(b, "gelu_fwd", 0, g_real->gelu_fwd(b, out, inp, n)); }
 static int w_gelu_bwd(zp_backend* b, void* dinp, const void* inp, const void* dout, size_t n) {
   TIMED(b, "gelu_bwd", 0, g_real->gelu_bwd(b, dinp, inp, dout, n));
@@ -201,6 +205,7 @@ const zp_backend_ops* zp_op_profile_wrap(const zp_backend_ops* real, int sync) {
   if (ZP_TABLE_HAS(real, matmul_dgelu_bwd)) g_wrap.matmul_dgelu_bwd = w_matmul_dgelu_bwd;
   if (ZP_TABLE_HAS(real, matmul_res_fwd)) g_wrap.matmul_res_fwd = w_matmul_res_fwd;
   if (ZP_TABLE_HAS(real, adamw_pieces)) g_wrap.adamw_pieces = w_adamw_pieces;
+  if (ZP_TABLE_HAS(real, attention_bwd_ws)) g_wrap.attention_bwd_ws = w_attention_bwd_ws;
   zp_op_profile_reset();
   return &g_wrap;
 }
