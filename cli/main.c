@@ -26,7 +26,7 @@ static void usage(FILE* f) {
           "usage:\n"
           "  zp train CONFIG.toml [--set key=value]...      train (one rank, or a rank under zp launch/torchrun/mpirun)\n"
           "  zp launch -n N [--timeout S] CONFIG.toml [--set ...]  N local ranks\n"
-          "  zp plan CONFIG.toml [--world N] [--set ...]    placement and memory per rank, nothing allocated\n"
+          "  zp plan CONFIG.toml [--world N] [--device-gb G] [--set ...]  placement and memory per rank, nothing allocated\n"
           "  zp sample CONFIG.toml [--ckpt DIR] [--prompt TEXT] [--set ...]\n"
           "  zp data prepare --out DIR [--split-on-percent] [--val-fraction F] [--bpe ENC VOCAB] INPUT...\n"
           "  zp data info FILE...\n"
@@ -50,6 +50,7 @@ typedef struct {
   const char* sets[256];
   int n_sets;
   int world;
+  double device_gb; /* zp plan --device-gb: the GPU's memory, checked against the plan (0: not checked) */
   const char* ckpt;
   const char* prompt;
 } args_t;
@@ -68,6 +69,11 @@ static int parse_args(int argc, char** argv, args_t* a, int allow_world, int all
       long w = strtol(argv[++i], &end, 10);
       if (*end || w < 1 || w > 1000000) { fprintf(stderr, "zp: --world needs a positive integer, got '%s'\n", argv[i]); return 2; }
       a->world = (int)w;
+    } else if (allow_world && strcmp(s, "--device-gb") == 0 && i + 1 < argc) {
+      char* end;
+      double g = strtod(argv[++i], &end);
+      if (*end || !(g > 0) || g > 1e6) { fprintf(stderr, "zp: --device-gb needs a positive number (GiB), got '%s'\n", argv[i]); return 2; }
+      a->device_gb = g;
     } else if (allow_sample && strcmp(s, "--ckpt") == 0 && i + 1 < argc) {
       a->ckpt = argv[++i];
     } else if (allow_sample && strcmp(s, "--prompt") == 0 && i + 1 < argc) {
@@ -131,7 +137,24 @@ static int cmd_train(int argc, char** argv) {
 /* zp plan with parallel.pp > 1: each stage's run (its groups) and its pipeline executor
  * (activation slots the schedule keeps in flight, gradient accumulators, the tied
  * embedding's copy), opened dry so the ledger counts exactly what a real stage allocates. */
-static int plan_stages(zp_config* c, const zp_run_opts* o0, int world, int dp, int pp, int tp) {
+/* --device-gb: the device tier's peak plus the CUDA context and library workspaces (~0.6 GiB
+ * measured beside the ledger on an H100: docs/perf.md) against the GPU's memory */
+static int device_fits(double peak, double device_gb) {
+  if (device_gb <= 0) return 1;
+  const double ctx = 0.75 * 1073741824.0, cap = device_gb * 1073741824.0, need = peak + ctx;
+  if (need > cap) {
+    fprintf(stderr, "zp: the plan needs %.2f GiB of device memory per GPU (ledger peak %.2f GiB + %.2f GiB for the CUDA "
+            "context and library workspaces), more than --device-gb %g: shard more (zero.plugin), offload "
+            "(offload.optimizer.plugin, a larger offload.optimizer.ratio), recompute (train.recompute) or a smaller "
+            "micro-batch\n", need / 1073741824.0, peak / 1073741824.0, ctx / 1073741824.0, device_gb);
+    return 0;
+  }
+  printf("device memory: %.2f GiB of --device-gb %g per GPU (ledger peak + %.2f GiB context)\n", need / 1073741824.0,
+         device_gb, ctx / 1073741824.0);
+  return 1;
+}
+
+static int plan_stages(zp_config* c, const zp_run_opts* o0, int world, int dp, int pp, int tp, double device_gb) {
   char err[2048] = "";
   zp_schedule* sched = NULL;
   int rc = zp_schedule_from_config(c, &sched, err, sizeof err);
@@ -208,6 +231,7 @@ static int plan_stages(zp_config* c, const zp_run_opts* o0, int world, int dp, i
       if (peak[st] > peak[worst]) worst = st;
     }
     printf("largest: stage %d, %s per GPU\n", worst, zp_fmt_bytes((double)peak[worst], b, sizeof b));
+    if (!device_fits((double)peak[worst], device_gb)) rc = ZP_E_NOMEM;
   }
   free(first);
   free(held);
@@ -238,7 +262,7 @@ static int cmd_plan(int argc, char** argv) {
   }
   o.world = dp;
   if (pp > 1) {
-    rc = plan_stages(&c, &o, world, dp, pp, tp);
+    rc = plan_stages(&c, &o, world, dp, pp, tp, a.device_gb);
     zp_config_free(&c);
     return rc ? 1 : 0;
   }
@@ -251,6 +275,7 @@ static int cmd_plan(int argc, char** argv) {
       printf("note: train.device = \"cuda\": activations sized with the CUDA backend's attention storage (the logsumexp "
              "for head sizes 32/64/128, as its flash / fa2 kernels keep), without loading the plugin\n");
     zp_run_print_plan(&r, stdout);
+    if (!device_fits((double)zp_ledger_total_peak(&r.ledger, ZP_TIER_GPU), a.device_gb)) rc = ZP_E_NOMEM;
   }
   zp_run_close(&r);
   zp_config_free(&c);

@@ -68,6 +68,7 @@ const zc_key zp_config_schema[] = {
   /* offload */
   {"offload.optimizer.plugin", ZC_STRING, "\"none\"", NR, NULL, "\"none\", \"offload_cpu\" or \"offload_nvme\": where MASTER and OPTIM live."},
   {"offload.optimizer.max_host_gb", ZC_FLOAT, "0", 0, 1e6, NULL, "Cap on host memory per rank for offloaded state (offload_cpu: master, moments and staging; offload_nvme: its staging slots), checked by the plan (0 = no cap)."},
+  {"offload.optimizer.ratio", ZC_FLOAT, "1", 0, 1, NULL, "Fraction of the optimizer state (by parameters held) that the tier takes, in (0, 1]. Groups in update order stay on the device until the device's share would pass 1 - ratio; the rest go to the tier. The device's groups are updated by the backend's AdamW, issued first, while the host works on the tier's (partial offload, as DeepSpeed's offload_optimizer.ratio)."},
   {"offload.optimizer.threads", ZC_INT, "0", 0, 4096, NULL, "Host threads for the offloaded optimizer step (0 = OpenMP default)."},
   {"offload.optimizer.overlap", ZC_BOOL, "true", NR, NULL, "offload_cpu: in the synchronous update, copy the next chunk's gradient in and the previous chunk's parameters out while the host AdamW runs (false: one after the other)."},
   {"offload.optimizer.chunk_elems", ZC_INT, "4194304", 1, 1073741824, NULL, "offload_cpu: elements per staged transfer in the synchronous update (two page-locked slots each way, at most 4 bytes per element)."},

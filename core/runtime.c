@@ -1126,6 +1126,16 @@ int zp_run_get_group_params(zp_run* r, int g, float* out) {
   return rc;
 }
 
+/* groups a and b are placed alike (every category's sharding and tier) */
+static int same_place(const zp_run* r, int a, int b) {
+  for (int c = 0; c < 4; c++) {
+    const zp_placement* x = &r->groups[a].info.place[c];
+    const zp_placement* y = &r->groups[b].info.place[c];
+    if (x->sharded != y->sharded || x->tier != y->tier) return 0;
+  }
+  return 1;
+}
+
 void zp_run_print_plan(zp_run* r, FILE* f) {
   char b[64];
   fprintf(f, "model: GPT-2 L=%d heads=%d d=%d seq=%d vocab=%d (padded %d): %llu parameters (%s)\n", r->layout.s.L,
@@ -1141,11 +1151,16 @@ void zp_run_print_plan(zp_run* r, FILE* f) {
   fprintf(f, "placement (S = sharded over %d ranks, R = replicated; tier):\n", r->world);
   fprintf(f, "  %-10s %12s %12s  %-10s %-10s %-10s %-10s\n", "group", "params", "padded", "PARAM", "GRAD", "MASTER", "OPTIM");
   int G = r->layout.n_groups;
+  int skipping = 0;
   for (int g = 0; g < G; g++) {
-    if (G > 8 && g > 2 && g < G - 2) {
-      if (g == 3) fprintf(f, "  %-10s\n", "...");
+    /* long models: the first and last groups, and both sides of every change of placement
+     * (a partial offload's boundary), with "..." for each run of identical rows left out */
+    if (G > 8 && g > 2 && g < G - 2 && same_place(r, g, g - 1) && same_place(r, g, g + 1)) {
+      if (!skipping) fprintf(f, "  %-10s\n", "...");
+      skipping = 1;
       continue;
     }
+    skipping = 0;
     zp_group_info* in = &r->groups[g].info;
     char cell[4][16];
     for (int c = 0; c < 4; c++) {

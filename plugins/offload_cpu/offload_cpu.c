@@ -27,6 +27,7 @@
 #include <string.h>
 
 #include "adamw_cpu.h"
+#include "../common/offload_ratio.h"
 #include "zp/zp_plugin.h"
 
 
@@ -123,10 +124,16 @@ static int oc_plan(const zp_host* h, zp_plan* p) {
                  "offload.optimizer.plugin = \"offload_cpu\" is");
     return ZP_E_NOT_IMPLEMENTED;
   }
+  unsigned char* take = calloc((size_t)(p->n_groups > 0 ? p->n_groups : 1), 1);
+  if (!take) return ZP_E_NOMEM;
+  if (opt && zp_offload_pick(h, p, take, NULL)) {
+    free(take);
+    return ZP_E_INVALID;
+  }
   double host = 0;
   for (int g = 0; g < p->n_groups; g++) {
     zp_group_plan* gp = &p->groups[g];
-    if (opt) {
+    if (opt && take[g]) {
       gp->place[ZP_CAT_MASTER].tier = ZP_TIER_CPU;
       gp->place[ZP_CAT_OPTIM].tier = ZP_TIER_CPU;
       double n = gp->place[ZP_CAT_OPTIM].sharded ? (double)gp->padded / p->world_size : (double)gp->padded;
@@ -138,9 +145,10 @@ static int oc_plan(const zp_host* h, zp_plan* p) {
   h->config_bool(h->ctx, "offload.optimizer.delayed_update", &dpu);
   double dpu_bytes = 0;
   for (int g = 0; opt && dpu && g < p->n_groups; g++)
-    dpu_bytes += 8.0 * (p->groups[g].place[ZP_CAT_OPTIM].sharded ? (double)p->groups[g].padded / p->world_size
+    if (take[g]) dpu_bytes += 8.0 * (p->groups[g].place[ZP_CAT_OPTIM].sharded ? (double)p->groups[g].padded / p->world_size
                                                                   : (double)p->groups[g].padded);
   host += dpu_bytes;
+  free(take);
   /* every rank of a run lives on this host (the launcher is single-host): all of them together
    * must fit in the memory available now */
   double avail = mem_available();

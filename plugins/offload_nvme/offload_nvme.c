@@ -54,6 +54,7 @@
 
 #include "adamw_cpu.h"
 #include "aio.h"
+#include "../common/offload_ratio.h"
 #include "zp/zp_plugin.h"
 
 #define NV_SUB_ALIGN 1024u /* sub-group lengths are multiples of this many elements (4 KiB fp32) */
@@ -179,19 +180,26 @@ static int nv_plan(const zp_host* h, zp_plan* p) {
   read_cfg(h, &c);
   double per_rank = 0;
   uint64_t max_held = 0;
-  for (int g = 0; g < p->n_groups; g++) {
+  unsigned char* take = calloc((size_t)(p->n_groups > 0 ? p->n_groups : 1), 1);
+  if (!take) return ZP_E_NOMEM;
+  int prc = zp_offload_pick(h, p, take, NULL);
+  for (int g = 0; g < p->n_groups && prc == ZP_OK; g++) {
     zp_group_plan* gp = &p->groups[g];
+    if (!take[g]) continue; /* offload.optimizer.ratio < 1: this group stays on the device */
     gp->place[ZP_CAT_MASTER].tier = ZP_TIER_NVME;
     gp->place[ZP_CAT_OPTIM].tier = ZP_TIER_NVME;
     if (gp->place[ZP_CAT_MASTER].sharded != gp->place[ZP_CAT_OPTIM].sharded) {
       h->set_error(h->ctx, "group %s: the strategy shards OPTIM but not MASTER (or the reverse); the nvme tier keeps both "
                    "in one file per rank and needs them placed alike", gp->name);
-      return ZP_E_INVALID;
+      prc = ZP_E_INVALID;
+      break;
     }
     uint64_t held = gp->place[ZP_CAT_OPTIM].sharded ? gp->padded / (uint64_t)p->world_size : gp->padded;
     per_rank += 12.0 * (double)held; /* fp32 master + m + v */
     if (held > max_held) max_held = held;
   }
+  free(take);
+  if (prc) return prc;
   int world = p->world_size > 0 ? p->world_size : 1;
   double disk = per_rank * world;
   char b1[48], b2[48], b3[48];

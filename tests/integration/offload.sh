@@ -13,6 +13,9 @@
 # - the delayed parameter update: stages 1-3 equal stage none bitwise, the same transfers, a
 #   different schedule than the synchronous update, and bitwise resume (its reference
 #   recurrence is checked in tests/unit/test_offload_dpu.c);
+# - partial offload (offload.optimizer.ratio 0.5, stages none and 2): bitwise equal, MASTER/OPTIM
+#   split between device and host as the rule says, gradients to the host only for the host's
+#   groups; ratios outside (0, 1] refused;
 # - offload.optimizer.max_host_gb below the need is refused before allocation, with numbers;
 #   so is a plan needing more host memory than the machine has available.
 set -euo pipefail
@@ -106,6 +109,40 @@ run dpu-full 2 train.precision=bf16 zero.plugin=stage2 train.steps=6 train.check
   run dpu-res 2 train.precision=bf16 zero.plugin=stage2 train.steps=3 "${dpu[@]}" &&
   run dpu-res 2 train.precision=bf16 zero.plugin=stage2 train.steps=6 train.resume=auto "${dpu[@]}" &&
   compare dpu-full dpu-res "delayed update: resumed at step 3 vs uninterrupted, stage2 (bitwise)"
+# partial offload (offload.optimizer.ratio): the first groups in update order keep MASTER/OPTIM
+# on the device, the rest move; the same bits as no offload, and the bytes split as the rule says
+for st in none stage2; do
+  run "ratio-$st" 2 train.precision=bf16 zero.plugin=$st offload.optimizer.plugin=offload_cpu offload.optimizer.ratio=0.5 ||
+    continue
+  ref=ref-bf16; [ $st = none ] || ref=ref-$st-bf16
+  compare "$ref" "ratio-$st" "offload_cpu ratio 0.5 + $st vs no offload, bf16 (bitwise)"
+  python3 - "$work/$ref/metrics.jsonl" "$work/ratio-$st/metrics.jsonl" $steps <<'EOF2' || fail=1
+import json, sys
+ref = json.loads(open(sys.argv[1]).read().splitlines()[-1])["tiers"]
+off = json.loads(open(sys.argv[2]).read().splitlines()[-1])["tiers"]
+steps = int(sys.argv[3])
+g, c, want = off["gpu"], off["cpu"], ref["gpu"]
+errs = []
+if g["OPTIM"] + c["OPTIM"] != want["OPTIM"]: errs.append(f"OPTIM device {g['OPTIM']} + host {c['OPTIM']} != reference {want['OPTIM']}")
+if g["MASTER"] + c["MASTER"] != want["MASTER"]: errs.append(f"MASTER device {g['MASTER']} + host {c['MASTER']} != reference {want['MASTER']}")
+share = c["OPTIM"] / want["OPTIM"]
+# the device keeps at most half; groups are whole, so the host share is at least 0.5 and below 1
+if not (0.5 <= share < 1.0): errs.append(f"host share of OPTIM {share:.3f}, want in [0.5, 1)")
+held = c["OPTIM"] // 8
+if c["io_write"] != steps * held * 2: errs.append(f"gradient bytes to host {c['io_write']} != {steps} x {held} x 2 (only the host's groups)")
+if errs: print("FAIL: ratio: " + "; ".join(errs)); sys.exit(1)
+print(f"ok   ratio 0.5 tiers: host OPTIM {c['OPTIM']} B ({share:.3f} of {want['OPTIM']}), device OPTIM {g['OPTIM']} B; {c['io_write']} B of gradients to the host over {steps} steps")
+EOF2
+done
+for bad in 0 1.5; do
+  if out=$("$zp" plan "$cfg" --set offload.optimizer.plugin=offload_cpu --set offload.optimizer.ratio=$bad 2>&1); then
+    echo "FAIL: offload.optimizer.ratio = $bad accepted"; fail=1
+  elif grep -q "offload.optimizer.ratio" <<<"$out"; then
+    echo "ok   ratio $bad refused: $(grep -m1 -o 'offload.optimizer.ratio.*' <<<"$out" | cut -c1-150)"
+  else
+    echo "FAIL: ratio $bad message: $out"; fail=1
+  fi
+done
 # a host-memory cap below the need: refused at plan time with the numbers
 if out=$("$zp" plan "$cfg" --set offload.optimizer.plugin=offload_cpu --set offload.optimizer.max_host_gb=0.0001 2>&1); then
   echo "FAIL: max_host_gb below the need was accepted"; fail=1

@@ -6,7 +6,9 @@
 #   2026-12-07, docs/perf.md): GPT-2 1.5B micro-batch 8: 43.0 GiB; 124M micro-batch 16: 8.2 GiB
 #   (within the table's rounding, 0.05 GiB): the attention keeps the logsumexp only;
 # - train.recompute_gelu takes exactly (L - 1) GELU outputs (B*T*4*d_model bf16) off ACT;
-# - ZP_CUDA_ATTN=naive (the T x T path) adds L * B*NH*T*(2T - 4) bytes to ACT.
+# - ZP_CUDA_ATTN=naive (the T x T path) adds L * B*NH*T*(2T - 4) bytes to ACT;
+# - --device-gb refuses a plan above the GPU's memory with the numbers (pp 1 and pp 2);
+# - offload.optimizer.ratio 0.5 splits MASTER/OPTIM at the group boundary the rule gives.
 set -euo pipefail
 build=$1; src=$2
 zp=$build/zp
@@ -34,5 +36,30 @@ if python3 -c "import sys; sys.exit(0 if abs(int(sys.argv[1]) - int(sys.argv[2])
   echo "ok   ZP_CUDA_ATTN=naive: ACT $((d / 1048576)) MiB more (the T x T probabilities)"
 else echo "FAIL: naive attention: ACT $d B more, want $want"; fail=1; fi
 grep -q "sized with the CUDA backend's attention storage" <<< "$p15" || { echo "FAIL: the plan's note"; fail=1; }
+# --device-gb: the plan refuses what the GPU cannot hold (ledger peak + 0.75 GiB context), with
+# the numbers, and accepts what fits; so does a pipeline plan (its largest stage)
+if out=$("$zp" plan "$src/examples/gpt2-1.5b.toml" --device-gb 40 2>&1); then
+  echo "FAIL: --device-gb 40 accepted a 43 GiB plan"; fail=1
+elif grep -q "needs 43.79 GiB of device memory per GPU (ledger peak 43.04 GiB + 0.75 GiB.*more than --device-gb 40" <<< "$out"; then
+  echo "ok   --device-gb 40 refused: $(grep -o 'needs 43.79 GiB[^:]*' <<< "$out")"
+else echo "FAIL: --device-gb message: $out"; fail=1; fi
+"$zp" plan "$src/examples/gpt2-1.5b.toml" --device-gb 80 2>&1 | grep -q "device memory: 43.79 GiB of --device-gb 80" &&
+  echo "ok   --device-gb 80 accepted" || { echo "FAIL: --device-gb 80"; fail=1; }
+if "$zp" plan "$src/examples/gpt2-1.5b.toml" --world 2 --set parallel.pp=2 --device-gb 20 > /dev/null 2>&1; then
+  echo "FAIL: pp 2 plan with --device-gb 20 accepted"; fail=1
+else echo "ok   pp 2: --device-gb 20 refused (largest stage)"; fi
+# partial offload: offload.optimizer.ratio 0.5 keeps the first groups' MASTER/OPTIM on the
+# device (the placement table shows the boundary) and moves at least half to the host
+pr=$("$zp" plan "$src/examples/gpt2-1.5b.toml" --set offload.optimizer.plugin=offload_cpu --set offload.optimizer.ratio=0.5 2>&1)
+if grep -q "block.21 .* R/gpu *R/gpu *$" <<< "$pr" && grep -q "block.22 .* R/cpu *R/cpu *$" <<< "$pr"; then
+  python3 - "$(gib "$pr" OPTIM)" "$(awk '$1 == "OPTIM" { print $4, $5 }' <<< "$pr")" <<'PY' || fail=1
+import sys
+dev = int(sys.argv[1]); v, u = sys.argv[2].split()
+host = float(v) * {"GiB": 2**30, "MiB": 2**20}[u]
+share = host / (host + dev)
+assert 0.49 <= share < 0.55, f"host share {share:.3f}"  # the table rounds to 0.01 GiB
+print(f"ok   ratio 0.5: block.0-21 on the device, block.22+ on the host; host share of OPTIM {share:.3f}")
+PY
+else echo "FAIL: ratio 0.5 placement: $(grep -E 'block.2[12] ' <<< "$pr")"; fail=1; fi
 [ $fail = 0 ] && echo "plan_cuda: all passed"
 exit $fail
