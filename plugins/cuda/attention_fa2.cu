@@ -831,12 +831,15 @@ zpc_fa2_bwd_kv2_kernel(bf16* dqkv, const bf16* dout, const bf16* qkv, const floa
  * Every key block then starts with the same tile, so block jb lags block jb - 1 of its head by
  * about one tile when both run at once (ascending order would make block jb wait ~5 jb tiles
  * for block jb - 1 to reach tile 4 jb); dK / dV are summed in that order (not kv2's bits).
- * Prediction (not measured): 5 instead of 7 tile products, and the q kernel's K / V re-streaming
- * gone; against that the dS^T store + 3 barriers + an 8 KB fp32 read-add-write per pair (L2)
- * and the lag of one tile per key block. kv2 measured 146 TFLOP/s in the 2.5x accounting at the
- * 1.5B check shape; fused ~190 (x1.3 instead of the ideal 7/5 = x1.4): 1.5B step 24.8 -> ~19 ms,
- * 124M 5.48 -> ~4.2 ms. Risks: registers (kv2 uses 255 at HS 64 with no spill: checked at build
- * with -Xptxas -v), and the spin-waits if the lag grows (2 blocks per SM by registers). */
+ * Prediction (not measured): 5 instead of 7 tile products (per warp and pair 160 mma instead of
+ * kv2's 128 + the q kernel's share), and the q kernel's K / V re-streaming gone; against that the
+ * dS^T store, one more barrier, an 8 KB fp32 read-add-write per pair (L2 latency, partly hidden
+ * by the SM's second block: 254 registers at HS 64, no spill, 2 blocks of 4 warps per SM as
+ * kv2) and the lag of about one tile per key block. kv2 runs 146 TFLOP/s in the 2.5x accounting
+ * at the 1.5B check shape, i.e. ~204 TFLOP/s of executed mma work; fused at ~90% of that rate
+ * executes only the counted 5 products: ~180 TFLOP/s, x1.25 (the ideal is 7/5 = x1.4). In the
+ * step: 1.5B 24.8 -> ~19.5 ms, 124M 5.48 -> ~4.3 ms. Risk: if the RMW latency is not hidden the
+ * gain shrinks toward x1.1; the spin-waits cost more if the lag between key blocks grows. */
 template <int HS> struct F2BwdFused {
   static constexpr int LD = HS + 8;
   static constexpr int LDS = F2_QB + 8; /* dS^T rows (one per key) of 32 queries + 16-byte pad */
