@@ -869,6 +869,21 @@ __device__ __forceinline__ int f2_ld_acquire(const int* p) {
                : "memory");
   return v;
 }
+/* dQacc partials: L2 only (ld.cg / st.cg), volatile with a memory clobber so that the compiler
+ * keeps them after the acquire (and the stores before the release) in program order */
+__device__ __forceinline__ float2 f2_ldcg2(const float* p) {
+  float2 v;
+  asm volatile("ld.global.cg.v2.f32 {%0, %1}, [%2];\n"
+               : "=f"(v.x), "=f"(v.y)
+               : "l"(__cvta_generic_to_global(p))
+               : "memory");
+  return v;
+}
+__device__ __forceinline__ void f2_stcg2(float* p, float x, float y) {
+  asm volatile("st.global.cg.v2.f32 [%0], {%1, %2};\n" ::"l"(__cvta_generic_to_global(p)), "f"(x),
+               "f"(y)
+               : "memory");
+}
 __device__ __forceinline__ void f2_st_release(int* p, int v) {
   asm volatile("st.release.gpu.global.b32 [%0], %1;\n" ::"l"(__cvta_generic_to_global(p)), "r"(v)
                : "memory");
@@ -1078,7 +1093,7 @@ zpc_fa2_bwd_fused_kernel(bf16* dqkv, float* dqacc, int* sem, const bf16* dout, c
         for (int nt = 0; nt < NQ; nt++)
 #pragma unroll
           for (int hh = 0; hh < 2; hh++) {
-            const float2 a = __ldcg((const float2*)(acc + (nt * 2 + hh) * 64));
+            const float2 a = f2_ldcg2(acc + (nt * 2 + hh) * 64);
             dq[nt][2 * hh] += a.x;
             dq[nt][2 * hh + 1] += a.y;
           }
@@ -1098,7 +1113,7 @@ zpc_fa2_bwd_fused_kernel(bf16* dqkv, float* dqacc, int* sem, const bf16* dout, c
         for (int nt = 0; nt < NQ; nt++)
 #pragma unroll
           for (int hh = 0; hh < 2; hh++)
-            __stcg((float2*)(acc + (nt * 2 + hh) * 64), make_float2(dq[nt][2 * hh], dq[nt][2 * hh + 1]));
+            f2_stcg2(acc + (nt * 2 + hh) * 64, dq[nt][2 * hh], dq[nt][2 * hh + 1]);
         __threadfence();
         __syncwarp();
         if (lane == 0) f2_st_release(sw, jb + 1);
