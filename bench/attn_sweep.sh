@@ -11,8 +11,8 @@
 #   /tmp/zp-out), FWDS (default "fast w8"), BWDS (default "base kv2").
 # Columns: pass / fail counts of the run (all attention checks of the four variants: naive,
 #   flash, fa2, fa2-fused), then the fa2 TFLOP/s (causal FLOPs; bwd counted as 2.5x fwd) at
-#   the last two shapes of check_cuda_ops.c that print timings: GPT-2 124M (B8 T1024 C768 NH12), then GPT-2
-#   1.5B (B4 T1024 C1600 NH25); then the fa2-fused variant's backward TFLOP/s at the same two
+#   the last two shapes of check_cuda_ops.c that print timings: GPT-2 124M (B8 T1024 C768
+#   NH12), then GPT-2 1.5B (B4 T1024 C1600 NH25); then the fa2-fused variant's backward TFLOP/s at the same two
 #   shapes (its instances set ZP_CUDA_FA2_BWD=fused themselves, so it is the same in every row;
 #   its forward is the row's fwd). Exit status 1 if any combination failed or did not finish.
 set -u -o pipefail
