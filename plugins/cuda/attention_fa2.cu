@@ -25,7 +25,7 @@
  * Variants (chosen at backend creation: ZP_CUDA_FA2_FWD, ZP_CUDA_FA2_BWD; defaults fast and
  * kv2, the fastest in the H100 sweep of docs/perf.md; any fwd variant mixes with any bwd
  * variant, all write and read the same aux; all deterministic, every output element written
- * once):
+ * once; fused adds fp32 partials in a fixed order first):
  *   fwd fast: NW = 4 warps x MW (2 at HS <= 64, 1 at 128) m16 tiles. (It replaced the first
  *     fa2 forward, which scaled, subtracted and called exp2f per score: 144 -> 192 TFLOP/s.)
  *   fwd w8: NW = 8 warps x 1 m16 tile (128 query rows per block, 256 threads, <= 128 registers
@@ -35,6 +35,12 @@
  *     m16 key tiles, keys 32w..32w+31) over 32-query tiles, so each Q / dO fragment read from
  *     shared memory feeds two key tiles; then the base q kernel with V2 = true (grid (heads,
  *     tiles), heavy first, ex2.approx.ftz).
+ *   bwd fused (HS 32 / 64, ABI 1.4 attention_bwd_ws only: it needs the caller's workspace):
+ *     zpc_fa2_bwd_fused_kernel, the kv2 tiling plus dQ = dS K per pair (5 tile products, no q
+ *     kernel); the key blocks' dQ partials meet in an fp32 workspace tile per query tile, added
+ *     in key-block order under per-warp semaphores (deterministic; the last adder writes bf16).
+ *     Its comment has the protocol, the deadlock argument and the prediction. attention_bwd
+ *     (no workspace) with fused selected runs kv2; at HS 128 base.
  * Needs: HS in {32, 64, 128}; every pointer 16-byte aligned and C % 8 == 0 (zpc_fa2_usable);
  * otherwise the caller uses attention_flash.cu, whose aux has the same meaning.
  * Invariants: 128 threads (256 for w8); fragment layouts are those of mma.m16n8k16 (row.col) and ldmatrix,
@@ -214,12 +220,15 @@ __device__ __forceinline__ void f2_store(bf16* base, size_t stride, int row0, in
 
 /* ---------------------------------------------------------------- backward */
 
-/* D[b,h,t] = sum_d dO . O over the head's HS columns; HS/8 lanes per (b, t, h), 16-byte loads */
-template <int HS>
+/* D[b,h,t] = sum_d dO . O over the head's HS columns; HS/8 lanes per (b, t, h), 16-byte loads.
+ * SEM (bwd variant fused): also zeroes sem[0 .. nsem) (nsem <= the thread count, which is
+ * B*T*NH*HS/8 >= B*NH*ceil(T/32)*4 = the fused variant's semaphore count) */
+template <int HS, bool SEM = false>
 __global__ void zpc_fa2_bwd_prep_kernel(float* D, const bf16* dout, const bf16* out, int B, int T,
-                                        int NH) {
+                                        int NH, int* sem, size_t nsem) {
   constexpr int G = HS / 8;
   const size_t gid = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
+  if (SEM && gid < nsem) sem[gid] = 0;
   const size_t row = gid / G; /* (b*T + t)*NH + h */
   const int part = (int)(gid % G);
   const bool ok = row < (size_t)B * T * NH;
@@ -784,6 +793,342 @@ zpc_fa2_bwd_kv2_kernel(bf16* dqkv, const bf16* dout, const bf16* qkv, const floa
   }
 }
 
+/* Backward variant fused (ZP_CUDA_FA2_BWD=fused, HS 32 / 64, only through attention_bwd_ws): the
+ * kv2 tiling (128 keys per block, warp w: keys k0 + 32w .. +31 as two m16 tiles, 32-query tiles
+ * double-buffered) with dQ added, so every (key block, query tile) pair costs 5 tile products:
+ *   S^T = K Q^T, dP^T = V dO^T (registers), P^T, dS^T = P^T (dP^T - D) (registers),
+ *   dV += P^T dO, dK += dS^T Q (registers, as kv2),
+ *   dQ_part[32 q][HS] = dS[32 q][128 k] K[128 k][HS]: dS^T goes to shared memory as bf16 [key]
+ *     [query] (the same rounded values the dK product uses); ldmatrix.trans of that gives the
+ *     A fragments of dS with queries as rows; K (resident, [key][d]) gives the B fragments
+ *     through ldmatrix.trans as in f2_pv. Warp w computes rows 16 (w & 1) .., columns
+ *     (w >> 1) HS/2 .. of the partial (HS/16 n8 tiles: 16 floats per thread at HS 64, live only
+ *     after P / dS are dead, so the kv2 register budget holds), over the key steps that reach
+ *     the tile's last query (k0 + 16s <= q0 + 31; the steps past it have dS = 0 and are skipped;
+ *     they are exactly the rows of warps that skipped the tile, so stale dS rows are never read).
+ * Ordered dQ accumulation (deterministic, no atomics on data): query tile i of head bh receives
+ * the partials of key blocks 0, 1, .., i/4 (key block jb covers queries >= 128 jb, so its tiles
+ * are i >= 4 jb; the last contributor, i/4, holds the diagonal), added in that order into an fp32
+ * tile of the workspace (dQacc, fragment-native layout: each warp's 32 lanes read and write
+ * coalesced float2s). Each warp's quarter of the tile has its own semaphore (int, in the
+ * workspace; zeroed by the prep kernel on the same stream before this kernel runs): the warp of
+ * key block jb waits (lane 0 spins on ld.acquire.gpu, then __syncwarp) until it reads jb, adds
+ * the stored partial (read with ld.cg: L2, never a stale L1 line), and either stores the sum
+ * (st.cg; every lane __threadfence, __syncwarp, lane 0 st.release.gpu of jb + 1) or, as the last
+ * contributor, scales by 1/sqrt(HS) and writes dQ as bf16 into dqkv's q part (no conversion
+ * kernel, no fp32 re-read). Key block 0 skips the wait and stores instead of adding, so neither
+ * the dQacc nor (past the prep kernel) the semaphore contents on entry matter. Query tiles 0..3
+ * have one contributor and never touch the workspace. A warp waits only on the same warp of the
+ * same head's previous key block: no block-wide barrier is added for the accumulation.
+ * Deadlock freedom: grid (B*NH, key blocks), blockIdx.x = head fastest, so the linear block
+ * index is jb * (B*NH) + bh and key block jb - 1 of a head has a smaller linear index than key
+ * block jb. Blocks are dispatched in increasing linear index (what the hardware does; FA3's
+ * deterministic backward relies on the same), so when a block waits, every block it can wait on
+ * (transitively: only smaller indices) is resident or finished; by induction on the index, the
+ * smallest waiting block's producer is running and never waits on anything larger: progress.
+ * (Nothing here waits on a block with a larger index; co-residency is not assumed.)
+ * Order of the query tiles inside a block: descending (nqt - 1 first, the diagonal tiles last).
+ * Every key block then starts with the same tile, so block jb lags block jb - 1 of its head by
+ * about one tile when both run at once (ascending order would make block jb wait ~5 jb tiles
+ * for block jb - 1 to reach tile 4 jb); dK / dV are summed in that order (not kv2's bits).
+ * Prediction (not measured): 5 instead of 7 tile products (per warp and pair 160 mma instead of
+ * kv2's 128 + the q kernel's share), and the q kernel's K / V re-streaming gone; against that the
+ * dS^T store, one more barrier, an 8 KB fp32 read-add-write per pair (L2 latency, partly hidden
+ * by the SM's second block: 254 registers at HS 64, no spill, 2 blocks of 4 warps per SM as
+ * kv2) and the lag of about one tile per key block. kv2 runs 146 TFLOP/s in the 2.5x accounting
+ * at the 1.5B check shape, i.e. ~204 TFLOP/s of executed mma work; fused at ~90% of that rate
+ * executes only the counted 5 products: ~180 TFLOP/s, x1.25 (the ideal is 7/5 = x1.4). In the
+ * step: 1.5B 24.8 -> ~19.5 ms, 124M 5.48 -> ~4.3 ms. Risk: if the RMW latency is not hidden the
+ * gain shrinks toward x1.1; the spin-waits cost more if the lag between key blocks grows. */
+template <int HS> struct F2BwdFused {
+  static constexpr int LD = HS + 8;
+  static constexpr int LDS = F2_QB + 8; /* dS^T rows (one per key) of 32 queries + 16-byte pad */
+  static constexpr size_t kt = (size_t)F2_KB * LD * 2; /* K or V */
+  static constexpr size_t qt = (size_t)F2_QB * LD * 2; /* Q or dO */
+  static constexpr size_t st = (size_t)F2_KB * LDS * 2; /* dS^T */
+  /* K, V resident; 2 buffers x (Q, dO); dS^T; 2 buffers x (L, D) x 32 floats */
+  static constexpr size_t bytes = 2 * kt + 4 * qt + st + 4 * F2_QB * sizeof(float);
+  static constexpr int tile_f = F2_QB * HS; /* floats of one query tile of dQacc */
+};
+
+/* dQacc bytes (fp32, one tile of 32 x HS per (head, query tile)) and semaphore count (4 per
+ * (head, query tile): one per warp) for the fused variant; the workspace is dQacc then the
+ * semaphores, each 256-byte aligned */
+static inline size_t f2_fused_acc_bytes(int B, int T, int NH, int HS) {
+  return zpc_round256((size_t)B * NH * ((T + F2_QB - 1) / F2_QB) * F2_QB * HS * sizeof(float));
+}
+static inline size_t f2_fused_nsem(int B, int T, int NH) {
+  return (size_t)B * NH * ((T + F2_QB - 1) / F2_QB) * 4;
+}
+
+__device__ __forceinline__ int f2_ld_acquire(const int* p) {
+  int v;
+  asm volatile("ld.acquire.gpu.global.b32 %0, [%1];\n"
+               : "=r"(v)
+               : "l"(__cvta_generic_to_global(p))
+               : "memory");
+  return v;
+}
+/* dQacc partials: L2 only (ld.cg / st.cg), volatile with a memory clobber so that the compiler
+ * keeps them after the acquire (and the stores before the release) in program order */
+__device__ __forceinline__ float2 f2_ldcg2(const float* p) {
+  float2 v;
+  asm volatile("ld.global.cg.v2.f32 {%0, %1}, [%2];\n"
+               : "=f"(v.x), "=f"(v.y)
+               : "l"(__cvta_generic_to_global(p))
+               : "memory");
+  return v;
+}
+__device__ __forceinline__ void f2_stcg2(float* p, float x, float y) {
+  asm volatile("st.global.cg.v2.f32 [%0], {%1, %2};\n" ::"l"(__cvta_generic_to_global(p)), "f"(x),
+               "f"(y)
+               : "memory");
+}
+__device__ __forceinline__ void f2_st_release(int* p, int v) {
+  asm volatile("st.release.gpu.global.b32 [%0], %1;\n" ::"l"(__cvta_generic_to_global(p)), "r"(v)
+               : "memory");
+}
+
+template <int HS>
+__global__ void __launch_bounds__(F2_THREADS)
+zpc_fa2_bwd_fused_kernel(bf16* dqkv, float* dqacc, int* sem, const bf16* dout, const bf16* qkv,
+                         const float* lse, const float* Dv, int T, int NH, float scale_log2,
+                         float scale) {
+  typedef F2BwdFused<HS> L;
+  constexpr int LD = L::LD, LDS = L::LDS, NQ = HS / 16; /* dQ n8 tiles per warp */
+  extern __shared__ __align__(128) unsigned char f2_sm[];
+  bf16* Ks = (bf16*)f2_sm;
+  bf16* Vs = Ks + F2_KB * LD;
+  bf16* Qb = Vs + F2_KB * LD; /* buffer x: Q at Qb + 2x * F2_QB rows, dO right after */
+  bf16* dSs = Qb + 4 * F2_QB * LD;
+  float* LDs = (float*)(f2_sm + 2 * L::kt + 4 * L::qt + L::st); /* buffer x: L at + 64x, D + 32 */
+
+  const int C = NH * HS;
+  const int nqt = (T + F2_QB - 1) / F2_QB;
+  const int jb = (int)blockIdx.y; /* key block: linear block index jb * (B*NH) + bh (above) */
+  const int k0 = jb * F2_KB;
+  const F2Head hd = f2_head_bh(qkv, T, NH, HS, (int)blockIdx.x);
+  const int bh = hd.bh, bb = hd.bb, h = hd.h;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t4 = lane & 3;
+  const size_t stride = hd.stride;
+  const bf16* dobase = dout + (size_t)bb * T * C + h * HS;
+  const float* lrow = lse + (size_t)bh * T;
+  const float* drow = Dv + (size_t)bh * T;
+  const int i0 = k0 / F2_QB; /* = 4 jb: first query tile holding a query >= k0 */
+  const int mq = warp & 1, dh = warp >> 1; /* dQ: rows 16 mq .., columns dh HS/2 .. */
+  float* accw = dqacc + (size_t)bh * nqt * L::tile_f + warp * (L::tile_f / 4) + 2 * lane;
+  int* semw = sem + (size_t)bh * nqt * 4 + warp;
+  bf16* dqb = dqkv + (size_t)bb * T * stride + h * HS + dh * (HS / 2) + 2 * t4;
+
+  f2_load<HS, F2_KB>(Ks, hd.k, stride, k0, T);
+  f2_load<HS, F2_KB>(Vs, hd.v, stride, k0, T);
+  f2_load<HS, F2_QB>(Qb, hd.q, stride, (nqt - 1) * F2_QB, T);
+  f2_load<HS, F2_QB>(Qb + F2_QB * LD, dobase, C, (nqt - 1) * F2_QB, T);
+  f2_commit();
+  if (threadIdx.x < 2 * F2_QB) { /* L (log2 domain, +inf past T) and D of tile nqt - 1 */
+    const int r = threadIdx.x & (F2_QB - 1), t = (nqt - 1) * F2_QB + r;
+    LDs[threadIdx.x] = threadIdx.x < F2_QB ? (t < T ? lrow[t] * F2_LOG2E : INFINITY)
+                                           : (t < T ? drow[t] : 0.0f);
+  }
+
+  float dk[2][HS / 8][4], dv[2][HS / 8][4];
+#pragma unroll
+  for (int mi = 0; mi < 2; mi++)
+#pragma unroll
+    for (int nt = 0; nt < HS / 8; nt++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) dk[mi][nt][e] = dv[mi][nt][e] = 0.0f;
+
+  const int kw = 32 * warp; /* this warp's first local key row */
+  for (int i = nqt - 1; i >= i0; i--) { /* descending: see the comment above */
+    const int x = (nqt - 1 - i) & 1;
+    if (i > i0) {
+      bf16* nb = Qb + (x ^ 1) * 2 * F2_QB * LD;
+      f2_load<HS, F2_QB>(nb, hd.q, stride, (i - 1) * F2_QB, T);
+      f2_load<HS, F2_QB>(nb + F2_QB * LD, dobase, C, (i - 1) * F2_QB, T);
+      f2_commit();
+      if (threadIdx.x < 2 * F2_QB) {
+        const int r = threadIdx.x & (F2_QB - 1), t = (i - 1) * F2_QB + r;
+        LDs[(x ^ 1) * 2 * F2_QB + threadIdx.x] =
+            threadIdx.x < F2_QB ? (t < T ? lrow[t] * F2_LOG2E : INFINITY) : (t < T ? drow[t] : 0.0f);
+      }
+      f2_wait<1>();
+    } else {
+      f2_wait<0>();
+    }
+    __syncthreads();
+    const bf16* Qs = Qb + x * 2 * F2_QB * LD;
+    const bf16* dOs = Qs + F2_QB * LD;
+    const float* Ls = LDs + x * 2 * F2_QB;
+    const float* Ds = Ls + F2_QB;
+    const int q0 = i * F2_QB;
+    /* warp-uniform: skip when every key of the warp lies above every query of the tile (its
+     * dS^T rows are then never read: see nks below) */
+    if (k0 + kw <= q0 + F2_QB - 1) {
+      const bool diag = k0 + kw + 31 > q0; /* some key > some query: mask */
+      float p[2][4][4], dp[2][4][4]; /* [key m tile][query n8 tile][frag] */
+#pragma unroll
+      for (int mi = 0; mi < 2; mi++)
+#pragma unroll
+        for (int nt = 0; nt < 4; nt++)
+#pragma unroll
+          for (int e = 0; e < 4; e++) p[mi][nt][e] = dp[mi][nt][e] = 0.0f;
+#pragma unroll
+      for (int kk = 0; kk < HS / 16; kk++) {
+        uint32_t ka[2][4], va[2][4];
+#pragma unroll
+        for (int mi = 0; mi < 2; mi++) {
+          f2_ldm4(ka[mi], f2_at_a<LD>(Ks, kw + 16 * mi, kk * 16, lane));
+          f2_ldm4(va[mi], f2_at_a<LD>(Vs, kw + 16 * mi, kk * 16, lane));
+        }
+#pragma unroll
+        for (int np = 0; np < 2; np++) {
+          uint32_t b[4];
+          f2_ldm4(b, f2_at_bn<LD>(Qs, np * 16, kk * 16, lane));
+#pragma unroll
+          for (int mi = 0; mi < 2; mi++) {
+            f2_mma(p[mi][2 * np], ka[mi], b[0], b[1]);
+            f2_mma(p[mi][2 * np + 1], ka[mi], b[2], b[3]);
+          }
+          f2_ldm4(b, f2_at_bn<LD>(dOs, np * 16, kk * 16, lane));
+#pragma unroll
+          for (int mi = 0; mi < 2; mi++) {
+            f2_mma(dp[mi][2 * np], va[mi], b[0], b[1]);
+            f2_mma(dp[mi][2 * np + 1], va[mi], b[2], b[3]);
+          }
+        }
+      }
+#pragma unroll
+      for (int nt = 0; nt < 4; nt++) {
+        const float2 lq = *(const float2*)(Ls + nt * 8 + 2 * t4);
+        const float2 dq = *(const float2*)(Ds + nt * 8 + 2 * t4);
+#pragma unroll
+        for (int mi = 0; mi < 2; mi++)
+#pragma unroll
+          for (int e = 0; e < 4; e++) {
+            const int qc = nt * 8 + 2 * t4 + (e & 1);
+            const int kr = kw + 16 * mi + g + 8 * (e >> 1);
+            float pv = f2_ex2(fmaf(p[mi][nt][e], scale_log2, (e & 1) ? -lq.y : -lq.x));
+            if (diag && k0 + kr > q0 + qc) pv = 0.0f;
+            p[mi][nt][e] = pv;
+            dp[mi][nt][e] = pv * (dp[mi][nt][e] - ((e & 1) ? dq.y : dq.x));
+          }
+      }
+      /* dS^T (bf16) to shared memory, [key row][query]: 4-byte stores, conflict-free (rows 80
+       * bytes apart) */
+#pragma unroll
+      for (int mi = 0; mi < 2; mi++)
+#pragma unroll
+        for (int nt = 0; nt < 4; nt++) {
+          bf16* d = dSs + (kw + 16 * mi + g) * LDS + nt * 8 + 2 * t4;
+          *(uint32_t*)d = f2_pack(dp[mi][nt][0], dp[mi][nt][1]);
+          *(uint32_t*)(d + 8 * LDS) = f2_pack(dp[mi][nt][2], dp[mi][nt][3]);
+        }
+      /* dV += P^T dO, dK += dS^T Q (as kv2) */
+#pragma unroll
+      for (int kk = 0; kk < F2_QB / 16; kk++) {
+        uint32_t pa[2][4], sa[2][4];
+#pragma unroll
+        for (int mi = 0; mi < 2; mi++) {
+          pa[mi][0] = f2_pack(p[mi][2 * kk][0], p[mi][2 * kk][1]);
+          pa[mi][1] = f2_pack(p[mi][2 * kk][2], p[mi][2 * kk][3]);
+          pa[mi][2] = f2_pack(p[mi][2 * kk + 1][0], p[mi][2 * kk + 1][1]);
+          pa[mi][3] = f2_pack(p[mi][2 * kk + 1][2], p[mi][2 * kk + 1][3]);
+          sa[mi][0] = f2_pack(dp[mi][2 * kk][0], dp[mi][2 * kk][1]);
+          sa[mi][1] = f2_pack(dp[mi][2 * kk][2], dp[mi][2 * kk][3]);
+          sa[mi][2] = f2_pack(dp[mi][2 * kk + 1][0], dp[mi][2 * kk + 1][1]);
+          sa[mi][3] = f2_pack(dp[mi][2 * kk + 1][2], dp[mi][2 * kk + 1][3]);
+        }
+#pragma unroll
+        for (int d = 0; d < HS / 16; d++) {
+          uint32_t b[4];
+          f2_ldm4t(b, f2_at_a<LD>(dOs, kk * 16, d * 16, lane));
+#pragma unroll
+          for (int mi = 0; mi < 2; mi++) {
+            f2_mma(dv[mi][2 * d], pa[mi], b[0], b[1]);
+            f2_mma(dv[mi][2 * d + 1], pa[mi], b[2], b[3]);
+          }
+          f2_ldm4t(b, f2_at_a<LD>(Qs, kk * 16, d * 16, lane));
+#pragma unroll
+          for (int mi = 0; mi < 2; mi++) {
+            f2_mma(dk[mi][2 * d], sa[mi], b[0], b[1]);
+            f2_mma(dk[mi][2 * d + 1], sa[mi], b[2], b[3]);
+          }
+        }
+      }
+    }
+    __syncthreads(); /* dS^T complete */
+
+    /* dQ partial = dS K over key steps 0 .. nks - 1 (block-uniform; >= 2 since q0 >= k0) */
+    const int nks = min(F2_KB / 16, (q0 + F2_QB - 1 - k0) / 16 + 1);
+    float dq[NQ][4];
+#pragma unroll
+    for (int nt = 0; nt < NQ; nt++) dq[nt][0] = dq[nt][1] = dq[nt][2] = dq[nt][3] = 0.0f;
+#pragma unroll
+    for (int kk = 0; kk < F2_KB / 16; kk++) {
+      if (kk < nks) {
+        uint32_t a[4];
+        f2_ldm4t(a, f2_at_bn<LDS>(dSs, kk * 16, 16 * mq, lane)); /* dS rows 16 mq.., keys 16 kk.. */
+#pragma unroll
+        for (int d = 0; d < HS / 32; d++) {
+          uint32_t b[4];
+          f2_ldm4t(b, f2_at_a<LD>(Ks, kk * 16, dh * (HS / 2) + d * 16, lane));
+          f2_mma(dq[2 * d], a, b[0], b[1]);
+          f2_mma(dq[2 * d + 1], a, b[2], b[3]);
+        }
+      }
+    }
+
+    /* ordered accumulation into dQacc (the comment above); block-uniform branches */
+    {
+      const bool first = jb == 0, last = i < i0 + 4;
+      float* acc = accw + (size_t)i * L::tile_f;
+      int* sw = semw + (size_t)i * 4;
+      if (!first) {
+        if (lane == 0)
+          while (f2_ld_acquire(sw) != jb) {
+          }
+        __syncwarp();
+#pragma unroll
+        for (int nt = 0; nt < NQ; nt++)
+#pragma unroll
+          for (int hh = 0; hh < 2; hh++) {
+            const float2 a = f2_ldcg2(acc + (nt * 2 + hh) * 64);
+            dq[nt][2 * hh] += a.x;
+            dq[nt][2 * hh + 1] += a.y;
+          }
+      }
+      if (last) {
+#pragma unroll
+        for (int hh = 0; hh < 2; hh++) {
+          const int row = q0 + 16 * mq + g + 8 * hh;
+          if (row >= T) continue;
+#pragma unroll
+          for (int nt = 0; nt < NQ; nt++)
+            *(uint32_t*)(dqb + (size_t)row * stride + nt * 8) =
+                f2_pack(dq[nt][2 * hh] * scale, dq[nt][2 * hh + 1] * scale);
+        }
+      } else {
+#pragma unroll
+        for (int nt = 0; nt < NQ; nt++)
+#pragma unroll
+          for (int hh = 0; hh < 2; hh++)
+            f2_stcg2(acc + (nt * 2 + hh) * 64, dq[nt][2 * hh], dq[nt][2 * hh + 1]);
+        __threadfence();
+        __syncwarp();
+        if (lane == 0) f2_st_release(sw, jb + 1);
+      }
+    }
+    __syncthreads(); /* buffer x and dS^T are rewritten next iteration */
+  }
+  bf16* dkb = dqkv + (size_t)bb * T * stride + C + h * HS;
+#pragma unroll
+  for (int mi = 0; mi < 2; mi++) {
+    f2_store<HS>(dkb, stride, k0 + kw + 16 * mi, T, dk[mi], scale, scale, lane);
+    f2_store<HS>(dkb + C, stride, k0 + kw + 16 * mi, T, dv[mi], 1.0f, 1.0f, lane);
+  }
+}
+
 /* ---------------------------------------------------------------- launchers */
 
 int zpc_fa2_usable(int C, int NH, const void* p0, const void* p1, const void* p2,
@@ -794,15 +1139,16 @@ int zpc_fa2_usable(int C, int NH, const void* p0, const void* p1, const void* p2
   return ((uintptr_t)p0 | (uintptr_t)p1 | (uintptr_t)p2 | (uintptr_t)p3) % 16 == 0;
 }
 
-/* D = rowsum(dO * O) into scratch (both backward variants start with it) */
-template <int HS>
+/* D = rowsum(dO * O) into scratch (every backward variant starts with it); SEM: also zero the
+ * fused variant's nsem semaphores */
+template <int HS, bool SEM = false>
 static int f2_bwd_prep(zp_backend* b, void** Dv, const void* dout, const void* out, int B, int T,
-                       int NH) {
+                       int NH, int* sem = NULL, size_t nsem = 0) {
   int rc = zpc_scratch(b, (size_t)B * NH * T * sizeof(float), Dv);
   if (rc) return rc;
   const size_t threads = (size_t)B * T * NH * (HS / 8);
-  zpc_fa2_bwd_prep_kernel<HS><<<(unsigned)((threads + 255) / 256), 256, 0, b->stream>>>(
-      (float*)*Dv, (const bf16*)dout, (const bf16*)out, B, T, NH);
+  zpc_fa2_bwd_prep_kernel<HS, SEM><<<(unsigned)((threads + 255) / 256), 256, 0, b->stream>>>(
+      (float*)*Dv, (const bf16*)dout, (const bf16*)out, B, T, NH, sem, nsem);
   ZPC_LAUNCHED(b, "fa2_bwd_prep");
   return ZP_OK;
 }
@@ -870,6 +1216,27 @@ static int f2_bwd_kv2(zp_backend* b, void* dqkv, const void* dout, const void* q
   return ZP_OK;
 }
 
+/* bwd variant fused: prep (D, and the semaphores zeroed), then the fused kernel (grid (heads, key
+ * blocks): the deadlock argument above needs exactly this order). ws: dQacc, then semaphores. */
+template <int HS>
+static int f2_bwd_fused(zp_backend* b, void* dqkv, const void* dout, const void* qkv,
+                        const void* out, const void* aux, void* ws, int B, int T, int NH) {
+  int* sem = (int*)((char*)ws + f2_fused_acc_bytes(B, T, NH, HS));
+  void* Dv = NULL;
+  int rc = f2_bwd_prep<HS, true>(b, &Dv, dout, out, B, T, NH, sem, f2_fused_nsem(B, T, NH));
+  if (rc) return rc;
+  const size_t smem = F2BwdFused<HS>::bytes;
+  ZPC_CUDA(b, cudaFuncSetAttribute(zpc_fa2_bwd_fused_kernel<HS>,
+                                   cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+  const float scale = 1.0f / sqrtf((float)HS);
+  zpc_fa2_bwd_fused_kernel<HS><<<dim3(B * NH, (T + F2_KB - 1) / F2_KB), F2_THREADS, smem,
+                                 b->stream>>>(
+      (bf16*)dqkv, (float*)ws, sem, (const bf16*)dout, (const bf16*)qkv, (const float*)aux,
+      (const float*)Dv, T, NH, scale * F2_LOG2E, scale);
+  ZPC_LAUNCHED(b, "fa2_bwd_fused");
+  return ZP_OK;
+}
+
 int zpc_fa2_fwd(zp_backend* b, void* out, void* aux, const void* qkv, int B, int T, int C,
                 int NH) {
   if (B <= 0 || T <= 0 || !zpc_fa2_usable(C, NH, out, aux, qkv, qkv))
@@ -892,11 +1259,33 @@ int zpc_fa2_bwd(zp_backend* b, void* dqkv, const void* dout, const void* qkv, co
   if (B <= 0 || T <= 0 || !zpc_fa2_usable(C, NH, dqkv, dout, qkv, out))
     return ZPC_INVALID(b, "cuda backend: fa2 attention: unsupported shape or alignment B=%d "
                           "T=%d C=%d NH=%d", B, T, C, NH);
-  if (b->fa2_bwd == 1 && C / NH == 32) return f2_bwd_kv2<32>(b, dqkv, dout, qkv, out, aux, B, T, NH);
-  if (b->fa2_bwd == 1 && C / NH == 64) return f2_bwd_kv2<64>(b, dqkv, dout, qkv, out, aux, B, T, NH);
-  switch (C / NH) { /* base (and kv2 at HS 128) */
+  /* kv2, and fused without a workspace (attention_bwd rather than attention_bwd_ws) */
+  if (b->fa2_bwd >= 1 && C / NH == 32) return f2_bwd_kv2<32>(b, dqkv, dout, qkv, out, aux, B, T, NH);
+  if (b->fa2_bwd >= 1 && C / NH == 64) return f2_bwd_kv2<64>(b, dqkv, dout, qkv, out, aux, B, T, NH);
+  switch (C / NH) { /* base (and kv2 / fused at HS 128) */
     case 32: return f2_bwd<32>(b, dqkv, dout, qkv, out, aux, B, T, NH);
     case 64: return f2_bwd<64>(b, dqkv, dout, qkv, out, aux, B, T, NH);
     default: return f2_bwd<128>(b, dqkv, dout, qkv, out, aux, B, T, NH);
   }
+}
+
+size_t zpc_fa2_bwd_ws_bytes(const zp_backend* b, int B, int T, int C, int NH) {
+  if (b->fa2_bwd != 2 || B <= 0 || T <= 0 || NH <= 0 || C % NH || C % 8) return 0;
+  const int hs = C / NH;
+  if (hs != 32 && hs != 64) return 0;
+  return f2_fused_acc_bytes(B, T, NH, hs) + zpc_round256(f2_fused_nsem(B, T, NH) * sizeof(int));
+}
+
+int zpc_fa2_bwd_ws(zp_backend* b, void* dqkv, const void* dout, const void* qkv, const void* out,
+                   const void* aux, void* ws, int B, int T, int C, int NH) {
+  if (!ws || zpc_fa2_bwd_ws_bytes(b, B, T, C, NH) == 0)
+    return zpc_fa2_bwd(b, dqkv, dout, qkv, out, aux, B, T, C, NH);
+  if (!zpc_fa2_usable(C, NH, dqkv, dout, qkv, out))
+    return ZPC_INVALID(b, "cuda backend: fa2 attention: unsupported shape or alignment B=%d "
+                          "T=%d C=%d NH=%d", B, T, C, NH);
+  if ((uintptr_t)ws % 256)
+    return ZPC_INVALID(b, "cuda backend: attention_bwd_ws: workspace %p is not 256-byte aligned",
+                       ws);
+  return C / NH == 32 ? f2_bwd_fused<32>(b, dqkv, dout, qkv, out, aux, ws, B, T, NH)
+                      : f2_bwd_fused<64>(b, dqkv, dout, qkv, out, aux, ws, B, T, NH);
 }

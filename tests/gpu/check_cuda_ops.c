@@ -33,6 +33,14 @@
  * variant per run: bench/attn_sweep.sh runs them all; the backend's create message in the log
  * names the variants in use). The other kernel switches (ZP_CUDA_LN, ZP_CUDA_FUSE_GELU, ...)
  * are the plugin's defaults unless set in the environment: one run checks one choice.
+ * A fourth attention variant, fa2-fused, runs on its own instances (ZP_CUDA_ATTN=fa2,
+ * ZP_CUDA_FA2_BWD=fused, whatever the environment says) through the ABI 1.4 attention_bwd_ws
+ * with a workspace of attention_bwd_ws_bytes (0 bytes, e.g. at head size 128: the call takes
+ * attention_bwd's path): every attention check runs for it too, plus its determinism over
+ * three calls and over workspace contents (a 0xFF-filled workspace gives the bits of a zeroed
+ * one; if the kernel's semaphores were not reset per call this would hang, so run the check
+ * under a timeout), plain attention_bwd on the same instance (kv2 at head sizes 32 / 64)
+ * against the reference and against the fused result, and a timing line for both.
  * GEMM tuning (ZP_CUDA_GEMM_TUNE): one more instance with tuning on (2: it prints each choice
  * to stderr) runs every matmul shape again: its results must meet the same tolerances against
  * the reference (the accumulating dweight shows the timed candidates never wrote the real
@@ -75,6 +83,8 @@ static zp_backend* gwb;          /* cuda, ZP_CUDA_ATTN=flash (the WMMA kernels) 
 static zp_backend* twb;          /* cuda, legacy stream + flash: timing */
 static zp_backend* tb;           /* cuda, legacy stream: timing */
 static zp_backend* tfb;          /* cuda, legacy stream + fa2: timing */
+static zp_backend* gfub;         /* cuda, fa2 + ZP_CUDA_FA2_BWD=fused (attention_bwd_ws) */
+static zp_backend* tfub;         /* cuda, legacy stream + fa2 + fused: timing */
 static zp_backend* gtb;          /* cuda, ZP_CUDA_GEMM_TUNE=2: tuned GEMMs */
 static zp_backend* t0b;          /* cuda, legacy stream, ZP_CUDA_GEMM_TUNE=0: timing */
 static zp_backend* ttb;          /* cuda, legacy stream, ZP_CUDA_GEMM_TUNE=2: timing */
@@ -381,6 +391,7 @@ typedef struct {
   float s, lr, b1, b2, eps, wd, gs;
   zp_dtype dt, st;
   double* dout_host;
+  void* ws; /* attention_bwd_ws's workspace */
 } args_t;
 typedef int (*runner_t)(const zp_backend_ops* o, zp_backend* b, const args_t* a);
 
@@ -389,6 +400,7 @@ static double gtime(zp_backend* timing_backend, runner_t f, const args_t* a) {
   if (!g_time || !timing_backend) return NAN;
   CK(G->synchronize(gb));
   if (gfb) CK(G->synchronize(gfb));
+  if (gfub) CK(G->synchronize(gfub));
   if (gwb) CK(G->synchronize(gwb));
   if (gtb) CK(G->synchronize(gtb));
   for (int i = 0; i < 2; i++) CK(f(G, timing_backend, a));
@@ -1057,6 +1069,50 @@ static int r_att_fwd(const zp_backend_ops* o, zp_backend* b, const args_t* a) {
 static int r_att_bwd(const zp_backend_ops* o, zp_backend* b, const args_t* a) {
   return o->attention_bwd(b, a->o3, a->i4, a->i1, a->i2, a->i3, a->B, a->T, a->C, a->NH);
 }
+static int r_att_bwd_ws(const zp_backend_ops* o, zp_backend* b, const args_t* a) {
+  return o->attention_bwd_ws(b, a->o3, a->i4, a->i1, a->i2, a->i3, a->ws, a->B, a->T, a->C,
+                             a->NH);
+}
+
+/* the fa2-fused variant's extra checks (b: its instance, ga: the arguments of the checked call,
+ * msf its time on t, first: its dqkv bytes; two calls were made, the first on a zeroed
+ * workspace): a third call (workspace as the second left it) and one on a 0xFF-filled workspace
+ * are bitwise equal to the first; plain attention_bwd on the same instance (no workspace: kv2 at
+ * head sizes 32 / 64) against the reference and the fused result, timed on t */
+static void fused_extra(zp_backend* b, zp_backend* t, const args_t* ga, size_t wsb, double msf,
+                        const void* first, const float* got, const float* ref, const char* shape,
+                        const float* nanv) {
+  const size_t n = 3 * (size_t)ga->B * ga->T * ga->C;
+  args_t g2 = *ga;
+  void* again = hmalloc(n * 2);
+  for (int k = 0; k < 2; k++) { /* k 0: the workspace as the previous call left it; 1: 0xFF */
+    g2.o3 = gup(nanv, n);
+    if (k == 1 && wsb) CK(G->fill(b, g2.ws, ZP_I32, wsb / 4, -1.0));
+    CK(r_att_bwd_ws(G, b, &g2));
+    CK(G->synchronize(b));
+    CK(G->copy_d2h(gb, again, g2.o3, n * 2));
+    cmp_bytes(k ? "attention_bwd[fa2-fused].ws-0xff" : "attention_bwd[fa2-fused].deterministic3",
+              shape, first, again, n * 2);
+  }
+  args_t gn = *ga; /* no workspace */
+  gn.o3 = gup(nanv, n);
+  CK(r_att_bwd(G, b, &gn));
+  CK(G->synchronize(b));
+  float* plain = gdown(gn.o3, n);
+  cmp("attention_bwd[fa2-fused].no-ws", shape, plain, ref, n, TOL_GRAD);
+  snprintf(g_pend[g_npend - 1].note, sizeof g_pend[0].note, "attention_bwd: kv2 / base");
+  double msn = gtime(t, r_att_bwd, &gn);
+  flush(msn);
+  cmp("attention_bwd[fa2-fused vs no-ws]", shape, got, plain, n, TOL_GRAD);
+  flush(NAN);
+  if (!isnan(msn) && !isnan(msf)) {
+    double fl = 4.0 * ga->B * ga->NH * (double)ga->T * ga->T * (ga->C / ga->NH) / 2.0;
+    printf("# attention_bwd[fa2-fused] %.3f ms %.1f TFLOP/s, no-ws (kv2 / base) %.3f ms %.1f "
+           "TFLOP/s: x%.3f (2.5x causal FLOPs; ws %.1f MiB)\n",
+           msf, 2.5 * fl / (msf * 1e-3) / 1e12, msn, 2.5 * fl / (msn * 1e-3) / 1e12, msn / msf,
+           wsb / 1048576.0);
+  }
+}
 
 static void t_attention(int B, int T, int C, int NH) {
   if (!want("attention")) return;
@@ -1087,10 +1143,13 @@ static void t_attention(int B, int T, int C, int NH) {
 
   float* prev_out = NULL; /* flash's results, for fa2 against the previous kernel */
   float* prev_dqkv = NULL;
-  for (int variant = 0; variant < 3; variant++) { /* naive, flash, fa2 */
-    zp_backend* b = variant == 2 ? gfb : variant == 1 ? gwb : gb;
-    zp_backend* t = variant == 2 ? tfb : variant == 1 ? twb : tb;
-    const char* vn = variant == 2 ? "fa2" : variant == 1 ? "flash" : "naive";
+  for (int variant = 0; variant < 4; variant++) { /* naive, flash, fa2, fa2-fused */
+    static const char* const vnames[] = {"naive", "flash", "fa2", "fa2-fused"};
+    zp_backend* const bs[] = {gb, gwb, gfb, gfub};
+    zp_backend* const ts[] = {tb, twb, tfb, tfub};
+    zp_backend* b = bs[variant];
+    zp_backend* t = ts[variant];
+    const char* vn = vnames[variant];
     char nf[48], nb2[48];
     snprintf(nf, sizeof nf, "attention_fwd[%s]", vn);
     snprintf(nb2, sizeof nb2, "attention_bwd[%s].dqkv", vn);
@@ -1131,27 +1190,41 @@ static void t_attention(int B, int T, int C, int NH) {
     ga.i3 = ga.o2;
     ga.i4 = gup(dout, BTC);
     ga.o3 = gup(nanv, 3 * BTC);
-    rc = r_att_bwd(G, b, &ga);
+    const int fused = variant == 3;
+    runner_t bwd = fused ? r_att_bwd_ws : r_att_bwd;
+    size_t wsb = 0;
+    if (fused) { /* the checked call runs on a zeroed workspace (fused_extra: on garbage) */
+      wsb = G->attention_bwd_ws_bytes(b, B, T, C, NH);
+      if (wsb) {
+        ga.ws = dalloc(G, gb, wsb);
+        CK(G->memset0(b, ga.ws, wsb));
+      }
+    }
+    rc = bwd(G, b, &ga);
     if (rc) die("attention_bwd[%s] returned %d", vn, rc);
     CK(G->synchronize(b));
     float* got_dqkv = gdown(ga.o3, 3 * BTC);
     cmp(nb2, shape, got_dqkv, ref_dqkv, 3 * BTC, TOL_GRAD);
+    if (fused)
+      snprintf(g_pend[g_npend - 1].note, sizeof g_pend[0].note, "ws %.1f MiB%s",
+               wsb / 1048576.0, wsb ? "" : " (attention_bwd path)");
     if (variant == 1) prev_dqkv = got_dqkv;
+    void* first = hmalloc(3 * BTC * 2);
     { /* determinism: a second backward into a NaN-poisoned buffer is bitwise equal */
-      void* first = hmalloc(3 * BTC * 2);
       void* second = hmalloc(3 * BTC * 2);
       CK(G->copy_d2h(gb, first, ga.o3, 3 * BTC * 2));
       args_t g2 = ga;
       g2.o3 = gup(nanv, 3 * BTC);
-      CK(r_att_bwd(G, b, &g2));
+      CK(bwd(G, b, &g2));
       CK(G->synchronize(b));
       CK(G->copy_d2h(gb, second, g2.o3, 3 * BTC * 2));
       char nd[64];
       snprintf(nd, sizeof nd, "attention_bwd[%s].deterministic", vn);
       cmp_bytes(nd, shape, first, second, 3 * BTC * 2);
     }
-    double msb = gtime(t, r_att_bwd, &ga);
+    double msb = gtime(t, bwd, &ga);
     flush(msb);
+    if (fused) fused_extra(b, t, &ga, wsb, msb, first, got_dqkv, ref_dqkv, shape, nanv);
     if (variant == 2 && prev_dqkv) {
       cmp("attention_bwd[fa2 vs flash]", shape, got_dqkv, prev_dqkv, 3 * BTC, TOL_GRAD);
       flush(NAN);
@@ -2082,6 +2155,18 @@ static zp_backend* make_cuda_env(const char* var, const char* val) {
   return b;
 }
 
+/* an fa2 instance with ZP_CUDA_FA2_BWD=fused (restored after); NULL if create fails */
+static zp_backend* make_cuda_fused(const char* stream) {
+  const char* old = getenv("ZP_CUDA_FA2_BWD");
+  char* keep = old ? strdup(old) : NULL;
+  setenv("ZP_CUDA_FA2_BWD", "fused", 1);
+  zp_backend* b = make_cuda(stream, "fa2", NULL, 0);
+  if (keep) setenv("ZP_CUDA_FA2_BWD", keep, 1);
+  else unsetenv("ZP_CUDA_FA2_BWD");
+  free(keep);
+  return b;
+}
+
 int main(int argc, char** argv) {
   const char* path = getenv("ZP_CUDA_PLUGIN");
 #ifdef ZP_CUDA_PLUGIN_PATH
@@ -2124,11 +2209,13 @@ int main(int argc, char** argv) {
          getenv("ZP_CUDA_FA2_BWD") ? getenv("ZP_CUDA_FA2_BWD") : "(unset: default)");
   gb = make_cuda(NULL, "naive", NULL, 1);
   gfb = make_cuda(NULL, "fa2", NULL, 0);
+  gfub = make_cuda_fused(NULL);
   gwb = make_cuda(NULL, "flash", NULL, 0);
   gtb = make_cuda(NULL, "naive", "2", 1);
   if (g_time) {
     tb = make_cuda("legacy", "naive", NULL, 1);
     tfb = make_cuda("legacy", "fa2", NULL, 0);
+    tfub = make_cuda_fused("legacy");
     twb = make_cuda("legacy", "flash", NULL, 0);
     if (!g_quick) {
       t0b = make_cuda("legacy", "naive", "0", 1);
@@ -2198,6 +2285,8 @@ int main(int argc, char** argv) {
   t_attention(2, 77, 128, 4);  /* hs = 32, ragged T */
   t_attention(1, 200, 128, 2); /* hs = 64, two 128-row forward tiles, the second ragged */
   t_attention(1, 333, 256, 2); /* hs = 128, ragged over several 64-row tiles */
+  t_attention(2, 300, 128, 4); /* hs = 32, 3 key blocks of 128 (fused: ordered dQ adds), ragged */
+  t_attention(1, 333, 128, 2); /* hs = 64, 3 key blocks of 128, the last ragged */
   if (!g_quick) t_attention(8, 1024, 768, 12); /* GPT-2 124M, micro-batch 8: timing shape */
   if (!g_quick) t_attention(4, 1024, 1600, 25); /* GPT-2 1.5B, micro-batch 4: timing shape */
   t_pointwise((size_t)N * 4 * C, 0);
@@ -2220,6 +2309,8 @@ int main(int argc, char** argv) {
   if (t0b) G->destroy(t0b);
   if (gtb) G->destroy(gtb);
   if (tfb) G->destroy(tfb);
+  if (tfub) G->destroy(tfub);
+  if (gfub) G->destroy(gfub);
   if (twb) G->destroy(twb);
   if (gwb) G->destroy(gwb);
   if (tb) G->destroy(tb);
