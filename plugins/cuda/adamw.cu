@@ -195,10 +195,11 @@ int zpc_adamw_pieces(zp_backend* b, void* param, zp_dtype pdt, float* master, co
     return ZPC_INVALID(b, "cuda backend: adamw_pieces: %d pieces, end %p, wd %p", n_pieces,
                        (const void*)piece_end, (const void*)piece_wd);
   const size_t ps = param ? (pdt == ZP_BF16 ? 2 : 4) : 0, gs = gdt == ZP_BF16 ? 2 : 4;
+  const int per_set = b->adamw_pieces ? ZPC_PIECES : 1; /* ZP_CUDA_ADAMW_PIECES=0: one per piece */
   uint64_t start = 0;
-  for (int k0 = 0; k0 < n_pieces; k0 += ZPC_PIECES) { /* ZPC_PIECES pieces per launch set */
+  for (int k0 = 0; k0 < n_pieces; k0 += per_set) { /* per_set pieces per launch set */
     zpc_pieces P;
-    P.n = n_pieces - k0 < ZPC_PIECES ? n_pieces - k0 : ZPC_PIECES;
+    P.n = n_pieces - k0 < per_set ? n_pieces - k0 : per_set;
     for (int k = 0; k < P.n; k++) {
       const uint64_t prev = k0 + k == 0 ? 0 : piece_end[k0 + k - 1];
       if (piece_end[k0 + k] <= prev)
