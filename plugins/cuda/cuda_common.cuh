@@ -55,8 +55,8 @@ struct zp_backend {
   cudaEvent_t* timer_ev; /* timer slots (1.3): events created on first use */
   int n_timer_ev;
   int gemm_tune;         /* ZP_CUDA_GEMM_TUNE: 0 heuristic's first answer, 1 time up to
-  int adamw_pieces; /* ZP_CUDA_ADAMW_PIECES: 1 one launch set per range, 0 one per piece (A/B) */
                             ZPC_TUNE_CANDIDATES answers per new GEMM key, 2 also print each */
+  int adamw_pieces;      /* ZP_CUDA_ADAMW_PIECES: 1 one launch set per range, 0 one per piece */
   int tune_evict_warned; /* a tuned algo_cache entry was overwritten (warned once) */
   cudaStream_t stream;
   cublasLtHandle_t lt;
