@@ -9,8 +9,9 @@
 # Env: OUT (default /tmp/zp-out), ZP_WORK (default /tmp/zp-offload-work), ZP_BUILD (default
 #   build-gpu), SKIP_BUILD=1, STEPS (per matrix run, default 12; median of steps 5..N),
 #   ZP_STAGE (zero.plugin for the matrix, default none: one GPU), THREADS (offload.optimizer.threads,
-#   default nproc), LARGEST_CANDIDATES (LxDxH list, largest first; default 56x4096x32 (11.5B) down
-#   to 40x4096x32 (8.3B)),
+#   default nproc), LARGEST_CANDIDATES (LxDxH list, largest first; default 60x4096x32 (12.3B) down
+#   to 40x4096x32 (8.3B)), LARGEST_RATIOS (offload.optimizer.ratio values tried per candidate, highest
+#   first; default 1 down to 0.6: the first the plan accepts, with --device-gb from nvidia-smi),
 #   LARGEST_MB (micro-batch, default 1), ZP_RUN_TIMEOUT (s per run, default 300),
 #   ZP_NGPU (ranks: default 1; > 1 runs `zp launch -n ZP_NGPU` and ZP_STAGE defaults to stage2,
 #   the issue's 2-GPU setting), PEER=1 (with ZP_NGPU > 1: the PyTorch peer in the same call,
@@ -30,7 +31,8 @@ NG=${ZP_NGPU:-1}
 STAGE=${ZP_STAGE:-$([ "$NG" -gt 1 ] && echo stage2 || echo none)}
 EXTRA=${ZP_EXTRA_SETS:-}
 THREADS=${THREADS:-$(nproc)}
-LARGEST_CANDIDATES=${LARGEST_CANDIDATES:-56x4096x32 52x4096x32 50x4096x32 48x4096x32 44x4096x32 40x4096x32}
+LARGEST_CANDIDATES=${LARGEST_CANDIDATES:-60x4096x32 58x4096x32 56x4096x32 54x4096x32 52x4096x32 50x4096x32 48x4096x32 44x4096x32 40x4096x32}
+LARGEST_RATIOS=${LARGEST_RATIOS:-1 0.95 0.9 0.85 0.8 0.75 0.7 0.65 0.6}
 LMB=${LARGEST_MB:-1}
 TO=${ZP_RUN_TIMEOUT:-300}
 WHAT=("$@")
@@ -95,22 +97,31 @@ for w in "${WHAT[@]}"; do
         run "ga${ga}_offload_dpu" $s --set train.grad_accum=$ga --set zero.plugin=$STAGE "${DPU[@]}"
       done ;;
     largest)
-      # the largest candidate `zp plan` accepts (it refuses what the host's MemAvailable or the
-      # device cannot hold), then 2 real steps of it
-      pick=
+      # the largest candidate `zp plan` accepts, both on this host's memory (MemAvailable) and on
+      # the GPU's (--device-gb from nvidia-smi), trying offload.optimizer.ratio from 1 (all of the
+      # optimizer state on the host) down: a partial offload keeps the first groups' state on the
+      # GPU when the host cannot hold all of it; then 2 real steps of it
+      dgb=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits 2>/dev/null | head -1 | awk '{ printf "%.1f", $1 / 1024 }')
+      dev=(); [ -n "$dgb" ] && dev=(--device-gb "$dgb")
+      note "largest: device memory ${dgb:-unknown} GiB; ratios tried: $LARGEST_RATIOS"
+      pick= pr=
       for c in $LARGEST_CANDIDATES; do
         IFS=x read -r LL LD LH <<< "$c"
-        if "$BUILD/zp" plan "$SRC/examples/gpt2-1.5b.toml" --set model.n_layer=$LL --set model.d_model=$LD --set model.n_head=$LH \
-          --set train.micro_batch=$LMB --set train.recompute=true --set zero.plugin=$STAGE "${OFF[@]}" > "$OUT/offload_plan_$c.txt" 2>&1; then
-          pick=$c; note "largest: zp plan accepts $c: $(grep -m1 -o '[0-9,]* parameters' "$OUT/offload_plan_$c.txt")"; break
-        fi
-        note "largest: zp plan refuses $c: $(tail -1 "$OUT/offload_plan_$c.txt" | cut -c1-220)"
+        for ra in $LARGEST_RATIOS; do
+          if "$BUILD/zp" plan "$SRC/examples/gpt2-1.5b.toml" "${dev[@]}" --set model.n_layer=$LL --set model.d_model=$LD --set model.n_head=$LH \
+            --set train.micro_batch=$LMB --set train.recompute=true --set zero.plugin=$STAGE "${OFF[@]}" \
+            --set offload.optimizer.ratio=$ra > "$OUT/offload_plan_$c.txt" 2>&1; then
+            pick=$c pr=$ra; note "largest: zp plan accepts $c at ratio $ra: $(grep -m1 -o '[0-9,]* parameters' "$OUT/offload_plan_$c.txt")"; break 2
+          fi
+          note "largest: zp plan refuses $c at ratio $ra: $(grep -m1 '^zp: ' "$OUT/offload_plan_$c.txt" | cut -c1-200)"
+        done
       done
       [ -n "$pick" ] || { echo "offload_bench: no candidate fits"; FAILED=1; continue; }
+      grep -E "^  (embed|block|head|\.\.\.)|^  (category|PARAM|GRAD|MASTER|OPTIM|ACT|BUFFER|total)|device memory" "$OUT/offload_plan_$pick.txt"
       IFS=x read -r LL LD LH <<< "$pick"
       free -g | head -2
       run "largest_L${LL}_d${LD}" 2 --set model.n_layer=$LL --set model.d_model=$LD --set model.n_head=$LH \
-        --set train.micro_batch=$LMB --set train.recompute=true --set zero.plugin=$STAGE "${OFF[@]}"
+        --set train.micro_batch=$LMB --set train.recompute=true --set zero.plugin=$STAGE "${OFF[@]}" --set offload.optimizer.ratio=$pr
       grep -B2 -A12 "memory at end" "$OUT/offload_largest_L${LL}_d${LD}.log" | head -16 ;;
     *) echo "offload_bench: unknown part '$w' (matrix, largest)"; exit 2 ;;
   esac
