@@ -180,7 +180,7 @@ static void carve_block(zp_acts* a, int l, char* base, carve_t* ca, size_t N, si
   a->ln2_mean[l] = carve(base, ca, N * sizeof(float));
   a->ln2_rstd[l] = carve(base, ca, N * sizeof(float));
   a->fch[l] = carve(base, ca, N * C4l * es);
-  if (a->recompute_gelu && l > 0) a->fchg[l] = a->fchg[0]; /* one slot, refilled per block */
+  if (a->recompute_gelu && l > a->gelu_from) a->fchg[l] = a->fchg[a->gelu_from]; /* one slot, refilled per block */
   else a->fchg[l] = carve(base, ca, N * C4l * es);
 }
 
@@ -226,15 +226,21 @@ static int acts_layout(zp_acts* a, const zp_model_layout* m, char* act, char* bu
 
 int zp_acts_alloc(zp_acts* a, const zp_model_layout* m, const zp_backend_ops* ops, zp_backend* b,
                   struct zp_ledger* led, int B, int T, zp_dtype ct, char* err, size_t errlen) {
-  return zp_acts_alloc_ex(a, m, ops, b, led, B, T, ct, 0, err, errlen);
+  return zp_acts_alloc_ex(a, m, ops, b, led, B, T, ct, 0, 0, err, errlen);
 }
 
 int zp_acts_alloc_ex(zp_acts* a, const zp_model_layout* m, const zp_backend_ops* ops, zp_backend* b,
-                     struct zp_ledger* led, int B, int T, zp_dtype ct, int recompute, char* err, size_t errlen) {
+                     struct zp_ledger* led, int B, int T, zp_dtype ct, int block_recompute, int gelu_blocks,
+                     char* err, size_t errlen) {
   memset(a, 0, sizeof *a);
-  a->recompute = (recompute & ZP_RECOMPUTE_BLOCK) != 0;
-  a->recompute_gelu = (recompute & ZP_RECOMPUTE_GELU) != 0 && !a->recompute; /* BLOCK recomputes it anyway */
   int L = m->s.L;
+  if (gelu_blocks < 0 || gelu_blocks > L) {
+    snprintf(err, errlen, "train.recompute_gelu_blocks = %d: must be 0 .. model.n_layer (%d)", gelu_blocks, L);
+    return ZP_E_INVALID;
+  }
+  a->recompute = block_recompute != 0;
+  a->recompute_gelu = gelu_blocks > 1 && !a->recompute; /* BLOCK recomputes it anyway; one block alone saves nothing */
+  a->gelu_from = a->recompute_gelu ? L - gelu_blocks : L;
   if (T > m->s.maxT) {
     snprintf(err, errlen, "sequence length %d exceeds model.seq_len %d", T, m->s.maxT);
     return ZP_E_INVALID;
@@ -355,8 +361,8 @@ int zp_model_backward_group(const zp_model_layout* m, const zp_backend_ops* ops,
   }
   if (g >= 1) {
     int l = g - 1;
-    /* train.recompute_gelu: the shared slot holds another block's GELU output: refill it */
-    if (a->recompute_gelu) TRY(ops->gelu_fwd(b, a->fchg[l], a->fch[l], (size_t)N * 4 * C));
+    /* train.recompute_gelu(_blocks): the shared slot holds another block's GELU output: refill it */
+    if (zp_acts_gelu_refill(a, l, L)) TRY(ops->gelu_fwd(b, a->fchg[l], a->fch[l], (size_t)N * 4 * C));
     /* fcproj: dfchg -> d_b, then GELU's backward -> d_a (one op when the backend fuses them) */
     if (ZP_TABLE_HAS(ops, matmul_dgelu_bwd)) {
       TRY(ops->matmul_dgelu_bwd(b, a->d_a, G(m, v, g, ZP_T_FCPROJW, es), G(m, v, g, ZP_T_FCPROJB, es), a->dres, a->fchg[l],

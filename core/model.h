@@ -102,8 +102,10 @@ typedef struct {
   int recompute;        /* train.recompute: blocks keep only their input res[l]; the per-layer
                          * pointers below all alias one slot, refilled by re-running the
                          * block's forward just before its backward */
-  int recompute_gelu;   /* train.recompute_gelu: fchg[l] (the MLP's GELU output) all alias one
-                         * slot, recomputed from fch[l] just before the block's backward */
+  int recompute_gelu;   /* blocks l >= gelu_from recompute their GELU output (fchg[l], all
+                         * aliasing one slot) from fch[l] just before their backward; block L-1
+                         * wrote the slot last in the forward and needs no refill */
+  int gelu_from;        /* L - (train.recompute_gelu ? L : train.recompute_gelu_blocks) */
   /* per layer l (saved for backward) */
   void** res;           /* [L+1] residual stream inputs: res[0] = embed output, res[l+1] = block l output */
   void **ln1, **qkv, **atty, **attaux, **res2, **ln2, **fch, **fchg;
@@ -133,12 +135,13 @@ struct zp_ledger;
 /* Sizes only (for plans); then allocate through the ledger (dry-run aware). */
 int zp_acts_alloc(zp_acts* a, const zp_model_layout* m, const zp_backend_ops* ops, zp_backend* b,
                   struct zp_ledger* led, int B, int T, zp_dtype ct, char* err, size_t errlen);
-/* the same with activation recompute, recompute = a set of ZP_RECOMPUTE_* flags: BLOCK: ACT holds
- * res[0..L] + one block's slot; GELU: one fchg slot for every block */
-#define ZP_RECOMPUTE_BLOCK 1
-#define ZP_RECOMPUTE_GELU 2
+/* the same with activation recompute: block_recompute: ACT holds res[0..L] + one block's slot;
+ * else gelu_blocks (0..L): the last gelu_blocks blocks share one GELU-output slot */
 int zp_acts_alloc_ex(zp_acts* a, const zp_model_layout* m, const zp_backend_ops* ops, zp_backend* b,
-                     struct zp_ledger* led, int B, int T, zp_dtype ct, int recompute, char* err, size_t errlen);
+                     struct zp_ledger* led, int B, int T, zp_dtype ct, int block_recompute, int gelu_blocks,
+                     char* err, size_t errlen);
+/* block l's GELU output must be recomputed before its backward (its slot holds another block's) */
+static inline int zp_acts_gelu_refill(const zp_acts* a, int l, int L) { return a->recompute_gelu && l >= a->gelu_from && l < L - 1; }
 void zp_acts_free(zp_acts* a, struct zp_ledger* led);
 
 /* The parameter and gradient views the model computes with (compute dtype, per group). */

@@ -179,7 +179,7 @@ int zp_model_tp_backward_group(const zp_model_layout* m, const zp_backend_ops* o
   if (g >= 1) {
     int l = g - 1;
     /* MLP projection (row-parallel): its input gradient is local [N, 4C/tp] */
-    if (a->recompute_gelu) TRY(ops->gelu_fwd(b, a->fchg[l], a->fch[l], (size_t)N * C4l)); /* shared slot */
+    if (zp_acts_gelu_refill(a, l, m->s.L)) TRY(ops->gelu_fwd(b, a->fchg[l], a->fch[l], (size_t)N * C4l)); /* shared slot */
     TRY(ops->matmul_bwd(b, a->d_b, G(m, v, g, ZP_T_FCPROJW, es), G(m, v, g, ZP_T_FCPROJB, es), a->dres, a->fchg[l],
                         P(m, v, g, ZP_T_FCPROJW, es), N, C4l, C));
     TRY(ops->gelu_bwd(b, a->d_a, a->fch[l], a->d_b, (size_t)N * C4l));

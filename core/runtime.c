@@ -712,10 +712,10 @@ int zp_run_open(zp_run* r, zp_config* cfg, const zp_run_opts* o) {
   r->T = o->T ? o->T : (int)zp_cfg_int(cfg, "model.seq_len");
   r->accum = (int)zp_cfg_int(cfg, "train.grad_accum");
   if (!o->no_acts) {
+    const int gelu_blocks = zp_cfg_bool(cfg, "train.recompute_gelu") ? r->layout.s.L
+                                                                      : (int)zp_cfg_int(cfg, "train.recompute_gelu_blocks");
     rc = zp_acts_alloc_ex(&r->acts, &r->layout, r->ops, r->be, &r->ledger, r->B, r->T, r->ct,
-                          (zp_cfg_bool(cfg, "train.recompute") ? ZP_RECOMPUTE_BLOCK : 0) |
-                              (zp_cfg_bool(cfg, "train.recompute_gelu") ? ZP_RECOMPUTE_GELU : 0),
-                          r->err, sizeof r->err);
+                          zp_cfg_bool(cfg, "train.recompute"), gelu_blocks, r->err, sizeof r->err);
     if (rc) return rc;
   }
   r->views.param = r->vparam;

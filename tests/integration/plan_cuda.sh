@@ -29,6 +29,12 @@ want=$((47 * 8 * 1024 * 6400 * 2))
 if python3 -c "import sys; sys.exit(0 if abs(int(sys.argv[1]) - int(sys.argv[2])) <= 0.01 * 2**30 else 1)" "$d" "$want"; then
   echo "ok   recompute_gelu: ACT $((d / 1048576)) MiB less (47 x 8192 x 6400 bf16 = $((want / 1048576)) MiB)"
 else echo "FAIL: recompute_gelu: ACT $d B less, want $want"; fail=1; fi
+pb=$("$zp" plan "$src/examples/gpt2-1.5b.toml" --set train.recompute_gelu_blocks=6 2>&1)
+d=$(( $(gib "$p15" ACT) - $(gib "$pb" ACT) ))
+want=$((5 * 8 * 1024 * 6400 * 2))
+if python3 -c "import sys; sys.exit(0 if abs(int(sys.argv[1]) - int(sys.argv[2])) <= 0.01 * 2**30 else 1)" "$d" "$want"; then
+  echo "ok   recompute_gelu_blocks=6: ACT $((d / 1048576)) MiB less (5 x 8192 x 6400 bf16 = $((want / 1048576)) MiB)"
+else echo "FAIL: recompute_gelu_blocks=6: ACT $d B less, want $want"; fail=1; fi
 pn=$(ZP_CUDA_ATTN=naive "$zp" plan "$src/examples/gpt2-124m.toml" 2>&1)
 d=$(( $(gib "$pn" ACT) - $(gib "$p124" ACT) ))
 want=$((12 * 16 * 12 * 1024 * (2 * 1024 - 4)))
@@ -41,13 +47,15 @@ grep -q "sized with the CUDA backend's attention storage" <<< "$p15" || { echo "
 if out=$("$zp" plan "$src/examples/gpt2-1.5b.toml" --device-gb 40 2>&1); then
   echo "FAIL: --device-gb 40 accepted a 43 GiB plan"; fail=1
 elif grep -q "needs 43.79 GiB of device memory per GPU (ledger peak 43.04 GiB + 0.75 GiB.*more than --device-gb 40" <<< "$out"; then
-  echo "ok   --device-gb 40 refused: $(grep -o 'needs 43.79 GiB[^:]*' <<< "$out")"
+  echo "ok   --device-gb 40 refused: $(grep -o "needs 43.79 GiB[^:]*" <<< "$out")"
 else echo "FAIL: --device-gb message: $out"; fail=1; fi
 "$zp" plan "$src/examples/gpt2-1.5b.toml" --device-gb 80 2>&1 | grep -q "device memory: 43.79 GiB of --device-gb 80" &&
   echo "ok   --device-gb 80 accepted" || { echo "FAIL: --device-gb 80"; fail=1; }
-if "$zp" plan "$src/examples/gpt2-1.5b.toml" --world 2 --set parallel.pp=2 --device-gb 20 > /dev/null 2>&1; then
+if out=$("$zp" plan "$src/examples/gpt2-1.5b.toml" --world 2 --set parallel.pp=2 --device-gb 20 2>&1); then
   echo "FAIL: pp 2 plan with --device-gb 20 accepted"; fail=1
-else echo "ok   pp 2: --device-gb 20 refused (largest stage)"; fi
+elif grep -q "of device memory per GPU (ledger peak .* more than --device-gb 20" <<< "$out"; then
+  echo "ok   pp 2: --device-gb 20 refused (largest stage): $(grep -o 'needs [0-9.]* GiB' <<< "$out")"
+else echo "FAIL: pp 2 --device-gb 20 message: $(tail -2 <<< "$out")"; fail=1; fi
 # partial offload: offload.optimizer.ratio 0.5 keeps the first groups' MASTER/OPTIM on the
 # device (the placement table shows the boundary) and moves at least half to the host
 pr=$("$zp" plan "$src/examples/gpt2-1.5b.toml" --set offload.optimizer.plugin=offload_cpu --set offload.optimizer.ratio=0.5 2>&1)

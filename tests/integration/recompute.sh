@@ -12,7 +12,8 @@
 #   before each block's backward) is bitwise equal to keeping every activation (the CPU backend's
 #   GELU is the same op both times), at 1 rank and with tp=2 (model_tp.c's backward), and saves
 #   exactly (L - 1) GELU outputs of B*T*4*d_model*4 bytes; with pipeline parallelism it is
-#   refused with a message.
+#   refused with a message; train.recompute_gelu_blocks = 3 of 4 saves exactly 2 outputs, is
+#   bitwise equal too, and more blocks than the model has is refused.
 set -euo pipefail
 build=$1; src=$2
 zp=$build/zp
@@ -57,6 +58,19 @@ fc=$((2 * 16 * 128 * 4)) # B*T*4*d_model*fp32
 saved=$(( $(act act-full-4) - $(act act-gelu-4) ))
 if [ "$saved" = $((3 * fc)) ]; then echo "ok   recompute_gelu at L=4 saves $saved B of ACT (3 GELU outputs of $fc B)"
 else echo "FAIL: recompute_gelu saves $saved B at L=4, want $((3 * fc))"; fail=1; fi
+# part of the model: the last 3 of 4 blocks share one slot (2 saved), bitwise; more blocks than
+# the model has is refused
+run act-gelu3-4 1 model.n_layer=4 train.recompute_gelu_blocks=3 train.steps=1
+saved=$(( $(act act-full-4) - $(act act-gelu3-4) ))
+if [ "$saved" = $((2 * fc)) ]; then echo "ok   recompute_gelu_blocks=3 at L=4 saves $saved B of ACT (2 GELU outputs of $fc B)"
+else echo "FAIL: recompute_gelu_blocks=3 saves $saved B at L=4, want $((2 * fc))"; fail=1; fi
+run full4 1 model.n_layer=4 && run gelu3 1 model.n_layer=4 train.recompute_gelu_blocks=3 &&
+  bitwise full4 gelu3 "recompute_gelu_blocks=3 of 4 vs full activations"
+if out=$("$zp" train "$cfg" --set train.out_dir="$work/gelu-bad" --set train.recompute_gelu_blocks=9 2>&1); then
+  echo "FAIL: recompute_gelu_blocks=9 with 2 layers accepted"; fail=1
+elif grep -q "train.recompute_gelu_blocks = 9: must be 0 .. model.n_layer (2)" <<< "$out"; then
+  echo "ok   recompute_gelu_blocks=9 refused: $(grep -m1 -o 'train.recompute_gelu_blocks = 9[^)]*)' <<< "$out")"
+else echo "FAIL: recompute_gelu_blocks=9: $(tail -3 <<< "$out")"; fail=1; fi
 if out=$("$zp" launch -n 2 "$cfg" --set train.out_dir="$work/gelu-pp" --set parallel.pp=2 --set train.recompute_gelu=true 2>&1); then
   echo "FAIL: recompute_gelu with pp 2 accepted"; fail=1
 elif grep -q "train.recompute_gelu is not implemented for pipeline parallelism" <<< "$out"; then
