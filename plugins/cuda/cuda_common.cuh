@@ -57,6 +57,8 @@ struct zp_backend {
   int gemm_tune;         /* ZP_CUDA_GEMM_TUNE: 0 heuristic's first answer, 1 time up to
                             ZPC_TUNE_CANDIDATES answers per new GEMM key, 2 also print each */
   int adamw_pieces;      /* ZP_CUDA_ADAMW_PIECES: 1 one launch set per range, 0 one per piece */
+  int bgrad;             /* ZP_CUDA_BGRAD: 1 bias gradients in the dW GEMM's epilogue, 0 column sums */
+  int bgrad_unsupported; /* cuBLASLt offered no BGRADB algorithm: column sums from then on */
   int tune_evict_warned; /* a tuned algo_cache entry was overwritten (warned once) */
   cudaStream_t stream;
   cublasLtHandle_t lt;
@@ -174,6 +176,9 @@ struct zpc_gemm {
   int epi_gelu;        /* 0; 1: D = gelu(AB + bias), aux = AB + bias; 2: D = AB * gelu'(aux) */
   void* aux;           /* bf16, same shape and ld as D (epi_gelu != 0; bf16 D, batch 1) */
   const void* C;       /* beta != 0: the addend, same type and layout as D; NULL: D itself */
+  float* bgrad;        /* CUBLASLT_EPILOGUE_BGRADB: bgrad[M] (fp32, overwritten) = sums over K
+                        * of op(A)'s columns (transa = 1: A's columns, i.e. the bias gradient
+                        * of a dW GEMM); not with bias or epi_gelu; batch 1 */
 };
 int zpc_gemm_run(zp_backend* b, const struct zpc_gemm* g);
 

@@ -13,7 +13,10 @@
  *      m = OC, n = N, k = IC: the "TN" GEMM; bias (length m = OC) through CUBLASLT_EPILOGUE_BIAS.
  * matmul_bwd: dinp[N,IC] = dout[N,OC] @ W[OC,IC]          (beta = 0: overwrite)
  *             dW[OC,IC] += dout[N,OC]^T @ inp[N,IC]       (beta = 1: accumulate, in bf16)
- *             dbias[OC] += column sums of dout             (deterministic two-pass kernel)
+ *             dbias[OC] += column sums of dout: ZP_CUDA_BGRAD=1 (default) in the dW GEMM's
+ *               CUBLASLT_EPILOGUE_BGRADB (dout is cuBLASLt's B there, reduced over k = N) into
+ *               an fp32 scratch, then added; 0 (or no BGRADB algorithm offered): a
+ *               deterministic two-pass column-sum kernel reading dout once more
  *
  * matmul_res_fwd: matmul_fwd with the residual as cuBLASLt's C (beta = 1, C != D allowed):
  *   out = res + inp @ W^T + bias, rounded to bf16 once (ZP_CUDA_FUSE_RES=1).
@@ -65,6 +68,7 @@ static uint32_t zpc_alignment(const void* p, int64_t stride_bytes, int batch) {
 }
 
 static const char* zpc_epi_name(const struct zpc_gemm* g) {
+  if (g->bgrad) return "bgradb";
   if (g->epi_gelu == 2) return "dgelu";
   if (g->epi_gelu == 1) return g->bias ? "gelu_aux_bias" : "gelu_aux";
   return g->bias ? "bias" : "none";
@@ -207,6 +211,8 @@ int zpc_gemm_run(zp_backend* b, const struct zpc_gemm* g) {
   if (g->M <= 0 || g->N <= 0 || g->K <= 0 || g->batch <= 0)
     return ZPC_INVALID(b, "cuda backend: gemm with empty shape M=%d N=%d K=%d batch=%d", g->M, g->N,
                        g->K, g->batch);
+  if (g->bgrad && (g->bias || g->epi_gelu || g->batch != 1))
+    return zpc_err(b->host, ZP_E_INTERNAL, "cuda backend: gemm BGRADB needs no bias/GELU, batch 1");
   if (g->bias && (g->d_fp32 || g->batch != 1))
     return zpc_err(b->host, ZP_E_INTERNAL, "cuda backend: gemm bias needs bf16 D and batch 1");
   if (g->epi_gelu && (g->d_fp32 || g->batch != 1 || !g->aux || (g->epi_gelu == 2 && g->bias)))
@@ -228,7 +234,7 @@ int zpc_gemm_run(zp_backend* b, const struct zpc_gemm* g) {
     const uint32_t al_c = zpc_alignment(g->C, g->strideD * (int64_t)dsz, g->batch);
     if (al_c < al_d) al_d = al_c;
   }
-  const uint32_t al_bias = g->bias ? zpc_alignment(g->bias, 0, 1) : 256;
+  const uint32_t al_bias = g->bias ? zpc_alignment(g->bias, 0, 1) : g->bgrad ? zpc_alignment(g->bgrad, 0, 1) : 256;
 
   int rc = ZP_OK;
   cublasStatus_t st = CUBLAS_STATUS_SUCCESS;
@@ -252,6 +258,14 @@ int zpc_gemm_run(zp_backend* b, const struct zpc_gemm* g) {
     LT(cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
     LT(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &opA, sizeof opA));
     LT(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &opB, sizeof opB));
+    if (g->bgrad) {
+      cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BGRADB;
+      cudaDataType_t bdt = CUDA_R_32F;
+      LT(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi));
+      LT(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &g->bgrad,
+                                        sizeof g->bgrad));
+      LT(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bdt, sizeof bdt));
+    }
     if (g->bias || g->epi_gelu) {
       cublasLtEpilogue_t epi = g->epi_gelu == 1 ? (g->bias ? CUBLASLT_EPILOGUE_GELU_AUX_BIAS
                                                            : CUBLASLT_EPILOGUE_GELU_AUX)
@@ -294,7 +308,7 @@ int zpc_gemm_run(zp_backend* b, const struct zpc_gemm* g) {
     /* heuristic, cached */
     int64_t key[20] = {g->transa,  g->transb, g->M,      g->N,    g->K,     g->lda, g->ldb,
                        g->ldd,     g->strideA, g->strideB, g->strideD, g->batch, g->d_fp32,
-                       g->bias != NULL, al_a, al_b,     al_d,   al_bias,  g->beta != 0.0f ? 2 : 1, g->epi_gelu};
+                       g->bgrad ? 2 : g->bias != NULL, al_a, al_b, al_d, al_bias, g->beta != 0.0f ? 2 : 1, g->epi_gelu};
     for (int i = 0; i < ZPC_ALGO_CACHE; i++) {
       struct zpc_algo_entry* e = &b->algo_cache[i];
       if (e->valid && memcmp(e->key, key, sizeof key) == 0) {
@@ -318,6 +332,10 @@ int zpc_gemm_run(zp_backend* b, const struct zpc_gemm* g) {
       int found = 0;
       LT(cublasLtMatmulAlgoGetHeuristic(b->lt, op, la, lb, ld, ld, pref,
                                         b->gemm_tune ? ZPC_TUNE_CANDIDATES : 1, heur, &found));
+      if ((found < 1 || heur[0].state != CUBLAS_STATUS_SUCCESS) && g->bgrad) {
+        rc = ZP_E_NOT_IMPLEMENTED; /* the caller sums the columns itself (no message: not an error) */
+        goto done;
+      }
       if (found < 1 || heur[0].state != CUBLAS_STATUS_SUCCESS) {
         rc = zpc_err(b->host, ZP_E_DEVICE,
                      "cublasLt: no algorithm for GEMM M=%d N=%d K=%d batch=%d transa=%d "
@@ -416,14 +434,8 @@ int zpc_matmul_bwd(zp_backend* b, void* dinp, void* dw, void* dbias, const void*
   if (N <= 0 || IC <= 0 || OC <= 0)
     return ZPC_INVALID(b, "cuda backend: matmul_bwd: bad shape N=%d IC=%d OC=%d", N, IC, OC);
   int rc;
-  if (dbias) {
-    int R = zpc_rowchunks(N);
-    void* part = NULL;
-    if ((rc = zpc_scratch(b, (size_t)R * OC * sizeof(float), &part))) return rc;
-    if ((rc = zpc_colsum_partials(b, (float*)part, (const bf16*)dout, N, OC))) return rc;
-    if ((rc = zpc_colsum_add(b, (bf16*)dbias, (const float*)part, R, OC))) return rc;
-  }
-  if (dw) { /* dW[OC,IC] += dout^T[OC,N] @ inp[N,IC] */
+  int bias_done = 0;
+  if (dw) { /* dW[OC,IC] += dout^T[OC,N] @ inp[N,IC] (and dbias from its BGRADB epilogue) */
     struct zpc_gemm g;
     memset(&g, 0, sizeof g);
     g.transa = 1;
@@ -440,7 +452,31 @@ int zpc_matmul_bwd(zp_backend* b, void* dinp, void* dw, void* dbias, const void*
     g.batch = 1;
     g.alpha = 1.0f;
     g.beta = 1.0f;
-    if ((rc = zpc_gemm_run(b, &g))) return rc;
+    void* bg = NULL;
+    if (dbias && b->bgrad && !b->bgrad_unsupported) {
+      if ((rc = zpc_scratch(b, (size_t)OC * sizeof(float), &bg))) return rc;
+      g.bgrad = (float*)bg;
+    }
+    rc = zpc_gemm_run(b, &g);
+    if (rc == ZP_E_NOT_IMPLEMENTED && g.bgrad) { /* no BGRADB algorithm: column sums from now on */
+      b->bgrad_unsupported = 1;
+      zpc_log(b, ZP_LOG_WARN, "cuda backend: cuBLASLt offers no BGRADB algorithm for a dW GEMM: "
+                              "bias gradients by column sums instead");
+      g.bgrad = NULL;
+      rc = zpc_gemm_run(b, &g);
+    }
+    if (rc) return rc;
+    if (g.bgrad) {
+      if ((rc = zpc_colsum_add(b, (bf16*)dbias, (const float*)bg, 1, OC))) return rc;
+      bias_done = 1;
+    }
+  }
+  if (dbias && !bias_done) {
+    int R = zpc_rowchunks(N);
+    void* part = NULL;
+    if ((rc = zpc_scratch(b, (size_t)R * OC * sizeof(float), &part))) return rc;
+    if ((rc = zpc_colsum_partials(b, (float*)part, (const bf16*)dout, N, OC))) return rc;
+    if ((rc = zpc_colsum_add(b, (bf16*)dbias, (const float*)part, R, OC))) return rc;
   }
   return zpc_matmul_dinp(b, dinp, dout, w, NULL, N, IC, OC);
 }

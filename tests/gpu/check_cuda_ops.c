@@ -866,6 +866,25 @@ static void t_matmul(const char* tag, int N, int IC, int OC, int with_bias) {
   cmp(nm, shape, gdown(ga.o2, W), rdown(ra.o2, W), W, TOL_GRAD);
   snprintf(nm, sizeof nm, "%s.dbias(acc)", nb);
   if (with_bias) cmp(nm, shape, gdown(ga.o3, OC), rdown(ra.o3, OC), OC, TOL_GRAD);
+  { /* the default path twice from the same starting values: bitwise the same (with
+     * ZP_CUDA_BGRAD=1 dbias comes from the dW GEMM's BGRADB epilogue: its reduction order must
+     * not vary from call to call) */
+    args_t t = ga;
+    void *hw[2], *hb[2] = {NULL, NULL};
+    for (int k = 0; k < 2; k++) {
+      t.o1 = gup(nanv, NI);
+      t.o2 = gup(dw0, W);
+      t.o3 = with_bias ? gup(db0, OC) : NULL;
+      CK(r_mm_bwd(G, gb, &t));
+      CK(G->synchronize(gb));
+      hw[k] = gdown_bytes(t.o2, W * 2);
+      if (with_bias) hb[k] = gdown_bytes(t.o3, (size_t)OC * 2);
+    }
+    snprintf(nm, sizeof nm, "%s.repeat.dw", nb);
+    cmp_bytes(nm, shape, hw[0], hw[1], W * 2);
+    snprintf(nm, sizeof nm, "%s.repeat.dbias", nb);
+    if (with_bias) cmp_bytes(nm, shape, hb[0], hb[1], (size_t)OC * 2);
+  }
   if (gtb) { /* tuning on, from the same starting values: dinp overwritten, dw accumulated */
     args_t t = ga;
     void *hi[2], *hw[2], *hb = NULL;
@@ -1521,7 +1540,7 @@ static void t_switch_errors(void) {
   static const char* const bad[][2] = {
       {"ZP_CUDA_ATTN", "flash2"},  {"ZP_CUDA_FA2_FWD", "base"}, {"ZP_CUDA_FA2_BWD", "kv3"},
       {"ZP_CUDA_FUSE_GELU", "yes"}, {"ZP_CUDA_FUSE_RES", "2"},   {"ZP_CUDA_LN", "Fast"},
-      {"ZP_CUDA_GEMM_TUNE", "3"},  {"ZP_CUDA_ADAMW_PIECES", "on"}};
+      {"ZP_CUDA_GEMM_TUNE", "3"},  {"ZP_CUDA_ADAMW_PIECES", "on"}, {"ZP_CUDA_BGRAD", "2"}};
   for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
     const char* old = getenv(bad[i][0]);
     char* keep = old ? strdup(old) : NULL;
