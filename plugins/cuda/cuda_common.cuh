@@ -176,7 +176,7 @@ struct zpc_gemm {
   int epi_gelu;        /* 0; 1: D = gelu(AB + bias), aux = AB + bias; 2: D = AB * gelu'(aux) */
   void* aux;           /* bf16, same shape and ld as D (epi_gelu != 0; bf16 D, batch 1) */
   const void* C;       /* beta != 0: the addend, same type and layout as D; NULL: D itself */
-  float* bgrad;        /* CUBLASLT_EPILOGUE_BGRADB: bgrad[M] (fp32, overwritten) = sums over K
+  void* bgrad;         /* CUBLASLT_EPILOGUE_BGRADB: bgrad[M] (bf16, overwritten) = sums over K
                         * of op(A)'s columns (transa = 1: A's columns, i.e. the bias gradient
                         * of a dW GEMM); not with bias or epi_gelu; batch 1 */
 };

@@ -15,7 +15,7 @@
  *             dW[OC,IC] += dout[N,OC]^T @ inp[N,IC]       (beta = 1: accumulate, in bf16)
  *             dbias[OC] += column sums of dout: ZP_CUDA_BGRAD=1 (default) in the dW GEMM's
  *               CUBLASLT_EPILOGUE_BGRADB (dout is cuBLASLt's B there, reduced over k = N) into
- *               an fp32 scratch, then added; 0 (or no BGRADB algorithm offered): a
+ *               a bf16 scratch (an fp32 bias type was refused on the H100), then added; 0 (or no BGRADB algorithm offered): a
  *               deterministic two-pass column-sum kernel reading dout once more
  *
  * matmul_res_fwd: matmul_fwd with the residual as cuBLASLt's C (beta = 1, C != D allowed):
@@ -260,7 +260,7 @@ int zpc_gemm_run(zp_backend* b, const struct zpc_gemm* g) {
     LT(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &opB, sizeof opB));
     if (g->bgrad) {
       cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BGRADB;
-      cudaDataType_t bdt = CUDA_R_32F;
+      cudaDataType_t bdt = CUDA_R_16BF; /* fp32 was refused (CUBLAS_STATUS_INVALID_VALUE, H100) */
       LT(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi));
       LT(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &g->bgrad,
                                         sizeof g->bgrad));
@@ -330,8 +330,17 @@ int zpc_gemm_run(zp_backend* b, const struct zpc_gemm* g) {
       LT(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
                                               &al_d, sizeof al_d));
       int found = 0;
-      LT(cublasLtMatmulAlgoGetHeuristic(b->lt, op, la, lb, ld, ld, pref,
-                                        b->gemm_tune ? ZPC_TUNE_CANDIDATES : 1, heur, &found));
+      st = cublasLtMatmulAlgoGetHeuristic(b->lt, op, la, lb, ld, ld, pref,
+                                          b->gemm_tune ? ZPC_TUNE_CANDIDATES : 1, heur, &found);
+      if (st != CUBLAS_STATUS_SUCCESS && g->bgrad) { /* this cuBLASLt refuses the epilogue here */
+        st = CUBLAS_STATUS_SUCCESS;
+        rc = ZP_E_NOT_IMPLEMENTED; /* the caller sums the columns itself (not an error) */
+        goto done;
+      }
+      if (st != CUBLAS_STATUS_SUCCESS) {
+        what = "cublasLtMatmulAlgoGetHeuristic";
+        goto done;
+      }
       if ((found < 1 || heur[0].state != CUBLAS_STATUS_SUCCESS) && g->bgrad) {
         rc = ZP_E_NOT_IMPLEMENTED; /* the caller sums the columns itself (no message: not an error) */
         goto done;
@@ -454,8 +463,8 @@ int zpc_matmul_bwd(zp_backend* b, void* dinp, void* dw, void* dbias, const void*
     g.beta = 1.0f;
     void* bg = NULL;
     if (dbias && b->bgrad && !b->bgrad_unsupported) {
-      if ((rc = zpc_scratch(b, (size_t)OC * sizeof(float), &bg))) return rc;
-      g.bgrad = (float*)bg;
+      if ((rc = zpc_scratch(b, (size_t)OC * sizeof(bf16), &bg))) return rc;
+      g.bgrad = bg;
     }
     rc = zpc_gemm_run(b, &g);
     if (rc == ZP_E_NOT_IMPLEMENTED && g.bgrad) { /* no BGRADB algorithm: column sums from now on */
@@ -466,8 +475,8 @@ int zpc_matmul_bwd(zp_backend* b, void* dinp, void* dw, void* dbias, const void*
       rc = zpc_gemm_run(b, &g);
     }
     if (rc) return rc;
-    if (g.bgrad) {
-      if ((rc = zpc_colsum_add(b, (bf16*)dbias, (const float*)bg, 1, OC))) return rc;
+    if (g.bgrad) { /* dbias += the epilogue's bf16 bias gradient */
+      if ((rc = zpc_accumulate(b, dbias, ZP_BF16, bg, ZP_BF16, (size_t)OC, 1.0f))) return rc;
       bias_done = 1;
     }
   }
