@@ -15,8 +15,8 @@
  *   0: they run matmul and the gelu kernel separately (same contract).
  *   ZP_CUDA_LN = fast (kernels_layernorm.cu) | legacy (kernels_layernorm_legacy.cu).
  *   ZP_CUDA_FUSE_RES = 1 (matmul_res_fwd: the residual is the GEMM's C) | 0 (two passes).
- *   ZP_CUDA_BGRAD = 1 (matmul_bwd's bias gradient from the dW GEMM's BGRADB epilogue) | 0 (a
- *   deterministic column-sum pass over dout).
+ *   ZP_CUDA_BGRAD = 0 (default: a deterministic column-sum pass over dout) | 1 (matmul_bwd's bias
+ *   gradient from the dW GEMM's BGRADB epilogue: measured slower on the H100, docs/perf.md 15).
  *   ZP_CUDA_ADAMW_PIECES = 1 (adamw_pieces: a range's pieces in one launch set) | 0 (one launch
  *   set per piece, as before ABI 1.4: the same bits; for A/B timing).
  *   ZP_CUDA_GEMM_TUNE = 0 (default): each GEMM shape runs the cuBLASLt heuristic's first
@@ -43,7 +43,7 @@
 #define ZPC_DEFAULT_LN_FAST 1   /* vectorized layernorm */
 #define ZPC_DEFAULT_FUSE_RES 1  /* the residual as the GEMM's C (measured: docs/perf.md) */
 #define ZPC_DEFAULT_FA2_FWD 0   /* fast (measured: docs/perf.md) */
-#define ZPC_DEFAULT_BGRAD 1     /* bias gradients in the dW GEMM (docs/perf.md 15) */
+#define ZPC_DEFAULT_BGRAD 0     /* column sums: the BGRADB epilogue measured slower (docs/perf.md 15) */
 #define ZPC_DEFAULT_FA2_BWD 1   /* kv2 (measured: docs/perf.md) */
 
 #include <stdarg.h>

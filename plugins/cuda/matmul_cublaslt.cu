@@ -13,9 +13,10 @@
  *      m = OC, n = N, k = IC: the "TN" GEMM; bias (length m = OC) through CUBLASLT_EPILOGUE_BIAS.
  * matmul_bwd: dinp[N,IC] = dout[N,OC] @ W[OC,IC]          (beta = 0: overwrite)
  *             dW[OC,IC] += dout[N,OC]^T @ inp[N,IC]       (beta = 1: accumulate, in bf16)
- *             dbias[OC] += column sums of dout: ZP_CUDA_BGRAD=1 (default) in the dW GEMM's
+ *             dbias[OC] += column sums of dout: ZP_CUDA_BGRAD=1 (opt-in: slower) in the dW GEMM's
  *               CUBLASLT_EPILOGUE_BGRADB (dout is cuBLASLt's B there, reduced over k = N) into
- *               a bf16 scratch (an fp32 bias type was refused on the H100), then added; 0 (or no BGRADB algorithm offered): a
+ *               a bf16 scratch (an fp32 bias type was refused on the H100), then added; 0 (default,
+ *               or no BGRADB algorithm offered): a
  *               deterministic two-pass column-sum kernel reading dout once more
  *
  * matmul_res_fwd: matmul_fwd with the residual as cuBLASLt's C (beta = 1, C != D allowed):
