@@ -795,6 +795,24 @@ static int r_mm_bwd(const zp_backend_ops* o, zp_backend* b, const args_t* a) {
   return o->matmul_bwd(b, a->o1, a->o2, a->o3, a->i4, a->i1, a->i2, a->N, a->IC, a->OC);
 }
 
+/* matmul_bwd twice on backend be from the same starting values (dinp NaN, dw dw0, dbias db0
+ * or none): the bytes of dinp, dw and dbias (NULL without) of each call */
+static void mm_bwd_twice(zp_backend* be, const args_t* a, const float* nanv, const float* dw0, const float* db0,
+                         void* hi[2], void* hw[2], void* hb[2]) {
+  const size_t NI = (size_t)a->N * a->IC, W = (size_t)a->OC * a->IC;
+  args_t t = *a;
+  for (int k = 0; k < 2; k++) {
+    t.o1 = gup(nanv, NI);
+    t.o2 = gup(dw0, W);
+    t.o3 = db0 ? gup(db0, (size_t)a->OC) : NULL;
+    CK(r_mm_bwd(G, be, &t));
+    CK(G->synchronize(be));
+    hi[k] = gdown_bytes(t.o1, NI * 2);
+    hw[k] = gdown_bytes(t.o2, W * 2);
+    hb[k] = db0 ? gdown_bytes(t.o3, (size_t)a->OC * 2) : NULL;
+  }
+}
+
 static void t_matmul(const char* tag, int N, int IC, int OC, int with_bias) {
   char shape[64];
   snprintf(shape, sizeof shape, "N%d IC%d OC%d%s", N, IC, OC, with_bias ? " +bias" : "");
@@ -869,35 +887,17 @@ static void t_matmul(const char* tag, int N, int IC, int OC, int with_bias) {
   { /* the default path twice from the same starting values: bitwise the same (with
      * ZP_CUDA_BGRAD=1 dbias comes from the dW GEMM's BGRADB epilogue: its reduction order must
      * not vary from call to call) */
-    args_t t = ga;
-    void *hw[2], *hb[2] = {NULL, NULL};
-    for (int k = 0; k < 2; k++) {
-      t.o1 = gup(nanv, NI);
-      t.o2 = gup(dw0, W);
-      t.o3 = with_bias ? gup(db0, OC) : NULL;
-      CK(r_mm_bwd(G, gb, &t));
-      CK(G->synchronize(gb));
-      hw[k] = gdown_bytes(t.o2, W * 2);
-      if (with_bias) hb[k] = gdown_bytes(t.o3, (size_t)OC * 2);
-    }
+    void *hi[2], *hw[2], *hb[2];
+    mm_bwd_twice(gb, &ga, nanv, dw0, with_bias ? db0 : NULL, hi, hw, hb);
     snprintf(nm, sizeof nm, "%s.repeat.dw", nb);
     cmp_bytes(nm, shape, hw[0], hw[1], W * 2);
     snprintf(nm, sizeof nm, "%s.repeat.dbias", nb);
     if (with_bias) cmp_bytes(nm, shape, hb[0], hb[1], (size_t)OC * 2);
   }
   if (gtb) { /* tuning on, from the same starting values: dinp overwritten, dw accumulated */
-    args_t t = ga;
-    void *hi[2], *hw[2], *hb = NULL;
-    for (int k = 0; k < 2; k++) {
-      t.o1 = gup(nanv, NI);
-      t.o2 = gup(dw0, W);
-      t.o3 = with_bias ? gup(db0, OC) : NULL;
-      CK(r_mm_bwd(G, gtb, &t));
-      CK(G->synchronize(gtb));
-      hi[k] = gdown_bytes(t.o1, NI * 2);
-      hw[k] = gdown_bytes(t.o2, W * 2);
-      if (k == 0 && with_bias) hb = gdown_bytes(t.o3, (size_t)OC * 2);
-    }
+    void *hi[2], *hw[2], *hbs[2];
+    mm_bwd_twice(gtb, &ga, nanv, dw0, with_bias ? db0 : NULL, hi, hw, hbs);
+    void* hb = hbs[0];
     snprintf(nm, sizeof nm, "%s.tuned.dinp(overwrite)", nb);
     cmp(nm, shape, unpack(ZP_BF16, hi[0], NI), rdown(ra.o1, NI), NI, TOL_GRAD);
     snprintf(nm, sizeof nm, "%s.tuned.dw(acc)", nb);
