@@ -381,6 +381,23 @@ static size_t cuda_aux_estimate(zp_backend* b, int B, int T, int C, int NH) {
   if ((hs == 32 || hs == 64 || hs == 128) && !(a && strcmp(a, "naive") == 0)) return (size_t)B * NH * T * sizeof(float);
   return (size_t)B * NH * T * T * 2;
 }
+/* ... and its attention-backward workspace (ABI 1.4), which only ZP_CUDA_FA2_BWD=fused asks for
+ * (fa2 attention, head sizes 32 and 64): fp32 dQ partials per 32-query tile plus 4 semaphores
+ * per tile, each rounded to 256 bytes (plugins/cuda/attention_fa2.cu, zpc_fa2_bwd_ws_bytes) */
+static size_t cuda_ws_estimate(zp_backend* b, int B, int T, int C, int NH) {
+  (void)b;
+  const char* a = getenv("ZP_CUDA_ATTN");
+  const char* v = getenv("ZP_CUDA_FA2_BWD");
+  int hs = NH > 0 && C % NH == 0 ? C / NH : 0;
+  if (!v || strcmp(v, "fused") != 0 || (a && strcmp(a, "fa2") != 0) || (hs != 32 && hs != 64) || C % 8) return 0;
+  size_t tiles = (size_t)B * NH * (size_t)((T + 31) / 32);
+  return ((tiles * 32 * hs * sizeof(float) + 255) & ~(size_t)255) + ((tiles * 4 * sizeof(int) + 255) & ~(size_t)255);
+}
+static int cuda_ws_sizing_only(zp_backend* b, void* dqkv, const void* dout, const void* qkv, const void* out,
+                               const void* aux, void* ws, int B, int T, int C, int NH) {
+  (void)b; (void)dqkv; (void)dout; (void)qkv; (void)out; (void)aux; (void)ws; (void)B; (void)T; (void)C; (void)NH;
+  return ZP_E_INTERNAL; /* a dry run sizes, it never computes */
+}
 static zp_backend_ops g_cuda_sizing;
 
 /* Open the runtime side of the tier plugins (after the group buffers exist). A plugin named by
@@ -572,6 +589,8 @@ int zp_run_open(zp_run* r, zp_config* cfg, const zp_run_opts* o) {
   } else if (cuda) { /* dry run: the CPU ops, with the CUDA backend's attention storage */
     g_cuda_sizing = *zp_cpu_backend_ops();
     g_cuda_sizing.attention_aux_bytes = cuda_aux_estimate;
+    g_cuda_sizing.attention_bwd_ws_bytes = cuda_ws_estimate;
+    g_cuda_sizing.attention_bwd_ws = cuda_ws_sizing_only;
     r->ops = &g_cuda_sizing;
   } else {
     r->ops = zp_cpu_backend_ops();

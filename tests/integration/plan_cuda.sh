@@ -29,6 +29,14 @@ want=$((47 * 8 * 1024 * 6400 * 2))
 if python3 -c "import sys; sys.exit(0 if abs(int(sys.argv[1]) - int(sys.argv[2])) <= 0.01 * 2**30 else 1)" "$d" "$want"; then
   echo "ok   recompute_gelu: ACT $((d / 1048576)) MiB less (47 x 8192 x 6400 bf16 = $((want / 1048576)) MiB)"
 else echo "FAIL: recompute_gelu: ACT $d B less, want $want"; fail=1; fi
+# ZP_CUDA_FA2_BWD=fused: the attention backward's workspace (fp32 dQ partials + semaphores, one
+# buffer for all layers) in BUFFER, as the plugin sizes it
+pf=$(ZP_CUDA_FA2_BWD=fused "$zp" plan "$src/examples/gpt2-1.5b.toml" 2>&1)
+d=$(( $(gib "$pf" BUFFER) - $(gib "$p15" BUFFER) ))
+want=$((8 * 25 * 32 * 32 * 64 * 4 + 8 * 25 * 32 * 4 * 4))
+if python3 -c "import sys; sys.exit(0 if abs(int(sys.argv[1]) - int(sys.argv[2])) <= 0.01 * 2**20 * 1011 else 1)" "$d" "$want"; then
+  echo "ok   ZP_CUDA_FA2_BWD=fused: BUFFER $((d / 1048576)) MiB more (workspace $want B)"
+else echo "FAIL: fused workspace: BUFFER $d B more, want $want"; fail=1; fi
 pb=$("$zp" plan "$src/examples/gpt2-1.5b.toml" --set train.recompute_gelu_blocks=6 2>&1)
 d=$(( $(gib "$p15" ACT) - $(gib "$pb" ACT) ))
 want=$((5 * 8 * 1024 * 6400 * 2))
