@@ -56,8 +56,14 @@ int zp_ckpt_tp_save(zp_run* r, const char* dir, int64_t step, uint64_t data_pos,
   const int writer = gatherer && stage == 0;
   int32_t* holder = calloc((size_t)G * (pc ? (size_t)zp_comm_size(pc) : 1) + 1, sizeof(int32_t));
   int32_t* mine = calloc((size_t)G + 1, sizeof(int32_t));
-  const zp_group_info* in0 = &r->groups[0].info;
-  const int have_master = in0->buf[ZP_CAT_MASTER] != NULL;
+  /* a separate fp32 master exists (bf16 training, or offloaded fp32) on every rank alike: read it
+   * off any group this rank holds (a later pipeline stage does not hold group 0) */
+  int have_master = 0;
+  for (int g = 0; g < r->layout.n_groups; g++)
+    if (r->groups[g].info.padded > 0) {
+      have_master = r->groups[g].info.bytes[ZP_CAT_MASTER] > 0;
+      break;
+    }
   const zp_category wcat = have_master ? ZP_CAT_MASTER : ZP_CAT_PARAM;
   const zp_dtype wdt = have_master ? ZP_F32 : r->param_dt; /* F32, or F64 (fp64 runs) */
   zp_run* P = writer ? calloc(1, sizeof *P) : NULL;

@@ -445,6 +445,31 @@ size_t zp_acts_chunk_layout(zp_acts* a, const zp_model_layout* m, int g0, int g1
   return ca.off;
 }
 
+size_t zp_acts_chunk_layout_recompute(zp_acts* a, const zp_model_layout* m, int g0, int g1, char* base, char* shared,
+                                       size_t* shared_bytes) {
+  int L = m->s.L, C = m->s.C;
+  size_t N = (size_t)a->B * (size_t)a->T, es = zp_dtype_size(a->ct);
+  carve_t ca = {0, 0};
+  size_t mx = 0;
+  int r0 = g0 - 1 < 0 ? 0 : g0 - 1, r1 = g1 - 1 > L ? L : g1 - 1;
+  for (int i = r0; i <= r1; i++) a->res[i] = carve(base, &ca, N * C * es);
+  for (int g = g0; g < g1; g++) {
+    if (g < 1 || g > L) continue;
+    carve_t cs = {0, 0}; /* every block of the chunk from offset 0 of the shared region */
+    carve_block(a, g - 1, shared, &cs, N, es, (size_t)C, (size_t)C, (size_t)4 * C);
+    if (cs.off > mx) mx = cs.off;
+  }
+  if (g1 == L + 2) {
+    a->lnf = carve(base, &ca, N * C * es);
+    a->lnf_mean = carve(base, &ca, N * sizeof(float));
+    a->lnf_rstd = carve(base, &ca, N * sizeof(float));
+    a->losses = carve(base, &ca, N * sizeof(float));
+  }
+  a->recompute = 1;
+  if (shared_bytes) *shared_bytes = mx;
+  return ca.off;
+}
+
 int zp_model_backward_group_phase(const zp_model_layout* m, const zp_backend_ops* ops, zp_backend* b,
                                   zp_acts* a, const zp_views* v, int g, int phase) {
   int B = a->B, T = a->T, C = m->s.C, NH = m->s.NH, L = m->s.L;

@@ -173,6 +173,12 @@ int zp_acts_arrays_alloc(zp_acts* a, const zp_model_layout* m, int B, int T, zp_
 void zp_acts_arrays_free(zp_acts* a);
 /* Points a's chunk tensors into base (NULL: sizing only); returns the bytes the chunk needs. */
 size_t zp_acts_chunk_layout(zp_acts* a, const zp_model_layout* m, int g0, int g1, int zb, char* base);
+/* train.recompute in a pipeline slot: the chunk's block inputs res[] (and the head's tensors)
+ * are carved from base; every block's other tensors alias one region, shared (the backward
+ * refills it by re-running the block's forward from res[l] just before the block's backward).
+ * Returns the slot's bytes; *shared_bytes: the shared region's (one block's tensors). */
+size_t zp_acts_chunk_layout_recompute(zp_acts* a, const zp_model_layout* m, int g0, int g1, char* base, char* shared,
+                                       size_t* shared_bytes);
 
 /* Backward of one group in phases: ZP_BWD_FULL is zp_model_backward_group. ZP_BWD_INPUT
  * computes the input gradient (and the LayerNorm weight gradients) of a block, saving the

@@ -32,6 +32,9 @@ struct zp_pipe {
   const zp_sched_instr* ins;
   int n_ins;
   int nbuf, zb;
+  int recompute;            /* train.recompute: slots keep block inputs; one shared block region */
+  void* rc_block;           /* that region (ACT), rc_bytes */
+  size_t rc_bytes;
   /* activation slots: one ACT block, nbuf slots of slot_bytes; acts[buf * V + chunk] */
   void* act_block;
   size_t act_bytes, slot_bytes;
@@ -200,6 +203,14 @@ int zp_pipe_open(zp_run* r, const zp_config* cfg, const zp_layout* lay, zp_comm*
   p->nbuf = zp_schedule_buffers(s, p->stage);
   for (int i = 0; i < p->n_ins; i++)
     if (p->ins[i].op == ZP_SOP_BWD_INPUT) p->zb = 1;
+  p->recompute = zp_cfg_bool(cfg, "train.recompute");
+  if (p->recompute && p->zb) {
+    seterr(err, errlen, "train.recompute with pipeline.schedule = \"%s\", which splits the backward (BWD_INPUT / BWD_WEIGHT), "
+           "is not implemented: the weight half would need a block's activations after later recomputes have overwritten "
+           "them; use gpipe, 1f1b or interleaved_1f1b, or set train.recompute = false", zp_cfg_str(cfg, "pipeline.schedule"));
+    rc = ZP_E_NOT_IMPLEMENTED;
+    goto fail;
+  }
   {
     /* the split backward (BWD_INPUT / BWD_WEIGHT) has no tensor-parallel form yet: refused on
      * every stage alike (any stage of a zb schedule has a BWD_INPUT) */
@@ -235,8 +246,11 @@ int zp_pipe_open(zp_run* r, const zp_config* cfg, const zp_layout* lay, zp_comm*
       goto fail;
     }
     for (int c = 0; c < p->V; c++) {
-      size_t b = zp_acts_chunk_layout(&tmp, &r->layout, p->ch[c].g0, p->ch[c].g1, p->zb, NULL);
+      size_t sh = 0;
+      size_t b = p->recompute ? zp_acts_chunk_layout_recompute(&tmp, &r->layout, p->ch[c].g0, p->ch[c].g1, NULL, NULL, &sh)
+                              : zp_acts_chunk_layout(&tmp, &r->layout, p->ch[c].g0, p->ch[c].g1, p->zb, NULL);
       if (b > mx) mx = b;
+      if (sh > p->rc_bytes) p->rc_bytes = sh;
     }
     zp_acts_arrays_free(&tmp);
     p->slot_bytes = ((mx + 255) & ~(size_t)255) + dres_bytes;
@@ -244,6 +258,9 @@ int zp_pipe_open(zp_run* r, const zp_config* cfg, const zp_layout* lay, zp_comm*
     char tag[96];
     snprintf(tag, sizeof tag, "pipeline activations (%d slots)", p->nbuf);
     if ((rc = lalloc(p, ZP_CAT_ACT, p->act_bytes, tag, &p->act_block, err, errlen))) goto fail;
+    if (p->rc_bytes &&
+        (rc = lalloc(p, ZP_CAT_ACT, p->rc_bytes, "pipeline recompute block (one, shared by the slots)", &p->rc_block, err, errlen)))
+      goto fail;
     /* shared scratch: logits only where the head is */
     int has_head = chunk_of_group(p, p->G - 1) >= 0;
     size_t C = (size_t)r->layout.s.C, Vp = (size_t)r->layout.s.Vp;
@@ -264,7 +281,8 @@ int zp_pipe_open(zp_run* r, const zp_config* cfg, const zp_layout* lay, zp_comm*
           seterr(err, errlen, "out of host memory");
           goto fail;
         }
-        zp_acts_chunk_layout(a, &r->layout, p->ch[c].g0, p->ch[c].g1, p->zb, slot);
+        if (p->recompute) zp_acts_chunk_layout_recompute(a, &r->layout, p->ch[c].g0, p->ch[c].g1, slot, p->rc_block, NULL);
+        else zp_acts_chunk_layout(a, &r->layout, p->ch[c].g0, p->ch[c].g1, p->zb, slot);
         a->dres = slot ? slot + p->slot_bytes - dres_bytes : NULL;
         a->logits = has_head && bb ? bb + o_logits : NULL;
         a->d_a = bb ? bb + o_da : NULL;
@@ -358,6 +376,7 @@ void zp_pipe_close(zp_pipe* p) {
     free(p->acts);
   }
   if (p->act_bytes) zp_ledger_free(led, ZP_CAT_ACT, ZP_TIER_GPU, p->act_block, p->act_bytes);
+  if (p->rc_bytes && p->rc_block) zp_ledger_free(led, ZP_CAT_ACT, ZP_TIER_GPU, p->rc_block, p->rc_bytes);
   if (p->buf_bytes) zp_ledger_free(led, ZP_CAT_BUFFER, ZP_TIER_GPU, p->buf_block, p->buf_bytes);
   if (p->acc && p->acc_own_bytes)
     for (int g = 0; g < p->G; g++)
@@ -517,6 +536,14 @@ static int do_bwd(zp_pipe* p, const zp_sched_instr* in, int phase) {
     if ((rc = pview(p, g)) || (rc = gview(p, g))) return rc;
     if (tied && ((rc = pview(p, 0)) || (rc = gview(p, 0)))) return rc;
     double t0 = zp_now_us();
+    if (p->recompute && g >= 1 && g <= p->L) { /* refill the shared block region from the saved input */
+      if ((rc = r->tp.size > 1 ? zp_model_tp_forward_group(&r->layout, r->ops, r->be, a, &r->views, g, 0.0f, &r->tp)
+                               : zp_model_forward_group(&r->layout, r->ops, r->be, a, &r->views, g, 0.0f)))
+        return rc;
+      zp_trace_span(ZP_TR_COMPUTE, "recompute", g, t0);
+      p->busy_ms += (zp_now_us() - t0) / 1000;
+      t0 = zp_now_us();
+    }
     if (r->tp.size > 1 && phase != ZP_BWD_FULL) return ZP_E_NOT_IMPLEMENTED; /* refused at open */
     if ((rc = r->tp.size > 1 ? zp_model_tp_backward_group(&r->layout, r->ops, r->be, a, &r->views, g, &r->tp)
                              : zp_model_backward_group_phase(&r->layout, r->ops, r->be, a, &r->views, g, phase)))

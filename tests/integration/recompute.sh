@@ -13,7 +13,10 @@
 #   GELU is the same op both times), at 1 rank and with tp=2 (model_tp.c's backward), and saves
 #   exactly (L - 1) GELU outputs of B*T*4*d_model*4 bytes; with pipeline parallelism it is
 #   refused with a message; train.recompute_gelu_blocks = 3 of 4 saves exactly 2 outputs, is
-#   bitwise equal too, and more blocks than the model has is refused.
+#   bitwise equal too, and more blocks than the model has is refused;
+# - train.recompute with pipeline parallelism (pp 2: 1f1b, gpipe, interleaved_1f1b; pp 2 x tp 2) is bitwise
+#   equal to pp 2 without it and holds less ACT; with a split-backward schedule (zb_h1) it is
+#   refused with the reason.
 set -euo pipefail
 build=$1; src=$2
 zp=$build/zp
@@ -76,5 +79,25 @@ if out=$("$zp" launch -n 2 "$cfg" --set train.out_dir="$work/gelu-pp" --set para
 elif grep -q "train.recompute_gelu is not implemented for pipeline parallelism" <<< "$out"; then
   echo "ok   recompute_gelu with pp 2 refused: $(grep -m1 -o 'train.recompute_gelu is not implemented[^;]*' <<< "$out")"
 else echo "FAIL: recompute_gelu with pp 2: $(tail -3 <<< "$out")"; fail=1; fi
+# with pipeline parallelism: every slot keeps only its blocks' inputs, one block region per stage
+# is refilled before each block's backward; bitwise equal to pp without recompute (1f1b, gpipe,
+# interleaved), less ACT, and a split-backward schedule is refused with the reason
+PPS=(parallel.pp=2 pipeline.micro_batches=4 model.n_layer=4)
+run pp-full 2 "${PPS[@]}" && run pp-rc 2 "${PPS[@]}" train.recompute=true && bitwise pp-full pp-rc "recompute vs full activations, pp 2 1f1b"
+for sc in gpipe interleaved_1f1b; do
+  run "pp-full-$sc" 2 "${PPS[@]}" pipeline.schedule=$sc pipeline.chunks=$([ $sc = gpipe ] && echo 1 || echo 2) &&
+    run "pp-rc-$sc" 2 "${PPS[@]}" pipeline.schedule=$sc pipeline.chunks=$([ $sc = gpipe ] && echo 1 || echo 2) train.recompute=true &&
+    bitwise "pp-full-$sc" "pp-rc-$sc" "recompute vs full activations, pp 2 $sc"
+done
+run pptp-full 4 "${PPS[@]}" parallel.tp=2 && run pptp-rc 4 "${PPS[@]}" parallel.tp=2 train.recompute=true &&
+  bitwise pptp-full pptp-rc "recompute vs full activations, pp 2 x tp 2 (the recomputed blocks repeat their all-reduces)"
+a_full=$(act pp-full); a_rc=$(act pp-rc)
+if [ -n "$a_full" ] && [ -n "$a_rc" ] && [ "$a_rc" -lt "$a_full" ]; then echo "ok   pp 2 ACT (rank 0): $a_full B -> $a_rc B with recompute"
+else echo "FAIL: pp 2 ACT with recompute $a_rc B, without $a_full B"; fail=1; fi
+if out=$("$zp" launch -n 2 "$cfg" --set train.out_dir="$work/rc-zb" --set parallel.pp=2 --set pipeline.schedule=zb_h1 --set train.recompute=true 2>&1); then
+  echo "FAIL: recompute with zb_h1 accepted"; fail=1
+elif grep -q "train.recompute with pipeline.schedule = \"zb_h1\", which splits the backward" <<< "$out"; then
+  echo "ok   recompute with zb_h1 refused: $(grep -m1 -o 'train.recompute with pipeline.schedule[^:]*' <<< "$out")"
+else echo "FAIL: recompute with zb_h1: $(tail -3 <<< "$out")"; fail=1; fi
 [ $fail = 0 ] && echo "recompute: all passed"
 exit $fail
