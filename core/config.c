@@ -564,18 +564,7 @@ int zp_config_check(const zp_config* c, char* err, size_t errlen) {
            zp_cfg_get(c, "zero.plugin")->origin, (long long)zp_cfg_int(c, "parallel.pp"));
     return ZP_E_INVALID;
   }
-  /* train.recompute works with pipeline parallelism (pipeline_exec.c: one shared block region per
-   * stage); the selective GELU recompute does not yet */
-  static const char* const recompute_keys[] = {"train.recompute_gelu", "train.recompute_gelu_blocks"};
-  for (int i = 0; i < 2; i++)
-    if (zp_cfg_int(c, "parallel.pp") > 1 && (i < 1 ? zp_cfg_bool(c, recompute_keys[i]) : zp_cfg_int(c, recompute_keys[i]) > 1)) {
-      seterr(err, errlen,
-             "%s: %s is not implemented for pipeline parallelism yet (parallel.pp = %lld): the pipeline keeps one "
-             "activation slot per micro-batch in flight; set %s = %s",
-             zp_cfg_get(c, recompute_keys[i])->origin, recompute_keys[i], (long long)zp_cfg_int(c, "parallel.pp"),
-             recompute_keys[i], i < 1 ? "false" : "0");
-      return ZP_E_INVALID;
-    }
+  /* every recompute key works with pipeline parallelism (pipeline_exec.c: shared per-stage regions) */
   const char* nv[] = {"offload.optimizer.plugin", "offload.param.plugin"};
   for (int i = 0; i < 2; i++) {
     const char* p = zp_cfg_str(c, nv[i]);

@@ -180,7 +180,8 @@ static void carve_block(zp_acts* a, int l, char* base, carve_t* ca, size_t N, si
   a->ln2_mean[l] = carve(base, ca, N * sizeof(float));
   a->ln2_rstd[l] = carve(base, ca, N * sizeof(float));
   a->fch[l] = carve(base, ca, N * C4l * es);
-  if (a->recompute_gelu && l > a->gelu_from) a->fchg[l] = a->fchg[a->gelu_from]; /* one slot, refilled per block */
+  if (a->recompute_gelu && l >= a->gelu_from && a->gelu_shared) a->fchg[l] = a->gelu_shared; /* pipeline: per stage */
+  else if (a->recompute_gelu && l > a->gelu_from) a->fchg[l] = a->fchg[a->gelu_from]; /* one slot, refilled per block */
   else a->fchg[l] = carve(base, ca, N * C4l * es);
 }
 

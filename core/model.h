@@ -106,6 +106,9 @@ typedef struct {
                          * aliasing one slot) from fch[l] just before their backward; block L-1
                          * wrote the slot last in the forward and needs no refill */
   int gelu_from;        /* L - (train.recompute_gelu ? L : train.recompute_gelu_blocks) */
+  void* gelu_shared;    /* pipeline slots: the one GELU-output region of the stage (set before
+                         * zp_acts_chunk_layout); other micro-batches overwrite it between a
+                         * block's forward and backward, so every such block refills it */
   /* per layer l (saved for backward) */
   void** res;           /* [L+1] residual stream inputs: res[0] = embed output, res[l+1] = block l output */
   void **ln1, **qkv, **atty, **attaux, **res2, **ln2, **fch, **fchg;
@@ -141,7 +144,9 @@ int zp_acts_alloc_ex(zp_acts* a, const zp_model_layout* m, const zp_backend_ops*
                      struct zp_ledger* led, int B, int T, zp_dtype ct, int block_recompute, int gelu_blocks,
                      char* err, size_t errlen);
 /* block l's GELU output must be recomputed before its backward (its slot holds another block's) */
-static inline int zp_acts_gelu_refill(const zp_acts* a, int l, int L) { return a->recompute_gelu && l >= a->gelu_from && l < L - 1; }
+static inline int zp_acts_gelu_refill(const zp_acts* a, int l, int L) {
+  return a->recompute_gelu && l >= a->gelu_from && (a->gelu_shared || l < L - 1);
+}
 void zp_acts_free(zp_acts* a, struct zp_ledger* led);
 
 /* The parameter and gradient views the model computes with (compute dtype, per group). */

@@ -33,6 +33,9 @@ struct zp_pipe {
   int n_ins;
   int nbuf, zb;
   int recompute;            /* train.recompute: slots keep block inputs; one shared block region */
+  int gelu_from;            /* train.recompute_gelu(_blocks): blocks l >= gelu_from share gelu_block */
+  void* gelu_block;
+  size_t gelu_bytes;
   void* rc_block;           /* that region (ACT), rc_bytes */
   size_t rc_bytes;
   /* activation slots: one ACT block, nbuf slots of slot_bytes; acts[buf * V + chunk] */
@@ -204,10 +207,20 @@ int zp_pipe_open(zp_run* r, const zp_config* cfg, const zp_layout* lay, zp_comm*
   for (int i = 0; i < p->n_ins; i++)
     if (p->ins[i].op == ZP_SOP_BWD_INPUT) p->zb = 1;
   p->recompute = zp_cfg_bool(cfg, "train.recompute");
-  if (p->recompute && p->zb) {
-    seterr(err, errlen, "train.recompute with pipeline.schedule = \"%s\", which splits the backward (BWD_INPUT / BWD_WEIGHT), "
+  {
+    int gb = zp_cfg_bool(cfg, "train.recompute_gelu") ? p->L : (int)zp_cfg_int(cfg, "train.recompute_gelu_blocks");
+    if (gb < 0 || gb > p->L) {
+      seterr(err, errlen, "train.recompute_gelu_blocks = %d: must be 0 .. model.n_layer (%d)", gb, p->L);
+      rc = ZP_E_INVALID;
+      goto fail;
+    }
+    p->gelu_from = p->recompute ? p->L : p->L - gb; /* block recompute covers the GELU output anyway */
+  }
+  if ((p->recompute || p->gelu_from < p->L) && p->zb) {
+    seterr(err, errlen, "%s with pipeline.schedule = \"%s\", which splits the backward (BWD_INPUT / BWD_WEIGHT), "
            "is not implemented: the weight half would need a block's activations after later recomputes have overwritten "
-           "them; use gpipe, 1f1b or interleaved_1f1b, or set train.recompute = false", zp_cfg_str(cfg, "pipeline.schedule"));
+           "them; use gpipe, 1f1b or interleaved_1f1b, or turn the recompute off",
+           p->recompute ? "train.recompute" : "train.recompute_gelu(_blocks)", zp_cfg_str(cfg, "pipeline.schedule"));
     rc = ZP_E_NOT_IMPLEMENTED;
     goto fail;
   }
@@ -245,6 +258,9 @@ int zp_pipe_open(zp_run* r, const zp_config* cfg, const zp_layout* lay, zp_comm*
       seterr(err, errlen, "out of host memory");
       goto fail;
     }
+    tmp.recompute_gelu = p->gelu_from < p->L;
+    tmp.gelu_from = p->gelu_from;
+    tmp.gelu_shared = tmp.recompute_gelu ? (void*)&tmp : NULL; /* non-NULL: layout without the slot copies */
     for (int c = 0; c < p->V; c++) {
       size_t sh = 0;
       size_t b = p->recompute ? zp_acts_chunk_layout_recompute(&tmp, &r->layout, p->ch[c].g0, p->ch[c].g1, NULL, NULL, &sh)
@@ -261,6 +277,12 @@ int zp_pipe_open(zp_run* r, const zp_config* cfg, const zp_layout* lay, zp_comm*
     if (p->rc_bytes &&
         (rc = lalloc(p, ZP_CAT_ACT, p->rc_bytes, "pipeline recompute block (one, shared by the slots)", &p->rc_block, err, errlen)))
       goto fail;
+    if (p->gelu_from < p->L) { /* one GELU-output region for the stage, refilled before each such block's backward */
+      p->gelu_bytes = p->N * 4 * (size_t)r->layout.s.C / (size_t)(r->tp.size > 1 ? r->tp.size : 1) * es;
+      if ((rc = lalloc(p, ZP_CAT_ACT, p->gelu_bytes, "pipeline GELU outputs (one, shared by the slots)", &p->gelu_block, err,
+                       errlen)))
+        goto fail;
+    }
     /* shared scratch: logits only where the head is */
     int has_head = chunk_of_group(p, p->G - 1) >= 0;
     size_t C = (size_t)r->layout.s.C, Vp = (size_t)r->layout.s.Vp;
@@ -281,6 +303,9 @@ int zp_pipe_open(zp_run* r, const zp_config* cfg, const zp_layout* lay, zp_comm*
           seterr(err, errlen, "out of host memory");
           goto fail;
         }
+        a->recompute_gelu = p->gelu_from < p->L;
+        a->gelu_from = p->gelu_from;
+        a->gelu_shared = a->recompute_gelu ? (p->gelu_block ? p->gelu_block : (void*)a) : NULL; /* dry run: a marker */
         if (p->recompute) zp_acts_chunk_layout_recompute(a, &r->layout, p->ch[c].g0, p->ch[c].g1, slot, p->rc_block, NULL);
         else zp_acts_chunk_layout(a, &r->layout, p->ch[c].g0, p->ch[c].g1, p->zb, slot);
         a->dres = slot ? slot + p->slot_bytes - dres_bytes : NULL;
@@ -377,6 +402,7 @@ void zp_pipe_close(zp_pipe* p) {
   }
   if (p->act_bytes) zp_ledger_free(led, ZP_CAT_ACT, ZP_TIER_GPU, p->act_block, p->act_bytes);
   if (p->rc_bytes && p->rc_block) zp_ledger_free(led, ZP_CAT_ACT, ZP_TIER_GPU, p->rc_block, p->rc_bytes);
+  if (p->gelu_bytes && p->gelu_block) zp_ledger_free(led, ZP_CAT_ACT, ZP_TIER_GPU, p->gelu_block, p->gelu_bytes);
   if (p->buf_bytes) zp_ledger_free(led, ZP_CAT_BUFFER, ZP_TIER_GPU, p->buf_block, p->buf_bytes);
   if (p->acc && p->acc_own_bytes)
     for (int g = 0; g < p->G; g++)

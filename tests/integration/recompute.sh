@@ -11,12 +11,12 @@
 # - selective recompute (train.recompute_gelu: one GELU-output slot for every block, refilled
 #   before each block's backward) is bitwise equal to keeping every activation (the CPU backend's
 #   GELU is the same op both times), at 1 rank and with tp=2 (model_tp.c's backward), and saves
-#   exactly (L - 1) GELU outputs of B*T*4*d_model*4 bytes; with pipeline parallelism it is
-#   refused with a message; train.recompute_gelu_blocks = 3 of 4 saves exactly 2 outputs, is
+#   exactly (L - 1) GELU outputs of B*T*4*d_model*4 bytes; train.recompute_gelu_blocks = 3 of 4 saves exactly 2 outputs, is
 #   bitwise equal too, and more blocks than the model has is refused;
 # - train.recompute with pipeline parallelism (pp 2: 1f1b, gpipe, interleaved_1f1b; pp 2 x tp 2) is bitwise
 #   equal to pp 2 without it and holds less ACT; with a split-backward schedule (zb_h1) it is
-#   refused with the reason.
+#   refused with the reason; so is the selective GELU recompute in a pipeline (one region per
+#   stage: recompute_gelu and recompute_gelu_blocks = 3 bitwise, less ACT, zb refused).
 set -euo pipefail
 build=$1; src=$2
 zp=$build/zp
@@ -74,11 +74,6 @@ if out=$("$zp" train "$cfg" --set train.out_dir="$work/gelu-bad" --set train.rec
 elif grep -q "train.recompute_gelu_blocks = 9: must be 0 .. model.n_layer (2)" <<< "$out"; then
   echo "ok   recompute_gelu_blocks=9 refused: $(grep -m1 -o 'train.recompute_gelu_blocks = 9[^)]*)' <<< "$out")"
 else echo "FAIL: recompute_gelu_blocks=9: $(tail -3 <<< "$out")"; fail=1; fi
-if out=$("$zp" launch -n 2 "$cfg" --set train.out_dir="$work/gelu-pp" --set parallel.pp=2 --set train.recompute_gelu=true 2>&1); then
-  echo "FAIL: recompute_gelu with pp 2 accepted"; fail=1
-elif grep -q "train.recompute_gelu is not implemented for pipeline parallelism" <<< "$out"; then
-  echo "ok   recompute_gelu with pp 2 refused: $(grep -m1 -o 'train.recompute_gelu is not implemented[^;]*' <<< "$out")"
-else echo "FAIL: recompute_gelu with pp 2: $(tail -3 <<< "$out")"; fail=1; fi
 # with pipeline parallelism: every slot keeps only its blocks' inputs, one block region per stage
 # is refilled before each block's backward; bitwise equal to pp without recompute (1f1b, gpipe,
 # interleaved), less ACT, and a split-backward schedule is refused with the reason
@@ -91,6 +86,27 @@ for sc in gpipe interleaved_1f1b; do
 done
 run pptp-full 4 "${PPS[@]}" parallel.tp=2 && run pptp-rc 4 "${PPS[@]}" parallel.tp=2 train.recompute=true &&
   bitwise pptp-full pptp-rc "recompute vs full activations, pp 2 x tp 2 (the recomputed blocks repeat their all-reduces)"
+# the selective GELU recompute in a pipeline: one GELU-output region per stage (every such block
+# refills it: other micro-batches' forwards overwrite it in between)
+for gs in train.recompute_gelu=true train.recompute_gelu_blocks=3; do
+  run "pp-g-${gs#*.}" 2 "${PPS[@]}" "$gs" && bitwise pp-full "pp-g-${gs#*.}" "$gs vs full activations, pp 2 1f1b"
+done
+# gpipe runs every forward before any backward: the last block's region holds the last
+# micro-batch's output when the first one's backward starts (1f1b's last stage would not show it)
+run pp-g-gp 2 "${PPS[@]}" pipeline.schedule=gpipe train.recompute_gelu=true &&
+  bitwise pp-full-gpipe pp-g-gp "recompute_gelu vs full activations, pp 2 gpipe"
+run pp-g-il 2 "${PPS[@]}" pipeline.schedule=interleaved_1f1b pipeline.chunks=2 train.recompute_gelu=true &&
+  bitwise pp-full-interleaved_1f1b pp-g-il "recompute_gelu vs full activations, pp 2 interleaved_1f1b"
+if [ -f "$work/pp-g-recompute_gelu=true/metrics.jsonl" ]; then
+  a_g=$(act "pp-g-recompute_gelu=true"); a_f=$(act pp-full)
+  if [ "$a_g" -lt "$a_f" ]; then echo "ok   pp 2 ACT (rank 0): $a_f B -> $a_g B with recompute_gelu"
+  else echo "FAIL: pp 2 ACT with recompute_gelu $a_g B, without $a_f B"; fail=1; fi
+fi
+if out=$("$zp" launch -n 2 "$cfg" --set train.out_dir="$work/g-zb" --set parallel.pp=2 --set pipeline.schedule=zb_h1 --set train.recompute_gelu=true 2>&1); then
+  echo "FAIL: recompute_gelu with zb_h1 accepted"; fail=1
+elif grep -q "train.recompute_gelu(_blocks) with pipeline.schedule = \"zb_h1\"" <<< "$out"; then
+  echo "ok   recompute_gelu with zb_h1 refused"
+else echo "FAIL: recompute_gelu with zb_h1: $(tail -3 <<< "$out")"; fail=1; fi
 a_full=$(act pp-full); a_rc=$(act pp-rc)
 if [ -n "$a_full" ] && [ -n "$a_rc" ] && [ "$a_rc" -lt "$a_full" ]; then echo "ok   pp 2 ACT (rank 0): $a_full B -> $a_rc B with recompute"
 else echo "FAIL: pp 2 ACT with recompute $a_rc B, without $a_full B"; fail=1; fi
