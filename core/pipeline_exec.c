@@ -293,6 +293,13 @@ int zp_pipe_open(zp_run* r, const zp_config* cfg, const zp_layout* lay, zp_comm*
     size_t o_ti = o_tg + ((p->N * 4 + 255) & ~(size_t)255); /* tensor parallelism: ids, xent stats */
     size_t o_ts = o_ti + ((p->N * 4 + 255) & ~(size_t)255);
     p->buf_bytes = r->tp.size > 1 ? o_ts + 3 * p->N * sizeof(double) : o_tg + p->N * 4;
+    /* the attention backward's workspace where the backend asks for one (ABI 1.4), one per stage */
+    const int tpn = r->tp.size > 1 ? r->tp.size : 1;
+    size_t ws = ZP_TABLE_HAS(r->ops, attention_bwd_ws_bytes) && ZP_TABLE_HAS(r->ops, attention_bwd_ws)
+                    ? r->ops->attention_bwd_ws_bytes(r->be, p->B, p->T, r->layout.s.C / tpn, r->layout.s.NH / tpn)
+                    : 0;
+    size_t o_ws = (p->buf_bytes + 255) & ~(size_t)255;
+    if (ws) p->buf_bytes = o_ws + ws;
     if ((rc = lalloc(p, ZP_CAT_BUFFER, p->buf_bytes, "pipeline logits+scratch", &p->buf_block, err, errlen))) goto fail;
     char* bb = p->buf_block;
     for (int b = 0; b < p->nbuf; b++) {
@@ -314,6 +321,8 @@ int zp_pipe_open(zp_run* r, const zp_config* cfg, const zp_layout* lay, zp_comm*
         a->d_b = bb ? bb + o_db : NULL;
         a->inputs = bb ? (int32_t*)(bb + o_in) : NULL;
         a->targets = bb ? (int32_t*)(bb + o_tg) : NULL;
+        a->attn_ws_bytes = ws;
+        a->attn_ws = ws && bb ? bb + o_ws : NULL;
         if (r->tp.size > 1) {
           a->tp_ids = bb ? (int32_t*)(bb + o_ti) : NULL;
           a->tp_stats = bb ? bb + o_ts : NULL;
