@@ -126,8 +126,18 @@ static int oc_plan(const zp_host* h, zp_plan* p) {
   }
   unsigned char* take = calloc((size_t)(p->n_groups > 0 ? p->n_groups : 1), 1);
   if (!take) return ZP_E_NOMEM;
-  if (opt && zp_offload_pick(h, p, take, NULL)) {
+  double ratio = 1.0;
+  if (opt && zp_offload_pick(h, p, take, &ratio)) {
     free(take);
+    return ZP_E_INVALID;
+  }
+  int dpu_on = 0;
+  h->config_bool(h->ctx, "offload.optimizer.delayed_update", &dpu_on);
+  if (opt && dpu_on && ratio < 1.0) {
+    free(take);
+    h->set_error(h->ctx, "offload.optimizer.delayed_update with offload.optimizer.ratio = %g: the groups kept on the device would "
+                 "update without delay while the host's lag one step (mixed staleness); use ratio = 1 with the delayed "
+                 "update, or the synchronous update with a partial offload", ratio);
     return ZP_E_INVALID;
   }
   double host = 0;

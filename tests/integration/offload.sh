@@ -134,6 +134,12 @@ if errs: print("FAIL: ratio: " + "; ".join(errs)); sys.exit(1)
 print(f"ok   ratio 0.5 tiers: host OPTIM {c['OPTIM']} B ({share:.3f} of {want['OPTIM']}), device OPTIM {g['OPTIM']} B; {c['io_write']} B of gradients to the host over {steps} steps")
 EOF2
 done
+if out=$("$zp" plan "$cfg" --set offload.optimizer.plugin=offload_cpu --set offload.optimizer.ratio=0.5 \
+    --set offload.optimizer.delayed_update=true 2>&1); then
+  echo "FAIL: ratio 0.5 with the delayed update accepted"; fail=1
+elif grep -q "delayed_update with offload.optimizer.ratio = 0.5: .*mixed staleness" <<<"$out"; then
+  echo "ok   ratio 0.5 with the delayed update refused (mixed staleness)"
+else echo "FAIL: ratio + delayed update message: $out"; fail=1; fi
 for bad in 0 1.5; do
   if out=$("$zp" plan "$cfg" --set offload.optimizer.plugin=offload_cpu --set offload.optimizer.ratio=$bad 2>&1); then
     echo "FAIL: offload.optimizer.ratio = $bad accepted"; fail=1

@@ -15,6 +15,7 @@
 #     per step (sub-group counts from `zp plan`'s table, not from the plugin).
 #  2. ZP_AIO_NO_URING=1: the thread-pool fallback says so and gives the same bits; injected short
 #     transfers and EINTR (ZP_AIO_FAULT=short|eintr) are resumed: same bits.
+#     Partial offload (offload.optimizer.ratio 0.5, stage 2) is bitwise equal too.
 #  3. Checkpoints: a run stopped at step 4 (async periodic saves every 2 steps) and resumed to 8
 #     equals the uninterrupted 8-step run bitwise (params, state, losses); a checkpoint saved
 #     without offload resumes with offload_nvme to the same bits; a 2-rank stage2 nvme checkpoint
@@ -145,6 +146,9 @@ left=$(ls -A "$nvdir" | grep -v lost+found)
 [ -z "$left" ] && ok "no state file left in $nvdir" || bad "left in $nvdir: $left"
 
 # ---- 2. thread-pool fallback, resumed short transfers / EINTR ----
+# partial offload: the first groups keep MASTER/OPTIM on the device, the rest live in the file
+run nv-ratio 2 train.precision=bf16 zero.plugin=stage2 "${NV[@]}" offload.optimizer.ratio=0.5 &&
+  compare ref-bf16 nv-ratio "offload_nvme ratio 0.5 + stage2 vs no offload (bitwise)"
 if ZP_AIO_NO_URING=1 run nv-threads 2 train.precision=bf16 zero.plugin=stage2 "${NV[@]}"; then
   grep -q "io_uring unavailable.*using a pread/pwrite thread pool" "$work/nv-threads.log" && grep -q "threads pread/pwrite (O_DIRECT)" "$work/nv-threads.log" &&
     ok "ZP_AIO_NO_URING=1: $(grep -o 'io_uring unavailable[^:]*' "$work/nv-threads.log" | head -1)" || { bad "fallback not reported"; grep offload_nvme "$work/nv-threads.log"; }
