@@ -9,12 +9,13 @@
 # Env: ZP_BUILD (build dir holding check_cuda_ops and plugins/zp_cuda.so; default
 #   build-gpu-check), OUT (logs: attn_sweep_<fwd>_<bwd>.log and attn_sweep.txt; default
 #   /tmp/zp-out), FWDS (default "fast w8"), BWDS (default "base kv2").
-# Columns: pass / fail counts of the run (all attention checks of the four variants: naive,
-#   flash, fa2, fa2-fused), then the fa2 TFLOP/s (causal FLOPs; bwd counted as 2.5x fwd) at
+# Columns: pass / fail counts of the run (all attention checks of the five variants: naive,
+#   flash, fa2, fa2-fused, fa2-atomic), then the fa2 TFLOP/s (causal FLOPs; bwd counted as 2.5x fwd) at
 #   the last two shapes of check_cuda_ops.c that print timings: GPT-2 124M (B8 T1024 C768
 #   NH12), then GPT-2 1.5B (B4 T1024 C1600 NH25); then the fa2-fused variant's backward TFLOP/s at the same two
 #   shapes (its instances set ZP_CUDA_FA2_BWD=fused themselves, so it is the same in every row;
-#   its forward is the row's fwd). Exit status 1 if any combination failed or did not finish.
+#   its forward is the row's fwd); then the same for fa2-atomic (ZP_CUDA_FA2_BWD=atomic, the
+#   diagnostic: fused without the dQ ordering). Exit status 1 if any combination failed or did not finish.
 set -u -o pipefail
 SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BUILD=${ZP_BUILD:-$SRC/build-gpu-check}
@@ -34,8 +35,8 @@ BAD=0
 {
   printf '# attn_sweep %s, %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
     "$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)"
-  printf '%-6s %-5s %5s %5s  %-9s %-9s  %-9s %-9s  %-9s %-9s  %s\n' fwd bwd pass fail 124m_fwd \
-    124m_bwd 1.5b_fwd 1.5b_bwd 124m_fus 1.5b_fus note
+  printf '%-6s %-5s %5s %5s  %-9s %-9s  %-9s %-9s  %-9s %-9s  %-9s %-9s  %s\n' fwd bwd pass fail \
+    124m_fwd 124m_bwd 1.5b_fwd 1.5b_bwd 124m_fus 1.5b_fus 124m_atm 1.5b_atm note
 } | tee "$SUM"
 for f in $FWDS; do
   for b in $BWDS; do
@@ -53,14 +54,17 @@ for f in $FWDS; do
     read -r a2 b2 <<< "${tl[1]:-- -}"
     mapfile -t fl < <(grep -E '^# attention\[fa2-fused\] fwd' "$log" | tail -2 |
       sed -E 's/^# attention\[fa2-fused\] fwd ([0-9.]+), bwd ([0-9.]+).*/\2/')
+    mapfile -t al < <(grep -E '^# attention\[fa2-atomic\] fwd' "$log" | tail -2 |
+      sed -E 's/^# attention\[fa2-atomic\] fwd ([0-9.]+), bwd ([0-9.]+).*/\2/')
     note="exit $rc"
     variants=$(grep -oE 'attention fa2 \(fwd [a-z0-9]+, bwd [a-z0-9]+\)' "$log" | head -1)
     [ -n "$variants" ] && note="$note; $variants"
     fails=$(grep -E '  FAIL( |$)' "$log" | awk '{print $1}' | sort -u | head -4 | tr '\n' ' ')
     [ -n "$fails" ] && note="$note; failed: $fails"
     [ "$rc" -ne 0 ] && BAD=1
-    printf '%-6s %-5s %5s %5s  %-9s %-9s  %-9s %-9s  %-9s %-9s  %s\n' "$f" "$b" "${pass:--}" \
-      "${fail:--}" "$a1" "$b1" "$a2" "$b2" "${fl[0]:--}" "${fl[1]:--}" "$note" | tee -a "$SUM"
+    printf '%-6s %-5s %5s %5s  %-9s %-9s  %-9s %-9s  %-9s %-9s  %-9s %-9s  %s\n' "$f" "$b" \
+      "${pass:--}" "${fail:--}" "$a1" "$b1" "$a2" "$b2" "${fl[0]:--}" "${fl[1]:--}" \
+      "${al[0]:--}" "${al[1]:--}" "$note" | tee -a "$SUM"
   done
 done
 exit $BAD

@@ -381,15 +381,16 @@ static size_t cuda_aux_estimate(zp_backend* b, int B, int T, int C, int NH) {
   if ((hs == 32 || hs == 64 || hs == 128) && !(a && strcmp(a, "naive") == 0)) return (size_t)B * NH * T * sizeof(float);
   return (size_t)B * NH * T * T * 2;
 }
-/* ... and its attention-backward workspace (ABI 1.4), which only ZP_CUDA_FA2_BWD=fused asks for
- * (fa2 attention, head sizes 32 and 64): fp32 dQ partials per 32-query tile plus 4 semaphores
- * per tile, each rounded to 256 bytes (plugins/cuda/attention_fa2.cu, zpc_fa2_bwd_ws_bytes) */
+/* ... and its attention-backward workspace (ABI 1.4), which only ZP_CUDA_FA2_BWD=fused and
+ * =atomic ask for (fa2 attention, head sizes 32 and 64; both the same size): fp32 dQ partials
+ * per 32-query tile plus 4 semaphores per tile (unused by atomic), each rounded to 256 bytes
+ * (plugins/cuda/attention_fa2.cu, zpc_fa2_bwd_ws_bytes) */
 static size_t cuda_ws_estimate(zp_backend* b, int B, int T, int C, int NH) {
   (void)b;
   const char* a = getenv("ZP_CUDA_ATTN");
   const char* v = getenv("ZP_CUDA_FA2_BWD");
   int hs = NH > 0 && C % NH == 0 ? C / NH : 0;
-  if (!v || strcmp(v, "fused") != 0 || (a && strcmp(a, "fa2") != 0) || (hs != 32 && hs != 64) || C % 8) return 0;
+  if (!v || (strcmp(v, "fused") != 0 && strcmp(v, "atomic") != 0) || (a && strcmp(a, "fa2") != 0) || (hs != 32 && hs != 64) || C % 8) return 0;
   size_t tiles = (size_t)B * NH * (size_t)((T + 31) / 32);
   return ((tiles * 32 * hs * sizeof(float) + 255) & ~(size_t)255) + ((tiles * 4 * sizeof(int) + 255) & ~(size_t)255);
 }

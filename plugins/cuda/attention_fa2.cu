@@ -25,7 +25,7 @@
  * Variants (chosen at backend creation: ZP_CUDA_FA2_FWD, ZP_CUDA_FA2_BWD; defaults fast and
  * kv2, the fastest in the H100 sweep of docs/perf.md; any fwd variant mixes with any bwd
  * variant, all write and read the same aux; all deterministic, every output element written
- * once; fused adds fp32 partials in a fixed order first):
+ * once; fused adds fp32 partials in a fixed order first; except atomic, a diagnostic):
  *   fwd fast: NW = 4 warps x MW (2 at HS <= 64, 1 at 128) m16 tiles. (It replaced the first
  *     fa2 forward, which scaled, subtracted and called exp2f per score: 144 -> 192 TFLOP/s.)
  *   fwd w8: NW = 8 warps x 1 m16 tile (128 query rows per block, 256 threads, <= 128 registers
@@ -41,6 +41,13 @@
  *     in key-block order under per-warp semaphores (deterministic; the last adder writes bf16).
  *     Its comment has the protocol, the deadlock argument and the prediction. attention_bwd
  *     (no workspace) with fused selected runs kv2; at HS 128 base.
+ *   bwd atomic (diagnostic, NOT bitwise deterministic; same rules and workspace as fused):
+ *     zpc_fa2_bwd_fused_kernel<HS, true>, the fused kernel with the ordering removed: every key
+ *     block adds its dQ partial into the zeroed (cudaMemsetAsync) fp32 dQacc with float atomics,
+ *     no semaphores, no waits; then zpc_fa2_bwd_dq_kernel writes dQ (bf16, x 1/sqrt(HS)). The
+ *     sum's order depends on timing, so dQ may differ in its last bits from call to call (dK,
+ *     dV are still deterministic). It separates the cost of fused's ordering from the rest
+ *     (docs/perf.md 17). ATOMIC = false is the fused kernel, unchanged.
  * Needs: HS in {32, 64, 128}; every pointer 16-byte aligned and C % 8 == 0 (zpc_fa2_usable);
  * otherwise the caller uses attention_flash.cu, whose aux has the same meaning.
  * Invariants: 128 threads (256 for w8); fragment layouts are those of mma.m16n8k16 (row.col) and ldmatrix,
@@ -889,7 +896,21 @@ __device__ __forceinline__ void f2_st_release(int* p, int v) {
                : "memory");
 }
 
-template <int HS>
+/* ATOMIC (bwd variant atomic, diagnostic): every pair adds its partial into dQacc with float
+ * atomics (red.global.add; v2.f32 on sm_90) instead of the ordered protocol: no semaphores, no
+ * waits, no last-contributor store. dQacc must be zero on entry (cudaMemsetAsync before the prep
+ * kernel) and zpc_fa2_bwd_dq_kernel converts it to bf16 after this kernel. Not deterministic:
+ * the order of the fp32 additions is the order in which the atomics arrive. */
+__device__ __forceinline__ void f2_red2(float* p, float x, float y) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  atomicAdd((float2*)p, make_float2(x, y));
+#else
+  atomicAdd(p, x);
+  atomicAdd(p + 1, y);
+#endif
+}
+
+template <int HS, bool ATOMIC = false>
 __global__ void __launch_bounds__(F2_THREADS)
 zpc_fa2_bwd_fused_kernel(bf16* dqkv, float* dqacc, int* sem, const bf16* dout, const bf16* qkv,
                          const float* lse, const float* Dv, int T, int NH, float scale_log2,
@@ -1079,8 +1100,14 @@ zpc_fa2_bwd_fused_kernel(bf16* dqkv, float* dqacc, int* sem, const bf16* dout, c
       }
     }
 
-    /* ordered accumulation into dQacc (the comment above); block-uniform branches */
-    {
+    if constexpr (ATOMIC) { /* unordered: float atomics (the comment of f2_red2) */
+      float* acc = accw + (size_t)i * L::tile_f;
+#pragma unroll
+      for (int nt = 0; nt < NQ; nt++)
+#pragma unroll
+        for (int hh = 0; hh < 2; hh++)
+          f2_red2(acc + (nt * 2 + hh) * 64, dq[nt][2 * hh], dq[nt][2 * hh + 1]);
+    } else { /* ordered accumulation into dQacc (the comment above); block-uniform branches */
       const bool first = jb == 0, last = i < i0 + 4;
       float* acc = accw + (size_t)i * L::tile_f;
       int* sw = semw + (size_t)i * 4;
@@ -1127,6 +1154,35 @@ zpc_fa2_bwd_fused_kernel(bf16* dqkv, float* dqacc, int* sem, const bf16* dout, c
     f2_store<HS>(dkb, stride, k0 + kw + 16 * mi, T, dk[mi], scale, scale, lane);
     f2_store<HS>(dkb + C, stride, k0 + kw + 16 * mi, T, dv[mi], 1.0f, 1.0f, lane);
   }
+}
+
+/* bwd variant atomic: dQ (bf16, times scale) from the fp32 dQacc that the atomic kernel filled
+ * (fragment-native layout: within the tile of (head bh, query tile i), warp w's quarter at
+ * w tile_f / 4, element (nt * 2 + hh) * 64 + 2 lane + e holds row 16 (w & 1) + lane / 4 + 8 hh,
+ * column (w >> 1) HS / 2 + 8 nt + 2 (lane & 3) + e). One thread per float2 (n2 of them: all
+ * of dQacc); rows >= T untouched. */
+template <int HS>
+__global__ void zpc_fa2_bwd_dq_kernel(bf16* dqkv, const float* dqacc, size_t n2, int T, int NH,
+                                      float scale) {
+  typedef F2BwdFused<HS> L;
+  const int nqt = (T + F2_QB - 1) / F2_QB;
+  const size_t f2i = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
+  if (f2i >= n2) return;
+  const size_t f = 2 * f2i;
+  const size_t bh = f / ((size_t)nqt * L::tile_f);
+  const size_t in_head = f % ((size_t)nqt * L::tile_f);
+  const int i = (int)(in_head / L::tile_f);
+  const int off = (int)(in_head % L::tile_f);
+  const int w = off / (L::tile_f / 4), rem = off % (L::tile_f / 4);
+  const int j = rem / 64, lane = (rem % 64) / 2; /* j = nt * 2 + hh */
+  const int row = i * F2_QB + 16 * (w & 1) + (lane >> 2) + 8 * (j & 1);
+  if (row >= T) return;
+  const int col = (w >> 1) * (HS / 2) + 8 * (j >> 1) + 2 * (lane & 3);
+  const int bb = (int)(bh / NH), h = (int)(bh % NH);
+  const size_t stride = 3 * (size_t)NH * HS;
+  const float2 a = *(const float2*)(dqacc + f);
+  *(uint32_t*)(dqkv + ((size_t)bb * T + row) * stride + h * HS + col) =
+      f2_pack(a.x * scale, a.y * scale);
 }
 
 /* ---------------------------------------------------------------- launchers */
@@ -1237,6 +1293,35 @@ static int f2_bwd_fused(zp_backend* b, void* dqkv, const void* dout, const void*
   return ZP_OK;
 }
 
+/* bwd variant atomic (diagnostic): dQacc zeroed (cudaMemsetAsync, same stream), prep (D only),
+ * the fused kernel with ATOMIC (unordered float atomics into dQacc; the grid order no longer
+ * matters but is kept), then zpc_fa2_bwd_dq_kernel writes dQ. ws: the fused layout (dQacc, then
+ * the semaphores, which stay allocated and unused). Not bitwise deterministic. */
+template <int HS>
+static int f2_bwd_atomic(zp_backend* b, void* dqkv, const void* dout, const void* qkv,
+                         const void* out, const void* aux, void* ws, int B, int T, int NH) {
+  const size_t acc_bytes = f2_fused_acc_bytes(B, T, NH, HS);
+  ZPC_CUDA(b, cudaMemsetAsync(ws, 0, acc_bytes, b->stream));
+  int* sem = (int*)((char*)ws + acc_bytes); /* unused by ATOMIC */
+  void* Dv = NULL;
+  int rc = f2_bwd_prep<HS>(b, &Dv, dout, out, B, T, NH);
+  if (rc) return rc;
+  const size_t smem = F2BwdFused<HS>::bytes;
+  ZPC_CUDA(b, cudaFuncSetAttribute(zpc_fa2_bwd_fused_kernel<HS, true>,
+                                   cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+  const float scale = 1.0f / sqrtf((float)HS);
+  zpc_fa2_bwd_fused_kernel<HS, true><<<dim3(B * NH, (T + F2_KB - 1) / F2_KB), F2_THREADS, smem,
+                                       b->stream>>>(
+      (bf16*)dqkv, (float*)ws, sem, (const bf16*)dout, (const bf16*)qkv, (const float*)aux,
+      (const float*)Dv, T, NH, scale * F2_LOG2E, scale);
+  ZPC_LAUNCHED(b, "fa2_bwd_atomic");
+  const size_t n2 = (size_t)B * NH * ((T + F2_QB - 1) / F2_QB) * (F2BwdFused<HS>::tile_f / 2);
+  zpc_fa2_bwd_dq_kernel<HS><<<(unsigned)((n2 + 255) / 256), 256, 0, b->stream>>>(
+      (bf16*)dqkv, (const float*)ws, n2, T, NH, scale);
+  ZPC_LAUNCHED(b, "fa2_bwd_dq");
+  return ZP_OK;
+}
+
 int zpc_fa2_fwd(zp_backend* b, void* out, void* aux, const void* qkv, int B, int T, int C,
                 int NH) {
   if (B <= 0 || T <= 0 || !zpc_fa2_usable(C, NH, out, aux, qkv, qkv))
@@ -1270,7 +1355,7 @@ int zpc_fa2_bwd(zp_backend* b, void* dqkv, const void* dout, const void* qkv, co
 }
 
 size_t zpc_fa2_bwd_ws_bytes(const zp_backend* b, int B, int T, int C, int NH) {
-  if (b->fa2_bwd != 2 || B <= 0 || T <= 0 || NH <= 0 || C % NH || C % 8) return 0;
+  if (b->fa2_bwd < 2 || B <= 0 || T <= 0 || NH <= 0 || C % NH || C % 8) return 0;
   const int hs = C / NH;
   if (hs != 32 && hs != 64) return 0;
   return f2_fused_acc_bytes(B, T, NH, hs) + zpc_round256(f2_fused_nsem(B, T, NH) * sizeof(int));
@@ -1286,6 +1371,9 @@ int zpc_fa2_bwd_ws(zp_backend* b, void* dqkv, const void* dout, const void* qkv,
   if ((uintptr_t)ws % 256)
     return ZPC_INVALID(b, "cuda backend: attention_bwd_ws: workspace %p is not 256-byte aligned",
                        ws);
+  if (b->fa2_bwd == 3) /* atomic */
+    return C / NH == 32 ? f2_bwd_atomic<32>(b, dqkv, dout, qkv, out, aux, ws, B, T, NH)
+                        : f2_bwd_atomic<64>(b, dqkv, dout, qkv, out, aux, ws, B, T, NH);
   return C / NH == 32 ? f2_bwd_fused<32>(b, dqkv, dout, qkv, out, aux, ws, B, T, NH)
                       : f2_bwd_fused<64>(b, dqkv, dout, qkv, out, aux, ws, B, T, NH);
 }

@@ -23,11 +23,13 @@
  *   answer; 1: the first use of a shape times up to 8 heuristic answers and keeps the fastest
  *   (matmul_cublaslt.cu); 2: as 1 and prints one line per tuned shape to stderr. Opt-in
  *   because the choice depends on timings, so it may differ between processes.
- *   ZP_CUDA_FA2_FWD = fast | w8, ZP_CUDA_FA2_BWD = kv2 | base | fused: kernel variants of the
+ *   ZP_CUDA_FA2_FWD = fast | w8, ZP_CUDA_FA2_BWD = kv2 | base | fused | atomic: kernel variants of the
  *   fa2 attention (attention_fa2.cu's header says what each does); defaults fast and kv2 (the
  *   fastest in the H100 sweep of docs/perf.md). Any mix is valid: all share one aux. fused
  *   (HS 32 / 64) runs only through attention_bwd_ws (ABI 1.4: it needs the caller's workspace);
- *   plain attention_bwd with fused selected runs kv2, and HS 128 runs base.
+ *   plain attention_bwd with fused selected runs kv2, and HS 128 runs base. atomic
+ *   (diagnostic, not bitwise deterministic): fused with dQ added by float atomics, same rules
+ *   and the same workspace size.
  * - Memory is plain cudaMalloc/cudaFree (never managed). Copies run on the compute stream;
  *   copy_h2d and copy_d2h return only once the copy is complete (the host buffer may be reused
  *   or read at once); copy_d2d and memset0 are asynchronous like any op.
@@ -135,7 +137,7 @@ struct zpc_switch {
 static const struct zpc_switch zpc_switches[] = {
     {"ZP_CUDA_ATTN", offsetof(zp_backend, attn_flash), ZPC_DEFAULT_ATTN, {"naive", "flash", "fa2"}},
     {"ZP_CUDA_FA2_FWD", offsetof(zp_backend, fa2_fwd), ZPC_DEFAULT_FA2_FWD, {"fast", "w8"}},
-    {"ZP_CUDA_FA2_BWD", offsetof(zp_backend, fa2_bwd), ZPC_DEFAULT_FA2_BWD, {"base", "kv2", "fused"}},
+    {"ZP_CUDA_FA2_BWD", offsetof(zp_backend, fa2_bwd), ZPC_DEFAULT_FA2_BWD, {"base", "kv2", "fused", "atomic"}},
     {"ZP_CUDA_FUSE_GELU", offsetof(zp_backend, fuse_gelu), ZPC_DEFAULT_FUSE_GELU, {"0", "1"}},
     {"ZP_CUDA_FUSE_RES", offsetof(zp_backend, fuse_res), ZPC_DEFAULT_FUSE_RES, {"0", "1"}},
     {"ZP_CUDA_LN", offsetof(zp_backend, ln_fast), ZPC_DEFAULT_LN_FAST, {"legacy", "fast"}},
@@ -435,8 +437,8 @@ static int zpc_attn_bwd(zp_backend* b, void* dqkv, const void* dout, const void*
   return zpc_flash_for(b, C, NH) ? zpc_flash_bwd(b, dqkv, dout, qkv, out, aux, B, T, C, NH)
                                  : zpc_attention_bwd(b, dqkv, dout, qkv, out, aux, B, T, C, NH);
 }
-/* ABI 1.4: the backward with a workspace. Only the fa2 backward variant fused uses one (HS 32 /
- * 64: ZP_CUDA_FA2_BWD=fused); its size depends on the shape alone (the fa2 path's alignment test
+/* ABI 1.4: the backward with a workspace. Only the fa2 backward variants fused and atomic use
+ * one (HS 32 / 64: ZP_CUDA_FA2_BWD=fused or atomic, the same size); its size depends on the shape alone (the fa2 path's alignment test
  * is per call: a call that cannot take fa2 ignores ws and runs attention_bwd's path). Every other
  * choice needs 0 bytes, and attention_bwd_ws is then attention_bwd. */
 static size_t zpc_attn_bwd_ws_bytes(zp_backend* b, int B, int T, int C, int NH) {

@@ -48,7 +48,7 @@ struct zp_backend {
   int legacy_stream;     /* ZP_CUDA_STREAM=legacy: ops go to the legacy default stream (tests) */
   int attn_flash;        /* ZP_CUDA_ATTN: 2 fa2 (mma.sync), 1 flash (WMMA), 0 naive */
   int fa2_fwd;           /* ZP_CUDA_FA2_FWD: 0 fast, 1 w8 (attention_fa2.cu) */
-  int fa2_bwd;           /* ZP_CUDA_FA2_BWD: 0 base, 1 kv2, 2 fused (with a workspace) */
+  int fa2_bwd;           /* ZP_CUDA_FA2_BWD: 0 base, 1 kv2, 2 fused, 3 atomic (2, 3: a workspace) */
   int fuse_gelu;         /* ZP_CUDA_FUSE_GELU: 1 GELU in the GEMM epilogues, 0 separate kernels */
   int ln_fast;           /* ZP_CUDA_LN: 1 fast (vectorized), 0 legacy */
   int fuse_res;          /* ZP_CUDA_FUSE_RES: 1 residual as the GEMM's C (beta 1), 0 two passes */
@@ -246,9 +246,10 @@ int zpc_fa2_fwd(zp_backend* b, void* out, void* aux, const void* qkv, int B, int
                 int NH);
 int zpc_fa2_bwd(zp_backend* b, void* dqkv, const void* dout, const void* qkv, const void* out,
                 const void* aux, int B, int T, int C, int NH);
-/* bwd variant fused (ABI 1.4 attention_bwd_ws): workspace bytes for the shape (0 unless
- * ZP_CUDA_FA2_BWD=fused and the head size is 32 or 64); the backward with that workspace
- * (without one, or at 0 bytes: zpc_fa2_bwd, whose fused choice runs kv2) */
+/* bwd variants fused / atomic (ABI 1.4 attention_bwd_ws): workspace bytes for the shape (0
+ * unless ZP_CUDA_FA2_BWD=fused or atomic and the head size is 32 or 64; the same for both); the
+ * backward with that workspace (without one, or at 0 bytes: zpc_fa2_bwd, whose fused and atomic
+ * choices run kv2) */
 size_t zpc_fa2_bwd_ws_bytes(const zp_backend* b, int B, int T, int C, int NH);
 int zpc_fa2_bwd_ws(zp_backend* b, void* dqkv, const void* dout, const void* qkv, const void* out,
                    const void* aux, void* ws, int B, int T, int C, int NH);

@@ -37,6 +37,11 @@ want=$((8 * 25 * 32 * 32 * 64 * 4 + 8 * 25 * 32 * 4 * 4))
 if python3 -c "import sys; sys.exit(0 if abs(int(sys.argv[1]) - int(sys.argv[2])) <= 0.01 * 2**20 * 1011 else 1)" "$d" "$want"; then
   echo "ok   ZP_CUDA_FA2_BWD=fused: BUFFER $((d / 1048576)) MiB more (workspace $want B)"
 else echo "FAIL: fused workspace: BUFFER $d B more, want $want"; fail=1; fi
+# ZP_CUDA_FA2_BWD=atomic (diagnostic): the same workspace as fused
+pa=$(ZP_CUDA_FA2_BWD=atomic "$zp" plan "$src/examples/gpt2-1.5b.toml" 2>&1)
+if [ "$(gib "$pa" BUFFER)" = "$(gib "$pf" BUFFER)" ]; then
+  echo "ok   ZP_CUDA_FA2_BWD=atomic: BUFFER as fused"
+else echo "FAIL: atomic workspace: BUFFER $(gib "$pa" BUFFER) B, fused $(gib "$pf" BUFFER) B"; fail=1; fi
 pb=$("$zp" plan "$src/examples/gpt2-1.5b.toml" --set train.recompute_gelu_blocks=6 2>&1)
 d=$(( $(gib "$p15" ACT) - $(gib "$pb" ACT) ))
 want=$((5 * 8 * 1024 * 6400 * 2))
