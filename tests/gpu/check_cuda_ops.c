@@ -316,8 +316,8 @@ static result_t* pend(const char* name, const char* shape) {
   if (g_npend == 64) die("too many pending results");
   result_t* r = &g_pend[g_npend++];
   memset(r, 0, sizeof *r);
-  snprintf(r->name, sizeof r->name, "%s", name);
-  snprintf(r->shape, sizeof r->shape, "%s", shape);
+  snprintf(r->name, sizeof r->name, "%.63s", name); /* longer names are cut */
+  snprintf(r->shape, sizeof r->shape, "%.47s", shape);
   return r;
 }
 
