@@ -420,15 +420,26 @@ void zp_acts_arrays_free(zp_acts* a) {
   memset(a, 0, sizeof *a);
 }
 
-size_t zp_acts_chunk_layout(zp_acts* a, const zp_model_layout* m, int g0, int g1, int zb, char* base) {
+/* One chunk's slot layout. shared == NULL and !recompute: every tensor of the chunk's blocks is
+ * carved from base. recompute: base holds the block inputs res[] (and the head's tensors), every
+ * block's other tensors alias the region shared from offset 0; *shared_bytes gets its size. */
+static size_t chunk_layout(zp_acts* a, const zp_model_layout* m, int g0, int g1, int zb, char* base, int recompute,
+                           char* shared, size_t* shared_bytes) {
   int L = m->s.L, C = m->s.C;
   size_t N = (size_t)a->B * (size_t)a->T, es = zp_dtype_size(a->ct);
   carve_t ca = {0, 0};
+  size_t mx = 0;
   int r0 = g0 - 1 < 0 ? 0 : g0 - 1, r1 = g1 - 1 > L ? L : g1 - 1;
   for (int i = r0; i <= r1; i++) a->res[i] = carve(base, &ca, N * C * es);
   for (int g = g0; g < g1; g++) {
     if (g < 1 || g > L) continue;
     int l = g - 1;
+    if (recompute) {
+      carve_t cs = {0, 0}; /* every block of the chunk from offset 0 of the shared region */
+      carve_block(a, l, shared, &cs, N, es, (size_t)C, (size_t)C, (size_t)4 * C);
+      if (cs.off > mx) mx = cs.off;
+      continue;
+    }
     carve_block(a, l, base, &ca, N, es, (size_t)C, (size_t)C, (size_t)4 * C);
     if (zb) {
       a->zb_dfcproj[l] = carve(base, &ca, N * C * es);
@@ -443,32 +454,18 @@ size_t zp_acts_chunk_layout(zp_acts* a, const zp_model_layout* m, int g0, int g1
     a->lnf_rstd = carve(base, &ca, N * sizeof(float));
     a->losses = carve(base, &ca, N * sizeof(float));
   }
+  if (recompute) a->recompute = 1;
+  if (shared_bytes) *shared_bytes = mx;
   return ca.off;
+}
+
+size_t zp_acts_chunk_layout(zp_acts* a, const zp_model_layout* m, int g0, int g1, int zb, char* base) {
+  return chunk_layout(a, m, g0, g1, zb, base, 0, NULL, NULL);
 }
 
 size_t zp_acts_chunk_layout_recompute(zp_acts* a, const zp_model_layout* m, int g0, int g1, char* base, char* shared,
                                        size_t* shared_bytes) {
-  int L = m->s.L, C = m->s.C;
-  size_t N = (size_t)a->B * (size_t)a->T, es = zp_dtype_size(a->ct);
-  carve_t ca = {0, 0};
-  size_t mx = 0;
-  int r0 = g0 - 1 < 0 ? 0 : g0 - 1, r1 = g1 - 1 > L ? L : g1 - 1;
-  for (int i = r0; i <= r1; i++) a->res[i] = carve(base, &ca, N * C * es);
-  for (int g = g0; g < g1; g++) {
-    if (g < 1 || g > L) continue;
-    carve_t cs = {0, 0}; /* every block of the chunk from offset 0 of the shared region */
-    carve_block(a, g - 1, shared, &cs, N, es, (size_t)C, (size_t)C, (size_t)4 * C);
-    if (cs.off > mx) mx = cs.off;
-  }
-  if (g1 == L + 2) {
-    a->lnf = carve(base, &ca, N * C * es);
-    a->lnf_mean = carve(base, &ca, N * sizeof(float));
-    a->lnf_rstd = carve(base, &ca, N * sizeof(float));
-    a->losses = carve(base, &ca, N * sizeof(float));
-  }
-  a->recompute = 1;
-  if (shared_bytes) *shared_bytes = mx;
-  return ca.off;
+  return chunk_layout(a, m, g0, g1, 0, base, 1, shared, shared_bytes);
 }
 
 int zp_model_backward_group_phase(const zp_model_layout* m, const zp_backend_ops* ops, zp_backend* b,

@@ -503,9 +503,7 @@ static int fwd_group(zp_pipe* p, zp_acts* a, int g, float dloss) {
   if ((rc = pview(p, g))) return rc;
   if (g == p->G - 1 && r->layout.uses_head_wte && (rc = pview(p, 0))) return rc;
   double t0 = zp_now_us();
-  if ((rc = r->tp.size > 1 ? zp_model_tp_forward_group(&r->layout, r->ops, r->be, a, &r->views, g, dloss, &r->tp)
-                           : zp_model_forward_group(&r->layout, r->ops, r->be, a, &r->views, g, dloss)))
-    return rc;
+  if ((rc = zp_run_forward_group(r, a, g, dloss))) return rc;
   zp_trace_span(ZP_TR_COMPUTE, "forward", g, t0);
   p->busy_ms += (zp_now_us() - t0) / 1000; /* busy = the compute spans the trace records */
   if (r->strategy->post_forward && (rc = r->strategy->post_forward(r->strategy_state, g))) return rc;
@@ -572,9 +570,7 @@ static int do_bwd(zp_pipe* p, const zp_sched_instr* in, int phase) {
     if (tied && ((rc = pview(p, 0)) || (rc = gview(p, 0)))) return rc;
     double t0 = zp_now_us();
     if (p->recompute && g >= 1 && g <= p->L) { /* refill the shared block region from the saved input */
-      if ((rc = r->tp.size > 1 ? zp_model_tp_forward_group(&r->layout, r->ops, r->be, a, &r->views, g, 0.0f, &r->tp)
-                               : zp_model_forward_group(&r->layout, r->ops, r->be, a, &r->views, g, 0.0f)))
-        return rc;
+      if ((rc = zp_run_forward_group(r, a, g, 0.0f))) return rc;
       zp_trace_span(ZP_TR_COMPUTE, "recompute", g, t0);
       p->busy_ms += (zp_now_us() - t0) / 1000;
       t0 = zp_now_us();

@@ -982,6 +982,11 @@ int zp_run_init_weights(zp_run* r) {
   return zp_run_zero_grads(r);
 }
 
+int zp_run_forward_group(zp_run* r, zp_acts* a, int g, float dloss) {
+  return r->tp.size > 1 ? zp_model_tp_forward_group(&r->layout, r->ops, r->be, a, &r->views, g, dloss, &r->tp)
+                        : zp_model_forward_group(&r->layout, r->ops, r->be, a, &r->views, g, dloss);
+}
+
 int zp_run_zero_grads(zp_run* r) {
   for (int g = 0; g < r->layout.n_groups; g++) {
     zp_group_info* in = &r->groups[g].info;
@@ -1041,9 +1046,7 @@ static int run_forward(zp_run* r, const int32_t* inputs, const int32_t* targets,
     if ((rc = param_view(r, g))) return rc;
     if (r->groups[g].info.tied_to >= 0 && (rc = param_view(r, r->groups[g].info.tied_to))) return rc;
     double t0 = zp_now_us();
-    if ((rc = r->tp.size > 1 ? zp_model_tp_forward_group(&r->layout, r->ops, r->be, &r->acts, &r->views, g, dloss, &r->tp)
-                             : zp_model_forward_group(&r->layout, r->ops, r->be, &r->acts, &r->views, g, dloss)))
-      return rc;
+    if ((rc = zp_run_forward_group(r, &r->acts, g, dloss))) return rc;
     zp_trace_span(ZP_TR_COMPUTE, "forward", g, t0);
     if ((rc = hook(r, r->strategy->post_forward, g, "post_forward"))) return rc;
   }
@@ -1079,9 +1082,7 @@ int zp_run_micro_batch(zp_run* r, const int32_t* inputs, const int32_t* targets,
     if (t >= 0 && ((rc = param_view(r, t)) || (rc = grad_view(r, t)))) return rc;
     double t0 = zp_now_us();
     if (r->acts.recompute && g >= 1 && g <= r->layout.s.L) { /* refill the block's slot from its saved input */
-      if ((rc = r->tp.size > 1 ? zp_model_tp_forward_group(&r->layout, r->ops, r->be, &r->acts, &r->views, g, 0.0f, &r->tp)
-                               : zp_model_forward_group(&r->layout, r->ops, r->be, &r->acts, &r->views, g, 0.0f)))
-        return rc;
+      if ((rc = zp_run_forward_group(r, &r->acts, g, 0.0f))) return rc;
       zp_trace_span(ZP_TR_COMPUTE, "recompute", g, t0);
       t0 = zp_now_us();
     }

@@ -131,6 +131,9 @@ int zp_run_param_view(zp_run* r, int g);
 int zp_run_step(zp_run* r, float lr);
 /* Zero the gradient accumulators (start of a step). */
 int zp_run_zero_grads(zp_run* r);
+/* the model's forward of group g on activations a: the tensor-parallel form when parallel.tp > 1
+ * (the training step, its recompute, and the pipeline executor all go through here) */
+int zp_run_forward_group(zp_run* r, zp_acts* a, int g, float dloss);
 /* Copy a full group parameter (fp32 values of the master copy where present, else PARAM) to
  * host fp32 memory: used by tests and checkpoint export. Gathers shards (collective). */
 int zp_run_get_group_params(zp_run* r, int g, float* host_out);

@@ -14,6 +14,14 @@ build=$1; src=$2
 zp=$build/zp
 fail=0
 gib() { awk -v c="$2" '$1 == c { v = $2; u = $3; if (u == "GiB") v *= 1024^3; else if (u == "MiB") v *= 1024^2; else if (u == "KiB") v *= 1024; printf "%.0f\n", v }' <<< "$1"; }
+# delta WHAT CAT BASE OTHER WANT: plan OTHER's CAT row minus plan BASE's is WANT bytes, within the
+# table's rounding (2 decimals of GiB on each row)
+delta() {
+  local d=$(( $(gib "$4" "$2") - $(gib "$3" "$2") ))
+  if python3 -c "import sys; sys.exit(0 if abs(int(sys.argv[1]) - int(sys.argv[2])) <= 0.01 * 2**30 else 1)" "$d" "$5"; then
+    echo "ok   $1: $2 $((d / 1048576)) MiB (want $(($5 / 1048576)) MiB)"
+  else echo "FAIL: $1: $2 changes by $d B, want $5"; fail=1; fi
+}
 p15=$("$zp" plan "$src/examples/gpt2-1.5b.toml" 2>&1)
 p124=$("$zp" plan "$src/examples/gpt2-124m.toml" 2>&1)
 for spec in "1.5B:$(gib "$p15" total):43.0" "124M:$(gib "$p124" total):8.2"; do
@@ -23,37 +31,20 @@ for spec in "1.5B:$(gib "$p15" total):43.0" "124M:$(gib "$p124" total):8.2"; do
   else echo "FAIL: $name: plan total $bytes B, measured $want GiB"; fail=1; fi
 done
 pg=$("$zp" plan "$src/examples/gpt2-1.5b.toml" --set train.recompute_gelu=true 2>&1)
-d=$(( $(gib "$p15" ACT) - $(gib "$pg" ACT) ))
-want=$((47 * 8 * 1024 * 6400 * 2))
-# the table prints 2 decimals of GiB: compare within that rounding
-if python3 -c "import sys; sys.exit(0 if abs(int(sys.argv[1]) - int(sys.argv[2])) <= 0.01 * 2**30 else 1)" "$d" "$want"; then
-  echo "ok   recompute_gelu: ACT $((d / 1048576)) MiB less (47 x 8192 x 6400 bf16 = $((want / 1048576)) MiB)"
-else echo "FAIL: recompute_gelu: ACT $d B less, want $want"; fail=1; fi
+delta "recompute_gelu (47 x 8192 x 6400 bf16 less)" ACT "$p15" "$pg" $((-47 * 8 * 1024 * 6400 * 2))
 # ZP_CUDA_FA2_BWD=fused: the attention backward's workspace (fp32 dQ partials + semaphores, one
 # buffer for all layers) in BUFFER, as the plugin sizes it
 pf=$(ZP_CUDA_FA2_BWD=fused "$zp" plan "$src/examples/gpt2-1.5b.toml" 2>&1)
-d=$(( $(gib "$pf" BUFFER) - $(gib "$p15" BUFFER) ))
-want=$((8 * 25 * 32 * 32 * 64 * 4 + 8 * 25 * 32 * 4 * 4))
-if python3 -c "import sys; sys.exit(0 if abs(int(sys.argv[1]) - int(sys.argv[2])) <= 0.01 * 2**20 * 1011 else 1)" "$d" "$want"; then
-  echo "ok   ZP_CUDA_FA2_BWD=fused: BUFFER $((d / 1048576)) MiB more (workspace $want B)"
-else echo "FAIL: fused workspace: BUFFER $d B more, want $want"; fail=1; fi
+delta "ZP_CUDA_FA2_BWD=fused (the workspace)" BUFFER "$p15" "$pf" $((8 * 25 * 32 * 32 * 64 * 4 + 8 * 25 * 32 * 4 * 4))
 # ZP_CUDA_FA2_BWD=atomic (diagnostic): the same workspace as fused
 pa=$(ZP_CUDA_FA2_BWD=atomic "$zp" plan "$src/examples/gpt2-1.5b.toml" 2>&1)
 if [ "$(gib "$pa" BUFFER)" = "$(gib "$pf" BUFFER)" ]; then
   echo "ok   ZP_CUDA_FA2_BWD=atomic: BUFFER as fused"
 else echo "FAIL: atomic workspace: BUFFER $(gib "$pa" BUFFER) B, fused $(gib "$pf" BUFFER) B"; fail=1; fi
 pb=$("$zp" plan "$src/examples/gpt2-1.5b.toml" --set train.recompute_gelu_blocks=6 2>&1)
-d=$(( $(gib "$p15" ACT) - $(gib "$pb" ACT) ))
-want=$((5 * 8 * 1024 * 6400 * 2))
-if python3 -c "import sys; sys.exit(0 if abs(int(sys.argv[1]) - int(sys.argv[2])) <= 0.01 * 2**30 else 1)" "$d" "$want"; then
-  echo "ok   recompute_gelu_blocks=6: ACT $((d / 1048576)) MiB less (5 x 8192 x 6400 bf16 = $((want / 1048576)) MiB)"
-else echo "FAIL: recompute_gelu_blocks=6: ACT $d B less, want $want"; fail=1; fi
+delta "recompute_gelu_blocks=6 (5 x 8192 x 6400 bf16 less)" ACT "$p15" "$pb" $((-5 * 8 * 1024 * 6400 * 2))
 pn=$(ZP_CUDA_ATTN=naive "$zp" plan "$src/examples/gpt2-124m.toml" 2>&1)
-d=$(( $(gib "$pn" ACT) - $(gib "$p124" ACT) ))
-want=$((12 * 16 * 12 * 1024 * (2 * 1024 - 4)))
-if python3 -c "import sys; sys.exit(0 if abs(int(sys.argv[1]) - int(sys.argv[2])) <= 0.01 * 2**30 else 1)" "$d" "$want"; then
-  echo "ok   ZP_CUDA_ATTN=naive: ACT $((d / 1048576)) MiB more (the T x T probabilities)"
-else echo "FAIL: naive attention: ACT $d B more, want $want"; fail=1; fi
+delta "ZP_CUDA_ATTN=naive (the T x T probabilities)" ACT "$p124" "$pn" $((12 * 16 * 12 * 1024 * (2 * 1024 - 4)))
 grep -q "sized with the CUDA backend's attention storage" <<< "$p15" || { echo "FAIL: the plan's note"; fail=1; }
 # --device-gb: the plan refuses what the GPU cannot hold (ledger peak + 0.75 GiB context), with
 # the numbers, and accepts what fits; so does a pipeline plan (its largest stage)
