@@ -5,7 +5,8 @@
  *   backend's compute dtype. Errors: status code + message through host->set_error (when a host
  *   with set_error was given); never abort or exit.
  * - Memory is host memory from aligned_alloc(64) (not zeroed); copies are memcpy; every op is
- *   synchronous, so synchronize() is a no-op.
+ *   synchronous, so synchronize() is a no-op. The exception is copy_async (ABI 1.5): deferred
+ *   until copy_wait, so that a missing wait fails tests here instead of racing on a GPU.
  * - cast/accumulate/fill/scale/sumsq take F32, F64 and BF16 in any combination. accumulate
  *   computes in double when either side is F64 or dst is BF16, otherwise in float; BF16
  *   results are rounded once (round to nearest even, bf16.h). sumsq sums in double over fixed
@@ -17,6 +18,7 @@
 
 #include <math.h>
 #include <omp.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -30,6 +32,8 @@
 #include "bf16.h"
 #include "gemm_cpu.h"
 
+#define ZP_CPU_COPY_QUEUE 64
+
 struct zp_backend {
   zp_host host; /* copy of the host table (zeroed where the caller's is shorter) */
   int has_set_error;
@@ -37,6 +41,13 @@ struct zp_backend {
   char name[128];
   double* marks; /* timer slots: host clock in ms (ops are synchronous here), grown on use */
   int n_marks;
+  /* copy_async (1.5): deferred copies, run in ticket order when waited for (or when the queue
+   * is full), never earlier: a caller that reads a destination or changes a source before its
+   * copy_wait sees wrong data here every time, where a GPU would race */
+  pthread_mutex_t cmu;
+  struct { void* dst; const void* src; size_t bytes; uint64_t ticket; } cq[ZP_CPU_COPY_QUEUE];
+  int cq_head, cq_len;
+  uint64_t c_next, c_done; /* last ticket issued, last ticket done */
 };
 
 static int zp_cpu_cmp_u64(const void* a, const void* b) {
@@ -171,14 +182,54 @@ static int cpu_create(const zp_host* host, const zp_backend_config* cfg, zp_back
     b->has_set_error = zp_host_has_set_error(host);
   }
   b->ct = c.compute_dtype;
+  pthread_mutex_init(&b->cmu, NULL);
   if (c.num_threads > 0) omp_set_num_threads(c.num_threads);
   *out = b;
   return ZP_OK;
 }
 
 static void cpu_destroy(zp_backend* b) {
-  if (b) free(b->marks);
+  if (b) {
+    free(b->marks);
+    pthread_mutex_destroy(&b->cmu); /* copies never waited for are dropped */
+  }
   free(b);
+}
+
+/* ---- copies beside the compute (1.5): deferred until copy_wait ---- */
+static void cpu_copy_run_oldest(zp_backend* b) { /* b->cmu held, cq_len > 0 */
+  int i = b->cq_head;
+  memcpy(b->cq[i].dst, b->cq[i].src, b->cq[i].bytes);
+  b->c_done = b->cq[i].ticket;
+  b->cq_head = (b->cq_head + 1) % ZP_CPU_COPY_QUEUE;
+  b->cq_len--;
+}
+static int cpu_copy_async(zp_backend* b, void* dst, const void* src, size_t bytes, int h2d, uint64_t* ticket) {
+  ZP_NEED_B();
+  (void)h2d;
+  ZP_REQ(ticket, "cpu backend: copy_async: ticket is NULL");
+  ZP_REQ(bytes == 0 || (dst && src), "cpu backend: copy_async: NULL pointer");
+  pthread_mutex_lock(&b->cmu);
+  if (b->cq_len == ZP_CPU_COPY_QUEUE) cpu_copy_run_oldest(b);
+  int i = (b->cq_head + b->cq_len) % ZP_CPU_COPY_QUEUE;
+  b->cq[i].dst = dst;
+  b->cq[i].src = src;
+  b->cq[i].bytes = bytes;
+  b->cq[i].ticket = *ticket = ++b->c_next;
+  b->cq_len++;
+  pthread_mutex_unlock(&b->cmu);
+  return ZP_OK;
+}
+static int cpu_copy_wait(zp_backend* b, uint64_t ticket, int device) {
+  ZP_NEED_B();
+  (void)device; /* ops are synchronous here: both kinds of wait complete the copy now */
+  pthread_mutex_lock(&b->cmu);
+  uint64_t issued = b->c_next;
+  while (b->c_done < ticket && b->cq_len > 0) cpu_copy_run_oldest(b);
+  pthread_mutex_unlock(&b->cmu);
+  ZP_REQ(ticket <= issued, "cpu backend: copy_wait: ticket %llu was never issued (last %llu)", (unsigned long long)ticket,
+         (unsigned long long)issued);
+  return ZP_OK;
 }
 
 /* ---- timers (1.3): the host clock; every op has finished when it returns ---- */
@@ -770,6 +821,8 @@ static const zp_backend_ops zp_cpu_ops = {
     .softmax_xent_vp = cpu_softmax_xent_vp,
     .timer_mark = cpu_timer_mark,
     .timer_ms = cpu_timer_ms,
+    .copy_async = cpu_copy_async,
+    .copy_wait = cpu_copy_wait,
 };
 
 const zp_backend_ops* zp_cpu_backend_ops(void) { return &zp_cpu_ops; }

@@ -7,7 +7,9 @@
  * them so) are reduced with one all-reduce once they reach zero.bucket_mb, as their backward
  * completes (zero.overlap_comm) or all at once at the step (overlap_comm = false). The
  * optimizer updates the full range on every rank, so parameters stay identical without a
- * gather. Reductions are element-wise, so bucketing never changes the numbers. */
+ * gather. Reductions are element-wise, so bucketing never changes the numbers. Each reduced
+ * bucket's groups are reported final (shard_ready), so an offload tier can start copying them
+ * while the backward goes on. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -65,6 +67,10 @@ static int flush(repl_t* s) {
   const zp_group_info* first = &s->info[s->lo];
   size_t elems = s->pending / zp_dtype_size(first->dtype[ZP_CAT_GRAD]);
   int rc = s->h->allreduce(s->h->ctx, first->buf[ZP_CAT_GRAD], elems, first->dtype[ZP_CAT_GRAD], ZP_RED_AVG);
+  /* these groups' gradients are final: a tier holding their optimizer state may take them now */
+  for (int g = s->lo; !rc && g <= s->hi; g++)
+    if (ZP_TABLE_HAS(s->h, shard_ready))
+      rc = s->h->shard_ready(s->h->ctx, g, 0, s->info[g].padded, s->info[g].buf[ZP_CAT_GRAD], s->info[g].dtype[ZP_CAT_GRAD]);
   s->lo = s->hi = -1;
   s->pending = 0;
   return rc;
@@ -81,7 +87,8 @@ static int add(repl_t* s, int g) {
   if (s->lo < 0) s->hi = g;
   s->lo = g;
   s->pending += bytes;
-  if (s->pending >= s->bucket_bytes || g == 0) return flush(s);
+  /* one rank: nothing to reduce, so no reason to hold a group back from shard_ready */
+  if (s->pending >= s->bucket_bytes || g == 0 || s->h->world_size == 1) return flush(s);
   return ZP_OK;
 }
 

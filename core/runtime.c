@@ -191,7 +191,65 @@ static int h_optim_begin(zp_host_ctx* c, double sumsq) {
     return ZP_E_INVALID;
   }
   r->opt.step_t++;
+  r->opt.began = 1;
   return ZP_OK;
+}
+
+/* the tier plugin serving tier t (its state and name), or NULL */
+static const zp_tier_ops* optim_tier(zp_run* r, zp_tier t, void** ts, const char** tname) {
+  for (int i = 0; i < 2; i++)
+    if (r->tier_ops[i] && r->tier_ops[i]->tier == t) {
+      *ts = r->tier_state[i];
+      *tname = r->tier_plugins[i].desc ? r->tier_plugins[i].desc->name : NULL;
+      return r->tier_ops[i];
+    }
+  return NULL;
+}
+
+/* ABI 1.5: a strategy's final gradient range goes to the tier that will update it, if that
+ * tier takes it early (grad_ready). Only on the last micro-batch of a step (or inside the
+ * step): before that the gradient still changes. */
+static int h_shard_ready(zp_host_ctx* c, int g, uint64_t first, uint64_t count, const void* grad, zp_dtype gdt) {
+  zp_run* r = c->r;
+  if (g < 0 || g >= r->layout.n_groups) {
+    snprintf(r->err, sizeof r->err, "shard_ready: group %d does not exist (%d groups)", g, r->layout.n_groups);
+    return ZP_E_INVALID;
+  }
+  if (count == 0 || r->dry_run) return ZP_OK;
+  if (!r->in_step && !(r->host.micro_batches > 0 && r->host.micro_batch == r->host.micro_batches - 1)) return ZP_OK;
+  const zp_group_info* in = &r->groups[g].info;
+  zp_tier ot = in->place[ZP_CAT_OPTIM].tier;
+  if (ot == ZP_TIER_GPU) return ZP_OK;
+  void* ts = NULL;
+  const char* tname = NULL;
+  const zp_tier_ops* to = optim_tier(r, ot, &ts, &tname);
+  if (!to || !ZP_TABLE_HAS(to, grad_ready)) return ZP_OK;
+  uint64_t base = in->place[ZP_CAT_OPTIM].sharded ? in->shard_off : 0;
+  uint64_t held = in->place[ZP_CAT_OPTIM].sharded ? in->shard_len : in->padded;
+  if (first < base || first + count > base + held) {
+    snprintf(r->err, sizeof r->err, "shard_ready: group %d range [%llu,+%llu) outside this rank's optimizer state [%llu,+%llu)",
+             g, (unsigned long long)first, (unsigned long long)count, (unsigned long long)base, (unsigned long long)held);
+    return ZP_E_INVALID;
+  }
+  zp_grad_range gr;
+  memset(&gr, 0, sizeof gr);
+  gr.struct_size = sizeof gr;
+  gr.group = g;
+  gr.first = first;
+  gr.count = count;
+  gr.state_off = first - base;
+  gr.grad = grad;
+  gr.gdt = gdt;
+  gr.step_t = r->opt.step_t + (r->in_step && r->opt.began ? 0 : 1);
+  double t0 = zp_now_us();
+  char caller[sizeof c->name];
+  memcpy(caller, c->name, sizeof caller);
+  if (tname) snprintf(c->name, sizeof c->name, "%s", tname);
+  int rc = to->grad_ready(ts, &gr);
+  memcpy(c->name, caller, sizeof caller);
+  zp_trace_span(ZP_TR_COMM, "grad_to_tier", g, t0);
+  if (rc && !r->err[0]) snprintf(r->err, sizeof r->err, "tier %s: grad_ready of group %d failed (status %d)", zp_tier_name(ot), g, rc);
+  return rc;
 }
 
 static int h_optim_update(zp_host_ctx* c, int g, uint64_t first, uint64_t count, const void* grad, zp_dtype gdt,
@@ -243,16 +301,9 @@ static int h_optim_update(zp_host_ctx* c, int g, uint64_t first, uint64_t count,
   zp_tier ot = in->place[ZP_CAT_OPTIM].tier;
   if (ot != ZP_TIER_GPU) {
     /* the tier holding this group's optimizer state runs the update */
-    const zp_tier_ops* to = NULL;
     void* ts = NULL;
     const char* tname = NULL;
-    for (int i = 0; i < 2; i++)
-      if (r->tier_ops[i] && r->tier_ops[i]->tier == ot) {
-        to = r->tier_ops[i];
-        ts = r->tier_state[i];
-        tname = r->tier_plugins[i].desc ? r->tier_plugins[i].desc->name : NULL;
-        break;
-      }
+    const zp_tier_ops* to = optim_tier(r, ot, &ts, &tname);
     if (!to) {
       snprintf(r->err, sizeof r->err, "optim_update: group %d's optimizer state is on tier %s but no tier plugin serves it", g, zp_tier_name(ot));
       return ZP_E_INTERNAL;
@@ -365,6 +416,7 @@ static void host_init(zp_run* r, const char* name) {
   h->poison = h_poison;
   h->note_io = h_note_io;
   h->note_bytes = h_note_bytes;
+  h->shard_ready = h_shard_ready;
 }
 
 /* ---------------- opening a run ---------------- */
@@ -1110,7 +1162,10 @@ int zp_run_step(zp_run* r, float lr) {
     rerr(r, "strategy has no step method");
     return ZP_E_ABI;
   }
+  r->in_step = 1;
+  r->opt.began = 0;
   int rc = r->strategy->step(r->strategy_state);
+  r->in_step = 0;
   if (rc && !r->err[0]) rerr(r, "step failed with status %d", rc);
   for (int i = 0; !rc && i < 2; i++)
     if (r->tier_ops[i] && r->tier_ops[i]->step_end && (rc = r->tier_ops[i]->step_end(r->tier_state[i])) && !r->err[0])

@@ -39,6 +39,7 @@ typedef struct zp_optim_state {
   float lr;               /* lr of the current step */
   float clip_scale;       /* grad scale applied this step (1/accum folded into dloss) */
   double grad_norm;
+  int began;              /* optim_begin ran in the current step (step_t counts it) */
 } zp_optim_state;
 
 typedef struct zp_run {
@@ -82,6 +83,7 @@ typedef struct zp_run {
   zp_acts acts;
   int B, T, accum;
   zp_optim_state opt;
+  int in_step;            /* inside zp_run_step (gradients final: shard_ready is forwarded) */
   char err[2048];
   /* pipeline parallelism (core/pipeline_exec.c): held[g] = 0 for groups another stage holds
    * (no buffers, zero sizes in group_info: strategies see empty groups); pp_comm sums the

@@ -24,7 +24,7 @@ extern "C" {
 #endif
 
 #define ZP_ABI_MAJOR 1
-#define ZP_ABI_MINOR 4
+#define ZP_ABI_MINOR 5
 #define ZP_PLUGIN_ENTRY_NAME "zp_plugin_entry"
 /* does table t (whose first member is size_t struct_size) have member m, and is it set? */
 #define ZP_TABLE_HAS(t, m) \
@@ -220,6 +220,15 @@ typedef struct zp_host {
   /* change the ledger's count for a category on a tier by delta bytes without allocating
    * (storage a tier owns outside memory, e.g. nvme files) */
   void (*note_bytes)(zp_host_ctx* ctx, zp_category cat, zp_tier tier, long long delta);
+  /* ---- (1.5) a strategy reports a final gradient range: elements [first, first+count) of
+   * group's padded buffer, at grad (device memory, gdt, reduced and averaged), will not change
+   * until this step's optimizer update of that range has run. The core hands it to the tier
+   * holding the group's optimizer state (zp_tier_ops.grad_ready), which may start moving it now
+   * (overlapping the rest of the backward); elsewhere it is a no-op. The core ignores calls
+   * before the last micro-batch of a step. Optional for strategies: a range never reported is
+   * moved at update time. */
+  int (*shard_ready)(zp_host_ctx* ctx, int group, uint64_t first, uint64_t count, const void* grad,
+                     zp_dtype gdt);
 } zp_host;
 
 
@@ -269,6 +278,17 @@ typedef struct zp_optim_range {
   zp_optim_hparams hp;
 } zp_optim_range;
 
+/* (1.5) a final gradient range, reported by a strategy (zp_host.shard_ready) */
+typedef struct zp_grad_range {
+  size_t struct_size;
+  int group;
+  uint64_t first, count;      /* elements [first, first+count) of the group's padded buffer */
+  uint64_t state_off;         /* offset of `first` inside this rank's MASTER/OPTIM holding */
+  const void* grad;           /* device memory: count gradients (reduced, averaged) */
+  zp_dtype gdt;
+  int step_t;                 /* the optimizer step (hp.step_t of its update) this gradient is for */
+} zp_grad_range;
+
 typedef struct zp_tier_ops {
   size_t struct_size;
   zp_tier tier;
@@ -276,8 +296,10 @@ typedef struct zp_tier_ops {
   void (*close)(void* state);
   int (*plan)(const zp_host* host, zp_plan* plan); /* move categories to this tier */
   /* ---- the runtime side (NULL update: plan-only plugin, refused at open by the core) */
-  /* AdamW over a range; param_out holds the new values when the call returns (a delayed
-   * update may return the previous step's values: see the plugin's documentation) */
+  /* AdamW over a range; param_out holds the new values when the call returns, in the device's
+   * issue order: work issued after the call sees them (since 1.5 a tier may still be copying
+   * them, having made later device work wait: copy_wait device 1). A delayed update may return
+   * the previous step's values: see the plugin's documentation. */
   int (*update)(void* state, const zp_optim_range* u);
   /* every update of the step has been issued: finish outstanding work (may be NULL) */
   int (*step_end)(void* state);
@@ -293,6 +315,11 @@ typedef struct zp_tier_ops {
    *          rank updated only its shard). Called by the core before checkpoints, validation,
    *          reads of the state and at the end of training; collective where flush is 1. */
   int (*sync)(void* state, int flush, int* wrote);
+  /* (1.5, optional) a final gradient range of a group this tier updates (see
+   * zp_host.shard_ready): the tier may start its device -> host copy now (the backend's
+   * copy_async). The matching update() gets the same grad pointer and may then skip its copy.
+   * A range reported and then not updated (a skipped step) must be harmless. */
+  int (*grad_ready)(void* state, const zp_grad_range* r);
 } zp_tier_ops;
 
 /* ---- parallel plugins (pipeline, tensor) ---- */
@@ -479,6 +506,17 @@ typedef struct zp_backend_ops {
   size_t (*attention_bwd_ws_bytes)(zp_backend* b, int B, int T, int C, int NH);
   int (*attention_bwd_ws)(zp_backend* b, void* dqkv, const void* dout, const void* qkv,
                           const void* out, const void* aux, void* ws, int B, int T, int C, int NH);
+  /* ---- optional (1.5): copies beside the compute (NULL: copy_d2h / copy_h2d, synchronous) ----
+   * copy_async: copy bytes between device memory and page-locked host memory (host_alloc; h2d 1:
+   *   host -> device, 0: device -> host) on a copy engine, after all work issued so far; returns at
+   *   once with a ticket (> 0) in *ticket. Until the copy is waited for, its source must not
+   *   change and its destination must not be read (host or device).
+   * copy_wait: device 0: the calling thread blocks until copy `ticket` is done (any thread may
+   *   call this); device 1: work issued after this call runs after the copy (returns at once).
+   *   Tickets complete in issue order; ticket 0 is always done. */
+  int (*copy_async)(zp_backend* b, void* dst, const void* src, size_t bytes, int h2d,
+                    uint64_t* ticket);
+  int (*copy_wait)(zp_backend* b, uint64_t ticket, int device);
 } zp_backend_ops;
 #define ZP_TIMER_SLOTS 65536
 

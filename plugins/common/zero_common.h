@@ -70,6 +70,15 @@ static inline void zc_close(zero_common* z) {
   memset(z, 0, sizeof *z);
 }
 
+/* ABI 1.5: this rank's reduced gradient shard of g, at grad, is final (the core forwards it
+ * to an offload tier only on a step's last micro-batch or inside the step) */
+static inline int zc_shard_ready(zero_common* z, int g, const void* grad) {
+  const zp_host* h = z->h;
+  const zp_group_info* in = &z->info[g];
+  if (!ZP_TABLE_HAS(h, shard_ready)) return ZP_OK;
+  return h->shard_ready(h->ctx, g, in->shard_off, in->shard_len, grad, in->dtype[ZP_CAT_GRAD]);
+}
+
 /* Stage 2/3: give group g (and group 0 for the head) a zeroed full-size gradient buffer. */
 static inline int zc_arm_full_grad(zero_common* z, int g) {
   const zp_host* h = z->h;
@@ -105,6 +114,7 @@ static inline int zc_reduce_full_grad(zero_common* z, int g) {
   z->gview[g] = NULL;
   ZC_TRY(h->reduce_scatter(h->ctx, z->shard_scratch, full, (size_t)in->shard_len, gdt, ZP_RED_AVG));
   ZC_TRY(h->dev->accumulate(h->devb, in->buf[ZP_CAT_GRAD], gdt, z->shard_scratch, gdt, (size_t)in->shard_len, 1.0f));
+  ZC_TRY(zc_shard_ready(z, g, in->buf[ZP_CAT_GRAD])); /* final on the last micro-batch (the core checks) */
   h->poison(h->ctx, full, gdt, (size_t)in->padded);
   ZC_TRY(h->set_view(h->ctx, g, ZP_CAT_GRAD, NULL));
   if (g == 0) z->g0_armed = 0;

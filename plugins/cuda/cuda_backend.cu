@@ -32,7 +32,9 @@
  *   and the same workspace size.
  * - Memory is plain cudaMalloc/cudaFree (never managed). Copies run on the compute stream;
  *   copy_h2d and copy_d2h return only once the copy is complete (the host buffer may be reused
- *   or read at once); copy_d2d and memset0 are asynchronous like any op.
+ *   or read at once); copy_d2d and memset0 are asynchronous like any op. copy_async (1.5) runs
+ *   on one of two copy streams (per direction), after an event of the compute stream; free,
+ *   host_free and destroy wait for the copy streams too.
  * - Errors: status code + message through host->set_error (stderr when host is NULL).
  * - comm_unique_id / comm_create: the NCCL device communicator (comm_nccl.cu) when built with
  *   ZP_HAVE_NCCL, else NULL (the core then uses its shared-memory communicator).
@@ -260,6 +262,15 @@ fail:
 static void zpc_destroy(zp_backend* b) {
   if (!b) return;
   if (b->stream || b->legacy_stream) (void)cudaStreamSynchronize(b->stream);
+  for (int i = 0; i < 2; i++)
+    if (b->copy_stream[i]) {
+      (void)cudaStreamSynchronize(b->copy_stream[i]);
+      cudaStreamDestroy(b->copy_stream[i]);
+    }
+  if (b->copy_ev)
+    for (int i = 0; i < ZPC_COPY_EVENTS; i++) cudaEventDestroy(b->copy_ev[i]);
+  free(b->copy_ev);
+  if (b->copy_order) cudaEventDestroy(b->copy_order);
   if (b->lt) cublasLtDestroy(b->lt);
   if (b->workspace) cudaFree(b->workspace);
   if (b->scratch) cudaFree(b->scratch);
@@ -339,11 +350,19 @@ static int zpc_alloc(zp_backend* b, size_t bytes, void** out) {
   return ZP_OK;
 }
 
+/* wait for the compute stream and the copy streams (before memory is freed) */
+static cudaError_t zpc_sync_all(zp_backend* b) {
+  cudaError_t e = cudaStreamSynchronize(b->stream);
+  for (int i = 0; i < 2 && e == cudaSuccess; i++)
+    if (b->copy_stream[i]) e = cudaStreamSynchronize(b->copy_stream[i]);
+  return e;
+}
+
 static void zpc_free(zp_backend* b, void* p) {
   if (!p) return;
-  /* ops queued on the stream may still read p: wait for them (cudaFree alone does not order
+  /* ops queued on the streams may still read p: wait for them (cudaFree alone does not order
    * against a non-blocking stream's pending work on every driver) */
-  cudaError_t e = cudaStreamSynchronize(b->stream);
+  cudaError_t e = zpc_sync_all(b);
   if (e == cudaSuccess) e = cudaFree(p);
   if (e != cudaSuccess) (void)zpc_cuda_fail(b, "cudaFree", e, __FILE__, __LINE__);
 }
@@ -392,9 +411,58 @@ static int zpc_host_alloc(zp_backend* b, size_t bytes, void** out) {
 }
 static void zpc_host_free(zp_backend* b, void* p) {
   if (!p) return;
-  cudaError_t e = cudaStreamSynchronize(b->stream);
+  cudaError_t e = zpc_sync_all(b);
   if (e == cudaSuccess) e = cudaFreeHost(p);
   if (e != cudaSuccess) (void)zpc_cuda_fail(b, "cudaFreeHost", e, __FILE__, __LINE__);
+}
+
+/* ---------------------------------------------------------------- copies beside the compute (1.5) */
+
+static int zpc_copy_async(zp_backend* b, void* dst, const void* src, size_t bytes, int h2d,
+                          uint64_t* ticket) {
+  if (!ticket) return zpc_err(b->host, ZP_E_INVALID, "cuda: copy_async: ticket is NULL");
+  if (!b->copy_ev) {
+    cudaEvent_t* ev = (cudaEvent_t*)calloc(ZPC_COPY_EVENTS, sizeof *ev);
+    if (!ev) return zpc_err(b->host, ZP_E_NOMEM, "cuda: copy_async: out of memory");
+    for (int i = 0; i < 2; i++)
+      ZPC_CUDA(b, cudaStreamCreateWithFlags(&b->copy_stream[i], cudaStreamNonBlocking));
+    ZPC_CUDA(b, cudaEventCreateWithFlags(&b->copy_order, cudaEventDisableTiming));
+    for (int i = 0; i < ZPC_COPY_EVENTS; i++) {
+      cudaError_t e = cudaEventCreateWithFlags(&ev[i], cudaEventDisableTiming);
+      if (e != cudaSuccess) {
+        for (int j = 0; j < i; j++) cudaEventDestroy(ev[j]);
+        free(ev);
+        return zpc_cuda_fail(b, "cudaEventCreate", e, __FILE__, __LINE__);
+      }
+    }
+    b->copy_ev = ev;
+  }
+  cudaStream_t cs = b->copy_stream[h2d ? 1 : 0];
+  uint64_t t = b->copy_next + 1;
+  /* after everything issued so far on the compute stream */
+  ZPC_CUDA(b, cudaEventRecord(b->copy_order, b->stream));
+  ZPC_CUDA(b, cudaStreamWaitEvent(cs, b->copy_order, 0));
+  if (bytes)
+    ZPC_CUDA(b, cudaMemcpyAsync(dst, src, bytes, h2d ? cudaMemcpyHostToDevice : cudaMemcpyDeviceToHost, cs));
+  ZPC_CUDA(b, cudaEventRecord(b->copy_ev[t % ZPC_COPY_EVENTS], cs));
+  b->copy_next = t;
+  *ticket = t;
+  return ZP_OK;
+}
+
+static int zpc_copy_wait(zp_backend* b, uint64_t ticket, int device) {
+  if (ticket == 0) return ZP_OK;
+  if (ticket > b->copy_next || !b->copy_ev)
+    return zpc_err(b->host, ZP_E_INVALID, "cuda: copy_wait: ticket %llu was never issued (last %llu)",
+                   (unsigned long long)ticket, (unsigned long long)b->copy_next);
+  cudaEvent_t ev = b->copy_ev[ticket % ZPC_COPY_EVENTS];
+  if (device) {
+    ZPC_CUDA(b, cudaStreamWaitEvent(b->stream, ev, 0));
+    return ZP_OK;
+  }
+  ZPC_CUDA(b, cudaSetDevice(b->device)); /* any thread may wait */
+  ZPC_CUDA(b, cudaEventSynchronize(ev));
+  return ZP_OK;
 }
 
 /* ---------------------------------------------------------------- layernorm dispatch */
@@ -506,6 +574,8 @@ static const zp_backend_ops zpc_ops = {
     zpc_adamw_pieces,      /* 1.4: a range's pieces in one launch set (adamw.cu) */
     zpc_attn_bwd_ws_bytes, /* 1.4: attention backward with a workspace (fa2 bwd fused) */
     zpc_attn_bwd_ws,
+    zpc_copy_async, /* 1.5: copies on their own streams, beside the compute */
+    zpc_copy_wait,
 };
 
 static const zp_plugin_desc zpc_desc = {

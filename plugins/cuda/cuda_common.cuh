@@ -42,6 +42,7 @@ struct zpc_algo_entry {
   cublasLtMatmulAlgo_t algo;
 };
 
+#define ZPC_COPY_EVENTS 1024
 struct zp_backend {
   const zp_host* host;
   int device;
@@ -61,6 +62,13 @@ struct zp_backend {
   int bgrad_unsupported; /* cuBLASLt offered no BGRADB algorithm: column sums from then on */
   int tune_evict_warned; /* a tuned algo_cache entry was overwritten (warned once) */
   cudaStream_t stream;
+  /* copies beside the compute (1.5): one stream per direction (both copy engines), created on
+   * the first copy_async; ticket t's completion is copy_ev[t % ZPC_COPY_EVENTS] (re-recorded
+   * by ticket t + ZPC_COPY_EVENTS: waiting on an old ticket then waits longer, never less) */
+  cudaStream_t copy_stream[2]; /* [0] device -> host, [1] host -> device */
+  cudaEvent_t copy_order;      /* recorded on the compute stream before each copy */
+  cudaEvent_t* copy_ev;
+  uint64_t copy_next;          /* last ticket issued */
   cublasLtHandle_t lt;
   void* workspace;       /* ZPC_WORKSPACE_BYTES for cuBLASLt */
   void* scratch;         /* grow-only per-op scratch */

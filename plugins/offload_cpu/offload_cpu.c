@@ -4,12 +4,19 @@
  *   gradient range device -> page-locked staging (chunks of `chunk_elems`), vectorised AdamW
  *   on the host (core/adamw_cpu.c compiled into this plugin: AVX-512 / AVX2 / scalar, OpenMP,
  *   bf16 conversions fused), new parameters staging -> device.
+ * Gradient streaming (offload.optimizer.stream_grads, ABI 1.5): when a strategy reports a
+ * group's final gradient (grad_ready), its device -> host copy starts at once on the backend's
+ * copy stream (copy_async) into a per-group host buffer, overlapping the rest of the backward;
+ * update() then runs AdamW straight from that buffer. Unreported ranges are copied at update.
  * Delayed parameter update (offload.optimizer.delayed_update, after delayed_update_warmup
  * steps): update(g) of step t first waits for group g's host AdamW of step t-1 and copies its
  * parameters to the device, then copies step t's gradient to per-group host staging and queues
  * its AdamW on a worker thread, which runs while step t+1 computes (on parameters one update
- * behind: P_t = AdamW(P_t-1, g(P_t-2))). sync() waits (flush 0) or also applies the pending
- * parameters (flush 1: checkpoints, validation).
+ * behind: P_t = AdamW(P_t-1, g(P_t-2))). The parameters go to the device on the copy stream,
+ * the compute stream waiting for them (copy_wait device 1), the worker for the copy before it
+ * reuses their buffer. Each group has two host gradient buffers: the one its queued job reads
+ * and the one the next step's gradient streams into. sync() waits (flush 0) or also applies the
+ * pending parameters (flush 1: checkpoints, validation).
  * Invariants:
  * - The arithmetic is the CPU backend's AdamW bit for bit, so an offloaded run on the CPU
  *   backend equals the run without offload exactly (tests/integration/offload.sh), and a
@@ -20,7 +27,10 @@
  *   cannot pass the tests.
  * - Only the worker thread touches a queued group's master/m/v; the core reads them only after
  *   sync() (state reads, checkpoints go through it). The host table is used from the calling
- *   thread only (errors of the worker are reported at the next update/sync). */
+ *   thread only (errors of the worker are reported at the next update/sync).
+ * - A host buffer is never written while a copy reads it or the worker uses it, nor read before
+ *   its copy was waited for (the CPU backend defers copies until waited for, so a missing wait
+ *   fails the CPU tests); close() waits for every copy this tier issued. */
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -39,19 +49,34 @@ typedef struct {
   uint64_t* piece_end;
   unsigned char* piece_decay;
   int piece_cap;
-  void* gbuf;            /* host gradient (held elements, at most fp32) */
-  void* pbuf;            /* host parameters out (held elements, at most fp32) */
-  size_t buf_bytes;
+  void* pbuf;            /* host parameters out (held elements, pdt) */
+  size_t pbuf_bytes;
+  uint64_t h2d;          /* ticket of the copy of pbuf to the device (0: none) */
 } oc_job;
 
+/* a group's host gradients: held elements (gdt), indexed by offset in this rank's holding */
+typedef struct {
+  void* buf[2];
+  size_t bytes;          /* of each */
+  int nbuf;              /* 1 (synchronous update) or 2 (delayed: a queued job may read one) */
+  int busy;              /* delayed: the buffer the group's last job reads (-1: none) */
+  /* the last range streamed in (grad_ready) */
+  int valid, idx, step_t;
+  uint64_t state_off, count, ticket;
+  const void* src;
+  zp_dtype gdt;
+} oc_grads;
+
 /* one AdamW for the worker: elements [c0, c0+n) of range u, gradient at g, parameters to p;
- * group >= 0: a delayed update (the group's job becomes PENDING), else a pipeline chunk */
+ * group >= 0: a delayed update (the group's job becomes PENDING), else a pipeline chunk;
+ * wait: a copy to wait for first (its parameter buffer still on its way to the device) */
 typedef struct {
   int group;
   const zp_optim_range* u;
   uint64_t c0, n;
   const void* g;
   void* p;
+  uint64_t wait;
 } oc_task;
 
 typedef struct {
@@ -66,6 +91,10 @@ typedef struct {
   int64_t warmup;
   int n_groups;
   oc_job* jobs;
+  /* host gradient buffers (stream_grads or the delayed update), per group */
+  int stream;
+  oc_grads* grads;
+  long long streamed;  /* ranges taken from the streamed copy (tests, logs) */
   /* the worker thread and its task queue */
   oc_task* queue;  /* ring, capacity qcap */
   int qcap, qhead, qlen;
@@ -93,6 +122,25 @@ static uint64_t chunk_elems(const zp_host* h) {
   int64_t c = 4 << 20;
   h->config_int(h->ctx, "offload.optimizer.chunk_elems", &c);
   return c > 0 ? (uint64_t)c : 1;
+}
+
+/* bytes per gradient and per parameter element (the core's rule: train.precision and
+ * train.grad_accum_dtype) */
+static void elem_bytes(const zp_host* h, double* gs, double* ps) {
+  const char* prec = "fp32";
+  const char* acc = "param";
+  h->config_string(h->ctx, "train.precision", &prec);
+  h->config_string(h->ctx, "train.grad_accum_dtype", &acc);
+  *ps = strcmp(prec, "fp64") == 0 ? 8 : strcmp(prec, "bf16") == 0 ? 2 : 4;
+  *gs = *ps == 8 ? 8 : strcmp(acc, "fp32") == 0 ? 4 : *ps;
+}
+
+/* host gradient buffers per group: two with the delayed update, one when streaming, else none */
+static int grad_buffers(const zp_host* h) {
+  int dpu = 0, stream = 1;
+  h->config_bool(h->ctx, "offload.optimizer.delayed_update", &dpu);
+  h->config_bool(h->ctx, "offload.optimizer.stream_grads", &stream);
+  return dpu ? 2 : stream ? 1 : 0;
 }
 
 static size_t stage_elems(const zp_host* h, const zp_plan* p) {
@@ -153,11 +201,15 @@ static int oc_plan(const zp_host* h, zp_plan* p) {
   host += 4.0 * 4.0 * (double)stage_elems(h, p); /* staging: two slots each way, at most fp32 */
   int dpu = 0;
   h->config_bool(h->ctx, "offload.optimizer.delayed_update", &dpu);
-  double dpu_bytes = 0;
-  for (int g = 0; opt && dpu && g < p->n_groups; g++)
-    if (take[g]) dpu_bytes += 8.0 * (p->groups[g].place[ZP_CAT_OPTIM].sharded ? (double)p->groups[g].padded / p->world_size
-                                                                  : (double)p->groups[g].padded);
-  host += dpu_bytes;
+  double gs, ps;
+  elem_bytes(h, &gs, &ps);
+  /* per held element: the host gradient buffers, and the delayed update's parameter buffer */
+  double per = grad_buffers(h) * gs + (dpu ? ps : 0);
+  double buf_bytes = 0;
+  for (int g = 0; opt && g < p->n_groups; g++)
+    if (take[g]) buf_bytes += per * (p->groups[g].place[ZP_CAT_OPTIM].sharded ? (double)p->groups[g].padded / p->world_size
+                                                                             : (double)p->groups[g].padded);
+  host += buf_bytes;
   free(take);
   /* every rank of a run lives on this host (the launcher is single-host): all of them together
    * must fit in the memory available now */
@@ -165,7 +217,8 @@ static int oc_plan(const zp_host* h, zp_plan* p) {
   if (avail > 0 && host * p->world_size > avail) {
     h->set_error(h->ctx, "the optimizer state needs %.3g GB of host memory per rank x %d rank%s = %.3g GB (fp32 master + "
                  "Adam m, v: 12 bytes x parameters held, plus staging), but this machine has %.3g GB available "
-                 "(MemAvailable in /proc/meminfo): use more ranks with a sharding stage, a smaller model, or offload_nvme",
+                 "(MemAvailable in /proc/meminfo): use more ranks with a sharding stage, a smaller model, "
+                 "offload.optimizer.ratio < 1, offload.optimizer.stream_grads = false, or offload_nvme",
                  host / 1e9, p->world_size, p->world_size == 1 ? "" : "s", host * p->world_size / 1e9, avail / 1e9);
     return ZP_E_NOMEM;
   }
@@ -173,9 +226,12 @@ static int oc_plan(const zp_host* h, zp_plan* p) {
   h->config_float(h->ctx, "offload.optimizer.max_host_gb", &cap);
   if (cap > 0 && host > cap * 1e9) {
     h->set_error(h->ctx, "the optimizer state needs %.3g GB of host memory per rank (fp32 master + Adam m, v: 12 bytes x "
-                 "parameters held, plus %.3g GB staging%s), more than offload.optimizer.max_host_gb = %g",
-                 host / 1e9, (16.0 * (double)stage_elems(h, p) + dpu_bytes) / 1e9,
-                 dpu ? ", of which 8 bytes x parameters held for the delayed update" : "", cap);
+                 "parameters held, plus %.3g GB staging and host gradient buffers%s), more than "
+                 "offload.optimizer.max_host_gb = %g",
+                 host / 1e9, (16.0 * (double)stage_elems(h, p) + buf_bytes) / 1e9,
+                 dpu ? ": the delayed update keeps two gradient buffers and the parameters per group"
+                     : grad_buffers(h) ? ": offload.optimizer.stream_grads = false saves one gradient buffer" : "",
+                 cap);
     return ZP_E_NOMEM;
   }
   return ZP_OK;
@@ -209,6 +265,21 @@ static int adam_span(const oc_t* s, const zp_optim_range* u, uint64_t c0, uint64
   return ZP_OK;
 }
 
+/* ---------------- copies beside the compute (ABI 1.5; synchronous without it) ---------------- */
+
+static int has_async(const zp_host* h) { return ZP_TABLE_HAS(h->dev, copy_async) && ZP_TABLE_HAS(h->dev, copy_wait); }
+static int copy_start(const zp_host* h, void* dst, const void* src, size_t bytes, int h2d, uint64_t* ticket) {
+  *ticket = 0;
+  if (has_async(h)) return h->dev->copy_async(h->devb, dst, src, bytes, h2d, ticket);
+  return h2d ? h->dev->copy_h2d(h->devb, dst, src, bytes) : h->dev->copy_d2h(h->devb, dst, src, bytes);
+}
+static int copy_wait(const zp_host* h, uint64_t* ticket, int device) {
+  if (!*ticket || !has_async(h)) return ZP_OK;
+  int rc = h->dev->copy_wait(h->devb, *ticket, device);
+  if (!device && !rc) *ticket = 0; /* done: nothing left to wait for */
+  return rc;
+}
+
 /* ---------------- the worker: AdamW off the calling thread ---------------- */
 
 static void* worker_main(void* arg) {
@@ -222,7 +293,10 @@ static void* worker_main(void* arg) {
     s->qlen--;
     pthread_mutex_unlock(&s->mu);
     char msg[512] = "";
-    int rc = adam_span(s, t.u, t.c0, t.n, t.g, t.p, msg, sizeof msg);
+    int rc = ZP_OK;
+    if (t.wait && (rc = s->h->dev->copy_wait(s->h->devb, t.wait, 0))) /* the parameter buffer is free once copied out */
+      snprintf(msg, sizeof msg, "waiting for the parameter copy to the device failed");
+    if (!rc) rc = adam_span(s, t.u, t.c0, t.n, t.g, t.p, msg, sizeof msg);
     pthread_mutex_lock(&s->mu);
     if (rc && !s->werr) {
       s->werr = rc;
@@ -270,20 +344,34 @@ static int wait_jobs(oc_t* s, int g) {
   return rc;
 }
 
-/* the pending parameters of group g go to the device */
+/* the pending parameters of group g go to the device, on the copy stream; the compute stream
+ * waits for them, the worker before it writes pbuf again (the task's wait) */
 static int apply_pending(oc_t* s, oc_job* j) {
   if (j->state != J_PENDING) return ZP_OK;
   j->state = J_IDLE;
   if (!j->u.param_out) return ZP_OK;
   size_t bytes = (size_t)j->u.count * zp_dtype_size(j->u.pdt);
-  int rc = s->h->dev->copy_h2d(s->h->devb, j->u.param_out, j->pbuf, bytes);
+  int rc = copy_start(s->h, j->u.param_out, j->pbuf, bytes, 1, &j->h2d);
+  if (!rc) rc = copy_wait(s->h, &j->h2d, 1);
   if (!rc) s->h->note_io(s->h->ctx, ZP_TIER_CPU, 0, bytes);
+  return rc;
+}
+
+/* wait for every copy this tier started (before its buffers are reused or freed) */
+static int wait_copies(oc_t* s) {
+  int rc = ZP_OK;
+  for (int g = 0; g < s->n_groups; g++) {
+    int r1 = s->grads ? copy_wait(s->h, &s->grads[g].ticket, 0) : ZP_OK;
+    int r2 = s->jobs ? copy_wait(s->h, &s->jobs[g].h2d, 0) : ZP_OK;
+    if (!rc) rc = r1 ? r1 : r2;
+  }
   return rc;
 }
 
 static void oc_close(void* st) {
   oc_t* s = st;
   if (!s) return;
+  (void)wait_copies(s);
   if (s->worker_on) {
     pthread_mutex_lock(&s->mu);
     s->stop = 1;
@@ -298,11 +386,14 @@ static void oc_close(void* st) {
   }
   for (int g = 0; s->jobs && g < s->n_groups; g++) {
     oc_job* j = &s->jobs[g];
-    if (j->gbuf) s->h->free(s->h->ctx, ZP_CAT_BUFFER, ZP_TIER_CPU, j->gbuf, j->buf_bytes);
-    if (j->pbuf) s->h->free(s->h->ctx, ZP_CAT_BUFFER, ZP_TIER_CPU, j->pbuf, j->buf_bytes);
+    if (j->pbuf) s->h->free(s->h->ctx, ZP_CAT_BUFFER, ZP_TIER_CPU, j->pbuf, j->pbuf_bytes);
     free(j->piece_end);
     free(j->piece_decay);
   }
+  for (int g = 0; s->grads && g < s->n_groups; g++)
+    for (int i = 0; i < 2; i++)
+      if (s->grads[g].buf[i]) s->h->free(s->h->ctx, ZP_CAT_BUFFER, ZP_TIER_CPU, s->grads[g].buf[i], s->grads[g].bytes);
+  free(s->grads);
   free(s->jobs);
   free(s->queue);
   for (int i = 0; i < 2; i++) {
@@ -329,20 +420,32 @@ static int oc_open(const zp_host* h, void** state) {
   h->config_bool(h->ctx, "offload.optimizer.overlap", &s->overlap);
   s->qcap = s->n_groups + 2;
   if (!(s->queue = calloc((size_t)s->qcap, sizeof *s->queue))) return ZP_E_NOMEM;
+  s->stream = 1;
+  h->config_bool(h->ctx, "offload.optimizer.stream_grads", &s->stream);
+  int nbuf = grad_buffers(h);
   if (s->dpu && !(s->jobs = calloc((size_t)s->n_groups, sizeof *s->jobs))) return ZP_E_NOMEM;
+  if (nbuf && !(s->grads = calloc((size_t)s->n_groups, sizeof *s->grads))) return ZP_E_NOMEM;
   for (int g = 0; g < h->n_groups; g++) {
     zp_group_info in;
     int rc = h->group_info(h->ctx, g, &in);
     if (rc) return rc;
     uint64_t n = in.place[ZP_CAT_OPTIM].sharded ? in.shard_len : in.padded;
     if (n > mx) mx = n;
-    if (s->dpu && in.place[ZP_CAT_OPTIM].tier == ZP_TIER_CPU) {
-      oc_job* j = &s->jobs[g];
-      j->buf_bytes = (size_t)n * 4;
-      rc = h->alloc(h->ctx, ZP_CAT_BUFFER, ZP_TIER_CPU, j->buf_bytes, "offload_cpu delayed-update gradients", &j->gbuf);
-      if (!rc) rc = h->alloc(h->ctx, ZP_CAT_BUFFER, ZP_TIER_CPU, j->buf_bytes, "offload_cpu delayed-update parameters", &j->pbuf);
-      if (rc) return rc;
+    if (in.place[ZP_CAT_OPTIM].tier != ZP_TIER_CPU || n == 0) continue;
+    if (nbuf) {
+      oc_grads* gr = &s->grads[g];
+      gr->nbuf = nbuf;
+      gr->busy = -1;
+      gr->bytes = (size_t)n * zp_dtype_size(in.dtype[ZP_CAT_GRAD]);
+      for (int i = 0; i < nbuf && !rc; i++)
+        rc = h->alloc(h->ctx, ZP_CAT_BUFFER, ZP_TIER_CPU, gr->bytes, "offload_cpu host gradients", &gr->buf[i]);
     }
+    if (s->dpu && !rc) {
+      oc_job* j = &s->jobs[g];
+      j->pbuf_bytes = (size_t)n * zp_dtype_size(in.dtype[ZP_CAT_PARAM]);
+      rc = h->alloc(h->ctx, ZP_CAT_BUFFER, ZP_TIER_CPU, j->pbuf_bytes, "offload_cpu delayed-update parameters", &j->pbuf);
+    }
+    if (rc) return rc;
   }
   if (mx > chunk_elems(h)) mx = chunk_elems(h);
   s->stage_bytes = (size_t)mx * 4;
@@ -363,21 +466,79 @@ static int oc_open(const zp_host* h, void** state) {
   return ZP_OK;
 }
 
+/* ---------------- gradients streamed in during the backward ---------------- */
+
+/* a strategy's final gradient range: start its copy into the group's free host buffer */
+static int oc_grad_ready(void* st, const zp_grad_range* r) {
+  oc_t* s = st;
+  const zp_host* h = s->h;
+  if (!s->stream || !s->grads || r->group < 0 || r->group >= s->n_groups || !s->grads[r->group].nbuf) return ZP_OK;
+  oc_grads* gr = &s->grads[r->group];
+  size_t gs = zp_dtype_size(r->gdt);
+  if ((size_t)(r->state_off + r->count) * gs > gr->bytes) {
+    h->set_error(h->ctx, "group %d: gradient range [%llu,+%llu) does not fit its host buffer (%zu bytes)", r->group,
+                 (unsigned long long)r->state_off, (unsigned long long)r->count, gr->bytes);
+    return ZP_E_INTERNAL;
+  }
+  int idx = gr->nbuf == 2 && gr->busy == 0 ? 1 : 0; /* never the buffer a queued job reads */
+  size_t bytes = (size_t)r->count * gs;
+  int rc = copy_start(h, (char*)gr->buf[idx] + (size_t)r->state_off * gs, r->grad, bytes, 0, &gr->ticket);
+  if (rc) return rc;
+  h->note_io(h->ctx, ZP_TIER_CPU, 1, bytes);
+  gr->valid = 1;
+  gr->idx = idx;
+  gr->step_t = r->step_t;
+  gr->state_off = r->state_off;
+  gr->count = r->count;
+  gr->src = r->grad;
+  gr->gdt = r->gdt;
+  return ZP_OK;
+}
+
+/* the host copy of u's gradient if it was streamed in for this step (waited for), else NULL;
+ * *idx: its buffer */
+static const void* take_streamed(oc_t* s, const zp_optim_range* u, int* idx, int* rc) {
+  *rc = ZP_OK;
+  oc_grads* gr = s->grads ? &s->grads[u->group] : NULL;
+  if (!gr || !gr->valid) return NULL;
+  gr->valid = 0; /* used now, or stale */
+  size_t gs = zp_dtype_size(u->gdt);
+  if (gr->step_t != u->hp.step_t || gr->gdt != u->gdt || u->state_off < gr->state_off ||
+      u->state_off + u->count > gr->state_off + gr->count ||
+      (const char*)u->grad != (const char*)gr->src + (size_t)(u->state_off - gr->state_off) * gs)
+    return NULL;
+  if ((*rc = copy_wait(s->h, &gr->ticket, 0))) return NULL;
+  *idx = gr->idx;
+  s->streamed++;
+  return (const char*)gr->buf[gr->idx] + (size_t)u->state_off * gs;
+}
+
 /* queue the AdamW of range u on the worker; the device keeps its parameters until the next call */
 static int update_delayed(oc_t* s, const zp_optim_range* u) {
   const zp_host* h = s->h;
   oc_job* j = &s->jobs[u->group];
-  if (!j->gbuf || (size_t)u->count * 4 > j->buf_bytes) {
-    h->set_error(h->ctx, "group %d: delayed update of %llu elements does not fit its staging", u->group,
+  oc_grads* gr = s->grads ? &s->grads[u->group] : NULL;
+  size_t gs = zp_dtype_size(u->gdt);
+  if (!j->pbuf || !gr || gr->nbuf != 2 || (size_t)(u->state_off + u->count) * gs > gr->bytes ||
+      (size_t)u->count * zp_dtype_size(u->pdt) > j->pbuf_bytes) {
+    h->set_error(h->ctx, "group %d: delayed update of %llu elements does not fit its host buffers", u->group,
                  (unsigned long long)u->count);
     return ZP_E_INTERNAL;
   }
-  int rc = wait_jobs(s, u->group);
-  if (!rc) rc = apply_pending(s, j); /* step t-1's parameters reach the device now */
+  int rc = wait_jobs(s, u->group); /* step t-1's AdamW of this group: its gradient buffer is free after */
+  if (!rc) rc = apply_pending(s, j); /* step t-1's parameters go to the device now */
   if (rc) return rc;
-  size_t gb = (size_t)u->count * zp_dtype_size(u->gdt);
-  if ((rc = h->dev->copy_d2h(h->devb, j->gbuf, u->grad, gb))) return rc;
-  h->note_io(h->ctx, ZP_TIER_CPU, 1, gb);
+  int idx = 0;
+  const void* hg = take_streamed(s, u, &idx, &rc);
+  if (rc) return rc;
+  if (!hg) { /* not streamed in: copy it now */
+    idx = gr->busy == 0 ? 1 : 0;
+    hg = (const char*)gr->buf[idx] + (size_t)u->state_off * gs;
+    size_t gb = (size_t)u->count * gs;
+    if ((rc = h->dev->copy_d2h(h->devb, (void*)hg, u->grad, gb))) return rc;
+    h->note_io(h->ctx, ZP_TIER_CPU, 1, gb);
+  }
+  gr->busy = idx;
   if (u->n_pieces > j->piece_cap) {
     uint64_t* pe = realloc(j->piece_end, (size_t)u->n_pieces * sizeof *pe);
     if (pe) j->piece_end = pe;
@@ -391,9 +552,9 @@ static int update_delayed(oc_t* s, const zp_optim_range* u) {
   j->u = *u;
   j->u.piece_end = j->piece_end;
   j->u.piece_decay = j->piece_decay;
-  j->u.grad = NULL; /* device pointer: the worker uses gbuf */
+  j->u.grad = NULL; /* device pointer: the worker uses the host buffer */
   j->state = J_QUEUED;
-  oc_task t = {u->group, &j->u, 0, u->count, j->gbuf, u->param_out ? j->pbuf : NULL};
+  oc_task t = {u->group, &j->u, 0, u->count, hg, u->param_out ? j->pbuf : NULL, j->h2d};
   push_task(s, t);
   return ZP_OK;
 }
@@ -440,15 +601,19 @@ static int oc_update(void* st, const zp_optim_range* u) {
   uint64_t nch = (u->count + chunk - 1) / chunk;
   long long base = s->chunks_done; /* no other chunk is in flight between updates */
   long long pushed = 0;
-  int rc = ZP_OK;
+  int idx, rc = ZP_OK;
+  /* streamed in during the backward: AdamW reads the host copy, no gradient copies here */
+  const char* hg = take_streamed(s, u, &idx, &rc);
+  if (rc) return rc;
 #define CH_N(k) (u->count - (k) * chunk < chunk ? u->count - (k) * chunk : chunk)
-#define D2H(k) (rc = h->dev->copy_d2h(h->devb, s->gstage[(k) % 2], (const char*)u->grad + (k) * chunk * gs, (size_t)CH_N(k) * gs), \
-                rc ? 0 : (h->note_io(h->ctx, ZP_TIER_CPU, 1, (uint64_t)CH_N(k) * gs), 0))
+#define GRAD(k) (hg ? (const void*)(hg + (k) * chunk * gs) : (const void*)s->gstage[(k) % 2])
+#define D2H(k) (hg ? 0 : (rc = h->dev->copy_d2h(h->devb, s->gstage[(k) % 2], (const char*)u->grad + (k) * chunk * gs, (size_t)CH_N(k) * gs), \
+                rc ? 0 : (h->note_io(h->ctx, ZP_TIER_CPU, 1, (uint64_t)CH_N(k) * gs), 0)))
 #define H2D(k) (u->param_out ? (rc = h->dev->copy_h2d(h->devb, (char*)u->param_out + (k) * chunk * ps, s->pstage[(k) % 2], (size_t)CH_N(k) * ps), \
                 rc ? 0 : (h->note_io(h->ctx, ZP_TIER_CPU, 0, (uint64_t)CH_N(k) * ps), 0)) : 0)
   if (nch) D2H(0);
   for (uint64_t k = 0; k < nch && !rc; k++) {
-    oc_task t = {-1, u, k * chunk, CH_N(k), s->gstage[k % 2], u->param_out ? s->pstage[k % 2] : NULL};
+    oc_task t = {-1, u, k * chunk, CH_N(k), GRAD(k), u->param_out ? s->pstage[k % 2] : NULL, 0};
     push_task(s, t);
     pushed++;
     if (!s->overlap && (rc = wait_chunks(s, base + (long long)k + 1))) break;
@@ -459,6 +624,7 @@ static int oc_update(void* st, const zp_optim_range* u) {
   }
   if (!rc && nch) H2D(nch - 1);
 #undef CH_N
+#undef GRAD
 #undef D2H
 #undef H2D
   if (rc) {
@@ -470,9 +636,10 @@ static int oc_update(void* st, const zp_optim_range* u) {
 
 static const zp_tier_ops oc_ops = {
   sizeof(zp_tier_ops), ZP_TIER_CPU, oc_open, oc_close, oc_plan, oc_update, oc_step_end, NULL, NULL, oc_sync,
+  oc_grad_ready,
 };
 static const zp_plugin_desc oc_desc = {
-  sizeof(zp_plugin_desc), ZP_ABI_MAJOR, ZP_ABI_MINOR, "offload_cpu", "0.3.0", ZP_KIND_TIER,
+  sizeof(zp_plugin_desc), ZP_ABI_MAJOR, ZP_ABI_MINOR, "offload_cpu", "0.4.0", ZP_KIND_TIER,
   "host-RAM tier: fp32 master + Adam moments in host memory, vectorised CPU AdamW",
   NULL, &oc_ops, NULL, NULL,
 };

@@ -741,6 +741,7 @@ static int nv_write(void* st, int g, zp_category cat, uint64_t off, const void* 
 
 static const zp_tier_ops nv_ops = {
   sizeof(zp_tier_ops), ZP_TIER_NVME, nv_open, nv_close, nv_plan, nv_update, nv_step_end, nv_read, nv_write, NULL,
+  NULL, /* grad_ready: gradients are read at update time */ 
 };
 static const zp_plugin_desc nv_desc = {
   sizeof(zp_plugin_desc), ZP_ABI_MAJOR, ZP_ABI_MINOR, "offload_nvme", "0.2.0", ZP_KIND_TIER,

@@ -10,6 +10,8 @@
 #   transfer out per step (bytes = elements held x dtype size);
 # - with pipeline parallelism (pp=2) too;
 # - the chunked transfer pipeline (1000-element chunks, with and without overlap) bitwise too;
+# - gradients streamed to the host during the backward (the default) or copied at the update
+#   (stream_grads false): the same bits, the same transfers;
 # - the delayed parameter update: stages 1-3 equal stage none bitwise, the same transfers, a
 #   different schedule than the synchronous update, and bitwise resume (its reference
 #   recurrence is checked in tests/unit/test_offload_dpu.c);
@@ -73,6 +75,14 @@ for prec in fp32 bf16; do
     fi
   done
 done
+# gradients copied at the update instead of streamed in during the backward (stream_grads
+# false; the default streams): the same bits and the same transfers
+for st in none stage1 stage3; do
+  run "cpu-nostream-$st" 2 train.precision=bf16 zero.plugin=$st offload.optimizer.plugin=offload_cpu \
+    offload.optimizer.stream_grads=false || continue
+  compare ref-bf16 "cpu-nostream-$st" "offload_cpu + $st, stream_grads false vs no offload, bf16 (bitwise)"
+  if [ "$st" = none ]; then tiers ref-bf16 "cpu-nostream-$st" bf16 $steps; else tiers "ref-$st-bf16" "cpu-nostream-$st" bf16 $steps; fi
+done
 # the scalar AdamW path gives the same bits as the vectorised default
 ZP_ADAMW_ISA=scalar run cpu-scalar 2 train.precision=bf16 zero.plugin=stage2 offload.optimizer.plugin=offload_cpu &&
   compare ref-bf16 cpu-scalar "offload_cpu, ZP_ADAMW_ISA=scalar vs no offload (bitwise)"
@@ -104,6 +114,8 @@ if run dpu-none 2 train.precision=bf16 zero.plugin=none "${dpu[@]}"; then
     run "dpu-$st" 2 train.precision=bf16 zero.plugin=$st "${dpu[@]}" &&
       compare dpu-none "dpu-$st" "delayed update: $st vs none, bf16, 2 ranks (bitwise)"
   done
+  run dpu-nostream 2 train.precision=bf16 zero.plugin=stage2 offload.optimizer.stream_grads=false "${dpu[@]}" &&
+    compare dpu-none dpu-nostream "delayed update: stage2 with stream_grads false vs none (bitwise)"
 fi
 run dpu-full 2 train.precision=bf16 zero.plugin=stage2 train.steps=6 train.checkpoint_every=3 "${dpu[@]}" &&
   run dpu-res 2 train.precision=bf16 zero.plugin=stage2 train.steps=3 "${dpu[@]}" &&

@@ -8,7 +8,11 @@
  * the reference bit for bit (fp32 and bf16 storage); the delayed run differs from the
  * synchronous one (the flag really changes the schedule); after a flush the device parameters
  * are the last step's (a forward equals the synchronous reference's forward at P_N); the
- * ledger counts the per-group staging. */
+ * ledger counts the per-group host buffers exactly.
+ * Gradient streaming (offload.optimizer.stream_grads, the default): the gradients reach the host
+ * during the micro-batch (before the step) exactly once per step, and runs with and without it
+ * give the same bits, synchronous and delayed. The CPU backend defers async copies until they
+ * are waited for, so a missing wait in the tier shows here as wrong numbers. */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,7 +25,7 @@
 #define STEPS 7
 #define WARMUP 2
 
-static int make_cfg(zp_config* c, const char* prec, int offload, int delayed) {
+static int make_cfg(zp_config* c, const char* prec, int offload, int delayed, int stream) {
   char err[1024];
   int rc = zp_config_defaults(c);
   char p[64], w[80];
@@ -30,7 +34,8 @@ static int make_cfg(zp_config* c, const char* prec, int offload, int delayed) {
   const char* sets[] = {"model.n_layer=2", "model.n_head=2", "model.d_model=32", "model.seq_len=16", "model.vocab_size=64",
                         "model.vocab_pad=64", "train.micro_batch=2", "train.threads=1", "zero.plugin=none", p,
                         offload ? "offload.optimizer.plugin=offload_cpu" : "offload.optimizer.plugin=none",
-                        delayed ? "offload.optimizer.delayed_update=true" : "offload.optimizer.delayed_update=false", w};
+                        delayed ? "offload.optimizer.delayed_update=true" : "offload.optimizer.delayed_update=false", w,
+                        stream ? "offload.optimizer.stream_grads=true" : "offload.optimizer.stream_grads=false"};
   for (size_t i = 0; i < sizeof sets / sizeof sets[0] && !rc; i++) {
     rc = zp_config_set(c, sets[i], err, sizeof err);
     if (rc) fprintf(stderr, "config %s: %s\n", sets[i], err);
@@ -78,8 +83,9 @@ static void params_free(zp_run* r, char** b) {
   free(b);
 }
 
-/* mode 0: plain steps; 1: the reference recurrence (swap in P_{t-2} for delayed steps) */
-static int run_steps(zp_run* r, int mode, double* losses) {
+/* mode 0: plain steps; 1: the reference recurrence (swap in P_{t-2} for delayed steps).
+ * *early: gradient bytes that reached the host tier during the micro-batches (streamed). */
+static int run_steps(zp_run* r, int mode, double* losses, unsigned long long* early) {
   int N = r->B * r->T, rc = 0;
   int32_t* in = malloc((size_t)N * sizeof *in);
   int32_t* tg = malloc((size_t)N * sizeof *tg);
@@ -91,7 +97,11 @@ static int run_steps(zp_run* r, int mode, double* losses) {
     if (mode == 1) rc = params_io(r, cur, 0);
     if (!rc && swap) rc = params_io(r, prev, 1);
     if (!rc) rc = zp_run_zero_grads(r);
+    r->host.micro_batch = 0; /* one micro-batch per step, as the training loop says */
+    r->host.micro_batches = 1;
+    unsigned long long io0 = r->ledger.io_bytes[ZP_TIER_CPU][1];
     if (!rc) rc = zp_run_micro_batch(r, in, tg, 1.0f / (float)N, &losses[t - 1]);
+    if (early) *early += r->ledger.io_bytes[ZP_TIER_CPU][1] - io0;
     if (!rc && swap) rc = params_io(r, cur, 1);
     if (!rc) rc = zp_run_step(r, 3e-3f);
     if (mode == 1) {
@@ -135,23 +145,33 @@ static void free_params(zp_run* r, float** p) {
   free(p);
 }
 
-static void dpu_vs_reference(const char* prec) {
+static void dpu_vs_reference(const char* prec, int stream) {
   zp_config cd, cr, cs;
   zp_run rd, rr, rs;
   double ld[STEPS], lr[STEPS], ls[STEPS];
-  CHECK_EQ_INT(make_cfg(&cd, prec, 1, 1), 0);
-  CHECK_EQ_INT(make_cfg(&cr, prec, 0, 0), 0);
-  CHECK_EQ_INT(make_cfg(&cs, prec, 1, 0), 0);
+  CHECK_EQ_INT(make_cfg(&cd, prec, 1, 1, stream), 0);
+  CHECK_EQ_INT(make_cfg(&cr, prec, 0, 0, stream), 0);
+  CHECK_EQ_INT(make_cfg(&cs, prec, 1, 0, stream), 0);
   CHECK_EQ_INT(open_run(&rd, &cd), 0);
   CHECK_EQ_INT(open_run(&rr, &cr), 0);
   CHECK_EQ_INT(open_run(&rs, &cs), 0);
-  /* the delayed run holds two per-group host staging buffers (8 bytes x held parameters) */
+  /* host buffers per held parameter: the delayed run two gradient buffers and the parameters,
+   * the synchronous one a gradient buffer when streaming (the staging slots are the same) */
   uint64_t held = 0;
   for (int g = 0; g < rd.layout.n_groups; g++) held += rd.groups[g].info.padded;
-  CHECK(rd.ledger.cur[ZP_CAT_BUFFER][ZP_TIER_CPU] >= rs.ledger.cur[ZP_CAT_BUFFER][ZP_TIER_CPU] + (long long)(8 * held));
-  CHECK_EQ_INT(run_steps(&rd, 0, ld), 0);
-  CHECK_EQ_INT(run_steps(&rr, 1, lr), 0);
-  CHECK_EQ_INT(run_steps(&rs, 0, ls), 0);
+  long long gs = (long long)zp_dtype_size(rd.grad_dt), pz = (long long)zp_dtype_size(rd.param_dt);
+  CHECK_EQ_INT(rd.ledger.cur[ZP_CAT_BUFFER][ZP_TIER_CPU] - rs.ledger.cur[ZP_CAT_BUFFER][ZP_TIER_CPU],
+               (2 * gs + pz - (stream ? gs : 0)) * (long long)held);
+  unsigned long long early_d = 0, early_s = 0;
+  CHECK_EQ_INT(run_steps(&rd, 0, ld, &early_d), 0);
+  CHECK_EQ_INT(run_steps(&rr, 1, lr, NULL), 0);
+  CHECK_EQ_INT(run_steps(&rs, 0, ls, &early_s), 0);
+  /* streamed: every step's gradient reached the host during its micro-batch, once */
+  unsigned long long want = stream ? (unsigned long long)(STEPS * held * gs) : 0;
+  CHECK_MSG(early_d == want && early_s == want, "%s stream %d: gradient bytes to the host during the micro-batches: delayed %llu, "
+            "synchronous %llu, want %llu", prec, stream, early_d, early_s, want);
+  CHECK_EQ_INT(rd.ledger.io_bytes[ZP_TIER_CPU][1], STEPS * held * gs);
+  CHECK_EQ_INT(rs.ledger.io_bytes[ZP_TIER_CPU][1], STEPS * held * gs);
   int same_loss = 1, sync_differs = 0;
   for (int t = 0; t < STEPS; t++) {
     if (memcmp(&ld[t], &lr[t], sizeof(double))) {
@@ -195,12 +215,16 @@ static void dpu_vs_reference(const char* prec) {
   zp_config_free(&cs);
 }
 
-static void test_dpu_fp32(void) { dpu_vs_reference("fp32"); }
-static void test_dpu_bf16(void) { dpu_vs_reference("bf16"); }
+static void test_dpu_fp32(void) { dpu_vs_reference("fp32", 1); }
+static void test_dpu_bf16(void) { dpu_vs_reference("bf16", 1); }
+static void test_dpu_fp32_nostream(void) { dpu_vs_reference("fp32", 0); }
+static void test_dpu_bf16_nostream(void) { dpu_vs_reference("bf16", 0); }
 
 int main(void) {
   setenv("ZP_PLUGIN_PATH", ZP_BUILD_DIR "/plugins", 0);
   ZT_RUN(test_dpu_fp32);
   ZT_RUN(test_dpu_bf16);
+  ZT_RUN(test_dpu_fp32_nostream);
+  ZT_RUN(test_dpu_bf16_nostream);
   return zt_done();
 }
