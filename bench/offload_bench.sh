@@ -5,7 +5,9 @@
 # 2 steps). Prints one markdown table with ratios to the no-offload run of the same grad_accum.
 #
 # Run (repo root, .deps carried; reuses an existing build):
-#   bash bench/offload_bench.sh [matrix] [largest]      (default: matrix)
+#   bash bench/offload_bench.sh [matrix] [stream] [largest]      (default: matrix)
+# stream: grad_accum 1 without offload, and offload synchronous / delayed with and without
+#   offload.optimizer.stream_grads (gradients copied to the host during the backward).
 # Env: OUT (default /tmp/zp-out), ZP_WORK (default /tmp/zp-offload-work), ZP_BUILD (default
 #   build-gpu), SKIP_BUILD=1, STEPS (per matrix run, default 12; median of steps 5..N),
 #   ZP_STAGE (zero.plugin for the matrix, default none: one GPU), THREADS (offload.optimizer.threads,
@@ -96,11 +98,22 @@ for w in "${WHAT[@]}"; do
         run "ga${ga}_offload" $s --set train.grad_accum=$ga --set zero.plugin=$STAGE "${OFF[@]}"
         run "ga${ga}_offload_dpu" $s --set train.grad_accum=$ga --set zero.plugin=$STAGE "${DPU[@]}"
       done ;;
+    stream)
+      # gradients streamed to the host during the backward (offload.optimizer.stream_grads, the
+      # default) against copied at the update, synchronous and delayed, grad_accum 1
+      NS=(--set offload.optimizer.stream_grads=false)
+      run "ga1_none" "$STEPS" --set zero.plugin=$STAGE
+      run "ga1_offload" "$STEPS" --set zero.plugin=$STAGE "${OFF[@]}"
+      run "ga1_offload_nostream" "$STEPS" --set zero.plugin=$STAGE "${OFF[@]}" "${NS[@]}"
+      run "ga1_offload_dpu" "$STEPS" --set zero.plugin=$STAGE "${DPU[@]}"
+      run "ga1_offload_dpu_nostream" "$STEPS" --set zero.plugin=$STAGE "${DPU[@]}" "${NS[@]}" ;;
     largest)
       # the largest candidate `zp plan` accepts, both on this host's memory (MemAvailable) and on
       # the GPU's (--device-gb from nvidia-smi), trying offload.optimizer.ratio from 1 (all of the
       # optimizer state on the host) down: a partial offload keeps the first groups' state on the
       # GPU when the host cannot hold all of it; then 2 real steps of it
+      # host memory is the limit here: no extra host gradient buffer (stream_grads off)
+      LOFF=("${OFF[@]}" --set offload.optimizer.stream_grads=false)
       dgb=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits 2>/dev/null | head -1 | awk '{ printf "%.1f", $1 / 1024 }')
       dev=(); [ -n "$dgb" ] && dev=(--device-gb "$dgb")
       note "largest: device memory ${dgb:-unknown} GiB; ratios tried: $LARGEST_RATIOS"
@@ -109,7 +122,7 @@ for w in "${WHAT[@]}"; do
         IFS=x read -r LL LD LH <<< "$c"
         for ra in $LARGEST_RATIOS; do
           if "$BUILD/zp" plan "$SRC/examples/gpt2-1.5b.toml" "${dev[@]}" --set model.n_layer=$LL --set model.d_model=$LD --set model.n_head=$LH \
-            --set train.micro_batch=$LMB --set train.recompute=true --set zero.plugin=$STAGE "${OFF[@]}" \
+            --set train.micro_batch=$LMB --set train.recompute=true --set zero.plugin=$STAGE "${LOFF[@]}" \
             --set offload.optimizer.ratio=$ra > "$OUT/offload_plan_$c.txt" 2>&1; then
             pick=$c pr=$ra; note "largest: zp plan accepts $c at ratio $ra: $(grep -m1 -o '[0-9,]* parameters' "$OUT/offload_plan_$c.txt")"; break 2
           fi
@@ -121,9 +134,9 @@ for w in "${WHAT[@]}"; do
       IFS=x read -r LL LD LH <<< "$pick"
       free -g | head -2
       run "largest_L${LL}_d${LD}" 2 --set model.n_layer=$LL --set model.d_model=$LD --set model.n_head=$LH \
-        --set train.micro_batch=$LMB --set train.recompute=true --set zero.plugin=$STAGE "${OFF[@]}" --set offload.optimizer.ratio=$pr
+        --set train.micro_batch=$LMB --set train.recompute=true --set zero.plugin=$STAGE "${LOFF[@]}" --set offload.optimizer.ratio=$pr
       grep -B2 -A12 "memory at end" "$OUT/offload_largest_L${LL}_d${LD}.log" | head -16 ;;
-    *) echo "offload_bench: unknown part '$w' (matrix, largest)"; exit 2 ;;
+    *) echo "offload_bench: unknown part '$w' (matrix, stream, largest)"; exit 2 ;;
   esac
 done
 
