@@ -319,6 +319,7 @@ static int h_optim_update(zp_host_ctx* c, int g, uint64_t first, uint64_t count,
     u.gdt = gdt;
     u.param_out = param_out;
     u.pdt = pdt;
+    u.param_host = in->place[ZP_CAT_PARAM].tier != ZP_TIER_GPU; /* parameter offload: the shard is host memory */
     if (in->buf[ZP_CAT_OPTIM]) {
       u.m = (float*)in->buf[ZP_CAT_OPTIM] + (first - base);
       u.v = (float*)in->buf[ZP_CAT_OPTIM] + held + (first - base);
@@ -337,6 +338,11 @@ static int h_optim_update(zp_host_ctx* c, int g, uint64_t first, uint64_t count,
     zp_trace_span(ZP_TR_COMPUTE, "tier_update", g, t0);
     if (rc && !r->err[0]) snprintf(r->err, sizeof r->err, "tier %s: update of group %d failed (status %d)", zp_tier_name(ot), g, rc);
     return rc;
+  }
+  if (in->place[ZP_CAT_PARAM].tier != ZP_TIER_GPU) {
+    snprintf(r->err, sizeof r->err, "optim_update: group %d's parameters are on tier %s but its optimizer state on the device "
+             "(parameter offload needs the optimizer state on the same tier)", g, zp_tier_name(in->place[ZP_CAT_PARAM].tier));
+    return ZP_E_INVALID;
   }
   float* m = (float*)in->buf[ZP_CAT_OPTIM] + (first - base);
   float* v = (float*)in->buf[ZP_CAT_OPTIM] + held + (first - base);

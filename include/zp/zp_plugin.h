@@ -276,6 +276,9 @@ typedef struct zp_optim_range {
   const uint64_t* piece_end;  /* end element (exclusive, same numbering as first) of each piece */
   const unsigned char* piece_decay; /* 1: weight decay applies to that piece */
   zp_optim_hparams hp;
+  /* (1.5) 1: param_out is host memory (PARAM itself lives on this tier: parameter offload with
+   * stage 3), written by the tier directly; 0: device memory (check struct_size first) */
+  int param_host;
 } zp_optim_range;
 
 /* (1.5) a final gradient range, reported by a strategy (zp_host.shard_ready) */
@@ -513,7 +516,7 @@ typedef struct zp_backend_ops {
    *   change and its destination must not be read (host or device).
    * copy_wait: device 0: the calling thread blocks until copy `ticket` is done (any thread may
    *   call this); device 1: work issued after this call runs after the copy (returns at once).
-   *   Tickets complete in issue order; ticket 0 is always done. */
+   *   Copies in one direction complete in issue order; ticket 0 is always done. */
   int (*copy_async)(zp_backend* b, void* dst, const void* src, size_t bytes, int h2d,
                     uint64_t* ticket);
   int (*copy_wait)(zp_backend* b, uint64_t ticket, int device);

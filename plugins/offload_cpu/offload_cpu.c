@@ -8,6 +8,9 @@
  * group's final gradient (grad_ready), its device -> host copy starts at once on the backend's
  * copy stream (copy_async) into a per-group host buffer, overlapping the rest of the backward;
  * update() then runs AdamW straight from that buffer. Unreported ranges are copied at update.
+ * Parameter offload (offload.param.plugin = "offload_cpu", stage 3 only, with the optimizer here
+ * at ratio 1): the plan puts the sharded PARAM shards in host memory too; the AdamW writes them
+ * in place (param_host ranges) and stage 3 copies each shard to the device for its gathers.
  * Delayed parameter update (offload.optimizer.delayed_update, after delayed_update_warmup
  * steps): update(g) of step t first waits for group g's host AdamW of step t-1 and copies its
  * parameters to the device, then copies step t's gradient to per-group host staging and queues
@@ -32,6 +35,7 @@
  *   its copy was waited for (the CPU backend defers copies until waited for, so a missing wait
  *   fails the CPU tests); close() waits for every copy this tier issued. */
 #include <pthread.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -167,16 +171,22 @@ static double mem_available(void) {
 static int oc_plan(const zp_host* h, zp_plan* p) {
   int opt, par;
   which(h, &opt, &par);
-  if (par) {
-    h->set_error(h->ctx, "parameter offload to host memory (offload.param.plugin = \"offload_cpu\") is not implemented yet; "
-                 "offload.optimizer.plugin = \"offload_cpu\" is");
-    return ZP_E_NOT_IMPLEMENTED;
+  if (par && !opt) {
+    h->set_error(h->ctx, "offload.param.plugin = \"offload_cpu\" needs offload.optimizer.plugin = \"offload_cpu\" too: the "
+                 "host AdamW writes the offloaded parameter shards in place (the device optimizer cannot reach them)");
+    return ZP_E_INVALID;
   }
   unsigned char* take = calloc((size_t)(p->n_groups > 0 ? p->n_groups : 1), 1);
   if (!take) return ZP_E_NOMEM;
   double ratio = 1.0;
   if (opt && zp_offload_pick(h, p, take, &ratio)) {
     free(take);
+    return ZP_E_INVALID;
+  }
+  if (par && ratio < 1.0) {
+    free(take);
+    h->set_error(h->ctx, "offload.param.plugin = \"offload_cpu\" with offload.optimizer.ratio = %g: a group whose parameters "
+                 "are on the host needs its optimizer state there too; use ratio = 1 with parameter offload", ratio);
     return ZP_E_INVALID;
   }
   int dpu_on = 0;
@@ -210,25 +220,36 @@ static int oc_plan(const zp_host* h, zp_plan* p) {
     if (take[g]) buf_bytes += per * (p->groups[g].place[ZP_CAT_OPTIM].sharded ? (double)p->groups[g].padded / p->world_size
                                                                              : (double)p->groups[g].padded);
   host += buf_bytes;
+  /* parameter offload (stage 3): the sharded PARAM shards live here; the strategy copies each to
+   * the device for its gathers. Groups it keeps replicated (zero.persist_threshold) stay. */
+  double par_bytes = 0;
+  for (int g = 0; par && g < p->n_groups; g++) {
+    zp_group_plan* gp = &p->groups[g];
+    if (!gp->place[ZP_CAT_PARAM].sharded) continue;
+    gp->place[ZP_CAT_PARAM].tier = ZP_TIER_CPU;
+    par_bytes += ps * (double)gp->padded / p->world_size;
+  }
+  host += par_bytes;
   free(take);
   /* every rank of a run lives on this host (the launcher is single-host): all of them together
    * must fit in the memory available now */
   double avail = mem_available();
   if (avail > 0 && host * p->world_size > avail) {
     h->set_error(h->ctx, "the optimizer state needs %.3g GB of host memory per rank x %d rank%s = %.3g GB (fp32 master + "
-                 "Adam m, v: 12 bytes x parameters held, plus staging), but this machine has %.3g GB available "
+                 "Adam m, v: 12 bytes x parameters held, plus staging%s), but this machine has %.3g GB available "
                  "(MemAvailable in /proc/meminfo): use more ranks with a sharding stage, a smaller model, "
                  "offload.optimizer.ratio < 1, offload.optimizer.stream_grads = false, or offload_nvme",
-                 host / 1e9, p->world_size, p->world_size == 1 ? "" : "s", host * p->world_size / 1e9, avail / 1e9);
+                 host / 1e9, p->world_size, p->world_size == 1 ? "" : "s", host * p->world_size / 1e9,
+                 par ? " and the offloaded parameter shards" : "", avail / 1e9);
     return ZP_E_NOMEM;
   }
   double cap = 0;
   h->config_float(h->ctx, "offload.optimizer.max_host_gb", &cap);
   if (cap > 0 && host > cap * 1e9) {
     h->set_error(h->ctx, "the optimizer state needs %.3g GB of host memory per rank (fp32 master + Adam m, v: 12 bytes x "
-                 "parameters held, plus %.3g GB staging and host gradient buffers%s), more than "
+                 "parameters held, plus %.3g GB staging and host gradient buffers%s%s), more than "
                  "offload.optimizer.max_host_gb = %g",
-                 host / 1e9, (16.0 * (double)stage_elems(h, p) + buf_bytes) / 1e9,
+                 host / 1e9, (16.0 * (double)stage_elems(h, p) + buf_bytes) / 1e9, par ? " and the parameter shards" : "",
                  dpu ? ": the delayed update keeps two gradient buffers and the parameters per group"
                      : grad_buffers(h) ? ": offload.optimizer.stream_grads = false saves one gradient buffer" : "",
                  cap);
@@ -344,13 +365,24 @@ static int wait_jobs(oc_t* s, int g) {
   return rc;
 }
 
+/* does update u write its parameters to host memory (parameter offload, ABI 1.5)? */
+static int param_host(const zp_optim_range* u) {
+  return u->struct_size >= offsetof(zp_optim_range, param_host) + sizeof u->param_host && u->param_host;
+}
+
 /* the pending parameters of group g go to the device, on the copy stream; the compute stream
- * waits for them, the worker before it writes pbuf again (the task's wait) */
+ * waits for them, the worker before it writes pbuf again (the task's wait). With parameter
+ * offload they go into the host PARAM shard instead (the strategy copies it for its gathers,
+ * none of which is in flight during the step). */
 static int apply_pending(oc_t* s, oc_job* j) {
   if (j->state != J_PENDING) return ZP_OK;
   j->state = J_IDLE;
   if (!j->u.param_out) return ZP_OK;
   size_t bytes = (size_t)j->u.count * zp_dtype_size(j->u.pdt);
+  if (param_host(&j->u)) {
+    memcpy(j->u.param_out, j->pbuf, bytes);
+    return ZP_OK;
+  }
   int rc = copy_start(s->h, j->u.param_out, j->pbuf, bytes, 1, &j->h2d);
   if (!rc) rc = copy_wait(s->h, &j->h2d, 1);
   if (!rc) s->h->note_io(s->h->ctx, ZP_TIER_CPU, 0, bytes);
@@ -602,6 +634,7 @@ static int oc_update(void* st, const zp_optim_range* u) {
   long long base = s->chunks_done; /* no other chunk is in flight between updates */
   long long pushed = 0;
   int idx, rc = ZP_OK;
+  int phost = param_host(u);
   /* streamed in during the backward: AdamW reads the host copy, no gradient copies here */
   const char* hg = take_streamed(s, u, &idx, &rc);
   if (rc) return rc;
@@ -609,11 +642,13 @@ static int oc_update(void* st, const zp_optim_range* u) {
 #define GRAD(k) (hg ? (const void*)(hg + (k) * chunk * gs) : (const void*)s->gstage[(k) % 2])
 #define D2H(k) (hg ? 0 : (rc = h->dev->copy_d2h(h->devb, s->gstage[(k) % 2], (const char*)u->grad + (k) * chunk * gs, (size_t)CH_N(k) * gs), \
                 rc ? 0 : (h->note_io(h->ctx, ZP_TIER_CPU, 1, (uint64_t)CH_N(k) * gs), 0)))
-#define H2D(k) (u->param_out ? (rc = h->dev->copy_h2d(h->devb, (char*)u->param_out + (k) * chunk * ps, s->pstage[(k) % 2], (size_t)CH_N(k) * ps), \
+#define H2D(k) (u->param_out && !phost ? (rc = h->dev->copy_h2d(h->devb, (char*)u->param_out + (k) * chunk * ps, s->pstage[(k) % 2], (size_t)CH_N(k) * ps), \
                 rc ? 0 : (h->note_io(h->ctx, ZP_TIER_CPU, 0, (uint64_t)CH_N(k) * ps), 0)) : 0)
   if (nch) D2H(0);
   for (uint64_t k = 0; k < nch && !rc; k++) {
-    oc_task t = {-1, u, k * chunk, CH_N(k), GRAD(k), u->param_out ? s->pstage[k % 2] : NULL, 0};
+    /* parameter offload: AdamW writes the host PARAM shard in place, nothing goes to the device */
+    void* pk = !u->param_out ? NULL : phost ? (void*)((char*)u->param_out + k * chunk * ps) : s->pstage[k % 2];
+    oc_task t = {-1, u, k * chunk, CH_N(k), GRAD(k), pk, 0};
     push_task(s, t);
     pushed++;
     if (!s->overlap && (rc = wait_chunks(s, base + (long long)k + 1))) break;

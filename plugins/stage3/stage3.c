@@ -7,6 +7,11 @@
  * use in forward through the head's forward and backward to the embedding's backward.
  * Groups under zero.persist_threshold parameters keep PARAM replicated (resident).
  * Gradients follow stage 2 (reduce-scatter per group as its backward ends).
+ * Parameter offload (offload.param.plugin: the tier's plan put sharded PARAM on the host): each
+ * gather first copies the host shard into a device staging shard (the backend's copy_async,
+ * the compute stream waiting for it) and all-gathers from there; the tier's AdamW writes the
+ * host shard in place. The step waits for the last such copy before any update runs (copies in
+ * one direction complete in issue order), so no shard is rewritten while being read.
  * Memory per rank: (P+G+K)Ψ/N + gather pool + gradient buffers.
  * Communication per step: all-gather in forward and backward + reduce-scatter = 3Ψ. */
 #include "../common/zero_common.h"
@@ -24,6 +29,9 @@ typedef struct {
   int npool;
   size_t pool_bytes;
   int* owner; /* [G] pool slot holding group g, or -1 */
+  void* pstage; /* parameter offload: a device shard the host shard is copied into for a gather */
+  size_t pstage_bytes;
+  uint64_t h2d; /* ticket of the last copy into pstage (0: none outstanding) */
 } s3_t;
 
 static int persistent(s3_t* s, int g) { return !s->z.info[g].place[ZP_CAT_PARAM].sharded; }
@@ -64,6 +72,13 @@ static int s3_open(const zp_host* h, void** state) {
     ZC_TRY(h->alloc(h->ctx, ZP_CAT_BUFFER, ZP_TIER_GPU, s->g0bytes, "stage3 gather buffer (embed)", &s->g0buf));
   }
   for (int g = 0; g < z->G; g++) {
+    const zp_group_info* in = &z->info[g];
+    size_t sb = (size_t)in->shard_len * zc_dsize(pdt);
+    if (!persistent(s, g) && in->place[ZP_CAT_PARAM].tier != ZP_TIER_GPU && sb > s->pstage_bytes) s->pstage_bytes = sb;
+  }
+  if (s->pstage_bytes)
+    ZC_TRY(h->alloc(h->ctx, ZP_CAT_BUFFER, ZP_TIER_GPU, s->pstage_bytes, "stage3 offloaded-parameter shard staging", &s->pstage));
+  for (int g = 0; g < z->G; g++) {
     s->owner[g] = -1;
     ZC_TRY(h->set_view(h->ctx, g, ZP_CAT_PARAM, persistent(s, g) ? z->info[g].buf[ZP_CAT_PARAM] : NULL));
     ZC_TRY(h->set_view(h->ctx, g, ZP_CAT_GRAD, NULL));
@@ -79,6 +94,8 @@ static void s3_close(void* st) {
     for (int i = 0; i < s->npool; i++)
       if (s->pool[i]) h->free(h->ctx, ZP_CAT_BUFFER, ZP_TIER_GPU, s->pool[i], s->pool_bytes);
     if (s->g0buf) h->free(h->ctx, ZP_CAT_BUFFER, ZP_TIER_GPU, s->g0buf, s->g0bytes);
+    if (s->h2d && ZP_TABLE_HAS(h->dev, copy_wait)) (void)h->dev->copy_wait(h->devb, s->h2d, 0);
+    if (s->pstage) h->free(h->ctx, ZP_CAT_BUFFER, ZP_TIER_GPU, s->pstage, s->pstage_bytes);
   }
   free(s->owner);
   zc_close(&s->z);
@@ -88,7 +105,19 @@ static void s3_close(void* st) {
 static int gather_into(s3_t* s, int g, void* dst) {
   const zp_host* h = s->z.h;
   const zp_group_info* in = &s->z.info[g];
-  return h->allgather(h->ctx, dst, in->buf[ZP_CAT_PARAM], (size_t)in->shard_len, in->dtype[ZP_CAT_PARAM]);
+  const void* src = in->buf[ZP_CAT_PARAM];
+  if (in->place[ZP_CAT_PARAM].tier != ZP_TIER_GPU) { /* offloaded shard: to the device first */
+    size_t bytes = (size_t)in->shard_len * zc_dsize(in->dtype[ZP_CAT_PARAM]);
+    if (ZP_TABLE_HAS(h->dev, copy_async) && ZP_TABLE_HAS(h->dev, copy_wait)) {
+      ZC_TRY(h->dev->copy_async(h->devb, s->pstage, src, bytes, 1, &s->h2d));
+      ZC_TRY(h->dev->copy_wait(h->devb, s->h2d, 1)); /* the gather runs after the copy */
+    } else {
+      ZC_TRY(h->dev->copy_h2d(h->devb, s->pstage, src, bytes));
+    }
+    h->note_io(h->ctx, in->place[ZP_CAT_PARAM].tier, 0, bytes);
+    src = s->pstage;
+  }
+  return h->allgather(h->ctx, dst, src, (size_t)in->shard_len, in->dtype[ZP_CAT_PARAM]);
 }
 
 static int ensure_g0(s3_t* s) {
@@ -163,6 +192,10 @@ static int s3_step(void* st) {
   zero_common* z = &s->z;
   /* parameters change: nothing gathered may outlive the step */
   for (int g = 0; g < z->G; g++) ZC_TRY(release(s, g));
+  if (s->h2d) { /* offloaded shards are rewritten by the update: no copy may still read them */
+    ZC_TRY(z->h->dev->copy_wait(z->h->devb, s->h2d, 0));
+    s->h2d = 0;
+  }
   ZC_TRY(zc_step_shards(z, s3_grad_shard, s3_param_shard));
   for (int g = 0; g < z->G; g++)
     if (persistent(s, g)) ZC_TRY(zc_allgather_params_inplace(z, g));

@@ -189,14 +189,17 @@ EOF
   # AdamW run (rounding differs: rel 2e-3 over 10 steps), also with stage3; the delayed update
   # (warm-up 3) must equal it through step 4 and then train (loss falls) with the transfers counted;
   # with offload.optimizer.stream_grads = false (gradients copied at the update instead of on the
-  # copy stream during the backward) both must give the streamed runs' losses bit for bit.
+  # copy stream during the backward) both must give the streamed runs' losses bit for bit; with
+  # parameter offload (stage 3: PARAM shards in host memory, copied in for each gather) the
+  # optimizer-only stage-3 offload run's losses bit for bit, and no PARAM bytes on the device.
   if [ -f "$WORK/parity/run_cuda_bf16/metrics.jsonl" ]; then
     n=10
     for v in "recompute:train.recompute=true" "offload_cpu:offload.optimizer.plugin=offload_cpu" \
       "offload_cpu_stage3:offload.optimizer.plugin=offload_cpu zero.plugin=stage3" \
       "offload_dpu:offload.optimizer.plugin=offload_cpu offload.optimizer.delayed_update=true offload.optimizer.delayed_update_warmup=3" \
       "offload_cpu_nostream:offload.optimizer.plugin=offload_cpu offload.optimizer.stream_grads=false" \
-      "offload_dpu_nostream:offload.optimizer.plugin=offload_cpu offload.optimizer.delayed_update=true offload.optimizer.delayed_update_warmup=3 offload.optimizer.stream_grads=false"; do
+      "offload_dpu_nostream:offload.optimizer.plugin=offload_cpu offload.optimizer.delayed_update=true offload.optimizer.delayed_update_warmup=3 offload.optimizer.stream_grads=false" \
+      "offload_cpu_stage3_params:offload.optimizer.plugin=offload_cpu offload.param.plugin=offload_cpu zero.plugin=stage3"; do
       lab=${v%%:*}
       sets=()
       for kv in ${v#*:}; do sets+=(--set "$kv"); done
@@ -206,7 +209,7 @@ EOF
       # *_nostream (gradients copied at the update, not streamed during the backward, ABI 1.5):
       # the same arithmetic as the streamed run, so the same losses bit for bit
       refrun=$WORK/parity/run_cuda_bf16
-      case $lab in *_nostream) refrun=$WORK/parity/run_${lab%_nostream} ;; esac
+      case $lab in *_nostream) refrun=$WORK/parity/run_${lab%_nostream} ;; *_params) refrun=$WORK/parity/run_${lab%_params} ;; esac
       verdict=$(python3 - "$refrun/metrics.jsonl" "$WORK/parity/run_$lab/metrics.jsonl" "$lab" << 'PYEOF'
 import json, sys
 def rows(p): return [json.loads(l) for l in open(p) if '"loss"' in l]
@@ -215,7 +218,11 @@ rel = [abs(a["loss"] - b["loss"]) / abs(a["loss"]) for a, b in zip(ref, run)]
 cpu = run[-1].get("tiers", {}).get("cpu", {})
 io = f"; cpu tier MASTER {cpu.get('MASTER', 0)} OPTIM {cpu.get('OPTIM', 0)} B, {cpu.get('io_write', 0)} B in, {cpu.get('io_read', 0)} B out" if cpu else ""
 ok = len(run) == len(ref)
-if lab.endswith("_nostream"): ok = ok and max(rel) == 0 and cpu.get("io_write", 0) > 0; what = f"max rel loss diff vs the streamed run {max(rel):.2e} (bitwise wanted)"
+if lab.endswith("_params"):
+    gp = run[-1].get("tiers", {}).get("gpu", {})
+    ok = ok and max(rel) == 0 and cpu.get("PARAM", 0) > 0 and gp.get("PARAM", 1) == 0
+    what = f"max rel loss diff vs optimizer-only offload {max(rel):.2e} (bitwise wanted); PARAM host {cpu.get('PARAM', 0)} B, device {gp.get('PARAM')} B"
+elif lab.endswith("_nostream"): ok = ok and max(rel) == 0 and cpu.get("io_write", 0) > 0; what = f"max rel loss diff vs the streamed run {max(rel):.2e} (bitwise wanted)"
 elif lab == "recompute": ok = ok and max(rel) <= 1e-3; what = f"max rel loss diff vs no recompute {max(rel):.2e} ({'bitwise' if max(rel) == 0 else 'not bitwise'})"
 elif lab == "offload_dpu":
     ok = ok and max(rel[:4]) <= 2e-3 and run[-1]["loss"] < run[0]["loss"] - 0.5 and cpu.get("io_write", 0) > 0

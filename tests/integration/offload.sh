@@ -18,6 +18,9 @@
 # - partial offload (offload.optimizer.ratio 0.5, stages none and 2): bitwise equal, MASTER/OPTIM
 #   split between device and host as the rule says, gradients to the host only for the host's
 #   groups; ratios outside (0, 1] refused;
+# - parameter offload with stage 3: bitwise (fp32, bf16, delayed update, resume), PARAM bytes on
+#   the host, shard copies counted; without optimizer offload, with ratio < 1, or without stage 3
+#   refused with a reason;
 # - offload.optimizer.max_host_gb below the need is refused before allocation, with numbers;
 #   so is a plan needing more host memory than the machine has available.
 set -euo pipefail
@@ -121,6 +124,60 @@ run dpu-full 2 train.precision=bf16 zero.plugin=stage2 train.steps=6 train.check
   run dpu-res 2 train.precision=bf16 zero.plugin=stage2 train.steps=3 "${dpu[@]}" &&
   run dpu-res 2 train.precision=bf16 zero.plugin=stage2 train.steps=6 train.resume=auto "${dpu[@]}" &&
   compare dpu-full dpu-res "delayed update: resumed at step 3 vs uninterrupted, stage2 (bitwise)"
+# parameter offload with stage 3 (offload.param.plugin): the sharded PARAM shards live in host
+# memory, copied to the device for each gather; the same bits as without offload (fp32, bf16),
+# with the delayed update too, and a bitwise resume; the device holds no PARAM shard (only groups
+# kept replicated by zero.persist_threshold), the host exactly the reference's device shards, and
+# every step copies each shard to the device at least once (forward) and at most twice (backward)
+par=(zero.plugin=stage3 offload.optimizer.plugin=offload_cpu offload.param.plugin=offload_cpu)
+for prec in fp32 bf16; do
+  run "par-$prec" 2 train.precision=$prec "${par[@]}" || continue
+  compare "ref-$prec" "par-$prec" "offload_cpu parameters + optimizer, stage3 vs no offload, $prec (bitwise)"
+  [ -d "$work/ref-stage3-$prec" ] || run "ref-stage3-$prec" 2 train.precision=$prec zero.plugin=stage3 || continue
+  python3 - "$work/ref-stage3-$prec/metrics.jsonl" "$work/par-$prec/metrics.jsonl" $steps <<'EOF3' || fail=1
+import json, sys
+ref = json.loads(open(sys.argv[1]).read().splitlines()[-1])["tiers"]
+off = json.loads(open(sys.argv[2]).read().splitlines()[-1])["tiers"]
+steps = int(sys.argv[3])
+g, c = off["gpu"], off["cpu"]
+errs = []
+if g["PARAM"] != 0: errs.append(f"device PARAM {g['PARAM']} B, want 0 (every group sharded at persist_threshold 0)")
+if c["PARAM"] != ref["gpu"]["PARAM"]: errs.append(f"host PARAM {c['PARAM']} != reference device shards {ref['gpu']['PARAM']}")
+if not (steps * c["PARAM"] <= c["io_read"] <= 2 * steps * c["PARAM"]):
+    errs.append(f"parameter bytes to the device {c['io_read']} outside [{steps} x {c['PARAM']}, 2 x that]")
+if errs: print("FAIL: parameter offload tiers: " + "; ".join(errs)); sys.exit(1)
+print(f"ok   parameter offload tiers: host PARAM {c['PARAM']} B (= reference device shards), device PARAM 0; "
+      f"{c['io_read']} B of shards to the device over {steps} steps")
+EOF3
+done
+run par-dpu 2 train.precision=bf16 "${par[@]}" "${dpu[@]:1}" &&
+  compare dpu-none par-dpu "parameter offload + delayed update, stage3 vs none (bitwise)"
+run par-full 2 train.precision=bf16 train.steps=6 train.checkpoint_every=3 "${par[@]}" &&
+  run par-res 2 train.precision=bf16 train.steps=3 "${par[@]}" &&
+  run par-res 2 train.precision=bf16 train.steps=6 train.resume=auto "${par[@]}" &&
+  compare par-full par-res "parameter offload: resumed at step 3 vs uninterrupted (bitwise)"
+# a persistent group (zero.persist_threshold) keeps its PARAM replicated on the device
+run par-persist 2 train.precision=bf16 "${par[@]}" zero.persist_threshold=3000 &&
+  compare ref-bf16 par-persist "parameter offload with persistent small groups (bitwise)" &&
+  python3 - "$work/par-persist/metrics.jsonl" <<'EOF4' || fail=1
+import json, sys
+t = json.loads(open(sys.argv[1]).read().splitlines()[-1])["tiers"]
+if not (t["gpu"]["PARAM"] > 0 and t["cpu"]["PARAM"] > 0):
+    print(f"FAIL: persist_threshold: device PARAM {t['gpu']['PARAM']} B, host PARAM {t['cpu']['PARAM']} B: want both > 0"); sys.exit(1)
+print(f"ok   persist_threshold 3000: device PARAM {t['gpu']['PARAM']} B (replicated small groups), host PARAM {t['cpu']['PARAM']} B")
+EOF4
+for bad in "offload.optimizer.plugin=none:needs offload.optimizer.plugin" "offload.optimizer.ratio=0.5:use ratio = 1 with parameter offload"; do
+  kv=${bad%%:*} want=${bad#*:}
+  if out=$("$zp" plan "$cfg" --set zero.plugin=stage3 --set offload.optimizer.plugin=offload_cpu --set offload.param.plugin=offload_cpu \
+      --set "$kv" 2>&1); then
+    echo "FAIL: parameter offload with $kv accepted"; fail=1
+  elif grep -q "$want" <<<"$out"; then echo "ok   parameter offload with $kv refused: $(grep -m1 -o 'offload.param.plugin.*' <<<"$out" | cut -c1-140)"
+  else echo "FAIL: parameter offload with $kv: $out"; fail=1; fi
+done
+if out=$("$zp" plan "$cfg" --set zero.plugin=stage2 --set offload.optimizer.plugin=offload_cpu --set offload.param.plugin=offload_cpu 2>&1); then
+  echo "FAIL: parameter offload with stage2 accepted"; fail=1
+elif grep -q 'needs zero.plugin = "stage3"' <<<"$out"; then echo "ok   parameter offload with stage2 refused"
+else echo "FAIL: parameter offload with stage2: $out"; fail=1; fi
 # partial offload (offload.optimizer.ratio): the first groups in update order keep MASTER/OPTIM
 # on the device, the rest move; the same bits as no offload, and the bytes split as the rule says
 for st in none stage2; do
