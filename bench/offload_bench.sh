@@ -5,7 +5,8 @@
 # 2 steps). Prints one markdown table with ratios to the no-offload run of the same grad_accum.
 #
 # Run (repo root, .deps carried; reuses an existing build):
-#   bash bench/offload_bench.sh [matrix] [stream] [largest]      (default: matrix)
+#   bash bench/offload_bench.sh [matrix] [stream] [params] [largest]      (default: matrix)
+# params: stage 3 with optimizer offload, without and with parameter offload (offload.param.plugin).
 # stream: grad_accum 1 without offload, and offload synchronous / delayed with and without
 #   offload.optimizer.stream_grads (gradients copied to the host during the backward).
 # Env: OUT (default /tmp/zp-out), ZP_WORK (default /tmp/zp-offload-work), ZP_BUILD (default
@@ -107,6 +108,11 @@ for w in "${WHAT[@]}"; do
       run "ga1_offload_nostream" "$STEPS" --set zero.plugin=$STAGE "${OFF[@]}" "${NS[@]}"
       run "ga1_offload_dpu" "$STEPS" --set zero.plugin=$STAGE "${DPU[@]}"
       run "ga1_offload_dpu_nostream" "$STEPS" --set zero.plugin=$STAGE "${DPU[@]}" "${NS[@]}" ;;
+    params)
+      # parameter offload with stage 3: optimizer offload alone against optimizer + parameters
+      # (PARAM shards in host memory, copied in for every gather), grad_accum 1
+      run "ga1_s3_offload" "$STEPS" --set zero.plugin=stage3 "${OFF[@]}"
+      run "ga1_s3_offload_params" "$STEPS" --set zero.plugin=stage3 "${OFF[@]}" --set offload.param.plugin=offload_cpu ;;
     largest)
       # the largest candidate `zp plan` accepts, both on this host's memory (MemAvailable) and on
       # the GPU's (--device-gb from nvidia-smi), trying offload.optimizer.ratio from 1 (all of the
@@ -136,7 +142,7 @@ for w in "${WHAT[@]}"; do
       run "largest_L${LL}_d${LD}" 2 --set model.n_layer=$LL --set model.d_model=$LD --set model.n_head=$LH \
         --set train.micro_batch=$LMB --set train.recompute=true --set zero.plugin=$STAGE "${LOFF[@]}" --set offload.optimizer.ratio=$pr
       grep -B2 -A12 "memory at end" "$OUT/offload_largest_L${LL}_d${LD}.log" | head -16 ;;
-    *) echo "offload_bench: unknown part '$w' (matrix, stream, largest)"; exit 2 ;;
+    *) echo "offload_bench: unknown part '$w' (matrix, stream, params, largest)"; exit 2 ;;
   esac
 done
 
