@@ -108,7 +108,7 @@ typedef struct {
   pthread_mutex_t mu;
   pthread_cond_t cv_work, cv_done;
   int werr;        /* first worker failure (status) and its message */
-  char werr_msg[512];
+  char werr_msg[600];
 } oc_t;
 
 static int which(const zp_host* h, int* opt, int* par) {
