@@ -195,16 +195,39 @@ static int h_optim_begin(zp_host_ctx* c, double sumsq) {
   return ZP_OK;
 }
 
-/* the tier plugin serving tier t (its state and name), or NULL */
-static const zp_tier_ops* optim_tier(zp_run* r, zp_tier t, void** ts, const char** tname) {
+/* the tier plugin serving tier t (its state and, if tname, its name), or NULL */
+static const zp_tier_ops* tier_for(zp_run* r, zp_tier t, void** ts, const char** tname) {
   for (int i = 0; i < 2; i++)
     if (r->tier_ops[i] && r->tier_ops[i]->tier == t) {
       *ts = r->tier_state[i];
-      *tname = r->tier_plugins[i].desc ? r->tier_plugins[i].desc->name : NULL;
+      if (tname) *tname = r->tier_plugins[i].desc ? r->tier_plugins[i].desc->name : NULL;
       return r->tier_ops[i];
     }
   return NULL;
 }
+
+/* [first, first+count) must lie in this rank's MASTER/OPTIM holding of g: *base is where that
+ * holding starts, *held its length (what says who asked, for the message) */
+static int held_range(zp_run* r, const zp_group_info* in, int g, uint64_t first, uint64_t count, const char* what,
+                      uint64_t* base, uint64_t* held) {
+  *base = in->place[ZP_CAT_OPTIM].sharded ? in->shard_off : 0;
+  *held = in->place[ZP_CAT_OPTIM].sharded ? in->shard_len : in->padded;
+  if (first >= *base && first + count <= *base + *held) return ZP_OK;
+  snprintf(r->err, sizeof r->err, "%s: group %d range [%llu,+%llu) outside this rank's optimizer state [%llu,+%llu)", what, g,
+           (unsigned long long)first, (unsigned long long)count, (unsigned long long)*base, (unsigned long long)*held);
+  return ZP_E_INVALID;
+}
+
+/* messages set while a tier plugin runs carry its name: name_as() switches the context's name,
+ * name_back() restores the caller's */
+typedef struct { char name[sizeof ((struct zp_host_ctx*)0)->name]; } saved_name;
+static saved_name name_as(struct zp_host_ctx* c, const char* tname) {
+  saved_name s;
+  memcpy(s.name, c->name, sizeof s.name);
+  if (tname) snprintf(c->name, sizeof c->name, "%s", tname);
+  return s;
+}
+static void name_back(struct zp_host_ctx* c, const saved_name* s) { memcpy(c->name, s->name, sizeof s->name); }
 
 /* ABI 1.5: a strategy's final gradient range goes to the tier that will update it, if that
  * tier takes it early (grad_ready). Only on the last micro-batch of a step (or inside the
@@ -222,15 +245,11 @@ static int h_shard_ready(zp_host_ctx* c, int g, uint64_t first, uint64_t count, 
   if (ot == ZP_TIER_GPU) return ZP_OK;
   void* ts = NULL;
   const char* tname = NULL;
-  const zp_tier_ops* to = optim_tier(r, ot, &ts, &tname);
+  const zp_tier_ops* to = tier_for(r, ot, &ts, &tname);
   if (!to || !ZP_TABLE_HAS(to, grad_ready)) return ZP_OK;
-  uint64_t base = in->place[ZP_CAT_OPTIM].sharded ? in->shard_off : 0;
-  uint64_t held = in->place[ZP_CAT_OPTIM].sharded ? in->shard_len : in->padded;
-  if (first < base || first + count > base + held) {
-    snprintf(r->err, sizeof r->err, "shard_ready: group %d range [%llu,+%llu) outside this rank's optimizer state [%llu,+%llu)",
-             g, (unsigned long long)first, (unsigned long long)count, (unsigned long long)base, (unsigned long long)held);
-    return ZP_E_INVALID;
-  }
+  uint64_t base, held;
+  int rc = held_range(r, in, g, first, count, "shard_ready", &base, &held);
+  if (rc) return rc;
   zp_grad_range gr;
   memset(&gr, 0, sizeof gr);
   gr.struct_size = sizeof gr;
@@ -242,11 +261,9 @@ static int h_shard_ready(zp_host_ctx* c, int g, uint64_t first, uint64_t count, 
   gr.gdt = gdt;
   gr.step_t = r->opt.step_t + (r->in_step && r->opt.began ? 0 : 1);
   double t0 = zp_now_us();
-  char caller[sizeof c->name];
-  memcpy(caller, c->name, sizeof caller);
-  if (tname) snprintf(c->name, sizeof c->name, "%s", tname);
-  int rc = to->grad_ready(ts, &gr);
-  memcpy(c->name, caller, sizeof caller);
+  saved_name caller = name_as(c, tname);
+  rc = to->grad_ready(ts, &gr);
+  name_back(c, &caller);
   zp_trace_span(ZP_TR_COMM, "grad_to_tier", g, t0);
   if (rc && !r->err[0]) snprintf(r->err, sizeof r->err, "tier %s: grad_ready of group %d failed (status %d)", zp_tier_name(ot), g, rc);
   return rc;
@@ -258,13 +275,8 @@ static int h_optim_update(zp_host_ctx* c, int g, uint64_t first, uint64_t count,
   if (count == 0) return ZP_OK; /* an empty group (held by another pipeline stage) */
   zp_group_rt* G = &r->groups[g];
   const zp_group_info* in = &G->info;
-  uint64_t base = in->place[ZP_CAT_OPTIM].sharded ? in->shard_off : 0;
-  uint64_t held = in->place[ZP_CAT_OPTIM].sharded ? in->shard_len : in->padded;
-  if (first < base || first + count > base + held) {
-    snprintf(r->err, sizeof r->err, "optim_update: group %d range [%llu,+%llu) outside this rank's optimizer state [%llu,+%llu)",
-             g, (unsigned long long)first, (unsigned long long)count, (unsigned long long)base, (unsigned long long)held);
-    return ZP_E_INVALID;
-  }
+  uint64_t base, held;
+  if (held_range(r, in, g, first, count, "optim_update", &base, &held)) return ZP_E_INVALID;
   double wd = zp_cfg_float(r->cfg, "train.weight_decay");
   zp_optim_hparams hp = {r->opt.lr, (float)zp_cfg_float(r->cfg, "train.beta1"), (float)zp_cfg_float(r->cfg, "train.beta2"),
                          (float)zp_cfg_float(r->cfg, "train.eps"), (float)wd, r->opt.clip_scale, r->opt.step_t};
@@ -303,7 +315,7 @@ static int h_optim_update(zp_host_ctx* c, int g, uint64_t first, uint64_t count,
     /* the tier holding this group's optimizer state runs the update */
     void* ts = NULL;
     const char* tname = NULL;
-    const zp_tier_ops* to = optim_tier(r, ot, &ts, &tname);
+    const zp_tier_ops* to = tier_for(r, ot, &ts, &tname);
     if (!to) {
       snprintf(r->err, sizeof r->err, "optim_update: group %d's optimizer state is on tier %s but no tier plugin serves it", g, zp_tier_name(ot));
       return ZP_E_INTERNAL;
@@ -330,11 +342,9 @@ static int h_optim_update(zp_host_ctx* c, int g, uint64_t first, uint64_t count,
     u.piece_decay = r->piece_decay;
     u.hp = hp;
     double t0 = zp_now_us();
-    char caller[sizeof c->name]; /* the tier's own name on its messages, then the caller's again */
-    memcpy(caller, c->name, sizeof caller);
-    if (tname) snprintf(c->name, sizeof c->name, "%s", tname);
+    saved_name caller = name_as(c, tname); /* the tier's own name on its messages */
     int rc = to->update(ts, &u);
-    memcpy(c->name, caller, sizeof caller);
+    name_back(c, &caller);
     zp_trace_span(ZP_TR_COMPUTE, "tier_update", g, t0);
     if (rc && !r->err[0]) snprintf(r->err, sizeof r->err, "tier %s: update of group %d failed (status %d)", zp_tier_name(ot), g, rc);
     return rc;
@@ -873,11 +883,6 @@ void zp_run_close(zp_run* r) {
 
 /* ---------------- tier-aware state access ---------------- */
 
-static const zp_tier_ops* tier_for(zp_run* r, zp_tier t, void** state) {
-  for (int i = 0; i < 2; i++)
-    if (r->tier_ops[i] && r->tier_ops[i]->tier == t) { *state = r->tier_state[i]; return r->tier_ops[i]; }
-  return NULL;
-}
 
 static int tier_sync(zp_run* r, int flush, int* wrote) {
   for (int i = 0; i < 2; i++) {
@@ -932,18 +937,16 @@ static int state_io(zp_run* r, int g, zp_category cat, uint64_t off, void* host,
     return ZP_OK;
   }
   void* ts = NULL;
-  const zp_tier_ops* to = tier_for(r, t, &ts);
+  const char* tname = NULL;
+  const zp_tier_ops* to = tier_for(r, t, &ts, &tname);
   if (!to || (put ? to->write == NULL : to->read == NULL)) {
     rerr(r, "group %d %s: no buffer and no tier plugin to %s it on tier %s", g, zp_category_name(cat), put ? "write" : "read",
          zp_tier_name(t));
     return ZP_E_INTERNAL;
   }
-  char caller[sizeof r->hctx->name]; /* the tier's own name on its messages */
-  memcpy(caller, r->hctx->name, sizeof caller);
-  for (int i = 0; i < 2; i++)
-    if (r->tier_ops[i] == to && r->tier_plugins[i].desc) snprintf(r->hctx->name, sizeof r->hctx->name, "%s", r->tier_plugins[i].desc->name);
+  saved_name caller = name_as(r->hctx, tname); /* the tier's own name on its messages */
   int rc = put ? to->write(ts, g, cat, off, host, bytes) : to->read(ts, g, cat, off, host, bytes);
-  memcpy(r->hctx->name, caller, sizeof caller);
+  name_back(r->hctx, &caller);
   if (rc && !r->err[0]) rerr(r, "tier %s: %s of group %d %s failed (status %d)", zp_tier_name(t), put ? "write" : "read", g,
                              zp_category_name(cat), rc);
   return rc;
