@@ -24,9 +24,12 @@ void zp_ledger_set_device(zp_ledger* l, const zp_backend_ops* ops, zp_backend* b
   l->devb = b;
 }
 
-/* Host-tier BUFFER memory (offload staging) is page-locked when the backend can provide it. */
+/* Host-tier memory the device copies from or to is page-locked when the backend can provide it:
+ * BUFFER (offload staging, host gradient buffers) and PARAM (parameter offload: every gather
+ * copies its shard in; pageable memory measured ~11 GB/s against pinned ~50 on an H100).
+ * MASTER and OPTIM are only touched by host code. */
 static int pinned(const zp_ledger* l, zp_category cat, zp_tier tier) {
-  return tier == ZP_TIER_CPU && cat == ZP_CAT_BUFFER && l->dev &&
+  return tier == ZP_TIER_CPU && (cat == ZP_CAT_BUFFER || cat == ZP_CAT_PARAM) && l->dev &&
          l->dev->struct_size >= offsetof(zp_backend_ops, host_free) + sizeof l->dev->host_free && l->dev->host_alloc &&
          l->dev->host_free;
 }
