@@ -22,7 +22,7 @@ delta() {
     echo "ok   $1: $2 $((d / 1048576)) MiB (want $(($5 / 1048576)) MiB)"
   else echo "FAIL: $1: $2 changes by $d B, want $5"; fail=1; fi
 }
-p15=$("$zp" plan "$src/examples/gpt2-1.5b.toml" 2>&1)
+p15=$("$zp" plan "$src/examples/gpt2-1.5b.toml" --set train.recompute_gelu_blocks=0 2>&1) # the measured baseline
 p124=$("$zp" plan "$src/examples/gpt2-124m.toml" 2>&1)
 for spec in "1.5B:$(gib "$p15" total):43.0" "124M:$(gib "$p124" total):8.2"; do
   IFS=: read -r name bytes want <<< "$spec"
@@ -30,14 +30,14 @@ for spec in "1.5B:$(gib "$p15" total):43.0" "124M:$(gib "$p124" total):8.2"; do
     echo "ok   $name: plan total $(python3 -c "print(round($bytes / 2**30, 2))") GiB, measured ledger peak $want GiB"
   else echo "FAIL: $name: plan total $bytes B, measured $want GiB"; fail=1; fi
 done
-pg=$("$zp" plan "$src/examples/gpt2-1.5b.toml" --set train.recompute_gelu=true 2>&1)
+pg=$("$zp" plan "$src/examples/gpt2-1.5b.toml" --set train.recompute_gelu_blocks=0 --set train.recompute_gelu=true 2>&1)
 delta "recompute_gelu (47 x 8192 x 6400 bf16 less)" ACT "$p15" "$pg" $((-47 * 8 * 1024 * 6400 * 2))
 # ZP_CUDA_FA2_BWD=fused: the attention backward's workspace (fp32 dQ partials + semaphores, one
 # buffer for all layers) in BUFFER, as the plugin sizes it
-pf=$(ZP_CUDA_FA2_BWD=fused "$zp" plan "$src/examples/gpt2-1.5b.toml" 2>&1)
+pf=$(ZP_CUDA_FA2_BWD=fused "$zp" plan "$src/examples/gpt2-1.5b.toml" --set train.recompute_gelu_blocks=0 2>&1)
 delta "ZP_CUDA_FA2_BWD=fused (the workspace)" BUFFER "$p15" "$pf" $((8 * 25 * 32 * 32 * 64 * 4 + 8 * 25 * 32 * 4 * 4))
 # ZP_CUDA_FA2_BWD=atomic (diagnostic): the same workspace as fused
-pa=$(ZP_CUDA_FA2_BWD=atomic "$zp" plan "$src/examples/gpt2-1.5b.toml" 2>&1)
+pa=$(ZP_CUDA_FA2_BWD=atomic "$zp" plan "$src/examples/gpt2-1.5b.toml" --set train.recompute_gelu_blocks=0 2>&1)
 if [ "$(gib "$pa" BUFFER)" = "$(gib "$pf" BUFFER)" ]; then
   echo "ok   ZP_CUDA_FA2_BWD=atomic: BUFFER as fused"
 else echo "FAIL: atomic workspace: BUFFER $(gib "$pa" BUFFER) B, fused $(gib "$pf" BUFFER) B"; fail=1; fi
@@ -48,12 +48,12 @@ delta "ZP_CUDA_ATTN=naive (the T x T probabilities)" ACT "$p124" "$pn" $((12 * 1
 grep -q "sized with the CUDA backend's attention storage" <<< "$p15" || { echo "FAIL: the plan's note"; fail=1; }
 # --device-gb: the plan refuses what the GPU cannot hold (ledger peak + 0.75 GiB context), with
 # the numbers, and accepts what fits; so does a pipeline plan (its largest stage)
-if out=$("$zp" plan "$src/examples/gpt2-1.5b.toml" --device-gb 40 2>&1); then
+if out=$("$zp" plan "$src/examples/gpt2-1.5b.toml" --set train.recompute_gelu_blocks=0 --device-gb 40 2>&1); then
   echo "FAIL: --device-gb 40 accepted a 43 GiB plan"; fail=1
 elif grep -q "needs 43.79 GiB of device memory per GPU (ledger peak 43.04 GiB + 0.75 GiB.*more than --device-gb 40" <<< "$out"; then
   echo "ok   --device-gb 40 refused: $(grep -o "needs 43.79 GiB[^:]*" <<< "$out")"
 else echo "FAIL: --device-gb message: $out"; fail=1; fi
-"$zp" plan "$src/examples/gpt2-1.5b.toml" --device-gb 80 2>&1 | grep -q "device memory: 43.79 GiB of --device-gb 80" &&
+"$zp" plan "$src/examples/gpt2-1.5b.toml" --set train.recompute_gelu_blocks=0 --device-gb 80 2>&1 | grep -q "device memory: 43.79 GiB of --device-gb 80" &&
   echo "ok   --device-gb 80 accepted" || { echo "FAIL: --device-gb 80"; fail=1; }
 if out=$("$zp" plan "$src/examples/gpt2-1.5b.toml" --world 2 --set parallel.pp=2 --device-gb 20 2>&1); then
   echo "FAIL: pp 2 plan with --device-gb 20 accepted"; fail=1
