@@ -8,10 +8,15 @@
  * Groups under zero.persist_threshold parameters keep PARAM replicated (resident).
  * Gradients follow stage 2 (reduce-scatter per group as its backward ends).
  * Parameter offload (offload.param.plugin: the tier's plan put sharded PARAM on the host): each
- * gather first copies the host shard into a device staging shard (the backend's copy_async,
- * the compute stream waiting for it) and all-gathers from there; the tier's AdamW writes the
- * host shard in place. The step waits for the last such copy before any update runs (copies in
- * one direction complete in issue order), so no shard is rewritten while being read.
+ * gather all-gathers from a device staging shard, into which the host shard was copied (the
+ * backend's copy_async, the compute stream waiting for it). Having issued group g's gather, the
+ * next group of the pass (g+1 forward, g-1 backward) is prefetched into the same staging shard:
+ * a copy starts only after the work issued before it (g's gather, which read the shard), and
+ * then runs beside g's compute. The tier's AdamW writes the host shards in place;
+ * the step first drops any prefetch and waits for the last copy (copies in one direction
+ * complete in issue order), so no shard is rewritten while being read, and no stale one is used.
+ * (The tier's other writer, a flush of the delayed update, runs between steps, with no pass and
+ * so no copy in flight.)
  * Memory per rank: (P+G+K)Ψ/N + gather pool + gradient buffers.
  * Communication per step: all-gather in forward and backward + reduce-scatter = 3Ψ. */
 #include "../common/zero_common.h"
@@ -29,9 +34,13 @@ typedef struct {
   int npool;
   size_t pool_bytes;
   int* owner; /* [G] pool slot holding group g, or -1 */
-  void* pstage; /* parameter offload: a device shard the host shard is copied into for a gather */
+  /* parameter offload: the device shard the host shards are copied into for gathers */
+  void* pstage;
   size_t pstage_bytes;
-  uint64_t h2d; /* ticket of the last copy into pstage (0: none outstanding) */
+  int async;          /* the backend has copy_async / copy_wait (else synchronous, no prefetch) */
+  uint64_t h2d;       /* ticket of the last copy issued (0: none outstanding) */
+  int pf_group;       /* group whose shard was prefetched into pstage (ticket pf_ticket), or -1 */
+  uint64_t pf_ticket;
 } s3_t;
 
 static int persistent(s3_t* s, int g) { return !s->z.info[g].place[ZP_CAT_PARAM].sharded; }
@@ -76,6 +85,8 @@ static int s3_open(const zp_host* h, void** state) {
     size_t sb = (size_t)in->shard_len * zc_dsize(pdt);
     if (!persistent(s, g) && in->place[ZP_CAT_PARAM].tier != ZP_TIER_GPU && sb > s->pstage_bytes) s->pstage_bytes = sb;
   }
+  s->async = ZP_TABLE_HAS(h->dev, copy_async) && ZP_TABLE_HAS(h->dev, copy_wait);
+  s->pf_group = -1;
   if (s->pstage_bytes)
     ZC_TRY(h->alloc(h->ctx, ZP_CAT_BUFFER, ZP_TIER_GPU, s->pstage_bytes, "stage3 offloaded-parameter shard staging", &s->pstage));
   for (int g = 0; g < z->G; g++) {
@@ -94,7 +105,7 @@ static void s3_close(void* st) {
     for (int i = 0; i < s->npool; i++)
       if (s->pool[i]) h->free(h->ctx, ZP_CAT_BUFFER, ZP_TIER_GPU, s->pool[i], s->pool_bytes);
     if (s->g0buf) h->free(h->ctx, ZP_CAT_BUFFER, ZP_TIER_GPU, s->g0buf, s->g0bytes);
-    if (s->h2d && ZP_TABLE_HAS(h->dev, copy_wait)) (void)h->dev->copy_wait(h->devb, s->h2d, 0);
+    if (s->h2d && s->async) (void)h->dev->copy_wait(h->devb, s->h2d, 0);
     if (s->pstage) h->free(h->ctx, ZP_CAT_BUFFER, ZP_TIER_GPU, s->pstage, s->pstage_bytes);
   }
   free(s->owner);
@@ -102,22 +113,43 @@ static void s3_close(void* st) {
   free(s);
 }
 
+static int offloaded(const s3_t* s, int g) { return s->z.info[g].place[ZP_CAT_PARAM].tier != ZP_TIER_GPU; }
+
+/* start copying g's host shard into the staging shard (after all work issued so far) */
+static int stage_shard(s3_t* s, int g, uint64_t* ticket) {
+  const zp_host* h = s->z.h;
+  const zp_group_info* in = &s->z.info[g];
+  size_t bytes = (size_t)in->shard_len * zc_dsize(in->dtype[ZP_CAT_PARAM]);
+  *ticket = 0;
+  if (s->async) ZC_TRY(h->dev->copy_async(h->devb, s->pstage, in->buf[ZP_CAT_PARAM], bytes, 1, ticket));
+  else ZC_TRY(h->dev->copy_h2d(h->devb, s->pstage, in->buf[ZP_CAT_PARAM], bytes));
+  if (*ticket) s->h2d = *ticket;
+  h->note_io(h->ctx, in->place[ZP_CAT_PARAM].tier, 0, bytes);
+  return ZP_OK;
+}
+
 static int gather_into(s3_t* s, int g, void* dst) {
   const zp_host* h = s->z.h;
   const zp_group_info* in = &s->z.info[g];
   const void* src = in->buf[ZP_CAT_PARAM];
-  if (in->place[ZP_CAT_PARAM].tier != ZP_TIER_GPU) { /* offloaded shard: to the device first */
-    size_t bytes = (size_t)in->shard_len * zc_dsize(in->dtype[ZP_CAT_PARAM]);
-    if (ZP_TABLE_HAS(h->dev, copy_async) && ZP_TABLE_HAS(h->dev, copy_wait)) {
-      ZC_TRY(h->dev->copy_async(h->devb, s->pstage, src, bytes, 1, &s->h2d));
-      ZC_TRY(h->dev->copy_wait(h->devb, s->h2d, 1)); /* the gather runs after the copy */
-    } else {
-      ZC_TRY(h->dev->copy_h2d(h->devb, s->pstage, src, bytes));
-    }
-    h->note_io(h->ctx, in->place[ZP_CAT_PARAM].tier, 0, bytes);
+  if (offloaded(s, g)) { /* the host shard goes to a device staging shard first */
+    uint64_t t = s->pf_ticket;
+    if (s->pf_group != g) ZC_TRY(stage_shard(s, g, &t)); /* not prefetched (a prefetch of another group is overwritten) */
+    s->pf_group = -1;
+    if (t) ZC_TRY(h->dev->copy_wait(h->devb, t, 1)); /* the gather runs after the copy */
     src = s->pstage;
   }
   return h->allgather(h->ctx, dst, src, (size_t)in->shard_len, in->dtype[ZP_CAT_PARAM]);
+}
+
+/* prefetch g's host shard into the staging shard (its copy waits for the work issued so far,
+ * which includes every gather that read the shard before) */
+static int prefetch(s3_t* s, int g) {
+  if (!s->async || g < 0 || g >= s->z.G || !offloaded(s, g) || persistent(s, g) || s->pf_group >= 0) return ZP_OK;
+  if (g == 0 ? s->g0_valid : s->owner[g] >= 0) return ZP_OK; /* still gathered */
+  ZC_TRY(stage_shard(s, g, &s->pf_ticket));
+  s->pf_group = g;
+  return ZP_OK;
 }
 
 static int ensure_g0(s3_t* s) {
@@ -162,17 +194,22 @@ static int release(s3_t* s, int g) {
   return h->set_view(h->ctx, g, ZP_CAT_PARAM, NULL);
 }
 
-static int s3_pre_forward(void* st, int g) {
-  s3_t* s = st;
+static int ensure_with_tied(s3_t* s, int g) {
   ZC_TRY(ensure(s, g));
   if (s->z.info[g].tied_to >= 0) ZC_TRY(ensure(s, s->z.info[g].tied_to));
   return ZP_OK;
+}
+static int s3_pre_forward(void* st, int g) {
+  s3_t* s = st;
+  ZC_TRY(ensure_with_tied(s, g));
+  return prefetch(s, g + 1); /* forward runs groups upwards */
 }
 /* group 0 stays gathered: the head uses it next, then backward ends with it */
 static int s3_post_forward(void* st, int g) { return g == 0 ? ZP_OK : release((s3_t*)st, g); }
 static int s3_pre_backward(void* st, int g) {
   s3_t* s = st;
-  ZC_TRY(s3_pre_forward(s, g));
+  ZC_TRY(ensure_with_tied(s, g));
+  ZC_TRY(prefetch(s, g - 1)); /* backward runs them downwards */
   return zc_arm_full_grad(&s->z, g);
 }
 static int s3_grads_ready(void* st, int g) {
@@ -192,6 +229,7 @@ static int s3_step(void* st) {
   zero_common* z = &s->z;
   /* parameters change: nothing gathered may outlive the step */
   for (int g = 0; g < z->G; g++) ZC_TRY(release(s, g));
+  s->pf_group = -1; /* a prefetched shard would hold the old values */
   if (s->h2d) { /* offloaded shards are rewritten by the update: no copy may still read them */
     ZC_TRY(z->h->dev->copy_wait(z->h->devb, s->h2d, 0));
     s->h2d = 0;
