@@ -1555,6 +1555,49 @@ static void t_timers(void) {
   release_all();
 }
 
+/* ---- ABI 1.5 copies beside the compute: copy_async runs after the work issued before it,
+ * copy_wait(device 1) orders later work after the copy, copy_wait(device 0) blocks until it is
+ * done; both directions round-trip 64 MiB exactly; bad tickets are errors ---- */
+static void t_copy_async(void) {
+  if (!want("copy_async")) return;
+  if (!G->copy_async || !G->copy_wait || !G->host_alloc) die("the cuda backend has no copy_async / copy_wait (ABI 1.5)");
+  const size_t n = (size_t)32 << 20; /* bf16 elements: 64 MiB */
+  const size_t bytes = n * 2;
+  uint16_t *ha = NULL, *hb = NULL;
+  CK(G->host_alloc(gb, bytes, (void**)&ha));
+  CK(G->host_alloc(gb, bytes, (void**)&hb));
+  for (size_t i = 0; i < n; i++) ha[i] = (uint16_t)(i * 2654435761u >> 16);
+  void* d1 = dalloc(G, gb, bytes);
+  void* d2 = dalloc(G, gb, bytes);
+  uint64_t t1 = 0, t2 = 0, t3 = 0;
+  /* host -> device, the device copies it on (ordered after the copy), device -> host */
+  CK(G->fill(gb, d1, ZP_BF16, n, 3.0));
+  CK(G->copy_async(gb, d1, ha, bytes, 1, &t1)); /* after the fill: the fill must not win */
+  CK(G->copy_wait(gb, t1, 1));
+  CK(G->copy_d2d(gb, d2, d1, bytes));
+  CK(G->copy_async(gb, hb, d2, bytes, 0, &t2));
+  CK(G->copy_wait(gb, t2, 0));
+  result_t* r = pend("copy_async round trip", "64 MiB h2d, d2d, d2h");
+  r->pass = t1 > 0 && t2 > t1 && memcmp(ha, hb, bytes) == 0;
+  snprintf(r->note, sizeof r->note, "tickets %llu, %llu", (unsigned long long)t1, (unsigned long long)t2);
+  /* a device -> host copy waits for the work issued before it (a fill of the source) */
+  CK(G->fill(gb, d2, ZP_BF16, n, -2.0));
+  CK(G->copy_async(gb, hb, d2, bytes, 0, &t3));
+  CK(G->copy_wait(gb, t3, 0));
+  size_t bad = 0;
+  for (size_t i = 0; i < n; i++) bad += hb[i] != 0xC000; /* -2.0 in bf16 */
+  result_t* o = pend("copy_async ordering", "d2h after a fill of its source");
+  o->pass = bad == 0;
+  snprintf(o->note, sizeof o->note, "%zu elements not -2", bad);
+  result_t* e = pend("copy_async errors", "ticket 0 done, unissued ticket refused");
+  e->pass = G->copy_wait(gb, 0, 0) == ZP_OK && G->copy_wait(gb, t3 + 1000, 0) == ZP_E_INVALID &&
+            G->copy_async(gb, hb, d2, 16, 0, NULL) == ZP_E_INVALID;
+  flush(NAN);
+  G->host_free(gb, ha);
+  G->host_free(gb, hb);
+  release_all();
+}
+
 /* ---- the kernel-choice switches: every bad value is refused at create with a message that
  * names the variable and the accepted values (user input: never a crash or a silent default) */
 static void t_switch_errors(void) {
@@ -2308,6 +2351,7 @@ int main(int argc, char** argv) {
   t_matmul_res(N, 4 * C, C);
   t_matmul_res(37, 24, 70); /* leading dimensions not multiples of 8 */
   t_timers();
+  t_copy_async();
   t_switch_errors();
   t_matmul_gelu(N, C, 4 * C);
   t_matmul_gelu(64, 96, 40);
