@@ -215,6 +215,65 @@ static void dpu_vs_reference(const char* prec, int stream) {
   zp_config_free(&cs);
 }
 
+/* grad_accum 2: the core hands final gradients to the tier only on a step's last micro-batch
+ * (stage 2 reduces at every micro-batch, replicated only at the last): nothing streams during the
+ * first, everything during the second, and the result equals the run without offload bitwise */
+static void stream_accum(const char* stage) {
+  zp_config co, cr;
+  zp_run ro, rr;
+  char err[256];
+  CHECK_EQ_INT(make_cfg(&co, "bf16", 1, 0, 1), 0);
+  CHECK_EQ_INT(make_cfg(&cr, "bf16", 0, 0, 1), 0);
+  char zs[64];
+  snprintf(zs, sizeof zs, "zero.plugin=%s", stage);
+  CHECK_EQ_INT(zp_config_set(&co, zs, err, sizeof err), 0);
+  CHECK_EQ_INT(zp_config_set(&cr, zs, err, sizeof err), 0);
+  CHECK_EQ_INT(open_run(&ro, &co), 0);
+  CHECK_EQ_INT(open_run(&rr, &cr), 0);
+  int N = ro.B * ro.T;
+  int32_t* in = malloc((size_t)N * sizeof *in);
+  int32_t* tg = malloc((size_t)N * sizeof *tg);
+  uint64_t held = 0;
+  for (int g = 0; g < ro.layout.n_groups; g++) held += ro.groups[g].info.padded;
+  unsigned long long first = 0, second = 0;
+  int same = 1;
+  for (int t = 1; t <= 3; t++) {
+    double lo[2], lr[2];
+    CHECK_EQ_INT(zp_run_zero_grads(&ro), 0);
+    CHECK_EQ_INT(zp_run_zero_grads(&rr), 0);
+    for (int m = 0; m < 2; m++) {
+      batch(N, 2 * t + m, in, tg);
+      ro.host.micro_batch = rr.host.micro_batch = m;
+      ro.host.micro_batches = rr.host.micro_batches = 2;
+      unsigned long long io0 = ro.ledger.io_bytes[ZP_TIER_CPU][1];
+      CHECK_EQ_INT(zp_run_micro_batch(&ro, in, tg, 0.5f / (float)N, &lo[m]), 0);
+      CHECK_EQ_INT(zp_run_micro_batch(&rr, in, tg, 0.5f / (float)N, &lr[m]), 0);
+      *(m ? &second : &first) += ro.ledger.io_bytes[ZP_TIER_CPU][1] - io0;
+      if (memcmp(&lo[m], &lr[m], sizeof lo[m])) same = 0;
+    }
+    CHECK_EQ_INT(zp_run_step(&ro, 3e-3f), 0);
+    CHECK_EQ_INT(zp_run_step(&rr, 3e-3f), 0);
+  }
+  CHECK_MSG(same, "%s: losses differ from the run without offload", stage);
+  CHECK_MSG(first == 0 && second == 3ull * held * zp_dtype_size(ro.grad_dt),
+            "%s: gradient bytes to the host during micro-batch 0: %llu (want 0), during micro-batch 1: %llu (want %llu)", stage,
+            first, second, (unsigned long long)(3ull * held * zp_dtype_size(ro.grad_dt)));
+  float** po = final_params(&ro);
+  float** pr = final_params(&rr);
+  double md;
+  CHECK_EQ_INT(count_diff(&ro, po, pr, &md), 0);
+  free_params(&ro, po);
+  free_params(&rr, pr);
+  free(in);
+  free(tg);
+  zp_run_close(&ro);
+  zp_run_close(&rr);
+  zp_config_free(&co);
+  zp_config_free(&cr);
+}
+static void test_stream_accum_none(void) { stream_accum("none"); }
+static void test_stream_accum_stage2(void) { stream_accum("stage2"); }
+
 static void test_dpu_fp32(void) { dpu_vs_reference("fp32", 1); }
 static void test_dpu_bf16(void) { dpu_vs_reference("bf16", 1); }
 static void test_dpu_fp32_nostream(void) { dpu_vs_reference("fp32", 0); }
@@ -226,5 +285,7 @@ int main(void) {
   ZT_RUN(test_dpu_bf16);
   ZT_RUN(test_dpu_fp32_nostream);
   ZT_RUN(test_dpu_bf16_nostream);
+  ZT_RUN(test_stream_accum_none);
+  ZT_RUN(test_stream_accum_stage2);
   return zt_done();
 }
