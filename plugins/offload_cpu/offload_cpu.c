@@ -30,7 +30,8 @@
  *   cannot pass the tests.
  * - Only the worker thread touches a queued group's master/m/v; the core reads them only after
  *   sync() (state reads, checkpoints go through it). The host table is used from the calling
- *   thread only (errors of the worker are reported at the next update/sync).
+ *   thread only (errors of the worker are reported at the next update/sync); the worker calls
+ *   only the backend's copy_wait, which any thread may call.
  * - A host buffer is never written while a copy reads it or the worker uses it, nor read before
  *   its copy was waited for (the CPU backend defers copies until waited for, so a missing wait
  *   fails the CPU tests); close() waits for every copy this tier issued. */
