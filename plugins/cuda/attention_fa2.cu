@@ -636,6 +636,124 @@ template <int HS> struct F2BwdKV2 {
   static constexpr size_t bytes = 2 * kt + 4 * qt + 4 * F2_QB * sizeof(float);
 };
 
+/* The per-warp tile arithmetic that the kv2 and fused backward kernels share: one 32-query
+ * tile (Qs, dOs in shared memory, row pitch LD) against this warp's 32 keys (two m16 tiles from
+ * row kw of Ks, Vs). Macros rather than inline functions: they expand to the very code the
+ * kernels had written in place, so the compiled kernels are byte for byte the ones measured and
+ * checked (an inline-function version changed kv2's SASS). They use the kernel's names: Ks, Vs,
+ * Qs, dOs, Ls, Ds, LD, HS, kw, lane, g, t4, k0, q0, diag, scale_log2 (F2_BWD_STAGE: Qb, x,
+ * hd, stride, dobase, C, T, LDs, lrow, drow). */
+
+/* Query tile n (Q, dO rows n*F2_QB .., and its L, D) into staging buffer x ^ 1 (asynchronous
+ * loads, committed; the L / D stores by the first 2*F2_QB threads) */
+#define F2_BWD_STAGE(n)                                                                            \
+  do {                                                                                             \
+    bf16* nb = Qb + (x ^ 1) * 2 * F2_QB * LD;                                                      \
+    f2_load<HS, F2_QB>(nb, hd.q, stride, (n) * F2_QB, T);                                          \
+    f2_load<HS, F2_QB>(nb + F2_QB * LD, dobase, C, (n) * F2_QB, T);                                \
+    f2_commit();                                                                                   \
+    if (threadIdx.x < 2 * F2_QB) {                                                                 \
+      const int r = threadIdx.x & (F2_QB - 1), t = (n) * F2_QB + r;                                \
+      LDs[(x ^ 1) * 2 * F2_QB + threadIdx.x] =                                                     \
+          threadIdx.x < F2_QB ? (t < T ? lrow[t] * F2_LOG2E : INFINITY) : (t < T ? drow[t] : 0.0f);\
+    }                                                                                              \
+  } while (0)
+
+/* S^T = K Q^T, dP^T = V dO^T into p, dp (zeroed first): each Q / dO fragment feeds both key tiles */
+#define F2_BWD_SDP(p, dp) \
+  do { \
+_Pragma("unroll")                                                      \
+  for (int mi = 0; mi < 2; mi++)                                       \
+_Pragma("unroll")                                                      \
+    for (int nt = 0; nt < 4; nt++)                                     \
+_Pragma("unroll")                                                      \
+      for (int e = 0; e < 4; e++) p[mi][nt][e] = dp[mi][nt][e] = 0.0f; \
+_Pragma("unroll")                                                      \
+  for (int kk = 0; kk < HS / 16; kk++) {                               \
+    uint32_t ka[2][4], va[2][4];                                       \
+_Pragma("unroll")                                                      \
+    for (int mi = 0; mi < 2; mi++) {                                   \
+      f2_ldm4(ka[mi], f2_at_a<LD>(Ks, kw + 16 * mi, kk * 16, lane));   \
+      f2_ldm4(va[mi], f2_at_a<LD>(Vs, kw + 16 * mi, kk * 16, lane));   \
+    }                                                                  \
+_Pragma("unroll")                                                      \
+    for (int np = 0; np < 2; np++) {                                   \
+      uint32_t b[4];                                                   \
+      f2_ldm4(b, f2_at_bn<LD>(Qs, np * 16, kk * 16, lane));            \
+_Pragma("unroll")                                                      \
+      for (int mi = 0; mi < 2; mi++) {                                 \
+        f2_mma(p[mi][2 * np], ka[mi], b[0], b[1]);                     \
+        f2_mma(p[mi][2 * np + 1], ka[mi], b[2], b[3]);                 \
+      }                                                                \
+      f2_ldm4(b, f2_at_bn<LD>(dOs, np * 16, kk * 16, lane));           \
+_Pragma("unroll")                                                      \
+      for (int mi = 0; mi < 2; mi++) {                                 \
+        f2_mma(dp[mi][2 * np], va[mi], b[0], b[1]);                    \
+        f2_mma(dp[mi][2 * np + 1], va[mi], b[2], b[3]);                \
+      }                                                                \
+    }                                                                  \
+  }                                                                    \
+  } while (0)
+
+/* P^T = exp2(S^T scale_log2 - L), dS^T = P^T (dP^T - D), in place; query column qc = 8nt + 2t4 +
+ * (e & 1), key row kw + 16mi + g + 8 (e >> 1); diag: mask keys above queries */
+#define F2_BWD_PDS(p, dp) \
+  do { \
+_Pragma("unroll")                                                                   \
+  for (int nt = 0; nt < 4; nt++) {                                                  \
+    const float2 lq = *(const float2*)(Ls + nt * 8 + 2 * t4);                       \
+    const float2 dq = *(const float2*)(Ds + nt * 8 + 2 * t4);                       \
+_Pragma("unroll")                                                                   \
+    for (int mi = 0; mi < 2; mi++)                                                  \
+_Pragma("unroll")                                                                   \
+      for (int e = 0; e < 4; e++) {                                                 \
+        const int qc = nt * 8 + 2 * t4 + (e & 1);                                   \
+        const int kr = kw + 16 * mi + g + 8 * (e >> 1);                             \
+        float pv = f2_ex2(fmaf(p[mi][nt][e], scale_log2, (e & 1) ? -lq.y : -lq.x)); \
+        if (diag && k0 + kr > q0 + qc) pv = 0.0f;                                   \
+        p[mi][nt][e] = pv;                                                          \
+        dp[mi][nt][e] = pv * (dp[mi][nt][e] - ((e & 1) ? dq.y : dq.x));             \
+      }                                                                             \
+  }                                                                                 \
+  } while (0)
+
+/* dV += P^T dO, dK += dS^T Q: k = the tile's 32 queries; each dO / Q fragment feeds both key
+ * tiles. A fragments from the accumulators of n8 tiles 2kk, 2kk + 1 (as in f2_pv). */
+#define F2_BWD_DVDK(dv, dk, p, dp) \
+  do { \
+_Pragma("unroll")                                                        \
+  for (int kk = 0; kk < F2_QB / 16; kk++) {                              \
+    uint32_t pa[2][4], sa[2][4];                                         \
+_Pragma("unroll")                                                        \
+    for (int mi = 0; mi < 2; mi++) {                                     \
+      pa[mi][0] = f2_pack(p[mi][2 * kk][0], p[mi][2 * kk][1]);           \
+      pa[mi][1] = f2_pack(p[mi][2 * kk][2], p[mi][2 * kk][3]);           \
+      pa[mi][2] = f2_pack(p[mi][2 * kk + 1][0], p[mi][2 * kk + 1][1]);   \
+      pa[mi][3] = f2_pack(p[mi][2 * kk + 1][2], p[mi][2 * kk + 1][3]);   \
+      sa[mi][0] = f2_pack(dp[mi][2 * kk][0], dp[mi][2 * kk][1]);         \
+      sa[mi][1] = f2_pack(dp[mi][2 * kk][2], dp[mi][2 * kk][3]);         \
+      sa[mi][2] = f2_pack(dp[mi][2 * kk + 1][0], dp[mi][2 * kk + 1][1]); \
+      sa[mi][3] = f2_pack(dp[mi][2 * kk + 1][2], dp[mi][2 * kk + 1][3]); \
+    }                                                                    \
+_Pragma("unroll")                                                        \
+    for (int d = 0; d < HS / 16; d++) {                                  \
+      uint32_t b[4];                                                     \
+      f2_ldm4t(b, f2_at_a<LD>(dOs, kk * 16, d * 16, lane));              \
+_Pragma("unroll")                                                        \
+      for (int mi = 0; mi < 2; mi++) {                                   \
+        f2_mma(dv[mi][2 * d], pa[mi], b[0], b[1]);                       \
+        f2_mma(dv[mi][2 * d + 1], pa[mi], b[2], b[3]);                   \
+      }                                                                  \
+      f2_ldm4t(b, f2_at_a<LD>(Qs, kk * 16, d * 16, lane));               \
+_Pragma("unroll")                                                        \
+      for (int mi = 0; mi < 2; mi++) {                                   \
+        f2_mma(dk[mi][2 * d], sa[mi], b[0], b[1]);                       \
+        f2_mma(dk[mi][2 * d + 1], sa[mi], b[2], b[3]);                   \
+      }                                                                  \
+    }                                                                    \
+  }                                                                      \
+  } while (0)
+
 template <int HS>
 __global__ void __launch_bounds__(F2_THREADS)
 zpc_fa2_bwd_kv2_kernel(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse,
@@ -683,15 +801,7 @@ zpc_fa2_bwd_kv2_kernel(bf16* dqkv, const bf16* dout, const bf16* qkv, const floa
   for (int i = i0; i < nqt; i++) {
     const int x = (i - i0) & 1;
     if (i + 1 < nqt) {
-      bf16* nb = Qb + (x ^ 1) * 2 * F2_QB * LD;
-      f2_load<HS, F2_QB>(nb, hd.q, stride, (i + 1) * F2_QB, T);
-      f2_load<HS, F2_QB>(nb + F2_QB * LD, dobase, C, (i + 1) * F2_QB, T);
-      f2_commit();
-      if (threadIdx.x < 2 * F2_QB) {
-        const int r = threadIdx.x & (F2_QB - 1), t = (i + 1) * F2_QB + r;
-        LDs[(x ^ 1) * 2 * F2_QB + threadIdx.x] =
-            threadIdx.x < F2_QB ? (t < T ? lrow[t] * F2_LOG2E : INFINITY) : (t < T ? drow[t] : 0.0f);
-      }
+      F2_BWD_STAGE(i + 1);
       f2_wait<1>();
     } else {
       f2_wait<0>();
@@ -706,89 +816,9 @@ zpc_fa2_bwd_kv2_kernel(bf16* dqkv, const bf16* dout, const bf16* qkv, const floa
     if (k0 + kw <= q0 + F2_QB - 1) {
       const bool diag = k0 + kw + 31 > q0; /* some key > some query: mask */
       float p[2][4][4], dp[2][4][4]; /* [key m tile][query n8 tile][frag] */
-#pragma unroll
-      for (int mi = 0; mi < 2; mi++)
-#pragma unroll
-        for (int nt = 0; nt < 4; nt++)
-#pragma unroll
-          for (int e = 0; e < 4; e++) p[mi][nt][e] = dp[mi][nt][e] = 0.0f;
-      /* S^T = K Q^T, dP^T = V dO^T: each Q / dO fragment feeds both key tiles */
-#pragma unroll
-      for (int kk = 0; kk < HS / 16; kk++) {
-        uint32_t ka[2][4], va[2][4];
-#pragma unroll
-        for (int mi = 0; mi < 2; mi++) {
-          f2_ldm4(ka[mi], f2_at_a<LD>(Ks, kw + 16 * mi, kk * 16, lane));
-          f2_ldm4(va[mi], f2_at_a<LD>(Vs, kw + 16 * mi, kk * 16, lane));
-        }
-#pragma unroll
-        for (int np = 0; np < 2; np++) {
-          uint32_t b[4];
-          f2_ldm4(b, f2_at_bn<LD>(Qs, np * 16, kk * 16, lane));
-#pragma unroll
-          for (int mi = 0; mi < 2; mi++) {
-            f2_mma(p[mi][2 * np], ka[mi], b[0], b[1]);
-            f2_mma(p[mi][2 * np + 1], ka[mi], b[2], b[3]);
-          }
-          f2_ldm4(b, f2_at_bn<LD>(dOs, np * 16, kk * 16, lane));
-#pragma unroll
-          for (int mi = 0; mi < 2; mi++) {
-            f2_mma(dp[mi][2 * np], va[mi], b[0], b[1]);
-            f2_mma(dp[mi][2 * np + 1], va[mi], b[2], b[3]);
-          }
-        }
-      }
-      /* P^T = exp2(S^T scale_log2 - L), dS^T = P^T (dP^T - D); query column qc = 8nt + 2t4 +
-       * (e & 1), key row kw + 16mi + g + 8 (e >> 1) */
-#pragma unroll
-      for (int nt = 0; nt < 4; nt++) {
-        const float2 lq = *(const float2*)(Ls + nt * 8 + 2 * t4);
-        const float2 dq = *(const float2*)(Ds + nt * 8 + 2 * t4);
-#pragma unroll
-        for (int mi = 0; mi < 2; mi++)
-#pragma unroll
-          for (int e = 0; e < 4; e++) {
-            const int qc = nt * 8 + 2 * t4 + (e & 1);
-            const int kr = kw + 16 * mi + g + 8 * (e >> 1);
-            float pv = f2_ex2(fmaf(p[mi][nt][e], scale_log2, (e & 1) ? -lq.y : -lq.x));
-            if (diag && k0 + kr > q0 + qc) pv = 0.0f;
-            p[mi][nt][e] = pv;
-            dp[mi][nt][e] = pv * (dp[mi][nt][e] - ((e & 1) ? dq.y : dq.x));
-          }
-      }
-      /* dV += P^T dO, dK += dS^T Q: k = the tile's 32 queries; each dO / Q fragment feeds both
-       * key tiles. A fragments from the accumulators of n8 tiles 2kk, 2kk + 1 (as in f2_pv). */
-#pragma unroll
-      for (int kk = 0; kk < F2_QB / 16; kk++) {
-        uint32_t pa[2][4], sa[2][4];
-#pragma unroll
-        for (int mi = 0; mi < 2; mi++) {
-          pa[mi][0] = f2_pack(p[mi][2 * kk][0], p[mi][2 * kk][1]);
-          pa[mi][1] = f2_pack(p[mi][2 * kk][2], p[mi][2 * kk][3]);
-          pa[mi][2] = f2_pack(p[mi][2 * kk + 1][0], p[mi][2 * kk + 1][1]);
-          pa[mi][3] = f2_pack(p[mi][2 * kk + 1][2], p[mi][2 * kk + 1][3]);
-          sa[mi][0] = f2_pack(dp[mi][2 * kk][0], dp[mi][2 * kk][1]);
-          sa[mi][1] = f2_pack(dp[mi][2 * kk][2], dp[mi][2 * kk][3]);
-          sa[mi][2] = f2_pack(dp[mi][2 * kk + 1][0], dp[mi][2 * kk + 1][1]);
-          sa[mi][3] = f2_pack(dp[mi][2 * kk + 1][2], dp[mi][2 * kk + 1][3]);
-        }
-#pragma unroll
-        for (int d = 0; d < HS / 16; d++) {
-          uint32_t b[4];
-          f2_ldm4t(b, f2_at_a<LD>(dOs, kk * 16, d * 16, lane));
-#pragma unroll
-          for (int mi = 0; mi < 2; mi++) {
-            f2_mma(dv[mi][2 * d], pa[mi], b[0], b[1]);
-            f2_mma(dv[mi][2 * d + 1], pa[mi], b[2], b[3]);
-          }
-          f2_ldm4t(b, f2_at_a<LD>(Qs, kk * 16, d * 16, lane));
-#pragma unroll
-          for (int mi = 0; mi < 2; mi++) {
-            f2_mma(dk[mi][2 * d], sa[mi], b[0], b[1]);
-            f2_mma(dk[mi][2 * d + 1], sa[mi], b[2], b[3]);
-          }
-        }
-      }
+      F2_BWD_SDP(p, dp);
+      F2_BWD_PDS(p, dp);
+      F2_BWD_DVDK(dv, dk, p, dp);
     }
     __syncthreads(); /* buffer x is refilled next iteration */
   }
@@ -964,15 +994,7 @@ zpc_fa2_bwd_fused_kernel(bf16* dqkv, float* dqacc, int* sem, const bf16* dout, c
   for (int i = nqt - 1; i >= i0; i--) { /* descending: see the comment above */
     const int x = (nqt - 1 - i) & 1;
     if (i > i0) {
-      bf16* nb = Qb + (x ^ 1) * 2 * F2_QB * LD;
-      f2_load<HS, F2_QB>(nb, hd.q, stride, (i - 1) * F2_QB, T);
-      f2_load<HS, F2_QB>(nb + F2_QB * LD, dobase, C, (i - 1) * F2_QB, T);
-      f2_commit();
-      if (threadIdx.x < 2 * F2_QB) {
-        const int r = threadIdx.x & (F2_QB - 1), t = (i - 1) * F2_QB + r;
-        LDs[(x ^ 1) * 2 * F2_QB + threadIdx.x] =
-            threadIdx.x < F2_QB ? (t < T ? lrow[t] * F2_LOG2E : INFINITY) : (t < T ? drow[t] : 0.0f);
-      }
+      F2_BWD_STAGE(i - 1);
       f2_wait<1>();
     } else {
       f2_wait<0>();
@@ -988,53 +1010,8 @@ zpc_fa2_bwd_fused_kernel(bf16* dqkv, float* dqacc, int* sem, const bf16* dout, c
     if (k0 + kw <= q0 + F2_QB - 1) {
       const bool diag = k0 + kw + 31 > q0; /* some key > some query: mask */
       float p[2][4][4], dp[2][4][4]; /* [key m tile][query n8 tile][frag] */
-#pragma unroll
-      for (int mi = 0; mi < 2; mi++)
-#pragma unroll
-        for (int nt = 0; nt < 4; nt++)
-#pragma unroll
-          for (int e = 0; e < 4; e++) p[mi][nt][e] = dp[mi][nt][e] = 0.0f;
-#pragma unroll
-      for (int kk = 0; kk < HS / 16; kk++) {
-        uint32_t ka[2][4], va[2][4];
-#pragma unroll
-        for (int mi = 0; mi < 2; mi++) {
-          f2_ldm4(ka[mi], f2_at_a<LD>(Ks, kw + 16 * mi, kk * 16, lane));
-          f2_ldm4(va[mi], f2_at_a<LD>(Vs, kw + 16 * mi, kk * 16, lane));
-        }
-#pragma unroll
-        for (int np = 0; np < 2; np++) {
-          uint32_t b[4];
-          f2_ldm4(b, f2_at_bn<LD>(Qs, np * 16, kk * 16, lane));
-#pragma unroll
-          for (int mi = 0; mi < 2; mi++) {
-            f2_mma(p[mi][2 * np], ka[mi], b[0], b[1]);
-            f2_mma(p[mi][2 * np + 1], ka[mi], b[2], b[3]);
-          }
-          f2_ldm4(b, f2_at_bn<LD>(dOs, np * 16, kk * 16, lane));
-#pragma unroll
-          for (int mi = 0; mi < 2; mi++) {
-            f2_mma(dp[mi][2 * np], va[mi], b[0], b[1]);
-            f2_mma(dp[mi][2 * np + 1], va[mi], b[2], b[3]);
-          }
-        }
-      }
-#pragma unroll
-      for (int nt = 0; nt < 4; nt++) {
-        const float2 lq = *(const float2*)(Ls + nt * 8 + 2 * t4);
-        const float2 dq = *(const float2*)(Ds + nt * 8 + 2 * t4);
-#pragma unroll
-        for (int mi = 0; mi < 2; mi++)
-#pragma unroll
-          for (int e = 0; e < 4; e++) {
-            const int qc = nt * 8 + 2 * t4 + (e & 1);
-            const int kr = kw + 16 * mi + g + 8 * (e >> 1);
-            float pv = f2_ex2(fmaf(p[mi][nt][e], scale_log2, (e & 1) ? -lq.y : -lq.x));
-            if (diag && k0 + kr > q0 + qc) pv = 0.0f;
-            p[mi][nt][e] = pv;
-            dp[mi][nt][e] = pv * (dp[mi][nt][e] - ((e & 1) ? dq.y : dq.x));
-          }
-      }
+      F2_BWD_SDP(p, dp);
+      F2_BWD_PDS(p, dp);
       /* dS^T (bf16) to shared memory, [key row][query]: 4-byte stores, conflict-free (rows 80
        * bytes apart) */
 #pragma unroll
@@ -1045,38 +1022,7 @@ zpc_fa2_bwd_fused_kernel(bf16* dqkv, float* dqacc, int* sem, const bf16* dout, c
           *(uint32_t*)d = f2_pack(dp[mi][nt][0], dp[mi][nt][1]);
           *(uint32_t*)(d + 8 * LDS) = f2_pack(dp[mi][nt][2], dp[mi][nt][3]);
         }
-      /* dV += P^T dO, dK += dS^T Q (as kv2) */
-#pragma unroll
-      for (int kk = 0; kk < F2_QB / 16; kk++) {
-        uint32_t pa[2][4], sa[2][4];
-#pragma unroll
-        for (int mi = 0; mi < 2; mi++) {
-          pa[mi][0] = f2_pack(p[mi][2 * kk][0], p[mi][2 * kk][1]);
-          pa[mi][1] = f2_pack(p[mi][2 * kk][2], p[mi][2 * kk][3]);
-          pa[mi][2] = f2_pack(p[mi][2 * kk + 1][0], p[mi][2 * kk + 1][1]);
-          pa[mi][3] = f2_pack(p[mi][2 * kk + 1][2], p[mi][2 * kk + 1][3]);
-          sa[mi][0] = f2_pack(dp[mi][2 * kk][0], dp[mi][2 * kk][1]);
-          sa[mi][1] = f2_pack(dp[mi][2 * kk][2], dp[mi][2 * kk][3]);
-          sa[mi][2] = f2_pack(dp[mi][2 * kk + 1][0], dp[mi][2 * kk + 1][1]);
-          sa[mi][3] = f2_pack(dp[mi][2 * kk + 1][2], dp[mi][2 * kk + 1][3]);
-        }
-#pragma unroll
-        for (int d = 0; d < HS / 16; d++) {
-          uint32_t b[4];
-          f2_ldm4t(b, f2_at_a<LD>(dOs, kk * 16, d * 16, lane));
-#pragma unroll
-          for (int mi = 0; mi < 2; mi++) {
-            f2_mma(dv[mi][2 * d], pa[mi], b[0], b[1]);
-            f2_mma(dv[mi][2 * d + 1], pa[mi], b[2], b[3]);
-          }
-          f2_ldm4t(b, f2_at_a<LD>(Qs, kk * 16, d * 16, lane));
-#pragma unroll
-          for (int mi = 0; mi < 2; mi++) {
-            f2_mma(dk[mi][2 * d], sa[mi], b[0], b[1]);
-            f2_mma(dk[mi][2 * d + 1], sa[mi], b[2], b[3]);
-          }
-        }
-      }
+      F2_BWD_DVDK(dv, dk, p, dp);
     }
     __syncthreads(); /* dS^T complete */
 
