@@ -42,6 +42,7 @@
 #include <string.h>
 
 #include "adamw_cpu.h"
+#include "../common/copy_async.h"
 #include "../common/offload_ratio.h"
 #include "zp/zp_plugin.h"
 
@@ -287,21 +288,6 @@ static int adam_span(const oc_t* s, const zp_optim_range* u, uint64_t c0, uint64
   return ZP_OK;
 }
 
-/* ---------------- copies beside the compute (ABI 1.5; synchronous without it) ---------------- */
-
-static int has_async(const zp_host* h) { return ZP_TABLE_HAS(h->dev, copy_async) && ZP_TABLE_HAS(h->dev, copy_wait); }
-static int copy_start(const zp_host* h, void* dst, const void* src, size_t bytes, int h2d, uint64_t* ticket) {
-  *ticket = 0;
-  if (has_async(h)) return h->dev->copy_async(h->devb, dst, src, bytes, h2d, ticket);
-  return h2d ? h->dev->copy_h2d(h->devb, dst, src, bytes) : h->dev->copy_d2h(h->devb, dst, src, bytes);
-}
-static int copy_wait(const zp_host* h, uint64_t* ticket, int device) {
-  if (!*ticket || !has_async(h)) return ZP_OK;
-  int rc = h->dev->copy_wait(h->devb, *ticket, device);
-  if (!device && !rc) *ticket = 0; /* done: nothing left to wait for */
-  return rc;
-}
-
 /* ---------------- the worker: AdamW off the calling thread ---------------- */
 
 static void* worker_main(void* arg) {
@@ -316,7 +302,7 @@ static void* worker_main(void* arg) {
     pthread_mutex_unlock(&s->mu);
     char msg[512] = "";
     int rc = ZP_OK;
-    if (t.wait && (rc = s->h->dev->copy_wait(s->h->devb, t.wait, 0))) /* the parameter buffer is free once copied out */
+    if ((rc = zp_copy_wait(s->h, &t.wait, 0))) /* the parameter buffer is free once copied out */
       snprintf(msg, sizeof msg, "waiting for the parameter copy to the device failed");
     if (!rc) rc = adam_span(s, t.u, t.c0, t.n, t.g, t.p, msg, sizeof msg);
     pthread_mutex_lock(&s->mu);
@@ -384,8 +370,8 @@ static int apply_pending(oc_t* s, oc_job* j) {
     memcpy(j->u.param_out, j->pbuf, bytes);
     return ZP_OK;
   }
-  int rc = copy_start(s->h, j->u.param_out, j->pbuf, bytes, 1, &j->h2d);
-  if (!rc) rc = copy_wait(s->h, &j->h2d, 1);
+  int rc = zp_copy_start(s->h, j->u.param_out, j->pbuf, bytes, 1, &j->h2d);
+  if (!rc) rc = zp_copy_wait(s->h, &j->h2d, 1);
   if (!rc) s->h->note_io(s->h->ctx, ZP_TIER_CPU, 0, bytes);
   return rc;
 }
@@ -394,8 +380,8 @@ static int apply_pending(oc_t* s, oc_job* j) {
 static int wait_copies(oc_t* s) {
   int rc = ZP_OK;
   for (int g = 0; g < s->n_groups; g++) {
-    int r1 = s->grads ? copy_wait(s->h, &s->grads[g].ticket, 0) : ZP_OK;
-    int r2 = s->jobs ? copy_wait(s->h, &s->jobs[g].h2d, 0) : ZP_OK;
+    int r1 = s->grads ? zp_copy_wait(s->h, &s->grads[g].ticket, 0) : ZP_OK;
+    int r2 = s->jobs ? zp_copy_wait(s->h, &s->jobs[g].h2d, 0) : ZP_OK;
     if (!rc) rc = r1 ? r1 : r2;
   }
   return rc;
@@ -515,7 +501,7 @@ static int oc_grad_ready(void* st, const zp_grad_range* r) {
   }
   int idx = gr->nbuf == 2 && gr->busy == 0 ? 1 : 0; /* never the buffer a queued job reads */
   size_t bytes = (size_t)r->count * gs;
-  int rc = copy_start(h, (char*)gr->buf[idx] + (size_t)r->state_off * gs, r->grad, bytes, 0, &gr->ticket);
+  int rc = zp_copy_start(h, (char*)gr->buf[idx] + (size_t)r->state_off * gs, r->grad, bytes, 0, &gr->ticket);
   if (rc) return rc;
   h->note_io(h->ctx, ZP_TIER_CPU, 1, bytes);
   gr->valid = 1;
@@ -540,7 +526,7 @@ static const void* take_streamed(oc_t* s, const zp_optim_range* u, int* idx, int
       u->state_off + u->count > gr->state_off + gr->count ||
       (const char*)u->grad != (const char*)gr->src + (size_t)(u->state_off - gr->state_off) * gs)
     return NULL;
-  if ((*rc = copy_wait(s->h, &gr->ticket, 0))) return NULL;
+  if ((*rc = zp_copy_wait(s->h, &gr->ticket, 0))) return NULL;
   *idx = gr->idx;
   s->streamed++;
   return (const char*)gr->buf[gr->idx] + (size_t)u->state_off * gs;

@@ -19,6 +19,7 @@
  * so no copy in flight.)
  * Memory per rank: (P+G+K)Ψ/N + gather pool + gradient buffers.
  * Communication per step: all-gather in forward and backward + reduce-scatter = 3Ψ. */
+#include "../common/copy_async.h"
 #include "../common/zero_common.h"
 
 #define S3_MAX_POOL 66
@@ -85,7 +86,7 @@ static int s3_open(const zp_host* h, void** state) {
     size_t sb = (size_t)in->shard_len * zc_dsize(pdt);
     if (!persistent(s, g) && in->place[ZP_CAT_PARAM].tier != ZP_TIER_GPU && sb > s->pstage_bytes) s->pstage_bytes = sb;
   }
-  s->async = ZP_TABLE_HAS(h->dev, copy_async) && ZP_TABLE_HAS(h->dev, copy_wait);
+  s->async = zp_copy_async_ok(h);
   s->pf_group = -1;
   if (s->pstage_bytes)
     ZC_TRY(h->alloc(h->ctx, ZP_CAT_BUFFER, ZP_TIER_GPU, s->pstage_bytes, "stage3 offloaded-parameter shard staging", &s->pstage));
@@ -105,7 +106,7 @@ static void s3_close(void* st) {
     for (int i = 0; i < s->npool; i++)
       if (s->pool[i]) h->free(h->ctx, ZP_CAT_BUFFER, ZP_TIER_GPU, s->pool[i], s->pool_bytes);
     if (s->g0buf) h->free(h->ctx, ZP_CAT_BUFFER, ZP_TIER_GPU, s->g0buf, s->g0bytes);
-    if (s->h2d && s->async) (void)h->dev->copy_wait(h->devb, s->h2d, 0);
+    (void)zp_copy_wait(h, &s->h2d, 0);
     if (s->pstage) h->free(h->ctx, ZP_CAT_BUFFER, ZP_TIER_GPU, s->pstage, s->pstage_bytes);
   }
   free(s->owner);
@@ -120,9 +121,7 @@ static int stage_shard(s3_t* s, int g, uint64_t* ticket) {
   const zp_host* h = s->z.h;
   const zp_group_info* in = &s->z.info[g];
   size_t bytes = (size_t)in->shard_len * zc_dsize(in->dtype[ZP_CAT_PARAM]);
-  *ticket = 0;
-  if (s->async) ZC_TRY(h->dev->copy_async(h->devb, s->pstage, in->buf[ZP_CAT_PARAM], bytes, 1, ticket));
-  else ZC_TRY(h->dev->copy_h2d(h->devb, s->pstage, in->buf[ZP_CAT_PARAM], bytes));
+  ZC_TRY(zp_copy_start(h, s->pstage, in->buf[ZP_CAT_PARAM], bytes, 1, ticket));
   if (*ticket) s->h2d = *ticket;
   h->note_io(h->ctx, in->place[ZP_CAT_PARAM].tier, 0, bytes);
   return ZP_OK;
@@ -136,7 +135,7 @@ static int gather_into(s3_t* s, int g, void* dst) {
     uint64_t t = s->pf_ticket;
     if (s->pf_group != g) ZC_TRY(stage_shard(s, g, &t)); /* not prefetched (a prefetch of another group is overwritten) */
     s->pf_group = -1;
-    if (t) ZC_TRY(h->dev->copy_wait(h->devb, t, 1)); /* the gather runs after the copy */
+    ZC_TRY(zp_copy_wait(h, &t, 1)); /* the gather runs after the copy */
     src = s->pstage;
   }
   return h->allgather(h->ctx, dst, src, (size_t)in->shard_len, in->dtype[ZP_CAT_PARAM]);
@@ -230,10 +229,7 @@ static int s3_step(void* st) {
   /* parameters change: nothing gathered may outlive the step */
   for (int g = 0; g < z->G; g++) ZC_TRY(release(s, g));
   s->pf_group = -1; /* a prefetched shard would hold the old values */
-  if (s->h2d) { /* offloaded shards are rewritten by the update: no copy may still read them */
-    ZC_TRY(z->h->dev->copy_wait(z->h->devb, s->h2d, 0));
-    s->h2d = 0;
-  }
+  ZC_TRY(zp_copy_wait(z->h, &s->h2d, 0)); /* offloaded shards are rewritten by the update: no copy may still read them */
   ZC_TRY(zc_step_shards(z, s3_grad_shard, s3_param_shard));
   for (int g = 0; g < z->G; g++)
     if (persistent(s, g)) ZC_TRY(zc_allgather_params_inplace(z, g));
