@@ -100,7 +100,6 @@ typedef struct {
   /* host gradient buffers (stream_grads or the delayed update), per group */
   int stream;
   oc_grads* grads;
-  long long streamed;  /* ranges taken from the streamed copy (tests, logs) */
   /* the worker thread and its task queue */
   oc_task* queue;  /* ring, capacity qcap */
   int qcap, qhead, qlen;
@@ -515,7 +514,7 @@ static int oc_grad_ready(void* st, const zp_grad_range* r) {
 }
 
 /* the host copy of u's gradient if it was streamed in for this step (waited for), else NULL;
- * *idx: its buffer */
+ * *idx (if idx): its buffer */
 static const void* take_streamed(oc_t* s, const zp_optim_range* u, int* idx, int* rc) {
   *rc = ZP_OK;
   oc_grads* gr = s->grads ? &s->grads[u->group] : NULL;
@@ -527,8 +526,7 @@ static const void* take_streamed(oc_t* s, const zp_optim_range* u, int* idx, int
       (const char*)u->grad != (const char*)gr->src + (size_t)(u->state_off - gr->state_off) * gs)
     return NULL;
   if ((*rc = zp_copy_wait(s->h, &gr->ticket, 0))) return NULL;
-  *idx = gr->idx;
-  s->streamed++;
+  if (idx) *idx = gr->idx;
   return (const char*)gr->buf[gr->idx] + (size_t)u->state_off * gs;
 }
 
@@ -620,10 +618,10 @@ static int oc_update(void* st, const zp_optim_range* u) {
   uint64_t nch = (u->count + chunk - 1) / chunk;
   long long base = s->chunks_done; /* no other chunk is in flight between updates */
   long long pushed = 0;
-  int idx, rc = ZP_OK;
+  int rc = ZP_OK;
   int phost = param_host(u);
   /* streamed in during the backward: AdamW reads the host copy, no gradient copies here */
-  const char* hg = take_streamed(s, u, &idx, &rc);
+  const char* hg = take_streamed(s, u, NULL, &rc);
   if (rc) return rc;
 #define CH_N(k) (u->count - (k) * chunk < chunk ? u->count - (k) * chunk : chunk)
 #define GRAD(k) (hg ? (const void*)(hg + (k) * chunk * gs) : (const void*)s->gstage[(k) % 2])
