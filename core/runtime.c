@@ -269,6 +269,70 @@ static int h_shard_ready(zp_host_ctx* c, int g, uint64_t first, uint64_t count, 
   return rc;
 }
 
+static int state_io(zp_run* r, int g, zp_category cat, uint64_t off, void* host, size_t bytes, int put);
+
+/* (1.6) fetch_state / fetch_wait: this rank's whole holding of (g, cat) into host memory. Storage
+ * a tier owns goes through the tier's fetch op (reads in the background, a ticket) where it has
+ * one; everything else is copied before the call returns (state_io: buffers, or tier read()). */
+static int fetch_check(zp_run* r, int g, zp_category cat, const void* host, const char* what) {
+  if (g < 0 || g >= r->layout.n_groups || (int)cat < 0 || cat >= ZP_CAT_COUNT) {
+    snprintf(r->err, sizeof r->err, "%s: group %d / category %d does not exist", what, g, (int)cat);
+    return ZP_E_INVALID;
+  }
+  if (host && ((uintptr_t)host % ZP_FETCH_ALIGN)) {
+    snprintf(r->err, sizeof r->err, "%s: host buffer %p is not %u-byte aligned", what, host, ZP_FETCH_ALIGN);
+    return ZP_E_INVALID;
+  }
+  return ZP_OK;
+}
+static const zp_tier_ops* fetch_tier(zp_run* r, const zp_group_info* in, zp_category cat, void** ts, const char** tname) {
+  if (in->buf[cat] || in->place[cat].tier == ZP_TIER_GPU) return NULL;
+  const zp_tier_ops* to = tier_for(r, in->place[cat].tier, ts, tname);
+  return to && ZP_TABLE_HAS(to, fetch) && ZP_TABLE_HAS(to, fetch_wait) ? to : NULL;
+}
+static int h_fetch_state(zp_host_ctx* c, int g, zp_category cat, void* host, uint64_t* ticket) {
+  zp_run* r = c->r;
+  *ticket = 0;
+  int rc = fetch_check(r, g, cat, host, "fetch_state");
+  if (rc || r->dry_run) return rc;
+  const zp_group_info* in = &r->groups[g].info;
+  if (!in->bytes[cat]) return ZP_OK;
+  void* ts = NULL;
+  const char* tname = NULL;
+  const zp_tier_ops* to = fetch_tier(r, in, cat, &ts, &tname);
+  if (!to) return state_io(r, g, cat, 0, host, in->bytes[cat], 0);
+  double t0 = zp_now_us();
+  saved_name caller = name_as(c, tname);
+  rc = to->fetch(ts, g, cat, host, ticket);
+  name_back(c, &caller);
+  zp_trace_span(ZP_TR_IO, "fetch_state", g, t0);
+  if (rc && !r->err[0]) snprintf(r->err, sizeof r->err, "tier %s: fetch of group %d %s failed (status %d)",
+                                 zp_tier_name(in->place[cat].tier), g, zp_category_name(cat), rc);
+  return rc;
+}
+static int h_fetch_wait(zp_host_ctx* c, int g, zp_category cat, uint64_t ticket) {
+  zp_run* r = c->r;
+  int rc = fetch_check(r, g, cat, NULL, "fetch_wait");
+  if (rc || !ticket) return rc;
+  const zp_group_info* in = &r->groups[g].info;
+  void* ts = NULL;
+  const char* tname = NULL;
+  const zp_tier_ops* to = fetch_tier(r, in, cat, &ts, &tname);
+  if (!to) {
+    snprintf(r->err, sizeof r->err, "fetch_wait: ticket %llu of group %d %s, whose storage has no background fetch",
+             (unsigned long long)ticket, g, zp_category_name(cat));
+    return ZP_E_INVALID;
+  }
+  double t0 = zp_now_us();
+  saved_name caller = name_as(c, tname);
+  rc = to->fetch_wait(ts, ticket);
+  name_back(c, &caller);
+  zp_trace_span(ZP_TR_IO, "fetch_wait", g, t0);
+  if (rc && !r->err[0]) snprintf(r->err, sizeof r->err, "tier %s: waiting for the fetch of group %d %s failed (status %d)",
+                                 zp_tier_name(in->place[cat].tier), g, zp_category_name(cat), rc);
+  return rc;
+}
+
 static int h_optim_update(zp_host_ctx* c, int g, uint64_t first, uint64_t count, const void* grad, zp_dtype gdt,
                           void* param_out, zp_dtype pdt) {
   zp_run* r = c->r;
@@ -433,6 +497,8 @@ static void host_init(zp_run* r, const char* name) {
   h->note_io = h_note_io;
   h->note_bytes = h_note_bytes;
   h->shard_ready = h_shard_ready;
+  h->fetch_state = h_fetch_state;
+  h->fetch_wait = h_fetch_wait;
 }
 
 /* ---------------- opening a run ---------------- */

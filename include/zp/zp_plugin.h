@@ -24,7 +24,7 @@ extern "C" {
 #endif
 
 #define ZP_ABI_MAJOR 1
-#define ZP_ABI_MINOR 5
+#define ZP_ABI_MINOR 6
 #define ZP_PLUGIN_ENTRY_NAME "zp_plugin_entry"
 /* does table t (whose first member is size_t struct_size) have member m, and is it set? */
 #define ZP_TABLE_HAS(t, m) \
@@ -229,7 +229,18 @@ typedef struct zp_host {
    * moved at update time. */
   int (*shard_ready)(zp_host_ctx* ctx, int group, uint64_t first, uint64_t count, const void* grad,
                      zp_dtype gdt);
+  /* ---- (1.6) read this rank's whole holding of (group, cat) into host memory, in the
+   * background where the storage allows: host must be page-locked (cpu-tier BUFFER from
+   * alloc), ZP_FETCH_ALIGN-aligned, and hold bytes[cat] rounded up to ZP_FETCH_ALIGN. For
+   * storage a tier owns (parameter offload to NVMe) the tier's fetch op starts the reads and
+   * *ticket names them; elsewhere the copy is done when the call returns (*ticket = 0).
+   * fetch_wait blocks until the bytes are in host memory and retires the ticket (0: no-op).
+   * Every ticket must be waited for, and before this step's optimizer update (the update
+   * rewrites the storage). */
+  int (*fetch_state)(zp_host_ctx* ctx, int group, zp_category cat, void* host, uint64_t* ticket);
+  int (*fetch_wait)(zp_host_ctx* ctx, int group, zp_category cat, uint64_t ticket);
 } zp_host;
+#define ZP_FETCH_ALIGN 4096
 
 
 /* ---- strategy plugins (ZeRO stages): the placement interface ----
@@ -323,6 +334,12 @@ typedef struct zp_tier_ops {
    * copy_async). The matching update() gets the same grad pointer and may then skip its copy.
    * A range reported and then not updated (a skipped step) must be harmless. */
   int (*grad_ready)(void* state, const zp_grad_range* r);
+  /* (1.6, optional) zp_host.fetch_state / fetch_wait for storage this tier owns: start reading
+   * this rank's whole holding of (group, cat) into host (ZP_FETCH_ALIGN-aligned, page-locked),
+   * and wait for it. The core calls update() only after every fetch was waited for. NULL:
+   * the core reads synchronously through read(). */
+  int (*fetch)(void* state, int group, zp_category cat, void* host, uint64_t* ticket);
+  int (*fetch_wait)(void* state, uint64_t ticket);
 } zp_tier_ops;
 
 /* ---- parallel plugins (pipeline, tensor) ---- */

@@ -657,6 +657,7 @@ static int oc_update(void* st, const zp_optim_range* u) {
 static const zp_tier_ops oc_ops = {
   sizeof(zp_tier_ops), ZP_TIER_CPU, oc_open, oc_close, oc_plan, oc_update, oc_step_end, NULL, NULL, oc_sync,
   oc_grad_ready,
+  NULL, NULL, /* fetch: the shards are host buffers the core and stage 3 read directly */
 };
 static const zp_plugin_desc oc_desc = {
   sizeof(zp_plugin_desc), ZP_ABI_MAJOR, ZP_ABI_MINOR, "offload_cpu", "0.4.0", ZP_KIND_TIER,

@@ -16,6 +16,14 @@
  * flight. After the last sub-group of group g the first ones of group g+1 are prefetched (the
  * strategies update groups in order); step_end() waits for every write.
  *
+ * Parameter offload (offload.param.plugin = "offload_nvme", stage 3, with the optimizer here at
+ * ratio 1): the sharded PARAM shards live in a second file under offload.param.path, each
+ * group's shard contiguous (pdt). The AdamW writes a sub-group's new parameters into its slot
+ * (after master | m | v) and the write-back sends them to that file with a second request;
+ * stage 3 reads a whole shard for each gather through fetch() (one request, in the background:
+ * ABI 1.6 zp_host.fetch_state), so the device holds no parameter shard. With parameters here
+ * the sub-group length is a multiple of 2048 elements, so bf16 pieces stay 4 KiB-aligned.
+ *
  * Invariants:
  * - One read request and one write request per sub-group per step; every request is reported
  *   to the ledger (note_io on the nvme tier: bytes and count), and the file's bytes are noted
@@ -31,8 +39,11 @@
  *   so the last one stays intact.
  * - plan() refuses, before anything is allocated: a missing, non-directory, unwritable or
  *   memory-backed path; less free disk than the world's files need (statvfs); host staging
- *   above offload.optimizer.max_host_gb or physical RAM; parameter offload (not implemented);
- *   fp64 training. Numbers are in the messages.
+ *   above offload.optimizer.max_host_gb or physical RAM; parameter offload without the optimizer
+ *   here or with ratio < 1; fp64 training. Numbers are in the messages.
+ * - fetch() reads only between steps' updates: the core waits for every fetch before update()
+ *   (stage 3 does, at its step), and step_end() has waited for every write, so a fetch never
+ *   reads a shard being rewritten.
  * - open() runs a collective before it creates any file (so every rank's plan() free-space
  *   check happened before any rank allocated) and another after, so a rank that cannot open
  *   its file makes every rank fail with a message instead of a hang.
@@ -69,7 +80,11 @@ typedef struct {
   uint64_t k;
   uint64_t ticket;
   uint64_t seq; /* submission order of the write (oldest is reused first) */
-  char* buf;    /* 4 KiB-aligned, 12*S bytes */
+  char* buf;    /* 4 KiB-aligned, 12*S bytes [master | m | v] (+ ps*S: new parameters, pbuf) */
+  char* pbuf;
+  int pw;           /* a parameter write-back (pticket, on the parameter file) is in flight */
+  uint64_t pticket;
+  int pvalid;       /* pbuf holds the current parameters of (g, k) */
 } nv_slot;
 
 typedef struct {
@@ -77,12 +92,21 @@ typedef struct {
   uint64_t file_off;  /* byte offset of the group's first sub-group */
   uint64_t nsub;
   unsigned char* fresh; /* [nsub] 1: never written (reads as zeros) */
+  int par;              /* PARAM (the shard: held elements, pdt) is on this tier too */
+  uint64_t poff;        /* its byte offset in the parameter file */
+  int pfresh;           /* never written: reads as zeros */
 } nv_group;
 
 typedef struct {
   const zp_host* h;
   int dry;
   zp_aio* aio;
+  zp_aio* paio;         /* the parameter file (parameter offload), else NULL */
+  size_t ps;            /* bytes per parameter element */
+  uint64_t pfile_bytes;
+  long long noted_param;
+  uint64_t fq_ticket[8]; /* recent fetches (for the group in an error message) */
+  int fq_group[8], fq_next;
   char path[4200];
   int G;
   nv_group* grp;
@@ -108,8 +132,15 @@ typedef struct {
   const char* path;
   int64_t qd, bs, bc;
   uint64_t S;
+  uint64_t align; /* sub-group lengths are multiples of this (NV_SUB_ALIGN, 2 x with parameters) */
   int nslots;
+  int par;        /* parameter offload here */
+  size_t ps;      /* bytes per parameter element (train.precision) */
+  const char* ppath;
+  int64_t pqd, pbs;
 } nv_cfg;
+
+static int which(const zp_host* h, int* opt, int* par);
 
 static void read_cfg(const zp_host* h, nv_cfg* c) {
   memset(c, 0, sizeof *c);
@@ -121,6 +152,19 @@ static void read_cfg(const zp_host* h, nv_cfg* c) {
   h->config_int(h->ctx, "offload.optimizer.queue_depth", &c->qd);
   h->config_int(h->ctx, "offload.optimizer.block_size", &c->bs);
   h->config_int(h->ctx, "offload.optimizer.buffer_count", &c->bc);
+  int opt = 0;
+  which(h, &opt, &c->par);
+  const char* prec = "fp32";
+  h->config_string(h->ctx, "train.precision", &prec);
+  c->ps = strcmp(prec, "bf16") == 0 ? 2 : 4;
+  c->ppath = "";
+  c->pqd = 32;
+  c->pbs = 1 << 20;
+  h->config_string(h->ctx, "offload.param.path", &c->ppath);
+  h->config_int(h->ctx, "offload.param.queue_depth", &c->pqd);
+  h->config_int(h->ctx, "offload.param.block_size", &c->pbs);
+  if (c->pqd < 1) c->pqd = 1;
+  if (c->pbs < 4096) c->pbs = 4096;
   if (c->qd < 1) c->qd = 1;
   if (c->bc < 1) c->bc = 1;
   if (c->bs < 4096) c->bs = 4096;
@@ -128,16 +172,20 @@ static void read_cfg(const zp_host* h, nv_cfg* c) {
    * buffer would be: block_size * ceil(queue_depth / buffer_count), so the slots in flight
    * together fill the queue */
   uint64_t buf = (uint64_t)c->bs * (uint64_t)((c->qd + c->bc - 1) / c->bc);
-  uint64_t S = buf / 12 / NV_SUB_ALIGN * NV_SUB_ALIGN;
-  c->S = S < NV_SUB_ALIGN ? NV_SUB_ALIGN : S;
+  c->align = c->par ? 2 * NV_SUB_ALIGN : NV_SUB_ALIGN;
+  uint64_t S = buf / 12 / c->align * c->align;
+  c->S = S < c->align ? c->align : S;
   c->nslots = (int)c->bc;
 }
+
+/* bytes of one slot per element: master + m + v (+ the new parameters) */
+static double slot_elem_bytes(const nv_cfg* c) { return 12.0 + (c->par ? (double)c->ps : 0.0); }
 
 /* host bytes of staging per rank: slots + gradient + parameter staging (+ alignment) */
 static double staging_bytes(const nv_cfg* c, uint64_t max_held) {
   uint64_t S = c->S < max_held ? c->S : max_held;
-  if (S < NV_SUB_ALIGN) S = NV_SUB_ALIGN;
-  return (double)c->nslots * 12.0 * (double)S + 4096.0 + 2.0 * (4.0 * (double)S + 64.0);
+  if (S < c->align) S = c->align;
+  return (double)c->nslots * slot_elem_bytes(c) * (double)S + 4096.0 + 2.0 * (4.0 * (double)S + 64.0);
 }
 
 static int which(const zp_host* h, int* opt, int* par) {
@@ -160,13 +208,62 @@ static const char* gbs(char* buf, size_t n, double bytes) {
 
 /* ---------------- plan ---------------- */
 
+/* The directory `key` = path: exists, is a writable directory on a real disk (not tmpfs/ramfs),
+ * and its filesystem has `need` bytes free (what: the bytes, for the message). */
+static int check_dir(const zp_host* h, const char* key, const char* path, double need, const char* what) {
+  char b1[48], b3[48];
+  struct stat st;
+  if (!path[0]) {
+    h->set_error(h->ctx, "%s is empty: the nvme tier needs a directory on a fast local disk", key);
+    return ZP_E_INVALID;
+  }
+  if (stat(path, &st) != 0) {
+    h->set_error(h->ctx, "%s = \"%s\": %s: create the directory on a fast local disk (the tier needs %s there: %s)", key,
+                 path, strerror(errno), gbs(b1, sizeof b1, need), what);
+    return ZP_E_INVALID;
+  }
+  if (!S_ISDIR(st.st_mode)) {
+    h->set_error(h->ctx, "%s = \"%s\" is not a directory", key, path);
+    return ZP_E_INVALID;
+  }
+  if (access(path, W_OK | X_OK) != 0) {
+    h->set_error(h->ctx, "%s = \"%s\": not writable by this user (%s)", key, path, strerror(errno));
+    return ZP_E_INVALID;
+  }
+  struct statfs sf;
+  if (statfs(path, &sf) == 0 && ((unsigned long)sf.f_type == NV_TMPFS || (unsigned long)sf.f_type == NV_RAMFS)) {
+    h->set_error(h->ctx, "%s = \"%s\" is on %s, which keeps files in memory: O_DIRECT bypasses nothing there; use a "
+                 "directory on a real disk (ext4/xfs on NVMe)", key, path,
+                 (unsigned long)sf.f_type == NV_TMPFS ? "tmpfs" : "ramfs");
+    return ZP_E_INVALID;
+  }
+  struct statvfs vf;
+  const char* skip = getenv("ZP_NVME_NO_SPACE_CHECK");
+  if (!(skip && skip[0] == '1') && statvfs(path, &vf) == 0) {
+    double avail = (double)vf.f_bavail * (double)vf.f_frsize;
+    if (avail < need) {
+      h->set_error(h->ctx, "%s = \"%s\": the nvme tier needs %s (%.0f bytes) on that filesystem, %s, but it has %s "
+                   "(%.0f bytes) free (statvfs): free space, or use a larger disk", key, path, gbs(b1, sizeof b1, need),
+                   need, what, gbs(b3, sizeof b3, avail), avail);
+      return ZP_E_NOMEM;
+    }
+  }
+  return ZP_OK;
+}
+
+static int same_fs(const char* a, const char* b) {
+  struct stat x, y;
+  return stat(a, &x) == 0 && stat(b, &y) == 0 && x.st_dev == y.st_dev;
+}
+
 static int nv_plan(const zp_host* h, zp_plan* p) {
   int opt, par;
   which(h, &opt, &par);
-  if (par) {
-    h->set_error(h->ctx, "parameter offload to NVMe (offload.param.plugin = \"offload_nvme\") is not implemented yet; "
-                 "offload.optimizer.plugin = \"offload_nvme\" (fp32 master + Adam moments on NVMe) is, with every stage");
-    return ZP_E_NOT_IMPLEMENTED;
+  if (par && !opt) {
+    h->set_error(h->ctx, "offload.param.plugin = \"offload_nvme\" needs offload.optimizer.plugin = \"offload_nvme\" too: the "
+                 "tier's AdamW writes the offloaded parameter shards with the optimizer state (the device optimizer cannot "
+                 "reach them)");
+    return ZP_E_INVALID;
   }
   if (!opt) return ZP_OK;
   const char* prec = "fp32";
@@ -178,11 +275,16 @@ static int nv_plan(const zp_host* h, zp_plan* p) {
   }
   nv_cfg c;
   read_cfg(h, &c);
-  double per_rank = 0;
+  double per_rank = 0, pper_rank = 0, ratio = 1.0;
   uint64_t max_held = 0;
   unsigned char* take = calloc((size_t)(p->n_groups > 0 ? p->n_groups : 1), 1);
   if (!take) return ZP_E_NOMEM;
-  int prc = zp_offload_pick(h, p, take, NULL);
+  int prc = zp_offload_pick(h, p, take, &ratio);
+  if (!prc && par && ratio < 1.0) {
+    h->set_error(h->ctx, "offload.param.plugin = \"offload_nvme\" with offload.optimizer.ratio = %g: a group whose parameters "
+                 "are on NVMe needs its optimizer state there too; use ratio = 1 with parameter offload", ratio);
+    prc = ZP_E_INVALID;
+  }
   for (int g = 0; g < p->n_groups && prc == ZP_OK; g++) {
     zp_group_plan* gp = &p->groups[g];
     if (!take[g]) continue; /* offload.optimizer.ratio < 1: this group stays on the device */
@@ -197,62 +299,39 @@ static int nv_plan(const zp_host* h, zp_plan* p) {
     uint64_t held = gp->place[ZP_CAT_OPTIM].sharded ? gp->padded / (uint64_t)p->world_size : gp->padded;
     per_rank += 12.0 * (double)held; /* fp32 master + m + v */
     if (held > max_held) max_held = held;
+    /* parameter offload: the sharded PARAM (stage 3) goes to the parameter file; parameters
+     * stage 3 keeps replicated (zero.persist_threshold) stay on the device */
+    if (par && gp->place[ZP_CAT_PARAM].sharded && gp->place[ZP_CAT_OPTIM].sharded) {
+      gp->place[ZP_CAT_PARAM].tier = ZP_TIER_NVME;
+      pper_rank += (double)c.ps * (double)held;
+    }
   }
   free(take);
   if (prc) return prc;
   int world = p->world_size > 0 ? p->world_size : 1;
-  double disk = per_rank * world;
-  char b1[48], b2[48], b3[48];
-  /* the directory: exists, is a writable directory on a real disk, has the space */
-  const char* path = c.path;
-  struct stat st;
-  if (!path[0]) {
-    h->set_error(h->ctx, "offload.optimizer.path is empty: the nvme tier needs a directory on a fast local disk");
-    return ZP_E_INVALID;
+  char what[256], b2[48], b4[48];
+  double pneed = pper_rank * world;
+  int shared = par && same_fs(c.path, c.ppath);
+  snprintf(what, sizeof what, "%d rank%s x %s (fp32 master + Adam m, v: 12 bytes x parameters held per rank)%s%s", world,
+           world > 1 ? "s" : "", gbs(b2, sizeof b2, per_rank), shared ? " + the parameter files, " : "",
+           shared ? gbs(b4, sizeof b4, pneed) : "");
+  if ((prc = check_dir(h, "offload.optimizer.path", c.path, per_rank * world + (shared ? pneed : 0), what))) return prc;
+  if (par) {
+    snprintf(what, sizeof what, "%d rank%s x %s (the parameter shards: %zu bytes x parameters held per rank)", world,
+             world > 1 ? "s" : "", gbs(b2, sizeof b2, pper_rank), c.ps);
+    if ((prc = check_dir(h, "offload.param.path", c.ppath, shared ? per_rank * world + pneed : pneed, what))) return prc;
   }
-  if (stat(path, &st) != 0) {
-    h->set_error(h->ctx, "offload.optimizer.path = \"%s\": %s: create the directory on a fast local disk (the tier needs %s "
-                 "there: %d rank%s x %s)", path, strerror(errno), gbs(b1, sizeof b1, disk), world, world > 1 ? "s" : "",
-                 gbs(b2, sizeof b2, per_rank));
-    return ZP_E_INVALID;
-  }
-  if (!S_ISDIR(st.st_mode)) {
-    h->set_error(h->ctx, "offload.optimizer.path = \"%s\" is not a directory", path);
-    return ZP_E_INVALID;
-  }
-  if (access(path, W_OK | X_OK) != 0) {
-    h->set_error(h->ctx, "offload.optimizer.path = \"%s\": not writable by this user (%s)", path, strerror(errno));
-    return ZP_E_INVALID;
-  }
-  struct statfs sf;
-  if (statfs(path, &sf) == 0 && ((unsigned long)sf.f_type == NV_TMPFS || (unsigned long)sf.f_type == NV_RAMFS)) {
-    h->set_error(h->ctx, "offload.optimizer.path = \"%s\" is on %s, which keeps files in memory: O_DIRECT bypasses "
-                 "nothing there; use a directory on a real disk (ext4/xfs on NVMe)", path,
-                 (unsigned long)sf.f_type == NV_TMPFS ? "tmpfs" : "ramfs");
-    return ZP_E_INVALID;
-  }
-  struct statvfs vf;
-  const char* skip = getenv("ZP_NVME_NO_SPACE_CHECK");
-  if (!(skip && skip[0] == '1') && statvfs(path, &vf) == 0) {
-    double avail = (double)vf.f_bavail * (double)vf.f_frsize;
-    if (avail < disk) {
-      h->set_error(h->ctx, "offload.optimizer.path = \"%s\": the nvme tier needs %s (%.0f bytes) on that filesystem, "
-                   "%d rank%s x %s (fp32 master + Adam m, v: 12 bytes x parameters held per rank), but it has %s "
-                   "(%.0f bytes) free (statvfs): free space, or use a larger disk", path, gbs(b1, sizeof b1, disk), disk,
-                   world, world > 1 ? "s" : "", gbs(b2, sizeof b2, per_rank), gbs(b3, sizeof b3, avail), avail);
-      return ZP_E_NOMEM;
-    }
-  }
+  char b1[48], b3[48];
   /* host memory: the staging slots */
   uint64_t S = c.S < max_held ? c.S : max_held;
   double host = staging_bytes(&c, max_held);
   double cap = 0;
   h->config_float(h->ctx, "offload.optimizer.max_host_gb", &cap);
   if (cap > 0 && host > cap * 1e9) {
-    h->set_error(h->ctx, "the nvme tier's page-locked staging needs %s of host memory per rank (buffer_count %d x 12 bytes "
+    h->set_error(h->ctx, "the nvme tier's page-locked staging needs %s of host memory per rank (buffer_count %d x %g bytes "
                  "x %llu-element sub-groups + gradient/parameter staging), more than offload.optimizer.max_host_gb = %g: "
                  "lower offload.optimizer.buffer_count, block_size or queue_depth", gbs(b1, sizeof b1, host), c.nslots,
-                 (unsigned long long)S, cap);
+                 slot_elem_bytes(&c), (unsigned long long)S, cap);
     return ZP_E_NOMEM;
   }
   long pages = sysconf(_SC_PHYS_PAGES), psz = sysconf(_SC_PAGESIZE);
@@ -300,17 +379,20 @@ static uint64_t sub_off(const nv_t* s, int g, uint64_t k) { return s->grp[g].fil
 static void drain_all(nv_t* s) {
   char e[256];
   zp_aio_drain(s->aio, e, sizeof e);
-  for (int i = 0; i < s->nslots; i++) s->slots[i].state = SL_FREE;
+  if (s->paio) zp_aio_drain(s->paio, e, sizeof e);
+  for (int i = 0; i < s->nslots; i++) s->slots[i].state = SL_FREE, s->slots[i].pw = 0;
 }
 
 static int wait_slot(nv_t* s, nv_slot* sl) {
   char e[1024];
-  int rc = zp_aio_wait(s->aio, sl->ticket, e, sizeof e);
+  int rc = zp_aio_wait(s->aio, sl->ticket, e, sizeof e), prc = 0;
+  if (!rc && sl->state == SL_WRITING && sl->pw) prc = rc = zp_aio_wait(s->paio, sl->pticket, e, sizeof e);
+  sl->pw = 0;
   if (rc) {
     int g = sl->g;
     unsigned long long k = (unsigned long long)sl->k;
     drain_all(s);
-    return fail(s, ZP_E_IO, "optimizer state of group %d, sub-group %llu: %s", g, k, e);
+    return fail(s, ZP_E_IO, "%s of group %d, sub-group %llu: %s", prc ? "parameters" : "optimizer state", g, k, e);
   }
   sl->state = sl->state == SL_WRITING ? SL_FREE : SL_READY;
   return ZP_OK;
@@ -321,6 +403,7 @@ static int submit_read(nv_t* s, nv_slot* sl, int g, uint64_t k) {
   uint64_t len = sub_len(s, g, k), bytes = 12 * len;
   sl->g = g;
   sl->k = k;
+  sl->pvalid = 0;
   if (G->fresh[k]) { /* never written: zeros, no I/O */
     memset(sl->buf, 0, (size_t)bytes);
     sl->state = SL_READY;
@@ -337,18 +420,34 @@ static int submit_read(nv_t* s, nv_slot* sl, int g, uint64_t k) {
   return ZP_OK;
 }
 
+/* byte offset of sub-group k's parameters in the parameter file */
+static uint64_t psub_off(const nv_t* s, int g, uint64_t k) { return s->grp[g].poff + k * s->S * s->ps; }
+
+/* the write-back of a slot: [master | m | v] to the state file, and with parameter offload its
+ * parameters (pbuf) to the parameter file */
 static int submit_write(nv_t* s, nv_slot* sl) {
-  uint64_t bytes = 12 * sub_len(s, sl->g, sl->k);
+  nv_group* G = &s->grp[sl->g];
+  uint64_t L = sub_len(s, sl->g, sl->k), bytes = 12 * L;
   char e[1024];
   int rc = zp_aio_submit_write(s->aio, sl->buf, sub_off(s, sl->g, sl->k), (size_t)bytes, &sl->ticket, e, sizeof e);
   if (rc) {
     drain_all(s);
     return fail(s, ZP_E_IO, "optimizer state of group %d, sub-group %llu: %s", sl->g, (unsigned long long)sl->k, e);
   }
-  s->grp[sl->g].fresh[sl->k] = 0;
+  G->fresh[sl->k] = 0;
   sl->state = SL_WRITING;
   sl->seq = ++s->seq;
   s->h->note_io(s->h->ctx, ZP_TIER_NVME, 1, bytes);
+  if (G->par) {
+    uint64_t pb = L * s->ps;
+    if ((rc = zp_aio_submit_write(s->paio, sl->pbuf, psub_off(s, sl->g, sl->k), (size_t)pb, &sl->pticket, e, sizeof e))) {
+      drain_all(s);
+      return fail(s, ZP_E_IO, "parameters of group %d, sub-group %llu: %s", sl->g, (unsigned long long)sl->k, e);
+    }
+    sl->pw = 1;
+    G->pfresh = 0;
+    s->h->note_io(s->h->ctx, ZP_TIER_NVME, 1, pb);
+  }
   return ZP_OK;
 }
 
@@ -424,6 +523,11 @@ static void nv_close(void* st) {
     char e[1024];
     if (zp_aio_close(s->aio, e, sizeof e)) h->log(h->ctx, ZP_LOG_WARN, "closing the nvme state file: %s", e);
   }
+  if (s->paio) {
+    char e[1024];
+    if (zp_aio_close(s->paio, e, sizeof e)) h->log(h->ctx, ZP_LOG_WARN, "closing the nvme parameter file: %s", e);
+  }
+  if (s->noted_param) h->note_bytes(h->ctx, ZP_CAT_PARAM, ZP_TIER_NVME, -s->noted_param);
   if (s->noted_master) h->note_bytes(h->ctx, ZP_CAT_MASTER, ZP_TIER_NVME, -s->noted_master);
   if (s->noted_optim) h->note_bytes(h->ctx, ZP_CAT_OPTIM, ZP_TIER_NVME, -s->noted_optim);
   if (s->slot_raw_bytes) h->free(h->ctx, ZP_CAT_BUFFER, ZP_TIER_CPU, s->slot_raw, s->slot_raw_bytes);
@@ -459,8 +563,9 @@ static int nv_open(const zp_host* h, void** state) {
   s->G = h->n_groups;
   s->grp = calloc((size_t)s->G, sizeof *s->grp);
   if (!s->grp) return ZP_E_NOMEM;
-  uint64_t off = 0, max_held = 0;
+  uint64_t off = 0, poff = 0, max_held = 0;
   long long mbytes = 0, obytes = 0;
+  s->ps = c.ps;
   for (int g = 0; g < s->G; g++) {
     zp_group_info in;
     int rc = h->group_info(h->ctx, g, &in);
@@ -473,11 +578,24 @@ static int nv_open(const zp_host* h, void** state) {
       return ZP_E_INVALID;
     }
     uint64_t held = in.bytes[ZP_CAT_MASTER] / 4;
-    if (held % NV_SUB_ALIGN) {
-      h->set_error(h->ctx, "internal: group %d holds %llu elements, not a multiple of %u", g, (unsigned long long)held, NV_SUB_ALIGN);
+    if (held % c.align) {
+      h->set_error(h->ctx, "internal: group %d holds %llu elements, not a multiple of %llu", g, (unsigned long long)held,
+                   (unsigned long long)c.align);
       return ZP_E_INTERNAL;
     }
     nv_group* G = &s->grp[g];
+    if (in.place[ZP_CAT_PARAM].tier == ZP_TIER_NVME) {
+      if (in.bytes[ZP_CAT_PARAM] != held * c.ps || zp_dtype_size(in.dtype[ZP_CAT_PARAM]) != c.ps) {
+        h->set_error(h->ctx, "group %d: PARAM on the nvme tier holds %zu bytes of %zu-byte elements; the tier expected the "
+                     "optimizer's %llu elements of %zu bytes", g, in.bytes[ZP_CAT_PARAM], zp_dtype_size(in.dtype[ZP_CAT_PARAM]),
+                     (unsigned long long)held, c.ps);
+        return ZP_E_INVALID;
+      }
+      G->par = 1;
+      G->pfresh = 1;
+      G->poff = poff;
+      poff += held * c.ps;
+    }
     G->held = held;
     G->file_off = off;
     G->nsub = (held + c.S - 1) / c.S;
@@ -490,13 +608,15 @@ static int nv_open(const zp_host* h, void** state) {
     obytes += (long long)in.bytes[ZP_CAT_OPTIM];
   }
   s->file_bytes = off;
+  s->pfile_bytes = poff;
   if (!off) return ZP_OK; /* nothing on this tier */
   s->S = c.S < max_held ? c.S : max_held;
   s->nslots = c.nslots;
   s->lookahead = s->nslots >= 3 ? s->nslots - 2 : s->nslots - 1;
   snprintf(s->path, sizeof s->path, "%s", c.path);
   /* staging (page-locked where the backend can: cpu-tier BUFFER) */
-  s->slot_raw_bytes = (size_t)s->nslots * 12 * (size_t)s->S + ZP_AIO_ALIGN;
+  size_t slot_bytes = (12 + (poff ? s->ps : 0)) * (size_t)s->S;
+  s->slot_raw_bytes = (size_t)s->nslots * slot_bytes + ZP_AIO_ALIGN;
   s->stage_bytes = (size_t)s->S * 4 + 64;
   int rc = h->alloc(h->ctx, ZP_CAT_BUFFER, ZP_TIER_CPU, s->slot_raw_bytes, "offload_nvme staging slots", &s->slot_raw);
   if (rc) { s->slot_raw_bytes = 0; return rc; }
@@ -514,11 +634,18 @@ static int nv_open(const zp_host* h, void** state) {
   h->note_bytes(h->ctx, ZP_CAT_OPTIM, ZP_TIER_NVME, obytes);
   s->noted_master = mbytes;
   s->noted_optim = obytes;
+  if (poff) {
+    h->note_bytes(h->ctx, ZP_CAT_PARAM, ZP_TIER_NVME, (long long)poff);
+    s->noted_param = (long long)poff;
+  }
   if (s->dry) return ZP_OK; /* zp plan: counted, nothing created */
   s->slots = calloc((size_t)s->nslots, sizeof *s->slots);
   if (!s->slots) return ZP_E_NOMEM;
   char* base = (char*)(((uintptr_t)s->slot_raw + ZP_AIO_ALIGN - 1) & ~(uintptr_t)(ZP_AIO_ALIGN - 1));
-  for (int i = 0; i < s->nslots; i++) s->slots[i].buf = base + (size_t)i * 12 * (size_t)s->S;
+  for (int i = 0; i < s->nslots; i++) {
+    s->slots[i].buf = base + (size_t)i * slot_bytes;
+    s->slots[i].pbuf = s->slots[i].buf + 12 * (size_t)s->S;
+  }
   /* every rank has passed plan()'s free-space check before any rank allocates its file */
   int any = 0;
   if ((rc = agree(h, 0, &any))) return rc;
@@ -533,8 +660,9 @@ static int nv_open(const zp_host* h, void** state) {
   } else {
     snprintf(tag, sizeof tag, "zp-pid%ld", (long)getpid());
   }
-  char file[4400];
+  char file[4400], pfile[4400];
   snprintf(file, sizeof file, "%s/%s-rank%d.optim", s->path, tag, h->rank);
+  snprintf(pfile, sizeof pfile, "%s/%s-rank%d.param", c.ppath, tag, h->rank);
   zp_aio_opts o;
   zp_aio_opts_default(&o);
   o.queue_depth = (int)c.qd;
@@ -546,13 +674,21 @@ static int nv_open(const zp_host* h, void** state) {
   o.log_ctx = (void*)h;
   char e[1400];
   int orc = zp_aio_open(&s->aio, file, s->file_bytes, &o, e, sizeof e);
+  const char* which_file = "optimizer-state";
+  if (!orc && poff) { /* the parameter file: its own queue depth and block size */
+    o.queue_depth = (int)c.pqd;
+    o.block_size = (size_t)c.pbs;
+    which_file = "parameter";
+    orc = zp_aio_open(&s->paio, pfile, s->pfile_bytes, &o, e, sizeof e);
+  }
   if ((rc = agree(h, orc != 0, &any))) return rc;
   if (orc) {
-    h->set_error(h->ctx, "rank %d cannot open its optimizer-state file: %s", h->rank, e);
+    h->set_error(h->ctx, "rank %d cannot open its %s file: %s", h->rank, which_file, e);
     return ZP_E_IO;
   }
   if (any) {
-    h->set_error(h->ctx, "another rank could not open its optimizer-state file under \"%s\" (its message names the reason)", s->path);
+    h->set_error(h->ctx, "another rank could not open its optimizer-state or parameter file under \"%s\"%s%s%s (its message "
+                 "names the reason)", s->path, poff ? " or \"" : "", poff ? c.ppath : "", poff ? "\"" : "");
     return ZP_E_IO;
   }
   if (h->rank == 0)
@@ -560,10 +696,31 @@ static int nv_open(const zp_host* h, void** state) {
            "block_size %lld, %d staging slots of %llu-element sub-groups (%.1f MiB each)", file,
            (double)s->file_bytes / (1 << 20), zp_aio_backend(s->aio), (int)c.qd, (long long)c.bs, s->nslots,
            (unsigned long long)s->S, 12.0 * (double)s->S / (1 << 20));
+  if (h->rank == 0 && poff)
+    h->log(h->ctx, ZP_LOG_INFO, "parameter shards in %s (per rank %.1f MiB, unlinked while open): %s", pfile,
+           (double)s->pfile_bytes / (1 << 20), zp_aio_backend(s->paio));
   return ZP_OK;
 }
 
 /* ---------------- update ---------------- */
+
+/* One synchronous aligned request on engine a (the read()/write() path, and a partial update's
+ * parameters), counted like the pipeline's. */
+static int sync_io(nv_t* s, zp_aio* a, int g, uint64_t k, char* buf, uint64_t off, size_t bytes, int put) {
+  char e[1024];
+  uint64_t t;
+  int rc = put ? zp_aio_submit_write(a, buf, off, bytes, &t, e, sizeof e) : zp_aio_submit_read(a, buf, off, bytes, &t, e, sizeof e);
+  if (!rc) {
+    s->h->note_io(s->h->ctx, ZP_TIER_NVME, put, bytes);
+    rc = zp_aio_wait(a, t, e, sizeof e);
+  }
+  if (rc) {
+    drain_all(s);
+    return fail(s, ZP_E_IO, "%s of group %d, sub-group %llu: %s", a == s->paio ? "parameters" : "optimizer state", g,
+                (unsigned long long)k, e);
+  }
+  return ZP_OK;
+}
 
 static int compute(nv_t* s, const zp_optim_range* u, nv_slot* sl, int* piece) {
   const zp_host* h = s->h;
@@ -574,7 +731,19 @@ static int compute(nv_t* s, const zp_optim_range* u, nv_slot* sl, int* piece) {
   float* master = (float*)sl->buf + (a - k0);
   float* m = (float*)sl->buf + L + (a - k0);
   float* v = (float*)sl->buf + 2 * L + (a - k0);
-  int rc = h->dev->copy_d2h(h->devb, s->gstage, (const char*)u->grad + (a - so) * gs, (size_t)n * gs);
+  nv_group* G = &s->grp[sl->g];
+  char* pdst = NULL; /* where the AdamW writes the new parameters */
+  int rc;
+  if (G->par) { /* parameter offload: into the slot, written back with it */
+    if ((a != k0 || b != k0 + L) && !sl->pvalid) { /* a partial update keeps the rest of the sub-group's parameters */
+      if (G->pfresh) memset(sl->pbuf, 0, (size_t)L * ps);
+      else if ((rc = sync_io(s, s->paio, sl->g, sl->k, sl->pbuf, psub_off(s, sl->g, sl->k), (size_t)L * ps, 0))) return rc;
+    }
+    pdst = sl->pbuf + (a - k0) * ps;
+  } else if (u->param_out) {
+    pdst = s->pstage;
+  }
+  rc = h->dev->copy_d2h(h->devb, s->gstage, (const char*)u->grad + (a - so) * gs, (size_t)n * gs);
   if (rc) return rc;
   h->note_io(h->ctx, ZP_TIER_CPU, 1, (uint64_t)n * gs);
   uint64_t pos = u->first + (a - so), end = pos + n, p0 = pos;
@@ -585,7 +754,7 @@ static int compute(nv_t* s, const zp_optim_range* u, nv_slot* sl, int* piece) {
     zp_adamw_hparams hp = {u->hp.lr, u->hp.beta1, u->hp.beta2, u->hp.eps, decay ? u->hp.weight_decay : 0.0f,
                            u->hp.grad_scale, u->hp.step_t};
     uint64_t kc = pos - p0;
-    rc = zp_adamw_cpu(u->param_out ? (char*)s->pstage + kc * ps : NULL, u->param_out ? u->pdt : ZP_F32, master + kc,
+    rc = zp_adamw_cpu(pdst ? pdst + kc * ps : NULL, pdst ? u->pdt : ZP_F32, master + kc,
                       (const char*)s->gstage + kc * gs, u->gdt, m + kc, v + kc, (size_t)(pe - pos), &hp, s->threads);
     if (rc) {
       const char* ie = zp_adamw_isa_error(ZP_ISA_AUTO);
@@ -594,7 +763,9 @@ static int compute(nv_t* s, const zp_optim_range* u, nv_slot* sl, int* piece) {
     }
     pos = pe;
   }
-  if (u->param_out) {
+  if (G->par) {
+    sl->pvalid = 1;
+  } else if (u->param_out) {
     rc = h->dev->copy_h2d(h->devb, (char*)u->param_out + (a - so) * ps, s->pstage, (size_t)n * ps);
     if (rc) return rc;
     h->note_io(h->ctx, ZP_TIER_CPU, 0, (uint64_t)n * ps);
@@ -619,8 +790,13 @@ static int nv_update(void* st, const zp_optim_range* u) {
                  (unsigned long long)u->state_off, (unsigned long long)u->count, (unsigned long long)G->held);
     return ZP_E_INVALID;
   }
-  if ((u->gdt != ZP_F32 && u->gdt != ZP_BF16) || (u->param_out && u->pdt != ZP_F32 && u->pdt != ZP_BF16)) {
+  if ((u->gdt != ZP_F32 && u->gdt != ZP_BF16) || ((u->param_out || G->par) && u->pdt != ZP_F32 && u->pdt != ZP_BF16)) {
     h->set_error(h->ctx, "group %d: the nvme tier's AdamW takes fp32/bf16 gradients and parameters", g);
+    return ZP_E_INVALID;
+  }
+  if (G->par && zp_dtype_size(u->pdt) != s->ps) {
+    h->set_error(h->ctx, "group %d: parameters of %zu bytes per element, but the parameter file holds %zu", g,
+                 zp_dtype_size(u->pdt), s->ps);
     return ZP_E_INVALID;
   }
   uint64_t k0 = u->state_off / s->S, k1 = (u->state_off + u->count - 1) / s->S;
@@ -659,31 +835,56 @@ static int nv_step_end(void* st) {
 
 /* ---------------- read / write: init, checkpoints, get_group_params ---------------- */
 
-/* One synchronous aligned request (read()/write() path), counted like the pipeline's. */
-static int sync_io(nv_t* s, int g, uint64_t k, char* buf, uint64_t off, size_t bytes, int put) {
-  char e[1024];
-  uint64_t t;
-  int rc = put ? zp_aio_submit_write(s->aio, buf, off, bytes, &t, e, sizeof e)
-               : zp_aio_submit_read(s->aio, buf, off, bytes, &t, e, sizeof e);
-  if (!rc) {
-    s->h->note_io(s->h->ctx, ZP_TIER_NVME, put, bytes);
-    rc = zp_aio_wait(s->aio, t, e, sizeof e);
-  }
-  if (rc) {
-    drain_all(s);
-    return fail(s, ZP_E_IO, "optimizer state of group %d, sub-group %llu: %s", g, (unsigned long long)k, e);
-  }
-  return ZP_OK;
-}
-
 /* Bytes [off, off+bytes) of this rank's MASTER (fp32) or OPTIM (m then v, fp32) of group g.
  * Each piece that falls in one region (master, m or v) of one sub-group is moved with one
  * request over its 4 KiB-aligned window: a write covering whole 4 KiB blocks is written
  * directly, a partial one reads the window first; a never-written sub-group reads as zeros. */
+/* Bytes [off, off+bytes) of this rank's PARAM shard of g (parameter offload): the group's
+ * contiguous region of the parameter file, moved through slot 0 in pieces of at most S
+ * elements, each over its 4 KiB-aligned window (a partial write reads the window first). */
+static int param_io(nv_t* s, int g, uint64_t off, char* host, size_t bytes, int put) {
+  const zp_host* h = s->h;
+  nv_group* G = &s->grp[g];
+  size_t es = s->ps;
+  uint64_t H = G->held, A = ZP_AIO_ALIGN / es;
+  if (off % es || bytes % es || off > H * es || bytes > H * es - off) {
+    h->set_error(h->ctx, "group %d: PARAM %s of %zu bytes at offset %llu: outside the %llu bytes held or not whole elements", g,
+                 put ? "write" : "read", bytes, (unsigned long long)off, (unsigned long long)(H * es));
+    return ZP_E_INVALID;
+  }
+  if (!bytes) return ZP_OK;
+  int rc = quiesce(s);
+  if (rc) return rc;
+  char* buf = s->slots[0].buf;
+  uint64_t e0 = off / es, e1 = (off + bytes) / es;
+  for (uint64_t c0 = e0 / s->S * s->S; c0 < e1; c0 += s->S) {
+    uint64_t a = e0 > c0 ? e0 : c0, b = e1 < c0 + s->S ? e1 : c0 + s->S;
+    uint64_t wa = a / A * A, wb = (b + A - 1) / A * A;
+    if (wb > H) wb = H;
+    size_t wbytes = (size_t)(wb - wa) * es;
+    uint64_t foff = G->poff + wa * es;
+    int whole = put && a == wa && b == wb;
+    if (!whole) {
+      if (G->pfresh) memset(buf, 0, wbytes);
+      else if ((rc = sync_io(s, s->paio, g, c0 / s->S, buf, foff, wbytes, 0))) return rc;
+    }
+    char* hp = host + (a - e0) * es;
+    if (!put) {
+      memcpy(hp, buf + (a - wa) * es, (size_t)(b - a) * es);
+      continue;
+    }
+    memcpy(buf + (a - wa) * es, hp, (size_t)(b - a) * es);
+    if ((rc = sync_io(s, s->paio, g, c0 / s->S, buf, foff, wbytes, 1))) return rc;
+  }
+  if (put) G->pfresh = 0; /* bytes never written read as zeros from the (preallocated) file */
+  return ZP_OK;
+}
+
 static int state_io(nv_t* s, int g, zp_category cat, uint64_t off, char* host, size_t bytes, int put) {
   const zp_host* h = s->h;
   int rc = check_failed(s);
   if (rc) return rc;
+  if (cat == ZP_CAT_PARAM && g >= 0 && g < s->G && s->grp[g].par && s->paio) return param_io(s, g, off, host, bytes, put);
   if (g < 0 || g >= s->G || !s->grp[g].held || !s->aio || (cat != ZP_CAT_MASTER && cat != ZP_CAT_OPTIM)) {
     h->set_error(h->ctx, "group %d %s: not held on the nvme tier", g,
                  cat == ZP_CAT_PARAM ? "PARAM" : cat == ZP_CAT_MASTER ? "MASTER" : cat == ZP_CAT_OPTIM ? "OPTIM" : "?");
@@ -718,14 +919,14 @@ static int state_io(nv_t* s, int g, zp_category cat, uint64_t off, char* host, s
       int whole = put && a == wa && b == wb;
       if (!whole) {
         if (G->fresh[k]) memset(buf, 0, wbytes);
-        else if ((rc = sync_io(s, g, k, buf, foff, wbytes, 0))) return rc;
+        else if ((rc = sync_io(s, s->aio, g, k, buf, foff, wbytes, 0))) return rc;
       }
       if (!put) {
         memcpy(hp, sp, n);
         continue;
       }
       memcpy(sp, hp, n);
-      if ((rc = sync_io(s, g, k, buf, foff, wbytes, 1))) return rc;
+      if ((rc = sync_io(s, s->aio, g, k, buf, foff, wbytes, 1))) return rc;
       G->fresh[k] = 0;
     }
   }
@@ -739,13 +940,60 @@ static int nv_write(void* st, int g, zp_category cat, uint64_t off, const void* 
   return state_io(st, g, cat, off, (char*)host, bytes, 1);
 }
 
+/* ---------------- fetch (ABI 1.6): a PARAM shard for a stage-3 gather ---------------- */
+
+/* One request for the group's whole shard (the engine splits it into block_size operations);
+ * the ticket is the engine's. Never-written parameters are zeros, without I/O (ticket 0). */
+static int nv_fetch(void* st, int g, zp_category cat, void* host, uint64_t* ticket) {
+  nv_t* s = st;
+  const zp_host* h = s->h;
+  *ticket = 0;
+  int rc = check_failed(s);
+  if (rc) return rc;
+  if (cat != ZP_CAT_PARAM || g < 0 || g >= s->G || !s->grp[g].par || !s->paio) {
+    h->set_error(h->ctx, "fetch: group %d %s is not held on the nvme tier's parameter file", g, cat == ZP_CAT_PARAM ? "PARAM" : "(not PARAM)");
+    return ZP_E_INVALID;
+  }
+  nv_group* G = &s->grp[g];
+  size_t bytes = (size_t)(G->held * s->ps);
+  if (G->pfresh) {
+    memset(host, 0, bytes);
+    return ZP_OK;
+  }
+  char e[1024];
+  if ((rc = zp_aio_submit_read(s->paio, host, G->poff, bytes, ticket, e, sizeof e))) {
+    drain_all(s);
+    return fail(s, ZP_E_IO, "parameters of group %d (fetch for a gather): %s", g, e);
+  }
+  h->note_io(h->ctx, ZP_TIER_NVME, 0, bytes);
+  s->fq_ticket[s->fq_next] = *ticket;
+  s->fq_group[s->fq_next] = g;
+  s->fq_next = (s->fq_next + 1) % 8;
+  return ZP_OK;
+}
+
+static int nv_fetch_wait(void* st, uint64_t ticket) {
+  nv_t* s = st;
+  if (!ticket) return ZP_OK;
+  if (!s->paio) return check_failed(s);
+  char e[1024], grp[32] = "";
+  if (zp_aio_wait(s->paio, ticket, e, sizeof e)) {
+    for (int i = 0; i < 8; i++)
+      if (s->fq_ticket[i] == ticket) snprintf(grp, sizeof grp, " of group %d", s->fq_group[i]);
+    drain_all(s);
+    return fail(s, ZP_E_IO, "parameters%s (fetch for a gather): %s", grp, e);
+  }
+  return ZP_OK;
+}
+
 static const zp_tier_ops nv_ops = {
   sizeof(zp_tier_ops), ZP_TIER_NVME, nv_open, nv_close, nv_plan, nv_update, nv_step_end, nv_read, nv_write, NULL,
-  NULL, /* grad_ready: gradients are read at update time */ 
+  NULL, /* grad_ready: gradients are read at update time */
+  nv_fetch, nv_fetch_wait,
 };
 static const zp_plugin_desc nv_desc = {
-  sizeof(zp_plugin_desc), ZP_ABI_MAJOR, ZP_ABI_MINOR, "offload_nvme", "0.2.0", ZP_KIND_TIER,
-  "NVMe tier: fp32 master + Adam moments in O_DIRECT files (io_uring), pipelined CPU AdamW",
+  sizeof(zp_plugin_desc), ZP_ABI_MAJOR, ZP_ABI_MINOR, "offload_nvme", "0.3.0", ZP_KIND_TIER,
+  "NVMe tier: fp32 master + Adam moments (and stage-3 parameter shards) in O_DIRECT files (io_uring), pipelined CPU AdamW",
   NULL, &nv_ops, NULL, NULL,
 };
 ZP_PLUGIN_EXPORT const zp_plugin_desc* zp_plugin_entry(void) { return &nv_desc; }

@@ -17,6 +17,11 @@
  * complete in issue order), so no shard is rewritten while being read, and no stale one is used.
  * (The tier's other writer, a flush of the delayed update, runs between steps, with no pass and
  * so no copy in flight.)
+ * Shards a tier keeps in its own storage (offload_nvme: no host buffer) are first read into one
+ * of two page-locked host staging buffers (ABI 1.6 fetch_state, in the background): the
+ * prefetch of the next group starts its read, the gather waits for it and copies it on. A host
+ * staging buffer is refetched only after its copy to the device is done (the two alternate),
+ * every fetch is waited for before the step's update rewrites the shards.
  * Memory per rank: (P+G+K)Ψ/N + gather pool + gradient buffers.
  * Communication per step: all-gather in forward and backward + reduce-scatter = 3Ψ. */
 #include "../common/copy_async.h"
@@ -42,6 +47,14 @@ typedef struct {
   uint64_t h2d;       /* ticket of the last copy issued (0: none outstanding) */
   int pf_group;       /* group whose shard was prefetched into pstage (ticket pf_ticket), or -1 */
   uint64_t pf_ticket;
+  /* shards in tier-owned storage (nvme): host staging for fetch_state, two alternating */
+  void* hraw[2];
+  char* hstage[2];
+  size_t hraw_bytes;
+  uint64_t hcopy[2]; /* copy ticket of the last device copy from hstage[i] */
+  int hnext;
+  int pf_buf;        /* prefetch of a tier-owned shard: its staging buffer and fetch ticket */
+  uint64_t pf_fetch;
 } s3_t;
 
 static int persistent(s3_t* s, int g) { return !s->z.info[g].place[ZP_CAT_PARAM].sharded; }
@@ -88,6 +101,24 @@ static int s3_open(const zp_host* h, void** state) {
   }
   s->async = zp_copy_async_ok(h);
   s->pf_group = -1;
+  size_t hb = 0; /* host staging for shards a tier keeps in its own storage */
+  for (int g = 0; g < z->G; g++) {
+    const zp_group_info* in = &z->info[g];
+    size_t sb = (size_t)in->shard_len * zc_dsize(pdt);
+    if (!persistent(s, g) && in->place[ZP_CAT_PARAM].tier != ZP_TIER_GPU && !in->buf[ZP_CAT_PARAM] && sb > hb) hb = sb;
+  }
+  if (hb) {
+    if (!ZP_TABLE_HAS(h, fetch_state) || !ZP_TABLE_HAS(h, fetch_wait)) {
+      h->set_error(h->ctx, "stage3: the parameter tier keeps the shards in its own storage, but this zp has no fetch_state "
+                   "(plugin ABI 1.6)");
+      return ZP_E_ABI;
+    }
+    s->hraw_bytes = (hb + ZP_FETCH_ALIGN - 1) / ZP_FETCH_ALIGN * ZP_FETCH_ALIGN + ZP_FETCH_ALIGN;
+    for (int i = 0; i < 2; i++) {
+      ZC_TRY(h->alloc(h->ctx, ZP_CAT_BUFFER, ZP_TIER_CPU, s->hraw_bytes, "stage3 offloaded-parameter host staging", &s->hraw[i]));
+      s->hstage[i] = (char*)(((uintptr_t)s->hraw[i] + ZP_FETCH_ALIGN - 1) & ~(uintptr_t)(ZP_FETCH_ALIGN - 1));
+    }
+  }
   if (s->pstage_bytes)
     ZC_TRY(h->alloc(h->ctx, ZP_CAT_BUFFER, ZP_TIER_GPU, s->pstage_bytes, "stage3 offloaded-parameter shard staging", &s->pstage));
   for (int g = 0; g < z->G; g++) {
@@ -107,7 +138,10 @@ static void s3_close(void* st) {
       if (s->pool[i]) h->free(h->ctx, ZP_CAT_BUFFER, ZP_TIER_GPU, s->pool[i], s->pool_bytes);
     if (s->g0buf) h->free(h->ctx, ZP_CAT_BUFFER, ZP_TIER_GPU, s->g0buf, s->g0bytes);
     (void)zp_copy_wait(h, &s->h2d, 0);
+    if (s->pf_fetch) (void)h->fetch_wait(h->ctx, s->pf_group, ZP_CAT_PARAM, s->pf_fetch);
     if (s->pstage) h->free(h->ctx, ZP_CAT_BUFFER, ZP_TIER_GPU, s->pstage, s->pstage_bytes);
+    for (int i = 0; i < 2; i++)
+      if (s->hraw[i]) h->free(h->ctx, ZP_CAT_BUFFER, ZP_TIER_CPU, s->hraw[i], s->hraw_bytes);
   }
   free(s->owner);
   zc_close(&s->z);
@@ -115,25 +149,62 @@ static void s3_close(void* st) {
 }
 
 static int offloaded(const s3_t* s, int g) { return s->z.info[g].place[ZP_CAT_PARAM].tier != ZP_TIER_GPU; }
+/* the shard is in storage a tier owns (nvme), not in a host buffer */
+static int tier_owned(const s3_t* s, int g) { return offloaded(s, g) && !s->z.info[g].buf[ZP_CAT_PARAM]; }
 
-/* start copying g's host shard into the staging shard (after all work issued so far) */
-static int stage_shard(s3_t* s, int g, uint64_t* ticket) {
+/* start copying g's shard from host memory src into the staging shard (after all work issued so far) */
+static int stage_shard(s3_t* s, int g, const void* src, uint64_t* ticket) {
   const zp_host* h = s->z.h;
   const zp_group_info* in = &s->z.info[g];
   size_t bytes = (size_t)in->shard_len * zc_dsize(in->dtype[ZP_CAT_PARAM]);
-  ZC_TRY(zp_copy_start(h, s->pstage, in->buf[ZP_CAT_PARAM], bytes, 1, ticket));
+  ZC_TRY(zp_copy_start(h, s->pstage, src, bytes, 1, ticket));
   if (*ticket) s->h2d = *ticket;
-  h->note_io(h->ctx, in->place[ZP_CAT_PARAM].tier, 0, bytes);
+  if (in->buf[ZP_CAT_PARAM]) h->note_io(h->ctx, in->place[ZP_CAT_PARAM].tier, 0, bytes); /* (a tier's fetch counts its own) */
   return ZP_OK;
+}
+
+/* start reading g's tier-owned shard into the next host staging buffer (*buf), once that
+ * buffer's previous copy to the device is done */
+static int start_fetch(s3_t* s, int g, int* buf, uint64_t* ticket) {
+  const zp_host* h = s->z.h;
+  int i = s->hnext;
+  s->hnext ^= 1;
+  ZC_TRY(zp_copy_wait(h, &s->hcopy[i], 0));
+  *buf = i;
+  return h->fetch_state(h->ctx, g, ZP_CAT_PARAM, s->hstage[i], ticket);
+}
+
+/* retire a pending fetch (of a group other than keep) */
+static int drop_fetch(s3_t* s, int keep) {
+  const zp_host* h = s->z.h;
+  if (s->pf_group < 0 || s->pf_group == keep || !tier_owned(s, s->pf_group)) return ZP_OK;
+  int g = s->pf_group;
+  uint64_t t = s->pf_fetch;
+  s->pf_group = -1;
+  s->pf_fetch = 0;
+  return h->fetch_wait(h->ctx, g, ZP_CAT_PARAM, t);
 }
 
 static int gather_into(s3_t* s, int g, void* dst) {
   const zp_host* h = s->z.h;
   const zp_group_info* in = &s->z.info[g];
   const void* src = in->buf[ZP_CAT_PARAM];
-  if (offloaded(s, g)) { /* the host shard goes to a device staging shard first */
+  if (tier_owned(s, g)) { /* tier storage -> host staging -> device staging shard */
+    ZC_TRY(drop_fetch(s, g));
+    int i;
+    uint64_t f = s->pf_fetch, t = 0;
+    if (s->pf_group == g) i = s->pf_buf;
+    else ZC_TRY(start_fetch(s, g, &i, &f));
+    s->pf_group = -1;
+    s->pf_fetch = 0;
+    ZC_TRY(h->fetch_wait(h->ctx, g, ZP_CAT_PARAM, f));
+    ZC_TRY(stage_shard(s, g, s->hstage[i], &t));
+    s->hcopy[i] = t;
+    ZC_TRY(zp_copy_wait(h, &t, 1)); /* the gather runs after the copy */
+    src = s->pstage;
+  } else if (offloaded(s, g)) { /* the host shard goes to a device staging shard first */
     uint64_t t = s->pf_ticket;
-    if (s->pf_group != g) ZC_TRY(stage_shard(s, g, &t)); /* not prefetched (a prefetch of another group is overwritten) */
+    if (s->pf_group != g) ZC_TRY(stage_shard(s, g, src, &t)); /* not prefetched (a prefetch of another group is overwritten) */
     s->pf_group = -1;
     ZC_TRY(zp_copy_wait(h, &t, 1)); /* the gather runs after the copy */
     src = s->pstage;
@@ -141,12 +212,14 @@ static int gather_into(s3_t* s, int g, void* dst) {
   return h->allgather(h->ctx, dst, src, (size_t)in->shard_len, in->dtype[ZP_CAT_PARAM]);
 }
 
-/* prefetch g's host shard into the staging shard (its copy waits for the work issued so far,
- * which includes every gather that read the shard before) */
+/* prefetch g's shard: from a host shard, its copy into the staging shard (which waits for the
+ * work issued so far, including every gather that read the shard before); from tier storage,
+ * its read into host staging */
 static int prefetch(s3_t* s, int g) {
   if (!s->async || g < 0 || g >= s->z.G || !offloaded(s, g) || persistent(s, g) || s->pf_group >= 0) return ZP_OK;
   if (g == 0 ? s->g0_valid : s->owner[g] >= 0) return ZP_OK; /* still gathered */
-  ZC_TRY(stage_shard(s, g, &s->pf_ticket));
+  if (tier_owned(s, g)) ZC_TRY(start_fetch(s, g, &s->pf_buf, &s->pf_fetch));
+  else ZC_TRY(stage_shard(s, g, s->z.info[g].buf[ZP_CAT_PARAM], &s->pf_ticket));
   s->pf_group = g;
   return ZP_OK;
 }
@@ -228,6 +301,7 @@ static int s3_step(void* st) {
   zero_common* z = &s->z;
   /* parameters change: nothing gathered may outlive the step */
   for (int g = 0; g < z->G; g++) ZC_TRY(release(s, g));
+  ZC_TRY(drop_fetch(s, -1)); /* a fetch still reading tier storage is waited for: the update rewrites it */
   s->pf_group = -1; /* a prefetched shard would hold the old values */
   ZC_TRY(zp_copy_wait(z->h, &s->h2d, 0)); /* offloaded shards are rewritten by the update: no copy may still read them */
   ZC_TRY(zc_step_shards(z, s3_grad_shard, s3_param_shard));

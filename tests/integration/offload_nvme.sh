@@ -13,6 +13,15 @@
 #     request counts = sub-groups x (2 x steps + 3) (one read + one write per sub-group per step;
 #     init writes master, m, v); host traffic = one gradient in and one parameter out per element
 #     per step (sub-group counts from `zp plan`'s table, not from the plugin).
+#  1b. Parameter offload (offload.param.plugin = "offload_nvme", stage 3, 2 ranks, fp32 and bf16):
+#     bitwise equal to the run without offload; PARAM lives only in the parameter file (device
+#     PARAM 0, nvme PARAM = the reference's device shards); file traffic exact: the optimizer's
+#     as above (2048-element sub-groups with parameters) plus, per step, one shard read per
+#     gather (forward: every group; backward: all but the embedding, still gathered) and the
+#     new parameters written with each sub-group; persistent small groups (zero.persist_threshold)
+#     stay on the device, bitwise; stop at 4 + resume to 8 equals the uninterrupted run, and a
+#     checkpoint without offload resumes with parameter offload, bitwise; io_uring off (thread
+#     pool): the same bits.
 #  2. ZP_AIO_NO_URING=1: the thread-pool fallback says so and gives the same bits; injected short
 #     transfers and EINTR (ZP_AIO_FAULT=short|eintr) are resumed: same bits.
 #     Partial offload (offload.optimizer.ratio 0.5, stage 2) is bitwise equal too.
@@ -22,7 +31,9 @@
 #     resumed at 3 ranks (stage1, reshard) with and without nvme offload gives the same bits.
 #  4. Errors, each with a message: missing path, a file as path, tmpfs, a disk too small for the
 #     world's files (plan-time, with GB and bytes), host staging above max_host_gb, parameter
-#     offload (not implemented), injected EIO on a read and on a write (file, offset, errno).
+#     offload without the optimizer on NVMe, with ratio < 1, a missing offload.param.path, with
+#     stage 2, injected EIO on a read and on a write (file, offset, errno), and on a parameter
+#     read of a gather (names the parameters and the .param file).
 #  5. On small loop filesystems (when mountable): plan refuses a disk that is too small; with the
 #     plan check bypassed (ZP_NVME_NO_SPACE_CHECK=1) the file's preallocation fails with ENOSPC
 #     naming the file and nothing is left behind; a disk that fills up while checkpointing
@@ -86,6 +97,8 @@ compare() { # a b what [ckpt name]
   if out=$("$zp" ckpt compare "$ca" "$cb" --tol 0 2>&1); then ok "$what: $out"; else bad "$what: $out"; fi
 }
 
+printf 'function on_step(m) if m.step == 4 then return {stop = true} end end\n' > "$work/stop4.lua"
+
 # ---- 1. equivalence, bytes per tier, I/O counts ----
 tiers() { # ref off prec steps plan-output
   python3 - "$work/$1/metrics.jsonl" "$work/$2/metrics.jsonl" "$3" "$4" "$5" "$SUB" <<'EOF' || fail=1
@@ -145,6 +158,68 @@ grep -q "optimizer state in $nvdir/zp-.*-rank0.optim .*(O_DIRECT)" "$work/nv-non
 left=$(ls -A "$nvdir" | grep -v lost+found)
 [ -z "$left" ] && ok "no state file left in $nvdir" || bad "left in $nvdir: $left"
 
+# ---- 1b. parameter offload (stage 3) ----
+ptiers() { # ref off prec steps plan-output
+  python3 - "$work/$1/metrics.jsonl" "$work/$2/metrics.jsonl" "$3" "$4" "$5" <<'EOF' || fail=1
+import json, math, re, sys
+ref = json.loads(open(sys.argv[1]).read().splitlines()[-1])["tiers"]
+off = json.loads(open(sys.argv[2]).read().splitlines()[-1])["tiers"]
+prec, steps, sub = sys.argv[3], int(sys.argv[4]), 2048   # sub-groups of 2048 elements with parameters
+held = nsub = 0
+shards = []   # held elements of each group, in order
+for line in open(sys.argv[5]):
+    m = re.match(r"\s+(embed|block\.\d+|head)\s+(\d+)\s+(\d+)\s+(\S+)\s+(\S+)\s+(\S+)\s+(\S+)\s*$", line)
+    if not m: continue
+    padded, param = int(m.group(3)), m.group(4)
+    if param != "S/nvme": print("FAIL: plan puts PARAM of", m.group(1), "on", param); sys.exit(1)
+    h = padded // 2
+    held += h; nsub += math.ceil(h / sub); shards.append(h)
+g, c, n = off["gpu"], off["cpu"], off["nvme"]
+ps = 2 if prec == "bf16" else 4
+fetch = sum(shards) + sum(shards[1:])   # forward gathers every group, backward all but the embedding
+errs = []
+def want(what, got, exp):
+    if got != exp: errs.append(f"{what} = {got}, expected {exp}")
+want("device PARAM", g["PARAM"], 0); want("cpu PARAM", c["PARAM"], 0)
+want("nvme PARAM", n["PARAM"], ps * held); want("nvme PARAM vs reference device PARAM", n["PARAM"], ref["gpu"]["PARAM"])
+want("device MASTER", g["MASTER"], 0); want("nvme OPTIM", n["OPTIM"], 8 * held)
+want("nvme bytes read", n["io_read"], steps * 12 * held + steps * fetch * ps)
+want("nvme bytes written", n["io_write"], (steps + 1) * (12 + ps) * held)
+want("nvme requests", n["io_ops"], nsub * (2 * steps + 3) + steps * (nsub + 2 * len(shards) - 1) + nsub)
+want("host parameter bytes (none: the update writes the file)", c["io_read"], 0)
+if errs: print("FAIL: " + sys.argv[2] + ": " + "; ".join(errs)); sys.exit(1)
+print(f"ok   parameter tiers: nvme PARAM {n['PARAM']} B (= reference device shards), device PARAM 0; file {n['io_read']} B read "
+      f"({steps * fetch * ps} B of them by {steps * (2 * len(shards) - 1)} gathers) / {n['io_write']} B written in {n['io_ops']} requests")
+EOF
+}
+PV=(zero.plugin=stage3 "${NV[@]}" offload.param.plugin=offload_nvme offload.param.path="$nvdir" offload.param.block_size=4096
+  offload.param.queue_depth=4)
+for prec in fp32 bf16; do
+  run "par-$prec" 2 train.precision=$prec "${PV[@]}" || continue
+  compare "ref-$prec" "par-$prec" "offload_nvme parameters + optimizer, stage3 vs no offload, $prec, 2 ranks (bitwise)"
+  psets=()
+  for s in train.precision=$prec "${PV[@]}"; do psets+=(--set "$s"); done
+  "$zp" plan "$cfg" --world 2 "${psets[@]}" > "$work/plan-par-$prec.txt" 2>&1 || { bad "zp plan par $prec"; cat "$work/plan-par-$prec.txt"; }
+  ptiers "ref-stage3-$prec" "par-$prec" $prec $steps "$work/plan-par-$prec.txt"
+done
+grep -q "parameter shards in $nvdir/zp-.*-rank0.param .*(O_DIRECT)" "$work/par-bf16.log" &&
+  ok "$(grep -o 'parameter shards in .*' "$work/par-bf16.log" | head -1 | cut -c1-200)" || { bad "no O_DIRECT parameter-file line"; grep offload_nvme "$work/par-bf16.log"; }
+run par-persist 2 train.precision=bf16 "${PV[@]}" zero.persist_threshold=5000 &&
+  { grep -qE "^\[rank 0\]   head .* R/gpu " "$work/par-persist.log" && grep -qE "^\[rank 0\]   block.0 .* S/nvme " "$work/par-persist.log" ||
+    bad "persist_threshold 5000: head not R/gpu or block.0 not S/nvme"; } &&
+  compare ref-bf16 par-persist "parameter offload with persistent small groups on the device (bitwise)"
+ZP_AIO_NO_URING=1 run par-threads 2 train.precision=bf16 "${PV[@]}" && compare ref-bf16 par-threads "parameter offload, thread-pool fallback (bitwise)"
+P8=(train.precision=bf16 train.steps=8 "${PV[@]}")
+run par-full 2 "${P8[@]}"
+run par-part 2 "${P8[@]}" train.hooks="$work/stop4.lua" ckpt.async=true train.checkpoint_every=2
+run par-part 2 "${P8[@]}" train.resume=auto && grep -q "resumed from .*ckpt_00000004 at step 4" "$work/par-part.log" &&
+  compare par-full par-part "parameter offload: stopped at 4 (async saves) + resumed to 8 vs uninterrupted (bitwise)" ckpt_00000008
+run par-noff 2 train.precision=bf16 train.steps=8 zero.plugin=stage3 train.hooks="$work/stop4.lua"
+run par-noff 2 "${P8[@]}" train.resume=auto && grep -q "resumed from .*ckpt_00000004 at step 4" "$work/par-noff.log" &&
+  compare par-full par-noff "stage3 checkpoint without offload resumed with parameter offload to 8 vs uninterrupted (bitwise)" ckpt_00000008
+left=$(ls -A "$nvdir" | grep -v lost+found)
+[ -z "$left" ] && ok "no state or parameter file left in $nvdir" || bad "left in $nvdir: $left"
+
 # ---- 2. thread-pool fallback, resumed short transfers / EINTR ----
 # partial offload: the first groups keep MASTER/OPTIM on the device, the rest live in the file
 run nv-ratio 2 train.precision=bf16 zero.plugin=stage2 "${NV[@]}" offload.optimizer.ratio=0.5 &&
@@ -159,7 +234,6 @@ for f in short eintr; do
 done
 
 # ---- 3. checkpoints: resume, from a no-offload checkpoint, reshard ----
-printf 'function on_step(m) if m.step == 4 then return {stop = true} end end\n' > "$work/stop4.lua"
 R=(train.precision=bf16 zero.plugin=stage2 train.steps=8)
 run full 2 "${R[@]}" "${NV[@]}"
 run part 2 "${R[@]}" "${NV[@]}" train.hooks="$work/stop4.lua" ckpt.async=true train.checkpoint_every=2
@@ -196,8 +270,18 @@ expect "disk too small (plan)" "the nvme tier needs [0-9.]+ GB \([0-9]+ bytes\) 
   --set model.n_layer=96 --set model.d_model=12288 --set model.n_head=96
 expect "host staging cap" "staging needs [0-9.e-]+ GB of host memory per rank .*max_host_gb = 1e-05" \
   "$zp" plan "$cfg" --set offload.optimizer.plugin=offload_nvme --set offload.optimizer.path="$nvdir" --set offload.optimizer.max_host_gb=0.00001
-expect "parameter offload" "offload.param.plugin = \"offload_nvme\"\) is not implemented yet" \
+expect "parameter offload without the optimizer" "offload.param.plugin = \"offload_nvme\" needs offload.optimizer.plugin = \"offload_nvme\" too" \
   "$zp" plan "$cfg" --set zero.plugin=stage3 --set offload.param.plugin=offload_nvme --set offload.param.path="$nvdir"
+expect "parameter offload with ratio 0.5" "with offload.optimizer.ratio = 0.5: .*use ratio = 1 with parameter offload" \
+  "$zp" plan "$cfg" --set zero.plugin=stage3 "${NVS[@]}" --set offload.param.plugin=offload_nvme --set offload.param.path="$nvdir" \
+  --set offload.optimizer.ratio=0.5
+expect "parameter offload without offload.param.path" "offload.param.plugin = \"offload_nvme\" needs offload.param.path" \
+  "$zp" plan "$cfg" --set zero.plugin=stage3 "${NVS[@]}" --set offload.param.plugin=offload_nvme
+expect "parameter offload with stage2" 'needs zero.plugin = "stage3"' \
+  "$zp" plan "$cfg" --set zero.plugin=stage2 "${NVS[@]}" --set offload.param.plugin=offload_nvme --set offload.param.path="$nvdir"
+expect "injected EIO on a parameter read (gather)" "offload_nvme: parameters of group 0 \(fetch for a gather\): read of [0-9]+ bytes at offset 0 of $nvdir/zp-.*-rank[01].param .*failed: Input/output error \(EIO\)" \
+  env ZP_AIO_FAULT=eio_read@0 "$zp" launch -n 2 "$cfg" --set train.out_dir="$work/eio-par" --set zero.plugin=stage3 "${NVS[@]}" \
+  --set offload.param.plugin=offload_nvme --set offload.param.path="$nvdir"
 for d in read write; do
   expect "injected EIO on a $d" "offload_nvme: optimizer state of group [0-9]+, sub-group [0-9]+: $d of [0-9]+ bytes at offset [0-9]+ of $nvdir/zp-.*-rank[01].optim .*failed: Input/output error \(EIO\)" \
     env ZP_AIO_FAULT=eio_$d@20480 "$zp" launch -n 2 "$cfg" --set train.out_dir="$work/eio-$d" "${NVS[@]}"
