@@ -5,8 +5,13 @@
 # 2 steps). Prints one markdown table with ratios to the no-offload run of the same grad_accum.
 #
 # Run (repo root, .deps carried; reuses an existing build):
-#   bash bench/offload_bench.sh [matrix] [stream] [params] [largest]      (default: matrix)
+#   bash bench/offload_bench.sh [matrix] [stream] [params] [nvme] [largest]      (default: matrix)
 # params: stage 3 with optimizer offload, without and with parameter offload (offload.param.plugin).
+# nvme: stage 3 on a smaller GPT (NVME_MODEL, default 24 layers x d 1024: 355M; the optimizer
+#   state of 1.5B would move 37 GB through the disk per step) without offload, with the optimizer
+#   state on offload_nvme, and with the parameters on NVMe too (ABI 1.6 fetch per gather);
+#   files under NVME_DIR (default $ZP_WORK/nvme, or $SRC/.nvme-bench when that is in memory),
+#   NVME_STEPS steps (default 6).
 # stream: grad_accum 1 without offload, and offload synchronous / delayed with and without
 #   offload.optimizer.stream_grads (gradients copied to the host during the backward).
 # Env: OUT (default /tmp/zp-out), ZP_WORK (default /tmp/zp-offload-work), ZP_BUILD (default
@@ -47,7 +52,7 @@ FAILED=0
 
 . "$SRC/bench/lib.sh"
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
-  bench_build "$SRC" "$BUILD" "$OUT/offload_build.log" zp zp_cuda zp_stage1 zp_stage2 zp_stage3 zp_offload_cpu || exit 1
+  bench_build "$SRC" "$BUILD" "$OUT/offload_build.log" zp zp_cuda zp_stage1 zp_stage2 zp_stage3 zp_offload_cpu zp_offload_nvme || exit 1
 fi
 
 SHARD=$WORK/random_train.bin
@@ -83,6 +88,8 @@ if rows:
     out.update(ms=round(ms, 1), tok_s=round(tok / ms * 1000), mfu=round(statistics.median(r["mfu"] for r in timed), 4),
                peak_gpu_GiB=round(max(r.get("peak_gpu", 0) for r in rows) / 2**30, 2),
                host_GiB=round(sum(v for k, v in t.get("cpu", {}).items() if k.isupper()) / 2**30, 2),
+               nvme_GiB=round(sum(v for k, v in t.get("nvme", {}).items() if k.isupper()) / 2**30, 2),
+               nvme_io_GB=round((t.get("nvme", {}).get("io_read", 0) + t.get("nvme", {}).get("io_write", 0)) / 1e9, 2),
                loss=[rows[0]["loss"], rows[-1]["loss"]], step_ms=[round(r["ms"]) for r in rows])
 print(json.dumps(out))
 PYEOF
@@ -113,6 +120,20 @@ for w in "${WHAT[@]}"; do
       # (PARAM shards in host memory, copied in for every gather), grad_accum 1
       run "ga1_s3_offload" "$STEPS" --set zero.plugin=stage3 "${OFF[@]}"
       run "ga1_s3_offload_params" "$STEPS" --set zero.plugin=stage3 "${OFF[@]}" --set offload.param.plugin=offload_cpu ;;
+    nvme)
+      # the NVMe tier at stage 3: no offload, optimizer state in files, + parameter shards in files
+      ND=${NVME_DIR:-$WORK/nvme}
+      [ "$(stat -f -c %T "$(dirname "$ND")" 2> /dev/null)" = tmpfs ] && [ -z "${NVME_DIR:-}" ] && ND=$SRC/.nvme-bench
+      mkdir -p "$ND"
+      note "nvme: files in $ND ($(stat -f -c %T "$ND"), $(df -h --output=avail "$ND" | tail -1 | tr -d ' ') free)"
+      NM=(${NVME_MODEL:---set model.n_layer=24 --set model.d_model=1024 --set model.n_head=16})
+      NS=${NVME_STEPS:-6}
+      NVO=(--set offload.optimizer.plugin=offload_nvme --set "offload.optimizer.path=$ND" --set offload.optimizer.queue_depth=64
+        --set offload.optimizer.block_size=8388608)
+      run "nv_none" "$NS" --set zero.plugin=stage3 "${NM[@]}"
+      run "nv_s3_optim" "$NS" --set zero.plugin=stage3 "${NM[@]}" "${NVO[@]}"
+      run "nv_s3_optim_params" "$NS" --set zero.plugin=stage3 "${NM[@]}" "${NVO[@]}" --set offload.param.plugin=offload_nvme \
+        --set "offload.param.path=$ND" --set offload.param.queue_depth=64 --set offload.param.block_size=8388608 ;;
     largest)
       # the largest candidate `zp plan` accepts, both on this host's memory (MemAvailable) and on
       # the GPU's (--device-gb from nvidia-smi), trying offload.optimizer.ratio from 1 (all of the
@@ -142,7 +163,7 @@ for w in "${WHAT[@]}"; do
       run "largest_L${LL}_d${LD}" 2 --set model.n_layer=$LL --set model.d_model=$LD --set model.n_head=$LH \
         --set train.micro_batch=$LMB --set train.recompute=true --set zero.plugin=$STAGE "${LOFF[@]}" --set offload.optimizer.ratio=$pr
       grep -B2 -A12 "memory at end" "$OUT/offload_largest_L${LL}_d${LD}.log" | head -16 ;;
-    *) echo "offload_bench: unknown part '$w' (matrix, stream, params, largest)"; exit 2 ;;
+    *) echo "offload_bench: unknown part '$w' (matrix, stream, params, nvme, largest)"; exit 2 ;;
   esac
 done
 
@@ -167,14 +188,15 @@ rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 ng, stage, extra = sys.argv[3], sys.argv[4], sys.argv[5]
 print(f"examples/gpt2-1.5b.toml{' with ' + extra if extra else ''}, {ng} rank(s), zero.plugin {stage}\n")
 base = {r["tag"].split("_")[0]: r for r in rows if r["tag"].endswith("_none") and "tok_s" in r}
-print("| run | ms/step | tok/s | MFU | ÷ no offload (same grad_accum) | GPU peak GiB | host GiB | loss first -> last | wall s | step ms |")
-print("|---|---|---|---|---|---|---|---|---|---|")
+print("| run | ms/step | tok/s | MFU | ÷ no offload (same grad_accum) | GPU peak GiB | host GiB | nvme GiB (GB moved) | loss first -> last | wall s | step ms |")
+print("|---|---|---|---|---|---|---|---|---|---|---|")
 for r in rows:
     if "tok_s" not in r:
-        print(f"| {r['tag']} | failed (exit {r['rc']}) | | | | | | | {r['wall_s']} | |"); continue
+        print(f"| {r['tag']} | failed (exit {r['rc']}) | | | | | | | | {r['wall_s']} | |"); continue
     b = base.get(r["tag"].split("_")[0])
     ratio = f"{r['tok_s'] / b['tok_s']:.2f}" if b and not r["tag"].startswith("largest") else ""
-    print(f"| {r['tag']} | {r['ms']} | {r['tok_s']:,} | {r['mfu']:.1%} | {ratio} | {r['peak_gpu_GiB']} | {r['host_GiB']} | "
+    nvc = f"{r['nvme_GiB']} ({r['nvme_io_GB']})" if r.get("nvme_GiB") else ""
+    print(f"| {r['tag']} | {r['ms']} | {r['tok_s']:,} | {r['mfu']:.1%} | {ratio} | {r['peak_gpu_GiB']} | {r['host_GiB']} | {nvc} | "
           f"{r['loss'][0]:.3f} -> {r['loss'][1]:.3f} | {r['wall_s']} | {' '.join(map(str, r['step_ms'][:14]))} |")
 peer = {}
 try:

@@ -98,7 +98,7 @@ else
   export PATH=$PATH:/usr/local/cuda/bin
   # shellcheck disable=SC2016  # $1..$3 expand inside the child shell
   run_step 01_build.log 480 bash -c 'cmake -S "$1" -B "$2" -G Ninja -DCMAKE_BUILD_TYPE=Release -DZP_TEST_POISON=ON \
-      -DCMAKE_CUDA_ARCHITECTURES="$3" && ninja -C "$2" zp zp_cuda zp_offload_cpu zp_stage3 check_cuda_ops check_model' _ "$SRC" "$BUILD" "${CUDA_ARCH:-90}"
+      -DCMAKE_CUDA_ARCHITECTURES="$3" && ninja -C "$2" zp zp_cuda zp_offload_cpu zp_offload_nvme zp_stage3 check_cuda_ops check_model' _ "$SRC" "$BUILD" "${CUDA_ARCH:-90}"
   if [ "$RC" -ne 0 ]; then
     add "$(status_of $RC)" build "exit $RC after ${SECS} s: see $OUT/01_build.log (no CUDA plugin target means nvcc was not found)"
   else
@@ -192,6 +192,13 @@ EOF
   # copy stream during the backward) both must give the streamed runs' losses bit for bit; with
   # parameter offload (stage 3: PARAM shards in host memory, copied in for each gather) the
   # optimizer-only stage-3 offload run's losses bit for bit, and no PARAM bytes on the device.
+  # The same two for the NVMe tier (files in NVDIR: $WORK unless that is in memory): stage 3 with
+  # the optimizer state in O_DIRECT files tracks the CUDA AdamW; adding parameter offload to NVMe
+  # (ABI 1.6 fetch_state per gather) gives its losses bit for bit, no PARAM on the device.
+  NVDIR=$WORK/nvme
+  [ "$(stat -f -c %T "$WORK" 2> /dev/null)" = tmpfs ] && NVDIR=$SRC/.nvme-check
+  mkdir -p "$NVDIR"
+  NVO="offload.optimizer.plugin=offload_nvme offload.optimizer.path=$NVDIR zero.plugin=stage3"
   if [ -f "$WORK/parity/run_cuda_bf16/metrics.jsonl" ]; then
     n=10
     for v in "recompute:train.recompute=true" "offload_cpu:offload.optimizer.plugin=offload_cpu" \
@@ -199,7 +206,8 @@ EOF
       "offload_dpu:offload.optimizer.plugin=offload_cpu offload.optimizer.delayed_update=true offload.optimizer.delayed_update_warmup=3" \
       "offload_cpu_nostream:offload.optimizer.plugin=offload_cpu offload.optimizer.stream_grads=false" \
       "offload_dpu_nostream:offload.optimizer.plugin=offload_cpu offload.optimizer.delayed_update=true offload.optimizer.delayed_update_warmup=3 offload.optimizer.stream_grads=false" \
-      "offload_cpu_stage3_params:offload.optimizer.plugin=offload_cpu offload.param.plugin=offload_cpu zero.plugin=stage3"; do
+      "offload_cpu_stage3_params:offload.optimizer.plugin=offload_cpu offload.param.plugin=offload_cpu zero.plugin=stage3" \
+      "offload_nvme_stage3:$NVO" "offload_nvme_stage3_params:$NVO offload.param.plugin=offload_nvme offload.param.path=$NVDIR"; do
       lab=${v%%:*}
       sets=()
       for kv in ${v#*:}; do sets+=(--set "$kv"); done
@@ -216,12 +224,15 @@ def rows(p): return [json.loads(l) for l in open(p) if '"loss"' in l]
 ref, run, lab = rows(sys.argv[1]), rows(sys.argv[2]), sys.argv[3]
 rel = [abs(a["loss"] - b["loss"]) / abs(a["loss"]) for a, b in zip(ref, run)]
 cpu = run[-1].get("tiers", {}).get("cpu", {})
+nv = run[-1].get("tiers", {}).get("nvme", {})
 io = f"; cpu tier MASTER {cpu.get('MASTER', 0)} OPTIM {cpu.get('OPTIM', 0)} B, {cpu.get('io_write', 0)} B in, {cpu.get('io_read', 0)} B out" if cpu else ""
 ok = len(run) == len(ref)
 if lab.endswith("_params"):
     gp = run[-1].get("tiers", {}).get("gpu", {})
-    ok = ok and max(rel) == 0 and cpu.get("PARAM", 0) > 0 and gp.get("PARAM", 1) == 0
-    what = f"max rel loss diff vs optimizer-only offload {max(rel):.2e} (bitwise wanted); PARAM host {cpu.get('PARAM', 0)} B, device {gp.get('PARAM')} B"
+    tier, tp = ("nvme", nv) if "nvme" in lab else ("host", cpu)
+    ok = ok and max(rel) == 0 and tp.get("PARAM", 0) > 0 and gp.get("PARAM", 1) == 0
+    what = f"max rel loss diff vs optimizer-only offload {max(rel):.2e} (bitwise wanted); PARAM {tier} {tp.get('PARAM', 0)} B, device {gp.get('PARAM')} B"
+    if nv: what += f"; nvme {nv.get('io_read', 0)} B read / {nv.get('io_write', 0)} B written"
 elif lab.endswith("_nostream"): ok = ok and max(rel) == 0 and cpu.get("io_write", 0) > 0; what = f"max rel loss diff vs the streamed run {max(rel):.2e} (bitwise wanted)"
 elif lab == "recompute": ok = ok and max(rel) <= 1e-3; what = f"max rel loss diff vs no recompute {max(rel):.2e} ({'bitwise' if max(rel) == 0 else 'not bitwise'})"
 elif lab == "offload_dpu":
