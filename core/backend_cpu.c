@@ -48,6 +48,7 @@ struct zp_backend {
   struct { void* dst; const void* src; size_t bytes; uint64_t ticket; } cq[ZP_CPU_COPY_QUEUE];
   int cq_head, cq_len;
   uint64_t c_next, c_done; /* last ticket issued, last ticket done */
+  int in_side;             /* between side_begin and side_end (1.7) */
 };
 
 static int zp_cpu_cmp_u64(const void* a, const void* b) {
@@ -199,7 +200,7 @@ static void cpu_destroy(zp_backend* b) {
 /* ---- copies beside the compute (1.5): deferred until copy_wait ---- */
 static void cpu_copy_run_oldest(zp_backend* b) { /* b->cmu held, cq_len > 0 */
   int i = b->cq_head;
-  memcpy(b->cq[i].dst, b->cq[i].src, b->cq[i].bytes);
+  if (b->cq[i].bytes) memcpy(b->cq[i].dst, b->cq[i].src, b->cq[i].bytes);
   b->c_done = b->cq[i].ticket;
   b->cq_head = (b->cq_head + 1) % ZP_CPU_COPY_QUEUE;
   b->cq_len--;
@@ -219,6 +220,21 @@ static int cpu_copy_async(zp_backend* b, void* dst, const void* src, size_t byte
   b->cq_len++;
   pthread_mutex_unlock(&b->cmu);
   return ZP_OK;
+}
+/* ---- the side stream (1.7): ops are synchronous here, so side work is done when issued; the
+ * ticket is a zero-byte deferred copy, so waiting for it also runs the copies issued before ---- */
+static int cpu_side_begin(zp_backend* b) {
+  ZP_NEED_B();
+  ZP_REQ(!b->in_side, "cpu backend: side_begin: already on the side stream (not nested)");
+  b->in_side = 1;
+  return ZP_OK;
+}
+static int cpu_side_end(zp_backend* b, uint64_t* ticket) {
+  ZP_NEED_B();
+  ZP_REQ(ticket, "cpu backend: side_end: ticket is NULL");
+  ZP_REQ(b->in_side, "cpu backend: side_end without side_begin");
+  b->in_side = 0;
+  return cpu_copy_async(b, NULL, NULL, 0, 0, ticket);
 }
 static int cpu_copy_wait(zp_backend* b, uint64_t ticket, int device) {
   ZP_NEED_B();
@@ -823,6 +839,8 @@ static const zp_backend_ops zp_cpu_ops = {
     .timer_ms = cpu_timer_ms,
     .copy_async = cpu_copy_async,
     .copy_wait = cpu_copy_wait,
+    .side_begin = cpu_side_begin,
+    .side_end = cpu_side_end,
 };
 
 const zp_backend_ops* zp_cpu_backend_ops(void) { return &zp_cpu_ops; }

@@ -654,6 +654,10 @@ int zp_pipe_sync_tied(zp_pipe* p, char* err, size_t errlen) {
   zp_run* r = p->r;
   int rc = ZP_OK;
   if (p->is_first_tied) {
+    if ((rc = zp_run_fence(r, 0))) {
+      seterr(err, errlen, "pipeline stage %d: waiting for the wte update: %s", p->stage, r->err);
+      return rc;
+    }
     if ((rc = zp_comm_send(p->dpp, r->groups[0].info.buf[ZP_CAT_PARAM], (size_t)p->wte_n, r->param_dt, p->P - 1)))
       seterr(err, errlen, "pipeline stage %d: sending the tied wte to stage %d: %s", p->stage, p->P - 1, zp_comm_error(p->dpp));
   } else if (p->has_copy) {

@@ -129,4 +129,5 @@ static int repl_step(void* st) {
 
 const zp_strategy_ops zp_replicated_strategy = {
   sizeof(zp_strategy_ops), repl_plan, repl_open, repl_close, NULL, NULL, NULL, repl_grads_ready, repl_step,
+  ZP_STRATEGY_UPDATE_DEFERRABLE, /* after its step nothing touches a group until its next forward */
 };

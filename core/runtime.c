@@ -333,6 +333,9 @@ static int h_fetch_wait(zp_host_ctx* c, int g, zp_category cat, uint64_t ticket)
   return rc;
 }
 
+static int adamw_device(zp_run* r, uint64_t first, int np, const void* grad, zp_dtype gdt, void* param_out, zp_dtype pdt,
+                        float* master, float* m, float* v, const zp_optim_hparams* hpp);
+
 static int h_optim_update(zp_host_ctx* c, int g, uint64_t first, uint64_t count, const void* grad, zp_dtype gdt,
                           void* param_out, zp_dtype pdt) {
   zp_run* r = c->r;
@@ -432,6 +435,24 @@ static int h_optim_update(zp_host_ctx* c, int g, uint64_t first, uint64_t count,
     master = param_out;
     param_out = NULL;
   }
+  if (!r->overlap) return adamw_device(r, first, np, grad, gdt, param_out, pdt, master, m, v, &hp);
+  /* optimizer overlap: on the side stream; the group's next forward waits for it (zp_run_fence) */
+  int rc = r->ops->side_begin(r->be);
+  if (rc) return rc;
+  rc = adamw_device(r, first, np, grad, gdt, param_out, pdt, master, m, v, &hp);
+  uint64_t t = 0;
+  int rc2 = r->ops->side_end(r->be, &t);
+  if (rc) return rc;
+  if (rc2) return rc2;
+  G->opt_ticket = t;
+  G->zero_pending = 1;
+  return ZP_OK;
+}
+
+/* the device AdamW of one range (core optimizer service), on the backend's current stream */
+static int adamw_device(zp_run* r, uint64_t first, int np, const void* grad, zp_dtype gdt, void* param_out, zp_dtype pdt,
+                        float* master, float* m, float* v, const zp_optim_hparams* hpp) {
+  zp_optim_hparams hp = *hpp;
   size_t gs = zp_dtype_size(gdt), ps = zp_dtype_size(pdt);
   if (ZP_TABLE_HAS(r->ops, adamw_pieces)) { /* ABI 1.4: the range's pieces in one call */
     for (int i = 0; i < np; i++) {
@@ -890,6 +911,12 @@ int zp_run_open(zp_run* r, zp_config* cfg, const zp_run_opts* o) {
       if (!r->err[0]) rerr(r, "strategy open failed (status %d)", rc);
       return rc;
     }
+    /* optimizer overlap: the strategy allows it (1.7 flag), the backend has a side stream */
+    const zp_strategy_ops* so = r->strategy;
+    int deferrable = so->struct_size >= offsetof(zp_strategy_ops, flags) + sizeof so->flags &&
+                     (so->flags & ZP_STRATEGY_UPDATE_DEFERRABLE);
+    r->overlap = deferrable && zp_cfg_bool(cfg, "train.overlap_optimizer") && ZP_TABLE_HAS(r->ops, side_begin) &&
+                 ZP_TABLE_HAS(r->ops, side_end) && ZP_TABLE_HAS(r->ops, copy_wait);
   } else if (r->strategy->open && r->strategy_plugin.desc) {
     /* dry run: let the strategy allocate its buffers (counted, nothing touched) */
     rc = r->strategy->open(&r->host, &r->strategy_state);
@@ -990,6 +1017,8 @@ int zp_run_flush(zp_run* r) {
 }
 
 static int state_io(zp_run* r, int g, zp_category cat, uint64_t off, void* host, size_t bytes, int put) {
+  int frc = zp_run_fence_all(r); /* no pending side-stream update of what is read or written */
+  if (frc) return frc;
   int quiet = 0;
   int src = tier_sync(r, 0, &quiet);
   if (src) return src;
@@ -1109,7 +1138,35 @@ int zp_run_init_weights(zp_run* r) {
   return zp_run_zero_grads(r);
 }
 
+/* Optimizer overlap: the compute stream waits for group g's side-stream AdamW, then zeroes the
+ * group's GRAD buffer for the coming backward (zero_grads skipped it: on the compute stream
+ * at the step's start it would have run before the side stream had read the gradients). */
+int zp_run_fence(zp_run* r, int g) {
+  if (g < 0 || g >= r->layout.n_groups) return ZP_OK;
+  zp_group_rt* G = &r->groups[g];
+  int rc = ZP_OK;
+  if (G->opt_ticket) {
+    rc = r->ops->copy_wait(r->be, G->opt_ticket, 1);
+    G->opt_ticket = 0;
+  }
+  if (!rc && G->zero_pending) {
+    G->zero_pending = 0;
+    if (G->info.buf[ZP_CAT_GRAD]) rc = r->ops->memset0(r->be, G->info.buf[ZP_CAT_GRAD], G->info.bytes[ZP_CAT_GRAD]);
+  }
+  return rc;
+}
+int zp_run_fence_all(zp_run* r) {
+  int rc = ZP_OK;
+  for (int g = 0; g < r->layout.n_groups && !rc && r->overlap; g++) rc = zp_run_fence(r, g);
+  return rc;
+}
+
 int zp_run_forward_group(zp_run* r, zp_acts* a, int g, float dloss) {
+  if (r->overlap) { /* the group's (and its tied group's) update of the last step is done first */
+    int rc = zp_run_fence(r, g);
+    if (!rc) rc = zp_run_fence(r, r->groups[g].info.tied_to);
+    if (rc) return rc;
+  }
   return r->tp.size > 1 ? zp_model_tp_forward_group(&r->layout, r->ops, r->be, a, &r->views, g, dloss, &r->tp)
                         : zp_model_forward_group(&r->layout, r->ops, r->be, a, &r->views, g, dloss);
 }
@@ -1117,6 +1174,7 @@ int zp_run_forward_group(zp_run* r, zp_acts* a, int g, float dloss) {
 int zp_run_zero_grads(zp_run* r) {
   for (int g = 0; g < r->layout.n_groups; g++) {
     zp_group_info* in = &r->groups[g].info;
+    if (r->groups[g].zero_pending) continue; /* zeroed at the group's fence (optimizer overlap) */
     if (in->buf[ZP_CAT_GRAD]) {
       int rc = r->ops->memset0(r->be, in->buf[ZP_CAT_GRAD], in->bytes[ZP_CAT_GRAD]);
       if (rc) return rc;
@@ -1249,6 +1307,8 @@ int zp_run_step(zp_run* r, float lr) {
 }
 
 int zp_run_get_group_params(zp_run* r, int g, float* out) {
+  int frc = zp_run_fence_all(r);
+  if (frc) return frc;
   zp_group_info* in = &r->groups[g].info;
   int c = holds(r, in, ZP_CAT_MASTER) ? ZP_CAT_MASTER : ZP_CAT_PARAM;
   zp_dtype dt = in->dtype[c];

@@ -32,6 +32,11 @@ typedef struct zp_group_rt {
   void* ccopy_param;      /* compute-dtype copy when PARAM dtype != compute dtype */
   void* ccopy_grad;       /* compute-dtype grad scratch when GRAD dtype != compute dtype */
   size_t ccopy_bytes[2];  /* what the ledger counted for the two above (0 = none) */
+  /* optimizer overlap (train.overlap_optimizer): the side-stream ticket of this group's last
+   * device AdamW, not yet waited for by the compute stream (0: none), and whether its GRAD
+   * buffer still has to be zeroed for the next step (done at the fence, not by zero_grads) */
+  uint64_t opt_ticket;
+  int zero_pending;
 } zp_group_rt;
 
 typedef struct zp_optim_state {
@@ -84,6 +89,7 @@ typedef struct zp_run {
   int B, T, accum;
   zp_optim_state opt;
   int in_step;            /* inside zp_run_step (gradients final: shard_ready is forwarded) */
+  int overlap;            /* device AdamW on the backend's side stream (optimizer overlap) */
   char err[2048];
   /* pipeline parallelism (core/pipeline_exec.c): held[g] = 0 for groups another stage holds
    * (no buffers, zero sizes in group_info: strategies see empty groups); pp_comm sums the
@@ -133,6 +139,11 @@ int zp_run_param_view(zp_run* r, int g);
 int zp_run_step(zp_run* r, float lr);
 /* Zero the gradient accumulators (start of a step). */
 int zp_run_zero_grads(zp_run* r);
+/* optimizer overlap (train.overlap_optimizer): make later compute-stream work wait for group g's
+ * side-stream update (and zero its gradient for the next step); _all: every group. No-ops when
+ * the overlap is off. zp_run_forward_group and the state reads call them. */
+int zp_run_fence(zp_run* r, int g);
+int zp_run_fence_all(zp_run* r);
 /* the model's forward of group g on activations a: the tensor-parallel form when parallel.tp > 1
  * (the training step, its recompute, and the pipeline executor all go through here) */
 int zp_run_forward_group(zp_run* r, zp_acts* a, int g, float dloss);

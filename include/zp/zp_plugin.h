@@ -24,7 +24,7 @@ extern "C" {
 #endif
 
 #define ZP_ABI_MAJOR 1
-#define ZP_ABI_MINOR 6
+#define ZP_ABI_MINOR 7
 #define ZP_PLUGIN_ENTRY_NAME "zp_plugin_entry"
 /* does table t (whose first member is size_t struct_size) have member m, and is it set? */
 #define ZP_TABLE_HAS(t, m) \
@@ -256,7 +256,14 @@ typedef struct zp_strategy_ops {
   int (*pre_backward)(void* state, int group);
   int (*grads_ready)(void* state, int group);
   int (*step)(void* state);
+  /* (1.7) ZP_STRATEGY_* bits (0: none; check struct_size first) */
+  uint64_t flags;
 } zp_strategy_ops;
+/* (1.7) After step() returns, the strategy touches no group's PARAM, GRAD, MASTER or OPTIM
+ * buffer before the core's next hook for that group, and its pre_forward touches none of them
+ * either: the core may then finish the step's device optimizer work beside the next forward
+ * (train.overlap_optimizer), making the forward of each group wait for that group's update. */
+#define ZP_STRATEGY_UPDATE_DEFERRABLE 1ull
 
 /* ---- tier plugins (offload) ----
  * A tier plugin moves categories to its tier in plan() (placements only). For every group
@@ -537,6 +544,16 @@ typedef struct zp_backend_ops {
   int (*copy_async)(zp_backend* b, void* dst, const void* src, size_t bytes, int h2d,
                     uint64_t* ticket);
   int (*copy_wait)(zp_backend* b, uint64_t ticket, int device);
+  /* ---- optional (1.7): a second compute stream (NULL: everything on the one stream) ----
+   * side_begin: ops issued from now until side_end run on a side stream, after all work issued
+   *   so far (on the CUDA backend: a second stream of lower or equal priority). Not nested.
+   * side_end: back to the compute stream; *ticket (> 0) names the side work issued since
+   *   side_begin, for copy_wait (device 1: later compute-stream work waits for it; device 0:
+   *   the calling thread waits). synchronize() waits for the compute stream only; copy_h2d,
+   *   copy_d2h and the other blocking calls also wait for all side work first, so a host read
+   *   never sees memory the side stream is still writing. */
+  int (*side_begin)(zp_backend* b);
+  int (*side_end)(zp_backend* b, uint64_t* ticket);
 } zp_backend_ops;
 #define ZP_TIMER_SLOTS 65536
 

@@ -194,6 +194,8 @@ static int zpc_create(const zp_host* host, const zp_backend_config* cfg, zp_back
   b->device = dev;
   const char* s = getenv("ZP_CUDA_STREAM");
   b->legacy_stream = s && strcmp(s, "legacy") == 0;
+  const char* pr = getenv("ZP_CUDA_PRIO");
+  b->prio = pr && strcmp(pr, "1") == 0;
   for (size_t i = 0; i < sizeof zpc_switches / sizeof zpc_switches[0]; i++) {
     int rc = zpc_switch_read(host, &zpc_switches[i], b);
     if (rc) {
@@ -222,7 +224,11 @@ static int zpc_create(const zp_host* host, const zp_backend_config* cfg, zp_back
     b->peak_flops = (prop.major == 9 && prop.minor == 0) ? 989e12 : 0.0;
     if (b->legacy_stream)
       b->stream = 0;
-    else
+    else if (b->prio) {
+      int lo = 0, hi = 0;
+      TRY(cudaDeviceGetStreamPriorityRange(&lo, &hi));
+      TRY(cudaStreamCreateWithPriority(&b->stream, cudaStreamNonBlocking, hi));
+    } else
       TRY(cudaStreamCreateWithFlags(&b->stream, cudaStreamNonBlocking));
     cublasStatus_t ls = cublasLtCreate(&b->lt);
     if (ls != CUBLAS_STATUS_SUCCESS) {
@@ -267,6 +273,10 @@ static void zpc_destroy(zp_backend* b) {
       (void)cudaStreamSynchronize(b->copy_stream[i]);
       cudaStreamDestroy(b->copy_stream[i]);
     }
+  if (b->side_stream) {
+    (void)cudaStreamSynchronize(b->side_stream);
+    cudaStreamDestroy(b->side_stream);
+  }
   if (b->copy_ev)
     for (int i = 0; i < ZPC_COPY_EVENTS; i++) cudaEventDestroy(b->copy_ev[i]);
   free(b->copy_ev);
@@ -355,7 +365,16 @@ static cudaError_t zpc_sync_all(zp_backend* b) {
   cudaError_t e = cudaStreamSynchronize(b->stream);
   for (int i = 0; i < 2 && e == cudaSuccess; i++)
     if (b->copy_stream[i]) e = cudaStreamSynchronize(b->copy_stream[i]);
+  if (e == cudaSuccess && b->side_stream) e = cudaStreamSynchronize(b->side_stream);
   return e;
+}
+
+/* before a blocking call: the compute stream waits for the side work not yet waited for */
+static int zpc_join_side(zp_backend* b) {
+  if (!b->side_last || b->in_side) return ZP_OK;
+  ZPC_CUDA(b, cudaStreamWaitEvent(b->stream, b->copy_ev[b->side_last % ZPC_COPY_EVENTS], 0));
+  b->side_last = 0;
+  return ZP_OK;
 }
 
 static void zpc_free(zp_backend* b, void* p) {
@@ -369,6 +388,7 @@ static void zpc_free(zp_backend* b, void* p) {
 
 static int zpc_copy_h2d(zp_backend* b, void* dst, const void* src, size_t bytes) {
   if (bytes == 0) return ZP_OK;
+  if (zpc_join_side(b)) return ZP_E_DEVICE;
   ZPC_CUDA(b, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, b->stream));
   ZPC_CUDA(b, cudaStreamSynchronize(b->stream));
   return ZP_OK;
@@ -376,6 +396,7 @@ static int zpc_copy_h2d(zp_backend* b, void* dst, const void* src, size_t bytes)
 
 static int zpc_copy_d2h(zp_backend* b, void* dst, const void* src, size_t bytes) {
   if (bytes == 0) return ZP_OK;
+  if (zpc_join_side(b)) return ZP_E_DEVICE;
   ZPC_CUDA(b, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, b->stream));
   ZPC_CUDA(b, cudaStreamSynchronize(b->stream));
   return ZP_OK;
@@ -418,9 +439,8 @@ static void zpc_host_free(zp_backend* b, void* p) {
 
 /* ---------------------------------------------------------------- copies beside the compute (1.5) */
 
-static int zpc_copy_async(zp_backend* b, void* dst, const void* src, size_t bytes, int h2d,
-                          uint64_t* ticket) {
-  if (!ticket) return zpc_err(b->host, ZP_E_INVALID, "cuda: copy_async: ticket is NULL");
+/* the ticket events (and the copy streams): created on the first copy_async or side_begin */
+static int zpc_events_init(zp_backend* b) {
   if (!b->copy_ev) {
     cudaEvent_t* ev = (cudaEvent_t*)calloc(ZPC_COPY_EVENTS, sizeof *ev);
     if (!ev) return zpc_err(b->host, ZP_E_NOMEM, "cuda: copy_async: out of memory");
@@ -437,6 +457,14 @@ static int zpc_copy_async(zp_backend* b, void* dst, const void* src, size_t byte
     }
     b->copy_ev = ev;
   }
+  return ZP_OK;
+}
+
+static int zpc_copy_async(zp_backend* b, void* dst, const void* src, size_t bytes, int h2d,
+                          uint64_t* ticket) {
+  if (!ticket) return zpc_err(b->host, ZP_E_INVALID, "cuda: copy_async: ticket is NULL");
+  int rc = zpc_events_init(b);
+  if (rc) return rc;
   cudaStream_t cs = b->copy_stream[h2d ? 1 : 0];
   uint64_t t = b->copy_next + 1;
   /* after everything issued so far on the compute stream */
@@ -462,6 +490,40 @@ static int zpc_copy_wait(zp_backend* b, uint64_t ticket, int device) {
   }
   ZPC_CUDA(b, cudaSetDevice(b->device)); /* any thread may wait */
   ZPC_CUDA(b, cudaEventSynchronize(ev));
+  return ZP_OK;
+}
+
+/* ---------------------------------------------------------------- the side stream (1.7) */
+
+static int zpc_side_begin(zp_backend* b) {
+  if (b->in_side) return zpc_err(b->host, ZP_E_INVALID, "cuda: side_begin: already on the side stream (not nested)");
+  int rc = zpc_events_init(b);
+  if (rc) return rc;
+  if (!b->side_stream) {
+    int lo = 0, hi = 0;
+    ZPC_CUDA(b, cudaDeviceGetStreamPriorityRange(&lo, &hi));
+    ZPC_CUDA(b, cudaStreamCreateWithPriority(&b->side_stream, cudaStreamNonBlocking, lo)); /* the lowest */
+  }
+  /* after everything issued so far on the compute stream */
+  ZPC_CUDA(b, cudaEventRecord(b->copy_order, b->stream));
+  ZPC_CUDA(b, cudaStreamWaitEvent(b->side_stream, b->copy_order, 0));
+  b->main_stream = b->stream;
+  b->stream = b->side_stream;
+  b->in_side = 1;
+  return ZP_OK;
+}
+
+static int zpc_side_end(zp_backend* b, uint64_t* ticket) {
+  if (!ticket) return zpc_err(b->host, ZP_E_INVALID, "cuda: side_end: ticket is NULL");
+  *ticket = 0;
+  if (!b->in_side) return zpc_err(b->host, ZP_E_INVALID, "cuda: side_end without side_begin");
+  uint64_t t = b->copy_next + 1;
+  b->stream = b->main_stream;
+  b->in_side = 0;
+  ZPC_CUDA(b, cudaEventRecord(b->copy_ev[t % ZPC_COPY_EVENTS], b->side_stream));
+  b->copy_next = t;
+  b->side_last = t;
+  *ticket = t;
   return ZP_OK;
 }
 
@@ -576,6 +638,8 @@ static const zp_backend_ops zpc_ops = {
     zpc_attn_bwd_ws,
     zpc_copy_async, /* 1.5: copies on their own streams, beside the compute */
     zpc_copy_wait,
+    zpc_side_begin, /* 1.7: a side stream (the optimizer overlap) */
+    zpc_side_end,
 };
 
 static const zp_plugin_desc zpc_desc = {

@@ -69,6 +69,14 @@ struct zp_backend {
   cudaEvent_t copy_order;      /* recorded on the compute stream before each copy */
   cudaEvent_t* copy_ev;
   uint64_t copy_next;          /* last ticket issued */
+  /* the side stream (1.7, side_begin/side_end): created on first use; while in_side, b->stream
+   * is the side stream and main_stream the compute stream. side_last: ticket (event in copy_ev)
+   * after the side work the compute stream has not waited for yet (0: none); blocking calls
+   * make the compute stream wait for it first. ZP_CUDA_PRIO=1: the compute stream is created
+   * with the greatest priority, so the side stream's blocks fill gaps instead of competing. */
+  cudaStream_t side_stream, main_stream;
+  int in_side, prio;
+  uint64_t side_last;
   cublasLtHandle_t lt;
   void* workspace;       /* ZPC_WORKSPACE_BYTES for cuBLASLt */
   void* scratch;         /* grow-only per-op scratch */

@@ -64,6 +64,7 @@ static int s1_step(void* st) {
 
 static const zp_strategy_ops s1_ops = {
   sizeof(zp_strategy_ops), s1_plan, s1_open, s1_close, NULL, NULL, NULL, NULL, s1_step,
+  0, /* its step all-gathers the updated shards */
 };
 static const zp_plugin_desc s1_desc = {
   sizeof(zp_plugin_desc), ZP_ABI_MAJOR, ZP_ABI_MINOR, "stage1", "0.1.0", ZP_KIND_STRATEGY,

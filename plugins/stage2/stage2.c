@@ -53,6 +53,7 @@ static int s2_step(void* st) {
 
 static const zp_strategy_ops s2_ops = {
   sizeof(zp_strategy_ops), s2_plan, s2_open, s2_close, NULL, NULL, s2_pre_backward, s2_grads_ready, s2_step,
+  0, /* its step all-gathers the updated shards */
 };
 static const zp_plugin_desc s2_desc = {
   sizeof(zp_plugin_desc), ZP_ABI_MAJOR, ZP_ABI_MINOR, "stage2", "0.1.0", ZP_KIND_STRATEGY,

@@ -312,6 +312,7 @@ static int s3_step(void* st) {
 
 static const zp_strategy_ops s3_ops = {
   sizeof(zp_strategy_ops), s3_plan, s3_open, s3_close, s3_pre_forward, s3_post_forward, s3_pre_backward, s3_grads_ready, s3_step,
+  0, /* its step all-gathers persistent groups after their update */
 };
 static const zp_plugin_desc s3_desc = {
   sizeof(zp_plugin_desc), ZP_ABI_MAJOR, ZP_ABI_MINOR, "stage3", "0.1.0", ZP_KIND_STRATEGY,

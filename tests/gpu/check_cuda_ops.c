@@ -1598,6 +1598,66 @@ static void t_copy_async(void) {
   release_all();
 }
 
+/* ---- ABI 1.7 side stream: side work runs after the compute work issued before side_begin;
+ * copy_wait(ticket, 1) orders later compute work after it; a blocking copy_d2h sees what the
+ * side stream wrote without any wait (the backend joins it first); misuse is an error. Each side
+ * phase is 40 fills of 256 MiB (~3 ms), long enough that a missing order shows. ---- */
+static void t_side_stream(void) {
+  if (!want("side_stream")) return;
+  if (!G->side_begin || !G->side_end || !G->copy_wait) die("the cuda backend has no side_begin / side_end (ABI 1.7)");
+  const size_t n = (size_t)64 << 20; /* fp32: 256 MiB */
+  float* h = (float*)malloc(n * sizeof(float));
+  if (!h) die("out of host memory");
+  void* d1 = dalloc(G, gb, n * 4);
+  void* d2 = dalloc(G, gb, n * 4);
+  uint64_t t = 0;
+  size_t bad;
+  /* 1. compute fill, then side fills, wait, compute copy: the copy sees the side's last value */
+  CK(G->fill(gb, d1, ZP_F32, n, 1.0));
+  CK(G->side_begin(gb));
+  for (int i = 0; i < 40; i++) CK(G->fill(gb, d1, ZP_F32, n, i == 39 ? 7.0 : 5.0));
+  CK(G->side_end(gb, &t));
+  CK(G->copy_wait(gb, t, 1));
+  CK(G->copy_d2d(gb, d2, d1, n * 4));
+  CK(G->copy_d2h(gb, h, d2, n * 4));
+  bad = 0;
+  for (size_t i = 0; i < n; i++) bad += h[i] != 7.0f;
+  result_t* a = pend("side_stream wait", "compute copy after copy_wait(side ticket, 1)");
+  a->pass = t > 0 && bad == 0;
+  snprintf(a->note, sizeof a->note, "ticket %llu, %zu elements not 7", (unsigned long long)t, bad);
+  /* 2. side work starts after the compute work issued before side_begin */
+  for (int i = 0; i < 40; i++) CK(G->fill(gb, d1, ZP_F32, n, i == 39 ? 2.0 : 3.0));
+  CK(G->side_begin(gb));
+  CK(G->copy_d2d(gb, d2, d1, n * 4));
+  CK(G->side_end(gb, &t));
+  CK(G->copy_wait(gb, t, 0));
+  CK(G->copy_d2h(gb, h, d2, n * 4));
+  bad = 0;
+  for (size_t i = 0; i < n; i++) bad += h[i] != 2.0f;
+  result_t* o = pend("side_stream order", "side copy after 40 compute fills");
+  o->pass = bad == 0;
+  snprintf(o->note, sizeof o->note, "%zu elements not 2", bad);
+  /* 3. a blocking read joins the side stream by itself */
+  CK(G->side_begin(gb));
+  for (int i = 0; i < 40; i++) CK(G->fill(gb, d1, ZP_F32, n, i == 39 ? 9.0 : 4.0));
+  CK(G->side_end(gb, &t));
+  CK(G->copy_d2h(gb, h, d1, n * 4));
+  bad = 0;
+  for (size_t i = 0; i < n; i++) bad += h[i] != 9.0f;
+  result_t* j = pend("side_stream join", "copy_d2h right after side fills, no wait");
+  j->pass = bad == 0;
+  snprintf(j->note, sizeof j->note, "%zu elements not 9", bad);
+  /* 4. misuse */
+  uint64_t t2 = 0;
+  int nested = G->side_begin(gb) == ZP_OK && G->side_begin(gb) == ZP_E_INVALID;
+  int ended = G->side_end(gb, &t2) == ZP_OK && G->side_end(gb, &t2) == ZP_E_INVALID;
+  result_t* e = pend("side_stream errors", "nested side_begin, side_end twice");
+  e->pass = nested && ended;
+  flush(NAN);
+  free(h);
+  release_all();
+}
+
 /* ---- the kernel-choice switches: every bad value is refused at create with a message that
  * names the variable and the accepted values (user input: never a crash or a silent default) */
 static void t_switch_errors(void) {
@@ -2352,6 +2412,7 @@ int main(int argc, char** argv) {
   t_matmul_res(37, 24, 70); /* leading dimensions not multiples of 8 */
   t_timers();
   t_copy_async();
+  t_side_stream();
   t_switch_errors();
   t_matmul_gelu(N, C, 4 * C);
   t_matmul_gelu(64, 96, 40);

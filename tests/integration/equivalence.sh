@@ -51,6 +51,14 @@ run acc-ref 2 train.grad_accum=2 && run acc-s2 2 train.grad_accum=2 zero.plugin=
 run bk-small 3 zero.bucket_mb=0.01 && compare ref-fp32-3 bk-small 0 "replicated, 10 KiB buckets (bitwise)"
 run bk-large 3 zero.bucket_mb=1000 && compare ref-fp32-3 bk-large 0 "replicated, one bucket (bitwise)"
 run bk-nooverlap 3 zero.overlap_comm=false && compare ref-fp32-3 bk-nooverlap 0 "replicated, reduce at the step (bitwise)"
+# optimizer overlap (train.overlap_optimizer, default on: the replicated strategy's AdamW on the
+# backend's side stream, each group's gradient zeroed at its next forward instead of at the
+# step's start): off gives the same bits, at grad_accum 1 and 2 and with validation passes
+# between steps (a missing zeroing would add the last step's gradient: the losses would differ)
+run ov-off 3 train.overlap_optimizer=false && compare ref-fp32-3 ov-off 0 "replicated, optimizer overlap off vs on (bitwise)"
+V=(train.grad_accum=2 train.val_every=2 train.val_batches=2 data.val="$src/data/fortunes/val_000.bin")
+run ov-acc-on 2 "${V[@]}" && grep -q "val" "$work/ov-acc-on/metrics.jsonl" && run ov-acc-off 2 "${V[@]}" train.overlap_optimizer=false &&
+  compare ov-acc-on ov-acc-off 0 "replicated, grad_accum 2 + validation, optimizer overlap on vs off (bitwise)"
 # Memory: a real run's ledger (model states after the step, rank 0, from metrics.jsonl) against
 # the ZeRO formulas within 1%, at 2, 3 and 4 ranks. A 6.9M-parameter model so that the shard
 # padding (at most N x 2048 elements per group) stays far below 1%. bf16: P=2 G=2 K=12.
