@@ -1562,6 +1562,7 @@ static int prepare_tmp(const char* dir, const char* tmp, char* err, size_t errle
 
 int zp_ckpt_save(zp_run* r, const char* dir, int64_t step, uint64_t data_pos, int keep, const char* config_toml, char* err,
                  size_t errlen) {
+  if (zp_run_fence_all(r)) { seterr(err, errlen, "%s", r->err); return ZP_E_DEVICE; } /* optimizer overlap: updates done */
   char label[64], tmp[CK_DIR_MAX + 96];
   int rc = save_args(r, dir, step, label, sizeof label, tmp, sizeof tmp, err, errlen);
   if (rc) return rc;
@@ -1754,6 +1755,7 @@ void zp_ckpt_saver_close(zp_ckpt_saver* s, zp_run* r) {
 
 int zp_ckpt_saver_save(zp_ckpt_saver* s, zp_run* r, int64_t step, uint64_t data_pos, const char* config_toml, int blocking,
                        double* staged_ms, char* err, size_t errlen) {
+  if (zp_run_fence_all(r)) { seterr(err, errlen, "%s", r->err); return ZP_E_DEVICE; } /* optimizer overlap: updates done */
   double t0 = mono_s();
   if (staged_ms) *staged_ms = 0;
   if (r->tp.size > 1) { /* tensor parallelism: global tensors gathered, one writer (ckpt_tp.c) */
@@ -1999,6 +2001,7 @@ static int load_group(zp_run* r, const ck_meta* m, int g, char* err, size_t errl
 }
 
 int zp_ckpt_load(zp_run* r, const char* ckpt_dir, int64_t* step, uint64_t* data_pos, char* err, size_t errlen) {
+  if (zp_run_fence_all(r)) { seterr(err, errlen, "%s", r->err); return ZP_E_DEVICE; } /* optimizer overlap: updates done */
   if (r->tp.size > 1 && !r->dry_run) return zp_ckpt_tp_load(r, ckpt_dir, step, data_pos, err, errlen); /* ckpt_tp.c */
   ck_meta m;
   int rc;
@@ -2100,6 +2103,7 @@ int zp_ckpt_set_full_params(zp_run* r, float* const* gp, char* err, size_t errle
 }
 
 int zp_ckpt_set_full_state(zp_run* r, float* const* gp, float* const* gm, float* const* gv, char* err, size_t errlen) {
+  if (zp_run_fence_all(r)) { seterr(err, errlen, "%s", r->err); return ZP_E_DEVICE; } /* optimizer overlap: updates done */
   int rc = ZP_OK;
   if (r->dry_run) {
     seterr(err, errlen, "cannot set weights in a dry run");

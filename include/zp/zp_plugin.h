@@ -549,9 +549,10 @@ typedef struct zp_backend_ops {
    *   so far (on the CUDA backend: a second stream of lower or equal priority). Not nested.
    * side_end: back to the compute stream; *ticket (> 0) names the side work issued since
    *   side_begin, for copy_wait (device 1: later compute-stream work waits for it; device 0:
-   *   the calling thread waits). synchronize() waits for the compute stream only; copy_h2d,
-   *   copy_d2h and the other blocking calls also wait for all side work first, so a host read
-   *   never sees memory the side stream is still writing. */
+   *   the calling thread waits). synchronize() and copy_h2d wait for the compute stream only
+   *   (a caller that writes memory the side stream uses waits for its ticket first); copy_d2h
+   *   also waits for all side work first, so a host read never sees memory the side stream is
+   *   still writing. */
   int (*side_begin)(zp_backend* b);
   int (*side_end)(zp_backend* b, uint64_t* ticket);
 } zp_backend_ops;

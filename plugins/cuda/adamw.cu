@@ -20,6 +20,14 @@
 
 #include "cuda_common.cuh"
 
+/* blocks of 256 threads for n work items: capped grid-stride (default), or one item per thread
+ * (ZP_CUDA_ADAMW_GRID=full: blocks end early, so another stream's kernels get SM slots sooner) */
+static inline unsigned zpc_adamw_grid(const zp_backend* b, size_t n) {
+  if (!b->adamw_grid) return zpc_grid(b, n, 256);
+  size_t g = (n + 255) / 256;
+  return (unsigned)(g < 1 ? 1 : g > 0x7fffffffu ? 0x7fffffffu : g);
+}
+
 struct zpc_adamw_hp {
   float lr, beta1, beta2, eps, grad_scale, bc1, bc2;
 };
@@ -123,16 +131,16 @@ static void zpc_adamw_launch(zp_backend* b, TP* param, float* master, const TG* 
              (uintptr_t)(grad + head) % gal || (param && (uintptr_t)(param + head) % pal)))
     n4 = 0; /* arrays out of phase with each other: scalar throughout */
   if (head)
-    zpc_adamw_kernel<TP, TG><<<zpc_grid(b, head, 256), 256, 0, b->stream>>>(param, master, grad,
+    zpc_adamw_kernel<TP, TG><<<zpc_adamw_grid(b, head), 256, 0, b->stream>>>(param, master, grad,
                                                                             m, v, head, h, P, 0);
   if (n4) {
     const size_t o = head;
-    zpc_adamw4_kernel<TP, TG><<<zpc_grid(b, n4, 256), 256, 0, b->stream>>>(
+    zpc_adamw4_kernel<TP, TG><<<zpc_adamw_grid(b, n4), 256, 0, b->stream>>>(
         param ? param + o : NULL, master + o, grad + o, m + o, v + o, n4, h, P, o);
   }
   const size_t done = head + 4 * n4;
   if (done < n)
-    zpc_adamw_kernel<TP, TG><<<zpc_grid(b, n - done, 256), 256, 0, b->stream>>>(
+    zpc_adamw_kernel<TP, TG><<<zpc_adamw_grid(b, n - done), 256, 0, b->stream>>>(
         param ? param + done : NULL, master + done, grad + done, m + done, v + done, n - done, h, P,
         done);
 }

@@ -146,6 +146,8 @@ static const struct zpc_switch zpc_switches[] = {
     {"ZP_CUDA_GEMM_TUNE", offsetof(zp_backend, gemm_tune), 0, {"0", "1", "2"}},
     {"ZP_CUDA_ADAMW_PIECES", offsetof(zp_backend, adamw_pieces), 1, {"0", "1"}},
     {"ZP_CUDA_BGRAD", offsetof(zp_backend, bgrad), ZPC_DEFAULT_BGRAD, {"0", "1"}},
+    {"ZP_CUDA_PRIO", offsetof(zp_backend, prio), 0, {"0", "1"}},
+    {"ZP_CUDA_ADAMW_GRID", offsetof(zp_backend, adamw_grid), 0, {"capped", "full"}},
 };
 
 static int* zpc_switch_field(const struct zpc_switch* w, zp_backend* b) {
@@ -194,8 +196,6 @@ static int zpc_create(const zp_host* host, const zp_backend_config* cfg, zp_back
   b->device = dev;
   const char* s = getenv("ZP_CUDA_STREAM");
   b->legacy_stream = s && strcmp(s, "legacy") == 0;
-  const char* pr = getenv("ZP_CUDA_PRIO");
-  b->prio = pr && strcmp(pr, "1") == 0;
   for (size_t i = 0; i < sizeof zpc_switches / sizeof zpc_switches[0]; i++) {
     int rc = zpc_switch_read(host, &zpc_switches[i], b);
     if (rc) {
@@ -369,7 +369,8 @@ static cudaError_t zpc_sync_all(zp_backend* b) {
   return e;
 }
 
-/* before a blocking call: the compute stream waits for the side work not yet waited for */
+/* before a blocking read (copy_d2h): the compute stream waits for the side work not yet waited
+ * for, so a host read never sees memory the side stream is still writing */
 static int zpc_join_side(zp_backend* b) {
   if (!b->side_last || b->in_side) return ZP_OK;
   ZPC_CUDA(b, cudaStreamWaitEvent(b->stream, b->copy_ev[b->side_last % ZPC_COPY_EVENTS], 0));
@@ -388,7 +389,9 @@ static void zpc_free(zp_backend* b, void* p) {
 
 static int zpc_copy_h2d(zp_backend* b, void* dst, const void* src, size_t bytes) {
   if (bytes == 0) return ZP_OK;
-  if (zpc_join_side(b)) return ZP_E_DEVICE;
+  /* no join with the side stream: the core uploads each micro-batch's tokens here, and joining
+   * would make the host wait for the whole optimizer overlap (callers that write memory the
+   * side stream uses wait for its ticket first: the core's state writes fence) */
   ZPC_CUDA(b, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, b->stream));
   ZPC_CUDA(b, cudaStreamSynchronize(b->stream));
   return ZP_OK;

@@ -76,6 +76,9 @@ struct zp_backend {
    * with the greatest priority, so the side stream's blocks fill gaps instead of competing. */
   cudaStream_t side_stream, main_stream;
   int in_side, prio;
+  int adamw_grid;        /* ZP_CUDA_ADAMW_GRID: 0 capped (16 blocks per SM, grid-stride), 1 full
+                            (one block per 1024 elements: short blocks that interleave with other
+                            streams' kernels) */
   uint64_t side_last;
   cublasLtHandle_t lt;
   void* workspace;       /* ZPC_WORKSPACE_BYTES for cuBLASLt */

@@ -1665,7 +1665,8 @@ static void t_switch_errors(void) {
   static const char* const bad[][2] = {
       {"ZP_CUDA_ATTN", "flash2"},  {"ZP_CUDA_FA2_FWD", "base"}, {"ZP_CUDA_FA2_BWD", "kv3"},
       {"ZP_CUDA_FUSE_GELU", "yes"}, {"ZP_CUDA_FUSE_RES", "2"},   {"ZP_CUDA_LN", "Fast"},
-      {"ZP_CUDA_GEMM_TUNE", "3"},  {"ZP_CUDA_ADAMW_PIECES", "on"}, {"ZP_CUDA_BGRAD", "2"}};
+      {"ZP_CUDA_GEMM_TUNE", "3"},  {"ZP_CUDA_ADAMW_PIECES", "on"}, {"ZP_CUDA_BGRAD", "2"},
+      {"ZP_CUDA_PRIO", "high"},   {"ZP_CUDA_ADAMW_GRID", "uncapped"}};
   for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
     const char* old = getenv(bad[i][0]);
     char* keep = old ? strdup(old) : NULL;
