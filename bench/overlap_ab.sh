@@ -37,6 +37,7 @@ for v in ${VARIANTS:-off on on_prio on_compile off2}; do
     on_full_prio) ab on_full_prio none ZP_CUDA_ADAMW_GRID=full ZP_CUDA_PRIO=1 ;;
     off_full) ab off_full none ZP_CUDA_ADAMW_GRID=full -- --set train.overlap_optimizer=false ;;
     on_compile) [ "${SKIP_PEER:-0}" = 1 ] || ab on_compile compile ;;
+    on_full_prio_compile) [ "${SKIP_PEER:-0}" = 1 ] || ab on_full_prio_compile compile ZP_CUDA_ADAMW_GRID=full ZP_CUDA_PRIO=1 ;;
     *) echo "overlap_ab: unknown variant $v"; exit 2 ;;
   esac
 done
@@ -44,7 +45,7 @@ python3 - "$OUT" <<'PYEOF'
 import json, os, sys
 out = sys.argv[1]
 rows = {}
-for tag in ("off", "on", "on_prio", "on_full", "on_full_prio", "off_full", "on_compile", "off2"):
+for tag in ("off", "on", "on_prio", "on_full", "on_full_prio", "off_full", "on_compile", "on_full_prio_compile", "off2"):
     p = os.path.join(out, tag, "zp_metrics.jsonl")
     if not os.path.exists(p): continue
     for l in open(p):
@@ -52,7 +53,7 @@ for tag in ("off", "on", "on_prio", "on_full", "on_full_prio", "off_full", "on_c
             r = json.loads(l)
             if r.get("model") == "1.5b": rows[tag] = r
 peer = None
-pp = os.path.join(out, "on_compile", "torch.jsonl")
+pp = next((q for q in (os.path.join(out, t, "torch.jsonl") for t in ("on_compile", "on_full_prio_compile")) if os.path.exists(q)), "")
 if os.path.exists(pp):
     for l in open(pp):
         if l.strip().startswith("{"):

@@ -662,7 +662,13 @@ static int nc_wrap(zp_backend* b, ncclComm_t nc, double timeout_s, int sub, zpc_
     what = #call;                     \
     goto fail;                        \
   }
-  NC_TRY(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking));
+  if (b->prio) { /* ZP_CUDA_PRIO=1: collectives at the compute stream's (greatest) priority, above the side stream */
+    int lo = 0, hi = 0;
+    NC_TRY(cudaDeviceGetStreamPriorityRange(&lo, &hi));
+    NC_TRY(cudaStreamCreateWithPriority(&c->stream, cudaStreamNonBlocking, hi));
+  } else {
+    NC_TRY(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking));
+  }
   NC_TRY(cudaEventCreateWithFlags(&c->ev_ready, cudaEventDisableTiming));
   NC_TRY(cudaEventCreateWithFlags(&c->ev_done, cudaEventDisableTiming));
   NC_TRY(cudaMalloc((void**)&c->d_stage, c->stage_bytes));

@@ -146,8 +146,8 @@ static const struct zpc_switch zpc_switches[] = {
     {"ZP_CUDA_GEMM_TUNE", offsetof(zp_backend, gemm_tune), 0, {"0", "1", "2"}},
     {"ZP_CUDA_ADAMW_PIECES", offsetof(zp_backend, adamw_pieces), 1, {"0", "1"}},
     {"ZP_CUDA_BGRAD", offsetof(zp_backend, bgrad), ZPC_DEFAULT_BGRAD, {"0", "1"}},
-    {"ZP_CUDA_PRIO", offsetof(zp_backend, prio), 0, {"0", "1"}},
-    {"ZP_CUDA_ADAMW_GRID", offsetof(zp_backend, adamw_grid), 0, {"capped", "full"}},
+    {"ZP_CUDA_PRIO", offsetof(zp_backend, prio), 1, {"0", "1"}},
+    {"ZP_CUDA_ADAMW_GRID", offsetof(zp_backend, adamw_grid), 1, {"capped", "full"}},
 };
 
 static int* zpc_switch_field(const struct zpc_switch* w, zp_backend* b) {

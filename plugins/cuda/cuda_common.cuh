@@ -71,12 +71,13 @@ struct zp_backend {
   uint64_t copy_next;          /* last ticket issued */
   /* the side stream (1.7, side_begin/side_end): created on first use; while in_side, b->stream
    * is the side stream and main_stream the compute stream. side_last: ticket (event in copy_ev)
-   * after the side work the compute stream has not waited for yet (0: none); blocking calls
-   * make the compute stream wait for it first. ZP_CUDA_PRIO=1: the compute stream is created
-   * with the greatest priority, so the side stream's blocks fill gaps instead of competing. */
+   * after the side work the compute stream has not waited for yet (0: none); copy_d2h makes
+   * the compute stream wait for it first. ZP_CUDA_PRIO=1 (default; 0: all streams equal): the
+   * compute stream and the NCCL streams are created with the greatest priority, the side stream
+   * with the lowest, so the optimizer's blocks fill gaps instead of competing (perf.md 19). */
   cudaStream_t side_stream, main_stream;
   int in_side, prio;
-  int adamw_grid;        /* ZP_CUDA_ADAMW_GRID: 0 capped (16 blocks per SM, grid-stride), 1 full
+  int adamw_grid;        /* ZP_CUDA_ADAMW_GRID: 0 capped (16 blocks per SM, grid-stride), 1 full (default)
                             (one block per 1024 elements: short blocks that interleave with other
                             streams' kernels) */
   uint64_t side_last;
