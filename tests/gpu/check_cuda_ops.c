@@ -1602,6 +1602,14 @@ static void t_copy_async(void) {
  * copy_wait(ticket, 1) orders later compute work after it; a blocking copy_d2h sees what the
  * side stream wrote without any wait (the backend joins it first); misuse is an error. Each side
  * phase is 40 fills of 256 MiB (~3 ms), long enough that a missing order shows. ---- */
+/* one side_stream result: every element of h[0..n) must be want */
+static void side_verdict(const float* h, size_t n, float want, const char* name, const char* shape) {
+  size_t bad = 0;
+  for (size_t i = 0; i < n; i++) bad += h[i] != want;
+  result_t* r = pend(name, shape);
+  r->pass = bad == 0;
+  snprintf(r->note, sizeof r->note, "%zu elements not %g", bad, (double)want);
+}
 static void t_side_stream(void) {
   if (!want("side_stream")) return;
   if (!G->side_begin || !G->side_end || !G->copy_wait) die("the cuda backend has no side_begin / side_end (ABI 1.7)");
@@ -1611,7 +1619,6 @@ static void t_side_stream(void) {
   void* d1 = dalloc(G, gb, n * 4);
   void* d2 = dalloc(G, gb, n * 4);
   uint64_t t = 0;
-  size_t bad;
   /* 1. compute fill, then side fills, wait, compute copy: the copy sees the side's last value */
   CK(G->fill(gb, d1, ZP_F32, n, 1.0));
   CK(G->side_begin(gb));
@@ -1620,11 +1627,7 @@ static void t_side_stream(void) {
   CK(G->copy_wait(gb, t, 1));
   CK(G->copy_d2d(gb, d2, d1, n * 4));
   CK(G->copy_d2h(gb, h, d2, n * 4));
-  bad = 0;
-  for (size_t i = 0; i < n; i++) bad += h[i] != 7.0f;
-  result_t* a = pend("side_stream wait", "compute copy after copy_wait(side ticket, 1)");
-  a->pass = t > 0 && bad == 0;
-  snprintf(a->note, sizeof a->note, "ticket %llu, %zu elements not 7", (unsigned long long)t, bad);
+  side_verdict(h, n, t > 0 ? 7.0f : -1.0f, "side_stream wait", "compute copy after copy_wait(side ticket, 1)");
   /* 2. side work starts after the compute work issued before side_begin */
   for (int i = 0; i < 40; i++) CK(G->fill(gb, d1, ZP_F32, n, i == 39 ? 2.0 : 3.0));
   CK(G->side_begin(gb));
@@ -1632,21 +1635,13 @@ static void t_side_stream(void) {
   CK(G->side_end(gb, &t));
   CK(G->copy_wait(gb, t, 0));
   CK(G->copy_d2h(gb, h, d2, n * 4));
-  bad = 0;
-  for (size_t i = 0; i < n; i++) bad += h[i] != 2.0f;
-  result_t* o = pend("side_stream order", "side copy after 40 compute fills");
-  o->pass = bad == 0;
-  snprintf(o->note, sizeof o->note, "%zu elements not 2", bad);
+  side_verdict(h, n, 2.0f, "side_stream order", "side copy after 40 compute fills");
   /* 3. a blocking read joins the side stream by itself */
   CK(G->side_begin(gb));
   for (int i = 0; i < 40; i++) CK(G->fill(gb, d1, ZP_F32, n, i == 39 ? 9.0 : 4.0));
   CK(G->side_end(gb, &t));
   CK(G->copy_d2h(gb, h, d1, n * 4));
-  bad = 0;
-  for (size_t i = 0; i < n; i++) bad += h[i] != 9.0f;
-  result_t* j = pend("side_stream join", "copy_d2h right after side fills, no wait");
-  j->pass = bad == 0;
-  snprintf(j->note, sizeof j->note, "%zu elements not 9", bad);
+  side_verdict(h, n, 9.0f, "side_stream join", "copy_d2h right after side fills, no wait");
   /* 4. misuse */
   uint64_t t2 = 0;
   int nested = G->side_begin(gb) == ZP_OK && G->side_begin(gb) == ZP_E_INVALID;
