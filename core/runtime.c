@@ -440,16 +440,12 @@ static int h_optim_update(zp_host_ctx* c, int g, uint64_t first, uint64_t count,
   int rc = r->ops->side_begin(r->be);
   if (rc) return rc;
   rc = adamw_device(r, first, np, grad, gdt, param_out, pdt, master, m, v, &hp);
-  /* the update read the group's whole GRAD buffer (the replicated strategy's case): zero it
-   * here on the side stream, right after, instead of on the compute stream at the fence */
-  int whole = grad == in->buf[ZP_CAT_GRAD] && count * zp_dtype_size(gdt) == in->bytes[ZP_CAT_GRAD];
-  if (!rc && whole) rc = r->ops->memset0(r->be, in->buf[ZP_CAT_GRAD], in->bytes[ZP_CAT_GRAD]);
   uint64_t t = 0;
   int rc2 = r->ops->side_end(r->be, &t);
   if (rc) return rc;
   if (rc2) return rc2;
   G->opt_ticket = t;
-  G->zero_pending = !whole;
+  G->zero_pending = 1;
   return ZP_OK;
 }
 

@@ -33,9 +33,8 @@ typedef struct zp_group_rt {
   void* ccopy_grad;       /* compute-dtype grad scratch when GRAD dtype != compute dtype */
   size_t ccopy_bytes[2];  /* what the ledger counted for the two above (0 = none) */
   /* optimizer overlap (train.overlap_optimizer): the side-stream ticket of this group's last
-   * device AdamW (and the zeroing of its GRAD buffer after it), not yet waited for by the
-   * compute stream (0: none), and whether its GRAD buffer still has to be zeroed for the next
-   * step (an update that read only part of it: done at the fence, not by zero_grads) */
+   * device AdamW, not yet waited for by the compute stream (0: none), and whether its GRAD
+   * buffer still has to be zeroed for the next step (done at the fence, not by zero_grads) */
   uint64_t opt_ticket;
   int zero_pending;
 } zp_group_rt;
