@@ -36,7 +36,8 @@
 #     read of a gather (names the parameters and the .param file).
 #  5. On small loop filesystems (when mountable): plan refuses a disk that is too small; with the
 #     plan check bypassed (ZP_NVME_NO_SPACE_CHECK=1) the file's preallocation fails with ENOSPC
-#     naming the file and nothing is left behind; a disk that fills up while checkpointing
+#     naming the file and nothing is left behind; the same two for parameter files that do not
+#     fit offload.param.path; a disk that fills up while checkpointing
 #     (nvme files and checkpoints on the same small ext4) fails with ENOSPC naming the file, the
 #     previous checkpoint stays complete, equal to the uninterrupted run's, and resumes to the
 #     same final bits.
@@ -297,6 +298,15 @@ if make_ext4 "$work/small.img" "$work/small" 8M "-m 0"; then
     "$zp" launch -n 2 "$cfg" --set train.out_dir="$work/sm1" "${BIG[@]}" "${S[@]}"
   expect "small disk (ENOSPC at preallocation, plan check bypassed)" "cannot open its optimizer-state file: $sm/zp-.*-rank[01].optim: not enough space for a [0-9]+-byte file \(ENOSPC\)" \
     env ZP_NVME_NO_SPACE_CHECK=1 "$zp" launch -n 2 "$cfg" --set train.out_dir="$work/sm2" "${BIG[@]}" "${S[@]}"
+  # parameter offload: the parameter files alone do not fit the small disk (the optimizer's do
+  # fit the large one): refused at plan time naming offload.param.path; with the check bypassed,
+  # ENOSPC at preallocation naming the .param file
+  PBIG=(--set model.d_model=512 --set model.n_head=2 --set zero.plugin=stage3 --set offload.optimizer.plugin=offload_nvme
+    --set offload.optimizer.path="$nvdir" --set offload.param.plugin=offload_nvme --set offload.param.path="$sm")
+  expect "small disk for the parameter files (plan)" "offload.param.path = \"$sm\": the nvme tier needs [0-9.e-]+ GB \([0-9]+ bytes\) on that filesystem, 2 ranks x [0-9.e-]+ GB \(the parameter shards: 4 bytes x parameters held per rank\), but it has" \
+    "$zp" launch -n 2 "$cfg" --set train.out_dir="$work/sm3" "${PBIG[@]}"
+  expect "small disk for the parameter files (ENOSPC at preallocation)" "cannot open its parameter file: $sm/zp-.*-rank[01].param: not enough space for a [0-9]+-byte file \(ENOSPC\)" \
+    env ZP_NVME_NO_SPACE_CHECK=1 "$zp" launch -n 2 "$cfg" --set train.out_dir="$work/sm4" "${PBIG[@]}"
   left=$(ls -A "$sm" | grep -v lost+found)
   [ -z "$left" ] && ok "nothing left on the small filesystem" || bad "left on $sm: $left"
   # disk full while checkpointing: state files and checkpoints share the small disk
