@@ -546,7 +546,8 @@ int zp_train(zp_config* cfg, zp_comm* comm, char* err, size_t errlen) {
            (unsigned long long)zp_dataset_num_tokens(t->train), zp_dataset_num_shards(t->train),
            (unsigned long long)zp_dataset_num_samples(t->train), T, (unsigned long long)gb, (unsigned long long)gb * T);
     zp_run_print_plan(r, stdout);
-    if (r->overlap) printf("optimizer: AdamW on the backend's side stream, finishing beside the next forward (train.overlap_optimizer)\n");
+    if (r->overlap && strcmp(zp_cfg_str(cfg, "train.device"), "cpu") != 0) /* (the cpu backend's side work runs in order) */
+      printf("optimizer: AdamW on the backend's side stream, finishing beside the next forward (train.overlap_optimizer)\n");
   }
   if (t->pipe && (rc = pipeline_print(t, cfg, &lay, err, errlen))) goto done;
   /* weights: resume (ckpt.fallback: an older complete checkpoint when the newest is
