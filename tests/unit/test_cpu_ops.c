@@ -955,6 +955,37 @@ static void test_timers(void) {
   CHECK_EQ_INT(O->timer_ms(b32, 3, 1000, NULL), ZP_E_INVALID);
 }
 
+/* ABI 1.7 side stream on the cpu backend: side work runs in order; side_end's ticket is a
+ * deferred zero-byte copy, so waiting for it also runs a copy issued before it (and not one
+ * issued after); nesting, ending twice and a NULL ticket are clear errors. */
+static void test_side_stream(void) {
+  CHECK(O->side_begin && O->side_end && O->copy_async && O->copy_wait);
+  float src[4] = {1, 2, 3, 4}, dst[4] = {0}, late[4] = {0};
+  uint64_t tc = 0, ts = 0, tl = 0;
+  CHECK_EQ_INT(O->copy_async(b32, dst, src, sizeof src, 0, &tc), ZP_OK);
+  CHECK_EQ_INT(O->side_begin(b32), ZP_OK);
+  float x[4] = {0};
+  CHECK_EQ_INT(O->fill(b32, x, ZP_F32, 4, 7.0), ZP_OK);
+  CHECK(x[0] == 7.0f && x[3] == 7.0f); /* in order: done when issued */
+  CHECK_EQ_INT(O->side_end(b32, &ts), ZP_OK);
+  CHECK(ts > tc);
+  CHECK_EQ_INT(O->copy_async(b32, late, src, sizeof src, 0, &tl), ZP_OK);
+  CHECK(dst[0] == 0.0f); /* deferred until waited for */
+  CHECK_EQ_INT(O->copy_wait(b32, ts, 1), ZP_OK);
+  CHECK(dst[0] == 1.0f && dst[3] == 4.0f);
+  CHECK(late[0] == 0.0f); /* issued after the side ticket: still pending */
+  CHECK_EQ_INT(O->copy_wait(b32, tl, 0), ZP_OK);
+  CHECK(late[3] == 4.0f);
+  CHECK_EQ_INT(O->side_end(b32, &ts), ZP_E_INVALID);
+  CHECK(strstr(last_err, "side_end without side_begin") != NULL);
+  CHECK_EQ_INT(O->side_begin(b32), ZP_OK);
+  CHECK_EQ_INT(O->side_begin(b32), ZP_E_INVALID);
+  CHECK(strstr(last_err, "not nested") != NULL);
+  CHECK_EQ_INT(O->side_end(b32, NULL), ZP_E_INVALID);
+  CHECK_EQ_INT(O->side_end(b32, &ts), ZP_OK);
+  CHECK_EQ_INT(O->copy_wait(b32, ts, 0), ZP_OK);
+}
+
 int main(void) {
   unsetenv("ZP_CPU_GEMM"); /* the cases below set it themselves to cover both GEMMs */
   O = zp_cpu_backend_ops();
@@ -982,6 +1013,7 @@ int main(void) {
   ZT_RUN(test_bf16_cast_accumulate);
   ZT_RUN(test_thread_independence);
   ZT_RUN(test_timers);
+  ZT_RUN(test_side_stream);
   O->destroy(b32);
   O->destroy(b64);
   return zt_done();
