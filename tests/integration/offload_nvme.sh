@@ -20,8 +20,9 @@
 #     gather (forward: every group; backward: all but the embedding, still gathered) and the
 #     new parameters written with each sub-group; persistent small groups (zero.persist_threshold)
 #     stay on the device, bitwise; stop at 4 + resume to 8 equals the uninterrupted run, and a
-#     checkpoint without offload resumes with parameter offload, bitwise; io_uring off (thread
-#     pool): the same bits.
+#     checkpoint without offload resumes with parameter offload, bitwise; that checkpoint
+#     resumed at 3 ranks with and without parameter offload: the same bits; io_uring off
+#     (thread pool): the same bits.
 #  2. ZP_AIO_NO_URING=1: the thread-pool fallback says so and gives the same bits; injected short
 #     transfers and EINTR (ZP_AIO_FAULT=short|eintr) are resumed: same bits.
 #     Partial offload (offload.optimizer.ratio 0.5, stage 2) is bitwise equal too.
@@ -218,6 +219,13 @@ run par-part 2 "${P8[@]}" train.resume=auto && grep -q "resumed from .*ckpt_0000
 run par-noff 2 train.precision=bf16 train.steps=8 zero.plugin=stage3 train.hooks="$work/stop4.lua"
 run par-noff 2 "${P8[@]}" train.resume=auto && grep -q "resumed from .*ckpt_00000004 at step 4" "$work/par-noff.log" &&
   compare par-full par-noff "stage3 checkpoint without offload resumed with parameter offload to 8 vs uninterrupted (bitwise)" ckpt_00000008
+# the 2-rank parameter-offload checkpoint at step 4, resumed at 3 ranks (reshard) with and without
+# parameter offload: the same bits
+for v in dev par; do mkdir -p "$work/prs-$v" && cp -r "$work/par-part/ckpt_00000004" "$work/prs-$v/"; done
+PRS=(train.precision=bf16 zero.plugin=stage3 train.steps=6 train.resume=auto)
+if run prs-dev 3 "${PRS[@]}" && run prs-par 3 "${PRS[@]}" "${PV[@]}" && grep -q "resumed from .*ckpt_00000004 at step 4" "$work/prs-par.log"; then
+  compare prs-dev prs-par "2-rank parameter-offload checkpoint resumed at 3 ranks: parameter offload vs device (bitwise)" ckpt_00000006
+fi
 left=$(ls -A "$nvdir" | grep -v lost+found)
 [ -z "$left" ] && ok "no state or parameter file left in $nvdir" || bad "left in $nvdir: $left"
 
