@@ -1,5 +1,11 @@
 /* runtime.c: opening a run (plan -> allocation -> views -> activations), the micro-batch
- * (forward/backward through the strategy hooks) and the optimizer service. See runtime.h. */
+ * (forward/backward through the strategy hooks) and the optimizer service. See runtime.h.
+ * Invariants of the optimizer overlap (train.overlap_optimizer, ABI 1.7): a group's device
+ * AdamW may still run on the backend's side stream after the step returns; nothing reads or
+ * writes that group's PARAM/GRAD/MASTER/OPTIM on the compute stream before zp_run_fence(g)
+ * (the group's forward, zp_run_forward_group) or zp_run_fence_all (state reads and writes,
+ * checkpoints, the pipeline's tied-wte send); the gradient the update read is zeroed at the
+ * fence, never by the step-start zero_grads. */
 #include "runtime.h"
 #include "op_profile.h"
 
