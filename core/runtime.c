@@ -1162,8 +1162,9 @@ int zp_run_fence(zp_run* r, int g) {
   return rc;
 }
 int zp_run_fence_all(zp_run* r) {
+  if (!r->overlap) return ZP_OK;
   int rc = ZP_OK;
-  for (int g = 0; g < r->layout.n_groups && !rc && r->overlap; g++) rc = zp_run_fence(r, g);
+  for (int g = 0; g < r->layout.n_groups && !rc; g++) rc = zp_run_fence(r, g);
   return rc;
 }
 

@@ -839,6 +839,25 @@ static int nv_step_end(void* st) {
  * Each piece that falls in one region (master, m or v) of one sub-group is moved with one
  * request over its 4 KiB-aligned window: a write covering whole 4 KiB blocks is written
  * directly, a partial one reads the window first; a never-written sub-group reads as zeros. */
+/* One 4 KiB-aligned window of a file (engine a, wbytes at foff, staged in buf) for the piece of n
+ * bytes at buf + skip: read: the window is read (or zeros when never written: fresh) and the
+ * piece copied to host; write: the piece is copied in and the window written back, read first
+ * unless the piece covers it whole. */
+static int window_io(nv_t* s, zp_aio* a, int g, uint64_t k, char* buf, uint64_t foff, size_t wbytes, size_t skip, char* host,
+                     size_t n, int fresh, int put) {
+  int rc;
+  if (!(put && skip == 0 && n == wbytes)) {
+    if (fresh) memset(buf, 0, wbytes);
+    else if ((rc = sync_io(s, a, g, k, buf, foff, wbytes, 0))) return rc;
+  }
+  if (!put) {
+    memcpy(host, buf + skip, n);
+    return ZP_OK;
+  }
+  memcpy(buf + skip, host, n);
+  return sync_io(s, a, g, k, buf, foff, wbytes, 1);
+}
+
 /* Bytes [off, off+bytes) of this rank's PARAM shard of g (parameter offload): the group's
  * contiguous region of the parameter file, moved through slot 0 in pieces of at most S
  * elements, each over its 4 KiB-aligned window (a partial write reads the window first). */
@@ -861,20 +880,9 @@ static int param_io(nv_t* s, int g, uint64_t off, char* host, size_t bytes, int 
     uint64_t a = e0 > c0 ? e0 : c0, b = e1 < c0 + s->S ? e1 : c0 + s->S;
     uint64_t wa = a / A * A, wb = (b + A - 1) / A * A;
     if (wb > H) wb = H;
-    size_t wbytes = (size_t)(wb - wa) * es;
-    uint64_t foff = G->poff + wa * es;
-    int whole = put && a == wa && b == wb;
-    if (!whole) {
-      if (G->pfresh) memset(buf, 0, wbytes);
-      else if ((rc = sync_io(s, s->paio, g, c0 / s->S, buf, foff, wbytes, 0))) return rc;
-    }
-    char* hp = host + (a - e0) * es;
-    if (!put) {
-      memcpy(hp, buf + (a - wa) * es, (size_t)(b - a) * es);
-      continue;
-    }
-    memcpy(buf + (a - wa) * es, hp, (size_t)(b - a) * es);
-    if ((rc = sync_io(s, s->paio, g, c0 / s->S, buf, foff, wbytes, 1))) return rc;
+    if ((rc = window_io(s, s->paio, g, c0 / s->S, buf, G->poff + wa * es, (size_t)(wb - wa) * es, (size_t)(a - wa) * es,
+                        host + (a - e0) * es, (size_t)(b - a) * es, G->pfresh, put)))
+      return rc;
   }
   if (put) G->pfresh = 0; /* bytes never written read as zeros from the (preallocated) file */
   return ZP_OK;
@@ -911,23 +919,10 @@ static int state_io(nv_t* s, int g, zp_category cat, uint64_t off, char* host, s
       uint64_t L = sub_len(s, g, k), kb = k * s->S;
       uint64_t a = (ra > kb ? ra : kb) - kb, b = (rb < kb + L ? rb : kb + L) - kb; /* inside the sub-group */
       uint64_t wa = a / NV_SUB_ALIGN * NV_SUB_ALIGN, wb = (b + NV_SUB_ALIGN - 1) / NV_SUB_ALIGN * NV_SUB_ALIGN;
-      uint64_t foff = sub_off(s, g, k) + ((uint64_t)region * L + wa) * 4;
-      size_t wbytes = (size_t)(wb - wa) * 4;
-      char* sp = buf + (a - wa) * 4;
-      char* hp = host + (r * H + kb + a - e0) * 4;
-      size_t n = (size_t)(b - a) * 4;
-      int whole = put && a == wa && b == wb;
-      if (!whole) {
-        if (G->fresh[k]) memset(buf, 0, wbytes);
-        else if ((rc = sync_io(s, s->aio, g, k, buf, foff, wbytes, 0))) return rc;
-      }
-      if (!put) {
-        memcpy(hp, sp, n);
-        continue;
-      }
-      memcpy(sp, hp, n);
-      if ((rc = sync_io(s, s->aio, g, k, buf, foff, wbytes, 1))) return rc;
-      G->fresh[k] = 0;
+      if ((rc = window_io(s, s->aio, g, k, buf, sub_off(s, g, k) + ((uint64_t)region * L + wa) * 4, (size_t)(wb - wa) * 4,
+                          (size_t)(a - wa) * 4, host + (r * H + kb + a - e0) * 4, (size_t)(b - a) * 4, G->fresh[k], put)))
+        return rc;
+      if (put) G->fresh[k] = 0;
     }
   }
   return ZP_OK;

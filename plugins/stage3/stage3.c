@@ -94,19 +94,16 @@ static int s3_open(const zp_host* h, void** state) {
     s->g0bytes = (size_t)z->info[0].padded * zc_dsize(pdt);
     ZC_TRY(h->alloc(h->ctx, ZP_CAT_BUFFER, ZP_TIER_GPU, s->g0bytes, "stage3 gather buffer (embed)", &s->g0buf));
   }
-  for (int g = 0; g < z->G; g++) {
-    const zp_group_info* in = &z->info[g];
-    size_t sb = (size_t)in->shard_len * zc_dsize(pdt);
-    if (!persistent(s, g) && in->place[ZP_CAT_PARAM].tier != ZP_TIER_GPU && sb > s->pstage_bytes) s->pstage_bytes = sb;
-  }
-  s->async = zp_copy_async_ok(h);
-  s->pf_group = -1;
   size_t hb = 0; /* host staging for shards a tier keeps in its own storage */
   for (int g = 0; g < z->G; g++) {
     const zp_group_info* in = &z->info[g];
     size_t sb = (size_t)in->shard_len * zc_dsize(pdt);
-    if (!persistent(s, g) && in->place[ZP_CAT_PARAM].tier != ZP_TIER_GPU && !in->buf[ZP_CAT_PARAM] && sb > hb) hb = sb;
+    if (persistent(s, g) || in->place[ZP_CAT_PARAM].tier == ZP_TIER_GPU) continue;
+    if (sb > s->pstage_bytes) s->pstage_bytes = sb;
+    if (!in->buf[ZP_CAT_PARAM] && sb > hb) hb = sb;
   }
+  s->async = zp_copy_async_ok(h);
+  s->pf_group = -1;
   if (hb) {
     if (!ZP_TABLE_HAS(h, fetch_state) || !ZP_TABLE_HAS(h, fetch_wait)) {
       h->set_error(h->ctx, "stage3: the parameter tier keeps the shards in its own storage, but this zp has no fetch_state "
