@@ -13,7 +13,8 @@
  *   naive: always the cuBLASLt path of attention.cu.
  *   ZP_CUDA_FUSE_GELU = 1: matmul_gelu_fwd / matmul_dgelu_bwd use cuBLASLt's GELU epilogues;
  *   0: they run matmul and the gelu kernel separately (same contract).
- *   ZP_CUDA_LN = fast (kernels_layernorm.cu) | legacy (kernels_layernorm_legacy.cu).
+ *   ZP_CUDA_LN = fast (kernels_layernorm.cu) | pf (the same kernels loading the next rows before
+ *   the current ones' reductions: the same bits) | legacy (kernels_layernorm_legacy.cu).
  *   ZP_CUDA_FUSE_RES = 1 (matmul_res_fwd: the residual is the GEMM's C) | 0 (two passes).
  *   ZP_CUDA_BGRAD = 0 (default: a deterministic column-sum pass over dout) | 1 (matmul_bwd's bias
  *   gradient from the dW GEMM's BGRADB epilogue: measured slower on the H100, docs/perf.md 15).
@@ -142,7 +143,7 @@ static const struct zpc_switch zpc_switches[] = {
     {"ZP_CUDA_FA2_BWD", offsetof(zp_backend, fa2_bwd), ZPC_DEFAULT_FA2_BWD, {"base", "kv2", "fused", "atomic"}},
     {"ZP_CUDA_FUSE_GELU", offsetof(zp_backend, fuse_gelu), ZPC_DEFAULT_FUSE_GELU, {"0", "1"}},
     {"ZP_CUDA_FUSE_RES", offsetof(zp_backend, fuse_res), ZPC_DEFAULT_FUSE_RES, {"0", "1"}},
-    {"ZP_CUDA_LN", offsetof(zp_backend, ln_fast), ZPC_DEFAULT_LN_FAST, {"legacy", "fast"}},
+    {"ZP_CUDA_LN", offsetof(zp_backend, ln_fast), ZPC_DEFAULT_LN_FAST, {"legacy", "fast", "pf"}},
     {"ZP_CUDA_GEMM_TUNE", offsetof(zp_backend, gemm_tune), 0, {"0", "1", "2"}},
     {"ZP_CUDA_ADAMW_PIECES", offsetof(zp_backend, adamw_pieces), 1, {"0", "1"}},
     {"ZP_CUDA_BGRAD", offsetof(zp_backend, bgrad), ZPC_DEFAULT_BGRAD, {"0", "1"}},

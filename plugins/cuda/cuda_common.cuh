@@ -51,7 +51,7 @@ struct zp_backend {
   int fa2_fwd;           /* ZP_CUDA_FA2_FWD: 0 fast, 1 w8 (attention_fa2.cu) */
   int fa2_bwd;           /* ZP_CUDA_FA2_BWD: 0 base, 1 kv2, 2 fused, 3 atomic (2, 3: a workspace) */
   int fuse_gelu;         /* ZP_CUDA_FUSE_GELU: 1 GELU in the GEMM epilogues, 0 separate kernels */
-  int ln_fast;           /* ZP_CUDA_LN: 1 fast (vectorized), 0 legacy */
+  int ln_fast;           /* ZP_CUDA_LN: 0 legacy, 1 fast (vectorized), 2 pf (fast + prefetch) */
   int fuse_res;          /* ZP_CUDA_FUSE_RES: 1 residual as the GEMM's C (beta 1), 0 two passes */
   cudaEvent_t* timer_ev; /* timer slots (1.3): events created on first use */
   int n_timer_ev;
@@ -225,8 +225,10 @@ int zpc_encoder_fwd(zp_backend* b, void* out, const int32_t* inp, const void* wt
                     int B, int T, int C);
 int zpc_encoder_bwd(zp_backend* b, void* dwte, void* dwpe, const void* dout, const int32_t* inp,
                     int B, int T, int C);
-/* LayerNorm: _fast (kernels_layernorm.cu, vectorized) and _legacy (kernels_layernorm_legacy.cu);
- * the backend's op picks one by b->ln_fast (ZP_CUDA_LN) */
+/* LayerNorm: _fast (kernels_layernorm.cu, vectorized; with ZP_CUDA_LN=pf its prefetching
+ * kernels, b->ln_fast == ZPC_LN_PF) and _legacy (kernels_layernorm_legacy.cu); the backend's op
+ * picks one by b->ln_fast (ZP_CUDA_LN) */
+#define ZPC_LN_PF 2
 int zpc_layernorm_fwd_fast(zp_backend* b, void* out, float* mean, float* rstd, const void* inp,
                            const void* w, const void* bias, int N, int C);
 int zpc_layernorm_bwd_fast(zp_backend* b, void* dinp, void* dw, void* dbias, const void* dout,

@@ -16,6 +16,10 @@
  *   vectors t, t + T, ... (VPT of them: 1 up to C = 4096, 2 up to C = 8192) and holds the raw
  *   data of ROWS rows in registers (4 rows at VPT 1, 2 at VPT 2; loaded up front, reused by
  *   every pass). The backward needs up to 128 registers per thread (sm_90), no spills.
+ *   ZP_CUDA_LN=pf: the same kernels with PF = true: half the rows per iteration (2 at VPT 1,
+ *   1 at VPT 2), and the next iteration's rows are loaded into a second set of registers
+ *   before this iteration's block sums, so the loads wait across the barriers instead of
+ *   after them. Every row's arithmetic and every sum's order are unchanged: the same bits.
  * - Any other C or alignment (and C > 8192): scalar loads, 256 threads, one row at a time,
  *   the row re-read from cache for each pass; its dw / dbias partials live in the scratch rows.
  * Deterministic, no atomics: the backward splits the rows into P = ceil(N / rpc) chunks of
@@ -83,8 +87,27 @@ __device__ __forceinline__ uint4 zpc_ln_pack(const float (&f)[8]) {
 
 /* ---------------------------------------------------------------- forward */
 
-/* vector path: row groups g = blockIdx.x, + gridDim.x, ... of ROWS rows (ngroups in all) */
+/* the raw rows row0 .. row0 + ROWS - 1 of x (zeros past N and in padding lanes) */
 template <int VPT, int ROWS>
+__device__ __forceinline__ void zpc_ln_fwd_load(uint4 (&xv)[ROWS][VPT], const bf16* inp, int row0,
+                                                int N, int C, int nvec) {
+  const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
+#pragma unroll
+  for (int i = 0; i < ROWS; i++) {
+    const bool rowok = i < N - row0;
+    const uint4* x = (const uint4*)(inp + (size_t)(rowok ? row0 + i : row0) * C);
+#pragma unroll
+    for (int k = 0; k < VPT; k++) {
+      const int v = threadIdx.x + k * blockDim.x;
+      xv[i][k] = (rowok && v < nvec) ? x[v] : zero;
+    }
+  }
+}
+
+/* vector path: row groups g = blockIdx.x, + gridDim.x, ... of ROWS rows (ngroups in all).
+ * PF (ZP_CUDA_LN=pf): the next group's rows are loaded into registers before this group's
+ * reductions, so the loads are in flight across the barriers (same arithmetic, same bits). */
+template <int VPT, int ROWS, bool PF>
 __global__ void __launch_bounds__(ZPC_LN_MAX_THREADS)
     zpc_ln_fwd_vec_kernel(bf16* out, float* mean, float* rstd, const bf16* inp, const bf16* w,
                           const bf16* bias, int N, int C, int ngroups) {
@@ -99,19 +122,21 @@ __global__ void __launch_bounds__(ZPC_LN_MAX_THREADS)
     wv[k] = v < nvec ? __ldg((const uint4*)w + v) : zero;
     bv[k] = (bias && v < nvec) ? __ldg((const uint4*)bias + v) : zero;
   }
+  uint4 nx[ROWS][VPT]; /* PF: the next group's rows */
+  if (PF && (int)blockIdx.x < ngroups) zpc_ln_fwd_load<VPT, ROWS>(nx, inp, blockIdx.x * ROWS, N, C, nvec);
   for (int g = blockIdx.x; g < ngroups; g += gridDim.x) {
     const int row0 = g * ROWS; /* < N */
     uint4 xv[ROWS][VPT];
     float s[ROWS];
+    if (PF) {
 #pragma unroll
-    for (int i = 0; i < ROWS; i++) {
-      const bool rowok = i < N - row0;
-      const uint4* x = (const uint4*)(inp + (size_t)(rowok ? row0 + i : row0) * C);
+      for (int i = 0; i < ROWS; i++)
 #pragma unroll
-      for (int k = 0; k < VPT; k++) {
-        const int v = threadIdx.x + k * blockDim.x;
-        xv[i][k] = (rowok && v < nvec) ? x[v] : zero;
-      }
+        for (int k = 0; k < VPT; k++) xv[i][k] = nx[i][k];
+      if (g + (int)gridDim.x < ngroups)
+        zpc_ln_fwd_load<VPT, ROWS>(nx, inp, (g + gridDim.x) * ROWS, N, C, nvec);
+    } else {
+      zpc_ln_fwd_load<VPT, ROWS>(xv, inp, row0, N, C, nvec);
     }
     /* pass 1: mean (padding lanes and rows hold zeros) */
 #pragma unroll
@@ -209,7 +234,38 @@ __global__ void __launch_bounds__(ZPC_LN_ANY_THREADS)
 
 /* vector path: chunks ch = blockIdx.x, + gridDim.x, ... of rpc rows (nchunks in all); chunk ch
  * writes partial row ch of pdw / pdb ([nchunks, C] fp32 each; NULL: not wanted) */
+/* rows r0 + i0 .. + ROWS - 1 of the chunk [r0, r0 + nr): x, dout, dinp (when accumulated) and
+ * the row statistics; zeros past the chunk's end and in padding lanes */
 template <int VPT, int ROWS>
+__device__ __forceinline__ void zpc_ln_bwd_load(uint4 (&xv)[ROWS][VPT], uint4 (&dyv)[ROWS][VPT],
+                                                uint4 (&dxv)[ROWS][VPT], float (&m)[ROWS],
+                                                float (&r)[ROWS], const bf16* dinp,
+                                                const bf16* dout, const bf16* inp,
+                                                const float* mean, const float* rstd, int r0,
+                                                int i0, int nr, int C, int nvec) {
+  const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
+#pragma unroll
+  for (int i = 0; i < ROWS; i++) {
+    const bool rowok = i0 + i < nr;
+    const int row = rowok ? r0 + i0 + i : r0;
+    const size_t base = (size_t)row * C;
+    m[i] = rowok ? mean[row] : 0.0f;
+    r[i] = rowok ? rstd[row] : 0.0f;
+#pragma unroll
+    for (int k = 0; k < VPT; k++) {
+      const int v = threadIdx.x + k * blockDim.x;
+      const bool ok = rowok && v < nvec;
+      xv[i][k] = ok ? __ldcs((const uint4*)(inp + base) + v) : zero;
+      dyv[i][k] = ok ? __ldcs((const uint4*)(dout + base) + v) : zero;
+      dxv[i][k] = (ok && dinp) ? *((const uint4*)(dinp + base) + v) : zero;
+    }
+  }
+}
+
+/* PF (ZP_CUDA_LN=pf): the chunk's next ROWS rows are loaded before this iteration's reduction
+ * and stores, so they are in flight across the barrier (same arithmetic in the same order:
+ * the same bits as PF = false at any ROWS; see zpc_ln_block_sum) */
+template <int VPT, int ROWS, bool PF>
 __global__ void __launch_bounds__(ZPC_LN_MAX_THREADS)
     zpc_ln_bwd_vec_kernel(bf16* dinp, float* pdw, float* pdb, const bf16* dout, const bf16* inp,
                           const bf16* w, const float* mean, const float* rstd, int N, int C,
@@ -233,25 +289,33 @@ __global__ void __launch_bounds__(ZPC_LN_MAX_THREADS)
 #pragma unroll
       for (int j = 0; j < 8; j++) adw[k][j] = adb[k][j] = 0.0f;
 
+    float nm[ROWS], nrs[ROWS]; /* PF: the next iteration's rows */
+    uint4 nxv[ROWS][VPT], ndyv[ROWS][VPT], ndxv[ROWS][VPT];
+    if (PF)
+      zpc_ln_bwd_load<VPT, ROWS>(nxv, ndyv, ndxv, nm, nrs, dinp, dout, inp, mean, rstd, r0, 0, nr, C,
+                                 nvec);
     for (int i0 = 0; i0 < nr; i0 += ROWS) {
-      /* load ROWS rows up front (zeros past the chunk's end and in padding lanes) */
+      /* ROWS rows up front (zeros past the chunk's end and in padding lanes) */
       float m[ROWS], r[ROWS];
       uint4 xv[ROWS][VPT], dyv[ROWS][VPT], dxv[ROWS][VPT];
+      if (PF) {
 #pragma unroll
-      for (int i = 0; i < ROWS; i++) {
-        const bool rowok = i0 + i < nr;
-        const int row = rowok ? r0 + i0 + i : r0;
-        const size_t base = (size_t)row * C;
-        m[i] = rowok ? mean[row] : 0.0f;
-        r[i] = rowok ? rstd[row] : 0.0f;
+        for (int i = 0; i < ROWS; i++) {
+          m[i] = nm[i];
+          r[i] = nrs[i];
 #pragma unroll
-        for (int k = 0; k < VPT; k++) {
-          const int v = threadIdx.x + k * blockDim.x;
-          const bool ok = rowok && v < nvec;
-          xv[i][k] = ok ? __ldcs((const uint4*)(inp + base) + v) : zero;
-          dyv[i][k] = ok ? __ldcs((const uint4*)(dout + base) + v) : zero;
-          dxv[i][k] = (ok && dinp) ? *((const uint4*)(dinp + base) + v) : zero;
+          for (int k = 0; k < VPT; k++) {
+            xv[i][k] = nxv[i][k];
+            dyv[i][k] = ndyv[i][k];
+            dxv[i][k] = ndxv[i][k];
+          }
         }
+        if (i0 + ROWS < nr)
+          zpc_ln_bwd_load<VPT, ROWS>(nxv, ndyv, ndxv, nm, nrs, dinp, dout, inp, mean, rstd, r0,
+                                     i0 + ROWS, nr, C, nvec);
+      } else {
+        zpc_ln_bwd_load<VPT, ROWS>(xv, dyv, dxv, m, r, dinp, dout, inp, mean, rstd, r0, i0, nr, C,
+                                   nvec);
       }
       /* s[2i], s[2i+1]: mean over row i of g and of g * xhat (only needed for dinp) */
       float s[2 * ROWS];
@@ -394,14 +458,14 @@ static int zpc_ln_vpt(int C, int* T) {
   return 0;
 }
 
-template <int VPT, int ROWS>
+template <int VPT, int ROWS, bool PF>
 static int zpc_ln_fwd_vec(zp_backend* b, int T, bf16* out, float* mean, float* rstd,
                           const bf16* inp, const bf16* w, const bf16* bias, int N, int C) {
   int ngroups = N / ROWS + (N % ROWS != 0);
   unsigned grid = 1;
-  int rc = zpc_ln_grid(b, zpc_ln_fwd_vec_kernel<VPT, ROWS>, T, ngroups, &grid);
+  int rc = zpc_ln_grid(b, zpc_ln_fwd_vec_kernel<VPT, ROWS, PF>, T, ngroups, &grid);
   if (rc) return rc;
-  zpc_ln_fwd_vec_kernel<VPT, ROWS>
+  zpc_ln_fwd_vec_kernel<VPT, ROWS, PF>
       <<<grid, T, 0, b->stream>>>(out, mean, rstd, inp, w, bias, N, C, ngroups);
   ZPC_LAUNCHED(b, "layernorm_fwd");
   return ZP_OK;
@@ -420,8 +484,13 @@ int zpc_layernorm_fwd_fast(zp_backend* b, void* out, float* mean, float* rstd, c
              zpc_ln_al16(bias))
                 ? zpc_ln_vpt(C, &T)
                 : 0;
-  if (vpt == 1) return zpc_ln_fwd_vec<1, 4>(b, T, o, mean, rstd, x, wb, bb, N, C);
-  if (vpt == 2) return zpc_ln_fwd_vec<2, 2>(b, T, o, mean, rstd, x, wb, bb, N, C);
+  const bool pf = b->ln_fast == ZPC_LN_PF;
+  if (vpt == 1)
+    return pf ? zpc_ln_fwd_vec<1, 2, true>(b, T, o, mean, rstd, x, wb, bb, N, C)
+              : zpc_ln_fwd_vec<1, 4, false>(b, T, o, mean, rstd, x, wb, bb, N, C);
+  if (vpt == 2)
+    return pf ? zpc_ln_fwd_vec<2, 1, true>(b, T, o, mean, rstd, x, wb, bb, N, C)
+              : zpc_ln_fwd_vec<2, 2, false>(b, T, o, mean, rstd, x, wb, bb, N, C);
   unsigned grid = 1;
   int rc = zpc_ln_grid(b, zpc_ln_fwd_any_kernel, ZPC_LN_ANY_THREADS, N, &grid);
   if (rc) return rc;
@@ -431,15 +500,15 @@ int zpc_layernorm_fwd_fast(zp_backend* b, void* out, float* mean, float* rstd, c
   return ZP_OK;
 }
 
-template <int VPT, int ROWS>
+template <int VPT, int ROWS, bool PF>
 static int zpc_ln_bwd_vec(zp_backend* b, int T, bf16* dinp, float* pdw, float* pdb,
                           const bf16* dout, const bf16* inp, const bf16* w, const float* mean,
                           const float* rstd, int N, int C, int rpc, int nchunks) {
   unsigned grid = 1;
-  int rc = zpc_ln_grid(b, zpc_ln_bwd_vec_kernel<VPT, ROWS>, T, nchunks, &grid);
+  int rc = zpc_ln_grid(b, zpc_ln_bwd_vec_kernel<VPT, ROWS, PF>, T, nchunks, &grid);
   if (rc) return rc;
-  zpc_ln_bwd_vec_kernel<VPT, ROWS><<<grid, T, 0, b->stream>>>(dinp, pdw, pdb, dout, inp, w, mean,
-                                                              rstd, N, C, rpc, nchunks);
+  zpc_ln_bwd_vec_kernel<VPT, ROWS, PF><<<grid, T, 0, b->stream>>>(
+      dinp, pdw, pdb, dout, inp, w, mean, rstd, N, C, rpc, nchunks);
   ZPC_LAUNCHED(b, "layernorm_bwd");
   return ZP_OK;
 }
@@ -474,10 +543,13 @@ int zpc_layernorm_bwd_fast(zp_backend* b, void* dinp, void* dw, void* dbias, con
                 ? zpc_ln_vpt(C, &T)
                 : 0;
   int rc;
+  const bool pf = b->ln_fast == ZPC_LN_PF;
   if (vpt == 1)
-    rc = zpc_ln_bwd_vec<1, 4>(b, T, dx, pdw, pdb, dy, x, wb, mean, rstd, N, C, rpc, nchunks);
+    rc = pf ? zpc_ln_bwd_vec<1, 2, true>(b, T, dx, pdw, pdb, dy, x, wb, mean, rstd, N, C, rpc, nchunks)
+            : zpc_ln_bwd_vec<1, 4, false>(b, T, dx, pdw, pdb, dy, x, wb, mean, rstd, N, C, rpc, nchunks);
   else if (vpt == 2)
-    rc = zpc_ln_bwd_vec<2, 2>(b, T, dx, pdw, pdb, dy, x, wb, mean, rstd, N, C, rpc, nchunks);
+    rc = pf ? zpc_ln_bwd_vec<2, 1, true>(b, T, dx, pdw, pdb, dy, x, wb, mean, rstd, N, C, rpc, nchunks)
+            : zpc_ln_bwd_vec<2, 2, false>(b, T, dx, pdw, pdb, dy, x, wb, mean, rstd, N, C, rpc, nchunks);
   else {
     unsigned grid = 1;
     rc = zpc_ln_grid(b, zpc_ln_bwd_any_kernel, ZPC_LN_ANY_THREADS, nchunks, &grid);

@@ -93,6 +93,10 @@ static zp_backend* tfab;         /* cuda, legacy stream + fa2 + atomic: timing *
 static zp_backend* gtb;          /* cuda, ZP_CUDA_GEMM_TUNE=2: tuned GEMMs */
 static zp_backend* t0b;          /* cuda, legacy stream, ZP_CUDA_GEMM_TUNE=0: timing */
 static zp_backend* ttb;          /* cuda, legacy stream, ZP_CUDA_GEMM_TUNE=2: timing */
+static zp_backend* glf;          /* cuda, ZP_CUDA_LN=fast (explicit) */
+static zp_backend* glp;          /* cuda, ZP_CUDA_LN=pf: bitwise against glf */
+static zp_backend* tlf;          /* cuda, legacy stream + ZP_CUDA_LN=fast: timing */
+static zp_backend* tlp;          /* cuda, legacy stream + ZP_CUDA_LN=pf: timing */
 static zp_backend* rb;           /* reference */
 static int g_time = 1, g_quick = 0;
 static const char* g_filter = NULL;
@@ -789,6 +793,51 @@ static void t_layernorm(int N, int C) {
     printf("# layernorm N%d C%d: fwd %.1f us (%.0f GB/s), bwd %.1f us (%.0f GB/s)\n", N, C,
            ms_fwd * 1e3, 2.0 * NC * 2 / (ms_fwd * 1e-3) / 1e9, ms_bwd * 1e3,
            4.0 * NC * 2 / (ms_bwd * 1e-3) / 1e9);
+  if (glf && glp) { /* ZP_CUDA_LN=pf (prefetching kernels) against fast: the same bits */
+    args_t va[2];
+    zp_backend* vb[2] = {glf, glp};
+    size_t nb[6] = {NC * 2, (size_t)N * 4, (size_t)N * 4, NC * 2, (size_t)C * 2, (size_t)C * 2};
+    void* hv[2][6];
+    for (int k = 0; k < 2; k++) {
+      va[k] = ga;
+      va[k].o1 = dalloc(G, gb, NC * 2);
+      va[k].f1 = (float*)dalloc(G, gb, N * 4);
+      va[k].f2 = (float*)dalloc(G, gb, N * 4);
+      CK(G->synchronize(gb));
+      CK(r_ln_fwd(G, vb[k], &va[k]));
+      CK(G->synchronize(vb[k]));
+      for (int j = 0; j < 6; j++) hv[k][j] = hmalloc(nb[j]);
+      CK(G->copy_d2h(gb, hv[k][0], va[k].o1, nb[0]));
+      CK(G->copy_d2h(gb, hv[k][1], va[k].f1, nb[1]));
+      CK(G->copy_d2h(gb, hv[k][2], va[k].f2, nb[2]));
+      va[k].o1 = gup(dinp0, NC);
+      va[k].o2 = gup(dw0, C);
+      va[k].o3 = gup(db0, C);
+      CK(G->synchronize(gb));
+      CK(r_ln_bwd(G, vb[k], &va[k]));
+      CK(G->synchronize(vb[k]));
+      CK(G->copy_d2h(gb, hv[k][3], va[k].o1, nb[3]));
+      CK(G->copy_d2h(gb, hv[k][4], va[k].o2, nb[4]));
+      CK(G->copy_d2h(gb, hv[k][5], va[k].o3, nb[5]));
+    }
+    const char* what[6] = {"out", "mean", "rstd", "dinp", "dw", "dbias"};
+    for (int j = 0; j < 6; j++) {
+      char nm[64];
+      snprintf(nm, sizeof nm, "layernorm[pf vs fast].%s", what[j]);
+      cmp_bytes(nm, shape, hv[0][j], hv[1][j], nb[j]);
+    }
+    flush(NAN);
+    if (tlf && tlp) {
+      double t[2][2];
+      zp_backend* tv[2] = {tlf, tlp};
+      for (int k = 0; k < 2; k++) {
+        t[k][0] = gtime(tv[k], r_ln_fwd, &va[k]);
+        t[k][1] = gtime(tv[k], r_ln_bwd, &va[k]);
+      }
+      printf("# layernorm[pf] N%d C%d: fwd %.1f us (fast %.1f, x%.3f), bwd %.1f us (fast %.1f, x%.3f)\n", N, C,
+             t[1][0] * 1e3, t[0][0] * 1e3, t[0][0] / t[1][0], t[1][1] * 1e3, t[0][1] * 1e3, t[0][1] / t[1][1]);
+    }
+  }
   release_all();
 }
 
@@ -2295,6 +2344,19 @@ static zp_backend* make_cuda_env(const char* var, const char* val) {
   return b;
 }
 
+/* an instance with ZP_CUDA_LN=ln (and ZP_CUDA_STREAM=stream where not NULL; both restored
+ * after) */
+static zp_backend* make_cuda_ln(const char* stream, const char* ln) {
+  const char* old = getenv("ZP_CUDA_LN");
+  char* keep = old ? strdup(old) : NULL;
+  setenv("ZP_CUDA_LN", ln, 1);
+  zp_backend* b = make_cuda(stream, "naive", NULL, 1);
+  if (keep) setenv("ZP_CUDA_LN", keep, 1);
+  else unsetenv("ZP_CUDA_LN");
+  free(keep);
+  return b;
+}
+
 /* an fa2 instance with ZP_CUDA_FA2_BWD=bwd (fused or atomic; restored after); NULL if create
  * fails */
 static zp_backend* make_cuda_fused(const char* stream, const char* bwd) {
@@ -2354,12 +2416,16 @@ int main(int argc, char** argv) {
   gfab = make_cuda_fused(NULL, "atomic");
   gwb = make_cuda(NULL, "flash", NULL, 0);
   gtb = make_cuda(NULL, "naive", "2", 1);
+  glf = make_cuda_ln(NULL, "fast");
+  glp = make_cuda_ln(NULL, "pf");
   if (g_time) {
     tb = make_cuda("legacy", "naive", NULL, 1);
     tfb = make_cuda("legacy", "fa2", NULL, 0);
     tfub = make_cuda_fused("legacy", "fused");
     tfab = make_cuda_fused("legacy", "atomic");
     twb = make_cuda("legacy", "flash", NULL, 0);
+    tlf = make_cuda_ln("legacy", "fast");
+    tlp = make_cuda_ln("legacy", "pf");
     if (!g_quick) {
       t0b = make_cuda("legacy", "naive", "0", 1);
       ttb = make_cuda("legacy", "naive", "2", 1);
@@ -2457,6 +2523,9 @@ int main(int argc, char** argv) {
   if (tfub) G->destroy(tfub);
   if (gfub) G->destroy(gfub);
   if (tfab) G->destroy(tfab);
+  zp_backend* const lnb[] = {glf, glp, tlf, tlp};
+  for (int i = 0; i < 4; i++)
+    if (lnb[i]) G->destroy(lnb[i]);
   if (gfab) G->destroy(gfab);
   if (twb) G->destroy(twb);
   if (gwb) G->destroy(gwb);
