@@ -49,6 +49,7 @@ struct zp_backend {
   int cq_head, cq_len;
   uint64_t c_next, c_done; /* last ticket issued, last ticket done */
   int in_side;             /* between side_begin and side_end (1.7) */
+  int grad_overwrite;      /* parameter gradients overwritten, not accumulated (1.8) */
 };
 
 static int zp_cpu_cmp_u64(const void* a, const void* b) {
@@ -621,11 +622,25 @@ static int cpu_layernorm_fwd(zp_backend* b, void* out, float* mean, float* rstd,
   return ZP_DISPATCH(layernorm_fwd, out, mean, rstd, inp, w, bias, N, C);
 }
 
+/* grad_overwrite (1.8): the parameter gradients (n elements each, NULL: none) start from zero,
+ * so that the accumulating kernels give exactly what accumulating into a zeroed buffer gives */
+static void cpu_pgrad_reset(zp_backend* b, void* dw, size_t nw, void* dbias, size_t nb) {
+  if (!b->grad_overwrite) return;
+  if (dw) memset(dw, 0, nw * zp_dtype_size(b->ct));
+  if (dbias) memset(dbias, 0, nb * zp_dtype_size(b->ct));
+}
+static int cpu_grad_overwrite(zp_backend* b, int on) {
+  ZP_NEED_B();
+  b->grad_overwrite = on != 0;
+  return ZP_OK;
+}
+
 static int cpu_layernorm_bwd(zp_backend* b, void* dinp, void* dw, void* dbias, const void* dout,
                              const void* inp, const void* w, const float* mean,
                              const float* rstd, int N, int C) {
   ZP_NEED_B();
   ZP_REQ(N >= 0 && C > 0, "cpu backend: layernorm_bwd: bad shape N=%d C=%d", N, C);
+  cpu_pgrad_reset(b, dw, (size_t)C, dbias, (size_t)C);
   if (N == 0 || (!dinp && !dw && !dbias)) return ZP_OK;
   ZP_REQ(dout && inp && w && mean && rstd, "cpu backend: layernorm_bwd: NULL pointer");
   return ZP_DISPATCH(layernorm_bwd, dinp, dw, dbias, dout, inp, w, mean, rstd, N, C);
@@ -646,6 +661,7 @@ static int cpu_matmul_bwd(zp_backend* b, void* dinp, void* dw, void* dbias, cons
   ZP_NEED_B();
   ZP_REQ(N >= 0 && IC > 0 && OC > 0, "cpu backend: matmul_bwd: bad shape N=%d IC=%d OC=%d", N,
          IC, OC);
+  cpu_pgrad_reset(b, dw, (size_t)OC * (size_t)IC, dbias, (size_t)OC);
   if (N == 0) return ZP_OK;
   ZP_REQ(dout, "cpu backend: matmul_bwd: dout is NULL");
   ZP_REQ(!dinp || w, "cpu backend: matmul_bwd: dinp needs w");
@@ -841,6 +857,7 @@ static const zp_backend_ops zp_cpu_ops = {
     .copy_wait = cpu_copy_wait,
     .side_begin = cpu_side_begin,
     .side_end = cpu_side_end,
+    .grad_overwrite = cpu_grad_overwrite,
 };
 
 const zp_backend_ops* zp_cpu_backend_ops(void) { return &zp_cpu_ops; }

@@ -388,6 +388,8 @@ int zp_model_backward_group(const zp_model_layout* m, const zp_backend_ops* ops,
   return ops->encoder_bwd(b, G(m, v, 0, ZP_T_WTE, es), G(m, v, 0, ZP_T_WPE, es), a->dres, a->inputs, B, T, C);
 }
 
+int zp_model_group_grads_written_once(const zp_model_layout* m, int g) { return g >= 1 && g <= m->s.L; }
+
 /* ---------------- pipeline chunks ---------------- */
 
 int zp_acts_arrays_alloc(zp_acts* a, const zp_model_layout* m, int B, int T, zp_dtype ct, size_t attn_aux_bytes) {

@@ -163,6 +163,11 @@ int zp_model_forward_group(const zp_model_layout* m, const zp_backend_ops* ops, 
  * head's tied wte). */
 int zp_model_backward_group(const zp_model_layout* m, const zp_backend_ops* ops, zp_backend* b,
                             zp_acts* a, const zp_views* v, int g);
+/* 1 if zp_model_backward_group(g) writes every parameter gradient of group g exactly once,
+ * each through matmul_bwd, matmul_dgelu_bwd or layernorm_bwd, and no other group's (the
+ * blocks); 0 otherwise (the embedding: encoder_bwd; the head: the tied wte). With the backend's
+ * grad_overwrite (ABI 1.8) on, such a group's backward needs no zeroed gradient buffer. */
+int zp_model_group_grads_written_once(const zp_model_layout* m, int g);
 
 /* ---- pipeline chunks (core/pipeline_exec.c) ----
  * A chunk holds groups [g0, g1). Its saved activations: the residual stream tensors it reads

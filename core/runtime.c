@@ -5,7 +5,12 @@
  * writes that group's PARAM/GRAD/MASTER/OPTIM on the compute stream before zp_run_fence(g)
  * (the group's forward, zp_run_forward_group) or zp_run_fence_all (state reads and writes,
  * checkpoints, the pipeline's tied-wte send); the gradient the update read is zeroed at the
- * fence, never by the step-start zero_grads. */
+ * fence, never by the step-start zero_grads.
+ * Invariants of train.grad_overwrite (ABI 1.8): "zeroing" a grad_once group's GRAD buffer only
+ * marks it stale (its padding was zeroed once and nothing writes padding); the group's first
+ * backward of a step then runs with the backend's grad_overwrite on, which writes every
+ * gradient of the group; any other first access (a strategy's own GRAD view, zp_run_step)
+ * zeroes it for real first (zp_run_grads_materialize). So a stale buffer is never read. */
 #include "runtime.h"
 #include "op_profile.h"
 
@@ -923,6 +928,18 @@ int zp_run_open(zp_run* r, zp_config* cfg, const zp_run_opts* o) {
                      (so->flags & ZP_STRATEGY_UPDATE_DEFERRABLE);
     r->overlap = deferrable && zp_cfg_bool(cfg, "train.overlap_optimizer") && ZP_TABLE_HAS(r->ops, side_begin) &&
                  ZP_TABLE_HAS(r->ops, side_end) && ZP_TABLE_HAS(r->ops, copy_wait);
+    /* gradients overwritten by the step's first backward (ABI 1.8): the backend has it, the
+     * gradient is written in the compute dtype (no copy to accumulate from), no tensor
+     * parallelism (its layout writes shards) and no pipeline (zp_pipe_open turns it off: its
+     * split backward writes weights later); per group, only where the model's backward writes
+     * each gradient once and no tie makes two groups write one buffer */
+    r->grad_overwrite = zp_cfg_bool(cfg, "train.grad_overwrite") && ZP_TABLE_HAS(r->ops, grad_overwrite) &&
+                        r->grad_dt == r->ct && r->tp.size <= 1;
+    for (int g = 0; g < r->layout.n_groups; g++) {
+      int tied = r->groups[g].info.tied_to >= 0;
+      for (int h = 0; h < r->layout.n_groups; h++) tied |= r->groups[h].info.tied_to == g;
+      r->groups[g].grad_once = !tied && zp_model_group_grads_written_once(&r->layout, g);
+    }
   } else if (r->strategy->open && r->strategy_plugin.desc) {
     /* dry run: let the strategy allocate its buffers (counted, nothing touched) */
     rc = r->strategy->open(&r->host, &r->strategy_state);
@@ -1144,6 +1161,34 @@ int zp_run_init_weights(zp_run* r) {
   return zp_run_zero_grads(r);
 }
 
+/* The GRAD buffer of group g, zeroed for the next backward: with train.grad_overwrite, a
+ * grad_once group whose view is its own buffer is only marked stale (its backward overwrites
+ * it); anything else is zeroed now. */
+static int zero_group_grad(zp_run* r, int g) {
+  zp_group_rt* G = &r->groups[g];
+  void* buf = G->info.buf[ZP_CAT_GRAD];
+  if (!buf) return ZP_OK;
+  if (r->grad_overwrite && G->grad_once && G->grad_zeroed && G->view[1] == buf) {
+    G->grad_stale = 1;
+    return ZP_OK;
+  }
+  G->grad_stale = 0;
+  int rc = r->ops->memset0(r->be, buf, G->info.bytes[ZP_CAT_GRAD]);
+  if (!rc) G->grad_zeroed = 1;
+  return rc;
+}
+
+int zp_run_grads_materialize(zp_run* r) {
+  for (int g = 0; g < r->layout.n_groups; g++) {
+    zp_group_rt* G = &r->groups[g];
+    if (!G->grad_stale) continue;
+    G->grad_stale = 0;
+    int rc = r->ops->memset0(r->be, G->info.buf[ZP_CAT_GRAD], G->info.bytes[ZP_CAT_GRAD]);
+    if (rc) return rc;
+  }
+  return ZP_OK;
+}
+
 /* Optimizer overlap: the compute stream waits for group g's side-stream AdamW, then zeroes the
  * group's GRAD buffer for the coming backward (zero_grads skipped it: on the compute stream
  * at the step's start it would have run before the side stream had read the gradients). */
@@ -1157,7 +1202,7 @@ int zp_run_fence(zp_run* r, int g) {
   }
   if (!rc && G->zero_pending) {
     G->zero_pending = 0;
-    if (G->info.buf[ZP_CAT_GRAD]) rc = r->ops->memset0(r->be, G->info.buf[ZP_CAT_GRAD], G->info.bytes[ZP_CAT_GRAD]);
+    rc = zero_group_grad(r, g);
   }
   return rc;
 }
@@ -1180,12 +1225,9 @@ int zp_run_forward_group(zp_run* r, zp_acts* a, int g, float dloss) {
 
 int zp_run_zero_grads(zp_run* r) {
   for (int g = 0; g < r->layout.n_groups; g++) {
-    zp_group_info* in = &r->groups[g].info;
     if (r->groups[g].zero_pending) continue; /* zeroed at the group's fence (optimizer overlap) */
-    if (in->buf[ZP_CAT_GRAD]) {
-      int rc = r->ops->memset0(r->be, in->buf[ZP_CAT_GRAD], in->bytes[ZP_CAT_GRAD]);
-      if (rc) return rc;
-    }
+    int rc = zero_group_grad(r, g);
+    if (rc) return rc;
   }
   return ZP_OK;
 }
@@ -1278,9 +1320,23 @@ int zp_run_micro_batch(zp_run* r, const int32_t* inputs, const int32_t* targets,
       zp_trace_span(ZP_TR_COMPUTE, "recompute", g, t0);
       t0 = zp_now_us();
     }
-    if ((rc = r->tp.size > 1 ? zp_model_tp_backward_group(&r->layout, r->ops, r->be, &r->acts, &r->views, g, &r->tp)
-                             : zp_model_backward_group(&r->layout, r->ops, r->be, &r->acts, &r->views, g)))
-      return rc;
+    /* train.grad_overwrite: the step's first backward of a stale group writes its gradients
+     * instead of adding to zeros; a strategy that gave another GRAD view gets it zeroed */
+    zp_group_rt* Gs = &r->groups[g];
+    int ow = 0;
+    if (Gs->grad_stale) {
+      Gs->grad_stale = 0;
+      if (r->vgrad[g] == Gs->info.buf[ZP_CAT_GRAD]) ow = 1;
+      else if ((rc = r->ops->memset0(r->be, Gs->info.buf[ZP_CAT_GRAD], Gs->info.bytes[ZP_CAT_GRAD]))) return rc;
+    }
+    if (ow && (rc = r->ops->grad_overwrite(r->be, 1))) return rc;
+    rc = r->tp.size > 1 ? zp_model_tp_backward_group(&r->layout, r->ops, r->be, &r->acts, &r->views, g, &r->tp)
+                        : zp_model_backward_group(&r->layout, r->ops, r->be, &r->acts, &r->views, g);
+    if (ow) {
+      int rc2 = r->ops->grad_overwrite(r->be, 0);
+      if (!rc) rc = rc2;
+    }
+    if (rc) return rc;
     zp_trace_span(ZP_TR_COMPUTE, "backward", g, t0);
     if (r->grad_dt != r->ct) {
       zp_group_rt* Gr = &r->groups[g];
@@ -1302,9 +1358,11 @@ int zp_run_step(zp_run* r, float lr) {
     rerr(r, "strategy has no step method");
     return ZP_E_ABI;
   }
+  int rc = zp_run_grads_materialize(r); /* a group with no backward this step adds zeros */
+  if (rc) return rc;
   r->in_step = 1;
   r->opt.began = 0;
-  int rc = r->strategy->step(r->strategy_state);
+  rc = r->strategy->step(r->strategy_state);
   r->in_step = 0;
   if (rc && !r->err[0]) rerr(r, "step failed with status %d", rc);
   for (int i = 0; !rc && i < 2; i++)

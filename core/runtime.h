@@ -37,6 +37,13 @@ typedef struct zp_group_rt {
    * buffer still has to be zeroed for the next step (done at the fence, not by zero_grads) */
   uint64_t opt_ticket;
   int zero_pending;
+  /* train.grad_overwrite (ABI 1.8 grad_overwrite): grad_once: the model's backward of this group
+   * writes each of its parameter gradients exactly once and no other group's, and no group is
+   * tied to it (fixed at open); grad_zeroed: its GRAD buffer was zeroed once, so its padding is
+   * zero for good; grad_stale: the buffer is logically zero but still holds old values, which
+   * the group's first backward of the step overwrites (zp_run_grads_materialize zeroes it
+   * instead for anything else that reads or accumulates into it first) */
+  int grad_once, grad_zeroed, grad_stale;
 } zp_group_rt;
 
 typedef struct zp_optim_state {
@@ -90,6 +97,7 @@ typedef struct zp_run {
   zp_optim_state opt;
   int in_step;            /* inside zp_run_step (gradients final: shard_ready is forwarded) */
   int overlap;            /* device AdamW on the backend's side stream (optimizer overlap) */
+  int grad_overwrite;     /* train.grad_overwrite and a backend with grad_overwrite (1.8) */
   char err[2048];
   /* pipeline parallelism (core/pipeline_exec.c): held[g] = 0 for groups another stage holds
    * (no buffers, zero sizes in group_info: strategies see empty groups); pp_comm sums the
@@ -139,6 +147,10 @@ int zp_run_param_view(zp_run* r, int g);
 int zp_run_step(zp_run* r, float lr);
 /* Zero the gradient accumulators (start of a step). */
 int zp_run_zero_grads(zp_run* r);
+/* train.grad_overwrite: zero every GRAD buffer that is still stale (logically zero, physically
+ * old values) now; anything other than the micro-batch's backward that reads or accumulates
+ * into gradients calls this first (zp_run_step does) */
+int zp_run_grads_materialize(zp_run* r);
 /* optimizer overlap (train.overlap_optimizer): make later compute-stream work wait for group g's
  * side-stream update (and zero its gradient for the next step); _all: every group. No-ops when
  * the overlap is off. zp_run_forward_group and the state reads call them. */

@@ -548,6 +548,12 @@ int zp_train(zp_config* cfg, zp_comm* comm, char* err, size_t errlen) {
     zp_run_print_plan(r, stdout);
     if (r->overlap && strcmp(zp_cfg_str(cfg, "train.device"), "cpu") != 0) /* (the cpu backend's side work runs in order) */
       printf("optimizer: AdamW on the backend's side stream, finishing beside the next forward (train.overlap_optimizer)\n");
+    if (r->grad_overwrite) {
+      int n = 0;
+      for (int g = 0; g < r->layout.n_groups; g++) n += r->groups[g].grad_once;
+      printf("gradients: %d of %d groups written by the step's first backward, not zeroed first (train.grad_overwrite)\n", n,
+             r->layout.n_groups);
+    }
   }
   if (t->pipe && (rc = pipeline_print(t, cfg, &lay, err, errlen))) goto done;
   /* weights: resume (ckpt.fallback: an older complete checkpoint when the newest is

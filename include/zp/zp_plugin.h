@@ -24,7 +24,7 @@ extern "C" {
 #endif
 
 #define ZP_ABI_MAJOR 1
-#define ZP_ABI_MINOR 7
+#define ZP_ABI_MINOR 8
 #define ZP_PLUGIN_ENTRY_NAME "zp_plugin_entry"
 /* does table t (whose first member is size_t struct_size) have member m, and is it set? */
 #define ZP_TABLE_HAS(t, m) \
@@ -364,7 +364,7 @@ typedef struct zp_parallel_ops {
  * - Row-major. A weight of a linear layer is [OC, IC] (out_features, in_features), as in
  *   PyTorch nn.Linear: out[N, OC] = inp[N, IC] @ W^T + bias.
  * - Backward ops ACCUMULATE into parameter gradients (dweight += ..., dbias += ...) so that
- *   micro-batches accumulate. Input gradients are OVERWRITTEN (dinp = ...) except where an op
+ *   micro-batches accumulate (unless grad_overwrite (1.8) is on: then they overwrite them). Input gradients are OVERWRITTEN (dinp = ...) except where an op
  *   says "accumulates dinp" (layernorm_bwd and encoder_bwd, which sit on the residual stream).
  * - A NULL bias / dbias means "no bias".
  * - Ops are issued on the backend's compute stream and are ordered; synchronize() waits.
@@ -555,6 +555,14 @@ typedef struct zp_backend_ops {
    *   still writing. */
   int (*side_begin)(zp_backend* b);
   int (*side_end)(zp_backend* b, uint64_t* ticket);
+  /* ---- optional (1.8): parameter gradients written instead of accumulated (NULL: always
+   * accumulated; the core then zeroes gradient buffers before a step's first backward) ----
+   * grad_overwrite: on != 0: from now until called with 0, the parameter-gradient outputs of
+   *   matmul_bwd, matmul_dgelu_bwd and layernorm_bwd (dw and dbias) are OVERWRITTEN (dw = ...)
+   *   instead of accumulated, with the value accumulating into zeros gives (bit for bit, up
+   *   to the sign of a zero). Input gradients keep their rules (layernorm_bwd still accumulates
+   *   dinp), and encoder_bwd / encoder_masked_bwd always accumulate. Ordered like an op. */
+  int (*grad_overwrite)(zp_backend* b, int on);
 } zp_backend_ops;
 #define ZP_TIMER_SLOTS 65536
 

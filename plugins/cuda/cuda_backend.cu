@@ -517,6 +517,13 @@ static int zpc_side_begin(zp_backend* b) {
   return ZP_OK;
 }
 
+/* 1.8: matmul_bwd's dW GEMM runs with beta 0 and the column-sum kernels (bias and LayerNorm
+ * gradients) store instead of adding while this is on (matmul_cublaslt.cu, kernels_reduce.cu) */
+static int zpc_grad_overwrite(zp_backend* b, int on) {
+  b->grad_overwrite = on != 0;
+  return ZP_OK;
+}
+
 static int zpc_side_end(zp_backend* b, uint64_t* ticket) {
   if (!ticket) return zpc_err(b->host, ZP_E_INVALID, "cuda: side_end: ticket is NULL");
   *ticket = 0;
@@ -644,6 +651,7 @@ static const zp_backend_ops zpc_ops = {
     zpc_copy_wait,
     zpc_side_begin, /* 1.7: a side stream (the optimizer overlap) */
     zpc_side_end,
+    zpc_grad_overwrite, /* 1.8: parameter gradients written, not accumulated */
 };
 
 static const zp_plugin_desc zpc_desc = {

@@ -77,6 +77,7 @@ struct zp_backend {
    * with the lowest, so the optimizer's blocks fill gaps instead of competing (perf.md 19). */
   cudaStream_t side_stream, main_stream;
   int in_side, prio;
+  int grad_overwrite; /* 1.8: parameter gradients overwritten (dW beta 0, column sums stored) */
   int adamw_grid;        /* ZP_CUDA_ADAMW_GRID: 0 capped (16 blocks per SM, grid-stride), 1 full (default)
                             (one block per 1024 elements: short blocks that interleave with other
                             streams' kernels) */
@@ -203,7 +204,8 @@ struct zpc_gemm {
 int zpc_gemm_run(zp_backend* b, const struct zpc_gemm* g);
 
 /* ---- deterministic column sums (kernels_reduce.cu) ----
- * dst[c] (bf16) += sum_{r<R} part[r*C + c] (fp32), summed in a fixed order. */
+ * dst[c] (bf16) += sum_{r<R} part[r*C + c] (fp32), summed in a fixed order; stored instead of
+ * added while b->grad_overwrite (every caller writes a parameter gradient). */
 int zpc_colsum_add(zp_backend* b, bf16* dst, const float* part, int R, int C);
 /* zpc_rowchunks(N) (<= 1024, a function of N only) row chunks; zpc_colsum_partials writes
  * part[chunk*C + c] = sum of x[r*C + c] over the rows r of the chunk, so part must hold

@@ -91,7 +91,9 @@ int zpc_colsum_partials(zp_backend* b, float* part, const bf16* x, int N, int C)
 }
 
 /* block (32, 32): x = column, y = lane over partial rows; grid = column tiles of 32 */
-__global__ void zpc_colsum_add_kernel(bf16* dst, const float* part, int R, int C) {
+/* dst[c] (+)= sum_r part[r, c]: added into dst, or stored when overwrite (grad_overwrite, 1.8:
+ * the bits of adding into +0, up to the sign of a zero) */
+__global__ void zpc_colsum_add_kernel(bf16* dst, const float* part, int R, int C, int overwrite) {
   __shared__ float sh[32][33];
   int c = blockIdx.x * 32 + threadIdx.x;
   float s = 0.0f;
@@ -102,13 +104,13 @@ __global__ void zpc_colsum_add_kernel(bf16* dst, const float* part, int R, int C
   if (threadIdx.y == 0 && c < C) {
     float t = 0.0f;
     for (int k = 0; k < 32; k++) t += sh[k][threadIdx.x];
-    dst[c] = f2bf(bf2f(dst[c]) + t);
+    dst[c] = overwrite ? f2bf(t) : f2bf(bf2f(dst[c]) + t);
   }
 }
 
 int zpc_colsum_add(zp_backend* b, bf16* dst, const float* part, int R, int C) {
   dim3 grid((C + 31) / 32), block(32, 32);
-  zpc_colsum_add_kernel<<<grid, block, 0, b->stream>>>(dst, part, R, C);
+  zpc_colsum_add_kernel<<<grid, block, 0, b->stream>>>(dst, part, R, C, b->grad_overwrite);
   ZPC_LAUNCHED(b, "colsum_add");
   return ZP_OK;
 }

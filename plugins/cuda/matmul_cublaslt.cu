@@ -12,7 +12,8 @@
  *   -> column-major out^T[OC,N] = op_T(W_cm: IC x OC, ld IC) * inp_cm (IC x N, ld IC),
  *      m = OC, n = N, k = IC: the "TN" GEMM; bias (length m = OC) through CUBLASLT_EPILOGUE_BIAS.
  * matmul_bwd: dinp[N,IC] = dout[N,OC] @ W[OC,IC]          (beta = 0: overwrite)
- *             dW[OC,IC] += dout[N,OC]^T @ inp[N,IC]       (beta = 1: accumulate, in bf16)
+ *             dW[OC,IC] += dout[N,OC]^T @ inp[N,IC]       (beta = 1: accumulate, in bf16;
+ *                                                          beta = 0 under grad_overwrite, 1.8)
  *             dbias[OC] += column sums of dout: ZP_CUDA_BGRAD=1 (opt-in: slower) in the dW GEMM's
  *               CUBLASLT_EPILOGUE_BGRADB (dout is cuBLASLt's B there, reduced over k = N) into
  *               a bf16 scratch (an fp32 bias type was refused on the H100), then added; 0 (default,
@@ -461,7 +462,7 @@ int zpc_matmul_bwd(zp_backend* b, void* dinp, void* dw, void* dbias, const void*
     g.ldd = IC;
     g.batch = 1;
     g.alpha = 1.0f;
-    g.beta = 1.0f;
+    g.beta = b->grad_overwrite ? 0.0f : 1.0f;
     void* bg = NULL;
     if (dbias && b->bgrad && !b->bgrad_unsupported) {
       if ((rc = zpc_scratch(b, (size_t)OC * sizeof(bf16), &bg))) return rc;
@@ -476,8 +477,11 @@ int zpc_matmul_bwd(zp_backend* b, void* dinp, void* dw, void* dbias, const void*
       rc = zpc_gemm_run(b, &g);
     }
     if (rc) return rc;
-    if (g.bgrad) { /* dbias += the epilogue's bf16 bias gradient */
-      if ((rc = zpc_accumulate(b, dbias, ZP_BF16, bg, ZP_BF16, (size_t)OC, 1.0f))) return rc;
+    if (g.bgrad) { /* dbias += the epilogue's bf16 bias gradient (= it, under grad_overwrite) */
+      if (b->grad_overwrite)
+        ZPC_CUDA(b, cudaMemcpyAsync(dbias, bg, (size_t)OC * sizeof(bf16), cudaMemcpyDeviceToDevice, b->stream));
+      else if ((rc = zpc_accumulate(b, dbias, ZP_BF16, bg, ZP_BF16, (size_t)OC, 1.0f)))
+        return rc;
       bias_done = 1;
     }
   }

@@ -59,6 +59,32 @@ run ov-off 3 train.overlap_optimizer=false && compare ref-fp32-3 ov-off 0 "repli
 V=(train.grad_accum=2 train.val_every=2 train.val_batches=2 data.val="$src/data/fortunes/val_000.bin")
 run ov-acc-on 2 "${V[@]}" && grep -q "val" "$work/ov-acc-on/metrics.jsonl" && run ov-acc-off 2 "${V[@]}" train.overlap_optimizer=false &&
   compare ov-acc-on ov-acc-off 0 "replicated, grad_accum 2 + validation, optimizer overlap on vs off (bitwise)"
+# gradients written by each block's first backward (train.grad_overwrite, default on; ABI 1.8)
+# instead of zeroed and accumulated: off gives the same bits, with the optimizer overlap on and
+# off, at grad_accum 2 with validation (a stale buffer left unwritten, or a second micro-batch
+# that overwrote instead of adding, would change the losses), and for stage 3 (its own GRAD
+# views: zeroed as before). The log says it is in use, and the op profile counts L (= 2) fewer
+# memset0 calls per step, so a run that silently kept zeroing cannot pass.
+run go-off 3 train.grad_overwrite=false && compare ref-fp32-3 go-off 0 "replicated, grad_overwrite off vs on (bitwise)"
+run go-off-ov 3 train.grad_overwrite=false train.overlap_optimizer=false && compare ref-fp32-3 go-off-ov 0 "replicated, grad_overwrite and optimizer overlap off vs both on (bitwise)"
+run go-acc-off 2 "${V[@]}" train.grad_overwrite=false && compare ov-acc-on go-acc-off 0 "replicated, grad_accum 2 + validation, grad_overwrite on vs off (bitwise)"
+run go-s3-off 2 zero.plugin=stage3 train.grad_overwrite=false && compare stage3-fp32-2 go-s3-off 0 "stage3, grad_overwrite off vs on (bitwise)"
+if grep -q "gradients: 2 of 4 groups written by the step's first backward" "$work/ref-fp32-3.log"; then
+  echo "ok   grad_overwrite: in use (log)"
+else
+  echo "FAIL: grad_overwrite: the default run does not report it in use"; fail=1
+fi
+if grep -q "gradients: .* groups written" "$work/go-off.log"; then echo "FAIL: grad_overwrite=false still reports it in use"; fail=1; fi
+memsets() { grep -E '\| memset0 \|' "$work/$1.log" | head -1 | awk -F'|' '{gsub(/ /, "", $3); print $3}'; }
+run go-prof-on 1 train.profile_ops=true && run go-prof-off 1 train.profile_ops=true train.grad_overwrite=false && {
+  on=$(memsets go-prof-on); off=$(memsets go-prof-off)
+  if [ -n "$on" ] && [ -n "$off" ] && awk -v a="$on" -v b="$off" 'BEGIN{exit !(b - a == 2)}'; then
+    echo "ok   grad_overwrite: memset0 calls per step $on (on) vs $off (off)"
+  else
+    echo "FAIL: grad_overwrite: memset0 calls per step '$on' (on) vs '$off' (off), want 2 fewer"; fail=1
+  fi
+  compare go-prof-on go-prof-off 0 "1 rank, profiled, grad_overwrite on vs off (bitwise)"
+}
 # Memory: a real run's ledger (model states after the step, rank 0, from metrics.jsonl) against
 # the ZeRO formulas within 1%, at 2, 3 and 4 ranks. A 6.9M-parameter model so that the shard
 # padding (at most N x 2048 elements per group) stays far below 1%. bf16: P=2 G=2 K=12.

@@ -85,6 +85,7 @@ static void t_split_backward_bitwise(void) {
   float* g1[64] = {0};
   for (int pass = 0; pass < 2; pass++) {
     zp_run_zero_grads(&r);
+    zp_run_grads_materialize(&r); /* the model's backward is called directly below */
     for (int g = 0; g < G; g++) {
       zp_run_param_view(&r, g);
       r.vgrad[g] = r.groups[g].info.buf[ZP_CAT_GRAD];
