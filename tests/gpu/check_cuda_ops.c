@@ -1659,6 +1659,114 @@ static void side_verdict(const float* h, size_t n, float want, const char* name,
   r->pass = bad == 0;
   snprintf(r->note, sizeof r->note, "%zu elements not %g", bad, (double)want);
 }
+/* ABI 1.8 grad_overwrite: with it on, matmul_bwd, matmul_dgelu_bwd and layernorm_bwd write dw
+ * and dbias (from a NaN-filled start) with the bits accumulating into zeros gives with it off;
+ * layernorm_bwd's dinp still accumulates (the same bits as with it off); and off again, the ops
+ * accumulate as before (a second call doubles nothing away: it equals the first result plus
+ * the same gradient, checked against accumulating twice with it off). */
+static void t_grad_overwrite(int N, int IC, int OC) {
+  if (!want("grad_overwrite")) return;
+  if (!ZP_TABLE_HAS(G, grad_overwrite)) {
+    skip_res("grad_overwrite", "-", "plugin has no grad_overwrite (ABI < 1.8)");
+    flush(NAN);
+    return;
+  }
+  char shape[64];
+  snprintf(shape, sizeof shape, "N%d IC%d OC%d", N, IC, OC);
+  size_t nin = (size_t)N * IC, nout = (size_t)N * OC, nw = (size_t)OC * IC;
+  float* inp = hrand(nin, 1.0f, 0.0f);
+  float* dout = hrand(nout, 1.0f, 0.0f);
+  float* w = hrand(nw, 0.05f, 0.0f);
+  float* pre = hrand(nin, 1.0f, 0.0f);
+  float* zw = hrand(nw, 0.0f, 0.0f);
+  float* zb = hrand((size_t)OC, 0.0f, 0.0f);
+  float* x = hrand(nout, 1.0f, 0.3f); /* layernorm_bwd's input rows [N, OC] */
+  for (int op = 0; op < 3; op++) { /* matmul_bwd, matmul_dgelu_bwd, layernorm_bwd */
+    if (op == 1 && !ZP_TABLE_HAS(G, matmul_dgelu_bwd)) continue;
+    const char* opn = op == 0 ? "matmul_bwd" : op == 1 ? "matmul_dgelu_bwd" : "layernorm_bwd";
+    int C = OC; /* layernorm: rows of OC */
+    size_t nwo = op == 2 ? (size_t)C : nw, nd = op == 2 ? nout : nin;
+    float* dinp0 = hrand(nd, 1.0f, 0.0f);
+    float* mean = NULL;
+    float* rstd = NULL;
+    if (op == 2) { /* statistics from a forward on the same rows */
+      args_t f = {0};
+      f.N = N;
+      f.C = C;
+      f.i1 = gup(x, nout);
+      f.i2 = gup(w, (size_t)C);
+      f.i3 = gup(zb, (size_t)C);
+      f.o1 = dalloc(G, gb, nout * 2);
+      f.f1 = mean = (float*)dalloc(G, gb, (size_t)N * 4);
+      f.f2 = rstd = (float*)dalloc(G, gb, (size_t)N * 4);
+      CK(G->layernorm_fwd(gb, f.o1, f.f1, f.f2, f.i1, f.i2, f.i3, N, C));
+    }
+    void* res[3][3]; /* [run][dinp, dw, dbias] on the host: 0 accumulate into zeros, 1 overwrite
+                        from NaN, 2 overwrite then accumulate again (off) */
+    void* dev[3][3];
+    size_t by[3] = {nd * 2, nwo * 2, (size_t)(op == 2 ? C : OC) * 2};
+    for (int run = 0; run < 3; run++) {
+      dev[run][0] = gup(dinp0, nd);
+      if (run == 0) {
+        dev[run][1] = gup(zw, nwo);
+        dev[run][2] = gup(zb, by[2] / 2);
+      } else {
+        dev[run][1] = dalloc(G, gb, by[1]);
+        dev[run][2] = dalloc(G, gb, by[2]);
+        CK(G->fill(gb, dev[run][1], ZP_BF16, nwo, NAN));
+        CK(G->fill(gb, dev[run][2], ZP_BF16, by[2] / 2, NAN));
+      }
+      for (int k = 0; k < (run == 2 ? 2 : 1); k++) {
+        int on = run >= 1 && k == 0;
+        CK(G->grad_overwrite(gb, on));
+        if (op == 0)
+          CK(G->matmul_bwd(gb, dev[run][0], dev[run][1], dev[run][2], gup(dout, nout), gup(inp, nin), gup(w, nw), N, IC, OC));
+        else if (op == 1)
+          CK(G->matmul_dgelu_bwd(gb, dev[run][0], dev[run][1], dev[run][2], gup(dout, nout), gup(inp, nin), gup(w, nw),
+                                 gup(pre, nin), N, IC, OC));
+        else
+          CK(G->layernorm_bwd(gb, dev[run][0], dev[run][1], dev[run][2], gup(dout, nout), gup(x, nout), gup(w, (size_t)C),
+                              mean, rstd, N, C));
+        CK(G->grad_overwrite(gb, 0));
+        if (op != 2 && run == 2 && k == 0) dev[run][0] = gup(dinp0, nd); /* matmul dinp: overwritten anyway */
+      }
+      for (int j = 0; j < 3; j++) {
+        res[run][j] = hmalloc(by[j]);
+        CK(G->copy_d2h(gb, res[run][j], dev[run][j], by[j]));
+      }
+    }
+    /* run 0 again, accumulating twice with it off: the reference for run 2 */
+    void* two[3];
+    {
+      void* d0 = gup(dinp0, nd);
+      void* d1 = gup(zw, nwo);
+      void* d2 = gup(zb, by[2] / 2);
+      for (int k = 0; k < 2; k++) {
+        if (op != 2 && k == 1) d0 = gup(dinp0, nd);
+        if (op == 0) CK(G->matmul_bwd(gb, d0, d1, d2, gup(dout, nout), gup(inp, nin), gup(w, nw), N, IC, OC));
+        else if (op == 1)
+          CK(G->matmul_dgelu_bwd(gb, d0, d1, d2, gup(dout, nout), gup(inp, nin), gup(w, nw), gup(pre, nin), N, IC, OC));
+        else CK(G->layernorm_bwd(gb, d0, d1, d2, gup(dout, nout), gup(x, nout), gup(w, (size_t)C), mean, rstd, N, C));
+      }
+      void* dd[3] = {d0, d1, d2};
+      for (int j = 0; j < 3; j++) {
+        two[j] = hmalloc(by[j]);
+        CK(G->copy_d2h(gb, two[j], dd[j], by[j]));
+      }
+    }
+    const char* what[3] = {"dinp", "dw", "dbias"};
+    for (int j = 0; j < 3; j++) {
+      char nm[96];
+      snprintf(nm, sizeof nm, "grad_overwrite.%s.%s", opn, what[j]);
+      cmp_bytes(nm, shape, res[0][j], res[1][j], by[j]);
+      snprintf(nm, sizeof nm, "grad_overwrite.%s.%s(then off)", opn, what[j]);
+      cmp_bytes(nm, shape, two[j], res[2][j], by[j]);
+    }
+    flush(NAN);
+  }
+  release_all();
+}
+
 static void t_side_stream(void) {
   if (!want("side_stream")) return;
   if (!G->side_begin || !G->side_end || !G->copy_wait) die("the cuda backend has no side_begin / side_end (ABI 1.7)");
@@ -2475,6 +2583,9 @@ int main(int argc, char** argv) {
   t_timers();
   t_copy_async();
   t_side_stream();
+  t_grad_overwrite(N, C, 4 * C);
+  t_grad_overwrite(37, 24, 72); /* OC % 8 == 0, odd N and IC */
+  t_grad_overwrite(53, 40, 36); /* OC % 8 != 0: the scalar column sums */
   t_switch_errors();
   t_matmul_gelu(N, C, 4 * C);
   t_matmul_gelu(64, 96, 40);

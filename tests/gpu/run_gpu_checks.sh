@@ -204,7 +204,8 @@ EOF
   NVO="offload.optimizer.plugin=offload_nvme offload.optimizer.path=$NVDIR zero.plugin=stage3"
   if [ -f "$WORK/parity/run_cuda_bf16/metrics.jsonl" ]; then
     n=10
-    for v in "recompute:train.recompute=true" "no_overlap:train.overlap_optimizer=false" "offload_cpu:offload.optimizer.plugin=offload_cpu" \
+    for v in "recompute:train.recompute=true" "no_overlap:train.overlap_optimizer=false" \
+      "no_grad_overwrite:train.grad_overwrite=false" "offload_cpu:offload.optimizer.plugin=offload_cpu" \
       "offload_cpu_stage3:offload.optimizer.plugin=offload_cpu zero.plugin=stage3" \
       "offload_dpu:offload.optimizer.plugin=offload_cpu offload.optimizer.delayed_update=true offload.optimizer.delayed_update_warmup=3" \
       "offload_cpu_nostream:offload.optimizer.plugin=offload_cpu offload.optimizer.stream_grads=false" \
@@ -238,6 +239,7 @@ if lab.endswith("_params"):
     if nv: what += f"; nvme {nv.get('io_read', 0)} B read / {nv.get('io_write', 0)} B written"
 elif lab.endswith("_nostream"): ok = ok and max(rel) == 0 and cpu.get("io_write", 0) > 0; what = f"max rel loss diff vs the streamed run {max(rel):.2e} (bitwise wanted)"
 elif lab == "no_overlap": ok = ok and max(rel) == 0; what = f"max rel loss diff vs the side-stream AdamW (default) {max(rel):.2e} (bitwise wanted)"
+elif lab == "no_grad_overwrite": ok = ok and max(rel) == 0; what = f"max rel loss diff vs gradients written by the first backward (default) {max(rel):.2e} (bitwise wanted)"
 elif lab == "recompute": ok = ok and max(rel) <= 1e-3; what = f"max rel loss diff vs no recompute {max(rel):.2e} ({'bitwise' if max(rel) == 0 else 'not bitwise'})"
 elif lab == "offload_dpu":
     ok = ok and max(rel[:4]) <= 2e-3 and run[-1]["loss"] < run[0]["loss"] - 0.5 and cpu.get("io_write", 0) > 0
