@@ -986,6 +986,46 @@ static void test_side_stream(void) {
   CHECK_EQ_INT(O->copy_wait(b32, ts, 0), ZP_OK);
 }
 
+/* ABI 1.8 grad_overwrite on the cpu backend: with it on, matmul_bwd and layernorm_bwd write dw
+ * and dbias (from NaN) with the bits accumulating into zeros gives; layernorm's dinp still
+ * accumulates; off again, they accumulate (the second call adds to the first). */
+static void test_grad_overwrite(void) {
+  CHECK(O->grad_overwrite != NULL);
+  enum { N = 5, IC = 3, OC = 4 };
+  float inp[N * IC], dout[N * OC], w[OC * IC], mean[N], rstd[N], lnw[OC], x[N * OC];
+  for (int i = 0; i < N * IC; i++) inp[i] = 0.1f * (float)((i * 7) % 11) - 0.5f;
+  for (int i = 0; i < N * OC; i++) dout[i] = 0.05f * (float)((i * 5) % 13) - 0.3f, x[i] = 0.2f * (float)((i * 3) % 7) - 0.6f;
+  for (int i = 0; i < OC * IC; i++) w[i] = 0.03f * (float)(i % 9) - 0.1f;
+  for (int i = 0; i < OC; i++) lnw[i] = 1.0f + 0.1f * (float)i;
+  float lno[N * OC];
+  CHECK_EQ_INT(O->layernorm_fwd(b32, lno, mean, rstd, x, lnw, NULL, N, OC), ZP_OK);
+  for (int op = 0; op < 2; op++) {
+    int nw = op ? OC : OC * IC;
+    float dw0[OC * IC] = {0}, db0[OC] = {0}, dx0[N * OC], dw1[OC * IC], db1[OC], dx1[N * OC];
+    for (int i = 0; i < N * OC; i++) dx0[i] = dx1[i] = 0.01f * (float)i;
+    for (int i = 0; i < nw; i++) dw1[i] = NAN;
+    for (int i = 0; i < OC; i++) db1[i] = NAN;
+    if (op == 0) {
+      CHECK_EQ_INT(O->matmul_bwd(b32, NULL, dw0, db0, dout, inp, w, N, IC, OC), ZP_OK);
+      CHECK_EQ_INT(O->grad_overwrite(b32, 1), ZP_OK);
+      CHECK_EQ_INT(O->matmul_bwd(b32, NULL, dw1, db1, dout, inp, w, N, IC, OC), ZP_OK);
+    } else {
+      CHECK_EQ_INT(O->layernorm_bwd(b32, dx0, dw0, db0, dout, x, lnw, mean, rstd, N, OC), ZP_OK);
+      CHECK_EQ_INT(O->grad_overwrite(b32, 1), ZP_OK);
+      CHECK_EQ_INT(O->layernorm_bwd(b32, dx1, dw1, db1, dout, x, lnw, mean, rstd, N, OC), ZP_OK);
+      CHECK(memcmp(dx0, dx1, sizeof dx0) == 0); /* dinp still accumulated */
+    }
+    CHECK_EQ_INT(O->grad_overwrite(b32, 0), ZP_OK);
+    CHECK(memcmp(dw0, dw1, (size_t)nw * sizeof(float)) == 0);
+    CHECK(memcmp(db0, db1, sizeof db0) == 0);
+    /* off again: accumulates onto the first result */
+    if (op == 0) CHECK_EQ_INT(O->matmul_bwd(b32, NULL, dw1, db1, dout, inp, w, N, IC, OC), ZP_OK);
+    else CHECK_EQ_INT(O->layernorm_bwd(b32, NULL, dw1, db1, dout, x, lnw, mean, rstd, N, OC), ZP_OK);
+    for (int i = 0; i < nw; i++) CHECK(dw1[i] == dw0[i] + dw0[i]);
+    for (int i = 0; i < OC; i++) CHECK(db1[i] == db0[i] + db0[i]);
+  }
+}
+
 int main(void) {
   unsetenv("ZP_CPU_GEMM"); /* the cases below set it themselves to cover both GEMMs */
   O = zp_cpu_backend_ops();
@@ -1014,6 +1054,7 @@ int main(void) {
   ZT_RUN(test_thread_independence);
   ZT_RUN(test_timers);
   ZT_RUN(test_side_stream);
+  ZT_RUN(test_grad_overwrite);
   O->destroy(b32);
   O->destroy(b64);
   return zt_done();
