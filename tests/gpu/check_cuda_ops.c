@@ -2440,42 +2440,30 @@ static zp_backend* make_cuda(const char* stream, const char* attn, const char* t
   return b;
 }
 
-/* an instance created with one more environment switch set (restored after) */
-static zp_backend* make_cuda_env(const char* var, const char* val) {
+/* an instance created with one more environment switch var=val set (restored after), on
+ * ZP_CUDA_STREAM=stream (NULL: default) with ZP_CUDA_ATTN=attn; NULL if create fails and not
+ * required */
+static zp_backend* make_cuda_with(const char* var, const char* val, const char* stream,
+                                  const char* attn, int required) {
   const char* old = getenv(var);
   char* keep = old ? strdup(old) : NULL;
   setenv(var, val, 1);
-  zp_backend* b = make_cuda(NULL, "naive", NULL, 1);
+  zp_backend* b = make_cuda(stream, attn, NULL, required);
   if (keep) setenv(var, keep, 1);
   else unsetenv(var);
   free(keep);
   return b;
 }
-
-/* an instance with ZP_CUDA_LN=ln (and ZP_CUDA_STREAM=stream where not NULL; both restored
- * after) */
-static zp_backend* make_cuda_ln(const char* stream, const char* ln) {
-  const char* old = getenv("ZP_CUDA_LN");
-  char* keep = old ? strdup(old) : NULL;
-  setenv("ZP_CUDA_LN", ln, 1);
-  zp_backend* b = make_cuda(stream, "naive", NULL, 1);
-  if (keep) setenv("ZP_CUDA_LN", keep, 1);
-  else unsetenv("ZP_CUDA_LN");
-  free(keep);
-  return b;
+static zp_backend* make_cuda_env(const char* var, const char* val) {
+  return make_cuda_with(var, val, NULL, "naive", 1);
 }
-
-/* an fa2 instance with ZP_CUDA_FA2_BWD=bwd (fused or atomic; restored after); NULL if create
- * fails */
+/* ZP_CUDA_LN=ln (fast or pf) */
+static zp_backend* make_cuda_ln(const char* stream, const char* ln) {
+  return make_cuda_with("ZP_CUDA_LN", ln, stream, "naive", 1);
+}
+/* an fa2 instance with ZP_CUDA_FA2_BWD=bwd (fused or atomic); NULL if create fails */
 static zp_backend* make_cuda_fused(const char* stream, const char* bwd) {
-  const char* old = getenv("ZP_CUDA_FA2_BWD");
-  char* keep = old ? strdup(old) : NULL;
-  setenv("ZP_CUDA_FA2_BWD", bwd, 1);
-  zp_backend* b = make_cuda(stream, "fa2", NULL, 0);
-  if (keep) setenv("ZP_CUDA_FA2_BWD", keep, 1);
-  else unsetenv("ZP_CUDA_FA2_BWD");
-  free(keep);
-  return b;
+  return make_cuda_with("ZP_CUDA_FA2_BWD", bwd, stream, "fa2", 0);
 }
 
 int main(int argc, char** argv) {
