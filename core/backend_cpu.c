@@ -10,7 +10,7 @@
  * - cast/accumulate/fill/scale/sumsq take F32, F64 and BF16 in any combination. accumulate
  *   computes in double when either side is F64 or dst is BF16, otherwise in float; BF16
  *   results are rounded once (round to nearest even, bf16.h). sumsq sums in double over fixed
- *   chunks that depend on n only.
+ *   chunks that depend on n only; sumsq_many (ABI 1.8) is one sumsq per tensor.
  * - Nothing depends on the number of OpenMP threads (bitwise): see cpu_ops_impl.h.
  * - AdamW keeps fp32 state and computes in fp32 (bias corrections 1-beta^t in double); f32/bf16
  *   grads go through the vectorised kernel of adamw_cpu.c (bitwise equal to the scalar loop). */
@@ -578,6 +578,22 @@ static int cpu_sumsq(zp_backend* b, double* out_host, const void* x, zp_dtype dt
   return ZP_OK;
 }
 
+/* ABI 1.8: several sums of squares in one call; here one cpu_sumsq per tensor (the same bits;
+ * the CPU backend's ops are synchronous, so there is nothing to wait for once) */
+static int cpu_sumsq_many(zp_backend* b, int count, const void* const* xs, const zp_dtype* dts,
+                          const size_t* ns, double* out_host) {
+  ZP_NEED_B();
+  ZP_REQ(count >= 0, "cpu backend: sumsq_many: negative count %d", count);
+  if (count == 0) return ZP_OK;
+  ZP_REQ(out_host, "cpu backend: sumsq_many: out is NULL");
+  ZP_REQ(xs && dts && ns, "cpu backend: sumsq_many: %d tensors without their tables", count);
+  for (int i = 0; i < count; i++) {
+    int rc = cpu_sumsq(b, &out_host[i], xs[i], dts[i], ns[i]);
+    if (rc) return rc;
+  }
+  return ZP_OK;
+}
+
 /* ---- model ops: validation + dispatch ---- */
 
 static int zp_check_ids(zp_backend* b, const int32_t* ids, size_t n, const char* op) {
@@ -858,6 +874,7 @@ static const zp_backend_ops zp_cpu_ops = {
     .side_begin = cpu_side_begin,
     .side_end = cpu_side_end,
     .grad_overwrite = cpu_grad_overwrite,
+    .sumsq_many = cpu_sumsq_many,
 };
 
 const zp_backend_ops* zp_cpu_backend_ops(void) { return &zp_cpu_ops; }

@@ -10,7 +10,8 @@
  *   to back no longer overlap and each op's time includes its launch; the sum is an upper bound
  *   of the busy time and the run is slower than unprofiled (one synchronize per op). Ops are keyed by name
  * and shape (matmuls by IC x OC, which tells qkv / attproj / fc / fcproj / classifier apart), with
- * FLOPs for matmul and attention so the table shows achieved TFLOP/s against the peak.
+ * FLOPs for matmul and attention so the table shows achieved TFLOP/s against the peak. The
+ * batched gradient-norm op sumsq_many (ABI 1.8) counts as one "sumsq" call.
  * Only ops issued while enabled count (the trainer enables it around each step, so validation
  * and checkpoints are not in the table).
  * Invariants: results are unchanged (the same ops in the same order on the same stream); one
@@ -187,6 +188,10 @@ static int w_adamw_pieces(zp_backend* b, void* param, zp_dtype pdt, float* maste
   TIMED(b, "adamw", 0, g_real->adamw_pieces(b, param, pdt, master, grad, gdt, m, v, np, pe, pw, lr, b1, b2, eps, gs, t));
 }
 static int w_sumsq(zp_backend* b, double* out, const void* x, zp_dtype dt, size_t n) { TIMED(b, "sumsq", 0, g_real->sumsq(b, out, x, dt, n)); }
+/* ABI 1.8: the gradient norm's sums in one call, under the same name as one sumsq */
+static int w_sumsq_many(zp_backend* b, int count, const void* const* xs, const zp_dtype* dts, const size_t* ns, double* out) {
+  TIMED(b, "sumsq", 0, g_real->sumsq_many(b, count, xs, dts, ns, out));
+}
 static int w_scale(zp_backend* b, void* x, zp_dtype dt, size_t n, float s) { TIMED(b, "scale", 0, g_real->scale(b, x, dt, n, s)); }
 
 const zp_backend_ops* zp_op_profile_wrap(const zp_backend_ops* real, int sync) {
@@ -206,6 +211,7 @@ const zp_backend_ops* zp_op_profile_wrap(const zp_backend_ops* real, int sync) {
   if (ZP_TABLE_HAS(real, matmul_res_fwd)) g_wrap.matmul_res_fwd = w_matmul_res_fwd;
   if (ZP_TABLE_HAS(real, adamw_pieces)) g_wrap.adamw_pieces = w_adamw_pieces;
   if (ZP_TABLE_HAS(real, attention_bwd_ws)) g_wrap.attention_bwd_ws = w_attention_bwd_ws;
+  if (ZP_TABLE_HAS(real, sumsq_many)) g_wrap.sumsq_many = w_sumsq_many;
   zp_op_profile_reset();
   return &g_wrap;
 }

@@ -9,7 +9,9 @@
  * optimizer updates the full range on every rank, so parameters stay identical without a
  * gather. Reductions are element-wise, so bucketing never changes the numbers. Each reduced
  * bucket's groups are reported final (shard_ready), so an offload tier can start copying them
- * while the backward goes on. */
+ * while the backward goes on. The gradient norm is one sumsq_many over every group (ABI 1.8:
+ * one device wait; the per-group results are added in group order, so its bits are those of
+ * one sumsq per group, the fallback where the host lacks it). */
 #include <stdlib.h>
 #include <string.h>
 
@@ -23,6 +25,11 @@ typedef struct {
   int overlap;
   int lo, hi;          /* pending bucket: groups lo..hi (lo <= hi), or lo = -1 */
   size_t pending;      /* bytes in the pending bucket */
+  /* the gradient norm's sumsq_many arguments, one per group (filled at open) */
+  const void** ss_x;
+  zp_dtype* ss_dt;
+  size_t* ss_n;
+  double* ss_out;
 } repl_t;
 
 static int repl_plan(const zp_host* h, zp_plan* p) {
@@ -32,13 +39,32 @@ static int repl_plan(const zp_host* h, zp_plan* p) {
   return ZP_OK;
 }
 
+static void repl_close(void* st) {
+  repl_t* s = st;
+  if (!s) return;
+  free(s->info);
+  free(s->ss_x);
+  free(s->ss_dt);
+  free(s->ss_n);
+  free(s->ss_out);
+  free(s);
+}
+
 static int repl_open(const zp_host* h, void** state) {
   repl_t* s = calloc(1, sizeof *s);
   if (!s) return ZP_E_NOMEM;
   s->h = h;
   s->G = h->n_groups;
-  s->info = calloc((size_t)s->G, sizeof(zp_group_info));
-  if (!s->info) { free(s); return ZP_E_NOMEM; }
+  size_t G1 = (size_t)(s->G > 0 ? s->G : 1);
+  s->info = calloc(G1, sizeof(zp_group_info));
+  s->ss_x = calloc(G1, sizeof(void*));
+  s->ss_dt = calloc(G1, sizeof(zp_dtype));
+  s->ss_n = calloc(G1, sizeof(size_t));
+  s->ss_out = calloc(G1, sizeof(double));
+  if (!s->info || !s->ss_x || !s->ss_dt || !s->ss_n || !s->ss_out) {
+    repl_close(s);
+    return ZP_E_NOMEM;
+  }
   double mb = 25;
   int ov = 1;
   h->config_float(h->ctx, "zero.bucket_mb", &mb);
@@ -50,17 +76,14 @@ static int repl_open(const zp_host* h, void** state) {
     h->group_info(h->ctx, g, &s->info[g]);
     h->set_view(h->ctx, g, ZP_CAT_PARAM, s->info[g].buf[ZP_CAT_PARAM]);
     h->set_view(h->ctx, g, ZP_CAT_GRAD, s->info[g].buf[ZP_CAT_GRAD]);
+    s->ss_x[g] = s->info[g].buf[ZP_CAT_GRAD];
+    s->ss_dt[g] = s->info[g].dtype[ZP_CAT_GRAD];
+    s->ss_n[g] = (size_t)s->info[g].padded;
   }
   *state = s;
   return ZP_OK;
 }
 
-static void repl_close(void* st) {
-  repl_t* s = st;
-  if (!s) return;
-  free(s->info);
-  free(s);
-}
 
 static int flush(repl_t* s) {
   if (s->lo < 0) return ZP_OK;
@@ -109,12 +132,19 @@ static int repl_step(void* st) {
     for (int g = s->G - 1; g >= 0; g--)
       if ((rc = add(s, g))) return rc;
   if ((rc = flush(s))) return rc;
+  /* the norm: every group's sumsq in one call (one device wait), added in group order */
   double ss = 0;
-  for (int g = 0; g < s->G; g++) {
-    double x;
-    rc = h->sumsq(h->ctx, s->info[g].buf[ZP_CAT_GRAD], s->info[g].dtype[ZP_CAT_GRAD], (size_t)s->info[g].padded, &x);
+  if (ZP_TABLE_HAS(h, sumsq_many)) {
+    rc = h->sumsq_many(h->ctx, s->G, s->ss_x, s->ss_dt, s->ss_n, s->ss_out);
     if (rc) return rc;
-    ss += x;
+    for (int g = 0; g < s->G; g++) ss += s->ss_out[g];
+  } else {
+    for (int g = 0; g < s->G; g++) {
+      double x;
+      rc = h->sumsq(h->ctx, s->info[g].buf[ZP_CAT_GRAD], s->info[g].dtype[ZP_CAT_GRAD], (size_t)s->info[g].padded, &x);
+      if (rc) return rc;
+      ss += x;
+    }
   }
   rc = h->optim_begin(h->ctx, ss);
   if (rc) return rc;

@@ -174,6 +174,23 @@ static int h_sumsq(zp_host_ctx* c, const void* x, zp_dtype dt, size_t n, double*
   if (c->r->tp.size > 1) return zp_run_tp_sumsq(c->r, x, dt, n, out); /* whole tensors counted once */
   return c->r->ops->sumsq(c->r->be, out, x, dt, n);
 }
+/* ABI 1.8: out[i] = h_sumsq(xs[i], ...) bit for bit. Tensor parallelism: h_sumsq per buffer
+ * (it splits each buffer at tensor boundaries); else the backend's sumsq_many (one device wait)
+ * where it has one, else its sumsq per buffer. */
+static int h_sumsq_many(zp_host_ctx* c, int count, const void* const* xs, const zp_dtype* dts, const size_t* ns,
+                        double* out) {
+  zp_run* r = c->r;
+  if (count < 0 || (count > 0 && (!xs || !dts || !ns || !out))) {
+    h_set_error(c, "sumsq_many: %d buffers without their tables (or out NULL)", count);
+    return ZP_E_INVALID;
+  }
+  if (r->tp.size <= 1 && ZP_TABLE_HAS(r->ops, sumsq_many)) return r->ops->sumsq_many(r->be, count, xs, dts, ns, out);
+  for (int i = 0; i < count; i++) {
+    int rc = h_sumsq(c, xs[i], dts[i], ns[i], &out[i]);
+    if (rc) return rc;
+  }
+  return ZP_OK;
+}
 static void h_poison(zp_host_ctx* c, void* p, zp_dtype dt, size_t n) {
 #ifdef ZP_TEST_POISON
   if (p && n) c->r->ops->fill(c->r->be, p, dt, n, NAN);
@@ -525,6 +542,7 @@ static void host_init(zp_run* r, const char* name) {
   h->optim_begin = h_optim_begin;
   h->optim_update = h_optim_update;
   h->sumsq = h_sumsq;
+  h->sumsq_many = h_sumsq_many;
   h->poison = h_poison;
   h->note_io = h_note_io;
   h->note_bytes = h_note_bytes;

@@ -239,6 +239,12 @@ typedef struct zp_host {
    * rewrites the storage). */
   int (*fetch_state)(zp_host_ctx* ctx, int group, zp_category cat, void* host, uint64_t* ticket);
   int (*fetch_wait)(zp_host_ctx* ctx, int group, zp_category cat, uint64_t ticket);
+  /* ---- (1.8) sumsq of count device buffers in one call: out[i] (host) = what
+   * sumsq(ctx, xs[i], dts[i], ns[i], &out[i]) gives, bit for bit (ns[i] == 0: 0.0; count 0 is
+   * valid). The host arrays are read before the call returns. Where the backend has sumsq_many
+   * the device is waited for once, not once per buffer. Check ZP_TABLE_HAS(h, sumsq_many). */
+  int (*sumsq_many)(zp_host_ctx* ctx, int count, const void* const* xs, const zp_dtype* dts,
+                    const size_t* ns, double* out);
 } zp_host;
 #define ZP_FETCH_ALIGN 4096
 
@@ -563,6 +569,15 @@ typedef struct zp_backend_ops {
    *   to the sign of a zero). Input gradients keep their rules (layernorm_bwd still accumulates
    *   dinp), and encoder_bwd / encoder_masked_bwd always accumulate. Ordered like an op. */
   int (*grad_overwrite)(zp_backend* b, int on);
+  /* ---- optional (1.8): several sums of squares with one host synchronization (NULL: one
+   * sumsq() per tensor) ----
+   * sumsq_many: out_host[i] = exactly what sumsq(b, &out_host[i], xs[i], dts[i], ns[i]) gives,
+   *   bit for bit, for i < count (count 0 is valid; ns[i] == 0 gives 0.0). Synchronous like
+   *   sumsq (returns when every result is in out_host), but the backend waits for the device
+   *   at most once per call where it can (CUDA: once per batch of up to 1024 tensors). xs, dts,
+   *   ns and out_host are host arrays. */
+  int (*sumsq_many)(zp_backend* b, int count, const void* const* xs, const zp_dtype* dts,
+                    const size_t* ns, double* out_host);
 } zp_backend_ops;
 #define ZP_TIMER_SLOTS 65536
 

@@ -24,6 +24,11 @@ typedef struct {
   int gnext;
   int g0_armed;
   void** gview; /* [G] full gradient buffer armed for each group */
+  /* [G] the gradient norm's sumsq_many arguments (ABI 1.8), filled at each step */
+  const void** ss_x;
+  zp_dtype* ss_dt;
+  size_t* ss_n;
+  double* ss_out;
 } zero_common;
 
 #define ZC_TRY(x) do { int rc_ = (x); if (rc_) return rc_; } while (0)
@@ -34,9 +39,14 @@ static inline int zc_open(zero_common* z, const zp_host* h, int need_full_grads)
   memset(z, 0, sizeof *z);
   z->h = h;
   z->G = h->n_groups;
-  z->info = calloc((size_t)z->G, sizeof(zp_group_info));
-  z->gview = calloc((size_t)z->G, sizeof(void*));
-  if (!z->info || !z->gview) return ZP_E_NOMEM;
+  size_t G1 = (size_t)(z->G > 0 ? z->G : 1);
+  z->info = calloc(G1, sizeof(zp_group_info));
+  z->gview = calloc(G1, sizeof(void*));
+  z->ss_x = calloc(G1, sizeof(void*));
+  z->ss_dt = calloc(G1, sizeof(zp_dtype));
+  z->ss_n = calloc(G1, sizeof(size_t));
+  z->ss_out = calloc(G1, sizeof(double));
+  if (!z->info || !z->gview || !z->ss_x || !z->ss_dt || !z->ss_n || !z->ss_out) return ZP_E_NOMEM;
   uint64_t max_shard = 0, max_full = 0;
   for (int g = 0; g < z->G; g++) {
     ZC_TRY(h->group_info(h->ctx, g, &z->info[g]));
@@ -67,6 +77,10 @@ static inline void zc_close(zero_common* z) {
   }
   free(z->info);
   free(z->gview);
+  free(z->ss_x);
+  free(z->ss_dt);
+  free(z->ss_n);
+  free(z->ss_out);
   memset(z, 0, sizeof *z);
 }
 
@@ -122,16 +136,28 @@ static inline int zc_reduce_full_grad(zero_common* z, int g) {
 }
 
 /* The optimizer over this rank's shards. grad_of(g) gives the reduced shard gradient,
- * param_of(g) where the updated parameter shard goes. Norm: sum of shard sumsq over ranks. */
+ * param_of(g) where the updated parameter shard goes. Norm: sum of shard sumsq over ranks
+ * (ABI 1.8: every shard's sumsq in one sumsq_many, one device wait; added in group order
+ * either way, so the bits do not depend on which path ran). */
 typedef void* (*zc_ptr_fn)(zero_common* z, int g);
 static inline int zc_step_shards(zero_common* z, zc_ptr_fn grad_of, zc_ptr_fn param_of) {
   const zp_host* h = z->h;
   double ss = 0;
-  for (int g = 0; g < z->G; g++) {
-    double x;
-    const zp_group_info* in = &z->info[g];
-    ZC_TRY(h->sumsq(h->ctx, grad_of(z, g), in->dtype[ZP_CAT_GRAD], (size_t)in->shard_len, &x));
-    ss += x;
+  if (ZP_TABLE_HAS(h, sumsq_many)) {
+    for (int g = 0; g < z->G; g++) {
+      z->ss_x[g] = grad_of(z, g);
+      z->ss_dt[g] = z->info[g].dtype[ZP_CAT_GRAD];
+      z->ss_n[g] = (size_t)z->info[g].shard_len;
+    }
+    ZC_TRY(h->sumsq_many(h->ctx, z->G, z->ss_x, z->ss_dt, z->ss_n, z->ss_out));
+    for (int g = 0; g < z->G; g++) ss += z->ss_out[g];
+  } else {
+    for (int g = 0; g < z->G; g++) {
+      double x;
+      const zp_group_info* in = &z->info[g];
+      ZC_TRY(h->sumsq(h->ctx, grad_of(z, g), in->dtype[ZP_CAT_GRAD], (size_t)in->shard_len, &x));
+      ss += x;
+    }
   }
   ZC_TRY(h->allreduce(h->ctx, &ss, 1, ZP_F64, ZP_RED_SUM));
   ZC_TRY(h->optim_begin(h->ctx, ss));

@@ -5,7 +5,8 @@
  *   ZP_KIND_BACKEND, name "cuda", whose ops table is zpc_ops below.
  * - create() makes the device current, creates one non-blocking compute stream (or uses the
  *   legacy default stream when ZP_CUDA_STREAM=legacy, for event timing in tests), one cuBLASLt
- *   handle and the 32 MiB cuBLASLt workspace; destroy() releases exactly those (plus scratch).
+ *   handle, the 32 MiB cuBLASLt workspace and the sumsq buffers (partials, and the 1.8
+ *   sumsq_many result slots, device and pinned); destroy() releases exactly those (plus scratch).
  * - Kernel choices, read at create() (defaults: ZPC_DEFAULT_* below):
  *   ZP_CUDA_ATTN = fa2: the mma.sync kernels of attention_fa2.cu where head size (32/64/128)
  *   and 16-byte alignment allow, else the WMMA kernels (same aux), else attention.cu;
@@ -240,6 +241,10 @@ static int zpc_create(const zp_host* host, const zp_backend_config* cfg, zp_back
     TRY(cudaMalloc(&b->workspace, ZPC_WORKSPACE_BYTES));
     TRY(cudaMalloc((void**)&b->d_sumsq, (ZPC_SUMSQ_BLOCKS + 1) * sizeof(double)));
     TRY(cudaMallocHost((void**)&b->h_sumsq, sizeof(double)));
+    TRY(cudaMalloc((void**)&b->d_sumsq_slots, ZPC_SUMSQ_SLOTS * sizeof(double)));
+    TRY(cudaMallocHost((void**)&b->h_sumsq_slots, ZPC_SUMSQ_SLOTS * sizeof(double)));
+    /* slots of empty tensors are copied back unwritten: keep them defined */
+    TRY(cudaMemsetAsync(b->d_sumsq_slots, 0, ZPC_SUMSQ_SLOTS * sizeof(double), b->stream));
   }
 #undef TRY
   {
@@ -287,6 +292,8 @@ static void zpc_destroy(zp_backend* b) {
   if (b->scratch) cudaFree(b->scratch);
   if (b->d_sumsq) cudaFree(b->d_sumsq);
   if (b->h_sumsq) cudaFreeHost(b->h_sumsq);
+  if (b->d_sumsq_slots) cudaFree(b->d_sumsq_slots);
+  if (b->h_sumsq_slots) cudaFreeHost(b->h_sumsq_slots);
   if (b->h_tok) cudaFreeHost(b->h_tok);
   for (int i = 0; i < b->n_timer_ev; i++)
     if (b->timer_ev[i]) cudaEventDestroy(b->timer_ev[i]);
@@ -652,6 +659,7 @@ static const zp_backend_ops zpc_ops = {
     zpc_side_begin, /* 1.7: a side stream (the optimizer overlap) */
     zpc_side_end,
     zpc_grad_overwrite, /* 1.8: parameter gradients written, not accumulated */
+    zpc_sumsq_many,     /* 1.8: the gradient norm's sums with one host wait (kernels_reduce.cu) */
 };
 
 static const zp_plugin_desc zpc_desc = {

@@ -2,7 +2,7 @@
  *
  * Invariants:
  * - Every op is issued on b->stream, in call order; only synchronize(), copy_h2d, copy_d2h,
- *   sumsq, encoder_bwd (it bucket-sorts token ids on the host), free() and a growth of the op
+ *   sumsq, sumsq_many (once per call of up to ZPC_SUMSQ_SLOTS tensors), encoder_bwd (it bucket-sorts token ids on the host), free() and a growth of the op
  *   scratch wait for the stream.
  * - Every CUDA / cuBLASLt failure becomes ZP_E_DEVICE with a message naming the call and the
  *   CUDA error string, through zpc_err (host->set_error, or stderr when host is NULL).
@@ -32,6 +32,7 @@ typedef __nv_bfloat16 bf16;
 
 #define ZPC_WORKSPACE_BYTES ((size_t)32 << 20) /* cuBLASLt workspace, allocated at create */
 #define ZPC_SUMSQ_BLOCKS 1024                  /* fixed: keeps sumsq's summation order fixed */
+#define ZPC_SUMSQ_SLOTS 1024                   /* sumsq_many: results per host wait (batch) */
 #define ZPC_ALGO_CACHE 128                     /* cached cuBLASLt heuristic answers */
 #define ZPC_TUNE_CANDIDATES 8                  /* heuristic answers timed with ZP_CUDA_GEMM_TUNE */
 
@@ -88,6 +89,8 @@ struct zp_backend {
   size_t scratch_bytes;
   double* d_sumsq;       /* ZPC_SUMSQ_BLOCKS + 1 doubles */
   double* h_sumsq;       /* pinned: 1 double */
+  double* d_sumsq_slots; /* sumsq_many (1.8): ZPC_SUMSQ_SLOTS results on the device */
+  double* h_sumsq_slots; /* pinned: ZPC_SUMSQ_SLOTS doubles (allocated at create, never in a call) */
   int32_t* h_tok;        /* pinned staging for encoder_bwd: token ids, then bucket arrays */
   size_t h_tok_cap;      /* in int32 elements */
   int sm_count;
@@ -220,6 +223,8 @@ int zpc_accumulate(zp_backend* b, void* dst, zp_dtype dt, const void* src, zp_dt
 int zpc_fill(zp_backend* b, void* dst, zp_dtype dt, size_t n, double value);
 int zpc_scale(zp_backend* b, void* x, zp_dtype dt, size_t n, float s);
 int zpc_sumsq(zp_backend* b, double* out_host, const void* x, zp_dtype dt, size_t n);
+int zpc_sumsq_many(zp_backend* b, int count, const void* const* xs, const zp_dtype* dts,
+                   const size_t* ns, double* out_host);
 int zpc_gelu_fwd(zp_backend* b, void* out, const void* inp, size_t n);
 int zpc_gelu_bwd(zp_backend* b, void* dinp, const void* inp, const void* dout, size_t n);
 int zpc_residual_fwd(zp_backend* b, void* out, const void* a, const void* c, size_t n);

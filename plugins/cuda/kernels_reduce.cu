@@ -1,5 +1,5 @@
 /* kernels_reduce.cu: deterministic reductions: column sums (bias / layernorm parameter grads)
- * and sumsq (gradient norm).
+ * and sumsq (gradient norm; sumsq_many, ABI 1.8: many tensors, one host wait).
  *
  * Invariants: no floating-point atomics anywhere; every partition of the work (row chunks,
  * blocks) is a function of the problem size only, never of the device, so a result is bitwise
@@ -165,12 +165,11 @@ __global__ void zpc_sumsq_final_kernel(double* out, const double* part, int G) {
   if (threadIdx.x == 0) *out = sh[0];
 }
 
-int zpc_sumsq(zp_backend* b, double* out_host, const void* x, zp_dtype dt, size_t n) {
-  if (!out_host) return ZPC_INVALID(b, "cuda backend: sumsq: out_host is NULL");
-  if (n == 0) {
-    *out_host = 0.0;
-    return ZP_OK;
-  }
+/* issue the partial and final kernels of the sum of squares of x (n > 0): *dst (device) = the
+ * sum, in the fixed order set by n alone (ZPC_SUMSQ_BLOCKS caps the partial grid). Uses
+ * b->d_sumsq[0, G) for the partials: later calls on the stream may reuse it at once. */
+static int zpc_sumsq_issue(zp_backend* b, double* dst, const void* x, zp_dtype dt, size_t n,
+                           const char* op) {
   size_t want = (n + 255) / 256;
   int G = (int)(want < ZPC_SUMSQ_BLOCKS ? want : ZPC_SUMSQ_BLOCKS);
   int rc = zpc_with_dtype(dt, [&](auto* tag) {
@@ -180,14 +179,55 @@ int zpc_sumsq(zp_backend* b, double* out_host, const void* x, zp_dtype dt, size_
     return (int)ZP_OK;
   });
   if (rc == -1)
-    return zpc_err(b->host, ZP_E_NOT_IMPLEMENTED, "cuda backend: sumsq: dtype %d not supported",
+    return zpc_err(b->host, ZP_E_NOT_IMPLEMENTED, "cuda backend: %s: dtype %d not supported", op,
                    (int)dt);
   if (rc) return rc;
-  zpc_sumsq_final_kernel<<<1, 1024, 0, b->stream>>>(b->d_sumsq + ZPC_SUMSQ_BLOCKS, b->d_sumsq, G);
+  zpc_sumsq_final_kernel<<<1, 1024, 0, b->stream>>>(dst, b->d_sumsq, G);
   ZPC_LAUNCHED(b, "sumsq_final");
+  return ZP_OK;
+}
+
+int zpc_sumsq(zp_backend* b, double* out_host, const void* x, zp_dtype dt, size_t n) {
+  if (!out_host) return ZPC_INVALID(b, "cuda backend: sumsq: out_host is NULL");
+  if (n == 0) {
+    *out_host = 0.0;
+    return ZP_OK;
+  }
+  int rc = zpc_sumsq_issue(b, b->d_sumsq + ZPC_SUMSQ_BLOCKS, x, dt, n, "sumsq");
+  if (rc) return rc;
   ZPC_CUDA(b, cudaMemcpyAsync(b->h_sumsq, b->d_sumsq + ZPC_SUMSQ_BLOCKS, sizeof(double),
                               cudaMemcpyDeviceToHost, b->stream));
   ZPC_CUDA(b, cudaStreamSynchronize(b->stream));
   *out_host = *b->h_sumsq;
+  return ZP_OK;
+}
+
+/* ABI 1.8: tensor i's partial and final kernels as in zpc_sumsq (the same bits), the final one
+ * writing slot i of b->d_sumsq_slots; then one copy of the slots to pinned memory and one wait
+ * per batch of ZPC_SUMSQ_SLOTS tensors. Empty tensors launch nothing: their result is 0.0. */
+int zpc_sumsq_many(zp_backend* b, int count, const void* const* xs, const zp_dtype* dts,
+                   const size_t* ns, double* out_host) {
+  if (count < 0) return ZPC_INVALID(b, "cuda backend: sumsq_many: negative count %d", count);
+  if (count == 0) return ZP_OK;
+  if (!out_host) return ZPC_INVALID(b, "cuda backend: sumsq_many: out_host is NULL");
+  if (!xs || !dts || !ns)
+    return ZPC_INVALID(b, "cuda backend: sumsq_many: %d tensors without their tables", count);
+  for (int first = 0, m = 0; first < count; first += m) { /* first + m <= count: no overflow */
+    m = count - first < ZPC_SUMSQ_SLOTS ? count - first : ZPC_SUMSQ_SLOTS;
+    int any = 0;
+    for (int k = 0; k < m; k++) {
+      const int i = first + k;
+      if (ns[i] == 0) continue;
+      int rc = zpc_sumsq_issue(b, b->d_sumsq_slots + k, xs[i], dts[i], ns[i], "sumsq_many");
+      if (rc) return rc;
+      any = 1;
+    }
+    if (any) {
+      ZPC_CUDA(b, cudaMemcpyAsync(b->h_sumsq_slots, b->d_sumsq_slots, (size_t)m * sizeof(double),
+                                  cudaMemcpyDeviceToHost, b->stream));
+      ZPC_CUDA(b, cudaStreamSynchronize(b->stream));
+    }
+    for (int k = 0; k < m; k++) out_host[first + k] = ns[first + k] ? b->h_sumsq_slots[k] : 0.0;
+  }
   return ZP_OK;
 }

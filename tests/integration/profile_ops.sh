@@ -2,8 +2,8 @@
 # profile_ops.sh BUILD SRC SHARED: train.profile_ops (core/op_profile.c) on the CPU backend.
 # Claims checked: profiling does not change the results (losses and parameters bitwise); the
 # table counts exactly the step's ops (per step: one qkv matmul forward and backward per block,
-# one classifier matmul each way, two layernorm forwards per block plus the final one) and not
-# validation's; the ops' total is within the measured step time. Both timing modes: device
+# one classifier matmul each way, two layernorm forwards per block plus the final one, one
+# gradient-norm sumsq_many, listed as "sumsq") and not validation's; the ops' total is within the measured step time. Both timing modes: device
 # timestamps (the CPU backend has the ABI 1.3 timer ops: the default) with the device's idle
 # time, and issue + synchronize (train.profile_sync), which must count the same calls.
 set -euo pipefail
@@ -26,7 +26,8 @@ else
 fi
 row() { grep -E "^\| $1 \|" "${2:-$work/prof.log}" | awk -F'|' '{gsub(/ /, "", $3); print $3}'; }
 # equiv.toml: 2 blocks, d_model 32 (qkv 32x96), vocab padded 320
-want=("matmul_fwd 32x96:2.0" "matmul_bwd 32x96:2.0" "matmul_fwd 32x320:1.0" "matmul_bwd 32x320:1.0" "layernorm_fwd:5.0" "attention_bwd:2.0")
+# sumsq: the gradient norm is one sumsq_many over the 4 groups (ABI 1.8), timed as one "sumsq"
+want=("matmul_fwd 32x96:2.0" "matmul_bwd 32x96:2.0" "matmul_fwd 32x320:1.0" "matmul_bwd 32x320:1.0" "layernorm_fwd:5.0" "attention_bwd:2.0" "sumsq:1.0")
 for w in "${want[@]}"; do
   got=$(row "${w%:*}")
   gots=$(row "${w%:*}" "$work/profs.log")

@@ -3,7 +3,8 @@
  * F64; backward ops accumulate (dweight twice = 2x, exactly) or overwrite (dinp) as the
  * contract says; F32 forwards match F64 within ~1e-5; built-in GEMM matches a naive loop and
  * BLAS; AdamW matches a double-precision scalar reference; bf16 rounding is round-to-nearest-
- * even, once; results are bitwise identical with 1 and 2 OpenMP threads. */
+ * even, once; results are bitwise identical with 1 and 2 OpenMP threads; sumsq_many (ABI 1.8)
+ * equals per-tensor sumsq bit for bit. */
 #include <float.h>
 #include <math.h>
 #include <omp.h>
@@ -1026,6 +1027,59 @@ static void test_grad_overwrite(void) {
   }
 }
 
+/* ABI 1.8 sumsq_many: each result is per-tensor sumsq's, bit for bit (mixed dtypes, odd lengths,
+ * a tensor long enough for several chunks, an empty one; count 0 writes nothing); bad arguments
+ * are ZP_E_INVALID with a message. */
+static void test_sumsq_many(void) {
+  CHECK(O->sumsq_many != NULL);
+  enum { K = 7 };
+  const size_t ns[K] = {1, 3, 0, 100003, 8193, 257, 5};
+  const zp_dtype dts[K] = {ZP_F32, ZP_BF16, ZP_F64, ZP_F32, ZP_BF16, ZP_F64, ZP_F32};
+  void* bufs[K];
+  const void* xs[K];
+  for (int i = 0; i < K; i++) {
+    double* v = drand(ns[i], -2, 2);
+    bufs[i] = malloc((ns[i] ? ns[i] : 1) * zp_dtype_size(dts[i]));
+    CHECK_EQ_INT(O->cast(b32, bufs[i], dts[i], v, ZP_F64, ns[i]), ZP_OK);
+    free(v);
+    xs[i] = bufs[i];
+  }
+  xs[2] = NULL; /* empty: never read */
+  double one[K], many[K];
+  for (int i = 0; i < K; i++) {
+    CHECK_EQ_INT(O->sumsq(b32, &one[i], xs[i], dts[i], ns[i]), ZP_OK);
+    many[i] = -1;
+  }
+  CHECK_EQ_INT(O->sumsq_many(b32, K, xs, dts, ns, many), ZP_OK);
+  CHECK(memcmp(one, many, sizeof one) == 0);
+  CHECK(many[2] == 0.0 && one[3] > 0);
+  /* on the F64 backend and over a sub-range (the op does not depend on the compute dtype) */
+  for (int i = 0; i < K; i++) many[i] = -1;
+  CHECK_EQ_INT(O->sumsq_many(b64, K - 2, xs + 2, dts + 2, ns + 2, many), ZP_OK);
+  CHECK(memcmp(one + 2, many, (K - 2) * sizeof(double)) == 0);
+  CHECK(many[K - 2] == -1); /* nothing written past count */
+  /* count 0: valid, writes nothing (tables may be NULL) */
+  many[0] = -1;
+  CHECK_EQ_INT(O->sumsq_many(b32, 0, xs, dts, ns, many), ZP_OK);
+  CHECK_EQ_INT(O->sumsq_many(b32, 0, NULL, NULL, NULL, NULL), ZP_OK);
+  CHECK(many[0] == -1);
+  /* errors */
+  last_err[0] = 0;
+  CHECK_EQ_INT(O->sumsq_many(b32, K, xs, dts, ns, NULL), ZP_E_INVALID);
+  CHECK_STR_CONTAINS(last_err, "sumsq_many");
+  last_err[0] = 0;
+  CHECK_EQ_INT(O->sumsq_many(b32, 2, NULL, dts, ns, many), ZP_E_INVALID);
+  CHECK_STR_CONTAINS(last_err, "sumsq_many");
+  last_err[0] = 0;
+  CHECK_EQ_INT(O->sumsq_many(b32, -1, xs, dts, ns, many), ZP_E_INVALID);
+  CHECK_STR_CONTAINS(last_err, "negative count");
+  last_err[0] = 0;
+  const zp_dtype bad_dt[2] = {ZP_F32, ZP_I32};
+  CHECK_EQ_INT(O->sumsq_many(b32, 2, xs, bad_dt, ns, many), ZP_E_INVALID); /* per-tensor sumsq's check */
+  CHECK_STR_CONTAINS(last_err, "sumsq");
+  for (int i = 0; i < K; i++) free(bufs[i]);
+}
+
 int main(void) {
   unsetenv("ZP_CPU_GEMM"); /* the cases below set it themselves to cover both GEMMs */
   O = zp_cpu_backend_ops();
@@ -1055,6 +1109,7 @@ int main(void) {
   ZT_RUN(test_timers);
   ZT_RUN(test_side_stream);
   ZT_RUN(test_grad_overwrite);
+  ZT_RUN(test_sumsq_many);
   O->destroy(b32);
   O->destroy(b64);
   return zt_done();
