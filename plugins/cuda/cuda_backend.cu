@@ -14,8 +14,12 @@
  *   naive: always the cuBLASLt path of attention.cu.
  *   ZP_CUDA_FUSE_GELU = 1: matmul_gelu_fwd / matmul_dgelu_bwd use cuBLASLt's GELU epilogues;
  *   0: they run matmul and the gelu kernel separately (same contract).
- *   ZP_CUDA_LN = fast (kernels_layernorm.cu) | pf (the same kernels loading the next rows before
- *   the current ones' reductions: the same bits) | legacy (kernels_layernorm_legacy.cu).
+ *   ZP_CUDA_LN = pf (default: kernels_layernorm.cu loading the next rows before the current
+ *   ones' reductions; the same bits as fast, 1.09x / 1.16x faster fwd / bwd at GPT-2 1.5B's
+ *   shape on the H100) | fast (kernels_layernorm.cu without it) | legacy
+ *   (kernels_layernorm_legacy.cu).
+ *   ZP_CUDA_SUMSQ_MANY = 1 (default: sumsq_many waits once per call) | 0 (once per tensor, as
+ *   sumsq calls would: for A/B timing; the same bits).
  *   ZP_CUDA_FUSE_RES = 1 (matmul_res_fwd: the residual is the GEMM's C) | 0 (two passes).
  *   ZP_CUDA_BGRAD = 0 (default: a deterministic column-sum pass over dout) | 1 (matmul_bwd's bias
  *   gradient from the dW GEMM's BGRADB epilogue: measured slower on the H100, docs/perf.md 15).
@@ -46,7 +50,7 @@
  * (2026-12-07, docs/perf.md). The previous kernels stay selectable for comparison. */
 #define ZPC_DEFAULT_ATTN 2      /* fa2 (mma.sync) */
 #define ZPC_DEFAULT_FUSE_GELU 1 /* GELU in the cuBLASLt epilogues */
-#define ZPC_DEFAULT_LN_FAST 1   /* vectorized layernorm */
+#define ZPC_DEFAULT_LN_FAST 2   /* vectorized layernorm, prefetching (pf; docs/perf.md 21) */
 #define ZPC_DEFAULT_FUSE_RES 1  /* the residual as the GEMM's C (measured: docs/perf.md) */
 #define ZPC_DEFAULT_FA2_FWD 0   /* fast (measured: docs/perf.md) */
 #define ZPC_DEFAULT_BGRAD 0     /* column sums: the BGRADB epilogue measured slower (docs/perf.md 15) */
@@ -150,6 +154,7 @@ static const struct zpc_switch zpc_switches[] = {
     {"ZP_CUDA_BGRAD", offsetof(zp_backend, bgrad), ZPC_DEFAULT_BGRAD, {"0", "1"}},
     {"ZP_CUDA_PRIO", offsetof(zp_backend, prio), 1, {"0", "1"}},
     {"ZP_CUDA_ADAMW_GRID", offsetof(zp_backend, adamw_grid), 1, {"capped", "full"}},
+    {"ZP_CUDA_SUMSQ_MANY", offsetof(zp_backend, sumsq_many), 1, {"0", "1"}},
 };
 
 static int* zpc_switch_field(const struct zpc_switch* w, zp_backend* b) {

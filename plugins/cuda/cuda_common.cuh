@@ -79,6 +79,7 @@ struct zp_backend {
   cudaStream_t side_stream, main_stream;
   int in_side, prio;
   int grad_overwrite; /* 1.8: parameter gradients overwritten (dW beta 0, column sums stored) */
+  int sumsq_many;     /* ZP_CUDA_SUMSQ_MANY: 1 one wait per call (default), 0 one per tensor */
   int adamw_grid;        /* ZP_CUDA_ADAMW_GRID: 0 capped (16 blocks per SM, grid-stride), 1 full (default)
                             (one block per 1024 elements: short blocks that interleave with other
                             streams' kernels) */

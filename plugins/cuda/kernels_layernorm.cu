@@ -16,10 +16,11 @@
  *   vectors t, t + T, ... (VPT of them: 1 up to C = 4096, 2 up to C = 8192) and holds the raw
  *   data of ROWS rows in registers (4 rows at VPT 1, 2 at VPT 2; loaded up front, reused by
  *   every pass). The backward needs up to 128 registers per thread (sm_90), no spills.
- *   ZP_CUDA_LN=pf: the same kernels with PF = true: half the rows per iteration (2 at VPT 1,
- *   1 at VPT 2), and the next iteration's rows are loaded into a second set of registers
- *   before this iteration's block sums, so the loads wait across the barriers instead of
- *   after them. Every row's arithmetic and every sum's order are unchanged: the same bits.
+ *   ZP_CUDA_LN=pf (the default): at VPT 1 the same kernels with PF = true: 2 rows per
+ *   iteration instead of 4, and the next iteration's rows are loaded into a second set of
+ *   registers before this iteration's block sums, so the loads wait across the barriers
+ *   instead of after them. Every row's arithmetic and every sum's order are unchanged: the
+ *   same bits as fast. VPT 2 (C > 4096) runs the fast kernels in both modes.
  * - Any other C or alignment (and C > 8192): scalar loads, 256 threads, one row at a time,
  *   the row re-read from cache for each pass; its dw / dbias partials live in the scratch rows.
  * Deterministic, no atomics: the backward splits the rows into P = ceil(N / rpc) chunks of
@@ -484,13 +485,13 @@ int zpc_layernorm_fwd_fast(zp_backend* b, void* out, float* mean, float* rstd, c
              zpc_ln_al16(bias))
                 ? zpc_ln_vpt(C, &T)
                 : 0;
+  /* pf only at VPT 1 (C <= 4096): measured faster there; at VPT 2 the one shape timed (N 40,
+   * C 4104) was not (docs/perf.md 21) */
   const bool pf = b->ln_fast == ZPC_LN_PF;
   if (vpt == 1)
     return pf ? zpc_ln_fwd_vec<1, 2, true>(b, T, o, mean, rstd, x, wb, bb, N, C)
               : zpc_ln_fwd_vec<1, 4, false>(b, T, o, mean, rstd, x, wb, bb, N, C);
-  if (vpt == 2)
-    return pf ? zpc_ln_fwd_vec<2, 1, true>(b, T, o, mean, rstd, x, wb, bb, N, C)
-              : zpc_ln_fwd_vec<2, 2, false>(b, T, o, mean, rstd, x, wb, bb, N, C);
+  if (vpt == 2) return zpc_ln_fwd_vec<2, 2, false>(b, T, o, mean, rstd, x, wb, bb, N, C);
   unsigned grid = 1;
   int rc = zpc_ln_grid(b, zpc_ln_fwd_any_kernel, ZPC_LN_ANY_THREADS, N, &grid);
   if (rc) return rc;
@@ -547,9 +548,8 @@ int zpc_layernorm_bwd_fast(zp_backend* b, void* dinp, void* dw, void* dbias, con
   if (vpt == 1)
     rc = pf ? zpc_ln_bwd_vec<1, 2, true>(b, T, dx, pdw, pdb, dy, x, wb, mean, rstd, N, C, rpc, nchunks)
             : zpc_ln_bwd_vec<1, 4, false>(b, T, dx, pdw, pdb, dy, x, wb, mean, rstd, N, C, rpc, nchunks);
-  else if (vpt == 2)
-    rc = pf ? zpc_ln_bwd_vec<2, 1, true>(b, T, dx, pdw, pdb, dy, x, wb, mean, rstd, N, C, rpc, nchunks)
-            : zpc_ln_bwd_vec<2, 2, false>(b, T, dx, pdw, pdb, dy, x, wb, mean, rstd, N, C, rpc, nchunks);
+  else if (vpt == 2) /* pf only at VPT 1, as in the forward */
+    rc = zpc_ln_bwd_vec<2, 2, false>(b, T, dx, pdw, pdb, dy, x, wb, mean, rstd, N, C, rpc, nchunks);
   else {
     unsigned grid = 1;
     rc = zpc_ln_grid(b, zpc_ln_bwd_any_kernel, ZPC_LN_ANY_THREADS, nchunks, &grid);

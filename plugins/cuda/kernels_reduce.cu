@@ -212,6 +212,13 @@ int zpc_sumsq_many(zp_backend* b, int count, const void* const* xs, const zp_dty
   if (!out_host) return ZPC_INVALID(b, "cuda backend: sumsq_many: out_host is NULL");
   if (!xs || !dts || !ns)
     return ZPC_INVALID(b, "cuda backend: sumsq_many: %d tensors without their tables", count);
+  if (!b->sumsq_many) { /* ZP_CUDA_SUMSQ_MANY=0 (A/B timing): one host wait per tensor */
+    for (int i = 0; i < count; i++) {
+      int rc = zpc_sumsq(b, out_host + i, xs[i], dts[i], ns[i]);
+      if (rc) return rc;
+    }
+    return ZP_OK;
+  }
   for (int first = 0, m = 0; first < count; first += m) { /* first + m <= count: no overflow */
     m = count - first < ZPC_SUMSQ_SLOTS ? count - first : ZPC_SUMSQ_SLOTS;
     int any = 0;
