@@ -613,6 +613,7 @@ int zp_train(zp_config* cfg, zp_comm* comm, char* err, size_t errlen) {
   int stopped_by = 0;
   double lr_override = -1;
   int64_t step;
+  const int profile = zp_cfg_bool(cfg, "train.profile_ops");
   for (step = start; step < steps; step++) {
     double t0 = zp_now_us();
     zp_op_profile_enable(1); /* (no-op without train.profile_ops) only the step's ops count */
@@ -640,6 +641,10 @@ int zp_train(zp_config* cfg, zp_comm* comm, char* err, size_t errlen) {
     zp_crashpoint("mid_step", t->rank); /* crash tests: ZP_CRASH_AT=mid_step[:n][@rank] */
     double ts = zp_now_us();
     if (!t->pipe && (rc = zp_run_step(r, (float)lr))) goto fail_run; /* the pipeline ran its STEP */
+    /* the op profile reads every op's timestamps here, so the optimizer update on the side
+     * stream (train.overlap_optimizer) must be done too: a profiled step ends with its update,
+     * as without the overlap (the update is then timed whole, not hidden) */
+    if (profile && (rc = zp_run_fence_all(r))) goto fail_run;
     r->ops->synchronize(r->be);
     zp_op_profile_enable(0);
     if (!t->pipe) zp_trace_span(ZP_TR_COMPUTE, "optimizer step", (int)step, ts);
