@@ -1224,6 +1224,15 @@ int zp_run_fence(zp_run* r, int g) {
   }
   return rc;
 }
+int zp_run_wait_updates(zp_run* r) {
+  int rc = ZP_OK;
+  for (int g = 0; g < r->layout.n_groups && !rc; g++) {
+    zp_group_rt* G = &r->groups[g];
+    if (G->opt_ticket) rc = r->ops->copy_wait(r->be, G->opt_ticket, 1);
+    G->opt_ticket = 0;
+  }
+  return rc;
+}
 int zp_run_fence_all(zp_run* r) {
   if (!r->overlap) return ZP_OK;
   int rc = ZP_OK;

@@ -151,6 +151,9 @@ int zp_run_zero_grads(zp_run* r);
  * old values) now; anything other than the micro-batch's backward that reads or accumulates
  * into gradients calls this first (zp_run_step does) */
 int zp_run_grads_materialize(zp_run* r);
+/* optimizer overlap: later compute-stream work waits for every group's side-stream update (the
+ * gradients stay pending: zeroed at each group's fence as usual); for the op profile */
+int zp_run_wait_updates(zp_run* r);
 /* optimizer overlap (train.overlap_optimizer): make later compute-stream work wait for group g's
  * side-stream update (and zero its gradient for the next step); _all: every group. No-ops when
  * the overlap is off. zp_run_forward_group and the state reads call them. */

@@ -644,7 +644,7 @@ int zp_train(zp_config* cfg, zp_comm* comm, char* err, size_t errlen) {
     /* the op profile reads every op's timestamps here, so the optimizer update on the side
      * stream (train.overlap_optimizer) must be done too: a profiled step ends with its update,
      * as without the overlap (the update is then timed whole, not hidden) */
-    if (profile && (rc = zp_run_fence_all(r))) goto fail_run;
+    if (profile && (rc = zp_run_wait_updates(r))) goto fail_run;
     r->ops->synchronize(r->be);
     zp_op_profile_enable(0);
     if (!t->pipe) zp_trace_span(ZP_TR_COMPUTE, "optimizer step", (int)step, ts);
