@@ -5,8 +5,11 @@
  *   backend's compute dtype. Errors: status code + message through host->set_error (when a host
  *   with set_error was given); never abort or exit.
  * - Memory is host memory from aligned_alloc(64) (not zeroed); copies are memcpy; every op is
- *   synchronous, so synchronize() is a no-op. The exception is copy_async (ABI 1.5): deferred
- *   until copy_wait, so that a missing wait fails tests here instead of racing on a GPU.
+ *   synchronous, so synchronize() is a no-op. The exceptions are copy_async (ABI 1.5): deferred
+ *   until copy_wait, and the side stream's AdamW and timer marks (ABI 1.7): deferred until
+ *   their side_end ticket is waited for or a copy_d2h reads memory, so that a missing wait
+ *   fails tests here (stale values, an unreached timer slot) instead of racing on a GPU.
+ *   Any other op issued on the side stream first runs the side work queued before it.
  * - cast/accumulate/fill/scale/sumsq take F32, F64 and BF16 in any combination. accumulate
  *   computes in double when either side is F64 or dst is BF16, otherwise in float; BF16
  *   results are rounded once (round to nearest even, bf16.h). sumsq sums in double over fixed
@@ -49,8 +52,25 @@ struct zp_backend {
   int cq_head, cq_len;
   uint64_t c_next, c_done; /* last ticket issued, last ticket done */
   int in_side;             /* between side_begin and side_end (1.7) */
+  /* side work (1.7) deferred in issue order: AdamW calls and timer marks; ticket 0 until the
+   * side_end that closes them; run by cpu_side_run */
+  struct cpu_side_op* sq;
+  int sq_len, sq_cap;
+  int side_running; /* cpu_side_run is executing queued work: ops run, nothing queues */
   int grad_overwrite;      /* parameter gradients overwritten, not accumulated (1.8) */
 };
+
+typedef struct cpu_side_op {
+  int kind; /* 0: adamw, 1: timer mark */
+  uint64_t ticket;
+  void* param;
+  zp_dtype pdt, gdt;
+  float *master, *m, *v;
+  const void* grad;
+  size_t n;
+  float lr, beta1, beta2, eps, wd, gs;
+  int step_t, slot;
+} cpu_side_op;
 
 static int zp_cpu_cmp_u64(const void* a, const void* b) {
   uint64_t x = *(const uint64_t*)a, y = *(const uint64_t*)b;
@@ -133,9 +153,17 @@ __attribute__((format(printf, 3, 4))) static int zp_host_fail(const zp_host* hos
   do {                                                          \
     if (!(cond)) return zp_cpu_fail(b, ZP_E_INVALID, __VA_ARGS__); \
   } while (0)
-#define ZP_NEED_B() \
-  do {              \
-    if (!b) return ZP_E_INVALID; \
+static void cpu_side_run(zp_backend* b, uint64_t upto);
+/* every op: side work queued before an op issued on the side stream runs first (in order) */
+#define ZP_NEED_B()                                           \
+  do {                                                        \
+    if (!b) return ZP_E_INVALID;                              \
+    if (b->in_side && b->sq_len && !b->side_running) cpu_side_run(b, UINT64_MAX); \
+  } while (0)
+/* the ops that queue side work, or manage the queue and the tickets */
+#define ZP_NEED_BQ()                 \
+  do {                               \
+    if (!b) return ZP_E_INVALID;     \
   } while (0)
 
 static int zp_cpu_status(zp_backend* b, int st, const char* op) {
@@ -193,6 +221,7 @@ static int cpu_create(const zp_host* host, const zp_backend_config* cfg, zp_back
 static void cpu_destroy(zp_backend* b) {
   if (b) {
     free(b->marks);
+    free(b->sq); /* side work never waited for is dropped, like copies */
     pthread_mutex_destroy(&b->cmu); /* copies never waited for are dropped */
   }
   free(b);
@@ -205,6 +234,7 @@ static void cpu_copy_run_oldest(zp_backend* b) { /* b->cmu held, cq_len > 0 */
   b->c_done = b->cq[i].ticket;
   b->cq_head = (b->cq_head + 1) % ZP_CPU_COPY_QUEUE;
   b->cq_len--;
+  if (b->sq_len) cpu_side_run(b, b->c_done); /* the side work a ticket up to here closed */
 }
 static int cpu_copy_async(zp_backend* b, void* dst, const void* src, size_t bytes, int h2d, uint64_t* ticket) {
   ZP_NEED_B();
@@ -224,25 +254,66 @@ static int cpu_copy_async(zp_backend* b, void* dst, const void* src, size_t byte
 }
 /* ---- the side stream (1.7): ops are synchronous here, so side work is done when issued; the
  * ticket is a zero-byte deferred copy, so waiting for it also runs the copies issued before ---- */
+static int cpu_adamw_now(zp_backend* b, void* param, zp_dtype pdt, float* master, const void* grad,
+                         zp_dtype gdt, float* m, float* v, size_t n, float lr, float beta1,
+                         float beta2, float eps, float weight_decay, float grad_scale, int step_t);
+static void cpu_mark_now(zp_backend* b, int slot);
+
+/* queue one piece of side work (its arguments already checked) */
+static int cpu_side_push(zp_backend* b, const cpu_side_op* op) {
+  if (b->sq_len == b->sq_cap) {
+    int n = b->sq_cap ? 2 * b->sq_cap : 64;
+    cpu_side_op* q = (cpu_side_op*)realloc(b->sq, (size_t)n * sizeof *q);
+    if (!q) return zp_cpu_fail(b, ZP_E_NOMEM, "cpu backend: out of memory queueing side-stream work");
+    b->sq = q;
+    b->sq_cap = n;
+  }
+  b->sq[b->sq_len++] = *op;
+  return ZP_OK;
+}
+/* run the queued side work in issue order: all of it (upto UINT64_MAX), or what tickets up to
+ * `upto` closed (a prefix: tickets grow, the open side region's work is last) */
+static void cpu_side_run(zp_backend* b, uint64_t upto) {
+  if (b->side_running) return;
+  b->side_running = 1;
+  int k = 0;
+  for (; k < b->sq_len; k++) {
+    const cpu_side_op* o = &b->sq[k];
+    if (upto != UINT64_MAX && (o->ticket == 0 || o->ticket > upto)) break;
+    if (o->kind == 1) cpu_mark_now(b, o->slot);
+    else /* arguments were checked when queued; a kernel refusal is reported through set_error */
+      (void)cpu_adamw_now(b, o->param, o->pdt, o->master, o->grad, o->gdt, o->m, o->v, o->n, o->lr, o->beta1, o->beta2,
+                          o->eps, o->wd, o->gs, o->step_t);
+  }
+  memmove(b->sq, b->sq + k, (size_t)(b->sq_len - k) * sizeof *b->sq);
+  b->sq_len -= k;
+  b->side_running = 0;
+}
+
 static int cpu_side_begin(zp_backend* b) {
-  ZP_NEED_B();
+  ZP_NEED_BQ();
   ZP_REQ(!b->in_side, "cpu backend: side_begin: already on the side stream (not nested)");
   b->in_side = 1;
   return ZP_OK;
 }
 static int cpu_side_end(zp_backend* b, uint64_t* ticket) {
-  ZP_NEED_B();
+  ZP_NEED_BQ();
   ZP_REQ(ticket, "cpu backend: side_end: ticket is NULL");
   ZP_REQ(b->in_side, "cpu backend: side_end without side_begin");
   b->in_side = 0;
-  return cpu_copy_async(b, NULL, NULL, 0, 0, ticket);
+  int rc = cpu_copy_async(b, NULL, NULL, 0, 0, ticket);
+  if (rc) return rc;
+  for (int k = 0; k < b->sq_len; k++) /* the work of the region just closed */
+    if (b->sq[k].ticket == 0) b->sq[k].ticket = *ticket;
+  return ZP_OK;
 }
 static int cpu_copy_wait(zp_backend* b, uint64_t ticket, int device) {
-  ZP_NEED_B();
+  ZP_NEED_BQ();
   (void)device; /* ops are synchronous here: both kinds of wait complete the copy now */
   pthread_mutex_lock(&b->cmu);
   uint64_t issued = b->c_next;
   while (b->c_done < ticket && b->cq_len > 0) cpu_copy_run_oldest(b);
+  if (b->sq_len) cpu_side_run(b, ticket < b->c_done ? ticket : b->c_done);
   pthread_mutex_unlock(&b->cmu);
   ZP_REQ(ticket <= issued, "cpu backend: copy_wait: ticket %llu was never issued (last %llu)", (unsigned long long)ticket,
          (unsigned long long)issued);
@@ -250,8 +321,13 @@ static int cpu_copy_wait(zp_backend* b, uint64_t ticket, int device) {
 }
 
 /* ---- timers (1.3): the host clock; every op has finished when it returns ---- */
+static void cpu_mark_now(zp_backend* b, int slot) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  b->marks[slot] = (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
 static int cpu_timer_mark(zp_backend* b, int slot) {
-  ZP_NEED_B();
+  ZP_NEED_BQ();
   ZP_REQ(slot >= 0 && slot < ZP_TIMER_SLOTS, "cpu backend: timer_mark: slot %d outside 0..%d", slot, ZP_TIMER_SLOTS - 1);
   if (slot >= b->n_marks) {
     int n = b->n_marks ? b->n_marks : 256;
@@ -263,17 +339,23 @@ static int cpu_timer_mark(zp_backend* b, int slot) {
     b->marks = m;
     b->n_marks = n;
   }
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  b->marks[slot] = (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+  if (b->in_side && !b->side_running) { /* reached when the side work before it runs */
+    b->marks[slot] = NAN;
+    cpu_side_op o;
+    memset(&o, 0, sizeof o);
+    o.kind = 1;
+    o.slot = slot;
+    return cpu_side_push(b, &o);
+  }
+  cpu_mark_now(b, slot);
   return ZP_OK;
 }
 
 static int cpu_timer_ms(zp_backend* b, int a, int c, double* ms) {
-  ZP_NEED_B();
+  ZP_NEED_BQ();
   ZP_REQ(ms, "cpu backend: timer_ms: ms is NULL");
   ZP_REQ(a >= 0 && a < b->n_marks && c >= 0 && c < b->n_marks && !isnan(b->marks[a]) && !isnan(b->marks[c]),
-         "cpu backend: timer_ms: slot %d or %d was never marked", a, c);
+         "cpu backend: timer_ms: slot %d or %d was never marked, or its mark is side-stream work not yet waited for", a, c);
   *ms = b->marks[c] - b->marks[a];
   return ZP_OK;
 }
@@ -332,6 +414,11 @@ static int cpu_copy_h2d(zp_backend* b, void* dst, const void* src, size_t bytes)
   return cpu_copy(b, dst, src, bytes, "copy_h2d");
 }
 static int cpu_copy_d2h(zp_backend* b, void* dst, const void* src, size_t bytes) {
+  if (b && b->sq_len) { /* a host read never sees memory side work has yet to write (1.7) */
+    pthread_mutex_lock(&b->cmu);
+    cpu_side_run(b, UINT64_MAX);
+    pthread_mutex_unlock(&b->cmu);
+  }
   return cpu_copy(b, dst, src, bytes, "copy_d2h");
 }
 static int cpu_copy_d2d(zp_backend* b, void* dst, const void* src, size_t bytes) {
@@ -537,7 +624,7 @@ static int cpu_adamw_pieces(zp_backend* b, void* param, zp_dtype pdt, float* mas
                             const void* grad, zp_dtype gdt, float* m, float* v, int n_pieces,
                             const uint64_t* piece_end, const float* piece_wd, float lr,
                             float beta1, float beta2, float eps, float grad_scale, int step_t) {
-  ZP_NEED_B();
+  ZP_NEED_BQ();
   ZP_REQ(n_pieces >= 0 && (n_pieces == 0 || (piece_end && piece_wd)),
          "cpu backend: adamw_pieces: %d pieces without their table", n_pieces);
   const size_t gs = zp_dtype_size(gdt), ps = zp_dtype_size(pdt);
@@ -785,7 +872,28 @@ static int cpu_softmax_xent_vp(zp_backend* b, int phase, float* losses, void* lo
 static int cpu_adamw(zp_backend* b, void* param, zp_dtype pdt, float* master, const void* grad,
                      zp_dtype gdt, float* m, float* v, size_t n, float lr, float beta1,
                      float beta2, float eps, float weight_decay, float grad_scale, int step_t) {
-  ZP_NEED_B();
+  ZP_NEED_BQ();
+  ZP_REQ(step_t >= 1, "cpu backend: adamw: step_t %d < 1", step_t);
+  if (n == 0) return ZP_OK;
+  ZP_REQ(master && grad && m && v, "cpu backend: adamw: NULL pointer");
+  ZP_REQ(zp_is_float(gdt), "cpu backend: adamw: grad dtype %s not supported",
+         zp_cpu_dtype_name(gdt));
+  const int write_param = param != NULL && param != (void*)master;
+  ZP_REQ(!param || write_param || pdt == ZP_F32,
+         "cpu backend: adamw: param == master needs pdt f32 (got %s)", zp_cpu_dtype_name(pdt));
+  ZP_REQ(!write_param || zp_is_float(pdt), "cpu backend: adamw: param dtype %s not supported",
+         zp_cpu_dtype_name(pdt));
+  if (b->in_side && !b->side_running) { /* side stream (1.7): runs when its ticket is waited for */
+    cpu_side_op o = {0, 0, param, pdt, gdt, master, m, v, grad, n, lr, beta1, beta2, eps, weight_decay, grad_scale,
+                     step_t, 0};
+    return cpu_side_push(b, &o);
+  }
+  return cpu_adamw_now(b, param, pdt, master, grad, gdt, m, v, n, lr, beta1, beta2, eps, weight_decay, grad_scale,
+                       step_t);
+}
+static int cpu_adamw_now(zp_backend* b, void* param, zp_dtype pdt, float* master, const void* grad,
+                         zp_dtype gdt, float* m, float* v, size_t n, float lr, float beta1,
+                         float beta2, float eps, float weight_decay, float grad_scale, int step_t) {
   ZP_REQ(step_t >= 1, "cpu backend: adamw: step_t %d < 1", step_t);
   if (n == 0) return ZP_OK;
   ZP_REQ(master && grad && m && v, "cpu backend: adamw: NULL pointer");

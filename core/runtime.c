@@ -1270,6 +1270,10 @@ static int hook(zp_run* r, int (*fn)(void*, int), int g, const char* what) {
 
 static int param_view(zp_run* r, int g) {
   zp_group_rt* G = &r->groups[g];
+  if (r->overlap) { /* the cast below reads PARAM: the group's update of the last step first */
+    int rc = zp_run_fence(r, g);
+    if (rc) return rc;
+  }
   if (!G->view[0]) {
     rerr(r, "internal: group %d has no PARAM view at compute time (the strategy did not gather it)", g);
     return ZP_E_INTERNAL;

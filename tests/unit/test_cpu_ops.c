@@ -985,6 +985,37 @@ static void test_side_stream(void) {
   CHECK_EQ_INT(O->side_end(b32, NULL), ZP_E_INVALID);
   CHECK_EQ_INT(O->side_end(b32, &ts), ZP_OK);
   CHECK_EQ_INT(O->copy_wait(b32, ts, 0), ZP_OK);
+  /* side AdamW and timer marks are deferred until their ticket is waited for (so a missing
+   * wait shows as stale values here); a copy_d2h runs all side work first; another op issued
+   * on the side stream runs the work queued before it first */
+  float p[4] = {1, 1, 1, 1}, g[4] = {1, 1, 1, 1}, mm[4] = {0}, vv[4] = {0};
+  uint64_t t1 = 0, t2 = 0;
+  CHECK_EQ_INT(O->side_begin(b32), ZP_OK);
+  CHECK_EQ_INT(O->timer_mark(b32, 7), ZP_OK);
+  CHECK_EQ_INT(O->adamw(b32, p, ZP_F32, p, g, ZP_F32, mm, vv, 4, 0.1f, 0.9f, 0.999f, 1e-8f, 0.0f, 1.0f, 1), ZP_OK);
+  CHECK_EQ_INT(O->side_end(b32, &t1), ZP_OK);
+  CHECK(p[0] == 1.0f && mm[0] == 0.0f); /* not run yet */
+  double ms = 0;
+  CHECK_EQ_INT(O->timer_mark(b32, 8), ZP_OK);
+  CHECK_EQ_INT(O->timer_ms(b32, 7, 8, &ms), ZP_E_INVALID); /* slot 7 not reached */
+  CHECK(strstr(last_err, "side-stream work not yet waited for") != NULL);
+  CHECK_EQ_INT(O->copy_wait(b32, t1, 1), ZP_OK);
+  CHECK(p[0] < 1.0f && mm[0] > 0.0f);
+  CHECK_EQ_INT(O->timer_ms(b32, 7, 8, &ms), ZP_OK);
+  float p0 = p[0], seen = 0;
+  CHECK_EQ_INT(O->side_begin(b32), ZP_OK);
+  CHECK_EQ_INT(O->adamw(b32, p, ZP_F32, p, g, ZP_F32, mm, vv, 4, 0.1f, 0.9f, 0.999f, 1e-8f, 0.0f, 1.0f, 2), ZP_OK);
+  CHECK_EQ_INT(O->side_end(b32, &t2), ZP_OK);
+  CHECK(p[0] == p0);
+  CHECK_EQ_INT(O->copy_d2h(b32, &seen, p, sizeof seen), ZP_OK);
+  CHECK(seen < p0 && p[0] == seen); /* the read waited for the side update */
+  CHECK_EQ_INT(O->side_begin(b32), ZP_OK);
+  CHECK_EQ_INT(O->adamw(b32, p, ZP_F32, p, g, ZP_F32, mm, vv, 4, 0.1f, 0.9f, 0.999f, 1e-8f, 0.0f, 1.0f, 3), ZP_OK);
+  float before = p[0];
+  CHECK_EQ_INT(O->scale(b32, g, ZP_F32, 4, 1.0f), ZP_OK); /* issued on the side: runs the update first */
+  CHECK(p[0] < before);
+  CHECK_EQ_INT(O->side_end(b32, &t2), ZP_OK);
+  CHECK_EQ_INT(O->copy_wait(b32, t2, 0), ZP_OK);
 }
 
 /* ABI 1.8 grad_overwrite on the cpu backend: with it on, matmul_bwd and layernorm_bwd write dw
