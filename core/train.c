@@ -546,7 +546,7 @@ int zp_train(zp_config* cfg, zp_comm* comm, char* err, size_t errlen) {
            (unsigned long long)zp_dataset_num_tokens(t->train), zp_dataset_num_shards(t->train),
            (unsigned long long)zp_dataset_num_samples(t->train), T, (unsigned long long)gb, (unsigned long long)gb * T);
     zp_run_print_plan(r, stdout);
-    if (r->overlap && strcmp(zp_cfg_str(cfg, "train.device"), "cpu") != 0) /* (the cpu backend's side work runs in order) */
+    if (r->overlap && strcmp(zp_cfg_str(cfg, "train.device"), "cpu") != 0) /* (the cpu backend's side work is deferred, not concurrent) */
       printf("optimizer: AdamW on the backend's side stream, finishing beside the next forward (train.overlap_optimizer)\n");
     if (r->grad_overwrite) {
       int n = 0;
