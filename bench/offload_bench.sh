@@ -148,7 +148,7 @@ for w in "${WHAT[@]}"; do
       for c in $LARGEST_CANDIDATES; do
         IFS=x read -r LL LD LH <<< "$c"
         for ra in $LARGEST_RATIOS; do
-          if "$BUILD/zp" plan "$SRC/examples/gpt2-1.5b.toml" "${dev[@]}" --set model.n_layer=$LL --set model.d_model=$LD --set model.n_head=$LH \
+          if "$BUILD/zp" plan "$SRC/examples/gpt2-1.5b.toml" --world "$NG" "${dev[@]}" --set model.n_layer=$LL --set model.d_model=$LD --set model.n_head=$LH \
             --set train.micro_batch=$LMB --set train.recompute=true --set zero.plugin=$STAGE "${LOFF[@]}" \
             --set offload.optimizer.ratio=$ra > "$OUT/offload_plan_$c.txt" 2>&1; then
             pick=$c pr=$ra; note "largest: zp plan accepts $c at ratio $ra: $(grep -m1 -o '[0-9,]* parameters' "$OUT/offload_plan_$c.txt")"; break 2

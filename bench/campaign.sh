@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# campaign.sh: the multi-GPU measurements the open issues still need, cut into parts that each
+# fit one device call (under 10 minutes), so that a scarce 2-GPU (or larger) machine is used
+# without planning on the spot. One part per call: build if needed, run, print the part's
+# summary lines, and pack every log into $OUT/all.tgz (the device tool returns at most 8 files).
+#
+# Run (repo root, .deps and .peers carried):  bash bench/campaign.sh PART
+#   bash bench/campaign.sh list          the parts, their issue, command and expected minutes
+#   DRY=1 bash bench/campaign.sh PART    print the part's command only
+# Env: OUT (default /tmp/zp-out), PART_TIMEOUT (s, default 570), and every variable of the
+#   scripts a part runs (passed through).
+# Parts (issue: what the note needs):
+#   checks2     (5, 6, 8) tests/gpu/run_2gpu_checks.sh: NCCL, stages vs replicated, tp 2 and pp 2
+#               parity against 1 GPU, a dead rank
+#   speed124    (8) GPT-2 124M: zp none/stage1/stage2/stage3 on 2 GPUs and 1, PyTorch's matrix
+#               (DDP, FSDP2 modes) beside it; the 2-GPU speed and memory targets
+#   speed15zp   (8) GPT-2 1.5B: zp on 1 GPU and stage1/stage2/stage3 on 2 GPUs (no peers)
+#   speed15peer (8) GPT-2 1.5B: PyTorch's 2-GPU matrix only (the ratios pair it with speed15zp:
+#               same machine only; run both while it is held)
+#   offload2    (5) GPT-2 1.5B, 2 GPUs, stage 2: no offload, offload_cpu synchronous and delayed,
+#               grad_accum 1 and 4, beside FSDP2 + CPUOffloadPolicy
+#   pipeline    (6) gpipe, 1f1b, interleaved, zb_h1 at micro-batches 4 and 8: tok/s and bubble,
+#               measured vs predicted
+#   scaling     (10) bench/scaling.sh 1.5b at every GPU count the machine has (1, 2, 4, 8)
+#   largest2    (5) the largest GPT with stage 3 + CPU offload on 2 GPUs (2 x H200: >= 20B; the
+#               candidates 80, 72, 64, 56, 48 layers x d 5120: 25.2B down to 15.1B)
+set -u -o pipefail
+SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+OUT=${OUT:-/tmp/zp-out}
+PART=${1:-list}
+LOGS=/tmp/zp-campaign/$PART
+declare -A CMD MIN
+CMD[checks2]="bash tests/gpu/run_2gpu_checks.sh";                                      MIN[checks2]=5
+CMD[speed124]="ZP_MULTI='none stage1 stage2 stage3' PEERS=auto bash bench/gpu_bench.sh 124m"; MIN[speed124]=8
+CMD[speed15zp]="ZP_MULTI='stage1 stage2 stage3' PEERS=none bash bench/gpu_bench.sh 1.5b";    MIN[speed15zp]=9
+CMD[speed15peer]="PEERS=auto bash bench/gpu_bench.sh 1.5b";                             MIN[speed15peer]=8
+CMD[offload2]="ZP_NGPU=2 PEER=1 bash bench/offload_bench.sh matrix";                    MIN[offload2]=9
+CMD[pipeline]="MICRO='4 8' bash bench/pipeline_bench.sh";                               MIN[pipeline]=8
+CMD[scaling]="bash bench/scaling.sh 1.5b";                                              MIN[scaling]=9
+CMD[largest2]="ZP_NGPU=2 ZP_STAGE=stage3 LARGEST_CANDIDATES='80x5120x40 72x5120x40 64x5120x40 56x5120x40 48x5120x40' bash bench/offload_bench.sh largest"; MIN[largest2]=9
+ORDER="checks2 speed124 speed15zp speed15peer offload2 pipeline scaling largest2"
+if [ "$PART" = list ]; then
+  for p in $ORDER; do printf '%-12s ~%2s min  %s\n' "$p" "${MIN[$p]}" "${CMD[$p]}"; done
+  exit 0
+fi
+[ -n "${CMD[$PART]:-}" ] || { echo "campaign: unknown part '$PART' (bash bench/campaign.sh list)" >&2; exit 2; }
+if [ "${DRY:-0}" = 1 ]; then echo "${CMD[$PART]}"; exit 0; fi
+NG=$(nvidia-smi -L 2> /dev/null | grep -c '^GPU')
+case $PART in checks2|speed*|offload2|pipeline|largest2)
+  [ "$NG" -ge 2 ] || { echo "campaign: part $PART needs 2 GPUs; this machine shows $NG"; exit 3; } ;;
+esac
+mkdir -p "$LOGS" "$OUT"
+T0=$(date +%s)
+echo "campaign $PART on $NG GPU(s): $(nvidia-smi --query-gpu=name --format=csv,noheader 2> /dev/null | sort | uniq -c | tr -s ' ')"
+(cd "$SRC" && OUT=$LOGS timeout "${PART_TIMEOUT:-570}" bash -c "${CMD[$PART]}") > "$LOGS/part.log" 2>&1
+rc=$?
+echo "campaign $PART: exit $rc after $(($(date +%s) - T0)) s (124: the part's timeout)"
+# the summaries the scripts print: check summaries and markdown tables
+grep -hE '^(  (PASS|FAIL|SKIP) |[0-9]-GPU CHECK|GPU CHECK|ALL |SOME |\|)' "$LOGS/part.log" | head -80
+for f in "$LOGS"/*.md; do [ -f "$f" ] && { echo "== $(basename "$f")"; head -40 "$f"; }; done
+tar czf "$OUT/all.tgz" -C "$LOGS" . 2> /dev/null
+exit $rc
