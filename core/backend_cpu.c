@@ -891,19 +891,11 @@ static int cpu_adamw(zp_backend* b, void* param, zp_dtype pdt, float* master, co
   return cpu_adamw_now(b, param, pdt, master, grad, gdt, m, v, n, lr, beta1, beta2, eps, weight_decay, grad_scale,
                        step_t);
 }
+/* the update itself; cpu_adamw checked the arguments (n > 0) before running or queueing it */
 static int cpu_adamw_now(zp_backend* b, void* param, zp_dtype pdt, float* master, const void* grad,
                          zp_dtype gdt, float* m, float* v, size_t n, float lr, float beta1,
                          float beta2, float eps, float weight_decay, float grad_scale, int step_t) {
-  ZP_REQ(step_t >= 1, "cpu backend: adamw: step_t %d < 1", step_t);
-  if (n == 0) return ZP_OK;
-  ZP_REQ(master && grad && m && v, "cpu backend: adamw: NULL pointer");
-  ZP_REQ(zp_is_float(gdt), "cpu backend: adamw: grad dtype %s not supported",
-         zp_cpu_dtype_name(gdt));
   const int write_param = param != NULL && param != (void*)master;
-  ZP_REQ(!param || write_param || pdt == ZP_F32,
-         "cpu backend: adamw: param == master needs pdt f32 (got %s)", zp_cpu_dtype_name(pdt));
-  ZP_REQ(!write_param || zp_is_float(pdt), "cpu backend: adamw: param dtype %s not supported",
-         zp_cpu_dtype_name(pdt));
   if (gdt != ZP_F64) {
     /* f32/bf16 grads: the vectorised kernel (adamw_cpu.c; bitwise equal to the loop below),
      * param written in the same pass unless it is f64 (then cast afterwards) */
