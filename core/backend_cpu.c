@@ -9,7 +9,9 @@
  *   until copy_wait, and the side stream's AdamW and timer marks (ABI 1.7): deferred until
  *   their side_end ticket is waited for or a copy_d2h reads memory, so that a missing wait
  *   fails tests here (stale values, an unreached timer slot) instead of racing on a GPU.
- *   Any other op issued on the side stream first runs the side work queued before it.
+ *   Any other op issued on the side stream first runs the side work queued before it. The
+ *   queue is guarded by the copy mutex (a copy_wait from a tier's thread may run side work);
+ *   a thread running queued work issues its ops at once (thread-local flag).
  * - cast/accumulate/fill/scale/sumsq take F32, F64 and BF16 in any combination. accumulate
  *   computes in double when either side is F64 or dst is BF16, otherwise in float; BF16
  *   results are rounded once (round to nearest even, bf16.h). sumsq sums in double over fixed
@@ -56,7 +58,7 @@ struct zp_backend {
    * side_end that closes them; run by cpu_side_run */
   struct cpu_side_op* sq;
   int sq_len, sq_cap;
-  int side_running; /* cpu_side_run is executing queued work: ops run, nothing queues */
+  /* the queue is guarded by cmu: copy_wait may run side work from any thread */
   int grad_overwrite;      /* parameter gradients overwritten, not accumulated (1.8) */
 };
 
@@ -154,11 +156,14 @@ __attribute__((format(printf, 3, 4))) static int zp_host_fail(const zp_host* hos
     if (!(cond)) return zp_cpu_fail(b, ZP_E_INVALID, __VA_ARGS__); \
   } while (0)
 static void cpu_side_run(zp_backend* b, uint64_t upto);
+static void cpu_side_run_locked(zp_backend* b, uint64_t upto);
+/* this thread is executing queued side work: its ops run at once and queue nothing */
+static _Thread_local int zp_cpu_side_running;
 /* every op: side work queued before an op issued on the side stream runs first (in order) */
 #define ZP_NEED_B()                                           \
   do {                                                        \
     if (!b) return ZP_E_INVALID;                              \
-    if (b->in_side && b->sq_len && !b->side_running) cpu_side_run(b, UINT64_MAX); \
+    if (b->in_side && !zp_cpu_side_running) cpu_side_run(b, UINT64_MAX); \
   } while (0)
 /* the ops that queue side work, or manage the queue and the tickets */
 #define ZP_NEED_BQ()                 \
@@ -234,7 +239,7 @@ static void cpu_copy_run_oldest(zp_backend* b) { /* b->cmu held, cq_len > 0 */
   b->c_done = b->cq[i].ticket;
   b->cq_head = (b->cq_head + 1) % ZP_CPU_COPY_QUEUE;
   b->cq_len--;
-  if (b->sq_len) cpu_side_run(b, b->c_done); /* the side work a ticket up to here closed */
+  cpu_side_run_locked(b, b->c_done); /* the side work a ticket up to here closed */
 }
 static int cpu_copy_async(zp_backend* b, void* dst, const void* src, size_t bytes, int h2d, uint64_t* ticket) {
   ZP_NEED_B();
@@ -261,21 +266,26 @@ static void cpu_mark_now(zp_backend* b, int slot);
 
 /* queue one piece of side work (its arguments already checked) */
 static int cpu_side_push(zp_backend* b, const cpu_side_op* op) {
+  pthread_mutex_lock(&b->cmu);
   if (b->sq_len == b->sq_cap) {
     int n = b->sq_cap ? 2 * b->sq_cap : 64;
     cpu_side_op* q = (cpu_side_op*)realloc(b->sq, (size_t)n * sizeof *q);
-    if (!q) return zp_cpu_fail(b, ZP_E_NOMEM, "cpu backend: out of memory queueing side-stream work");
+    if (!q) {
+      pthread_mutex_unlock(&b->cmu);
+      return zp_cpu_fail(b, ZP_E_NOMEM, "cpu backend: out of memory queueing side-stream work");
+    }
     b->sq = q;
     b->sq_cap = n;
   }
   b->sq[b->sq_len++] = *op;
+  pthread_mutex_unlock(&b->cmu);
   return ZP_OK;
 }
 /* run the queued side work in issue order: all of it (upto UINT64_MAX), or what tickets up to
  * `upto` closed (a prefix: tickets grow, the open side region's work is last) */
-static void cpu_side_run(zp_backend* b, uint64_t upto) {
-  if (b->side_running) return;
-  b->side_running = 1;
+static void cpu_side_run_locked(zp_backend* b, uint64_t upto) { /* b->cmu held */
+  if (zp_cpu_side_running || b->sq_len == 0) return;
+  zp_cpu_side_running = 1;
   int k = 0;
   for (; k < b->sq_len; k++) {
     const cpu_side_op* o = &b->sq[k];
@@ -287,7 +297,12 @@ static void cpu_side_run(zp_backend* b, uint64_t upto) {
   }
   memmove(b->sq, b->sq + k, (size_t)(b->sq_len - k) * sizeof *b->sq);
   b->sq_len -= k;
-  b->side_running = 0;
+  zp_cpu_side_running = 0;
+}
+static void cpu_side_run(zp_backend* b, uint64_t upto) {
+  pthread_mutex_lock(&b->cmu);
+  cpu_side_run_locked(b, upto);
+  pthread_mutex_unlock(&b->cmu);
 }
 
 static int cpu_side_begin(zp_backend* b) {
@@ -303,8 +318,10 @@ static int cpu_side_end(zp_backend* b, uint64_t* ticket) {
   b->in_side = 0;
   int rc = cpu_copy_async(b, NULL, NULL, 0, 0, ticket);
   if (rc) return rc;
+  pthread_mutex_lock(&b->cmu);
   for (int k = 0; k < b->sq_len; k++) /* the work of the region just closed */
     if (b->sq[k].ticket == 0) b->sq[k].ticket = *ticket;
+  pthread_mutex_unlock(&b->cmu);
   return ZP_OK;
 }
 static int cpu_copy_wait(zp_backend* b, uint64_t ticket, int device) {
@@ -313,7 +330,7 @@ static int cpu_copy_wait(zp_backend* b, uint64_t ticket, int device) {
   pthread_mutex_lock(&b->cmu);
   uint64_t issued = b->c_next;
   while (b->c_done < ticket && b->cq_len > 0) cpu_copy_run_oldest(b);
-  if (b->sq_len) cpu_side_run(b, ticket < b->c_done ? ticket : b->c_done);
+  cpu_side_run_locked(b, ticket < b->c_done ? ticket : b->c_done);
   pthread_mutex_unlock(&b->cmu);
   ZP_REQ(ticket <= issued, "cpu backend: copy_wait: ticket %llu was never issued (last %llu)", (unsigned long long)ticket,
          (unsigned long long)issued);
@@ -339,7 +356,7 @@ static int cpu_timer_mark(zp_backend* b, int slot) {
     b->marks = m;
     b->n_marks = n;
   }
-  if (b->in_side && !b->side_running) { /* reached when the side work before it runs */
+  if (b->in_side && !zp_cpu_side_running) { /* reached when the side work before it runs */
     b->marks[slot] = NAN;
     cpu_side_op o;
     memset(&o, 0, sizeof o);
@@ -414,11 +431,7 @@ static int cpu_copy_h2d(zp_backend* b, void* dst, const void* src, size_t bytes)
   return cpu_copy(b, dst, src, bytes, "copy_h2d");
 }
 static int cpu_copy_d2h(zp_backend* b, void* dst, const void* src, size_t bytes) {
-  if (b && b->sq_len) { /* a host read never sees memory side work has yet to write (1.7) */
-    pthread_mutex_lock(&b->cmu);
-    cpu_side_run(b, UINT64_MAX);
-    pthread_mutex_unlock(&b->cmu);
-  }
+  if (b) cpu_side_run(b, UINT64_MAX); /* a host read never sees memory side work has yet to write (1.7) */
   return cpu_copy(b, dst, src, bytes, "copy_d2h");
 }
 static int cpu_copy_d2d(zp_backend* b, void* dst, const void* src, size_t bytes) {
@@ -883,7 +896,7 @@ static int cpu_adamw(zp_backend* b, void* param, zp_dtype pdt, float* master, co
          "cpu backend: adamw: param == master needs pdt f32 (got %s)", zp_cpu_dtype_name(pdt));
   ZP_REQ(!write_param || zp_is_float(pdt), "cpu backend: adamw: param dtype %s not supported",
          zp_cpu_dtype_name(pdt));
-  if (b->in_side && !b->side_running) { /* side stream (1.7): runs when its ticket is waited for */
+  if (b->in_side && !zp_cpu_side_running) { /* side stream (1.7): runs when its ticket is waited for */
     cpu_side_op o = {0, 0, param, pdt, gdt, master, m, v, grad, n, lr, beta1, beta2, eps, weight_decay, grad_scale,
                      step_t, 0};
     return cpu_side_push(b, &o);
