@@ -55,10 +55,10 @@ struct zp_backend {
   uint64_t c_next, c_done; /* last ticket issued, last ticket done */
   int in_side;             /* between side_begin and side_end (1.7) */
   /* side work (1.7) deferred in issue order: AdamW calls and timer marks; ticket 0 until the
-   * side_end that closes them; run by cpu_side_run */
+   * side_end that closes them; run by cpu_side_run. Guarded by cmu: copy_wait may run side
+   * work from any thread */
   struct cpu_side_op* sq;
   int sq_len, sq_cap;
-  /* the queue is guarded by cmu: copy_wait may run side work from any thread */
   int grad_overwrite;      /* parameter gradients overwritten, not accumulated (1.8) */
 };
 
@@ -257,8 +257,9 @@ static int cpu_copy_async(zp_backend* b, void* dst, const void* src, size_t byte
   pthread_mutex_unlock(&b->cmu);
   return ZP_OK;
 }
-/* ---- the side stream (1.7): ops are synchronous here, so side work is done when issued; the
- * ticket is a zero-byte deferred copy, so waiting for it also runs the copies issued before ---- */
+/* ---- the side stream (1.7): AdamW and timer marks issued on it are queued and run when their
+ * ticket (a zero-byte deferred copy, so waiting for it also runs the copies issued before) is
+ * waited for, or when a copy_d2h or another op on the side stream needs them done ---- */
 static int cpu_adamw_now(zp_backend* b, void* param, zp_dtype pdt, float* master, const void* grad,
                          zp_dtype gdt, float* m, float* v, size_t n, float lr, float beta1,
                          float beta2, float eps, float weight_decay, float grad_scale, int step_t);

@@ -155,14 +155,6 @@ int zp_pipe_open(zp_run* r, const zp_config* cfg, const zp_layout* lay, zp_comm*
   p->r = r;
   p->s = s;
   p->pp = pp;
-  /* train.grad_overwrite stays off here: the schedules' split backward (BWD_WEIGHT) and the
-   * per-chunk accumulators write gradients outside zp_run_micro_batch; zero_grads zeroes */
-  r->grad_overwrite = 0;
-  if (zp_run_grads_materialize(r)) {
-    seterr(err, errlen, "%s", r->err);
-    free(p);
-    return ZP_E_DEVICE;
-  }
   p->P = zp_schedule_stages(s);
   p->V = zp_schedule_chunks(s);
   p->M = zp_schedule_micro_batches(s);

@@ -11,7 +11,7 @@
  * bucket's groups are reported final (shard_ready), so an offload tier can start copying them
  * while the backward goes on. The gradient norm is one sumsq_many over every group (ABI 1.8:
  * one device wait; the per-group results are added in group order, so its bits are those of
- * one sumsq per group, the fallback where the host lacks it). */
+ * one sumsq per group). This strategy is built into the core, whose host always has it. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -134,18 +134,9 @@ static int repl_step(void* st) {
   if ((rc = flush(s))) return rc;
   /* the norm: every group's sumsq in one call (one device wait), added in group order */
   double ss = 0;
-  if (ZP_TABLE_HAS(h, sumsq_many)) {
-    rc = h->sumsq_many(h->ctx, s->G, s->ss_x, s->ss_dt, s->ss_n, s->ss_out);
-    if (rc) return rc;
-    for (int g = 0; g < s->G; g++) ss += s->ss_out[g];
-  } else {
-    for (int g = 0; g < s->G; g++) {
-      double x;
-      rc = h->sumsq(h->ctx, s->info[g].buf[ZP_CAT_GRAD], s->info[g].dtype[ZP_CAT_GRAD], (size_t)s->info[g].padded, &x);
-      if (rc) return rc;
-      ss += x;
-    }
-  }
+  rc = h->sumsq_many(h->ctx, s->G, s->ss_x, s->ss_dt, s->ss_n, s->ss_out); /* the core's host: always there */
+  if (rc) return rc;
+  for (int g = 0; g < s->G; g++) ss += s->ss_out[g];
   rc = h->optim_begin(h->ctx, ss);
   if (rc) return rc;
   for (int g = 0; g < s->G; g++) {

@@ -3,7 +3,8 @@
  * Invariants of the optimizer overlap (train.overlap_optimizer, ABI 1.7): a group's device
  * AdamW may still run on the backend's side stream after the step returns; nothing reads or
  * writes that group's PARAM/GRAD/MASTER/OPTIM on the compute stream before zp_run_fence(g)
- * (the group's forward, zp_run_forward_group) or zp_run_fence_all (state reads and writes,
+ * (in param_view, which every forward and backward of the group and of a group tied to it
+ * calls before touching PARAM) or zp_run_fence_all (state reads and writes,
  * checkpoints, the pipeline's tied-wte send); the gradient the update read is zeroed at the
  * fence, never by the step-start zero_grads.
  * Invariants of train.grad_overwrite (ABI 1.8): "zeroing" a grad_once group's GRAD buffer only
@@ -948,16 +949,15 @@ int zp_run_open(zp_run* r, zp_config* cfg, const zp_run_opts* o) {
                  ZP_TABLE_HAS(r->ops, side_end) && ZP_TABLE_HAS(r->ops, copy_wait);
     /* gradients overwritten by the step's first backward (ABI 1.8): the backend has it, the
      * gradient is written in the compute dtype (no copy to accumulate from), no tensor
-     * parallelism (its layout writes shards) and no pipeline (zp_pipe_open turns it off: its
-     * split backward writes weights later); per group, only where the model's backward writes
-     * each gradient once and no tie makes two groups write one buffer */
+     * parallelism (its layout writes shards) and no pipeline (its split backward and per-chunk
+     * accumulators write gradients outside zp_run_micro_batch); per group, only where the
+     * model's backward writes each gradient once and no tie makes two groups write one buffer */
     r->grad_overwrite = zp_cfg_bool(cfg, "train.grad_overwrite") && ZP_TABLE_HAS(r->ops, grad_overwrite) &&
-                        r->grad_dt == r->ct && r->tp.size <= 1;
-    for (int g = 0; g < r->layout.n_groups; g++) {
-      int tied = r->groups[g].info.tied_to >= 0;
-      for (int h = 0; h < r->layout.n_groups; h++) tied |= r->groups[h].info.tied_to == g;
-      r->groups[g].grad_once = !tied && zp_model_group_grads_written_once(&r->layout, g);
-    }
+                        r->grad_dt == r->ct && r->tp.size <= 1 && !r->pp_comm;
+    for (int g = 0; g < r->layout.n_groups; g++)
+      r->groups[g].grad_once = r->groups[g].info.tied_to < 0 && zp_model_group_grads_written_once(&r->layout, g);
+    for (int g = 0; g < r->layout.n_groups; g++) /* a group another is tied to has two writers */
+      if (r->groups[g].info.tied_to >= 0) r->groups[r->groups[g].info.tied_to].grad_once = 0;
   } else if (r->strategy->open && r->strategy_plugin.desc) {
     /* dry run: let the strategy allocate its buffers (counted, nothing touched) */
     rc = r->strategy->open(&r->host, &r->strategy_state);
@@ -1196,28 +1196,31 @@ static int zero_group_grad(zp_run* r, int g) {
   return rc;
 }
 
+/* a stale GRAD buffer zeroed for real (nothing to do for any other) */
+static int grad_materialize(zp_run* r, zp_group_rt* G) {
+  if (!G->grad_stale) return ZP_OK;
+  G->grad_stale = 0;
+  return r->ops->memset0(r->be, G->info.buf[ZP_CAT_GRAD], G->info.bytes[ZP_CAT_GRAD]);
+}
 int zp_run_grads_materialize(zp_run* r) {
-  for (int g = 0; g < r->layout.n_groups; g++) {
-    zp_group_rt* G = &r->groups[g];
-    if (!G->grad_stale) continue;
-    G->grad_stale = 0;
-    int rc = r->ops->memset0(r->be, G->info.buf[ZP_CAT_GRAD], G->info.bytes[ZP_CAT_GRAD]);
-    if (rc) return rc;
-  }
-  return ZP_OK;
+  int rc = ZP_OK;
+  for (int g = 0; g < r->layout.n_groups && !rc; g++) rc = grad_materialize(r, &r->groups[g]);
+  return rc;
 }
 
 /* Optimizer overlap: the compute stream waits for group g's side-stream AdamW, then zeroes the
  * group's GRAD buffer for the coming backward (zero_grads skipped it: on the compute stream
  * at the step's start it would have run before the side stream had read the gradients). */
+static int wait_update(zp_run* r, zp_group_rt* G) {
+  if (!G->opt_ticket) return ZP_OK;
+  int rc = r->ops->copy_wait(r->be, G->opt_ticket, 1);
+  G->opt_ticket = 0;
+  return rc;
+}
 int zp_run_fence(zp_run* r, int g) {
   if (g < 0 || g >= r->layout.n_groups) return ZP_OK;
   zp_group_rt* G = &r->groups[g];
-  int rc = ZP_OK;
-  if (G->opt_ticket) {
-    rc = r->ops->copy_wait(r->be, G->opt_ticket, 1);
-    G->opt_ticket = 0;
-  }
+  int rc = wait_update(r, G);
   if (!rc && G->zero_pending) {
     G->zero_pending = 0;
     rc = zero_group_grad(r, g);
@@ -1226,11 +1229,7 @@ int zp_run_fence(zp_run* r, int g) {
 }
 int zp_run_wait_updates(zp_run* r) {
   int rc = ZP_OK;
-  for (int g = 0; g < r->layout.n_groups && !rc; g++) {
-    zp_group_rt* G = &r->groups[g];
-    if (G->opt_ticket) rc = r->ops->copy_wait(r->be, G->opt_ticket, 1);
-    G->opt_ticket = 0;
-  }
+  for (int g = 0; g < r->layout.n_groups && !rc; g++) rc = wait_update(r, &r->groups[g]);
   return rc;
 }
 int zp_run_fence_all(zp_run* r) {
@@ -1241,11 +1240,7 @@ int zp_run_fence_all(zp_run* r) {
 }
 
 int zp_run_forward_group(zp_run* r, zp_acts* a, int g, float dloss) {
-  if (r->overlap) { /* the group's (and its tied group's) update of the last step is done first */
-    int rc = zp_run_fence(r, g);
-    if (!rc) rc = zp_run_fence(r, r->groups[g].info.tied_to);
-    if (rc) return rc;
-  }
+  /* (the group's and its tied group's updates were waited for by their param_view calls) */
   return r->tp.size > 1 ? zp_model_tp_forward_group(&r->layout, r->ops, r->be, a, &r->views, g, dloss, &r->tp)
                         : zp_model_forward_group(&r->layout, r->ops, r->be, a, &r->views, g, dloss);
 }
@@ -1270,7 +1265,7 @@ static int hook(zp_run* r, int (*fn)(void*, int), int g, const char* what) {
 
 static int param_view(zp_run* r, int g) {
   zp_group_rt* G = &r->groups[g];
-  if (r->overlap) { /* the cast below reads PARAM: the group's update of the last step first */
+  if (r->overlap) { /* the one fence point of the compute: the group's update of the last step first */
     int rc = zp_run_fence(r, g);
     if (rc) return rc;
   }
@@ -1354,12 +1349,9 @@ int zp_run_micro_batch(zp_run* r, const int32_t* inputs, const int32_t* targets,
     /* train.grad_overwrite: the step's first backward of a stale group writes its gradients
      * instead of adding to zeros; a strategy that gave another GRAD view gets it zeroed */
     zp_group_rt* Gs = &r->groups[g];
-    int ow = 0;
-    if (Gs->grad_stale) {
-      Gs->grad_stale = 0;
-      if (r->vgrad[g] == Gs->info.buf[ZP_CAT_GRAD]) ow = 1;
-      else if ((rc = r->ops->memset0(r->be, Gs->info.buf[ZP_CAT_GRAD], Gs->info.bytes[ZP_CAT_GRAD]))) return rc;
-    }
+    const int ow = Gs->grad_stale && r->vgrad[g] == Gs->info.buf[ZP_CAT_GRAD];
+    if (ow) Gs->grad_stale = 0;
+    else if ((rc = grad_materialize(r, Gs))) return rc;
     if (ow && (rc = r->ops->grad_overwrite(r->be, 1))) return rc;
     rc = r->tp.size > 1 ? zp_model_tp_backward_group(&r->layout, r->ops, r->be, &r->acts, &r->views, g, &r->tp)
                         : zp_model_backward_group(&r->layout, r->ops, r->be, &r->acts, &r->views, g);

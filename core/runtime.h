@@ -156,7 +156,7 @@ int zp_run_grads_materialize(zp_run* r);
 int zp_run_wait_updates(zp_run* r);
 /* optimizer overlap (train.overlap_optimizer): make later compute-stream work wait for group g's
  * side-stream update (and zero its gradient for the next step); _all: every group. No-ops when
- * the overlap is off. zp_run_forward_group and the state reads call them. */
+ * the overlap is off. param_view (every compute access to a group) and the state reads call them. */
 int zp_run_fence(zp_run* r, int g);
 int zp_run_fence_all(zp_run* r);
 /* the model's forward of group g on activations a: the tensor-parallel form when parallel.tp > 1
