@@ -211,6 +211,17 @@ static int zpc_create(const zp_host* host, const zp_backend_config* cfg, zp_back
     }
   }
 
+  const char* sms = getenv("ZP_CUDA_SIDE_SMS");
+  if (sms) {
+    char* end = NULL;
+    long v = strtol(sms, &end, 10);
+    if (!*sms || *end || v < 0 || v > 64) {
+      free(b);
+      return zpc_err(host, ZP_E_INVALID, "cuda backend: ZP_CUDA_SIDE_SMS=%s: expected a whole number of SMs, 0 to 64", sms);
+    }
+    b->side_sms = (int)v;
+  }
+
   int rc = ZP_OK;
 #define TRY(call)                                                            \
   do {                                                                       \
@@ -502,6 +513,8 @@ static int zpc_copy_wait(zp_backend* b, uint64_t ticket, int device) {
   cudaEvent_t ev = b->copy_ev[ticket % ZPC_COPY_EVENTS];
   if (device) {
     ZPC_CUDA(b, cudaStreamWaitEvent(b->stream, ev, 0));
+    /* the compute stream is now behind all side work (one in-order stream): nothing to join */
+    if (ticket == b->side_last && !b->in_side) b->side_last = 0;
     return ZP_OK;
   }
   ZPC_CUDA(b, cudaSetDevice(b->device)); /* any thread may wait */
