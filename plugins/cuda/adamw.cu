@@ -23,17 +23,9 @@
 /* blocks of 256 threads for n work items: capped grid-stride (default), or one item per thread
  * (ZP_CUDA_ADAMW_GRID=full: blocks end early, so another stream's kernels get SM slots sooner) */
 static inline unsigned zpc_adamw_grid(const zp_backend* b, size_t n) {
-  if (b->in_side && b->side_sms) { /* ZP_CUDA_SIDE_SMS: side_sms blocks of 1024 (zpc_adamw_threads) */
-    size_t g = (n + 1023) / 1024;
-    return (unsigned)(g < 1 ? 1 : g > (size_t)b->side_sms ? (size_t)b->side_sms : g);
-  }
   if (!b->adamw_grid) return zpc_grid(b, n, 256);
   size_t g = (n + 255) / 256;
   return (unsigned)(g < 1 ? 1 : g > 0x7fffffffu ? 0x7fffffffu : g);
-}
-
-static inline unsigned zpc_adamw_threads(const zp_backend* b) {
-  return b->in_side && b->side_sms ? 1024u : 256u;
 }
 
 struct zpc_adamw_hp {
@@ -89,7 +81,7 @@ __device__ __forceinline__ void zpc_st4(bf16* p, const float (&r)[4]) {
 /* n4 groups of 4 elements; every pointer aligned for its 4-element access; element i of the
  * launch is element i0 + i of the pieces P */
 template <typename TP, typename TG>
-__global__ void __launch_bounds__(1024) zpc_adamw4_kernel(TP* param, float* master, const TG* grad, float* m, float* v,
+__global__ void zpc_adamw4_kernel(TP* param, float* master, const TG* grad, float* m, float* v,
                                   size_t n4, zpc_adamw_hp h, zpc_pieces P, uint64_t i0) {
   for (size_t q = blockIdx.x * (size_t)blockDim.x + threadIdx.x; q < n4;
        q += (size_t)gridDim.x * blockDim.x) {
@@ -113,7 +105,7 @@ __global__ void __launch_bounds__(1024) zpc_adamw4_kernel(TP* param, float* mast
 }
 
 template <typename TP, typename TG>
-__global__ void __launch_bounds__(1024) zpc_adamw_kernel(TP* param, float* master, const TG* grad, float* m, float* v,
+__global__ void zpc_adamw_kernel(TP* param, float* master, const TG* grad, float* m, float* v,
                                  size_t n, zpc_adamw_hp h, zpc_pieces P, uint64_t i0) {
   for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
        i += (size_t)gridDim.x * blockDim.x) {
@@ -139,16 +131,16 @@ static void zpc_adamw_launch(zp_backend* b, TP* param, float* master, const TG* 
              (uintptr_t)(grad + head) % gal || (param && (uintptr_t)(param + head) % pal)))
     n4 = 0; /* arrays out of phase with each other: scalar throughout */
   if (head)
-    zpc_adamw_kernel<TP, TG><<<zpc_adamw_grid(b, head), zpc_adamw_threads(b), 0, b->stream>>>(param, master, grad,
+    zpc_adamw_kernel<TP, TG><<<zpc_adamw_grid(b, head), 256, 0, b->stream>>>(param, master, grad,
                                                                             m, v, head, h, P, 0);
   if (n4) {
     const size_t o = head;
-    zpc_adamw4_kernel<TP, TG><<<zpc_adamw_grid(b, n4), zpc_adamw_threads(b), 0, b->stream>>>(
+    zpc_adamw4_kernel<TP, TG><<<zpc_adamw_grid(b, n4), 256, 0, b->stream>>>(
         param ? param + o : NULL, master + o, grad + o, m + o, v + o, n4, h, P, o);
   }
   const size_t done = head + 4 * n4;
   if (done < n)
-    zpc_adamw_kernel<TP, TG><<<zpc_adamw_grid(b, n - done), zpc_adamw_threads(b), 0, b->stream>>>(
+    zpc_adamw_kernel<TP, TG><<<zpc_adamw_grid(b, n - done), 256, 0, b->stream>>>(
         param ? param + done : NULL, master + done, grad + done, m + done, v + done, n - done, h, P,
         done);
 }

@@ -211,17 +211,6 @@ static int zpc_create(const zp_host* host, const zp_backend_config* cfg, zp_back
     }
   }
 
-  const char* sms = getenv("ZP_CUDA_SIDE_SMS");
-  if (sms) {
-    char* end = NULL;
-    long v = strtol(sms, &end, 10);
-    if (!*sms || *end || v < 0 || v > 64) {
-      free(b);
-      return zpc_err(host, ZP_E_INVALID, "cuda backend: ZP_CUDA_SIDE_SMS=%s: expected a whole number of SMs, 0 to 64", sms);
-    }
-    b->side_sms = (int)v;
-  }
-
   int rc = ZP_OK;
 #define TRY(call)                                                            \
   do {                                                                       \

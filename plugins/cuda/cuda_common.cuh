@@ -39,7 +39,7 @@ typedef __nv_bfloat16 bf16;
 /* one cached cuBLASLt heuristic answer, keyed by everything that shapes the call */
 struct zpc_algo_entry {
   int valid;
-  int64_t key[21];
+  int64_t key[20];
   cublasLtMatmulAlgo_t algo;
 };
 
@@ -84,11 +84,6 @@ struct zp_backend {
                             (one block per 1024 elements: short blocks that interleave with other
                             streams' kernels) */
   uint64_t side_last;
-  int side_sms; /* ZP_CUDA_SIDE_SMS (0 = off, default): the side stream's AdamW runs as that many
-                   1024-thread grid-stride blocks (about one SM each), and every GEMM issued on the
-                   compute stream while side work is unwaited (side_last != 0) asks cuBLASLt for
-                   sm_count - side_sms SMs (CUBLASLT_MATMUL_DESC_SM_COUNT_TARGET), so the two
-                   share the device by SMs instead of by gaps (perf.md 23) */
   cublasLtHandle_t lt;
   void* workspace;       /* ZPC_WORKSPACE_BYTES for cuBLASLt */
   void* scratch;         /* grow-only per-op scratch */

@@ -260,10 +260,6 @@ int zpc_gemm_run(zp_backend* b, const struct zpc_gemm* g) {
     LT(cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
     LT(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &opA, sizeof opA));
     LT(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &opB, sizeof opB));
-    /* ZP_CUDA_SIDE_SMS: while side work may still run, leave it side_sms SMs */
-    const int32_t sm_target = (b->side_sms && b->side_last && !b->in_side) ? b->sm_count - b->side_sms : 0;
-    if (sm_target > 0)
-      LT(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_SM_COUNT_TARGET, &sm_target, sizeof sm_target));
     if (g->bgrad) {
       cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BGRADB;
       cudaDataType_t bdt = CUDA_R_16BF; /* fp32 was refused (CUBLAS_STATUS_INVALID_VALUE, H100) */
@@ -312,10 +308,9 @@ int zpc_gemm_run(zp_backend* b, const struct zpc_gemm* g) {
     }
 
     /* heuristic, cached */
-    int64_t key[21] = {g->transa,  g->transb, g->M,      g->N,    g->K,     g->lda, g->ldb,
+    int64_t key[20] = {g->transa,  g->transb, g->M,      g->N,    g->K,     g->lda, g->ldb,
                        g->ldd,     g->strideA, g->strideB, g->strideD, g->batch, g->d_fp32,
-                       g->bgrad ? 2 : g->bias != NULL, al_a, al_b, al_d, al_bias, g->beta != 0.0f ? 2 : 1, g->epi_gelu,
-                       sm_target};
+                       g->bgrad ? 2 : g->bias != NULL, al_a, al_b, al_d, al_bias, g->beta != 0.0f ? 2 : 1, g->epi_gelu};
     for (int i = 0; i < ZPC_ALGO_CACHE; i++) {
       struct zpc_algo_entry* e = &b->algo_cache[i];
       if (e->valid && memcmp(e->key, key, sizeof key) == 0) {
