@@ -17,10 +17,13 @@
  *   ZP_CUDA_LN = pf (default: kernels_layernorm.cu loading the next rows before the current
  *   ones' reductions; the same bits as fast, 1.09x / 1.16x faster fwd / bwd at GPT-2 1.5B's
  *   shape on the H100) | fast (kernels_layernorm.cu without it) | legacy
- *   (kernels_layernorm_legacy.cu).
+ *   (kernels_layernorm_legacy.cu) | warp (kernels_layernorm_warp.cu: one warp per row, no
+ *   block barriers per row; shapes it does not take run pf).
  *   ZP_CUDA_SUMSQ_MANY = 1 (default: sumsq_many waits once per call) | 0 (once per tensor, as
  *   sumsq calls would: for A/B timing; the same bits).
  *   ZP_CUDA_FUSE_RES = 1 (matmul_res_fwd: the residual is the GEMM's C) | 0 (two passes).
+ *   ZP_CUDA_XENT = base (default) | fast | smem: softmax_xent kernels (softmax_xent.cu's header
+ *   says what each does; the same contract, not the same bits).
  *   ZP_CUDA_BGRAD = 0 (default: a deterministic column-sum pass over dout) | 1 (matmul_bwd's bias
  *   gradient from the dW GEMM's BGRADB epilogue: measured slower on the H100, docs/perf.md 15).
  *   ZP_CUDA_ADAMW_PIECES = 1 (adamw_pieces: a range's pieces in one launch set) | 0 (one launch
@@ -55,6 +58,7 @@
 #define ZPC_DEFAULT_FA2_FWD 0   /* fast (measured: docs/perf.md) */
 #define ZPC_DEFAULT_BGRAD 0     /* column sums: the BGRADB epilogue measured slower (docs/perf.md 15) */
 #define ZPC_DEFAULT_FA2_BWD 1   /* kv2 (measured: docs/perf.md) */
+#define ZPC_DEFAULT_XENT 0      /* base softmax_xent until fast / smem are measured on a GPU */
 
 #include <stdarg.h>
 #include <stddef.h>
@@ -148,13 +152,14 @@ static const struct zpc_switch zpc_switches[] = {
     {"ZP_CUDA_FA2_BWD", offsetof(zp_backend, fa2_bwd), ZPC_DEFAULT_FA2_BWD, {"base", "kv2", "fused", "atomic"}},
     {"ZP_CUDA_FUSE_GELU", offsetof(zp_backend, fuse_gelu), ZPC_DEFAULT_FUSE_GELU, {"0", "1"}},
     {"ZP_CUDA_FUSE_RES", offsetof(zp_backend, fuse_res), ZPC_DEFAULT_FUSE_RES, {"0", "1"}},
-    {"ZP_CUDA_LN", offsetof(zp_backend, ln_fast), ZPC_DEFAULT_LN_FAST, {"legacy", "fast", "pf"}},
+    {"ZP_CUDA_LN", offsetof(zp_backend, ln_fast), ZPC_DEFAULT_LN_FAST, {"legacy", "fast", "pf", "warp"}},
     {"ZP_CUDA_GEMM_TUNE", offsetof(zp_backend, gemm_tune), 0, {"0", "1", "2"}},
     {"ZP_CUDA_ADAMW_PIECES", offsetof(zp_backend, adamw_pieces), 1, {"0", "1"}},
     {"ZP_CUDA_BGRAD", offsetof(zp_backend, bgrad), ZPC_DEFAULT_BGRAD, {"0", "1"}},
     {"ZP_CUDA_PRIO", offsetof(zp_backend, prio), 1, {"0", "1"}},
     {"ZP_CUDA_ADAMW_GRID", offsetof(zp_backend, adamw_grid), 1, {"capped", "full"}},
     {"ZP_CUDA_SUMSQ_MANY", offsetof(zp_backend, sumsq_many), 1, {"0", "1"}},
+    {"ZP_CUDA_XENT", offsetof(zp_backend, xent), ZPC_DEFAULT_XENT, {"base", "fast", "smem"}},
 };
 
 static int* zpc_switch_field(const struct zpc_switch* w, zp_backend* b) {
@@ -556,12 +561,16 @@ static int zpc_side_end(zp_backend* b, uint64_t* ticket) {
 
 static int zpc_layernorm_fwd(zp_backend* b, void* out, float* mean, float* rstd, const void* inp,
                              const void* w, const void* bias, int N, int C) {
+  if (b->ln_fast == ZPC_LN_WARP)
+    return zpc_layernorm_fwd_warp(b, out, mean, rstd, inp, w, bias, N, C);
   return b->ln_fast ? zpc_layernorm_fwd_fast(b, out, mean, rstd, inp, w, bias, N, C)
                     : zpc_layernorm_fwd_legacy(b, out, mean, rstd, inp, w, bias, N, C);
 }
 static int zpc_layernorm_bwd(zp_backend* b, void* dinp, void* dw, void* dbias, const void* dout,
                              const void* inp, const void* w, const float* mean, const float* rstd,
                              int N, int C) {
+  if (b->ln_fast == ZPC_LN_WARP)
+    return zpc_layernorm_bwd_warp(b, dinp, dw, dbias, dout, inp, w, mean, rstd, N, C);
   return b->ln_fast ? zpc_layernorm_bwd_fast(b, dinp, dw, dbias, dout, inp, w, mean, rstd, N, C)
                     : zpc_layernorm_bwd_legacy(b, dinp, dw, dbias, dout, inp, w, mean, rstd, N, C);
 }

@@ -52,8 +52,10 @@ struct zp_backend {
   int fa2_fwd;           /* ZP_CUDA_FA2_FWD: 0 fast, 1 w8 (attention_fa2.cu) */
   int fa2_bwd;           /* ZP_CUDA_FA2_BWD: 0 base, 1 kv2, 2 fused, 3 atomic (2, 3: a workspace) */
   int fuse_gelu;         /* ZP_CUDA_FUSE_GELU: 1 GELU in the GEMM epilogues, 0 separate kernels */
-  int ln_fast;           /* ZP_CUDA_LN: 0 legacy, 1 fast (vectorized), 2 pf (fast + prefetch) */
+  int ln_fast;           /* ZP_CUDA_LN: 0 legacy, 1 fast (vectorized), 2 pf (fast + prefetch),
+                            3 warp (one warp per row, kernels_layernorm_warp.cu) */
   int fuse_res;          /* ZP_CUDA_FUSE_RES: 1 residual as the GEMM's C (beta 1), 0 two passes */
+  int xent;              /* ZP_CUDA_XENT: softmax_xent kernel, 0 base, 1 fast, 2 smem (softmax_xent.cu) */
   cudaEvent_t* timer_ev; /* timer slots (1.3): events created on first use */
   int n_timer_ev;
   int gemm_tune;         /* ZP_CUDA_GEMM_TUNE: 0 heuristic's first answer, 1 time up to
@@ -234,12 +236,19 @@ int zpc_encoder_fwd(zp_backend* b, void* out, const int32_t* inp, const void* wt
 int zpc_encoder_bwd(zp_backend* b, void* dwte, void* dwpe, const void* dout, const int32_t* inp,
                     int B, int T, int C);
 /* LayerNorm: _fast (kernels_layernorm.cu, vectorized; with ZP_CUDA_LN=pf its prefetching
- * kernels, b->ln_fast == ZPC_LN_PF) and _legacy (kernels_layernorm_legacy.cu); the backend's op
- * picks one by b->ln_fast (ZP_CUDA_LN) */
+ * kernels, b->ln_fast == ZPC_LN_PF), _warp (kernels_layernorm_warp.cu, one warp per row,
+ * b->ln_fast == ZPC_LN_WARP; shapes it does not take run _fast as pf) and _legacy
+ * (kernels_layernorm_legacy.cu); the backend's op picks one by b->ln_fast (ZP_CUDA_LN) */
 #define ZPC_LN_PF 2
+#define ZPC_LN_WARP 3
 int zpc_layernorm_fwd_fast(zp_backend* b, void* out, float* mean, float* rstd, const void* inp,
                            const void* w, const void* bias, int N, int C);
 int zpc_layernorm_bwd_fast(zp_backend* b, void* dinp, void* dw, void* dbias, const void* dout,
+                           const void* inp, const void* w, const float* mean, const float* rstd,
+                           int N, int C);
+int zpc_layernorm_fwd_warp(zp_backend* b, void* out, float* mean, float* rstd, const void* inp,
+                           const void* w, const void* bias, int N, int C);
+int zpc_layernorm_bwd_warp(zp_backend* b, void* dinp, void* dw, void* dbias, const void* dout,
                            const void* inp, const void* w, const float* mean, const float* rstd,
                            int N, int C);
 int zpc_layernorm_fwd_legacy(zp_backend* b, void* out, float* mean, float* rstd, const void* inp,

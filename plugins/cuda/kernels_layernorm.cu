@@ -487,7 +487,7 @@ int zpc_layernorm_fwd_fast(zp_backend* b, void* out, float* mean, float* rstd, c
                 : 0;
   /* pf only at VPT 1 (C <= 4096): measured faster there; at VPT 2 the one shape timed (N 40,
    * C 4104) was not (docs/perf.md 21) */
-  const bool pf = b->ln_fast == ZPC_LN_PF;
+  const bool pf = b->ln_fast >= ZPC_LN_PF; /* pf, and warp's shapes it does not take */
   if (vpt == 1)
     return pf ? zpc_ln_fwd_vec<1, 2, true>(b, T, o, mean, rstd, x, wb, bb, N, C)
               : zpc_ln_fwd_vec<1, 4, false>(b, T, o, mean, rstd, x, wb, bb, N, C);
@@ -544,7 +544,7 @@ int zpc_layernorm_bwd_fast(zp_backend* b, void* dinp, void* dw, void* dbias, con
                 ? zpc_ln_vpt(C, &T)
                 : 0;
   int rc;
-  const bool pf = b->ln_fast == ZPC_LN_PF;
+  const bool pf = b->ln_fast >= ZPC_LN_PF; /* as in the forward */
   if (vpt == 1)
     rc = pf ? zpc_ln_bwd_vec<1, 2, true>(b, T, dx, pdw, pdb, dy, x, wb, mean, rstd, N, C, rpc, nchunks)
             : zpc_ln_bwd_vec<1, 4, false>(b, T, dx, pdw, pdb, dy, x, wb, mean, rstd, N, C, rpc, nchunks);

@@ -50,6 +50,11 @@
  * output), and a second call on the same shape must be bitwise equal to the first (the
  * algorithm is chosen once per shape). Unless --quick, the GPT-2 1.5B GEMM shapes (N 8192) are
  * timed with tuning off and on, each on its own legacy-stream instance.
+ * LayerNorm variants, each on its own instances whatever the environment says: pf against fast
+ * (bitwise), and warp (ZP_CUDA_LN=warp) against the reference with its own determinism,
+ * NULL-output and grad_overwrite checks; timing lines compare pf with fast and warp with pf.
+ * softmax_xent variants (ZP_CUDA_XENT=fast, smem), each on its own instances: the same rows
+ * against the same reference results; timing lines compare each with the default instance.
  * Instances have separate streams: results of one are synchronized before another reads them.
  */
 #define _GNU_SOURCE
@@ -97,6 +102,12 @@ static zp_backend* glf;          /* cuda, ZP_CUDA_LN=fast (explicit) */
 static zp_backend* glp;          /* cuda, ZP_CUDA_LN=pf: bitwise against glf */
 static zp_backend* tlf;          /* cuda, legacy stream + ZP_CUDA_LN=fast: timing */
 static zp_backend* tlp;          /* cuda, legacy stream + ZP_CUDA_LN=pf: timing */
+static zp_backend* glw;          /* cuda, ZP_CUDA_LN=warp: against the reference */
+static zp_backend* tlw;          /* cuda, legacy stream + ZP_CUDA_LN=warp: timing */
+#define NXENT 2                   /* ZP_CUDA_XENT variants besides base */
+static const char* const g_xent_names[NXENT] = {"fast", "smem"};
+static zp_backend* gxe[NXENT];   /* cuda, ZP_CUDA_XENT=fast / smem */
+static zp_backend* txe[NXENT];   /* cuda, legacy stream + those: timing */
 static zp_backend* rb;           /* reference */
 static int g_time = 1, g_quick = 0;
 static const char* g_filter = NULL;
@@ -864,6 +875,31 @@ static void t_layernorm(int N, int C) {
   cmp("layernorm_fwd.rstd", shape, gdown_t(ZP_F32, ga.f2, N), rdown(ra.f2, N), N, TOL_F32);
   double ms_fwd = gtime(tb, r_ln_fwd, &ga);
   flush(ms_fwd);
+  /* ZP_CUDA_LN=warp (kernels_layernorm_warp.cu) on the same inputs into its own outputs, against
+   * the reference; then once more with bias, mean and rstd NULL. Its backward is checked below,
+   * with the statistics of this forward. */
+  args_t wa = ga;
+  if (glw) {
+    wa.o1 = dalloc(G, gb, NC * 2);
+    wa.f1 = (float*)dalloc(G, gb, N * 4);
+    wa.f2 = (float*)dalloc(G, gb, N * 4);
+    CK(r_ln_fwd(G, glw, &wa));
+    CK(G->synchronize(glw));
+    cmp("layernorm[warp]_fwd.out", shape, gdown(wa.o1, NC), rdown(ra.o1, NC), NC, TOL_OUT);
+    cmp("layernorm[warp]_fwd.mean", shape, gdown_t(ZP_F32, wa.f1, N), rdown(ra.f1, N), N, TOL_F32);
+    cmp("layernorm[warp]_fwd.rstd", shape, gdown_t(ZP_F32, wa.f2, N), rdown(ra.f2, N), N, TOL_F32);
+    args_t w2 = wa, r2 = ra;
+    w2.o1 = dalloc(G, gb, NC * 2);
+    r2.o1 = dalloc(R, rb, NC * 4);
+    w2.i3 = r2.i3 = NULL;
+    w2.f1 = w2.f2 = r2.f1 = r2.f2 = NULL;
+    CK(r_ln_fwd(G, glw, &w2));
+    CK(G->synchronize(glw));
+    CK(r_ln_fwd(R, rb, &r2));
+    cmp("layernorm[warp]_fwd.out(no bias/stats)", shape, gdown(w2.o1, NC), rdown(r2.o1, NC), NC,
+        TOL_OUT);
+    flush(NAN);
+  }
 
   float* dout = hrand(NC, 1.0f, 0.0f);
   float* dinp0 = hrand(NC, 1.0f, 0.0f);
@@ -963,6 +999,85 @@ static void t_layernorm(int N, int C) {
         t[k][1] = gtime(tv[k], r_ln_bwd, &va[k]);
       }
       printf("# layernorm[pf] N%d C%d: fwd %.1f us (fast %.1f, x%.3f), bwd %.1f us (fast %.1f, x%.3f)\n", N, C,
+             t[1][0] * 1e3, t[0][0] * 1e3, t[0][0] / t[1][0], t[1][1] * 1e3, t[0][1] * 1e3, t[0][1] / t[1][1]);
+    }
+  }
+  if (glw) { /* ZP_CUDA_LN=warp: the backward from the default's starting values (ra still holds
+              * the reference's), twice (all three outputs byte-equal); dinp alone and dw, dbias
+              * alone; grad_overwrite (dw, dbias from NaN: the bits of accumulating into zeros) */
+    wa.cf1 = wa.f1;
+    wa.cf2 = wa.f2;
+    wa.i4 = ga.i4;
+    void* hb[2][3];
+    for (int k = 0; k < 2; k++) {
+      wa.o1 = gup(dinp0, NC);
+      wa.o2 = gup(dw0, C);
+      wa.o3 = gup(db0, C);
+      CK(r_ln_bwd(G, glw, &wa));
+      CK(G->synchronize(glw));
+      hb[k][0] = gdown_bytes(wa.o1, NC * 2);
+      hb[k][1] = gdown_bytes(wa.o2, (size_t)C * 2);
+      hb[k][2] = gdown_bytes(wa.o3, (size_t)C * 2);
+    }
+    cmp("layernorm[warp]_bwd.dinp(acc)", shape, gdown(wa.o1, NC), rdown(ra.o1, NC), NC, TOL_GRAD);
+    cmp("layernorm[warp]_bwd.dw(acc)", shape, gdown(wa.o2, C), rdown(ra.o2, C), C, TOL_GRAD);
+    cmp("layernorm[warp]_bwd.dbias(acc)", shape, gdown(wa.o3, C), rdown(ra.o3, C), C, TOL_GRAD);
+    cmp_bytes("layernorm[warp]_bwd.deterministic.dinp", shape, hb[0][0], hb[1][0], NC * 2);
+    cmp_bytes("layernorm[warp]_bwd.deterministic.dw", shape, hb[0][1], hb[1][1], (size_t)C * 2);
+    cmp_bytes("layernorm[warp]_bwd.deterministic.dbias", shape, hb[0][2], hb[1][2], (size_t)C * 2);
+    args_t w2 = wa, r2 = ra;
+    w2.o1 = gup(dinp0, NC);
+    r2.o1 = rup(dinp0, NC);
+    w2.o2 = w2.o3 = r2.o2 = r2.o3 = NULL;
+    CK(r_ln_bwd(G, glw, &w2));
+    CK(G->synchronize(glw));
+    CK(r_ln_bwd(R, rb, &r2));
+    cmp("layernorm[warp]_bwd.dinp(dw,db NULL)", shape, gdown(w2.o1, NC), rdown(r2.o1, NC), NC,
+        TOL_GRAD);
+    w2.o1 = r2.o1 = NULL;
+    w2.o2 = gup(dw0, C);
+    r2.o2 = rup(dw0, C);
+    w2.o3 = gup(db0, C);
+    r2.o3 = rup(db0, C);
+    CK(r_ln_bwd(G, glw, &w2));
+    CK(G->synchronize(glw));
+    CK(r_ln_bwd(R, rb, &r2));
+    cmp("layernorm[warp]_bwd.dw(dinp NULL)", shape, gdown(w2.o2, C), rdown(r2.o2, C), C, TOL_GRAD);
+    cmp("layernorm[warp]_bwd.dbias(dinp NULL)", shape, gdown(w2.o3, C), rdown(r2.o3, C), C,
+        TOL_GRAD);
+    if (ZP_TABLE_HAS(G, grad_overwrite)) {
+      float* zc = hconst(C, 0.0f);
+      void* ho[2][2];
+      for (int k = 0; k < 2; k++) { /* 0: off, into zeros; 1: on, from NaN */
+        w2 = wa;
+        w2.o1 = gup(dinp0, NC);
+        w2.o2 = gup(zc, C);
+        w2.o3 = gup(zc, C);
+        if (k) {
+          CK(G->fill(gb, w2.o2, ZP_BF16, (size_t)C, NAN));
+          CK(G->fill(gb, w2.o3, ZP_BF16, (size_t)C, NAN));
+          CK(G->synchronize(gb));
+        }
+        CK(G->grad_overwrite(glw, k));
+        CK(r_ln_bwd(G, glw, &w2));
+        CK(G->grad_overwrite(glw, 0));
+        CK(G->synchronize(glw));
+        ho[k][0] = gdown_bytes(w2.o2, (size_t)C * 2);
+        ho[k][1] = gdown_bytes(w2.o3, (size_t)C * 2);
+      }
+      cmp_bytes("layernorm[warp]_bwd.dw(grad_overwrite)", shape, ho[0][0], ho[1][0], (size_t)C * 2);
+      cmp_bytes("layernorm[warp]_bwd.dbias(grad_overwrite)", shape, ho[0][1], ho[1][1],
+                (size_t)C * 2);
+    }
+    flush(NAN);
+    if (tlp && tlw) { /* warp against pf, each on its legacy-stream instance, the same buffers */
+      double t[2][2];
+      zp_backend* tv[2] = {tlp, tlw};
+      for (int k = 0; k < 2; k++) {
+        t[k][0] = gtime(tv[k], r_ln_fwd, &wa);
+        t[k][1] = gtime(tv[k], r_ln_bwd, &wa);
+      }
+      printf("# layernorm[warp] N%d C%d: fwd %.1f us (pf %.1f, x%.3f), bwd %.1f us (pf %.1f, x%.3f)\n", N, C,
              t[1][0] * 1e3, t[0][0] * 1e3, t[0][0] / t[1][0], t[1][1] * 1e3, t[0][1] * 1e3, t[0][1] / t[1][1]);
     }
   }
@@ -1518,6 +1633,18 @@ static void t_pointwise(size_t n, int misalign) {
 static int r_xent(const zp_backend_ops* o, zp_backend* b, const args_t* a) {
   return o->softmax_xent(b, a->f1, a->o1, a->ids, a->N, a->V, a->Vp, a->s);
 }
+/* the padded columns of every row and all of row 0 (target -1) must be exact zeros */
+static void xent_zero_check(const char* name, const char* shape, const float* gd, int N, int V,
+                            int Vp) {
+  double mx = 0;
+  for (int i = 0; i < N; i++)
+    for (int j = V; j < Vp; j++) mx = fmax(mx, fabs(gd[(size_t)i * Vp + j]));
+  double mi = 0;
+  for (int j = 0; j < Vp; j++) mi = fmax(mi, fabs(gd[j])); /* row 0 has target -1 */
+  result_t* r = pend(name, shape);
+  r->max_abs = fmax(mx, mi);
+  r->pass = r->max_abs == 0.0;
+}
 
 static void t_xent(int N, int V, int Vp) {
   if (!want("softmax_xent")) return;
@@ -1544,20 +1671,14 @@ static void t_xent(int N, int V, int Vp) {
   ra.f1 = (float*)dalloc(R, rb, (size_t)N * 4);
   CK(r_xent(G, gb, &ga));
   CK(r_xent(R, rb, &ra));
-  cmp("softmax_xent.losses", shape, gdown_t(ZP_F32, ga.f1, N), rdown(ra.f1, N), N, TOL_SUM);
+  float* ref_l = rdown(ra.f1, N);
+  cmp("softmax_xent.losses", shape, gdown_t(ZP_F32, ga.f1, N), ref_l, N, TOL_SUM);
   float* gd = gdown(ga.o1, NV);
-  cmp("softmax_xent.dlogits(inplace)", shape, gd, rdown(ra.o1, NV), NV, TOL_GRAD);
-  {
-    double mx = 0;
-    for (int i = 0; i < N; i++)
-      for (int j = V; j < Vp; j++) mx = fmax(mx, fabs(gd[(size_t)i * Vp + j]));
-    double mi = 0;
-    for (int j = 0; j < Vp; j++) mi = fmax(mi, fabs(gd[j])); /* row 0 has target -1 */
-    result_t* r = pend("softmax_xent.pad+ignored=0", shape);
-    r->max_abs = fmax(mx, mi);
-    r->pass = r->max_abs == 0.0;
-  }
-  flush(gtime(tb, r_xent, &ga));
+  float* ref_d = rdown(ra.o1, NV);
+  cmp("softmax_xent.dlogits(inplace)", shape, gd, ref_d, NV, TOL_GRAD);
+  xent_zero_check("softmax_xent.pad+ignored=0", shape, gd, N, V, Vp);
+  const double ms_base = gtime(tb, r_xent, &ga);
+  flush(ms_base);
   /* dloss = 0: losses only, logits untouched */
   ga.s = ra.s = 0.0f;
   void* fresh = gup(logits, NV);
@@ -1565,10 +1686,52 @@ static void t_xent(int N, int V, int Vp) {
   ra.o1 = rup(logits, NV);
   CK(r_xent(G, gb, &ga));
   CK(r_xent(R, rb, &ra));
-  cmp("softmax_xent(dloss=0).losses", shape, gdown_t(ZP_F32, ga.f1, N), rdown(ra.f1, N), N,
-      TOL_SUM);
+  float* ref_l0 = rdown(ra.f1, N);
+  cmp("softmax_xent(dloss=0).losses", shape, gdown_t(ZP_F32, ga.f1, N), ref_l0, N, TOL_SUM);
   cmp("softmax_xent(dloss=0).logits", shape, gdown(fresh, NV), logits, NV, TOL_EXACT);
-  flush(gtime(tb, r_xent, &ga));
+  const double ms_base0 = gtime(tb, r_xent, &ga);
+  flush(ms_base0);
+  /* ZP_CUDA_XENT variants: the same rows against the same reference results, each run on one
+   * device buffer refilled from one packed copy of the logits (bounded host memory at N 16384) */
+  {
+    const void* hpack = pack(ZP_BF16, logits, NV);
+    uint16_t* hraw = (uint16_t*)hmalloc(NV * 2);
+    float* vd = (float*)hmalloc(NV * sizeof(float));
+    args_t va = ga;
+    va.o1 = dalloc(G, gb, NV * 2);
+    va.f1 = (float*)dalloc(G, gb, (size_t)N * 4);
+    for (int k = 0; k < NXENT; k++) {
+      if (!gxe[k]) continue;
+      char nm[64];
+      double ms[2];
+      for (int z = 0; z < 2; z++) { /* z = 0: dloss 1 / N; z = 1: dloss 0 */
+        va.s = z ? 0.0f : 1.0f / (float)N;
+        CK(G->copy_h2d(gb, va.o1, hpack, NV * 2));
+        CK(G->synchronize(gb));
+        CK(r_xent(G, gxe[k], &va));
+        CK(G->synchronize(gxe[k]));
+        CK(G->copy_d2h(gb, hraw, va.o1, NV * 2));
+        for (size_t i = 0; i < NV; i++) vd[i] = bf2f(hraw[i]);
+        snprintf(nm, sizeof nm, "softmax_xent%s[%s].losses", z ? "(dloss=0)" : "", g_xent_names[k]);
+        cmp(nm, shape, gdown_t(ZP_F32, va.f1, N), z ? ref_l0 : ref_l, N, TOL_SUM);
+        if (!z) {
+          snprintf(nm, sizeof nm, "softmax_xent[%s].dlogits(inplace)", g_xent_names[k]);
+          cmp(nm, shape, vd, ref_d, NV, TOL_GRAD);
+          snprintf(nm, sizeof nm, "softmax_xent[%s].pad+ignored=0", g_xent_names[k]);
+          xent_zero_check(nm, shape, vd, N, V, Vp);
+        } else {
+          snprintf(nm, sizeof nm, "softmax_xent(dloss=0)[%s].logits", g_xent_names[k]);
+          cmp(nm, shape, vd, logits, NV, TOL_EXACT);
+        }
+        ms[z] = gtime(txe[k], r_xent, &va);
+        flush(ms[z]);
+      }
+      if (!isnan(ms[0]) && !isnan(ms_base))
+        printf("# softmax_xent[%s] %s: %.3f ms (base %.3f ms, x%.2f); dloss=0: %.3f ms (base %.3f ms, x%.2f)\n",
+               g_xent_names[k], shape, ms[0], ms_base, ms_base / ms[0], ms[1], ms_base0,
+               ms_base0 / ms[1]);
+    }
+  }
   release_all();
 }
 
@@ -1946,7 +2109,7 @@ static void t_switch_errors(void) {
       {"ZP_CUDA_ATTN", "flash2"},  {"ZP_CUDA_FA2_FWD", "base"}, {"ZP_CUDA_FA2_BWD", "kv3"},
       {"ZP_CUDA_FUSE_GELU", "yes"}, {"ZP_CUDA_FUSE_RES", "2"},   {"ZP_CUDA_LN", "Fast"},
       {"ZP_CUDA_GEMM_TUNE", "3"},  {"ZP_CUDA_ADAMW_PIECES", "on"}, {"ZP_CUDA_BGRAD", "2"},
-      {"ZP_CUDA_PRIO", "high"},   {"ZP_CUDA_ADAMW_GRID", "uncapped"}};
+      {"ZP_CUDA_PRIO", "high"},   {"ZP_CUDA_ADAMW_GRID", "uncapped"}, {"ZP_CUDA_XENT", "v2"}};
   for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
     const char* old = getenv(bad[i][0]);
     char* keep = old ? strdup(old) : NULL;
@@ -2585,7 +2748,7 @@ static zp_backend* make_cuda_with(const char* var, const char* val, const char* 
 static zp_backend* make_cuda_env(const char* var, const char* val) {
   return make_cuda_with(var, val, NULL, "naive", 1);
 }
-/* ZP_CUDA_LN=ln (fast or pf) */
+/* ZP_CUDA_LN=ln (fast, pf or warp) */
 static zp_backend* make_cuda_ln(const char* stream, const char* ln) {
   return make_cuda_with("ZP_CUDA_LN", ln, stream, "naive", 1);
 }
@@ -2642,14 +2805,20 @@ int main(int argc, char** argv) {
   gtb = make_cuda(NULL, "naive", "2", 1);
   glf = make_cuda_ln(NULL, "fast");
   glp = make_cuda_ln(NULL, "pf");
+  glw = make_cuda_ln(NULL, "warp");
+  for (int k = 0; k < NXENT; k++)
+    gxe[k] = make_cuda_with("ZP_CUDA_XENT", g_xent_names[k], NULL, "naive", 1);
   if (g_time) {
     tb = make_cuda("legacy", "naive", NULL, 1);
+    for (int k = 0; k < NXENT; k++)
+      txe[k] = make_cuda_with("ZP_CUDA_XENT", g_xent_names[k], "legacy", "naive", 1);
     tfb = make_cuda("legacy", "fa2", NULL, 0);
     tfub = make_cuda_fused("legacy", "fused");
     tfab = make_cuda_fused("legacy", "atomic");
     twb = make_cuda("legacy", "flash", NULL, 0);
     tlf = make_cuda_ln("legacy", "fast");
     tlp = make_cuda_ln("legacy", "pf");
+    tlw = make_cuda_ln("legacy", "warp");
     if (!g_quick) {
       t0b = make_cuda("legacy", "naive", "0", 1);
       ttb = make_cuda("legacy", "naive", "2", 1);
@@ -2733,6 +2902,13 @@ int main(int argc, char** argv) {
   t_xent(N, V, Vp);
   t_xent(37, 1000, 1003);
   if (!g_quick) t_xent(2048, 50257, 50304); /* GPT-2's vocabulary: timing shape */
+  t_xent(45, 1001, 1024); /* vector path: V % 8 = 1 (a masked vector, then 2 of padding), 126 vectors < 1024 threads */
+  t_xent(37, 1000, 1016); /* vector path: V % 8 = 0, then 2 padding vectors */
+  t_xent(7, 60001, 60016); /* rows over smem's 7 x 1024 vectors: ZP_CUDA_XENT=smem runs fast */
+  if (!g_quick) {         /* timing shapes: GPT-2 124M's loss at micro-batch 16 and 8 (T 1024) */
+    t_xent(16384, 50257, 50304);
+    t_xent(8192, 50257, 50304);
+  }
   t_tp(N, V, Vp, 2, B, T, C);
   t_tp(37, 1000, 1024, 4, 3, 37, 96); /* the last slice holds only padding columns */
   t_adamw(1, 1);
@@ -2751,9 +2927,13 @@ int main(int argc, char** argv) {
   if (tfub) G->destroy(tfub);
   if (gfub) G->destroy(gfub);
   if (tfab) G->destroy(tfab);
-  zp_backend* const lnb[] = {glf, glp, tlf, tlp};
-  for (int i = 0; i < 4; i++)
+  zp_backend* const lnb[] = {glf, glp, tlf, tlp, glw, tlw};
+  for (int i = 0; i < 6; i++)
     if (lnb[i]) G->destroy(lnb[i]);
+  for (int k = 0; k < NXENT; k++) {
+    if (txe[k]) G->destroy(txe[k]);
+    if (gxe[k]) G->destroy(gxe[k]);
+  }
   if (gfab) G->destroy(gfab);
   if (twb) G->destroy(twb);
   if (gwb) G->destroy(gwb);
