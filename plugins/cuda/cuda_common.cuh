@@ -176,6 +176,43 @@ __device__ __forceinline__ float zpc_warp_max(float v) {
   return v;
 }
 
+/* 8 bf16 (one 16-byte vector; element 0 in the low half of .x) <-> 8 floats (the LayerNorm kernels) */
+__device__ __forceinline__ void zpc_unpack8(uint4 u, float (&f)[8]) {
+  const uint32_t q[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+  for (int i = 0; i < 4; i++) {
+    f[2 * i] = __uint_as_float(q[i] << 16);
+    f[2 * i + 1] = __uint_as_float(q[i] & 0xffff0000u);
+  }
+}
+__device__ __forceinline__ uint32_t zpc_pack2(float lo, float hi) {
+  __nv_bfloat162_raw h = __floats2bfloat162_rn(lo, hi); /* one cvt, round to nearest even */
+  return (uint32_t)h.x | ((uint32_t)h.y << 16);
+}
+__device__ __forceinline__ uint4 zpc_pack8(const float (&f)[8]) {
+  return make_uint4(zpc_pack2(f[0], f[1]), zpc_pack2(f[2], f[3]), zpc_pack2(f[4], f[5]),
+                    zpc_pack2(f[6], f[7]));
+}
+
+/* Block (32, 32), column c = blockIdx.x * 32 + threadIdx.x: dst[c] (+)= sum_r part[r, c], the
+ * partial rows r = threadIdx.y, + 32, ... summed per lane, then the 32 lanes in order (a fixed
+ * order: deterministic); added into dst, or stored when overwrite (grad_overwrite, 1.8: the bits
+ * of adding into +0, up to the sign of a zero). Every thread of the block must call it. */
+__device__ __forceinline__ void zpc_colsum_block(bf16* dst, const float* part, int R, int C, int overwrite) {
+  __shared__ float sh[32][33];
+  const int c = blockIdx.x * 32 + threadIdx.x;
+  float s = 0.0f;
+  if (c < C)
+    for (int r = threadIdx.y; r < R; r += 32) s += part[(size_t)r * C + c];
+  sh[threadIdx.y][threadIdx.x] = s;
+  __syncthreads();
+  if (threadIdx.y == 0 && c < C) {
+    float t = 0.0f;
+    for (int k = 0; k < 32; k++) t += sh[k][threadIdx.x];
+    dst[c] = overwrite ? f2bf(t) : f2bf(bf2f(dst[c]) + t);
+  }
+}
+
 /* host-side dtype dispatch: calls f((T*)nullptr) for T in float, bf16, double */
 template <typename F> static inline int zpc_with_dtype(zp_dtype dt, F&& f) {
   switch (dt) {

@@ -68,23 +68,6 @@ __device__ __forceinline__ void zpc_ln_block_sum(float (&v)[K], float* buf, int&
   }
 }
 
-/* 8 bf16 (one 16-byte vector; element 0 in the low half of .x) <-> 8 floats */
-__device__ __forceinline__ void zpc_ln_unpack(uint4 u, float (&f)[8]) {
-  const uint32_t q[4] = {u.x, u.y, u.z, u.w};
-#pragma unroll
-  for (int i = 0; i < 4; i++) {
-    f[2 * i] = __uint_as_float(q[i] << 16);
-    f[2 * i + 1] = __uint_as_float(q[i] & 0xffff0000u);
-  }
-}
-__device__ __forceinline__ uint32_t zpc_ln_pack2(float lo, float hi) {
-  __nv_bfloat162_raw h = __floats2bfloat162_rn(lo, hi); /* one cvt, round to nearest even */
-  return (uint32_t)h.x | ((uint32_t)h.y << 16);
-}
-__device__ __forceinline__ uint4 zpc_ln_pack(const float (&f)[8]) {
-  return make_uint4(zpc_ln_pack2(f[0], f[1]), zpc_ln_pack2(f[2], f[3]), zpc_ln_pack2(f[4], f[5]),
-                    zpc_ln_pack2(f[6], f[7]));
-}
 
 /* ---------------------------------------------------------------- forward */
 
@@ -146,7 +129,7 @@ __global__ void __launch_bounds__(ZPC_LN_MAX_THREADS)
 #pragma unroll
       for (int k = 0; k < VPT; k++) {
         float f[8];
-        zpc_ln_unpack(xv[i][k], f);
+        zpc_unpack8(xv[i][k], f);
 #pragma unroll
         for (int j = 0; j < 8; j++) s[i] += f[j];
       }
@@ -165,7 +148,7 @@ __global__ void __launch_bounds__(ZPC_LN_MAX_THREADS)
       for (int k = 0; k < VPT; k++) {
         if ((int)threadIdx.x + k * (int)blockDim.x >= nvec) continue;
         float f[8];
-        zpc_ln_unpack(xv[i][k], f);
+        zpc_unpack8(xv[i][k], f);
 #pragma unroll
         for (int j = 0; j < 8; j++) {
           const float d = f[j] - m[i];
@@ -185,12 +168,12 @@ __global__ void __launch_bounds__(ZPC_LN_MAX_THREADS)
         const int v = threadIdx.x + k * blockDim.x;
         if (v >= nvec) continue;
         float f[8], fw[8], fb[8];
-        zpc_ln_unpack(xv[i][k], f);
-        zpc_ln_unpack(wv[k], fw);
-        zpc_ln_unpack(bv[k], fb);
+        zpc_unpack8(xv[i][k], f);
+        zpc_unpack8(wv[k], fw);
+        zpc_unpack8(bv[k], fb);
 #pragma unroll
         for (int j = 0; j < 8; j++) f[j] = (f[j] - m[i]) * r * fw[j] + fb[j];
-        o[v] = zpc_ln_pack(f);
+        o[v] = zpc_pack8(f);
       }
       if (threadIdx.x == 0) {
         if (mean) mean[row] = m[i];
@@ -328,9 +311,9 @@ __global__ void __launch_bounds__(ZPC_LN_MAX_THREADS)
 #pragma unroll
           for (int k = 0; k < VPT; k++) {
             float fx[8], fdy[8], fw[8];
-            zpc_ln_unpack(xv[i][k], fx);
-            zpc_ln_unpack(dyv[i][k], fdy);
-            zpc_ln_unpack(wv[k], fw);
+            zpc_unpack8(xv[i][k], fx);
+            zpc_unpack8(dyv[i][k], fdy);
+            zpc_unpack8(wv[k], fw);
 #pragma unroll
             for (int j = 0; j < 8; j++) {
               const float xhat = (fx[j] - m[i]) * r[i];
@@ -354,10 +337,10 @@ __global__ void __launch_bounds__(ZPC_LN_MAX_THREADS)
           const int v = threadIdx.x + k * blockDim.x;
           if (v >= nvec) continue;
           float fx[8], fdy[8], fw[8], fdx[8];
-          zpc_ln_unpack(xv[i][k], fx);
-          zpc_ln_unpack(dyv[i][k], fdy);
-          zpc_ln_unpack(wv[k], fw);
-          zpc_ln_unpack(dxv[i][k], fdx);
+          zpc_unpack8(xv[i][k], fx);
+          zpc_unpack8(dyv[i][k], fdy);
+          zpc_unpack8(wv[k], fw);
+          zpc_unpack8(dxv[i][k], fdx);
 #pragma unroll
           for (int j = 0; j < 8; j++) {
             const float xhat = (fx[j] - m[i]) * r[i];
@@ -365,7 +348,7 @@ __global__ void __launch_bounds__(ZPC_LN_MAX_THREADS)
             adw[k][j] += fdy[j] * xhat;
             adb[k][j] += fdy[j];
           }
-          if (dx) dx[v] = zpc_ln_pack(fdx);
+          if (dx) dx[v] = zpc_pack8(fdx);
         }
       }
     }

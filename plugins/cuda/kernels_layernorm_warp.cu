@@ -67,25 +67,6 @@
 #define ZPC_LNW_MAX_CHUNKS 1024 /* partial rows of dw / dbias, at most */
 #define ZPC_LNW_MIN_CHUNK 32    /* rows per chunk, at least (>= ZPC_LNW_WARPS) */
 
-/* ---------------------------------------------------------------- device helpers */
-
-/* 8 bf16 (one 16-byte vector; element 0 in the low half of .x) <-> 8 floats */
-__device__ __forceinline__ void zpc_lnw_unpack(uint4 u, float (&f)[8]) {
-  const uint32_t q[4] = {u.x, u.y, u.z, u.w};
-#pragma unroll
-  for (int i = 0; i < 4; i++) {
-    f[2 * i] = __uint_as_float(q[i] << 16);
-    f[2 * i + 1] = __uint_as_float(q[i] & 0xffff0000u);
-  }
-}
-__device__ __forceinline__ uint32_t zpc_lnw_pack2(float lo, float hi) {
-  __nv_bfloat162_raw h = __floats2bfloat162_rn(lo, hi); /* one cvt, round to nearest even */
-  return (uint32_t)h.x | ((uint32_t)h.y << 16);
-}
-__device__ __forceinline__ uint4 zpc_lnw_pack(const float (&f)[8]) {
-  return make_uint4(zpc_lnw_pack2(f[0], f[1]), zpc_lnw_pack2(f[2], f[3]),
-                    zpc_lnw_pack2(f[4], f[5]), zpc_lnw_pack2(f[6], f[7]));
-}
 
 /* ---------------------------------------------------------------- forward */
 
@@ -128,7 +109,7 @@ __global__ void __launch_bounds__(ZPC_LNW_THREADS)
 #pragma unroll
     for (int k = 0; k < VPL; k++) {
       float f[8];
-      zpc_lnw_unpack(xv[k], f);
+      zpc_unpack8(xv[k], f);
 #pragma unroll
       for (int j = 0; j < 8; j++) s += f[j];
     }
@@ -139,7 +120,7 @@ __global__ void __launch_bounds__(ZPC_LNW_THREADS)
     for (int k = 0; k < VPL; k++) {
       if (lane + 32 * k >= nvec) continue;
       float f[8];
-      zpc_lnw_unpack(xv[k], f);
+      zpc_unpack8(xv[k], f);
 #pragma unroll
       for (int j = 0; j < 8; j++) {
         const float d = f[j] - m;
@@ -154,12 +135,12 @@ __global__ void __launch_bounds__(ZPC_LNW_THREADS)
       const int v = lane + 32 * k;
       if (v >= nvec) continue;
       float f[8], fw[8], fb[8];
-      zpc_lnw_unpack(xv[k], f);
-      zpc_lnw_unpack(sw[v], fw);
-      zpc_lnw_unpack(sb[v], fb);
+      zpc_unpack8(xv[k], f);
+      zpc_unpack8(sw[v], fw);
+      zpc_unpack8(sb[v], fb);
 #pragma unroll
       for (int j = 0; j < 8; j++) f[j] = (f[j] - m) * r * fw[j] + fb[j];
-      o[v] = zpc_lnw_pack(f);
+      o[v] = zpc_pack8(f);
     }
     if (lane == 0) {
       if (mean) mean[row] = m;
@@ -254,9 +235,9 @@ __global__ void __launch_bounds__(ZPC_LNW_THREADS)
 #pragma unroll
         for (int k = 0; k < VPL; k++) {
           float fx[8], fdy[8], fw[8];
-          zpc_lnw_unpack(cu.x[k], fx);
-          zpc_lnw_unpack(cu.dy[k], fdy);
-          zpc_lnw_unpack(sw[lane + 32 * k], fw);
+          zpc_unpack8(cu.x[k], fx);
+          zpc_unpack8(cu.dy[k], fdy);
+          zpc_unpack8(sw[lane + 32 * k], fw);
 #pragma unroll
           for (int j = 0; j < 8; j++) {
             const float xhat = (fx[j] - cu.m) * cu.r;
@@ -275,16 +256,16 @@ __global__ void __launch_bounds__(ZPC_LNW_THREADS)
         const int v = lane + 32 * k;
         if (v >= nvec) continue;
         float fx[8], fdy[8], fw[8], fdx[8], xh[8];
-        zpc_lnw_unpack(cu.x[k], fx);
-        zpc_lnw_unpack(cu.dy[k], fdy);
-        zpc_lnw_unpack(sw[v], fw);
-        zpc_lnw_unpack(cu.dx[k], fdx);
+        zpc_unpack8(cu.x[k], fx);
+        zpc_unpack8(cu.dy[k], fdy);
+        zpc_unpack8(sw[v], fw);
+        zpc_unpack8(cu.dx[k], fdx);
 #pragma unroll
         for (int j = 0; j < 8; j++) {
           xh[j] = (fx[j] - cu.m) * cu.r;
           fdx[j] += cu.r * (fw[j] * fdy[j] - s0 - xh[j] * s1);
         }
-        if (dx) dx[v] = zpc_lnw_pack(fdx);
+        if (dx) dx[v] = zpc_pack8(fdx);
         if (acc) {
           float4* a = my + 32 * (4 * k);
           float4 t;
@@ -344,21 +325,9 @@ __global__ void __launch_bounds__(ZPC_LNW_THREADS)
  * Block (32, 32): x = column in a 32-column tile, y = lane over the partial rows. */
 __global__ void zpc_lnw_colsum_kernel(bf16* dw, bf16* db, const float* pdw, const float* pdb,
                                       int R, int C, int overwrite) {
-  __shared__ float sh[32][33];
   bf16* dst = blockIdx.y ? db : dw;
-  const float* part = blockIdx.y ? pdb : pdw;
   if (!dst) return; /* uniform over the block */
-  const int c = blockIdx.x * 32 + threadIdx.x;
-  float s = 0.0f;
-  if (c < C)
-    for (int r = threadIdx.y; r < R; r += 32) s += part[(size_t)r * C + c];
-  sh[threadIdx.y][threadIdx.x] = s;
-  __syncthreads();
-  if (threadIdx.y == 0 && c < C) {
-    float t = 0.0f;
-    for (int k = 0; k < 32; k++) t += sh[k][threadIdx.x];
-    dst[c] = overwrite ? f2bf(t) : f2bf(bf2f(dst[c]) + t);
-  }
+  zpc_colsum_block(dst, blockIdx.y ? pdb : pdw, R, C, overwrite);
 }
 
 /* ---------------------------------------------------------------- host side */

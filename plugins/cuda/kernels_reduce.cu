@@ -94,18 +94,7 @@ int zpc_colsum_partials(zp_backend* b, float* part, const bf16* x, int N, int C)
 /* dst[c] (+)= sum_r part[r, c]: added into dst, or stored when overwrite (grad_overwrite, 1.8:
  * the bits of adding into +0, up to the sign of a zero) */
 __global__ void zpc_colsum_add_kernel(bf16* dst, const float* part, int R, int C, int overwrite) {
-  __shared__ float sh[32][33];
-  int c = blockIdx.x * 32 + threadIdx.x;
-  float s = 0.0f;
-  if (c < C)
-    for (int r = threadIdx.y; r < R; r += 32) s += part[(size_t)r * C + c];
-  sh[threadIdx.y][threadIdx.x] = s;
-  __syncthreads();
-  if (threadIdx.y == 0 && c < C) {
-    float t = 0.0f;
-    for (int k = 0; k < 32; k++) t += sh[k][threadIdx.x];
-    dst[c] = overwrite ? f2bf(t) : f2bf(bf2f(dst[c]) + t);
-  }
+  zpc_colsum_block(dst, part, R, C, overwrite);
 }
 
 int zpc_colsum_add(zp_backend* b, bf16* dst, const float* part, int R, int C) {
