@@ -14,16 +14,17 @@
  *   naive: always the cuBLASLt path of attention.cu.
  *   ZP_CUDA_FUSE_GELU = 1: matmul_gelu_fwd / matmul_dgelu_bwd use cuBLASLt's GELU epilogues;
  *   0: they run matmul and the gelu kernel separately (same contract).
- *   ZP_CUDA_LN = pf (default: kernels_layernorm.cu loading the next rows before the current
- *   ones' reductions; the same bits as fast, 1.09x / 1.16x faster fwd / bwd at GPT-2 1.5B's
- *   shape on the H100) | fast (kernels_layernorm.cu without it) | legacy
- *   (kernels_layernorm_legacy.cu) | warp (kernels_layernorm_warp.cu: one warp per row, no
- *   block barriers per row; shapes it does not take run pf).
+ *   ZP_CUDA_LN = warp (default: kernels_layernorm_warp.cu, one warp per row, no block barriers
+ *   per row; shapes it does not take run pf; 1.26x / 1.20x faster fwd / bwd than pf at GPT-2
+ *   1.5B's shape on the H100, docs/perf.md 24) | pf (kernels_layernorm.cu loading the next rows
+ *   before the current ones' reductions; the same bits as fast) | fast (kernels_layernorm.cu
+ *   without it) | legacy (kernels_layernorm_legacy.cu).
  *   ZP_CUDA_SUMSQ_MANY = 1 (default: sumsq_many waits once per call) | 0 (once per tensor, as
  *   sumsq calls would: for A/B timing; the same bits).
  *   ZP_CUDA_FUSE_RES = 1 (matmul_res_fwd: the residual is the GEMM's C) | 0 (two passes).
- *   ZP_CUDA_XENT = base (default) | fast | smem: softmax_xent kernels (softmax_xent.cu's header
- *   says what each does; the same contract, not the same bits).
+ *   ZP_CUDA_XENT = fast (default; 1.51x base at GPT-2 124M's rows, docs/perf.md 25) | base |
+ *   smem: softmax_xent kernels (softmax_xent.cu's header says what each does; the same
+ *   contract, not the same bits).
  *   ZP_CUDA_BGRAD = 0 (default: a deterministic column-sum pass over dout) | 1 (matmul_bwd's bias
  *   gradient from the dW GEMM's BGRADB epilogue: measured slower on the H100, docs/perf.md 15).
  *   ZP_CUDA_ADAMW_PIECES = 1 (adamw_pieces: a range's pieces in one launch set) | 0 (one launch
@@ -53,12 +54,12 @@
  * (2026-12-07, docs/perf.md). The previous kernels stay selectable for comparison. */
 #define ZPC_DEFAULT_ATTN 2      /* fa2 (mma.sync) */
 #define ZPC_DEFAULT_FUSE_GELU 1 /* GELU in the cuBLASLt epilogues */
-#define ZPC_DEFAULT_LN_FAST 2   /* vectorized layernorm, prefetching (pf; docs/perf.md 21) */
+#define ZPC_DEFAULT_LN_FAST 3   /* one warp per row (warp; docs/perf.md 24), pf where it does not apply */
 #define ZPC_DEFAULT_FUSE_RES 1  /* the residual as the GEMM's C (measured: docs/perf.md) */
 #define ZPC_DEFAULT_FA2_FWD 0   /* fast (measured: docs/perf.md) */
 #define ZPC_DEFAULT_BGRAD 0     /* column sums: the BGRADB epilogue measured slower (docs/perf.md 15) */
 #define ZPC_DEFAULT_FA2_BWD 1   /* kv2 (measured: docs/perf.md) */
-#define ZPC_DEFAULT_XENT 0      /* base softmax_xent until fast / smem are measured on a GPU */
+#define ZPC_DEFAULT_XENT 1      /* fast (docs/perf.md 25) */
 
 #include <stdarg.h>
 #include <stddef.h>

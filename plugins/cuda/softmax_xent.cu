@@ -8,10 +8,10 @@
  * loss 0 and, if dloss != 0, an all-zero gradient row. The target logit is read before the
  * block's first write.
  * ZP_CUDA_XENT (b->xent) picks the kernel:
- *   base (default): one pass computes the running max and sum of exp per element (online
+ *   base: one pass computes the running max and sum of exp per element (online
  *     softmax with expf), a second pass writes the gradient (expf again). A 16-byte vector path
  *     when Vp % 8 == 0 and logits is 16-byte aligned, else a scalar path.
- *   fast: per 16-byte vector, max first, one rescale per new max, ex2.approx per element; two
+ *   fast (default, docs/perf.md 25): per 16-byte vector, max first, one rescale per new max, ex2.approx per element; two
  *     passes over global memory (1024 threads per row). Needs the vector conditions: else base.
  *   smem: as fast, but pass 1 stages the row in shared memory (cp.async) and pass 2 reads it
  *     there: one global read per element. Rows of ceil(V / 8) <= 7168 vectors; longer: fast.
