@@ -143,6 +143,29 @@ static inline void* zpc_carve(void* base, size_t* off, size_t bytes) {
 }
 static inline size_t zpc_round256(size_t x) { return (x + 255) & ~(size_t)255; }
 
+/* The LayerNorm backward's row chunks and parameter-gradient partials (fast, pf and warp
+ * kernels): rpc = max(32, ceil(N / 1024)) rows per chunk, a function of N only (so every sum's
+ * order is), nchunks chunks; the op scratch holds [nchunks, C] fp32 partial rows for dw (*pdw)
+ * and for dbias (*pdb), each NULL where that output is not wanted. */
+#define ZPC_LN_MAX_CHUNKS 1024 /* partial rows of dw / dbias, at most */
+#define ZPC_LN_MIN_CHUNK 32    /* rows per chunk, at least */
+static inline int zpc_ln_partials(zp_backend* b, int N, int C, bool dw, bool dbias, int* rpc, int* nchunks,
+                                  float** pdw, float** pdb) {
+  int r = N / ZPC_LN_MAX_CHUNKS + (N % ZPC_LN_MAX_CHUNKS != 0);
+  if (r < ZPC_LN_MIN_CHUNK) r = ZPC_LN_MIN_CHUNK;
+  *rpc = r;
+  *nchunks = N / r + (N % r != 0);
+  *pdw = *pdb = NULL;
+  if (!dw && !dbias) return ZP_OK;
+  void* s = NULL;
+  const size_t one = zpc_round256((size_t)*nchunks * C * sizeof(float));
+  int rc = zpc_scratch(b, 2 * one, &s);
+  if (rc) return rc;
+  if (dw) *pdw = (float*)s;
+  if (dbias) *pdb = (float*)((char*)s + one);
+  return ZP_OK;
+}
+
 /* grid for a grid-stride loop over n items with `threads` per block */
 static inline unsigned zpc_grid(const zp_backend* b, size_t n, int threads) {
   size_t want = (n + (size_t)threads - 1) / (size_t)threads;

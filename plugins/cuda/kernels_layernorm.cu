@@ -37,8 +37,6 @@
 #define ZPC_LN_MAX_THREADS 512 /* vector path block size limit */
 #define ZPC_LN_MAX_WARPS (ZPC_LN_MAX_THREADS / 32)
 #define ZPC_LN_ANY_THREADS 256 /* scalar path block size */
-#define ZPC_LN_MAX_CHUNKS 1024 /* partial rows of dw / dbias, at most */
-#define ZPC_LN_MIN_CHUNK 32    /* rows per chunk, at least */
 
 /* ---------------------------------------------------------------- device helpers */
 
@@ -504,18 +502,11 @@ int zpc_layernorm_bwd_fast(zp_backend* b, void* dinp, void* dw, void* dbias, con
     return ZPC_INVALID(b, "cuda backend: layernorm_bwd: bad arguments N=%d C=%d", N, C);
   if (!dinp && !dw && !dbias) return ZP_OK;
   /* row chunks: a function of N only (see the top) */
-  int rpc = N / ZPC_LN_MAX_CHUNKS + (N % ZPC_LN_MAX_CHUNKS != 0);
-  if (rpc < ZPC_LN_MIN_CHUNK) rpc = ZPC_LN_MIN_CHUNK;
-  int nchunks = N / rpc + (N % rpc != 0);
-  float* pdw = NULL;
-  float* pdb = NULL;
-  if (dw || dbias) {
-    void* s = NULL;
-    size_t one = zpc_round256((size_t)nchunks * C * sizeof(float));
-    int rc = zpc_scratch(b, 2 * one, &s);
+  int rpc = 0, nchunks = 0;
+  float *pdw = NULL, *pdb = NULL;
+  {
+    int rc = zpc_ln_partials(b, N, C, dw != NULL, dbias != NULL, &rpc, &nchunks, &pdw, &pdb);
     if (rc) return rc;
-    if (dw) pdw = (float*)s;
-    if (dbias) pdb = (float*)((char*)s + one);
   }
   bf16* dx = (bf16*)dinp;
   const bf16* dy = (const bf16*)dout;

@@ -64,8 +64,7 @@
 #define ZPC_LNW_THREADS (32 * ZPC_LNW_WARPS)
 #define ZPC_LNW_FWD_MAX_C 4096 /* VPL 16 */
 #define ZPC_LNW_BWD_MAX_C 2048 /* VPL 8 */
-#define ZPC_LNW_MAX_CHUNKS 1024 /* partial rows of dw / dbias, at most */
-#define ZPC_LNW_MIN_CHUNK 32    /* rows per chunk, at least (>= ZPC_LNW_WARPS) */
+static_assert(ZPC_LN_MIN_CHUNK >= ZPC_LNW_WARPS, "a chunk gives every warp a row"); /* chunks: zpc_ln_partials */
 
 
 /* ---------------------------------------------------------------- forward */
@@ -413,18 +412,11 @@ int zpc_layernorm_bwd_warp(zp_backend* b, void* dinp, void* dw, void* dbias, con
       !zpc_lnw_al16(inp) || !zpc_lnw_al16(w))
     return zpc_layernorm_bwd_fast(b, dinp, dw, dbias, dout, inp, w, mean, rstd, N, C);
   /* row chunks: a function of N only (see the top) */
-  int rpc = N / ZPC_LNW_MAX_CHUNKS + (N % ZPC_LNW_MAX_CHUNKS != 0);
-  if (rpc < ZPC_LNW_MIN_CHUNK) rpc = ZPC_LNW_MIN_CHUNK;
-  const int nchunks = N / rpc + (N % rpc != 0);
-  float* pdw = NULL;
-  float* pdb = NULL;
-  if (dw || dbias) {
-    void* s = NULL;
-    const size_t one = zpc_round256((size_t)nchunks * C * sizeof(float));
-    int rc = zpc_scratch(b, 2 * one, &s);
+  int rpc = 0, nchunks = 0;
+  float *pdw = NULL, *pdb = NULL;
+  {
+    int rc = zpc_ln_partials(b, N, C, dw != NULL, dbias != NULL, &rpc, &nchunks, &pdw, &pdb);
     if (rc) return rc;
-    if (dw) pdw = (float*)s;
-    if (dbias) pdb = (float*)((char*)s + one);
   }
   bf16* dx = (bf16*)dinp;
   const bf16* dy = (const bf16*)dout;
