@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# campaign.sh: the multi-GPU measurements the open issues still need, cut into parts that each
+# campaign.sh: the GPU measurements the open issues still need (one GPU and several), cut into parts that each
 # fit one device call (under 10 minutes), so that a scarce 2-GPU (or larger) machine is used
 # without planning on the spot. One part per call: build if needed, run, print the part's
 # summary lines, and pack every log into $OUT/all.tgz (the device tool returns at most 8 files).
@@ -10,6 +10,10 @@
 # Env: OUT (default /tmp/zp-out), PART_TIMEOUT (s, default 570), and every variable of the
 #   scripts a part runs (passed through).
 # Parts (issue: what the note needs):
+#   checks1     (8) tests/gpu/run_gpu_checks.sh on one GPU: the whole GPU check at the current
+#               defaults (session 10 changed two kernels' defaults without running it)
+#   speed1      (8) bench/speed.sh 124m 1.5b with PEERS=compile: op checks, then zp beside
+#               torch.compile on one GPU, then both models' op profiles
 #   checks2     (5, 6, 8) tests/gpu/run_2gpu_checks.sh: NCCL, stages vs replicated, tp 2 and pp 2
 #               parity against 1 GPU, a dead rank
 #   speed124    (8) GPT-2 124M: zp none/stage1/stage2/stage3 on 2 GPUs and 1, PyTorch's matrix
@@ -30,6 +34,8 @@ OUT=${OUT:-/tmp/zp-out}
 PART=${1:-list}
 LOGS=/tmp/zp-campaign/$PART
 declare -A CMD MIN
+CMD[checks1]="bash tests/gpu/run_gpu_checks.sh";                                       MIN[checks1]=4
+CMD[speed1]="PEERS=compile PROFILE=after bash bench/speed.sh 124m 1.5b";                MIN[speed1]=8
 CMD[checks2]="bash tests/gpu/run_2gpu_checks.sh";                                      MIN[checks2]=5
 CMD[speed124]="ZP_MULTI='none stage1 stage2 stage3' PEERS=auto bash bench/gpu_bench.sh 124m"; MIN[speed124]=8
 CMD[speed15zp]="ZP_MULTI='stage1 stage2 stage3' PEERS=none bash bench/gpu_bench.sh 1.5b";    MIN[speed15zp]=9
@@ -38,7 +44,7 @@ CMD[offload2]="ZP_NGPU=2 PEER=1 bash bench/offload_bench.sh matrix";            
 CMD[pipeline]="MICRO='4 8' bash bench/pipeline_bench.sh";                               MIN[pipeline]=8
 CMD[scaling]="bash bench/scaling.sh 1.5b";                                              MIN[scaling]=9
 CMD[largest2]="ZP_NGPU=2 ZP_STAGE=stage3 LARGEST_CANDIDATES='80x5120x40 72x5120x40 64x5120x40 56x5120x40 48x5120x40' bash bench/offload_bench.sh largest"; MIN[largest2]=9
-ORDER="checks2 speed124 speed15zp speed15peer offload2 pipeline scaling largest2"
+ORDER="checks1 speed1 checks2 speed124 speed15zp speed15peer offload2 pipeline scaling largest2"
 if [ "$PART" = list ]; then
   for p in $ORDER; do printf '%-12s ~%2s min  %s\n' "$p" "${MIN[$p]}" "${CMD[$p]}"; done
   exit 0
