@@ -1211,6 +1211,14 @@ static void t_matmul(const char* tag, int N, int IC, int OC, int with_bias) {
   flush(ms);
   if (!isnan(ms))
     printf("# %s: %.1f TFLOP/s\n", nb, 4.0 * N * IC * (double)OC / (ms * 1e-3) / 1e12);
+  if (with_bias && !isnan(ms)) { /* the bias gradient's share: the same call without dbias */
+    args_t nb0 = ga;
+    nb0.o3 = NULL;
+    const double ms0 = gtime(tb, r_mm_bwd, &nb0);
+    if (!isnan(ms0))
+      printf("# %s: bias gradient %.3f ms of %.3f ms (dout %.1f MB: %.0f GB/s)\n", nb, ms - ms0, ms,
+             (double)NO * 2 / 1e6, ms > ms0 ? (double)NO * 2 / ((ms - ms0) * 1e-3) / 1e9 : 0.0);
+  }
   release_all();
 }
 
