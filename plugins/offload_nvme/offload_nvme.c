@@ -10,6 +10,15 @@
  * with ONE request and written back with ONE request. S is a multiple of 1024 and H a multiple
  * of 2048, so every offset, length and staging buffer is 4 KiB-aligned (O_DIRECT).
  *
+ * Host share (offload.optimizer.host_ratio = f): the first groups of that layout, while their
+ * held elements stay within f x the tier's total (per rank; resident_groups(), the same rule in
+ * plan() and open()), stay in one zeroed host buffer (host->alloc, cpu tier): the layout's
+ * offsets are kept as a virtual file whose bytes [0, R) are that buffer and [R, end) the real
+ * file at offset - R (R = the first non-resident group's offset, so no request straddles it).
+ * A request below R is a memcpy done at once (a read's slot is READY, a write's FREE, no
+ * note_io); the ledger counts those groups as cpu-tier MASTER (4 bytes) and OPTIM (8 bytes)
+ * per element, the rest as nvme. With f = 1 no file is opened. Not with parameter offload.
+ *
  * The update is pipelined per sub-group over `buffer_count` page-locked slots (host->alloc of
  * cpu-tier BUFFER, counted in the ledger): the read of sub-group k+1.. is in flight while the
  * gradient of k is copied to the host and AdamW runs on it, while the write-back of k-1 is in
@@ -38,8 +47,9 @@
  *   that may be half written. Checkpoints are separate files written atomically by the core,
  *   so the last one stays intact.
  * - plan() refuses, before anything is allocated: a missing, non-directory, unwritable or
- *   memory-backed path; less free disk than the world's files need (statvfs); host staging
- *   above offload.optimizer.max_host_gb or physical RAM; parameter offload without the optimizer
+ *   memory-backed path; less free disk than the world's files need (statvfs, the file part
+ *   only); host staging plus the host_ratio part above offload.optimizer.max_host_gb or
+ *   physical RAM; host_ratio > 0 with parameter offload; parameter offload without the optimizer
  *   here or with ratio < 1; fp64 training. Numbers are in the messages.
  * - fetch() reads only between steps' updates: the core waits for every fetch before update()
  *   (stage 3 does, at its step), and step_end() has waited for every write, so a fetch never
@@ -120,8 +130,16 @@ typedef struct {
   size_t stage_bytes;
   int threads;
   uint64_t seq;
-  uint64_t file_bytes;
+  uint64_t file_bytes;   /* the virtual file: every group's sub-groups, resident ones included */
   long long noted_master, noted_optim;
+  /* offload.optimizer.host_ratio: bytes [0, res_bytes) of the virtual file (the first res_groups
+   * groups) live in res (host memory); the real file holds [res_bytes, file_bytes) at offset
+   * - res_bytes */
+  uint64_t res_bytes;
+  int res_groups;
+  char* res;
+  long long noted_rmaster, noted_roptim; /* cpu-tier MASTER / OPTIM of the resident groups */
+  int live;             /* opened with state on this tier (not a dry run) */
   int failed;
   char ferr[1400];
 } nv_t;
@@ -138,6 +156,7 @@ typedef struct {
   size_t ps;      /* bytes per parameter element (train.precision) */
   const char* ppath;
   int64_t pqd, pbs;
+  double host_ratio; /* offload.optimizer.host_ratio */
 } nv_cfg;
 
 static int which(const zp_host* h, int* opt, int* par);
@@ -152,6 +171,7 @@ static void read_cfg(const zp_host* h, nv_cfg* c) {
   h->config_int(h->ctx, "offload.optimizer.queue_depth", &c->qd);
   h->config_int(h->ctx, "offload.optimizer.block_size", &c->bs);
   h->config_int(h->ctx, "offload.optimizer.buffer_count", &c->bc);
+  h->config_float(h->ctx, "offload.optimizer.host_ratio", &c->host_ratio);
   int opt = 0;
   which(h, &opt, &c->par);
   const char* prec = "fp32";
@@ -176,6 +196,18 @@ static void read_cfg(const zp_host* h, nv_cfg* c) {
   uint64_t S = buf / 12 / c->align * c->align;
   c->S = S < c->align ? c->align : S;
   c->nslots = (int)c->bc;
+}
+
+/* offload.optimizer.host_ratio: how many of the tier's groups (held[0..n), in file order) stay in
+ * host memory: the longest prefix whose held elements stay within host_ratio x the total. The
+ * same rule in plan() and open(), on the same numbers, so every rank and the plan agree. */
+static int resident_groups(const uint64_t* held, int n, double host_ratio) {
+  double total = 0, cum = 0;
+  for (int i = 0; i < n; i++) total += (double)held[i];
+  const double cap = host_ratio * total;
+  int r = 0;
+  while (r < n && cum + (double)held[r] <= cap) cum += (double)held[r++];
+  return r;
 }
 
 /* bytes of one slot per element: master + m + v (+ the new parameters) */
@@ -278,8 +310,20 @@ static int nv_plan(const zp_host* h, zp_plan* p) {
   double per_rank = 0, pper_rank = 0, ratio = 1.0;
   uint64_t max_held = 0;
   unsigned char* take = calloc((size_t)(p->n_groups > 0 ? p->n_groups : 1), 1);
-  if (!take) return ZP_E_NOMEM;
+  uint64_t* hv = calloc((size_t)(p->n_groups > 0 ? p->n_groups : 1), sizeof *hv); /* held of the tier's groups, in order */
+  int nhv = 0;
+  if (!take || !hv) {
+    free(take);
+    free(hv);
+    return ZP_E_NOMEM;
+  }
   int prc = zp_offload_pick(h, p, take, &ratio);
+  if (!prc && par && c.host_ratio > 0) {
+    h->set_error(h->ctx, "offload.optimizer.host_ratio = %g with offload.param.plugin = \"offload_nvme\": keeping part of "
+                 "the optimizer state in host memory is not supported together with parameter offload; use host_ratio = 0 "
+                 "(or offload.param.plugin = \"none\")", c.host_ratio);
+    prc = ZP_E_INVALID;
+  }
   if (!prc && par && ratio < 1.0) {
     h->set_error(h->ctx, "offload.param.plugin = \"offload_nvme\" with offload.optimizer.ratio = %g: a group whose parameters "
                  "are on NVMe needs its optimizer state there too; use ratio = 1 with parameter offload", ratio);
@@ -298,6 +342,7 @@ static int nv_plan(const zp_host* h, zp_plan* p) {
     }
     uint64_t held = gp->place[ZP_CAT_OPTIM].sharded ? gp->padded / (uint64_t)p->world_size : gp->padded;
     per_rank += 12.0 * (double)held; /* fp32 master + m + v */
+    hv[nhv++] = held;
     if (held > max_held) max_held = held;
     /* parameter offload: the sharded PARAM (stage 3) goes to the parameter file; parameters
      * stage 3 keeps replicated (zero.persist_threshold) stay on the device */
@@ -307,13 +352,24 @@ static int nv_plan(const zp_host* h, zp_plan* p) {
     }
   }
   free(take);
+  /* offload.optimizer.host_ratio: the first groups stay in host memory, the file holds the rest */
+  int nres = prc ? 0 : resident_groups(hv, nhv, c.host_ratio);
+  double res_rank = 0;
+  for (int i = 0; i < nres; i++) res_rank += 12.0 * (double)hv[i];
+  free(hv);
   if (prc) return prc;
+  const double all_rank = per_rank;
+  per_rank -= res_rank; /* the file's part */
   int world = p->world_size > 0 ? p->world_size : 1;
-  char what[256], b2[48], b4[48];
+  char what[768], b2[48], b4[48];
   double pneed = pper_rank * world;
   int shared = par && same_fs(c.path, c.ppath);
-  snprintf(what, sizeof what, "%d rank%s x %s (fp32 master + Adam m, v: 12 bytes x parameters held per rank)%s%s", world,
-           world > 1 ? "s" : "", gbs(b2, sizeof b2, per_rank), shared ? " + the parameter files, " : "",
+  char b5[48], b6[48], resw[256] = "";
+  if (nres)
+    snprintf(resw, sizeof resw, "; of the %s held per rank, %s (%d group%s) stay in host memory (host_ratio %g)",
+             gbs(b5, sizeof b5, all_rank), gbs(b6, sizeof b6, res_rank), nres, nres > 1 ? "s" : "", c.host_ratio);
+  snprintf(what, sizeof what, "%d rank%s x %s (fp32 master + Adam m, v: 12 bytes x parameters held per rank%s)%s%s", world,
+           world > 1 ? "s" : "", gbs(b2, sizeof b2, per_rank), resw, shared ? " + the parameter files, " : "",
            shared ? gbs(b4, sizeof b4, pneed) : "");
   if ((prc = check_dir(h, "offload.optimizer.path", c.path, per_rank * world + (shared ? pneed : 0), what))) return prc;
   if (par) {
@@ -322,11 +378,19 @@ static int nv_plan(const zp_host* h, zp_plan* p) {
     if ((prc = check_dir(h, "offload.param.path", c.ppath, shared ? per_rank * world + pneed : pneed, what))) return prc;
   }
   char b1[48], b3[48];
-  /* host memory: the staging slots */
+  /* host memory: the staging slots (+ the resident groups' state, host_ratio) */
   uint64_t S = c.S < max_held ? c.S : max_held;
-  double host = staging_bytes(&c, max_held);
+  double host = staging_bytes(&c, max_held) + res_rank;
   double cap = 0;
   h->config_float(h->ctx, "offload.optimizer.max_host_gb", &cap);
+  if (cap > 0 && host > cap * 1e9 && res_rank > 0) {
+    h->set_error(h->ctx, "the nvme tier needs %s of host memory per rank: %s of optimizer state kept in host memory "
+                 "(offload.optimizer.host_ratio = %g: %d group%s, 12 bytes x %.0f elements) + %s of page-locked staging, more "
+                 "than offload.optimizer.max_host_gb = %g: lower host_ratio (the file then holds more)",
+                 gbs(b1, sizeof b1, host), gbs(b2, sizeof b2, res_rank), c.host_ratio, nres, nres > 1 ? "s" : "",
+                 res_rank / 12.0, gbs(b3, sizeof b3, host - res_rank), cap);
+    return ZP_E_NOMEM;
+  }
   if (cap > 0 && host > cap * 1e9) {
     h->set_error(h->ctx, "the nvme tier's page-locked staging needs %s of host memory per rank (buffer_count %d x %g bytes "
                  "x %llu-element sub-groups + gradient/parameter staging), more than offload.optimizer.max_host_gb = %g: "
@@ -335,6 +399,14 @@ static int nv_plan(const zp_host* h, zp_plan* p) {
     return ZP_E_NOMEM;
   }
   long pages = sysconf(_SC_PHYS_PAGES), psz = sysconf(_SC_PAGESIZE);
+  if (pages > 0 && psz > 0 && host * world > (double)pages * (double)psz && res_rank > 0) {
+    h->set_error(h->ctx, "the nvme tier needs %s of host memory (%d rank%s x %s: %s of optimizer state kept in host memory, "
+                 "offload.optimizer.host_ratio = %g, + %s of staging), more than this machine's %s: lower host_ratio",
+                 gbs(b1, sizeof b1, host * world), world, world > 1 ? "s" : "", gbs(b2, sizeof b2, host),
+                 gbs(b3, sizeof b3, res_rank), c.host_ratio, gbs(b4, sizeof b4, host - res_rank),
+                 gbs(b5, sizeof b5, (double)pages * (double)psz));
+    return ZP_E_NOMEM;
+  }
   if (pages > 0 && psz > 0 && host * world > (double)pages * (double)psz) {
     h->set_error(h->ctx, "the nvme tier's staging needs %s of host memory (%d rank%s x %s), more than this machine's %s: "
                  "lower offload.optimizer.buffer_count, block_size or queue_depth", gbs(b1, sizeof b1, host * world), world,
@@ -374,6 +446,15 @@ static uint64_t sub_len(const nv_t* s, int g, uint64_t k) {
 }
 static uint64_t sub_off(const nv_t* s, int g, uint64_t k) { return s->grp[g].file_off + k * 12 * s->S; }
 
+/* host_ratio: a request at virtual file offset off (bytes long) on the state file is served from
+ * host memory (1: memcpy, at once, not counted as I/O) or by the file at off - res_bytes (0).
+ * res_bytes is a group boundary and no request spans two groups, so none straddles it. */
+static int resident(const nv_t* s, uint64_t off) { return off < s->res_bytes; }
+static void res_copy(nv_t* s, char* buf, uint64_t off, size_t bytes, int put) {
+  if (put) memcpy(s->res + off, buf, bytes);
+  else memcpy(buf, s->res + off, bytes);
+}
+
 /* After an I/O error: wait for everything still in flight (ignoring further errors: the first
  * one is reported), free every slot. */
 static void drain_all(nv_t* s) {
@@ -409,8 +490,14 @@ static int submit_read(nv_t* s, nv_slot* sl, int g, uint64_t k) {
     sl->state = SL_READY;
     return ZP_OK;
   }
+  uint64_t off = sub_off(s, g, k);
+  if (resident(s, off)) { /* host_ratio: in host memory, ready at once */
+    res_copy(s, sl->buf, off, (size_t)bytes, 0);
+    sl->state = SL_READY;
+    return ZP_OK;
+  }
   char e[1024];
-  int rc = zp_aio_submit_read(s->aio, sl->buf, sub_off(s, g, k), (size_t)bytes, &sl->ticket, e, sizeof e);
+  int rc = zp_aio_submit_read(s->aio, sl->buf, off - s->res_bytes, (size_t)bytes, &sl->ticket, e, sizeof e);
   if (rc) {
     drain_all(s);
     return fail(s, ZP_E_IO, "optimizer state of group %d, sub-group %llu: %s", g, (unsigned long long)k, e);
@@ -428,8 +515,16 @@ static uint64_t psub_off(const nv_t* s, int g, uint64_t k) { return s->grp[g].po
 static int submit_write(nv_t* s, nv_slot* sl) {
   nv_group* G = &s->grp[sl->g];
   uint64_t L = sub_len(s, sl->g, sl->k), bytes = 12 * L;
+  uint64_t off = sub_off(s, sl->g, sl->k);
+  if (resident(s, off)) { /* host_ratio: copied to host memory, the slot is free at once (no parameter offload) */
+    res_copy(s, sl->buf, off, (size_t)bytes, 1);
+    G->fresh[sl->k] = 0;
+    sl->state = SL_FREE;
+    sl->seq = ++s->seq;
+    return ZP_OK;
+  }
   char e[1024];
-  int rc = zp_aio_submit_write(s->aio, sl->buf, sub_off(s, sl->g, sl->k), (size_t)bytes, &sl->ticket, e, sizeof e);
+  int rc = zp_aio_submit_write(s->aio, sl->buf, off - s->res_bytes, (size_t)bytes, &sl->ticket, e, sizeof e);
   if (rc) {
     drain_all(s);
     return fail(s, ZP_E_IO, "optimizer state of group %d, sub-group %llu: %s", sl->g, (unsigned long long)sl->k, e);
@@ -530,6 +625,11 @@ static void nv_close(void* st) {
   if (s->noted_param) h->note_bytes(h->ctx, ZP_CAT_PARAM, ZP_TIER_NVME, -s->noted_param);
   if (s->noted_master) h->note_bytes(h->ctx, ZP_CAT_MASTER, ZP_TIER_NVME, -s->noted_master);
   if (s->noted_optim) h->note_bytes(h->ctx, ZP_CAT_OPTIM, ZP_TIER_NVME, -s->noted_optim);
+  if (s->noted_rmaster || s->noted_roptim) { /* the resident buffer (see open): its memory, then its two counts */
+    h->free(h->ctx, ZP_CAT_MASTER, ZP_TIER_CPU, s->res, 0);
+    h->note_bytes(h->ctx, ZP_CAT_MASTER, ZP_TIER_CPU, -s->noted_rmaster);
+    h->note_bytes(h->ctx, ZP_CAT_OPTIM, ZP_TIER_CPU, -s->noted_roptim);
+  }
   if (s->slot_raw_bytes) h->free(h->ctx, ZP_CAT_BUFFER, ZP_TIER_CPU, s->slot_raw, s->slot_raw_bytes);
   if (s->stage_bytes) {
     h->free(h->ctx, ZP_CAT_BUFFER, ZP_TIER_CPU, s->gstage, s->stage_bytes);
@@ -610,6 +710,29 @@ static int nv_open(const zp_host* h, void** state) {
   s->file_bytes = off;
   s->pfile_bytes = poff;
   if (!off) return ZP_OK; /* nothing on this tier */
+  /* host_ratio: the first groups in file order stay in host memory (plan() made the same choice) */
+  long long rmaster = 0, roptim = 0;
+  {
+    uint64_t* hv = malloc((size_t)s->G * sizeof *hv);
+    int* gi = malloc((size_t)s->G * sizeof *gi);
+    int n = 0;
+    if (!hv || !gi) {
+      free(hv);
+      free(gi);
+      return ZP_E_NOMEM;
+    }
+    for (int g = 0; g < s->G; g++)
+      if (s->grp[g].held) hv[n] = s->grp[g].held, gi[n++] = g;
+    s->res_groups = resident_groups(hv, n, c.host_ratio);
+    s->res_bytes = s->res_groups < n ? s->grp[gi[s->res_groups]].file_off : off;
+    for (int i = 0; i < s->res_groups; i++) rmaster += 4 * (long long)hv[i], roptim += 8 * (long long)hv[i];
+    free(hv);
+    free(gi);
+  }
+  if (s->res_groups && poff) {
+    h->set_error(h->ctx, "offload.optimizer.host_ratio = %g is not supported with parameter offload", c.host_ratio);
+    return ZP_E_INVALID;
+  }
   s->S = c.S < max_held ? c.S : max_held;
   s->nslots = c.nslots;
   s->lookahead = s->nslots >= 3 ? s->nslots - 2 : s->nslots - 1;
@@ -630,10 +753,30 @@ static int nv_open(const zp_host* h, void** state) {
     s->stage_bytes = 0;
     return rc;
   }
-  h->note_bytes(h->ctx, ZP_CAT_MASTER, ZP_TIER_NVME, mbytes);
-  h->note_bytes(h->ctx, ZP_CAT_OPTIM, ZP_TIER_NVME, obytes);
-  s->noted_master = mbytes;
-  s->noted_optim = obytes;
+  if (s->res_bytes) {
+    /* host_ratio: one zeroed buffer for bytes [0, res_bytes) of the file layout ([master | m | v]
+     * per sub-group). alloc counts it all under one category, so the ledger is told the split:
+     * MASTER is lowered by the OPTIM share first (so no count or peak ever passes its final
+     * value), the buffer counted as MASTER, then the OPTIM share added: net 4 bytes MASTER and
+     * 8 bytes OPTIM per resident element on the cpu tier. close() frees it counting 0 bytes and
+     * takes back both notes. */
+    h->note_bytes(h->ctx, ZP_CAT_MASTER, ZP_TIER_CPU, -roptim);
+    void* r = NULL;
+    if ((rc = h->alloc(h->ctx, ZP_CAT_MASTER, ZP_TIER_CPU, (size_t)s->res_bytes,
+                       "offload_nvme resident optimizer state (host_ratio)", &r))) {
+      h->note_bytes(h->ctx, ZP_CAT_MASTER, ZP_TIER_CPU, roptim);
+      return rc;
+    }
+    h->note_bytes(h->ctx, ZP_CAT_OPTIM, ZP_TIER_CPU, roptim);
+    s->res = r;
+    s->noted_rmaster = rmaster;
+    s->noted_roptim = roptim;
+    if (s->res) memset(s->res, 0, (size_t)s->res_bytes);
+  }
+  h->note_bytes(h->ctx, ZP_CAT_MASTER, ZP_TIER_NVME, mbytes - rmaster);
+  h->note_bytes(h->ctx, ZP_CAT_OPTIM, ZP_TIER_NVME, obytes - roptim);
+  s->noted_master = mbytes - rmaster;
+  s->noted_optim = obytes - roptim;
   if (poff) {
     h->note_bytes(h->ctx, ZP_CAT_PARAM, ZP_TIER_NVME, (long long)poff);
     s->noted_param = (long long)poff;
@@ -673,7 +816,8 @@ static int nv_open(const zp_host* h, void** state) {
   o.log = nv_log;
   o.log_ctx = (void*)h;
   char e[1400];
-  int orc = zp_aio_open(&s->aio, file, s->file_bytes, &o, e, sizeof e);
+  /* the file holds [res_bytes, file_bytes) of the layout (host_ratio); none when all is resident */
+  int orc = s->file_bytes > s->res_bytes ? zp_aio_open(&s->aio, file, s->file_bytes - s->res_bytes, &o, e, sizeof e) : 0;
   const char* which_file = "optimizer-state";
   if (!orc && poff) { /* the parameter file: its own queue depth and block size */
     o.queue_depth = (int)c.pqd;
@@ -691,11 +835,20 @@ static int nv_open(const zp_host* h, void** state) {
                  "names the reason)", s->path, poff ? " or \"" : "", poff ? c.ppath : "", poff ? "\"" : "");
     return ZP_E_IO;
   }
-  if (h->rank == 0)
+  if (h->rank == 0 && s->aio)
     h->log(h->ctx, ZP_LOG_INFO, "optimizer state in %s (per rank %.1f MiB, unlinked while open): %s, queue_depth %d, "
            "block_size %lld, %d staging slots of %llu-element sub-groups (%.1f MiB each)", file,
-           (double)s->file_bytes / (1 << 20), zp_aio_backend(s->aio), (int)c.qd, (long long)c.bs, s->nslots,
+           (double)(s->file_bytes - s->res_bytes) / (1 << 20), zp_aio_backend(s->aio), (int)c.qd, (long long)c.bs, s->nslots,
            (unsigned long long)s->S, 12.0 * (double)s->S / (1 << 20));
+  if (h->rank == 0 && s->res_groups) {
+    int n = 0;
+    for (int g = 0; g < s->G; g++) n += s->grp[g].held != 0;
+    h->log(h->ctx, ZP_LOG_INFO, "host_ratio %g: %d of %d groups (%llu of %llu elements, %llu bytes per rank) kept in host "
+           "memory; %s", c.host_ratio, s->res_groups, n, (unsigned long long)(s->res_bytes / 12),
+           (unsigned long long)(s->file_bytes / 12), (unsigned long long)s->res_bytes,
+           s->aio ? "the file holds the rest" : "no file (all resident)");
+  }
+  s->live = 1; /* update/read/write serve this tier's groups from here on */
   if (h->rank == 0 && poff)
     h->log(h->ctx, ZP_LOG_INFO, "parameter shards in %s (per rank %.1f MiB, unlinked while open): %s", pfile,
            (double)s->pfile_bytes / (1 << 20), zp_aio_backend(s->paio));
@@ -709,6 +862,13 @@ static int nv_open(const zp_host* h, void** state) {
 static int sync_io(nv_t* s, zp_aio* a, int g, uint64_t k, char* buf, uint64_t off, size_t bytes, int put) {
   char e[1024];
   uint64_t t;
+  if (!s->paio || a != s->paio) { /* the state file: host_ratio's resident part, or the file at off - res_bytes */
+    if (resident(s, off)) {
+      res_copy(s, buf, off, bytes, put);
+      return ZP_OK;
+    }
+    off -= s->res_bytes;
+  }
   int rc = put ? zp_aio_submit_write(a, buf, off, bytes, &t, e, sizeof e) : zp_aio_submit_read(a, buf, off, bytes, &t, e, sizeof e);
   if (!rc) {
     s->h->note_io(s->h->ctx, ZP_TIER_NVME, put, bytes);
@@ -778,7 +938,7 @@ static int nv_update(void* st, const zp_optim_range* u) {
   const zp_host* h = s->h;
   int rc = check_failed(s);
   if (rc) return rc;
-  if (u->group < 0 || u->group >= s->G || !s->grp[u->group].held || !s->aio) {
+  if (u->group < 0 || u->group >= s->G || !s->grp[u->group].held || !s->live) {
     h->set_error(h->ctx, "group %d: its optimizer state is not on the nvme tier", u->group);
     return ZP_E_INTERNAL;
   }
@@ -828,7 +988,7 @@ static int nv_update(void* st, const zp_optim_range* u) {
 
 static int nv_step_end(void* st) {
   nv_t* s = st;
-  if (!s->aio) return ZP_OK;
+  if (!s->live) return ZP_OK;
   int rc = check_failed(s);
   return rc ? rc : quiesce(s);
 }
@@ -893,7 +1053,7 @@ static int state_io(nv_t* s, int g, zp_category cat, uint64_t off, char* host, s
   int rc = check_failed(s);
   if (rc) return rc;
   if (cat == ZP_CAT_PARAM && g >= 0 && g < s->G && s->grp[g].par && s->paio) return param_io(s, g, off, host, bytes, put);
-  if (g < 0 || g >= s->G || !s->grp[g].held || !s->aio || (cat != ZP_CAT_MASTER && cat != ZP_CAT_OPTIM)) {
+  if (g < 0 || g >= s->G || !s->grp[g].held || !s->live || (cat != ZP_CAT_MASTER && cat != ZP_CAT_OPTIM)) {
     h->set_error(h->ctx, "group %d %s: not held on the nvme tier", g,
                  cat == ZP_CAT_PARAM ? "PARAM" : cat == ZP_CAT_MASTER ? "MASTER" : cat == ZP_CAT_OPTIM ? "OPTIM" : "?");
     return ZP_E_INVALID;

@@ -23,6 +23,12 @@
 #     checkpoint without offload resumes with parameter offload, bitwise; that checkpoint
 #     resumed at 3 ranks with and without parameter offload: the same bits; io_uring off
 #     (thread pool): the same bits.
+#  1c. offload.optimizer.host_ratio 0.5 and 1.0, stage 2 and 3, fp32, 2 ranks: bitwise equal to
+#     no offload; the resident prefix of groups (recomputed here from `zp plan`'s table by the
+#     same rule, and checked against the plugin's log line) is cpu MASTER/OPTIM (4 + 8 bytes per
+#     element), the rest nvme; file bytes and requests exact for the non-resident sub-groups only
+#     (zero with 1.0, and no file is opened); stop at 4 + resume to 8 with 0.5 equals the
+#     uninterrupted run. Errors: 1.5 (schema), above max_host_gb, with parameter offload.
 #  2. ZP_AIO_NO_URING=1: the thread-pool fallback says so and gives the same bits; injected short
 #     transfers and EINTR (ZP_AIO_FAULT=short|eintr) are resumed: same bits.
 #     Partial offload (offload.optimizer.ratio 0.5, stage 2) is bitwise equal too.
@@ -229,6 +235,69 @@ fi
 left=$(ls -A "$nvdir" | grep -v lost+found)
 [ -z "$left" ] && ok "no state or parameter file left in $nvdir" || bad "left in $nvdir: $left"
 
+# ---- 1c. offload.optimizer.host_ratio: the first groups' state in host memory, the rest in the file ----
+hrtiers() { # ref off steps plan-output host_ratio log
+  python3 - "$work/$1/metrics.jsonl" "$work/$2/metrics.jsonl" "$3" "$4" "$5" "$work/$6" "$SUB" <<'EOF' || fail=1
+import json, math, re, sys
+ref = json.loads(open(sys.argv[1]).read().splitlines()[-1])["tiers"]
+off = json.loads(open(sys.argv[2]).read().splitlines()[-1])["tiers"]
+steps, hr, sub = int(sys.argv[3]), float(sys.argv[5]), int(sys.argv[7])
+hs = []   # held elements per group, in file (forward) order
+for line in open(sys.argv[4]):
+    m = re.match(r"\s+(embed|block\.\d+|head)\s+(\d+)\s+(\d+)\s+(\S+)\s+(\S+)\s+(\S+)\s+(\S+)\s*$", line)
+    if not m: continue
+    padded, optim = int(m.group(3)), m.group(7)
+    if not optim.endswith("/nvme"): print("FAIL: plan puts OPTIM of", m.group(1), "on", optim); sys.exit(1)
+    hs.append(padded // 2 if optim.startswith("S/") else padded)   # 2 ranks
+# the resident prefix: groups in file order while their cumulative held stays <= host_ratio x total
+cap, res, nres = hr * sum(hs), 0, 0
+while nres < len(hs) and res + hs[nres] <= cap: res += hs[nres]; nres += 1
+held = sum(hs); fh = held - res
+nsub = sum(math.ceil(h / sub) for h in hs); fsub = sum(math.ceil(h / sub) for h in hs[nres:])
+g, c, n = off["gpu"], off["cpu"], off["nvme"]
+errs = []
+def want(what, got, exp):
+    if got != exp: errs.append(f"{what} = {got}, expected {exp}")
+log = open(sys.argv[6]).read()
+lm = re.search(r"host_ratio [0-9.e+-]+: (\d+) of (\d+) groups \((\d+) of (\d+) elements", log)
+if nres:
+    if not lm: errs.append("no host_ratio line in the log")
+    else: want("plugin's resident groups / elements", tuple(map(int, lm.groups())), (nres, len(hs), res, held))
+want("device MASTER", g["MASTER"], 0); want("device OPTIM", g["OPTIM"], 0)
+want("cpu MASTER", c["MASTER"], 4 * res); want("cpu OPTIM", c["OPTIM"], 8 * res)
+want("nvme MASTER", n["MASTER"], 4 * fh); want("nvme OPTIM", n["OPTIM"], 8 * fh)
+want("cpu + nvme OPTIM vs reference device OPTIM", c["OPTIM"] + n["OPTIM"], ref["gpu"]["OPTIM"])
+want("nvme bytes read", n["io_read"], steps * 12 * fh)
+want("nvme bytes written", n["io_write"], (steps + 1) * 12 * fh)
+want("nvme requests", n["io_ops"], fsub * (2 * steps + 3))
+want("gradient bytes to host", c["io_write"], steps * held * 4)
+want("host transfers", c["io_ops"], 2 * steps * nsub)
+if errs: print("FAIL: " + sys.argv[2] + ": " + "; ".join(errs)); sys.exit(1)
+print(f"ok   host_ratio {hr}: {nres} of {len(hs)} groups resident: cpu MASTER {c['MASTER']} OPTIM {c['OPTIM']} B ({res} elements), "
+      f"nvme MASTER {n['MASTER']} OPTIM {n['OPTIM']} B ({fh} elements); file {n['io_read']} B read / {n['io_write']} B written "
+      f"in {n['io_ops']} requests ({fsub} of {nsub} sub-groups in the file)")
+EOF
+}
+for hr in 0.5 1.0; do
+  for st in stage2 stage3; do
+    run "hr$hr-$st" 2 train.precision=fp32 zero.plugin=$st "${NV[@]}" offload.optimizer.host_ratio=$hr || continue
+    compare "ref-fp32" "hr$hr-$st" "offload_nvme host_ratio $hr + $st vs no offload, fp32, 2 ranks (bitwise)"
+    psets=()
+    for s in train.precision=fp32 zero.plugin=$st "${NV[@]}" offload.optimizer.host_ratio=$hr; do psets+=(--set "$s"); done
+    "$zp" plan "$cfg" --world 2 "${psets[@]}" > "$work/plan-hr$hr-$st.txt" 2>&1 || { bad "zp plan host_ratio $hr $st"; cat "$work/plan-hr$hr-$st.txt"; }
+    hrtiers "ref-$st-fp32" "hr$hr-$st" $steps "$work/plan-hr$hr-$st.txt" $hr "hr$hr-$st.log"
+  done
+done
+grep -q "optimizer state in " "$work/hr1.0-stage2.log" && bad "host_ratio 1: a state file was opened" || ok "host_ratio 1: no state file opened"
+# checkpoints through the resident part: stop at 4 + resume to 8 equals the uninterrupted run
+H8=(train.precision=fp32 zero.plugin=stage2 train.steps=8 "${NV[@]}" offload.optimizer.host_ratio=0.5)
+run hr-full 2 "${H8[@]}"
+run hr-part 2 "${H8[@]}" train.hooks="$work/stop4.lua" train.checkpoint_every=2
+run hr-part 2 "${H8[@]}" train.resume=auto && grep -q "resumed from .*ckpt_00000004 at step 4" "$work/hr-part.log" &&
+  compare hr-full hr-part "host_ratio 0.5: stopped at 4 + resumed to 8 vs uninterrupted (bitwise)" ckpt_00000008
+left=$(ls -A "$nvdir" | grep -v lost+found)
+[ -z "$left" ] && ok "no state file left in $nvdir (host_ratio)" || bad "left in $nvdir: $left"
+
 # ---- 2. thread-pool fallback, resumed short transfers / EINTR ----
 # partial offload: the first groups keep MASTER/OPTIM on the device, the rest live in the file
 run nv-ratio 2 train.precision=bf16 zero.plugin=stage2 "${NV[@]}" offload.optimizer.ratio=0.5 &&
@@ -279,6 +348,13 @@ expect "disk too small (plan)" "the nvme tier needs [0-9.]+ GB \([0-9]+ bytes\) 
   --set model.n_layer=96 --set model.d_model=12288 --set model.n_head=96
 expect "host staging cap" "staging needs [0-9.e-]+ GB of host memory per rank .*max_host_gb = 1e-05" \
   "$zp" plan "$cfg" --set offload.optimizer.plugin=offload_nvme --set offload.optimizer.path="$nvdir" --set offload.optimizer.max_host_gb=0.00001
+expect "host_ratio 1.5 (schema)" "offload.optimizer.host_ratio = 1.5 is out of range \\[0, 1\\]" \
+  "$zp" plan "$cfg" "${NVS[@]}" --set offload.optimizer.host_ratio=1.5
+expect "host_ratio above max_host_gb" "needs [0-9.e-]+ GB of host memory per rank: [0-9.e-]+ GB of optimizer state kept in host memory \\(offload.optimizer.host_ratio = 0.5: 1 group, 12 bytes x [0-9]+ elements\\) .*max_host_gb = 0.0001" \
+  "$zp" plan "$cfg" "${NVS[@]}" --set offload.optimizer.host_ratio=0.5 --set offload.optimizer.max_host_gb=0.0001
+expect "host_ratio with parameter offload" "offload.optimizer.host_ratio = 0.5 with offload.param.plugin = \"offload_nvme\": .*not supported" \
+  "$zp" plan "$cfg" --set zero.plugin=stage3 "${NVS[@]}" --set offload.param.plugin=offload_nvme --set offload.param.path="$nvdir" \
+  --set offload.optimizer.host_ratio=0.5
 expect "parameter offload without the optimizer" "offload.param.plugin = \"offload_nvme\" needs offload.optimizer.plugin = \"offload_nvme\" too" \
   "$zp" plan "$cfg" --set zero.plugin=stage3 --set offload.param.plugin=offload_nvme --set offload.param.path="$nvdir"
 expect "parameter offload with ratio 0.5" "with offload.optimizer.ratio = 0.5: .*use ratio = 1 with parameter offload" \
