@@ -28,6 +28,9 @@
 #   scaling     (10) bench/scaling.sh 1.5b at every GPU count the machine has (1, 2, 4, 8)
 #   largest2    (5) the largest GPT with stage 3 + CPU offload on 2 GPUs (2 x H200: >= 20B; the
 #               candidates 80, 72, 64, 56, 48 layers x d 5120: 25.2B down to 15.1B)
+#   largest2nvme (5) the same with CPU + NVMe: the optimizer state on offload_nvme with
+#               offload.optimizer.host_ratio of it in RAM (2 x H200: >= 25B; 96, 88, 80, 72 layers x
+#               d 5120: 30.2B down to 22.6B)
 set -u -o pipefail
 SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 OUT=${OUT:-/tmp/zp-out}
@@ -44,7 +47,8 @@ CMD[offload2]="ZP_NGPU=2 PEER=1 bash bench/offload_bench.sh matrix";            
 CMD[pipeline]="MICRO='4 8' bash bench/pipeline_bench.sh";                               MIN[pipeline]=8
 CMD[scaling]="bash bench/scaling.sh 1.5b";                                              MIN[scaling]=9
 CMD[largest2]="ZP_NGPU=2 ZP_STAGE=stage3 LARGEST_CANDIDATES='80x5120x40 72x5120x40 64x5120x40 56x5120x40 48x5120x40' bash bench/offload_bench.sh largest"; MIN[largest2]=9
-ORDER="checks1 speed1 checks2 speed124 speed15zp speed15peer offload2 pipeline scaling largest2"
+CMD[largest2nvme]="ZP_NGPU=2 ZP_STAGE=stage3 LARGEST_CANDIDATES='96x5120x40 88x5120x40 80x5120x40 72x5120x40' bash bench/offload_bench.sh largest_nvme"; MIN[largest2nvme]=9
+ORDER="checks1 speed1 checks2 speed124 speed15zp speed15peer offload2 pipeline scaling largest2 largest2nvme"
 if [ "$PART" = list ]; then
   for p in $ORDER; do printf '%-12s ~%2s min  %s\n' "$p" "${MIN[$p]}" "${CMD[$p]}"; done
   exit 0
@@ -52,7 +56,7 @@ fi
 [ -n "${CMD[$PART]:-}" ] || { echo "campaign: unknown part '$PART' (bash bench/campaign.sh list)" >&2; exit 2; }
 if [ "${DRY:-0}" = 1 ]; then echo "${CMD[$PART]}"; exit 0; fi
 NG=$(nvidia-smi -L 2> /dev/null | grep -c '^GPU')
-case $PART in checks2|speed*|offload2|pipeline|largest2)
+case $PART in checks2|speed124|speed15*|offload2|pipeline|largest2*)
   [ "$NG" -ge 2 ] || { echo "campaign: part $PART needs 2 GPUs; this machine shows $NG"; exit 3; } ;;
 esac
 mkdir -p "$LOGS" "$OUT"

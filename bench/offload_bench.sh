@@ -5,7 +5,11 @@
 # 2 steps). Prints one markdown table with ratios to the no-offload run of the same grad_accum.
 #
 # Run (repo root, .deps carried; reuses an existing build):
-#   bash bench/offload_bench.sh [matrix] [stream] [params] [nvme] [largest]      (default: matrix)
+#   bash bench/offload_bench.sh [matrix] [stream] [params] [nvme] [largest] [largest_nvme]   (default: matrix)
+# largest_nvme: as largest, with every group's optimizer state on offload_nvme (files under the
+#   nvme part's directory) and offload.optimizer.host_ratio (LARGEST_HOST_RATIOS, default 0.9 down
+#   to 0) of it kept in host memory: the CPU + NVMe setting, for models whose state fits neither
+#   the RAM nor the disk alone.
 # params: stage 3 with optimizer offload, without and with parameter offload (offload.param.plugin).
 # nvme: stage 3 on a smaller GPT (NVME_MODEL, default 24 layers x d 1024: 355M; the optimizer
 #   state of 1.5B would move 37 GB through the disk per step) without offload, with the optimizer
@@ -96,6 +100,13 @@ PYEOF
 }
 
 OFF=(--set offload.optimizer.plugin=offload_cpu)
+# the NVMe tier's directory: NVME_DIR, else $ZP_WORK/nvme, else (when that is in memory) $SRC/.nvme-bench
+nvme_dir() {
+  ND=${NVME_DIR:-$WORK/nvme}
+  [ "$(stat -f -c %T "$(dirname "$ND")" 2> /dev/null)" = tmpfs ] && [ -z "${NVME_DIR:-}" ] && ND=$SRC/.nvme-bench
+  mkdir -p "$ND"
+  note "nvme: files in $ND ($(stat -f -c %T "$ND"), $(df -h --output=avail "$ND" | tail -1 | tr -d ' ') free)"
+}
 DPU=("${OFF[@]}" --set offload.optimizer.delayed_update=true --set offload.optimizer.delayed_update_warmup=2)
 for w in "${WHAT[@]}"; do
   case $w in
@@ -122,10 +133,7 @@ for w in "${WHAT[@]}"; do
       run "ga1_s3_offload_params" "$STEPS" --set zero.plugin=stage3 "${OFF[@]}" --set offload.param.plugin=offload_cpu ;;
     nvme)
       # the NVMe tier at stage 3: no offload, optimizer state in files, + parameter shards in files
-      ND=${NVME_DIR:-$WORK/nvme}
-      [ "$(stat -f -c %T "$(dirname "$ND")" 2> /dev/null)" = tmpfs ] && [ -z "${NVME_DIR:-}" ] && ND=$SRC/.nvme-bench
-      mkdir -p "$ND"
-      note "nvme: files in $ND ($(stat -f -c %T "$ND"), $(df -h --output=avail "$ND" | tail -1 | tr -d ' ') free)"
+      nvme_dir
       NM=(${NVME_MODEL:---set model.n_layer=24 --set model.d_model=1024 --set model.n_head=16})
       NS=${NVME_STEPS:-6}
       NVO=(--set offload.optimizer.plugin=offload_nvme --set "offload.optimizer.path=$ND" --set offload.optimizer.queue_depth=64
@@ -134,36 +142,46 @@ for w in "${WHAT[@]}"; do
       run "nv_s3_optim" "$NS" --set zero.plugin=stage3 "${NM[@]}" "${NVO[@]}"
       run "nv_s3_optim_params" "$NS" --set zero.plugin=stage3 "${NM[@]}" "${NVO[@]}" --set offload.param.plugin=offload_nvme \
         --set "offload.param.path=$ND" --set offload.param.queue_depth=64 --set offload.param.block_size=8388608 ;;
-    largest)
+    largest|largest_nvme)
       # the largest candidate `zp plan` accepts, both on this host's memory (MemAvailable) and on
       # the GPU's (--device-gb from nvidia-smi), trying offload.optimizer.ratio from 1 (all of the
       # optimizer state on the host) down: a partial offload keeps the first groups' state on the
       # GPU when the host cannot hold all of it; then 2 real steps of it
       # host memory is the limit here: no extra host gradient buffer (stream_grads off)
       LOFF=("${OFF[@]}" --set offload.optimizer.stream_grads=false)
+      RKEY=offload.optimizer.ratio RLIST=$LARGEST_RATIOS
+      if [ "$w" = largest_nvme ]; then
+        # CPU + NVMe: every group's optimizer state on the nvme tier, the first groups' share
+        # (offload.optimizer.host_ratio) kept in host memory, the rest in the files: tried from
+        # the most in RAM down, the first the plan accepts (disk and RAM both checked)
+        nvme_dir
+        LOFF=(--set offload.optimizer.plugin=offload_nvme --set "offload.optimizer.path=$ND" --set offload.optimizer.queue_depth=64
+          --set offload.optimizer.block_size=8388608)
+        RKEY=offload.optimizer.host_ratio RLIST=${LARGEST_HOST_RATIOS:-0.9 0.8 0.7 0.6 0.5 0.4 0.3 0.2 0.1 0}
+      fi
       dgb=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits 2>/dev/null | head -1 | awk '{ printf "%.1f", $1 / 1024 }')
       dev=(); [ -n "$dgb" ] && dev=(--device-gb "$dgb")
-      note "largest: device memory ${dgb:-unknown} GiB; ratios tried: $LARGEST_RATIOS"
+      note "$w: device memory ${dgb:-unknown} GiB; $RKEY tried: $RLIST"
       pick= pr=
       for c in $LARGEST_CANDIDATES; do
         IFS=x read -r LL LD LH <<< "$c"
-        for ra in $LARGEST_RATIOS; do
+        for ra in $RLIST; do
           if "$BUILD/zp" plan "$SRC/examples/gpt2-1.5b.toml" --world "$NG" "${dev[@]}" --set model.n_layer=$LL --set model.d_model=$LD --set model.n_head=$LH \
             --set train.micro_batch=$LMB --set train.recompute=true --set zero.plugin=$STAGE "${LOFF[@]}" \
-            --set offload.optimizer.ratio=$ra > "$OUT/offload_plan_$c.txt" 2>&1; then
-            pick=$c pr=$ra; note "largest: zp plan accepts $c at ratio $ra: $(grep -m1 -o '[0-9,]* parameters' "$OUT/offload_plan_$c.txt")"; break 2
+            --set "$RKEY=$ra" > "$OUT/offload_plan_$c.txt" 2>&1; then
+            pick=$c pr=$ra; note "$w: zp plan accepts $c at $RKEY $ra: $(grep -m1 -o '[0-9,]* parameters' "$OUT/offload_plan_$c.txt")"; break 2
           fi
-          note "largest: zp plan refuses $c at ratio $ra: $(grep -m1 '^zp: ' "$OUT/offload_plan_$c.txt" | cut -c1-200)"
+          note "$w: zp plan refuses $c at $RKEY $ra: $(grep -m1 '^zp: ' "$OUT/offload_plan_$c.txt" | cut -c1-200)"
         done
       done
       [ -n "$pick" ] || { echo "offload_bench: no candidate fits"; FAILED=1; continue; }
       grep -E "^  (embed|block|head|\.\.\.)|^  (category|PARAM|GRAD|MASTER|OPTIM|ACT|BUFFER|total)|device memory" "$OUT/offload_plan_$pick.txt"
       IFS=x read -r LL LD LH <<< "$pick"
       free -g | head -2
-      run "largest_L${LL}_d${LD}" 2 --set model.n_layer=$LL --set model.d_model=$LD --set model.n_head=$LH \
-        --set train.micro_batch=$LMB --set train.recompute=true --set zero.plugin=$STAGE "${LOFF[@]}" --set offload.optimizer.ratio=$pr
-      grep -B2 -A12 "memory at end" "$OUT/offload_largest_L${LL}_d${LD}.log" | head -16 ;;
-    *) echo "offload_bench: unknown part '$w' (matrix, stream, params, nvme, largest)"; exit 2 ;;
+      run "${w}_L${LL}_d${LD}" 2 --set model.n_layer=$LL --set model.d_model=$LD --set model.n_head=$LH \
+        --set train.micro_batch=$LMB --set train.recompute=true --set zero.plugin=$STAGE "${LOFF[@]}" --set "$RKEY=$pr"
+      grep -B2 -A12 "memory at end" "$OUT/offload_${w}_L${LL}_d${LD}.log" | head -16 ;;
+    *) echo "offload_bench: unknown part '$w' (matrix, stream, params, nvme, largest, largest_nvme)"; exit 2 ;;
   esac
 done
 
