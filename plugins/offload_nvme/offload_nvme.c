@@ -15,7 +15,8 @@
  * plan() and open()), stay in one zeroed host buffer (host->alloc, cpu tier): the layout's
  * offsets are kept as a virtual file whose bytes [0, R) are that buffer and [R, end) the real
  * file at offset - R (R = the first non-resident group's offset, so no request straddles it).
- * A request below R is a memcpy done at once (a read's slot is READY, a write's FREE, no
+ * The update of a resident group runs the AdamW in place on that buffer (no slot,
+ * no copy, no I/O; no prefetch reaches it); checkpoint and init requests below R are memcpys (no
  * note_io); the ledger counts those groups as cpu-tier MASTER (4 bytes) and OPTIM (8 bytes)
  * per element, the rest as nvme. With f = 1 no file is opened. Not with parameter offload.
  *
@@ -490,14 +491,8 @@ static int submit_read(nv_t* s, nv_slot* sl, int g, uint64_t k) {
     sl->state = SL_READY;
     return ZP_OK;
   }
-  uint64_t off = sub_off(s, g, k);
-  if (resident(s, off)) { /* host_ratio: in host memory, ready at once */
-    res_copy(s, sl->buf, off, (size_t)bytes, 0);
-    sl->state = SL_READY;
-    return ZP_OK;
-  }
   char e[1024];
-  int rc = zp_aio_submit_read(s->aio, sl->buf, off - s->res_bytes, (size_t)bytes, &sl->ticket, e, sizeof e);
+  int rc = zp_aio_submit_read(s->aio, sl->buf, sub_off(s, g, k) - s->res_bytes, (size_t)bytes, &sl->ticket, e, sizeof e);
   if (rc) {
     drain_all(s);
     return fail(s, ZP_E_IO, "optimizer state of group %d, sub-group %llu: %s", g, (unsigned long long)k, e);
@@ -515,16 +510,8 @@ static uint64_t psub_off(const nv_t* s, int g, uint64_t k) { return s->grp[g].po
 static int submit_write(nv_t* s, nv_slot* sl) {
   nv_group* G = &s->grp[sl->g];
   uint64_t L = sub_len(s, sl->g, sl->k), bytes = 12 * L;
-  uint64_t off = sub_off(s, sl->g, sl->k);
-  if (resident(s, off)) { /* host_ratio: copied to host memory, the slot is free at once (no parameter offload) */
-    res_copy(s, sl->buf, off, (size_t)bytes, 1);
-    G->fresh[sl->k] = 0;
-    sl->state = SL_FREE;
-    sl->seq = ++s->seq;
-    return ZP_OK;
-  }
   char e[1024];
-  int rc = zp_aio_submit_write(s->aio, sl->buf, off - s->res_bytes, (size_t)bytes, &sl->ticket, e, sizeof e);
+  int rc = zp_aio_submit_write(s->aio, sl->buf, sub_off(s, sl->g, sl->k) - s->res_bytes, (size_t)bytes, &sl->ticket, e, sizeof e);
   if (rc) {
     drain_all(s);
     return fail(s, ZP_E_IO, "optimizer state of group %d, sub-group %llu: %s", sl->g, (unsigned long long)sl->k, e);
@@ -960,8 +947,21 @@ static int nv_update(void* st, const zp_optim_range* u) {
     return ZP_E_INVALID;
   }
   uint64_t k0 = u->state_off / s->S, k1 = (u->state_off + u->count - 1) / s->S;
-  if ((rc = drop_prefetch(s, g, k0, k1))) return rc;
   int piece = 0;
+  if (resident(s, G->file_off)) { /* host_ratio: the AdamW works in place on the host copy, no slot, no I/O */
+    if ((rc = drop_prefetch(s, -1, 0, 0))) return rc;
+    for (uint64_t k = k0; k <= k1; k++) {
+      nv_slot in_place = {.state = SL_READY, .g = g, .k = k, .buf = s->res + sub_off(s, g, k)};
+      if ((rc = compute(s, u, &in_place, &piece))) {
+        s->failed = 1; /* the state may be half updated: later calls repeat the error */
+        snprintf(s->ferr, sizeof s->ferr, "the update of group %d failed (status %d)", g, rc);
+        return rc;
+      }
+      G->fresh[k] = 0;
+    }
+    return ZP_OK;
+  }
+  if ((rc = drop_prefetch(s, g, k0, k1))) return rc;
   for (uint64_t k = k0; k <= k1; k++) {
     nv_slot* cur;
     if ((rc = ensure(s, g, k, &cur))) return rc;
@@ -971,7 +971,7 @@ static int nv_update(void* st, const zp_optim_range* u) {
     if (k + (uint64_t)s->lookahead > k1 && k1 == G->nsub - 1 && u->state_off + u->count == G->held) {
       int gn = g + 1;
       while (gn < s->G && !s->grp[gn].held) gn++;
-      for (uint64_t j = 0; gn < s->G && j < k + (uint64_t)s->lookahead - k1 && j < s->grp[gn].nsub; j++)
+      for (uint64_t j = 0; gn < s->G && !resident(s, s->grp[gn].file_off) && j < k + (uint64_t)s->lookahead - k1 && j < s->grp[gn].nsub; j++)
         if ((rc = ensure(s, gn, j, NULL))) return rc;
     }
     if (cur->state == SL_READING && (rc = wait_slot(s, cur))) return rc;
