@@ -142,6 +142,7 @@ static inline void* zpc_carve(void* base, size_t* off, size_t bytes) {
   return (char*)base + o;
 }
 static inline size_t zpc_round256(size_t x) { return (x + 255) & ~(size_t)255; }
+static inline bool zpc_al16(const void* p) { return ((uintptr_t)p & 15u) == 0; } /* NULL counts as aligned */
 
 /* The LayerNorm backward's row chunks and parameter-gradient partials (fast, pf and warp
  * kernels): rpc = max(32, ceil(N / 1024)) rows per chunk, a function of N only (so every sum's

@@ -204,13 +204,12 @@ __global__ void zpc_binary_kernel(bf16* out, const bf16* a, const bf16* c, size_
     out[i] = f2bf(f(bf2f(a[i]), c ? bf2f(c[i]) : 0.0f));
 }
 
-static inline int zpc_aligned16(const void* p) { return ((uintptr_t)p & 15) == 0; }
 
 template <typename F>
 static int zpc_binary(zp_backend* b, const char* name, void* out, const void* a, const void* c,
                       size_t n, F f) {
   if (n == 0) return ZP_OK;
-  bool vec = zpc_aligned16(out) && zpc_aligned16(a) && (!c || zpc_aligned16(c));
+  bool vec = zpc_al16(out) && zpc_al16(a) && (!c || zpc_al16(c));
   unsigned grid = zpc_grid(b, vec ? (n + 7) / 8 : n, 256);
   if (vec)
     zpc_binary_kernel<F, true><<<grid, 256, 0, b->stream>>>((bf16*)out, (const bf16*)a,

@@ -414,7 +414,6 @@ __global__ void __launch_bounds__(ZPC_LN_ANY_THREADS)
 
 /* ---------------------------------------------------------------- host side */
 
-static inline bool zpc_ln_al16(const void* p) { return ((uintptr_t)p & 15u) == 0; }
 
 /* blocks to launch for `work` independent items: at most what fits on the device at once */
 template <typename K>
@@ -462,8 +461,8 @@ int zpc_layernorm_fwd_fast(zp_backend* b, void* out, float* mean, float* rstd, c
   const bf16* wb = (const bf16*)w;
   const bf16* bb = (const bf16*)bias;
   int T = 0;
-  int vpt = (C % 8 == 0 && zpc_ln_al16(out) && zpc_ln_al16(inp) && zpc_ln_al16(w) &&
-             zpc_ln_al16(bias))
+  int vpt = (C % 8 == 0 && zpc_al16(out) && zpc_al16(inp) && zpc_al16(w) &&
+             zpc_al16(bias))
                 ? zpc_ln_vpt(C, &T)
                 : 0;
   /* pf only at VPT 1 (C <= 4096): measured faster there; at VPT 2 the one shape timed (N 40,
@@ -513,8 +512,8 @@ int zpc_layernorm_bwd_fast(zp_backend* b, void* dinp, void* dw, void* dbias, con
   const bf16* x = (const bf16*)inp;
   const bf16* wb = (const bf16*)w;
   int T = 0;
-  int vpt = (C % 8 == 0 && zpc_ln_al16(dinp) && zpc_ln_al16(dout) && zpc_ln_al16(inp) &&
-             zpc_ln_al16(w))
+  int vpt = (C % 8 == 0 && zpc_al16(dinp) && zpc_al16(dout) && zpc_al16(inp) &&
+             zpc_al16(w))
                 ? zpc_ln_vpt(C, &T)
                 : 0;
   int rc;

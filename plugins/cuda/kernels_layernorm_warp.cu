@@ -331,8 +331,6 @@ __global__ void zpc_lnw_colsum_kernel(bf16* dw, bf16* db, const float* pdw, cons
 
 /* ---------------------------------------------------------------- host side */
 
-static inline bool zpc_lnw_al16(const void* p) { return ((uintptr_t)p & 15u) == 0; }
-
 /* blocks to launch for `work` blocks' worth of items: at most what fits on the device at once */
 template <typename K>
 static int zpc_lnw_grid(zp_backend* b, K kernel, size_t smem, int work, unsigned* grid) {
@@ -361,8 +359,8 @@ int zpc_layernorm_fwd_warp(zp_backend* b, void* out, float* mean, float* rstd, c
                            const void* w, const void* bias, int N, int C) {
   if (N <= 0 || C <= 0 || !w || !out || !inp)
     return ZPC_INVALID(b, "cuda backend: layernorm_fwd: bad arguments N=%d C=%d w=%p", N, C, w);
-  if (C % 8 != 0 || C > ZPC_LNW_FWD_MAX_C || !zpc_lnw_al16(out) || !zpc_lnw_al16(inp) ||
-      !zpc_lnw_al16(w) || !zpc_lnw_al16(bias))
+  if (C % 8 != 0 || C > ZPC_LNW_FWD_MAX_C || !zpc_al16(out) || !zpc_al16(inp) ||
+      !zpc_al16(w) || !zpc_al16(bias))
     return zpc_layernorm_fwd_fast(b, out, mean, rstd, inp, w, bias, N, C);
   bf16* o = (bf16*)out;
   const bf16* x = (const bf16*)inp;
@@ -408,8 +406,8 @@ int zpc_layernorm_bwd_warp(zp_backend* b, void* dinp, void* dw, void* dbias, con
   if (N <= 0 || C <= 0 || !w || !mean || !rstd || !dout || !inp)
     return ZPC_INVALID(b, "cuda backend: layernorm_bwd: bad arguments N=%d C=%d", N, C);
   if (!dinp && !dw && !dbias) return ZP_OK;
-  if (C % 8 != 0 || C > ZPC_LNW_BWD_MAX_C || !zpc_lnw_al16(dinp) || !zpc_lnw_al16(dout) ||
-      !zpc_lnw_al16(inp) || !zpc_lnw_al16(w))
+  if (C % 8 != 0 || C > ZPC_LNW_BWD_MAX_C || !zpc_al16(dinp) || !zpc_al16(dout) ||
+      !zpc_al16(inp) || !zpc_al16(w))
     return zpc_layernorm_bwd_fast(b, dinp, dw, dbias, dout, inp, w, mean, rstd, N, C);
   /* row chunks: a function of N only (see the top) */
   int rpc = 0, nchunks = 0;

@@ -167,20 +167,11 @@ __device__ __forceinline__ float zpc_xe_ex2(float x) {
 }
 /* mo(m): the offset the sum is kept against, finite even for m = -inf */
 __device__ __forceinline__ float zpc_xe_mo(float m) { return fmaxf(m * ZPC_LOG2E, -FLT_MAX); }
-/* the 8 bf16 of a vector as floats (element 2k is the low half of word k) */
-__device__ __forceinline__ void zpc_xe_unpack(const uint4& u, float f[8]) {
-  const uint32_t w[4] = {u.x, u.y, u.z, u.w};
-#pragma unroll
-  for (int k = 0; k < 4; k++) {
-    f[2 * k] = __uint_as_float(w[k] << 16);
-    f[2 * k + 1] = __uint_as_float(w[k] & 0xffff0000u);
-  }
-}
 /* pass 1: the first nvalid elements of one vector into (m, mo, s) */
 __device__ __forceinline__ void zpc_xe_acc(const uint4& u, int nvalid, float& m, float& mo,
                                            float& s) {
   float f[8];
-  zpc_xe_unpack(u, f);
+  zpc_unpack8(u, f);
 #pragma unroll
   for (int k = 0; k < 8; k++)
     if (k >= nvalid) f[k] = -INFINITY;
@@ -202,7 +193,7 @@ __device__ __forceinline__ void zpc_xe_acc(const uint4& u, int nvalid, float& m,
 __device__ __forceinline__ uint4 zpc_xe_grad(const uint4& u, int nvalid, int kt, float mo,
                                              float sc, float dloss) {
   float f[8];
-  zpc_xe_unpack(u, f);
+  zpc_unpack8(u, f);
   float g[8];
 #pragma unroll
   for (int k = 0; k < 8; k++) g[k] = zpc_xe_ex2(fmaf(f[k], ZPC_LOG2E, -mo)) * sc;
@@ -214,13 +205,7 @@ __device__ __forceinline__ uint4 zpc_xe_grad(const uint4& u, int nvalid, int kt,
 #pragma unroll
   for (int k = 0; k < 8; k++)
     if (k >= nvalid) g[k] = 0.0f;
-  uint32_t w[4];
-#pragma unroll
-  for (int k = 0; k < 4; k++) {
-    __nv_bfloat162 p = __floats2bfloat162_rn(g[2 * k], g[2 * k + 1]);
-    w[k] = *(const uint32_t*)&p;
-  }
-  return make_uint4(w[0], w[1], w[2], w[3]);
+  return zpc_pack8(g);
 }
 /* merge (m2, s2) into (m, s); commutative in floating point, so butterfly lanes agree */
 __device__ __forceinline__ void zpc_xe_merge(float& m, float& s, float m2, float s2) {

@@ -845,6 +845,35 @@ static int r_ln_bwd(const zp_backend_ops* o, zp_backend* b, const args_t* a) {
                           a->C);
 }
 
+/* layernorm_bwd on backend be with dw, dbias NULL (skipped: dinp alone), then with dinp NULL
+ * (dw, dbias alone), from dinp0 / dw0 / db0, against the reference; rows named pre + "_bwd..." */
+static void ln_bwd_some_outputs(zp_backend* be, const char* pre, const char* shape, const args_t* ga,
+                                const args_t* ra, const float* dinp0, const float* dw0, const float* db0) {
+  const size_t NC = (size_t)ga->N * ga->C, C = (size_t)ga->C;
+  char nm[96];
+  args_t g2 = *ga, r2 = *ra;
+  g2.o1 = gup(dinp0, NC);
+  r2.o1 = rup(dinp0, NC);
+  g2.o2 = g2.o3 = r2.o2 = r2.o3 = NULL;
+  CK(r_ln_bwd(G, be, &g2));
+  CK(G->synchronize(be));
+  CK(r_ln_bwd(R, rb, &r2));
+  snprintf(nm, sizeof nm, "%s_bwd.dinp(dw,db NULL)", pre);
+  cmp(nm, shape, gdown(g2.o1, NC), rdown(r2.o1, NC), NC, TOL_GRAD);
+  g2.o1 = r2.o1 = NULL;
+  g2.o2 = gup(dw0, C);
+  r2.o2 = rup(dw0, C);
+  g2.o3 = gup(db0, C);
+  r2.o3 = rup(db0, C);
+  CK(r_ln_bwd(G, be, &g2));
+  CK(G->synchronize(be));
+  CK(r_ln_bwd(R, rb, &r2));
+  snprintf(nm, sizeof nm, "%s_bwd.dw(dinp NULL)", pre);
+  cmp(nm, shape, gdown(g2.o2, C), rdown(r2.o2, C), C, TOL_GRAD);
+  snprintf(nm, sizeof nm, "%s_bwd.dbias(dinp NULL)", pre);
+  cmp(nm, shape, gdown(g2.o3, C), rdown(r2.o3, C), C, TOL_GRAD);
+}
+
 static void t_layernorm(int N, int C) {
   if (!want("layernorm")) return;
   char shape[64];
@@ -931,25 +960,7 @@ static void t_layernorm(int N, int C) {
     CK(G->copy_d2h(gb, k ? h2 : h1, ga.o2, (size_t)C * 2));
   }
   cmp_bytes("layernorm_bwd.deterministic", shape, h1, h2, (size_t)C * 2);
-  { /* dw, dbias NULL (skipped): dinp alone; then dinp NULL: dw, dbias alone */
-    args_t g2 = ga, r2 = ra;
-    g2.o1 = gup(dinp0, NC);
-    r2.o1 = rup(dinp0, NC);
-    g2.o2 = g2.o3 = r2.o2 = r2.o3 = NULL;
-    CK(r_ln_bwd(G, gb, &g2));
-    CK(r_ln_bwd(R, rb, &r2));
-    cmp("layernorm_bwd.dinp(dw,db NULL)", shape, gdown(g2.o1, NC), rdown(r2.o1, NC), NC,
-        TOL_GRAD);
-    g2.o1 = r2.o1 = NULL;
-    g2.o2 = gup(dw0, C);
-    r2.o2 = rup(dw0, C);
-    g2.o3 = gup(db0, C);
-    r2.o3 = rup(db0, C);
-    CK(r_ln_bwd(G, gb, &g2));
-    CK(r_ln_bwd(R, rb, &r2));
-    cmp("layernorm_bwd.dw(dinp NULL)", shape, gdown(g2.o2, C), rdown(r2.o2, C), C, TOL_GRAD);
-    cmp("layernorm_bwd.dbias(dinp NULL)", shape, gdown(g2.o3, C), rdown(r2.o3, C), C, TOL_GRAD);
-  }
+  ln_bwd_some_outputs(gb, "layernorm", shape, &ga, &ra, dinp0, dw0, db0);
   double ms_bwd = gtime(tb, r_ln_bwd, &ga);
   flush(ms_bwd);
   /* bytes moved: fwd reads x and writes out; bwd reads x, dout, dinp and writes dinp */
@@ -1025,31 +1036,12 @@ static void t_layernorm(int N, int C) {
     cmp_bytes("layernorm[warp]_bwd.deterministic.dinp", shape, hb[0][0], hb[1][0], NC * 2);
     cmp_bytes("layernorm[warp]_bwd.deterministic.dw", shape, hb[0][1], hb[1][1], (size_t)C * 2);
     cmp_bytes("layernorm[warp]_bwd.deterministic.dbias", shape, hb[0][2], hb[1][2], (size_t)C * 2);
-    args_t w2 = wa, r2 = ra;
-    w2.o1 = gup(dinp0, NC);
-    r2.o1 = rup(dinp0, NC);
-    w2.o2 = w2.o3 = r2.o2 = r2.o3 = NULL;
-    CK(r_ln_bwd(G, glw, &w2));
-    CK(G->synchronize(glw));
-    CK(r_ln_bwd(R, rb, &r2));
-    cmp("layernorm[warp]_bwd.dinp(dw,db NULL)", shape, gdown(w2.o1, NC), rdown(r2.o1, NC), NC,
-        TOL_GRAD);
-    w2.o1 = r2.o1 = NULL;
-    w2.o2 = gup(dw0, C);
-    r2.o2 = rup(dw0, C);
-    w2.o3 = gup(db0, C);
-    r2.o3 = rup(db0, C);
-    CK(r_ln_bwd(G, glw, &w2));
-    CK(G->synchronize(glw));
-    CK(r_ln_bwd(R, rb, &r2));
-    cmp("layernorm[warp]_bwd.dw(dinp NULL)", shape, gdown(w2.o2, C), rdown(r2.o2, C), C, TOL_GRAD);
-    cmp("layernorm[warp]_bwd.dbias(dinp NULL)", shape, gdown(w2.o3, C), rdown(r2.o3, C), C,
-        TOL_GRAD);
+    ln_bwd_some_outputs(glw, "layernorm[warp]", shape, &wa, &ra, dinp0, dw0, db0);
     if (ZP_TABLE_HAS(G, grad_overwrite)) {
       float* zc = hconst(C, 0.0f);
       void* ho[2][2];
       for (int k = 0; k < 2; k++) { /* 0: off, into zeros; 1: on, from NaN */
-        w2 = wa;
+        args_t w2 = wa;
         w2.o1 = gup(dinp0, NC);
         w2.o2 = gup(zc, C);
         w2.o3 = gup(zc, C);
