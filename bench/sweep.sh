@@ -10,6 +10,8 @@
 #
 # Run (repo root, after a build; .deps carried):
 #   ZP_BUILD=build-gpu bash bench/sweep.sh "base||" "res0|ZP_CUDA_FUSE_RES=0|matmul_res" "base2||"
+# A variant's SWEEP_BUILD=DIR runs that build's zp and plugin instead (e.g. an older commit's
+# tree built beside this one, for a before/after row).
 # Env: ZP_BUILD (default build-gpu; must hold zp, plugins/zp_cuda.so, check_cuda_ops), OUT
 #   (default /tmp/zp-out: sweep.md, sweep.log), MODELS (default "124m 1.5b"), STEPS (default
 #   25), ZP_WORK (default /tmp/zp-sweep-work).
@@ -37,10 +39,11 @@ for spec in "$@"; do
   (
     IFS=',' read -r -a assigns <<< "$vars"
     for a in "${assigns[@]}"; do [ -n "$a" ] && export "${a?}"; done
+    VB=${SWEEP_BUILD:-$BUILD} # a variant may name another build (SWEEP_BUILD=dir: an older tree's)
     note "variant $name: ${vars:-(defaults)}"
     pass=0 failc=0
     for f in ${filters//,/ }; do
-      "$BUILD/check_cuda_ops" "$BUILD/plugins/zp_cuda.so" --filter "$f" > "$WORK/check_${name}_$f.log" 2>&1
+      "$VB/check_cuda_ops" "$VB/plugins/zp_cuda.so" --filter "$f" > "$WORK/check_${name}_$f.log" 2>&1
       p=$(grep -c ' PASS$' "$WORK/check_${name}_$f.log")
       q=$(grep -c ' FAIL' "$WORK/check_${name}_$f.log")
       pass=$((pass + p)) failc=$((failc + q))
@@ -55,7 +58,7 @@ for spec in "$@"; do
       for m in "${MODELS[@]}"; do
         d=$WORK/bench_${name}_$m
         rm -rf "$d"
-        OUT=$d ZP_WORK=$WORK/bw SKIP_BUILD=1 PEERS=none ZP_BUILD=$BUILD bash "$SRC/bench/gpu_bench.sh" "$m" > "$d.log" 2>&1
+        OUT=$d ZP_WORK=$WORK/bw SKIP_BUILD=1 PEERS=none ZP_BUILD=$VB bash "$SRC/bench/gpu_bench.sh" "$m" > "$d.log" 2>&1
         ms=$(python3 -c 'import json,sys
 for l in open(sys.argv[1]):
     r = json.loads(l)

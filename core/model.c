@@ -364,8 +364,15 @@ int zp_model_backward_group(const zp_model_layout* m, const zp_backend_ops* ops,
     int l = g - 1;
     /* train.recompute_gelu(_blocks): the shared slot holds another block's GELU output: refill it */
     if (zp_acts_gelu_refill(a, l, L)) TRY(ops->gelu_fwd(b, a->fchg[l], a->fch[l], (size_t)N * 4 * C));
-    /* fcproj: dfchg -> d_b, then GELU's backward -> d_a (one op when the backend fuses them) */
-    if (ZP_TABLE_HAS(ops, matmul_dgelu_bwd)) {
+    /* fcproj: dfchg -> d_b, then GELU's backward -> d_a (one op when the backend fuses them;
+     * with 1.9's matmul_dgelu_bgrad_bwd that op also gives the fc bias gradient, the column sums
+     * of d_a, so the fc backward below skips them) */
+    void* dfcb = G(m, v, g, ZP_T_FCB, es);
+    if (ZP_TABLE_HAS(ops, matmul_dgelu_bgrad_bwd)) {
+      TRY(ops->matmul_dgelu_bgrad_bwd(b, a->d_a, dfcb, G(m, v, g, ZP_T_FCPROJW, es), G(m, v, g, ZP_T_FCPROJB, es),
+                                      a->dres, a->fchg[l], P(m, v, g, ZP_T_FCPROJW, es), a->fch[l], N, 4 * C, C));
+      dfcb = NULL;
+    } else if (ZP_TABLE_HAS(ops, matmul_dgelu_bwd)) {
       TRY(ops->matmul_dgelu_bwd(b, a->d_a, G(m, v, g, ZP_T_FCPROJW, es), G(m, v, g, ZP_T_FCPROJB, es), a->dres, a->fchg[l],
                                 P(m, v, g, ZP_T_FCPROJW, es), a->fch[l], N, 4 * C, C));
     } else {
@@ -373,8 +380,8 @@ int zp_model_backward_group(const zp_model_layout* m, const zp_backend_ops* ops,
                           P(m, v, g, ZP_T_FCPROJW, es), N, 4 * C, C));
       TRY(ops->gelu_bwd(b, a->d_a, a->fch[l], a->d_b, (size_t)N * 4 * C));
     }
-    TRY(ops->matmul_bwd(b, a->d_b, G(m, v, g, ZP_T_FCW, es), G(m, v, g, ZP_T_FCB, es), a->d_a, a->ln2[l],
-                        P(m, v, g, ZP_T_FCW, es), N, C, 4 * C));
+    TRY(ops->matmul_bwd(b, a->d_b, G(m, v, g, ZP_T_FCW, es), dfcb, a->d_a, a->ln2[l], P(m, v, g, ZP_T_FCW, es), N, C,
+                        4 * C));
     TRY(ops->layernorm_bwd(b, a->dres, G(m, v, g, ZP_T_LN2W, es), G(m, v, g, ZP_T_LN2B, es), a->d_b, a->res2[l],
                            P(m, v, g, ZP_T_LN2W, es), a->ln2_mean[l], a->ln2_rstd[l], N, C));
     TRY(ops->matmul_bwd(b, a->d_a, G(m, v, g, ZP_T_ATTPROJW, es), G(m, v, g, ZP_T_ATTPROJB, es), a->dres, a->atty[l],

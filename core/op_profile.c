@@ -157,6 +157,14 @@ static int w_matmul_dgelu_bwd(zp_backend* b, void* dinp, void* dw, void* dbias, 
   snprintf(k, sizeof k, "matmul_dgelu_bwd %dx%d", IC, OC);
   TIMED(b, k, 4.0 * N * IC * OC, g_real->matmul_dgelu_bwd(b, dinp, dw, dbias, dout, inp, w, pre, N, IC, OC));
 }
+/* ABI 1.9: the same op with the fc bias gradient too, under the same name (its time now includes
+ * those column sums, which the fc's matmul_bwd then no longer has) */
+static int w_matmul_dgelu_bgrad_bwd(zp_backend* b, void* dinp, void* dpb, void* dw, void* dbias, const void* dout,
+                                    const void* inp, const void* w, const void* pre, int N, int IC, int OC) {
+  char k[64];
+  snprintf(k, sizeof k, "matmul_dgelu_bwd %dx%d", IC, OC);
+  TIMED(b, k, 4.0 * N * IC * OC, g_real->matmul_dgelu_bgrad_bwd(b, dinp, dpb, dw, dbias, dout, inp, w, pre, N, IC, OC));
+}
 static int w_attention_fwd(zp_backend* b, void* out, void* aux, const void* qkv, int B, int T, int C, int NH) {
   TIMED(b, "attention_fwd", att_flops(B, T, C), g_real->attention_fwd(b, out, aux, qkv, B, T, C, NH));
 }
@@ -208,6 +216,7 @@ const zp_backend_ops* zp_op_profile_wrap(const zp_backend_ops* real, int sync) {
 #undef W
   if (ZP_TABLE_HAS(real, matmul_gelu_fwd)) g_wrap.matmul_gelu_fwd = w_matmul_gelu_fwd;
   if (ZP_TABLE_HAS(real, matmul_dgelu_bwd)) g_wrap.matmul_dgelu_bwd = w_matmul_dgelu_bwd;
+  if (ZP_TABLE_HAS(real, matmul_dgelu_bgrad_bwd)) g_wrap.matmul_dgelu_bgrad_bwd = w_matmul_dgelu_bgrad_bwd;
   if (ZP_TABLE_HAS(real, matmul_res_fwd)) g_wrap.matmul_res_fwd = w_matmul_res_fwd;
   if (ZP_TABLE_HAS(real, adamw_pieces)) g_wrap.adamw_pieces = w_adamw_pieces;
   if (ZP_TABLE_HAS(real, attention_bwd_ws)) g_wrap.attention_bwd_ws = w_attention_bwd_ws;

@@ -24,7 +24,7 @@ extern "C" {
 #endif
 
 #define ZP_ABI_MAJOR 1
-#define ZP_ABI_MINOR 8
+#define ZP_ABI_MINOR 9
 #define ZP_PLUGIN_ENTRY_NAME "zp_plugin_entry"
 /* does table t (whose first member is size_t struct_size) have member m, and is it set? */
 #define ZP_TABLE_HAS(t, m) \
@@ -578,6 +578,15 @@ typedef struct zp_backend_ops {
    *   ns and out_host are host arrays. */
   int (*sumsq_many)(zp_backend* b, int count, const void* const* xs, const zp_dtype* dts,
                     const size_t* ns, double* out_host);
+  /* ---- optional (1.9): the GELU backward also gives its pre-activation's bias gradient
+   * (NULL: matmul_dgelu_bwd, and that bias gradient from the next matmul_bwd's column sums) ----
+   * matmul_dgelu_bgrad_bwd: exactly matmul_dgelu_bwd, and in addition dpre_bias[IC] += the
+   *   column sums of dinp, i.e. the bias gradient of the linear layer whose output is `pre`
+   *   (stored instead of added under grad_overwrite, like dbias). The sums may be taken before
+   *   dinp is rounded to the compute dtype. dpre_bias may be NULL: then it is matmul_dgelu_bwd. */
+  int (*matmul_dgelu_bgrad_bwd)(zp_backend* b, void* dinp, void* dpre_bias, void* dw, void* dbias,
+                                const void* dout, const void* inp, const void* w, const void* pre,
+                                int N, int IC, int OC);
 } zp_backend_ops;
 #define ZP_TIMER_SLOTS 65536
 

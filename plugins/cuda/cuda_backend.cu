@@ -27,6 +27,11 @@
  *   contract, not the same bits).
  *   ZP_CUDA_BGRAD = 0 (default: a deterministic column-sum pass over dout) | 1 (matmul_bwd's bias
  *   gradient from the dW GEMM's BGRADB epilogue: measured slower on the H100, docs/perf.md 15).
+ *   ZP_CUDA_DGELU_BGRAD = sums (default: matmul_dgelu_bgrad_bwd's fc bias gradient by the
+ *   column-sum kernels over dinp right after the GEMM) | epi (from the dinp GEMM's DGELU_BGRAD
+ *   epilogue; not measured yet, docs/perf.md 26).
+ *   ZP_CUDA_BIAS_SUMS = first (default: matmul_bwd's bias column sums before its dW GEMM, while
+ *   dout may still be in L2) | after (after it, the order before ABI 1.9; for A/B timing).
  *   ZP_CUDA_ADAMW_PIECES = 1 (adamw_pieces: a range's pieces in one launch set) | 0 (one launch
  *   set per piece, as before ABI 1.4: the same bits; for A/B timing).
  *   ZP_CUDA_GEMM_TUNE = 0 (default): each GEMM shape runs the cuBLASLt heuristic's first
@@ -58,6 +63,7 @@
 #define ZPC_DEFAULT_FUSE_RES 1  /* the residual as the GEMM's C (measured: docs/perf.md) */
 #define ZPC_DEFAULT_FA2_FWD 0   /* fast (measured: docs/perf.md) */
 #define ZPC_DEFAULT_BGRAD 0     /* column sums: the BGRADB epilogue measured slower (docs/perf.md 15) */
+#define ZPC_DEFAULT_DGELU_BGRAD 0 /* sums until epi is measured (docs/perf.md 26) */
 #define ZPC_DEFAULT_FA2_BWD 1   /* kv2 (measured: docs/perf.md) */
 #define ZPC_DEFAULT_XENT 1      /* fast (docs/perf.md 25) */
 
@@ -157,6 +163,8 @@ static const struct zpc_switch zpc_switches[] = {
     {"ZP_CUDA_GEMM_TUNE", offsetof(zp_backend, gemm_tune), 0, {"0", "1", "2"}},
     {"ZP_CUDA_ADAMW_PIECES", offsetof(zp_backend, adamw_pieces), 1, {"0", "1"}},
     {"ZP_CUDA_BGRAD", offsetof(zp_backend, bgrad), ZPC_DEFAULT_BGRAD, {"0", "1"}},
+    {"ZP_CUDA_DGELU_BGRAD", offsetof(zp_backend, dgelu_bgrad), ZPC_DEFAULT_DGELU_BGRAD, {"sums", "epi"}},
+    {"ZP_CUDA_BIAS_SUMS", offsetof(zp_backend, bias_after), 0, {"first", "after"}},
     {"ZP_CUDA_PRIO", offsetof(zp_backend, prio), 1, {"0", "1"}},
     {"ZP_CUDA_ADAMW_GRID", offsetof(zp_backend, adamw_grid), 1, {"capped", "full"}},
     {"ZP_CUDA_SUMSQ_MANY", offsetof(zp_backend, sumsq_many), 1, {"0", "1"}},
@@ -677,6 +685,7 @@ static const zp_backend_ops zpc_ops = {
     zpc_side_end,
     zpc_grad_overwrite, /* 1.8: parameter gradients written, not accumulated */
     zpc_sumsq_many,     /* 1.8: the gradient norm's sums with one host wait (kernels_reduce.cu) */
+    zpc_matmul_dgelu_bgrad_bwd, /* 1.9: the fc bias gradient from the GELU backward's GEMM */
 };
 
 static const zp_plugin_desc zpc_desc = {

@@ -63,6 +63,9 @@ struct zp_backend {
   int adamw_pieces;      /* ZP_CUDA_ADAMW_PIECES: 1 one launch set per range, 0 one per piece */
   int bgrad;             /* ZP_CUDA_BGRAD: 1 bias gradients in the dW GEMM's epilogue, 0 column sums */
   int bgrad_unsupported; /* cuBLASLt offered no BGRADB algorithm: column sums from then on */
+  int bias_after;        /* ZP_CUDA_BIAS_SUMS: 0 first (matmul_bwd's column sums before its dW GEMM), 1 after */
+  int dgelu_bgrad;       /* ZP_CUDA_DGELU_BGRAD: 1 epi (the fc bias gradient from DGELU_BGRAD), 0 sums */
+  int dgelu_bgrad_unsupported; /* cuBLASLt offered no DGELU_BGRAD algorithm: sums from then on */
   int tune_evict_warned; /* a tuned algo_cache entry was overwritten (warned once) */
   cudaStream_t stream;
   /* copies beside the compute (1.5): one stream per direction (both copy engines), created on
@@ -266,7 +269,8 @@ struct zpc_gemm {
   const void* C;       /* beta != 0: the addend, same type and layout as D; NULL: D itself */
   void* bgrad;         /* CUBLASLT_EPILOGUE_BGRADB: bgrad[M] (bf16, overwritten) = sums over K
                         * of op(A)'s columns (transa = 1: A's columns, i.e. the bias gradient
-                        * of a dW GEMM); not with bias or epi_gelu; batch 1 */
+                        * of a dW GEMM); with epi_gelu 2, DGELU_BGRAD: bgrad[N] = the sums of
+                        * D's (row-major) columns; not with bias or epi_gelu 1; batch 1 */
 };
 int zpc_gemm_run(zp_backend* b, const struct zpc_gemm* g);
 
@@ -327,6 +331,9 @@ int zpc_matmul_gelu_fwd(zp_backend* b, void* out, void* pre, const void* inp, co
                         const void* bias, int N, int IC, int OC);
 int zpc_matmul_dgelu_bwd(zp_backend* b, void* dinp, void* dw, void* dbias, const void* dout,
                          const void* inp, const void* w, const void* pre, int N, int IC, int OC);
+int zpc_matmul_dgelu_bgrad_bwd(zp_backend* b, void* dinp, void* dpb, void* dw, void* dbias,
+                               const void* dout, const void* inp, const void* w, const void* pre,
+                               int N, int IC, int OC);
 size_t zpc_attention_aux_bytes(zp_backend* b, int B, int T, int C, int NH);
 int zpc_attention_fwd(zp_backend* b, void* out, void* aux, const void* qkv, int B, int T, int C,
                       int NH);

@@ -26,6 +26,11 @@
  *   aux output = pre (cuBLASLt's GELU is the tanh approximation, as gelu_fwd).
  * matmul_dgelu_bwd: matmul_bwd whose dinp GEMM ends in CUBLASLT_EPILOGUE_DGELU with aux = pre:
  *   dinp = (dout @ W) * gelu'(pre), one pass instead of a GEMM plus gelu_bwd's three.
+ * matmul_dgelu_bgrad_bwd (1.9): that, plus dpre_bias += the column sums of dinp (the fc bias
+ *   gradient): ZP_CUDA_DGELU_BGRAD=sums (default) the column-sum kernels over dinp just after the
+ *   GEMM; epi: from CUBLASLT_EPILOGUE_DGELU_BGRAD into a bf16 scratch vector, then added.
+ * Bias gradients by column sums run before the dW GEMM, while dout is likely still in L2
+ * (ZP_CUDA_BIAS_SUMS=after: after it, as before).
  *
  * Invariants: fp32 compute and scale type; the 32 MiB workspace made at create; the alignment
  * of every pointer (and batch stride) is told to the heuristic, so unaligned views are legal;
@@ -70,8 +75,8 @@ static uint32_t zpc_alignment(const void* p, int64_t stride_bytes, int batch) {
 }
 
 static const char* zpc_epi_name(const struct zpc_gemm* g) {
+  if (g->epi_gelu == 2) return g->bgrad ? "dgelu_bgrad" : "dgelu";
   if (g->bgrad) return "bgradb";
-  if (g->epi_gelu == 2) return "dgelu";
   if (g->epi_gelu == 1) return g->bias ? "gelu_aux_bias" : "gelu_aux";
   return g->bias ? "bias" : "none";
 }
@@ -213,8 +218,8 @@ int zpc_gemm_run(zp_backend* b, const struct zpc_gemm* g) {
   if (g->M <= 0 || g->N <= 0 || g->K <= 0 || g->batch <= 0)
     return ZPC_INVALID(b, "cuda backend: gemm with empty shape M=%d N=%d K=%d batch=%d", g->M, g->N,
                        g->K, g->batch);
-  if (g->bgrad && (g->bias || g->epi_gelu || g->batch != 1))
-    return zpc_err(b->host, ZP_E_INTERNAL, "cuda backend: gemm BGRADB needs no bias/GELU, batch 1");
+  if (g->bgrad && (g->bias || g->epi_gelu == 1 || g->batch != 1))
+    return zpc_err(b->host, ZP_E_INTERNAL, "cuda backend: gemm BGRADB / DGELU_BGRAD needs no bias, batch 1");
   if (g->bias && (g->d_fp32 || g->batch != 1))
     return zpc_err(b->host, ZP_E_INTERNAL, "cuda backend: gemm bias needs bf16 D and batch 1");
   if (g->epi_gelu && (g->d_fp32 || g->batch != 1 || !g->aux || (g->epi_gelu == 2 && g->bias)))
@@ -260,7 +265,7 @@ int zpc_gemm_run(zp_backend* b, const struct zpc_gemm* g) {
     LT(cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
     LT(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &opA, sizeof opA));
     LT(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &opB, sizeof opB));
-    if (g->bgrad) {
+    if (g->bgrad && !g->epi_gelu) {
       cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BGRADB;
       cudaDataType_t bdt = CUDA_R_16BF; /* fp32 was refused (CUBLAS_STATUS_INVALID_VALUE, H100) */
       LT(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi));
@@ -271,9 +276,17 @@ int zpc_gemm_run(zp_backend* b, const struct zpc_gemm* g) {
     if (g->bias || g->epi_gelu) {
       cublasLtEpilogue_t epi = g->epi_gelu == 1 ? (g->bias ? CUBLASLT_EPILOGUE_GELU_AUX_BIAS
                                                            : CUBLASLT_EPILOGUE_GELU_AUX)
-                               : g->epi_gelu == 2 ? CUBLASLT_EPILOGUE_DGELU
+                               : g->epi_gelu == 2 ? (g->bgrad ? CUBLASLT_EPILOGUE_DGELU_BGRAD
+                                                              : CUBLASLT_EPILOGUE_DGELU)
                                                   : CUBLASLT_EPILOGUE_BIAS;
       LT(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi));
+      if (g->bgrad) { /* DGELU_BGRAD: bgrad[m] = the sums over D's columns (bf16, as BGRADB) */
+        cudaDataType_t bdt = CUDA_R_16BF;
+        LT(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &g->bgrad,
+                                          sizeof g->bgrad));
+        LT(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bdt,
+                                          sizeof bdt));
+      }
       if (g->bias) {
         cudaDataType_t bdt = CUDA_R_16BF;
         LT(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &g->bias,
@@ -437,15 +450,39 @@ int zpc_matmul_res_fwd(zp_backend* b, void* out, const void* inp, const void* w,
   return zpc_matmul_fwd_epi(b, out, inp, w, bias, N, IC, OC, 0, NULL, res);
 }
 
-static int zpc_matmul_dinp(zp_backend* b, void* dinp, const void* dout, const void* w,
+static int zpc_matmul_dinp(zp_backend* b, void* dinp, void* bgrad, const void* dout, const void* w,
                            const void* pre, int N, int IC, int OC);
+
+/* dbias[C] (bf16) += the column sums of x[N,C] (stored under grad_overwrite): the deterministic
+ * two-pass kernels of kernels_reduce.cu, through the op scratch */
+static int zpc_bias_colsum(zp_backend* b, void* dbias, const void* x, int N, int C) {
+  int R = zpc_rowchunks(N), rc;
+  void* part = NULL;
+  if ((rc = zpc_scratch(b, (size_t)R * C * sizeof(float), &part))) return rc;
+  if ((rc = zpc_colsum_partials(b, (float*)part, (const bf16*)x, N, C))) return rc;
+  return zpc_colsum_add(b, (bf16*)dbias, (const float*)part, R, C);
+}
+
+/* dbias[n] += an epilogue's bf16 bias gradient bg[n] (a copy under grad_overwrite) */
+static int zpc_bias_from_epi(zp_backend* b, void* dbias, const void* bg, size_t n) {
+  if (b->grad_overwrite) {
+    ZPC_CUDA(b, cudaMemcpyAsync(dbias, bg, n * sizeof(bf16), cudaMemcpyDeviceToDevice, b->stream));
+    return ZP_OK;
+  }
+  return zpc_accumulate(b, dbias, ZP_BF16, bg, ZP_BF16, n, 1.0f);
+}
 
 int zpc_matmul_bwd(zp_backend* b, void* dinp, void* dw, void* dbias, const void* dout,
                    const void* inp, const void* w, int N, int IC, int OC) {
   if (N <= 0 || IC <= 0 || OC <= 0)
     return ZPC_INVALID(b, "cuda backend: matmul_bwd: bad shape N=%d IC=%d OC=%d", N, IC, OC);
   int rc;
-  int bias_done = 0;
+  const int epi_bias = dbias && dw && b->bgrad && !b->bgrad_unsupported;
+  /* the column sums first: dout was usually just written by the op before (a LayerNorm or
+   * GELU backward, attention's), so part of it is still in L2; after the dW GEMM it is not
+   * (ZP_CUDA_BIAS_SUMS=after: there, the order before 1.9, for A/B timing) */
+  const int sums = dbias && !epi_bias;
+  if (sums && !b->bias_after && (rc = zpc_bias_colsum(b, dbias, dout, N, OC))) return rc;
   if (dw) { /* dW[OC,IC] += dout^T[OC,N] @ inp[N,IC] (and dbias from its BGRADB epilogue) */
     struct zpc_gemm g;
     memset(&g, 0, sizeof g);
@@ -464,7 +501,7 @@ int zpc_matmul_bwd(zp_backend* b, void* dinp, void* dw, void* dbias, const void*
     g.alpha = 1.0f;
     g.beta = b->grad_overwrite ? 0.0f : 1.0f;
     void* bg = NULL;
-    if (dbias && b->bgrad && !b->bgrad_unsupported) {
+    if (epi_bias) {
       if ((rc = zpc_scratch(b, (size_t)OC * sizeof(bf16), &bg))) return rc;
       g.bgrad = bg;
     }
@@ -474,25 +511,13 @@ int zpc_matmul_bwd(zp_backend* b, void* dinp, void* dw, void* dbias, const void*
       zpc_log(b, ZP_LOG_WARN, "cuda backend: cuBLASLt offers no BGRADB algorithm for a dW GEMM: "
                               "bias gradients by column sums instead");
       g.bgrad = NULL;
-      rc = zpc_gemm_run(b, &g);
+      if ((rc = zpc_gemm_run(b, &g)) || (rc = zpc_bias_colsum(b, dbias, dout, N, OC))) return rc;
     }
     if (rc) return rc;
-    if (g.bgrad) { /* dbias += the epilogue's bf16 bias gradient (= it, under grad_overwrite) */
-      if (b->grad_overwrite)
-        ZPC_CUDA(b, cudaMemcpyAsync(dbias, bg, (size_t)OC * sizeof(bf16), cudaMemcpyDeviceToDevice, b->stream));
-      else if ((rc = zpc_accumulate(b, dbias, ZP_BF16, bg, ZP_BF16, (size_t)OC, 1.0f)))
-        return rc;
-      bias_done = 1;
-    }
+    if (g.bgrad && (rc = zpc_bias_from_epi(b, dbias, bg, (size_t)OC))) return rc;
   }
-  if (dbias && !bias_done) {
-    int R = zpc_rowchunks(N);
-    void* part = NULL;
-    if ((rc = zpc_scratch(b, (size_t)R * OC * sizeof(float), &part))) return rc;
-    if ((rc = zpc_colsum_partials(b, (float*)part, (const bf16*)dout, N, OC))) return rc;
-    if ((rc = zpc_colsum_add(b, (bf16*)dbias, (const float*)part, R, OC))) return rc;
-  }
-  return zpc_matmul_dinp(b, dinp, dout, w, NULL, N, IC, OC);
+  if (sums && b->bias_after && (rc = zpc_bias_colsum(b, dbias, dout, N, OC))) return rc;
+  return zpc_matmul_dinp(b, dinp, NULL, dout, w, NULL, N, IC, OC);
 }
 
 int zpc_matmul_gelu_fwd(zp_backend* b, void* out, void* pre, const void* inp, const void* w,
@@ -511,19 +536,45 @@ int zpc_matmul_gelu_fwd(zp_backend* b, void* out, void* pre, const void* inp, co
 
 int zpc_matmul_dgelu_bwd(zp_backend* b, void* dinp, void* dw, void* dbias, const void* dout,
                          const void* inp, const void* w, const void* pre, int N, int IC, int OC) {
-  if (!dinp || !pre)
-    return ZPC_INVALID(b, "cuda backend: matmul_dgelu_bwd: dinp and pre must be set");
-  if (!b->fuse_gelu || IC % 8 != 0) { /* as above: dinp = dout @ W, then gelu_bwd in place */
-    int rc = zpc_matmul_bwd(b, dinp, dw, dbias, dout, inp, w, N, IC, OC);
-    return rc ? rc : zpc_gelu_bwd(b, dinp, pre, dinp, (size_t)N * IC);
-  }
-  int rc = zpc_matmul_bwd(b, NULL, dw, dbias, dout, inp, w, N, IC, OC);
-  if (rc) return rc;
-  return zpc_matmul_dinp(b, dinp, dout, w, pre, N, IC, OC);
+  return zpc_matmul_dgelu_bgrad_bwd(b, dinp, NULL, dw, dbias, dout, inp, w, pre, N, IC, OC);
 }
 
-/* dinp[N,IC] = dout[N,OC] @ W[OC,IC], times gelu'(pre) when pre is set */
-static int zpc_matmul_dinp(zp_backend* b, void* dinp, const void* dout, const void* w,
+/* 1.9: matmul_dgelu_bwd, and dpre_bias[IC] += the column sums of dinp: through the dinp GEMM's
+ * CUBLASLT_EPILOGUE_DGELU_BGRAD (ZP_CUDA_DGELU_BGRAD=epi: a bf16 vector in the op scratch, then
+ * added) or, with sums (or no such algorithm offered, or the unfused GELU), the column-sum
+ * kernels over dinp right after it is written */
+int zpc_matmul_dgelu_bgrad_bwd(zp_backend* b, void* dinp, void* dpb, void* dw, void* dbias,
+                               const void* dout, const void* inp, const void* w, const void* pre,
+                               int N, int IC, int OC) {
+  if (!dinp || !pre)
+    return ZPC_INVALID(b, "cuda backend: matmul_dgelu_bwd: dinp and pre must be set");
+  int rc;
+  if (!b->fuse_gelu || IC % 8 != 0) { /* as above: dinp = dout @ W, then gelu_bwd in place */
+    if ((rc = zpc_matmul_bwd(b, dinp, dw, dbias, dout, inp, w, N, IC, OC)) ||
+        (rc = zpc_gelu_bwd(b, dinp, pre, dinp, (size_t)N * IC)))
+      return rc;
+    return dpb ? zpc_bias_colsum(b, dpb, dinp, N, IC) : ZP_OK;
+  }
+  if ((rc = zpc_matmul_bwd(b, NULL, dw, dbias, dout, inp, w, N, IC, OC))) return rc;
+  void* bg = NULL;
+  if (dpb && b->dgelu_bgrad && !b->dgelu_bgrad_unsupported &&
+      (rc = zpc_scratch(b, (size_t)IC * sizeof(bf16), &bg)))
+    return rc;
+  rc = zpc_matmul_dinp(b, dinp, bg, dout, w, pre, N, IC, OC);
+  if (rc == ZP_E_NOT_IMPLEMENTED && bg) { /* no DGELU_BGRAD algorithm: column sums from now on */
+    b->dgelu_bgrad_unsupported = 1;
+    zpc_log(b, ZP_LOG_WARN, "cuda backend: cuBLASLt offers no DGELU_BGRAD algorithm: the fc bias "
+                            "gradient by column sums instead");
+    bg = NULL;
+    rc = zpc_matmul_dinp(b, dinp, NULL, dout, w, pre, N, IC, OC);
+  }
+  if (rc || !dpb) return rc;
+  return bg ? zpc_bias_from_epi(b, dpb, bg, (size_t)IC) : zpc_bias_colsum(b, dpb, dinp, N, IC);
+}
+
+/* dinp[N,IC] = dout[N,OC] @ W[OC,IC], times gelu'(pre) when pre is set (and then, when bgrad
+ * is set, bgrad[IC] (bf16, overwritten) = its column sums, DGELU_BGRAD) */
+static int zpc_matmul_dinp(zp_backend* b, void* dinp, void* bgrad, const void* dout, const void* w,
                            const void* pre, int N, int IC, int OC) {
   int rc;
   if (dinp) {
@@ -545,6 +596,7 @@ static int zpc_matmul_dinp(zp_backend* b, void* dinp, const void* dout, const vo
     g.beta = 0.0f;
     g.epi_gelu = pre ? 2 : 0;
     g.aux = (void*)pre;
+    g.bgrad = bgrad; /* with pre: DGELU_BGRAD, bgrad[IC] = the column sums of dinp */
     if ((rc = zpc_gemm_run(b, &g))) return rc;
   }
   return ZP_OK;

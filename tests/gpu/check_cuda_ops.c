@@ -1331,6 +1331,129 @@ static void t_matmul_gelu(int N, int IC, int OC) {
   release_all();
 }
 
+/* ---- 1.9 matmul_dgelu_bgrad_bwd: matmul_dgelu_bwd plus the pre-activation's bias gradient
+ * (dpre_bias += column sums of dinp), both ZP_CUDA_DGELU_BGRAD kernels (sums, the default:
+ * column sums over dinp; epi: the dinp GEMM's DGELU_BGRAD epilogue) against the reference, with
+ * dpre_bias NULL the same bits as matmul_dgelu_bwd, and timed against matmul_dgelu_bwd plus the
+ * separate column sums it replaces in the model (the fc matmul_bwd's dbias) ---- */
+static zp_backend *g_dge, *t_dge; /* ZP_CUDA_DGELU_BGRAD=epi (t_: legacy stream, timing) */
+static int r_mmgb_bwd(const zp_backend_ops* o, zp_backend* b, const args_t* a) {
+  return o->matmul_dgelu_bgrad_bwd(b, a->o1, a->f1, a->o2, a->o3, a->i4, a->i1, a->i2, a->i3, a->N, a->IC,
+                                   a->OC);
+}
+/* what the model ran before 1.9: matmul_dgelu_bwd, then the fc bias gradient as matmul_bwd's
+ * column sums of that dinp (matmul_bwd with only dbias set) */
+static int r_mmgb_old(const zp_backend_ops* o, zp_backend* b, const args_t* a) {
+  int rc = o->matmul_dgelu_bwd(b, a->o1, a->o2, a->o3, a->i4, a->i1, a->i2, a->i3, a->N, a->IC, a->OC);
+  return rc ? rc : o->matmul_bwd(b, NULL, NULL, a->f1, a->o1, NULL, NULL, a->N, a->OC, a->IC);
+}
+
+static void t_matmul_dgelu_bgrad(int N, int IC, int OC) {
+  char shape[64];
+  snprintf(shape, sizeof shape, "N%d IC%d OC%d +bias", N, IC, OC);
+  if (!want("matmul_dgelu") && !want("matmul")) return;
+  if (!ZP_TABLE_HAS(G, matmul_dgelu_bgrad_bwd)) {
+    skip_res("matmul_dgelu_bgrad_bwd", shape, "plugin has no matmul_dgelu_bgrad_bwd (ABI < 1.9)");
+    flush(NAN);
+    return;
+  }
+  size_t NI = (size_t)N * IC, NO = (size_t)N * OC, W = (size_t)OC * IC;
+  float* w = hrand(W, 0.05f, 0.0f);
+  float* inp = hrand(NI, 0.5f, 0.0f);
+  float* pre = hrand(NI, 1.5f, 0.0f);
+  float* dout = hrand(NO, 0.05f, 0.0f);
+  float* dw0 = hrand(W, 1.0f, 0.0f);
+  float* db0 = hrand(OC, 1.0f, 0.0f);
+  float* dp0 = hrand(IC, 1.0f, 0.0f);
+  float* nanv = hconst(NI, NAN);
+  /* the reference: matmul_bwd + gelu_bwd, then dpre_bias = dp0 + column sums of dinp */
+  void* rdg = dalloc(R, rb, NI * 4);
+  void* rdinp = dalloc(R, rb, NI * 4);
+  void* rdw = rup(dw0, W);
+  void* rdb = rup(db0, OC);
+  void* rdp = rup(dp0, IC);
+  CK(R->matmul_bwd(rb, rdg, rdw, rdb, rup(dout, NO), rup(inp, NI), rup(w, W), N, IC, OC));
+  CK(R->gelu_bwd(rb, rdinp, rup(pre, NI), rdg, NI));
+  CK(R->matmul_bwd(rb, NULL, NULL, rdp, rdinp, NULL, NULL, N, OC, IC));
+  float *ref_i = rdown(rdinp, NI), *ref_w = rdown(rdw, W), *ref_b = rdown(rdb, OC), *ref_p = rdown(rdp, IC);
+  zp_backend* bk[2] = {gb, g_dge};
+  const char* kn[2] = {"sums", "epi"};
+  void* hi_plain = NULL;
+  for (int k = 0; k < 2; k++) {
+    if (!bk[k]) continue;
+    args_t a = {0};
+    a.N = N;
+    a.IC = IC;
+    a.OC = OC;
+    a.i1 = gup(inp, NI);
+    a.i2 = gup(w, W);
+    a.i3 = gup(pre, NI);
+    a.i4 = gup(dout, NO);
+    a.o1 = gup(nanv, NI);
+    a.o2 = gup(dw0, W);
+    a.o3 = gup(db0, OC);
+    a.f1 = (float*)gup(dp0, IC);
+    CK(r_mmgb_bwd(G, bk[k], &a));
+    char nm[96];
+    snprintf(nm, sizeof nm, "matmul_dgelu_bgrad_bwd[%s].dinp(overwrite)", kn[k]);
+    cmp(nm, shape, gdown(a.o1, NI), ref_i, NI, TOL_GRAD);
+    snprintf(nm, sizeof nm, "matmul_dgelu_bgrad_bwd[%s].dw(acc)", kn[k]);
+    cmp(nm, shape, gdown(a.o2, W), ref_w, W, TOL_GRAD);
+    snprintf(nm, sizeof nm, "matmul_dgelu_bgrad_bwd[%s].dbias(acc)", kn[k]);
+    cmp(nm, shape, gdown(a.o3, OC), ref_b, OC, TOL_GRAD);
+    snprintf(nm, sizeof nm, "matmul_dgelu_bgrad_bwd[%s].dpre_bias(acc)", kn[k]);
+    cmp(nm, shape, gdown(a.f1, IC), ref_p, IC, TOL_GRAD);
+    /* dpre_bias NULL: exactly matmul_dgelu_bwd */
+    args_t z = a, p = a;
+    z.o1 = gup(nanv, NI);
+    z.o2 = gup(dw0, W);
+    z.o3 = gup(db0, OC);
+    z.f1 = NULL;
+    p.o1 = gup(nanv, NI);
+    p.o2 = gup(dw0, W);
+    p.o3 = gup(db0, OC);
+    CK(r_mmgb_bwd(G, bk[k], &z));
+    CK(G->matmul_dgelu_bwd(bk[k], p.o1, p.o2, p.o3, p.i4, p.i1, p.i2, p.i3, N, IC, OC));
+    CK(G->synchronize(bk[k]));
+    void* hz = gdown_bytes(z.o1, NI * 2);
+    hi_plain = gdown_bytes(p.o1, NI * 2);
+    snprintf(nm, sizeof nm, "matmul_dgelu_bgrad_bwd[%s].null_dpre=dgelu.dinp", kn[k]);
+    cmp_bytes(nm, shape, hz, hi_plain, NI * 2);
+    snprintf(nm, sizeof nm, "matmul_dgelu_bgrad_bwd[%s].null_dpre=dgelu.dw", kn[k]);
+    cmp_bytes(nm, shape, gdown_bytes(z.o2, W * 2), gdown_bytes(p.o2, W * 2), W * 2);
+    /* the epilogue's dinp is the plain DGELU GEMM's, bit for bit */
+    snprintf(nm, sizeof nm, "matmul_dgelu_bgrad_bwd[%s].dinp=dgelu.dinp", kn[k]);
+    cmp_bytes(nm, shape, gdown_bytes(a.o1, NI * 2), hi_plain, NI * 2);
+    flush(NAN);
+  }
+  zp_backend* tk[2] = {tb, t_dge};
+  double tms[2] = {NAN, NAN};
+  args_t ta = {0};
+  ta.N = N;
+  ta.IC = IC;
+  ta.OC = OC;
+  ta.i1 = gup(inp, NI);
+  ta.i2 = gup(w, W);
+  ta.i3 = gup(pre, NI);
+  ta.i4 = gup(dout, NO);
+  ta.o1 = gup(nanv, NI);
+  ta.o2 = gup(dw0, W);
+  ta.o3 = gup(db0, OC);
+  ta.f1 = (float*)gup(dp0, IC);
+  for (int k = 0; k < 2; k++) {
+    if (!tk[k]) continue;
+    tms[k] = gtime(tk[k], r_mmgb_bwd, &ta);
+    if (!isnan(tms[k]))
+      printf("# matmul_dgelu_bgrad_bwd[%s] %s: %.3f ms\n", kn[k], shape, tms[k]);
+  }
+  const double old = gtime(tb, r_mmgb_old, &ta);
+  if (!isnan(old))
+    printf("# matmul_dgelu_bwd + matmul_bwd(dbias only) %s (before 1.9): %.3f ms; sums saves %.3f, epi %.3f\n",
+           shape, old, old - tms[0], old - tms[1]);
+  flush(tms[0]);
+  release_all();
+}
+
 /* ---- GEMM tuning: tune off vs on at the GPT-2 1.5B shapes (N 8192), timing only ---- */
 
 /* parts: 1 fwd, 2 bwd, 3 both; gelu: the fused ops (matmul_gelu_fwd, matmul_dgelu_bwd) */
@@ -1970,11 +2093,15 @@ static void t_grad_overwrite(int N, int IC, int OC) {
   float* w = hrand(nw, 0.05f, 0.0f);
   float* pre = hrand(nin, 1.0f, 0.0f);
   float* zw = hrand(nw, 0.0f, 0.0f);
-  float* zb = hrand((size_t)OC, 0.0f, 0.0f);
+  float* zb = hrand((size_t)(IC > OC ? IC : OC), 0.0f, 0.0f); /* zeros for any bias slot (OC, or IC for dpre_bias) */
   float* x = hrand(nout, 1.0f, 0.3f); /* layernorm_bwd's input rows [N, OC] */
-  for (int op = 0; op < 3; op++) { /* matmul_bwd, matmul_dgelu_bwd, layernorm_bwd */
+  /* matmul_bwd, matmul_dgelu_bwd, layernorm_bwd, and (1.9) matmul_dgelu_bgrad_bwd with dbias NULL
+   * and its dpre_bias [IC] in the dbias slot */
+  for (int op = 0; op < 4; op++) {
     if (op == 1 && !ZP_TABLE_HAS(G, matmul_dgelu_bwd)) continue;
-    const char* opn = op == 0 ? "matmul_bwd" : op == 1 ? "matmul_dgelu_bwd" : "layernorm_bwd";
+    if (op == 3 && !ZP_TABLE_HAS(G, matmul_dgelu_bgrad_bwd)) continue;
+    const char* opn = op == 0 ? "matmul_bwd" : op == 1 ? "matmul_dgelu_bwd" : op == 2 ? "layernorm_bwd"
+                                                                                   : "matmul_dgelu_bgrad_bwd";
     int C = OC; /* layernorm: rows of OC */
     size_t nwo = op == 2 ? (size_t)C : nw, nd = op == 2 ? nout : nin;
     float* dinp0 = hrand(nd, 1.0f, 0.0f);
@@ -1995,7 +2122,7 @@ static void t_grad_overwrite(int N, int IC, int OC) {
     void* res[3][3]; /* [run][dinp, dw, dbias] on the host: 0 accumulate into zeros, 1 overwrite
                         from NaN, 2 overwrite then accumulate again (off) */
     void* dev[3][3];
-    size_t by[3] = {nd * 2, nwo * 2, (size_t)(op == 2 ? C : OC) * 2};
+    size_t by[3] = {nd * 2, nwo * 2, (size_t)(op == 2 ? C : op == 3 ? IC : OC) * 2};
     for (int run = 0; run < 3; run++) {
       dev[run][0] = gup(dinp0, nd);
       if (run == 0) {
@@ -2015,6 +2142,9 @@ static void t_grad_overwrite(int N, int IC, int OC) {
         else if (op == 1)
           CK(G->matmul_dgelu_bwd(gb, dev[run][0], dev[run][1], dev[run][2], gup(dout, nout), gup(inp, nin), gup(w, nw),
                                  gup(pre, nin), N, IC, OC));
+        else if (op == 3)
+          CK(G->matmul_dgelu_bgrad_bwd(gb, dev[run][0], dev[run][2], dev[run][1], NULL, gup(dout, nout), gup(inp, nin),
+                                       gup(w, nw), gup(pre, nin), N, IC, OC));
         else
           CK(G->layernorm_bwd(gb, dev[run][0], dev[run][1], dev[run][2], gup(dout, nout), gup(x, nout), gup(w, (size_t)C),
                               mean, rstd, N, C));
@@ -2037,6 +2167,9 @@ static void t_grad_overwrite(int N, int IC, int OC) {
         if (op == 0) CK(G->matmul_bwd(gb, d0, d1, d2, gup(dout, nout), gup(inp, nin), gup(w, nw), N, IC, OC));
         else if (op == 1)
           CK(G->matmul_dgelu_bwd(gb, d0, d1, d2, gup(dout, nout), gup(inp, nin), gup(w, nw), gup(pre, nin), N, IC, OC));
+        else if (op == 3)
+          CK(G->matmul_dgelu_bgrad_bwd(gb, d0, d2, d1, NULL, gup(dout, nout), gup(inp, nin), gup(w, nw), gup(pre, nin), N,
+                                       IC, OC));
         else CK(G->layernorm_bwd(gb, d0, d1, d2, gup(dout, nout), gup(x, nout), gup(w, (size_t)C), mean, rstd, N, C));
       }
       void* dd[3] = {d0, d1, d2};
@@ -2806,6 +2939,7 @@ int main(int argc, char** argv) {
   glf = make_cuda_ln(NULL, "fast");
   glp = make_cuda_ln(NULL, "pf");
   glw = make_cuda_ln(NULL, "warp");
+  g_dge = make_cuda_with("ZP_CUDA_DGELU_BGRAD", "epi", NULL, "naive", 1);
   for (int k = 0; k < NXENT; k++)
     gxe[k] = make_cuda_with("ZP_CUDA_XENT", g_xent_names[k], NULL, "naive", 1);
   if (g_time) {
@@ -2819,6 +2953,7 @@ int main(int argc, char** argv) {
     tlf = make_cuda_ln("legacy", "fast");
     tlp = make_cuda_ln("legacy", "pf");
     tlw = make_cuda_ln("legacy", "warp");
+    t_dge = make_cuda_with("ZP_CUDA_DGELU_BGRAD", "epi", "legacy", "naive", 1);
     if (!g_quick) {
       t0b = make_cuda("legacy", "naive", "0", 1);
       ttb = make_cuda("legacy", "naive", "2", 1);
@@ -2877,6 +3012,10 @@ int main(int argc, char** argv) {
   t_matmul_gelu(64, 96, 40);
   t_matmul_gelu(37, 20, 44); /* IC, OC not multiples of 8: the two-pass path */
   if (!g_quick) t_matmul_gelu(8192, 1600, 6400); /* GPT-2 1.5B fc, micro-batch 8 */
+  t_matmul_dgelu_bgrad(N, 4 * C, C); /* the fcproj backward: IC is the GELU side */
+  t_matmul_dgelu_bgrad(64, 96, 40);
+  t_matmul_dgelu_bgrad(37, 20, 44); /* IC not a multiple of 8: the unfused path */
+  if (!g_quick) t_matmul_dgelu_bgrad(8192, 6400, 1600); /* GPT-2 1.5B fcproj, micro-batch 8 */
   if (!g_quick) { /* GEMM tuning off vs on, GPT-2 1.5B micro-batch 8 (N 8192) */
     t_gemm_tune_time("attproj", 8192, 1600, 1600, 0, 3);
     t_gemm_tune_time("qkv", 8192, 1600, 4800, 0, 3);
@@ -2936,6 +3075,8 @@ int main(int argc, char** argv) {
   if (gfab) G->destroy(gfab);
   if (twb) G->destroy(twb);
   if (gwb) G->destroy(gwb);
+  if (t_dge) G->destroy(t_dge);
+  if (g_dge) G->destroy(g_dge);
   if (tb) G->destroy(tb);
   if (gfb) G->destroy(gfb);
   G->destroy(gb);

@@ -187,6 +187,9 @@ EOF
   # train.overlap_optimizer = false (the AdamW on the compute stream, gradients zeroed at the
   # step's start) must give the default run's losses (AdamW on the side stream, each group's
   # forward waiting for its update) bit for bit: a missing wait would race.
+  # ZP_CUDA_BIAS_SUMS=after (bias column sums after the dW GEMM, the order before ABI 1.9) must
+  # give the same losses bit for bit; ZP_CUDA_DGELU_BGRAD=epi (the fc bias gradient from the
+  # DGELU_BGRAD epilogue, summed before dinp's bf16 rounding) must track them within rel 2e-3.
   # train.recompute must give the no-recompute losses (same kernels re-run: bitwise unless a
   # kernel is non-deterministic); offload_cpu (pinned staging, CPU AdamW) must track the CUDA
   # AdamW run (rounding differs: rel 2e-3 over 10 steps), also with stage3; the delayed update
@@ -211,11 +214,13 @@ EOF
       "offload_cpu_nostream:offload.optimizer.plugin=offload_cpu offload.optimizer.stream_grads=false" \
       "offload_dpu_nostream:offload.optimizer.plugin=offload_cpu offload.optimizer.delayed_update=true offload.optimizer.delayed_update_warmup=3 offload.optimizer.stream_grads=false" \
       "offload_cpu_stage3_params:offload.optimizer.plugin=offload_cpu offload.param.plugin=offload_cpu zero.plugin=stage3" \
-      "offload_nvme_stage3:$NVO" "offload_nvme_stage3_params:$NVO offload.param.plugin=offload_nvme offload.param.path=$NVDIR"; do
+      "offload_nvme_stage3:$NVO" "offload_nvme_stage3_params:$NVO offload.param.plugin=offload_nvme offload.param.path=$NVDIR" \
+      "bias_after:ZP_CUDA_BIAS_SUMS=after" "dgelu_epi:ZP_CUDA_DGELU_BGRAD=epi"; do
       lab=${v%%:*}
       sets=()
-      for kv in ${v#*:}; do sets+=(--set "$kv"); done
-      run_step "${n}_zp_train_${lab}.log" 240 "$BUILD/zp" train "$WORK/parity/train.toml" --set train.device=cuda \
+      envs=() # ZP_CUDA_* switches go to the environment, the rest are --set
+      for kv in ${v#*:}; do case $kv in ZP_CUDA_*) envs+=("$kv") ;; *) sets+=(--set "$kv") ;; esac; done
+      run_step "${n}_zp_train_${lab}.log" 240 env "${envs[@]}" "$BUILD/zp" train "$WORK/parity/train.toml" --set train.device=cuda \
         --set train.precision=bf16 --set "train.out_dir=$WORK/parity/run_$lab" "${sets[@]}"
       if [ "$RC" -ne 0 ]; then add "$(status_of $RC)" "cuda_$lab" "exit $RC: $(lastline "${n}_zp_train_${lab}.log")"; n=$((n + 1)); continue; fi
       # *_nostream (gradients copied at the update, not streamed during the backward, ABI 1.5):
@@ -240,6 +245,8 @@ if lab.endswith("_params"):
 elif lab.endswith("_nostream"): ok = ok and max(rel) == 0 and cpu.get("io_write", 0) > 0; what = f"max rel loss diff vs the streamed run {max(rel):.2e} (bitwise wanted)"
 elif lab == "no_overlap": ok = ok and max(rel) == 0; what = f"max rel loss diff vs the side-stream AdamW (default) {max(rel):.2e} (bitwise wanted)"
 elif lab == "no_grad_overwrite": ok = ok and max(rel) == 0; what = f"max rel loss diff vs gradients written by the first backward (default) {max(rel):.2e} (bitwise wanted)"
+elif lab == "bias_after": ok = ok and max(rel) == 0; what = f"max rel loss diff vs the bias column sums before the dW GEMM (default) {max(rel):.2e} (bitwise wanted)"
+elif lab == "dgelu_epi": ok = ok and max(rel) <= 2e-3; what = f"max rel loss diff vs the fc bias by column sums (default) {max(rel):.2e}"
 elif lab == "recompute": ok = ok and max(rel) <= 1e-3; what = f"max rel loss diff vs no recompute {max(rel):.2e} ({'bitwise' if max(rel) == 0 else 'not bitwise'})"
 elif lab == "offload_dpu":
     ok = ok and max(rel[:4]) <= 2e-3 and run[-1]["loss"] < run[0]["loss"] - 0.5 and cpu.get("io_write", 0) > 0

@@ -222,7 +222,7 @@ static void t_no_alloc_in_step(void) {
 }
 
 /* The model's fused branches (ABI 1.1 matmul_gelu_fwd / matmul_dgelu_bwd, ABI 1.2
- * matmul_res_fwd): a table whose fused ops are the CPU backend's matmul + gelu (+ residual)
+ * matmul_res_fwd, ABI 1.9 matmul_dgelu_bgrad_bwd, without and with it): a table whose fused ops are the CPU backend's matmul + gelu (+ residual)
  * composed gives the same loss and gradients, bit for bit, as the table without them, and the
  * model really calls them (GELU once per block each way, the residual projection twice per
  * block). */
@@ -257,6 +257,17 @@ static int fused_bwd(zp_backend* b, void* dinp, void* dw, void* dbias, const voi
   return rc;
 }
 
+/* ABI 1.9: the GELU backward also gives the fc bias gradient: composed as above, then the
+ * column sums of dinp through the CPU's own matmul_bwd (dbias only), the same sums the fc's
+ * matmul_bwd took before */
+static int g_bgrad_calls;
+static int fused_bgrad_bwd(zp_backend* b, void* dinp, void* dpb, void* dw, void* dbias, const void* dout, const void* inp,
+                           const void* w, const void* pre, int N, int IC, int OC) {
+  g_bgrad_calls++;
+  int rc = fused_bwd(b, dinp, dw, dbias, dout, inp, w, pre, N, IC, OC);
+  return rc || !dpb ? rc : g_base->matmul_bwd(b, NULL, NULL, dpb, dinp, NULL, NULL, N, OC, IC);
+}
+
 static void t_fused_paths(void) {
   zp_config c1, c2;
   zp_run r1, r2;
@@ -269,21 +280,28 @@ static void t_fused_paths(void) {
   fused.matmul_dgelu_bwd = fused_bwd;
   fused.matmul_res_fwd = res_fwd;
   r2.ops = &fused;
+  for (int with_bgrad = 0; with_bgrad < 2; with_bgrad++) {
+    fused.matmul_dgelu_bgrad_bwd = with_bgrad ? fused_bgrad_bwd : NULL;
   int32_t in[B_ * T_], tg[B_ * T_];
   batch(in, tg, 37);
   double l1, l2;
-  g_fused_fwd_calls = g_fused_bwd_calls = g_res_calls = 0;
+  g_fused_fwd_calls = g_fused_bwd_calls = g_res_calls = g_bgrad_calls = 0;
+  CHECK(zp_run_zero_grads(&r1) == 0);
+  CHECK(zp_run_zero_grads(&r2) == 0);
   CHECK(zp_run_micro_batch(&r1, in, tg, 1.0f / (B_ * T_), &l1) == 0);
   CHECK(zp_run_micro_batch(&r2, in, tg, 1.0f / (B_ * T_), &l2) == 0);
   CHECK_EQ_INT(g_fused_fwd_calls, r2.layout.s.L);
   CHECK_EQ_INT(g_fused_bwd_calls, r2.layout.s.L);
+  CHECK_EQ_INT(g_bgrad_calls, with_bgrad ? r2.layout.s.L : 0);
   CHECK_EQ_INT(g_res_calls, 2 * r2.layout.s.L);
   CHECK(l1 == l2);
   size_t differ = 0;
   for (int g = 0; g < r1.layout.n_groups; g++)
     differ += memcmp(r1.groups[g].info.buf[ZP_CAT_GRAD], r2.groups[g].info.buf[ZP_CAT_GRAD],
                      r1.groups[g].info.padded * sizeof(float)) != 0;
-  CHECK_MSG(differ == 0, "%zu groups' gradients differ between the fused and the plain paths", differ);
+  CHECK_MSG(differ == 0, "%zu groups' gradients differ between the fused and the plain paths (bgrad op %d)", differ,
+            with_bgrad);
+  }
   r2.ops = g_base;
   zp_run_close(&r1);
   zp_run_close(&r2);
