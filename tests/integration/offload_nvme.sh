@@ -28,7 +28,9 @@
 #     same rule, and checked against the plugin's log line) is cpu MASTER/OPTIM (4 + 8 bytes per
 #     element), the rest nvme; file bytes and requests exact for the non-resident sub-groups only
 #     (zero with 1.0, and no file is opened); stop at 4 + resume to 8 with 0.5 equals the
-#     uninterrupted run. Errors: 1.5 (schema), above max_host_gb, with parameter offload.
+#     uninterrupted run; bf16 + stage 3, and with offload.optimizer.ratio 0.5 (stage 2, bf16):
+#     bitwise, the state split between device (by ratio), host and file adding up to the
+#     reference's. Errors: 1.5 (schema), above max_host_gb, with parameter offload.
 #  2. ZP_AIO_NO_URING=1: the thread-pool fallback says so and gives the same bits; injected short
 #     transfers and EINTR (ZP_AIO_FAULT=short|eintr) are resumed: same bits.
 #     Partial offload (offload.optimizer.ratio 0.5, stage 2) is bitwise equal too.
@@ -295,6 +297,30 @@ run hr-full 2 "${H8[@]}"
 run hr-part 2 "${H8[@]}" train.hooks="$work/stop4.lua" train.checkpoint_every=2
 run hr-part 2 "${H8[@]}" train.resume=auto && grep -q "resumed from .*ckpt_00000004 at step 4" "$work/hr-part.log" &&
   compare hr-full hr-part "host_ratio 0.5: stopped at 4 + resumed to 8 vs uninterrupted (bitwise)" ckpt_00000008
+# bf16 (stage 3), and host_ratio under partial offload (offload.optimizer.ratio 0.5, stage 2,
+# bf16): the same bits as no offload, and the state split three ways where both apply (the
+# device keeps the first groups by ratio, the host the first of the tier's by host_ratio)
+hrsplit() { # ref run want-gpu-state(0|1)
+  python3 - "$work/$1/metrics.jsonl" "$work/$2/metrics.jsonl" "$3" <<'EOF2' || fail=1
+import json, sys
+ref = json.loads(open(sys.argv[1]).read().splitlines()[-1])["tiers"]
+off = json.loads(open(sys.argv[2]).read().splitlines()[-1])["tiers"]
+errs = []
+for cat in ("MASTER", "OPTIM"):
+    parts = {t: off.get(t, {}).get(cat, 0) for t in ("gpu", "cpu", "nvme")}
+    if sum(parts.values()) != ref["gpu"][cat]: errs.append(f"{cat} {parts} does not add up to the reference's {ref['gpu'][cat]}")
+    if not parts["cpu"] or not parts["nvme"]: errs.append(f"{cat} {parts}: host and file should both hold some")
+    if (parts["gpu"] > 0) != (sys.argv[3] == "1"): errs.append(f"{cat} {parts}: device part {'missing' if sys.argv[3] == '1' else 'unexpected'}")
+if errs: print("FAIL: " + sys.argv[2] + ": " + "; ".join(errs)); sys.exit(1)
+print("ok   " + sys.argv[2].split("/")[-2] + ": " + ", ".join(f"{t} {off.get(t, {}).get('OPTIM', 0)}" for t in ("gpu", "cpu", "nvme")) + " OPTIM bytes")
+EOF2
+}
+run hr-bf16-stage3 2 train.precision=bf16 zero.plugin=stage3 "${NV[@]}" offload.optimizer.host_ratio=0.5 &&
+  compare ref-stage3-bf16 hr-bf16-stage3 "offload_nvme host_ratio 0.5 + stage3 vs no offload, bf16, 2 ranks (bitwise)" &&
+  hrsplit ref-stage3-bf16 hr-bf16-stage3 0
+run hr-ratio 2 train.precision=bf16 zero.plugin=stage2 "${NV[@]}" offload.optimizer.ratio=0.5 offload.optimizer.host_ratio=0.5 &&
+  compare ref-bf16 hr-ratio "offload_nvme ratio 0.5 + host_ratio 0.5 + stage2 vs no offload, bf16 (bitwise)" &&
+  hrsplit ref-stage2-bf16 hr-ratio 1
 left=$(ls -A "$nvdir" | grep -v lost+found)
 [ -z "$left" ] && ok "no state file left in $nvdir (host_ratio)" || bad "left in $nvdir: $left"
 
