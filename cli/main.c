@@ -310,6 +310,10 @@ static int cmd_sample(int argc, char** argv) {
 
 static int cmd_config(int argc, char** argv) {
   if (argc >= 1 && strcmp(argv[0], "--doc") == 0) {
+    if (argc > 1) {
+      fprintf(stderr, "zp config --doc: unexpected argument '%s' (it takes none)\n", argv[1]);
+      return 2;
+    }
     zp_config_write_doc(stdout);
     return 0;
   }

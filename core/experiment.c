@@ -1916,6 +1916,12 @@ int zp_experiment_run(const zp_exp_opts* o, char* err, size_t errlen) {
     }
     X->exe[n] = 0;
   }
+  /* compile the script before anything is created: a syntax error leaves no output directory
+   * behind (the chunk waits on the stack below the install call) */
+  zp_lua_limits lim = {ZP_EXP_MEM_LIMIT, o->instr_limit > 0 ? o->instr_limit : ZP_EXP_INSTR_LIMIT, 0};
+  Z = zp_lua_new(&lim, err, errlen);
+  if (!Z) goto done;
+  if (zp_lua_load_file(Z, o->script, err, errlen) != 0) goto done;
   if (mkdir_parents(o->out_dir) != 0) {
     snprintf(err, errlen, "output directory %s: cannot create: %s", o->out_dir, strerror(errno));
     goto done;
@@ -1929,9 +1935,6 @@ int zp_experiment_run(const zp_exp_opts* o, char* err, size_t errlen) {
     snprintf(err, errlen, "output directory %s: %s", X->out_abs, strerror(errno));
     goto done;
   }
-  zp_lua_limits lim = {ZP_EXP_MEM_LIMIT, o->instr_limit > 0 ? o->instr_limit : ZP_EXP_INSTR_LIMIT, 0};
-  Z = zp_lua_new(&lim, err, errlen);
-  if (!Z) goto done;
   lua_State* L = zp_lua_state(Z);
   install_ctx ic = {X, o, script_abs};
   if (!lua_checkstack(L, 3)) {
@@ -1941,7 +1944,7 @@ int zp_experiment_run(const zp_exp_opts* o, char* err, size_t errlen) {
   lua_pushcfunction(L, install_body);
   lua_pushlightuserdata(L, &ic);
   if (zp_lua_pcall(Z, 1, 0, err, errlen) != 0) goto done;
-  if (zp_lua_run_file(Z, o->script, err, errlen) != 0) goto done;
+  if (zp_lua_pcall(Z, 0, 0, err, errlen) != 0) goto done; /* the compiled script */
   rc = 0;
 done:
   if (Z) zp_lua_free(Z); /* collects guards: frees what an error left behind */

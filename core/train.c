@@ -72,9 +72,11 @@ static int file_exists(const char* p) {
 
 /* Shipped scripts: <exe>/../share/zp/scripts, the source tree, then relative to the config. */
 int zp_find_script(const zp_config* cfg, const char* sub, const char* name, char* out, size_t n) {
-  if (strchr(name, '/') || strstr(name, ".lua")) {
-    if (name[0] == '/') snprintf(out, n, "%s", name);
-    else snprintf(out, n, "%s/%s", cfg && cfg->dir[0] ? cfg->dir : ".", name);
+  /* without a config (a command-line argument) a path is taken as given, and so is a name
+   * without '/' or ".lua" that is an existing file */
+  if (strchr(name, '/') || strstr(name, ".lua") || (!cfg && file_exists(name))) {
+    if (name[0] == '/' || !cfg || !cfg->dir[0]) snprintf(out, n, "%s", name);
+    else snprintf(out, n, "%s/%s", cfg->dir, name);
     return file_exists(out) ? 0 : -1;
   }
   char exe[1024];
