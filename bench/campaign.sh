@@ -14,9 +14,10 @@
 #               defaults (session 10 changed two kernels' defaults without running it)
 #   speed1      (8) bench/speed.sh 124m 1.5b with PEERS=compile: op checks, then zp beside
 #               torch.compile on one GPU, then both models' op profiles
-#   bias1       (8) the bias-gradient changes of docs/perf.md 26 on one GPU: their op checks, then
-#               GPT-2 1.5B steps with the column sums first (default) and after the dW GEMM (the
-#               order before), and the fc bias from cuBLASLt's DGELU_BGRAD epilogue
+#   s11         (8) session 11's step changes on one GPU (docs/perf.md 26, 27), GPT-2 1.5B steps,
+#               each variant twice: the defaults; bias column sums after the dW GEMM (the order
+#               before); the fc bias from cuBLASLt's DGELU_BGRAD epilogue; the norm's sums at the
+#               step (train.overlap_norm = false, as before). Correctness: checks1
 #   checks2     (5, 6, 8) tests/gpu/run_2gpu_checks.sh: NCCL, stages vs replicated, tp 2 and pp 2
 #               parity against 1 GPU, a dead rank
 #   speed124    (8) GPT-2 124M: zp none/stage1/stage2/stage3 on 2 GPUs and 1, PyTorch's matrix
@@ -42,7 +43,7 @@ LOGS=/tmp/zp-campaign/$PART
 declare -A CMD MIN
 CMD[checks1]="bash tests/gpu/run_gpu_checks.sh";                                       MIN[checks1]=4
 CMD[speed1]="PEERS=compile PROFILE=after bash bench/speed.sh 124m 1.5b";                MIN[speed1]=8
-CMD[bias1]=". bench/lib.sh && bench_build \$PWD \$PWD/build-gpu \$OUT/build.log zp zp_cuda check_cuda_ops && MODELS=1.5b bash bench/sweep.sh 'first||matmul_dgelu,grad_overwrite' 'after|ZP_CUDA_BIAS_SUMS=after|' 'epi|ZP_CUDA_DGELU_BGRAD=epi|matmul_dgelu' 'first2||' 'after2|ZP_CUDA_BIAS_SUMS=after|' 'epi2|ZP_CUDA_DGELU_BGRAD=epi|'"; MIN[bias1]=8
+CMD[s11]=". bench/lib.sh && bench_build \$PWD \$PWD/build-gpu \$OUT/build.log zp zp_cuda check_cuda_ops && MODELS=1.5b bash bench/sweep.sh 'base||' 'after|ZP_CUDA_BIAS_SUMS=after|' 'epi|ZP_CUDA_DGELU_BGRAD=epi|' 'nonorm|ZP_EXTRA_SETS=--set train.overlap_norm=false|' 'base2||' 'after2|ZP_CUDA_BIAS_SUMS=after|' 'epi2|ZP_CUDA_DGELU_BGRAD=epi|' 'nonorm2|ZP_EXTRA_SETS=--set train.overlap_norm=false|'"; MIN[s11]=6
 CMD[checks2]="bash tests/gpu/run_2gpu_checks.sh";                                      MIN[checks2]=5
 CMD[speed124]="ZP_MULTI='none stage1 stage2 stage3' PEERS=auto bash bench/gpu_bench.sh 124m"; MIN[speed124]=8
 CMD[speed15zp]="ZP_MULTI='stage1 stage2 stage3' PEERS=none bash bench/gpu_bench.sh 1.5b";    MIN[speed15zp]=9
@@ -52,7 +53,7 @@ CMD[pipeline]="MICRO='4 8' bash bench/pipeline_bench.sh";                       
 CMD[scaling]="bash bench/scaling.sh 1.5b";                                              MIN[scaling]=9
 CMD[largest2]="ZP_NGPU=2 ZP_STAGE=stage3 LARGEST_CANDIDATES='80x5120x40 72x5120x40 64x5120x40 56x5120x40 48x5120x40' bash bench/offload_bench.sh largest"; MIN[largest2]=9
 CMD[largest2nvme]="ZP_NGPU=2 ZP_STAGE=stage3 LARGEST_CANDIDATES='96x5120x40 88x5120x40 80x5120x40 72x5120x40' bash bench/offload_bench.sh largest_nvme"; MIN[largest2nvme]=9
-ORDER="checks1 speed1 bias1 checks2 speed124 speed15zp speed15peer offload2 pipeline scaling largest2 largest2nvme"
+ORDER="checks1 speed1 s11 checks2 speed124 speed15zp speed15peer offload2 pipeline scaling largest2 largest2nvme"
 if [ "$PART" = list ]; then
   for p in $ORDER; do printf '%-12s ~%2s min  %s\n' "$p" "${MIN[$p]}" "${CMD[$p]}"; done
   exit 0

@@ -15,7 +15,8 @@
  * - cast/accumulate/fill/scale/sumsq take F32, F64 and BF16 in any combination. accumulate
  *   computes in double when either side is F64 or dst is BF16, otherwise in float; BF16
  *   results are rounded once (round to nearest even, bf16.h). sumsq sums in double over fixed
- *   chunks that depend on n only; sumsq_many (ABI 1.8) is one sumsq per tensor.
+ *   chunks that depend on n only; sumsq_many (ABI 1.8) is one sumsq per tensor; sumsq_start
+ *   (ABI 1.9) is one sumsq into a slot, queued like AdamW on the side stream.
  * - Nothing depends on the number of OpenMP threads (bitwise): see cpu_ops_impl.h.
  * - AdamW keeps fp32 state and computes in fp32 (bias corrections 1-beta^t in double); f32/bf16
  *   grads go through the vectorised kernel of adamw_cpu.c (bitwise equal to the scalar loop). */
@@ -60,10 +61,11 @@ struct zp_backend {
   struct cpu_side_op* sq;
   int sq_len, sq_cap;
   int grad_overwrite;      /* parameter gradients overwritten, not accumulated (1.8) */
+  double* ss_slots;        /* sumsq_start's results (1.9), ZP_SUMSQ_START_SLOTS; NaN until started */
 };
 
 typedef struct cpu_side_op {
-  int kind; /* 0: adamw, 1: timer mark */
+  int kind; /* 0: adamw, 1: timer mark, 2: sumsq_start (slot, grad = x, gdt, n) */
   uint64_t ticket;
   void* param;
   zp_dtype pdt, gdt;
@@ -217,6 +219,12 @@ static int cpu_create(const zp_host* host, const zp_backend_config* cfg, zp_back
     b->has_set_error = zp_host_has_set_error(host);
   }
   b->ct = c.compute_dtype;
+  b->ss_slots = (double*)malloc(ZP_SUMSQ_START_SLOTS * sizeof(double));
+  if (!b->ss_slots) {
+    free(b);
+    return zp_host_fail(host, ZP_E_NOMEM, "cpu backend: out of memory");
+  }
+  for (int i = 0; i < ZP_SUMSQ_START_SLOTS; i++) b->ss_slots[i] = NAN;
   pthread_mutex_init(&b->cmu, NULL);
   if (c.num_threads > 0) omp_set_num_threads(c.num_threads);
   *out = b;
@@ -226,6 +234,7 @@ static int cpu_create(const zp_host* host, const zp_backend_config* cfg, zp_back
 static void cpu_destroy(zp_backend* b) {
   if (b) {
     free(b->marks);
+    free(b->ss_slots);
     free(b->sq); /* side work never waited for is dropped, like copies */
     pthread_mutex_destroy(&b->cmu); /* copies never waited for are dropped */
   }
@@ -264,6 +273,7 @@ static int cpu_adamw_now(zp_backend* b, void* param, zp_dtype pdt, float* master
                          zp_dtype gdt, float* m, float* v, size_t n, float lr, float beta1,
                          float beta2, float eps, float weight_decay, float grad_scale, int step_t);
 static void cpu_mark_now(zp_backend* b, int slot);
+static int cpu_sumsq(zp_backend* b, double* out_host, const void* x, zp_dtype dt, size_t n);
 
 /* queue one piece of side work (its arguments already checked) */
 static int cpu_side_push(zp_backend* b, const cpu_side_op* op) {
@@ -292,6 +302,7 @@ static void cpu_side_run_locked(zp_backend* b, uint64_t upto) { /* b->cmu held *
     const cpu_side_op* o = &b->sq[k];
     if (upto != UINT64_MAX && (o->ticket == 0 || o->ticket > upto)) break;
     if (o->kind == 1) cpu_mark_now(b, o->slot);
+    else if (o->kind == 2) (void)cpu_sumsq(b, &b->ss_slots[o->slot], o->grad, o->gdt, o->n);
     else /* arguments were checked when queued; a kernel refusal is reported through set_error */
       (void)cpu_adamw_now(b, o->param, o->pdt, o->master, o->grad, o->gdt, o->m, o->v, o->n, o->lr, o->beta1, o->beta2,
                           o->eps, o->wd, o->gs, o->step_t);
@@ -695,6 +706,38 @@ static int cpu_sumsq_many(zp_backend* b, int count, const void* const* xs, const
   return ZP_OK;
 }
 
+/* ABI 1.9: sums of squares started early. A start on the side stream is queued like its AdamW
+ * (it runs when its ticket is waited for); elsewhere it runs at once. collect reads the slots as
+ * they are and resets them to NaN, so a start whose ticket was not waited for (or a slot never
+ * started) reads NaN here, where a GPU would race. */
+static int cpu_sumsq_start(zp_backend* b, int slot, const void* x, zp_dtype dt, size_t n) {
+  ZP_NEED_BQ();
+  ZP_REQ(slot >= 0 && slot < ZP_SUMSQ_START_SLOTS, "cpu backend: sumsq_start: slot %d out of range [0, %d)", slot,
+         ZP_SUMSQ_START_SLOTS);
+  ZP_REQ(n == 0 || x, "cpu backend: sumsq_start: NULL pointer");
+  ZP_REQ(zp_is_float(dt), "cpu backend: sumsq_start: dtype %s not supported", zp_cpu_dtype_name(dt));
+  if (b->in_side && !zp_cpu_side_running) {
+    cpu_side_op op;
+    memset(&op, 0, sizeof op);
+    op.kind = 2;
+    op.slot = slot;
+    op.grad = x;
+    op.gdt = dt;
+    op.n = n;
+    return cpu_side_push(b, &op);
+  }
+  return cpu_sumsq(b, &b->ss_slots[slot], x, dt, n);
+}
+static int cpu_sumsq_collect(zp_backend* b, int count, double* out_host) {
+  ZP_NEED_B();
+  ZP_REQ(count >= 0 && count <= ZP_SUMSQ_START_SLOTS, "cpu backend: sumsq_collect: count %d out of range [0, %d]", count,
+         ZP_SUMSQ_START_SLOTS);
+  ZP_REQ(count == 0 || out_host, "cpu backend: sumsq_collect: out is NULL");
+  for (int i = 0; i < count; i++) out_host[i] = b->ss_slots[i];
+  for (int i = 0; i < ZP_SUMSQ_START_SLOTS; i++) b->ss_slots[i] = NAN;
+  return ZP_OK;
+}
+
 /* ---- model ops: validation + dispatch ---- */
 
 static int zp_check_ids(zp_backend* b, const int32_t* ids, size_t n, const char* op) {
@@ -989,6 +1032,8 @@ static const zp_backend_ops zp_cpu_ops = {
     .side_end = cpu_side_end,
     .grad_overwrite = cpu_grad_overwrite,
     .sumsq_many = cpu_sumsq_many,
+    .sumsq_start = cpu_sumsq_start,
+    .sumsq_collect = cpu_sumsq_collect,
 };
 
 const zp_backend_ops* zp_cpu_backend_ops(void) { return &zp_cpu_ops; }

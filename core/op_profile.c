@@ -200,6 +200,14 @@ static int w_sumsq(zp_backend* b, double* out, const void* x, zp_dtype dt, size_
 static int w_sumsq_many(zp_backend* b, int count, const void* const* xs, const zp_dtype* dts, const size_t* ns, double* out) {
   TIMED(b, "sumsq", 0, g_real->sumsq_many(b, count, xs, dts, ns, out));
 }
+/* ABI 1.9: the norm's sums started during the backward, under the name of sumsq (one per group),
+ * and the one wait for their results */
+static int w_sumsq_start(zp_backend* b, int slot, const void* x, zp_dtype dt, size_t n) {
+  TIMED(b, "sumsq", 0, g_real->sumsq_start(b, slot, x, dt, n));
+}
+static int w_sumsq_collect(zp_backend* b, int count, double* out) {
+  TIMED(b, "sumsq_collect", 0, g_real->sumsq_collect(b, count, out));
+}
 static int w_scale(zp_backend* b, void* x, zp_dtype dt, size_t n, float s) { TIMED(b, "scale", 0, g_real->scale(b, x, dt, n, s)); }
 
 const zp_backend_ops* zp_op_profile_wrap(const zp_backend_ops* real, int sync) {
@@ -221,6 +229,8 @@ const zp_backend_ops* zp_op_profile_wrap(const zp_backend_ops* real, int sync) {
   if (ZP_TABLE_HAS(real, adamw_pieces)) g_wrap.adamw_pieces = w_adamw_pieces;
   if (ZP_TABLE_HAS(real, attention_bwd_ws)) g_wrap.attention_bwd_ws = w_attention_bwd_ws;
   if (ZP_TABLE_HAS(real, sumsq_many)) g_wrap.sumsq_many = w_sumsq_many;
+  if (ZP_TABLE_HAS(real, sumsq_start)) g_wrap.sumsq_start = w_sumsq_start;
+  if (ZP_TABLE_HAS(real, sumsq_collect)) g_wrap.sumsq_collect = w_sumsq_collect;
   zp_op_profile_reset();
   return &g_wrap;
 }

@@ -23,6 +23,7 @@
 #include "backend_cpu.h"
 #include "bf16.h"
 #include "comm.h"
+#include "norm_overlap.h"
 #include "trace.h"
 
 extern const zp_strategy_ops zp_replicated_strategy; /* replicated.c */
@@ -185,6 +186,7 @@ static int h_sumsq_many(zp_host_ctx* c, int count, const void* const* xs, const 
     h_set_error(c, "sumsq_many: %d buffers without their tables (or out NULL)", count);
     return ZP_E_INVALID;
   }
+  if (r->norm) return zp_norm_sumsq_many(r, count, xs, dts, ns, out); /* 1.9: some were started early */
   if (r->tp.size <= 1 && ZP_TABLE_HAS(r->ops, sumsq_many)) return r->ops->sumsq_many(r->be, count, xs, dts, ns, out);
   for (int i = 0; i < count; i++) {
     int rc = h_sumsq(c, xs[i], dts[i], ns[i], &out[i]);
@@ -269,6 +271,8 @@ static int h_shard_ready(zp_host_ctx* c, int g, uint64_t first, uint64_t count, 
   }
   if (count == 0 || r->dry_run) return ZP_OK;
   if (!r->in_step && !(r->host.micro_batches > 0 && r->host.micro_batch == r->host.micro_batches - 1)) return ZP_OK;
+  int rc = zp_norm_start(r, g, grad, gdt, count); /* the norm's sum of squares, beside the backward */
+  if (rc) return rc;
   const zp_group_info* in = &r->groups[g].info;
   zp_tier ot = in->place[ZP_CAT_OPTIM].tier;
   if (ot == ZP_TIER_GPU) return ZP_OK;
@@ -277,7 +281,7 @@ static int h_shard_ready(zp_host_ctx* c, int g, uint64_t first, uint64_t count, 
   const zp_tier_ops* to = tier_for(r, ot, &ts, &tname);
   if (!to || !ZP_TABLE_HAS(to, grad_ready)) return ZP_OK;
   uint64_t base, held;
-  int rc = held_range(r, in, g, first, count, "shard_ready", &base, &held);
+  rc = held_range(r, in, g, first, count, "shard_ready", &base, &held);
   if (rc) return rc;
   zp_grad_range gr;
   memset(&gr, 0, sizeof gr);
@@ -958,6 +962,10 @@ int zp_run_open(zp_run* r, zp_config* cfg, const zp_run_opts* o) {
       r->groups[g].grad_once = r->groups[g].info.tied_to < 0 && zp_model_group_grads_written_once(&r->layout, g);
     for (int g = 0; g < r->layout.n_groups; g++) /* a group another is tied to has two writers */
       if (r->groups[g].info.tied_to >= 0) r->groups[r->groups[g].info.tied_to].grad_once = 0;
+    if ((rc = zp_norm_open(r))) {
+      if (!r->err[0]) rerr(r, "out of memory (gradient-norm starts)");
+      return rc;
+    }
   } else if (r->strategy->open && r->strategy_plugin.desc) {
     /* dry run: let the strategy allocate its buffers (counted, nothing touched) */
     rc = r->strategy->open(&r->host, &r->strategy_state);
@@ -968,6 +976,7 @@ int zp_run_open(zp_run* r, zp_config* cfg, const zp_run_opts* o) {
 }
 
 void zp_run_close(zp_run* r) {
+  zp_norm_close(r);
   if (r->strategy && r->strategy->close && r->strategy_state) r->strategy->close(r->strategy_state);
   r->strategy_state = NULL;
   for (int i = 0; i < 2; i++) {
@@ -1246,6 +1255,7 @@ int zp_run_forward_group(zp_run* r, zp_acts* a, int g, float dloss) {
 }
 
 int zp_run_zero_grads(zp_run* r) {
+  zp_norm_reset(r); /* a step begins: no earlier start may answer its norm */
   for (int g = 0; g < r->layout.n_groups; g++) {
     if (r->groups[g].zero_pending) continue; /* zeroed at the group's fence (optimizer overlap) */
     int rc = zero_group_grad(r, g);

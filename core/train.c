@@ -27,6 +27,7 @@
 #include "layout.h"
 #include "lua_host.h"
 #include "pipeline_exec.h"
+#include "norm_overlap.h"
 #include "runtime.h"
 #include "safetensors.h"
 #include "trace.h"
@@ -769,6 +770,9 @@ int zp_train(zp_config* cfg, zp_comm* comm, char* err, size_t errlen) {
       printf("summary: steps %lld..%lld, loss %.4f -> %.4f, mean %.1f ms/step, %.0f tok/s, allocations inside steps: %lld\n",
              (long long)start + 1, (long long)step, first_loss, last_loss, timed ? sum_ms / timed : 0,
              timed ? (double)gb * T / (sum_ms / timed / 1000.0) : 0, r->ledger.n_allocs - (allocs_before < 0 ? r->ledger.n_allocs : allocs_before));
+    if (r->norm && zp_norm_asked(r))
+      printf("gradient norm: %llu of %llu sums of squares started beside the backward (train.overlap_norm)\n",
+             (unsigned long long)zp_norm_hits(r), (unsigned long long)zp_norm_asked(r));
     zp_ledger_print(&r->ledger, stdout, "memory at end");
     if (zp_cfg_bool(cfg, "train.profile_ops") && timed) zp_op_profile_print(stdout, timed, sum_ms / timed, r->binfo.peak_flops);
   }

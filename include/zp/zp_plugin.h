@@ -587,7 +587,21 @@ typedef struct zp_backend_ops {
   int (*matmul_dgelu_bgrad_bwd)(zp_backend* b, void* dinp, void* dpre_bias, void* dw, void* dbias,
                                 const void* dout, const void* inp, const void* w, const void* pre,
                                 int N, int IC, int OC);
+  /* ---- optional (1.9): sums of squares started early, collected later (NULL: sumsq_many at
+   * the step; both or neither) ----
+   * sumsq_start: issue, like an op (asynchronous), the sum of squares of x (n elements of dt,
+   *   n == 0 gives 0.0) into result slot `slot` (0 <= slot < ZP_SUMSQ_START_SLOTS); the value
+   *   will be exactly what sumsq(b, &out, x, dt, n) gives. x must not change until collected.
+   *   All starts between two collects are issued on one stream (the side stream, or the compute
+   *   stream); a slot started twice holds the later value.
+   * sumsq_collect: out_host[i] = slot i's result for i < count, once the compute stream gets
+   *   here (synchronous: returns with the values; the caller first makes the compute stream
+   *   wait for side-stream starts, copy_wait(ticket, 1)); slots not started since the last
+   *   collect are unspecified. */
+  int (*sumsq_start)(zp_backend* b, int slot, const void* x, zp_dtype dt, size_t n);
+  int (*sumsq_collect)(zp_backend* b, int count, double* out_host);
 } zp_backend_ops;
+#define ZP_SUMSQ_START_SLOTS 1024
 #define ZP_TIMER_SLOTS 65536
 
 /* ---- the descriptor: what the entry function returns ---- */

@@ -5,8 +5,9 @@
  *   ZP_KIND_BACKEND, name "cuda", whose ops table is zpc_ops below.
  * - create() makes the device current, creates one non-blocking compute stream (or uses the
  *   legacy default stream when ZP_CUDA_STREAM=legacy, for event timing in tests), one cuBLASLt
- *   handle, the 32 MiB cuBLASLt workspace and the sumsq buffers (partials, and the 1.8
- *   sumsq_many result slots, device and pinned); destroy() releases exactly those (plus scratch).
+ *   handle, the 32 MiB cuBLASLt workspace and the sumsq buffers (partials, the 1.8 sumsq_many
+ *   result slots, and the 1.9 sumsq_start partials and slots, device and pinned); destroy()
+ *   releases exactly those (plus scratch).
  * - Kernel choices, read at create() (defaults: ZPC_DEFAULT_* below):
  *   ZP_CUDA_ATTN = fa2: the mma.sync kernels of attention_fa2.cu where head size (32/64/128)
  *   and 16-byte alignment allow, else the WMMA kernels (same aux), else attention.cu;
@@ -262,6 +263,11 @@ static int zpc_create(const zp_host* host, const zp_backend_config* cfg, zp_back
     TRY(cudaMallocHost((void**)&b->h_sumsq, sizeof(double)));
     TRY(cudaMalloc((void**)&b->d_sumsq_slots, ZPC_SUMSQ_SLOTS * sizeof(double)));
     TRY(cudaMallocHost((void**)&b->h_sumsq_slots, ZPC_SUMSQ_SLOTS * sizeof(double)));
+    /* 1.9 sumsq_start / sumsq_collect: their own partials and result slots (starts run on the
+     * side stream while sumsq / sumsq_many may run on the compute stream) */
+    TRY(cudaMalloc((void**)&b->d_sumsq_side, ZPC_SUMSQ_BLOCKS * sizeof(double)));
+    TRY(cudaMalloc((void**)&b->d_sumsq_started, ZP_SUMSQ_START_SLOTS * sizeof(double)));
+    TRY(cudaMallocHost((void**)&b->h_sumsq_started, ZP_SUMSQ_START_SLOTS * sizeof(double)));
     /* slots of empty tensors are copied back unwritten: keep them defined */
     TRY(cudaMemsetAsync(b->d_sumsq_slots, 0, ZPC_SUMSQ_SLOTS * sizeof(double), b->stream));
   }
@@ -313,6 +319,9 @@ static void zpc_destroy(zp_backend* b) {
   if (b->h_sumsq) cudaFreeHost(b->h_sumsq);
   if (b->d_sumsq_slots) cudaFree(b->d_sumsq_slots);
   if (b->h_sumsq_slots) cudaFreeHost(b->h_sumsq_slots);
+  if (b->d_sumsq_side) cudaFree(b->d_sumsq_side);
+  if (b->d_sumsq_started) cudaFree(b->d_sumsq_started);
+  if (b->h_sumsq_started) cudaFreeHost(b->h_sumsq_started);
   if (b->h_tok) cudaFreeHost(b->h_tok);
   for (int i = 0; i < b->n_timer_ev; i++)
     if (b->timer_ev[i]) cudaEventDestroy(b->timer_ev[i]);
@@ -686,6 +695,8 @@ static const zp_backend_ops zpc_ops = {
     zpc_grad_overwrite, /* 1.8: parameter gradients written, not accumulated */
     zpc_sumsq_many,     /* 1.8: the gradient norm's sums with one host wait (kernels_reduce.cu) */
     zpc_matmul_dgelu_bgrad_bwd, /* 1.9: the fc bias gradient from the GELU backward's GEMM */
+    zpc_sumsq_start,            /* 1.9: the gradient norm's sums started during the backward */
+    zpc_sumsq_collect,
 };
 
 static const zp_plugin_desc zpc_desc = {

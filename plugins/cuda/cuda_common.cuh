@@ -97,6 +97,9 @@ struct zp_backend {
   double* h_sumsq;       /* pinned: 1 double */
   double* d_sumsq_slots; /* sumsq_many (1.8): ZPC_SUMSQ_SLOTS results on the device */
   double* h_sumsq_slots; /* pinned: ZPC_SUMSQ_SLOTS doubles (allocated at create, never in a call) */
+  double* d_sumsq_side;    /* sumsq_start (1.9): partials of the starts (ZPC_SUMSQ_BLOCKS doubles) */
+  double* d_sumsq_started; /* sumsq_start: ZP_SUMSQ_START_SLOTS results on the device */
+  double* h_sumsq_started; /* pinned: ZP_SUMSQ_START_SLOTS doubles, sumsq_collect's copy */
   int32_t* h_tok;        /* pinned staging for encoder_bwd: token ids, then bucket arrays */
   size_t h_tok_cap;      /* in int32 elements */
   int sm_count;
@@ -291,6 +294,8 @@ int zpc_accumulate(zp_backend* b, void* dst, zp_dtype dt, const void* src, zp_dt
 int zpc_fill(zp_backend* b, void* dst, zp_dtype dt, size_t n, double value);
 int zpc_scale(zp_backend* b, void* x, zp_dtype dt, size_t n, float s);
 int zpc_sumsq(zp_backend* b, double* out_host, const void* x, zp_dtype dt, size_t n);
+int zpc_sumsq_start(zp_backend* b, int slot, const void* x, zp_dtype dt, size_t n);
+int zpc_sumsq_collect(zp_backend* b, int count, double* out_host);
 int zpc_sumsq_many(zp_backend* b, int count, const void* const* xs, const zp_dtype* dts,
                    const size_t* ns, double* out_host);
 int zpc_gelu_fwd(zp_backend* b, void* out, const void* inp, size_t n);

@@ -1,11 +1,13 @@
 /* kernels_reduce.cu: deterministic reductions: column sums (bias / layernorm parameter grads)
- * and sumsq (gradient norm; sumsq_many, ABI 1.8: many tensors, one host wait).
+ * and sumsq (gradient norm; sumsq_many, ABI 1.8: many tensors, one host wait; sumsq_start /
+ * sumsq_collect, ABI 1.9: started beside the backward, collected at the step).
  *
  * Invariants: no floating-point atomics anywhere; every partition of the work (row chunks,
  * blocks) is a function of the problem size only, never of the device, so a result is bitwise
  * repeatable run to run on any GPU. Column sums accumulate in fp32, sumsq in fp64.
  */
 #include <stdint.h>
+#include <string.h>
 
 #include "cuda_common.cuh"
 
@@ -156,14 +158,15 @@ __global__ void zpc_sumsq_final_kernel(double* out, const double* part, int G) {
 
 /* issue the partial and final kernels of the sum of squares of x (n > 0): *dst (device) = the
  * sum, in the fixed order set by n alone (ZPC_SUMSQ_BLOCKS caps the partial grid). Uses
- * b->d_sumsq[0, G) for the partials: later calls on the stream may reuse it at once. */
+ * part[0, G) for the partials (b->d_sumsq, or b->d_sumsq_side for sumsq_start): later calls
+ * on the same stream may reuse it at once. */
 static int zpc_sumsq_issue(zp_backend* b, double* dst, const void* x, zp_dtype dt, size_t n,
-                           const char* op) {
+                           const char* op, double* part) {
   size_t want = (n + 255) / 256;
   int G = (int)(want < ZPC_SUMSQ_BLOCKS ? want : ZPC_SUMSQ_BLOCKS);
   int rc = zpc_with_dtype(dt, [&](auto* tag) {
     typedef typename std::remove_pointer<decltype(tag)>::type T;
-    zpc_sumsq_partial_kernel<T><<<G, 256, 0, b->stream>>>(b->d_sumsq, (const T*)x, n);
+    zpc_sumsq_partial_kernel<T><<<G, 256, 0, b->stream>>>(part, (const T*)x, n);
     ZPC_LAUNCHED(b, "sumsq_partial");
     return (int)ZP_OK;
   });
@@ -171,7 +174,7 @@ static int zpc_sumsq_issue(zp_backend* b, double* dst, const void* x, zp_dtype d
     return zpc_err(b->host, ZP_E_NOT_IMPLEMENTED, "cuda backend: %s: dtype %d not supported", op,
                    (int)dt);
   if (rc) return rc;
-  zpc_sumsq_final_kernel<<<1, 1024, 0, b->stream>>>(dst, b->d_sumsq, G);
+  zpc_sumsq_final_kernel<<<1, 1024, 0, b->stream>>>(dst, part, G);
   ZPC_LAUNCHED(b, "sumsq_final");
   return ZP_OK;
 }
@@ -182,7 +185,7 @@ int zpc_sumsq(zp_backend* b, double* out_host, const void* x, zp_dtype dt, size_
     *out_host = 0.0;
     return ZP_OK;
   }
-  int rc = zpc_sumsq_issue(b, b->d_sumsq + ZPC_SUMSQ_BLOCKS, x, dt, n, "sumsq");
+  int rc = zpc_sumsq_issue(b, b->d_sumsq + ZPC_SUMSQ_BLOCKS, x, dt, n, "sumsq", b->d_sumsq);
   if (rc) return rc;
   ZPC_CUDA(b, cudaMemcpyAsync(b->h_sumsq, b->d_sumsq + ZPC_SUMSQ_BLOCKS, sizeof(double),
                               cudaMemcpyDeviceToHost, b->stream));
@@ -214,7 +217,7 @@ int zpc_sumsq_many(zp_backend* b, int count, const void* const* xs, const zp_dty
     for (int k = 0; k < m; k++) {
       const int i = first + k;
       if (ns[i] == 0) continue;
-      int rc = zpc_sumsq_issue(b, b->d_sumsq_slots + k, xs[i], dts[i], ns[i], "sumsq_many");
+      int rc = zpc_sumsq_issue(b, b->d_sumsq_slots + k, xs[i], dts[i], ns[i], "sumsq_many", b->d_sumsq);
       if (rc) return rc;
       any = 1;
     }
@@ -225,5 +228,32 @@ int zpc_sumsq_many(zp_backend* b, int count, const void* const* xs, const zp_dty
     }
     for (int k = 0; k < m; k++) out_host[first + k] = ns[first + k] ? b->h_sumsq_slots[k] : 0.0;
   }
+  return ZP_OK;
+}
+
+/* ABI 1.9: sumsq's kernels into a device slot, on the current stream (the side stream when the
+ * core starts them during the backward: their own partials buffer, so they never share one
+ * with a sumsq on the compute stream); collect: one copy of the slots to pinned memory and one
+ * wait on the compute stream. The same bits as sumsq. */
+int zpc_sumsq_start(zp_backend* b, int slot, const void* x, zp_dtype dt, size_t n) {
+  if (slot < 0 || slot >= ZP_SUMSQ_START_SLOTS)
+    return ZPC_INVALID(b, "cuda backend: sumsq_start: slot %d out of range [0, %d)", slot, ZP_SUMSQ_START_SLOTS);
+  if (n == 0) {
+    ZPC_CUDA(b, cudaMemsetAsync(b->d_sumsq_started + slot, 0, sizeof(double), b->stream));
+    return ZP_OK;
+  }
+  if (!x) return ZPC_INVALID(b, "cuda backend: sumsq_start: NULL pointer");
+  return zpc_sumsq_issue(b, b->d_sumsq_started + slot, x, dt, n, "sumsq_start", b->d_sumsq_side);
+}
+
+int zpc_sumsq_collect(zp_backend* b, int count, double* out_host) {
+  if (count < 0 || count > ZP_SUMSQ_START_SLOTS)
+    return ZPC_INVALID(b, "cuda backend: sumsq_collect: count %d out of range [0, %d]", count, ZP_SUMSQ_START_SLOTS);
+  if (count == 0) return ZP_OK;
+  if (!out_host) return ZPC_INVALID(b, "cuda backend: sumsq_collect: out_host is NULL");
+  ZPC_CUDA(b, cudaMemcpyAsync(b->h_sumsq_started, b->d_sumsq_started, (size_t)count * sizeof(double),
+                              cudaMemcpyDeviceToHost, b->stream));
+  ZPC_CUDA(b, cudaStreamSynchronize(b->stream));
+  memcpy(out_host, b->h_sumsq_started, (size_t)count * sizeof(double));
   return ZP_OK;
 }

@@ -673,6 +673,42 @@ static void sumsq_both(double* one, double* many) {
   CK(r_sumsq_many(G, gb, NULL));
 }
 
+/* ---- ABI 1.9 sumsq_start / sumsq_collect: a start on the side stream (collected after
+ * copy_wait(ticket, 1)) and on the compute stream equals sumsq bytewise, for the mixed tensors
+ * of t_sumsq_many (x+1, empty, past one grid's share); a slot started twice holds the later
+ * value; and while starts run on the side stream, a sumsq_many on the compute stream (its own
+ * partials buffer) still gives its bits. Bad slots / counts are refused. ---- */
+static void t_sumsq_start(int K, const void* const* xs, const zp_dtype* dts, const size_t* ns, const double* one) {
+  if (!ZP_TABLE_HAS(G, sumsq_start) || !ZP_TABLE_HAS(G, sumsq_collect)) {
+    skip_res("sumsq_start", "-", "plugin has no sumsq_start (ABI < 1.9)");
+    return;
+  }
+  double got[16], many[16];
+  uint64_t t = 0;
+  CK(G->side_begin(gb));
+  CK(G->sumsq_start(gb, 0, xs[1], dts[1], ns[1])); /* slot 0 started twice: the later wins */
+  for (int i = 0; i < K; i++) CK(G->sumsq_start(gb, i, xs[i], dts[i], ns[i]));
+  CK(G->side_end(gb, &t));
+  CK(G->sumsq_many(gb, K, xs, dts, ns, many)); /* compute stream, beside the starts */
+  CK(G->copy_wait(gb, t, 1));
+  CK(G->sumsq_collect(gb, K, got));
+  char shape[48];
+  snprintf(shape, sizeof shape, "%d mixed (side stream)", K);
+  cmp_bytes("sumsq_start.side", shape, one, got, (size_t)K * sizeof(double));
+  cmp_bytes("sumsq_start.beside_sumsq_many", shape, one, many, (size_t)K * sizeof(double));
+  for (int i = 0; i < K; i++) CK(G->sumsq_start(gb, K - 1 - i, xs[i], dts[i], ns[i])); /* compute stream */
+  CK(G->sumsq_collect(gb, K, got));
+  double rev[16];
+  for (int i = 0; i < K; i++) rev[i] = one[K - 1 - i];
+  snprintf(shape, sizeof shape, "%d mixed (compute stream)", K);
+  cmp_bytes("sumsq_start.compute", shape, rev, got, (size_t)K * sizeof(double));
+  result_t* r = pend("sumsq_start.errors", "slot -1 / 1024, count 1025, NULL x");
+  r->pass = G->sumsq_start(gb, -1, xs[0], dts[0], ns[0]) == ZP_E_INVALID &&
+            G->sumsq_start(gb, ZP_SUMSQ_START_SLOTS, xs[0], dts[0], ns[0]) == ZP_E_INVALID &&
+            G->sumsq_start(gb, 0, NULL, dts[0], ns[0]) == ZP_E_INVALID &&
+            G->sumsq_collect(gb, ZP_SUMSQ_START_SLOTS + 1, got) == ZP_E_INVALID;
+}
+
 static void t_sumsq_many(void) {
   if (!want("sumsq")) return;
   if (!ZP_TABLE_HAS(G, sumsq_many)) {
@@ -704,6 +740,7 @@ static void t_sumsq_many(void) {
     result_t* r = pend("sumsq_many.empty", "n=0 -> 0.0");
     r->pass = many[2] == 0.0 && one[0] > 0;
   }
+  t_sumsq_start(K, xs, dts, ns, one);
   /* past the slot capacity (1024): 2500 short tensors cycling through dtypes, offsets, lengths
    * (some empty), in batches */
   enum { M = 2500, POOL = 4096 };
