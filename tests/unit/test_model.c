@@ -11,6 +11,7 @@
 #include "rng.h"
 #include "runtime.h"
 #include "zt.h"
+#include "zt_run.h"
 
 #define B_ 2
 #define T_ 8
@@ -20,24 +21,13 @@ static const char* base_sets[] = {"model.n_layer=2", "model.n_head=2", "model.d_
                                   "train.weight_decay=0.0", "train.grad_clip=0"};
 
 static int open_run(zp_run* r, zp_config* c, const char* prec) {
-  char err[1024];
   const char* sets[16];
   int n = 0;
   for (size_t i = 0; i < sizeof base_sets / sizeof base_sets[0]; i++) sets[n++] = base_sets[i];
   char p[64];
   snprintf(p, sizeof p, "train.precision=%s", prec);
   sets[n++] = p;
-  int rc = zp_config_load_text(c, "", 0, "model.toml", sets, n, err, sizeof err);
-  CHECK_MSG(rc == 0, "%s", err);
-  if (rc) return rc;
-  zp_run_opts o = {0};
-  o.world = 1;
-  rc = zp_run_open(r, c, &o);
-  CHECK_MSG(rc == 0, "%s", r->err);
-  if (rc) return rc;
-  rc = zp_run_init_weights(r);
-  CHECK_MSG(rc == 0, "%s", r->err);
-  return rc;
+  return zt_open_run(r, c, sets, n, "model.toml");
 }
 
 static void batch(int32_t* in, int32_t* tg, int V) {

@@ -19,6 +19,7 @@
 #include "rng.h"
 #include "runtime.h"
 #include "zt.h"
+#include "zt_run.h"
 
 static void t_backend_contract(void) {
   const zp_backend_ops* o = zp_cpu_backend_ops();
@@ -78,21 +79,10 @@ static void t_backend_contract(void) {
 }
 
 static int open_run(zp_run* r, zp_config* c, const char* overlap) {
-  char err[1024];
   const char* sets[] = {"model.n_layer=2",       "model.n_head=2",   "model.d_model=16",      "model.seq_len=8",
                         "model.vocab_size=37",   "model.vocab_pad=8", "train.micro_batch=2",  "train.grad_clip=0.05",
                         "train.precision=fp32", overlap};
-  int rc = zp_config_load_text(c, "", 0, "norm.toml", sets, (int)(sizeof sets / sizeof sets[0]), err, sizeof err);
-  CHECK_MSG(rc == 0, "%s", err);
-  if (rc) return rc;
-  zp_run_opts o = {0};
-  o.world = 1;
-  rc = zp_run_open(r, c, &o);
-  CHECK_MSG(rc == 0, "%s", r->err);
-  if (rc) return rc;
-  rc = zp_run_init_weights(r);
-  CHECK_MSG(rc == 0, "%s", r->err);
-  return rc;
+  return zt_open_run(r, c, sets, (int)(sizeof sets / sizeof sets[0]), "norm.toml");
 }
 
 static void t_runtime(void) {
