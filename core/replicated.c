@@ -5,11 +5,13 @@
  * the last micro-batch of a step only (earlier ones accumulate locally, like DDP's no_sync),
  * in buckets: consecutive groups whose GRAD buffers are contiguous (the core's arenas make
  * them so) are reduced with one all-reduce once they reach zero.bucket_mb, as their backward
- * completes (zero.overlap_comm) or all at once at the step (overlap_comm = false). The
+ * completes (zero.overlap_comm) or all at once at the step (overlap_comm = false). Each
+ * bucket's all-reduce is started (ABI 1.9 allreduce_start) and waited for when the next bucket
+ * starts (the last one at the step), so it runs beside the next bucket's backward. The
  * optimizer updates the full range on every rank, so parameters stay identical without a
  * gather. Reductions are element-wise, so bucketing never changes the numbers. Each reduced
- * bucket's groups are reported final (shard_ready), so an offload tier can start copying them
- * while the backward goes on. The gradient norm is one sumsq_many over every group (ABI 1.8:
+ * bucket's groups are reported final (shard_ready) once its all-reduce is waited for, so an
+ * offload tier can start copying them while the backward goes on. The gradient norm is one sumsq_many over every group (ABI 1.8:
  * one device wait; the per-group results are added in group order, so its bits are those of
  * one sumsq per group). This strategy is built into the core, whose host always has it. */
 #include <stdlib.h>
@@ -25,6 +27,10 @@ typedef struct {
   int overlap;
   int lo, hi;          /* pending bucket: groups lo..hi (lo <= hi), or lo = -1 */
   size_t pending;      /* bytes in the pending bucket */
+  /* the bucket whose allreduce was started last (1.9 allreduce_start): groups flo..fhi, its
+   * ticket; waited for when the next bucket starts, or at the step (flo = -1: none) */
+  int flo, fhi;
+  uint64_t fticket;
   /* the gradient norm's sumsq_many arguments, one per group (filled at open) */
   const void** ss_x;
   zp_dtype* ss_dt;
@@ -72,6 +78,7 @@ static int repl_open(const zp_host* h, void** state) {
   s->bucket_bytes = (size_t)(mb * 1048576.0);
   s->overlap = ov;
   s->lo = s->hi = -1;
+  s->flo = s->fhi = -1;
   for (int g = 0; g < s->G; g++) {
     h->group_info(h->ctx, g, &s->info[g]);
     h->set_view(h->ctx, g, ZP_CAT_PARAM, s->info[g].buf[ZP_CAT_PARAM]);
@@ -85,17 +92,37 @@ static int repl_open(const zp_host* h, void** state) {
 }
 
 
+/* the bucket started last: wait for its allreduce, then report its groups final (a tier may
+ * copy them, the core starts their norm sums) */
+static int finish(repl_t* s) {
+  if (s->flo < 0) return ZP_OK;
+  const zp_host* h = s->h;
+  int rc = ZP_TABLE_HAS(h, allreduce_wait) ? h->allreduce_wait(h->ctx, s->fticket) : ZP_OK;
+  for (int g = s->flo; !rc && g <= s->fhi; g++)
+    if (ZP_TABLE_HAS(h, shard_ready))
+      rc = h->shard_ready(h->ctx, g, 0, s->info[g].padded, s->info[g].buf[ZP_CAT_GRAD], s->info[g].dtype[ZP_CAT_GRAD]);
+  s->flo = s->fhi = -1;
+  return rc;
+}
+
+/* start the pending bucket's allreduce (where the host has allreduce_start, 1.9: it runs beside
+ * the rest of the backward), then finish the one started before it */
 static int flush(repl_t* s) {
   if (s->lo < 0) return ZP_OK;
+  const zp_host* h = s->h;
   const zp_group_info* first = &s->info[s->lo];
   size_t elems = s->pending / zp_dtype_size(first->dtype[ZP_CAT_GRAD]);
-  int rc = s->h->allreduce(s->h->ctx, first->buf[ZP_CAT_GRAD], elems, first->dtype[ZP_CAT_GRAD], ZP_RED_AVG);
-  /* these groups' gradients are final: a tier holding their optimizer state may take them now */
-  for (int g = s->lo; !rc && g <= s->hi; g++)
-    if (ZP_TABLE_HAS(s->h, shard_ready))
-      rc = s->h->shard_ready(s->h->ctx, g, 0, s->info[g].padded, s->info[g].buf[ZP_CAT_GRAD], s->info[g].dtype[ZP_CAT_GRAD]);
+  uint64_t t = 0;
+  int rc = ZP_TABLE_HAS(h, allreduce_start)
+               ? h->allreduce_start(h->ctx, first->buf[ZP_CAT_GRAD], elems, first->dtype[ZP_CAT_GRAD], ZP_RED_AVG, &t)
+               : h->allreduce(h->ctx, first->buf[ZP_CAT_GRAD], elems, first->dtype[ZP_CAT_GRAD], ZP_RED_AVG);
+  if (!rc) rc = finish(s);
+  s->flo = s->lo;
+  s->fhi = s->hi;
+  s->fticket = t;
   s->lo = s->hi = -1;
   s->pending = 0;
+  if (!rc && t == 0) rc = finish(s); /* nothing in flight (one rank, or a plain allreduce): report now */
   return rc;
 }
 
@@ -131,7 +158,7 @@ static int repl_step(void* st) {
   if (!s->overlap)
     for (int g = s->G - 1; g >= 0; g--)
       if ((rc = add(s, g))) return rc;
-  if ((rc = flush(s))) return rc;
+  if ((rc = flush(s)) || (rc = finish(s))) return rc;
   /* the norm: every group's sumsq in one call (one device wait), added in group order */
   double ss = 0;
   rc = h->sumsq_many(h->ctx, s->G, s->ss_x, s->ss_dt, s->ss_n, s->ss_out); /* the core's host: always there */

@@ -140,10 +140,38 @@ static int h_allreduce(zp_host_ctx* c, void* buf, size_t n, zp_dtype dt, zp_redo
   zp_run* r = c->r;
   if (r->world == 1 || !r->comm || n == 0) return ZP_OK; /* n == 0: a group another pipeline stage holds */
   zp_comm* dc = data_comm(r);
+  if (zp_ar_flush(&r->arq, dc, r->err, sizeof r->err)) return ZP_E_COMM; /* started ones first: one order */
   double t0 = zp_now_us();
   int rc = dc->ops->allreduce(dc, buf, n, dt, op);
   zp_trace_span(ZP_TR_COMM, "allreduce", (int)n, t0);
   return rc ? comm_fail(r, "allreduce", rc) : ZP_OK;
+}
+/* 1.9: an allreduce started now, finished at its wait (comm_async.c); one rank or count 0:
+ * nothing to do, ticket 0 */
+static int h_allreduce_start(zp_host_ctx* c, void* buf, size_t n, zp_dtype dt, zp_redop op, uint64_t* ticket) {
+  zp_run* r = c->r;
+  if (!ticket) {
+    h_set_error(c, "allreduce_start: ticket is NULL");
+    return ZP_E_INVALID;
+  }
+  *ticket = 0;
+  if (r->world == 1 || !r->comm || n == 0) return ZP_OK;
+  double t0 = zp_now_us();
+  int rc = zp_ar_start(&r->arq, data_comm(r), buf, n, dt, op, ticket, r->err, sizeof r->err);
+  zp_trace_span(ZP_TR_COMM, "allreduce_start", (int)n, t0);
+  return rc;
+}
+static int h_allreduce_wait(zp_host_ctx* c, uint64_t ticket) {
+  zp_run* r = c->r;
+  if (ticket == 0) return ZP_OK;
+  if (r->world == 1 || !r->comm) {
+    h_set_error(c, "allreduce_wait: ticket %llu on a run without a communicator", (unsigned long long)ticket);
+    return ZP_E_INVALID;
+  }
+  double t0 = zp_now_us();
+  int rc = zp_ar_wait(&r->arq, data_comm(r), ticket, r->err, sizeof r->err);
+  zp_trace_span(ZP_TR_COMM, "allreduce_wait", 0, t0);
+  return rc;
 }
 static int h_reduce_scatter(zp_host_ctx* c, void* recv, const void* send, size_t n, zp_dtype dt, zp_redop op) {
   zp_run* r = c->r;
@@ -153,6 +181,7 @@ static int h_reduce_scatter(zp_host_ctx* c, void* recv, const void* send, size_t
     return ZP_OK;
   }
   zp_comm* dc = data_comm(r);
+  if (zp_ar_flush(&r->arq, dc, r->err, sizeof r->err)) return ZP_E_COMM;
   double t0 = zp_now_us();
   int rc = dc->ops->reduce_scatter(dc, recv, send, n, dt, op);
   zp_trace_span(ZP_TR_COMM, "reduce_scatter", (int)n, t0);
@@ -166,6 +195,7 @@ static int h_allgather(zp_host_ctx* c, void* recv, const void* send, size_t n, z
     return ZP_OK;
   }
   zp_comm* dc = data_comm(r);
+  if (zp_ar_flush(&r->arq, dc, r->err, sizeof r->err)) return ZP_E_COMM;
   double t0 = zp_now_us();
   int rc = dc->ops->allgather(dc, recv, send, n, dt);
   zp_trace_span(ZP_TR_COMM, "allgather", (int)n, t0);
@@ -548,6 +578,8 @@ static void host_init(zp_run* r, const char* name) {
   h->optim_update = h_optim_update;
   h->sumsq = h_sumsq;
   h->sumsq_many = h_sumsq_many;
+  h->allreduce_start = h_allreduce_start;
+  h->allreduce_wait = h_allreduce_wait;
   h->poison = h_poison;
   h->note_io = h_note_io;
   h->note_bytes = h_note_bytes;
@@ -1398,6 +1430,11 @@ int zp_run_step(zp_run* r, float lr) {
   rc = r->strategy->step(r->strategy_state);
   r->in_step = 0;
   if (rc && !r->err[0]) rerr(r, "step failed with status %d", rc);
+  if (!rc && zp_ar_outstanding(&r->arq)) { /* 1.9: a started allreduce must be waited for in the step */
+    rerr(r, "strategy %s: its step returned with %llu started allreduce(s) not waited for (allreduce_wait)",
+         zp_cfg_str(r->cfg, "zero.plugin"), (unsigned long long)zp_ar_outstanding(&r->arq));
+    rc = ZP_E_INVALID;
+  }
   for (int i = 0; !rc && i < 2; i++)
     if (r->tier_ops[i] && r->tier_ops[i]->step_end && (rc = r->tier_ops[i]->step_end(r->tier_state[i])) && !r->err[0])
       rerr(r, "tier step_end failed with status %d", rc);

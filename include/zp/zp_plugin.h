@@ -113,6 +113,18 @@ typedef struct zp_comm_ops {
    * (key, rank in c). color ZP_COMM_SPLIT_UNDEFINED (< 0): *out = NULL. */
   int (*split)(zp_comm* c, int color, int key, zp_comm** out);
   void (*destroy)(zp_comm* c);
+  /* ---- optional (1.9): an allreduce issued now and finished later (NULL: the core defers a
+   * plain allreduce to the wait instead) ----
+   * allreduce_start: as allreduce on a device buffer, returning once the op is issued, with a
+   *   ticket (> 0) in *ticket. Until it is waited for, nothing may read or write buf.
+   * allreduce_wait: every ticket up to `ticket` (tickets count up per communicator) is done
+   *   for the work issued after this call on the backend's compute stream (device
+   *   communicators: the stream waits, the host need not). Other calls on the communicator
+   *   may come between a start and its wait; every rank starts and waits in the same order.
+   *   A failure (dead peer, deadline) is reported by the wait or by any later call. */
+  int (*allreduce_start)(zp_comm* c, void* buf, size_t count, zp_dtype dt, zp_redop op,
+                         uint64_t* ticket);
+  int (*allreduce_wait)(zp_comm* c, uint64_t ticket);
 } zp_comm_ops;
 
 /* The base struct (zp_plugin.h declares `typedef struct zp_comm zp_comm;`). */
@@ -245,6 +257,17 @@ typedef struct zp_host {
    * the device is waited for once, not once per buffer. Check ZP_TABLE_HAS(h, sumsq_many). */
   int (*sumsq_many)(zp_host_ctx* ctx, int count, const void* const* xs, const zp_dtype* dts,
                     const size_t* ns, double* out);
+  /* ---- (1.9) an allreduce over the data-parallel group started now, finished later, so the
+   * backward goes on while it runs: allreduce_start issues it (*ticket > 0, or 0 when there
+   * is nothing to do: one rank, count 0); until allreduce_wait(ticket) (which also covers
+   * every earlier ticket) nothing may read or write buf, and the result is there for work
+   * issued after the wait. Every ticket must be waited for before the strategy's step
+   * returns (the core checks). Where the communicator cannot run it in the background the
+   * core runs it at the wait (CPU ranks: a consumer that reads early sees the unreduced
+   * values, so tests catch a missing wait). Check ZP_TABLE_HAS(h, allreduce_start). */
+  int (*allreduce_start)(zp_host_ctx* ctx, void* buf, size_t count, zp_dtype dt, zp_redop op,
+                         uint64_t* ticket);
+  int (*allreduce_wait)(zp_host_ctx* ctx, uint64_t ticket);
 } zp_host;
 #define ZP_FETCH_ALIGN 4096
 

@@ -618,6 +618,7 @@ static void nc_destroy(zp_comm* zc);
 static const zp_comm_ops zpc_nccl_ops_table = {
     sizeof(zp_comm_ops), nc_allreduce, nc_reduce_scatter, nc_allgather, nc_broadcast,
     nc_send,             nc_recv,      nc_barrier,        nc_split,     nc_destroy,
+    NULL,                NULL, /* 1.9 allreduce_start / wait: not here yet (the core defers) */
 };
 
 /* Wraps a ready NCCL communicator (takes ownership: aborts it on failure). Errors go to

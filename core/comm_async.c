@@ -1,0 +1,84 @@
+/* comm_async.c: allreduce started now, finished later (host services allreduce_start /
+ * allreduce_wait, ABI 1.9), over the data-parallel communicator.
+ *
+ * Where the communicator has allreduce_start / allreduce_wait (the CUDA plugin's NCCL
+ * communicator with ZP_CUDA_NCCL_ASYNC=1) the calls go through: the op runs on the
+ * communicator's stream beside the backward and the wait orders the compute stream after it.
+ * Elsewhere (CPU ranks' shared memory, a synchronous NCCL communicator) the start only records
+ * the op and the wait runs it, with the plain allreduce, in ticket order: the result is the
+ * same bits, and a strategy that reads the buffer before waiting sees the unreduced values
+ * (so tests catch a missing wait). Any other collective first runs what is deferred
+ * (zp_ar_flush), so every rank issues one order of collectives. The queue holds ZP_AR_QUEUE
+ * ops; one more runs the oldest at its start (still in order).
+ * Invariants: tickets count up from 1 per queue; waits cover every earlier ticket; deferred
+ * ops run exactly once, in ticket order; nothing is allocated.
+ */
+#include "comm_async.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#include "comm.h"
+
+static int native(const zp_comm* c) { return ZP_TABLE_HAS(c->ops, allreduce_start) && ZP_TABLE_HAS(c->ops, allreduce_wait); }
+
+static int fail(zp_comm* c, uint64_t t, int rc, char* err, size_t errlen) {
+  snprintf(err, errlen, "allreduce #%llu (started early) failed: %s", (unsigned long long)t, zp_comm_error(c));
+  return rc;
+}
+
+/* run deferred ops with ticket <= upto, oldest first */
+static int run_upto(zp_ar_queue* a, zp_comm* c, uint64_t upto, char* err, size_t errlen) {
+  int k = 0, rc = ZP_OK;
+  for (; k < a->len && a->q[k].ticket <= upto; k++) {
+    const zp_ar_op* o = &a->q[k];
+    if ((rc = c->ops->allreduce(c, o->buf, o->n, o->dt, o->op))) {
+      rc = fail(c, o->ticket, rc, err, errlen);
+      k++;
+      break;
+    }
+  }
+  memmove(a->q, a->q + k, (size_t)(a->len - k) * sizeof a->q[0]);
+  a->len -= k;
+  return rc;
+}
+
+int zp_ar_start(zp_ar_queue* a, zp_comm* c, void* buf, size_t n, zp_dtype dt, zp_redop op, uint64_t* ticket, char* err,
+                size_t errlen) {
+  *ticket = 0;
+  if (native(c)) {
+    uint64_t t = 0;
+    int rc = c->ops->allreduce_start(c, buf, n, dt, op, &t);
+    if (rc) return fail(c, a->started + 1, rc, err, errlen);
+    a->started = *ticket = t;
+    return ZP_OK;
+  }
+  if (a->len == ZP_AR_QUEUE) {
+    int rc = run_upto(a, c, a->q[0].ticket, err, errlen);
+    if (rc) return rc;
+  }
+  zp_ar_op* o = &a->q[a->len++];
+  o->buf = buf;
+  o->n = n;
+  o->dt = dt;
+  o->op = op;
+  o->ticket = *ticket = ++a->started;
+  return ZP_OK;
+}
+
+int zp_ar_wait(zp_ar_queue* a, zp_comm* c, uint64_t ticket, char* err, size_t errlen) {
+  if (ticket == 0) return ZP_OK;
+  if (ticket > a->started) {
+    snprintf(err, errlen, "allreduce_wait: ticket %llu was never started (last %llu)", (unsigned long long)ticket,
+             (unsigned long long)a->started);
+    return ZP_E_INVALID;
+  }
+  int rc = native(c) ? c->ops->allreduce_wait(c, ticket) : run_upto(a, c, ticket, err, errlen);
+  if (rc && native(c)) rc = fail(c, ticket, rc, err, errlen);
+  if (!rc && ticket > a->waited) a->waited = ticket;
+  return rc;
+}
+
+int zp_ar_flush(zp_ar_queue* a, zp_comm* c, char* err, size_t errlen) {
+  return a->len ? run_upto(a, c, UINT64_MAX, err, errlen) : ZP_OK;
+}
