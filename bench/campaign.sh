@@ -20,6 +20,8 @@
 #               step (train.overlap_norm = false, as before). Correctness: checks1
 #   checks2     (5, 6, 8) tests/gpu/run_2gpu_checks.sh: NCCL, stages vs replicated, tp 2 and pp 2
 #               parity against 1 GPU, a dead rank
+#   async2      (8) ABI 1.9 started all-reduces on NCCL: GPT-2 1.5B, 2 GPUs, replicated (plain
+#               DP), ZP_CUDA_NCCL_ASYNC=0 then 1 (docs/perf.md 28; correctness: checks2)
 #   speed124    (8) GPT-2 124M: zp none/stage1/stage2/stage3 on 2 GPUs and 1, PyTorch's matrix
 #               (DDP, FSDP2 modes) beside it; the 2-GPU speed and memory targets
 #   speed15zp   (8) GPT-2 1.5B: zp on 1 GPU and stage1/stage2/stage3 on 2 GPUs (no peers)
@@ -45,6 +47,7 @@ CMD[checks1]="bash tests/gpu/run_gpu_checks.sh";                                
 CMD[speed1]="PEERS=compile PROFILE=after bash bench/speed.sh 124m 1.5b";                MIN[speed1]=8
 CMD[s11]=". bench/lib.sh && bench_build \$PWD \$PWD/build-gpu \$OUT/build.log zp zp_cuda check_cuda_ops && MODELS=1.5b bash bench/sweep.sh 'base||' 'after|ZP_CUDA_BIAS_SUMS=after|' 'epi|ZP_CUDA_DGELU_BGRAD=epi|' 'nonorm|ZP_EXTRA_SETS=--set train.overlap_norm=false|' 'base2||' 'after2|ZP_CUDA_BIAS_SUMS=after|' 'epi2|ZP_CUDA_DGELU_BGRAD=epi|' 'nonorm2|ZP_EXTRA_SETS=--set train.overlap_norm=false|'"; MIN[s11]=6
 CMD[checks2]="bash tests/gpu/run_2gpu_checks.sh";                                      MIN[checks2]=5
+CMD[async2]="for a in 0 1; do ZP_CUDA_NCCL_ASYNC=\$a OUT=\$OUT/async\$a ZP_MULTI=none PEERS=none bash bench/gpu_bench.sh 1.5b; done"; MIN[async2]=8
 CMD[speed124]="ZP_MULTI='none stage1 stage2 stage3' PEERS=auto bash bench/gpu_bench.sh 124m"; MIN[speed124]=8
 CMD[speed15zp]="ZP_MULTI='stage1 stage2 stage3' PEERS=none bash bench/gpu_bench.sh 1.5b";    MIN[speed15zp]=9
 CMD[speed15peer]="PEERS=auto bash bench/gpu_bench.sh 1.5b";                             MIN[speed15peer]=8
@@ -53,7 +56,7 @@ CMD[pipeline]="MICRO='4 8' bash bench/pipeline_bench.sh";                       
 CMD[scaling]="bash bench/scaling.sh 1.5b";                                              MIN[scaling]=9
 CMD[largest2]="ZP_NGPU=2 ZP_STAGE=stage3 LARGEST_CANDIDATES='80x5120x40 72x5120x40 64x5120x40 56x5120x40 48x5120x40' bash bench/offload_bench.sh largest"; MIN[largest2]=9
 CMD[largest2nvme]="ZP_NGPU=2 ZP_STAGE=stage3 LARGEST_CANDIDATES='96x5120x40 88x5120x40 80x5120x40 72x5120x40' bash bench/offload_bench.sh largest_nvme"; MIN[largest2nvme]=9
-ORDER="checks1 speed1 s11 checks2 speed124 speed15zp speed15peer offload2 pipeline scaling largest2 largest2nvme"
+ORDER="checks1 speed1 s11 checks2 async2 speed124 speed15zp speed15peer offload2 pipeline scaling largest2 largest2nvme"
 if [ "$PART" = list ]; then
   for p in $ORDER; do printf '%-12s ~%2s min  %s\n' "$p" "${MIN[$p]}" "${CMD[$p]}"; done
   exit 0
@@ -61,7 +64,7 @@ fi
 [ -n "${CMD[$PART]:-}" ] || { echo "campaign: unknown part '$PART' (bash bench/campaign.sh list)" >&2; exit 2; }
 if [ "${DRY:-0}" = 1 ]; then echo "${CMD[$PART]}"; exit 0; fi
 NG=$(nvidia-smi -L 2> /dev/null | grep -c '^GPU')
-case $PART in checks2|speed124|speed15*|offload2|pipeline|largest2*)
+case $PART in checks2|async2|speed124|speed15*|offload2|pipeline|largest2*)
   [ "$NG" -ge 2 ] || { echo "campaign: part $PART needs 2 GPUs; this machine shows $NG"; exit 3; } ;;
 esac
 mkdir -p "$LOGS" "$OUT"

@@ -16,9 +16,11 @@
  *   the moment the op's inputs are ready on the device, so queued compute does not count).
  *   That is what lets a dead or hung peer be reported instead of hanging the GPU forever.
  *   Overlap: the communicator stream is separate, but the host waits, so communication
- *   overlaps only the compute already queued before the call. Deeper overlap needs the
- *   strategies to issue collectives early and consume results later (a later performance
- *   issue: split each call into issue + wait, and move the deadline check to the wait).
+ *   overlaps only the compute already queued before the call. The exception (ABI 1.9,
+ *   ZP_CUDA_NCCL_ASYNC=1, opt-in until measured): allreduce_start / allreduce_wait issue an
+ *   allreduce and return; the compute stream waits for it at the wait, and the host checks its
+ *   deadline in zpc_comm_drain before any blocking wait of the backend (see "started
+ *   allreduces" below).
  * - Any failure marks the communicator failed and aborts the NCCL communicator
  *   (ncclCommAbort): later calls fail at once with the first message. destroy() finalizes a
  *   healthy communicator (ncclCommFinalize + ncclCommDestroy, under the deadline; abort if it
@@ -39,6 +41,7 @@
 #ifdef ZP_HAVE_NCCL
 
 #include <nccl.h>
+#include <pthread.h>
 #include <sched.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -70,6 +73,23 @@ struct zpc_ncomm {
   uint64_t* send_seq;  /* [size]: sends to each peer */
   uint64_t* recv_seq;  /* [size]: receives from each peer */
   char where[48];      /* "" or " on a sub-communicator of size N" */
+  /* 1.9 allreduce_start / allreduce_wait (ZP_CUDA_NCCL_ASYNC=1): ops in flight, oldest first,
+   * in a ring of NC_PEND; tickets count up (aseq) */
+  struct zpc_npend* pend;
+  int phead, plen;
+  uint64_t aseq;
+  pthread_mutex_t pmu; /* the ring: a tier's thread may drain (copy_wait) while this one starts */
+};
+
+/* an allreduce started and not yet retired: its own events; the deadline clock as zpc_nop's */
+#define NC_PEND 64
+struct zpc_npend {
+  char desc[192];
+  cudaEvent_t ev_ready, ev_done;
+  double t0;
+  int ready;
+  int waited; /* the compute stream waits for ev_done */
+  uint64_t ticket;
 };
 
 /* one operation in flight */
@@ -601,6 +621,16 @@ static int nc_barrier(zp_comm* zc) {
 static void nc_free(zpc_ncomm* c) {
   if (!c) return;
   nc_abort(c);
+  if (c->pend) {
+    for (int i = 0; i < NC_PEND; i++) {
+      if (c->pend[i].ev_ready) (void)cudaEventDestroy(c->pend[i].ev_ready);
+      if (c->pend[i].ev_done) (void)cudaEventDestroy(c->pend[i].ev_done);
+    }
+    free(c->pend);
+    pthread_mutex_destroy(&c->pmu);
+  }
+  for (int i = 0; c->b && i < c->b->n_ncomm; i++) /* no longer drained by the backend */
+    if (c->b->ncomm[i] == c) c->b->ncomm[i] = c->b->ncomm[--c->b->n_ncomm];
   if (c->ev_ready) (void)cudaEventDestroy(c->ev_ready);
   if (c->ev_done) (void)cudaEventDestroy(c->ev_done);
   if (c->stream) (void)cudaStreamDestroy(c->stream);
@@ -612,13 +642,209 @@ static void nc_free(zpc_ncomm* c) {
   free(c);
 }
 
+/* ---------------------------------------------------------------- started allreduces (1.9)
+ * allreduce_start issues the op on the communicator's stream after the compute stream's work
+ * (its own ev_ready), records its own ev_done and returns: nothing waits for it. allreduce_wait
+ * makes the compute stream wait for ev_done of every op up to the ticket (device side: the host
+ * goes on). The deadline and NCCL's asynchronous errors are checked when the host has to wait
+ * anyway: zpc_comm_drain (every blocking wait of the backend calls it first) polls, like a
+ * synchronous op, each op the compute stream waits for until it completes, so a dead peer is
+ * reported (and the communicator aborted, which ends the stuck kernel) instead of hanging the
+ * stream sync. Starts and waits also retire completed ops without blocking; a full ring
+ * polls its oldest op to completion first. */
+
+static zpc_nop nc_pend_op(const struct zpc_npend* e) {
+  zpc_nop op;
+  memcpy(op.desc, e->desc, sizeof op.desc);
+  op.t0 = e->t0;
+  op.ready = e->ready;
+  return op;
+}
+
+/* poll op e until done (block = 1) or once (block = 0: *done says); deadline and NCCL errors */
+static int nc_pend_poll(zpc_ncomm* c, struct zpc_npend* e, int block, int* done) {
+  *done = 0;
+  if (c->failed) return c->failed;
+  zpc_nop op = nc_pend_op(e);
+  int n = 0, rc = ZP_OK;
+  for (;;) {
+    cudaError_t q = cudaEventQuery(e->ev_done);
+    if (q == cudaSuccess) {
+      *done = 1;
+      break;
+    }
+    if (q != cudaErrorNotReady) {
+      rc = nc_cuda_fail(c, &op, "cudaEventQuery(ev_done)", q);
+      break;
+    }
+    ncclResult_t a = ncclSuccess;
+    ncclResult_t r = ncclCommGetAsyncError(c->nc, &a);
+    if (r != ncclSuccess) {
+      rc = nc_nccl_fail(c, &op, "ncclCommGetAsyncError", r);
+      break;
+    }
+    if (a != ncclSuccess && a != ncclInProgress) {
+      rc = nc_async_fail(c, &op, a);
+      break;
+    }
+    if (!op.ready) { /* the clock runs from when the op's inputs are ready */
+      cudaError_t er = cudaEventQuery(e->ev_ready);
+      if (er == cudaSuccess) op.ready = 1;
+      else if (er != cudaErrorNotReady) {
+        rc = nc_cuda_fail(c, &op, "cudaEventQuery(ev_ready)", er);
+        break;
+      } else op.t0 = nc_now();
+    }
+    if (op.ready && nc_now() - op.t0 >= c->timeout_s) {
+      rc = nc_fail(c, ZP_E_TIMEOUT,
+                   "%s did not complete within %.3g s: a peer is dead or hung; communicator aborted",
+                   op.desc, c->timeout_s);
+      break;
+    }
+    if (!block) break;
+    nc_pause(&n);
+  }
+  e->t0 = op.t0;
+  e->ready = op.ready;
+  return rc;
+}
+
+/* block = 1: first poll to completion every op the compute stream waits for (all = 1: every
+ * op). Then retire, from the head, the ops that are done and were waited for (all: done). */
+static int nc_pend_retire(zpc_ncomm* c, int block, int all) {
+  int rc, done = 0;
+  if (block)
+    for (int k = 0; k < c->plen; k++) {
+      struct zpc_npend* e = &c->pend[(c->phead + k) % NC_PEND];
+      if ((all || e->waited) && (rc = nc_pend_poll(c, e, 1, &done))) return rc;
+    }
+  while (c->plen > 0) {
+    struct zpc_npend* e = &c->pend[c->phead];
+    if (!all && !e->waited) break; /* keep it for its wait */
+    if ((rc = nc_pend_poll(c, e, 0, &done))) return rc;
+    if (!done) break;
+    c->phead = (c->phead + 1) % NC_PEND;
+    c->plen--;
+  }
+  return ZP_OK;
+}
+
+static int nc_start_locked(zpc_ncomm* c, zpc_nop* opp, void* buf, size_t count, ncclDataType_t t, ncclRedOp_t o,
+                           uint64_t* ticket);
+static int nc_allreduce_start(zp_comm* zc, void* buf, size_t count, zp_dtype dt, zp_redop rop,
+                              uint64_t* ticket) {
+  zpc_ncomm* c = (zpc_ncomm*)zc;
+  if (!ticket) return nc_fail(c, ZP_E_INVALID, "allreduce_start: ticket is NULL");
+  *ticket = 0;
+  if (count == 0 || !buf || nc_is_host(buf) || !c->pend) { /* nothing to overlap: run it now */
+    int rc = nc_allreduce(zc, buf, count, dt, rop);
+    if (!rc) *ticket = ++c->aseq;
+    return rc;
+  }
+  zpc_nop op;
+  unsigned long long seq = (unsigned long long)++c->seq;
+  int rc = nc_begin(c, &op, "allreduce #%llu (count %zu %s, started early)", seq, count, nc_dt_name(dt));
+  if (rc) return rc;
+  ncclDataType_t t;
+  ncclRedOp_t o;
+  if (!nc_red_type(dt, &t) || !nc_red_op(rop, dt, &o))
+    return nc_fail(c, ZP_E_INVALID, "%s: reduction %s is not supported for %s", op.desc,
+                   nc_op_name(rop), nc_dt_name(dt));
+  pthread_mutex_lock(&c->pmu);
+  rc = nc_start_locked(c, &op, buf, count, t, o, ticket);
+  pthread_mutex_unlock(&c->pmu);
+  return rc;
+}
+
+/* allreduce_start's enqueue, c->pmu held */
+static int nc_start_locked(zpc_ncomm* c, zpc_nop* opp, void* buf, size_t count, ncclDataType_t t, ncclRedOp_t o,
+                           uint64_t* ticket) {
+  zpc_nop& op = *opp;
+  int rc;
+  if ((rc = nc_pend_retire(c, 0, 0))) return rc;
+  if (c->plen == NC_PEND) { /* ring full: the oldest must finish first (and be waited for) */
+    struct zpc_npend* e = &c->pend[c->phead];
+    int done = 0;
+    if ((rc = nc_pend_poll(c, e, 1, &done))) return rc;
+    if (!e->waited) NC_CUDA(c, &op, cudaStreamWaitEvent(c->b->stream, e->ev_done, 0));
+    c->phead = (c->phead + 1) % NC_PEND;
+    c->plen--;
+  }
+  struct zpc_npend* e = &c->pend[(c->phead + c->plen) % NC_PEND];
+  NC_CUDA(c, &op, cudaEventRecord(e->ev_ready, c->b->stream));
+  NC_CUDA(c, &op, cudaStreamWaitEvent(c->stream, e->ev_ready, 0));
+  op.t0 = nc_now();
+  op.ready = 0;
+  if ((rc = nc_issued(c, &op, "ncclAllReduce", ncclAllReduce(buf, buf, count, t, o, c->nc, c->stream))))
+    return rc;
+  NC_CUDA(c, &op, cudaEventRecord(e->ev_done, c->stream));
+  memcpy(e->desc, op.desc, sizeof e->desc);
+  e->t0 = op.t0;
+  e->ready = 0;
+  e->waited = 0;
+  e->ticket = ++c->aseq;
+  c->plen++;
+  *ticket = e->ticket;
+  return ZP_OK;
+}
+
+static int nc_wait_locked(zpc_ncomm* c, uint64_t ticket) {
+  for (int k = 0; k < c->plen; k++) {
+    struct zpc_npend* e = &c->pend[(c->phead + k) % NC_PEND];
+    if (e->ticket > ticket) break;
+    if (e->waited) continue;
+    zpc_nop op = nc_pend_op(e);
+    NC_CUDA(c, &op, cudaStreamWaitEvent(c->b->stream, e->ev_done, 0));
+    e->waited = 1;
+  }
+  return nc_pend_retire(c, 0, 0);
+}
+static int nc_allreduce_wait(zp_comm* zc, uint64_t ticket) {
+  zpc_ncomm* c = (zpc_ncomm*)zc;
+  if (c->failed) return c->failed;
+  if (ticket > c->aseq)
+    return nc_fail(c, ZP_E_INVALID, "allreduce_wait: ticket %llu was never started (last %llu)",
+                   (unsigned long long)ticket, (unsigned long long)c->aseq);
+  pthread_mutex_lock(&c->pmu);
+  int rc = nc_wait_locked(c, ticket);
+  pthread_mutex_unlock(&c->pmu);
+  return rc;
+}
+
+/* 1.9: every blocking wait of the backend first waits here for the started allreduces the
+ * compute stream waits for, under their deadline (see above). The message of a failure goes to
+ * the backend's error as well. */
+int zpc_comm_drain(zp_backend* b) {
+  for (int i = 0; i < b->n_ncomm; i++) {
+    zpc_ncomm* c = (zpc_ncomm*)b->ncomm[i];
+    if (!c || c->plen == 0) continue;
+    pthread_mutex_lock(&c->pmu);
+    int rc = nc_pend_retire(c, 1, 0);
+    pthread_mutex_unlock(&c->pmu);
+    if (rc) return zpc_err(b->host, rc, "%s", c->base.err);
+  }
+  return ZP_OK;
+}
+
+/* the backend goes first (a pipeline's communicator can outlive it): forget it */
+void zpc_comm_detach_all(zp_backend* b) {
+  for (int i = 0; i < b->n_ncomm; i++) ((zpc_ncomm*)b->ncomm[i])->b = NULL;
+  b->n_ncomm = 0;
+}
+
 static int nc_split(zp_comm* zc, int color, int key, zp_comm** out);
 static void nc_destroy(zp_comm* zc);
+
+static const zp_comm_ops zpc_nccl_async_ops_table = {
+    sizeof(zp_comm_ops), nc_allreduce, nc_reduce_scatter, nc_allgather, nc_broadcast,
+    nc_send,             nc_recv,      nc_barrier,        nc_split,     nc_destroy,
+    nc_allreduce_start,  nc_allreduce_wait,
+};
 
 static const zp_comm_ops zpc_nccl_ops_table = {
     sizeof(zp_comm_ops), nc_allreduce, nc_reduce_scatter, nc_allgather, nc_broadcast,
     nc_send,             nc_recv,      nc_barrier,        nc_split,     nc_destroy,
-    NULL,                NULL, /* 1.9 allreduce_start / wait: not here yet (the core defers) */
+    NULL,                NULL, /* 1.9 allreduce_start / wait off (ZP_CUDA_NCCL_ASYNC=0): the core defers */
 };
 
 /* Wraps a ready NCCL communicator (takes ownership: aborts it on failure). Errors go to
@@ -674,6 +900,21 @@ static int nc_wrap(zp_backend* b, ncclComm_t nc, double timeout_s, int sub, zpc_
   NC_TRY(cudaEventCreateWithFlags(&c->ev_done, cudaEventDisableTiming));
   NC_TRY(cudaMalloc((void**)&c->d_stage, c->stage_bytes));
   NC_TRY(cudaMallocHost((void**)&c->h_stage, c->stage_bytes));
+  if (b->nccl_async && b->n_ncomm < ZPC_MAX_NCOMMS) { /* 1.9 started allreduces (ZP_CUDA_NCCL_ASYNC=1) */
+    c->pend = (struct zpc_npend*)calloc(NC_PEND, sizeof *c->pend);
+    if (!c->pend) {
+      e = cudaErrorMemoryAllocation;
+      what = "calloc(allreduce ring)";
+      goto fail;
+    }
+    pthread_mutex_init(&c->pmu, NULL);
+    for (int i = 0; i < NC_PEND; i++) {
+      NC_TRY(cudaEventCreateWithFlags(&c->pend[i].ev_ready, cudaEventDisableTiming));
+      NC_TRY(cudaEventCreateWithFlags(&c->pend[i].ev_done, cudaEventDisableTiming));
+    }
+    c->base.ops = &zpc_nccl_async_ops_table;
+    b->ncomm[b->n_ncomm++] = c;
+  }
 #undef NC_TRY
   *out = c;
   return ZP_OK;
@@ -762,6 +1003,11 @@ static int nc_split(zp_comm* zc, int color, int key, zp_comm** out) {
 static void nc_destroy(zp_comm* zc) {
   zpc_ncomm* c = (zpc_ncomm*)zc;
   if (!c) return;
+  if (c->nc && !c->failed && c->plen) { /* started ops finish first */
+    pthread_mutex_lock(&c->pmu);
+    (void)nc_pend_retire(c, 1, 1);
+    pthread_mutex_unlock(&c->pmu);
+  }
   if (c->nc && !c->failed) {
     /* finalize: flush and quiesce under the deadline; abort if that does not finish */
     int ok = 0;

@@ -33,6 +33,9 @@
  *   epilogue; not measured yet, docs/perf.md 26).
  *   ZP_CUDA_BIAS_SUMS = first (default: matmul_bwd's bias column sums before its dW GEMM, while
  *   dout may still be in L2) | after (after it, the order before ABI 1.9; for A/B timing).
+ *   ZP_CUDA_NCCL_ASYNC = 0 (default) | 1: NCCL communicators offer ABI 1.9 allreduce_start /
+ *   allreduce_wait (comm_nccl.cu; opt-in until measured on 2 GPUs; every blocking wait here
+ *   first drains the started ones under their deadline, zpc_comm_drain).
  *   ZP_CUDA_ADAMW_PIECES = 1 (adamw_pieces: a range's pieces in one launch set) | 0 (one launch
  *   set per piece, as before ABI 1.4: the same bits; for A/B timing).
  *   ZP_CUDA_GEMM_TUNE = 0 (default): each GEMM shape runs the cuBLASLt heuristic's first
@@ -117,7 +120,7 @@ int zpc_scratch(zp_backend* b, size_t bytes, void** out) {
   if (bytes > b->scratch_bytes) {
     size_t want = zpc_round256(bytes + bytes / 8); /* some headroom: fewer regrowths */
     if (b->scratch) {
-      ZPC_CUDA(b, cudaStreamSynchronize(b->stream)); /* the old block may still be in use */
+      ZPC_SYNC(b, b->stream); /* the old block may still be in use */
       ZPC_CUDA(b, cudaFree(b->scratch));
       b->scratch = NULL;
       b->scratch_bytes = 0;
@@ -166,11 +169,20 @@ static const struct zpc_switch zpc_switches[] = {
     {"ZP_CUDA_BGRAD", offsetof(zp_backend, bgrad), ZPC_DEFAULT_BGRAD, {"0", "1"}},
     {"ZP_CUDA_DGELU_BGRAD", offsetof(zp_backend, dgelu_bgrad), ZPC_DEFAULT_DGELU_BGRAD, {"sums", "epi"}},
     {"ZP_CUDA_BIAS_SUMS", offsetof(zp_backend, bias_after), 0, {"first", "after"}},
+    {"ZP_CUDA_NCCL_ASYNC", offsetof(zp_backend, nccl_async), 0, {"0", "1"}},
     {"ZP_CUDA_PRIO", offsetof(zp_backend, prio), 1, {"0", "1"}},
     {"ZP_CUDA_ADAMW_GRID", offsetof(zp_backend, adamw_grid), 1, {"capped", "full"}},
     {"ZP_CUDA_SUMSQ_MANY", offsetof(zp_backend, sumsq_many), 1, {"0", "1"}},
     {"ZP_CUDA_XENT", offsetof(zp_backend, xent), ZPC_DEFAULT_XENT, {"base", "fast", "smem"}},
 };
+
+#ifndef ZP_HAVE_NCCL
+int zpc_comm_drain(zp_backend* b) { /* no NCCL communicators: nothing is ever started */
+  (void)b;
+  return ZP_OK;
+}
+void zpc_comm_detach_all(zp_backend* b) { (void)b; }
+#endif
 
 static int* zpc_switch_field(const struct zpc_switch* w, zp_backend* b) {
   return (int*)((char*)b + w->off);
@@ -298,6 +310,8 @@ fail:
 
 static void zpc_destroy(zp_backend* b) {
   if (!b) return;
+  (void)zpc_comm_drain(b);
+  zpc_comm_detach_all(b);
   if (b->stream || b->legacy_stream) (void)cudaStreamSynchronize(b->stream);
   for (int i = 0; i < 2; i++)
     if (b->copy_stream[i]) {
@@ -398,6 +412,7 @@ static int zpc_alloc(zp_backend* b, size_t bytes, void** out) {
 
 /* wait for the compute stream and the copy streams (before memory is freed) */
 static cudaError_t zpc_sync_all(zp_backend* b) {
+  (void)zpc_comm_drain(b); /* a failure aborts the communicator (its kernels end) and is reported by its next call */
   cudaError_t e = cudaStreamSynchronize(b->stream);
   for (int i = 0; i < 2 && e == cudaSuccess; i++)
     if (b->copy_stream[i]) e = cudaStreamSynchronize(b->copy_stream[i]);
@@ -429,7 +444,7 @@ static int zpc_copy_h2d(zp_backend* b, void* dst, const void* src, size_t bytes)
    * would make the host wait for the whole optimizer overlap (callers that write memory the
    * side stream uses wait for its ticket first: the core's state writes fence) */
   ZPC_CUDA(b, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, b->stream));
-  ZPC_CUDA(b, cudaStreamSynchronize(b->stream));
+  ZPC_SYNC(b, b->stream);
   return ZP_OK;
 }
 
@@ -437,7 +452,7 @@ static int zpc_copy_d2h(zp_backend* b, void* dst, const void* src, size_t bytes)
   if (bytes == 0) return ZP_OK;
   if (zpc_join_side(b)) return ZP_E_DEVICE;
   ZPC_CUDA(b, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, b->stream));
-  ZPC_CUDA(b, cudaStreamSynchronize(b->stream));
+  ZPC_SYNC(b, b->stream);
   return ZP_OK;
 }
 
@@ -454,7 +469,7 @@ static int zpc_memset0(zp_backend* b, void* dst, size_t bytes) {
 }
 
 static int zpc_synchronize(zp_backend* b) {
-  ZPC_CUDA(b, cudaStreamSynchronize(b->stream));
+  ZPC_SYNC(b, b->stream);
   ZPC_CUDA(b, cudaGetLastError());
   return ZP_OK;
 }
@@ -530,6 +545,8 @@ static int zpc_copy_wait(zp_backend* b, uint64_t ticket, int device) {
     return ZP_OK;
   }
   ZPC_CUDA(b, cudaSetDevice(b->device)); /* any thread may wait */
+  int drc = zpc_comm_drain(b); /* the event may come after a started allreduce (1.9) */
+  if (drc) return drc;
   ZPC_CUDA(b, cudaEventSynchronize(ev));
   return ZP_OK;
 }

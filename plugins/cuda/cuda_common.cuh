@@ -32,6 +32,7 @@ typedef __nv_bfloat16 bf16;
 
 #define ZPC_WORKSPACE_BYTES ((size_t)32 << 20) /* cuBLASLt workspace, allocated at create */
 #define ZPC_SUMSQ_BLOCKS 1024                  /* fixed: keeps sumsq's summation order fixed */
+#define ZPC_MAX_NCOMMS 16                      /* NCCL communicators with started allreduces */
 #define ZPC_SUMSQ_SLOTS 1024                   /* sumsq_many: results per host wait (batch) */
 #define ZPC_ALGO_CACHE 128                     /* cached cuBLASLt heuristic answers */
 #define ZPC_TUNE_CANDIDATES 8                  /* heuristic answers timed with ZP_CUDA_GEMM_TUNE */
@@ -64,6 +65,9 @@ struct zp_backend {
   int bgrad;             /* ZP_CUDA_BGRAD: 1 bias gradients in the dW GEMM's epilogue, 0 column sums */
   int bgrad_unsupported; /* cuBLASLt offered no BGRADB algorithm: column sums from then on */
   int bias_after;        /* ZP_CUDA_BIAS_SUMS: 0 first (matmul_bwd's column sums before its dW GEMM), 1 after */
+  int nccl_async;        /* ZP_CUDA_NCCL_ASYNC: 1 NCCL communicators offer allreduce_start / wait (1.9) */
+  void* ncomm[ZPC_MAX_NCOMMS]; /* those communicators (comm_nccl.cu), drained before blocking waits */
+  int n_ncomm;
   int dgelu_bgrad;       /* ZP_CUDA_DGELU_BGRAD: 1 epi (the fc bias gradient from DGELU_BGRAD), 0 sums */
   int dgelu_bgrad_unsupported; /* cuBLASLt offered no DGELU_BGRAD algorithm: sums from then on */
   int tune_evict_warned; /* a tuned algo_cache entry was overwritten (warned once) */
@@ -294,6 +298,17 @@ int zpc_accumulate(zp_backend* b, void* dst, zp_dtype dt, const void* src, zp_dt
 int zpc_fill(zp_backend* b, void* dst, zp_dtype dt, size_t n, double value);
 int zpc_scale(zp_backend* b, void* x, zp_dtype dt, size_t n, float s);
 int zpc_sumsq(zp_backend* b, double* out_host, const void* x, zp_dtype dt, size_t n);
+/* 1.9: before a blocking wait, the started allreduces the compute stream waits for are polled
+ * to completion under their deadline (comm_nccl.cu; ZP_OK at once without any) */
+int zpc_comm_drain(zp_backend* b);
+void zpc_comm_detach_all(zp_backend* b); /* at destroy: communicators that outlive b forget it */
+/* a host wait for stream s (in a function returning a status): the drain, then the sync */
+#define ZPC_SYNC(b, s)                        \
+  do {                                        \
+    int zpc_drc_ = zpc_comm_drain(b);         \
+    if (zpc_drc_) return zpc_drc_;            \
+    ZPC_CUDA((b), cudaStreamSynchronize(s));  \
+  } while (0)
 int zpc_sumsq_start(zp_backend* b, int slot, const void* x, zp_dtype dt, size_t n);
 int zpc_sumsq_collect(zp_backend* b, int count, double* out_host);
 int zpc_sumsq_many(zp_backend* b, int count, const void* const* xs, const zp_dtype* dts,

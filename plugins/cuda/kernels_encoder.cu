@@ -115,7 +115,7 @@ int zpc_encoder_bwd(zp_backend* b, void* dwte, void* dwpe, const void* dout, con
   size_t need = (size_t)4 * BT + 1;
   if (need > b->h_tok_cap) {
     if (b->h_tok) {
-      ZPC_CUDA(b, cudaStreamSynchronize(b->stream));
+      ZPC_SYNC(b, b->stream);
       ZPC_CUDA(b, cudaFreeHost(b->h_tok));
       b->h_tok = NULL;
       b->h_tok_cap = 0;
@@ -129,7 +129,7 @@ int zpc_encoder_bwd(zp_backend* b, void* dwte, void* dwpe, const void* dout, con
   int32_t* tok = start + BT + 1;
   ZPC_CUDA(b, cudaMemcpyAsync(ids, inp, (size_t)BT * sizeof(int32_t), cudaMemcpyDeviceToHost,
                               b->stream));
-  ZPC_CUDA(b, cudaStreamSynchronize(b->stream)); /* also: earlier uploads from h_tok are done */
+  ZPC_SYNC(b, b->stream); /* also: earlier uploads from h_tok are done */
   int32_t* tmp = (int32_t*)malloc((size_t)BT * sizeof(int32_t));
   if (!tmp) return zpc_err(b->host, ZP_E_NOMEM, "cuda backend: encoder_bwd: out of host memory");
   int npos = 0;

@@ -189,7 +189,7 @@ int zpc_sumsq(zp_backend* b, double* out_host, const void* x, zp_dtype dt, size_
   if (rc) return rc;
   ZPC_CUDA(b, cudaMemcpyAsync(b->h_sumsq, b->d_sumsq + ZPC_SUMSQ_BLOCKS, sizeof(double),
                               cudaMemcpyDeviceToHost, b->stream));
-  ZPC_CUDA(b, cudaStreamSynchronize(b->stream));
+  ZPC_SYNC(b, b->stream);
   *out_host = *b->h_sumsq;
   return ZP_OK;
 }
@@ -224,7 +224,7 @@ int zpc_sumsq_many(zp_backend* b, int count, const void* const* xs, const zp_dty
     if (any) {
       ZPC_CUDA(b, cudaMemcpyAsync(b->h_sumsq_slots, b->d_sumsq_slots, (size_t)m * sizeof(double),
                                   cudaMemcpyDeviceToHost, b->stream));
-      ZPC_CUDA(b, cudaStreamSynchronize(b->stream));
+      ZPC_SYNC(b, b->stream);
     }
     for (int k = 0; k < m; k++) out_host[first + k] = ns[first + k] ? b->h_sumsq_slots[k] : 0.0;
   }
@@ -253,7 +253,7 @@ int zpc_sumsq_collect(zp_backend* b, int count, double* out_host) {
   if (!out_host) return ZPC_INVALID(b, "cuda backend: sumsq_collect: out_host is NULL");
   ZPC_CUDA(b, cudaMemcpyAsync(b->h_sumsq_started, b->d_sumsq_started, (size_t)count * sizeof(double),
                               cudaMemcpyDeviceToHost, b->stream));
-  ZPC_CUDA(b, cudaStreamSynchronize(b->stream));
+  ZPC_SYNC(b, b->stream);
   memcpy(out_host, b->h_sumsq_started, (size_t)count * sizeof(double));
   return ZP_OK;
 }

@@ -171,6 +171,7 @@ static int zpc_gemm_tune(zp_backend* b, const struct zpc_gemm* g, cublasLtMatmul
       ms[i] = 0.0f; /* timed; the value comes after the synchronize */
     }
     what = "cudaStreamSynchronize(GEMM tuning)";
+    (void)zpc_comm_drain(b); /* 1.9: a failure aborts the communicator; its next call reports it */
     if ((e = cudaStreamSynchronize(b->stream))) goto out;
     for (int i = 0; i < found; i++) {
       if (isnan(ms[i])) continue;
@@ -205,6 +206,7 @@ out:
       rc = zpc_lt_fail(b, "cublasLtMatmulDescSetAttribute(aux pointer)", st, __FILE__, __LINE__);
   }
   if (buf) { /* the timed runs must be done before the buffer goes */
+    (void)zpc_comm_drain(b);
     cudaError_t e2 = cudaStreamSynchronize(b->stream);
     if (e2 == cudaSuccess) e2 = cudaFree(buf);
     if (e2 != cudaSuccess && rc == ZP_OK)

@@ -525,6 +525,43 @@ static void t_ordering(zp_comm* c) {
   free(h);
 }
 
+/* ABI 1.9 (ZP_CUDA_NCCL_ASYNC=1): three all-reduces started behind a deep queue of fills, the
+ * first two waited for, then a scale on the compute stream, then the third: work issued after a
+ * wait sees its result, earlier tickets are covered by a later wait, and tickets count up. */
+static void t_started(zp_comm* c) {
+  if (!ZP_TABLE_HAS(c->ops, allreduce_start) || !ZP_TABLE_HAS(c->ops, allreduce_wait)) {
+    printf("SKIP started all-reduces: this communicator has no allreduce_start (ZP_CUDA_NCCL_ASYNC=1 turns it on)\n");
+    return;
+  }
+  const size_t n = (size_t)4 << 20;
+  float* d[3];
+  uint64_t t[3] = {0, 0, 0};
+  int rc = 0;
+  for (int i = 0; i < 3; i++) d[i] = (float*)dalloc(n * sizeof(float));
+  for (int k = 0; k < 20 && !rc; k++) rc = B->fill(be, d[0], ZP_F32, n, -1000.0 - k);
+  for (int i = 0; i < 3 && !rc; i++) rc = B->fill(be, d[i], ZP_F32, n, (double)(g_rank + 1) * (i + 1));
+  if (rc) die("fill failed: %s", g_last_error);
+  int crc = 0;
+  for (int i = 0; i < 3 && !crc; i++) crc = c->ops->allreduce_start(c, d[i], n, ZP_F32, ZP_RED_SUM, &t[i]);
+  if (!crc) crc = c->ops->allreduce_wait(c, t[1]); /* covers t[0] too */
+  for (int i = 0; i < 2 && !crc; i++)
+    if (B->scale(be, d[i], ZP_F32, n, 0.5f)) die("scale failed: %s", g_last_error);
+  if (!crc) crc = c->ops->allreduce_wait(c, t[2]);
+  size_t bad = 0;
+  for (int i = 0; i < 3 && !crc; i++) {
+    float* h = (float*)ddown(d[i], n * sizeof(float));
+    const float want = (i < 2 ? 0.5f : 1.0f) * (float)(i + 1) * (float)(g_n * (g_n + 1) / 2);
+    for (size_t k = 0; k < n; k++) bad += h[k] != want;
+    free(h);
+  }
+  for (int i = 0; i < 3; i++) B->free(be, d[i]);
+  if (crc) check(0, "started all-reduces (start x3, wait, scale, wait): %s", c->err);
+  else
+    check(!bad && t[0] > 0 && t[1] == t[0] + 1 && t[2] == t[1] + 1,
+          "started all-reduces (start x3, wait, scale, wait): %zu wrong values, tickets %llu %llu %llu", bad,
+          (unsigned long long)t[0], (unsigned long long)t[1], (unsigned long long)t[2]);
+}
+
 static void t_host_scalars(zp_comm* c) {
   /* an f64 scalar (a strategy's grad norm) and an i32 status (checkpoints), on the stack */
   double x = g_rank + 1.5;
@@ -730,6 +767,7 @@ static int child(int rank, const char* plugin, int timeout_test) {
   t_sendrecv(w, ZP_BF16, 777, 18, 0);
   t_sendrecv(w, ZP_U16, 1001, 19, 0);
   t_ordering(w);
+  t_started(w);
   /* host buffers: one staging piece and many (64 KiB pieces) */
   t_host_scalars(w);
   t_allreduce(w, ZP_F32, ZP_RED_SUM, 100000, 20, 1);

@@ -9,6 +9,9 @@
 #      and tensor parallelism: tp 2 vs 1 GPU with the same global batch; and pipeline
 #      parallelism: pp 2 (1F1B, 2 micro-batches of 4) vs 1 GPU with the same global batch;
 #   4. a rank killed at step 3 (ZP_FAULT): the other rank must fail naming rank and operation.
+#   With ZP_CUDA_NCCL_ASYNC=1 (ABI 1.9 started all-reduces): check_nccl again (with its
+#   start/wait ordering test), the replicated run bitwise against the plain one, and the dead
+#   rank again (found before a blocking wait, not by a hang).
 # Prints "2-GPU CHECK SUMMARY". Run from the repo root with .deps carried.
 set -u -o pipefail
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
@@ -27,6 +30,12 @@ else add FAIL build "see b_build.log"; tail -20 "$OUT/b_build.log"; printf '%s\n
 if timeout 240 "$B/check_nccl" "$B/plugins/zp_cuda.so" --timeout 10 > "$OUT/b_nccl.log" 2>&1; then
   add PASS check_nccl "$(tail -1 "$OUT/b_nccl.log")"
 else add FAIL check_nccl "$(tail -3 "$OUT/b_nccl.log" | tr '\n' ' ')"; fi
+# again with ABI 1.9's started all-reduces on (ZP_CUDA_NCCL_ASYNC=1): every collective, plus
+# start x3 / wait / scale / wait against the compute stream
+if ZP_CUDA_NCCL_ASYNC=1 timeout 240 "$B/check_nccl" "$B/plugins/zp_cuda.so" --timeout 10 > "$OUT/b_nccl_async.log" 2>&1 &&
+  grep -q "started all-reduces" "$OUT/b_nccl_async.log" && ! grep -q "^SKIP started" "$OUT/b_nccl_async.log"; then
+  add PASS "check_nccl, ZP_CUDA_NCCL_ASYNC=1" "$(tail -1 "$OUT/b_nccl_async.log")"
+else add FAIL "check_nccl, ZP_CUDA_NCCL_ASYNC=1" "$(tail -3 "$OUT/b_nccl_async.log" | tr '\n' ' ')"; fi
 python3 - "$W/tok.bin" <<'PY'
 import sys, numpy as np
 n = 4 * 256 * 64 + 1
@@ -51,6 +60,15 @@ if run ref2 2; then
       [ $rc = 0 ] && add PASS "$st vs replicated (2 GPUs)" "$same; $c" || add FAIL "$st vs replicated (2 GPUs)" "$same; $c"
     else add FAIL "$st (2 GPUs)" "$(tail -2 "$OUT/b_$st.log" | tr '\n' ' ')"; fi
   done
+  # ABI 1.9 started all-reduces on NCCL (ZP_CUDA_NCCL_ASYNC=1, opt-in): the replicated strategy's
+  # buckets overlap the backward; the same NCCL sums in the same order: the same bits
+  if ZP_CUDA_NCCL_ASYNC=1 run async2 2 zero.bucket_mb=0.5; then
+    c=$("$B/zp" ckpt compare "$W/ref2/ckpt_00000006" "$W/async2/ckpt_00000006" --tol 0 2>&1); rc=$?
+    if [ $rc = 0 ] && ZP_CUDA_NCCL_ASYNC=0 run sync2 2 zero.bucket_mb=0.5 &&
+      "$B/zp" ckpt compare "$W/sync2/ckpt_00000006" "$W/async2/ckpt_00000006" --tol 0 > /dev/null 2>&1; then
+      add PASS "replicated, NCCL all-reduces started early (ZP_CUDA_NCCL_ASYNC=1)" "vs plain and 0.5 MB buckets: $c"
+    else add FAIL "replicated, ZP_CUDA_NCCL_ASYNC=1" "$c"; fi
+  else add FAIL "replicated, ZP_CUDA_NCCL_ASYNC=1 (2 GPUs)" "$(tail -3 "$OUT/b_async2.log" | tr '\n' ' ')"; fi
   if run one 1 train.micro_batch=8; then
     # bf16 gradients of 8 sequences at once vs 2 x 4 averaged round differently (~0.4%); Adam's
     # m/sqrt(v) turns a sign flip of a near-zero gradient into a full lr-sized step, so
@@ -76,6 +94,14 @@ ZP_FAULT=kill:3:1 run dead 2 comm.timeout_s=4 zero.plugin=stage2
 took=$(( $(date +%s) - t0 ))
 msg=$(grep -E "rank 0\].*(rank 1|peer|NCCL|abort)" "$OUT/b_dead.log" | head -2 | tr '\n' ' ')
 [ -n "$msg" ] && add PASS "dead rank (SIGKILL at step 3)" "${took}s: $msg" || add FAIL "dead rank" "${took}s: $(tail -4 "$OUT/b_dead.log" | tr '\n' ' ')"
+# the same with started all-reduces (replicated, 1.9): the dead peer is found by the drain
+# before a blocking wait, not by a hang
+t0=$(date +%s)
+ZP_CUDA_NCCL_ASYNC=1 ZP_FAULT=kill:3:1 run deada 2 comm.timeout_s=4 zero.bucket_mb=0.5
+took=$(( $(date +%s) - t0 ))
+msg=$(grep -E "rank 0\].*(rank 1|peer|NCCL|abort)" "$OUT/b_deada.log" | head -2 | tr '\n' ' ')
+[ -n "$msg" ] && [ "$took" -lt 120 ] && add PASS "dead rank, ZP_CUDA_NCCL_ASYNC=1 (SIGKILL at step 3)" "${took}s: $msg" ||
+  add FAIL "dead rank, ZP_CUDA_NCCL_ASYNC=1" "${took}s: $(tail -4 "$OUT/b_deada.log" | tr '\n' ' ')"
 echo; echo "2-GPU CHECK SUMMARY"; printf '  %s\n' "${S[@]}"
 [ $FAILED = 0 ] && echo "ALL 2-GPU CHECKS PASSED" || echo "SOME 2-GPU CHECKS FAILED"
 exit $FAILED
