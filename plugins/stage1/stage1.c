@@ -1,14 +1,29 @@
 /* stage1: ZeRO stage 1 — optimizer state (fp32 master, Adam m and v) sharded over the
  * data-parallel ranks; parameters and gradients replicated.
- * Step: reduce-scatter each group's gradient (averaged) so each rank holds the reduced shard
- * it owns, update that shard (AdamW on this rank's MASTER/OPTIM shard, writing the new
- * parameter values into its slice of the full PARAM buffer), then all-gather the parameters.
- * Memory per rank: (P+G)Ψ + KΨ/N. Communication per step: reduce-scatter + all-gather = the
- * same 2Ψ as plain data parallelism's all-reduce. */
+ * Gradients: with zero.overlap_comm (default) and a host that starts all-reduces (ABI 1.9
+ * allreduce_start), as the replicated strategy: on the step's last micro-batch, groups whose
+ * gradient buffers are contiguous are all-reduced (averaged) in buckets of zero.bucket_mb as
+ * their backward completes, each bucket started and waited for when the next one starts, so
+ * the communication runs beside the backward (DeepSpeed's ZeRO-1 does the same); each rank then
+ * uses its shard slice of the reduced gradient. Otherwise, at the step: reduce-scatter each
+ * group's gradient so each rank holds the reduced shard it owns (half the bytes, none hidden).
+ * Either way the shard's values are the same bits (one averaged sum per element).
+ * Step: update this rank's shard (AdamW on its MASTER/OPTIM shard, writing the new parameter
+ * values into its slice of the full PARAM buffer), then all-gather the parameters.
+ * Memory per rank: (P+G)Ψ + KΨ/N. Communication per step: all-reduce (2Ψ, overlapped) or
+ * reduce-scatter (Ψ), then all-gather (Ψ). */
 #include "../common/zero_common.h"
 
 typedef struct {
   zero_common z;
+  /* the backward's buckets (overlap): pending groups lo..hi (lo = -1: none) of `pending` bytes;
+   * the bucket started last flo..fhi with its ticket; reduced[g]: g's gradient was all-reduced
+   * this step */
+  int overlap;
+  size_t bucket_bytes, pending;
+  int lo, hi, flo, fhi;
+  uint64_t fticket;
+  unsigned char* reduced;
 } s1_t;
 
 static int s1_plan(const zp_host* h, zp_plan* p) {
@@ -29,13 +44,22 @@ static int s1_open(const zp_host* h, void** state) {
     ZC_TRY(h->set_view(h->ctx, g, ZP_CAT_PARAM, s->z.info[g].buf[ZP_CAT_PARAM]));
     ZC_TRY(h->set_view(h->ctx, g, ZP_CAT_GRAD, s->z.info[g].buf[ZP_CAT_GRAD]));
   }
-  return ZP_OK;
+  double mb = 25;
+  int ov = 1;
+  h->config_float(h->ctx, "zero.bucket_mb", &mb);
+  h->config_bool(h->ctx, "zero.overlap_comm", &ov);
+  s->overlap = ov && ZP_TABLE_HAS(h, allreduce_start) && ZP_TABLE_HAS(h, allreduce_wait) && h->world_size > 1;
+  s->bucket_bytes = (size_t)(mb * 1048576.0);
+  s->lo = s->hi = s->flo = s->fhi = -1;
+  s->reduced = calloc((size_t)(s->z.G > 0 ? s->z.G : 1), 1);
+  return s->reduced ? ZP_OK : ZP_E_NOMEM;
 }
 
 static void s1_close(void* st) {
   s1_t* s = st;
   if (!s) return;
   zc_close(&s->z);
+  free(s->reduced);
   free(s);
 }
 
@@ -46,11 +70,63 @@ static void* s1_grad_shard(zero_common* z, int g) {
   return (char*)in->buf[ZP_CAT_GRAD] + (size_t)in->shard_off * zc_dsize(in->dtype[ZP_CAT_GRAD]);
 }
 
+/* the bucket started last: wait for it; its groups' shards are final */
+static int s1_finish(s1_t* s) {
+  if (s->flo < 0) return ZP_OK;
+  zero_common* z = &s->z;
+  ZC_TRY(z->h->allreduce_wait(z->h->ctx, s->fticket));
+  for (int g = s->flo; g <= s->fhi; g++) {
+    s->reduced[g] = 1;
+    ZC_TRY(zc_shard_ready(z, g, s1_grad_shard(z, g)));
+  }
+  s->flo = s->fhi = -1;
+  return ZP_OK;
+}
+/* start the pending bucket's all-reduce, then finish the one before it */
+static int s1_flush(s1_t* s) {
+  if (s->lo < 0) return ZP_OK;
+  zero_common* z = &s->z;
+  const zp_group_info* first = &z->info[s->lo];
+  zp_dtype gdt = first->dtype[ZP_CAT_GRAD];
+  uint64_t t = 0;
+  ZC_TRY(z->h->allreduce_start(z->h->ctx, first->buf[ZP_CAT_GRAD], s->pending / zc_dsize(gdt), gdt, ZP_RED_AVG, &t));
+  ZC_TRY(s1_finish(s));
+  s->flo = s->lo;
+  s->fhi = s->hi;
+  s->fticket = t;
+  s->lo = s->hi = -1;
+  s->pending = 0;
+  return ZP_OK;
+}
+/* group g's backward is done (called in reverse group order): on the step's last micro-batch,
+ * into the pending bucket (the tied group 0 completes last) */
+static int s1_grads_ready(void* st, int g) {
+  s1_t* s = st;
+  zero_common* z = &s->z;
+  const zp_host* h = z->h;
+  if (!s->overlap || !(h->micro_batches <= 0 || h->micro_batch == h->micro_batches - 1)) return ZP_OK;
+  const zp_group_info* in = &z->info[g];
+  size_t bytes = in->bytes[ZP_CAT_GRAD];
+  if (s->lo >= 0 && (char*)in->buf[ZP_CAT_GRAD] + bytes != (char*)z->info[s->lo].buf[ZP_CAT_GRAD])
+    ZC_TRY(s1_flush(s)); /* not contiguous with the bucket */
+  if (s->lo < 0) s->hi = g;
+  s->lo = g;
+  s->pending += bytes;
+  if (s->pending >= s->bucket_bytes || g == 0) ZC_TRY(s1_flush(s));
+  return ZP_OK;
+}
+
 static int s1_step(void* st) {
   s1_t* s = st;
   zero_common* z = &s->z;
   const zp_host* h = z->h;
+  ZC_TRY(s1_flush(s));
+  ZC_TRY(s1_finish(s));
   for (int g = 0; g < z->G; g++) {
+    if (s->reduced[g]) { /* all-reduced during the backward */
+      s->reduced[g] = 0;
+      continue;
+    }
     const zp_group_info* in = &z->info[g];
     zp_dtype gdt = in->dtype[ZP_CAT_GRAD];
     ZC_TRY(h->reduce_scatter(h->ctx, z->shard_scratch, in->buf[ZP_CAT_GRAD], (size_t)in->shard_len, gdt, ZP_RED_AVG));
@@ -63,12 +139,12 @@ static int s1_step(void* st) {
 }
 
 static const zp_strategy_ops s1_ops = {
-  sizeof(zp_strategy_ops), s1_plan, s1_open, s1_close, NULL, NULL, NULL, NULL, s1_step,
+  sizeof(zp_strategy_ops), s1_plan, s1_open, s1_close, NULL, NULL, NULL, s1_grads_ready, s1_step,
   0, /* its step all-gathers the updated shards */
 };
 static const zp_plugin_desc s1_desc = {
   sizeof(zp_plugin_desc), ZP_ABI_MAJOR, ZP_ABI_MINOR, "stage1", "0.1.0", ZP_KIND_STRATEGY,
-  "ZeRO-1: optimizer state sharded; reduce-scatter, shard update, all-gather",
+  "ZeRO-1: optimizer state sharded; all-reduce beside the backward (or reduce-scatter), shard update, all-gather",
   &s1_ops, NULL, NULL, NULL,
 };
 ZP_PLUGIN_EXPORT const zp_plugin_desc* zp_plugin_entry(void) { return &s1_desc; }

@@ -69,6 +69,11 @@ if run ref2 2; then
       add PASS "replicated, NCCL all-reduces started early (ZP_CUDA_NCCL_ASYNC=1)" "vs plain and 0.5 MB buckets: $c"
     else add FAIL "replicated, ZP_CUDA_NCCL_ASYNC=1" "$c"; fi
   else add FAIL "replicated, ZP_CUDA_NCCL_ASYNC=1 (2 GPUs)" "$(tail -3 "$OUT/b_async2.log" | tr '\n' ' ')"; fi
+  # stage 1 all-reduces its gradients in the backward too: started early vs the plain run above
+  if [ -f "$W/stage1/ckpt_00000006/meta.json" ] && ZP_CUDA_NCCL_ASYNC=1 run s1async 2 zero.plugin=stage1; then
+    c=$("$B/zp" ckpt compare "$W/stage1/ckpt_00000006" "$W/s1async/ckpt_00000006" --tol 0 2>&1) &&
+      add PASS "stage1, ZP_CUDA_NCCL_ASYNC=1 vs 0 (bitwise)" "$c" || add FAIL "stage1, ZP_CUDA_NCCL_ASYNC=1 vs 0" "$c"
+  else add FAIL "stage1, ZP_CUDA_NCCL_ASYNC=1 (2 GPUs)" "$(tail -3 "$OUT/b_s1async.log" 2> /dev/null | tr '\n' ' ')"; fi
   if run one 1 train.micro_batch=8; then
     # bf16 gradients of 8 sequences at once vs 2 x 4 averaged round differently (~0.4%); Adam's
     # m/sqrt(v) turns a sign flip of a near-zero gradient into a full lr-sized step, so
