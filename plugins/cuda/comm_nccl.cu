@@ -388,17 +388,26 @@ static int nc_kind2(const void* a, const void* b) {
 
 /* ---------------------------------------------------------------- collectives */
 
+/* numbers and names an allreduce (how: "" or ", started early"), checks the communicator and
+ * the reduction, gives NCCL's type and op */
+static int nc_allreduce_begin(zpc_ncomm* c, zpc_nop* op, size_t count, zp_dtype dt, zp_redop rop, const char* how,
+                              ncclDataType_t* t, ncclRedOp_t* o) {
+  unsigned long long seq = (unsigned long long)++c->seq;
+  int rc = nc_begin(c, op, "allreduce #%llu (count %zu %s%s)", seq, count, nc_dt_name(dt), how);
+  if (rc) return rc;
+  if (!nc_red_type(dt, t) || !nc_red_op(rop, dt, o))
+    return nc_fail(c, ZP_E_INVALID, "%s: reduction %s is not supported for %s", op->desc,
+                   nc_op_name(rop), nc_dt_name(dt));
+  return ZP_OK;
+}
+
 static int nc_allreduce(zp_comm* zc, void* buf, size_t count, zp_dtype dt, zp_redop rop) {
   zpc_ncomm* c = (zpc_ncomm*)zc;
   zpc_nop op;
-  unsigned long long seq = (unsigned long long)++c->seq;
-  int rc = nc_begin(c, &op, "allreduce #%llu (count %zu %s)", seq, count, nc_dt_name(dt));
-  if (rc) return rc;
   ncclDataType_t t;
   ncclRedOp_t o;
-  if (!nc_red_type(dt, &t) || !nc_red_op(rop, dt, &o))
-    return nc_fail(c, ZP_E_INVALID, "%s: reduction %s is not supported for %s", op.desc,
-                   nc_op_name(rop), nc_dt_name(dt));
+  int rc = nc_allreduce_begin(c, &op, count, dt, rop, "", &t, &o);
+  if (rc) return rc;
   if (count == 0) return ZP_OK;
   if (!buf) return nc_fail(c, ZP_E_INVALID, "%s: NULL buffer", op.desc);
   if (!nc_is_host(buf))
@@ -742,14 +751,10 @@ static int nc_allreduce_start(zp_comm* zc, void* buf, size_t count, zp_dtype dt,
     return rc;
   }
   zpc_nop op;
-  unsigned long long seq = (unsigned long long)++c->seq;
-  int rc = nc_begin(c, &op, "allreduce #%llu (count %zu %s, started early)", seq, count, nc_dt_name(dt));
-  if (rc) return rc;
   ncclDataType_t t;
   ncclRedOp_t o;
-  if (!nc_red_type(dt, &t) || !nc_red_op(rop, dt, &o))
-    return nc_fail(c, ZP_E_INVALID, "%s: reduction %s is not supported for %s", op.desc,
-                   nc_op_name(rop), nc_dt_name(dt));
+  int rc = nc_allreduce_begin(c, &op, count, dt, rop, ", started early", &t, &o);
+  if (rc) return rc;
   pthread_mutex_lock(&c->pmu);
   rc = nc_start_locked(c, &op, buf, count, t, o, ticket);
   pthread_mutex_unlock(&c->pmu);
