@@ -97,7 +97,7 @@ static int repl_open(const zp_host* h, void** state) {
 static int finish(repl_t* s) {
   if (s->flo < 0) return ZP_OK;
   const zp_host* h = s->h;
-  int rc = ZP_TABLE_HAS(h, allreduce_wait) ? h->allreduce_wait(h->ctx, s->fticket) : ZP_OK;
+  int rc = ZP_TABLE_HAS(h, wait_started) ? h->wait_started(h->ctx, s->fticket) : ZP_OK;
   for (int g = s->flo; !rc && g <= s->fhi; g++)
     if (ZP_TABLE_HAS(h, shard_ready))
       rc = h->shard_ready(h->ctx, g, 0, s->info[g].padded, s->info[g].buf[ZP_CAT_GRAD], s->info[g].dtype[ZP_CAT_GRAD]);

@@ -146,8 +146,8 @@ static int h_allreduce(zp_host_ctx* c, void* buf, size_t n, zp_dtype dt, zp_redo
   zp_trace_span(ZP_TR_COMM, "allreduce", (int)n, t0);
   return rc ? comm_fail(r, "allreduce", rc) : ZP_OK;
 }
-/* 1.9: an allreduce started now, finished at its wait (comm_async.c); one rank or count 0:
- * nothing to do, ticket 0 */
+/* 1.9: an allreduce (or reduce-scatter) started now, finished at its wait (comm_async.c); one
+ * rank or count 0: nothing to do (the reduce-scatter's copy, if any, done now), ticket 0 */
 static int h_allreduce_start(zp_host_ctx* c, void* buf, size_t n, zp_dtype dt, zp_redop op, uint64_t* ticket) {
   zp_run* r = c->r;
   if (!ticket) {
@@ -161,16 +161,32 @@ static int h_allreduce_start(zp_host_ctx* c, void* buf, size_t n, zp_dtype dt, z
   zp_trace_span(ZP_TR_COMM, "allreduce_start", (int)n, t0);
   return rc;
 }
-static int h_allreduce_wait(zp_host_ctx* c, uint64_t ticket) {
+static int h_reduce_scatter_start(zp_host_ctx* c, void* recv, const void* send, size_t n, zp_dtype dt, zp_redop op,
+                                  uint64_t* ticket) {
+  zp_run* r = c->r;
+  if (!ticket) {
+    h_set_error(c, "reduce_scatter_start: ticket is NULL");
+    return ZP_E_INVALID;
+  }
+  *ticket = 0;
+  if (n == 0) return ZP_OK;
+  if (r->world == 1 || !r->comm) /* one rank: the shard is the whole buffer, as h_reduce_scatter */
+    return recv != send ? r->ops->copy_d2d(r->be, recv, send, n * zp_dtype_size(dt)) : ZP_OK;
+  double t0 = zp_now_us();
+  int rc = zp_rs_start(&r->arq, data_comm(r), recv, send, n, dt, op, ticket, r->err, sizeof r->err);
+  zp_trace_span(ZP_TR_COMM, "reduce_scatter_start", (int)n, t0);
+  return rc;
+}
+static int h_wait_started(zp_host_ctx* c, uint64_t ticket) {
   zp_run* r = c->r;
   if (ticket == 0) return ZP_OK;
   if (r->world == 1 || !r->comm) {
-    h_set_error(c, "allreduce_wait: ticket %llu on a run without a communicator", (unsigned long long)ticket);
+    h_set_error(c, "wait_started: ticket %llu on a run without a communicator", (unsigned long long)ticket);
     return ZP_E_INVALID;
   }
   double t0 = zp_now_us();
   int rc = zp_ar_wait(&r->arq, data_comm(r), ticket, r->err, sizeof r->err);
-  zp_trace_span(ZP_TR_COMM, "allreduce_wait", 0, t0);
+  zp_trace_span(ZP_TR_COMM, "wait_started", 0, t0);
   return rc;
 }
 static int h_reduce_scatter(zp_host_ctx* c, void* recv, const void* send, size_t n, zp_dtype dt, zp_redop op) {
@@ -579,7 +595,8 @@ static void host_init(zp_run* r, const char* name) {
   h->sumsq = h_sumsq;
   h->sumsq_many = h_sumsq_many;
   h->allreduce_start = h_allreduce_start;
-  h->allreduce_wait = h_allreduce_wait;
+  h->wait_started = h_wait_started;
+  h->reduce_scatter_start = h_reduce_scatter_start;
   h->poison = h_poison;
   h->note_io = h_note_io;
   h->note_bytes = h_note_bytes;
@@ -1431,7 +1448,7 @@ int zp_run_step(zp_run* r, float lr) {
   r->in_step = 0;
   if (rc && !r->err[0]) rerr(r, "step failed with status %d", rc);
   if (!rc && zp_ar_outstanding(&r->arq)) { /* 1.9: a started allreduce must be waited for in the step */
-    rerr(r, "strategy %s: its step returned with %llu started allreduce(s) not waited for (allreduce_wait)",
+    rerr(r, "strategy %s: its step returned with %llu started collective(s) not waited for (wait_started)",
          zp_cfg_str(r->cfg, "zero.plugin"), (unsigned long long)zp_ar_outstanding(&r->arq));
     rc = ZP_E_INVALID;
   }

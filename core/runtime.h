@@ -100,7 +100,7 @@ typedef struct zp_run {
   int overlap;            /* device AdamW on the backend's side stream (optimizer overlap) */
   int grad_overwrite;     /* train.grad_overwrite and a backend with grad_overwrite (1.8) */
   struct zp_norm_pre* norm; /* train.overlap_norm: norm sums started during the backward (norm_overlap.c) */
-  zp_ar_queue arq;        /* allreduce_start / allreduce_wait (1.9) on the data communicator (comm_async.c) */
+  zp_ar_queue arq;        /* allreduce_start / wait_started (1.9) on the data communicator (comm_async.c) */
   char err[2048];
   /* pipeline parallelism (core/pipeline_exec.c): held[g] = 0 for groups another stage holds
    * (no buffers, zero sizes in group_info: strategies see empty groups); pp_comm sums the

@@ -117,14 +117,19 @@ typedef struct zp_comm_ops {
    * plain allreduce to the wait instead) ----
    * allreduce_start: as allreduce on a device buffer, returning once the op is issued, with a
    *   ticket (> 0) in *ticket. Until it is waited for, nothing may read or write buf.
-   * allreduce_wait: every ticket up to `ticket` (tickets count up per communicator) is done
+   * wait_started: every ticket up to `ticket` (tickets count up per communicator) is done
    *   for the work issued after this call on the backend's compute stream (device
    *   communicators: the stream waits, the host need not). Other calls on the communicator
    *   may come between a start and its wait; every rank starts and waits in the same order.
    *   A failure (dead peer, deadline) is reported by the wait or by any later call. */
   int (*allreduce_start)(zp_comm* c, void* buf, size_t count, zp_dtype dt, zp_redop op,
                          uint64_t* ticket);
-  int (*allreduce_wait)(zp_comm* c, uint64_t ticket);
+  int (*wait_started)(zp_comm* c, uint64_t ticket);
+  /* reduce_scatter_start: as reduce_scatter on device buffers, started like allreduce_start
+   *   (one ticket sequence with it, wait_started covers both); until waited for, nothing may
+   *   read recv or write send. NULL: the core defers it to the wait too. */
+  int (*reduce_scatter_start)(zp_comm* c, void* recv, const void* send, size_t recv_count,
+                              zp_dtype dt, zp_redop op, uint64_t* ticket);
 } zp_comm_ops;
 
 /* The base struct (zp_plugin.h declares `typedef struct zp_comm zp_comm;`). */
@@ -259,7 +264,7 @@ typedef struct zp_host {
                     const size_t* ns, double* out);
   /* ---- (1.9) an allreduce over the data-parallel group started now, finished later, so the
    * backward goes on while it runs: allreduce_start issues it (*ticket > 0, or 0 when there
-   * is nothing to do: one rank, count 0); until allreduce_wait(ticket) (which also covers
+   * is nothing to do: one rank, count 0); until wait_started(ticket) (which also covers
    * every earlier ticket) nothing may read or write buf, and the result is there for work
    * issued after the wait. Every ticket must be waited for before the strategy's step
    * returns (the core checks). Where the communicator cannot run it in the background the
@@ -267,7 +272,12 @@ typedef struct zp_host {
    * values, so tests catch a missing wait). Check ZP_TABLE_HAS(h, allreduce_start). */
   int (*allreduce_start)(zp_host_ctx* ctx, void* buf, size_t count, zp_dtype dt, zp_redop op,
                          uint64_t* ticket);
-  int (*allreduce_wait)(zp_host_ctx* ctx, uint64_t ticket);
+  int (*wait_started)(zp_host_ctx* ctx, uint64_t ticket);
+  /* ---- (1.9) a reduce-scatter started the same way (one ticket sequence with
+   * allreduce_start; wait_started covers both): until waited for, nothing may read recv or
+   * write send. Check ZP_TABLE_HAS(h, reduce_scatter_start). */
+  int (*reduce_scatter_start)(zp_host_ctx* ctx, void* recv, const void* send, size_t recv_count,
+                              zp_dtype dt, zp_redop op, uint64_t* ticket);
 } zp_host;
 #define ZP_FETCH_ALIGN 4096
 

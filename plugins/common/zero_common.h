@@ -24,6 +24,13 @@ typedef struct {
   int gnext;
   int g0_armed;
   void** gview; /* [G] full gradient buffer armed for each group */
+  /* (1.9) reduce-scatters started early (zero.overlap_comm and a host with reduce_scatter_start):
+   * per full buffer (0: gfull0, 1-2: gfull[0-1]) its own shard scratch and the reduce-scatter
+   * still reading it (group, ticket), finished when the buffer is armed again or at the step */
+  int async;
+  void* rs_scratch[3];
+  int rs_group[3]; /* -1: none pending */
+  uint64_t rs_ticket[3];
   /* [G] the gradient norm's sumsq_many arguments (ABI 1.8), filled at each step */
   const void** ss_x;
   zp_dtype* ss_dt;
@@ -56,12 +63,21 @@ static inline int zc_open(zero_common* z, const zp_host* h, int need_full_grads)
   zp_dtype gdt = z->info[0].dtype[ZP_CAT_GRAD];
   z->shard_scratch_bytes = (size_t)max_shard * zc_dsize(gdt);
   ZC_TRY(h->alloc(h->ctx, ZP_CAT_BUFFER, ZP_TIER_GPU, z->shard_scratch_bytes, "reduce-scatter scratch", &z->shard_scratch));
+  for (int k = 0; k < 3; k++) z->rs_group[k] = -1;
   if (need_full_grads) {
     z->gfull0_bytes = (size_t)z->info[0].padded * zc_dsize(gdt);
     z->gfull_bytes = (size_t)max_full * zc_dsize(gdt);
     ZC_TRY(h->alloc(h->ctx, ZP_CAT_BUFFER, ZP_TIER_GPU, z->gfull0_bytes, "full gradient (embed)", &z->gfull0));
     ZC_TRY(h->alloc(h->ctx, ZP_CAT_BUFFER, ZP_TIER_GPU, z->gfull_bytes, "full gradient A", &z->gfull[0]));
     ZC_TRY(h->alloc(h->ctx, ZP_CAT_BUFFER, ZP_TIER_GPU, z->gfull_bytes, "full gradient B", &z->gfull[1]));
+    int ov = 1;
+    h->config_bool(h->ctx, "zero.overlap_comm", &ov);
+    z->async = ov && ZP_TABLE_HAS(h, reduce_scatter_start) && ZP_TABLE_HAS(h, wait_started) && h->world_size > 1;
+    if (z->async) { /* buffer 0 reuses the reduce-scatter scratch; 1 and 2 get their own */
+      z->rs_scratch[0] = z->shard_scratch;
+      ZC_TRY(h->alloc(h->ctx, ZP_CAT_BUFFER, ZP_TIER_GPU, z->shard_scratch_bytes, "reduce-scatter scratch A", &z->rs_scratch[1]));
+      ZC_TRY(h->alloc(h->ctx, ZP_CAT_BUFFER, ZP_TIER_GPU, z->shard_scratch_bytes, "reduce-scatter scratch B", &z->rs_scratch[2]));
+    }
   }
   return ZP_OK;
 }
@@ -70,6 +86,10 @@ static inline void zc_close(zero_common* z) {
   const zp_host* h = z->h;
   if (!h) return;
   h->free(h->ctx, ZP_CAT_BUFFER, ZP_TIER_GPU, z->shard_scratch, z->shard_scratch_bytes);
+  if (z->async) {
+    h->free(h->ctx, ZP_CAT_BUFFER, ZP_TIER_GPU, z->rs_scratch[1], z->shard_scratch_bytes);
+    h->free(h->ctx, ZP_CAT_BUFFER, ZP_TIER_GPU, z->rs_scratch[2], z->shard_scratch_bytes);
+  }
   if (z->gfull0_bytes) {
     h->free(h->ctx, ZP_CAT_BUFFER, ZP_TIER_GPU, z->gfull0, z->gfull0_bytes);
     h->free(h->ctx, ZP_CAT_BUFFER, ZP_TIER_GPU, z->gfull[0], z->gfull_bytes);
@@ -93,7 +113,38 @@ static inline int zc_shard_ready(zero_common* z, int g, const void* grad) {
   return h->shard_ready(h->ctx, g, in->shard_off, in->shard_len, grad, in->dtype[ZP_CAT_GRAD]);
 }
 
-/* Stage 2/3: give group g (and group 0 for the head) a zeroed full-size gradient buffer. */
+/* which full buffer p is: 0 gfull0, 1 gfull[0], 2 gfull[1] */
+static inline int zc_full_slot(const zero_common* z, const void* p) { return p == z->gfull0 ? 0 : p == z->gfull[0] ? 1 : 2; }
+static inline void* zc_full_of_slot(zero_common* z, int k) { return k == 0 ? z->gfull0 : z->gfull[k - 1]; }
+
+/* (1.9) the reduce-scatter started from full buffer k: wait for it, then as the synchronous
+ * path: accumulate the shard, report it final, poison the full buffer */
+static inline int zc_finish_slot(zero_common* z, int k) {
+  const int g = z->rs_group[k];
+  if (g < 0) return ZP_OK;
+  const zp_host* h = z->h;
+  const zp_group_info* in = &z->info[g];
+  zp_dtype gdt = in->dtype[ZP_CAT_GRAD];
+  z->rs_group[k] = -1;
+  ZC_TRY(h->wait_started(h->ctx, z->rs_ticket[k]));
+  ZC_TRY(h->dev->accumulate(h->devb, in->buf[ZP_CAT_GRAD], gdt, z->rs_scratch[k], gdt, (size_t)in->shard_len, 1.0f));
+  ZC_TRY(zc_shard_ready(z, g, in->buf[ZP_CAT_GRAD]));
+  h->poison(h->ctx, zc_full_of_slot(z, k), gdt, (size_t)in->padded);
+  return ZP_OK;
+}
+/* every reduce-scatter still in flight, oldest first (before the step reads the shards) */
+static inline int zc_finish_all(zero_common* z) {
+  for (;;) {
+    int best = -1;
+    for (int k = 0; k < 3; k++)
+      if (z->rs_group[k] >= 0 && (best < 0 || z->rs_ticket[k] < z->rs_ticket[best])) best = k;
+    if (best < 0) return ZP_OK;
+    ZC_TRY(zc_finish_slot(z, best));
+  }
+}
+
+/* Stage 2/3: give group g (and group 0 for the head) a zeroed full-size gradient buffer (a
+ * reduce-scatter still reading the buffer is finished first). */
 static inline int zc_arm_full_grad(zero_common* z, int g) {
   const zp_host* h = z->h;
   const zp_group_info* in = &z->info[g];
@@ -107,6 +158,7 @@ static inline int zc_arm_full_grad(zero_common* z, int g) {
     buf = z->gfull[z->gnext];
     z->gnext ^= 1;
   }
+  if (z->async) ZC_TRY(zc_finish_slot(z, zc_full_slot(z, buf)));
   ZC_TRY(h->dev->memset0(h->devb, buf, bytes));
   z->gview[g] = buf;
   ZC_TRY(h->set_view(h->ctx, g, ZP_CAT_GRAD, buf));
@@ -126,6 +178,14 @@ static inline int zc_reduce_full_grad(zero_common* z, int g) {
     return ZP_E_INTERNAL;
   }
   z->gview[g] = NULL;
+  if (z->async) { /* 1.9: started now, finished when its buffer is armed again or at the step */
+    const int k = zc_full_slot(z, full);
+    ZC_TRY(h->reduce_scatter_start(h->ctx, z->rs_scratch[k], full, (size_t)in->shard_len, gdt, ZP_RED_AVG, &z->rs_ticket[k]));
+    z->rs_group[k] = g;
+    ZC_TRY(h->set_view(h->ctx, g, ZP_CAT_GRAD, NULL));
+    if (g == 0) z->g0_armed = 0;
+    return ZP_OK;
+  }
   ZC_TRY(h->reduce_scatter(h->ctx, z->shard_scratch, full, (size_t)in->shard_len, gdt, ZP_RED_AVG));
   ZC_TRY(h->dev->accumulate(h->devb, in->buf[ZP_CAT_GRAD], gdt, z->shard_scratch, gdt, (size_t)in->shard_len, 1.0f));
   ZC_TRY(zc_shard_ready(z, g, in->buf[ZP_CAT_GRAD])); /* final on the last micro-batch (the core checks) */
@@ -143,6 +203,7 @@ typedef void* (*zc_ptr_fn)(zero_common* z, int g);
 static inline int zc_step_shards(zero_common* z, zc_ptr_fn grad_of, zc_ptr_fn param_of) {
   const zp_host* h = z->h;
   double ss = 0;
+  ZC_TRY(zc_finish_all(z)); /* 1.9: reduce-scatters still in flight */
   if (ZP_TABLE_HAS(h, sumsq_many)) {
     for (int g = 0; g < z->G; g++) {
       z->ss_x[g] = grad_of(z, g);

@@ -17,7 +17,7 @@
  *   That is what lets a dead or hung peer be reported instead of hanging the GPU forever.
  *   Overlap: the communicator stream is separate, but the host waits, so communication
  *   overlaps only the compute already queued before the call. The exception (ABI 1.9,
- *   ZP_CUDA_NCCL_ASYNC=1, opt-in until measured): allreduce_start / allreduce_wait issue an
+ *   ZP_CUDA_NCCL_ASYNC=1, opt-in until measured): allreduce_start / wait_started issue an
  *   allreduce and return; the compute stream waits for it at the wait, and the host checks its
  *   deadline in zpc_comm_drain before any blocking wait of the backend (see "started
  *   allreduces" below).
@@ -73,7 +73,7 @@ struct zpc_ncomm {
   uint64_t* send_seq;  /* [size]: sends to each peer */
   uint64_t* recv_seq;  /* [size]: receives from each peer */
   char where[48];      /* "" or " on a sub-communicator of size N" */
-  /* 1.9 allreduce_start / allreduce_wait (ZP_CUDA_NCCL_ASYNC=1): ops in flight, oldest first,
+  /* 1.9 allreduce_start / wait_started (ZP_CUDA_NCCL_ASYNC=1): ops in flight, oldest first,
    * in a ring of NC_PEND; tickets count up (aseq) */
   struct zpc_npend* pend;
   int phead, plen;
@@ -653,7 +653,7 @@ static void nc_free(zpc_ncomm* c) {
 
 /* ---------------------------------------------------------------- started allreduces (1.9)
  * allreduce_start issues the op on the communicator's stream after the compute stream's work
- * (its own ev_ready), records its own ev_done and returns: nothing waits for it. allreduce_wait
+ * (its own ev_ready), records its own ev_done and returns: nothing waits for it. wait_started
  * makes the compute stream wait for ev_done of every op up to the ticket (device side: the host
  * goes on). The deadline and NCCL's asynchronous errors are checked when the host has to wait
  * anyway: zpc_comm_drain (every blocking wait of the backend calls it first) polls, like a
@@ -738,32 +738,9 @@ static int nc_pend_retire(zpc_ncomm* c, int block, int all) {
   return ZP_OK;
 }
 
-static int nc_start_locked(zpc_ncomm* c, zpc_nop* opp, void* buf, size_t count, ncclDataType_t t, ncclRedOp_t o,
-                           uint64_t* ticket);
-static int nc_allreduce_start(zp_comm* zc, void* buf, size_t count, zp_dtype dt, zp_redop rop,
-                              uint64_t* ticket) {
-  zpc_ncomm* c = (zpc_ncomm*)zc;
-  if (!ticket) return nc_fail(c, ZP_E_INVALID, "allreduce_start: ticket is NULL");
-  *ticket = 0;
-  if (count == 0 || !buf || nc_is_host(buf) || !c->pend) { /* nothing to overlap: run it now */
-    int rc = nc_allreduce(zc, buf, count, dt, rop);
-    if (!rc) *ticket = ++c->aseq;
-    return rc;
-  }
-  zpc_nop op;
-  ncclDataType_t t;
-  ncclRedOp_t o;
-  int rc = nc_allreduce_begin(c, &op, count, dt, rop, ", started early", &t, &o);
-  if (rc) return rc;
-  pthread_mutex_lock(&c->pmu);
-  rc = nc_start_locked(c, &op, buf, count, t, o, ticket);
-  pthread_mutex_unlock(&c->pmu);
-  return rc;
-}
-
-/* allreduce_start's enqueue, c->pmu held */
-static int nc_start_locked(zpc_ncomm* c, zpc_nop* opp, void* buf, size_t count, ncclDataType_t t, ncclRedOp_t o,
-                           uint64_t* ticket) {
+/* a started op's enqueue (issue() enqueues the NCCL call on c->stream), c->pmu held */
+template <typename F>
+static int nc_start_locked(zpc_ncomm* c, zpc_nop* opp, const char* call, F&& issue, uint64_t* ticket) {
   zpc_nop& op = *opp;
   int rc;
   if ((rc = nc_pend_retire(c, 0, 0))) return rc;
@@ -780,8 +757,7 @@ static int nc_start_locked(zpc_ncomm* c, zpc_nop* opp, void* buf, size_t count, 
   NC_CUDA(c, &op, cudaStreamWaitEvent(c->stream, e->ev_ready, 0));
   op.t0 = nc_now();
   op.ready = 0;
-  if ((rc = nc_issued(c, &op, "ncclAllReduce", ncclAllReduce(buf, buf, count, t, o, c->nc, c->stream))))
-    return rc;
+  if ((rc = nc_issued(c, &op, call, issue()))) return rc;
   NC_CUDA(c, &op, cudaEventRecord(e->ev_done, c->stream));
   memcpy(e->desc, op.desc, sizeof e->desc);
   e->t0 = op.t0;
@@ -791,6 +767,54 @@ static int nc_start_locked(zpc_ncomm* c, zpc_nop* opp, void* buf, size_t count, 
   c->plen++;
   *ticket = e->ticket;
   return ZP_OK;
+}
+
+static int nc_allreduce_start(zp_comm* zc, void* buf, size_t count, zp_dtype dt, zp_redop rop,
+                              uint64_t* ticket) {
+  zpc_ncomm* c = (zpc_ncomm*)zc;
+  if (!ticket) return nc_fail(c, ZP_E_INVALID, "allreduce_start: ticket is NULL");
+  *ticket = 0;
+  if (count == 0 || !buf || nc_is_host(buf) || !c->pend) { /* nothing to overlap: run it now */
+    int rc = nc_allreduce(zc, buf, count, dt, rop);
+    if (!rc) *ticket = ++c->aseq;
+    return rc;
+  }
+  zpc_nop op;
+  ncclDataType_t t;
+  ncclRedOp_t o;
+  int rc = nc_allreduce_begin(c, &op, count, dt, rop, ", started early", &t, &o);
+  if (rc) return rc;
+  pthread_mutex_lock(&c->pmu);
+  rc = nc_start_locked(c, &op, "ncclAllReduce",
+                       [&] { return ncclAllReduce(buf, buf, count, t, o, c->nc, c->stream); }, ticket);
+  pthread_mutex_unlock(&c->pmu);
+  return rc;
+}
+
+static int nc_reduce_scatter_start(zp_comm* zc, void* recv, const void* send, size_t rcount, zp_dtype dt,
+                                   zp_redop rop, uint64_t* ticket) {
+  zpc_ncomm* c = (zpc_ncomm*)zc;
+  if (!ticket) return nc_fail(c, ZP_E_INVALID, "reduce_scatter_start: ticket is NULL");
+  *ticket = 0;
+  if (rcount == 0 || !recv || !send || nc_kind2(recv, send) != 0 || !c->pend) { /* run it now */
+    int rc = nc_reduce_scatter(zc, recv, send, rcount, dt, rop);
+    if (!rc) *ticket = ++c->aseq;
+    return rc;
+  }
+  zpc_nop op;
+  unsigned long long seq = (unsigned long long)++c->seq;
+  int rc = nc_begin(c, &op, "reduce_scatter #%llu (count %zu %s, started early)", seq, rcount, nc_dt_name(dt));
+  if (rc) return rc;
+  ncclDataType_t t;
+  ncclRedOp_t o;
+  if (!nc_red_type(dt, &t) || !nc_red_op(rop, dt, &o))
+    return nc_fail(c, ZP_E_INVALID, "%s: reduction %s is not supported for %s", op.desc,
+                   nc_op_name(rop), nc_dt_name(dt));
+  pthread_mutex_lock(&c->pmu);
+  rc = nc_start_locked(c, &op, "ncclReduceScatter",
+                       [&] { return ncclReduceScatter(send, recv, rcount, t, o, c->nc, c->stream); }, ticket);
+  pthread_mutex_unlock(&c->pmu);
+  return rc;
 }
 
 static int nc_wait_locked(zpc_ncomm* c, uint64_t ticket) {
@@ -804,11 +828,11 @@ static int nc_wait_locked(zpc_ncomm* c, uint64_t ticket) {
   }
   return nc_pend_retire(c, 0, 0);
 }
-static int nc_allreduce_wait(zp_comm* zc, uint64_t ticket) {
+static int nc_wait_started(zp_comm* zc, uint64_t ticket) {
   zpc_ncomm* c = (zpc_ncomm*)zc;
   if (c->failed) return c->failed;
   if (ticket > c->aseq)
-    return nc_fail(c, ZP_E_INVALID, "allreduce_wait: ticket %llu was never started (last %llu)",
+    return nc_fail(c, ZP_E_INVALID, "wait_started: ticket %llu was never started (last %llu)",
                    (unsigned long long)ticket, (unsigned long long)c->aseq);
   pthread_mutex_lock(&c->pmu);
   int rc = nc_wait_locked(c, ticket);
@@ -843,13 +867,13 @@ static void nc_destroy(zp_comm* zc);
 static const zp_comm_ops zpc_nccl_async_ops_table = {
     sizeof(zp_comm_ops), nc_allreduce, nc_reduce_scatter, nc_allgather, nc_broadcast,
     nc_send,             nc_recv,      nc_barrier,        nc_split,     nc_destroy,
-    nc_allreduce_start,  nc_allreduce_wait,
+    nc_allreduce_start,  nc_wait_started, nc_reduce_scatter_start,
 };
 
 static const zp_comm_ops zpc_nccl_ops_table = {
     sizeof(zp_comm_ops), nc_allreduce, nc_reduce_scatter, nc_allgather, nc_broadcast,
     nc_send,             nc_recv,      nc_barrier,        nc_split,     nc_destroy,
-    NULL,                NULL, /* 1.9 allreduce_start / wait off (ZP_CUDA_NCCL_ASYNC=0): the core defers */
+    NULL,                NULL, NULL, /* 1.9 started collectives off (ZP_CUDA_NCCL_ASYNC=0): the core defers */
 };
 
 /* Wraps a ready NCCL communicator (takes ownership: aborts it on failure). Errors go to

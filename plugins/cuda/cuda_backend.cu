@@ -34,7 +34,7 @@
  *   ZP_CUDA_BIAS_SUMS = first (default: matmul_bwd's bias column sums before its dW GEMM, while
  *   dout may still be in L2) | after (after it, the order before ABI 1.9; for A/B timing).
  *   ZP_CUDA_NCCL_ASYNC = 0 (default) | 1: NCCL communicators offer ABI 1.9 allreduce_start /
- *   allreduce_wait (comm_nccl.cu; opt-in until measured on 2 GPUs; every blocking wait here
+ *   wait_started (comm_nccl.cu; opt-in until measured on 2 GPUs; every blocking wait here
  *   first drains the started ones under their deadline, zpc_comm_drain).
  *   ZP_CUDA_ADAMW_PIECES = 1 (adamw_pieces: a range's pieces in one launch set) | 0 (one launch
  *   set per piece, as before ABI 1.4: the same bits; for A/B timing).

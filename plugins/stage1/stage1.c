@@ -48,7 +48,7 @@ static int s1_open(const zp_host* h, void** state) {
   int ov = 1;
   h->config_float(h->ctx, "zero.bucket_mb", &mb);
   h->config_bool(h->ctx, "zero.overlap_comm", &ov);
-  s->overlap = ov && ZP_TABLE_HAS(h, allreduce_start) && ZP_TABLE_HAS(h, allreduce_wait) && h->world_size > 1;
+  s->overlap = ov && ZP_TABLE_HAS(h, allreduce_start) && ZP_TABLE_HAS(h, wait_started) && h->world_size > 1;
   s->bucket_bytes = (size_t)(mb * 1048576.0);
   s->lo = s->hi = s->flo = s->fhi = -1;
   s->reduced = calloc((size_t)(s->z.G > 0 ? s->z.G : 1), 1);
@@ -74,7 +74,7 @@ static void* s1_grad_shard(zero_common* z, int g) {
 static int s1_finish(s1_t* s) {
   if (s->flo < 0) return ZP_OK;
   zero_common* z = &s->z;
-  ZC_TRY(z->h->allreduce_wait(z->h->ctx, s->fticket));
+  ZC_TRY(z->h->wait_started(z->h->ctx, s->fticket));
   for (int g = s->flo; g <= s->fhi; g++) {
     s->reduced[g] = 1;
     ZC_TRY(zc_shard_ready(z, g, s1_grad_shard(z, g)));

@@ -529,7 +529,7 @@ static void t_ordering(zp_comm* c) {
  * first two waited for, then a scale on the compute stream, then the third: work issued after a
  * wait sees its result, earlier tickets are covered by a later wait, and tickets count up. */
 static void t_started(zp_comm* c) {
-  if (!ZP_TABLE_HAS(c->ops, allreduce_start) || !ZP_TABLE_HAS(c->ops, allreduce_wait)) {
+  if (!ZP_TABLE_HAS(c->ops, allreduce_start) || !ZP_TABLE_HAS(c->ops, wait_started)) {
     printf("SKIP started all-reduces: this communicator has no allreduce_start (ZP_CUDA_NCCL_ASYNC=1 turns it on)\n");
     return;
   }
@@ -543,10 +543,10 @@ static void t_started(zp_comm* c) {
   if (rc) die("fill failed: %s", g_last_error);
   int crc = 0;
   for (int i = 0; i < 3 && !crc; i++) crc = c->ops->allreduce_start(c, d[i], n, ZP_F32, ZP_RED_SUM, &t[i]);
-  if (!crc) crc = c->ops->allreduce_wait(c, t[1]); /* covers t[0] too */
+  if (!crc) crc = c->ops->wait_started(c, t[1]); /* covers t[0] too */
   for (int i = 0; i < 2 && !crc; i++)
     if (B->scale(be, d[i], ZP_F32, n, 0.5f)) die("scale failed: %s", g_last_error);
-  if (!crc) crc = c->ops->allreduce_wait(c, t[2]);
+  if (!crc) crc = c->ops->wait_started(c, t[2]);
   size_t bad = 0;
   for (int i = 0; i < 3 && !crc; i++) {
     float* h = (float*)ddown(d[i], n * sizeof(float));
@@ -555,6 +555,25 @@ static void t_started(zp_comm* c) {
     free(h);
   }
   for (int i = 0; i < 3; i++) B->free(be, d[i]);
+  /* a reduce-scatter started the same way: block r of the sum lands on rank r */
+  if (!crc && ZP_TABLE_HAS(c->ops, reduce_scatter_start)) {
+    const size_t m = (size_t)1 << 16;
+    float* snd = (float*)dalloc(m * (size_t)g_n * sizeof(float));
+    float* rcv = (float*)dalloc(m * sizeof(float));
+    uint64_t tr = 0;
+    if (B->fill(be, snd, ZP_F32, m * (size_t)g_n, (double)(g_rank + 1))) die("fill failed: %s", g_last_error);
+    crc = c->ops->reduce_scatter_start(c, rcv, snd, m, ZP_F32, ZP_RED_SUM, &tr);
+    if (!crc) crc = c->ops->wait_started(c, tr);
+    if (!crc) {
+      float* h = (float*)ddown(rcv, m * sizeof(float));
+      size_t rbad = 0;
+      for (size_t k = 0; k < m; k++) rbad += h[k] != (float)(g_n * (g_n + 1) / 2);
+      check(!rbad && tr == t[2] + 1, "started reduce-scatter: %zu wrong values, ticket %llu", rbad, (unsigned long long)tr);
+      free(h);
+    }
+    B->free(be, snd);
+    B->free(be, rcv);
+  }
   if (crc) check(0, "started all-reduces (start x3, wait, scale, wait): %s", c->err);
   else
     check(!bad && t[0] > 0 && t[1] == t[0] + 1 && t[2] == t[1] + 1,

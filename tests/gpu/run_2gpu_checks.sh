@@ -69,11 +69,14 @@ if run ref2 2; then
       add PASS "replicated, NCCL all-reduces started early (ZP_CUDA_NCCL_ASYNC=1)" "vs plain and 0.5 MB buckets: $c"
     else add FAIL "replicated, ZP_CUDA_NCCL_ASYNC=1" "$c"; fi
   else add FAIL "replicated, ZP_CUDA_NCCL_ASYNC=1 (2 GPUs)" "$(tail -3 "$OUT/b_async2.log" | tr '\n' ' ')"; fi
-  # stage 1 all-reduces its gradients in the backward too: started early vs the plain run above
-  if [ -f "$W/stage1/ckpt_00000006/meta.json" ] && ZP_CUDA_NCCL_ASYNC=1 run s1async 2 zero.plugin=stage1; then
-    c=$("$B/zp" ckpt compare "$W/stage1/ckpt_00000006" "$W/s1async/ckpt_00000006" --tol 0 2>&1) &&
-      add PASS "stage1, ZP_CUDA_NCCL_ASYNC=1 vs 0 (bitwise)" "$c" || add FAIL "stage1, ZP_CUDA_NCCL_ASYNC=1 vs 0" "$c"
-  else add FAIL "stage1, ZP_CUDA_NCCL_ASYNC=1 (2 GPUs)" "$(tail -3 "$OUT/b_s1async.log" 2> /dev/null | tr '\n' ' ')"; fi
+  # stage 1's all-reduces and stages 2/3's reduce-scatters started in the backward: vs the plain
+  # runs above (the same NCCL sums), bitwise
+  for st in stage1 stage2 stage3; do
+    if [ -f "$W/$st/ckpt_00000006/meta.json" ] && ZP_CUDA_NCCL_ASYNC=1 run "${st}async" 2 zero.plugin=$st; then
+      c=$("$B/zp" ckpt compare "$W/$st/ckpt_00000006" "$W/${st}async/ckpt_00000006" --tol 0 2>&1) &&
+        add PASS "$st, ZP_CUDA_NCCL_ASYNC=1 vs 0 (bitwise)" "$c" || add FAIL "$st, ZP_CUDA_NCCL_ASYNC=1 vs 0" "$c"
+    else add FAIL "$st, ZP_CUDA_NCCL_ASYNC=1 (2 GPUs)" "$(tail -3 "$OUT/b_${st}async.log" 2> /dev/null | tr '\n' ' ')"; fi
+  done
   if run one 1 train.micro_batch=8; then
     # bf16 gradients of 8 sequences at once vs 2 x 4 averaged round differently (~0.4%); Adam's
     # m/sqrt(v) turns a sign flip of a near-zero gradient into a full lr-sized step, so
@@ -99,10 +102,10 @@ ZP_FAULT=kill:3:1 run dead 2 comm.timeout_s=4 zero.plugin=stage2
 took=$(( $(date +%s) - t0 ))
 msg=$(grep -E "rank 0\].*(rank 1|peer|NCCL|abort)" "$OUT/b_dead.log" | head -2 | tr '\n' ' ')
 [ -n "$msg" ] && add PASS "dead rank (SIGKILL at step 3)" "${took}s: $msg" || add FAIL "dead rank" "${took}s: $(tail -4 "$OUT/b_dead.log" | tr '\n' ' ')"
-# the same with started all-reduces (replicated, 1.9): the dead peer is found by the drain
+# the same with started reduce-scatters (stage 2, 1.9): the dead peer is found by the drain
 # before a blocking wait, not by a hang
 t0=$(date +%s)
-ZP_CUDA_NCCL_ASYNC=1 ZP_FAULT=kill:3:1 run deada 2 comm.timeout_s=4 zero.bucket_mb=0.5
+ZP_CUDA_NCCL_ASYNC=1 ZP_FAULT=kill:3:1 run deada 2 comm.timeout_s=4 zero.plugin=stage2
 took=$(( $(date +%s) - t0 ))
 msg=$(grep -E "rank 0\].*(rank 1|peer|NCCL|abort)" "$OUT/b_deada.log" | head -2 | tr '\n' ' ')
 [ -n "$msg" ] && [ "$took" -lt 120 ] && add PASS "dead rank, ZP_CUDA_NCCL_ASYNC=1 (SIGKILL at step 3)" "${took}s: $msg" ||

@@ -53,6 +53,14 @@ run acc-ref 2 train.grad_accum=2 && run acc-s2 2 train.grad_accum=2 zero.plugin=
 run s1-rs 2 zero.plugin=stage1 zero.overlap_comm=false && compare ref-fp32-2 s1-rs 0 "stage1, reduce-scatter at the step vs replicated (bitwise)"
 run s1-bk 3 zero.plugin=stage1 zero.bucket_mb=0.01 && compare ref-fp32-3 s1-bk 0 "stage1, 10 KiB all-reduce buckets in the backward vs replicated (bitwise)"
 run s1-acc 2 zero.plugin=stage1 train.grad_accum=2 && compare acc-ref s1-acc 0 "stage1 vs replicated, grad_accum 2 (bitwise)"
+# stages 2 and 3 start each group's reduce-scatter in the backward and finish it when its buffer
+# is armed again (zero.overlap_comm, default) or reduce-scatter synchronously (false): the same
+# bits, also with grad_accum 2 (a reduce-scatter per micro-batch, accumulated in order)
+for st in stage2 stage3; do
+  run "$st-sync" 2 zero.plugin=$st zero.overlap_comm=false && compare ref-fp32-2 "$st-sync" 0 "$st, synchronous reduce-scatters vs replicated (bitwise)"
+  run "$st-acc2" 2 zero.plugin=$st train.grad_accum=2 && run "$st-acc2s" 2 zero.plugin=$st train.grad_accum=2 zero.overlap_comm=false &&
+    compare "$st-acc2s" "$st-acc2" 0 "$st, grad_accum 2: started vs synchronous reduce-scatters (bitwise)"
+done
 # ... and which path ran, from the trace: all-reduces started in the backward, no reduce-scatter
 # (overlap on); reduce-scatters and nothing started (off)
 s1path() { python3 -c 'import json, sys, collections
@@ -64,6 +72,17 @@ if run s1-tr 2 zero.plugin=stage1 train.trace=true && run s1-trn 2 zero.plugin=s
     echo "ok   stage1 paths (trace): overlap on: $a1 all-reduces started, 0 reduce-scatters; off: 0 started, $r2 reduce-scatters"
   else
     echo "FAIL: stage1 paths (trace): on: $a1 started / $r1 reduce-scatters; off: $a2 / $r2"; fail=1
+  fi
+fi
+rspath() { python3 -c 'import json, sys, collections
+d = json.load(open(sys.argv[1])); ev = d["traceEvents"] if isinstance(d, dict) else d
+c = collections.Counter(e.get("name") for e in ev); print(c["reduce_scatter_start"], c["reduce_scatter"])' "$work/$1/trace_rank0.json"; }
+if run s2-tr 2 zero.plugin=stage2 train.trace=true && run s2-trn 2 zero.plugin=stage2 zero.overlap_comm=false train.trace=true; then
+  read -r a1 r1 <<< "$(rspath s2-tr)"; read -r a2 r2 <<< "$(rspath s2-trn)"
+  if [ "$a1" -gt 0 ] && [ "$r1" = 0 ] && [ "$a2" = 0 ] && [ "$r2" -gt 0 ]; then
+    echo "ok   stage2 paths (trace): overlap on: $a1 reduce-scatters started, 0 synchronous; off: 0 started, $r2 synchronous"
+  else
+    echo "FAIL: stage2 paths (trace): on: $a1 started / $r1 synchronous; off: $a2 / $r2"; fail=1
   fi
 fi
 # buckets and overlap change when the replicated reduction runs, never its numbers

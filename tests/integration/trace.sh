@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # trace.sh BUILD SRC SHARED: train.trace = true writes one Chrome trace per rank (valid JSON,
 # complete "X" events) with compute (forward/backward per group, optimizer), communication
-# (the strategy's collectives) and I/O (data, checkpoint) spans; 2 ranks, stage 3.
+# (the strategy's collectives: its reduce-scatters started in the backward and waited for, ABI
+# 1.9) and I/O (data, checkpoint) spans; 2 ranks, stage 3.
 set -uo pipefail
 build=$1; src=$2
 work=$(mktemp -d /tmp/zp-trace.XXXXXX)
@@ -19,7 +20,8 @@ for r in (0, 1):
             assert e["dur"] >= 0 and e["ts"] >= 0, e
             names[(e["cat"], e["name"])] = names.get((e["cat"], e["name"]), 0) + 1
     need = [("compute", "forward"), ("compute", "backward"), ("compute", "optimizer step"),
-            ("comm", "allgather"), ("comm", "reduce_scatter"), ("io", "data"), ("io", "checkpoint")]
+            ("comm", "allgather"), ("comm", "reduce_scatter_start"), ("comm", "wait_started"),
+            ("io", "data"), ("io", "checkpoint")]
     miss = [n for n in need if n not in names]
     # 4 steps x 4 groups x (forward + backward)
     if miss or names[("compute", "forward")] != 16 or names[("compute", "backward")] != 16:

@@ -1,11 +1,13 @@
-/* test_comm_async.c: allreduce started now, finished later (core/comm_async.c, ABI 1.9).
+/* test_comm_async.c: collectives started now, finished later (core/comm_async.c, ABI 1.9).
  * Claims: over a communicator without allreduce_start, a start only records the op (the
  * buffer is untouched until its wait), a wait runs every op up to its ticket in ticket order
  * and no later one, a flush (what the core does before any other collective) runs the rest,
  * the queue's overflow runs the oldest at the next start (still in order); tickets count up
  * and outstanding() is started minus waited; a wait for a ticket never started is refused; a
- * failing allreduce is reported with its ticket and the communicator's message. Over a
- * communicator with allreduce_start / allreduce_wait the calls go straight through. Real
+ * failing allreduce is reported with its ticket and the communicator's message; reduce-scatters
+ * share the queue and its order (also over a communicator that starts all-reduces but not
+ * reduce-scatters: one ticket sequence, so both are deferred). Over a communicator with every
+ * start op the calls go straight through. Real
  * reductions over shared memory are covered by it_equivalence (the replicated strategy starts
  * every bucket and waits one bucket later: bitwise equal to the plain all-reduce). */
 #include <stdio.h>
@@ -43,15 +45,36 @@ static int m_start(zp_comm* c, void* buf, size_t n, zp_dtype dt, zp_redop op, ui
   *t = (uint64_t)m->starts;
   return m_allreduce(c, buf, n, dt, op);
 }
+/* reduce_scatter: recv[0] = send[0] + 10, and logs send's tag (negated, to tell it apart) */
+static int m_reduce_scatter(zp_comm* c, void* recv, const void* send, size_t n, zp_dtype dt, zp_redop op) {
+  (void)n, (void)dt, (void)op;
+  mock_comm* m = (mock_comm*)c;
+  const int* s = send;
+  int* r = recv;
+  r[0] = s[0] + 10;
+  m->log[m->nlog++] = -s[1];
+  return ZP_OK;
+}
+static int m_rs_start(zp_comm* c, void* recv, const void* send, size_t n, zp_dtype dt, zp_redop op, uint64_t* t) {
+  mock_comm* m = (mock_comm*)c;
+  m->starts++;
+  *t = (uint64_t)m->starts;
+  return m_reduce_scatter(c, recv, send, n, dt, op);
+}
 static int m_wait(zp_comm* c, uint64_t t) {
   mock_comm* m = (mock_comm*)c;
   m->waits++;
   m->last_wait = t;
   return ZP_OK;
 }
-static const zp_comm_ops k_plain = {sizeof(zp_comm_ops), m_allreduce, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL};
-static const zp_comm_ops k_native = {sizeof(zp_comm_ops), m_allreduce, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-                                     m_start,             m_wait};
+static const zp_comm_ops k_plain = {sizeof(zp_comm_ops), m_allreduce, m_reduce_scatter, NULL, NULL, NULL, NULL,
+                                    NULL, NULL, NULL, NULL, NULL, NULL};
+static const zp_comm_ops k_native = {sizeof(zp_comm_ops), m_allreduce, m_reduce_scatter, NULL, NULL, NULL, NULL,
+                                     NULL, NULL, NULL, m_start, m_wait, m_rs_start};
+/* a communicator with allreduce_start but no reduce_scatter_start: one ticket sequence, so the
+ * core defers both */
+static const zp_comm_ops k_half = {sizeof(zp_comm_ops), m_allreduce, m_reduce_scatter, NULL, NULL, NULL, NULL,
+                                   NULL, NULL, NULL, m_start, m_wait, NULL};
 
 static void t_deferred(void) {
   mock_comm m;
@@ -106,8 +129,33 @@ static void t_deferred(void) {
   CHECK(zp_ar_start(&a, &m.base, b[4], 1, ZP_I32, ZP_RED_SUM, &tf, err, sizeof err) == ZP_OK);
   CHECK(zp_ar_wait(&a, &m.base, tf, err, sizeof err) == ZP_E_COMM);
   char want[64];
-  snprintf(want, sizeof want, "allreduce #%llu (started early) failed: rank 0: peer 1 is dead", (unsigned long long)tf);
+  snprintf(want, sizeof want, "collective #%llu (started early) failed: rank 0: peer 1 is dead", (unsigned long long)tf);
   CHECK_MSG(strstr(err, want) != NULL, "%s", err);
+}
+
+/* reduce-scatters and all-reduces share the queue and its order; a reduce-scatter's recv is
+ * untouched until its wait */
+static void t_deferred_rs(void) {
+  const zp_comm_ops* tables[2] = {&k_plain, &k_half};
+  for (int k = 0; k < 2; k++) {
+    mock_comm m;
+    memset(&m, 0, sizeof m);
+    m.base.ops = tables[k];
+    m.base.size = 2;
+    zp_ar_queue a;
+    memset(&a, 0, sizeof a);
+    char err[256] = "";
+    int send[2] = {5, 9}, recv[2] = {0, 0}, ar[2] = {0, 4};
+    uint64_t t1 = 0, t2 = 0;
+    CHECK(zp_rs_start(&a, &m.base, recv, send, 1, ZP_I32, ZP_RED_SUM, &t1, err, sizeof err) == ZP_OK);
+    CHECK(zp_ar_start(&a, &m.base, ar, 1, ZP_I32, ZP_RED_SUM, &t2, err, sizeof err) == ZP_OK);
+    CHECK(t1 == 1 && t2 == 2);
+    CHECK(m.nlog == 0 && recv[0] == 0 && m.starts == 0); /* deferred, also with allreduce_start (k_half) */
+    CHECK(zp_ar_wait(&a, &m.base, t2, err, sizeof err) == ZP_OK);
+    CHECK(m.nlog == 2 && m.log[0] == -9 && m.log[1] == 4); /* in ticket order */
+    CHECK(recv[0] == 15 && ar[0] == 1);
+    CHECK_EQ_INT((int)zp_ar_outstanding(&a), 0);
+  }
 }
 
 static void t_native(void) {
@@ -127,10 +175,17 @@ static void t_native(void) {
   CHECK(zp_ar_wait(&a, &m.base, t, err, sizeof err) == ZP_OK);
   CHECK(m.waits == 1 && m.last_wait == 1);
   CHECK_EQ_INT((int)zp_ar_outstanding(&a), 0);
+  int send[2] = {1, 3}, recv[2] = {0, 0};
+  CHECK(zp_rs_start(&a, &m.base, recv, send, 1, ZP_I32, ZP_RED_SUM, &t, err, sizeof err) == ZP_OK);
+  CHECK(t == 2 && m.starts == 2 && recv[0] == 11); /* issued by the communicator at once */
+  CHECK_EQ_INT((int)zp_ar_outstanding(&a), 1);
+  CHECK(zp_ar_wait(&a, &m.base, t, err, sizeof err) == ZP_OK);
+  CHECK(m.waits == 2 && m.last_wait == 2);
 }
 
 int main(void) {
   ZT_RUN(t_deferred);
+  ZT_RUN(t_deferred_rs);
   ZT_RUN(t_native);
   return zt_done();
 }
