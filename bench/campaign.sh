@@ -21,7 +21,7 @@
 #   checks2     (5, 6, 8) tests/gpu/run_2gpu_checks.sh: NCCL, stages vs replicated, tp 2 and pp 2
 #               parity against 1 GPU, a dead rank
 #   async2      (8) ABI 1.9 started all-reduces on NCCL: GPT-2 1.5B, 2 GPUs, replicated (plain
-#               DP) and stage 1, ZP_CUDA_NCCL_ASYNC=0 then 1 (docs/perf.md 28; correctness: checks2)
+#               DP), stage 1 and stage 2, ZP_CUDA_NCCL_ASYNC=0 then 1 (docs/perf.md 28; checks2 first)
 #   speed124    (8) GPT-2 124M: zp none/stage1/stage2/stage3 on 2 GPUs and 1, PyTorch's matrix
 #               (DDP, FSDP2 modes) beside it; the 2-GPU speed and memory targets
 #   speed15zp   (8) GPT-2 1.5B: zp on 1 GPU and stage1/stage2/stage3 on 2 GPUs (no peers)
@@ -47,7 +47,7 @@ CMD[checks1]="bash tests/gpu/run_gpu_checks.sh";                                
 CMD[speed1]="PEERS=compile PROFILE=after bash bench/speed.sh 124m 1.5b";                MIN[speed1]=8
 CMD[s11]=". bench/lib.sh && bench_build \$PWD \$PWD/build-gpu \$OUT/build.log zp zp_cuda check_cuda_ops && MODELS=1.5b bash bench/sweep.sh 'base||' 'after|ZP_CUDA_BIAS_SUMS=after|' 'epi|ZP_CUDA_DGELU_BGRAD=epi|' 'nonorm|ZP_EXTRA_SETS=--set train.overlap_norm=false|' 'base2||' 'after2|ZP_CUDA_BIAS_SUMS=after|' 'epi2|ZP_CUDA_DGELU_BGRAD=epi|' 'nonorm2|ZP_EXTRA_SETS=--set train.overlap_norm=false|'"; MIN[s11]=6
 CMD[checks2]="bash tests/gpu/run_2gpu_checks.sh";                                      MIN[checks2]=5
-CMD[async2]="for a in 0 1; do ZP_CUDA_NCCL_ASYNC=\$a OUT=\$OUT/async\$a ZP_MULTI='none stage1' PEERS=none bash bench/gpu_bench.sh 1.5b; done"; MIN[async2]=8
+CMD[async2]="for a in 0 1; do ZP_CUDA_NCCL_ASYNC=\$a OUT=\$OUT/async\$a ZP_MULTI='none stage1 stage2' PEERS=none bash bench/gpu_bench.sh 1.5b; done"; MIN[async2]=9
 CMD[speed124]="ZP_MULTI='none stage1 stage2 stage3' PEERS=auto bash bench/gpu_bench.sh 124m"; MIN[speed124]=8
 CMD[speed15zp]="ZP_MULTI='stage1 stage2 stage3' PEERS=none bash bench/gpu_bench.sh 1.5b";    MIN[speed15zp]=9
 CMD[speed15peer]="PEERS=auto bash bench/gpu_bench.sh 1.5b";                             MIN[speed15peer]=8
