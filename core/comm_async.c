@@ -22,6 +22,7 @@
 #include "comm.h"
 
 /* one ticket sequence per communicator: it runs them only if it has every start op */
+int zp_ar_native(const zp_comm* c) { return c && ZP_TABLE_HAS(c->ops, allreduce_start) && ZP_TABLE_HAS(c->ops, wait_started) && ZP_TABLE_HAS(c->ops, reduce_scatter_start); }
 static int native(const zp_comm* c) {
   return ZP_TABLE_HAS(c->ops, allreduce_start) && ZP_TABLE_HAS(c->ops, wait_started) &&
          ZP_TABLE_HAS(c->ops, reduce_scatter_start);

@@ -31,6 +31,8 @@ int zp_ar_start(zp_ar_queue* a, zp_comm* c, void* buf, size_t n, zp_dtype dt, zp
 int zp_rs_start(zp_ar_queue* a, zp_comm* c, void* recv, const void* send, size_t n, zp_dtype dt, zp_redop op,
                 uint64_t* ticket, char* err, size_t errlen);
 int zp_ar_wait(zp_ar_queue* a, zp_comm* c, uint64_t ticket, char* err, size_t errlen);
+/* 1: c runs started collectives itself (every start op); 0: they are deferred to the wait */
+int zp_ar_native(const zp_comm* c);
 /* run every deferred op now (before any other collective on c, so every rank keeps one order) */
 int zp_ar_flush(zp_ar_queue* a, zp_comm* c, char* err, size_t errlen);
 /* started tickets not waited for yet */

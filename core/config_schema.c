@@ -68,6 +68,7 @@ const zc_key zp_config_schema[] = {
   {"zero.prefetch_groups", ZC_INT, "1", 0, 64, NULL, "stage3: groups gathered ahead of use."},
   {"zero.bucket_mb", ZC_FLOAT, "25", 0.001, 1e6, NULL, "Gradient bucket size for reduction (MiB)."},
   {"zero.overlap_comm", ZC_BOOL, "true", NR, NULL, "Reduce gradient buckets while backward continues."},
+  {"zero.stage1_reduce", ZC_STRING, "\"auto\"", NR, "auto|allreduce|reduce_scatter", "stage1: how gradients are reduced. allreduce: in buckets during the backward (2x the bytes of a reduce-scatter, beside the backward where the communicator runs started collectives, ABI 1.9); reduce_scatter: each group at the step (half the bytes, none hidden); auto: allreduce where the communicator overlaps it (NCCL with ZP_CUDA_NCCL_ASYNC=1), else reduce_scatter. The same values either way. allreduce needs zero.overlap_comm."},
   {"zero.persist_threshold", ZC_INT, "0", 0, 1e12, NULL, "stage3: groups with fewer parameters stay resident (replicated)."},
   /* offload */
   {"offload.optimizer.plugin", ZC_STRING, "\"none\"", NR, NULL, "\"none\", \"offload_cpu\" or \"offload_nvme\": where MASTER and OPTIM live."},

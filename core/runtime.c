@@ -989,6 +989,7 @@ int zp_run_open(zp_run* r, zp_config* cfg, const zp_run_opts* o) {
       rerr(r, "strategy has no open method");
       return ZP_E_ABI;
     }
+    r->host.comm_overlaps = r->world > 1 && r->comm && zp_ar_native(data_comm(r)); /* 1.9 */
     rc = r->strategy->open(&r->host, &r->strategy_state);
     if (rc) {
       if (!r->err[0]) rerr(r, "strategy open failed (status %d)", rc);

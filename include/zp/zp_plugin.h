@@ -278,6 +278,11 @@ typedef struct zp_host {
    * write send. Check ZP_TABLE_HAS(h, reduce_scatter_start). */
   int (*reduce_scatter_start)(zp_host_ctx* ctx, void* recv, const void* send, size_t recv_count,
                               zp_dtype dt, zp_redop op, uint64_t* ticket);
+  /* (1.9) 1 when started collectives really run beside the compute (the data-parallel
+   * communicator has the start ops: NCCL with ZP_CUDA_NCCL_ASYNC=1); 0 when the core runs them
+   * at the wait. A strategy may choose its algorithm by it (stage 1: all-reduce in the backward
+   * only where that overlaps). Valid after open. */
+  int comm_overlaps;
 } zp_host;
 #define ZP_FETCH_ALIGN 4096
 

@@ -1,11 +1,13 @@
 /* stage1: ZeRO stage 1 — optimizer state (fp32 master, Adam m and v) sharded over the
  * data-parallel ranks; parameters and gradients replicated.
- * Gradients: with zero.overlap_comm (default) and a host that starts all-reduces (ABI 1.9
- * allreduce_start), as the replicated strategy: on the step's last micro-batch, groups whose
+ * Gradients (zero.stage1_reduce): "allreduce" (with zero.overlap_comm; "auto", the default,
+ * chooses it where the communicator runs started collectives beside the compute, ABI 1.9
+ * comm_overlaps), as the replicated strategy: on the step's last micro-batch, groups whose
  * gradient buffers are contiguous are all-reduced (averaged) in buckets of zero.bucket_mb as
  * their backward completes, each bucket started and waited for when the next one starts, so
  * the communication runs beside the backward (DeepSpeed's ZeRO-1 does the same); each rank then
- * uses its shard slice of the reduced gradient. Otherwise, at the step: reduce-scatter each
+ * uses its shard slice of the reduced gradient. Otherwise ("reduce_scatter", or "auto" where
+ * the core would run the all-reduces at the wait anyway), at the step: reduce-scatter each
  * group's gradient so each rank holds the reduced shard it owns (half the bytes, none hidden).
  * Either way the shard's values are the same bits (one averaged sum per element).
  * Step: update this rank's shard (AdamW on its MASTER/OPTIM shard, writing the new parameter
@@ -48,7 +50,11 @@ static int s1_open(const zp_host* h, void** state) {
   int ov = 1;
   h->config_float(h->ctx, "zero.bucket_mb", &mb);
   h->config_bool(h->ctx, "zero.overlap_comm", &ov);
-  s->overlap = ov && ZP_TABLE_HAS(h, allreduce_start) && ZP_TABLE_HAS(h, wait_started) && h->world_size > 1;
+  const char* how = "auto";
+  h->config_string(h->ctx, "zero.stage1_reduce", &how);
+  /* auto: the all-reduce moves twice the bytes, worth it only where it runs beside the backward */
+  const int want_ar = !strcmp(how, "allreduce") || (!strcmp(how, "auto") && h->comm_overlaps);
+  s->overlap = want_ar && ov && ZP_TABLE_HAS(h, allreduce_start) && ZP_TABLE_HAS(h, wait_started) && h->world_size > 1;
   s->bucket_bytes = (size_t)(mb * 1048576.0);
   s->lo = s->hi = s->flo = s->fhi = -1;
   s->reduced = calloc((size_t)(s->z.G > 0 ? s->z.G : 1), 1);

@@ -71,7 +71,7 @@ if run ref2 2; then
   else add FAIL "replicated, ZP_CUDA_NCCL_ASYNC=1 (2 GPUs)" "$(tail -3 "$OUT/b_async2.log" | tr '\n' ' ')"; fi
   # stage 1's all-reduces and stages 2/3's reduce-scatters started in the backward: vs the plain
   # runs above (the same NCCL sums), bitwise
-  for st in stage1 stage2 stage3; do
+  for st in stage1 stage2 stage3; do # stage1: "auto" picks the all-reduce in the backward here
     if [ -f "$W/$st/ckpt_00000006/meta.json" ] && ZP_CUDA_NCCL_ASYNC=1 run "${st}async" 2 zero.plugin=$st; then
       c=$("$B/zp" ckpt compare "$W/$st/ckpt_00000006" "$W/${st}async/ckpt_00000006" --tol 0 2>&1) &&
         add PASS "$st, ZP_CUDA_NCCL_ASYNC=1 vs 0 (bitwise)" "$c" || add FAIL "$st, ZP_CUDA_NCCL_ASYNC=1 vs 0" "$c"

@@ -47,12 +47,15 @@ run gb-1 1 train.micro_batch=8 && run gb-2 2 train.micro_batch=4 && run gb-4 4 t
 # stage 3 with a persistent (resident) small group, and stage 2 with accumulation
 run s3-persist 2 zero.plugin=stage3 zero.persist_threshold=20000 && compare ref-fp32-2 s3-persist 0 "stage3 with resident groups vs replicated (bitwise)"
 run acc-ref 2 train.grad_accum=2 && run acc-s2 2 train.grad_accum=2 zero.plugin=stage2 && compare acc-ref acc-s2 1e-4 "stage2 vs replicated, grad_accum 2"
-# stage 1 all-reduces the gradients in buckets during the backward (zero.overlap_comm, default)
-# or reduce-scatters them at the step (overlap_comm = false): the same bits either way, also
-# with grad_accum 2 (only the last micro-batch reduces) and small buckets
-run s1-rs 2 zero.plugin=stage1 zero.overlap_comm=false && compare ref-fp32-2 s1-rs 0 "stage1, reduce-scatter at the step vs replicated (bitwise)"
-run s1-bk 3 zero.plugin=stage1 zero.bucket_mb=0.01 && compare ref-fp32-3 s1-bk 0 "stage1, 10 KiB all-reduce buckets in the backward vs replicated (bitwise)"
-run s1-acc 2 zero.plugin=stage1 train.grad_accum=2 && compare acc-ref s1-acc 0 "stage1 vs replicated, grad_accum 2 (bitwise)"
+# stage 1 all-reduces the gradients in buckets during the backward (zero.stage1_reduce =
+# "allreduce"; "auto", the default, picks it only where the communicator overlaps it, not on CPU
+# ranks) or reduce-scatters them at the step: the same bits either way, also with grad_accum 2
+# (only the last micro-batch reduces) and small buckets
+S1A=(zero.plugin=stage1 zero.stage1_reduce=allreduce)
+run s1-ar 2 "${S1A[@]}" && compare ref-fp32-2 s1-ar 0 "stage1, all-reduce in the backward vs replicated (bitwise)"
+run s1-bk 3 "${S1A[@]}" zero.bucket_mb=0.01 && compare ref-fp32-3 s1-bk 0 "stage1, 10 KiB all-reduce buckets in the backward vs replicated (bitwise)"
+run s1-acc 2 "${S1A[@]}" train.grad_accum=2 && compare acc-ref s1-acc 0 "stage1 all-reduce vs replicated, grad_accum 2 (bitwise)"
+run s1-rs 2 zero.plugin=stage1 zero.stage1_reduce=allreduce zero.overlap_comm=false && compare ref-fp32-2 s1-rs 0 "stage1, overlap_comm off: reduce-scatter at the step vs replicated (bitwise)"
 # stages 2 and 3 start each group's reduce-scatter in the backward and finish it when its buffer
 # is armed again (zero.overlap_comm, default) or reduce-scatter synchronously (false): the same
 # bits, also with grad_accum 2 (a reduce-scatter per micro-batch, accumulated in order)
@@ -62,14 +65,15 @@ for st in stage2 stage3; do
     compare "$st-acc2s" "$st-acc2" 0 "$st, grad_accum 2: started vs synchronous reduce-scatters (bitwise)"
 done
 # ... and which path ran, from the trace: all-reduces started in the backward, no reduce-scatter
-# (overlap on); reduce-scatters and nothing started (off)
+# ("allreduce"); reduce-scatters and nothing started ("auto" here: the CPU communicator does not
+# overlap)
 s1path() { python3 -c 'import json, sys, collections
 d = json.load(open(sys.argv[1])); ev = d["traceEvents"] if isinstance(d, dict) else d
 c = collections.Counter(e.get("name") for e in ev); print(c["allreduce_start"], c["reduce_scatter"])' "$work/$1/trace_rank0.json"; }
-if run s1-tr 2 zero.plugin=stage1 train.trace=true && run s1-trn 2 zero.plugin=stage1 zero.overlap_comm=false train.trace=true; then
+if run s1-tr 2 "${S1A[@]}" train.trace=true && run s1-trn 2 zero.plugin=stage1 train.trace=true; then
   read -r a1 r1 <<< "$(s1path s1-tr)"; read -r a2 r2 <<< "$(s1path s1-trn)"
   if [ "$a1" -gt 0 ] && [ "$r1" = 0 ] && [ "$a2" = 0 ] && [ "$r2" -gt 0 ]; then
-    echo "ok   stage1 paths (trace): overlap on: $a1 all-reduces started, 0 reduce-scatters; off: 0 started, $r2 reduce-scatters"
+    echo "ok   stage1 paths (trace): allreduce: $a1 all-reduces started, 0 reduce-scatters; auto on CPU ranks: 0 started, $r2 reduce-scatters"
   else
     echo "FAIL: stage1 paths (trace): on: $a1 started / $r1 reduce-scatters; off: $a2 / $r2"; fail=1
   fi
