@@ -22,11 +22,11 @@
 #include "comm.h"
 
 /* one ticket sequence per communicator: it runs them only if it has every start op */
-int zp_ar_native(const zp_comm* c) { return c && ZP_TABLE_HAS(c->ops, allreduce_start) && ZP_TABLE_HAS(c->ops, wait_started) && ZP_TABLE_HAS(c->ops, reduce_scatter_start); }
-static int native(const zp_comm* c) {
-  return ZP_TABLE_HAS(c->ops, allreduce_start) && ZP_TABLE_HAS(c->ops, wait_started) &&
-         ZP_TABLE_HAS(c->ops, reduce_scatter_start);
+int zp_ar_native(const zp_comm* c) {
+  return c && ZP_TABLE_HAS(c->ops, allreduce_start) && ZP_TABLE_HAS(c->ops, wait_started) &&
+         ZP_TABLE_HAS(c->ops, reduce_scatter_start) && ZP_TABLE_HAS(c->ops, allgather_start);
 }
+static int native(const zp_comm* c) { return zp_ar_native(c); }
 
 static int fail(zp_comm* c, uint64_t t, int rc, char* err, size_t errlen) {
   snprintf(err, errlen, "collective #%llu (started early) failed: %s", (unsigned long long)t, zp_comm_error(c));
@@ -38,8 +38,9 @@ static int run_upto(zp_ar_queue* a, zp_comm* c, uint64_t upto, char* err, size_t
   int k = 0, rc = ZP_OK;
   for (; k < a->len && a->q[k].ticket <= upto; k++) {
     const zp_ar_op* o = &a->q[k];
-    if ((rc = o->rs ? c->ops->reduce_scatter(c, o->buf, o->send, o->n, o->dt, o->op)
-                    : c->ops->allreduce(c, o->buf, o->n, o->dt, o->op))) {
+    if ((rc = o->rs == 2 ? c->ops->allgather(c, o->buf, o->send, o->n, o->dt)
+              : o->rs == 1 ? c->ops->reduce_scatter(c, o->buf, o->send, o->n, o->dt, o->op)
+                           : c->ops->allreduce(c, o->buf, o->n, o->dt, o->op))) {
       rc = fail(c, o->ticket, rc, err, errlen);
       k++;
       break;
@@ -87,6 +88,20 @@ int zp_rs_start(zp_ar_queue* a, zp_comm* c, void* recv, const void* send, size_t
     return ZP_OK;
   }
   zp_ar_op o = {1, recv, send, n, dt, op, 0};
+  return defer(a, c, &o, ticket, err, errlen);
+}
+
+int zp_ag_start(zp_ar_queue* a, zp_comm* c, void* recv, const void* send, size_t n, zp_dtype dt, uint64_t* ticket,
+                char* err, size_t errlen) {
+  *ticket = 0;
+  if (native(c)) {
+    uint64_t t = 0;
+    int rc = c->ops->allgather_start(c, recv, send, n, dt, &t);
+    if (rc) return fail(c, a->started + 1, rc, err, errlen);
+    a->started = *ticket = t;
+    return ZP_OK;
+  }
+  zp_ar_op o = {2, recv, send, n, dt, ZP_RED_SUM, 0};
   return defer(a, c, &o, ticket, err, errlen);
 }
 

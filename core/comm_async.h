@@ -10,7 +10,8 @@
 #define ZP_AR_QUEUE 64 /* deferred collectives held at once (more: the oldest runs at its start) */
 
 typedef struct zp_ar_op {
-  int rs;          /* 0: allreduce of buf, 1: reduce_scatter of send into buf (n per rank) */
+  int rs;          /* 0: allreduce of buf, 1: reduce_scatter of send into buf (n per rank),
+                      2: allgather of send (n per rank) into buf */
   void* buf;
   const void* send;
   size_t n;
@@ -30,6 +31,8 @@ int zp_ar_start(zp_ar_queue* a, zp_comm* c, void* buf, size_t n, zp_dtype dt, zp
                 size_t errlen);
 int zp_rs_start(zp_ar_queue* a, zp_comm* c, void* recv, const void* send, size_t n, zp_dtype dt, zp_redop op,
                 uint64_t* ticket, char* err, size_t errlen);
+int zp_ag_start(zp_ar_queue* a, zp_comm* c, void* recv, const void* send, size_t n, zp_dtype dt, uint64_t* ticket,
+                char* err, size_t errlen);
 int zp_ar_wait(zp_ar_queue* a, zp_comm* c, uint64_t ticket, char* err, size_t errlen);
 /* 1: c runs started collectives itself (every start op); 0: they are deferred to the wait */
 int zp_ar_native(const zp_comm* c);

@@ -1002,7 +1002,7 @@ static void shm_destroy(zp_comm* zc) {
 static const zp_comm_ops k_shm_ops = {
     sizeof(zp_comm_ops), shm_allreduce, shm_reduce_scatter, shm_allgather, shm_broadcast,
     shm_send, shm_recv, shm_barrier, shm_split, shm_destroy,
-    NULL, NULL, NULL, /* 1.9 started collectives: the core defers the plain ones to the wait */
+    NULL, NULL, NULL, NULL, /* 1.9 started collectives: the core defers the plain ones to the wait */
 };
 
 /* ---------------------------------------------------------------- segment ---- */
@@ -1320,7 +1320,7 @@ static void self_destroy(zp_comm* c) { free(c); }
 static const zp_comm_ops k_self_ops = {
     sizeof(zp_comm_ops), self_allreduce, self_reduce_scatter, self_allgather, self_broadcast,
     self_send, self_recv, self_barrier, self_split, self_destroy,
-    NULL, NULL, NULL,
+    NULL, NULL, NULL, NULL,
 };
 
 int zp_comm_self_create(zp_comm** out, char* err, size_t errlen) {

@@ -177,6 +177,21 @@ static int h_reduce_scatter_start(zp_host_ctx* c, void* recv, const void* send, 
   zp_trace_span(ZP_TR_COMM, "reduce_scatter_start", (int)n, t0);
   return rc;
 }
+static int h_allgather_start(zp_host_ctx* c, void* recv, const void* send, size_t n, zp_dtype dt, uint64_t* ticket) {
+  zp_run* r = c->r;
+  if (!ticket) {
+    h_set_error(c, "allgather_start: ticket is NULL");
+    return ZP_E_INVALID;
+  }
+  *ticket = 0;
+  if (n == 0) return ZP_OK;
+  if (r->world == 1 || !r->comm) /* one rank: as h_allgather */
+    return recv != send ? r->ops->copy_d2d(r->be, recv, send, n * zp_dtype_size(dt)) : ZP_OK;
+  double t0 = zp_now_us();
+  int rc = zp_ag_start(&r->arq, data_comm(r), recv, send, n, dt, ticket, r->err, sizeof r->err);
+  zp_trace_span(ZP_TR_COMM, "allgather_start", (int)n, t0);
+  return rc;
+}
 static int h_wait_started(zp_host_ctx* c, uint64_t ticket) {
   zp_run* r = c->r;
   if (ticket == 0) return ZP_OK;
@@ -597,6 +612,7 @@ static void host_init(zp_run* r, const char* name) {
   h->allreduce_start = h_allreduce_start;
   h->wait_started = h_wait_started;
   h->reduce_scatter_start = h_reduce_scatter_start;
+  h->allgather_start = h_allgather_start;
   h->poison = h_poison;
   h->note_io = h_note_io;
   h->note_bytes = h_note_bytes;

@@ -130,6 +130,9 @@ typedef struct zp_comm_ops {
    *   read recv or write send. NULL: the core defers it to the wait too. */
   int (*reduce_scatter_start)(zp_comm* c, void* recv, const void* send, size_t recv_count,
                               zp_dtype dt, zp_redop op, uint64_t* ticket);
+  /* allgather_start: as allgather on device buffers (in place allowed), started the same way */
+  int (*allgather_start)(zp_comm* c, void* recv, const void* send, size_t send_count, zp_dtype dt,
+                         uint64_t* ticket);
 } zp_comm_ops;
 
 /* The base struct (zp_plugin.h declares `typedef struct zp_comm zp_comm;`). */
@@ -283,6 +286,10 @@ typedef struct zp_host {
    * at the wait. A strategy may choose its algorithm by it (stage 1: all-reduce in the backward
    * only where that overlaps). Valid after open. */
   int comm_overlaps;
+  /* (1.9) an all-gather started the same way (in place allowed: send == recv + rank *
+   * send_count); until waited for, nothing may read recv or write send */
+  int (*allgather_start)(zp_host_ctx* ctx, void* recv, const void* send, size_t send_count,
+                         zp_dtype dt, uint64_t* ticket);
 } zp_host;
 #define ZP_FETCH_ALIGN 4096
 

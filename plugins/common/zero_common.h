@@ -200,7 +200,12 @@ static inline int zc_reduce_full_grad(zero_common* z, int g) {
  * (ABI 1.8: every shard's sumsq in one sumsq_many, one device wait; added in group order
  * either way, so the bits do not depend on which path ran). */
 typedef void* (*zc_ptr_fn)(zero_common* z, int g);
-static inline int zc_step_shards(zero_common* z, zc_ptr_fn grad_of, zc_ptr_fn param_of) {
+static inline int zc_allgather_params_inplace(zero_common* z, int g);
+static inline void* zc_param_shard_in_full(zero_common* z, int g);
+/* gather = 1 (stages 1, 2): each group's parameters are all-gathered in place right after its
+ * update, started (1.9 allgather_start) so they travel while the later groups update, all
+ * waited for at the end; without the service, one synchronous all-gather per group after it */
+static inline int zc_step_shards(zero_common* z, zc_ptr_fn grad_of, zc_ptr_fn param_of, int gather) {
   const zp_host* h = z->h;
   double ss = 0;
   ZC_TRY(zc_finish_all(z)); /* 1.9: reduce-scatters still in flight */
@@ -222,12 +227,22 @@ static inline int zc_step_shards(zero_common* z, zc_ptr_fn grad_of, zc_ptr_fn pa
   }
   ZC_TRY(h->allreduce(h->ctx, &ss, 1, ZP_F64, ZP_RED_SUM));
   ZC_TRY(h->optim_begin(h->ctx, ss));
+  uint64_t last = 0;
   for (int g = 0; g < z->G; g++) {
     const zp_group_info* in = &z->info[g];
     ZC_TRY(h->optim_update(h->ctx, g, in->shard_off, in->shard_len, grad_of(z, g), in->dtype[ZP_CAT_GRAD], param_of(z, g),
                            in->dtype[ZP_CAT_PARAM]));
+    if (!gather) continue;
+    if (ZP_TABLE_HAS(h, allgather_start) && ZP_TABLE_HAS(h, wait_started)) {
+      uint64_t t = 0;
+      ZC_TRY(h->allgather_start(h->ctx, in->buf[ZP_CAT_PARAM], zc_param_shard_in_full(z, g), (size_t)in->shard_len,
+                                in->dtype[ZP_CAT_PARAM], &t));
+      if (t) last = t;
+    } else {
+      ZC_TRY(zc_allgather_params_inplace(z, g));
+    }
   }
-  return ZP_OK;
+  return last ? h->wait_started(h->ctx, last) : ZP_OK;
 }
 
 /* Full replicated PARAM buffer of g, at this rank's shard. */

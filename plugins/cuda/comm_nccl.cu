@@ -817,6 +817,30 @@ static int nc_reduce_scatter_start(zp_comm* zc, void* recv, const void* send, si
   return rc;
 }
 
+static int nc_allgather_start(zp_comm* zc, void* recv, const void* send, size_t scount, zp_dtype dt,
+                              uint64_t* ticket) {
+  zpc_ncomm* c = (zpc_ncomm*)zc;
+  if (!ticket) return nc_fail(c, ZP_E_INVALID, "allgather_start: ticket is NULL");
+  *ticket = 0;
+  if (scount == 0 || !recv || !send || !nc_dt_valid(dt) || nc_kind2(recv, send) != 0 || !c->pend) { /* run it now */
+    int rc = nc_allgather(zc, recv, send, scount, dt);
+    if (!rc) *ticket = ++c->aseq;
+    return rc;
+  }
+  zpc_nop op;
+  unsigned long long seq = (unsigned long long)++c->seq;
+  int rc = nc_begin(c, &op, "allgather #%llu (count %zu %s, started early)", seq, scount, nc_dt_name(dt));
+  if (rc) return rc;
+  ncclDataType_t t;
+  size_t n;
+  nc_move_type(dt, scount, &t, &n);
+  pthread_mutex_lock(&c->pmu);
+  rc = nc_start_locked(c, &op, "ncclAllGather", [&] { return ncclAllGather(send, recv, n, t, c->nc, c->stream); },
+                       ticket);
+  pthread_mutex_unlock(&c->pmu);
+  return rc;
+}
+
 static int nc_wait_locked(zpc_ncomm* c, uint64_t ticket) {
   for (int k = 0; k < c->plen; k++) {
     struct zpc_npend* e = &c->pend[(c->phead + k) % NC_PEND];
@@ -867,13 +891,13 @@ static void nc_destroy(zp_comm* zc);
 static const zp_comm_ops zpc_nccl_async_ops_table = {
     sizeof(zp_comm_ops), nc_allreduce, nc_reduce_scatter, nc_allgather, nc_broadcast,
     nc_send,             nc_recv,      nc_barrier,        nc_split,     nc_destroy,
-    nc_allreduce_start,  nc_wait_started, nc_reduce_scatter_start,
+    nc_allreduce_start,  nc_wait_started, nc_reduce_scatter_start, nc_allgather_start,
 };
 
 static const zp_comm_ops zpc_nccl_ops_table = {
     sizeof(zp_comm_ops), nc_allreduce, nc_reduce_scatter, nc_allgather, nc_broadcast,
     nc_send,             nc_recv,      nc_barrier,        nc_split,     nc_destroy,
-    NULL,                NULL, NULL, /* 1.9 started collectives off (ZP_CUDA_NCCL_ASYNC=0): the core defers */
+    NULL,                NULL, NULL, NULL, /* 1.9 started collectives off (ZP_CUDA_NCCL_ASYNC=0): the core defers */
 };
 
 /* Wraps a ready NCCL communicator (takes ownership: aborts it on failure). Errors go to

@@ -139,8 +139,7 @@ static int s1_step(void* st) {
     ZC_TRY(h->dev->copy_d2d(h->devb, s1_grad_shard(z, g), z->shard_scratch, (size_t)in->shard_len * zc_dsize(gdt)));
     ZC_TRY(zc_shard_ready(z, g, s1_grad_shard(z, g))); /* an offload tier copies it while the next group reduces */
   }
-  ZC_TRY(zc_step_shards(z, s1_grad_shard, zc_param_shard_in_full));
-  for (int g = 0; g < z->G; g++) ZC_TRY(zc_allgather_params_inplace(z, g));
+  ZC_TRY(zc_step_shards(z, s1_grad_shard, zc_param_shard_in_full, 1)); /* and the all-gathers */
   return ZP_OK;
 }
 

@@ -46,8 +46,7 @@ static void* s2_grad_shard(zero_common* z, int g) { return z->info[g].buf[ZP_CAT
 
 static int s2_step(void* st) {
   zero_common* z = &((s2_t*)st)->z;
-  ZC_TRY(zc_step_shards(z, s2_grad_shard, zc_param_shard_in_full));
-  for (int g = 0; g < z->G; g++) ZC_TRY(zc_allgather_params_inplace(z, g));
+  ZC_TRY(zc_step_shards(z, s2_grad_shard, zc_param_shard_in_full, 1)); /* and the all-gathers */
   return ZP_OK;
 }
 

@@ -301,7 +301,7 @@ static int s3_step(void* st) {
   ZC_TRY(drop_fetch(s, -1)); /* a fetch still reading tier storage is waited for: the update rewrites it */
   s->pf_group = -1; /* a prefetched shard would hold the old values */
   ZC_TRY(zp_copy_wait(z->h, &s->h2d, 0)); /* offloaded shards are rewritten by the update: no copy may still read them */
-  ZC_TRY(zc_step_shards(z, s3_grad_shard, s3_param_shard));
+  ZC_TRY(zc_step_shards(z, s3_grad_shard, s3_param_shard, 0));
   for (int g = 0; g < z->G; g++)
     if (persistent(s, g)) ZC_TRY(zc_allgather_params_inplace(z, g));
   return ZP_OK;

@@ -80,13 +80,14 @@ if run s1-tr 2 "${S1A[@]}" train.trace=true && run s1-trn 2 zero.plugin=stage1 t
 fi
 rspath() { python3 -c 'import json, sys, collections
 d = json.load(open(sys.argv[1])); ev = d["traceEvents"] if isinstance(d, dict) else d
-c = collections.Counter(e.get("name") for e in ev); print(c["reduce_scatter_start"], c["reduce_scatter"])' "$work/$1/trace_rank0.json"; }
+c = collections.Counter(e.get("name") for e in ev); print(c["reduce_scatter_start"], c["reduce_scatter"], c["allgather_start"], c["allgather"])' "$work/$1/trace_rank0.json"; }
 if run s2-tr 2 zero.plugin=stage2 train.trace=true && run s2-trn 2 zero.plugin=stage2 zero.overlap_comm=false train.trace=true; then
-  read -r a1 r1 <<< "$(rspath s2-tr)"; read -r a2 r2 <<< "$(rspath s2-trn)"
-  if [ "$a1" -gt 0 ] && [ "$r1" = 0 ] && [ "$a2" = 0 ] && [ "$r2" -gt 0 ]; then
-    echo "ok   stage2 paths (trace): overlap on: $a1 reduce-scatters started, 0 synchronous; off: 0 started, $r2 synchronous"
+  read -r a1 r1 g1 p1 <<< "$(rspath s2-tr)"; read -r a2 r2 g2 p2 <<< "$(rspath s2-trn)"
+  # the step's parameter all-gathers are started after each group's update, none synchronous
+  if [ "$a1" -gt 0 ] && [ "$r1" = 0 ] && [ "$a2" = 0 ] && [ "$r2" -gt 0 ] && [ "$g1" -gt 0 ] && [ "$p1" = 0 ]; then
+    echo "ok   stage2 paths (trace): overlap on: $a1 reduce-scatters started, 0 synchronous; off: 0 started, $r2 synchronous; $g1 parameter all-gathers started, 0 synchronous"
   else
-    echo "FAIL: stage2 paths (trace): on: $a1 started / $r1 synchronous; off: $a2 / $r2"; fail=1
+    echo "FAIL: stage2 paths (trace): on: $a1 started / $r1 synchronous, all-gathers $g1 started / $p1; off: $a2 / $r2"; fail=1
   fi
 fi
 # buckets and overlap change when the replicated reduction runs, never its numbers

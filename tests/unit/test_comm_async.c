@@ -5,7 +5,7 @@
  * the queue's overflow runs the oldest at the next start (still in order); tickets count up
  * and outstanding() is started minus waited; a wait for a ticket never started is refused; a
  * failing allreduce is reported with its ticket and the communicator's message; reduce-scatters
- * share the queue and its order (also over a communicator that starts all-reduces but not
+ * and all-gathers share the queue and its order (also over a communicator that starts all-reduces but not
  * reduce-scatters: one ticket sequence, so both are deferred). Over a communicator with every
  * start op the calls go straight through. Real
  * reductions over shared memory are covered by it_equivalence (the replicated strategy starts
@@ -61,20 +61,36 @@ static int m_rs_start(zp_comm* c, void* recv, const void* send, size_t n, zp_dty
   *t = (uint64_t)m->starts;
   return m_reduce_scatter(c, recv, send, n, dt, op);
 }
+/* allgather: recv[0] = send[0] + 100, logs send's tag + 1000 */
+static int m_allgather(zp_comm* c, void* recv, const void* send, size_t n, zp_dtype dt) {
+  (void)n, (void)dt;
+  mock_comm* m = (mock_comm*)c;
+  const int* s = send;
+  int* r = recv;
+  r[0] = s[0] + 100;
+  m->log[m->nlog++] = 1000 + s[1];
+  return ZP_OK;
+}
+static int m_ag_start(zp_comm* c, void* recv, const void* send, size_t n, zp_dtype dt, uint64_t* t) {
+  mock_comm* m = (mock_comm*)c;
+  m->starts++;
+  *t = (uint64_t)m->starts;
+  return m_allgather(c, recv, send, n, dt);
+}
 static int m_wait(zp_comm* c, uint64_t t) {
   mock_comm* m = (mock_comm*)c;
   m->waits++;
   m->last_wait = t;
   return ZP_OK;
 }
-static const zp_comm_ops k_plain = {sizeof(zp_comm_ops), m_allreduce, m_reduce_scatter, NULL, NULL, NULL, NULL,
-                                    NULL, NULL, NULL, NULL, NULL, NULL};
-static const zp_comm_ops k_native = {sizeof(zp_comm_ops), m_allreduce, m_reduce_scatter, NULL, NULL, NULL, NULL,
-                                     NULL, NULL, NULL, m_start, m_wait, m_rs_start};
-/* a communicator with allreduce_start but no reduce_scatter_start: one ticket sequence, so the
- * core defers both */
-static const zp_comm_ops k_half = {sizeof(zp_comm_ops), m_allreduce, m_reduce_scatter, NULL, NULL, NULL, NULL,
-                                   NULL, NULL, NULL, m_start, m_wait, NULL};
+static const zp_comm_ops k_plain = {sizeof(zp_comm_ops), m_allreduce, m_reduce_scatter, m_allgather, NULL, NULL,
+                                    NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL};
+static const zp_comm_ops k_native = {sizeof(zp_comm_ops), m_allreduce, m_reduce_scatter, m_allgather, NULL, NULL,
+                                     NULL, NULL, NULL, NULL, m_start, m_wait, m_rs_start, m_ag_start};
+/* a communicator with allreduce_start but not every start op: one ticket sequence, so the core
+ * defers them all */
+static const zp_comm_ops k_half = {sizeof(zp_comm_ops), m_allreduce, m_reduce_scatter, m_allgather, NULL, NULL,
+                                   NULL, NULL, NULL, NULL, m_start, m_wait, NULL, NULL};
 
 static void t_deferred(void) {
   mock_comm m;
@@ -151,9 +167,13 @@ static void t_deferred_rs(void) {
     CHECK(zp_ar_start(&a, &m.base, ar, 1, ZP_I32, ZP_RED_SUM, &t2, err, sizeof err) == ZP_OK);
     CHECK(t1 == 1 && t2 == 2);
     CHECK(m.nlog == 0 && recv[0] == 0 && m.starts == 0); /* deferred, also with allreduce_start (k_half) */
-    CHECK(zp_ar_wait(&a, &m.base, t2, err, sizeof err) == ZP_OK);
-    CHECK(m.nlog == 2 && m.log[0] == -9 && m.log[1] == 4); /* in ticket order */
-    CHECK(recv[0] == 15 && ar[0] == 1);
+    int gs[2] = {7, 2}, gr[2] = {0, 0};
+    uint64_t t3 = 0;
+    CHECK(zp_ag_start(&a, &m.base, gr, gs, 1, ZP_I32, &t3, err, sizeof err) == ZP_OK);
+    CHECK(t3 == 3 && gr[0] == 0);
+    CHECK(zp_ar_wait(&a, &m.base, t3, err, sizeof err) == ZP_OK);
+    CHECK(m.nlog == 3 && m.log[0] == -9 && m.log[1] == 4 && m.log[2] == 1002); /* in ticket order */
+    CHECK(recv[0] == 15 && ar[0] == 1 && gr[0] == 107);
     CHECK_EQ_INT((int)zp_ar_outstanding(&a), 0);
   }
 }
@@ -181,6 +201,10 @@ static void t_native(void) {
   CHECK_EQ_INT((int)zp_ar_outstanding(&a), 1);
   CHECK(zp_ar_wait(&a, &m.base, t, err, sizeof err) == ZP_OK);
   CHECK(m.waits == 2 && m.last_wait == 2);
+  int gs[2] = {1, 5}, gr[2] = {0, 0};
+  CHECK(zp_ag_start(&a, &m.base, gr, gs, 1, ZP_I32, &t, err, sizeof err) == ZP_OK);
+  CHECK(t == 3 && m.starts == 3 && gr[0] == 101);
+  CHECK(zp_ar_wait(&a, &m.base, t, err, sizeof err) == ZP_OK);
 }
 
 int main(void) {
