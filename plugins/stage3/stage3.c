@@ -22,6 +22,9 @@
  * prefetch of the next group starts its read, the gather waits for it and copies it on. A host
  * staging buffer is refetched only after its copy to the device is done (the two alternate),
  * every fetch is waited for before the step's update rewrites the shards.
+ * Gathers started ahead (ABI 1.9 allgather_start): having gathered group g, the next group of
+ * the pass (device-resident shards) is all-gathered into a free pool slot at once, beside g's
+ * compute; its ensure() waits for it (wait_started), and a release waits before poisoning.
  * Memory per rank: (P+G+K)Ψ/N + gather pool + gradient buffers.
  * Communication per step: all-gather in forward and backward + reduce-scatter = 3Ψ. */
 #include "../common/copy_async.h"
@@ -40,6 +43,7 @@ typedef struct {
   int npool;
   size_t pool_bytes;
   int* owner; /* [G] pool slot holding group g, or -1 */
+  uint64_t* gticket; /* [G] (1.9) the started all-gather filling owner[g]'s slot, 0 when done */
   /* parameter offload: the device shard the host shards are copied into for gathers */
   void* pstage;
   size_t pstage_bytes;
@@ -78,7 +82,8 @@ static int s3_open(const zp_host* h, void** state) {
   ZC_TRY(zc_open(&s->z, h, 1));
   zero_common* z = &s->z;
   s->owner = malloc((size_t)z->G * sizeof(int));
-  if (!s->owner) return ZP_E_NOMEM;
+  s->gticket = calloc((size_t)(z->G > 0 ? z->G : 1), sizeof(uint64_t));
+  if (!s->owner || !s->gticket) return ZP_E_NOMEM;
   int64_t prefetch = 1;
   h->config_int(h->ctx, "zero.prefetch_groups", &prefetch);
   s->npool = 1 + (int)(prefetch < 1 ? 1 : prefetch);
@@ -141,6 +146,7 @@ static void s3_close(void* st) {
       if (s->hraw[i]) h->free(h->ctx, ZP_CAT_BUFFER, ZP_TIER_CPU, s->hraw[i], s->hraw_bytes);
   }
   free(s->owner);
+  free(s->gticket);
   zc_close(&s->z);
   free(s);
 }
@@ -212,7 +218,28 @@ static int gather_into(s3_t* s, int g, void* dst) {
 /* prefetch g's shard: from a host shard, its copy into the staging shard (which waits for the
  * work issued so far, including every gather that read the shard before); from tier storage,
  * its read into host staging */
+/* (1.9) start g's all-gather into a free pool slot now, so it travels beside the current
+ * group's compute; ensure(g) waits for it. Device-resident shards only (offloaded ones are
+ * prefetched by copy, below), not the embedding (its own buffer), and only with a slot to spare. */
+static int gather_ahead(s3_t* s, int g) {
+  const zp_host* h = s->z.h;
+  if (g <= 0 || g >= s->z.G || persistent(s, g) || offloaded(s, g) || s->owner[g] >= 0) return ZP_OK;
+  if (!ZP_TABLE_HAS(h, allgather_start) || !ZP_TABLE_HAS(h, wait_started)) return ZP_OK;
+  int slot = -1;
+  for (int i = 0; i < s->npool; i++)
+    if (!s->pool_used[i]) { slot = i; break; }
+  if (slot < 0) return ZP_OK;
+  const zp_group_info* in = &s->z.info[g];
+  uint64_t t = 0;
+  ZC_TRY(h->allgather_start(h->ctx, s->pool[slot], in->buf[ZP_CAT_PARAM], (size_t)in->shard_len, in->dtype[ZP_CAT_PARAM], &t));
+  s->pool_used[slot] = 1;
+  s->owner[g] = slot;
+  s->gticket[g] = t;
+  return ZP_OK;
+}
+
 static int prefetch(s3_t* s, int g) {
+  if (g >= 0 && g < s->z.G && !offloaded(s, g)) return gather_ahead(s, g);
   if (!s->async || g < 0 || g >= s->z.G || !offloaded(s, g) || persistent(s, g) || s->pf_group >= 0) return ZP_OK;
   if (g == 0 ? s->g0_valid : s->owner[g] >= 0) return ZP_OK; /* still gathered */
   if (tier_owned(s, g)) ZC_TRY(start_fetch(s, g, &s->pf_buf, &s->pf_fetch));
@@ -228,10 +255,22 @@ static int ensure_g0(s3_t* s) {
   return s->z.h->set_view(s->z.h->ctx, 0, ZP_CAT_PARAM, s->g0buf);
 }
 
+/* a gather started ahead (gather_ahead) is complete for the work issued from now on */
+static int gather_done(s3_t* s, int g) {
+  if (!s->gticket[g]) return ZP_OK;
+  uint64_t t = s->gticket[g];
+  s->gticket[g] = 0;
+  return s->z.h->wait_started(s->z.h->ctx, t);
+}
+
 static int ensure(s3_t* s, int g) {
   const zp_host* h = s->z.h;
   if (g == 0) return ensure_g0(s);
-  if (persistent(s, g) || s->owner[g] >= 0) return ZP_OK;
+  if (persistent(s, g)) return ZP_OK;
+  if (s->owner[g] >= 0) { /* gathered, or started ahead: wait for it, then the model may read it */
+    ZC_TRY(gather_done(s, g));
+    return h->set_view(h->ctx, g, ZP_CAT_PARAM, s->pool[s->owner[g]]);
+  }
   int slot = -1;
   for (int i = 0; i < s->npool; i++)
     if (!s->pool_used[i]) { slot = i; break; }
@@ -257,6 +296,7 @@ static int release(s3_t* s, int g) {
   }
   int slot = s->owner[g];
   if (slot < 0) return ZP_OK;
+  ZC_TRY(gather_done(s, g)); /* started ahead and never used: it still writes the buffer */
   h->poison(h->ctx, s->pool[slot], in->dtype[ZP_CAT_PARAM], (size_t)in->padded);
   s->pool_used[slot] = 0;
   s->owner[g] = -1;

@@ -90,6 +90,16 @@ if run s2-tr 2 zero.plugin=stage2 train.trace=true && run s2-trn 2 zero.plugin=s
     echo "FAIL: stage2 paths (trace): on: $a1 started / $r1 synchronous, all-gathers $g1 started / $p1; off: $a2 / $r2"; fail=1
   fi
 fi
+# stage 3 starts the next group's parameter all-gather while the current group computes
+if run s3-tr 2 zero.plugin=stage3 train.trace=true; then
+  read -r a3 r3 g3 p3 <<< "$(rspath s3-tr)"
+  if [ "$g3" -gt 0 ] && [ "$a3" -gt 0 ]; then
+    echo "ok   stage3 paths (trace): $g3 parameter all-gathers started ahead ($p3 synchronous), $a3 reduce-scatters started"
+  else
+    echo "FAIL: stage3 paths (trace): $g3 all-gathers started ahead, $a3 reduce-scatters started"; fail=1
+  fi
+  compare stage3-fp32-2 s3-tr 0 "stage3 traced run vs untraced (bitwise)"
+fi
 # buckets and overlap change when the replicated reduction runs, never its numbers
 run bk-small 3 zero.bucket_mb=0.01 && compare ref-fp32-3 bk-small 0 "replicated, 10 KiB buckets (bitwise)"
 run bk-large 3 zero.bucket_mb=1000 && compare ref-fp32-3 bk-large 0 "replicated, one bucket (bitwise)"
