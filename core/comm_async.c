@@ -51,6 +51,13 @@ static int run_upto(zp_ar_queue* a, zp_comm* c, uint64_t upto, char* err, size_t
   return rc;
 }
 
+/* a start the communicator ran itself: its status, or its ticket */
+static int took(zp_ar_queue* a, zp_comm* c, int rc, uint64_t t, uint64_t* ticket, char* err, size_t errlen) {
+  if (rc) return fail(c, a->started + 1, rc, err, errlen);
+  a->started = *ticket = t;
+  return ZP_OK;
+}
+
 /* a deferred op into the queue (the oldest runs first when it is full) */
 static int defer(zp_ar_queue* a, zp_comm* c, const zp_ar_op* op, uint64_t* ticket, char* err, size_t errlen) {
   if (a->len == ZP_AR_QUEUE) {
@@ -69,9 +76,7 @@ int zp_ar_start(zp_ar_queue* a, zp_comm* c, void* buf, size_t n, zp_dtype dt, zp
   if (native(c)) {
     uint64_t t = 0;
     int rc = c->ops->allreduce_start(c, buf, n, dt, op, &t);
-    if (rc) return fail(c, a->started + 1, rc, err, errlen);
-    a->started = *ticket = t;
-    return ZP_OK;
+    return took(a, c, rc, t, ticket, err, errlen);
   }
   zp_ar_op o = {0, buf, NULL, n, dt, op, 0};
   return defer(a, c, &o, ticket, err, errlen);
@@ -83,9 +88,7 @@ int zp_rs_start(zp_ar_queue* a, zp_comm* c, void* recv, const void* send, size_t
   if (native(c)) {
     uint64_t t = 0;
     int rc = c->ops->reduce_scatter_start(c, recv, send, n, dt, op, &t);
-    if (rc) return fail(c, a->started + 1, rc, err, errlen);
-    a->started = *ticket = t;
-    return ZP_OK;
+    return took(a, c, rc, t, ticket, err, errlen);
   }
   zp_ar_op o = {1, recv, send, n, dt, op, 0};
   return defer(a, c, &o, ticket, err, errlen);
@@ -97,9 +100,7 @@ int zp_ag_start(zp_ar_queue* a, zp_comm* c, void* recv, const void* send, size_t
   if (native(c)) {
     uint64_t t = 0;
     int rc = c->ops->allgather_start(c, recv, send, n, dt, &t);
-    if (rc) return fail(c, a->started + 1, rc, err, errlen);
-    a->started = *ticket = t;
-    return ZP_OK;
+    return took(a, c, rc, t, ticket, err, errlen);
   }
   zp_ar_op o = {2, recv, send, n, dt, ZP_RED_SUM, 0};
   return defer(a, c, &o, ticket, err, errlen);

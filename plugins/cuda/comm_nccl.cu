@@ -388,12 +388,12 @@ static int nc_kind2(const void* a, const void* b) {
 
 /* ---------------------------------------------------------------- collectives */
 
-/* numbers and names an allreduce (how: "" or ", started early"), checks the communicator and
- * the reduction, gives NCCL's type and op */
-static int nc_allreduce_begin(zpc_ncomm* c, zpc_nop* op, size_t count, zp_dtype dt, zp_redop rop, const char* how,
-                              ncclDataType_t* t, ncclRedOp_t* o) {
+/* numbers and names a reduction (what: "allreduce" or "reduce_scatter"; how: "" or ", started
+ * early"), checks the communicator and the reduction, gives NCCL's type and op */
+static int nc_reduce_begin(zpc_ncomm* c, zpc_nop* op, const char* what, size_t count, zp_dtype dt, zp_redop rop,
+                           const char* how, ncclDataType_t* t, ncclRedOp_t* o) {
   unsigned long long seq = (unsigned long long)++c->seq;
-  int rc = nc_begin(c, op, "allreduce #%llu (count %zu %s%s)", seq, count, nc_dt_name(dt), how);
+  int rc = nc_begin(c, op, "%s #%llu (count %zu %s%s)", what, seq, count, nc_dt_name(dt), how);
   if (rc) return rc;
   if (!nc_red_type(dt, t) || !nc_red_op(rop, dt, o))
     return nc_fail(c, ZP_E_INVALID, "%s: reduction %s is not supported for %s", op->desc,
@@ -406,7 +406,7 @@ static int nc_allreduce(zp_comm* zc, void* buf, size_t count, zp_dtype dt, zp_re
   zpc_nop op;
   ncclDataType_t t;
   ncclRedOp_t o;
-  int rc = nc_allreduce_begin(c, &op, count, dt, rop, "", &t, &o);
+  int rc = nc_reduce_begin(c, &op, "allreduce", count, dt, rop, "", &t, &o);
   if (rc) return rc;
   if (count == 0) return ZP_OK;
   if (!buf) return nc_fail(c, ZP_E_INVALID, "%s: NULL buffer", op.desc);
@@ -769,26 +769,34 @@ static int nc_start_locked(zpc_ncomm* c, zpc_nop* opp, const char* call, F&& iss
   return ZP_OK;
 }
 
+/* nc_start_locked under the ring's mutex */
+template <typename F>
+static int nc_start(zpc_ncomm* c, zpc_nop* op, const char* call, F&& issue, uint64_t* ticket) {
+  pthread_mutex_lock(&c->pmu);
+  int rc = nc_start_locked(c, op, call, issue, ticket);
+  pthread_mutex_unlock(&c->pmu);
+  return rc;
+}
+/* a start that ran synchronously (nothing to overlap) still takes the next ticket */
+static int nc_ran_now(zpc_ncomm* c, int rc, uint64_t* ticket) {
+  if (!rc) *ticket = ++c->aseq;
+  return rc;
+}
+
 static int nc_allreduce_start(zp_comm* zc, void* buf, size_t count, zp_dtype dt, zp_redop rop,
                               uint64_t* ticket) {
   zpc_ncomm* c = (zpc_ncomm*)zc;
   if (!ticket) return nc_fail(c, ZP_E_INVALID, "allreduce_start: ticket is NULL");
   *ticket = 0;
-  if (count == 0 || !buf || nc_is_host(buf) || !c->pend) { /* nothing to overlap: run it now */
-    int rc = nc_allreduce(zc, buf, count, dt, rop);
-    if (!rc) *ticket = ++c->aseq;
-    return rc;
-  }
+  if (count == 0 || !buf || nc_is_host(buf) || !c->pend) /* nothing to overlap: run it now */
+    return nc_ran_now(c, nc_allreduce(zc, buf, count, dt, rop), ticket);
   zpc_nop op;
   ncclDataType_t t;
   ncclRedOp_t o;
-  int rc = nc_allreduce_begin(c, &op, count, dt, rop, ", started early", &t, &o);
+  int rc = nc_reduce_begin(c, &op, "allreduce", count, dt, rop, ", started early", &t, &o);
   if (rc) return rc;
-  pthread_mutex_lock(&c->pmu);
-  rc = nc_start_locked(c, &op, "ncclAllReduce",
-                       [&] { return ncclAllReduce(buf, buf, count, t, o, c->nc, c->stream); }, ticket);
-  pthread_mutex_unlock(&c->pmu);
-  return rc;
+  return nc_start(c, &op, "ncclAllReduce", [&] { return ncclAllReduce(buf, buf, count, t, o, c->nc, c->stream); },
+                  ticket);
 }
 
 static int nc_reduce_scatter_start(zp_comm* zc, void* recv, const void* send, size_t rcount, zp_dtype dt,
@@ -796,25 +804,15 @@ static int nc_reduce_scatter_start(zp_comm* zc, void* recv, const void* send, si
   zpc_ncomm* c = (zpc_ncomm*)zc;
   if (!ticket) return nc_fail(c, ZP_E_INVALID, "reduce_scatter_start: ticket is NULL");
   *ticket = 0;
-  if (rcount == 0 || !recv || !send || nc_kind2(recv, send) != 0 || !c->pend) { /* run it now */
-    int rc = nc_reduce_scatter(zc, recv, send, rcount, dt, rop);
-    if (!rc) *ticket = ++c->aseq;
-    return rc;
-  }
+  if (rcount == 0 || !recv || !send || nc_kind2(recv, send) != 0 || !c->pend) /* run it now */
+    return nc_ran_now(c, nc_reduce_scatter(zc, recv, send, rcount, dt, rop), ticket);
   zpc_nop op;
-  unsigned long long seq = (unsigned long long)++c->seq;
-  int rc = nc_begin(c, &op, "reduce_scatter #%llu (count %zu %s, started early)", seq, rcount, nc_dt_name(dt));
-  if (rc) return rc;
   ncclDataType_t t;
   ncclRedOp_t o;
-  if (!nc_red_type(dt, &t) || !nc_red_op(rop, dt, &o))
-    return nc_fail(c, ZP_E_INVALID, "%s: reduction %s is not supported for %s", op.desc,
-                   nc_op_name(rop), nc_dt_name(dt));
-  pthread_mutex_lock(&c->pmu);
-  rc = nc_start_locked(c, &op, "ncclReduceScatter",
-                       [&] { return ncclReduceScatter(send, recv, rcount, t, o, c->nc, c->stream); }, ticket);
-  pthread_mutex_unlock(&c->pmu);
-  return rc;
+  int rc = nc_reduce_begin(c, &op, "reduce_scatter", rcount, dt, rop, ", started early", &t, &o);
+  if (rc) return rc;
+  return nc_start(c, &op, "ncclReduceScatter",
+                  [&] { return ncclReduceScatter(send, recv, rcount, t, o, c->nc, c->stream); }, ticket);
 }
 
 static int nc_allgather_start(zp_comm* zc, void* recv, const void* send, size_t scount, zp_dtype dt,
@@ -822,11 +820,8 @@ static int nc_allgather_start(zp_comm* zc, void* recv, const void* send, size_t 
   zpc_ncomm* c = (zpc_ncomm*)zc;
   if (!ticket) return nc_fail(c, ZP_E_INVALID, "allgather_start: ticket is NULL");
   *ticket = 0;
-  if (scount == 0 || !recv || !send || !nc_dt_valid(dt) || nc_kind2(recv, send) != 0 || !c->pend) { /* run it now */
-    int rc = nc_allgather(zc, recv, send, scount, dt);
-    if (!rc) *ticket = ++c->aseq;
-    return rc;
-  }
+  if (scount == 0 || !recv || !send || !nc_dt_valid(dt) || nc_kind2(recv, send) != 0 || !c->pend) /* run it now */
+    return nc_ran_now(c, nc_allgather(zc, recv, send, scount, dt), ticket);
   zpc_nop op;
   unsigned long long seq = (unsigned long long)++c->seq;
   int rc = nc_begin(c, &op, "allgather #%llu (count %zu %s, started early)", seq, scount, nc_dt_name(dt));
@@ -834,11 +829,7 @@ static int nc_allgather_start(zp_comm* zc, void* recv, const void* send, size_t 
   ncclDataType_t t;
   size_t n;
   nc_move_type(dt, scount, &t, &n);
-  pthread_mutex_lock(&c->pmu);
-  rc = nc_start_locked(c, &op, "ncclAllGather", [&] { return ncclAllGather(send, recv, n, t, c->nc, c->stream); },
-                       ticket);
-  pthread_mutex_unlock(&c->pmu);
-  return rc;
+  return nc_start(c, &op, "ncclAllGather", [&] { return ncclAllGather(send, recv, n, t, c->nc, c->stream); }, ticket);
 }
 
 static int nc_wait_locked(zpc_ncomm* c, uint64_t ticket) {
