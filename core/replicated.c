@@ -7,7 +7,8 @@
  * them so) are reduced with one all-reduce once they reach zero.bucket_mb, as their backward
  * completes (zero.overlap_comm) or all at once at the step (overlap_comm = false). Each
  * bucket's all-reduce is started (ABI 1.9 allreduce_start) and waited for when the next bucket
- * starts (the last one at the step), so it runs beside the next bucket's backward. The
+ * starts (the last one at the step), so it runs beside the next bucket's backward (the
+ * bucketing is plugins/common/grad_buckets.h, shared with stage 1). The
  * optimizer updates the full range on every rank, so parameters stay identical without a
  * gather. Reductions are element-wise, so bucketing never changes the numbers. Each reduced
  * bucket's groups are reported final (shard_ready) once its all-reduce is waited for, so an
@@ -18,19 +19,14 @@
 #include <string.h>
 
 #include "zp/zp_plugin.h"
+#include "../plugins/common/grad_buckets.h"
 
 typedef struct {
   const zp_host* h;
   int G;
   zp_group_info* info;
-  size_t bucket_bytes;
   int overlap;
-  int lo, hi;          /* pending bucket: groups lo..hi (lo <= hi), or lo = -1 */
-  size_t pending;      /* bytes in the pending bucket */
-  /* the bucket whose allreduce was started last (1.9 allreduce_start): groups flo..fhi, its
-   * ticket; waited for when the next bucket starts, or at the step (flo = -1: none) */
-  int flo, fhi;
-  uint64_t fticket;
+  zp_grad_buckets bk; /* the bucketed all-reduce (plugins/common/grad_buckets.h) */
   /* the gradient norm's sumsq_many arguments, one per group (filled at open) */
   const void** ss_x;
   zp_dtype* ss_dt;
@@ -56,6 +52,8 @@ static void repl_close(void* st) {
   free(s);
 }
 
+static int repl_final(void* ctx, int g);
+
 static int repl_open(const zp_host* h, void** state) {
   repl_t* s = calloc(1, sizeof *s);
   if (!s) return ZP_E_NOMEM;
@@ -75,10 +73,7 @@ static int repl_open(const zp_host* h, void** state) {
   int ov = 1;
   h->config_float(h->ctx, "zero.bucket_mb", &mb);
   h->config_bool(h->ctx, "zero.overlap_comm", &ov);
-  s->bucket_bytes = (size_t)(mb * 1048576.0);
   s->overlap = ov;
-  s->lo = s->hi = -1;
-  s->flo = s->fhi = -1;
   for (int g = 0; g < s->G; g++) {
     h->group_info(h->ctx, g, &s->info[g]);
     h->set_view(h->ctx, g, ZP_CAT_PARAM, s->info[g].buf[ZP_CAT_PARAM]);
@@ -87,67 +82,29 @@ static int repl_open(const zp_host* h, void** state) {
     s->ss_dt[g] = s->info[g].dtype[ZP_CAT_GRAD];
     s->ss_n[g] = (size_t)s->info[g].padded;
   }
+  zp_gb_init(&s->bk, h, s->info, (size_t)(mb * 1048576.0), repl_final, s);
   *state = s;
   return ZP_OK;
 }
 
-
-/* the bucket started last: wait for its allreduce, then report its groups final (a tier may
- * copy them, the core starts their norm sums) */
-static int finish(repl_t* s) {
-  if (s->flo < 0) return ZP_OK;
+/* a reduced group is final: a tier holding its optimizer state may copy it, the core starts
+ * its norm sum */
+static int repl_final(void* ctx, int g) {
+  repl_t* s = ctx;
   const zp_host* h = s->h;
-  int rc = ZP_TABLE_HAS(h, wait_started) ? h->wait_started(h->ctx, s->fticket) : ZP_OK;
-  for (int g = s->flo; !rc && g <= s->fhi; g++)
-    if (ZP_TABLE_HAS(h, shard_ready))
-      rc = h->shard_ready(h->ctx, g, 0, s->info[g].padded, s->info[g].buf[ZP_CAT_GRAD], s->info[g].dtype[ZP_CAT_GRAD]);
-  s->flo = s->fhi = -1;
-  return rc;
+  if (!ZP_TABLE_HAS(h, shard_ready)) return ZP_OK;
+  return h->shard_ready(h->ctx, g, 0, s->info[g].padded, s->info[g].buf[ZP_CAT_GRAD], s->info[g].dtype[ZP_CAT_GRAD]);
 }
 
-/* start the pending bucket's allreduce (where the host has allreduce_start, 1.9: it runs beside
- * the rest of the backward), then finish the one started before it */
-static int flush(repl_t* s) {
-  if (s->lo < 0) return ZP_OK;
-  const zp_host* h = s->h;
-  const zp_group_info* first = &s->info[s->lo];
-  size_t elems = s->pending / zp_dtype_size(first->dtype[ZP_CAT_GRAD]);
-  uint64_t t = 0;
-  int rc = ZP_TABLE_HAS(h, allreduce_start)
-               ? h->allreduce_start(h->ctx, first->buf[ZP_CAT_GRAD], elems, first->dtype[ZP_CAT_GRAD], ZP_RED_AVG, &t)
-               : h->allreduce(h->ctx, first->buf[ZP_CAT_GRAD], elems, first->dtype[ZP_CAT_GRAD], ZP_RED_AVG);
-  if (!rc) rc = finish(s);
-  s->flo = s->lo;
-  s->fhi = s->hi;
-  s->fticket = t;
-  s->lo = s->hi = -1;
-  s->pending = 0;
-  if (!rc && t == 0) rc = finish(s); /* nothing in flight (one rank, or a plain allreduce): report now */
-  return rc;
-}
-
-/* add group g (called in reverse order) to the pending bucket; flush when full */
-static int add(repl_t* s, int g) {
-  const zp_group_info* in = &s->info[g];
-  size_t bytes = in->bytes[ZP_CAT_GRAD];
-  if (s->lo >= 0 && (char*)in->buf[ZP_CAT_GRAD] + bytes != (char*)s->info[s->lo].buf[ZP_CAT_GRAD]) {
-    int rc = flush(s); /* not contiguous with the bucket: reduce what is pending first */
-    if (rc) return rc;
-  }
-  if (s->lo < 0) s->hi = g;
-  s->lo = g;
-  s->pending += bytes;
-  /* one rank: nothing to reduce, so no reason to hold a group back from shard_ready */
-  if (s->pending >= s->bucket_bytes || g == 0 || s->h->world_size == 1) return flush(s);
-  return ZP_OK;
-}
+/* one rank: nothing to reduce, so no reason to hold a group back from shard_ready; the tied wte
+ * (group 0) also receives the head's gradient: it completes at g == 0, the last */
+static int add(repl_t* s, int g) { return zp_gb_add(&s->bk, g, g == 0 || s->h->world_size == 1); }
 
 static int repl_grads_ready(void* st, int g) {
   repl_t* s = st;
   const zp_host* h = s->h;
   int last = h->micro_batches <= 0 || h->micro_batch == h->micro_batches - 1;
   if (!last || !s->overlap) return ZP_OK;
-  /* the tied wte (group 0) also receives the head's gradient: it completes at g == 0 */
   return add(s, g);
 }
 
@@ -158,7 +115,7 @@ static int repl_step(void* st) {
   if (!s->overlap)
     for (int g = s->G - 1; g >= 0; g--)
       if ((rc = add(s, g))) return rc;
-  if ((rc = flush(s)) || (rc = finish(s))) return rc;
+  if ((rc = zp_gb_flush(&s->bk)) || (rc = zp_gb_finish(&s->bk))) return rc;
   /* the norm: every group's sumsq in one call (one device wait), added in group order */
   double ss = 0;
   rc = h->sumsq_many(h->ctx, s->G, s->ss_x, s->ss_dt, s->ss_n, s->ss_out); /* the core's host: always there */

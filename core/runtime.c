@@ -146,8 +146,10 @@ static int h_allreduce(zp_host_ctx* c, void* buf, size_t n, zp_dtype dt, zp_redo
   zp_trace_span(ZP_TR_COMM, "allreduce", (int)n, t0);
   return rc ? comm_fail(r, "allreduce", rc) : ZP_OK;
 }
-/* 1.9: an allreduce (or reduce-scatter) started now, finished at its wait (comm_async.c); one
- * rank or count 0: nothing to do (the reduce-scatter's copy, if any, done now), ticket 0 */
+static int h_reduce_scatter(zp_host_ctx* c, void* recv, const void* send, size_t n, zp_dtype dt, zp_redop op);
+static int h_allgather(zp_host_ctx* c, void* recv, const void* send, size_t n, zp_dtype dt);
+/* 1.9: a collective started now, finished at its wait (comm_async.c); one rank or count 0:
+ * nothing to start (the synchronous service does what there is), ticket 0 */
 static int h_allreduce_start(zp_host_ctx* c, void* buf, size_t n, zp_dtype dt, zp_redop op, uint64_t* ticket) {
   zp_run* r = c->r;
   if (!ticket) {
@@ -169,9 +171,7 @@ static int h_reduce_scatter_start(zp_host_ctx* c, void* recv, const void* send, 
     return ZP_E_INVALID;
   }
   *ticket = 0;
-  if (n == 0) return ZP_OK;
-  if (r->world == 1 || !r->comm) /* one rank: the shard is the whole buffer, as h_reduce_scatter */
-    return recv != send ? r->ops->copy_d2d(r->be, recv, send, n * zp_dtype_size(dt)) : ZP_OK;
+  if (n == 0 || r->world == 1 || !r->comm) return h_reduce_scatter(c, recv, send, n, dt, op); /* nothing to start */
   double t0 = zp_now_us();
   int rc = zp_rs_start(&r->arq, data_comm(r), recv, send, n, dt, op, ticket, r->err, sizeof r->err);
   zp_trace_span(ZP_TR_COMM, "reduce_scatter_start", (int)n, t0);
@@ -184,9 +184,7 @@ static int h_allgather_start(zp_host_ctx* c, void* recv, const void* send, size_
     return ZP_E_INVALID;
   }
   *ticket = 0;
-  if (n == 0) return ZP_OK;
-  if (r->world == 1 || !r->comm) /* one rank: as h_allgather */
-    return recv != send ? r->ops->copy_d2d(r->be, recv, send, n * zp_dtype_size(dt)) : ZP_OK;
+  if (n == 0 || r->world == 1 || !r->comm) return h_allgather(c, recv, send, n, dt); /* nothing to start */
   double t0 = zp_now_us();
   int rc = zp_ag_start(&r->arq, data_comm(r), recv, send, n, dt, ticket, r->err, sizeof r->err);
   zp_trace_span(ZP_TR_COMM, "allgather_start", (int)n, t0);

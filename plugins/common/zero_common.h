@@ -117,20 +117,25 @@ static inline int zc_shard_ready(zero_common* z, int g, const void* grad) {
 static inline int zc_full_slot(const zero_common* z, const void* p) { return p == z->gfull0 ? 0 : p == z->gfull[0] ? 1 : 2; }
 static inline void* zc_full_of_slot(zero_common* z, int k) { return k == 0 ? z->gfull0 : z->gfull[k - 1]; }
 
-/* (1.9) the reduce-scatter started from full buffer k: wait for it, then as the synchronous
- * path: accumulate the shard, report it final, poison the full buffer */
-static inline int zc_finish_slot(zero_common* z, int k) {
-  const int g = z->rs_group[k];
-  if (g < 0) return ZP_OK;
+/* group g's reduced shard is in scratch: accumulate it into the GRAD shard, report it final,
+ * poison the full buffer it came from */
+static inline int zc_take_shard(zero_common* z, int g, const void* scratch, void* full) {
   const zp_host* h = z->h;
   const zp_group_info* in = &z->info[g];
   zp_dtype gdt = in->dtype[ZP_CAT_GRAD];
-  z->rs_group[k] = -1;
-  ZC_TRY(h->wait_started(h->ctx, z->rs_ticket[k]));
-  ZC_TRY(h->dev->accumulate(h->devb, in->buf[ZP_CAT_GRAD], gdt, z->rs_scratch[k], gdt, (size_t)in->shard_len, 1.0f));
-  ZC_TRY(zc_shard_ready(z, g, in->buf[ZP_CAT_GRAD]));
-  h->poison(h->ctx, zc_full_of_slot(z, k), gdt, (size_t)in->padded);
+  ZC_TRY(h->dev->accumulate(h->devb, in->buf[ZP_CAT_GRAD], gdt, scratch, gdt, (size_t)in->shard_len, 1.0f));
+  ZC_TRY(zc_shard_ready(z, g, in->buf[ZP_CAT_GRAD])); /* final on the last micro-batch (the core checks) */
+  h->poison(h->ctx, full, gdt, (size_t)in->padded);
   return ZP_OK;
+}
+
+/* (1.9) the reduce-scatter started from full buffer k: wait for it, then take the shard */
+static inline int zc_finish_slot(zero_common* z, int k) {
+  const int g = z->rs_group[k];
+  if (g < 0) return ZP_OK;
+  z->rs_group[k] = -1;
+  ZC_TRY(z->h->wait_started(z->h->ctx, z->rs_ticket[k]));
+  return zc_take_shard(z, g, z->rs_scratch[k], zc_full_of_slot(z, k));
 }
 /* every reduce-scatter still in flight, oldest first (before the step reads the shards) */
 static inline int zc_finish_all(zero_common* z) {
@@ -182,14 +187,10 @@ static inline int zc_reduce_full_grad(zero_common* z, int g) {
     const int k = zc_full_slot(z, full);
     ZC_TRY(h->reduce_scatter_start(h->ctx, z->rs_scratch[k], full, (size_t)in->shard_len, gdt, ZP_RED_AVG, &z->rs_ticket[k]));
     z->rs_group[k] = g;
-    ZC_TRY(h->set_view(h->ctx, g, ZP_CAT_GRAD, NULL));
-    if (g == 0) z->g0_armed = 0;
-    return ZP_OK;
+  } else {
+    ZC_TRY(h->reduce_scatter(h->ctx, z->shard_scratch, full, (size_t)in->shard_len, gdt, ZP_RED_AVG));
+    ZC_TRY(zc_take_shard(z, g, z->shard_scratch, full));
   }
-  ZC_TRY(h->reduce_scatter(h->ctx, z->shard_scratch, full, (size_t)in->shard_len, gdt, ZP_RED_AVG));
-  ZC_TRY(h->dev->accumulate(h->devb, in->buf[ZP_CAT_GRAD], gdt, z->shard_scratch, gdt, (size_t)in->shard_len, 1.0f));
-  ZC_TRY(zc_shard_ready(z, g, in->buf[ZP_CAT_GRAD])); /* final on the last micro-batch (the core checks) */
-  h->poison(h->ctx, full, gdt, (size_t)in->padded);
   ZC_TRY(h->set_view(h->ctx, g, ZP_CAT_GRAD, NULL));
   if (g == 0) z->g0_armed = 0;
   return ZP_OK;

@@ -431,14 +431,10 @@ static int nc_reduce_scatter(zp_comm* zc, void* recv, const void* send, size_t r
                              zp_dtype dt, zp_redop rop) {
   zpc_ncomm* c = (zpc_ncomm*)zc;
   zpc_nop op;
-  unsigned long long seq = (unsigned long long)++c->seq;
-  int rc = nc_begin(c, &op, "reduce_scatter #%llu (count %zu %s)", seq, rcount, nc_dt_name(dt));
-  if (rc) return rc;
   ncclDataType_t t;
   ncclRedOp_t o;
-  if (!nc_red_type(dt, &t) || !nc_red_op(rop, dt, &o))
-    return nc_fail(c, ZP_E_INVALID, "%s: reduction %s is not supported for %s", op.desc,
-                   nc_op_name(rop), nc_dt_name(dt));
+  int rc = nc_reduce_begin(c, &op, "reduce_scatter", rcount, dt, rop, "", &t, &o);
+  if (rc) return rc;
   if (rcount == 0) return ZP_OK;
   if (!recv || !send) return nc_fail(c, ZP_E_INVALID, "%s: NULL buffer", op.desc);
   const int kind = nc_kind2(recv, send);

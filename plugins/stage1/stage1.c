@@ -14,17 +14,15 @@
  * values into its slice of the full PARAM buffer), then all-gather the parameters.
  * Memory per rank: (P+G)Ψ + KΨ/N. Communication per step: all-reduce (2Ψ, overlapped) or
  * reduce-scatter (Ψ), then all-gather (Ψ). */
+#include "../common/grad_buckets.h"
 #include "../common/zero_common.h"
 
 typedef struct {
   zero_common z;
-  /* the backward's buckets (overlap): pending groups lo..hi (lo = -1: none) of `pending` bytes;
-   * the bucket started last flo..fhi with its ticket; reduced[g]: g's gradient was all-reduced
-   * this step */
+  /* the backward's buckets (overlap: plugins/common/grad_buckets.h); reduced[g]: g's gradient
+   * was all-reduced this step */
   int overlap;
-  size_t bucket_bytes, pending;
-  int lo, hi, flo, fhi;
-  uint64_t fticket;
+  zp_grad_buckets bk;
   unsigned char* reduced;
 } s1_t;
 
@@ -36,6 +34,8 @@ static int s1_plan(const zp_host* h, zp_plan* p) {
   }
   return ZP_OK;
 }
+
+static int s1_final(void* ctx, int g);
 
 static int s1_open(const zp_host* h, void** state) {
   s1_t* s = calloc(1, sizeof *s);
@@ -55,8 +55,7 @@ static int s1_open(const zp_host* h, void** state) {
   /* auto: the all-reduce moves twice the bytes, worth it only where it runs beside the backward */
   const int want_ar = !strcmp(how, "allreduce") || (!strcmp(how, "auto") && h->comm_overlaps);
   s->overlap = want_ar && ov && ZP_TABLE_HAS(h, allreduce_start) && ZP_TABLE_HAS(h, wait_started) && h->world_size > 1;
-  s->bucket_bytes = (size_t)(mb * 1048576.0);
-  s->lo = s->hi = s->flo = s->fhi = -1;
+  zp_gb_init(&s->bk, h, s->z.info, (size_t)(mb * 1048576.0), s1_final, s);
   s->reduced = calloc((size_t)(s->z.G > 0 ? s->z.G : 1), 1);
   return s->reduced ? ZP_OK : ZP_E_NOMEM;
 }
@@ -76,58 +75,27 @@ static void* s1_grad_shard(zero_common* z, int g) {
   return (char*)in->buf[ZP_CAT_GRAD] + (size_t)in->shard_off * zc_dsize(in->dtype[ZP_CAT_GRAD]);
 }
 
-/* the bucket started last: wait for it; its groups' shards are final */
-static int s1_finish(s1_t* s) {
-  if (s->flo < 0) return ZP_OK;
-  zero_common* z = &s->z;
-  ZC_TRY(z->h->wait_started(z->h->ctx, s->fticket));
-  for (int g = s->flo; g <= s->fhi; g++) {
-    s->reduced[g] = 1;
-    ZC_TRY(zc_shard_ready(z, g, s1_grad_shard(z, g)));
-  }
-  s->flo = s->fhi = -1;
-  return ZP_OK;
-}
-/* start the pending bucket's all-reduce, then finish the one before it */
-static int s1_flush(s1_t* s) {
-  if (s->lo < 0) return ZP_OK;
-  zero_common* z = &s->z;
-  const zp_group_info* first = &z->info[s->lo];
-  zp_dtype gdt = first->dtype[ZP_CAT_GRAD];
-  uint64_t t = 0;
-  ZC_TRY(z->h->allreduce_start(z->h->ctx, first->buf[ZP_CAT_GRAD], s->pending / zc_dsize(gdt), gdt, ZP_RED_AVG, &t));
-  ZC_TRY(s1_finish(s));
-  s->flo = s->lo;
-  s->fhi = s->hi;
-  s->fticket = t;
-  s->lo = s->hi = -1;
-  s->pending = 0;
-  return ZP_OK;
+/* group g was all-reduced in the backward: its shard slice is final */
+static int s1_final(void* ctx, int g) {
+  s1_t* s = ctx;
+  s->reduced[g] = 1;
+  return zc_shard_ready(&s->z, g, s1_grad_shard(&s->z, g));
 }
 /* group g's backward is done (called in reverse group order): on the step's last micro-batch,
  * into the pending bucket (the tied group 0 completes last) */
 static int s1_grads_ready(void* st, int g) {
   s1_t* s = st;
-  zero_common* z = &s->z;
-  const zp_host* h = z->h;
+  const zp_host* h = s->z.h;
   if (!s->overlap || !(h->micro_batches <= 0 || h->micro_batch == h->micro_batches - 1)) return ZP_OK;
-  const zp_group_info* in = &z->info[g];
-  size_t bytes = in->bytes[ZP_CAT_GRAD];
-  if (s->lo >= 0 && (char*)in->buf[ZP_CAT_GRAD] + bytes != (char*)z->info[s->lo].buf[ZP_CAT_GRAD])
-    ZC_TRY(s1_flush(s)); /* not contiguous with the bucket */
-  if (s->lo < 0) s->hi = g;
-  s->lo = g;
-  s->pending += bytes;
-  if (s->pending >= s->bucket_bytes || g == 0) ZC_TRY(s1_flush(s));
-  return ZP_OK;
+  return zp_gb_add(&s->bk, g, g == 0);
 }
 
 static int s1_step(void* st) {
   s1_t* s = st;
   zero_common* z = &s->z;
   const zp_host* h = z->h;
-  ZC_TRY(s1_flush(s));
-  ZC_TRY(s1_finish(s));
+  ZC_TRY(zp_gb_flush(&s->bk));
+  ZC_TRY(zp_gb_finish(&s->bk));
   for (int g = 0; g < z->G; g++) {
     if (s->reduced[g]) { /* all-reduced during the backward */
       s->reduced[g] = 0;

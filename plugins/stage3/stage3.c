@@ -153,6 +153,13 @@ static void s3_close(void* st) {
 
 static int offloaded(const s3_t* s, int g) { return s->z.info[g].place[ZP_CAT_PARAM].tier != ZP_TIER_GPU; }
 /* the shard is in storage a tier owns (nvme), not in a host buffer */
+/* a free gather-pool buffer, or -1 */
+static int free_slot(const s3_t* s) {
+  for (int i = 0; i < s->npool; i++)
+    if (!s->pool_used[i]) return i;
+  return -1;
+}
+
 static int tier_owned(const s3_t* s, int g) { return offloaded(s, g) && !s->z.info[g].buf[ZP_CAT_PARAM]; }
 
 /* start copying g's shard from host memory src into the staging shard (after all work issued so far) */
@@ -225,9 +232,7 @@ static int gather_ahead(s3_t* s, int g) {
   const zp_host* h = s->z.h;
   if (g <= 0 || g >= s->z.G || persistent(s, g) || offloaded(s, g) || s->owner[g] >= 0) return ZP_OK;
   if (!ZP_TABLE_HAS(h, allgather_start) || !ZP_TABLE_HAS(h, wait_started)) return ZP_OK;
-  int slot = -1;
-  for (int i = 0; i < s->npool; i++)
-    if (!s->pool_used[i]) { slot = i; break; }
+  int slot = free_slot(s);
   if (slot < 0) return ZP_OK;
   const zp_group_info* in = &s->z.info[g];
   uint64_t t = 0;
@@ -271,9 +276,7 @@ static int ensure(s3_t* s, int g) {
     ZC_TRY(gather_done(s, g));
     return h->set_view(h->ctx, g, ZP_CAT_PARAM, s->pool[s->owner[g]]);
   }
-  int slot = -1;
-  for (int i = 0; i < s->npool; i++)
-    if (!s->pool_used[i]) { slot = i; break; }
+  int slot = free_slot(s);
   if (slot < 0) {
     h->set_error(h->ctx, "gather pool exhausted (%d buffers) at group %d", s->npool, g);
     return ZP_E_INTERNAL;
