@@ -65,7 +65,7 @@ const zc_key zp_config_schema[] = {
   {"parallel.tp", ZC_INT, "1", 1, 1024, NULL, "Tensor-parallel ranks (Megatron-style, plugin `tensor`): each holds n_head/tp heads, 4*d_model/tp MLP columns and padded_vocab/tp embedding rows; tp must divide model.n_head; ranks are numbered (dp_i * pp + pp_i) * tp + tp_i. See docs/tensor.md."},
   /* zero */
   {"zero.plugin", ZC_STRING, "\"none\"", NR, NULL, "\"none\" (replicated, plain data parallel), \"stage1\", \"stage2\", \"stage3\", or a plugin path."},
-  {"zero.prefetch_groups", ZC_INT, "1", 0, 64, NULL, "stage3: groups gathered ahead of use."},
+  {"zero.prefetch_groups", ZC_INT, "1", 0, 64, NULL, "stage3: how many groups of the pass are all-gathered ahead of use (one gather buffer each); 0: every gather waits where it is used."},
   {"zero.bucket_mb", ZC_FLOAT, "25", 0.001, 1e6, NULL, "Gradient bucket size for reduction (MiB)."},
   {"zero.overlap_comm", ZC_BOOL, "true", NR, NULL, "Reduce gradient buckets while backward continues."},
   {"zero.stage1_reduce", ZC_STRING, "\"auto\"", NR, "auto|allreduce|reduce_scatter", "stage1: how gradients are reduced. allreduce: in buckets during the backward (2x the bytes of a reduce-scatter, beside the backward where the communicator runs started collectives, ABI 1.9); reduce_scatter: each group at the step (half the bytes, none hidden); auto: allreduce where the communicator overlaps it (NCCL with ZP_CUDA_NCCL_ASYNC=1), else reduce_scatter. The same values either way. allreduce needs zero.overlap_comm."},

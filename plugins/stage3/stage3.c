@@ -22,9 +22,9 @@
  * prefetch of the next group starts its read, the gather waits for it and copies it on. A host
  * staging buffer is refetched only after its copy to the device is done (the two alternate),
  * every fetch is waited for before the step's update rewrites the shards.
- * Gathers started ahead (ABI 1.9 allgather_start): having gathered group g, the next group of
- * the pass (device-resident shards) is all-gathered into a free pool slot at once, beside g's
- * compute; its ensure() waits for it (wait_started), and a release waits before poisoning.
+ * Gathers started ahead (ABI 1.9 allgather_start): having gathered group g, the next
+ * zero.prefetch_groups groups of the pass (device-resident shards) are all-gathered into free
+ * pool slots at once, beside g's compute; its ensure() waits for it (wait_started), and a release waits before poisoning.
  * Memory per rank: (P+G+K)Ψ/N + gather pool + gradient buffers.
  * Communication per step: all-gather in forward and backward + reduce-scatter = 3Ψ. */
 #include "../common/copy_async.h"
@@ -41,6 +41,7 @@ typedef struct {
   void* pool[S3_MAX_POOL];
   int pool_used[S3_MAX_POOL];
   int npool;
+  int ahead;          /* zero.prefetch_groups: how many groups of the pass are gathered ahead (0: none) */
   size_t pool_bytes;
   int* owner; /* [G] pool slot holding group g, or -1 */
   uint64_t* gticket; /* [G] (1.9) the started all-gather filling owner[g]'s slot, 0 when done */
@@ -86,8 +87,9 @@ static int s3_open(const zp_host* h, void** state) {
   if (!s->owner || !s->gticket) return ZP_E_NOMEM;
   int64_t prefetch = 1;
   h->config_int(h->ctx, "zero.prefetch_groups", &prefetch);
-  s->npool = 1 + (int)(prefetch < 1 ? 1 : prefetch);
-  if (s->npool > S3_MAX_POOL) s->npool = S3_MAX_POOL;
+  /* one buffer for the group in use and one per group gathered ahead */
+  s->ahead = prefetch < 0 ? 0 : prefetch > S3_MAX_POOL - 1 ? S3_MAX_POOL - 1 : (int)prefetch;
+  s->npool = 1 + s->ahead;
   zp_dtype pdt = z->info[0].dtype[ZP_CAT_PARAM];
   uint64_t maxp = 0;
   for (int g = 1; g < z->G; g++)
@@ -222,9 +224,6 @@ static int gather_into(s3_t* s, int g, void* dst) {
   return h->allgather(h->ctx, dst, src, (size_t)in->shard_len, in->dtype[ZP_CAT_PARAM]);
 }
 
-/* prefetch g's shard: from a host shard, its copy into the staging shard (which waits for the
- * work issued so far, including every gather that read the shard before); from tier storage,
- * its read into host staging */
 /* (1.9) start g's all-gather into a free pool slot now, so it travels beside the current
  * group's compute; ensure(g) waits for it. Device-resident shards only (offloaded ones are
  * prefetched by copy, below), not the embedding (its own buffer), and only with a slot to spare. */
@@ -243,8 +242,22 @@ static int gather_ahead(s3_t* s, int g) {
   return ZP_OK;
 }
 
-static int prefetch(s3_t* s, int g) {
-  if (g >= 0 && g < s->z.G && !offloaded(s, g)) return gather_ahead(s, g);
+/* prefetch for the pass that has just ensured group g and runs on in direction dir (+1 forward,
+ * -1 backward). Device-resident shards: the next `ahead` groups' all-gathers are started (each
+ * while a pool slot is free; already gathered ones are skipped). An offloaded next group: its
+ * shard's copy into the staging shard (which waits for the work issued so far, including every
+ * gather that read the shard before) or, from tier storage, its read into host staging. */
+static int prefetch(s3_t* s, int g0, int dir) {
+  int g = g0 + dir;
+  if (g >= 0 && g < s->z.G && !offloaded(s, g)) {
+    for (int i = 1; i <= s->ahead; i++) {
+      int gi = g0 + i * dir;
+      if (gi < 0 || gi >= s->z.G || offloaded(s, gi)) break;
+      ZC_TRY(gather_ahead(s, gi));
+    }
+    return ZP_OK;
+  }
+  if (s->ahead < 1) return ZP_OK;
   if (!s->async || g < 0 || g >= s->z.G || !offloaded(s, g) || persistent(s, g) || s->pf_group >= 0) return ZP_OK;
   if (g == 0 ? s->g0_valid : s->owner[g] >= 0) return ZP_OK; /* still gathered */
   if (tier_owned(s, g)) ZC_TRY(start_fetch(s, g, &s->pf_buf, &s->pf_fetch));
@@ -314,14 +327,14 @@ static int ensure_with_tied(s3_t* s, int g) {
 static int s3_pre_forward(void* st, int g) {
   s3_t* s = st;
   ZC_TRY(ensure_with_tied(s, g));
-  return prefetch(s, g + 1); /* forward runs groups upwards */
+  return prefetch(s, g, +1); /* forward runs groups upwards */
 }
 /* group 0 stays gathered: the head uses it next, then backward ends with it */
 static int s3_post_forward(void* st, int g) { return g == 0 ? ZP_OK : release((s3_t*)st, g); }
 static int s3_pre_backward(void* st, int g) {
   s3_t* s = st;
   ZC_TRY(ensure_with_tied(s, g));
-  ZC_TRY(prefetch(s, g - 1)); /* backward runs them downwards */
+  ZC_TRY(prefetch(s, g, -1)); /* backward runs them downwards */
   return zc_arm_full_grad(&s->z, g);
 }
 static int s3_grads_ready(void* st, int g) {

@@ -100,6 +100,26 @@ if run s3-tr 2 zero.plugin=stage3 train.trace=true; then
   fi
   compare stage3-fp32-2 s3-tr 0 "stage3 traced run vs untraced (bitwise)"
 fi
+# zero.prefetch_groups = k: the forward starts the next k groups' all-gathers before group 0
+# computes (0: none started, every gather synchronous); the same bits at every depth
+ahead0() { python3 -c 'import json, sys
+d = json.load(open(sys.argv[1])); ev = d["traceEvents"] if isinstance(d, dict) else d
+ev = sorted((e for e in ev if "ts" in e), key=lambda e: e["ts"]); n = 0
+for e in ev:
+    if e.get("name") == "forward": break
+    n += e.get("name") == "allgather_start"
+print(n)' "$work/$1/trace_rank0.json"; }
+for k in 0 3; do
+  run "s3-pf$k" 2 zero.plugin=stage3 train.trace=true zero.prefetch_groups=$k || continue
+  read -r a r g p <<< "$(rspath "s3-pf$k")"
+  n=$(ahead0 "s3-pf$k"); n1=$(ahead0 s3-tr)
+  if [ "$n" = "$k" ] && [ "$n1" = 1 ] && { [ "$k" != 0 ] || [ "$g" = 0 ]; }; then
+    echo "ok   stage3 prefetch_groups $k: $n all-gathers started before group 0's forward (default 1: $n1); $g started, $p synchronous per run"
+  else
+    echo "FAIL: stage3 prefetch_groups $k: $n started before group 0's forward (want $k; default gave $n1), $g started, $p synchronous"; fail=1
+  fi
+  compare stage3-fp32-2 "s3-pf$k" 0 "stage3, prefetch_groups $k vs 1 (bitwise)"
+done
 # buckets and overlap change when the replicated reduction runs, never its numbers
 run bk-small 3 zero.bucket_mb=0.01 && compare ref-fp32-3 bk-small 0 "replicated, 10 KiB buckets (bitwise)"
 run bk-large 3 zero.bucket_mb=1000 && compare ref-fp32-3 bk-large 0 "replicated, one bucket (bitwise)"
