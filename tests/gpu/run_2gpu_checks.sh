@@ -77,6 +77,11 @@ if run ref2 2; then
         add PASS "$st, ZP_CUDA_NCCL_ASYNC=1 vs 0 (bitwise)" "$c" || add FAIL "$st, ZP_CUDA_NCCL_ASYNC=1 vs 0" "$c"
     else add FAIL "$st, ZP_CUDA_NCCL_ASYNC=1 (2 GPUs)" "$(tail -3 "$OUT/b_${st}async.log" 2> /dev/null | tr '\n' ' ')"; fi
   done
+  # stage 3 with three groups' all-gathers in flight at once (zero.prefetch_groups = 3): bitwise
+  if [ -f "$W/stage3/ckpt_00000006/meta.json" ] && ZP_CUDA_NCCL_ASYNC=1 run s3pf3 2 zero.plugin=stage3 zero.prefetch_groups=3; then
+    c=$("$B/zp" ckpt compare "$W/stage3/ckpt_00000006" "$W/s3pf3/ckpt_00000006" --tol 0 2>&1) &&
+      add PASS "stage3, prefetch_groups 3, ASYNC=1 (bitwise)" "$c" || add FAIL "stage3, prefetch_groups 3, ASYNC=1" "$c"
+  else add FAIL "stage3, prefetch_groups 3 (2 GPUs)" "$(tail -3 "$OUT/b_s3pf3.log" 2> /dev/null | tr '\n' ' ')"; fi
   if run one 1 train.micro_batch=8; then
     # bf16 gradients of 8 sequences at once vs 2 x 4 averaged round differently (~0.4%); Adam's
     # m/sqrt(v) turns a sign flip of a near-zero gradient into a full lr-sized step, so
