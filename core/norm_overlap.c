@@ -14,7 +14,8 @@
  * started); a start reported twice in a step is issued twice (the later one wins: the side
  * stream runs in order); every answer forgets all starts, and so does each step's beginning
  * (zp_norm_reset), so a start can never answer another step; nothing is allocated after open.
- * train.overlap_norm = false turns it off (A/B timing; the same bits).
+ * train.overlap_norm = true turns it on (off by default: no gain measured at GPT-2 1.5B on an
+ * H100, docs/perf.md 27; the same bits either way).
  */
 #include "norm_overlap.h"
 

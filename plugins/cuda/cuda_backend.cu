@@ -28,9 +28,6 @@
  *   contract, not the same bits).
  *   ZP_CUDA_BGRAD = 0 (default: a deterministic column-sum pass over dout) | 1 (matmul_bwd's bias
  *   gradient from the dW GEMM's BGRADB epilogue: measured slower on the H100, docs/perf.md 15).
- *   ZP_CUDA_DGELU_BGRAD = sums (default: matmul_dgelu_bgrad_bwd's fc bias gradient by the
- *   column-sum kernels over dinp right after the GEMM) | epi (from the dinp GEMM's DGELU_BGRAD
- *   epilogue; not measured yet, docs/perf.md 26).
  *   ZP_CUDA_BIAS_SUMS = first (default: matmul_bwd's bias column sums before its dW GEMM, while
  *   dout may still be in L2) | after (after it, the order before ABI 1.9; for A/B timing).
  *   ZP_CUDA_NCCL_ASYNC = 0 (default) | 1: NCCL communicators offer ABI 1.9 allreduce_start /
@@ -67,7 +64,6 @@
 #define ZPC_DEFAULT_FUSE_RES 1  /* the residual as the GEMM's C (measured: docs/perf.md) */
 #define ZPC_DEFAULT_FA2_FWD 0   /* fast (measured: docs/perf.md) */
 #define ZPC_DEFAULT_BGRAD 0     /* column sums: the BGRADB epilogue measured slower (docs/perf.md 15) */
-#define ZPC_DEFAULT_DGELU_BGRAD 0 /* sums until epi is measured (docs/perf.md 26) */
 #define ZPC_DEFAULT_FA2_BWD 1   /* kv2 (measured: docs/perf.md) */
 #define ZPC_DEFAULT_XENT 1      /* fast (docs/perf.md 25) */
 
@@ -167,7 +163,6 @@ static const struct zpc_switch zpc_switches[] = {
     {"ZP_CUDA_GEMM_TUNE", offsetof(zp_backend, gemm_tune), 0, {"0", "1", "2"}},
     {"ZP_CUDA_ADAMW_PIECES", offsetof(zp_backend, adamw_pieces), 1, {"0", "1"}},
     {"ZP_CUDA_BGRAD", offsetof(zp_backend, bgrad), ZPC_DEFAULT_BGRAD, {"0", "1"}},
-    {"ZP_CUDA_DGELU_BGRAD", offsetof(zp_backend, dgelu_bgrad), ZPC_DEFAULT_DGELU_BGRAD, {"sums", "epi"}},
     {"ZP_CUDA_BIAS_SUMS", offsetof(zp_backend, bias_after), 0, {"first", "after"}},
     {"ZP_CUDA_NCCL_ASYNC", offsetof(zp_backend, nccl_async), 0, {"0", "1"}},
     {"ZP_CUDA_PRIO", offsetof(zp_backend, prio), 1, {"0", "1"}},

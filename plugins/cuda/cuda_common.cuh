@@ -68,8 +68,6 @@ struct zp_backend {
   int nccl_async;        /* ZP_CUDA_NCCL_ASYNC: 1 NCCL communicators offer allreduce_start / wait (1.9) */
   void* ncomm[ZPC_MAX_NCOMMS]; /* those communicators (comm_nccl.cu), drained before blocking waits */
   int n_ncomm;
-  int dgelu_bgrad;       /* ZP_CUDA_DGELU_BGRAD: 1 epi (the fc bias gradient from DGELU_BGRAD), 0 sums */
-  int dgelu_bgrad_unsupported; /* cuBLASLt offered no DGELU_BGRAD algorithm: sums from then on */
   int tune_evict_warned; /* a tuned algo_cache entry was overwritten (warned once) */
   cudaStream_t stream;
   /* copies beside the compute (1.5): one stream per direction (both copy engines), created on
@@ -276,8 +274,7 @@ struct zpc_gemm {
   const void* C;       /* beta != 0: the addend, same type and layout as D; NULL: D itself */
   void* bgrad;         /* CUBLASLT_EPILOGUE_BGRADB: bgrad[M] (bf16, overwritten) = sums over K
                         * of op(A)'s columns (transa = 1: A's columns, i.e. the bias gradient
-                        * of a dW GEMM); with epi_gelu 2, DGELU_BGRAD: bgrad[N] = the sums of
-                        * D's (row-major) columns; not with bias or epi_gelu 1; batch 1 */
+                        * of a dW GEMM); not with bias or a GELU epilogue; batch 1 */
 };
 int zpc_gemm_run(zp_backend* b, const struct zpc_gemm* g);
 

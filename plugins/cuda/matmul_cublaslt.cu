@@ -27,8 +27,9 @@
  * matmul_dgelu_bwd: matmul_bwd whose dinp GEMM ends in CUBLASLT_EPILOGUE_DGELU with aux = pre:
  *   dinp = (dout @ W) * gelu'(pre), one pass instead of a GEMM plus gelu_bwd's three.
  * matmul_dgelu_bgrad_bwd (1.9): that, plus dpre_bias += the column sums of dinp (the fc bias
- *   gradient): ZP_CUDA_DGELU_BGRAD=sums (default) the column-sum kernels over dinp just after the
- *   GEMM; epi: from CUBLASLT_EPILOGUE_DGELU_BGRAD into a bf16 scratch vector, then added.
+ *   gradient) by the column-sum kernels over dinp just after the GEMM. (cuBLASLt's
+ *   CUBLASLT_EPILOGUE_DGELU_BGRAD was tried, session 12 on the H100: dinp wrong at GPT-2 1.5B's
+ *   fc shape and the GEMM 1.8x slower; removed, docs/perf.md 26.)
  * Bias gradients by column sums run before the dW GEMM, while dout is likely still in L2
  * (ZP_CUDA_BIAS_SUMS=after: after it, as before).
  *
@@ -75,7 +76,7 @@ static uint32_t zpc_alignment(const void* p, int64_t stride_bytes, int batch) {
 }
 
 static const char* zpc_epi_name(const struct zpc_gemm* g) {
-  if (g->epi_gelu == 2) return g->bgrad ? "dgelu_bgrad" : "dgelu";
+  if (g->epi_gelu == 2) return "dgelu";
   if (g->bgrad) return "bgradb";
   if (g->epi_gelu == 1) return g->bias ? "gelu_aux_bias" : "gelu_aux";
   return g->bias ? "bias" : "none";
@@ -220,8 +221,8 @@ int zpc_gemm_run(zp_backend* b, const struct zpc_gemm* g) {
   if (g->M <= 0 || g->N <= 0 || g->K <= 0 || g->batch <= 0)
     return ZPC_INVALID(b, "cuda backend: gemm with empty shape M=%d N=%d K=%d batch=%d", g->M, g->N,
                        g->K, g->batch);
-  if (g->bgrad && (g->bias || g->epi_gelu == 1 || g->batch != 1))
-    return zpc_err(b->host, ZP_E_INTERNAL, "cuda backend: gemm BGRADB / DGELU_BGRAD needs no bias, batch 1");
+  if (g->bgrad && (g->bias || g->epi_gelu || g->batch != 1))
+    return zpc_err(b->host, ZP_E_INTERNAL, "cuda backend: gemm BGRADB needs no bias, no GELU epilogue, batch 1");
   if (g->bias && (g->d_fp32 || g->batch != 1))
     return zpc_err(b->host, ZP_E_INTERNAL, "cuda backend: gemm bias needs bf16 D and batch 1");
   if (g->epi_gelu && (g->d_fp32 || g->batch != 1 || !g->aux || (g->epi_gelu == 2 && g->bias)))
@@ -267,7 +268,7 @@ int zpc_gemm_run(zp_backend* b, const struct zpc_gemm* g) {
     LT(cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
     LT(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &opA, sizeof opA));
     LT(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &opB, sizeof opB));
-    if (g->bgrad && !g->epi_gelu) {
+    if (g->bgrad) {
       cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BGRADB;
       cudaDataType_t bdt = CUDA_R_16BF; /* fp32 was refused (CUBLAS_STATUS_INVALID_VALUE, H100) */
       LT(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi));
@@ -278,17 +279,9 @@ int zpc_gemm_run(zp_backend* b, const struct zpc_gemm* g) {
     if (g->bias || g->epi_gelu) {
       cublasLtEpilogue_t epi = g->epi_gelu == 1 ? (g->bias ? CUBLASLT_EPILOGUE_GELU_AUX_BIAS
                                                            : CUBLASLT_EPILOGUE_GELU_AUX)
-                               : g->epi_gelu == 2 ? (g->bgrad ? CUBLASLT_EPILOGUE_DGELU_BGRAD
-                                                              : CUBLASLT_EPILOGUE_DGELU)
+                               : g->epi_gelu == 2 ? CUBLASLT_EPILOGUE_DGELU
                                                   : CUBLASLT_EPILOGUE_BIAS;
       LT(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi));
-      if (g->bgrad) { /* DGELU_BGRAD: bgrad[m] = the sums over D's columns (bf16, as BGRADB) */
-        cudaDataType_t bdt = CUDA_R_16BF;
-        LT(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &g->bgrad,
-                                          sizeof g->bgrad));
-        LT(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bdt,
-                                          sizeof bdt));
-      }
       if (g->bias) {
         cudaDataType_t bdt = CUDA_R_16BF;
         LT(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &g->bias,
@@ -452,8 +445,8 @@ int zpc_matmul_res_fwd(zp_backend* b, void* out, const void* inp, const void* w,
   return zpc_matmul_fwd_epi(b, out, inp, w, bias, N, IC, OC, 0, NULL, res);
 }
 
-static int zpc_matmul_dinp(zp_backend* b, void* dinp, void* bgrad, const void* dout, const void* w,
-                           const void* pre, int N, int IC, int OC);
+static int zpc_matmul_dinp(zp_backend* b, void* dinp, const void* dout, const void* w, const void* pre,
+                           int N, int IC, int OC);
 
 /* dbias[C] (bf16) += the column sums of x[N,C] (stored under grad_overwrite): the deterministic
  * two-pass kernels of kernels_reduce.cu, through the op scratch */
@@ -519,7 +512,7 @@ int zpc_matmul_bwd(zp_backend* b, void* dinp, void* dw, void* dbias, const void*
     if (g.bgrad && (rc = zpc_bias_from_epi(b, dbias, bg, (size_t)OC))) return rc;
   }
   if (sums && b->bias_after && (rc = zpc_bias_colsum(b, dbias, dout, N, OC))) return rc;
-  return zpc_matmul_dinp(b, dinp, NULL, dout, w, NULL, N, IC, OC);
+  return zpc_matmul_dinp(b, dinp, dout, w, NULL, N, IC, OC);
 }
 
 int zpc_matmul_gelu_fwd(zp_backend* b, void* out, void* pre, const void* inp, const void* w,
@@ -541,10 +534,8 @@ int zpc_matmul_dgelu_bwd(zp_backend* b, void* dinp, void* dw, void* dbias, const
   return zpc_matmul_dgelu_bgrad_bwd(b, dinp, NULL, dw, dbias, dout, inp, w, pre, N, IC, OC);
 }
 
-/* 1.9: matmul_dgelu_bwd, and dpre_bias[IC] += the column sums of dinp: through the dinp GEMM's
- * CUBLASLT_EPILOGUE_DGELU_BGRAD (ZP_CUDA_DGELU_BGRAD=epi: a bf16 vector in the op scratch, then
- * added) or, with sums (or no such algorithm offered, or the unfused GELU), the column-sum
- * kernels over dinp right after it is written */
+/* 1.9: matmul_dgelu_bwd, and dpre_bias[IC] += the column sums of dinp, by the column-sum kernels
+ * right after dinp is written (while it is likely still in L2) */
 int zpc_matmul_dgelu_bgrad_bwd(zp_backend* b, void* dinp, void* dpb, void* dw, void* dbias,
                                const void* dout, const void* inp, const void* w, const void* pre,
                                int N, int IC, int OC) {
@@ -557,27 +548,15 @@ int zpc_matmul_dgelu_bgrad_bwd(zp_backend* b, void* dinp, void* dpb, void* dw, v
       return rc;
     return dpb ? zpc_bias_colsum(b, dpb, dinp, N, IC) : ZP_OK;
   }
-  if ((rc = zpc_matmul_bwd(b, NULL, dw, dbias, dout, inp, w, N, IC, OC))) return rc;
-  void* bg = NULL;
-  if (dpb && b->dgelu_bgrad && !b->dgelu_bgrad_unsupported &&
-      (rc = zpc_scratch(b, (size_t)IC * sizeof(bf16), &bg)))
+  if ((rc = zpc_matmul_bwd(b, NULL, dw, dbias, dout, inp, w, N, IC, OC)) ||
+      (rc = zpc_matmul_dinp(b, dinp, dout, w, pre, N, IC, OC)))
     return rc;
-  rc = zpc_matmul_dinp(b, dinp, bg, dout, w, pre, N, IC, OC);
-  if (rc == ZP_E_NOT_IMPLEMENTED && bg) { /* no DGELU_BGRAD algorithm: column sums from now on */
-    b->dgelu_bgrad_unsupported = 1;
-    zpc_log(b, ZP_LOG_WARN, "cuda backend: cuBLASLt offers no DGELU_BGRAD algorithm: the fc bias "
-                            "gradient by column sums instead");
-    bg = NULL;
-    rc = zpc_matmul_dinp(b, dinp, NULL, dout, w, pre, N, IC, OC);
-  }
-  if (rc || !dpb) return rc;
-  return bg ? zpc_bias_from_epi(b, dpb, bg, (size_t)IC) : zpc_bias_colsum(b, dpb, dinp, N, IC);
+  return dpb ? zpc_bias_colsum(b, dpb, dinp, N, IC) : ZP_OK;
 }
 
-/* dinp[N,IC] = dout[N,OC] @ W[OC,IC], times gelu'(pre) when pre is set (and then, when bgrad
- * is set, bgrad[IC] (bf16, overwritten) = its column sums, DGELU_BGRAD) */
-static int zpc_matmul_dinp(zp_backend* b, void* dinp, void* bgrad, const void* dout, const void* w,
-                           const void* pre, int N, int IC, int OC) {
+/* dinp[N,IC] = dout[N,OC] @ W[OC,IC], times gelu'(pre) when pre is set */
+static int zpc_matmul_dinp(zp_backend* b, void* dinp, const void* dout, const void* w, const void* pre,
+                           int N, int IC, int OC) {
   int rc;
   if (dinp) {
     struct zpc_gemm g;
@@ -598,7 +577,6 @@ static int zpc_matmul_dinp(zp_backend* b, void* dinp, void* bgrad, const void* d
     g.beta = 0.0f;
     g.epi_gelu = pre ? 2 : 0;
     g.aux = (void*)pre;
-    g.bgrad = bgrad; /* with pre: DGELU_BGRAD, bgrad[IC] = the column sums of dinp */
     if ((rc = zpc_gemm_run(b, &g))) return rc;
   }
   return ZP_OK;

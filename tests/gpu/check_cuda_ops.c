@@ -1369,11 +1369,11 @@ static void t_matmul_gelu(int N, int IC, int OC) {
 }
 
 /* ---- 1.9 matmul_dgelu_bgrad_bwd: matmul_dgelu_bwd plus the pre-activation's bias gradient
- * (dpre_bias += column sums of dinp), both ZP_CUDA_DGELU_BGRAD kernels (sums, the default:
- * column sums over dinp; epi: the dinp GEMM's DGELU_BGRAD epilogue) against the reference, with
- * dpre_bias NULL the same bits as matmul_dgelu_bwd, and timed against matmul_dgelu_bwd plus the
- * separate column sums it replaces in the model (the fc matmul_bwd's dbias) ---- */
-static zp_backend *g_dge, *t_dge; /* ZP_CUDA_DGELU_BGRAD=epi (t_: legacy stream, timing) */
+ * (dpre_bias += column sums of dinp) against the reference, dinp the same bits as
+ * matmul_dgelu_bwd's, with dpre_bias NULL exactly matmul_dgelu_bwd, and timed against
+ * matmul_dgelu_bwd plus the separate column sums it replaces in the model (the fc matmul_bwd's
+ * dbias). (Session 12 removed the ZP_CUDA_DGELU_BGRAD=epi variant these rows also checked: its
+ * dinp failed at N8192 IC6400 OC1600, docs/perf.md 26.) ---- */
 static int r_mmgb_bwd(const zp_backend_ops* o, zp_backend* b, const args_t* a) {
   return o->matmul_dgelu_bgrad_bwd(b, a->o1, a->f1, a->o2, a->o3, a->i4, a->i1, a->i2, a->i3, a->N, a->IC,
                                    a->OC);
@@ -1432,21 +1432,19 @@ static void t_matmul_dgelu_bgrad(int N, int IC, int OC) {
   CK(R->gelu_bwd(rb, rdinp, rup(pre, NI), rdg, NI));
   CK(R->matmul_bwd(rb, NULL, NULL, rdp, rdinp, NULL, NULL, N, OC, IC));
   float *ref_i = rdown(rdinp, NI), *ref_w = rdown(rdw, W), *ref_b = rdown(rdb, OC), *ref_p = rdown(rdp, IC);
-  zp_backend* bk[2] = {gb, g_dge};
-  const char* kn[2] = {"sums", "epi"};
-  void* hi_plain = NULL;
-  for (int k = 0; k < 2; k++) {
-    if (!bk[k]) continue;
+  const char* kn = "sums";
+  {
+    zp_backend* bk = gb;
     args_t a = mmgb_args(N, IC, OC, inp, w, pre, dout, nanv, dw0, db0, dp0);
-    CK(r_mmgb_bwd(G, bk[k], &a));
+    CK(r_mmgb_bwd(G, bk, &a));
     char nm[96];
-    snprintf(nm, sizeof nm, "matmul_dgelu_bgrad_bwd[%s].dinp(overwrite)", kn[k]);
+    snprintf(nm, sizeof nm, "matmul_dgelu_bgrad_bwd[%s].dinp(overwrite)", kn);
     cmp(nm, shape, gdown(a.o1, NI), ref_i, NI, TOL_GRAD);
-    snprintf(nm, sizeof nm, "matmul_dgelu_bgrad_bwd[%s].dw(acc)", kn[k]);
+    snprintf(nm, sizeof nm, "matmul_dgelu_bgrad_bwd[%s].dw(acc)", kn);
     cmp(nm, shape, gdown(a.o2, W), ref_w, W, TOL_GRAD);
-    snprintf(nm, sizeof nm, "matmul_dgelu_bgrad_bwd[%s].dbias(acc)", kn[k]);
+    snprintf(nm, sizeof nm, "matmul_dgelu_bgrad_bwd[%s].dbias(acc)", kn);
     cmp(nm, shape, gdown(a.o3, OC), ref_b, OC, TOL_GRAD);
-    snprintf(nm, sizeof nm, "matmul_dgelu_bgrad_bwd[%s].dpre_bias(acc)", kn[k]);
+    snprintf(nm, sizeof nm, "matmul_dgelu_bgrad_bwd[%s].dpre_bias(acc)", kn);
     cmp(nm, shape, gdown(a.f1, IC), ref_p, IC, TOL_GRAD);
     /* dpre_bias NULL: exactly matmul_dgelu_bwd */
     args_t z = a, p = a;
@@ -1457,37 +1455,31 @@ static void t_matmul_dgelu_bgrad(int N, int IC, int OC) {
     p.o1 = gup(nanv, NI);
     p.o2 = gup(dw0, W);
     p.o3 = gup(db0, OC);
-    CK(r_mmgb_bwd(G, bk[k], &z));
-    CK(G->matmul_dgelu_bwd(bk[k], p.o1, p.o2, p.o3, p.i4, p.i1, p.i2, p.i3, N, IC, OC));
-    CK(G->synchronize(bk[k]));
+    CK(r_mmgb_bwd(G, bk, &z));
+    CK(G->matmul_dgelu_bwd(bk, p.o1, p.o2, p.o3, p.i4, p.i1, p.i2, p.i3, N, IC, OC));
+    CK(G->synchronize(bk));
     void* hz = gdown_bytes(z.o1, NI * 2);
-    hi_plain = gdown_bytes(p.o1, NI * 2);
-    snprintf(nm, sizeof nm, "matmul_dgelu_bgrad_bwd[%s].null_dpre=dgelu.dinp", kn[k]);
+    void* hi_plain = gdown_bytes(p.o1, NI * 2);
+    snprintf(nm, sizeof nm, "matmul_dgelu_bgrad_bwd[%s].null_dpre=dgelu.dinp", kn);
     cmp_bytes(nm, shape, hz, hi_plain, NI * 2);
-    snprintf(nm, sizeof nm, "matmul_dgelu_bgrad_bwd[%s].null_dpre=dgelu.dw", kn[k]);
+    snprintf(nm, sizeof nm, "matmul_dgelu_bgrad_bwd[%s].null_dpre=dgelu.dw", kn);
     cmp_bytes(nm, shape, gdown_bytes(z.o2, W * 2), gdown_bytes(p.o2, W * 2), W * 2);
-    /* sums: dinp is the plain DGELU GEMM's, bit for bit (epi's GEMM may be another cuBLASLt
-     * kernel, so its dinp is held to the reference above instead) */
-    if (k == 0) {
-      snprintf(nm, sizeof nm, "matmul_dgelu_bgrad_bwd[%s].dinp=dgelu.dinp", kn[k]);
-      cmp_bytes(nm, shape, gdown_bytes(a.o1, NI * 2), hi_plain, NI * 2);
-    }
+    /* dinp is the plain DGELU GEMM's, bit for bit */
+    snprintf(nm, sizeof nm, "matmul_dgelu_bgrad_bwd[%s].dinp=dgelu.dinp", kn);
+    cmp_bytes(nm, shape, gdown_bytes(a.o1, NI * 2), hi_plain, NI * 2);
     flush(NAN);
   }
-  zp_backend* tk[2] = {tb, t_dge};
-  double tms[2] = {NAN, NAN};
+  double tms = NAN;
   args_t ta = mmgb_args(N, IC, OC, inp, w, pre, dout, nanv, dw0, db0, dp0);
-  for (int k = 0; k < 2; k++) {
-    if (!tk[k]) continue;
-    tms[k] = gtime(tk[k], r_mmgb_bwd, &ta);
-    if (!isnan(tms[k]))
-      printf("# matmul_dgelu_bgrad_bwd[%s] %s: %.3f ms\n", kn[k], shape, tms[k]);
+  if (tb) {
+    tms = gtime(tb, r_mmgb_bwd, &ta);
+    if (!isnan(tms)) printf("# matmul_dgelu_bgrad_bwd[%s] %s: %.3f ms\n", kn, shape, tms);
   }
   const double old = gtime(tb, r_mmgb_old, &ta);
   if (!isnan(old))
-    printf("# matmul_dgelu_bwd + matmul_bwd(dbias only) %s (before 1.9): %.3f ms; sums saves %.3f, epi %.3f\n",
-           shape, old, old - tms[0], old - tms[1]);
-  flush(tms[0]);
+    printf("# matmul_dgelu_bwd + matmul_bwd(dbias only) %s (before 1.9): %.3f ms; the fused op saves %.3f\n",
+           shape, old, old - tms);
+  flush(tms);
   release_all();
 }
 
@@ -2976,7 +2968,6 @@ int main(int argc, char** argv) {
   glf = make_cuda_ln(NULL, "fast");
   glp = make_cuda_ln(NULL, "pf");
   glw = make_cuda_ln(NULL, "warp");
-  g_dge = make_cuda_with("ZP_CUDA_DGELU_BGRAD", "epi", NULL, "naive", 1);
   for (int k = 0; k < NXENT; k++)
     gxe[k] = make_cuda_with("ZP_CUDA_XENT", g_xent_names[k], NULL, "naive", 1);
   if (g_time) {
@@ -2990,7 +2981,6 @@ int main(int argc, char** argv) {
     tlf = make_cuda_ln("legacy", "fast");
     tlp = make_cuda_ln("legacy", "pf");
     tlw = make_cuda_ln("legacy", "warp");
-    t_dge = make_cuda_with("ZP_CUDA_DGELU_BGRAD", "epi", "legacy", "naive", 1);
     if (!g_quick) {
       t0b = make_cuda("legacy", "naive", "0", 1);
       ttb = make_cuda("legacy", "naive", "2", 1);
@@ -3112,8 +3102,6 @@ int main(int argc, char** argv) {
   if (gfab) G->destroy(gfab);
   if (twb) G->destroy(twb);
   if (gwb) G->destroy(gwb);
-  if (t_dge) G->destroy(t_dge);
-  if (g_dge) G->destroy(g_dge);
   if (tb) G->destroy(tb);
   if (gfb) G->destroy(gfb);
   G->destroy(gb);

@@ -132,12 +132,12 @@ run ov-off 3 train.overlap_optimizer=false && compare ref-fp32-3 ov-off 0 "repli
 V=(train.grad_accum=2 train.val_every=2 train.val_batches=2 data.val="$src/data/fortunes/val_000.bin")
 run ov-acc-on 2 "${V[@]}" && grep -q "val" "$work/ov-acc-on/metrics.jsonl" && run ov-acc-off 2 "${V[@]}" train.overlap_optimizer=false &&
   compare ov-acc-on ov-acc-off 0 "replicated, grad_accum 2 + validation, optimizer overlap on vs off (bitwise)"
-# the gradient norm's sums started during the backward (train.overlap_norm, default on; ABI 1.9
+# the gradient norm's sums started during the backward (train.overlap_norm, default off; ABI 1.9
 # sumsq_start / sumsq_collect) give the norm of the sums at the step bit for bit: with clipping
 # on (grad_clip 0.05 < the norm, so the norm scales every update), per strategy on 2 ranks and
 # with grad_accum 2 (only the last micro-batch's reports start sums), on vs off, bitwise
 for st in none stage1 stage2 stage3; do
-  run "nc-$st-on" 2 zero.plugin=$st train.grad_clip=0.05 && run "nc-$st-off" 2 zero.plugin=$st train.grad_clip=0.05 train.overlap_norm=false &&
+  run "nc-$st-on" 2 zero.plugin=$st train.grad_clip=0.05 train.overlap_norm=true && run "nc-$st-off" 2 zero.plugin=$st train.grad_clip=0.05 train.overlap_norm=false &&
     compare "nc-$st-on" "nc-$st-off" 0 "$st, grad_clip 0.05: norm sums started during the backward vs at the step (bitwise)"
   # every group's sum came from a start (so the comparison above did test them), none when off
   l=$(grep -o "gradient norm: [0-9]* of [0-9]* sums of squares started beside the backward" "$work/nc-$st-on.log" | head -1)
@@ -148,7 +148,7 @@ for st in none stage1 stage2 stage3; do
     echo "FAIL: $st: the norm's sums were not all started during the backward: '${l:-no summary line}'"; fail=1
   fi
 done
-run nc-acc-on 2 zero.plugin=stage2 train.grad_clip=0.05 train.grad_accum=2 &&
+run nc-acc-on 2 zero.plugin=stage2 train.grad_clip=0.05 train.grad_accum=2 train.overlap_norm=true &&
   run nc-acc-off 2 zero.plugin=stage2 train.grad_clip=0.05 train.grad_accum=2 train.overlap_norm=false &&
   compare nc-acc-on nc-acc-off 0 "stage2, grad_accum 2, grad_clip 0.05: norm sums started during the backward vs at the step (bitwise)"
 # gradients written by each block's first backward (train.grad_overwrite, default on; ABI 1.8)

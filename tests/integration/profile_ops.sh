@@ -18,8 +18,8 @@ trap 'rm -rf "$work"' EXIT
 fail=0
 common=(--set data.val="$(cd "$src" && pwd)/data/fortunes/val_*.bin" --set train.val_every=2 --set train.val_batches=3)
 "$zp" train "$cfg" --set train.out_dir="$work/plain" "${common[@]}" > "$work/plain.log" 2>&1 || { echo "FAIL: plain run"; tail "$work/plain.log"; exit 1; }
-"$zp" train "$cfg" --set train.out_dir="$work/prof" --set train.profile_ops=true "${common[@]}" > "$work/prof.log" 2>&1 || { echo "FAIL: profiled run"; tail "$work/prof.log"; exit 1; }
-"$zp" train "$cfg" --set train.out_dir="$work/profs" --set train.profile_ops=true --set train.profile_sync=true "${common[@]}" > "$work/profs.log" 2>&1 || { echo "FAIL: profiled run (sync)"; tail "$work/profs.log"; exit 1; }
+"$zp" train "$cfg" --set train.out_dir="$work/prof" --set train.profile_ops=true --set train.overlap_norm=true "${common[@]}" > "$work/prof.log" 2>&1 || { echo "FAIL: profiled run"; tail "$work/prof.log"; exit 1; }
+"$zp" train "$cfg" --set train.out_dir="$work/profs" --set train.profile_ops=true --set train.profile_sync=true --set train.overlap_norm=true "${common[@]}" > "$work/profs.log" 2>&1 || { echo "FAIL: profiled run (sync)"; tail "$work/profs.log"; exit 1; }
 a=$(grep -o '"step":[0-9]*,"loss":[0-9.e+-]*' "$work/plain/metrics.jsonl"); b=$(grep -o '"step":[0-9]*,"loss":[0-9.e+-]*' "$work/prof/metrics.jsonl")
 if [ "$a" = "$b" ] && out=$("$zp" ckpt compare "$work/plain/ckpt_00000004" "$work/prof/ckpt_00000004" --tol 0 2>&1); then
   echo "ok   profiling leaves the results unchanged (bitwise): $out"
@@ -28,8 +28,9 @@ else
 fi
 row() { grep -E "^\| $1 \|" "${2:-$work/prof.log}" | awk -F'|' '{gsub(/ /, "", $3); print $3}'; }
 # equiv.toml: 2 blocks, d_model 32 (qkv 32x96), vocab padded 320
-# sumsq: the gradient norm's sums of the 4 groups are started during the backward (ABI 1.9
-# sumsq_start, timed as "sumsq" each) and collected with one wait ("sumsq_collect")
+# sumsq (the two runs above set train.overlap_norm = true, off by default): the gradient norm's
+# sums of the 4 groups are started during the backward (ABI 1.9 sumsq_start, timed as "sumsq"
+# each) and collected with one wait ("sumsq_collect")
 want=("matmul_fwd 32x96:2.0" "matmul_bwd 32x96:2.0" "matmul_fwd 32x320:1.0" "matmul_bwd 32x320:1.0" "layernorm_fwd:5.0" "attention_bwd:2.0" "sumsq:4.0" "sumsq_collect:1.0")
 for w in "${want[@]}"; do
   got=$(row "${w%:*}")
@@ -43,7 +44,7 @@ if grep -q "device timestamps before and after each op" "$work/prof.log" && grep
 else
   echo "FAIL: timing-mode headers or the device line"; grep -E "op profile|^device|^warning" "$work/prof.log" "$work/profs.log"; fail=1
 fi
-# train.overlap_norm = false: the norm's sums at the step, one sumsq_many; the same bits
+# train.overlap_norm = false (the default): the norm's sums at the step, one sumsq_many; the same bits
 "$zp" train "$cfg" --set train.out_dir="$work/profn" --set train.profile_ops=true --set train.overlap_norm=false "${common[@]}" > "$work/profn.log" 2>&1 || { echo "FAIL: profiled run (overlap_norm false)"; tail "$work/profn.log"; fail=1; }
 gn() { grep -o '"step":[0-9]*,"loss":[0-9.e+-]*,"lr":[0-9.e+-]*,"grad_norm":[0-9.e+-]*' "$1/metrics.jsonl"; }
 if [ "$(row sumsq "$work/profn.log")" = 1.0 ] && [ -z "$(row sumsq_collect "$work/profn.log")" ] && [ "$(gn "$work/prof")" = "$(gn "$work/profn")" ] &&
