@@ -7,12 +7,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 jobs=$(nproc)
-# the tests' Python helpers need numpy, which setup.sh installs for the distribution's python3;
-# a python3 earlier on PATH without it (pyenv, a virtualenv) would fail them
-if ! python3 -c 'import numpy' 2> /dev/null && /usr/bin/python3 -c 'import numpy' 2> /dev/null; then
-  echo "test.sh: $(command -v python3) has no numpy: using /usr/bin/python3 (the distribution's, set up by setup.sh)"
-  export PATH=/usr/bin:$PATH
-fi
 echo "== release: build + ctest"
 cmake --preset release -G Ninja >/dev/null
 cmake --build --preset release
