@@ -24,7 +24,8 @@
  * every fetch is waited for before the step's update rewrites the shards.
  * Gathers started ahead (ABI 1.9 allgather_start): having gathered group g, the next
  * zero.prefetch_groups groups of the pass (device-resident shards) are all-gathered into free
- * pool slots at once, beside g's compute; its ensure() waits for it (wait_started), and a release waits before poisoning.
+ * pool slots at once, beside g's compute; each one's ensure() waits for it (wait_started), and
+ * a release waits before poisoning.
  * Memory per rank: (P+G+K)Ψ/N + gather pool + gradient buffers.
  * Communication per step: all-gather in forward and backward + reduce-scatter = 3Ψ. */
 #include "../common/copy_async.h"
