@@ -70,40 +70,33 @@ static int defer(zp_ar_queue* a, zp_comm* c, const zp_ar_op* op, uint64_t* ticke
   return ZP_OK;
 }
 
+/* one op started: issued by the communicator where it has every start op, else deferred */
+static int start(zp_ar_queue* a, zp_comm* c, const zp_ar_op* o, uint64_t* ticket, char* err, size_t errlen) {
+  *ticket = 0;
+  if (!native(c)) return defer(a, c, o, ticket, err, errlen);
+  uint64_t t = 0;
+  int rc = o->rs == 2 ? c->ops->allgather_start(c, o->buf, o->send, o->n, o->dt, &t)
+           : o->rs == 1 ? c->ops->reduce_scatter_start(c, o->buf, o->send, o->n, o->dt, o->op, &t)
+                        : c->ops->allreduce_start(c, o->buf, o->n, o->dt, o->op, &t);
+  return took(a, c, rc, t, ticket, err, errlen);
+}
+
 int zp_ar_start(zp_ar_queue* a, zp_comm* c, void* buf, size_t n, zp_dtype dt, zp_redop op, uint64_t* ticket, char* err,
                 size_t errlen) {
-  *ticket = 0;
-  if (native(c)) {
-    uint64_t t = 0;
-    int rc = c->ops->allreduce_start(c, buf, n, dt, op, &t);
-    return took(a, c, rc, t, ticket, err, errlen);
-  }
   zp_ar_op o = {0, buf, NULL, n, dt, op, 0};
-  return defer(a, c, &o, ticket, err, errlen);
+  return start(a, c, &o, ticket, err, errlen);
 }
 
 int zp_rs_start(zp_ar_queue* a, zp_comm* c, void* recv, const void* send, size_t n, zp_dtype dt, zp_redop op,
                 uint64_t* ticket, char* err, size_t errlen) {
-  *ticket = 0;
-  if (native(c)) {
-    uint64_t t = 0;
-    int rc = c->ops->reduce_scatter_start(c, recv, send, n, dt, op, &t);
-    return took(a, c, rc, t, ticket, err, errlen);
-  }
   zp_ar_op o = {1, recv, send, n, dt, op, 0};
-  return defer(a, c, &o, ticket, err, errlen);
+  return start(a, c, &o, ticket, err, errlen);
 }
 
 int zp_ag_start(zp_ar_queue* a, zp_comm* c, void* recv, const void* send, size_t n, zp_dtype dt, uint64_t* ticket,
                 char* err, size_t errlen) {
-  *ticket = 0;
-  if (native(c)) {
-    uint64_t t = 0;
-    int rc = c->ops->allgather_start(c, recv, send, n, dt, &t);
-    return took(a, c, rc, t, ticket, err, errlen);
-  }
   zp_ar_op o = {2, recv, send, n, dt, ZP_RED_SUM, 0};
-  return defer(a, c, &o, ticket, err, errlen);
+  return start(a, c, &o, ticket, err, errlen);
 }
 
 int zp_ar_wait(zp_ar_queue* a, zp_comm* c, uint64_t ticket, char* err, size_t errlen) {

@@ -92,13 +92,18 @@ static const zp_comm_ops k_native = {sizeof(zp_comm_ops), m_allreduce, m_reduce_
 static const zp_comm_ops k_half = {sizeof(zp_comm_ops), m_allreduce, m_reduce_scatter, m_allgather, NULL, NULL,
                                    NULL, NULL, NULL, NULL, m_start, m_wait, NULL, NULL};
 
+/* a 2-rank mock communicator with the given ops and an empty queue */
+static void setup(mock_comm* m, const zp_comm_ops* ops, zp_ar_queue* a) {
+  memset(m, 0, sizeof *m);
+  m->base.ops = ops;
+  m->base.size = 2;
+  memset(a, 0, sizeof *a);
+}
+
 static void t_deferred(void) {
   mock_comm m;
-  memset(&m, 0, sizeof m);
-  m.base.ops = &k_plain;
-  m.base.size = 2;
   zp_ar_queue a;
-  memset(&a, 0, sizeof a);
+  setup(&m, &k_plain, &a);
   char err[256] = "";
   int b[5][2];
   for (int i = 0; i < 5; i++) b[i][0] = 0, b[i][1] = i + 1;
@@ -155,11 +160,8 @@ static void t_deferred_rs(void) {
   const zp_comm_ops* tables[2] = {&k_plain, &k_half};
   for (int k = 0; k < 2; k++) {
     mock_comm m;
-    memset(&m, 0, sizeof m);
-    m.base.ops = tables[k];
-    m.base.size = 2;
     zp_ar_queue a;
-    memset(&a, 0, sizeof a);
+    setup(&m, tables[k], &a);
     char err[256] = "";
     int send[2] = {5, 9}, recv[2] = {0, 0}, ar[2] = {0, 4};
     uint64_t t1 = 0, t2 = 0;
@@ -180,11 +182,8 @@ static void t_deferred_rs(void) {
 
 static void t_native(void) {
   mock_comm m;
-  memset(&m, 0, sizeof m);
-  m.base.ops = &k_native;
-  m.base.size = 2;
   zp_ar_queue a;
-  memset(&a, 0, sizeof a);
+  setup(&m, &k_native, &a);
   char err[256] = "";
   int b[2] = {0, 7};
   uint64_t t = 0;
