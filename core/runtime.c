@@ -150,13 +150,17 @@ static int h_reduce_scatter(zp_host_ctx* c, void* recv, const void* send, size_t
 static int h_allgather(zp_host_ctx* c, void* recv, const void* send, size_t n, zp_dtype dt);
 /* 1.9: a collective started now, finished at its wait (comm_async.c); one rank or count 0:
  * nothing to start (the synchronous service does what there is), ticket 0 */
+static int no_ticket(zp_host_ctx* c, const char* what, uint64_t* ticket) {
+  if (ticket) {
+    *ticket = 0;
+    return ZP_OK;
+  }
+  h_set_error(c, "%s: ticket is NULL", what);
+  return ZP_E_INVALID;
+}
 static int h_allreduce_start(zp_host_ctx* c, void* buf, size_t n, zp_dtype dt, zp_redop op, uint64_t* ticket) {
   zp_run* r = c->r;
-  if (!ticket) {
-    h_set_error(c, "allreduce_start: ticket is NULL");
-    return ZP_E_INVALID;
-  }
-  *ticket = 0;
+  if (no_ticket(c, "allreduce_start", ticket)) return ZP_E_INVALID;
   if (r->world == 1 || !r->comm || n == 0) return ZP_OK;
   double t0 = zp_now_us();
   int rc = zp_ar_start(&r->arq, data_comm(r), buf, n, dt, op, ticket, r->err, sizeof r->err);
@@ -166,11 +170,7 @@ static int h_allreduce_start(zp_host_ctx* c, void* buf, size_t n, zp_dtype dt, z
 static int h_reduce_scatter_start(zp_host_ctx* c, void* recv, const void* send, size_t n, zp_dtype dt, zp_redop op,
                                   uint64_t* ticket) {
   zp_run* r = c->r;
-  if (!ticket) {
-    h_set_error(c, "reduce_scatter_start: ticket is NULL");
-    return ZP_E_INVALID;
-  }
-  *ticket = 0;
+  if (no_ticket(c, "reduce_scatter_start", ticket)) return ZP_E_INVALID;
   if (n == 0 || r->world == 1 || !r->comm) return h_reduce_scatter(c, recv, send, n, dt, op); /* nothing to start */
   double t0 = zp_now_us();
   int rc = zp_rs_start(&r->arq, data_comm(r), recv, send, n, dt, op, ticket, r->err, sizeof r->err);
@@ -179,11 +179,7 @@ static int h_reduce_scatter_start(zp_host_ctx* c, void* recv, const void* send, 
 }
 static int h_allgather_start(zp_host_ctx* c, void* recv, const void* send, size_t n, zp_dtype dt, uint64_t* ticket) {
   zp_run* r = c->r;
-  if (!ticket) {
-    h_set_error(c, "allgather_start: ticket is NULL");
-    return ZP_E_INVALID;
-  }
-  *ticket = 0;
+  if (no_ticket(c, "allgather_start", ticket)) return ZP_E_INVALID;
   if (n == 0 || r->world == 1 || !r->comm) return h_allgather(c, recv, send, n, dt); /* nothing to start */
   double t0 = zp_now_us();
   int rc = zp_ag_start(&r->arq, data_comm(r), recv, send, n, dt, ticket, r->err, sizeof r->err);
