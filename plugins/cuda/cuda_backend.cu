@@ -151,12 +151,12 @@ struct zpc_switch {
   const char* var;
   size_t off; /* int field in zp_backend */
   int def;
-  const char* names[4];
+  const char* names[5];
 };
 static const struct zpc_switch zpc_switches[] = {
     {"ZP_CUDA_ATTN", offsetof(zp_backend, attn_flash), ZPC_DEFAULT_ATTN, {"naive", "flash", "fa2"}},
-    {"ZP_CUDA_FA2_FWD", offsetof(zp_backend, fa2_fwd), ZPC_DEFAULT_FA2_FWD, {"fast", "w8"}},
-    {"ZP_CUDA_FA2_BWD", offsetof(zp_backend, fa2_bwd), ZPC_DEFAULT_FA2_BWD, {"base", "kv2", "fused", "atomic"}},
+    {"ZP_CUDA_FA2_FWD", offsetof(zp_backend, fa2_fwd), ZPC_DEFAULT_FA2_FWD, {"fast", "w8", "wg"}},
+    {"ZP_CUDA_FA2_BWD", offsetof(zp_backend, fa2_bwd), ZPC_DEFAULT_FA2_BWD, {"base", "kv2", "fused", "atomic", "wg"}},
     {"ZP_CUDA_FUSE_GELU", offsetof(zp_backend, fuse_gelu), ZPC_DEFAULT_FUSE_GELU, {"0", "1"}},
     {"ZP_CUDA_FUSE_RES", offsetof(zp_backend, fuse_res), ZPC_DEFAULT_FUSE_RES, {"0", "1"}},
     {"ZP_CUDA_LN", offsetof(zp_backend, ln_fast), ZPC_DEFAULT_LN_FAST, {"legacy", "fast", "pf", "warp"}},
@@ -189,7 +189,7 @@ static int zpc_switch_read(const zp_host* host, const struct zpc_switch* w, zp_b
   *f = w->def;
   if (!v) return ZP_OK;
   char list[128] = "";
-  for (int k = 0; k < 4 && w->names[k]; k++) {
+  for (int k = 0; k < 5 && w->names[k]; k++) {
     if (strcmp(v, w->names[k]) == 0) {
       *f = k;
       return ZP_OK;

@@ -50,8 +50,9 @@ struct zp_backend {
   int device;
   int legacy_stream;     /* ZP_CUDA_STREAM=legacy: ops go to the legacy default stream (tests) */
   int attn_flash;        /* ZP_CUDA_ATTN: 2 fa2 (mma.sync), 1 flash (WMMA), 0 naive */
-  int fa2_fwd;           /* ZP_CUDA_FA2_FWD: 0 fast, 1 w8 (attention_fa2.cu) */
-  int fa2_bwd;           /* ZP_CUDA_FA2_BWD: 0 base, 1 kv2, 2 fused, 3 atomic (2, 3: a workspace) */
+  int fa2_fwd;           /* ZP_CUDA_FA2_FWD: 0 fast, 1 w8 (attention_fa2.cu), 2 wg (attention_wgmma.cu) */
+  int fa2_bwd;           /* ZP_CUDA_FA2_BWD: 0 base, 1 kv2, 2 fused, 3 atomic (2, 3: a workspace),
+                            4 wg (attention_wgmma_bwd.cu) */
   int fuse_gelu;         /* ZP_CUDA_FUSE_GELU: 1 GELU in the GEMM epilogues, 0 separate kernels */
   int ln_fast;           /* ZP_CUDA_LN: 0 legacy, 1 fast (vectorized), 2 pf (fast + prefetch),
                             3 warp (one warp per row, kernels_layernorm_warp.cu) */
@@ -377,6 +378,18 @@ int zpc_fa2_bwd(zp_backend* b, void* dqkv, const void* dout, const void* qkv, co
 size_t zpc_fa2_bwd_ws_bytes(const zp_backend* b, int B, int T, int C, int NH);
 int zpc_fa2_bwd_ws(zp_backend* b, void* dqkv, const void* dout, const void* qkv, const void* out,
                    const void* aux, void* ws, int B, int T, int C, int NH);
+/* D[b,h,t] = sum_d dO . O (fp32 [B, NH, T]) into the backend's scratch: the first step of every
+ * fa2 / wg backward (attention_fa2.cu); HS 32, 64 or 128 */
+int zpc_fa2_prep_D(zp_backend* b, void** Dv, const void* dout, const void* out, int B, int T,
+                   int NH, int HS);
+/* Hopper wgmma variants (ZP_CUDA_FA2_FWD=wg, ZP_CUDA_FA2_BWD=wg; attention_wgmma.cu and
+ * attention_wgmma_bwd.cu, compiled for sm_90a only, ZPC_HAVE_WGMMA): head size 64, the fa2
+ * contract (same aux, same alignment rules); callers check zpc_wg_usable first, else they run
+ * fast / kv2 */
+int zpc_wg_usable(const zp_backend* b, int C, int NH);
+int zpc_wg_fwd(zp_backend* b, void* out, void* aux, const void* qkv, int B, int T, int NH);
+int zpc_wg_bwd(zp_backend* b, void* dqkv, const void* dout, const void* qkv, const void* out,
+               const void* aux, int B, int T, int NH);
 int zpc_softmax_xent(zp_backend* b, float* losses, void* logits, const int32_t* targets, int N,
                      int V, int Vp, float dloss);
 /* tensor parallelism (0.3): kernels_encoder.cu, softmax_xent.cu */

@@ -14,10 +14,19 @@ NVCC=$CUDA/bin/nvcc
 mkdir -p "$BUILD/plugins" "$BUILD/obj"
 pids=()
 objs=()
+# the Hopper-only files (attention_wgmma*.cu) as in plugins/cuda/CMakeLists.txt: sm_90a alone,
+# built and enabled (ZPC_HAVE_WGMMA) only when ARCH is 90
+WG=0
+[ "$ARCH" = 90 ] && WG=1
 for f in "$SRC"/plugins/cuda/*.cu; do
   o="$BUILD/obj/$(basename "$f" .cu).o"
+  gen="arch=compute_$ARCH,code=sm_$ARCH"
+  case $(basename "$f") in attention_wgmma*)
+    [ "$WG" = 1 ] || continue
+    gen="arch=compute_90a,code=sm_90a" ;;
+  esac
   objs+=("$o")
-  "$NVCC" -O3 -std=c++17 -gencode "arch=compute_$ARCH,code=sm_$ARCH" \
+  "$NVCC" -O3 -std=c++17 -gencode "$gen" $([ "$WG" = 1 ] && echo -DZPC_HAVE_WGMMA=1) \
     -Xcompiler=-fPIC,-fvisibility=hidden,-Wall,-Wextra,-Wno-unused-parameter \
     -I"$SRC/include" -c "$f" -o "$o" &
   pids+=($!)

@@ -128,6 +128,21 @@ if [ "$SKIP_REST" = 0 ]; then
     fi
   fi
 
+  # ---- 2b. the Hopper wgmma attention (ZP_CUDA_FA2_FWD=wg, ZP_CUDA_FA2_BWD=wg): its own
+  # check_cuda_ops run, the attention checks of the fa2 instances against the CPU reference and
+  # against the previous kernels; on a device other than compute capability 9.0 the variant
+  # falls back to fast / kv2, so the row is skipped there ----
+  cc=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2> /dev/null | head -1)
+  if [ "${SKIP_CUDA_OPS:-0}" = 1 ] || [ "$cc" != 9.0 ]; then
+    add SKIP check_cuda_ops_wg "skipped (SKIP_CUDA_OPS=1 or compute capability '${cc}' is not 9.0)"
+  else
+    run_step 02b_check_cuda_ops_wg.log 300 env ZP_CUDA_FA2_FWD=wg ZP_CUDA_FA2_BWD=wg \
+      "$BUILD/check_cuda_ops" "$BUILD/plugins/zp_cuda.so" --filter attention
+    counts=$(grep -E '^[0-9]+ passed, [0-9]+ failed' "$OUT/02b_check_cuda_ops_wg.log" | tail -1)
+    fails=$(grep -E '  FAIL( |$)' "$OUT/02b_check_cuda_ops_wg.log" | awk '{print $1}' | head -4 | tr '\n' ' ')
+    add "$(status_of $RC)" check_cuda_ops_wg "${counts:-no result line, exit $RC: $(lastline 02b_check_cuda_ops_wg.log)}${fails:+ | failed: $fails}, ${SECS} s"
+  fi
+
   # ---- 3. check_model ----
   run_step 03_check_model.log 300 "$BUILD/check_model" --devices "$CHECK_DEVICES" --ref-dir "$WORK/model_ref"
   line=$(grep -E '^CHECK_MODEL ' "$OUT/03_check_model.log" | tail -1)
@@ -216,7 +231,8 @@ EOF
       "offload_dpu_nostream:offload.optimizer.plugin=offload_cpu offload.optimizer.delayed_update=true offload.optimizer.delayed_update_warmup=3 offload.optimizer.stream_grads=false" \
       "offload_cpu_stage3_params:offload.optimizer.plugin=offload_cpu offload.param.plugin=offload_cpu zero.plugin=stage3" \
       "offload_nvme_stage3:$NVO" "offload_nvme_stage3_params:$NVO offload.param.plugin=offload_nvme offload.param.path=$NVDIR" \
-      "bias_after:ZP_CUDA_BIAS_SUMS=after" "overlap_norm:train.overlap_norm=true"; do
+      "bias_after:ZP_CUDA_BIAS_SUMS=after" "overlap_norm:train.overlap_norm=true" \
+      "attn_wg:ZP_CUDA_FA2_FWD=wg ZP_CUDA_FA2_BWD=wg"; do
       lab=${v%%:*}
       sets=()
       envs=() # ZP_CUDA_* switches go to the environment, the rest are --set
@@ -251,6 +267,7 @@ elif lab == "overlap_norm":
     ok = ok and max(rel) == 0 and gnd == 0
     what = f"max rel loss diff vs the norm's sums at the step (default) {max(rel):.2e}, grad_norm diff {gnd:.2e} (both 0 wanted)"
 elif lab == "bias_after": ok = ok and max(rel) == 0; what = f"max rel loss diff vs the bias column sums before the dW GEMM (default) {max(rel):.2e} (bitwise wanted)"
+elif lab == "attn_wg": ok = ok and max(rel) <= 2e-3; what = f"max rel loss diff vs the mma.sync attention (default) {max(rel):.2e}"
 elif lab == "recompute": ok = ok and max(rel) <= 1e-3; what = f"max rel loss diff vs no recompute {max(rel):.2e} ({'bitwise' if max(rel) == 0 else 'not bitwise'})"
 elif lab == "offload_dpu":
     ok = ok and max(rel[:4]) <= 2e-3 and run[-1]["loss"] < run[0]["loss"] - 0.5 and cpu.get("io_write", 0) > 0
