@@ -182,9 +182,3 @@ int zpc_wg_fwd(zp_backend* b, void* out, void* aux, const void* qkv, int B, int 
   ZPC_LAUNCHED(b, "wg_fwd");
   return ZP_OK;
 }
-
-/* TEMPORARY (until attention_wgmma_bwd.cu lands): the backward's weak fallback */
-__attribute__((weak)) int zpc_wg_bwd(zp_backend* b, void* dqkv, const void* dout, const void* qkv,
-                                     const void* out, const void* aux, int B, int T, int NH) {
-  return ZPC_INVALID(b, "cuda backend: the wgmma attention backward was not built");
-}
