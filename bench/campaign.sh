@@ -10,6 +10,8 @@
 # Env: OUT (default /tmp/zp-out), PART_TIMEOUT (s, default 570), and every variable of the
 #   scripts a part runs (passed through).
 # Parts (issue: what the note needs):
+#   wg1         (8) the Hopper wgmma attention (docs/perf.md 29, session 13, never run): attn_sweep of
+#               fast/wg x kv2/wg against the CPU reference with timings, then a 1.5B step A/B
 #   checks1     (8) tests/gpu/run_gpu_checks.sh on one GPU: the whole GPU check at the current
 #               defaults (session 10 changed two kernels' defaults without running it)
 #   speed1      (8) bench/speed.sh 124m 1.5b with PEERS=compile: op checks, then zp beside
@@ -45,6 +47,7 @@ LOGS=/tmp/zp-campaign/$PART
 declare -A CMD MIN
 CMD[checks1]="bash tests/gpu/run_gpu_checks.sh";                                       MIN[checks1]=4
 CMD[speed1]="PEERS=compile PROFILE=after bash bench/speed.sh 124m 1.5b";                MIN[speed1]=8
+CMD[wg1]=". bench/lib.sh && bench_build \$PWD \$PWD/build-gpu \$OUT/build.log zp zp_cuda check_cuda_ops && ZP_BUILD=build-gpu FWDS='fast wg' BWDS='kv2 wg' bash bench/attn_sweep.sh && ZP_BUILD=build-gpu MODELS=1.5b STEPS=20 bash bench/sweep.sh 'base||' 'wg|ZP_CUDA_FA2_FWD=wg,ZP_CUDA_FA2_BWD=wg|' 'wgf|ZP_CUDA_FA2_FWD=wg|' 'base2||' 'wg2|ZP_CUDA_FA2_FWD=wg,ZP_CUDA_FA2_BWD=wg|'"; MIN[wg1]=8
 CMD[s11]=". bench/lib.sh && bench_build \$PWD \$PWD/build-gpu \$OUT/build.log zp zp_cuda check_cuda_ops && MODELS=1.5b bash bench/sweep.sh 'base||' 'after|ZP_CUDA_BIAS_SUMS=after|' 'norm|ZP_EXTRA_SETS=--set train.overlap_norm=true|' 'base2||' 'after2|ZP_CUDA_BIAS_SUMS=after|' 'norm2|ZP_EXTRA_SETS=--set train.overlap_norm=true|'"; MIN[s11]=6
 CMD[checks2]="bash tests/gpu/run_2gpu_checks.sh";                                      MIN[checks2]=5
 CMD[async2]="for a in 0 1; do ZP_CUDA_NCCL_ASYNC=\$a OUT=\$OUT/async\$a ZP_MULTI='none stage1 stage2' PEERS=none bash bench/gpu_bench.sh 1.5b; done"; MIN[async2]=9
@@ -58,7 +61,7 @@ CMD[largest2]="ZP_NGPU=2 ZP_STAGE=stage3 LARGEST_CANDIDATES='80x5120x40 72x5120x
 CMD[largest2nvme]="ZP_NGPU=2 ZP_STAGE=stage3 LARGEST_CANDIDATES='96x5120x40 88x5120x40 80x5120x40 72x5120x40' bash bench/offload_bench.sh largest_nvme"; MIN[largest2nvme]=9
 # 2-GPU order: checks2 first (parity for 5, 6, 8), then pipeline, which with checks2 is all that issue 6 still
 # needs; then the speed parts (8), then offload (5), scaling (10)
-ORDER="checks1 speed1 s11 checks2 pipeline async2 speed124 speed15zp speed15peer offload2 largest2 largest2nvme scaling"
+ORDER="wg1 checks1 speed1 s11 checks2 pipeline async2 speed124 speed15zp speed15peer offload2 largest2 largest2nvme scaling"
 if [ "$PART" = list ]; then
   for p in $ORDER; do printf '%-12s ~%2s min  %s\n' "$p" "${MIN[$p]}" "${CMD[$p]}"; done
   exit 0
