@@ -9,7 +9,7 @@ c=$src/bench/campaign.sh
 fail=0
 parts=$(bash "$c" list | awk '{print $1}')
 n=$(echo "$parts" | wc -w)
-[ "$n" -eq 13 ] && echo "ok   list: $n parts" || { echo "FAIL: list gave $n parts"; fail=1; }
+[ "$n" -eq 14 ] && echo "ok   list: $n parts" || { echo "FAIL: list gave $n parts"; fail=1; }
 for p in $parts; do
   cmd=$(DRY=1 bash "$c" "$p") || { echo "FAIL: DRY=1 $p"; fail=1; continue; }
   script=$(echo "$cmd" | grep -oE '(bench|tests/gpu)/[a-z0-9_]+\.sh' | head -1)
