@@ -269,19 +269,6 @@ zpc_fa2_bwd_q_kernel(bf16* dqkv, const bf16* dout, const bf16* qkv, const float*
 /* ---------------------------------------------------------------- variants (ZP_CUDA_FA2_FWD,
  * ZP_CUDA_FA2_BWD; see the header comment) */
 
-/* f2_load for a block of NT threads */
-template <int HS, int ROWS, int NT>
-__device__ __forceinline__ void f2_loadn(bf16* s, const bf16* base, size_t stride, int row0,
-                                         int T) {
-  constexpr int V8 = HS / 8;
-#pragma unroll
-  for (int idx = threadIdx.x; idx < ROWS * V8; idx += NT) {
-    const int r = idx / V8, c8 = idx - r * V8, t = row0 + r;
-    const bool ok = t < T;
-    f2_cp16(s + r * (HS + 8) + c8 * 8, base + (size_t)(ok ? t : 0) * stride + c8 * 8, ok);
-  }
-}
-
 template <int HS, int MW, int NW> struct F2FwdV {
   static constexpr int LD = HS + 8;
   static constexpr int BR = 16 * MW * NW;

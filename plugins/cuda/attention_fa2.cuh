@@ -110,17 +110,23 @@ __device__ __forceinline__ void f2_pv(float (&acc)[HS / 8][4], const float (&p)[
   }
 }
 
-/* ROWS rows of a head slice (row t at base + t*stride) into s[ROWS][HS + 8], zeros past T */
-template <int HS, int ROWS>
-__device__ __forceinline__ void f2_load(bf16* s, const bf16* base, size_t stride, int row0,
-                                        int T) {
+/* ROWS rows of a head slice (row t at base + t*stride) into s[ROWS][HS + 8], zeros past T, by a
+ * block of NT threads (f2_load: the F2_THREADS of the base kernels) */
+template <int HS, int ROWS, int NT>
+__device__ __forceinline__ void f2_loadn(bf16* s, const bf16* base, size_t stride, int row0,
+                                         int T) {
   constexpr int V8 = HS / 8;
 #pragma unroll
-  for (int idx = threadIdx.x; idx < ROWS * V8; idx += F2_THREADS) {
+  for (int idx = threadIdx.x; idx < ROWS * V8; idx += NT) {
     const int r = idx / V8, c8 = idx - r * V8, t = row0 + r;
     const bool ok = t < T;
     f2_cp16(s + r * (HS + 8) + c8 * 8, base + (size_t)(ok ? t : 0) * stride + c8 * 8, ok);
   }
+}
+template <int HS, int ROWS>
+__device__ __forceinline__ void f2_load(bf16* s, const bf16* base, size_t stride, int row0,
+                                        int T) {
+  f2_loadn<HS, ROWS, F2_THREADS>(s, base, stride, row0, T);
 }
 
 /* two 64-row tiles back to back (K then V, or Q then dO): s and s + 64 rows, rows row0.. of

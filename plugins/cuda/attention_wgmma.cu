@@ -6,7 +6,7 @@
  *
  * Kernel zpc_wg_fwd_kernel: one warpgroup (128 threads) per CTA owns 64 query rows of one head
  * (warp w: rows 16w..16w+15, exactly the rows of its wgmma accumulator fragments); grid (heads,
- * query tiles), the heavy late tiles first. Q is loaded once (padded tile, ldmatrix) into A
+ * query tiles), the heavy late tiles first. Q is loaded once (a swizzled tile, ldmatrix) into A
  * fragments in registers; K / V tiles of 64 keys are double-buffered through cp.async into
  * 128-byte-swizzled shared tiles (wgmma.cuh), read by wgmma through descriptors:
  *   S = Q K^T      4 x wgmma m64n64k16, B = the K tile K-major
@@ -14,43 +14,26 @@
  *   p = ex2.approx(fma(s, scale_log2, -max scale_log2)), masking on the diagonal tile only)
  *   O += P V       4 x wgmma m64n64k16, A = P packed to bf16 from the S accumulator (the same
  *                  repacking as mma.sync), B = the V tile MN-major (transposed by the hardware)
- * Several CTAs share an SM (about 90 registers, 41 KB of shared memory each), so one CTA's
+ * Several CTAs share an SM (about 110 registers, 41 KB of shared memory each), so one CTA's
  * softmax overlaps another's tensor-core work without warp specialization.
  * Invariants: T arbitrary (rows and keys past T zero-filled, rows past T never stored; keys past T
  * only appear in tiles that causality already masks for every stored row); every output element
  * written once (deterministic).
  */
-#include "attention_fa2.cuh"
 #include "wgmma.cuh"
 
 #define WG_HS 64
 #define WG_BR 64 /* query rows per CTA (one warpgroup) */
 #define WG_BC 64 /* keys per tile */
-#define WG_LDQ (WG_HS + 8)
-#define WG_TILE (WG_BC * WG_HS * 2) /* bytes of one swizzled K or V tile: 8 KB */
+#define WG_TILE (WG_BC * WG_HS * 2) /* bytes of one swizzled 64-row tile: 8 KB */
 /* dynamic shared memory: 1024 bytes of alignment slack, 2 x (K, V) swizzled tiles, then Q */
-#define WG_FWD_SMEM (1024 + 4 * WG_TILE + WG_BR * WG_LDQ * 2)
-
-/* rows row0.. of a head slice into a 128-byte-swizzled tile at shared address s (cp.async,
- * zero-filled past T); 8 16-byte chunks per row, 128 threads */
-__device__ __forceinline__ void wg_load_swz(uint32_t s, const bf16* base, size_t stride, int row0,
-                                            int T) {
-#pragma unroll
-  for (int idx = threadIdx.x; idx < WG_BC * 8; idx += 128) {
-    const int r = idx >> 3, c = idx & 7, t = row0 + r;
-    const bool ok = t < T;
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s + wg_swz(r, c)),
-                 "l"(base + (size_t)(ok ? t : 0) * stride + c * 8), "r"(ok ? 16 : 0));
-  }
-}
+#define WG_FWD_SMEM (1024 + 5 * WG_TILE)
 
 __global__ void __launch_bounds__(128, 4)
 zpc_wg_fwd_kernel(bf16* out, float* lse_out, const bf16* qkv, int T, int NH, float scale_log2) {
   extern __shared__ __align__(128) unsigned char wg_sm[];
-  const uint32_t sbase = (wg_smem(wg_sm) + 1023u) & ~1023u; /* swizzled tiles: 1024-aligned */
-  unsigned char* gbase = wg_sm + (sbase - wg_smem(wg_sm));
-  const uint32_t kv0 = sbase;                                /* buffer u: K at kv0 + 2u TILE */
-  bf16* Qs = (bf16*)(gbase + 4 * WG_TILE);
+  const uint32_t kv0 = wg_smem_base(wg_sm); /* buffer u: K at kv0 + 2u TILE, V + TILE */
+  const uint32_t qs = kv0 + 4 * WG_TILE;    /* Q (read once by ldmatrix) */
 
   const int C = NH * WG_HS;
   const int nq = (T + WG_BR - 1) / WG_BR;
@@ -60,20 +43,15 @@ zpc_wg_fwd_kernel(bf16* out, float* lse_out, const bf16* qkv, int T, int NH, flo
   const int q0 = qt * WG_BR;
   const int nk = qt + 1; /* key tiles 0..qt (WG_BC == WG_BR): the last one is the diagonal */
 
-  /* Q (padded, for ldmatrix) and K0 / V0 as the first cp.async group */
-#pragma unroll
-  for (int idx = threadIdx.x; idx < WG_BR * 8; idx += 128) {
-    const int r = idx >> 3, c = idx & 7, t = q0 + r;
-    const bool ok = t < T;
-    f2_cp16(Qs + r * WG_LDQ + c * 8, hd.q + (size_t)(ok ? t : 0) * hd.stride + c * 8, ok);
-  }
+  /* Q and K0 / V0 as the first cp.async group */
+  wg_load_swz(qs, hd.q, hd.stride, q0, T);
   wg_load_swz(kv0, hd.k, hd.stride, 0, T);
   wg_load_swz(kv0 + WG_TILE, hd.v, hd.stride, 0, T);
   f2_commit();
 
   float o[32], s[32];
   float mrow[2] = {-INFINITY, -INFINITY}, lrow[2] = {0.0f, 0.0f};
-  uint32_t qf[4][4];
+  uint32_t qf[4][4], pf[4][4];
 #pragma unroll
   for (int i = 0; i < 32; i++) o[i] = 0.0f;
 
@@ -83,24 +61,14 @@ zpc_wg_fwd_kernel(bf16* out, float* lse_out, const bf16* qkv, int T, int NH, flo
       wg_load_swz(nb, hd.k, hd.stride, (j + 1) * WG_BC, T);
       wg_load_swz(nb + WG_TILE, hd.v, hd.stride, (j + 1) * WG_BC, T);
       f2_commit();
-      f2_wait<1>();
-    } else {
-      f2_wait<0>();
     }
-    wg_fence_proxy(); /* this thread's cp.async writes, visible to the async proxy */
-    __syncthreads();
-    if (j == 0) {
-#pragma unroll
-      for (int kk = 0; kk < 4; kk++) f2_ldm4(qf[kk], f2_at_a<WG_LDQ>(Qs, warp * 16, kk * 16, lane));
-    }
+    wg_tile_ready(j + 1 < nk);
+    if (j == 0) wg_afrag(qf, qs, warp, lane); /* this warp's 16 Q rows, once */
     const uint32_t ks = kv0 + (j & 1) * 2 * WG_TILE, vs = ks + WG_TILE;
 
     /* S = Q K^T */
-#pragma unroll
-    for (int i = 0; i < 32; i++) s[i] = 0.0f;
     wg_fence();
-#pragma unroll
-    for (int kk = 0; kk < 4; kk++) wg_mma64<0>(s, qf[kk], wg_desc(ks + 32 * kk));
+    wg_prod<0>(s, qf, ks);
     wg_commit();
     wg_wait<0>();
     wg_keep(s);
@@ -126,7 +94,6 @@ zpc_wg_fwd_kernel(bf16* out, float* lse_out, const bf16* qkv, int T, int NH, flo
       ms[hh] = -mn * scale_log2;
       lrow[hh] *= alpha[hh];
     }
-    uint32_t pf[4][4];
 #pragma unroll
     for (int i = 0; i < 32; i++) {
       const float p = f2_ex2(fmaf(s[i], scale_log2, ms[(i >> 1) & 1]));
@@ -134,27 +101,18 @@ zpc_wg_fwd_kernel(bf16* out, float* lse_out, const bf16* qkv, int T, int NH, flo
       lrow[(i >> 1) & 1] += p;
       o[i] *= alpha[(i >> 1) & 1];
     }
-#pragma unroll
-    for (int kk = 0; kk < 4; kk++) { /* n8 tiles 2kk, 2kk+1 of S are the k16 step kk of P */
-      pf[kk][0] = f2_pack(s[8 * kk + 0], s[8 * kk + 1]);
-      pf[kk][1] = f2_pack(s[8 * kk + 2], s[8 * kk + 3]);
-      pf[kk][2] = f2_pack(s[8 * kk + 4], s[8 * kk + 5]);
-      pf[kk][3] = f2_pack(s[8 * kk + 6], s[8 * kk + 7]);
-    }
+    wg_pack(pf, s);
 
     /* O += P V */
     wg_fence();
-#pragma unroll
-    for (int kk = 0; kk < 4; kk++) wg_mma64<1>(o, pf[kk], wg_desc(vs + 2048 * kk));
+    wg_acc<1>(o, pf, vs);
     wg_commit();
     wg_wait<0>();
     wg_keep(o);
-#pragma unroll
-    for (int kk = 0; kk < 4; kk++) wg_keep(pf[kk]);
+    wg_keep4(pf);
     __syncthreads(); /* every warp's wgmmas on buffer j & 1 are done before it is refilled */
   }
 
-  bf16* obase = out + (size_t)hd.bb * T * C + hd.h * WG_HS;
   const int r0 = q0 + warp * 16;
   float inv[2];
 #pragma unroll
@@ -167,10 +125,7 @@ zpc_wg_fwd_kernel(bf16* out, float* lse_out, const bf16* qkv, int T, int NH, flo
     if (t4 == 0 && row < T)
       lse_out[(size_t)hd.bh * T + row] = (mrow[hh] * scale_log2 + log2f(l)) * F2_LN2;
   }
-  float ot[8][4];
-#pragma unroll
-  for (int i = 0; i < 32; i++) ot[i >> 2][i & 3] = o[i];
-  f2_store<WG_HS>(obase, C, r0, T, ot, inv[0], inv[1], lane);
+  wg_store(out + (size_t)hd.bb * T * C + hd.h * WG_HS, C, r0, T, o, inv[0], inv[1], lane);
 }
 
 int zpc_wg_fwd(zp_backend* b, void* out, void* aux, const void* qkv, int B, int T, int NH) {

@@ -34,7 +34,6 @@
  * Invariants: T arbitrary (rows past T zero-filled, never stored; their P is exactly 0 in the kv
  * kernel by the mask, in the q kernel by L = +inf); every output element written once.
  */
-#include "attention_fa2.cuh"
 #include "wgmma.cuh"
 
 #define WGB_HS 64
@@ -44,19 +43,6 @@
  * floats (the q kernel keeps its rows' L, D in registers) */
 #define WGB_SMEM_Q (1024 + 6 * WGB_TILE)
 #define WGB_SMEM_KV (WGB_SMEM_Q + 4 * 64 * 4)
-
-/* rows row0.. of a head slice (row stride `stride` elements) into a 128-byte-swizzled tile at
- * shared address s (cp.async, zero-filled past T); 8 16-byte chunks per row, 128 threads */
-static __device__ __forceinline__ void wgb_load_swz(uint32_t s, const bf16* base, size_t stride,
-                                                    int row0, int T) {
-#pragma unroll
-  for (int idx = threadIdx.x; idx < 64 * 8; idx += 128) {
-    const int r = idx >> 3, c = idx & 7, t = row0 + r;
-    const bool ok = t < T;
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s + wg_swz(r, c)),
-                 "l"(base + (size_t)(ok ? t : 0) * stride + c * 8), "r"(ok ? 16 : 0));
-  }
-}
 
 /* L (raw, natural log) and D of rows row0..row0+63 into shared floats s[0..63], s[64..127]
  * (cp.async, zeros past T: the kv kernel masks those queries) */
@@ -69,88 +55,13 @@ static __device__ __forceinline__ void wgb_load_ld(uint32_t s, const float* lrow
                "l"(src), "r"(ok ? 4 : 0));
 }
 
-/* the A fragments a[kk] (k16 steps kk = 0..3 over the 64 columns) of warp w's 16 rows 16w.. of a
- * swizzled tile at shared address tile: ldmatrix x4, lane row 16w + (lane & 15), 16-byte chunk
- * 2kk + (lane >> 4) (f2_at_a's addressing through the swizzle) */
-static __device__ __forceinline__ void wgb_afrag(uint32_t (&a)[4][4], uint32_t tile, int warp,
-                                                 int lane) {
-  const int r = 16 * warp + (lane & 15);
-#pragma unroll
-  for (int kk = 0; kk < 4; kk++)
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(a[kk][0]), "=r"(a[kk][1]), "=r"(a[kk][2]), "=r"(a[kk][3])
-                 : "r"(tile + wg_swz(r, 2 * kk + (lane >> 4))));
-}
-
-/* wg_mma64 with scale-d = 0: d = A . B (the accumulator's old contents ignored), the first k16
- * step of a product, so the accumulator needs no zeroing */
-template <int TB>
-__device__ __forceinline__ void wgb_mma64_first(float (&d)[32], const uint32_t (&a)[4],
-                                                uint64_t desc) {
-#ifdef ZPC_WGMMA_DEVICE
-  asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, 0, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
-      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
-      "{%32, %33, %34, %35}, %36, p, 1, 1, %37;\n}\n"
-      : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3]), "=f"(d[4]), "=f"(d[5]), "=f"(d[6]),
-        "=f"(d[7]), "=f"(d[8]), "=f"(d[9]), "=f"(d[10]), "=f"(d[11]), "=f"(d[12]), "=f"(d[13]),
-        "=f"(d[14]), "=f"(d[15]), "=f"(d[16]), "=f"(d[17]), "=f"(d[18]), "=f"(d[19]),
-        "=f"(d[20]), "=f"(d[21]), "=f"(d[22]), "=f"(d[23]), "=f"(d[24]), "=f"(d[25]),
-        "=f"(d[26]), "=f"(d[27]), "=f"(d[28]), "=f"(d[29]), "=f"(d[30]), "=f"(d[31])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "n"(TB));
-#else
-#pragma unroll
-  for (int i = 0; i < 32; i++) d[i] = 0.0f;
-#endif
-}
-
-/* d = A . B over the 64-deep product: 4 k16 steps, A = a[kk], B a swizzled tile at shared address
- * tile; TB = 0: B K-major (B[n][k] = tile row n), 1: MN-major (B[k][n] = tile row k) */
-template <int TB>
-__device__ __forceinline__ void wgb_prod(float (&d)[32], const uint32_t (&a)[4][4], uint32_t tile) {
-  wgb_mma64_first<TB>(d, a[0], wg_desc(tile));
-#pragma unroll
-  for (int kk = 1; kk < 4; kk++) wg_mma64<TB>(d, a[kk], wg_desc(tile + (TB ? 2048 : 32) * kk));
-}
-/* d += A . B, same operands */
-template <int TB>
-__device__ __forceinline__ void wgb_acc(float (&d)[32], const uint32_t (&a)[4][4], uint32_t tile) {
-#pragma unroll
-  for (int kk = 0; kk < 4; kk++) wg_mma64<TB>(d, a[kk], wg_desc(tile + (TB ? 2048 : 32) * kk));
-}
-__device__ __forceinline__ void wgb_keep4(uint32_t (&a)[4][4]) {
-#pragma unroll
-  for (int kk = 0; kk < 4; kk++) wg_keep(a[kk]);
-}
-/* an accumulator (64 x 64, fp32, rounded to bf16 here) as the A fragments of its 4 k16 steps: n8
- * tiles 2kk, 2kk + 1 are k16 step kk (the fa2 forward's P packing) */
-__device__ __forceinline__ void wgb_pack(uint32_t (&a)[4][4], const float (&s)[32]) {
-#pragma unroll
-  for (int kk = 0; kk < 4; kk++) {
-    a[kk][0] = f2_pack(s[8 * kk + 0], s[8 * kk + 1]);
-    a[kk][1] = f2_pack(s[8 * kk + 2], s[8 * kk + 3]);
-    a[kk][2] = f2_pack(s[8 * kk + 4], s[8 * kk + 5]);
-    a[kk][3] = f2_pack(s[8 * kk + 6], s[8 * kk + 7]);
-  }
-}
-/* 16 rows (row0 + g, + 8) of an accumulator, x mul, to bf16 (f2_store's [n8 tile][4] view) */
-__device__ __forceinline__ void wgb_store(bf16* base, size_t stride, int row0, int T,
-                                          const float (&d)[32], float mul, int lane) {
-  float t[8][4];
-#pragma unroll
-  for (int i = 0; i < 32; i++) t[i >> 2][i & 3] = d[i];
-  f2_store<WGB_HS>(base, stride, row0, T, t, mul, mul, lane);
-}
-
 /* one 64-key tile (blockIdx.y: low key tiles see the most query tiles, so they go first) of head
  * blockIdx.x; dK, dV written once */
 __global__ void __launch_bounds__(128, 2)
 zpc_wg_bwd_kv_kernel(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse,
                      const float* Dv, int T, int NH, float scale_log2, float scale) {
   extern __shared__ __align__(128) unsigned char wgb_sm[];
-  const uint32_t sb = (wg_smem(wgb_sm) + 1023u) & ~1023u; /* swizzled tiles: 1024-aligned */
+  const uint32_t sb = wg_smem_base(wgb_sm); /* swizzled tiles: 1024-aligned */
   const unsigned char* gb = wgb_sm + (sb - wg_smem(wgb_sm));
   const uint32_t ks = sb, vs = sb + WGB_TILE; /* resident K, V (read once by ldmatrix) */
   const uint32_t qd0 = sb + 2 * WGB_TILE;     /* buffer x: Q at qd0 + 2x TILE, dO + TILE */
@@ -166,10 +77,10 @@ zpc_wg_bwd_kv_kernel(bf16* dqkv, const bf16* dout, const bf16* qkv, const float*
   const float* drow = Dv + (size_t)hd.bh * T;
 
   /* K, V and query tile j (Q, dO, L, D) as the first cp.async group */
-  wgb_load_swz(ks, hd.k, hd.stride, k0, T);
-  wgb_load_swz(vs, hd.v, hd.stride, k0, T);
-  wgb_load_swz(qd0, hd.q, hd.stride, k0, T);
-  wgb_load_swz(qd0 + WGB_TILE, dobase, C, k0, T);
+  wg_load_swz(ks, hd.k, hd.stride, k0, T);
+  wg_load_swz(vs, hd.v, hd.stride, k0, T);
+  wg_load_swz(qd0, hd.q, hd.stride, k0, T);
+  wg_load_swz(qd0 + WGB_TILE, dobase, C, k0, T);
   wgb_load_ld(ld0, lrow, drow, k0, T);
   f2_commit();
 
@@ -183,19 +94,15 @@ zpc_wg_bwd_kv_kernel(bf16* dqkv, const bf16* dout, const bf16* qkv, const float*
     const int x = (i - j) & 1;
     if (i + 1 < nq) { /* buffer x ^ 1 was last read by tile i - 1's waited wgmmas */
       const uint32_t nb = qd0 + (x ^ 1) * 2 * WGB_TILE;
-      wgb_load_swz(nb, hd.q, hd.stride, 64 * (i + 1), T);
-      wgb_load_swz(nb + WGB_TILE, dobase, C, 64 * (i + 1), T);
+      wg_load_swz(nb, hd.q, hd.stride, 64 * (i + 1), T);
+      wg_load_swz(nb + WGB_TILE, dobase, C, 64 * (i + 1), T);
       wgb_load_ld(ld0 + (x ^ 1) * 512, lrow, drow, 64 * (i + 1), T);
       f2_commit();
-      f2_wait<1>();
-    } else {
-      f2_wait<0>();
     }
-    wg_fence_proxy(); /* this thread's cp.async writes, visible to the async proxy */
-    __syncthreads();
+    wg_tile_ready(i + 1 < nq);
     if (i == j) { /* K, V fragments of this warp's 16 keys, once */
-      wgb_afrag(kf, ks, warp, lane);
-      wgb_afrag(vf, vs, warp, lane);
+      wg_afrag(kf, ks, warp, lane);
+      wg_afrag(vf, vs, warp, lane);
     }
     const uint32_t qs = qd0 + x * 2 * WGB_TILE, dos = qs + WGB_TILE;
     const float* Ls = (const float*)(gb + 6 * WGB_TILE + 512 * x);
@@ -204,13 +111,13 @@ zpc_wg_bwd_kv_kernel(bf16* dqkv, const bf16* dout, const bf16* qkv, const float*
 
     /* S^T = K Q^T (group 1), dP^T = V dO^T (group 2) */
     wg_fence();
-    wgb_prod<0>(s, kf, qs);
+    wg_prod<0>(s, kf, qs);
     wg_commit();
-    wgb_prod<0>(dp, vf, dos);
+    wg_prod<0>(dp, vf, dos);
     wg_commit();
     wg_wait<1>();
     wg_keep(s);
-    wgb_keep4(kf);
+    wg_keep4(kf);
 
     /* P^T: column (query) q0 + 8nt + 2t4 + (e & 1), row (key) kr + 8 (e >> 1); masked on the
      * diagonal tile (query < key) and on the tile holding T (query >= T) */
@@ -229,15 +136,15 @@ zpc_wg_bwd_kv_kernel(bf16* dqkv, const bf16* dout, const bf16* qkv, const float*
         s[4 * nt + e] = pv;
       }
     }
-    wgb_pack(pa, s);
+    wg_pack(pa, s);
 
     /* dV += P^T dO (group 3), while dS^T is computed */
     wg_fence();
-    wgb_acc<1>(dv, pa, dos);
+    wg_acc<1>(dv, pa, dos);
     wg_commit();
     wg_wait<1>(); /* groups 1, 2 done */
     wg_keep(dp);
-    wgb_keep4(vf);
+    wg_keep4(vf);
 
     /* dS^T = P^T (dP^T - D) */
 #pragma unroll
@@ -247,23 +154,23 @@ zpc_wg_bwd_kv_kernel(bf16* dqkv, const bf16* dout, const bf16* qkv, const float*
       for (int e = 0; e < 4; e++)
         dp[4 * nt + e] = s[4 * nt + e] * (dp[4 * nt + e] - ((e & 1) ? dq.y : dq.x));
     }
-    wgb_pack(sa, dp);
+    wg_pack(sa, dp);
 
     /* dK += dS^T Q (group 4) */
     wg_fence();
-    wgb_acc<1>(dk, sa, qs);
+    wg_acc<1>(dk, sa, qs);
     wg_commit();
     wg_wait<0>();
     wg_keep(dv);
     wg_keep(dk);
-    wgb_keep4(pa);
-    wgb_keep4(sa);
+    wg_keep4(pa);
+    wg_keep4(sa);
     __syncthreads(); /* every warp's wgmmas on buffer x are done before it is refilled */
   }
 
   bf16* dkb = dqkv + (size_t)hd.bb * T * hd.stride + C + hd.h * WGB_HS;
-  wgb_store(dkb, hd.stride, k0 + 16 * warp, T, dk, scale, lane);
-  wgb_store(dkb + C, hd.stride, k0 + 16 * warp, T, dv, 1.0f, lane);
+  wg_store(dkb, hd.stride, k0 + 16 * warp, T, dk, scale, scale, lane);
+  wg_store(dkb + C, hd.stride, k0 + 16 * warp, T, dv, 1.0f, 1.0f, lane);
 }
 
 /* one 64-query tile (nq - 1 - blockIdx.y: late tiles see the most key tiles, so they go first)
@@ -272,7 +179,7 @@ __global__ void __launch_bounds__(128, 3)
 zpc_wg_bwd_q_kernel(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse,
                     const float* Dv, int T, int NH, float scale_log2, float scale) {
   extern __shared__ __align__(128) unsigned char wgb_sm[];
-  const uint32_t sb = (wg_smem(wgb_sm) + 1023u) & ~1023u;
+  const uint32_t sb = wg_smem_base(wgb_sm);
   const uint32_t qs = sb, dos = sb + WGB_TILE; /* resident Q, dO (read once by ldmatrix) */
   const uint32_t kv0 = sb + 2 * WGB_TILE;      /* buffer x: K at kv0 + 2x TILE, V + TILE */
 
@@ -284,10 +191,10 @@ zpc_wg_bwd_q_kernel(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* 
   const bf16* dobase = dout + (size_t)hd.bb * T * C + hd.h * WGB_HS;
 
   /* Q, dO and key tile 0 as the first cp.async group */
-  wgb_load_swz(qs, hd.q, hd.stride, q0, T);
-  wgb_load_swz(dos, dobase, C, q0, T);
-  wgb_load_swz(kv0, hd.k, hd.stride, 0, T);
-  wgb_load_swz(kv0 + WGB_TILE, hd.v, hd.stride, 0, T);
+  wg_load_swz(qs, hd.q, hd.stride, q0, T);
+  wg_load_swz(dos, dobase, C, q0, T);
+  wg_load_swz(kv0, hd.k, hd.stride, 0, T);
+  wg_load_swz(kv0 + WGB_TILE, hd.v, hd.stride, 0, T);
   f2_commit();
 
   const int qr = 16 * warp + g; /* this thread's local query rows qr, qr + 8 */
@@ -307,30 +214,26 @@ zpc_wg_bwd_q_kernel(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* 
     const int x = j & 1;
     if (j + 1 <= i) { /* buffer x ^ 1 was last read by tile j - 1's waited wgmmas */
       const uint32_t nb = kv0 + (x ^ 1) * 2 * WGB_TILE;
-      wgb_load_swz(nb, hd.k, hd.stride, 64 * (j + 1), T);
-      wgb_load_swz(nb + WGB_TILE, hd.v, hd.stride, 64 * (j + 1), T);
+      wg_load_swz(nb, hd.k, hd.stride, 64 * (j + 1), T);
+      wg_load_swz(nb + WGB_TILE, hd.v, hd.stride, 64 * (j + 1), T);
       f2_commit();
-      f2_wait<1>();
-    } else {
-      f2_wait<0>();
     }
-    wg_fence_proxy();
-    __syncthreads();
+    wg_tile_ready(j + 1 <= i);
     if (j == 0) { /* Q, dO fragments of this warp's 16 rows, once */
-      wgb_afrag(qf, qs, warp, lane);
-      wgb_afrag(of, dos, warp, lane);
+      wg_afrag(qf, qs, warp, lane);
+      wg_afrag(of, dos, warp, lane);
     }
     const uint32_t ks = kv0 + x * 2 * WGB_TILE, vs = ks + WGB_TILE;
 
     /* S = Q K^T (group 1), dP = dO V^T (group 2) */
     wg_fence();
-    wgb_prod<0>(s, qf, ks);
+    wg_prod<0>(s, qf, ks);
     wg_commit();
-    wgb_prod<0>(dp, of, vs);
+    wg_prod<0>(dp, of, vs);
     wg_commit();
     wg_wait<1>();
     wg_keep(s);
-    wgb_keep4(qf);
+    wg_keep4(qf);
 
     /* P: row qr + 8 (e >> 1), column (key) 8nt + 2t4 + (e & 1); the diagonal tile (k0 == q0)
      * masks key > query */
@@ -343,23 +246,23 @@ zpc_wg_bwd_q_kernel(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* 
     }
     wg_wait<0>();
     wg_keep(dp);
-    wgb_keep4(of);
+    wg_keep4(of);
 
     /* dS = P (dP - D), dQ += dS K (B = the K tile MN-major) */
 #pragma unroll
     for (int e = 0; e < 32; e++) dp[e] = s[e] * (dp[e] - dr[(e >> 1) & 1]);
-    wgb_pack(sa, dp);
+    wg_pack(sa, dp);
     wg_fence();
-    wgb_acc<1>(dq, sa, ks);
+    wg_acc<1>(dq, sa, ks);
     wg_commit();
     wg_wait<0>();
     wg_keep(dq);
-    wgb_keep4(sa);
+    wg_keep4(sa);
     __syncthreads(); /* every warp's wgmmas on buffer x are done before it is refilled */
   }
 
-  wgb_store(dqkv + (size_t)hd.bb * T * hd.stride + hd.h * WGB_HS, hd.stride, q0 + 16 * warp, T,
-            dq, scale, lane);
+  wg_store(dqkv + (size_t)hd.bb * T * hd.stride + hd.h * WGB_HS, hd.stride, q0 + 16 * warp, T,
+            dq, scale, scale, lane);
 }
 
 int zpc_wg_bwd(zp_backend* b, void* dqkv, const void* dout, const void* qkv, const void* out,
